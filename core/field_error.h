@@ -1,0 +1,34 @@
+// Field-carrying errors for core.
+//
+// Every rejection of a step names the request field at fault (for example "logits.shape" or "params.top_p")
+// so that the service can fill `StepResult.error.field` without parsing messages. The field travels as a
+// payload of the absl::Status; the message already says what was expected and what was received.
+//
+//   return InvalidFieldError("params.top_p", absl::StrCat("must be in (0, 1], got ", p));
+//   ...
+//   std::string field = ErrorField(status);   // "params.top_p"
+#ifndef SAMPLERD_CORE_FIELD_ERROR_H_
+#define SAMPLERD_CORE_FIELD_ERROR_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace samplerd {
+
+// A status with `code` whose message is "<field>: <message>" and whose payload names `field`.
+absl::Status FieldError(absl::StatusCode code, absl::string_view field, absl::string_view message);
+
+// The input is malformed or out of range: INVALID_ARGUMENT.
+absl::Status InvalidFieldError(absl::string_view field, absl::string_view message);
+
+// The input is well formed but over a configured size limit: RESOURCE_EXHAUSTED.
+absl::Status LimitFieldError(absl::string_view field, absl::string_view message);
+
+// The field named by a status made above; empty when the status carries none.
+std::string ErrorField(const absl::Status& status);
+
+}  // namespace samplerd
+
+#endif  // SAMPLERD_CORE_FIELD_ERROR_H_

@@ -1,0 +1,144 @@
+#include "core/metrics.h"
+
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "core/field_error.h"
+#include "core/reduce_kernels.h"
+
+namespace samplerd {
+namespace {
+
+constexpr double kLn2 = 0.69314718055994530942;
+// ln(1e-10): DESIGN.md section 3 clips attention probabilities to [1e-10, 1] inside the log.
+constexpr float kLnAttentionFloor = -23.025850929940457f;
+
+std::string DescribeBad(float v) { return std::isnan(v) ? "NaN" : "+inf"; }
+
+}  // namespace
+
+absl::StatusOr<LogitsSummary> SummarizeLogits(const FlatFloats& z, MetricsScratch* scratch) {
+  const float* x = z.data();
+  const int64_t n = static_cast<int64_t>(z.size());
+  if (n == 0) return InvalidFieldError("logits.shape", "vocab must be >= 1, got an empty tensor");
+
+  const kernels::ScanResult scan = kernels::ScanMax(x, n);
+  if (scan.first_bad >= 0) {
+    return InvalidFieldError("logits.data", absl::StrCat("must be finite or -inf, got ", DescribeBad(x[scan.first_bad]),
+                                                         " at index ", scan.first_bad));
+  }
+  if (scan.max == -std::numeric_limits<float>::infinity()) {
+    return InvalidFieldError("logits.data", absl::StrCat("all ", n, " logits are -inf: no token can be drawn"));
+  }
+
+  LogitsSummary s;
+  s.max_logit = scan.max;
+  s.argmax = static_cast<int32_t>(kernels::FindFirst(x, n, scan.max));
+
+  scratch->exp_logits.resize(static_cast<size_t>(n));
+  double sum_e = 0, sum_ed = 0;
+  kernels::ExpShifted(x, n, scan.max, scratch->exp_logits.data(), &sum_e, &sum_ed);
+  // sum_e >= 1: the max contributes exp(0) = 1 exactly.
+  const double mean_d = sum_ed / sum_e;  // E_p[z - max] (nats, <= 0)
+  s.log_normalizer = std::log(sum_e);
+  // H = -sum p ln p = ln Z - E[d]; both terms are >= 0, so nothing cancels.
+  const double entropy_nats = s.log_normalizer - mean_d;
+  // Two-pass varentropy: Var_p[ln p] = E_p[(d - E[d])^2].
+  const double var_nats = kernels::WeightedSquaredDeviation(x, scratch->exp_logits.data(), n, scan.max,
+                                                            static_cast<float>(mean_d)) /
+                          sum_e;
+  s.entropy = entropy_nats / kLn2;
+  s.varentropy = var_nats / (kLn2 * kLn2);
+  return s;
+}
+
+absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const MatrixFloats& attention,
+                                                                        MetricsScratch* scratch) {
+  const int64_t rows = static_cast<int64_t>(attention.shape()[0]);
+  const int64_t cols = static_cast<int64_t>(attention.shape()[1]);
+  const float* s = attention.data();
+
+  scratch->attn_probs.resize(static_cast<size_t>(rows * cols));
+  scratch->col_sum.assign(static_cast<size_t>(cols), 0.0f);
+  scratch->col_comp.assign(static_cast<size_t>(cols), 0.0f);
+  scratch->row_entropy.clear();
+  scratch->row_used.assign(static_cast<size_t>(rows), 0);
+
+  double abs_sum = 0;
+  int64_t finite = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = s + r * cols;
+    const kernels::ScanResult scan = kernels::ScanMax(row, cols);
+    if (scan.first_bad >= 0) {
+      return InvalidFieldError(
+          "attention.data", absl::StrCat("must be finite or -inf, got ", DescribeBad(row[scan.first_bad]),
+                                         " at row ", r, ", position ", scan.first_bad));
+    }
+    // A row with every position masked says nothing about this head: left out of every metric.
+    if (scan.max == -std::numeric_limits<float>::infinity()) continue;
+    scratch->row_used[static_cast<size_t>(r)] = 1;
+
+    double row_abs = 0;
+    int64_t row_finite = 0;
+    kernels::AbsSumFinite(row, cols, &row_abs, &row_finite);
+    abs_sum += row_abs;
+    finite += row_finite;
+
+    float* a = scratch->attn_probs.data() + r * cols;
+    double sum_e = 0, unused = 0;
+    kernels::ExpShifted(row, cols, scan.max, a, &sum_e, &unused);
+    const double h_nats = kernels::NormalizeAndEntropy(row, a, cols, scan.max, static_cast<float>(1.0 / sum_e),
+                                                       static_cast<float>(std::log(sum_e)), kLnAttentionFloor);
+    scratch->row_entropy.push_back(h_nats / kLn2);
+    kernels::KahanAccumulate(a, scratch->col_sum.data(), scratch->col_comp.data(), cols);
+  }
+
+  const int64_t used = static_cast<int64_t>(scratch->row_entropy.size());
+  if (used == 0) return std::optional<AttentionMetrics>();
+
+  AttentionMetrics m;
+  m.rows_used = used;
+  double mean_h = 0;
+  for (double h : scratch->row_entropy) mean_h += h;
+  mean_h /= static_cast<double>(used);
+  double var_h = 0;
+  for (double h : scratch->row_entropy) var_h += (h - mean_h) * (h - mean_h);
+  m.entropy = mean_h;
+  m.varentropy = var_h / static_cast<double>(used);
+  m.interaction_strength = abs_sum / static_cast<double>(finite);
+
+  // Column means over the used rows; col_sum is reused to hold them.
+  float* mean = scratch->col_sum.data();
+  const float* comp = scratch->col_comp.data();
+  const float used_f = static_cast<float>(used);
+  for (int64_t k = 0; k < cols; ++k) mean[k] = (mean[k] - comp[k]) / used_f;
+  double deviation = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!scratch->row_used[static_cast<size_t>(r)]) continue;
+    deviation += kernels::AbsDeviationSum(scratch->attn_probs.data() + r * cols, mean, cols);
+  }
+  m.agreement = deviation / (static_cast<double>(used) * static_cast<double>(cols));
+  return std::optional<AttentionMetrics>(m);
+}
+
+double MetricValues::Get(v1::Metric metric) const {
+  switch (metric) {
+    case v1::METRIC_LOGITS_ENTROPY:
+      return logits_entropy;
+    case v1::METRIC_LOGITS_VARENTROPY:
+      return logits_varentropy;
+    case v1::METRIC_ATTN_ENTROPY:
+      return attention ? attention->entropy : 0.0;
+    case v1::METRIC_ATTN_VARENTROPY:
+      return attention ? attention->varentropy : 0.0;
+    case v1::METRIC_AGREEMENT:
+      return attention ? attention->agreement : 0.0;
+    case v1::METRIC_INTERACTION_STRENGTH:
+      return attention ? attention->interaction_strength : 0.0;
+    default:
+      return 0.0;
+  }
+}
+
+}  // namespace samplerd

@@ -1,0 +1,82 @@
+// The six uncertainty metrics of Entropix (DESIGN.md section 3).
+//
+// `SummarizeLogits` makes the passes over the vocabulary that everything downstream needs (max, argmax,
+// log-normaliser, entropy, varentropy); `ComputeAttentionMetrics` does the same for the attention rows.
+//
+// Numerics (golden/README.md, "Tolerances"): elementwise math is float32, but every reduction accumulates
+// float32 lanes over blocks of kSumBlock elements and adds the block sums in double. A float32 accumulator
+// running over the whole vocabulary misses the tolerances by 100x; blocks keep each float partial sum short.
+// Varentropy is the two-pass form (mean first), never E[x^2] - E[x]^2, which cancels at high entropy.
+//
+//   MetricsScratch scratch;
+//   absl::StatusOr<LogitsSummary> s = SummarizeLogits(logits_view.Flat(), &scratch);
+//   absl::StatusOr<std::optional<AttentionMetrics>> a = ComputeAttentionMetrics(attn_view, &scratch);
+#ifndef SAMPLERD_CORE_METRICS_H_
+#define SAMPLERD_CORE_METRICS_H_
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/tensor_view.h"
+#include "samplerd/v1/profile.pb.h"
+
+namespace samplerd {
+
+// Elements per float32 partial sum before it is added into a double.
+inline constexpr int64_t kSumBlock = 64;
+
+// Reusable buffers of the metric kernels (grown once, then reused).
+struct MetricsScratch {
+  std::vector<float> exp_logits;   // exp(z - max), one per vocab entry
+  std::vector<float> attn_probs;   // softmax of every attention row, [rows, kv_len]
+  std::vector<float> col_sum;      // per kv position: sum over rows of the probabilities (Kahan)
+  std::vector<float> col_comp;     // Kahan compensation of col_sum
+  std::vector<double> row_entropy; // per used row
+  std::vector<uint8_t> row_used;
+};
+
+// What one pass over the logits yields.
+struct LogitsSummary {
+  float max_logit = 0;        // largest finite logit
+  int32_t argmax = 0;         // its lowest index
+  double log_normalizer = 0;  // ln sum_i exp(z_i - max_logit), in nats
+  double entropy = 0;         // bits
+  double varentropy = 0;      // bits^2
+
+  // Natural-log probability of token `id` under the unmodified logits.
+  double LogProb(float z) const { return static_cast<double>(z) - max_logit - log_normalizer; }
+};
+
+// Entropy, varentropy (bits, bits^2), max and argmax of softmax(z). Rejects (INVALID_ARGUMENT, field
+// "logits") NaN or +inf anywhere, and all entries -inf. `z` must be non-empty.
+absl::StatusOr<LogitsSummary> SummarizeLogits(const FlatFloats& z, MetricsScratch* scratch);
+
+// The attention metrics over the rows that are not entirely -inf.
+struct AttentionMetrics {
+  double entropy = 0;               // mean over rows of the row entropy (bits)
+  double varentropy = 0;            // population variance over rows of the row entropy
+  double agreement = 0;             // mean |A - mean over rows of A|
+  double interaction_strength = 0;  // mean |S| over finite entries
+  int64_t rows_used = 0;
+};
+
+// Attention metrics of `attention` ([rows, kv_len]); nullopt when every row is entirely -inf. Rejects
+// (INVALID_ARGUMENT, field "attention.data") NaN or +inf entries.
+absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const MatrixFloats& attention,
+                                                                        MetricsScratch* scratch);
+
+// All metrics of a step, as the strategy reads them.
+struct MetricValues {
+  double logits_entropy = 0;
+  double logits_varentropy = 0;
+  std::optional<AttentionMetrics> attention;
+
+  // The value a bound or formula uses: absent attention metrics read as 0 (golden/README.md).
+  double Get(v1::Metric metric) const;
+};
+
+}  // namespace samplerd
+
+#endif  // SAMPLERD_CORE_METRICS_H_

@@ -1,0 +1,290 @@
+#include "core/profile.h"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "core/field_error.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace samplerd {
+namespace {
+
+// Every Coefficients proto field and the struct member it resolves into; the proto field names and the
+// member names are the same, which ProfileTest.CoefficientTableCoversProto pins down.
+struct CoefficientField {
+  const char* name;
+  double Coefficients::*member;
+};
+
+#define SAMPLERD_COEF(n) {#n, &Coefficients::n}
+constexpr CoefficientField kCoefficientFields[] = {
+    SAMPLERD_COEF(clarify_temperature_offset),
+    SAMPLERD_COEF(clarify_temperature_attn_entropy),
+    SAMPLERD_COEF(clarify_temperature_max),
+    SAMPLERD_COEF(explore_temperature_offset),
+    SAMPLERD_COEF(explore_temperature_interaction_strength),
+    SAMPLERD_COEF(explore_temperature_max),
+    SAMPLERD_COEF(explore_top_k_agreement),
+    SAMPLERD_COEF(explore_top_k_min),
+    SAMPLERD_COEF(resample_temperature_offset),
+    SAMPLERD_COEF(resample_temperature_attn_varentropy),
+    SAMPLERD_COEF(resample_temperature_min),
+    SAMPLERD_COEF(resample_top_p_attn_entropy),
+    SAMPLERD_COEF(resample_top_p_min),
+    SAMPLERD_COEF(adaptive_temperature_logits_entropy),
+    SAMPLERD_COEF(adaptive_temperature_logits_varentropy),
+    SAMPLERD_COEF(adaptive_temperature_attn_entropy),
+    SAMPLERD_COEF(adaptive_temperature_attn_varentropy),
+    SAMPLERD_COEF(adaptive_temperature_agreement),
+    SAMPLERD_COEF(adaptive_top_p_attn_varentropy),
+    SAMPLERD_COEF(adaptive_top_p_min),
+    SAMPLERD_COEF(adaptive_top_p_max),
+    SAMPLERD_COEF(adaptive_top_k_interaction_strength),
+    SAMPLERD_COEF(adaptive_top_k_agreement),
+    SAMPLERD_COEF(adaptive_top_k_min),
+    SAMPLERD_COEF(adaptive_top_k_max),
+    SAMPLERD_COEF(adaptive_min_p_logits_entropy),
+    SAMPLERD_COEF(adaptive_min_p_logits_varentropy),
+    SAMPLERD_COEF(adaptive_min_p_min),
+    SAMPLERD_COEF(adaptive_min_p_max),
+};
+#undef SAMPLERD_COEF
+
+// The reference profiles (golden/cases.json "profiles"), in the config file format.
+constexpr char kBuiltInJson[] = R"json({
+  "defaultProfile": "entropix",
+  "profiles": [
+    {
+      "name": "entropix",
+      "description": "Entropix V2 (torch sampler on main): logits-only decision tree, reference formulas for each regime's parameters",
+      "params": {"temperature": 0.666, "topK": 27, "topP": 0.9, "minP": 0.03,
+                 "nAdaptiveSamples": 5, "clarifyingToken": 2564},
+      "regimes": [
+        {"regime": "REGIME_ARGMAX", "bounds": [
+          {"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_LT", "value": 0.1},
+          {"metric": "METRIC_LOGITS_VARENTROPY", "op": "OP_LT", "value": 0.1}]},
+        {"regime": "REGIME_CLARIFY", "bounds": [
+          {"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_GT", "value": 3.0},
+          {"metric": "METRIC_LOGITS_VARENTROPY", "op": "OP_LT", "value": 0.1}]},
+        {"regime": "REGIME_EXPLORE", "bounds": [
+          {"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_LT", "value": 5.0},
+          {"metric": "METRIC_LOGITS_VARENTROPY", "op": "OP_GT", "value": 5.0}]},
+        {"regime": "REGIME_RESAMPLE", "bounds": [
+          {"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_GT", "value": 5.0},
+          {"metric": "METRIC_LOGITS_VARENTROPY", "op": "OP_GT", "value": 5.0}]}
+      ],
+      "defaultRegime": "REGIME_ADAPTIVE"
+    },
+    {
+      "name": "entropix-frog",
+      "description": "Entropix 'frog' variant: six-metric conditions; ADAPTIVE temperature from entropies only, min_p from varentropy only",
+      "params": {"temperature": 0.666, "topK": 27, "topP": 0.9, "minP": 0.03,
+                 "nAdaptiveSamples": 5, "clarifyingToken": 2564},
+      "regimes": [
+        {"regime": "REGIME_ARGMAX", "bounds": [
+          {"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_LT", "value": 0.01},
+          {"metric": "METRIC_LOGITS_VARENTROPY", "op": "OP_LT", "value": 0.05},
+          {"metric": "METRIC_ATTN_ENTROPY", "op": "OP_LT", "value": 11.915},
+          {"metric": "METRIC_ATTN_VARENTROPY", "op": "OP_LT", "value": 0.001},
+          {"metric": "METRIC_AGREEMENT", "op": "OP_LT", "value": 2e-06},
+          {"metric": "METRIC_INTERACTION_STRENGTH", "op": "OP_LT", "value": 0.2}]},
+        {"regime": "REGIME_CLARIFY", "bounds": [
+          {"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_GT", "value": 2.1},
+          {"metric": "METRIC_LOGITS_VARENTROPY", "op": "OP_LT", "value": 0.05},
+          {"metric": "METRIC_ATTN_ENTROPY", "op": "OP_LT", "value": 11.915},
+          {"metric": "METRIC_ATTN_VARENTROPY", "op": "OP_LT", "value": 0.001},
+          {"metric": "METRIC_AGREEMENT", "op": "OP_LT", "value": 2e-06},
+          {"metric": "METRIC_INTERACTION_STRENGTH", "op": "OP_LT", "value": 0.2}]},
+        {"regime": "REGIME_EXPLORE", "bounds": [
+          {"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_LT", "value": 2.1},
+          {"metric": "METRIC_LOGITS_VARENTROPY", "op": "OP_GT", "value": 5.8},
+          {"metric": "METRIC_ATTN_ENTROPY", "op": "OP_LT", "value": 11.915},
+          {"metric": "METRIC_ATTN_VARENTROPY", "op": "OP_GT", "value": 0.009},
+          {"metric": "METRIC_AGREEMENT", "op": "OP_LT", "value": 2e-06},
+          {"metric": "METRIC_INTERACTION_STRENGTH", "op": "OP_GT", "value": 0.2}]},
+        {"regime": "REGIME_RESAMPLE", "bounds": [
+          {"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_GT", "value": 0.7},
+          {"metric": "METRIC_LOGITS_VARENTROPY", "op": "OP_GT", "value": 5.8},
+          {"metric": "METRIC_ATTN_ENTROPY", "op": "OP_GT", "value": 11.926},
+          {"metric": "METRIC_ATTN_VARENTROPY", "op": "OP_GT", "value": 0.009},
+          {"metric": "METRIC_AGREEMENT", "op": "OP_GT", "value": 5e-06},
+          {"metric": "METRIC_INTERACTION_STRENGTH", "op": "OP_GT", "value": 0.264}]}
+      ],
+      "defaultRegime": "REGIME_ADAPTIVE",
+      "coefficients": {"adaptiveTemperatureLogitsVarentropy": 0.0, "adaptiveTemperatureAttnVarentropy": 0.0,
+                       "adaptiveMinPLogitsEntropy": 0.0}
+    },
+    {
+      "name": "fixed",
+      "description": "no adaptation: every step is REGIME_FIXED and uses the profile's (or the request's) parameters",
+      "params": {"temperature": 0.666, "topK": 27, "topP": 0.9, "minP": 0.03,
+                 "nAdaptiveSamples": 1, "clarifyingToken": 2564},
+      "defaultRegime": "REGIME_FIXED"
+    }
+  ]
+})json";
+
+std::string Field(absl::string_view prefix, absl::string_view name) {
+  return prefix.empty() ? std::string(name) : absl::StrCat(prefix, ".", name);
+}
+
+bool IsDecidingRegime(v1::Regime r) {
+  return r == v1::REGIME_ARGMAX || r == v1::REGIME_CLARIFY || r == v1::REGIME_EXPLORE ||
+         r == v1::REGIME_RESAMPLE || r == v1::REGIME_ADAPTIVE || r == v1::REGIME_FIXED;
+}
+
+absl::StatusOr<v1::ProfileSet> ParseProfileSet(absl::string_view json, absl::string_view source) {
+  v1::ProfileSet config;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  const auto status = google::protobuf::util::JsonStringToMessage(std::string(json), &config, options);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": not a samplerd.v1.ProfileSet in protobuf JSON: ", status.ToString()));
+  }
+  return config;
+}
+
+}  // namespace
+
+absl::string_view BuiltInProfilesJson() { return kBuiltInJson; }
+
+absl::StatusOr<Profile> Profile::FromProto(const v1::Profile& proto, absl::string_view prefix) {
+  if (proto.name().empty()) return InvalidFieldError(Field(prefix, "name"), "must not be empty");
+  if (absl::Status s = ValidateSamplingParams(proto.params(), Field(prefix, "params")); !s.ok()) return s;
+  if (!IsDecidingRegime(proto.default_regime())) {
+    return InvalidFieldError(Field(prefix, "default_regime"),
+                             absl::StrCat("must be a regime (REGIME_ADAPTIVE or REGIME_FIXED usually), got ",
+                                          v1::Regime_Name(proto.default_regime())));
+  }
+
+  Profile profile;
+  profile.default_regime_ = proto.default_regime();
+  // Base parameters: unset ones mean "filter off" (temperature 1) so that a minimal profile is usable.
+  ApplyOverrides(proto.params(), &profile.base_);
+  profile.base_.logit_bias = nullptr;
+
+  for (int i = 0; i < proto.regimes_size(); ++i) {
+    const v1::RegimeRule& rule = proto.regimes(i);
+    const std::string rule_field = absl::StrCat(Field(prefix, "regimes"), "[", i, "]");
+    if (!IsDecidingRegime(rule.regime())) {
+      return InvalidFieldError(rule_field + ".regime",
+                               absl::StrCat("must be a regime, got ", v1::Regime_Name(rule.regime())));
+    }
+    RegimeRule resolved{rule.regime(), {}};
+    for (int j = 0; j < rule.bounds_size(); ++j) {
+      const v1::Bound& b = rule.bounds(j);
+      const std::string bound_field = absl::StrCat(rule_field, ".bounds[", j, "]");
+      if (b.metric() == v1::METRIC_UNSPECIFIED) {
+        return InvalidFieldError(bound_field + ".metric", "must name a metric (METRIC_LOGITS_ENTROPY, ...)");
+      }
+      if (b.op() != v1::OP_LT && b.op() != v1::OP_GT) {
+        return InvalidFieldError(bound_field + ".op", "must be OP_LT or OP_GT");
+      }
+      if (!std::isfinite(b.value())) {
+        return InvalidFieldError(bound_field + ".value", absl::StrCat("must be finite, got ", b.value()));
+      }
+      resolved.bounds.push_back({b.metric(), b.op(), b.value()});
+    }
+    profile.rules_.push_back(std::move(resolved));
+  }
+
+  const auto* descriptor = v1::Coefficients::descriptor();
+  const auto* reflection = v1::Coefficients::GetReflection();
+  for (const CoefficientField& c : kCoefficientFields) {
+    const auto* fd = descriptor->FindFieldByName(c.name);
+    if (reflection->HasField(proto.coefficients(), fd)) {
+      const double v = reflection->GetDouble(proto.coefficients(), fd);
+      if (!std::isfinite(v)) {
+        return InvalidFieldError(Field(prefix, absl::StrCat("coefficients.", c.name)),
+                                 absl::StrCat("must be finite, got ", v));
+      }
+      profile.coefficients_.*c.member = v;
+    }
+  }
+
+  // The resolved proto: every parameter and coefficient in force, for ListProfiles.
+  profile.proto_ = proto;
+  v1::SamplingParams* params = profile.proto_.mutable_params();
+  const auto bias = proto.params().logit_bias();
+  ToProto(profile.base_, params);
+  *params->mutable_logit_bias() = bias;
+  v1::Coefficients* coefficients = profile.proto_.mutable_coefficients();
+  for (const CoefficientField& c : kCoefficientFields) {
+    reflection->SetDouble(coefficients, descriptor->FindFieldByName(c.name), profile.coefficients_.*c.member);
+  }
+  return profile;
+}
+
+std::shared_ptr<const ProfileRegistry> ProfileRegistry::BuiltIn() {
+  static const auto* const kRegistry = [] {
+    absl::StatusOr<v1::ProfileSet> config = ParseProfileSet(kBuiltInJson, "built-in profiles");
+    if (!config.ok()) std::abort();  // a bug in kBuiltInJson; pinned by ProfileTest
+    auto registry = CreateOver({}, *config);
+    if (!registry.ok()) std::abort();  // a bug in kBuiltInJson; pinned by ProfileTest
+    return new std::shared_ptr<const ProfileRegistry>(*std::move(registry));
+  }();
+  return *kRegistry;
+}
+
+absl::StatusOr<std::shared_ptr<const ProfileRegistry>> ProfileRegistry::Create(const v1::ProfileSet& config) {
+  return CreateOver(BuiltIn()->profiles(), config);
+}
+
+absl::StatusOr<std::shared_ptr<const ProfileRegistry>> ProfileRegistry::CreateOver(std::vector<Profile> base,
+                                                                                   const v1::ProfileSet& config) {
+  auto registry = std::shared_ptr<ProfileRegistry>(new ProfileRegistry());
+  registry->profiles_ = std::move(base);
+  absl::flat_hash_set<std::string> seen;
+  for (int i = 0; i < config.profiles_size(); ++i) {
+    const std::string prefix = absl::StrCat("profiles[", i, "]");
+    absl::StatusOr<Profile> profile = Profile::FromProto(config.profiles(i), prefix);
+    if (!profile.ok()) return profile.status();
+    if (!seen.insert(profile->name()).second) {
+      return InvalidFieldError(prefix + ".name", absl::StrCat("duplicate profile name \"", profile->name(), "\""));
+    }
+    bool replaced = false;
+    for (Profile& existing : registry->profiles_) {
+      if (existing.name() == profile->name()) {
+        existing = *profile;
+        replaced = true;
+      }
+    }
+    if (!replaced) registry->profiles_.push_back(*std::move(profile));
+  }
+  if (!config.default_profile().empty()) registry->default_profile_ = config.default_profile();
+  if (registry->Find(registry->default_profile_) == nullptr) {
+    return InvalidFieldError("default_profile",
+                             absl::StrCat("names no profile: \"", registry->default_profile_, "\""));
+  }
+  return std::shared_ptr<const ProfileRegistry>(std::move(registry));
+}
+
+absl::StatusOr<std::shared_ptr<const ProfileRegistry>> ProfileRegistry::FromJson(absl::string_view json) {
+  absl::StatusOr<v1::ProfileSet> config = ParseProfileSet(json, "profile config");
+  if (!config.ok()) return config.status();
+  return Create(*config);
+}
+
+absl::StatusOr<std::shared_ptr<const ProfileRegistry>> ProfileRegistry::FromJsonFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open profile config \"", path, "\""));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  absl::StatusOr<v1::ProfileSet> config = ParseProfileSet(buffer.str(), path);
+  if (!config.ok()) return config.status();
+  return Create(*config);
+}
+
+const Profile* ProfileRegistry::Find(absl::string_view name) const {
+  if (name.empty()) name = default_profile_;
+  for (const Profile& p : profiles_) {
+    if (p.name() == name) return &p;
+  }
+  return nullptr;
+}
+
+}  // namespace samplerd

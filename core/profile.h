@@ -1,0 +1,129 @@
+// Strategy profiles as data (DESIGN.md section 4) and the registry the server decides with.
+//
+// A profile is parsed from protobuf's JSON mapping of samplerd.v1.Profile, validated once, and resolved
+// into plain values (unset coefficients take the reference values). The registry holds the built-in
+// profiles `entropix` (default), `entropix-frog` and `fixed`, plus any from a config file; it is immutable,
+// so a reload builds a new one and swaps the pointer.
+//
+//   absl::StatusOr<std::shared_ptr<const ProfileRegistry>> reg = ProfileRegistry::FromJsonFile(path);
+//   const Profile* p = (*reg)->Find("");   // the default profile
+#ifndef SAMPLERD_CORE_PROFILE_H_
+#define SAMPLERD_CORE_PROFILE_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/sampling_config.h"
+#include "samplerd/v1/profile.pb.h"
+
+namespace samplerd {
+
+// Coefficients of the regime formulas; defaults are the reference (entropix) values.
+struct Coefficients {
+  double clarify_temperature_offset = 1.3;
+  double clarify_temperature_attn_entropy = 0.2;
+  double clarify_temperature_max = 1.5;
+  double explore_temperature_offset = 1.2;
+  double explore_temperature_interaction_strength = 0.3;
+  double explore_temperature_max = 1.5;
+  double explore_top_k_agreement = 0.5;
+  double explore_top_k_min = 5;
+  double resample_temperature_offset = 2.0;
+  double resample_temperature_attn_varentropy = 0.5;
+  double resample_temperature_min = 2.0;
+  double resample_top_p_attn_entropy = 0.2;
+  double resample_top_p_min = 0.5;
+  double adaptive_temperature_logits_entropy = 0.3;
+  double adaptive_temperature_logits_varentropy = 0.3;
+  double adaptive_temperature_attn_entropy = 0.2;
+  double adaptive_temperature_attn_varentropy = 0.2;
+  double adaptive_temperature_agreement = 0.2;
+  double adaptive_top_p_attn_varentropy = 0.1;
+  double adaptive_top_p_min = 0.1;
+  double adaptive_top_p_max = 1.0;
+  double adaptive_top_k_interaction_strength = 0.3;
+  double adaptive_top_k_agreement = 0.2;
+  double adaptive_top_k_min = 1;
+  double adaptive_top_k_max = 100;
+  double adaptive_min_p_logits_entropy = 0.5;
+  double adaptive_min_p_logits_varentropy = 0.5;
+  double adaptive_min_p_min = 0.01;
+  double adaptive_min_p_max = 0.5;
+};
+
+struct Bound {
+  v1::Metric metric;
+  v1::Op op;
+  double value;
+};
+
+struct RegimeRule {
+  v1::Regime regime;
+  std::vector<Bound> bounds;
+};
+
+// One validated, resolved profile.
+class Profile {
+ public:
+  // Validates `proto` (errors name "<field_prefix>.<field>" and the value) and resolves its defaults.
+  static absl::StatusOr<Profile> FromProto(const v1::Profile& proto, absl::string_view field_prefix);
+
+  // The profile with every value in force (what ListProfiles returns).
+  const v1::Profile& proto() const { return proto_; }
+
+  const std::string& name() const { return proto_.name(); }
+  // Base parameters; logit_bias (if any) points into this profile.
+  SamplingConfig base() const {
+    SamplingConfig c = base_;
+    c.logit_bias = proto_.params().logit_bias().empty() ? nullptr : &proto_.params().logit_bias();
+    return c;
+  }
+  const std::vector<RegimeRule>& rules() const { return rules_; }
+  v1::Regime default_regime() const { return default_regime_; }
+  const Coefficients& coefficients() const { return coefficients_; }
+
+ private:
+  v1::Profile proto_;
+  SamplingConfig base_;  // logit_bias left null: it would dangle when the Profile is copied
+  std::vector<RegimeRule> rules_;
+  v1::Regime default_regime_ = v1::REGIME_ADAPTIVE;
+  Coefficients coefficients_;
+};
+
+// The immutable set of profiles a server decides with.
+class ProfileRegistry {
+ public:
+  static constexpr char kDefaultProfile[] = "entropix";
+
+  // The three built-in profiles.
+  static std::shared_ptr<const ProfileRegistry> BuiltIn();
+
+  // Built-ins, then `config`'s profiles (a built-in name replaces the built-in one).
+  static absl::StatusOr<std::shared_ptr<const ProfileRegistry>> Create(const v1::ProfileSet& config);
+  // Parses protobuf's JSON mapping of v1::ProfileSet (unknown fields are errors), then Create.
+  static absl::StatusOr<std::shared_ptr<const ProfileRegistry>> FromJson(absl::string_view json);
+  static absl::StatusOr<std::shared_ptr<const ProfileRegistry>> FromJsonFile(const std::string& path);
+
+  // The named profile, the default one for an empty name, null when unknown.
+  const Profile* Find(absl::string_view name) const;
+  const std::string& default_profile() const { return default_profile_; }
+  const std::vector<Profile>& profiles() const { return profiles_; }
+
+ private:
+  // `base` followed by config's profiles, a same-named one replacing its base entry.
+  static absl::StatusOr<std::shared_ptr<const ProfileRegistry>> CreateOver(std::vector<Profile> base,
+                                                                           const v1::ProfileSet& config);
+
+  std::vector<Profile> profiles_;
+  std::string default_profile_ = kDefaultProfile;
+};
+
+// The JSON of the built-in profiles (a v1::ProfileSet), also a template for config files.
+absl::string_view BuiltInProfilesJson();
+
+}  // namespace samplerd
+
+#endif  // SAMPLERD_CORE_PROFILE_H_

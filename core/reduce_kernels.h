@@ -1,0 +1,54 @@
+// Hot reductions over float32 arrays, written with xsimd (xtensor 0.24's reducers run scalar).
+//
+// Accumulation contract (pinned by tests/core/reduce_kernels_test.cc): float32 lanes sum at most
+// kSumBlock elements, then each block's total is added into a double. Results are deterministic for a given
+// build (the order of operations does not depend on threads or alignment).
+#ifndef SAMPLERD_CORE_REDUCE_KERNELS_H_
+#define SAMPLERD_CORE_REDUCE_KERNELS_H_
+
+#include <cstdint>
+
+namespace samplerd::kernels {
+
+// Index of the first element in [from, n) greater than `threshold` (n when none).
+int64_t FindFirstGreater(const float* x, int64_t from, int64_t n, float threshold);
+
+// exp(x) underflows to 0 in float32 below about -103.97; shifted values are clamped here so that -inf and
+// huge negative inputs give e = 0 and e * d = 0 (never 0 * -inf = NaN).
+inline constexpr float kMinShifted = -150.0f;
+
+struct ScanResult {
+  float max = 0;            // largest non-NaN value (-inf when all are -inf)
+  int64_t first_bad = -1;   // index of the first NaN or +inf, -1 when none
+};
+
+// Max over x[0, n) and the first NaN / +inf.
+ScanResult ScanMax(const float* x, int64_t n);
+
+// Index of the first element equal to `value` (n when none).
+int64_t FindFirst(const float* x, int64_t n, float value);
+
+// e[i] = exp(max(x[i] - shift, kMinShifted)) (float32), and in double: sum e, sum e * d with
+// d = max(x[i] - shift, kMinShifted). `e` may be null when only the sums are needed.
+void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed);
+
+// sum e[i] * (d[i] - mean)^2 with d as above, in double.
+double WeightedSquaredDeviation(const float* x, const float* e, int64_t n, float shift, float mean);
+
+// For one attention row: sum |x| and count over finite entries (double / exact).
+void AbsSumFinite(const float* x, int64_t n, double* abs_sum, int64_t* finite_count);
+
+// Turns e (from ExpShifted) into probabilities a = e * inv_sum in place and returns
+// -sum a * max(ln a, ln_floor) in nats, where ln a = d - log_sum (the clip of DESIGN.md section 3).
+double NormalizeAndEntropy(const float* x, float* e, int64_t n, float shift, float inv_sum, float log_sum,
+                           float ln_floor);
+
+// Kahan-compensated column sums: sum[k] += a[k], comp[k] tracks the lost low bits.
+void KahanAccumulate(const float* a, float* sum, float* comp, int64_t n);
+
+// sum |a[k] - mean[k]| in double.
+double AbsDeviationSum(const float* a, const float* mean, int64_t n);
+
+}  // namespace samplerd::kernels
+
+#endif  // SAMPLERD_CORE_REDUCE_KERNELS_H_

@@ -1,0 +1,222 @@
+#include "core/sampler_chain.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "core/field_error.h"
+#include "core/reduce_kernels.h"
+
+namespace samplerd {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Above this k, top-k uses nth_element over all ids instead of a bounded heap.
+constexpr int64_t kHeapTopK = 1024;
+
+// Strict "a ranks before b": larger value first, then lower id.
+inline bool Before(float za, int32_t a, float zb, int32_t b) { return za > zb || (za == zb && a < b); }
+
+inline bool Before(const WeightedToken& a, const WeightedToken& b) { return Before(a.weight, a.id, b.weight, b.id); }
+
+// Reorders tokens[lo, hi) so that the nucleus (the shortest prefix in rank order whose weight reaches
+// `target`) comes first, and returns its length. A quickselect on mass: expected O(n), no full sort.
+int64_t SelectNucleus(std::vector<WeightedToken>& t, double target) {
+  int64_t lo = 0, hi = static_cast<int64_t>(t.size());
+  double acc = 0;
+  while (hi - lo > 32) {
+    // Median of three as pivot, moved to hi - 1.
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (Before(t[mid], t[lo])) std::swap(t[mid], t[lo]);
+    if (Before(t[hi - 1], t[lo])) std::swap(t[hi - 1], t[lo]);
+    if (Before(t[mid], t[hi - 1])) std::swap(t[mid], t[hi - 1]);
+    const WeightedToken pivot = t[hi - 1];
+    int64_t store = lo;
+    double better_mass = 0;
+    for (int64_t i = lo; i < hi - 1; ++i) {
+      if (Before(t[i], pivot)) {
+        better_mass += t[i].weight;
+        std::swap(t[i], t[store++]);
+      }
+    }
+    std::swap(t[store], t[hi - 1]);  // pivot at `store`
+    if (acc + better_mass >= target) {
+      hi = store;  // the nucleus ends among the better ones
+    } else {
+      acc += better_mass + pivot.weight;
+      if (acc >= target) return store + 1;
+      lo = store + 1;
+    }
+  }
+  std::sort(t.begin() + lo, t.begin() + hi, [](const WeightedToken& a, const WeightedToken& b) { return Before(a, b); });
+  for (int64_t i = lo; i < hi; ++i) {
+    acc += t[i].weight;
+    if (acc >= target) return i + 1;
+  }
+  return hi;
+}
+
+}  // namespace
+
+absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab, const SamplingConfig& config,
+                                                   absl::Span<const int32_t> recent_tokens, ChainScratch* scratch) {
+  const bool bias = config.HasLogitBias();
+  const bool penalties = config.HasPenalties() && !recent_tokens.empty();
+  if (!bias && !penalties) return z;
+
+  scratch->logits.assign(z, z + vocab);
+  float* x = scratch->logits.data();
+  if (bias) {
+    for (const auto& [token, b] : *config.logit_bias) {
+      if (token >= vocab) {
+        return InvalidFieldError("params.logit_bias",
+                                 absl::StrCat("token id ", token, " is outside the vocabulary [0, ", vocab, ")"));
+      }
+      x[token] += b;
+    }
+  }
+  if (penalties) {
+    auto& sorted = scratch->recent_sorted;
+    sorted.assign(recent_tokens.begin(), recent_tokens.end());
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 0; i < sorted.size();) {
+      size_t j = i;
+      while (j < sorted.size() && sorted[j] == sorted[i]) ++j;
+      const int32_t token = sorted[i];
+      const float count = static_cast<float>(j - i);
+      float v = x[token];
+      // HF RepetitionPenaltyLogitsProcessor: shrink toward "less likely" whatever the sign.
+      if (config.repetition_penalty != 1.0f) v = v > 0.0f ? v / config.repetition_penalty : v * config.repetition_penalty;
+      // OpenAI: frequency per occurrence, presence once.
+      v -= config.frequency_penalty * count + config.presence_penalty;
+      x[token] = v;
+      i = j;
+    }
+  }
+  const kernels::ScanResult scan = kernels::ScanMax(x, vocab);
+  if (scan.max == kNegInf) {
+    return InvalidFieldError("params.logit_bias", "after bias and penalties every logit is -inf");
+  }
+  if (scan.first_bad >= 0) {
+    return InvalidFieldError("params", absl::StrCat("bias and penalties made logit ", scan.first_bad, " non-finite"));
+  }
+  return static_cast<const float*>(x);
+}
+
+int32_t GreedyToken(const float* z, int64_t vocab) {
+  const kernels::ScanResult scan = kernels::ScanMax(z, vocab);
+  return static_cast<int32_t>(kernels::FindFirst(z, vocab, scan.max));
+}
+
+void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out) {
+  out->clear();
+  n = std::min(n, vocab);
+  if (n <= 0) return;
+  if (n > kHeapTopK) {
+    out->resize(static_cast<size_t>(vocab));
+    for (int64_t i = 0; i < vocab; ++i) (*out)[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    auto before = [z](int32_t a, int32_t b) { return Before(z[a], a, z[b], b); };
+    std::nth_element(out->begin(), out->begin() + (n - 1), out->end(), before);
+    out->resize(static_cast<size_t>(n));
+    std::sort(out->begin(), out->end(), before);
+    return;
+  }
+  // Bounded heap with the worst kept token on top. Ids arrive in increasing order, so an equal value never
+  // displaces a kept one (lower id wins ties); most entries are skipped by a SIMD threshold test.
+  auto& heap = scratch->heap;
+  heap.clear();
+  auto worse_on_top = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return Before(a.first, a.second, b.first, b.second);
+  };
+  int64_t i = 0;
+  for (; i < vocab && static_cast<int64_t>(heap.size()) < n; ++i) {
+    heap.emplace_back(z[i], static_cast<int32_t>(i));
+    std::push_heap(heap.begin(), heap.end(), worse_on_top);
+  }
+  while (i < vocab) {
+    i = kernels::FindFirstGreater(z, i, vocab, heap.front().first);
+    if (i >= vocab) break;
+    std::pop_heap(heap.begin(), heap.end(), worse_on_top);
+    heap.back() = {z[i], static_cast<int32_t>(i)};
+    std::push_heap(heap.begin(), heap.end(), worse_on_top);
+    ++i;
+  }
+  std::sort_heap(heap.begin(), heap.end(), worse_on_top);  // best first
+  for (const auto& [value, id] : heap) out->push_back(id);
+}
+
+void BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config, ChainScratch* scratch,
+                     Candidates* out) {
+  auto& tokens = out->tokens;
+  tokens.clear();
+  const float temperature = config.temperature;
+  const bool use_top_k = config.top_k > 0 && config.top_k < vocab;
+  float max_z;
+  if (use_top_k) {
+    TopTokens(z, vocab, config.top_k, scratch, &scratch->ids);
+    max_z = z[scratch->ids.front()];
+    for (int32_t id : scratch->ids) {
+      if (z[id] == kNegInf) break;  // masked tokens never survive
+      tokens.push_back({(z[id] - max_z) / temperature, id});
+    }
+    out->sorted = true;
+  } else {
+    max_z = kernels::ScanMax(z, vocab).max;
+    for (int64_t i = 0; i < vocab; ++i) {
+      if (z[i] != kNegInf) tokens.push_back({(z[i] - max_z) / temperature, static_cast<int32_t>(i)});
+    }
+    out->sorted = false;
+  }
+  double total = 0;
+  for (WeightedToken& t : tokens) {
+    t.weight = std::exp(t.weight);
+    total += t.weight;
+  }
+  // Tokens whose weight underflowed to 0 can never be drawn; keeping them would only cost time.
+  if (config.top_p < 1.0f) {
+    const double target = static_cast<double>(config.top_p) * total;
+    size_t cut = tokens.size();
+    if (out->sorted) {
+      double acc = 0;
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        acc += tokens[i].weight;
+        if (acc >= target) {
+          cut = i + 1;
+          break;
+        }
+      }
+    } else {
+      cut = static_cast<size_t>(SelectNucleus(tokens, target));
+    }
+    tokens.resize(cut);
+  }
+  if (config.min_p > 0.0f) {
+    // The most likely token survives every filter and has weight exp(0) = 1.
+    const float threshold = config.min_p;
+    tokens.erase(std::remove_if(tokens.begin(), tokens.end(),
+                                [threshold](const WeightedToken& t) { return t.weight < threshold; }),
+                 tokens.end());
+  }
+  tokens.erase(std::remove_if(tokens.begin(), tokens.end(), [](const WeightedToken& t) { return t.weight == 0.0f; }),
+               tokens.end());
+  if (!out->sorted && static_cast<int64_t>(tokens.size()) <= kSortedCandidates) {
+    std::sort(tokens.begin(), tokens.end(), [](const WeightedToken& a, const WeightedToken& b) { return Before(a, b); });
+    out->sorted = true;
+  }
+  total = 0;
+  for (const WeightedToken& t : tokens) total += t.weight;
+  out->total = total;
+}
+
+int32_t Draw(const Candidates& c, double u) {
+  const double target = u * c.total;
+  double acc = 0;
+  for (const WeightedToken& t : c.tokens) {
+    acc += t.weight;
+    if (acc > target) return t.id;
+  }
+  return c.tokens.back().id;
+}
+
+}  // namespace samplerd

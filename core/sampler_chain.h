@@ -1,0 +1,74 @@
+// The sampler chain of DESIGN.md section 4, without sorting the vocabulary.
+//
+// Order (as HF transformers' warpers): logit bias -> penalties -> temperature -> top-k -> top-p -> min-p ->
+// renormalise -> draw. Ties go to the lower token id everywhere (top-k boundary, top-p order, argmax).
+//
+// Cost: top-k is one pass with a bounded heap (or nth_element for large k); top-p then works on the k
+// survivors. With top-k off, top-p finds its nucleus by a quickselect on probability mass, so no step sorts
+// the whole vocabulary; only a final set of at most kSortedCandidates is put in descending order.
+//
+//   ChainScratch scratch;
+//   const float* z = ApplyLogitAdjustments(logits, vocab, config, recent_tokens, &scratch);
+//   Candidates c;
+//   BuildCandidates(z, vocab, config, &scratch, &c);
+//   int32_t token = Draw(c, UniformDouble(key, step, 0));
+#ifndef SAMPLERD_CORE_SAMPLER_CHAIN_H_
+#define SAMPLERD_CORE_SAMPLER_CHAIN_H_
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/sampling_config.h"
+
+namespace samplerd {
+
+// Final sets up to this size are sorted by descending probability (lower id first on ties).
+inline constexpr int64_t kSortedCandidates = 4096;
+
+// A token with its unnormalised weight exp((z - max) / T).
+struct WeightedToken {
+  float weight;
+  int32_t id;
+};
+
+// Reusable buffers of the chain.
+struct ChainScratch {
+  std::vector<float> logits;                    // penalised copy of the logits, when any adjustment applies
+  std::vector<int32_t> ids;                     // top-k selection output
+  std::vector<std::pair<float, int32_t>> heap;  // top-k selection
+  std::vector<int32_t> recent_sorted;           // penalty counting
+};
+
+// The tokens that survive the chain; probability = weight / total.
+struct Candidates {
+  std::vector<WeightedToken> tokens;
+  double total = 0;
+  bool sorted = false;  // descending probability, lower id first on ties
+};
+
+// Applies logit bias, then repetition / frequency / presence penalties over `recent_tokens`. Returns `z`
+// itself when nothing applies, else a penalised copy in `scratch->logits`. Token ids must already be checked
+// against the vocabulary. Errors (INVALID_ARGUMENT, field "params.logit_bias") when the result masks every token.
+absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab, const SamplingConfig& config,
+                                                   absl::Span<const int32_t> recent_tokens, ChainScratch* scratch);
+
+// The largest finite entry's lowest index.
+int32_t GreedyToken(const float* z, int64_t vocab);
+
+// The `n` best ids by (z descending, id ascending), best first. n <= vocab.
+void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out);
+
+// temperature (> 0) -> top-k -> top-p -> min-p over `z`; at least one finite entry is required.
+void BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config, ChainScratch* scratch,
+                     Candidates* out);
+
+// The categorical draw: the first candidate (in `c.tokens` order) whose cumulative weight exceeds u * total.
+int32_t Draw(const Candidates& c, double u);
+
+}  // namespace samplerd
+
+#endif  // SAMPLERD_CORE_SAMPLER_CHAIN_H_

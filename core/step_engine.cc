@@ -1,0 +1,101 @@
+#include "core/step_engine.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "core/counter_rng.h"
+#include "core/field_error.h"
+
+namespace samplerd {
+
+absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits, const StepInput& in,
+                     Workspace* ws, StepOutput* out) {
+  const Profile* profile = profiles.Find(in.profile);
+  if (profile == nullptr) {
+    return FieldError(absl::StatusCode::kNotFound, "profile",
+                      absl::StrCat("no profile named \"", in.profile, "\" (ListProfiles shows them)"));
+  }
+  if (in.top_logprobs < 0 || in.top_logprobs > kMaxTopLogprobs) {
+    return InvalidFieldError("top_logprobs",
+                             absl::StrCat("must be in [0, ", kMaxTopLogprobs, "], got ", in.top_logprobs));
+  }
+  if (in.overrides != nullptr) {
+    if (absl::Status s = ValidateSamplingParams(*in.overrides, "params"); !s.ok()) return s;
+  }
+
+  absl::StatusOr<FloatView> logits =
+      DecodeTensor(in.logits, TensorRole::kLogits, limits, "logits", &ws->logits_buffer);
+  if (!logits.ok()) return logits.status();
+  const int64_t vocab = logits->cols;
+  for (size_t i = 0; i < in.recent_tokens.size(); ++i) {
+    const int32_t t = in.recent_tokens[i];
+    if (t < 0 || t >= vocab) {
+      return InvalidFieldError(absl::StrCat("recent_tokens[", i, "]"),
+                               absl::StrCat("token id must be in [0, ", vocab, "), got ", t));
+    }
+  }
+  std::optional<FloatView> attention;
+  if (in.attention.has_value()) {
+    absl::StatusOr<FloatView> a =
+        DecodeTensor(*in.attention, TensorRole::kAttention, limits, "attention", &ws->attention_buffer);
+    if (!a.ok()) return a.status();
+    attention = *a;
+  }
+
+  absl::StatusOr<LogitsSummary> summary = SummarizeLogits(logits->Flat(), &ws->metrics);
+  if (!summary.ok()) return summary.status();
+  out->metrics.logits_entropy = summary->entropy;
+  out->metrics.logits_varentropy = summary->varentropy;
+  out->metrics.attention.reset();
+  if (attention.has_value()) {
+    absl::StatusOr<std::optional<AttentionMetrics>> a = ComputeAttentionMetrics(attention->Matrix(), &ws->metrics);
+    if (!a.ok()) return a.status();
+    out->metrics.attention = *a;
+  }
+
+  SamplingConfig base = profile->base();
+  if (in.overrides != nullptr) ApplyOverrides(*in.overrides, &base);
+  const Decision decision = Decide(*profile, base, out->metrics, in.recent_tokens, vocab);
+
+  const float* z = logits->data;
+  absl::StatusOr<const float*> adjusted = ApplyLogitAdjustments(z, vocab, base, in.recent_tokens, &ws->chain);
+  if (!adjusted.ok()) return adjusted.status();
+
+  const StreamKey key{in.seed, in.sequence_id};
+  out->profile = profile;
+  out->regime = decision.regime;
+  out->applied = decision.params;
+  out->drew = decision.action != Action::kEmitToken;
+  switch (decision.action) {
+    case Action::kEmitToken:
+      out->token = decision.emit_token;
+      break;
+    case Action::kGreedy:
+      out->token = GreedyToken(*adjusted, vocab);
+      break;
+    case Action::kSample:
+    case Action::kBestOfN: {
+      BuildCandidates(*adjusted, vocab, decision.params, &ws->chain, &ws->candidates);
+      const int n = decision.action == Action::kBestOfN ? decision.params.n_adaptive_samples : 1;
+      int32_t best = Draw(ws->candidates, UniformDouble(key, in.step, 0));
+      // Best of n: highest log-probability under the unmodified logits, i.e. the largest raw logit; the first
+      // drawn wins ties.
+      for (int draw = 1; draw < n; ++draw) {
+        const int32_t candidate = Draw(ws->candidates, UniformDouble(key, in.step, static_cast<uint32_t>(draw)));
+        if (z[candidate] > z[best]) best = candidate;
+      }
+      out->token = best;
+      break;
+    }
+  }
+  out->logprob = static_cast<float>(summary->LogProb(z[out->token]));
+
+  out->top.clear();
+  if (in.top_logprobs > 0) {
+    TopTokens(z, vocab, in.top_logprobs, &ws->chain, &ws->top_ids);
+    for (int32_t id : ws->top_ids) out->top.emplace_back(id, static_cast<float>(summary->LogProb(z[id])));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace samplerd

@@ -1,0 +1,148 @@
+#include "core/tensor_view.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/field_error.h"
+
+namespace samplerd {
+namespace {
+
+std::string ShapeString(absl::Span<const int64_t> shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+uint32_t BitsOf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+float FloatOf(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+}  // namespace
+
+size_t ItemSize(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return 4;
+    case DType::kF16:
+    case DType::kBF16:
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+float BFloat16ToFloat(uint16_t b) { return FloatOf(static_cast<uint32_t>(b) << 16); }
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0x1f) return FloatOf(sign | 0x7f800000u | (mantissa << 13));  // inf / NaN
+  if (exponent != 0) return FloatOf(sign | ((exponent + 112) << 23) | (mantissa << 13));
+  if (mantissa == 0) return FloatOf(sign);  // +-0
+  // Subnormal half: value = mantissa * 2^-24, exact in float32.
+  const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+  return sign ? -magnitude : magnitude;
+}
+
+uint16_t FloatToBFloat16(float f) {
+  uint32_t u = BitsOf(f);
+  if (std::isnan(f)) return static_cast<uint16_t>((u >> 16) | 0x40u);  // keep it a (quiet) NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+uint16_t FloatToHalf(float f) {
+  const uint32_t u = BitsOf(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t abs = u & 0x7fffffffu;
+  if (abs >= 0x7f800000u) return sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u);
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: overflow to inf
+  if (abs < 0x38800000u) {                         // below the smallest normal half: subnormal or zero
+    const float magnitude = FloatOf(abs);
+    // Scale so that one unit is 2^-24 and round to nearest even.
+    return sign | static_cast<uint16_t>(std::nearbyint(std::ldexp(magnitude, 24)));
+  }
+  uint32_t rounded = abs + 0xfffu + ((abs >> 13) & 1u);
+  return sign | static_cast<uint16_t>((rounded - (112u << 23)) >> 13);
+}
+
+absl::StatusOr<FloatView> DecodeTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
+                                       absl::string_view field, std::vector<float>* scratch) {
+  const DType dtype = static_cast<DType>(raw.dtype);
+  const size_t item = ItemSize(dtype);
+  if (item == 0) {
+    return InvalidFieldError(absl::StrCat(field, ".dtype"),
+                             absl::StrCat("must be DTYPE_F32, DTYPE_F16 or DTYPE_BF16, got ", raw.dtype));
+  }
+  const size_t rank = raw.shape.size();
+  if (role == TensorRole::kLogits && rank != 1) {
+    return InvalidFieldError(absl::StrCat(field, ".shape"),
+                             absl::StrCat("must be [vocab] (rank 1), got ", ShapeString(raw.shape)));
+  }
+  if (role == TensorRole::kAttention && rank != 2 && rank != 3) {
+    return InvalidFieldError(
+        absl::StrCat(field, ".shape"),
+        absl::StrCat("must be [heads, kv_len] or [layers, heads, kv_len], got ", ShapeString(raw.shape)));
+  }
+  const int64_t limit = role == TensorRole::kLogits ? limits.max_vocab : limits.max_attention_elements;
+  int64_t elements = 1;
+  for (int64_t d : raw.shape) {
+    if (d < 1) {
+      return InvalidFieldError(absl::StrCat(field, ".shape"),
+                               absl::StrCat("every dimension must be >= 1, got ", ShapeString(raw.shape)));
+    }
+    // Checked before multiplying so that a crafted shape cannot overflow int64 and pass as small.
+    if (elements > std::numeric_limits<int64_t>::max() / d) {
+      return InvalidFieldError(absl::StrCat(field, ".shape"),
+                               absl::StrCat("element count overflows int64: ", ShapeString(raw.shape)));
+    }
+    elements *= d;
+  }
+  if (elements > limit) {
+    return LimitFieldError(absl::StrCat(field, ".shape"),
+                           absl::StrCat(ShapeString(raw.shape), " has ", elements,
+                                        " elements, over the server limit of ", limit));
+  }
+  if (static_cast<uint64_t>(raw.data.size()) != static_cast<uint64_t>(elements) * item) {
+    return InvalidFieldError(absl::StrCat(field, ".data"),
+                             absl::StrCat("length must be prod(shape) * itemsize = ", elements, " * ", item,
+                                          " = ", elements * static_cast<int64_t>(item), " bytes, got ",
+                                          raw.data.size()));
+  }
+
+  FloatView view;
+  view.cols = raw.shape.back();
+  view.rows = elements / view.cols;
+  const char* bytes = raw.data.data();
+  if (dtype == DType::kF32 && reinterpret_cast<uintptr_t>(bytes) % alignof(float) == 0) {
+    view.data = reinterpret_cast<const float*>(bytes);
+    return view;
+  }
+  scratch->resize(static_cast<size_t>(elements));
+  float* out = scratch->data();
+  if (dtype == DType::kF32) {
+    std::memcpy(out, bytes, static_cast<size_t>(elements) * sizeof(float));
+  } else {
+    const bool bf16 = dtype == DType::kBF16;
+    for (int64_t i = 0; i < elements; ++i) {
+      uint16_t h;
+      std::memcpy(&h, bytes + 2 * i, sizeof(h));
+      out[i] = bf16 ? BFloat16ToFloat(h) : HalfToFloat(h);
+    }
+  }
+  view.data = out;
+  return view;
+}
+
+}  // namespace samplerd

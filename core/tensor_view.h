@@ -1,0 +1,90 @@
+// Float32 views over received tensor bytes.
+//
+// A step's logits and attention arrive as (dtype, shape, bytes). `DecodeTensor` checks the shape and the byte
+// length before anything touches the data, then returns a view: directly over the bytes for float32 (no copy),
+// or over a caller-owned scratch buffer that f16 / bf16 are converted into once (reused step after step, so
+// steady state allocates nothing).
+//
+//   std::vector<float> scratch;
+//   absl::StatusOr<FloatView> v = DecodeTensor(raw, TensorRole::kLogits, limits, "logits", &scratch);
+//   auto z = v->Flat();   // xt::adapt over the floats
+#ifndef SAMPLERD_CORE_TENSOR_VIEW_H_
+#define SAMPLERD_CORE_TENSOR_VIEW_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "xtensor/xadapt.hpp"
+
+namespace samplerd {
+
+// Wire values of samplerd.v1.DType.
+enum class DType : int { kUnspecified = 0, kF32 = 1, kF16 = 2, kBF16 = 3 };
+
+// Bytes per element; 0 for an unknown dtype.
+size_t ItemSize(DType dtype);
+
+// A tensor as received: nothing is checked yet.
+struct RawTensor {
+  int dtype = 0;  // a samplerd.v1.DType value, possibly out of range
+  absl::Span<const int64_t> shape;
+  absl::string_view data;
+};
+
+// Size limits applied while decoding (DESIGN.md section 6).
+struct TensorLimits {
+  int64_t max_vocab = 1 << 20;                  // logits elements
+  int64_t max_attention_elements = 64 << 20;    // layers * heads * kv_len
+};
+
+// Which tensor of a step is decoded: decides the allowed ranks and limit.
+enum class TensorRole { kLogits, kAttention };
+
+// A read-only float32 view of a validated tensor. Attention is always seen as [rows, kv_len] with
+// rows = layers * heads.
+struct FloatView {
+  const float* data = nullptr;
+  int64_t rows = 1;  // 1 for logits
+  int64_t cols = 0;  // vocab for logits, kv_len for attention
+  int64_t size() const { return rows * cols; }
+
+  // xtensor views over the floats (no copy). They borrow `data`: keep the source alive.
+  auto Flat() const {
+    return xt::adapt(data, static_cast<size_t>(size()), xt::no_ownership(),
+                     std::array<size_t, 1>{static_cast<size_t>(size())});
+  }
+  auto Matrix() const {
+    return xt::adapt(data, static_cast<size_t>(size()), xt::no_ownership(),
+                     std::array<size_t, 2>{static_cast<size_t>(rows), static_cast<size_t>(cols)});
+  }
+};
+
+// The xtensor types of FloatView::Flat() and FloatView::Matrix(): what core's kernels take.
+using FlatFloats = decltype(std::declval<const FloatView&>().Flat());
+using MatrixFloats = decltype(std::declval<const FloatView&>().Matrix());
+
+// Validates `raw` for `role` (dtype known, rank 1 for logits and 2 or 3 for attention, every dimension >= 1,
+// no overflow of the element count, within `limits`, byte length equal to elements * itemsize) and returns a
+// float32 view. f16 / bf16 (and float32 bytes that are not 4-byte aligned) are converted into `*scratch`.
+// Errors name `field` ("logits" or "attention") and the received value; over-limit sizes are
+// RESOURCE_EXHAUSTED, everything else INVALID_ARGUMENT. Values (NaN, inf) are checked by the metrics.
+absl::StatusOr<FloatView> DecodeTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
+                                       absl::string_view field, std::vector<float>* scratch);
+
+// Exact conversions to float32 (every f16 and bf16 value is representable).
+float HalfToFloat(uint16_t h);
+float BFloat16ToFloat(uint16_t b);
+
+// Round-to-nearest-even conversions from float32, used by clients and tests that build bf16/f16 payloads.
+uint16_t FloatToBFloat16(float f);
+uint16_t FloatToHalf(float f);
+
+}  // namespace samplerd
+
+#endif  // SAMPLERD_CORE_TENSOR_VIEW_H_

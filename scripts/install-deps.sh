@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package samplerd needs to build, test and run. Idempotent: packages already
+# present are skipped by apt, so running it on a provisioned machine costs a few seconds.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libabsl-dev
+  libxtensor-dev libxsimd-dev
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  prometheus-cpp-dev
+  python3-numpy python3-grpcio python3-protobuf
+  openssl curl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
