@@ -52,6 +52,15 @@ inline std::vector<nlohmann::json> GoldenCases() {
   return cases;
 }
 
+// The cases that expect an error (rejected = true) or a result.
+inline std::vector<nlohmann::json> GoldenCases(bool rejected) {
+  std::vector<nlohmann::json> cases;
+  for (const auto& c : GoldenJson()["cases"]) {
+    if (c["expect_error"].is_null() != rejected) cases.push_back(c);
+  }
+  return cases;
+}
+
 inline std::string CaseName(const ::testing::TestParamInfo<nlohmann::json>& info) {
   return info.param["name"].get<std::string>();
 }
