@@ -155,14 +155,17 @@ absl::string_view BuiltInProfilesJson() { return kBuiltInJson; }
 absl::StatusOr<Profile> Profile::FromProto(const v1::Profile& proto, absl::string_view prefix) {
   if (proto.name().empty()) return InvalidFieldError(Field(prefix, "name"), "must not be empty");
   if (absl::Status s = ValidateSamplingParams(proto.params(), Field(prefix, "params")); !s.ok()) return s;
-  if (!IsDecidingRegime(proto.default_regime())) {
+  // Unset: the reference behaviour, ADAPTIVE when no rule matches.
+  const v1::Regime default_regime =
+      proto.default_regime() == v1::REGIME_UNSPECIFIED ? v1::REGIME_ADAPTIVE : proto.default_regime();
+  if (!IsDecidingRegime(default_regime)) {
     return InvalidFieldError(Field(prefix, "default_regime"),
                              absl::StrCat("must be a regime (REGIME_ADAPTIVE or REGIME_FIXED usually), got ",
                                           v1::Regime_Name(proto.default_regime())));
   }
 
   Profile profile;
-  profile.default_regime_ = proto.default_regime();
+  profile.default_regime_ = default_regime;
   // Base parameters: unset ones mean "filter off" (temperature 1) so that a minimal profile is usable.
   ApplyOverrides(proto.params(), &profile.base_);
   profile.base_.logit_bias = nullptr;
@@ -208,6 +211,7 @@ absl::StatusOr<Profile> Profile::FromProto(const v1::Profile& proto, absl::strin
 
   // The resolved proto: every parameter and coefficient in force, for ListProfiles.
   profile.proto_ = proto;
+  profile.proto_.set_default_regime(default_regime);
   v1::SamplingParams* params = profile.proto_.mutable_params();
   const auto bias = proto.params().logit_bias();
   ToProto(profile.base_, params);

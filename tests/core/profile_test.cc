@@ -1,0 +1,130 @@
+// Pins the profiles: the built-in ones carry exactly golden/cases.json's values, configs load through
+// protobuf's JSON mapping, replace or add profiles, and bad configs are rejected naming the field.
+#include <string>
+
+#include "core/field_error.h"
+#include "core/profile.h"
+#include "gtest/gtest.h"
+#include "tests/core/golden_cases.h"
+
+namespace samplerd {
+namespace {
+
+std::string Upper(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return s;
+}
+
+TEST(ProfileTest, BuiltInProfilesEqualTheGoldenProfiles) {
+  const auto registry = ProfileRegistry::BuiltIn();
+  EXPECT_EQ(registry->default_profile(), "entropix");
+  const auto& golden = testing::GoldenJson()["profiles"];
+  ASSERT_EQ(registry->profiles().size(), golden.size());
+  for (const auto& [name, g] : golden.items()) {
+    SCOPED_TRACE(name);
+    const Profile* p = registry->Find(name);
+    ASSERT_NE(p, nullptr);
+    const SamplingConfig base = p->base();
+    EXPECT_FLOAT_EQ(base.temperature, g["params"]["temperature"].get<float>());
+    EXPECT_EQ(base.top_k, g["params"]["top_k"].get<int>());
+    EXPECT_FLOAT_EQ(base.top_p, g["params"]["top_p"].get<float>());
+    EXPECT_FLOAT_EQ(base.min_p, g["params"]["min_p"].get<float>());
+    EXPECT_EQ(base.clarifying_token, g["clarifying_token"].get<int>());
+    EXPECT_EQ(base.n_adaptive_samples, g["n_adaptive_samples"].get<int>());
+    EXPECT_EQ(v1::Regime_Name(p->default_regime()), "REGIME_" + g["default_regime"].get<std::string>());
+    ASSERT_EQ(p->rules().size(), g["regimes"].size());
+    for (size_t i = 0; i < p->rules().size(); ++i) {
+      const auto& gr = g["regimes"][i];
+      EXPECT_EQ(v1::Regime_Name(p->rules()[i].regime), "REGIME_" + gr["regime"].get<std::string>());
+      ASSERT_EQ(p->rules()[i].bounds.size(), gr["bounds"].size());
+      for (size_t j = 0; j < gr["bounds"].size(); ++j) {
+        const Bound& b = p->rules()[i].bounds[j];
+        EXPECT_EQ(v1::Metric_Name(b.metric), "METRIC_" + Upper(gr["bounds"][j]["metric"].get<std::string>()));
+        EXPECT_EQ(b.op == v1::OP_LT ? "<" : ">", gr["bounds"][j]["op"].get<std::string>());
+        EXPECT_DOUBLE_EQ(b.value, gr["bounds"][j]["value"].get<double>());
+      }
+    }
+    // Every coefficient the golden profile lists (the adaptive_score_* terms have no effect: deviation 6).
+    const auto* descriptor = v1::Coefficients::descriptor();
+    const auto& resolved = p->proto().coefficients();
+    for (const auto& [coef, value] : g["coefficients"].items()) {
+      if (coef.rfind("adaptive_score", 0) == 0) continue;
+      const auto* field = descriptor->FindFieldByName(coef);
+      ASSERT_NE(field, nullptr) << coef;
+      EXPECT_DOUBLE_EQ(resolved.GetReflection()->GetDouble(resolved, field), value.get<double>()) << coef;
+    }
+  }
+}
+
+TEST(ProfileTest, CoefficientTableCoversEveryProtoField) {
+  // Profile::FromProto resolves coefficients through a name table; a proto field missing from it would be
+  // silently ignored. Every field must come back set in the resolved proto.
+  const Profile* p = ProfileRegistry::BuiltIn()->Find("entropix");
+  const auto* descriptor = v1::Coefficients::descriptor();
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    EXPECT_TRUE(p->proto().coefficients().GetReflection()->HasField(p->proto().coefficients(), descriptor->field(i)))
+        << descriptor->field(i)->name();
+  }
+}
+
+TEST(ProfileTest, ConfigAddsAndReplacesProfiles) {
+  auto registry = ProfileRegistry::FromJson(R"({
+    "defaultProfile": "cautious",
+    "profiles": [
+      {"name": "cautious", "params": {"temperature": 0.5, "topK": 20},
+       "regimes": [{"regime": "REGIME_ARGMAX", "bounds": [{"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_LT", "value": 1.0}]}],
+       "defaultRegime": "REGIME_ADAPTIVE", "coefficients": {"adaptive_top_k_max": 50}},
+      {"name": "fixed", "params": {"temperature": 1.0}, "default_regime": "REGIME_FIXED"}
+    ]})");
+  ASSERT_TRUE(registry.ok()) << registry.status();
+  EXPECT_EQ((*registry)->default_profile(), "cautious");
+  EXPECT_EQ((*registry)->Find("")->name(), "cautious");
+  EXPECT_EQ((*registry)->profiles().size(), 4u);
+  EXPECT_EQ((*registry)->Find("cautious")->coefficients().adaptive_top_k_max, 50);
+  EXPECT_EQ((*registry)->Find("cautious")->coefficients().adaptive_top_k_min, 1) << "unset: reference value";
+  EXPECT_FLOAT_EQ((*registry)->Find("fixed")->base().temperature, 1.0f);
+  EXPECT_EQ((*registry)->Find("fixed")->base().top_k, 0) << "replaced, not merged";
+  EXPECT_NE((*registry)->Find("entropix"), nullptr);
+}
+
+struct BadConfig {
+  const char* name;
+  const char* json;
+  const char* mentions;
+};
+
+class ProfileConfigRejectsTest : public ::testing::TestWithParam<BadConfig> {};
+
+TEST_P(ProfileConfigRejectsTest, NamesTheProblem) {
+  auto registry = ProfileRegistry::FromJson(GetParam().json);
+  ASSERT_FALSE(registry.ok());
+  EXPECT_EQ(registry.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(registry.status().message().find(GetParam().mentions), absl::string_view::npos) << registry.status().message();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Catalogue, ProfileConfigRejectsTest,
+    ::testing::Values(
+        BadConfig{"not_json", "{profiles: [", "ProfileSet"},
+        BadConfig{"unknown_field", R"({"profiles": [{"name": "x", "temperature": 1}]})", "temperature"},
+        BadConfig{"empty_name", R"({"profiles": [{"params": {}}]})", "profiles[0].name"},
+        BadConfig{"top_p_out_of_range", R"({"profiles": [{"name": "x", "params": {"topP": 1.5}}]})",
+                  "profiles[0].params.top_p: must be in (0, 1], got 1.5"},
+        BadConfig{"negative_top_k", R"({"profiles": [{"name": "x", "params": {"topK": -3}}]})",
+                  "profiles[0].params.top_k"},
+        BadConfig{"missing_op", R"({"profiles": [{"name": "x", "regimes": [{"regime": "REGIME_ARGMAX",
+                  "bounds": [{"metric": "METRIC_AGREEMENT", "value": 1}]}]}]})",
+                  "profiles[0].regimes[0].bounds[0].op"},
+        BadConfig{"duplicate", R"({"profiles": [{"name": "x"}, {"name": "x"}]})", "duplicate profile name"},
+        BadConfig{"unknown_default", R"({"defaultProfile": "nope"})", "default_profile"},
+        BadConfig{"too_many_samples", R"({"profiles": [{"name": "x", "params": {"nAdaptiveSamples": 65}}]})",
+                  "n_adaptive_samples"}),
+    [](const ::testing::TestParamInfo<BadConfig>& info) { return std::string(info.param.name); });
+
+TEST(ProfileTest, MissingConfigFileIsNotFound) {
+  EXPECT_EQ(ProfileRegistry::FromJsonFile("/nonexistent/profiles.json").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace samplerd

@@ -1,0 +1,244 @@
+// Pins RunStep as the service sees it: every bad input of issue 2's catalogue is rejected with the field
+// and the received value; the token is a pure function of (seed, sequence_id, step) whatever the thread,
+// the order of steps around it or the workspace's history; and the response fields (top logprobs, regime,
+// applied params) are consistent.
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/field_error.h"
+#include "core/step_engine.h"
+#include "gtest/gtest.h"
+
+namespace samplerd {
+namespace {
+
+struct OwnedStep {
+  std::string id;
+  uint64_t step = 0;
+  uint64_t seed = 1;
+  std::vector<float> logits;
+  std::vector<int64_t> logits_shape;
+  std::string logits_bytes;
+  int logits_dtype = 1;
+  std::vector<float> attention;
+  std::vector<int64_t> attention_shape;
+  std::string attention_bytes;
+  std::vector<int32_t> recent;
+  v1::SamplingParams params;
+  bool has_params = false;
+  std::string profile;
+  int32_t top_logprobs = 0;
+
+  StepInput Input() {
+    if (logits_bytes.empty() && !logits.empty()) {
+      logits_bytes.assign(reinterpret_cast<const char*>(logits.data()), logits.size() * 4);
+    }
+    if (logits_shape.empty() && !logits.empty()) logits_shape = {static_cast<int64_t>(logits.size())};
+    StepInput in;
+    in.sequence_id = id;
+    in.step = step;
+    in.seed = seed;
+    in.logits = RawTensor{logits_dtype, logits_shape, logits_bytes};
+    if (!attention.empty() || !attention_shape.empty()) {
+      attention_bytes.assign(reinterpret_cast<const char*>(attention.data()), attention.size() * 4);
+      in.attention = RawTensor{1, attention_shape, attention_bytes};
+    }
+    in.recent_tokens = recent;
+    if (has_params) in.overrides = &params;
+    in.profile = profile;
+    in.top_logprobs = top_logprobs;
+    return in;
+  }
+};
+
+OwnedStep RandomStep(uint64_t index, int vocab = 4000) {
+  std::mt19937 gen(static_cast<uint32_t>(index));
+  std::normal_distribution<float> normal(0.0f, 1.0f + static_cast<float>(index % 4));
+  OwnedStep s;
+  s.id = "seq-" + std::to_string(index % 7);
+  s.step = index;
+  s.seed = 1000 + index;
+  s.logits.resize(static_cast<size_t>(vocab));
+  for (float& x : s.logits) x = normal(gen);
+  s.attention_shape = {4, 64};
+  s.attention.resize(256);
+  for (float& x : s.attention) x = normal(gen);
+  return s;
+}
+
+absl::Status RunOwned(OwnedStep& s, StepOutput* out) {
+  Workspace ws;
+  StepInput in = s.Input();
+  return RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, in, &ws, out);
+}
+
+struct BadStep {
+  const char* name;
+  void (*mutate)(OwnedStep*);
+  const char* field;
+  const char* mentions;
+};
+
+class RunStepRejectsTest : public ::testing::TestWithParam<BadStep> {};
+
+TEST_P(RunStepRejectsTest, WithInvalidArgumentNamingFieldAndValue) {
+  OwnedStep s = RandomStep(3, 100);
+  GetParam().mutate(&s);
+  StepOutput out;
+  const absl::Status status = RunOwned(s, &out);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_EQ(ErrorField(status), GetParam().field) << status;
+  EXPECT_NE(status.message().find(GetParam().mentions), absl::string_view::npos) << status.message();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Catalogue, RunStepRejectsTest,
+    ::testing::Values(
+        BadStep{"wrong_dtype", [](OwnedStep* s) { s->logits_dtype = 5; }, "logits.dtype", "got 5"},
+        BadStep{"length_mismatch", [](OwnedStep* s) { s->logits_shape = {99}; }, "logits.data", "got 400"},
+        BadStep{"empty_logits", [](OwnedStep* s) { s->logits.clear(); s->logits_shape = {0}; }, "logits.shape", "[0]"},
+        BadStep{"nan_logit", [](OwnedStep* s) { s->logits[17] = NAN; }, "logits.data", "NaN at index 17"},
+        BadStep{"posinf_logit", [](OwnedStep* s) { s->logits[5] = INFINITY; }, "logits.data", "+inf at index 5"},
+        BadStep{"all_neginf", [](OwnedStep* s) { for (float& x : s->logits) x = -INFINITY; }, "logits.data",
+                "all 100 logits are -inf"},
+        BadStep{"attention_rank1", [](OwnedStep* s) { s->attention_shape = {256}; }, "attention.shape", "[256]"},
+        BadStep{"attention_nan", [](OwnedStep* s) { s->attention[70] = NAN; }, "attention.data", "row 1, position 6"},
+        BadStep{"shape_overflow",
+                [](OwnedStep* s) { s->attention_shape = {1LL << 31, 1LL << 31, 1LL << 31}; }, "attention.shape",
+                "overflows"},
+        BadStep{"top_p_above_one", [](OwnedStep* s) { s->has_params = true; s->params.set_top_p(1.5f); },
+                "params.top_p", "got 1.5"},
+        BadStep{"top_p_zero", [](OwnedStep* s) { s->has_params = true; s->params.set_top_p(0.0f); },
+                "params.top_p", "got 0"},
+        BadStep{"negative_top_k", [](OwnedStep* s) { s->has_params = true; s->params.set_top_k(-1); },
+                "params.top_k", "got -1"},
+        BadStep{"negative_temperature", [](OwnedStep* s) { s->has_params = true; s->params.set_temperature(-1); },
+                "params.temperature", "got -1"},
+        BadStep{"nan_temperature", [](OwnedStep* s) { s->has_params = true; s->params.set_temperature(NAN); },
+                "params.temperature", "got nan"},
+        BadStep{"min_p_above_one", [](OwnedStep* s) { s->has_params = true; s->params.set_min_p(2); },
+                "params.min_p", "got 2"},
+        BadStep{"too_many_samples",
+                [](OwnedStep* s) { s->has_params = true; s->params.set_n_adaptive_samples(65); },
+                "params.n_adaptive_samples", "got 65"},
+        BadStep{"too_many_top_logprobs", [](OwnedStep* s) { s->top_logprobs = 21; }, "top_logprobs", "got 21"},
+        BadStep{"negative_top_logprobs", [](OwnedStep* s) { s->top_logprobs = -1; }, "top_logprobs", "got -1"},
+        BadStep{"recent_token_out_of_vocab", [](OwnedStep* s) { s->recent = {3, 100}; }, "recent_tokens[1]",
+                "got 100"},
+        BadStep{"negative_recent_token", [](OwnedStep* s) { s->recent = {-2}; }, "recent_tokens[0]", "got -2"},
+        BadStep{"bias_out_of_vocab",
+                [](OwnedStep* s) { s->has_params = true; (*s->params.mutable_logit_bias())[100] = 1; },
+                "params.logit_bias", "token id 100"},
+        BadStep{"zero_repetition_penalty",
+                [](OwnedStep* s) { s->has_params = true; s->params.set_repetition_penalty(0); },
+                "params.repetition_penalty", "got 0"}),
+    [](const ::testing::TestParamInfo<BadStep>& info) { return std::string(info.param.name); });
+
+TEST(RunStepTest, UnknownProfileIsNotFound) {
+  OwnedStep s = RandomStep(1);
+  s.profile = "nope";
+  StepOutput out;
+  const absl::Status status = RunOwned(s, &out);
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ErrorField(status), "profile");
+}
+
+TEST(RunStepTest, TokenIsAPureFunctionOfSeedSequenceAndStep) {
+  constexpr int kSteps = 48;
+  std::vector<OwnedStep> steps;
+  for (int i = 0; i < kSteps; ++i) steps.push_back(RandomStep(static_cast<uint64_t>(i)));
+  std::vector<int32_t> reference(kSteps);
+  for (int i = 0; i < kSteps; ++i) {
+    StepOutput out;
+    ASSERT_TRUE(RunOwned(steps[static_cast<size_t>(i)], &out).ok());
+    reference[static_cast<size_t>(i)] = out.token;
+  }
+  // Another batch composition: reversed order through one reused workspace (its buffers carry the
+  // previous, larger steps' contents).
+  {
+    Workspace ws;
+    StepOutput out;
+    OwnedStep big = RandomStep(999, 60000);
+    StepInput big_in = big.Input();
+    ASSERT_TRUE(RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, big_in, &ws, &out).ok());
+    for (int i = kSteps - 1; i >= 0; --i) {
+      StepInput in = steps[static_cast<size_t>(i)].Input();
+      ASSERT_TRUE(RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, in, &ws, &out).ok());
+      EXPECT_EQ(out.token, reference[static_cast<size_t>(i)]) << "step " << i;
+    }
+  }
+  // Other threads, interleaved.
+  std::vector<std::vector<int32_t>> by_thread(3, std::vector<int32_t>(kSteps, -1));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      Workspace ws;
+      StepOutput out;
+      for (int i = t; i < kSteps + t; ++i) {
+        const int index = i % kSteps;
+        OwnedStep copy = steps[static_cast<size_t>(index)];
+        copy.logits_bytes.clear();
+        StepInput in = copy.Input();
+        if (RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, in, &ws, &out).ok()) {
+          by_thread[static_cast<size_t>(t)][static_cast<size_t>(index)] = out.token;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (const auto& tokens : by_thread) EXPECT_EQ(tokens, reference);
+}
+
+TEST(RunStepTest, TopLogprobsAreTheBestTokensUnderTheUnmodifiedLogits) {
+  OwnedStep s = RandomStep(11, 1000);
+  s.top_logprobs = 20;
+  s.has_params = true;
+  (*s.params.mutable_logit_bias())[0] = 50.0f;  // changes the draw, not the reported logprobs
+  StepOutput out;
+  ASSERT_TRUE(RunOwned(s, &out).ok());
+  ASSERT_EQ(out.top.size(), 20u);
+  double lse = 0;
+  const float m = *std::max_element(s.logits.begin(), s.logits.end());
+  for (float x : s.logits) lse += std::exp(static_cast<double>(x - m));
+  for (size_t i = 0; i < out.top.size(); ++i) {
+    const auto [id, logprob] = out.top[i];
+    EXPECT_NEAR(logprob, s.logits[static_cast<size_t>(id)] - m - std::log(lse), 1e-5);
+    if (i > 0) EXPECT_GE(out.top[i - 1].second, logprob);
+  }
+  EXPECT_EQ(out.token, 0) << "a +50 bias makes token 0 all but certain";
+}
+
+TEST(RunStepTest, ClarifyWithATokenOutsideTheVocabularySamplesInstead) {
+  // Uniform logits over 1000 tokens: entropy ~10 bits, varentropy 0 -> CLARIFY under entropix; its
+  // clarifying token 2564 does not exist in this vocabulary, so it must draw, not emit an invalid id.
+  OwnedStep s;
+  s.id = "tiny";
+  s.logits.assign(1000, 0.0f);
+  StepOutput out;
+  ASSERT_TRUE(RunOwned(s, &out).ok());
+  EXPECT_EQ(out.regime, v1::REGIME_CLARIFY);
+  EXPECT_TRUE(out.drew);
+  EXPECT_GE(out.token, 0);
+  EXPECT_LT(out.token, 1000);
+}
+
+TEST(RunStepTest, GreedyOverrideIsArgmaxWithLowestIdOnTies) {
+  OwnedStep s = RandomStep(5, 500);
+  s.logits[400] = 100.0f;
+  s.logits[123] = 100.0f;
+  s.profile = "fixed";
+  s.has_params = true;
+  s.params.set_temperature(0.0f);
+  StepOutput out;
+  ASSERT_TRUE(RunOwned(s, &out).ok());
+  EXPECT_EQ(out.token, 123);
+  EXPECT_EQ(out.regime, v1::REGIME_FIXED);
+  EXPECT_EQ(out.applied.temperature, 0.0f);
+}
+
+}  // namespace
+}  // namespace samplerd
