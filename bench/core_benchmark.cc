@@ -1,0 +1,114 @@
+// Core step and kernel benchmarks per workload (issue 3's names):
+//   S: vocab 32000, attention 8 x 1024;  L: vocab 128256, attention 32 x 4096;  XL: vocab 256000, 64 x 8192.
+// Run: build/bench/core_benchmark --benchmark_filter=Step --benchmark_repetitions=5
+#include <random>
+#include <string>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "core/metrics.h"
+#include "core/sampler_chain.h"
+#include "core/step_engine.h"
+
+namespace samplerd {
+namespace {
+
+struct Workload {
+  int64_t vocab, heads, kv_len;
+};
+
+Workload Get(int index) {
+  static const Workload kWorkloads[] = {{32000, 8, 1024}, {128256, 32, 4096}, {256000, 64, 8192}};
+  return kWorkloads[index];
+}
+
+const char* Name(int index) { return index == 0 ? "S" : index == 1 ? "L" : "XL"; }
+
+struct Data {
+  std::vector<float> logits, attention;
+  std::string logit_bytes, attention_bytes;
+  std::vector<int64_t> logit_shape, attention_shape;
+};
+
+const Data& MakeData(int index) {
+  static Data* cache[3] = {nullptr, nullptr, nullptr};
+  if (cache[index] != nullptr) return *cache[index];
+  const Workload w = Get(index);
+  auto* d = new Data();
+  std::mt19937 gen(42);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  d->logits.resize(static_cast<size_t>(w.vocab));
+  for (float& x : d->logits) x = normal(gen);
+  d->attention.resize(static_cast<size_t>(w.heads * w.kv_len));
+  for (float& x : d->attention) x = normal(gen);
+  d->logit_bytes.assign(reinterpret_cast<const char*>(d->logits.data()), d->logits.size() * 4);
+  d->attention_bytes.assign(reinterpret_cast<const char*>(d->attention.data()), d->attention.size() * 4);
+  d->logit_shape = {w.vocab};
+  d->attention_shape = {w.heads, w.kv_len};
+  cache[index] = d;
+  return *d;
+}
+
+void BM_Step(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const Data& d = MakeData(index);
+  state.SetLabel(Name(index));
+  const auto registry = ProfileRegistry::BuiltIn();
+  Workspace ws;
+  StepOutput out;
+  uint64_t step = 0;
+  for (auto _ : state) {
+    StepInput in;
+    in.sequence_id = "bench";
+    in.step = step++;
+    in.seed = 7;
+    in.logits = RawTensor{1, d.logit_shape, d.logit_bytes};
+    in.attention = RawTensor{1, d.attention_shape, d.attention_bytes};
+    benchmark::DoNotOptimize(RunStep(*registry, TensorLimits{}, in, &ws, &out));
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(d.logit_bytes.size() + d.attention_bytes.size()));
+}
+BENCHMARK(BM_Step)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+
+void BM_LogitsMetrics(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const Data& d = MakeData(index);
+  state.SetLabel(Name(index));
+  MetricsScratch scratch;
+  FloatView v{d.logits.data(), 1, static_cast<int64_t>(d.logits.size())};
+  for (auto _ : state) benchmark::DoNotOptimize(SummarizeLogits(v.Flat(), &scratch));
+}
+BENCHMARK(BM_LogitsMetrics)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+
+void BM_AttentionMetrics(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const Data& d = MakeData(index);
+  const Workload w = Get(index);
+  state.SetLabel(Name(index));
+  MetricsScratch scratch;
+  FloatView v{d.attention.data(), w.heads, w.kv_len};
+  for (auto _ : state) benchmark::DoNotOptimize(ComputeAttentionMetrics(v.Matrix(), &scratch));
+}
+BENCHMARK(BM_AttentionMetrics)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+
+void BM_ChainTopK(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const Data& d = MakeData(index);
+  state.SetLabel(Name(index));
+  SamplingConfig c;
+  c.temperature = 0.8f;
+  c.top_k = 40;
+  c.top_p = 0.95f;
+  c.min_p = 0.05f;
+  ChainScratch scratch;
+  Candidates cands;
+  for (auto _ : state) {
+    BuildCandidates(d.logits.data(), static_cast<int64_t>(d.logits.size()), c, &scratch, &cands);
+    benchmark::DoNotOptimize(cands.total);
+  }
+}
+BENCHMARK(BM_ChainTopK)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace samplerd
