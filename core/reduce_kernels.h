@@ -1,5 +1,10 @@
 // Hot reductions over float32 arrays, written with xsimd (xtensor 0.24's reducers run scalar).
 //
+// The instruction set is chosen once at run time (AVX-512, AVX2+FMA or SSE2, the best the CPU has), so
+// portable binaries run the widest kernels; SAMPLERD_SIMD=sse2|avx2|avx512 in the environment pins it (for
+// example to get bit-identical results across a fleet of mixed CPUs: sums and exp round differently per
+// instruction set).
+//
 // Accumulation contract (pinned by tests/core/reduce_kernels_test.cc): float32 lanes sum at most
 // kSumBlock elements, then each block's total is added into a double. Results are deterministic for a given
 // build (the order of operations does not depend on threads or alignment).
@@ -7,6 +12,7 @@
 #define SAMPLERD_CORE_REDUCE_KERNELS_H_
 
 #include <cstdint>
+#include <vector>
 
 namespace samplerd::kernels {
 
@@ -48,6 +54,26 @@ void KahanAccumulate(const float* a, float* sum, float* comp, int64_t n);
 
 // sum |a[k] - mean[k]| in double.
 double AbsDeviationSum(const float* a, const float* mean, int64_t n);
+
+// The kernels of one instruction set (see reduce_kernels_impl.h).
+struct KernelTable {
+  const char* name;
+  ScanResult (*scan_max)(const float*, int64_t);
+  int64_t (*find_first)(const float*, int64_t, float);
+  int64_t (*find_first_greater)(const float*, int64_t, int64_t, float);
+  void (*exp_shifted)(const float*, int64_t, float, float*, double*, double*);
+  double (*weighted_squared_deviation)(const float*, const float*, int64_t, float, float);
+  void (*abs_sum_finite)(const float*, int64_t, double*, int64_t*);
+  double (*normalize_and_entropy)(const float*, float*, int64_t, float, float, float, float);
+  void (*kahan_accumulate)(const float*, float*, float*, int64_t);
+  double (*abs_deviation_sum)(const float*, const float*, int64_t);
+};
+
+// The table in use ("sse2", "avx2" or "avx512" in its name).
+const KernelTable& ActiveKernels();
+
+// Every table this CPU can run, narrowest first (for tests that compare instruction sets).
+std::vector<const KernelTable*> AvailableKernels();
 
 }  // namespace samplerd::kernels
 
