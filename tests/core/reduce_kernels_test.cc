@@ -1,0 +1,100 @@
+// Pins every instruction set's reduction kernels (whatever this CPU can run, SSE2 always) to a float64
+// reference: the block-double accumulation keeps them within a few float32 ulps of the exact sums, NaN and
+// +inf are found at the right index, and -inf / huge negative inputs never produce NaN.
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "core/reduce_kernels.h"
+#include "gtest/gtest.h"
+
+namespace samplerd::kernels {
+namespace {
+
+class ReduceKernelsTest : public ::testing::TestWithParam<const KernelTable*> {};
+
+TEST_P(ReduceKernelsTest, ExpSumsMatchAFloat64Reference) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(1);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int64_t n : {1, 7, 63, 64, 65, 1000, 128257}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& v : x) v = normal(gen);
+    const float m = k.scan_max(x.data(), n).max;
+    std::vector<float> e(x.size());
+    double sum_e = 0, sum_ed = 0;
+    k.exp_shifted(x.data(), n, m, e.data(), &sum_e, &sum_ed);
+    double ref_e = 0, ref_ed = 0;
+    for (float v : x) {
+      const double d = static_cast<double>(v) - m;
+      ref_e += std::exp(d);
+      ref_ed += std::exp(d) * d;
+    }
+    EXPECT_NEAR(sum_e, ref_e, 4e-7 * ref_e) << k.name << " n=" << n;
+    EXPECT_NEAR(sum_ed, ref_ed, 4e-7 * std::abs(ref_ed) + 1e-9) << k.name << " n=" << n;
+    const float mean = static_cast<float>(sum_ed / sum_e);
+    double ref_var = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double dev = (static_cast<double>(x[i]) - m) - mean;
+      ref_var += std::exp(static_cast<double>(x[i]) - m) * dev * dev;
+    }
+    EXPECT_NEAR(k.weighted_squared_deviation(x.data(), e.data(), n, m, mean), ref_var, 1e-6 * ref_var)
+        << k.name << " n=" << n;
+  }
+}
+
+TEST_P(ReduceKernelsTest, FindsNanAndPositiveInfinityAtTheirIndex) {
+  const KernelTable& k = *GetParam();
+  for (int64_t pos : {0, 5, 16, 63, 64, 999}) {
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      std::vector<float> x(1000, 1.0f);
+      x[static_cast<size_t>(pos)] = bad;
+      EXPECT_EQ(k.scan_max(x.data(), 1000).first_bad, pos) << k.name << " bad=" << bad;
+    }
+  }
+  std::vector<float> ok(1000, -std::numeric_limits<float>::infinity());
+  ok[500] = std::numeric_limits<float>::max();
+  const ScanResult r = k.scan_max(ok.data(), 1000);
+  EXPECT_EQ(r.first_bad, -1);
+  EXPECT_EQ(r.max, std::numeric_limits<float>::max());
+}
+
+TEST_P(ReduceKernelsTest, NegativeInfinityAndHugeGapsGiveZeroWeightNotNan) {
+  const KernelTable& k = *GetParam();
+  std::vector<float> x(200, -std::numeric_limits<float>::infinity());
+  x[3] = std::numeric_limits<float>::max();
+  x[150] = -std::numeric_limits<float>::max();
+  std::vector<float> e(x.size());
+  double sum_e = 0, sum_ed = 0;
+  k.exp_shifted(x.data(), 200, x[3], e.data(), &sum_e, &sum_ed);
+  EXPECT_EQ(sum_e, 1.0);
+  EXPECT_EQ(sum_ed, 0.0);
+  EXPECT_FALSE(std::isnan(k.weighted_squared_deviation(x.data(), e.data(), 200, x[3], 0.0f)));
+}
+
+TEST_P(ReduceKernelsTest, SelectionHelpersFindTheFirstMatch) {
+  const KernelTable& k = *GetParam();
+  std::vector<float> x(300);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 50);
+  EXPECT_EQ(k.find_first(x.data(), 300, 49.0f), 49);
+  EXPECT_EQ(k.find_first(x.data(), 300, 77.0f), 300);
+  EXPECT_EQ(k.find_first_greater(x.data(), 60, 300, 48.5f), 99);
+  EXPECT_EQ(k.find_first_greater(x.data(), 0, 300, 49.0f), 300);
+}
+
+TEST(ActiveKernelsTest, IsTheWidestAvailableUnlessPinned) {
+  const auto tables = AvailableKernels();
+  ASSERT_FALSE(tables.empty());
+  EXPECT_STREQ(tables.front()->name, "sse2");
+  const char* pinned = std::getenv("SAMPLERD_SIMD");
+  if (pinned == nullptr) EXPECT_EQ(&ActiveKernels(), tables.back());
+}
+
+INSTANTIATE_TEST_SUITE_P(AllInstructionSets, ReduceKernelsTest, ::testing::ValuesIn(AvailableKernels()),
+                         [](const ::testing::TestParamInfo<const KernelTable*>& info) {
+                           return std::string(info.param->name);
+                         });
+
+}  // namespace
+}  // namespace samplerd::kernels
