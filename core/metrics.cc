@@ -36,18 +36,15 @@ absl::StatusOr<LogitsSummary> SummarizeLogits(const FlatFloats& z, MetricsScratc
   s.max_logit = scan.max;
   s.argmax = static_cast<int32_t>(kernels::FindFirst(x, n, scan.max));
 
-  scratch->exp_logits.resize(static_cast<size_t>(n));
-  double sum_e = 0, sum_ed = 0;
-  kernels::ExpShifted(x, n, scan.max, scratch->exp_logits.data(), &sum_e, &sum_ed);
+  // With d = z - max: ln p = d - ln Z, so H = ln Z - E_p[d] (both terms >= 0: nothing cancels) and
+  // varentropy = Var_p[d], taken from deviations to block means (never E[d^2] - E[d]^2).
+  double sum_e = 0, mean_d = 0, m2 = 0;
+  scratch->block_moments.resize(static_cast<size_t>(3 * kernels::MomentBlocks(n)));
+  kernels::ExpMoments(x, n, scan.max, scratch->block_moments.data(), &sum_e, &mean_d, &m2);
   // sum_e >= 1: the max contributes exp(0) = 1 exactly.
-  const double mean_d = sum_ed / sum_e;  // E_p[z - max] (nats, <= 0)
   s.log_normalizer = std::log(sum_e);
-  // H = -sum p ln p = ln Z - E[d]; both terms are >= 0, so nothing cancels.
   const double entropy_nats = s.log_normalizer - mean_d;
-  // Two-pass varentropy: Var_p[ln p] = E_p[(d - E[d])^2].
-  const double var_nats = kernels::WeightedSquaredDeviation(x, scratch->exp_logits.data(), n, scan.max,
-                                                            static_cast<float>(mean_d)) /
-                          sum_e;
+  const double var_nats = m2 / sum_e;
   s.entropy = entropy_nats / kLn2;
   s.varentropy = var_nats / (kLn2 * kLn2);
   return s;
@@ -69,7 +66,7 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Ma
   int64_t finite = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = s + r * cols;
-    const kernels::ScanResult scan = kernels::ScanMax(row, cols);
+    const kernels::RowScan scan = kernels::ScanRow(row, cols);
     if (scan.first_bad >= 0) {
       return InvalidFieldError(
           "attention.data", absl::StrCat("must be finite or -inf, got ", DescribeBad(row[scan.first_bad]),
@@ -79,19 +76,16 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Ma
     if (scan.max == -std::numeric_limits<float>::infinity()) continue;
     scratch->row_used[static_cast<size_t>(r)] = 1;
 
-    double row_abs = 0;
-    int64_t row_finite = 0;
-    kernels::AbsSumFinite(row, cols, &row_abs, &row_finite);
-    abs_sum += row_abs;
-    finite += row_finite;
+    abs_sum += scan.abs_sum;
+    finite += scan.finite_count;
 
     float* a = scratch->attn_probs.data() + r * cols;
     double sum_e = 0, unused = 0;
     kernels::ExpShifted(row, cols, scan.max, a, &sum_e, &unused);
-    const double h_nats = kernels::NormalizeAndEntropy(row, a, cols, scan.max, static_cast<float>(1.0 / sum_e),
-                                                       static_cast<float>(std::log(sum_e)), kLnAttentionFloor);
+    const double h_nats = kernels::NormalizeEntropyAccumulate(
+        row, a, cols, scan.max, static_cast<float>(1.0 / sum_e), static_cast<float>(std::log(sum_e)),
+        kLnAttentionFloor, scratch->col_sum.data(), scratch->col_comp.data());
     scratch->row_entropy.push_back(h_nats / kLn2);
-    kernels::KahanAccumulate(a, scratch->col_sum.data(), scratch->col_comp.data(), cols);
   }
 
   const int64_t used = static_cast<int64_t>(scratch->row_entropy.size());

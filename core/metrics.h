@@ -6,7 +6,8 @@
 // Numerics (golden/README.md, "Tolerances"): elementwise math is float32, but every reduction accumulates
 // float32 lanes over blocks of kSumBlock elements and adds the block sums in double. A float32 accumulator
 // running over the whole vocabulary misses the tolerances by 100x; blocks keep each float partial sum short.
-// Varentropy is the two-pass form (mean first), never E[x^2] - E[x]^2, which cancels at high entropy.
+// Varentropy is taken from deviations to block means merged pairwise (Chan et al.), never E[x^2] - E[x]^2,
+// which cancels at high entropy.
 //
 //   MetricsScratch scratch;
 //   absl::StatusOr<LogitsSummary> s = SummarizeLogits(logits_view.Flat(), &scratch);
@@ -29,7 +30,7 @@ inline constexpr int64_t kSumBlock = 64;
 
 // Reusable buffers of the metric kernels (grown once, then reused).
 struct MetricsScratch {
-  std::vector<float> exp_logits;   // exp(z - max), one per vocab entry
+  std::vector<float> block_moments;  // (W_b, M_b, Q_b) per block of the logits
   std::vector<float> attn_probs;   // softmax of every attention row, [rows, kv_len]
   std::vector<float> col_sum;      // per kv position: sum over rows of the probabilities (Kahan)
   std::vector<float> col_comp;     // Kahan compensation of col_sum

@@ -45,21 +45,17 @@ void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e,
   ActiveKernels().exp_shifted(x, n, shift, e, sum_e, sum_ed);
 }
 
-double WeightedSquaredDeviation(const float* x, const float* e, int64_t n, float shift, float mean) {
-  return ActiveKernels().weighted_squared_deviation(x, e, n, shift, mean);
+RowScan ScanRow(const float* x, int64_t n) { return ActiveKernels().scan_row(x, n); }
+
+void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d,
+                double* m2) {
+  ActiveKernels().exp_moments(x, n, shift, blocks, sum_e, mean_d, m2);
 }
 
-void AbsSumFinite(const float* x, int64_t n, double* abs_sum, int64_t* finite_count) {
-  ActiveKernels().abs_sum_finite(x, n, abs_sum, finite_count);
-}
-
-double NormalizeAndEntropy(const float* x, float* e, int64_t n, float shift, float inv_sum, float log_sum,
-                           float ln_floor) {
-  return ActiveKernels().normalize_and_entropy(x, e, n, shift, inv_sum, log_sum, ln_floor);
-}
-
-void KahanAccumulate(const float* a, float* sum, float* comp, int64_t n) {
-  ActiveKernels().kahan_accumulate(a, sum, comp, n);
+double NormalizeEntropyAccumulate(const float* x, float* e, int64_t n, float shift, float inv_sum,
+                                  float log_sum, float ln_floor, float* col_sum, float* col_comp) {
+  return ActiveKernels().normalize_entropy_accumulate(x, e, n, shift, inv_sum, log_sum, ln_floor, col_sum,
+                                                      col_comp);
 }
 
 double AbsDeviationSum(const float* a, const float* mean, int64_t n) {

@@ -19,10 +19,6 @@ namespace samplerd::kernels {
 // Index of the first element in [from, n) greater than `threshold` (n when none).
 int64_t FindFirstGreater(const float* x, int64_t from, int64_t n, float threshold);
 
-// exp(x) underflows to 0 in float32 below about -103.97; shifted values are clamped here so that -inf and
-// huge negative inputs give e = 0 and e * d = 0 (never 0 * -inf = NaN).
-inline constexpr float kMinShifted = -150.0f;
-
 struct ScanResult {
   float max = 0;            // largest non-NaN value (-inf when all are -inf)
   int64_t first_bad = -1;   // index of the first NaN or +inf, -1 when none
@@ -31,26 +27,39 @@ struct ScanResult {
 // Max over x[0, n) and the first NaN / +inf.
 ScanResult ScanMax(const float* x, int64_t n);
 
+// One pass over an attention row: ScanMax plus sum |x| and count over the finite entries.
+struct RowScan {
+  float max = 0;
+  int64_t first_bad = -1;
+  double abs_sum = 0;
+  int64_t finite_count = 0;
+};
+RowScan ScanRow(const float* x, int64_t n);
+
 // Index of the first element equal to `value` (n when none).
 int64_t FindFirst(const float* x, int64_t n, float value);
 
+// Index of the first element in [from, n) greater than `threshold` (n when none).
+int64_t FindFirstGreater(const float* x, int64_t from, int64_t n, float threshold);
+
+// exp(x) underflows to 0 in float32 below about -103.97; shifted values are clamped here so that -inf and
+// huge negative inputs give e = 0 and e * d = 0 (never 0 * -inf = NaN).
+inline constexpr float kMinShifted = -150.0f;
+
 // e[i] = exp(max(x[i] - shift, kMinShifted)) (float32), and in double: sum e, sum e * d with
-// d = max(x[i] - shift, kMinShifted). `e` may be null when only the sums are needed.
+// d = max(x[i] - shift, kMinShifted).
 void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed);
 
-// sum e[i] * (d[i] - mean)^2 with d as above, in double.
-double WeightedSquaredDeviation(const float* x, const float* e, int64_t n, float shift, float mean);
+// With d and e as above, in one pass: W = sum e, the e-weighted mean of d and M2 = sum e * (d - mean)^2,
+// from per-block moments so that the variance never cancels. `blocks` holds 3 * MomentBlocks(n) floats.
+void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d, double* m2);
+inline int64_t MomentBlocks(int64_t n) { return n / 64 + 1; }
 
-// For one attention row: sum |x| and count over finite entries (double / exact).
-void AbsSumFinite(const float* x, int64_t n, double* abs_sum, int64_t* finite_count);
-
-// Turns e (from ExpShifted) into probabilities a = e * inv_sum in place and returns
-// -sum a * max(ln a, ln_floor) in nats, where ln a = d - log_sum (the clip of DESIGN.md section 3).
-double NormalizeAndEntropy(const float* x, float* e, int64_t n, float shift, float inv_sum, float log_sum,
-                           float ln_floor);
-
-// Kahan-compensated column sums: sum[k] += a[k], comp[k] tracks the lost low bits.
-void KahanAccumulate(const float* a, float* sum, float* comp, int64_t n);
+// For one attention row with e from ExpShifted: a = e * inv_sum (stored over e); returns the row entropy in
+// nats, -sum a * max(ln a, ln_floor) with ln a = d - log_sum (the clip of DESIGN.md section 3); and adds a into
+// the Kahan-compensated column sums (col_comp holds the lost low bits).
+double NormalizeEntropyAccumulate(const float* x, float* e, int64_t n, float shift, float inv_sum,
+                                  float log_sum, float ln_floor, float* col_sum, float* col_comp);
 
 // sum |a[k] - mean[k]| in double.
 double AbsDeviationSum(const float* a, const float* mean, int64_t n);
@@ -59,13 +68,12 @@ double AbsDeviationSum(const float* a, const float* mean, int64_t n);
 struct KernelTable {
   const char* name;
   ScanResult (*scan_max)(const float*, int64_t);
+  RowScan (*scan_row)(const float*, int64_t);
   int64_t (*find_first)(const float*, int64_t, float);
   int64_t (*find_first_greater)(const float*, int64_t, int64_t, float);
   void (*exp_shifted)(const float*, int64_t, float, float*, double*, double*);
-  double (*weighted_squared_deviation)(const float*, const float*, int64_t, float, float);
-  void (*abs_sum_finite)(const float*, int64_t, double*, int64_t*);
-  double (*normalize_and_entropy)(const float*, float*, int64_t, float, float, float, float);
-  void (*kahan_accumulate)(const float*, float*, float*, int64_t);
+  void (*exp_moments)(const float*, int64_t, float, float*, double*, double*, double*);
+  double (*normalize_entropy_accumulate)(const float*, float*, int64_t, float, float, float, float, float*, float*);
   double (*abs_deviation_sum)(const float*, const float*, int64_t);
 };
 

@@ -31,6 +31,28 @@ struct Impl {
     for (int64_t i = 1; i < kLanes; ++i) m = lanes[i] > m ? lanes[i] : m;
     return m;
   }
+  // exp(d) for d <= 0 (the only range the kernels need: d = x - max), 0 below the smallest normal float.
+  // Cephes' expf: d = k ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for exp(r), 2^k through the
+  // exponent bits. Within 2 ulp of the exact value (golden/README.md admits exp errors of 3 ulp); about half
+  // the instructions of xsimd::exp, which also handles overflow, NaN and denormals that cannot occur here.
+  static Batch ExpNonPositive(const Batch& d) {
+    using IntBatch = xsimd::batch<int32_t, Arch>;
+    const Batch x = xsimd::max(d, Batch(-87.33654f));
+    const Batch k = xsimd::nearbyint(x * Batch(1.44269504088896341f));
+    Batch r = xsimd::fnma(k, Batch(0.693359375f), x);
+    r = xsimd::fnma(k, Batch(-2.12194440e-4f), r);
+    Batch p(1.9875691500e-4f);
+    p = xsimd::fma(p, r, Batch(1.3981999507e-3f));
+    p = xsimd::fma(p, r, Batch(8.3334519073e-3f));
+    p = xsimd::fma(p, r, Batch(4.1665795894e-2f));
+    p = xsimd::fma(p, r, Batch(1.6666665459e-1f));
+    p = xsimd::fma(p, r, Batch(5.0000001201e-1f));
+    p = xsimd::fma(p, r * r, r + Batch(1.0f));
+    const IntBatch bits = (xsimd::to_int(k) + IntBatch(127)) << 23;
+    const Batch scaled = p * xsimd::bitwise_cast<Batch>(bits);
+    return xsimd::select(d < Batch(-87.33654f), Batch(0.0f), scaled);
+  }
+
   static float Clamp(float d) { return d < kMinShifted ? kMinShifted : d; }
   static bool Bad(float v) { return v != v || v == INFINITY; }
 
@@ -95,7 +117,7 @@ struct Impl {
       Batch acc_e(0.0f), acc_ed(0.0f);
       for (int64_t j = i; j < i + kBlock; j += kLanes) {
         Batch d = xsimd::max(Batch::load_unaligned(x + j) - vshift, vmin);
-        Batch ev = xsimd::exp(d);
+        Batch ev = ExpNonPositive(d);
         if (e != nullptr) ev.store_unaligned(e + j);
         acc_e += ev;
         acc_ed += ev * d;
@@ -114,27 +136,73 @@ struct Impl {
     *sum_ed = total_ed;
   }
 
-  static double WeightedSquaredDeviation(const float* x, const float* e, int64_t n, float shift, float mean) {
-    const Batch vshift(shift), vmin(kMinShifted), vmean(mean);
-    double total = 0;
+  // Per block of kBlock elements: weight W_b, weighted mean M_b and squared deviation Q_b in float32 (the
+  // block stays in registers / L1), recorded in `blocks`; then, in double, M = sum W_b M_b / W and
+  // M2 = sum Q_b + sum W_b (M_b - M)^2 (the two-pass form over block summaries). One pass over the data, no
+  // E[d^2] - E[d]^2 cancellation, and no dependent divisions (a pairwise Chan merge per block costs two).
+  // Short blocks matter: a lane that adds many tiny weights onto exp(0) = 1 loses them.
+  static void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d,
+                         double* m2) {
+    const Batch vshift(shift), vmin(kMinShifted);
+    int64_t nb = 0;
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock) {
-      Batch acc(0.0f);
-      for (int64_t j = i; j < i + kBlock; j += kLanes) {
-        Batch dev = xsimd::max(Batch::load_unaligned(x + j) - vshift, vmin) - vmean;
-        acc += Batch::load_unaligned(e + j) * dev * dev;
+      Batch d[kBlock / kLanes], e[kBlock / kLanes];
+      Batch acc_e(0.0f), acc_ed(0.0f);
+      for (int64_t j = 0; j < kBlock / kLanes; ++j) {
+        d[j] = xsimd::max(Batch::load_unaligned(x + i + j * kLanes) - vshift, vmin);
+        e[j] = ExpNonPositive(d[j]);
+        acc_e += e[j];
+        acc_ed += e[j] * d[j];
       }
-      total += xsimd::hadd(acc);
+      const float wb = xsimd::hadd(acc_e);
+      if (wb == 0.0f) continue;
+      const float mb = xsimd::hadd(acc_ed) / wb;
+      const Batch vmb(mb);
+      Batch acc_q(0.0f);
+      for (int64_t j = 0; j < kBlock / kLanes; ++j) {
+        const Batch dev = d[j] - vmb;
+        acc_q += e[j] * dev * dev;
+      }
+      blocks[3 * nb] = wb;
+      blocks[3 * nb + 1] = mb;
+      blocks[3 * nb + 2] = xsimd::hadd(acc_q);
+      ++nb;
     }
-    for (; i < n; ++i) {
-      const float dev = Clamp(x[i] - shift) - mean;
-      total += static_cast<double>(e[i] * dev * dev);
+    double w = 0, s1 = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      w += blocks[3 * b];
+      s1 += static_cast<double>(blocks[3 * b]) * blocks[3 * b + 1];
     }
-    return total;
+    double tail_w = 0, tail_s = 0;
+    for (int64_t j = i; j < n; ++j) {
+      const float dj = Clamp(x[j] - shift);
+      const float ej = expf(dj);
+      tail_w += ej;
+      tail_s += static_cast<double>(ej) * dj;
+    }
+    w += tail_w;
+    s1 += tail_s;
+    const double mean = s1 / w;
+    double q = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      const double delta = static_cast<double>(blocks[3 * b + 1]) - mean;
+      q += blocks[3 * b + 2] + blocks[3 * b] * delta * delta;
+    }
+    for (int64_t j = i; j < n; ++j) {
+      const double dj = Clamp(x[j] - shift);
+      q += static_cast<double>(expf(static_cast<float>(dj))) * (dj - mean) * (dj - mean);
+    }
+    *sum_e = w;
+    *mean_d = mean;
+    *m2 = q;
   }
 
-  static void AbsSumFinite(const float* x, int64_t n, double* abs_sum, int64_t* finite_count) {
-    const Batch vneg_inf(-INFINITY), zero(0.0f), one(1.0f);
+  static RowScan ScanRow(const float* x, int64_t n) {
+    RowScan r;
+    const Batch vneg_inf(-INFINITY), zero(0.0f), one(1.0f), inf(INFINITY);
+    Batch vmax(-INFINITY);
+    auto bad = Batch(0.0f) != Batch(0.0f);
     double total = 0;
     int64_t count = 0;
     int64_t i = 0;
@@ -142,6 +210,8 @@ struct Impl {
       Batch acc(0.0f), cnt(0.0f);
       for (int64_t j = i; j < i + kBlock; j += kLanes) {
         Batch v = Batch::load_unaligned(x + j);
+        bad = bad | xsimd::isnan(v) | (v == inf);
+        vmax = xsimd::max(vmax, v);
         auto finite = v != vneg_inf;
         acc += xsimd::select(finite, xsimd::abs(v), zero);
         cnt += xsimd::select(finite, one, zero);
@@ -149,18 +219,34 @@ struct Impl {
       total += xsimd::hadd(acc);
       count += static_cast<int64_t>(xsimd::hadd(cnt));  // <= kBlock: exact in float
     }
+    float m = HorizontalMax(vmax);
+    bool any_bad = xsimd::any(bad);
     for (; i < n; ++i) {
+      any_bad = any_bad || Bad(x[i]);
+      if (x[i] > m) m = x[i];
       if (x[i] != -INFINITY) {
         total += fabsf(x[i]);
         ++count;
       }
     }
-    *abs_sum = total;
-    *finite_count = count;
+    if (any_bad) {
+      for (int64_t j = 0; j < n; ++j) {
+        if (Bad(x[j])) {
+          r.first_bad = j;
+          break;
+        }
+      }
+    }
+    r.max = m;
+    r.abs_sum = total;
+    r.finite_count = count;
+    return r;
   }
 
-  static double NormalizeAndEntropy(const float* x, float* e, int64_t n, float shift, float inv_sum,
-                                    float log_sum, float ln_floor) {
+  // a = e * inv_sum (stored over e), returns -sum a * max(ln a, ln_floor) with ln a = d - log_sum, and adds a
+  // into the Kahan-compensated column sums.
+  static double NormalizeEntropyAccumulate(const float* x, float* e, int64_t n, float shift, float inv_sum,
+                                           float log_sum, float ln_floor, float* col_sum, float* col_comp) {
     const Batch vshift(shift), vmin(kMinShifted), vinv(inv_sum), vlog(log_sum), vfloor(ln_floor);
     double total = 0;
     int64_t i = 0;
@@ -171,6 +257,11 @@ struct Impl {
         a.store_unaligned(e + j);
         Batch ln_a = xsimd::max(xsimd::max(Batch::load_unaligned(x + j) - vshift, vmin) - vlog, vfloor);
         acc += a * ln_a;
+        Batch s = Batch::load_unaligned(col_sum + j);
+        Batch y = a - Batch::load_unaligned(col_comp + j);
+        Batch t = s + y;
+        ((t - s) - y).store_unaligned(col_comp + j);
+        t.store_unaligned(col_sum + j);
       }
       total -= xsimd::hadd(acc);
     }
@@ -179,25 +270,12 @@ struct Impl {
       e[i] = a;
       const float ln_a = Clamp(x[i] - shift) - log_sum;
       total -= static_cast<double>(a * (ln_a > ln_floor ? ln_a : ln_floor));
+      const float y = a - col_comp[i];
+      const float t = col_sum[i] + y;
+      col_comp[i] = (t - col_sum[i]) - y;
+      col_sum[i] = t;
     }
     return total;
-  }
-
-  static void KahanAccumulate(const float* a, float* sum, float* comp, int64_t n) {
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-      Batch s = Batch::load_unaligned(sum + i);
-      Batch y = Batch::load_unaligned(a + i) - Batch::load_unaligned(comp + i);
-      Batch t = s + y;
-      ((t - s) - y).store_unaligned(comp + i);
-      t.store_unaligned(sum + i);
-    }
-    for (; i < n; ++i) {
-      const float y = a[i] - comp[i];
-      const float t = sum[i] + y;
-      comp[i] = (t - sum[i]) - y;
-      sum[i] = t;
-    }
   }
 
   static double AbsDeviationSum(const float* a, const float* mean, int64_t n) {
@@ -220,13 +298,12 @@ KernelTable MakeTable(const char* name) {
   using I = Impl<Arch>;
   return KernelTable{name,
                      &I::ScanMax,
+                     &I::ScanRow,
                      &I::FindFirst,
                      &I::FindFirstGreater,
                      &I::ExpShifted,
-                     &I::WeightedSquaredDeviation,
-                     &I::AbsSumFinite,
-                     &I::NormalizeAndEntropy,
-                     &I::KahanAccumulate,
+                     &I::ExpMoments,
+                     &I::NormalizeEntropyAccumulate,
                      &I::AbsDeviationSum};
 }
 

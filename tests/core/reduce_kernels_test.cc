@@ -33,14 +33,18 @@ TEST_P(ReduceKernelsTest, ExpSumsMatchAFloat64Reference) {
     }
     EXPECT_NEAR(sum_e, ref_e, 4e-7 * ref_e) << k.name << " n=" << n;
     EXPECT_NEAR(sum_ed, ref_ed, 4e-7 * std::abs(ref_ed) + 1e-9) << k.name << " n=" << n;
-    const float mean = static_cast<float>(sum_ed / sum_e);
-    double ref_var = 0;
-    for (size_t i = 0; i < x.size(); ++i) {
-      const double dev = (static_cast<double>(x[i]) - m) - mean;
-      ref_var += std::exp(static_cast<double>(x[i]) - m) * dev * dev;
+    const double ref_mean = ref_ed / ref_e;
+    double ref_m2 = 0;
+    for (float v : x) {
+      const double dev = (static_cast<double>(v) - m) - ref_mean;
+      ref_m2 += std::exp(static_cast<double>(v) - m) * dev * dev;
     }
-    EXPECT_NEAR(k.weighted_squared_deviation(x.data(), e.data(), n, m, mean), ref_var, 1e-6 * ref_var)
-        << k.name << " n=" << n;
+    double w = 0, mean = 0, m2 = 0;
+    std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(n)));
+    k.exp_moments(x.data(), n, m, blocks.data(), &w, &mean, &m2);
+    EXPECT_NEAR(w, ref_e, 4e-7 * ref_e) << k.name << " n=" << n;
+    EXPECT_NEAR(mean, ref_mean, 4e-7 * std::abs(ref_mean) + 1e-9) << k.name << " n=" << n;
+    EXPECT_NEAR(m2, ref_m2, 1e-6 * ref_m2 + 1e-12) << k.name << " n=" << n;
   }
 }
 
@@ -70,7 +74,57 @@ TEST_P(ReduceKernelsTest, NegativeInfinityAndHugeGapsGiveZeroWeightNotNan) {
   k.exp_shifted(x.data(), 200, x[3], e.data(), &sum_e, &sum_ed);
   EXPECT_EQ(sum_e, 1.0);
   EXPECT_EQ(sum_ed, 0.0);
-  EXPECT_FALSE(std::isnan(k.weighted_squared_deviation(x.data(), e.data(), 200, x[3], 0.0f)));
+  double w = 0, mean = 0, m2 = 0;
+  std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(200)));
+  k.exp_moments(x.data(), 200, x[3], blocks.data(), &w, &mean, &m2);
+  EXPECT_EQ(w, 1.0);
+  EXPECT_EQ(mean, 0.0);
+  EXPECT_EQ(m2, 0.0);
+}
+
+TEST_P(ReduceKernelsTest, VarianceDoesNotCancelWhenTheMassSitsFarFromTheMax) {
+  // One token at +5 over 128k tokens at N(0, 0.1): the mass sits near d = -5 with a tiny spread, where
+  // E[d^2] - E[d]^2 would lose most digits.
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(9);
+  std::normal_distribution<float> normal(0.0f, 0.1f);
+  std::vector<float> x(128256);
+  for (float& v : x) v = normal(gen);
+  x[77] = 5.0f;
+  double ref_e = 0, ref_ed = 0;
+  for (float v : x) {
+    const double d = static_cast<double>(v) - 5.0;
+    ref_e += std::exp(d);
+    ref_ed += std::exp(d) * d;
+  }
+  const double ref_mean = ref_ed / ref_e;
+  double ref_m2 = 0;
+  for (float v : x) {
+    const double d = static_cast<double>(v) - 5.0;
+    ref_m2 += std::exp(d) * (d - ref_mean) * (d - ref_mean);
+  }
+  double w = 0, mean = 0, m2 = 0;
+  std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(128256)));
+  k.exp_moments(x.data(), 128256, 5.0f, blocks.data(), &w, &mean, &m2);
+  EXPECT_NEAR(m2 / w, ref_m2 / ref_e, 1e-6 * ref_m2 / ref_e) << k.name;
+}
+
+TEST_P(ReduceKernelsTest, ScanRowSumsAbsoluteValuesOverFiniteEntries) {
+  const KernelTable& k = *GetParam();
+  std::vector<float> x(131);
+  double ref = 0;
+  float max = -INFINITY;
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = i % 3 == 0 ? -INFINITY : (i % 2 ? -0.5f : 1.25f) * static_cast<float>(i);
+    if (i % 3 != 0) ref += std::abs(x[i]);
+    max = std::max(max, x[i]);
+  }
+  const RowScan r = k.scan_row(x.data(), 131);
+  EXPECT_EQ(r.finite_count, 131 - 44);
+  EXPECT_NEAR(r.abs_sum, ref, 1e-9 * ref);
+  EXPECT_EQ(r.max, max);
+  x[100] = NAN;
+  EXPECT_EQ(k.scan_row(x.data(), 131).first_bad, 100);
 }
 
 TEST_P(ReduceKernelsTest, SelectionHelpersFindTheFirstMatch) {
