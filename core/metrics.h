@@ -4,7 +4,7 @@
 // log-normaliser, entropy, varentropy); `ComputeAttentionMetrics` does the same for the attention rows.
 //
 // Numerics (golden/README.md, "Tolerances"): elementwise math is float32, but every reduction accumulates
-// float32 lanes over blocks of kSumBlock elements and adds the block sums in double. A float32 accumulator
+// float32 lanes over short blocks (16 elements per lane, core/reduce_kernels.h) and adds the block sums in double. A float32 accumulator
 // running over the whole vocabulary misses the tolerances by 100x; blocks keep each float partial sum short.
 // Varentropy is taken from deviations to block means merged pairwise (Chan et al.), never E[x^2] - E[x]^2,
 // which cancels at high entropy.
@@ -24,9 +24,6 @@
 #include "samplerd/v1/profile.pb.h"
 
 namespace samplerd {
-
-// Elements per float32 partial sum before it is added into a double.
-inline constexpr int64_t kSumBlock = 64;
 
 // Reusable buffers of the metric kernels (grown once, then reused).
 struct MetricsScratch {

@@ -5,8 +5,8 @@
 // example to get bit-identical results across a fleet of mixed CPUs: sums and exp round differently per
 // instruction set).
 //
-// Accumulation contract (pinned by tests/core/reduce_kernels_test.cc): float32 lanes sum at most
-// kSumBlock elements, then each block's total is added into a double. Results are deterministic for a given
+// Accumulation contract (pinned by tests/core/reduce_kernels_test.cc): each float32 lane sums at most 16
+// elements, then the block's total is added into a double. Results are deterministic for a given
 // build (the order of operations does not depend on threads or alignment).
 #ifndef SAMPLERD_CORE_REDUCE_KERNELS_H_
 #define SAMPLERD_CORE_REDUCE_KERNELS_H_

@@ -20,9 +20,9 @@ template <class Arch>
 struct Impl {
   using Batch = xsimd::batch<float, Arch>;
   static constexpr int64_t kLanes = static_cast<int64_t>(Batch::size);
-  // Elements per float partial sum (core/metrics.h): a multiple of every lane count.
-  static constexpr int64_t kBlock = 64;
-  static_assert(kBlock % kLanes == 0, "a block must hold whole batches");
+  // Elements per float partial sum: 16 per lane whatever the width (64 on SSE2, 256 on AVX-512), so every
+  // instruction set rounds alike, and the horizontal add + double conversion per block stays cheap.
+  static constexpr int64_t kBlock = 16 * kLanes;
 
   static float HorizontalMax(const Batch& b) {
     alignas(64) float lanes[kLanes];
