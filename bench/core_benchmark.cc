@@ -1,6 +1,7 @@
 // Core step and kernel benchmarks per workload (issue 3's names):
 //   S: vocab 32000, attention 8 x 1024;  L: vocab 128256, attention 32 x 4096;  XL: vocab 256000, 64 x 8192.
 // Run: build/bench/core_benchmark --benchmark_filter=Step --benchmark_repetitions=5
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -27,6 +28,7 @@ const char* Name(int index) { return index == 0 ? "S" : index == 1 ? "L" : "XL";
 struct Data {
   std::vector<float> logits, attention;
   std::string logit_bytes, attention_bytes;
+  std::string logit_bf16, attention_bf16;
   std::vector<int64_t> logit_shape, attention_shape;
 };
 
@@ -43,6 +45,16 @@ const Data& MakeData(int index) {
   for (float& x : d->attention) x = normal(gen);
   d->logit_bytes.assign(reinterpret_cast<const char*>(d->logits.data()), d->logits.size() * 4);
   d->attention_bytes.assign(reinterpret_cast<const char*>(d->attention.data()), d->attention.size() * 4);
+  auto bf16 = [](const std::vector<float>& v) {
+    std::string out(v.size() * 2, '\0');
+    for (size_t i = 0; i < v.size(); ++i) {
+      const uint16_t b = FloatToBFloat16(v[i]);
+      std::memcpy(&out[2 * i], &b, 2);
+    }
+    return out;
+  };
+  d->logit_bf16 = bf16(d->logits);
+  d->attention_bf16 = bf16(d->attention);
   d->logit_shape = {w.vocab};
   d->attention_shape = {w.heads, w.kv_len};
   cache[index] = d;
@@ -70,6 +82,27 @@ void BM_Step(benchmark::State& state) {
                           static_cast<int64_t>(d.logit_bytes.size() + d.attention_bytes.size()));
 }
 BENCHMARK(BM_Step)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+
+// The same step with both tensors sent as bfloat16 (half the bytes on the wire; converted in core).
+void BM_StepBf16(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const Data& d = MakeData(index);
+  state.SetLabel(Name(index));
+  const auto registry = ProfileRegistry::BuiltIn();
+  Workspace ws;
+  StepOutput out;
+  uint64_t step = 0;
+  for (auto _ : state) {
+    StepInput in;
+    in.sequence_id = "bench";
+    in.step = step++;
+    in.seed = 7;
+    in.logits = RawTensor{3, d.logit_shape, d.logit_bf16};
+    in.attention = RawTensor{3, d.attention_shape, d.attention_bf16};
+    benchmark::DoNotOptimize(RunStep(*registry, TensorLimits{}, in, &ws, &out));
+  }
+}
+BENCHMARK(BM_StepBf16)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
 void BM_LogitsMetrics(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));

@@ -63,3 +63,7 @@ double AbsDeviationSum(const float* a, const float* mean, int64_t n) {
 }
 
 }  // namespace samplerd::kernels
+
+namespace samplerd::kernels {
+void ConvertBf16(const char* src, int64_t n, float* out) { ActiveKernels().convert_bf16(src, n, out); }
+}  // namespace samplerd::kernels

@@ -64,6 +64,9 @@ double NormalizeEntropyAccumulate(const float* x, float* e, int64_t n, float shi
 // sum |a[k] - mean[k]| in double.
 double AbsDeviationSum(const float* a, const float* mean, int64_t n);
 
+// out[i] = the bfloat16 at src + 2 i (little-endian), exactly.
+void ConvertBf16(const char* src, int64_t n, float* out);
+
 // The kernels of one instruction set (see reduce_kernels_impl.h).
 struct KernelTable {
   const char* name;
@@ -75,6 +78,7 @@ struct KernelTable {
   void (*exp_moments)(const float*, int64_t, float, float*, double*, double*, double*);
   double (*normalize_entropy_accumulate)(const float*, float*, int64_t, float, float, float, float, float*, float*);
   double (*abs_deviation_sum)(const float*, const float*, int64_t);
+  void (*convert_bf16)(const char*, int64_t, float*);
 };
 
 // The table in use ("sse2", "avx2" or "avx512" in its name).

@@ -9,7 +9,10 @@
 
 #include <math.h>
 
+#include <immintrin.h>
+
 #include <cstdint>
+#include <type_traits>
 
 #include "core/reduce_kernels.h"
 #include "xsimd/xsimd.hpp"
@@ -293,6 +296,42 @@ struct Impl {
   }
 };
 
+// bfloat16 -> float32, exact: the bf16 bits are the float's upper half. Widening is done with the
+// instruction set's own zero-extension (xsimd 8 has no widening conversion).
+template <class Arch>
+void ConvertBf16(const char* src, int64_t n, float* out) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+    for (; i + 16 <= n; i += 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i));
+      _mm512_storeu_si512(out + i, _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
+    for (; i + 8 <= n; i += 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+  }
+#endif
+  // SSE2: interleaving zeros below each bf16 is the shift.
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
+    const __m128i zero = _mm_setzero_si128();
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_unpacklo_epi16(zero, h));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i + 4), _mm_unpackhi_epi16(zero, h));
+  }
+  for (; i < n; ++i) {
+    const uint32_t u = (static_cast<uint32_t>(static_cast<unsigned char>(src[2 * i])) |
+                        static_cast<uint32_t>(static_cast<unsigned char>(src[2 * i + 1])) << 8)
+                       << 16;
+    __builtin_memcpy(out + i, &u, 4);
+  }
+}
+
 template <class Arch>
 KernelTable MakeTable(const char* name) {
   using I = Impl<Arch>;
@@ -304,7 +343,8 @@ KernelTable MakeTable(const char* name) {
                      &I::ExpShifted,
                      &I::ExpMoments,
                      &I::NormalizeEntropyAccumulate,
-                     &I::AbsDeviationSum};
+                     &I::AbsDeviationSum,
+                     &ConvertBf16<Arch>};
 }
 
 }  // namespace samplerd::kernels::detail

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/field_error.h"
+#include "core/reduce_kernels.h"
 
 namespace samplerd {
 namespace {
@@ -133,12 +134,13 @@ absl::StatusOr<FloatView> DecodeTensor(const RawTensor& raw, TensorRole role, co
   float* out = scratch->data();
   if (dtype == DType::kF32) {
     std::memcpy(out, bytes, static_cast<size_t>(elements) * sizeof(float));
+  } else if (dtype == DType::kBF16) {
+    kernels::ConvertBf16(bytes, elements, out);
   } else {
-    const bool bf16 = dtype == DType::kBF16;
     for (int64_t i = 0; i < elements; ++i) {
       uint16_t h;
       std::memcpy(&h, bytes + 2 * i, sizeof(h));
-      out[i] = bf16 ? BFloat16ToFloat(h) : HalfToFloat(h);
+      out[i] = HalfToFloat(h);
     }
   }
   view.data = out;

@@ -2,6 +2,7 @@
 // reference: the block-double accumulation keeps them within a few float32 ulps of the exact sums, NaN and
 // +inf are found at the right index, and -inf / huge negative inputs never produce NaN.
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -135,6 +136,19 @@ TEST_P(ReduceKernelsTest, SelectionHelpersFindTheFirstMatch) {
   EXPECT_EQ(k.find_first(x.data(), 300, 77.0f), 300);
   EXPECT_EQ(k.find_first_greater(x.data(), 60, 300, 48.5f), 99);
   EXPECT_EQ(k.find_first_greater(x.data(), 0, 300, 49.0f), 300);
+}
+
+TEST_P(ReduceKernelsTest, ConvertsEveryBFloat16Exactly) {
+  const KernelTable& k = *GetParam();
+  std::vector<uint16_t> all(65536 + 7);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i * 40503u);
+  std::vector<float> out(all.size());
+  k.convert_bf16(reinterpret_cast<const char*>(all.data()), static_cast<int64_t>(all.size()), out.data());
+  for (size_t i = 0; i < all.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &out[i], 4);
+    ASSERT_EQ(bits, static_cast<uint32_t>(all[i]) << 16) << k.name << " at " << i;
+  }
 }
 
 TEST(ActiveKernelsTest, IsTheWidestAvailableUnlessPinned) {
