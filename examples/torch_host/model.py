@@ -26,7 +26,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 VOCAB_SIZE = 256
 CHECKPOINT_FORMAT = "samplerd-torch-host/1"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -36,6 +35,25 @@ METRICS = ["logits_entropy", "logits_varentropy", "attn_entropy", "attn_varentro
 METRIC_LABELS = {"logits_entropy": "logits H\n(bits)", "logits_varentropy": "logits VarH\n(bits²)",
                  "attn_entropy": "attn H\n(bits)", "attn_varentropy": "attn VarH\n(bits²)",
                  "agreement": "agreement", "interaction_strength": "interaction\nstrength"}
+
+
+def save_png(fig, path: str) -> str:
+    """Saves a figure as PNG; with Pillow present, as a palette PNG (about a third of the size, same look)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        import io
+
+        from PIL import Image
+    except ImportError:
+        fig.savefig(path, format="png")
+        return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE) \
+            .save(path, format="PNG", optimize=True)
+    return path
 
 
 def short_regime(name) -> str:
@@ -128,22 +146,12 @@ def _applied(step: dict, name: str):
     return float("nan") if v is None else float(v)
 
 
-def plot_generation(header: dict, steps: list[dict], path: str, title: str | None = None) -> str:
-    """Writes the two-part picture of one generation to `path` (PNG). Returns the path."""
-    if not steps:
-        raise ValueError("no steps to plot")
-    profile = header.get("profile_def")
+def draw_scatter(ax, profile: dict | None, steps: list[dict], title: str):
+    """Entropy vs varentropy, one dot per step coloured by its regime, over the profile's regions."""
     regimes = [short_regime(s.get("regime")) for s in steps]
     colors = [REGIME_COLORS.get(r, "#000000") for r in regimes]
     ent = np.array([_metric(s, "logits_entropy") for s in steps])
     vent = np.array([_metric(s, "logits_varentropy") for s in steps])
-
-    fig = plt.figure(figsize=(14, 7.2), dpi=80)
-    gs = fig.add_gridspec(8, 2, width_ratios=[1.0, 1.25], height_ratios=[0.35] + [1] * 7, hspace=0.18,
-                          wspace=0.22, left=0.06, right=0.985, top=0.9, bottom=0.08)
-
-    # --- left: entropy vs varentropy over the profile's regions ---
-    ax = fig.add_subplot(gs[:, 0])
     xmax = max(8.3, float(np.nanmax(ent)) * 1.05 if np.isfinite(ent).any() else 8.3)
     ymax = max(20.0, float(np.nanmax(vent)) * 1.3 if np.isfinite(vent).any() else 20.0)
     xs = np.linspace(0, xmax, 600)
@@ -162,7 +170,9 @@ def plot_generation(header: dict, steps: list[dict], path: str, title: str | Non
                 ax.axvline(value, color=REGIME_COLORS.get(regime, "k"), lw=0.8, ls="--", alpha=0.7)
             elif metric == "logits_varentropy":
                 ax.axhline(value, color=REGIME_COLORS.get(regime, "k"), lw=0.8, ls="--", alpha=0.7)
-    ax.scatter(ent, vent, c=colors, s=16, edgecolors="white", linewidths=0.3, zorder=3)
+    many = len(steps) > 400
+    ax.scatter(ent, vent, c=colors, s=5 if many else 16, alpha=0.6 if many else 1.0,
+               edgecolors="none" if many else "white", linewidths=0.3, zorder=3)
     ax.set_yscale("symlog", linthresh=0.1, linscale=0.6)
     ax.set_xlim(0, xmax)
     ax.set_ylim(0, ymax)
@@ -170,13 +180,42 @@ def plot_generation(header: dict, steps: list[dict], path: str, title: str | Non
     ax.set_ylabel("logits varentropy (bits², symlog)")
     present = [r for r in REGIMES if r in regimes]
     region_names = sorted({REGIMES[i] for i in np.unique(region)}, key=REGIMES.index)
-    handles = [Patch(facecolor=REGIME_COLORS[r], alpha=0.35, label=f"{r} region") for r in region_names]
+    handles = [Patch(facecolor=REGIME_COLORS[r], alpha=0.3, label=f"{r} region") for r in region_names]
     handles += [plt.Line2D([], [], marker="o", ls="", color=REGIME_COLORS[r],
                            label=f"{r}: {regimes.count(r)} tokens") for r in present]
     if partial.any():
         handles.append(Patch(facecolor="none", hatch="///", label="also needs attention bounds"))
     ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
-    ax.set_title(f"profile {header.get('profile', '?')}: entropy vs varentropy per token", fontsize=10)
+    ax.set_title(title, fontsize=10)
+    return rules
+
+
+def plot_scatter(header: dict, steps: list[dict], path: str, title: str | None = None) -> str:
+    """Only the entropy/varentropy part (for many generations pooled)."""
+    if not steps:
+        raise ValueError("no steps to plot")
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=80)
+    draw_scatter(ax, header.get("profile_def"), steps, title or f"profile {header.get('profile', '?')}")
+    fig.tight_layout()
+    save_png(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_generation(header: dict, steps: list[dict], path: str, title: str | None = None) -> str:
+    """Writes the two-part picture of one generation to `path` (PNG). Returns the path."""
+    if not steps:
+        raise ValueError("no steps to plot")
+    profile = header.get("profile_def")
+    regimes = [short_regime(s.get("regime")) for s in steps]
+    colors = [REGIME_COLORS.get(r, "#000000") for r in regimes]
+
+    fig = plt.figure(figsize=(14, 7.2), dpi=80)
+    gs = fig.add_gridspec(8, 2, width_ratios=[1.0, 1.25], height_ratios=[0.35] + [1] * 7, hspace=0.18,
+                          wspace=0.22, left=0.06, right=0.985, top=0.9, bottom=0.08)
+
+    ax = fig.add_subplot(gs[:, 0])
+    rules = draw_scatter(ax, profile, steps, f"profile {header.get('profile', '?')}: entropy vs varentropy per token")
 
     # --- right: timeline ---
     x = np.arange(len(steps))
@@ -213,8 +252,7 @@ def plot_generation(header: dict, steps: list[dict], path: str, title: str | Non
     fig.suptitle(title or f"{header.get('profile', '?')} · seed {header.get('seed', '?')} · "
                  f"prompt {header.get('prompt', '')!r}", fontsize=11)
     fig.text(0.5, 0.935, snippet, ha="center", fontsize=8, family="monospace", color="#333333")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png")
+    save_png(fig, path)
     plt.close(fig)
     return path
 
