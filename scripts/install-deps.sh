@@ -12,6 +12,7 @@ packages=(
   prometheus-cpp-dev
   python3-numpy python3-grpcio python3-protobuf
   openssl curl
+  python3-torch python3-matplotlib python3-pil libopenblas0-pthread fortunes
 )
 
 missing=()

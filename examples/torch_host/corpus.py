@@ -21,6 +21,23 @@ VAL_EVERY = 20
 SEPARATOR = b"\n%\n"
 
 
+def _erase(m: "re.Match") -> bytes:
+    out = bytearray()
+    for b in m.group():
+        if b == 8:
+            if out:
+                out.pop()
+        else:
+            out.append(b)
+    return bytes(out)
+
+
+def remove_overstrike(raw: bytes) -> bytes:
+    """Old-terminal bold/underline: every backspace erases the byte before it (`X\bX` -> `X`,
+    `___\b\b\bword` -> `word`), line by line."""
+    return re.sub(rb"[^\n]*\x08[^\n]*", _erase, raw)
+
+
 def fortune_files(directory: str = FORTUNE_DIR) -> list[str]:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory} is missing: install Debian's corpus with `apt-get install fortunes`")
@@ -45,7 +62,7 @@ def load_corpus(directory: str = FORTUNE_DIR) -> tuple[bytes, bytes, dict]:
         with open(path, "rb") as f:
             raw = f.read()
         digest.update(raw)
-        text = re.sub(rb"[^\n]\x08", b"", raw)  # overstrike: drop the character a backspace erases
+        text = remove_overstrike(raw)
         for chunk in text.split(SEPARATOR):
             chunk = chunk.strip(b"%\n")
             if not chunk:

@@ -65,6 +65,8 @@ class LocalSamplerd:
                 self.proc.kill()
                 self.proc.wait()
         self.returncode = self.proc.returncode
+        if self.proc.stdout:
+            self.proc.stdout.close()
         self.proc = None
         return self.returncode
 

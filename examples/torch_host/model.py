@@ -31,13 +31,19 @@ VOCAB_SIZE = 256
 CHECKPOINT_FORMAT = "samplerd-torch-host/1"
 
 
+_interop_set = False
+
+
 def set_torch_threads(n: int = 1) -> None:
     """One torch thread by default: the machines this runs on are small and shared."""
+    global _interop_set
     torch.set_num_threads(n)
-    try:
-        torch.set_num_interop_threads(n)
-    except RuntimeError:  # already set once in this process
-        pass
+    if not _interop_set:  # torch allows this once per process, before any parallel work
+        _interop_set = True
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:
+            pass
 
 
 @dataclass
