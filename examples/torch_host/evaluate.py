@@ -195,7 +195,9 @@ def write_doc(path, fig_dir, runs, rows, alone, meta, ckpt_path, args, profile_d
     fmtp = lambda p: ", ".join(f"{k} {v}" for k, v in p.items() if k in ("temperature", "top_k", "top_p", "min_p"))  # noqa: E731
     w(f"- Profiles (as `ListProfiles` reports them): `entropix` base {fmtp(ent)}, adapted per regime; `fixed` "
       f"{fmtp(fx)}, no adaptation; `greedy` = `fixed` with a per-step override temperature 0. The built-in "
-      "clarifying token (2564) is outside a byte vocabulary, so CLARIFY would only sample (it never fired here).")
+      f"clarifying token ({ent.get('clarifying_token', '?')}) is outside a byte vocabulary, so CLARIFY only "
+      "samples, it emits nothing" + (" (and it did not fire in this evaluation)." if not any(
+          r["mix"].get("CLARIFY") for r in rows.values()) else "."))
     w("")
     w("## Results")
     w("")
@@ -280,7 +282,8 @@ def notes(rows, meta):
     e, f, g = rows.get("entropix"), rows.get("fixed"), rows.get("greedy")
     out = []
     if g and f and e:
-        out.append(f"- Greedy decoding loops: repetition rate {fmt(g['repetition'])} against {fmt(f['repetition'])} "
+        verdict = "Greedy decoding loops" if g["repetition"] > max(f["repetition"], e["repetition"]) else "Greedy"
+        out.append(f"- {verdict}: repetition rate {fmt(g['repetition'])} against {fmt(f['repetition'])} "
                    f"(`fixed`) and {fmt(e['repetition'])} (`entropix`), and it scores the highest likelihood "
                    f"({fmt(g['loglik'])} nats/byte) because it always takes the mode. Its {g['unique_texts']} "
                    f"distinct texts out of {g['generations']} runs show that the seed does not matter to it.")

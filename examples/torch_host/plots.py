@@ -190,12 +190,22 @@ def draw_scatter(ax, profile: dict | None, steps: list[dict], title: str):
     return rules
 
 
+def profile_label(header: dict) -> str:
+    """`entropix`, or for an override such as greedy: `greedy (fixed, temperature=0.0)`."""
+    name = str(header.get("profile", "?"))
+    server, overrides = header.get("server_profile"), header.get("overrides") or {}
+    if overrides or (server and server != name):
+        extra = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        return f"{name} ({server}{', ' + extra if extra else ''})"
+    return name
+
+
 def plot_scatter(header: dict, steps: list[dict], path: str, title: str | None = None) -> str:
     """Only the entropy/varentropy part (for many generations pooled)."""
     if not steps:
         raise ValueError("no steps to plot")
     fig, ax = plt.subplots(figsize=(7, 6), dpi=80)
-    draw_scatter(ax, header.get("profile_def"), steps, title or f"profile {header.get('profile', '?')}")
+    draw_scatter(ax, header.get("profile_def"), steps, title or f"profile {profile_label(header)}")
     fig.tight_layout()
     save_png(fig, path)
     plt.close(fig)
@@ -215,7 +225,7 @@ def plot_generation(header: dict, steps: list[dict], path: str, title: str | Non
                           wspace=0.22, left=0.06, right=0.985, top=0.9, bottom=0.08)
 
     ax = fig.add_subplot(gs[:, 0])
-    rules = draw_scatter(ax, profile, steps, f"profile {header.get('profile', '?')}: entropy vs varentropy per token")
+    rules = draw_scatter(ax, profile, steps, f"profile {profile_label(header)}: entropy vs varentropy per token")
 
     # --- right: timeline ---
     x = np.arange(len(steps))
@@ -249,7 +259,7 @@ def plot_generation(header: dict, steps: list[dict], path: str, title: str | Non
     snippet = text.replace("\n", "⏎").replace("\t", " ")
     if len(snippet) > 110:
         snippet = snippet[:107] + "..."
-    fig.suptitle(title or f"{header.get('profile', '?')} · seed {header.get('seed', '?')} · "
+    fig.suptitle(title or f"{profile_label(header)} · seed {header.get('seed', '?')} · "
                  f"prompt {header.get('prompt', '')!r}", fontsize=11)
     fig.text(0.5, 0.935, snippet, ha="center", fontsize=8, family="monospace", color="#333333")
     save_png(fig, path)
