@@ -1,0 +1,260 @@
+// samplerctl: command-line client of samplerd.
+//
+//   samplerctl health   [--target localhost:50051] [--service NAME]
+//   samplerctl profiles [--json]
+//   samplerctl sample   --logits x.npy [--attention y.npy] [--profile P] [--seed S] [--top-logprobs N] [--json]
+//   samplerctl demo     [--steps 300] [--profile entropix] [--seed 7]
+//
+// Exit codes: 0 success; 1 an RPC failed, a step was rejected, or the server is not SERVING; 2 bad usage or an
+// unreadable input file.
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "clients/cpp/samplerd_client.h"
+#include "clients/cpp/synthetic_model.h"
+#include "google/protobuf/util/json_util.h"
+#include "xtensor/xarray.hpp"
+#include "xtensor/xnpy.hpp"
+
+namespace samplerd::client {
+namespace {
+
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+int Fail(const absl::Status& status, absl::string_view what) {
+  absl::FPrintF(stderr, "samplerctl: %s: %s\n", what, status.ToString());
+  return kExitFailure;
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  std::string json;
+  // Cannot fail for a message without Any fields.
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
+}
+
+std::string RegimeName(v1::Regime regime) {
+  std::string name = v1::Regime_Name(regime);
+  return name.rfind("REGIME_", 0) == 0 ? name.substr(7) : name;
+}
+
+std::string DescribeParams(const v1::SamplingParams& p) {
+  if (!p.has_temperature()) return "(none: the token was emitted without a draw)";
+  return absl::StrFormat("temperature=%.4g top_k=%d top_p=%.4g min_p=%.4g", p.temperature(), p.top_k(), p.top_p(),
+                         p.min_p());
+}
+
+std::string DescribeMetrics(const v1::Metrics& m) {
+  std::string out = absl::StrFormat("logits_entropy=%.4f logits_varentropy=%.4f", m.logits_entropy(),
+                                    m.logits_varentropy());
+  if (m.has_attn_entropy()) {
+    absl::StrAppendFormat(&out, " attn_entropy=%.4f attn_varentropy=%.4f agreement=%.4g interaction_strength=%.4f",
+                          m.attn_entropy(), m.attn_varentropy(), m.agreement(), m.interaction_strength());
+  }
+  return out;
+}
+
+// Loads a float32 .npy (xtensor refuses other dtypes with a message naming the dtype it found).
+bool LoadNpy(const std::string& path, xt::xarray<float>* out) {
+  try {
+    *out = xt::load_npy<float>(path);
+    return true;
+  } catch (const std::exception& e) {
+    absl::FPrintF(stderr, "samplerctl: %s: not a float32 .npy file: %s\n", path, e.what());
+    return false;
+  }
+}
+
+void FillTensor(const xt::xarray<float>& array, v1::Tensor* tensor) {
+  std::vector<int64_t> shape(array.shape().begin(), array.shape().end());
+  FillF32Tensor(absl::MakeConstSpan(array.data(), array.size()), shape, tensor);
+}
+
+int RunHealth(Client& client, const std::string& service) {
+  absl::StatusOr<ServingStatus> status = client.Health(service);
+  if (!status.ok()) return Fail(status.status(), "health");
+  absl::PrintF("%s\n", ServingStatusName(*status));
+  return *status == ServingStatus::kServing ? 0 : kExitFailure;
+}
+
+int RunProfiles(Client& client, bool json) {
+  absl::StatusOr<v1::ListProfilesResponse> profiles = client.ListProfiles();
+  if (!profiles.ok()) return Fail(profiles.status(), "ListProfiles");
+  if (json) {
+    absl::PrintF("%s\n", ToJson(*profiles));
+    return 0;
+  }
+  for (const v1::Profile& p : profiles->profiles()) {
+    absl::PrintF("%s%s  %s\n", p.name(), p.name() == profiles->default_profile() ? " (default)" : "",
+                 p.description());
+    absl::PrintF("  params: %s n_adaptive_samples=%d clarifying_token=%d\n", DescribeParams(p.params()),
+                 p.params().n_adaptive_samples(), p.params().clarifying_token());
+    for (const v1::RegimeRule& rule : p.regimes()) {
+      std::vector<std::string> bounds;
+      for (const v1::Bound& b : rule.bounds()) {
+        bounds.push_back(absl::StrFormat("%s %s %g", v1::Metric_Name(b.metric()),
+                                         b.op() == v1::OP_LT ? "<" : ">", b.value()));
+      }
+      absl::PrintF("  %-9s if %s\n", RegimeName(rule.regime()), absl::StrJoin(bounds, " and "));
+    }
+    absl::PrintF("  %-9s otherwise\n", RegimeName(p.default_regime()));
+  }
+  return 0;
+}
+
+struct SampleFlags {
+  std::string logits;
+  std::string attention;
+  std::string profile;
+  uint64_t seed = 0;
+  int32_t top_logprobs = 0;
+  bool json = false;
+};
+
+int RunSample(Client& client, const SampleFlags& flags) {
+  v1::SampleRequest request;
+  v1::Step* step = request.add_steps();
+  step->set_sequence_id("samplerctl");
+  step->set_profile(flags.profile);
+  step->set_seed(flags.seed);
+  step->set_top_logprobs(flags.top_logprobs);
+  xt::xarray<float> logits;
+  if (!LoadNpy(flags.logits, &logits)) return kExitUsage;
+  FillTensor(logits, step->mutable_logits());
+  if (!flags.attention.empty()) {
+    xt::xarray<float> attention;
+    if (!LoadNpy(flags.attention, &attention)) return kExitUsage;
+    FillTensor(attention, step->mutable_attention());
+  }
+
+  absl::StatusOr<v1::SampleResponse> response = client.SampleOnce(request);
+  if (!response.ok()) return Fail(response.status(), "SampleOnce");
+  if (response->results_size() != 1) {
+    return Fail(absl::InternalError(absl::StrCat(response->results_size(), " results for 1 step")), "SampleOnce");
+  }
+  const v1::StepResult& r = response->results(0);
+  if (flags.json) {
+    absl::PrintF("%s\n", ToJson(r));
+  } else if (!r.has_error()) {
+    absl::PrintF("token %d  logprob %.6f  regime %s  profile %s  seed %d  (%d us in core)\n", r.token(),
+                 r.logprob(), RegimeName(r.regime()), r.profile(), r.seed(), r.server_micros());
+    absl::PrintF("applied: %s\n", DescribeParams(r.applied()));
+    absl::PrintF("metrics: %s\n", DescribeMetrics(r.metrics()));
+    if (r.top_size() > 0) {
+      std::vector<std::string> top;
+      for (const v1::TokenLogprob& t : r.top()) top.push_back(absl::StrFormat("%d:%.4f", t.token(), t.logprob()));
+      absl::PrintF("top: %s\n", absl::StrJoin(top, " "));
+    }
+  }
+  if (r.has_error()) {
+    absl::FPrintF(stderr, "samplerctl: step rejected: %s (code %d) %s\n",
+                  absl::StatusCodeToString(static_cast<absl::StatusCode>(r.error().code())), r.error().code(),
+                  r.error().message());
+    return kExitFailure;
+  }
+  return 0;
+}
+
+struct DemoFlags {
+  int steps = 300;
+  std::string profile = "entropix";
+  uint64_t seed = 7;
+};
+
+int RunDemo(Client& client, const DemoFlags& flags) {
+  SyntheticModel model(SyntheticModel::Options{});
+  SessionOptions options;
+  options.sequence_id = "samplerctl-demo";
+  options.profile = flags.profile;
+  options.seed = flags.seed;
+  std::unique_ptr<Session> session = client.OpenSession(options);
+
+  std::vector<float> logits;
+  std::vector<float> attention;
+  std::map<std::string, int> regimes;
+  int32_t previous = 0;
+  absl::PrintF("%5s  %-9s  %6s  %-9s  %8s %8s  %s\n", "step", "model", "token", "regime", "entropy", "varent",
+               "applied");
+  for (int i = 0; i < flags.steps; ++i) {
+    const uint64_t step = session->step();
+    const SyntheticModel::State state = model.Next(step, previous, &logits, &attention);
+    const int64_t shape[2] = {model.heads(), model.kv_len(step)};
+    absl::StatusOr<StepResult> r = session->Step(logits, AttentionInput{attention, shape});
+    if (!r.ok()) return Fail(r.status(), absl::StrCat("step ", step));
+    previous = r->token;
+    ++regimes[RegimeName(r->regime)];
+    absl::PrintF("%5d  %-9s  %6d  %-9s  %8.4f %8.4f  %s\n", step, SyntheticModel::StateName(state), r->token,
+                 RegimeName(r->regime), r->metrics.logits_entropy(), r->metrics.logits_varentropy(),
+                 DescribeParams(r->applied));
+  }
+  if (absl::Status s = session->Close(); !s.ok()) return Fail(s, "closing the Sample stream");
+  absl::PrintF("\n%d steps, profile %s, seed %d; regimes:\n", flags.steps, flags.profile, session->seed());
+  for (const auto& [name, count] : regimes) absl::PrintF("  %-9s %5d\n", name, count);
+  return 0;
+}
+
+}  // namespace
+}  // namespace samplerd::client
+
+int main(int argc, char** argv) {
+  using namespace samplerd::client;
+  CLI::App app{"samplerctl: command-line client of samplerd (samplerd.v1.Sampler)."};
+  app.require_subcommand(1);
+  app.fallthrough();  // --target may follow the subcommand
+  std::string target = "localhost:50051";
+  app.add_option("--target", target, "gRPC target of the server: host:port or unix:/path")->capture_default_str();
+
+  std::string service;
+  CLI::App* health = app.add_subcommand("health", "Check grpc.health.v1 (exit 0 only when SERVING)");
+  health->add_option("--service", service, "Service name to check; empty = the whole server");
+
+  bool profiles_json = false;
+  CLI::App* profiles = app.add_subcommand("profiles", "List the server's profiles with every parameter value");
+  profiles->add_flag("--json", profiles_json, "Print the ListProfilesResponse as JSON");
+
+  SampleFlags sample_flags;
+  CLI::App* sample = app.add_subcommand("sample", "Sample one token from logits (and attention) in .npy files");
+  sample->add_option("--logits", sample_flags.logits, "float32 .npy of shape [vocab]")
+      ->required()
+      ->check(CLI::ExistingFile);
+  sample->add_option("--attention", sample_flags.attention,
+                     "float32 .npy of shape [heads, kv_len] or [layers, heads, kv_len]")
+      ->check(CLI::ExistingFile);
+  sample->add_option("--profile", sample_flags.profile, "Server profile; empty = the server's default");
+  sample->add_option("--seed", sample_flags.seed, "Seed of the draw; 0 = the server picks one (and reports it)")
+      ->capture_default_str();
+  sample->add_option("--top-logprobs", sample_flags.top_logprobs, "How many top tokens to return, 0..20")
+      ->capture_default_str();
+  sample->add_flag("--json", sample_flags.json, "Print the StepResult as JSON");
+
+  DemoFlags demo_flags;
+  CLI::App* demo = app.add_subcommand(
+      "demo", "Generate from a synthetic model (vocab 32000, 8 heads) and show the regime of each step");
+  demo->add_option("--steps", demo_flags.steps, "Steps to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  demo->add_option("--profile", demo_flags.profile, "Server profile")->capture_default_str();
+  demo->add_option("--seed", demo_flags.seed, "Seed of the generation")->capture_default_str();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+
+  Client client(target);
+  if (health->parsed()) return RunHealth(client, service);
+  if (profiles->parsed()) return RunProfiles(client, profiles_json);
+  if (sample->parsed()) return RunSample(client, sample_flags);
+  return RunDemo(client, demo_flags);
+}

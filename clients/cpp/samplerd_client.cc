@@ -1,0 +1,189 @@
+#include "clients/cpp/samplerd_client.h"
+
+#include <cstring>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace samplerd::client {
+namespace {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "samplerd tensors are little-endian; FillF32Tensor copies floats in host order");
+
+std::string RandomSequenceId() {
+  std::random_device device;
+  return absl::StrFormat("cpp-%08x%08x", device(), device());
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  // bytes; the server's default limit, so a large SampleOnce answer is not refused on our side (gRPC's client
+  // default is 4 MiB).
+  args.SetMaxReceiveMessageSize(64 << 20);
+  // ms; keeps a long idle Sample stream alive through NATs. The server accepts a ping every 10 s.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30 * 1000);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+void SetTimeout(grpc::ClientContext* context, absl::Duration timeout) {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+}  // namespace
+
+absl::string_view ServingStatusName(ServingStatus status) {
+  switch (status) {
+    case ServingStatus::kServing:
+      return "SERVING";
+    case ServingStatus::kNotServing:
+      return "NOT_SERVING";
+    case ServingStatus::kServiceUnknown:
+      return "SERVICE_UNKNOWN";
+    case ServingStatus::kUnknown:
+      break;
+  }
+  return "UNKNOWN";
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+void FillF32Tensor(absl::Span<const float> values, absl::Span<const int64_t> shape, v1::Tensor* tensor) {
+  tensor->set_dtype(v1::DTYPE_F32);
+  tensor->mutable_shape()->Clear();
+  tensor->mutable_shape()->Add(shape.begin(), shape.end());
+  std::string* data = tensor->mutable_data();
+  data->resize(values.size() * sizeof(float));
+  if (!values.empty()) std::memcpy(data->data(), values.data(), values.size() * sizeof(float));
+}
+
+// Session
+
+Session::Session(v1::Sampler::Stub* stub, SessionOptions options)
+    : stream_(stub->Sample(&context_)),
+      sequence_id_(options.sequence_id.empty() ? RandomSequenceId() : std::move(options.sequence_id)),
+      profile_(std::move(options.profile)),
+      max_recent_tokens_(options.max_recent_tokens),
+      seed_(options.seed),
+      recent_tokens_(std::move(options.prompt_tail)) {
+  if (recent_tokens_.size() > max_recent_tokens_) {
+    recent_tokens_.erase(recent_tokens_.begin(), recent_tokens_.end() - static_cast<ptrdiff_t>(max_recent_tokens_));
+  }
+}
+
+Session::~Session() {
+  if (!closed_) {
+    context_.TryCancel();
+    stream_->Finish();
+  }
+}
+
+absl::Status Session::FailStream() {
+  closed_ = true;
+  const grpc::Status status = stream_->Finish();
+  if (status.ok()) return absl::UnavailableError("the server ended the Sample stream before answering");
+  return FromGrpcStatus(status);
+}
+
+absl::StatusOr<StepResult> Session::Step(absl::Span<const float> logits, std::optional<AttentionInput> attention,
+                                         const StepOptions& options) {
+  if (closed_) return absl::FailedPreconditionError("the session's Sample stream is closed");
+
+  // Clear keeps the cleared step and its byte buffers allocated for the next call.
+  v1::Step* step = request_.steps_size() == 0 ? request_.add_steps() : request_.mutable_steps(0);
+  step->Clear();
+  step->set_sequence_id(sequence_id_);
+  step->set_step(step_);
+  const int64_t vocab[1] = {static_cast<int64_t>(logits.size())};
+  FillF32Tensor(logits, vocab, step->mutable_logits());
+  if (attention.has_value()) FillF32Tensor(attention->scores, attention->shape, step->mutable_attention());
+  step->mutable_recent_tokens()->Add(recent_tokens_.begin(), recent_tokens_.end());
+  if (options.params.has_value()) *step->mutable_params() = *options.params;
+  step->set_profile(profile_);
+  step->set_seed(seed_);
+  step->set_top_logprobs(options.top_logprobs);
+
+  if (!stream_->Write(request_)) return FailStream();
+  if (!stream_->Read(&response_)) return FailStream();
+  if (response_.results_size() != 1) {
+    return absl::InternalError(
+        absl::StrCat("the server answered a 1-step request with ", response_.results_size(), " results"));
+  }
+  const v1::StepResult& r = response_.results(0);
+  if (r.has_error()) return absl::Status(static_cast<absl::StatusCode>(r.error().code()), r.error().message());
+
+  StepResult result;
+  result.step = r.step();
+  result.token = r.token();
+  result.logprob = r.logprob();
+  result.regime = r.regime();
+  result.applied = r.applied();
+  result.metrics = r.metrics();
+  result.top.reserve(static_cast<size_t>(r.top_size()));
+  for (const v1::TokenLogprob& t : r.top()) result.top.emplace_back(t.token(), t.logprob());
+  result.seed = r.seed();
+  result.profile = r.profile();
+  result.server_micros = r.server_micros();
+
+  if (seed_ == 0) seed_ = r.seed();
+  ++step_;
+  recent_tokens_.push_back(r.token());
+  if (recent_tokens_.size() > max_recent_tokens_) {
+    recent_tokens_.erase(recent_tokens_.begin(), recent_tokens_.end() - static_cast<ptrdiff_t>(max_recent_tokens_));
+  }
+  return result;
+}
+
+absl::Status Session::Close() {
+  if (closed_) return absl::OkStatus();
+  closed_ = true;
+  stream_->WritesDone();
+  return FromGrpcStatus(stream_->Finish());
+}
+
+// Client
+
+Client::Client(const std::string& target) : Client(MakeChannel(target)) {}
+
+Client::Client(std::shared_ptr<grpc::Channel> channel)
+    : channel_(std::move(channel)),
+      stub_(v1::Sampler::NewStub(channel_)),
+      health_stub_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+absl::StatusOr<ServingStatus> Client::Health(const std::string& service, absl::Duration timeout) {
+  grpc::ClientContext context;
+  SetTimeout(&context, timeout);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  if (grpc::Status s = health_stub_->Check(&context, request, &response); !s.ok()) return FromGrpcStatus(s);
+  return static_cast<ServingStatus>(response.status());
+}
+
+absl::StatusOr<v1::ListProfilesResponse> Client::ListProfiles(absl::Duration timeout) {
+  grpc::ClientContext context;
+  SetTimeout(&context, timeout);
+  v1::ListProfilesResponse response;
+  if (grpc::Status s = stub_->ListProfiles(&context, v1::ListProfilesRequest(), &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  return response;
+}
+
+absl::StatusOr<v1::SampleResponse> Client::SampleOnce(const v1::SampleRequest& request, absl::Duration timeout) {
+  grpc::ClientContext context;
+  SetTimeout(&context, timeout);
+  v1::SampleResponse response;
+  if (grpc::Status s = stub_->SampleOnce(&context, request, &response); !s.ok()) return FromGrpcStatus(s);
+  return response;
+}
+
+std::unique_ptr<Session> Client::OpenSession(SessionOptions options) {
+  return std::unique_ptr<Session>(new Session(stub_.get(), std::move(options)));
+}
+
+}  // namespace samplerd::client

@@ -1,0 +1,190 @@
+// A small C++ client of samplerd (samplerd.v1.Sampler), for model hosts written in C++ and for samplerctl.
+//
+// `Client` wraps one channel: health, the profile list and one-shot sampling. `Session` is one generation: it
+// owns a `Sample` stream and the per-sequence state the protocol leaves to the client (DESIGN.md section 2):
+// the step index, the seed (the server's pick when the first step sent 0) and the recent tokens that feed the
+// penalties and the clarifying-question rule. Because the client owns that state, a session can be replayed
+// against any replica and reproduce its tokens.
+//
+//   samplerd::client::Client client("localhost:50051");
+//   samplerd::client::SessionOptions options;
+//   options.profile = "entropix";
+//   absl::StatusOr<std::unique_ptr<samplerd::client::Session>> session = client.OpenSession(options);
+//   for (...) {
+//     absl::StatusOr<samplerd::client::StepResult> r = (*session)->Step(logits);   // span of vocab floats
+//     if (!r.ok()) { ... }   // the step was rejected (r.status() names the field) or the stream failed
+//     next_token = r->token;
+//   }
+//   (*session)->Close();
+//
+// Tensors travel as DTYPE_F32 in the host's byte order, which must be little-endian (as the wire format says).
+#ifndef SAMPLERD_CLIENTS_CPP_SAMPLERD_CLIENT_H_
+#define SAMPLERD_CLIENTS_CPP_SAMPLERD_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "samplerd/v1/sampler.grpc.pb.h"
+
+namespace samplerd::client {
+
+// ServingStatus
+//
+// The answer of grpc.health.v1.Health/Check.
+enum class ServingStatus { kUnknown = 0, kServing = 1, kNotServing = 2, kServiceUnknown = 3 };
+
+// "SERVING", "NOT_SERVING", ... as the health protocol spells them.
+absl::string_view ServingStatusName(ServingStatus status);
+
+// FromGrpcStatus()
+//
+// The absl::Status of a finished call: same code, same message.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// FillF32Tensor()
+//
+// Writes `values` as a DTYPE_F32 tensor of `shape` into `tensor`, reusing its buffer. The caller keeps
+// `shape`'s product equal to `values.size()`; the server checks it anyway.
+void FillF32Tensor(absl::Span<const float> values, absl::Span<const int64_t> shape, v1::Tensor* tensor);
+
+// AttentionInput
+//
+// Pre-softmax attention scores of the current query, row-major, with their shape: [heads, kv_len] or
+// [layers, heads, kv_len]. Both spans are borrowed for the duration of the Step call.
+struct AttentionInput {
+  absl::Span<const float> scores;
+  absl::Span<const int64_t> shape;
+};
+
+// StepOptions
+//
+// What a single step may change beyond its tensors.
+struct StepOptions {
+  // How many top tokens (with logprobs) to return, 0..20.
+  int32_t top_logprobs = 0;
+  // Overrides of the profile's parameters for this step only.
+  std::optional<v1::SamplingParams> params;
+};
+
+// StepResult
+//
+// A successful step, as the server answered it.
+struct StepResult {
+  uint64_t step = 0;
+  int32_t token = 0;
+  float logprob = 0;  // nats, under the unmodified logits
+  v1::Regime regime = v1::REGIME_UNSPECIFIED;
+  v1::SamplingParams applied;  // empty when CLARIFY emitted its token without a draw
+  v1::Metrics metrics;
+  std::vector<std::pair<int32_t, float>> top;  // (token, logprob), best first
+  uint64_t seed = 0;
+  std::string profile;
+  uint32_t server_micros = 0;
+};
+
+// SessionOptions
+//
+// The fixed parts of a generation.
+struct SessionOptions {
+  // Key of the sequence; empty = a random one.
+  std::string sequence_id;
+  // Server profile; empty = the server's default.
+  std::string profile;
+  // 0 = the server picks one on the first step; the session then sends that seed on every later step.
+  uint64_t seed = 0;
+  // Tokens before the first generated one (the prompt's tail), oldest first.
+  std::vector<int32_t> prompt_tail;
+  // How many of the most recent tokens each step carries.
+  size_t max_recent_tokens = 64;
+};
+
+// Session
+//
+// One sequence on its own Sample stream. Not thread-safe; one Step at a time. The destructor cancels a stream
+// that was not closed.
+class Session {
+ public:
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+  ~Session();
+
+  // Sends one step and waits for its result. On success the token is appended to the recent tokens and the
+  // step index advances. A rejected step returns the server's error (code and "field: message") and changes
+  // nothing, so it can be corrected and resent; a failed stream returns the call's status and every later Step
+  // returns FAILED_PRECONDITION.
+  absl::StatusOr<StepResult> Step(absl::Span<const float> logits,
+                                  std::optional<AttentionInput> attention = std::nullopt,
+                                  const StepOptions& options = {});
+
+  // Half-closes the stream and returns its final status.
+  absl::Status Close();
+
+  const std::string& sequence_id() const { return sequence_id_; }
+  // Index of the next step.
+  uint64_t step() const { return step_; }
+  // The seed in force: 0 until the server picked one when none was given.
+  uint64_t seed() const { return seed_; }
+  const std::vector<int32_t>& recent_tokens() const { return recent_tokens_; }
+
+ private:
+  friend class Client;
+  Session(v1::Sampler::Stub* stub, SessionOptions options);
+
+  // Ends the stream after a failed Read or Write and returns why.
+  absl::Status FailStream();
+
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>> stream_;
+  bool closed_ = false;
+  const std::string sequence_id_;
+  const std::string profile_;
+  const size_t max_recent_tokens_;
+  uint64_t seed_;
+  uint64_t step_ = 0;
+  std::vector<int32_t> recent_tokens_;
+  v1::SampleRequest request_;  // reused: keeps the tensor buffers' capacity between steps
+  v1::SampleResponse response_;
+};
+
+// Client
+//
+// One channel to a samplerd. Thread-safe (gRPC stubs are); Sessions opened from it must not outlive it.
+class Client {
+ public:
+  // `target` is any gRPC target: "localhost:50051", "unix:/run/samplerd.sock", "dns:///samplerd:50051".
+  // Insecure credentials.
+  explicit Client(const std::string& target);
+  explicit Client(std::shared_ptr<grpc::Channel> channel);
+
+  // The server's health for `service` ("" = the whole server).
+  absl::StatusOr<ServingStatus> Health(const std::string& service = "",
+                                       absl::Duration timeout = absl::Seconds(5));
+  absl::StatusOr<v1::ListProfilesResponse> ListProfiles(absl::Duration timeout = absl::Seconds(5));
+  // The call's status is returned only when the call failed; rejected steps are in the response.
+  absl::StatusOr<v1::SampleResponse> SampleOnce(const v1::SampleRequest& request,
+                                                absl::Duration timeout = absl::Seconds(30));
+  // Opens a Sample stream for one sequence. The stream is established lazily, with the first Step.
+  std::unique_ptr<Session> OpenSession(SessionOptions options);
+
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Sampler::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_stub_;
+};
+
+}  // namespace samplerd::client
+
+#endif  // SAMPLERD_CLIENTS_CPP_SAMPLERD_CLIENT_H_

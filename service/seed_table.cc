@@ -1,0 +1,33 @@
+#include "service/seed_table.h"
+
+#include <random>
+
+namespace samplerd {
+namespace {
+
+// Unpredictable across streams, processes and restarts; 0 is reserved for "server picks".
+uint64_t FreshSeed() {
+  std::random_device device;
+  uint64_t seed = 0;
+  while (seed == 0) seed = (static_cast<uint64_t>(device()) << 32) | device();
+  return seed;
+}
+
+}  // namespace
+
+SeedTable::SeedTable(size_t capacity) : capacity_(capacity < 1 ? 1 : capacity) {}
+
+uint64_t SeedTable::Resolve(absl::string_view sequence_id, uint64_t requested) {
+  if (requested != 0) return requested;
+  if (auto it = seeds_.find(sequence_id); it != seeds_.end()) return it->second;
+  if (seeds_.size() >= capacity_) {
+    seeds_.erase(insertion_order_.front());
+    insertion_order_.pop_front();
+  }
+  const uint64_t seed = FreshSeed();
+  seeds_.emplace(sequence_id, seed);
+  insertion_order_.emplace_back(sequence_id);
+  return seed;
+}
+
+}  // namespace samplerd

@@ -1,0 +1,51 @@
+// The seeds the server picks for steps that arrive with seed 0 (DESIGN.md section 5).
+//
+// A sequence's random draws are a pure function of (seed, sequence_id, step, draw), so the server must keep
+// using the seed it picked for a sequence for as long as that sequence keeps sending seed 0 on the same stream;
+// the client reads it from StepResult.seed and sends it back to reproduce a step elsewhere. The table is
+// per stream (per call for SampleOnce) and bounded: a stream may carry any number of sequences over its
+// lifetime, and an unbounded map would grow with it.
+//
+//   SeedTable seeds;
+//   uint64_t seed = seeds.Resolve(step.sequence_id(), step.seed());   // step.seed() unless it is 0
+#ifndef SAMPLERD_SERVICE_SEED_TABLE_H_
+#define SAMPLERD_SERVICE_SEED_TABLE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
+
+namespace samplerd {
+
+// SeedTable
+//
+// sequence_id -> server-picked seed, holding at most `capacity` sequences; past it the sequence that was
+// inserted first is forgotten (a continuous-batching host retires its oldest sequences first). A forgotten
+// sequence that sends seed 0 again gets a fresh seed, which its results report, so every step stays
+// reproducible from its reported seed. Not thread-safe: a stream reads one request at a time.
+class SeedTable {
+ public:
+  // Enough for the batch of any continuous-batching host; bounds a stream's table to a few hundred KiB.
+  static constexpr size_t kDefaultCapacity = 4096;
+
+  explicit SeedTable(size_t capacity = kDefaultCapacity);
+
+  // `requested` when it is non-zero; otherwise the seed picked for `sequence_id` (a new non-zero one from
+  // std::random_device the first time).
+  uint64_t Resolve(absl::string_view sequence_id, uint64_t requested);
+
+  size_t size() const { return seeds_.size(); }
+
+ private:
+  size_t capacity_;
+  absl::flat_hash_map<std::string, uint64_t> seeds_;
+  std::deque<std::string> insertion_order_;
+};
+
+}  // namespace samplerd
+
+#endif  // SAMPLERD_SERVICE_SEED_TABLE_H_

@@ -1,0 +1,73 @@
+// The server's configuration: what `samplerd`'s flags parse into, validated once before anything starts.
+//
+// Every limit of DESIGN.md section 6 lives here with its default, so a test or an embedding program can build a
+// server without going through the command line:
+//
+//   ServerConfig config;
+//   config.listen = {"127.0.0.1:0", "unix:/tmp/samplerd.sock"};
+//   config.max_steps_per_request = 64;
+//   if (absl::Status s = ValidateServerConfig(config); !s.ok()) { ... }
+//
+// The struct is immutable once the server runs (STYLE.md: the service holds no other state).
+#ifndef SAMPLERD_SERVICE_SERVER_CONFIG_H_
+#define SAMPLERD_SERVICE_SERVER_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/tensor_view.h"
+
+namespace samplerd {
+
+// ServerConfig
+//
+// Listen addresses, the profile config file and the size limits. Sizes are counts of elements or bytes;
+// times are seconds.
+struct ServerConfig {
+  // gRPC addresses: "host:port" (port 0 = pick a free one) or "unix:/path" / "unix:///path".
+  std::vector<std::string> listen = {"0.0.0.0:50051"};
+  // Protobuf JSON of samplerd.v1.ProfileSet; empty = the built-in profiles only.
+  std::string config_path;
+
+  // Largest request or response message, in bytes. gRPC enforces it per message and ends the stream with
+  // RESOURCE_EXHAUSTED, so it also bounds the memory one read can take.
+  int64_t max_message_bytes = int64_t{64} << 20;
+  // Largest logits tensor, in elements (token ids are int32, so at most 2^31 - 1).
+  int64_t max_vocab = int64_t{1} << 20;
+  // Largest attention tensor (layers x heads x kv_len), in elements.
+  int64_t max_attention_elements = int64_t{64} << 20;
+  // Most steps one SampleRequest may carry; more ends the call with RESOURCE_EXHAUSTED.
+  int32_t max_steps_per_request = 4096;
+  // Most concurrent Sample streams over all connections; a stream past it ends with RESOURCE_EXHAUSTED.
+  int32_t max_streams = 1024;
+  // On SIGTERM, how long in-flight calls may run before they are cancelled.
+  int32_t drain_seconds = 10;
+  // spdlog level name: trace, debug, info, warn, error, critical or off.
+  std::string log_level = "info";
+
+  // The tensor limits core applies while decoding a step.
+  TensorLimits tensor_limits() const {
+    TensorLimits limits;
+    limits.max_vocab = max_vocab;
+    limits.max_attention_elements = max_attention_elements;
+    return limits;
+  }
+};
+
+// ValidateServerConfig()
+//
+// Returns INVALID_ARGUMENT naming the first bad flag (as "--flag_name: ...") and the value received: an empty
+// or malformed listen address, a non-positive limit, a message size over what gRPC can represent (int), a vocab
+// over int32, a negative drain time or an unknown log level.
+absl::Status ValidateServerConfig(const ServerConfig& config);
+
+// DescribeServerConfig()
+//
+// One line with every effective value, for the start-up log.
+std::string DescribeServerConfig(const ServerConfig& config);
+
+}  // namespace samplerd
+
+#endif  // SAMPLERD_SERVICE_SERVER_CONFIG_H_
