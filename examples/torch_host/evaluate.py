@@ -209,8 +209,8 @@ def write_doc(path, fig_dir, runs, rows, alone, meta, ckpt_path, args, profile_d
           f"{fmt(r['distinct3'])} | {fmt(r['loglik'])} | {fmt(r['temperature'])} | {r['unique_texts']} |")
     w("")
     w(f"Reference: the model's mean log-likelihood on held-out human text is −{m.get('val_loss')} nats/byte "
-      "(its validation loss). Text sampled at the model's own distribution would score about that; higher "
-      "means safer, more predictable text than the corpus, lower means noisier text.")
+      "(its validation loss). A well-calibrated model sampled at temperature 1 would score about that on its "
+      "own text; higher means safer, more predictable text than the corpus, lower means noisier text.")
     w("")
     regimes = [r for r in plots.REGIMES if any(r in row["mix"] for row in rows.values())]
     w("Regime mix (share of tokens):")
