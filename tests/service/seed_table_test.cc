@@ -1,0 +1,52 @@
+#include "service/seed_table.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace samplerd {
+namespace {
+
+TEST(SeedTable, NonZeroRequestPassesThroughAndIsNotRemembered) {
+  SeedTable seeds;
+  EXPECT_EQ(seeds.Resolve("a", 42), 42u);
+  EXPECT_EQ(seeds.size(), 0u);
+}
+
+TEST(SeedTable, ZeroGetsANonZeroSeedThatStaysWithTheSequence) {
+  SeedTable seeds;
+  const uint64_t a = seeds.Resolve("a", 0);
+  EXPECT_NE(a, 0u);
+  EXPECT_EQ(seeds.Resolve("a", 0), a);
+  const uint64_t b = seeds.Resolve("b", 0);
+  EXPECT_NE(b, 0u);
+  EXPECT_NE(b, a);  // 2^-64 chance of a false failure
+  EXPECT_EQ(seeds.Resolve("a", 0), a);
+}
+
+TEST(SeedTable, SeparateTablesPickSeparateSeeds) {
+  SeedTable first;
+  SeedTable second;
+  EXPECT_NE(first.Resolve("a", 0), second.Resolve("a", 0));
+}
+
+TEST(SeedTable, ForgetsTheOldestSequencePastItsCapacity) {
+  SeedTable seeds(/*capacity=*/3);
+  const uint64_t a = seeds.Resolve("a", 0);
+  const uint64_t b = seeds.Resolve("b", 0);
+  seeds.Resolve("c", 0);
+  seeds.Resolve("d", 0);  // evicts "a"
+  EXPECT_EQ(seeds.size(), 3u);
+  EXPECT_EQ(seeds.Resolve("b", 0), b);
+  EXPECT_NE(seeds.Resolve("a", 0), a);  // a fresh seed (and "b" is now the oldest and evicted)
+  EXPECT_EQ(seeds.size(), 3u);
+}
+
+TEST(SeedTable, StaysBoundedUnderManySequences) {
+  SeedTable seeds(/*capacity=*/100);
+  for (int i = 0; i < 10000; ++i) seeds.Resolve("seq-" + std::to_string(i), 0);
+  EXPECT_EQ(seeds.size(), 100u);
+}
+
+}  // namespace
+}  // namespace samplerd

@@ -1,0 +1,80 @@
+#include "service/server_config.h"
+
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace samplerd {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ServerConfig, DefaultsAreTheDocumentedOnes) {
+  const ServerConfig config;
+  EXPECT_EQ(config.listen, std::vector<std::string>{"0.0.0.0:50051"});
+  EXPECT_EQ(config.max_message_bytes, 64 * 1024 * 1024);
+  EXPECT_EQ(config.max_vocab, 1048576);
+  EXPECT_EQ(config.max_attention_elements, 64 * 1024 * 1024);
+  EXPECT_EQ(config.max_steps_per_request, 4096);
+  EXPECT_EQ(config.max_streams, 1024);
+  EXPECT_EQ(config.drain_seconds, 10);
+  EXPECT_TRUE(ValidateServerConfig(config).ok());
+  EXPECT_EQ(config.tensor_limits().max_vocab, 1048576);
+  EXPECT_EQ(config.tensor_limits().max_attention_elements, 64 * 1024 * 1024);
+}
+
+TEST(ServerConfig, AcceptsTcpAndUnixAddresses) {
+  ServerConfig config;
+  config.listen = {"127.0.0.1:0", "[::]:50051", "localhost:8080", "unix:/tmp/s.sock", "unix:///tmp/s.sock"};
+  EXPECT_TRUE(ValidateServerConfig(config).ok());
+}
+
+TEST(ServerConfig, RejectsMalformedAddressesNamingThem) {
+  for (const std::string& bad : {"", "localhost", "host:port", "host:70000", ":50051", "unix:", "unix://relative"}) {
+    ServerConfig config;
+    config.listen = {bad};
+    const absl::Status s = ValidateServerConfig(config);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("--listen")) << bad;
+  }
+  ServerConfig none;
+  none.listen.clear();
+  EXPECT_FALSE(ValidateServerConfig(none).ok());
+}
+
+TEST(ServerConfig, RejectsOutOfRangeLimitsNamingFlagAndValue) {
+  struct Case {
+    void (*set)(ServerConfig*);
+    std::string expected;
+  };
+  const Case cases[] = {
+      {[](ServerConfig* c) { c->max_message_bytes = 0; }, "--max_message_bytes: must be in [1, 2147483647], got 0"},
+      {[](ServerConfig* c) { c->max_message_bytes = int64_t{1} << 31; }, "--max_message_bytes"},
+      {[](ServerConfig* c) { c->max_vocab = int64_t{1} << 31; }, "got 2147483648"},
+      {[](ServerConfig* c) { c->max_attention_elements = -1; }, "--max_attention_elements"},
+      {[](ServerConfig* c) { c->max_steps_per_request = 0; }, "--max_steps_per_request"},
+      {[](ServerConfig* c) { c->max_streams = -5; }, "--max_streams: must be in [1, 2147483647], got -5"},
+      {[](ServerConfig* c) { c->drain_seconds = -1; }, "--drain_seconds: must be >= 0, got -1"},
+      {[](ServerConfig* c) { c->log_level = "loud"; }, "--log_level"},
+  };
+  for (const Case& c : cases) {
+    ServerConfig config;
+    c.set(&config);
+    const absl::Status s = ValidateServerConfig(config);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.expected;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(c.expected));
+  }
+}
+
+TEST(ServerConfig, DescriptionNamesEveryValue) {
+  ServerConfig config;
+  config.max_streams = 7;
+  const std::string d = DescribeServerConfig(config);
+  EXPECT_THAT(d, HasSubstr("max_streams=7"));
+  EXPECT_THAT(d, HasSubstr("0.0.0.0:50051"));
+  EXPECT_THAT(d, HasSubstr("drain_seconds=10"));
+}
+
+}  // namespace
+}  // namespace samplerd

@@ -1,0 +1,138 @@
+#include "tests/service/server_process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#ifndef SAMPLERD_BINARY
+#error "SAMPLERD_BINARY must name the samplerd executable ($<TARGET_FILE:samplerd>)"
+#endif
+
+namespace samplerd::testing {
+namespace {
+
+constexpr char kListening[] = "samplerd listening on ";
+
+std::string UniqueSocketPath() {
+  static std::atomic<int> counter{0};
+  return "/tmp/samplerd-test-" + std::to_string(getpid()) + "-" + std::to_string(counter++) + ".sock";
+}
+
+// Reads one '\n'-terminated line from `fd`, waiting until `deadline`. False on EOF or timeout.
+bool ReadLine(int fd, std::chrono::steady_clock::time_point deadline, std::string* line) {
+  line->clear();
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    const int ready = poll(&p, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) return false;
+    char c;
+    const ssize_t n = read(fd, &c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    if (c == '\n') return true;
+    line->push_back(c);
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::string>& extra_args) {
+  std::unique_ptr<ServerProcess> server(new ServerProcess());
+  server->socket_path_ = UniqueSocketPath();
+  const std::string unix_address = "unix:" + server->socket_path_;
+
+  std::vector<std::string> args = {SAMPLERD_BINARY, "--listen", "127.0.0.1:0", "--listen", unix_address,
+                                   "--log_level", "warn"};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) {
+    std::perror("pipe2");
+    return nullptr;
+  }
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    std::perror("fork");
+    close(out[0]);
+    close(out[1]);
+    return nullptr;
+  }
+  if (pid == 0) {
+    // Only async-signal-safe calls until exec: the test process has gRPC threads.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    dup2(out[1], STDOUT_FILENO);  // dup2 clears O_CLOEXEC on the new descriptor
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  server->pid_ = pid;
+  server->stdout_fd_ = out[0];
+
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  std::string line;
+  while (server->tcp_target_.empty() || server->unix_target_.empty()) {
+    if (!ReadLine(server->stdout_fd_, deadline, &line)) {
+      std::fprintf(stderr, "ServerProcess: %s did not print both addresses (got tcp=\"%s\" unix=\"%s\")\n",
+                   SAMPLERD_BINARY, server->tcp_target_.c_str(), server->unix_target_.c_str());
+      return nullptr;  // the destructor kills the child
+    }
+    if (line.rfind(kListening, 0) != 0) continue;
+    const std::string address = line.substr(sizeof(kListening) - 1);
+    if (address.rfind("unix:", 0) == 0) {
+      server->unix_target_ = address;
+    } else {
+      server->tcp_target_ = address;
+    }
+  }
+  return server;
+}
+
+int ServerProcess::Stop(int signal, std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, signal);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    int status = 0;
+    const pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      pid_ = -1;
+      if (WIFEXITED(status)) return WEXITSTATUS(status);
+      if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+      return -1;
+    }
+    if (r < 0 || std::chrono::steady_clock::now() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+  return -1;
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  if (stdout_fd_ >= 0) close(stdout_fd_);
+  if (!socket_path_.empty()) unlink(socket_path_.c_str());
+}
+
+}  // namespace samplerd::testing

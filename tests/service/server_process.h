@@ -1,0 +1,59 @@
+// A real `samplerd` child process for end-to-end tests.
+//
+// Starts the binary with `--listen 127.0.0.1:0 --listen unix:/tmp/<unique>.sock` plus any extra flags, reads
+// the "samplerd listening on <address>" lines it prints to learn the TCP port, and kills the child when the
+// object goes away, so a failing assertion never leaves a server behind (the child also dies with the test
+// process, through PR_SET_PDEATHSIG).
+//
+//   std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--max_streams", "2"});
+//   ASSERT_NE(server, nullptr);
+//   samplerd::client::Client client(server->tcp_target());
+//   ...
+//   EXPECT_EQ(server->Terminate(), 0);   // SIGTERM, then the exit code
+#ifndef SAMPLERD_TESTS_SERVICE_SERVER_PROCESS_H_
+#define SAMPLERD_TESTS_SERVICE_SERVER_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace samplerd::testing {
+
+// ServerProcess
+class ServerProcess {
+ public:
+  // Starts `binary` (default: the samplerd this test was built with) and waits up to 20 s for both addresses
+  // to be printed. Null (with the reason on stderr) when the child did not come up.
+  static std::unique_ptr<ServerProcess> Start(const std::vector<std::string>& extra_args = {});
+
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+  // SIGKILLs a child that is still running and removes the socket file.
+  ~ServerProcess();
+
+  // "127.0.0.1:<port>" and "unix:/tmp/....sock".
+  const std::string& tcp_target() const { return tcp_target_; }
+  const std::string& unix_target() const { return unix_target_; }
+  pid_t pid() const { return pid_; }
+
+  // Sends `signal` (0 = none, only wait) and waits up to `timeout` for the exit. Returns the exit code, 128 + signal number when a
+  // signal ended it, or -1 when it is still running after `timeout` (it is then killed).
+  int Stop(int signal, std::chrono::milliseconds timeout);
+  int Terminate() { return Stop(15 /* SIGTERM */, std::chrono::seconds(30)); }
+
+ private:
+  ServerProcess() = default;
+
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  std::string socket_path_;
+  std::string tcp_target_;
+  std::string unix_target_;
+};
+
+}  // namespace samplerd::testing
+
+#endif  // SAMPLERD_TESTS_SERVICE_SERVER_PROCESS_H_
