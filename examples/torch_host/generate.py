@@ -60,6 +60,7 @@ def generate(model: ByteGPT, link, prompt: bytes, max_new_tokens: int, profile: 
     header = {"kind": "header", "profile": profile, "server_profile": server_profile, "overrides": overrides,
               "profile_def": profiles[server_profile], "prompt": prompt.decode("utf-8", "replace"), "seed": seed,
               "sequence_id": sequence_id, "max_new_tokens": max_new_tokens, "attention_sent": send_attention,
+              "link": getattr(link, "kind", "?"),
               "model": {"n_layer": model.cfg.n_layer, "n_head": model.cfg.n_head, "d_model": model.cfg.d_model,
                         "context": model.cfg.context, "parameters": model.num_parameters()}}
     session = link.session(sequence_id, seed=seed, profile=server_profile, params=overrides,

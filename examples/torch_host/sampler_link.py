@@ -1,9 +1,12 @@
 """The host's side of the samplerd connection, in one place.
 
-Everything goes through the project's Python client (`samplerd`, clients/python). This module only adapts its
-results to the plain dicts that generate.py records and plots (regime names without the `REGIME_` prefix,
-metrics and applied parameters as dicts, timings), so that the rest of the example does not depend on the
-client's classes.
+Everything goes through the project's Python client (`samplerd`, clients/python: one shared `Sample` stream,
+sessions that own the step index, seed and recent tokens). This module only adapts its results to the plain
+dicts that generate.py records and plots (regime names without the `REGIME_` prefix, metrics and applied
+parameters as dicts, timings), so that the rest of the example does not depend on the client's classes.
+
+If the client package is not importable (an installation without clients/python), a fallback talks to the server
+with stubs generated at run time from proto/; `link.kind` says which one is in use.
 """
 from __future__ import annotations
 
@@ -39,9 +42,51 @@ def _short(name: str, prefix: str) -> str:
     return name[len(prefix):] if name.startswith(prefix) else name
 
 
+class _ClientLink:
+    """Through the project's Python client."""
+
+    kind = "client"
+
+    def __init__(self, target: str):
+        import samplerd
+
+        self.client = samplerd.Client(target)
+
+    def list_profiles(self) -> tuple[dict, str]:
+        from google.protobuf.json_format import MessageToDict
+
+        resp = self.client.list_profiles()
+        profiles = {p.name: MessageToDict(p, preserving_proto_field_name=True) for p in resp.profiles}
+        return profiles, resp.default_profile
+
+    def session(self, sequence_id: str, seed: int, profile: str, params: dict | None, recent: list[int],
+                max_recent: int) -> "_ClientSession":
+        return _ClientSession(self.client.session(sequence_id, seed=seed, profile=profile, params=params or None,
+                                                  recent_tokens=recent, max_recent=max_recent))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _ClientSession:
+    def __init__(self, session):
+        self.session = session
+
+    def step(self, logits, attention=None) -> Outcome:
+        t0 = time.perf_counter()
+        r = self.session.step(logits, attention)  # raises samplerd.StepError if the server rejects the step
+        dt = time.perf_counter() - t0
+        return Outcome(token=r.token, logprob=r.logprob, regime=r.regime.name,
+                       applied={p: getattr(r.applied, p) for p in PARAM_NAMES},
+                       metrics={m: getattr(r.metrics, m) for m in METRIC_NAMES},
+                       server_micros=r.server_micros, seconds=dt)
+
+
 class _RawLink:
     """Fallback for when the `samplerd` Python client is not importable: stubs generated at run time from
     proto/ with protoc and grpc_python_plugin (both from Debian). Same behaviour, fewer conveniences."""
+
+    kind = "raw-stubs"
 
     def __init__(self, target: str):
         import subprocess
@@ -115,5 +160,14 @@ class _RawSession:
 
 
 def connect(target: str):
-    """A link to samplerd at `target` (host:port or unix:/path)."""
-    return _RawLink(target)
+    """A link to samplerd at `target` (host:port or unix:/path): the Python client when it is importable."""
+    try:
+        import samplerd as _probe
+        del _probe
+    except ImportError as e:
+        for name in [m for m in sys.modules if m == "samplerd" or m.startswith("samplerd.")]:
+            del sys.modules[name]
+        print(f"sampler_link: the samplerd Python client is not importable ({e}); using stubs generated from "
+              "proto/", file=sys.stderr)
+        return _RawLink(target)
+    return _ClientLink(target)

@@ -77,6 +77,12 @@ class EndToEndTest(unittest.TestCase):
             self.assertEqual(summary["tokens"], NEW)
             self.assertTrue(summary["text"])
 
+    def test_the_python_client_carries_the_steps(self):
+        """With clients/python in the tree, the host must use it (not the fallback stubs)."""
+        if os.path.isdir(os.path.join(helpers.REPO, "clients", "python", "samplerd")):
+            for profile, r in RECORDS.items():
+                self.assertEqual(r["data"][0]["link"], "client", profile)
+
     def test_regime_names_are_valid_and_match_the_profile(self):
         for profile, r in RECORDS.items():
             regimes = {s["regime"] for s in r["data"][1]}
