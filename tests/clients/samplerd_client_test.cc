@@ -1,0 +1,294 @@
+// The C++ client library and samplerctl against a real samplerd.
+#include "clients/cpp/samplerd_client.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/service/server_process.h"
+#include "xtensor/xadapt.hpp"
+#include "xtensor/xarray.hpp"
+#include "xtensor/xnpy.hpp"
+
+#ifndef SAMPLERCTL_BINARY
+#error "SAMPLERCTL_BINARY must name the samplerctl executable"
+#endif
+
+namespace samplerd::client {
+namespace {
+
+using ::samplerd::testing::ServerProcess;
+using ::testing::HasSubstr;
+
+constexpr int kVocab = 2000;
+
+std::vector<float> Logits(uint32_t key) {
+  std::mt19937 rng(key);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> logits(kVocab);
+  for (float& z : logits) z = normal(rng);
+  return logits;
+}
+
+// A draw that depends on the seed: the fixed profile at temperature 1 with every filter off.
+StepOptions RandomDraw() {
+  StepOptions options;
+  v1::SamplingParams params;
+  params.set_temperature(1.0f);
+  params.set_top_k(0);
+  params.set_top_p(1.0f);
+  params.set_min_p(0.0f);
+  options.params = params;
+  return options;
+}
+
+class ClientTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { server_ = ServerProcess::Start().release(); }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override { ASSERT_NE(server_, nullptr) << "samplerd did not start"; }
+
+  static ServerProcess* server_;
+};
+
+ServerProcess* ClientTest::server_ = nullptr;
+
+TEST_F(ClientTest, HealthReportsServingAndUnknownServices) {
+  Client client(server_->tcp_target());
+  absl::StatusOr<ServingStatus> whole = client.Health();
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(*whole, ServingStatus::kServing);
+  absl::StatusOr<ServingStatus> sampler = client.Health("samplerd.v1.Sampler");
+  ASSERT_TRUE(sampler.ok()) << sampler.status();
+  EXPECT_EQ(*sampler, ServingStatus::kServing);
+  EXPECT_EQ(client.Health("no.such.Service").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ClientTest, UnreachableServerIsAnError) {
+  Client client("unix:/nonexistent/samplerd.sock");
+  absl::StatusOr<ServingStatus> status = client.Health("", absl::Seconds(2));
+  EXPECT_FALSE(status.ok());
+  EXPECT_THAT(status.status().code(),
+              ::testing::AnyOf(absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded));
+}
+
+TEST_F(ClientTest, ListProfilesAndSampleOnce) {
+  Client client(server_->unix_target());
+  absl::StatusOr<v1::ListProfilesResponse> profiles = client.ListProfiles();
+  ASSERT_TRUE(profiles.ok()) << profiles.status();
+  EXPECT_EQ(profiles->default_profile(), "entropix");
+  EXPECT_EQ(profiles->profiles_size(), 3);
+
+  v1::SampleRequest request;
+  v1::Step* step = request.add_steps();
+  step->set_sequence_id("once");
+  const int64_t shape[] = {kVocab};
+  FillF32Tensor(Logits(1), shape, step->mutable_logits());
+  absl::StatusOr<v1::SampleResponse> response = client.SampleOnce(request);
+  ASSERT_TRUE(response.ok()) << response.status();
+  ASSERT_EQ(response->results_size(), 1);
+  EXPECT_FALSE(response->results(0).has_error());
+  EXPECT_NE(response->results(0).seed(), 0u);
+}
+
+TEST_F(ClientTest, SessionKeepsStepSeedAndRecentTokens) {
+  Client client(server_->tcp_target());
+  SessionOptions options;
+  options.sequence_id = "session";
+  options.prompt_tail = {1, 2, 3, 4, 5};
+  options.max_recent_tokens = 3;
+  std::unique_ptr<Session> session = client.OpenSession(options);
+  EXPECT_EQ(session->recent_tokens(), (std::vector<int32_t>{3, 4, 5}));
+  EXPECT_EQ(session->seed(), 0u);
+
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<StepResult> r = session->Step(Logits(10 + i));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->step, static_cast<uint64_t>(i));
+    EXPECT_NE(r->seed, 0u);
+    if (i == 0) EXPECT_EQ(session->seed(), r->seed);  // the server's pick is adopted...
+    EXPECT_EQ(r->seed, session->seed());               // ...and sent back on every later step
+    tokens.push_back(r->token);
+  }
+  EXPECT_EQ(session->step(), 4u);
+  EXPECT_EQ(session->recent_tokens(), (std::vector<int32_t>{tokens[1], tokens[2], tokens[3]}));
+  EXPECT_TRUE(session->Close().ok());
+  EXPECT_EQ(session->Step(Logits(1)).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ClientTest, RejectedStepChangesNothingAndTheSessionContinues) {
+  Client client(server_->tcp_target());
+  std::unique_ptr<Session> session = client.OpenSession({});
+  ASSERT_TRUE(session->Step(Logits(1)).ok());
+  const std::vector<int32_t> before = session->recent_tokens();
+
+  std::vector<float> bad = Logits(2);
+  bad[7] = std::nanf("");
+  absl::StatusOr<StepResult> rejected = session->Step(bad);
+  EXPECT_EQ(rejected.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(rejected.status().message()), HasSubstr("logits.data"));
+  EXPECT_EQ(session->step(), 1u);
+  EXPECT_EQ(session->recent_tokens(), before);
+
+  absl::StatusOr<StepResult> next = session->Step(Logits(2));
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->step, 1u);
+}
+
+TEST_F(ClientTest, StepOptionsAndAttentionReachTheServer) {
+  Client client(server_->tcp_target());
+  SessionOptions options;
+  options.profile = "fixed";
+  std::unique_ptr<Session> session = client.OpenSession(options);
+  const std::vector<float> logits = Logits(3);
+  const std::vector<float> attention = Logits(4);  // reinterpreted as [2, 1000] scores
+  const int64_t shape[] = {2, kVocab / 2};
+  StepOptions greedy;
+  greedy.top_logprobs = 3;
+  greedy.params.emplace().set_temperature(0.0f);
+
+  absl::StatusOr<StepResult> r = session->Step(logits, AttentionInput{attention, shape}, greedy);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->profile, "fixed");
+  EXPECT_EQ(r->token, std::max_element(logits.begin(), logits.end()) - logits.begin());
+  EXPECT_FLOAT_EQ(r->applied.temperature(), 0.0f);
+  ASSERT_EQ(r->top.size(), 3u);
+  EXPECT_EQ(r->top[0].first, r->token);
+  EXPECT_TRUE(r->metrics.has_attn_entropy());
+}
+
+TEST_F(ClientTest, SessionsWithTheSameSeedReplayTheSameGeneration) {
+  auto generate = [](const std::string& target, uint64_t seed) {
+    Client client(target);
+    SessionOptions options;
+    options.sequence_id = "replay";
+    options.seed = seed;
+    options.profile = "fixed";
+    std::unique_ptr<Session> session = client.OpenSession(options);
+    std::vector<int32_t> tokens;
+    for (int i = 0; i < 20; ++i) {
+      // The "model" reads the previous token, as a real one would.
+      absl::StatusOr<StepResult> r =
+          session->Step(Logits(static_cast<uint32_t>(tokens.empty() ? 0 : tokens.back())), std::nullopt, RandomDraw());
+      if (!r.ok()) {
+        ADD_FAILURE() << r.status();
+        break;
+      }
+      tokens.push_back(r->token);
+    }
+    return tokens;
+  };
+  const std::vector<int32_t> first = generate(server_->tcp_target(), 42);
+  EXPECT_EQ(generate(server_->unix_target(), 42), first);
+  EXPECT_NE(generate(server_->tcp_target(), 43), first);
+  EXPECT_GT(std::set<int32_t>(first.begin(), first.end()).size(), 10u);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// samplerctl
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr
+};
+
+CommandResult RunSamplerctl(const std::string& args) {
+  CommandResult result;
+  const std::string command = std::string(SAMPLERCTL_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return result;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+std::string WriteNpy(const std::string& name, const std::vector<float>& values, std::vector<size_t> shape) {
+  const std::string path = "/tmp/samplerctl-test-" + std::to_string(getpid()) + "-" + name + ".npy";
+  xt::xarray<float> array = xt::adapt(values, shape);
+  xt::dump_npy(path, array);
+  return path;
+}
+
+TEST_F(ClientTest, SamplerctlHealth) {
+  CommandResult ok = RunSamplerctl("health --target " + server_->tcp_target());
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_THAT(ok.output, HasSubstr("SERVING"));
+  CommandResult down = RunSamplerctl("health --target unix:/nonexistent/samplerd.sock");
+  EXPECT_EQ(down.exit_code, 1) << down.output;
+  EXPECT_THAT(down.output, HasSubstr("UNAVAILABLE"));
+}
+
+TEST_F(ClientTest, SamplerctlProfilesAsJson) {
+  CommandResult r = RunSamplerctl("profiles --json --target " + server_->unix_target());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json json = nlohmann::json::parse(r.output);
+  EXPECT_EQ(json["default_profile"], "entropix");
+  EXPECT_EQ(json["profiles"].size(), 3u);
+}
+
+TEST_F(ClientTest, SamplerctlSampleFromNpy) {
+  const std::vector<float> logits = Logits(5);
+  const std::string logits_path = WriteNpy("logits", logits, {kVocab});
+  const std::string attention_path = WriteNpy("attention", Logits(6), {4, kVocab / 4});
+
+  CommandResult text = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " + logits_path +
+                           " --attention " + attention_path + " --seed 9 --top-logprobs 2");
+  EXPECT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_THAT(text.output, HasSubstr("regime"));
+  EXPECT_THAT(text.output, HasSubstr("attn_entropy="));
+  EXPECT_THAT(text.output, HasSubstr("seed 9"));
+
+  CommandResult json = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " + logits_path +
+                           " --seed 9 --profile fixed --json");
+  ASSERT_EQ(json.exit_code, 0) << json.output;
+  const nlohmann::json result = nlohmann::json::parse(json.output);
+  EXPECT_EQ(result["profile"], "fixed");
+  EXPECT_EQ(result["regime"], "REGIME_FIXED");
+  EXPECT_EQ(result["seed"], "9");  // uint64 in protobuf JSON is a string
+  EXPECT_TRUE(result.contains("token"));
+
+  std::vector<float> bad = logits;
+  bad[0] = INFINITY;
+  CommandResult rejected = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " +
+                               WriteNpy("bad", bad, {kVocab}));
+  EXPECT_EQ(rejected.exit_code, 1) << rejected.output;
+  EXPECT_THAT(rejected.output, HasSubstr("logits.data"));
+  EXPECT_THAT(rejected.output, HasSubstr("INVALID_ARGUMENT"));
+
+  for (const std::string& p : {logits_path, attention_path}) unlink(p.c_str());
+}
+
+TEST_F(ClientTest, SamplerctlDemoVisitsEveryEntropixRegime) {
+  CommandResult r = RunSamplerctl("demo --steps 36 --target " + server_->unix_target());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* regime : {"ARGMAX", "CLARIFY", "EXPLORE", "RESAMPLE", "ADAPTIVE"}) {
+    EXPECT_THAT(r.output, ::testing::ContainsRegex(std::string("\n  ") + regime + " +[0-9]+")) << regime;
+  }
+  EXPECT_THAT(r.output, HasSubstr("36 steps"));
+}
+
+TEST_F(ClientTest, SamplerctlBadUsageExitsTwo) {
+  EXPECT_EQ(RunSamplerctl("sample --logits /nonexistent.npy").exit_code, 2);
+  EXPECT_EQ(RunSamplerctl("no-such-command").exit_code, 2);
+}
+
+}  // namespace
+}  // namespace samplerd::client
