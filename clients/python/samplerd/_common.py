@@ -1,0 +1,206 @@
+"""What the blocking and the asyncio clients share: endpoints and credentials, the failover policy, and the
+per-sequence state a session owns (step index, seed, recent tokens)."""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import grpc
+
+from samplerd import tensors
+from samplerd.types import ProtocolError, StepResult, params_proto, step_error
+from samplerd.v1 import sampler_pb2 as pb
+
+# How many recent tokens a session sends by default (penalties and the CLARIFY rule read them). Every client
+# of this repository uses the same default, so their requests are identical.
+DEFAULT_MAX_RECENT = 1024
+
+# Transport failures after which the same step is sent again, to the next endpoint. A step is a pure function
+# of its request (DESIGN.md section 5), so resending one the dead server may already have answered is safe.
+# INTERNAL covers streams reset mid-frame by a dying peer.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED,
+                       grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL})
+
+
+class StreamEnded(grpc.RpcError):
+    """The server closed the Sample stream while steps were still unanswered (for example while draining)."""
+
+    def __init__(self, detail: str = "the server ended the Sample stream with steps unanswered"):
+        super().__init__(detail)
+        self._detail = detail
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._detail
+
+
+def is_retryable(e: BaseException) -> bool:
+    code = getattr(e, "code", None)
+    return callable(code) and code() in RETRYABLE
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS settings. PEM values are bytes or a path. `root_certificates` None = the system roots;
+    `certificate_chain` + `private_key` = mutual TLS; `server_name` overrides the name checked in the server's
+    certificate (for addresses that are not in it, such as 127.0.0.1)."""
+
+    root_certificates: Union[bytes, str, Path, None] = None
+    certificate_chain: Union[bytes, str, Path, None] = None
+    private_key: Union[bytes, str, Path, None] = None
+    server_name: Optional[str] = None
+
+
+def _pem(v: Union[bytes, str, Path, None]) -> Optional[bytes]:
+    if v is None or isinstance(v, bytes):
+        return v
+    return Path(v).read_bytes()
+
+
+# round_robin: with a target that resolves to several addresses (dns:///name:port, ipv4:a:p,b:p), new streams
+# go to a ready address, so a dead replica is skipped. Retries are ours (whole steps), not gRPC's.
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def channel_args(tls: Any, max_message_bytes: int) -> tuple[Optional[grpc.ChannelCredentials], list]:
+    # Reconnect backoff capped at 2 s (gRPC's default grows to 120 s): a restarted replica is used again soon.
+    options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.max_receive_message_length", max_message_bytes),
+               ("grpc.max_send_message_length", max_message_bytes), ("grpc.enable_retries", 0),
+               ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+    if tls is None or tls is False:
+        return None, options
+    if isinstance(tls, grpc.ChannelCredentials):
+        return tls, options
+    if tls is True:
+        tls = TLS()
+    if not isinstance(tls, TLS):
+        raise TypeError(f"samplerd: tls must be None, a bool, a samplerd.TLS or grpc.ChannelCredentials, "
+                        f"got {type(tls).__name__}")
+    creds = grpc.ssl_channel_credentials(_pem(tls.root_certificates), _pem(tls.private_key),
+                                         _pem(tls.certificate_chain))
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return creds, options
+
+
+def endpoints_of(target: Union[str, Sequence[str]]) -> list[str]:
+    """One gRPC target, or several (one channel each, tried in turn on failure)."""
+    eps = [target] if isinstance(target, str) else list(target)
+    if not eps or not all(isinstance(e, str) and e for e in eps):
+        raise ValueError(f"samplerd: target must be a non-empty gRPC target or a list of them, got {target!r}")
+    return eps
+
+
+def metadata_of(token: Optional[str]) -> tuple:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class Failover:
+    """Which endpoint is in use, and the move to the next one when it fails. Shared by all sessions of a
+    client, so one failure moves every session. A step is retried, endpoint after endpoint, until it has been
+    failing for `failover_timeout` seconds (and every endpoint was tried at least once): long enough for a
+    replica to restart, bounded so that a host whose servers are all gone hears about it."""
+
+    def __init__(self, n: int, failover_timeout: float):
+        self.n = n
+        self.active = 0
+        self.failovers = 0
+        self.failover_timeout = failover_timeout
+
+    def failed(self, index: int) -> None:
+        if self.active == index:
+            self.active = (index + 1) % self.n
+            self.failovers += 1
+
+    def give_up(self, attempt: int, first_failure: float, now: float) -> bool:
+        return attempt + 1 >= self.n and now - first_failure >= self.failover_timeout
+
+    @staticmethod
+    def backoff(attempt: int) -> float:
+        return min(0.5, 0.02 * (2 ** attempt))
+
+
+class SessionState:
+    """The per-sequence state the protocol leaves to the client (DESIGN.md section 2): next step index, seed
+    (the server's pick is adopted after the first answer), profile, parameter overrides and recent tokens."""
+
+    def __init__(self, sequence_id: Optional[str], seed: int, profile: str, params: Any,
+                 recent_tokens: Iterable[int], max_recent: int, top_logprobs: int, start_step: int):
+        if max_recent < 0:
+            raise ValueError(f"samplerd: max_recent must be >= 0, got {max_recent}")
+        self.sequence_id = sequence_id if sequence_id else uuid.uuid4().hex
+        self.seed = int(seed or 0)
+        self.profile = profile or ""
+        self.params = params_proto(params)
+        self.max_recent = max_recent
+        self.recent_tokens: list[int] = [int(t) for t in recent_tokens][-max_recent:] if max_recent else []
+        self.top_logprobs = top_logprobs
+        self.step_index = int(start_step)
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        """Appends tokens that were not drawn by samplerd (prompt, forced tokens) to the recent tokens."""
+        self.recent_tokens.extend(int(t) for t in tokens)
+        if self.max_recent == 0:
+            self.recent_tokens.clear()
+        elif len(self.recent_tokens) > self.max_recent:
+            del self.recent_tokens[:-self.max_recent]
+
+    def make_step(self, logits: Any, attention: Any = None, params: Any = None,
+                  top_logprobs: Optional[int] = None) -> pb.Step:
+        st = pb.Step(sequence_id=self.sequence_id, step=self.step_index, recent_tokens=self.recent_tokens,
+                     profile=self.profile, seed=self.seed,
+                     top_logprobs=self.top_logprobs if top_logprobs is None else top_logprobs)
+        tensors.logits_tensor(logits, st.logits)
+        if attention is not None:
+            tensors.attention_tensor(attention, st.attention)
+        p = params_proto(params) if params is not None else self.params
+        if p is not None:
+            st.params.CopyFrom(p)
+        return st
+
+    def commit(self, r: pb.StepResult) -> StepResult:
+        """Checks the echo, raises StepError for a rejected step, else advances and returns the result."""
+        if r.sequence_id != self.sequence_id or r.step != self.step_index:
+            raise ProtocolError(f"samplerd: expected the result of {self.sequence_id!r} step {self.step_index}, "
+                                f"got {r.sequence_id!r} step {r.step}")
+        if r.HasField("error"):
+            raise step_error(r, self.sequence_id, self.step_index)
+        if self.seed == 0:
+            self.seed = r.seed
+        self.step_index += 1
+        if self.max_recent:
+            self.recent_tokens.append(r.token)
+            if len(self.recent_tokens) > self.max_recent:
+                del self.recent_tokens[0]
+        return StepResult.from_proto(r)
+
+
+def check_response(request: pb.SampleRequest, response: pb.SampleResponse) -> None:
+    if len(response.results) != len(request.steps):
+        raise ProtocolError(f"samplerd: {len(request.steps)} steps sent, {len(response.results)} results received")
+
+
+def health_request(service: str) -> bytes:
+    # grpc.health.v1.HealthCheckRequest{string service = 1}, encoded by hand: its .proto is not in this package.
+    b = service.encode()
+    n, varint = len(b), bytearray()
+    while True:
+        varint.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            break
+    return (b"\x0a" + bytes(varint) + b) if b else b""
+
+
+HEALTH_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def health_response(data: bytes) -> str:
+    # HealthCheckResponse{ServingStatus status = 1}: tag 0x08 then a one-byte varint (values 0..3).
+    status = data[1] if len(data) >= 2 and data[0] == 0x08 else 0
+    return HEALTH_NAMES.get(status, str(status))

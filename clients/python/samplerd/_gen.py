@@ -1,0 +1,109 @@
+"""Generates the gRPC/protobuf stubs of samplerd.v1 from proto/ with `protoc` and `grpc_python_plugin`.
+
+The stubs are build products, never edited by hand and not kept in git. They are made:
+  - at install time, by setup.py's build hook (`pip install ./clients/python`), into the wheel;
+  - in a source checkout, on the first `import samplerd` (and again whenever a .proto is newer than its stubs);
+  - by hand with `python3 -m samplerd._gen [--proto-dir DIR] [--out DIR]`.
+
+Only the standard library is used here, so setup.py can load this file before grpcio or protobuf are present.
+Tools: `protoc` (Debian: protobuf-compiler) and `grpc_python_plugin` (protobuf-compiler-grpc); $PROTOC and
+$GRPC_PYTHON_PLUGIN override where they are looked up.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PROTOS = ("samplerd/v1/profile.proto", "samplerd/v1/sampler.proto")
+STUBS = ("profile_pb2.py", "profile_pb2_grpc.py", "sampler_pb2.py", "sampler_pb2_grpc.py")
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def find_proto_dir() -> Path | None:
+    """The folder holding samplerd/v1/*.proto: $SAMPLERD_PROTO_DIR, else the repository's proto/ when this file
+    sits in a checkout (clients/python/samplerd/_gen.py), else a proto/ copied next to the package (sdist)."""
+    candidates = []
+    if os.environ.get("SAMPLERD_PROTO_DIR"):
+        candidates.append(Path(os.environ["SAMPLERD_PROTO_DIR"]))
+    if (_PACKAGE_DIR.parent / "pyproject.toml").is_file():  # a source tree, not site-packages
+        candidates += [_PACKAGE_DIR.parents[2] / "proto", _PACKAGE_DIR.parent / "proto"]
+    for c in candidates:
+        if all((c / p).is_file() for p in PROTOS):
+            return c
+    return None
+
+
+def _tool(env: str, name: str) -> str:
+    path = os.environ.get(env) or shutil.which(name)
+    if not path:
+        raise RuntimeError(f"samplerd: cannot generate the gRPC stubs: `{name}` not found (install Debian's "
+                           f"protobuf-compiler and protobuf-compiler-grpc, or set ${env})")
+    return path
+
+
+def generate(proto_dir: Path, out_dir: Path) -> list[Path]:
+    """Writes samplerd/v1/{profile,sampler}_pb2{,_grpc}.py(i) under `out_dir` (the folder that contains the
+    `samplerd` package). Each file is replaced atomically, so concurrent generators and importers never see a
+    half-written module."""
+    protoc = _tool("PROTOC", "protoc")
+    plugin = _tool("GRPC_PYTHON_PLUGIN", "grpc_python_plugin")
+    target = Path(out_dir) / "samplerd" / "v1"
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".gen-", dir=target) as tmp:
+        cmd = [protoc, f"-I{proto_dir}", f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}",
+               f"--plugin=protoc-gen-grpc_python={plugin}", *PROTOS]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"samplerd: protoc failed ({' '.join(cmd)}):\n{done.stderr}")
+        written = []
+        for f in sorted((Path(tmp) / "samplerd" / "v1").iterdir()):
+            os.replace(f, target / f.name)
+            written.append(target / f.name)
+    return written
+
+
+def stubs_stale(proto_dir: Path, out_dir: Path = _PACKAGE_DIR.parent) -> bool:
+    target = Path(out_dir) / "samplerd" / "v1"
+    stub_paths = [target / s for s in STUBS]
+    if not all(p.is_file() for p in stub_paths):
+        return True
+    newest_proto = max((proto_dir / p).stat().st_mtime for p in PROTOS)
+    return min(p.stat().st_mtime for p in stub_paths) < newest_proto
+
+
+def ensure_stubs() -> None:
+    """Called on `import samplerd`: in a source checkout, (re)generates missing or outdated stubs in place. In an
+    installed package there is no proto/ to compare with, and the stubs shipped in the wheel are used."""
+    proto_dir = find_proto_dir()
+    if proto_dir is None:
+        if not all((_PACKAGE_DIR / "v1" / s).is_file() for s in STUBS):
+            raise ImportError("samplerd: the generated stubs are missing and no proto/ folder was found; "
+                              "install the package (pip install ./clients/python) or set $SAMPLERD_PROTO_DIR")
+        return
+    if stubs_stale(proto_dir):
+        generate(proto_dir, _PACKAGE_DIR.parent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m samplerd._gen", description=__doc__.splitlines()[0])
+    ap.add_argument("--proto-dir", type=Path, default=None, help="folder containing samplerd/v1/*.proto")
+    ap.add_argument("--out", type=Path, default=_PACKAGE_DIR.parent,
+                    help="folder containing the samplerd package (default: this package's parent)")
+    args = ap.parse_args(argv)
+    proto_dir = args.proto_dir or find_proto_dir()
+    if proto_dir is None:
+        print("samplerd._gen: no proto/ folder found; pass --proto-dir", file=sys.stderr)
+        return 2
+    for p in generate(proto_dir, args.out):
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

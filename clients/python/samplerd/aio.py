@@ -1,0 +1,254 @@
+"""The asyncio client (grpc.aio): `AsyncClient`, `AsyncSession`; same behaviour as the blocking one.
+
+    async with samplerd.AsyncClient("localhost:50051") as client:
+        session = client.session("req-42", seed=7)
+        r = await session.step(logits, attention)
+
+Sessions of one client share one `Sample` stream per endpoint; steps from concurrent tasks are pipelined on it
+and matched to their answers in order. On a transport failure the unanswered steps go to the next endpoint.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import grpc
+import grpc.aio
+
+from samplerd import _common
+from samplerd._common import DEFAULT_MAX_RECENT, Failover, SessionState, StreamEnded
+from samplerd.client import _DeadlineExceeded, _describe
+from samplerd.types import BatchError, ProtocolError, StepError, StepResult, Unavailable
+from samplerd.v1 import sampler_pb2 as pb
+from samplerd.v1 import sampler_pb2_grpc
+
+
+class _AioStreamMux:
+    def __init__(self, stub: sampler_pb2_grpc.SamplerStub, metadata: tuple):
+        self._call = stub.Sample(metadata=metadata)
+        self._pending: collections.deque = collections.deque()
+        self._write_lock = asyncio.Lock()
+        self.broken: Optional[BaseException] = None
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def submit(self, request: pb.SampleRequest) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        # Appending and writing under one lock keeps the pending queue in the order the server sees.
+        async with self._write_lock:
+            if self.broken is not None:
+                raise self.broken
+            self._pending.append(fut)
+            try:
+                await self._call.write(request)
+            except grpc.RpcError as e:
+                self._fail(e)
+            except Exception as e:  # write after the call ended: the reader reports the call's status
+                self._fail(StreamEnded(f"the Sample stream is closed: {e!r}"))
+        return fut
+
+    async def _read(self) -> None:
+        err: BaseException
+        try:
+            while True:
+                resp = await self._call.read()
+                if resp is grpc.aio.EOF:
+                    err = StreamEnded()
+                    break
+                if not self._pending:
+                    err = ProtocolError("samplerd: a response arrived with no request pending")
+                    self._call.cancel()
+                    break
+                fut = self._pending.popleft()
+                if not fut.done():
+                    fut.set_result(resp)
+        except grpc.RpcError as e:
+            err = e
+        except asyncio.CancelledError:
+            err = StreamEnded("the Sample stream was cancelled by the client")
+        self._fail(err)
+
+    def _fail(self, err: BaseException) -> None:
+        if self.broken is None:
+            self.broken = err
+        while self._pending:
+            fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(err)
+
+    def abort(self, err: BaseException) -> None:
+        self._fail(err)
+        self._call.cancel()
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._call.done_writing(), 1.0)
+            await asyncio.wait_for(asyncio.shield(self._reader), 1.0)
+        except Exception:
+            pass
+        self._call.cancel()
+        self._reader.cancel()
+
+
+class _AioEndpoint:
+    def __init__(self, target: str, creds: Optional[grpc.ChannelCredentials], options: list, metadata: tuple):
+        self.target = target
+        self.channel = (grpc.aio.secure_channel(target, creds, options) if creds
+                        else grpc.aio.insecure_channel(target, options))
+        self.stub = sampler_pb2_grpc.SamplerStub(self.channel)
+        self._metadata = metadata
+        self._mux: Optional[_AioStreamMux] = None
+
+    def mux(self) -> _AioStreamMux:
+        if self._mux is None or self._mux.broken is not None:
+            self._mux = _AioStreamMux(self.stub, self._metadata)
+        return self._mux
+
+    async def close(self) -> None:
+        if self._mux is not None:
+            await self._mux.close()
+            self._mux = None
+        await self.channel.close()
+
+
+class AsyncSession:
+    """One generation; `await session.step(...)`. One step at a time per session."""
+
+    def __init__(self, client: "AsyncClient", state: SessionState):
+        self._client = client
+        self._state = state
+
+    sequence_id = property(lambda self: self._state.sequence_id)
+    profile = property(lambda self: self._state.profile)
+    seed = property(lambda self: self._state.seed)
+    step_index = property(lambda self: self._state.step_index)
+    recent_tokens = property(lambda self: list(self._state.recent_tokens))
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        self._state.extend(tokens)
+
+    async def step(self, logits: Any, attention: Any = None, *, params: Any = None,
+                   top_logprobs: Optional[int] = None, timeout: Optional[float] = None) -> StepResult:
+        """As Session.step."""
+        st = self._state.make_step(logits, attention, params, top_logprobs)
+        r = await self._client._send(pb.SampleRequest(steps=[st]), timeout)
+        return self._state.commit(r.results[0])
+
+
+class AsyncClient:
+    """As Client (same arguments), over grpc.aio. Create and use it inside a running event loop."""
+
+    def __init__(self, target: Union[str, Sequence[str]], *, tls: Any = None, token: Optional[str] = None,
+                 timeout: float = 10.0, failover_timeout: float = 10.0, max_message_bytes: int = 64 << 20):
+        self.endpoints = _common.endpoints_of(target)
+        creds, options = _common.channel_args(tls, max_message_bytes)
+        self._metadata = _common.metadata_of(token)
+        self._eps = [_AioEndpoint(t, creds, options, self._metadata) for t in self.endpoints]
+        self._failover = Failover(len(self._eps), failover_timeout)
+        self.timeout = timeout
+
+    @property
+    def active_endpoint(self) -> str:
+        return self.endpoints[self._failover.active]
+
+    @property
+    def failovers(self) -> int:
+        return self._failover.failovers
+
+    def session(self, sequence_id: Optional[str] = None, *, seed: int = 0, profile: str = "", params: Any = None,
+                recent_tokens: Iterable[int] = (), max_recent: int = DEFAULT_MAX_RECENT, top_logprobs: int = 0,
+                start_step: int = 0) -> AsyncSession:
+        """As Client.session."""
+        return AsyncSession(self, SessionState(sequence_id, seed, profile, params, recent_tokens, max_recent,
+                                               top_logprobs, start_step))
+
+    async def sample_batch(self, items: Iterable[tuple], *, timeout: Optional[float] = None) -> list[StepResult]:
+        """As Client.sample_batch."""
+        items = [tuple(it) for it in items]
+        sessions = [it[0] for it in items]
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise ValueError("samplerd: a session appears twice in one batch")
+        steps = [s._state.make_step(it[1], it[2] if len(it) > 2 else None) for s, it in zip(sessions, items)]
+        resp = await self._send(pb.SampleRequest(steps=steps), timeout)
+        results: list = []
+        for s, r in zip(sessions, resp.results):
+            try:
+                results.append(s._state.commit(r))
+            except StepError as e:
+                results.append(e)
+        if any(isinstance(r, StepError) for r in results):
+            raise BatchError(results)
+        return results
+
+    async def _send(self, request: pb.SampleRequest, timeout: Optional[float]) -> pb.SampleResponse:
+        timeout = self.timeout if timeout is None else timeout
+        last: Optional[BaseException] = None
+        first_failure = None
+        for attempt in itertools.count():
+            index = self._failover.active
+            ep = self._eps[index]
+            mux = None
+            try:
+                mux = ep.mux()
+                fut = await mux.submit(request)
+                resp = await asyncio.wait_for(fut, timeout)
+                _common.check_response(request, resp)
+                return resp
+            except asyncio.TimeoutError:
+                last = _DeadlineExceeded(f"no answer from {ep.target} within {timeout} s")
+                if mux is not None:
+                    mux.abort(last)
+            except grpc.RpcError as e:
+                if not _common.is_retryable(e):
+                    raise
+                last = e
+            self._failover.failed(index)
+            now = time.monotonic()
+            first_failure = first_failure or now
+            if self._failover.give_up(attempt, first_failure, now):
+                raise Unavailable(f"samplerd: no endpoint of {self.endpoints} answered for "
+                                  f"{now - first_failure:.1f} s: {_describe(last)}") from last
+            await asyncio.sleep(Failover.backoff(attempt))
+
+    async def list_profiles(self, timeout: float = 10.0) -> pb.ListProfilesResponse:
+        return await self._unary(lambda ep: ep.stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout,
+                                                                 metadata=self._metadata))
+
+    async def health(self, service: str = "", timeout: float = 5.0) -> str:
+        def check(ep: _AioEndpoint):
+            call = ep.channel.unary_unary("/grpc.health.v1.Health/Check",
+                                          request_serializer=_common.health_request,
+                                          response_deserializer=_common.health_response)
+            return call(service, timeout=timeout, metadata=self._metadata)
+        return await self._unary(check)
+
+    async def _unary(self, fn):
+        last: Optional[BaseException] = None
+        first_failure = None
+        for attempt in itertools.count():
+            index = self._failover.active
+            try:
+                return await fn(self._eps[index])
+            except grpc.RpcError as e:
+                if not _common.is_retryable(e):
+                    raise
+                last = e
+            self._failover.failed(index)
+            now = time.monotonic()
+            first_failure = first_failure or now
+            if self._failover.give_up(attempt, first_failure, now):
+                raise Unavailable(f"samplerd: no endpoint of {self.endpoints} answered for "
+                                  f"{now - first_failure:.1f} s: {_describe(last)}") from last
+            await asyncio.sleep(Failover.backoff(attempt))
+
+    async def close(self) -> None:
+        for ep in self._eps:
+            await ep.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
