@@ -13,7 +13,7 @@ packages=(
   python3-numpy python3-grpcio python3-protobuf
   openssl curl
   python3-torch python3-matplotlib python3-pil libopenblas0-pthread fortunes
-  python3-pytest python3-setuptools python3-wheel python3-pip nodejs
+  python3-pytest python3-setuptools python3-wheel python3-pip python3-venv nodejs
   golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
   protoc-gen-go protoc-gen-go-grpc
 )
