@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Renders every overlay of deploy/k8s and validates the result offline (no cluster):
+#   1. renders each overlay with `kubectl kustomize` (kustomize v4+) when kubectl is there, and always with
+#      validate/kustomize-lite.mjs, the built-in renderer of the subset these kustomizations use; when both
+#      ran, their outputs must hold the same objects;
+#   2. validate/validate.mjs: Kubernetes schemas (npm kubernetes-models 4.x), unknown fields, samplerd's wiring
+#      rules, plus its self-test (broken variants of each render must be rejected);
+#   3. with a built samplerd: every flag in the manifests must be in `samplerd --help`, and samplerd must
+#      load the rendered profiles ConfigMap and list its profiles.
+# Renders go to ${DEPLOY_BUILD_DIR:-build-deploy}/k8s/<overlay>.yaml.
+#
+#   deploy/k8s/render.sh     (SAMPLERD_BIN=path/to/samplerd, default build/service/samplerd;
+#                             KUBECTL=none renders as a machine without kubectl would)
+#
+# Why not Debian's kubernetes-client: it is kubectl 1.20 with kustomize v2.0.3, which predates directories in
+# `resources` and the `patches` field, and silently ignores `$patch: delete` on autoscaling/v2 and policy/v1
+# objects (tried here: the sidecar render kept the standalone HPA and PDB). A current kustomize is only in
+# registries these machines cannot reach, so the fallback is the small renderer above, held to kubectl's
+# output wherever kubectl exists (it is in this machine image).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+out=${DEPLOY_BUILD_DIR:-build-deploy}/k8s
+samplerd=${SAMPLERD_BIN:-build/service/samplerd}
+tools=deploy/k8s/validate
+mkdir -p "$out"
+rm -f "$out"/*.yaml "$out/profiles.json"
+
+# --- tools: node + the two npm packages (versions pinned by package-lock.json) -------------------------------
+if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  command -v node > /dev/null || $SUDO apt-get install -y -qq --no-install-recommends nodejs > /dev/null
+  command -v npm > /dev/null || $SUDO apt-get install -y -qq --no-install-recommends npm > /dev/null
+fi
+stamp="$tools/node_modules/.samplerd-lock"
+if ! cmp -s "$tools/package-lock.json" "$stamp" 2>/dev/null; then
+  (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error > /dev/null)
+  cp "$tools/package-lock.json" "$stamp"
+fi
+
+kubectl=${KUBECTL:-kubectl}
+kubectl_ok=0
+if command -v "$kubectl" > /dev/null; then
+  kv=$("$kubectl" version --client -o json 2>/dev/null | sed -n 's/.*"kustomizeVersion": *"v\{0,1\}\([0-9]*\).*/\1/p')
+  if [ -n "$kv" ] && ((kv >= 4)); then
+    kubectl_ok=1
+    echo "render: kubectl kustomize (kustomize $("$kubectl" version --client -o json | sed -n 's/.*"kustomizeVersion": *"\(.*\)".*/\1/p')) and the built-in renderer"
+  else
+    echo "render: kubectl has no kustomize v4+; built-in renderer only"
+  fi
+else
+  echo "render: no kubectl; built-in renderer only"
+fi
+
+# --- 1. render ----------------------------------------------------------------------------------------------
+inputs=()
+for dir in deploy/k8s/overlays/*/; do
+  overlay=$(basename "$dir")
+  node "$tools/kustomize-lite.mjs" "$dir" > "$out/$overlay.lite.yaml"
+  if ((kubectl_ok)); then
+    "$kubectl" kustomize "$dir" > "$out/$overlay.yaml"
+    node "$tools/kustomize-lite.mjs" --compare "$out/$overlay.yaml" "$out/$overlay.lite.yaml" || {
+      echo "render: FAIL: $overlay: the built-in renderer and kubectl kustomize disagree" >&2; exit 1; }
+    echo "render: $overlay: kubectl kustomize and the built-in renderer give the same $(grep -c '^kind:' "$out/$overlay.yaml") objects"
+  else
+    cp "$out/$overlay.lite.yaml" "$out/$overlay.yaml"
+  fi
+  inputs+=("$overlay=$out/$overlay.yaml")
+done
+
+# --- 2 and 3. validate ----------------------------------------------------------------------------------------
+help_args=()
+if [ -x "$samplerd" ]; then
+  "$samplerd" --help > "$out/samplerd-help.txt"
+  help_args=(--samplerd-help "$out/samplerd-help.txt")
+else
+  echo "render: note: $samplerd not built; flags in the manifests are not checked against samplerd --help"
+fi
+node "$tools/validate.mjs" --self-test "${help_args[@]}" "${inputs[@]}"
+
+if [ -x "$samplerd" ]; then
+  # The ConfigMap as the pods will see it, loaded by the real server.
+  abs_out=$(cd "$out" && pwd)
+  (cd "$tools" && node --input-type=module -e '
+    import { readFileSync, writeFileSync } from "node:fs";
+    import { parseAllDocuments } from "yaml";
+    const cm = parseAllDocuments(readFileSync(process.argv[1], "utf8")).map((d) => d.toJS())
+      .find((o) => o?.kind === "ConfigMap" && o.metadata.name.startsWith("samplerd-profiles"));
+    writeFileSync(process.argv[2], cm.data["profiles.json"]);
+  ' "$abs_out/standalone.yaml" "$abs_out/profiles.json") || true
+  [ -s "$out/profiles.json" ] || { echo "render: FAIL: no samplerd-profiles ConfigMap in the standalone render" >&2; exit 1; }
+  log="$out/profiles-samplerd.log"
+  : > "$log"
+  "$samplerd" --listen 127.0.0.1:0 --config "$out/profiles.json" --log_level warn > "$log" 2>&1 &
+  spid=$!
+  port=""
+  for _ in $(seq 50); do
+    port=$(awk '/^samplerd listening on 127\.0\.0\.1:/ { n = split($NF, a, ":"); print a[n]; exit }' "$log")
+    [ -n "$port" ] && break
+    kill -0 "$spid" 2>/dev/null || break
+    sleep 0.1
+  done
+  listed=""
+  [ -n "$port" ] && listed=$(/usr/bin/python3 tests/scaleout/driver.py profiles --target "127.0.0.1:$port" 2>&1 || true)
+  kill -TERM "$spid" 2>/dev/null || true
+  wait "$spid" 2>/dev/null || true
+  want=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).profiles.map((p) => p.name).join(" "))' "$out/profiles.json")
+  for p in $want; do
+    grep -qx "$p" <<< "$listed" || {
+      echo "render: FAIL: samplerd --config (the rendered ConfigMap) does not list profile $p" >&2
+      cat "$log" >&2; echo "$listed" >&2; exit 1; }
+  done
+  echo "render: samplerd loads the rendered profiles ConfigMap and lists: $want"
+fi
+echo "render: all overlays rendered and valid ($out)"
