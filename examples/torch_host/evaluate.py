@@ -101,6 +101,32 @@ def model_alone(model, prompt: bytes, n: int, seed: int, temperature: float = 0.
     return n, time.perf_counter() - t0
 
 
+def batched(model, link, prompts, n: int, profile: str, seed: int):
+    """All prompts as one batch: each decode step sends one SampleRequest carrying a step of every sequence
+    (`Client.sample_batch`), with the same sequence ids and seed as the one-at-a-time runs. Returns (tokens per
+    sequence, generated tokens, seconds) or None when the link has no batch call (fallback stubs)."""
+    client = getattr(link, "client", None)
+    if client is None or not hasattr(client, "sample_batch"):
+        return None
+    server_profile, overrides = gen.profile_request(profile)
+    sessions = [client.session(f"eval-{i}", seed=seed, profile=server_profile, params=overrides or None,
+                               recent_tokens=list(p.encode()), max_recent=gen.RECENT_TOKENS)
+                for i, p in enumerate(prompts)]
+    caches = [model.new_cache() for _ in prompts]
+    feeds = [list(p.encode()) for p in prompts]
+    out = [[] for _ in prompts]
+    t0 = time.perf_counter()
+    for _ in range(n):
+        items = []
+        for i, s in enumerate(sessions):
+            logits, attention = model.step(feeds[i], caches[i])
+            items.append((s, logits.numpy(), attention.numpy()))
+        for i, r in enumerate(client.sample_batch(items)):
+            out[i].append(r.token)
+            feeds[i] = [r.token]
+    return out, n * len(prompts), time.perf_counter() - t0
+
+
 def ensure_checkpoint(path: str) -> None:
     if os.path.exists(path):
         return
@@ -173,7 +199,8 @@ def write_doc(path, fig_dir, runs, rows, alone, meta, ckpt_path, args, profile_d
     w(f"Regenerate everything on this page with one command: `/usr/bin/python3 examples/torch_host/evaluate.py` "
       f"(trains `{os.path.relpath(DEFAULT_CHECKPOINT, REPO)}` first if it is missing, starts its own samplerd). "
       f"Last run: {started:%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores shared with other "
-      "work, torch on one thread. Every number except the speeds is deterministic for a given checkpoint.")
+      f"work (load average {args.load:.1f} at the start, so the speeds are indicative), torch on one thread. "
+      "Every number except the speeds is deterministic for a given checkpoint.")
     w("")
     w("## Set-up")
     w("")
@@ -188,6 +215,11 @@ def write_doc(path, fig_dir, runs, rows, alone, meta, ckpt_path, args, profile_d
       f"({c.get('val_bytes', 0):,} bytes). {m.get('steps')} steps of batch {m.get('batch')} in "
       f"{m.get('train_seconds')} s; validation loss {m.get('initial_val_loss')} → **{m.get('val_loss')} "
       f"nats/byte**.")
+    link = runs[0]["header"].get("link")
+    w("- Host → samplerd: " + ("the project's Python client (`clients/python`: one shared `Sample` stream, a "
+                               "session per generation holding the step index, seed and recent tokens)"
+                               if link == "client" else f"`{link}` (the Python client was not importable)")
+      + ", samplerd on the loopback interface.")
     w(f"- Prompts ({len(args.prompts)}): " + ", ".join(f"`{p}`" for p in args.prompts) + f"; seeds {args.seeds}; "
       f"{args.max_new_tokens} new bytes each, no early stop; attention sent on every step.")
     ent = profile_defs.get("entropix", {}).get("params", {})
@@ -220,7 +252,7 @@ def write_doc(path, fig_dir, runs, rows, alone, meta, ckpt_path, args, profile_d
     for p, r in rows.items():
         w(f"| `{p}` | " + " | ".join(f"{100 * r['mix'].get(k, 0):.1f}%" for k in regimes) + " |")
     w("")
-    w("Speed (tokens/s, one torch thread, one sequence, one step per round trip):")
+    w("Speed (tokens/s, one torch thread; unless stated, one sequence and one step per round trip):")
     w("")
     w("| loop | tokens/s | model ms/token | samplerd round trip ms/token (mean / p50 / p95) | "
       "samplerd core µs/token |")
@@ -229,7 +261,17 @@ def write_doc(path, fig_dir, runs, rows, alone, meta, ckpt_path, args, profile_d
     for p, r in rows.items():
         w(f"| model + samplerd, `{p}` | {r['tps']:.0f} | {r['model_ms']:.3f} | {r['rt_ms']:.3f} / "
           f"{r['rt_p50']:.3f} / {r['rt_p95']:.3f} | {r['server_us']:.1f} |")
+    b = args.batch
+    if b:
+        w(f"| model + samplerd, `entropix`, {b['sequences']} sequences per request | {b['tps']:.0f} | – | – | – |")
     w("")
+    if b:
+        w(f"The batched row sends one `SampleRequest` per decode step carrying a step of each of the "
+          f"{b['sequences']} prompts' sequences (`Client.sample_batch`; the model still steps them one by one). "
+          f"Its tokens are {'identical to' if b['same_tokens'] else '**not** identical to'} those of the "
+          "one-at-a-time runs with the same sequence ids and seed (a draw depends only on seed, sequence id "
+          "and step, not on the batch).")
+        w("")
     w("## Pictures")
     w("")
     w("Each picture: left, logits entropy against varentropy, one dot per generated byte coloured by the regime "
@@ -270,14 +312,14 @@ def write_doc(path, fig_dir, runs, rows, alone, meta, ckpt_path, args, profile_d
     w("")
     w("## Reading the results")
     w("")
-    for line in args.notes(rows, m):
+    for line in args.notes(rows, m, args.batch):
         w(line)
     w("")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(L))
 
 
-def notes(rows, meta):
+def notes(rows, meta, b=None):
     """A few sentences that follow from the measured numbers (written from them, not by hand)."""
     e, f, g = rows.get("entropix"), rows.get("fixed"), rows.get("greedy")
     out = []
@@ -302,8 +344,9 @@ def notes(rows, meta):
         share = e["rt_ms"] / (e["rt_ms"] + e["model_ms"]) if e["rt_ms"] + e["model_ms"] else float("nan")
         out.append(f"- Speed: at this model size the samplerd round trip ({fmt(e['rt_ms'], 2)} ms, of which "
                    f"{fmt(e['server_us'] / 1000, 3)} ms in samplerd's core) is {100 * share:.0f}% of a step; "
-                   "most of it is the Python gRPC call, not the sampling. A larger model or a batch of sequences "
-                   "per request amortises it.")
+                   "most of it is the Python gRPC call, not the sampling." + (
+                       f" Sending {b['sequences']} sequences per request lifts the loop to {b['tps']:.0f} tokens/s."
+                       if b else ""))
     return out
 
 
@@ -325,6 +368,7 @@ def main(argv=None) -> int:
 
     set_torch_threads(1)
     started = datetime.datetime.utcnow()
+    args.load = os.getloadavg()[0]
     if args.checkpoint == DEFAULT_CHECKPOINT:
         ensure_checkpoint(args.checkpoint)
     model, meta = load_checkpoint(args.checkpoint)
@@ -338,6 +382,15 @@ def main(argv=None) -> int:
         try:
             log = lambda s: print(s, file=sys.stderr)  # noqa: E731
             runs, profile_defs = run_all(model, link, args.prompts, args.seeds, PROFILES, args.max_new_tokens, log)
+            batch = batched(model, link, args.prompts, args.max_new_tokens, "entropix", args.seeds[0])
+            if batch is not None:
+                tokens, n_tok, b_secs = batch
+                alone_runs = [[s["token"] for s in r["steps"]] for r in runs
+                              if r["profile"] == "entropix" and r["seed"] == args.seeds[0]]
+                args.batch = {"sequences": len(args.prompts), "tps": n_tok / b_secs,
+                              "same_tokens": tokens == alone_runs}
+            else:
+                args.batch = None
         finally:
             link.close()
     finally:

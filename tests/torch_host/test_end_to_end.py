@@ -183,6 +183,10 @@ class EndToEndTest(unittest.TestCase):
         for needle in ("| `entropix` |", "| `fixed` |", "| `greedy` |", "repetition rate", "distinct-2",
                        "model alone", "Regime mix"):
             self.assertIn(needle, text)
+        if os.path.isdir(os.path.join(helpers.REPO, "clients", "python", "samplerd")):
+            # the batched run (one request carrying every sequence's step) drew the same tokens
+            self.assertIn("2 sequences per request", text)
+            self.assertIn("Its tokens are identical to those of the one-at-a-time runs", text)
         pngs = [f for f in os.listdir(figs) if f.endswith(".png")]
         self.assertEqual(len(pngs), 4)
         for f in pngs:
