@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--target", required=True, help="samplerd address, host:port or unix:/path")
-    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--prompt", required=True, help="text to continue; in an ASCII prompt \\n, \\t are escapes")
     ap.add_argument("--max-new-tokens", type=int, default=200)
     ap.add_argument("--profile", default="entropix", help="entropix | fixed | greedy (or any samplerd profile)")
     ap.add_argument("--seed", type=int, default=1, help="samplerd seed (with the sequence id, fixes every draw)")
@@ -137,8 +137,12 @@ def main(argv=None) -> int:
     set_torch_threads(1)
     model, meta = load_checkpoint(args.checkpoint)
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-    prompt = args.prompt.encode("utf-8").decode("unicode_escape").encode("latin-1") \
-        if "\\" in args.prompt else args.prompt.encode("utf-8")
+    text = args.prompt
+    if "\\" in text and text.isascii():  # "\n", "\t" and friends in an ASCII prompt are escapes
+        text = codecs.decode(text, "unicode_escape")
+    prompt = text.encode("utf-8")
+    if not prompt:
+        ap.error("--prompt must not be empty")
 
     shown = {"regime": None}
 
