@@ -5,7 +5,9 @@
 #   - the image metadata: user 10001, ports 50051 and 9464 exposed;
 #   - health SERVING from inside the container (samplerctl, when the image has it) and from the host;
 #   - ListProfiles shows the profiles of deploy/k8s/base/profiles.json; SampleOnce returns a token;
-#     a short streaming run of 4 sequences x 50 steps completes;
+#     a run of 4 sequences x 50 steps completes and, when a host build is at $SAMPLERD_BIN (default
+#     build/service/samplerd), draws exactly the tokens that build draws (portable Release build: same
+#     numbers in and out of the image);
 #   - `podman stop` (SIGTERM) ends the container with exit code 0.
 #
 #   deploy/docker/smoke-test.sh [--tag samplerd:dev]
@@ -31,7 +33,11 @@ check "image runs as 10001:10001 (is '$user')" test "$user" = "10001:10001"
 check "image exposes 50051/tcp and 9464/tcp (has '$ports')" \
   bash -c '[[ " $1 " == *" 50051/tcp "* && " $1 " == *" 9464/tcp "* ]]' _ "$ports"
 
-cleanup() { "${podman[@]}" rm -f -t 0 "$name" > /dev/null 2>&1 || true; }
+ref_pid=""
+cleanup() {
+  "${podman[@]}" rm -f -t 0 "$name" > /dev/null 2>&1 || true
+  [ -n "$ref_pid" ] && kill -KILL "$ref_pid" 2>/dev/null || true
+}
 trap cleanup EXIT
 # Host network (these machines have no other); port 0 = a free port, read back from the log.
 "${podman[@]}" run -d --name "$name" --pull=never --network host \
@@ -42,7 +48,7 @@ trap cleanup EXIT
 port=""
 for _ in $(seq 100); do
   port=$("${podman[@]}" logs "$name" 2>/dev/null \
-    | awk '/^samplerd listening on 127\.0\.0\.1:/ { n = split($NF, a, ":"); print a[n]; exit }')
+    | awk '/^samplerd listening on 127\.0\.0\.1:/ { n = split($NF, a, ":"); print a[n]; exit }' || true)
   [ -n "$port" ] && break
   [ "$("${podman[@]}" inspect --format '{{.State.Running}}' "$name")" = true ] || break
   sleep 0.1
@@ -65,8 +71,35 @@ profiles=$("$py" "$driver" profiles --target "127.0.0.1:$port" || true)
 check "ListProfiles has the ConfigMap's profiles (got: $(echo $profiles))" \
   bash -c 'grep -qx entropix-cautious <<< "$1" && grep -qx greedy <<< "$1" && grep -qx entropix <<< "$1"' _ "$profiles"
 check "SampleOnce returns a token" "$py" "$driver" once --target "127.0.0.1:$port"
-check "4 sequences x 50 steps over Sample/SampleOnce" \
-  "$py" "$driver" run --target "127.0.0.1:$port" --sequences 4 --steps 50 --max-seconds 60
+reference=()
+host_bin=${SAMPLERD_BIN:-build/service/samplerd}
+if [ -x "$host_bin" ]; then
+  ref_dir=$(mktemp -d)
+  "$host_bin" --listen 127.0.0.1:0 --log_level warn > "$ref_dir/out" 2>&1 &
+  ref_pid=$!
+  ref_port=""
+  for _ in $(seq 50); do
+    ref_port=$(awk '/^samplerd listening on 127\.0\.0\.1:/ { n = split($NF, a, ":"); print a[n]; exit }' "$ref_dir/out" || true)
+    [ -n "$ref_port" ] && break
+    sleep 0.1
+  done
+  if [ -n "$ref_port" ] && "$py" "$driver" run --target "127.0.0.1:$ref_port" --sequences 4 --steps 50 \
+       --out "$ref_dir/ref.json" > /dev/null; then
+    reference=(--reference "$ref_dir/ref.json")
+  else
+    failures+=("reference run against the host build $host_bin")
+  fi
+  kill -TERM "$ref_pid" 2>/dev/null || true
+  wait "$ref_pid" 2>/dev/null || true
+  ref_pid=""
+else
+  echo "smoke: note: no host build at $host_bin; the container's tokens are not compared with it"
+fi
+what="4 sequences x 50 steps over Sample/SampleOnce"
+((${#reference[@]})) && what="$what, tokens equal to those of the host build"
+check "$what" \
+  "$py" "$driver" run --target "127.0.0.1:$port" --sequences 4 --steps 50 --max-seconds 60 "${reference[@]}"
+[ -n "${ref_dir:-}" ] && rm -rf "$ref_dir"
 
 "${podman[@]}" stop -t 15 "$name" > /dev/null
 code=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$name")

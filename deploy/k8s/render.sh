@@ -95,9 +95,10 @@ if [ -x "$samplerd" ]; then
   : > "$log"
   "$samplerd" --listen 127.0.0.1:0 --config "$out/profiles.json" --log_level warn > "$log" 2>&1 &
   spid=$!
+  trap 'kill -KILL "$spid" 2>/dev/null || true' EXIT
   port=""
   for _ in $(seq 50); do
-    port=$(awk '/^samplerd listening on 127\.0\.0\.1:/ { n = split($NF, a, ":"); print a[n]; exit }' "$log")
+    port=$(awk '/^samplerd listening on 127\.0\.0\.1:/ { n = split($NF, a, ":"); print a[n]; exit }' "$log" || true)
     [ -n "$port" ] && break
     kill -0 "$spid" 2>/dev/null || break
     sleep 0.1
@@ -106,6 +107,7 @@ if [ -x "$samplerd" ]; then
   [ -n "$port" ] && listed=$(/usr/bin/python3 tests/scaleout/driver.py profiles --target "127.0.0.1:$port" 2>&1 || true)
   kill -TERM "$spid" 2>/dev/null || true
   wait "$spid" 2>/dev/null || true
+  trap - EXIT
   want=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).profiles.map((p) => p.name).join(" "))' "$out/profiles.json")
   for p in $want; do
     grep -qx "$p" <<< "$listed" || {

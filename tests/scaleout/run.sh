@@ -41,7 +41,7 @@ start_replica() {
   pid[$name]=$!
   for _ in $(seq 100); do
     port[$name]=$(awk '/^samplerd listening on 127\.0\.0\.1:/ { n = split($NF, a, ":"); print a[n]; exit }' \
-      "$work/$name.out")
+      "$work/$name.out" || true)
     [ -n "${port[$name]}" ] && break
     kill -0 "${pid[$name]}" 2>/dev/null || break
     sleep 0.1

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Deployment tests, as CI runs them (issue 6), each timed:
+#   1. k8s:      render every overlay of deploy/k8s and validate it (deploy/k8s/render.sh)
+#   2. scaleout: 3 replicas, 16 sequences x 300 steps, SIGKILL + SIGTERM mid-run (tests/scaleout/run.sh)
+#   3. image:    build the container image with podman and smoke-test it (deploy/docker/build-image.sh,
+#                deploy/docker/smoke-test.sh)
+# Needs a built samplerd (builds it with scripts/build.sh when missing) and root for apt (podman, buildah,
+# debootstrap are installed by build-image.sh). SKIP_IMAGE=1 leaves out part 3.
+#
+#   scripts/test-deploy.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+export SAMPLERD_BIN=${SAMPLERD_BIN:-$PWD/build/service/samplerd}
+if [ ! -x "$SAMPLERD_BIN" ]; then
+  scripts/install-deps.sh && scripts/build.sh || { echo "test-deploy: build failed" >&2; exit 1; }
+fi
+
+passed=0
+failed=0
+run() { # run NAME COMMAND...
+  local name=$1 start=$SECONDS
+  shift
+  echo "=== test-deploy: $name: $*"
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "=== test-deploy: $name: passed in $((SECONDS - start)) s"
+  else
+    failed=$((failed + 1))
+    echo "=== test-deploy: $name: FAILED after $((SECONDS - start)) s" >&2
+  fi
+}
+
+run k8s deploy/k8s/render.sh
+run scaleout tests/scaleout/run.sh
+if [ "${SKIP_IMAGE:-0}" = 1 ]; then
+  echo "=== test-deploy: image: skipped (SKIP_IMAGE=1)"
+else
+  run image-build deploy/docker/build-image.sh --tag samplerd:ci
+  run image-smoke deploy/docker/smoke-test.sh --tag samplerd:ci
+fi
+
+echo "test-deploy: $passed passed, $failed failed"
+((failed == 0))
