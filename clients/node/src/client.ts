@@ -1,0 +1,448 @@
+// The samplerd client for Node: Client, Session.
+//
+//   const client = new Client("localhost:50051");            // or ["host-a:50051", "host-b:50051"]
+//   const session = client.session({ sequenceId: "req-42", seed: 7n, profile: "entropix", recentTokens: prompt });
+//   const r = await session.step(logits, { data: attention, shape: [layers, heads, kvLen] });
+//   // r.token, r.regime, r.applied.temperature, r.metrics.logitsEntropy
+//
+// All sessions of a client share one Sample stream per endpoint; concurrent steps are pipelined on it and
+// matched to their answers in order (the server answers in request order). When the endpoint fails, unanswered
+// steps are sent again to the next endpoint: the session owns the step index, seed and recent tokens, so the
+// tokens are those an uninterrupted run would have drawn.
+import * as grpc from "@grpc/grpc-js";
+import { randomUUID } from "crypto";
+
+import type { ListProfilesResponse__Output } from "./gen/samplerd/v1/ListProfilesResponse";
+import type { SampleRequest } from "./gen/samplerd/v1/SampleRequest";
+import type { SampleResponse__Output } from "./gen/samplerd/v1/SampleResponse";
+import type { SamplerClient } from "./gen/samplerd/v1/Sampler";
+import type { SamplingParams } from "./gen/samplerd/v1/SamplingParams";
+import type { Step } from "./gen/samplerd/v1/Step";
+import type { StepResult__Output } from "./gen/samplerd/v1/StepResult";
+import { proto } from "./proto";
+import { TensorInput, toTensor } from "./tensors";
+import {
+  BatchError, Params, paramsToWire, ProtocolError, resultFromWire, StepError, StepResult, Unavailable,
+} from "./types";
+
+// How many recent tokens a session sends by default; the same in every client of this repository.
+export const DEFAULT_MAX_RECENT = 1024;
+
+// Transport failures after which a step is sent again, to the next endpoint. A step is a pure function of its
+// request (DESIGN.md section 5), so resending one a dead server may have answered is safe. INTERNAL covers
+// streams reset mid-frame by a dying peer.
+const RETRYABLE = new Set<number>([grpc.status.UNAVAILABLE, grpc.status.CANCELLED, grpc.status.ABORTED,
+  grpc.status.DEADLINE_EXCEEDED, grpc.status.INTERNAL]);
+
+// round_robin: with a target resolving to several addresses (dns:///name:port, ipv4:a:p,b:p) new streams go to a
+// ready address. Reconnect backoff capped at 2 s so a restarted replica is used again soon.
+const CHANNEL_OPTIONS = {
+  "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+  "grpc.enable_retries": 0,
+  "grpc.initial_reconnect_backoff_ms": 200,
+  "grpc.max_reconnect_backoff_ms": 2000,
+};
+
+export interface TlsOptions {
+  rootCerts?: Buffer;        // PEM; undefined = the system roots
+  certChain?: Buffer;        // PEM client certificate, for mutual TLS
+  privateKey?: Buffer;       // PEM key of certChain
+  serverName?: string;       // name checked in the server's certificate, for addresses not in it
+}
+
+export interface ClientOptions {
+  tls?: boolean | TlsOptions | grpc.ChannelCredentials;
+  token?: string;            // sent as `authorization: Bearer <token>` on every call
+  timeoutMs?: number;        // how long a step may take before its endpoint is given up on (10 s)
+  failoverTimeoutMs?: number;  // how long a failing step is resent, endpoint after endpoint (10 s)
+  maxMessageBytes?: number;  // 64 MiB, as the server
+}
+
+export interface SessionOptions {
+  sequenceId?: string;       // undefined = a random one
+  seed?: bigint | number | string;  // 0 = the server picks one on the first step; the session then sends it
+  profile?: string;          // "" = the server's default
+  params?: Params;           // overrides sent with every step
+  recentTokens?: number[];   // the prompt's tail, oldest first
+  maxRecent?: number;        // how many recent tokens each step carries
+  topLogprobs?: number;
+  startStep?: number;
+}
+
+export interface StepOptions {
+  params?: Params;           // replaces the session's overrides for this step
+  topLogprobs?: number;
+  timeoutMs?: number;
+}
+
+export type BatchItem = [Session, TensorInput] | [Session, TensorInput, TensorInput | undefined];
+
+class StreamEnded extends Error {
+  readonly code = grpc.status.UNAVAILABLE;
+  constructor(message = "the server ended the Sample stream with steps unanswered") { super(message); }
+}
+
+class DeadlineExceeded extends Error {
+  readonly code = grpc.status.DEADLINE_EXCEEDED;
+}
+
+interface Waiter {
+  resolve: (r: SampleResponse__Output) => void;
+  reject: (e: unknown) => void;
+}
+
+// One Sample stream shared by many callers; answers are matched to waiters in order. Once broken, every waiter
+// fails with the stream's error and the mux is replaced.
+class StreamMux {
+  broken: Error | null = null;
+  private readonly pending: Waiter[] = [];
+  private readonly call: grpc.ClientDuplexStream<SampleRequest, SampleResponse__Output>;
+
+  constructor(stub: SamplerClient, metadata: grpc.Metadata) {
+    this.call = stub.Sample(metadata);
+    this.call.on("data", (resp: SampleResponse__Output) => {
+      const w = this.pending.shift();
+      if (!w) {
+        this.abort(new ProtocolError("samplerd: a response arrived with no request pending"));
+        return;
+      }
+      w.resolve(resp);
+    });
+    this.call.on("error", (e: Error) => this.fail(e));
+    this.call.on("end", () => this.fail(new StreamEnded()));
+  }
+
+  submit(request: SampleRequest): Promise<SampleResponse__Output> {
+    if (this.broken) return Promise.reject(this.broken);
+    return new Promise((resolve, reject) => {
+      this.pending.push({ resolve, reject });
+      this.call.write(request);
+    });
+  }
+
+  fail(e: Error): void {
+    if (!this.broken) this.broken = e;
+    for (const w of this.pending.splice(0)) w.reject(e);
+  }
+
+  abort(e: Error): void {
+    this.fail(e);
+    this.call.cancel();
+  }
+
+  close(): void {
+    this.fail(new StreamEnded("the client closed the Sample stream"));
+    this.call.end();
+    this.call.cancel();
+  }
+}
+
+class Endpoint {
+  readonly stub: SamplerClient;
+  private mux_: StreamMux | null = null;
+
+  constructor(readonly target: string, creds: grpc.ChannelCredentials, options: grpc.ChannelOptions,
+    private readonly metadata: () => grpc.Metadata) {
+    const Sampler = proto().samplerd.v1.Sampler;
+    this.stub = new Sampler(target, creds, options);
+  }
+
+  mux(): StreamMux {
+    if (!this.mux_ || this.mux_.broken) this.mux_ = new StreamMux(this.stub, this.metadata());
+    return this.mux_;
+  }
+
+  close(): void {
+    this.mux_?.close();
+    this.mux_ = null;
+    this.stub.close();
+  }
+}
+
+function isRetryable(e: unknown): boolean {
+  const code = (e as { code?: unknown })?.code;
+  return typeof code === "number" && RETRYABLE.has(code);
+}
+
+function describe(e: unknown): string {
+  const x = e as { code?: number; details?: string; message?: string };
+  if (typeof x?.code === "number") return `${grpc.status[x.code] ?? x.code}: ${x.details ?? x.message}`;
+  return String(e);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// One generation (sequence): the step index, seed and recent tokens. One step at a time per session.
+export class Session {
+  readonly sequenceId: string;
+  readonly profile: string;
+  readonly maxRecent: number;
+  private seed_: string;
+  private stepIndex_: number;
+  private recent: number[];
+  private readonly params?: SamplingParams;
+  private readonly topLogprobs: number;
+
+  constructor(private readonly client: Client, o: SessionOptions) {
+    this.sequenceId = o.sequenceId || randomUUID().replace(/-/g, "");
+    this.profile = o.profile ?? "";
+    this.maxRecent = o.maxRecent ?? DEFAULT_MAX_RECENT;
+    if (this.maxRecent < 0) throw new RangeError(`samplerd: maxRecent must be >= 0, got ${this.maxRecent}`);
+    this.seed_ = BigInt(o.seed ?? 0).toString();
+    this.stepIndex_ = o.startStep ?? 0;
+    this.recent = this.maxRecent ? (o.recentTokens ?? []).slice(-this.maxRecent) : [];
+    this.params = o.params ? paramsToWire(o.params) : undefined;
+    this.topLogprobs = o.topLogprobs ?? 0;
+  }
+
+  // 0n until the server picked one, then that seed.
+  get seed(): bigint { return BigInt(this.seed_); }
+  // Index of the next step.
+  get stepIndex(): number { return this.stepIndex_; }
+  // Oldest first.
+  get recentTokens(): number[] { return [...this.recent]; }
+
+  // Appends tokens the host chose itself (prompt, forced tokens).
+  extend(tokens: number[]): void {
+    this.recent.push(...tokens);
+    this.trim();
+  }
+
+  // Samples the next token from `logits` ([vocab]) and optional pre-softmax `attention` ([heads, kvLen] or
+  // [layers, heads, kvLen], given with its shape). Throws StepError if the server rejects the step (the session
+  // does not advance), Unavailable if no endpoint answers.
+  async step(logits: TensorInput, attention?: TensorInput, options: StepOptions = {}): Promise<StepResult> {
+    const st = this.makeStep(logits, attention, options);
+    const resp = await this.client._send({ steps: [st] }, options.timeoutMs);
+    return this.commit(resp.results[0]);
+  }
+
+  /** @internal */
+  makeStep(logits: TensorInput, attention: TensorInput | undefined, options: StepOptions = {}): Step {
+    const st: Step = {
+      sequenceId: this.sequenceId,
+      step: String(this.stepIndex_),
+      logits: toTensor(logits, "logits"),
+      recentTokens: this.recent,
+      profile: this.profile,
+      seed: this.seed_,
+      topLogprobs: options.topLogprobs ?? this.topLogprobs,
+    };
+    if ((st.logits!.shape as string[]).length !== 1) {
+      throw new RangeError(`samplerd: logits must have shape [vocab], got [${st.logits!.shape}]`);
+    }
+    if (attention !== undefined) {
+      st.attention = toTensor(attention, "attention");
+      const rank = (st.attention.shape as string[]).length;
+      if (rank !== 2 && rank !== 3) {
+        throw new RangeError(`samplerd: attention must have shape [heads, kvLen] or [layers, heads, kvLen], ` +
+          `got [${st.attention.shape}]`);
+      }
+    }
+    const p = options.params ? paramsToWire(options.params) : this.params;
+    if (p) st.params = p;
+    return st;
+  }
+
+  /** @internal */
+  commit(r: StepResult__Output): StepResult {
+    if (r.sequenceId !== this.sequenceId || Number(r.step) !== this.stepIndex_) {
+      throw new ProtocolError(`samplerd: expected the result of "${this.sequenceId}" step ${this.stepIndex_}, ` +
+        `got "${r.sequenceId}" step ${r.step}`);
+    }
+    if (r.error) {
+      throw new StepError(r.error.code, r.error.field, r.error.message, this.sequenceId, this.stepIndex_);
+    }
+    if (this.seed_ === "0") this.seed_ = r.seed;
+    this.stepIndex_++;
+    if (this.maxRecent) {
+      this.recent = [...this.recent, r.token];
+      this.trim();
+    }
+    return resultFromWire(r);
+  }
+
+  private trim(): void {
+    if (this.recent.length > this.maxRecent) this.recent = this.recent.slice(this.recent.length - this.maxRecent);
+  }
+}
+
+// A samplerd client. `target`: one gRPC target ("host:port", "unix:/path", "dns:///name:port" - several addresses
+// are balanced round-robin) or a list of targets tried in turn when one fails.
+export class Client {
+  readonly endpoints: string[];
+  private readonly eps: Endpoint[];
+  private active = 0;
+  private failovers_ = 0;
+  private readonly timeoutMs: number;
+  private readonly failoverTimeoutMs: number;
+  private readonly token?: string;
+
+  constructor(target: string | string[], options: ClientOptions = {}) {
+    this.endpoints = typeof target === "string" ? [target] : [...target];
+    if (!this.endpoints.length || this.endpoints.some((t) => typeof t !== "string" || !t)) {
+      throw new TypeError(`samplerd: target must be a non-empty gRPC target or a list of them`);
+    }
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.failoverTimeoutMs = options.failoverTimeoutMs ?? 10_000;
+    this.token = options.token;
+    const maxBytes = options.maxMessageBytes ?? 64 << 20;
+    const channelOptions: grpc.ChannelOptions = {
+      ...CHANNEL_OPTIONS,
+      "grpc.max_receive_message_length": maxBytes,
+      "grpc.max_send_message_length": maxBytes,
+    };
+    let creds: grpc.ChannelCredentials;
+    const tls = options.tls;
+    if (!tls) {
+      creds = grpc.credentials.createInsecure();
+    } else if (tls instanceof grpc.ChannelCredentials) {
+      creds = tls;
+    } else {
+      const t: TlsOptions = tls === true ? {} : tls;
+      creds = grpc.credentials.createSsl(t.rootCerts ?? null, t.privateKey ?? null, t.certChain ?? null);
+      if (t.serverName) channelOptions["grpc.ssl_target_name_override"] = t.serverName;
+    }
+    this.eps = this.endpoints.map((e) => new Endpoint(e, creds, channelOptions, () => this.metadata()));
+  }
+
+  // The target the next step goes to.
+  get activeEndpoint(): string { return this.endpoints[this.active]; }
+  // How many times this client moved on after a failure.
+  get failovers(): number { return this.failovers_; }
+
+  session(options: SessionOptions = {}): Session {
+    return new Session(this, options);
+  }
+
+  // One request carrying a step of each session; results in order, each accepted session advances. If some
+  // steps are rejected, throws BatchError after advancing the others.
+  async sampleBatch(items: BatchItem[], options: { timeoutMs?: number } = {}): Promise<StepResult[]> {
+    const sessions = items.map((it) => it[0]);
+    if (new Set(sessions).size !== sessions.length) throw new RangeError("samplerd: a session appears twice in one batch");
+    const steps = items.map(([s, logits, attention]) => s.makeStep(logits, attention));
+    const resp = await this._send({ steps }, options.timeoutMs);
+    const results = sessions.map((s, i) => {
+      try {
+        return s.commit(resp.results[i]);
+      } catch (e) {
+        if (e instanceof StepError) return e;
+        throw e;
+      }
+    });
+    if (results.some((r) => r instanceof StepError)) throw new BatchError(results);
+    return results as StepResult[];
+  }
+
+  /** @internal */
+  async _send(request: SampleRequest, timeoutMs?: number): Promise<SampleResponse__Output> {
+    const timeout = timeoutMs ?? this.timeoutMs;
+    let firstFailure = 0;
+    let last: unknown;
+    for (let attempt = 0; ; attempt++) {
+      const index = this.active;
+      const ep = this.eps[index];
+      let mux: StreamMux | undefined;
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        mux = ep.mux();
+        const m = mux;
+        const resp = await new Promise<SampleResponse__Output>((resolve, reject) => {
+          timer = setTimeout(() => {
+            const e = new DeadlineExceeded(`no answer from ${ep.target} within ${timeout} ms`);
+            m.abort(e);
+            reject(e);
+          }, timeout);
+          m.submit(request).then(resolve, reject);
+        });
+        if (resp.results.length !== (request.steps ?? []).length) {
+          throw new ProtocolError(`samplerd: ${request.steps?.length} steps sent, ${resp.results.length} results received`);
+        }
+        return resp;
+      } catch (e) {
+        if (!isRetryable(e)) throw e;
+        last = e;
+      } finally {
+        clearTimeout(timer);
+      }
+      this.failed(index);
+      const now = Date.now();
+      firstFailure = firstFailure || now;
+      if (attempt + 1 >= this.eps.length && now - firstFailure >= this.failoverTimeoutMs) {
+        throw new Unavailable(`samplerd: no endpoint of ${this.endpoints.join(", ")} answered for ` +
+          `${((now - firstFailure) / 1000).toFixed(1)} s: ${describe(last)}`, last);
+      }
+      await sleep(Math.min(500, 20 * 2 ** attempt));
+    }
+  }
+
+  private failed(index: number): void {
+    if (this.active === index) {
+      this.active = (index + 1) % this.eps.length;
+      this.failovers_++;
+    }
+  }
+
+  private metadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    if (this.token) md.set("authorization", `Bearer ${this.token}`);
+    return md;
+  }
+
+  private async unary<T>(fn: (ep: Endpoint, done: (e: grpc.ServiceError | null, v?: T) => void) => void): Promise<T> {
+    let firstFailure = 0;
+    let last: unknown;
+    for (let attempt = 0; ; attempt++) {
+      const index = this.active;
+      try {
+        return await new Promise<T>((resolve, reject) => fn(this.eps[index], (e, v) => (e ? reject(e) : resolve(v as T))));
+      } catch (e) {
+        if (!isRetryable(e)) throw e;
+        last = e;
+      }
+      this.failed(index);
+      const now = Date.now();
+      firstFailure = firstFailure || now;
+      if (attempt + 1 >= this.eps.length && now - firstFailure >= this.failoverTimeoutMs) {
+        throw new Unavailable(`samplerd: no endpoint of ${this.endpoints.join(", ")} answered: ${describe(last)}`, last);
+      }
+      await sleep(Math.min(500, 20 * 2 ** attempt));
+    }
+  }
+
+  // The server's profiles with every parameter value, and the default profile's name.
+  listProfiles(timeoutMs = 10_000): Promise<ListProfilesResponse__Output> {
+    return this.unary((ep, done) => ep.stub.ListProfiles({}, this.metadata(), { deadline: Date.now() + timeoutMs }, done));
+  }
+
+  // grpc.health.v1 status of the active endpoint: "SERVING", "NOT_SERVING", ...
+  health(service = "", timeoutMs = 5_000): Promise<string> {
+    return this.unary<string>((ep, done) => ep.stub.makeUnaryRequest("/grpc.health.v1.Health/Check",
+      healthRequest, healthResponse, service, this.metadata(), { deadline: Date.now() + timeoutMs }, done));
+  }
+
+  close(): void {
+    for (const ep of this.eps) ep.close();
+  }
+}
+
+// grpc.health.v1.HealthCheckRequest{string service = 1}, encoded by hand (its .proto is not part of samplerd).
+function healthRequest(service: string): Buffer {
+  const b = Buffer.from(service, "utf8");
+  if (!b.length) return Buffer.alloc(0);
+  const varint: number[] = [];
+  let n = b.length;
+  do {
+    varint.push((n & 0x7f) | (n > 0x7f ? 0x80 : 0));
+    n >>>= 7;
+  } while (n);
+  return Buffer.concat([Buffer.from([0x0a, ...varint]), b]);
+}
+
+const HEALTH_NAMES = ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
+
+// HealthCheckResponse{ServingStatus status = 1}: tag 0x08 then a one-byte varint.
+function healthResponse(data: Buffer): string {
+  const status = data.length >= 2 && data[0] === 0x08 ? data[1] : 0;
+  return HEALTH_NAMES[status] ?? String(status);
+}
