@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 600
-if [ -x scripts/test-clients.sh ]; then
-  SAMPLERD_BIN="$PWD/build/service/samplerd" scripts/test-clients.sh
-fi
+export SAMPLERD_BIN="$PWD/build/service/samplerd"
+# Clients in four languages and their conformance, the PyTorch model host, deployment and scale-out.
+for suite in scripts/test-clients.sh scripts/test-torch-host.sh scripts/test-deploy.sh; do
+  if [ -x "$suite" ]; then
+    echo "== $suite"
+    "$suite"
+  fi
+done
