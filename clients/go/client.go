@@ -1,0 +1,581 @@
+// Package samplerd is the Go client of samplerd, entropy-adaptive token sampling for LLMs over gRPC
+// (samplerd.v1.Sampler).
+//
+//	client, err := samplerd.NewClient([]string{"localhost:50051"}, samplerd.Options{})
+//	session := client.Session(samplerd.SessionOptions{SequenceID: "req-42", Seed: 7, Profile: "entropix"})
+//	r, err := session.Step(ctx, samplerd.F32(logits), &att)   // att := samplerd.F32(scores, layers, heads, kvLen)
+//	// r.Token, r.RegimeName(), r.Applied.GetTemperature(), r.Metrics.GetLogitsEntropy()
+//
+// All sessions of a client share one Sample stream per endpoint; concurrent steps are pipelined on it and
+// matched to their answers in order (the server answers in request order). When an endpoint fails, the
+// unanswered steps are sent again to the next one: the session owns the step index, seed and recent tokens,
+// so the tokens are those an uninterrupted run would have drawn.
+package samplerd
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
+
+	pb "samplerd/gen/samplerd/v1"
+)
+
+// DefaultMaxRecent is how many recent tokens a session sends unless told otherwise; the same in every client
+// of this repository.
+const DefaultMaxRecent = 1024
+
+// round_robin: with a target resolving to several addresses (dns:///name:port, ipv4:a:p,b:p) new streams go to
+// a ready address. Retries are the client's (whole steps), not gRPC's.
+const serviceConfig = `{"loadBalancingConfig": [{"round_robin": {}}]}`
+
+// Options configure a Client; the zero value is plaintext with the defaults below.
+type Options struct {
+	TLS             *tls.Config   // nil = plaintext
+	Token           string        // sent as "authorization: Bearer <token>" on every call
+	Timeout         time.Duration // how long a step may take before its endpoint is given up on; 10 s
+	FailoverTimeout time.Duration // how long a failing step is resent, endpoint after endpoint; 10 s
+	MaxMessageBytes int           // 64 MiB, as the server
+	DialOptions     []grpc.DialOption
+}
+
+// Client talks to one or several samplerd endpoints. Safe for concurrent use.
+type Client struct {
+	endpoints []string
+	eps       []*endpoint
+	opts      Options
+
+	mu        sync.Mutex
+	active    int
+	failovers int
+}
+
+type endpoint struct {
+	target string
+	conn   *grpc.ClientConn
+	stub   pb.SamplerClient
+	md     metadata.MD
+
+	mu  sync.Mutex
+	mux *streamMux
+}
+
+func (e *endpoint) getMux() (*streamMux, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.mux == nil || e.mux.isBroken() {
+		m, err := newStreamMux(e.stub, e.md)
+		if err != nil {
+			return nil, err
+		}
+		e.mux = m
+	}
+	return e.mux, nil
+}
+
+// NewClient connects (lazily) to each target: "host:port", "unix:/path", "dns:///name:port" (several
+// addresses are balanced round-robin) or "ipv4:a:p,b:p" (a fixed address list, also round-robin). Several
+// targets are tried in turn when one fails.
+func NewClient(targets []string, opts Options) (*Client, error) {
+	if len(targets) == 0 {
+		return nil, errors.New("samplerd: at least one target is needed")
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	if opts.FailoverTimeout == 0 {
+		opts.FailoverTimeout = 10 * time.Second
+	}
+	if opts.MaxMessageBytes == 0 {
+		opts.MaxMessageBytes = 64 << 20
+	}
+	c := &Client{endpoints: append([]string(nil), targets...), opts: opts}
+	md := metadata.MD{}
+	if opts.Token != "" {
+		md.Set("authorization", "Bearer "+opts.Token)
+	}
+	for _, t := range targets {
+		dial := []grpc.DialOption{
+			grpc.WithDefaultServiceConfig(serviceConfig),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(opts.MaxMessageBytes), grpc.MaxCallSendMsgSize(opts.MaxMessageBytes)),
+			// Reconnect backoff capped at 2 s (the default grows to 120 s): a restarted replica is used again soon.
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
+				BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+				MinConnectTimeout: 5 * time.Second}),
+		}
+		if opts.TLS != nil {
+			dial = append(dial, grpc.WithTransportCredentials(credentials.NewTLS(opts.TLS)))
+		} else {
+			dial = append(dial, grpc.WithInsecure())
+		}
+		target := t
+		if addrs, ok := staticAddresses(t); ok {
+			// grpc-go has no ipv4:/ipv6: address-list scheme (C-core and grpc-js do): a manual resolver serves it.
+			r := manual.NewBuilderWithScheme("samplerd-static")
+			state := resolver.State{}
+			for _, a := range addrs {
+				state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+			}
+			r.InitialState(state)
+			dial = append(dial, grpc.WithResolvers(r))
+			target = r.Scheme() + ":///" + t
+		}
+		conn, err := grpc.Dial(target, append(dial, opts.DialOptions...)...)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("samplerd: %s: %w", t, err)
+		}
+		c.eps = append(c.eps, &endpoint{target: t, conn: conn, stub: pb.NewSamplerClient(conn), md: md})
+	}
+	return c, nil
+}
+
+func staticAddresses(target string) ([]string, bool) {
+	for _, scheme := range []string{"ipv4:", "ipv6:"} {
+		if strings.HasPrefix(target, scheme) && !strings.HasPrefix(target, scheme+"//") {
+			return strings.Split(strings.TrimPrefix(target, scheme), ","), true
+		}
+	}
+	return nil, false
+}
+
+// Endpoints are the targets given to NewClient.
+func (c *Client) Endpoints() []string { return c.endpoints }
+
+// ActiveEndpoint is the target the next step goes to.
+func (c *Client) ActiveEndpoint() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.endpoints[c.active]
+}
+
+// Failovers counts the moves to another endpoint after a failure.
+func (c *Client) Failovers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.failovers
+}
+
+// Close closes every connection.
+func (c *Client) Close() error {
+	for _, e := range c.eps {
+		e.mu.Lock()
+		if e.mux != nil {
+			e.mux.close()
+		}
+		e.mu.Unlock()
+		e.conn.Close()
+	}
+	return nil
+}
+
+// Retryable transport failures: the same step is sent again, to the next endpoint. A step is a pure function of
+// its request (DESIGN.md section 5), so resending one a dead server may have answered is safe. Internal covers
+// streams reset mid-frame by a dying peer.
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Canceled, codes.Aborted, codes.DeadlineExceeded, codes.Internal:
+		return true
+	}
+	return false
+}
+
+func (c *Client) activeIndex() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.active
+}
+
+func (c *Client) failed(index int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.active == index {
+		c.active = (index + 1) % len(c.eps)
+		c.failovers++
+	}
+}
+
+// retry runs call on the active endpoint until it succeeds, fails with a non-retryable error, ctx ends, or
+// every endpoint was tried and the failures lasted FailoverTimeout.
+func (c *Client) retry(ctx context.Context, call func(e *endpoint) error) error {
+	var first time.Time
+	for attempt := 0; ; attempt++ {
+		index := c.activeIndex()
+		err := call(c.eps[index])
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !retryable(err) {
+			return err
+		}
+		c.failed(index)
+		now := time.Now()
+		if first.IsZero() {
+			first = now
+		}
+		if attempt+1 >= len(c.eps) && now.Sub(first) >= c.opts.FailoverTimeout {
+			return fmt.Errorf("%w (%v) for %.1f s: %v", ErrUnavailable, c.endpoints, now.Sub(first).Seconds(), err)
+		}
+		delay := 20 * time.Millisecond << attempt
+		if attempt > 5 || delay > 500*time.Millisecond {
+			delay = 500 * time.Millisecond
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (c *Client) send(ctx context.Context, req *pb.SampleRequest) (*pb.SampleResponse, error) {
+	var resp *pb.SampleResponse
+	err := c.retry(ctx, func(e *endpoint) error {
+		mux, err := e.getMux()
+		if err != nil {
+			return err
+		}
+		ch, err := mux.submit(req)
+		if err != nil {
+			return err
+		}
+		timer := time.NewTimer(c.opts.Timeout)
+		defer timer.Stop()
+		select {
+		case r := <-ch:
+			if r.err != nil {
+				return r.err
+			}
+			if len(r.resp.Results) != len(req.Steps) {
+				return fmt.Errorf("%w: %d steps sent, %d results received", ErrProtocol, len(req.Steps), len(r.resp.Results))
+			}
+			resp = r.resp
+			return nil
+		case <-timer.C:
+			err := status.Errorf(codes.DeadlineExceeded, "no answer from %s within %v", e.target, c.opts.Timeout)
+			mux.abort(err)
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	return resp, err
+}
+
+// ListProfiles returns the server's profiles with every parameter value, and the default profile's name.
+func (c *Client) ListProfiles(ctx context.Context) (*pb.ListProfilesResponse, error) {
+	var resp *pb.ListProfilesResponse
+	err := c.retry(ctx, func(e *endpoint) error {
+		var err error
+		resp, err = e.stub.ListProfiles(metadata.NewOutgoingContext(ctx, e.md), &pb.ListProfilesRequest{})
+		return err
+	})
+	return resp, err
+}
+
+// Health is the grpc.health.v1 status of the active endpoint for service ("" = the whole server):
+// "SERVING", "NOT_SERVING", ...
+func (c *Client) Health(ctx context.Context, service string) (string, error) {
+	var resp *grpc_health_v1.HealthCheckResponse
+	err := c.retry(ctx, func(e *endpoint) error {
+		var err error
+		resp, err = grpc_health_v1.NewHealthClient(e.conn).Check(metadata.NewOutgoingContext(ctx, e.md),
+			&grpc_health_v1.HealthCheckRequest{Service: service})
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	return resp.Status.String(), nil
+}
+
+// BatchItem is one session's step in a SampleBatch. Attention may be nil.
+type BatchItem struct {
+	Session   *Session
+	Logits    Tensor
+	Attention *Tensor
+}
+
+// SampleBatch sends one request carrying a step of each session and returns the results in order; each
+// accepted session advances. If some steps are rejected it returns a *BatchError after advancing the others.
+func (c *Client) SampleBatch(ctx context.Context, items []BatchItem) ([]*StepResult, error) {
+	req := &pb.SampleRequest{}
+	seen := map[*Session]bool{}
+	for _, it := range items {
+		if seen[it.Session] {
+			return nil, errors.New("samplerd: a session appears twice in one batch")
+		}
+		seen[it.Session] = true
+		st, err := it.Session.makeStep(it.Logits, it.Attention, StepOptions{})
+		if err != nil {
+			return nil, err
+		}
+		req.Steps = append(req.Steps, st)
+	}
+	resp, err := c.send(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	results := make([]*StepResult, len(items))
+	batchErr := &BatchError{Results: results, Errors: make([]*StepError, len(items))}
+	rejected := false
+	for i, it := range items {
+		r, err := it.Session.commit(resp.Results[i])
+		var se *StepError
+		switch {
+		case errors.As(err, &se):
+			batchErr.Errors[i] = se
+			rejected = true
+		case err != nil:
+			return nil, err
+		default:
+			results[i] = r
+		}
+	}
+	if rejected {
+		return nil, batchErr
+	}
+	return results, nil
+}
+
+// SessionOptions are the fixed parts of a generation.
+type SessionOptions struct {
+	SequenceID   string             // "" = a random one
+	Seed         uint64             // 0 = the server picks one on the first step; the session then sends it
+	Profile      string             // "" = the server's default
+	Params       *pb.SamplingParams // overrides sent with every step
+	RecentTokens []int32            // the prompt's tail, oldest first
+	MaxRecent    int                // how many recent tokens each step carries; 0 = DefaultMaxRecent, <0 = none
+	TopLogprobs  int32
+	StartStep    uint64
+}
+
+// StepOptions change one step.
+type StepOptions struct {
+	Params      *pb.SamplingParams // replaces the session's overrides for this step
+	TopLogprobs *int32
+}
+
+// Session is one generation: step index, seed and recent tokens. One step at a time per session.
+type Session struct {
+	client    *Client
+	id        string
+	profile   string
+	params    *pb.SamplingParams
+	maxRecent int
+	top       int32
+	seed      uint64
+	step      uint64
+	recent    []int32
+}
+
+// Session starts a generation.
+func (c *Client) Session(o SessionOptions) *Session {
+	id := o.SequenceID
+	if id == "" {
+		b := make([]byte, 16)
+		rand.Read(b)
+		id = hex.EncodeToString(b)
+	}
+	maxRecent := o.MaxRecent
+	if maxRecent == 0 {
+		maxRecent = DefaultMaxRecent
+	} else if maxRecent < 0 {
+		maxRecent = 0
+	}
+	s := &Session{client: c, id: id, profile: o.Profile, params: o.Params, maxRecent: maxRecent,
+		top: o.TopLogprobs, seed: o.Seed, step: o.StartStep}
+	s.Extend(o.RecentTokens...)
+	return s
+}
+
+// SequenceID is the key of the generation.
+func (s *Session) SequenceID() string { return s.id }
+
+// Seed is the seed in force: 0 until the server picked one when none was given.
+func (s *Session) Seed() uint64 { return s.seed }
+
+// StepIndex is the index of the next step.
+func (s *Session) StepIndex() uint64 { return s.step }
+
+// RecentTokens returns a copy of the recent tokens, oldest first.
+func (s *Session) RecentTokens() []int32 { return append([]int32(nil), s.recent...) }
+
+// Extend appends tokens the host chose itself (prompt, forced tokens).
+func (s *Session) Extend(tokens ...int32) {
+	s.recent = append(s.recent, tokens...)
+	if len(s.recent) > s.maxRecent {
+		s.recent = append([]int32(nil), s.recent[len(s.recent)-s.maxRecent:]...)
+	}
+}
+
+// Step samples the next token from logits ([vocab]) and optional pre-softmax attention ([heads, kvLen] or
+// [layers, heads, kvLen]). A rejected step returns a *StepError and the session does not advance; an error
+// wrapping ErrUnavailable means no endpoint answered.
+func (s *Session) Step(ctx context.Context, logits Tensor, attention *Tensor) (*StepResult, error) {
+	return s.StepWithOptions(ctx, logits, attention, StepOptions{})
+}
+
+// StepWithOptions is Step with per-step overrides.
+func (s *Session) StepWithOptions(ctx context.Context, logits Tensor, attention *Tensor, o StepOptions) (*StepResult, error) {
+	st, err := s.makeStep(logits, attention, o)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.client.send(ctx, &pb.SampleRequest{Steps: []*pb.Step{st}})
+	if err != nil {
+		return nil, err
+	}
+	return s.commit(resp.Results[0])
+}
+
+func (s *Session) makeStep(logits Tensor, attention *Tensor, o StepOptions) (*pb.Step, error) {
+	if err := logits.check("logits", 1); err != nil {
+		return nil, err
+	}
+	st := &pb.Step{SequenceId: s.id, Step: s.step, Logits: logits.proto(), RecentTokens: s.recent, Profile: s.profile,
+		Seed: s.seed, TopLogprobs: s.top, Params: s.params}
+	if attention != nil {
+		if err := attention.check("attention", 2, 3); err != nil {
+			return nil, err
+		}
+		st.Attention = attention.proto()
+	}
+	if o.Params != nil {
+		st.Params = o.Params
+	}
+	if o.TopLogprobs != nil {
+		st.TopLogprobs = *o.TopLogprobs
+	}
+	return st, nil
+}
+
+func (s *Session) commit(r *pb.StepResult) (*StepResult, error) {
+	if r.SequenceId != s.id || r.Step != s.step {
+		return nil, fmt.Errorf("%w: expected %q step %d, got %q step %d", ErrProtocol, s.id, s.step, r.SequenceId, r.Step)
+	}
+	if r.Error != nil {
+		return nil, &StepError{Code: codes.Code(r.Error.Code), Field: r.Error.Field, Message: r.Error.Message,
+			SequenceID: s.id, Step: s.step}
+	}
+	if s.seed == 0 {
+		s.seed = r.Seed
+	}
+	s.step++
+	if s.maxRecent > 0 {
+		s.Extend(r.Token)
+	}
+	return resultFromProto(r), nil
+}
+
+// streamMux is one Sample stream shared by many callers: requests are sent in order under a lock and answers
+// are matched to waiters FIFO. Once broken, every waiter gets the stream's error and the mux is replaced.
+type streamMux struct {
+	stream pb.Sampler_SampleClient
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	pending []chan muxResult
+	broken  error
+}
+
+type muxResult struct {
+	resp *pb.SampleResponse
+	err  error
+}
+
+func newStreamMux(stub pb.SamplerClient, md metadata.MD) (*streamMux, error) {
+	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(context.Background(), md))
+	stream, err := stub.Sample(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	m := &streamMux{stream: stream, cancel: cancel}
+	go m.read()
+	return m, nil
+}
+
+func (m *streamMux) isBroken() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.broken != nil
+}
+
+func (m *streamMux) submit(req *pb.SampleRequest) (<-chan muxResult, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.broken != nil {
+		return nil, m.broken
+	}
+	ch := make(chan muxResult, 1)
+	m.pending = append(m.pending, ch)
+	// A failed Send is reported by Recv with the call's real status; the reader then fails this waiter too.
+	_ = m.stream.Send(req)
+	return ch, nil
+}
+
+func (m *streamMux) read() {
+	for {
+		resp, err := m.stream.Recv()
+		if err == io.EOF {
+			err = status.Error(codes.Unavailable, "the server ended the Sample stream with steps unanswered")
+		}
+		if err != nil {
+			m.fail(err)
+			return
+		}
+		m.mu.Lock()
+		if len(m.pending) == 0 {
+			m.mu.Unlock()
+			m.abort(fmt.Errorf("%w: a response arrived with no request pending", ErrProtocol))
+			return
+		}
+		ch := m.pending[0]
+		m.pending = m.pending[1:]
+		m.mu.Unlock()
+		ch <- muxResult{resp: resp}
+	}
+}
+
+func (m *streamMux) fail(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.broken == nil {
+		m.broken = err
+	}
+	for _, ch := range m.pending {
+		ch <- muxResult{err: err}
+	}
+	m.pending = nil
+}
+
+func (m *streamMux) abort(err error) {
+	m.fail(err)
+	m.cancel()
+}
+
+func (m *streamMux) close() {
+	m.fail(status.Error(codes.Canceled, "the client closed the Sample stream"))
+	m.stream.CloseSend()
+	m.cancel()
+}
