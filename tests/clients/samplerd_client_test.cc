@@ -121,8 +121,10 @@ TEST_F(ClientTest, SessionKeepsStepSeedAndRecentTokens) {
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->step, static_cast<uint64_t>(i));
     EXPECT_NE(r->seed, 0u);
-    if (i == 0) EXPECT_EQ(session->seed(), r->seed);  // the server's pick is adopted...
-    EXPECT_EQ(r->seed, session->seed());               // ...and sent back on every later step
+    if (i == 0) {
+      EXPECT_EQ(session->seed(), r->seed);  // the server's pick is adopted...
+    }
+    EXPECT_EQ(r->seed, session->seed());  // ...and sent back on every later step
     tokens.push_back(r->token);
   }
   EXPECT_EQ(session->step(), 4u);

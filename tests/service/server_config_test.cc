@@ -31,7 +31,7 @@ TEST(ServerConfig, AcceptsTcpAndUnixAddresses) {
 }
 
 TEST(ServerConfig, RejectsMalformedAddressesNamingThem) {
-  for (const std::string& bad : {"", "localhost", "host:port", "host:70000", ":50051", "unix:", "unix://relative"}) {
+  for (const char* bad : {"", "localhost", "host:port", "host:70000", ":50051", "unix:", "unix://relative"}) {
     ServerConfig config;
     config.listen = {bad};
     const absl::Status s = ValidateServerConfig(config);

@@ -1,9 +1,12 @@
 // End-to-end tests of the real samplerd binary, over its TCP port and its unix socket.
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -594,6 +597,72 @@ TEST_F(LimitedServerTest, StreamsPastMaxStreamsAreRefusedUntilOneCloses) {
     if (!admitted) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_TRUE(admitted);
+}
+
+std::string WriteTempFile(const std::string& name, const std::string& contents) {
+  const std::string path = "/tmp/samplerd-test-" + std::to_string(getpid()) + "-" + name;
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) return path;
+  std::fwrite(contents.data(), 1, contents.size(), f);
+  std::fclose(f);
+  return path;
+}
+
+TEST(ServerFlags, ConfigFileAddsProfilesAndSetsTheDefault) {
+  const std::string path = WriteTempFile("profiles.json", R"({
+    "profiles": [{"name": "cautious", "params": {"temperature": 0.5, "topK": 20, "topP": 0.9, "minP": 0.05},
+                  "regimes": [{"regime": "REGIME_ARGMAX",
+                               "bounds": [{"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_LT", "value": 0.1}]}],
+                  "defaultRegime": "REGIME_ADAPTIVE"}],
+    "defaultProfile": "cautious"})");
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--config", path});
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::Sampler::NewStub(Connect(server->tcp_target()));
+  grpc::ClientContext list_context;
+  v1::ListProfilesResponse profiles;
+  ASSERT_TRUE(stub->ListProfiles(&list_context, v1::ListProfilesRequest(), &profiles).ok());
+  EXPECT_EQ(profiles.default_profile(), "cautious");
+  EXPECT_EQ(profiles.profiles_size(), 4);
+
+  v1::SampleRequest request;
+  *request.add_steps() = MakeStep("configured", 0, 1);
+  grpc::ClientContext context;
+  v1::SampleResponse response;
+  ASSERT_TRUE(stub->SampleOnce(&context, request, &response).ok());
+  EXPECT_EQ(response.results(0).profile(), "cautious");
+  unlink(path.c_str());
+}
+
+TEST(ServerFlags, BadConfigFileExitsTwoNamingTheFile) {
+  const std::string path = WriteTempFile("bad.json", R"({"profiles": [{"name": "x", "temperature": 1}]})");
+  std::string output;
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --config " + path, &output), 2);
+  EXPECT_THAT(output, HasSubstr(path));
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --config /nonexistent/profiles.json", &output), 2);
+  EXPECT_THAT(output, HasSubstr("/nonexistent/profiles.json"));
+  unlink(path.c_str());
+}
+
+TEST(ServerFlags, BadFlagsExitTwoAndHelpListsEveryFlag) {
+  std::string output;
+  EXPECT_EQ(ServerProcess::RunToExit("--max_vocab 0", &output), 2);
+  EXPECT_THAT(output, HasSubstr("--max_vocab"));
+  EXPECT_EQ(ServerProcess::RunToExit("--listen nonsense", &output), 2);
+  EXPECT_THAT(output, HasSubstr("nonsense"));
+  EXPECT_EQ(ServerProcess::RunToExit("--no_such_flag", &output), 2);
+  ASSERT_EQ(ServerProcess::RunToExit("--help", &output), 0);
+  for (const char* flag : {"--listen", "--config", "--max_message_bytes", "--max_vocab", "--max_attention_elements",
+                           "--max_steps_per_request", "--max_streams", "--drain_seconds", "--log_level"}) {
+    EXPECT_THAT(output, HasSubstr(flag));
+  }
+}
+
+TEST(ServerFlags, PortAlreadyInUseFailsToStartNamingTheAddress) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start();
+  ASSERT_NE(server, nullptr);
+  std::string output;
+  EXPECT_EQ(ServerProcess::RunToExit("--listen " + server->tcp_target(), &output), 1);
+  EXPECT_THAT(output, HasSubstr("cannot listen on " + server->tcp_target()));
 }
 
 TEST(ServerShutdown, IdleServerExitsZeroOnSigterm) {

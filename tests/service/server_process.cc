@@ -104,6 +104,18 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
   return server;
 }
 
+int ServerProcess::RunToExit(const std::string& args, std::string* output) {
+  output->clear();
+  const std::string command = std::string(SAMPLERD_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return -1;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) output->append(buffer, n);
+  const int status = pclose(pipe);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 int ServerProcess::Stop(int signal, std::chrono::milliseconds timeout) {
   if (pid_ <= 0) return -1;
   kill(pid_, signal);

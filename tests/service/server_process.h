@@ -29,6 +29,10 @@ class ServerProcess {
   // to be printed. Null (with the reason on stderr) when the child did not come up.
   static std::unique_ptr<ServerProcess> Start(const std::vector<std::string>& extra_args = {});
 
+  // Runs samplerd with `args` (no --listen added) to completion, for flags that make it exit at once.
+  // Returns the exit code (-1 when it could not run) and its stdout and stderr in `*output`.
+  static int RunToExit(const std::string& args, std::string* output);
+
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
   // SIGKILLs a child that is still running and removes the socket file.
