@@ -124,7 +124,7 @@ class SamplerService::SampleReactor final
 
   std::mutex mu_;
   std::deque<v1::SampleResponse> queue_;       // guarded by mu_; front() is in flight when writing_
-  bool reading_ = false;                       // guarded by mu_
+  bool reading_ = false;                       // guarded by mu_; a read is outstanding or being processed
   bool writing_ = false;                       // guarded by mu_
   bool input_done_ = false;                    // guarded by mu_; no more requests will arrive
   std::optional<grpc::Status> finish_status_;  // guarded by mu_; sent once queue_ drains
