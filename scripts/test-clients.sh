@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The client suites against live samplerd processes: Python (pytest), Node (npm test), Go (go test), then the
+# four-client conformance run. CI calls it after building the server; every suite runs even if an earlier one
+# fails, and the script fails if any did.
+#
+# Environment: SAMPLERD_BIN (default build/service/samplerd); see scripts/conformance.sh for the rest.
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export SAMPLERD_BIN="${SAMPLERD_BIN:-$root/build/service/samplerd}"
+if [[ ! -x "$SAMPLERD_BIN" ]]; then
+  echo "test-clients: samplerd binary not found at $SAMPLERD_BIN (build it, or set SAMPLERD_BIN)"
+  exit 1
+fi
+
+failed=()
+suite() {
+  local name="$1"
+  shift
+  echo "== $name"
+  local t0=$SECONDS
+  if "$@"; then
+    echo "== $name: passed in $((SECONDS - t0)) s"
+  else
+    echo "== $name: FAILED after $((SECONDS - t0)) s"
+    failed+=("$name")
+  fi
+}
+
+suite python /usr/bin/python3 -m pytest -q -p no:cacheprovider "$root/clients/python/tests"
+suite node bash -c 'cd "$1/clients/node" && { [[ -d node_modules ]] || npm ci --no-audit --no-fund; } && npm test --silent' _ "$root"
+suite go "$root/clients/go/go.sh" test -count=1 ./...
+suite conformance "$root/scripts/conformance.sh"
+
+if ((${#failed[@]})); then
+  echo "test-clients: failed: ${failed[*]}"
+  exit 1
+fi
+echo "test-clients: all client suites passed"
