@@ -269,13 +269,13 @@ TEST_F(ClientTest, SamplerctlSampleFromNpy) {
 
   std::vector<float> bad = logits;
   bad[0] = INFINITY;
-  CommandResult rejected = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " +
-                               WriteNpy("bad", bad, {kVocab}));
+  const std::string bad_path = WriteNpy("bad", bad, {kVocab});
+  CommandResult rejected = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " + bad_path);
   EXPECT_EQ(rejected.exit_code, 1) << rejected.output;
   EXPECT_THAT(rejected.output, HasSubstr("logits.data"));
   EXPECT_THAT(rejected.output, HasSubstr("INVALID_ARGUMENT"));
 
-  for (const std::string& p : {logits_path, attention_path}) unlink(p.c_str());
+  for (const std::string& p : {logits_path, attention_path, bad_path}) unlink(p.c_str());
 }
 
 TEST_F(ClientTest, SamplerctlDemoVisitsEveryEntropixRegime) {
