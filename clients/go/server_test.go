@@ -3,7 +3,6 @@ package samplerd_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,5 +153,3 @@ func newClient(t *testing.T, targets []string, opts samplerd.Options) *samplerd.
 	t.Cleanup(func() { c.Close() })
 	return c
 }
-
-func fmtTokens(x []int32) string { return fmt.Sprint(x) }

@@ -2,7 +2,7 @@
 // (samplerd::client, clients/cpp) and writes one record per answered step in the suite's canonical format
 // (tests/conformance/README.md).
 //
-//   samplerd_conformance_cpp --target 127.0.0.1:50051 --requests tests/conformance/requests.json \
+//   samplerd_conformance_cpp --target 127.0.0.1:50051 --requests tests/conformance/requests.json
 //       --golden ../shared/golden --out cpp.txt
 //
 // float32 golden requests go through `Session::Step`. The library's Session sends float32 only and one sequence
@@ -225,12 +225,12 @@ std::string Record(const std::string& id, const samplerd::client::StepResult& s,
 struct Sequence {
   std::string id;
   std::string profile;
-  uint64_t seed;
-  uint32_t salt;
+  uint64_t seed = 0;
+  uint32_t salt = 0;
   std::optional<v1::SamplingParams> params;
   std::vector<int32_t> recent;
   uint64_t step = 0;
-  int32_t prev;
+  int32_t prev = 0;
 };
 
 int Run(const std::map<std::string, std::string>& args) {
@@ -303,8 +303,13 @@ int Run(const std::map<std::string, std::string>& args) {
   const json& gen = doc["generation"];
   std::vector<Sequence> seqs;
   for (const json& q : gen["sequences"]) {
-    Sequence s{q["id"], q["profile"], std::stoull(q["seed"].get<std::string>()), q["salt"], ToParams(q["params"]),
-               q["prompt"]};
+    Sequence s;
+    s.id = q["id"];
+    s.profile = q["profile"];
+    s.seed = std::stoull(q["seed"].get<std::string>());
+    s.salt = q["salt"];
+    s.params = ToParams(q["params"]);
+    s.recent = q["prompt"].get<std::vector<int32_t>>();
     s.prev = s.recent.back();
     seqs.push_back(std::move(s));
   }
