@@ -140,7 +140,8 @@ absl::StatusOr<std::unique_ptr<SamplerService>> SamplerService::Create(Options o
 SamplerService::SamplerService(Options options)
     : config_(std::move(options.config)),
       limits_(config_.tensor_limits()),
-      profiles_(std::move(options.profiles)) {}
+      profiles_(std::move(options.profiles)),
+      observer_(std::move(options.observer)) {}
 
 std::shared_ptr<const ProfileRegistry> SamplerService::profiles() const {
   std::lock_guard<std::mutex> lock(profiles_mu_);
@@ -165,6 +166,7 @@ void SamplerService::ReleaseStream() { active_streams_.fetch_sub(1, std::memory_
 absl::Status SamplerService::HandleRequest(const v1::SampleRequest& request, SeedTable* seeds,
                                            Workspace* workspace, v1::SampleResponse* response) const {
   response->Clear();
+  if (observer_ != nullptr) observer_->OnRequest(request.ByteSizeLong());
   if (request.steps_size() > config_.max_steps_per_request) {
     return LimitFieldError("steps", absl::StrCat("a request may carry at most ", config_.max_steps_per_request,
                                                  " steps (--max_steps_per_request), got ", request.steps_size()));
@@ -184,6 +186,7 @@ absl::Status SamplerService::HandleRequest(const v1::SampleRequest& request, See
     } else {
       EncodeStepError(step, status, result);
     }
+    if (observer_ != nullptr) observer_->OnStep(*result, elapsed);
   }
   return absl::OkStatus();
 }

@@ -29,6 +29,7 @@
 #include "core/step_engine.h"
 #include "grpcpp/grpcpp.h"
 #include "samplerd/v1/sampler.grpc.pb.h"
+#include "service/request_observer.h"
 #include "service/seed_table.h"
 #include "service/server_config.h"
 
@@ -44,6 +45,8 @@ class SamplerService final : public v1::Sampler::CallbackService {
     ServerConfig config;
     // The profiles to decide with; required.
     std::shared_ptr<const ProfileRegistry> profiles;
+    // Told about every request and every answered step (metrics); optional.
+    std::shared_ptr<RequestObserver> observer;
   };
 
   // INVALID_ARGUMENT when `options.config` does not validate or `options.profiles` is null.
@@ -89,6 +92,7 @@ class SamplerService final : public v1::Sampler::CallbackService {
   mutable std::mutex profiles_mu_;
   std::shared_ptr<const ProfileRegistry> profiles_;  // guarded by profiles_mu_
   std::atomic<int> active_streams_{0};
+  const std::shared_ptr<RequestObserver> observer_;  // may be null
 };
 
 }  // namespace samplerd
