@@ -13,9 +13,18 @@ namespace samplerd {
 namespace {
 
 constexpr absl::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+constexpr absl::string_view kLogFormats[] = {"text", "json"};
 
 absl::Status FlagError(absl::string_view flag, absl::string_view message) {
   return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", message));
+}
+
+// host:port with a port in 0..65535.
+bool IsHostPort(absl::string_view address) {
+  const size_t colon = address.rfind(':');
+  uint32_t port = 0;
+  return colon != absl::string_view::npos && colon != 0 && absl::SimpleAtoi(address.substr(colon + 1), &port) &&
+         port <= 65535;
 }
 
 // gRPC itself only reports a bad address after BuildAndStart, as one failure for all ports; checking the
@@ -32,10 +41,7 @@ absl::Status ValidateListenAddress(absl::string_view address) {
       return absl::OkStatus();
     }
   }
-  const size_t colon = address.rfind(':');
-  uint32_t port = 0;
-  if (colon == absl::string_view::npos || colon == 0 || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
-      port > 65535) {
+  if (!IsHostPort(address)) {
     return FlagError("listen", absl::StrCat("must be host:port (port 0..65535, 0 = any free port), unix:/path or "
                                             "unix:///path, got \"", address, "\""));
   }
@@ -88,6 +94,32 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     return FlagError("log_level", absl::StrCat("must be one of ", absl::StrJoin(kLogLevels, ", "), ", got \"",
                                                config.log_level, "\""));
   }
+  bool known_format = false;
+  for (absl::string_view format : kLogFormats) known_format = known_format || config.log_format == format;
+  if (!known_format) {
+    return FlagError("log_format", absl::StrCat("must be one of ", absl::StrJoin(kLogFormats, ", "), ", got \"",
+                                                config.log_format, "\""));
+  }
+  if (config.tls_cert.empty() != config.tls_key.empty()) {
+    return config.tls_cert.empty() ? FlagError("tls_cert", "is required with --tls_key")
+                                   : FlagError("tls_key", "is required with --tls_cert");
+  }
+  if (!config.tls_client_ca.empty() && config.tls_cert.empty()) {
+    return FlagError("tls_client_ca", "mutual TLS needs the server's own --tls_cert and --tls_key");
+  }
+  if (!config.metrics_listen.empty() && !IsHostPort(config.metrics_listen)) {
+    return FlagError("metrics_listen", absl::StrCat("must be host:port (port 0..65535) or empty (no metrics), got \"",
+                                                    config.metrics_listen, "\""));
+  }
+  if (config.max_connection_age_seconds < 0) {
+    return FlagError("max_connection_age_seconds",
+                     absl::StrCat("must be >= 0 (0 = no limit), got ", config.max_connection_age_seconds));
+  }
+  if (config.max_connection_age_grace_seconds < config.drain_seconds) {
+    return FlagError("max_connection_age_grace_seconds",
+                     absl::StrCat("must be >= --drain_seconds (", config.drain_seconds, "), got ",
+                                  config.max_connection_age_grace_seconds));
+  }
   return absl::OkStatus();
 }
 
@@ -97,7 +129,13 @@ std::string DescribeServerConfig(const ServerConfig& config) {
                       "\" max_message_bytes=", config.max_message_bytes, " max_vocab=", config.max_vocab,
                       " max_attention_elements=", config.max_attention_elements,
                       " max_steps_per_request=", config.max_steps_per_request, " max_streams=", config.max_streams,
-                      " drain_seconds=", config.drain_seconds, " log_level=", config.log_level);
+                      " drain_seconds=", config.drain_seconds, " log_level=", config.log_level,
+                      " log_format=", config.log_format,
+                      " tls=", config.tls_cert.empty() ? "off" : (config.tls_client_ca.empty() ? "on" : "mutual"),
+                      " auth_token=", config.auth_token_file.empty() ? "off" : "on",
+                      " metrics_listen=\"", config.metrics_listen, "\"",
+                      " max_connection_age_seconds=", config.max_connection_age_seconds,
+                      " max_connection_age_grace_seconds=", config.max_connection_age_grace_seconds);
 }
 
 }  // namespace samplerd

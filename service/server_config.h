@@ -46,6 +46,27 @@ struct ServerConfig {
   int32_t drain_seconds = 10;
   // spdlog level name: trace, debug, info, warn, error, critical or off.
   std::string log_level = "info";
+  // "text" (spdlog's default lines) or "json" (one JSON object per line, with the caller's W3C traceparent).
+  std::string log_format = "text";
+
+  // TLS on every TCP listener (unix: listeners stay plaintext): PEM files of the server's certificate chain and
+  // private key, both or neither.
+  std::string tls_cert;
+  std::string tls_key;
+  // PEM CA bundle; set = mutual TLS: a client must present a certificate this CA signed. Needs tls_cert.
+  std::string tls_client_ca;
+  // File holding the bearer token every RPC but grpc.health.v1 must carry; empty = no token check.
+  std::string auth_token_file;
+
+  // Prometheus /metrics over HTTP: "host:port" (port 0 = any free port); empty = no metrics endpoint.
+  std::string metrics_listen = "0.0.0.0:9464";
+
+  // A connection older than this gets a GOAWAY, so clients reconnect and spread over the replicas behind a
+  // load balancer; 0 = connections live forever.
+  int32_t max_connection_age_seconds = 300;
+  // How long the calls of an aged connection may still run before it is closed; at least drain_seconds, so a
+  // stream is never cut sooner by aging than by a shutdown.
+  int32_t max_connection_age_grace_seconds = 30;
 
   // The tensor limits core applies while decoding a step.
   TensorLimits tensor_limits() const {
@@ -60,7 +81,9 @@ struct ServerConfig {
 //
 // Returns INVALID_ARGUMENT naming the first bad flag (as "--flag_name: ...") and the value received: an empty
 // or malformed listen address, a non-positive limit, a message size over what gRPC can represent (int), a vocab
-// over int32, a negative drain time or an unknown log level.
+// over int32, a negative drain time or an unknown log level or format; a TLS key without its certificate (or the
+// reverse) or a client CA without them; a malformed metrics address; a negative connection age or a grace
+// shorter than the drain. Files are not opened here: their loaders name the flag when one cannot be read.
 absl::Status ValidateServerConfig(const ServerConfig& config);
 
 // DescribeServerConfig()

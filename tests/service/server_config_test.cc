@@ -19,6 +19,11 @@ TEST(ServerConfig, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(config.max_steps_per_request, 4096);
   EXPECT_EQ(config.max_streams, 1024);
   EXPECT_EQ(config.drain_seconds, 10);
+  EXPECT_EQ(config.metrics_listen, "0.0.0.0:9464");
+  EXPECT_EQ(config.max_connection_age_seconds, 300);
+  EXPECT_GE(config.max_connection_age_grace_seconds, config.drain_seconds);
+  EXPECT_EQ(config.log_format, "text");
+  EXPECT_TRUE(config.tls_cert.empty() && config.auth_token_file.empty());
   EXPECT_TRUE(ValidateServerConfig(config).ok());
   EXPECT_EQ(config.tensor_limits().max_vocab, 1048576);
   EXPECT_EQ(config.tensor_limits().max_attention_elements, 64 * 1024 * 1024);
@@ -57,6 +62,17 @@ TEST(ServerConfig, RejectsOutOfRangeLimitsNamingFlagAndValue) {
       {[](ServerConfig* c) { c->max_streams = -5; }, "--max_streams: must be in [1, 2147483647], got -5"},
       {[](ServerConfig* c) { c->drain_seconds = -1; }, "--drain_seconds: must be >= 0, got -1"},
       {[](ServerConfig* c) { c->log_level = "loud"; }, "--log_level"},
+      {[](ServerConfig* c) { c->log_format = "xml"; }, "--log_format: must be one of text, json, got \"xml\""},
+      {[](ServerConfig* c) { c->tls_key = "k.pem"; }, "--tls_cert: is required with --tls_key"},
+      {[](ServerConfig* c) { c->tls_cert = "c.pem"; }, "--tls_key: is required with --tls_cert"},
+      {[](ServerConfig* c) { c->tls_client_ca = "ca.pem"; }, "--tls_client_ca"},
+      {[](ServerConfig* c) { c->metrics_listen = "9464"; }, "--metrics_listen: must be host:port"},
+      {[](ServerConfig* c) { c->max_connection_age_seconds = -1; }, "--max_connection_age_seconds"},
+      {[](ServerConfig* c) {
+         c->drain_seconds = 60;
+         c->max_connection_age_grace_seconds = 30;
+       },
+       "--max_connection_age_grace_seconds: must be >= --drain_seconds (60), got 30"},
   };
   for (const Case& c : cases) {
     ServerConfig config;
@@ -74,6 +90,20 @@ TEST(ServerConfig, DescriptionNamesEveryValue) {
   EXPECT_THAT(d, HasSubstr("max_streams=7"));
   EXPECT_THAT(d, HasSubstr("0.0.0.0:50051"));
   EXPECT_THAT(d, HasSubstr("drain_seconds=10"));
+  EXPECT_THAT(d, HasSubstr("metrics_listen=\"0.0.0.0:9464\""));
+  EXPECT_THAT(d, HasSubstr("max_connection_age_seconds=300"));
+}
+
+TEST(ServerConfig, AcceptsTlsMutualTlsAndNoMetrics) {
+  ServerConfig config;
+  config.tls_cert = "server.pem";
+  config.tls_key = "server.key";
+  config.tls_client_ca = "ca.pem";
+  config.metrics_listen = "";
+  config.log_format = "json";
+  config.max_connection_age_seconds = 0;
+  EXPECT_TRUE(ValidateServerConfig(config).ok());
+  EXPECT_THAT(DescribeServerConfig(config), HasSubstr("tls=mutual"));
 }
 
 }  // namespace
