@@ -8,7 +8,9 @@
 #      no pull, host network for apt).
 # Prints the time of each phase and the image size.
 #
-#   deploy/docker/build-image.sh [--tag samplerd:dev] [--jobs 2] [--rebuild-base] [--no-cache]
+#   deploy/docker/build-image.sh [--tag samplerd:dev] [--jobs 2] [--rebuild-base] [--no-cache] [--git REV]
+#
+# --git REV builds the committed tree of REV (git archive) instead of the work tree.
 #
 # Environment: DEPLOY_BUILD_DIR (default build-deploy) holds the cached base tar.
 set -euo pipefail
@@ -18,12 +20,14 @@ tag=samplerd:dev
 jobs=2
 rebuild_base=0
 no_cache=()
+git_rev=""
 while (($#)); do
   case "$1" in
     --tag) tag=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --rebuild-base) rebuild_base=1; shift ;;
     --no-cache) no_cache=(--no-cache); shift ;;
+    --git) git_rev=$2; shift 2 ;;
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "build-image.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -134,9 +138,17 @@ else
 fi
 
 # --- 3. image ---------------------------------------------------------------------------------------------
+context=.
+if [ -n "$git_rev" ]; then
+  context=$(mktemp -d "$cache_dir/context.XXXXXX")
+  trap 'rm -rf "$context"' EXIT
+  git archive "$git_rev" | tar -x -C "$context"
+  echo "build-image: building $(git rev-parse --short "$git_rev") (git archive), not the work tree"
+fi
 "${podman[@]}" build --pull=never --network host "${limits[@]}" "${no_cache[@]}" \
-  --build-arg "JOBS=$jobs" --ignorefile deploy/docker/dockerignore \
-  -f deploy/docker/Dockerfile -t "$tag" .
+  --build-arg "JOBS=$jobs" --ignorefile "$context/deploy/docker/Dockerfile.dockerignore" \
+  -f deploy/docker/Dockerfile -t "$tag" "$context"
 phase "podman build"
+[ "$context" = . ] || { rm -rf "$context"; trap - EXIT; }
 echo "build-image: $tag is $("${podman[@]}" image inspect --format '{{.Size}}' "$tag" \
   | awk '{ printf "%.1f MB", $1 / 1e6 }')"
