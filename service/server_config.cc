@@ -85,6 +85,10 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
       !s.ok()) {
     return s;
   }
+  // A pool far larger than the cores only costs memory (a Workspace per thread); WorkerPool has the same bound.
+  if (config.workers < 0 || config.workers > 1024) {
+    return FlagError("workers", absl::StrCat("must be in [0, 1024] (0 = one per CPU), got ", config.workers));
+  }
   if (config.drain_seconds < 0) {
     return FlagError("drain_seconds", absl::StrCat("must be >= 0, got ", config.drain_seconds));
   }
@@ -135,7 +139,9 @@ std::string DescribeServerConfig(const ServerConfig& config) {
                       " auth_token=", config.auth_token_file.empty() ? "off" : "on",
                       " metrics_listen=\"", config.metrics_listen, "\"",
                       " max_connection_age_seconds=", config.max_connection_age_seconds,
-                      " max_connection_age_grace_seconds=", config.max_connection_age_grace_seconds);
+                      " max_connection_age_grace_seconds=", config.max_connection_age_grace_seconds,
+                      " workers=", config.workers == 0 ? std::string("0 (one per CPU)") : absl::StrCat(config.workers),
+                      " allow_no_compute=", config.allow_no_compute ? "true" : "false");
 }
 
 }  // namespace samplerd

@@ -42,6 +42,13 @@ struct ServerConfig {
   int32_t max_steps_per_request = 4096;
   // Most concurrent Sample streams over all connections; a stream past it ends with RESOURCE_EXHAUSTED.
   int32_t max_streams = 1024;
+  // Threads that run core steps, each with its own scratch (service/worker_pool.h); one request's steps are
+  // spread over all of them. 0 = one per CPU this process may run on.
+  int32_t workers = 0;
+  // Honour the request metadata `samplerd-no-compute: 1`: such a stream is answered without calling core (each
+  // result echoes only sequence_id and step), so `samplerctl bench --no-compute` measures the bare transport for
+  // the same bytes. Off by default: a client could otherwise get answers that carry no token.
+  bool allow_no_compute = false;
   // On SIGTERM, how long in-flight calls may run before they are cancelled.
   int32_t drain_seconds = 10;
   // spdlog level name: trace, debug, info, warn, error, critical or off.

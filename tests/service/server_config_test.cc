@@ -106,5 +106,23 @@ TEST(ServerConfig, AcceptsTlsMutualTlsAndNoMetrics) {
   EXPECT_THAT(DescribeServerConfig(config), HasSubstr("tls=mutual"));
 }
 
+TEST(ServerConfig, WorkersDefaultToOnePerCpuAndAreBounded) {
+  ServerConfig config;
+  EXPECT_EQ(config.workers, 0);
+  EXPECT_FALSE(config.allow_no_compute);
+  EXPECT_THAT(DescribeServerConfig(config), HasSubstr("workers=0 (one per CPU)"));
+  for (int bad : {-1, 1025}) {
+    config.workers = bad;
+    const absl::Status s = ValidateServerConfig(config);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(s.message()), HasSubstr("--workers"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr(std::to_string(bad)));
+  }
+  config.workers = 2;
+  config.allow_no_compute = true;
+  EXPECT_TRUE(ValidateServerConfig(config).ok());
+  EXPECT_THAT(DescribeServerConfig(config), HasSubstr("workers=2 allow_no_compute=true"));
+}
+
 }  // namespace
 }  // namespace samplerd
