@@ -17,8 +17,19 @@ std::string RandomSequenceId() {
   return absl::StrFormat("cpp-%08x%08x", device(), device());
 }
 
+constexpr char kFieldPayload[] = "type.samplerd.dev/rejected-field";
+
+// Statuses of a stream that broke in transport (not a verdict on the request): worth another endpoint.
+bool IsTransportFailure(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kCancelled ||
+         s.code() == absl::StatusCode::kUnknown || s.code() == absl::StatusCode::kInternal ||
+         s.code() == absl::StatusCode::kAborted;
+}
+
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   grpc::ChannelArguments args;
+  // Several addresses behind one target (dns:///, ipv4:a,b) are spread over, not pinned to the first.
+  args.SetLoadBalancingPolicyName("round_robin");
   // bytes; the server's default limit, so a large SampleOnce answer is not refused on our side (gRPC's client
   // default is 4 MiB).
   args.SetMaxReceiveMessageSize(64 << 20);
@@ -52,6 +63,11 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
+std::string RejectedField(const absl::Status& status) {
+  auto payload = status.GetPayload(kFieldPayload);
+  return payload.has_value() ? std::string(*payload) : std::string();
+}
+
 void FillF32Tensor(absl::Span<const float> values, absl::Span<const int64_t> shape, v1::Tensor* tensor) {
   tensor->set_dtype(v1::DTYPE_F32);
   tensor->mutable_shape()->Clear();
@@ -63,8 +79,8 @@ void FillF32Tensor(absl::Span<const float> values, absl::Span<const int64_t> sha
 
 // Session
 
-Session::Session(v1::Sampler::Stub* stub, SessionOptions options)
-    : stream_(stub->Sample(&context_)),
+Session::Session(Client* client, SessionOptions options)
+    : client_(client),
       sequence_id_(options.sequence_id.empty() ? RandomSequenceId() : std::move(options.sequence_id)),
       profile_(std::move(options.profile)),
       max_recent_tokens_(options.max_recent_tokens),
@@ -76,17 +92,29 @@ Session::Session(v1::Sampler::Stub* stub, SessionOptions options)
 }
 
 Session::~Session() {
-  if (!closed_) {
-    context_.TryCancel();
+  if (stream_ != nullptr) {
+    context_->TryCancel();
     stream_->Finish();
   }
 }
 
+void Session::OpenStream() {
+  context_ = std::make_unique<grpc::ClientContext>();
+  stream_ = client_->endpoints_[client_->current_].stub->Sample(context_.get());
+}
+
 absl::Status Session::FailStream() {
-  closed_ = true;
   const grpc::Status status = stream_->Finish();
+  stream_.reset();
   if (status.ok()) return absl::UnavailableError("the server ended the Sample stream before answering");
   return FromGrpcStatus(status);
+}
+
+absl::Status Session::Exchange() {
+  if (stream_ == nullptr) OpenStream();
+  if (!stream_->Write(request_)) return FailStream();
+  if (!stream_->Read(&response_)) return FailStream();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<StepResult> Session::Step(absl::Span<const float> logits, std::optional<AttentionInput> attention,
@@ -107,14 +135,24 @@ absl::StatusOr<StepResult> Session::Step(absl::Span<const float> logits, std::op
   step->set_seed(seed_);
   step->set_top_logprobs(options.top_logprobs);
 
-  if (!stream_->Write(request_)) return FailStream();
-  if (!stream_->Read(&response_)) return FailStream();
+  absl::Status sent = Exchange();
+  for (size_t attempt = 1; !sent.ok() && IsTransportFailure(sent) && attempt < 2 * client_->endpoint_count() + 1;
+       ++attempt) {
+    client_->Advance();
+    ++failovers_;
+    sent = Exchange();
+  }
+  if (!sent.ok()) return sent;
   if (response_.results_size() != 1) {
     return absl::InternalError(
         absl::StrCat("the server answered a 1-step request with ", response_.results_size(), " results"));
   }
   const v1::StepResult& r = response_.results(0);
-  if (r.has_error()) return absl::Status(static_cast<absl::StatusCode>(r.error().code()), r.error().message());
+  if (r.has_error()) {
+    absl::Status rejected(static_cast<absl::StatusCode>(r.error().code()), r.error().message());
+    rejected.SetPayload(kFieldPayload, absl::Cord(r.error().field()));
+    return rejected;
+  }
 
   StepResult result;
   result.step = r.step();
@@ -141,18 +179,31 @@ absl::StatusOr<StepResult> Session::Step(absl::Span<const float> logits, std::op
 absl::Status Session::Close() {
   if (closed_) return absl::OkStatus();
   closed_ = true;
+  if (stream_ == nullptr) return absl::OkStatus();
   stream_->WritesDone();
-  return FromGrpcStatus(stream_->Finish());
+  const grpc::Status status = stream_->Finish();
+  stream_.reset();
+  return FromGrpcStatus(status);
 }
 
 // Client
 
+Client::Endpoint Client::MakeEndpoint(std::shared_ptr<grpc::Channel> channel) {
+  Endpoint e;
+  e.stub = v1::Sampler::NewStub(channel);
+  e.health = grpc::health::v1::Health::NewStub(channel);
+  e.channel = std::move(channel);
+  return e;
+}
+
 Client::Client(const std::string& target) : Client(MakeChannel(target)) {}
 
-Client::Client(std::shared_ptr<grpc::Channel> channel)
-    : channel_(std::move(channel)),
-      stub_(v1::Sampler::NewStub(channel_)),
-      health_stub_(grpc::health::v1::Health::NewStub(channel_)) {}
+Client::Client(const std::vector<std::string>& targets) {
+  for (const std::string& t : targets) endpoints_.push_back(MakeEndpoint(MakeChannel(t)));
+  if (endpoints_.empty()) endpoints_.push_back(MakeEndpoint(MakeChannel("localhost:50051")));
+}
+
+Client::Client(std::shared_ptr<grpc::Channel> channel) { endpoints_.push_back(MakeEndpoint(std::move(channel))); }
 
 absl::StatusOr<ServingStatus> Client::Health(const std::string& service, absl::Duration timeout) {
   grpc::ClientContext context;
@@ -160,7 +211,9 @@ absl::StatusOr<ServingStatus> Client::Health(const std::string& service, absl::D
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;
-  if (grpc::Status s = health_stub_->Check(&context, request, &response); !s.ok()) return FromGrpcStatus(s);
+  if (grpc::Status s = endpoints_[current_].health->Check(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
   return static_cast<ServingStatus>(response.status());
 }
 
@@ -168,22 +221,31 @@ absl::StatusOr<v1::ListProfilesResponse> Client::ListProfiles(absl::Duration tim
   grpc::ClientContext context;
   SetTimeout(&context, timeout);
   v1::ListProfilesResponse response;
-  if (grpc::Status s = stub_->ListProfiles(&context, v1::ListProfilesRequest(), &response); !s.ok()) {
+  if (grpc::Status s = endpoints_[current_].stub->ListProfiles(&context, v1::ListProfilesRequest(), &response);
+      !s.ok()) {
     return FromGrpcStatus(s);
   }
   return response;
 }
 
 absl::StatusOr<v1::SampleResponse> Client::SampleOnce(const v1::SampleRequest& request, absl::Duration timeout) {
-  grpc::ClientContext context;
-  SetTimeout(&context, timeout);
-  v1::SampleResponse response;
-  if (grpc::Status s = stub_->SampleOnce(&context, request, &response); !s.ok()) return FromGrpcStatus(s);
-  return response;
+  // A unary call is as idempotent as a stream step (the request carries every input): retried once per endpoint.
+  absl::Status last;
+  for (size_t attempt = 0; attempt < endpoints_.size(); ++attempt) {
+    grpc::ClientContext context;
+    SetTimeout(&context, timeout);
+    v1::SampleResponse response;
+    const grpc::Status s = endpoints_[current_].stub->SampleOnce(&context, request, &response);
+    if (s.ok()) return response;
+    last = FromGrpcStatus(s);
+    if (!IsTransportFailure(last)) break;
+    Advance();
+  }
+  return last;
 }
 
 std::unique_ptr<Session> Client::OpenSession(SessionOptions options) {
-  return std::unique_ptr<Session>(new Session(stub_.get(), std::move(options)));
+  return std::unique_ptr<Session>(new Session(this, std::move(options)));
 }
 
 }  // namespace samplerd::client

@@ -17,6 +17,11 @@
 //   }
 //   (*session)->Close();
 //
+// Failover: a Client may be given several endpoints (or one "dns:///" / "ipv4:a,b" target, balanced
+// round_robin). When a session's stream breaks (the server died or drained), the session reopens it on the next
+// endpoint and resends the step; since the session owns the seed, the step index and the recent tokens, the
+// tokens equal those of an uninterrupted run.
+//
 // Tensors travel as DTYPE_F32 in the host's byte order, which must be little-endian (as the wire format says).
 #ifndef SAMPLERD_CLIENTS_CPP_SAMPLERD_CLIENT_H_
 #define SAMPLERD_CLIENTS_CPP_SAMPLERD_CLIENT_H_
@@ -51,6 +56,12 @@ absl::string_view ServingStatusName(ServingStatus status);
 //
 // The absl::Status of a finished call: same code, same message.
 absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// RejectedField()
+//
+// The request field a server rejected (StepResult.error.field), carried by the status a rejected Step
+// returns; empty for other statuses.
+std::string RejectedField(const absl::Status& status);
 
 // FillF32Tensor()
 //
@@ -105,9 +116,12 @@ struct SessionOptions {
   uint64_t seed = 0;
   // Tokens before the first generated one (the prompt's tail), oldest first.
   std::vector<int32_t> prompt_tail;
-  // How many of the most recent tokens each step carries.
-  size_t max_recent_tokens = 64;
+  // How many of the most recent tokens each step carries (the same default as the other clients: penalties
+  // see this window, so a shorter one changes tokens).
+  size_t max_recent_tokens = 1024;
 };
+
+class Client;
 
 // Session
 //
@@ -120,9 +134,10 @@ class Session {
   ~Session();
 
   // Sends one step and waits for its result. On success the token is appended to the recent tokens and the
-  // step index advances. A rejected step returns the server's error (code and "field: message") and changes
-  // nothing, so it can be corrected and resent; a failed stream returns the call's status and every later Step
-  // returns FAILED_PRECONDITION.
+  // step index advances. A rejected step returns the server's error (code, "field: message", RejectedField)
+  // and changes nothing, so it can be corrected and resent. A broken stream (UNAVAILABLE, CANCELLED, UNKNOWN,
+  // INTERNAL, or ended without an answer) is reopened on the next endpoint and the step resent, up to twice per
+  // endpoint; when every attempt fails the status is returned and the next Step tries again.
   absl::StatusOr<StepResult> Step(absl::Span<const float> logits,
                                   std::optional<AttentionInput> attention = std::nullopt,
                                   const StepOptions& options = {});
@@ -133,20 +148,28 @@ class Session {
   const std::string& sequence_id() const { return sequence_id_; }
   // Index of the next step.
   uint64_t step() const { return step_; }
+  // How many times the stream was reopened after a failure.
+  int failovers() const { return failovers_; }
   // The seed in force: 0 until the server picked one when none was given.
   uint64_t seed() const { return seed_; }
   const std::vector<int32_t>& recent_tokens() const { return recent_tokens_; }
 
  private:
   friend class Client;
-  Session(v1::Sampler::Stub* stub, SessionOptions options);
+  Session(Client* client, SessionOptions options);
 
+  // Opens the stream on the client's current endpoint.
+  void OpenStream();
   // Ends the stream after a failed Read or Write and returns why.
   absl::Status FailStream();
+  // One Write + Read of request_ on the current stream.
+  absl::Status Exchange();
 
-  grpc::ClientContext context_;
+  Client* client_;
+  std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>> stream_;
   bool closed_ = false;
+  int failovers_ = 0;
   const std::string sequence_id_;
   const std::string profile_;
   const size_t max_recent_tokens_;
@@ -162,9 +185,11 @@ class Session {
 // One channel to a samplerd. Thread-safe (gRPC stubs are); Sessions opened from it must not outlive it.
 class Client {
  public:
-  // `target` is any gRPC target: "localhost:50051", "unix:/run/samplerd.sock", "dns:///samplerd:50051".
-  // Insecure credentials.
+  // `target` is any gRPC target: "localhost:50051", "unix:/run/samplerd.sock", "dns:///samplerd:50051"
+  // (several addresses are balanced round_robin). Insecure credentials.
   explicit Client(const std::string& target);
+  // Several endpoints, tried in order on failure.
+  explicit Client(const std::vector<std::string>& targets);
   explicit Client(std::shared_ptr<grpc::Channel> channel);
 
   // The server's health for `service` ("" = the whole server).
@@ -177,12 +202,23 @@ class Client {
   // Opens a Sample stream for one sequence. The stream is established lazily, with the first Step.
   std::unique_ptr<Session> OpenSession(SessionOptions options);
 
-  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  // The current endpoint's channel.
+  const std::shared_ptr<grpc::Channel>& channel() const { return endpoints_[current_].channel; }
+  size_t endpoint_count() const { return endpoints_.size(); }
 
  private:
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Sampler::Stub> stub_;
-  std::unique_ptr<grpc::health::v1::Health::Stub> health_stub_;
+  friend class Session;
+  struct Endpoint {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::Sampler::Stub> stub;
+    std::unique_ptr<grpc::health::v1::Health::Stub> health;
+  };
+  static Endpoint MakeEndpoint(std::shared_ptr<grpc::Channel> channel);
+  // Moves to the next endpoint (after a transport failure on the current one).
+  void Advance() { current_ = (current_ + 1) % endpoints_.size(); }
+
+  std::vector<Endpoint> endpoints_;
+  size_t current_ = 0;
 };
 
 }  // namespace samplerd::client
