@@ -3,9 +3,10 @@
 //   samplerd --listen 0.0.0.0:50051 --listen unix:/run/samplerd.sock --config profiles.json
 //
 // Prints "samplerd listening on <address>" on stdout once per bound address (with the port gRPC picked when
-// the address asked for port 0), then serves until SIGTERM or SIGINT: health turns NOT_SERVING, in-flight
-// calls get --drain_seconds to finish, and the process exits 0. Exit code 2 = bad flags or config file,
-// 1 = the server could not start.
+// the address asked for port 0), and "samplerd metrics on <host:port>" when /metrics is served, then serves
+// until SIGTERM or SIGINT: health turns NOT_SERVING, in-flight calls get --drain_seconds to finish, and the
+// process exits 0. SIGHUP re-reads --config and --auth_token_file (a bad file changes nothing). Exit code 2 =
+// bad flags, config, certificate or token file; 1 = the server could not start.
 #include <pthread.h>
 #include <signal.h>
 
@@ -20,13 +21,22 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "core/profile.h"
+#include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "service/auth.h"
+#include "service/config_reloader.h"
+#include "service/logging.h"
 #include "service/sampler_service.h"
 #include "service/server_config.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
+#include "service/server_metrics.h"
+#include "service/tls.h"
 #include "spdlog/spdlog.h"
+
+#ifndef SAMPLERD_VERSION
+#error "SAMPLERD_VERSION must be the project version (CMake PROJECT_VERSION)"
+#endif
 
 namespace samplerd {
 namespace {
@@ -41,30 +51,78 @@ std::string BoundAddress(const std::string& requested, int selected_port) {
   return absl::StrCat(requested.substr(0, requested.rfind(':')), ":", selected_port);
 }
 
-// All server wiring. Returns the process exit code. `stop_signals` must already be blocked in every thread
-// (main blocks them before gRPC starts any), so only the sigwait below receives them.
-int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry> profiles,
-              const sigset_t& stop_signals) {
+bool IsUnixAddress(const std::string& address) { return address.rfind("unix", 0) == 0; }
+
+// All server wiring. Returns the process exit code. `signals` (SIGTERM, SIGINT, SIGHUP) must already be blocked
+// in every thread (main blocks them before gRPC starts any), so only the sigwait below receives them.
+// `metrics_required`: --metrics_listen was given, so failing to serve it is fatal; the default address is only
+// tried, because a second samplerd on one host (tests, a developer machine) finds it taken.
+int RunServer(const ServerConfig& config, bool metrics_required, std::shared_ptr<const ProfileRegistry> profiles,
+              const sigset_t& signals) {
+  // The files named by flags are read before anything listens, so their errors are start-up errors.
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tcp_credentials = TcpServerCredentials(config);
+  if (!tcp_credentials.ok()) {
+    spdlog::error("{}", std::string(tcp_credentials.status().message()));
+    return kExitUsage;
+  }
+  std::shared_ptr<BearerTokens> tokens;
+  if (!config.auth_token_file.empty()) {
+    absl::StatusOr<std::shared_ptr<BearerTokens>> loaded = BearerTokens::FromFile(config.auth_token_file);
+    if (!loaded.ok()) {
+      spdlog::error("{}", std::string(loaded.status().message()));
+      return kExitUsage;
+    }
+    tokens = *std::move(loaded);
+  }
+  std::shared_ptr<ServerMetrics> metrics;
+  if (!config.metrics_listen.empty()) {
+    absl::StatusOr<std::shared_ptr<ServerMetrics>> started =
+        ServerMetrics::Create({config.metrics_listen, SAMPLERD_VERSION});
+    if (started.ok()) {
+      metrics = *std::move(started);
+    } else if (metrics_required) {
+      spdlog::error("{}", std::string(started.status().message()));
+      return kExitStartFailure;
+    } else {
+      spdlog::error("{}; serving without metrics (choose a free address with --metrics_listen, or \"\" for none)",
+                    std::string(started.status().message()));
+    }
+  }
+
   SamplerService::Options options;
   options.config = config;
   options.profiles = std::move(profiles);
+  options.observer = metrics;
   absl::StatusOr<std::unique_ptr<SamplerService>> service = SamplerService::Create(std::move(options));
   if (!service.ok()) {
     spdlog::error("{}", service.status().ToString());
     return kExitUsage;
   }
+  if (metrics != nullptr) metrics->SetActiveStreams([s = service->get()] { return s->active_streams(); });
 
   // grpc.health.v1.Health: "" and "samplerd.v1.Sampler" are SERVING while the server runs.
   grpc::EnableDefaultHealthCheckService(true);
-  // grpc.reflection.v1alpha.ServerReflection, so grpcurl / grpc_cli work without the .proto files.
+  // grpc.reflection.v1alpha.ServerReflection, so grpcurl / grpc_cli / buf curl work without the .proto files.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // Debian's grpc++ serves the health service without putting its descriptor in the generated pool, so
+  // reflection could list it but not describe it (`buf curl --list-methods` and a health Check by reflection
+  // would fail). Using the generated health.pb.cc links it in, which registers the descriptor.
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
 
   grpc::ServerBuilder builder;
   std::vector<int> selected_ports(config.listen.size(), 0);
   for (size_t i = 0; i < config.listen.size(); ++i) {
-    builder.AddListeningPort(config.listen[i], grpc::InsecureServerCredentials(), &selected_ports[i]);
+    // Unix sockets stay plaintext: the socket file's permissions decide who connects.
+    builder.AddListeningPort(config.listen[i],
+                             IsUnixAddress(config.listen[i]) ? grpc::InsecureServerCredentials() : *tcp_credentials,
+                             &selected_ports[i]);
   }
   builder.RegisterService(service->get());
+  // The token check first: a refused call is logged by it and goes no further.
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  if (tokens != nullptr) interceptors.push_back(MakeAuthInterceptorFactory(tokens));
+  interceptors.push_back(MakeCallLogInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   // gRPC sets SO_REUSEPORT by default, so a second server on a taken port would start and silently take half
   // of the new connections; without it the bind fails and we say so.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -79,6 +137,12 @@ int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry>
   // the peer is dropped when no ack comes within 20 s (ms).
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60 * 1000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
+  // An aged connection gets a GOAWAY (gRPC adds +-10% jitter), so clients reconnect and a load balancer spreads
+  // them over replicas added since; its calls then have the grace (ms), never less than the drain, to finish.
+  if (config.max_connection_age_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, config.max_connection_age_seconds * 1000);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, config.max_connection_age_grace_seconds * 1000);
+  }
 
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr) {
@@ -98,18 +162,29 @@ int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry>
     // stdout, flushed: scripts and tests read the bound port from it.
     std::printf("samplerd listening on %s\n", BoundAddress(config.listen[i], selected_ports[i]).c_str());
   }
+  if (metrics != nullptr) std::printf("samplerd metrics on %s\n", metrics->address().c_str());
   std::fflush(stdout);
 
-  std::thread stopper([&] {
-    int signal = 0;
-    sigwait(&stop_signals, &signal);
-    spdlog::info("{}: health NOT_SERVING, draining in-flight calls for up to {} s", strsignal(signal),
-                 config.drain_seconds);
-    server->GetHealthCheckService()->SetServingStatus(false);
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(config.drain_seconds));
+  ConfigReloader reloader({config.config_path, service->get(), tokens, metrics});
+  std::thread signal_thread([&] {
+    while (true) {
+      int signal = 0;
+      sigwait(&signals, &signal);
+      if (signal == SIGHUP) {
+        reloader.Reload().IgnoreError();  // logged and counted by Reload
+        continue;
+      }
+      spdlog::info("{}: health NOT_SERVING, draining in-flight calls for up to {} s", strsignal(signal),
+                   config.drain_seconds);
+      server->GetHealthCheckService()->SetServingStatus(false);
+      server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(config.drain_seconds));
+      return;
+    }
   });
   server->Wait();
-  stopper.join();
+  signal_thread.join();
+  // A scrape from now on must not reach the service, which goes away with this function.
+  if (metrics != nullptr) metrics->SetActiveStreams(nullptr);
   spdlog::info("samplerd stopped");
   return 0;
 }
@@ -146,37 +221,62 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log_level", config.log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();
+  app.add_option("--log_format", config.log_format,
+                 "text, or json: one JSON object per line on stderr (time, level, logger, msg, and the caller's "
+                 "W3C traceparent when a call sent one)")
+      ->capture_default_str();
+  app.add_option("--tls_cert", config.tls_cert,
+                 "PEM certificate chain: serve TLS on every TCP address (unix: sockets stay plaintext); needs "
+                 "--tls_key");
+  app.add_option("--tls_key", config.tls_key, "PEM private key of --tls_cert (unencrypted)");
+  app.add_option("--tls_client_ca", config.tls_client_ca,
+                 "PEM CA bundle: mutual TLS, a client must present a certificate this CA signed");
+  app.add_option("--auth_token_file", config.auth_token_file,
+                 "File of accepted bearer tokens, one per line: every RPC except grpc.health.v1 must send "
+                 "'authorization: Bearer <token>', else UNAUTHENTICATED; re-read on SIGHUP");
+  app.add_option("--metrics_listen", config.metrics_listen,
+                 "host:port serving Prometheus /metrics over HTTP (port 0 = any free port, printed at start); "
+                 "\"\" = no metrics. When left at the default and taken, samplerd logs an error and runs without")
+      ->capture_default_str();
+  app.add_option("--max_connection_age_seconds", config.max_connection_age_seconds,
+                 "Close connections older than this (GOAWAY), so clients rebalance over replicas; 0 = never")
+      ->capture_default_str();
+  app.add_option("--max_connection_age_grace_seconds", config.max_connection_age_grace_seconds,
+                 "Seconds the calls of an aged connection may still run; at least --drain_seconds")
+      ->capture_default_str();
+  app.set_version_flag("--version", SAMPLERD_VERSION);
+  app.footer(
+      "Signals: SIGTERM/SIGINT drain (health NOT_SERVING, no new calls, in-flight calls get --drain_seconds) and "
+      "exit 0; SIGHUP re-reads --config and --auth_token_file, keeping the old ones if a file is bad.");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : samplerd::kExitUsage;
   }
 
-  spdlog::set_default_logger(spdlog::stderr_color_mt("samplerd"));
+  samplerd::SetUpLogging("text", "info");
   if (absl::Status s = samplerd::ValidateServerConfig(config); !s.ok()) {
     spdlog::error("{}", std::string(s.message()));
     return samplerd::kExitUsage;
   }
-  spdlog::set_level(spdlog::level::from_str(config.log_level));
+  samplerd::SetUpLogging(config.log_format, config.log_level);
 
   absl::StatusOr<std::shared_ptr<const samplerd::ProfileRegistry>> profiles =
-      config.config_path.empty() ? samplerd::ProfileRegistry::BuiltIn()
-                                 : samplerd::ProfileRegistry::FromJsonFile(config.config_path);
+      samplerd::LoadProfiles(config.config_path);
   if (!profiles.ok()) {
-    spdlog::error("--config {}: {}", config.config_path, std::string(profiles.status().message()));
+    spdlog::error("{}", std::string(profiles.status().message()));
     return samplerd::kExitUsage;
   }
-  spdlog::info("samplerd {}", samplerd::DescribeServerConfig(config));
-  std::string names;
-  for (const samplerd::Profile& p : (*profiles)->profiles()) absl::StrAppend(&names, names.empty() ? "" : ", ", p.name());
-  spdlog::info("profiles: {} (default {})", names, (*profiles)->default_profile());
+  spdlog::info("samplerd {} {}", SAMPLERD_VERSION, samplerd::DescribeServerConfig(config));
+  spdlog::info("profiles: {}", samplerd::DescribeProfiles(**profiles));
 
   // Blocked before gRPC starts its threads, which inherit the mask: the signals then reach only sigwait.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  return samplerd::RunServer(config, *std::move(profiles), stop_signals);
+  return samplerd::RunServer(config, app.count("--metrics_listen") > 0, *std::move(profiles), signals);
 }

@@ -1,0 +1,50 @@
+#include "service/config_reloader.h"
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace samplerd {
+
+absl::StatusOr<std::shared_ptr<const ProfileRegistry>> LoadProfiles(const std::string& config_path) {
+  if (config_path.empty()) return ProfileRegistry::BuiltIn();
+  absl::StatusOr<std::shared_ptr<const ProfileRegistry>> profiles = ProfileRegistry::FromJsonFile(config_path);
+  if (!profiles.ok()) {
+    return absl::Status(profiles.status().code(),
+                        absl::StrCat("--config ", config_path, ": ", profiles.status().message()));
+  }
+  return profiles;
+}
+
+std::string DescribeProfiles(const ProfileRegistry& profiles) {
+  std::string names;
+  for (const Profile& p : profiles.profiles()) absl::StrAppend(&names, names.empty() ? "" : ", ", p.name());
+  return absl::StrCat(names, " (default ", profiles.default_profile(), ")");
+}
+
+absl::Status ConfigReloader::Reload() {
+  absl::Status first_error;
+  if (options_.config_path.empty()) {
+    spdlog::info("SIGHUP: no --config, the built-in profiles stay");
+  } else {
+    absl::StatusOr<std::shared_ptr<const ProfileRegistry>> profiles = LoadProfiles(options_.config_path);
+    if (profiles.ok()) {
+      spdlog::info("SIGHUP: profiles reloaded from {}: {}", options_.config_path, DescribeProfiles(**profiles));
+      options_.service->SetProfiles(*std::move(profiles));
+    } else {
+      spdlog::error("SIGHUP: {}; keeping the previous profiles", std::string(profiles.status().message()));
+      first_error = profiles.status();
+    }
+  }
+  if (options_.tokens != nullptr) {
+    if (absl::Status s = options_.tokens->Reload(); s.ok()) {
+      spdlog::info("SIGHUP: bearer tokens reloaded");
+    } else {
+      spdlog::error("SIGHUP: {}; keeping the previous tokens", std::string(s.message()));
+      first_error.Update(s);
+    }
+  }
+  if (options_.metrics != nullptr) options_.metrics->OnConfigReload(first_error.ok());
+  return first_error;
+}
+
+}  // namespace samplerd

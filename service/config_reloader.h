@@ -1,0 +1,63 @@
+// Loading the profiles file, and reloading it (with the token file) on SIGHUP without a restart.
+//
+//   absl::StatusOr<std::shared_ptr<const ProfileRegistry>> profiles = LoadProfiles(config.config_path);
+//   ...
+//   ConfigReloader reloader({config.config_path, service.get(), tokens, metrics});
+//   reloader.Reload();   // from the signal thread, on SIGHUP
+//
+// A reload is all or nothing per file: the new profiles replace the old ones in one pointer swap
+// (SamplerService::SetProfiles), so a request in flight finishes on the set it started with and the next one
+// uses the new set; a file that does not parse or validate changes nothing.
+#ifndef SAMPLERD_SERVICE_CONFIG_RELOADER_H_
+#define SAMPLERD_SERVICE_CONFIG_RELOADER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/profile.h"
+#include "service/auth.h"
+#include "service/sampler_service.h"
+#include "service/server_metrics.h"
+
+namespace samplerd {
+
+// LoadProfiles()
+//
+// The built-in profiles when `config_path` is empty, else those plus the file's (ProfileRegistry::FromJsonFile).
+// Errors are INVALID_ARGUMENT or NOT_FOUND with a message that starts "--config <path>: " and names the field.
+absl::StatusOr<std::shared_ptr<const ProfileRegistry>> LoadProfiles(const std::string& config_path);
+
+// DescribeProfiles()
+//
+// "entropix, entropix-frog, fixed (default entropix)", for the log.
+std::string DescribeProfiles(const ProfileRegistry& profiles);
+
+// ConfigReloader
+class ConfigReloader {
+ public:
+  struct Options {
+    // --config; empty = nothing to reload for profiles.
+    std::string config_path;
+    // Receives the new profiles; required, must outlive the reloader.
+    SamplerService* service = nullptr;
+    // --auth_token_file's tokens, re-read too; optional.
+    std::shared_ptr<BearerTokens> tokens;
+    // Counts reloads (samplerd_config_reloads_total); optional.
+    std::shared_ptr<ServerMetrics> metrics;
+  };
+
+  explicit ConfigReloader(Options options) : options_(std::move(options)) {}
+
+  // Re-reads both files, applies each one that loads, logs one line per file (info on success, error on
+  // failure: "... keeping the previous profiles") and returns the first error.
+  absl::Status Reload();
+
+ private:
+  const Options options_;
+};
+
+}  // namespace samplerd
+
+#endif  // SAMPLERD_SERVICE_CONFIG_RELOADER_H_

@@ -1,0 +1,203 @@
+#include "service/logging.h"
+
+#include <chrono>
+#include <ctime>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "grpcpp/server_context.h"
+#include "spdlog/pattern_formatter.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace samplerd {
+namespace {
+
+// The trace context of the call the current thread is logging about; null outside a ScopedTraceparent.
+thread_local const std::string* current_traceparent = nullptr;
+
+void Append(spdlog::memory_buf_t& dest, absl::string_view text) { dest.append(text.data(), text.data() + text.size()); }
+
+// JSON string contents (RFC 8259 section 7): quote, backslash and control characters escaped. Bytes >= 0x80
+// pass through; what samplerd logs is UTF-8 or ASCII.
+void AppendJsonEscaped(spdlog::memory_buf_t& dest, absl::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (const char c : text) {
+    switch (c) {
+      case '"': Append(dest, "\\\""); break;
+      case '\\': Append(dest, "\\\\"); break;
+      case '\n': Append(dest, "\\n"); break;
+      case '\r': Append(dest, "\\r"); break;
+      case '\t': Append(dest, "\\t"); break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          const char escaped[] = {'\\', 'u', '0', '0', kHex[(c >> 4) & 0xf], kHex[c & 0xf]};
+          dest.append(escaped, escaped + sizeof(escaped));
+        } else {
+          dest.push_back(c);
+        }
+    }
+  }
+}
+
+// One JSON object per line. The field set is fixed so that log pipelines can map it once.
+class JsonFormatter final : public spdlog::formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    const auto since_epoch = msg.time.time_since_epoch();
+    const std::time_t seconds = std::chrono::duration_cast<std::chrono::seconds>(since_epoch).count();
+    const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(since_epoch).count() % 1000000;
+    std::tm utc;
+    gmtime_r(&seconds, &utc);
+    char time[96];  // room for any int the compiler cannot rule out
+    std::snprintf(time, sizeof(time), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", utc.tm_year + 1900, utc.tm_mon + 1,
+                  utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(micros));
+    Append(dest, "{\"time\":\"");
+    Append(dest, time);
+    Append(dest, "\",\"level\":\"");
+    const spdlog::string_view_t level = spdlog::level::to_string_view(msg.level);
+    Append(dest, absl::string_view(level.data(), level.size()));
+    Append(dest, "\",\"logger\":\"");
+    AppendJsonEscaped(dest, absl::string_view(msg.logger_name.data(), msg.logger_name.size()));
+    Append(dest, "\",\"msg\":\"");
+    AppendJsonEscaped(dest, absl::string_view(msg.payload.data(), msg.payload.size()));
+    Append(dest, "\"");
+    if (current_traceparent != nullptr && !current_traceparent->empty()) {
+      Append(dest, ",\"traceparent\":\"");
+      Append(dest, *current_traceparent);  // validated hex and dashes: nothing to escape
+      Append(dest, "\"");
+    }
+    Append(dest, "}\n");
+  }
+
+  std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<JsonFormatter>(); }
+};
+
+// %* in a text pattern: " traceparent=<value>" when the line is about a traced call, nothing otherwise.
+class TraceparentFlag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg&, const std::tm&, spdlog::memory_buf_t& dest) override {
+    if (current_traceparent == nullptr || current_traceparent->empty()) return;
+    Append(dest, " traceparent=");
+    Append(dest, *current_traceparent);
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<TraceparentFlag>(); }
+};
+
+bool IsLowerHex(absl::string_view s) {
+  for (const char c : s) {
+    if (!absl::ascii_isdigit(c) && !(c >= 'a' && c <= 'f')) return false;
+  }
+  return true;
+}
+
+// W3C Trace Context, section 3.2: version 00 is exactly 55 characters; a later version may append fields after
+// another dash, which we drop. The all-zero trace and parent ids and version ff are invalid.
+std::string ParseTraceparent(absl::string_view value) {
+  value = absl::StripAsciiWhitespace(value);
+  if (value.size() < 55 || (value.size() > 55 && value[55] != '-')) return "";
+  value = value.substr(0, 55);
+  if (value[2] != '-' || value[35] != '-' || value[52] != '-') return "";
+  const absl::string_view version = value.substr(0, 2);
+  const absl::string_view trace_id = value.substr(3, 32);
+  const absl::string_view parent_id = value.substr(36, 16);
+  const absl::string_view flags = value.substr(53, 2);
+  if (!IsLowerHex(version) || !IsLowerHex(trace_id) || !IsLowerHex(parent_id) || !IsLowerHex(flags)) return "";
+  if (version == "ff" || trace_id == std::string(32, '0') || parent_id == std::string(16, '0')) return "";
+  return std::string(value);
+}
+
+// The codes an operator may have to act on (capacity, bugs, overload) are warnings; the others describe the
+// caller's request (a bad argument, an unknown method such as a reflection version probe, a cancellation).
+bool ServerSideProblem(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::INTERNAL:
+    case grpc::StatusCode::UNKNOWN:
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DATA_LOSS:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return true;
+    default:
+      return false;
+  }
+}
+
+class CallLogInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit CallLogInterceptor(grpc::experimental::ServerRpcInfo* info)
+      : info_(info), start_(std::chrono::steady_clock::now()) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+      traceparent_ = TraceparentOf(*methods->GetRecvInitialMetadata());
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      const grpc::Status status = methods->GetSendStatus();
+      const double millis =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
+      ScopedTraceparent scope(traceparent_);
+      if (status.ok()) {
+        spdlog::debug("{} OK in {:.3f} ms", info_->method(), millis);
+      } else {
+        spdlog::log(ServerSideProblem(status.error_code()) ? spdlog::level::warn : spdlog::level::info,
+                    "{} from {} ended with {}: {} ({:.3f} ms)", info_->method(), info_->server_context()->peer(),
+                    absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
+                    status.error_message(), millis);
+      }
+    }
+    methods->Proceed();
+  }
+
+ private:
+  grpc::experimental::ServerRpcInfo* const info_;
+  const std::chrono::steady_clock::time_point start_;
+  std::string traceparent_;
+};
+
+class CallLogInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    return new CallLogInterceptor(info);
+  }
+};
+
+}  // namespace
+
+void SetUpLogging(absl::string_view format, absl::string_view level) {
+  std::shared_ptr<spdlog::logger> logger = spdlog::get("samplerd");
+  if (logger == nullptr) {
+    logger = spdlog::stderr_color_mt("samplerd");
+    spdlog::set_default_logger(logger);
+  }
+  if (format == "json") {
+    logger->set_formatter(std::make_unique<JsonFormatter>());
+  } else {
+    // spdlog's default "%+" pattern, with the trace context appended.
+    auto formatter = std::make_unique<spdlog::pattern_formatter>();
+    formatter->add_flag<TraceparentFlag>('*').set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%n] [%^%l%$] %v%*");
+    logger->set_formatter(std::move(formatter));
+  }
+  logger->set_level(spdlog::level::from_str(std::string(level)));
+}
+
+std::string TraceparentOf(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) {
+  const auto it = metadata.find("traceparent");
+  if (it == metadata.end()) return "";
+  return ParseTraceparent(absl::string_view(it->second.data(), it->second.size()));
+}
+
+ScopedTraceparent::ScopedTraceparent(const std::string& traceparent) : previous_(current_traceparent) {
+  current_traceparent = &traceparent;
+}
+
+ScopedTraceparent::~ScopedTraceparent() { current_traceparent = previous_; }
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeCallLogInterceptorFactory() {
+  return std::make_unique<CallLogInterceptorFactory>();
+}
+
+}  // namespace samplerd

@@ -1,0 +1,63 @@
+// samplerd's logs: spdlog on stderr as text lines or JSON lines, and a per-call log that carries the caller's
+// W3C trace context, so a failed call can be found next to the model host's own spans.
+//
+//   SetUpLogging("json", "info");            // before anything logs
+//   builder.experimental().SetInterceptorCreators(...MakeCallLogInterceptorFactory()...);
+//
+// A JSON line is one object with "time" (UTC, RFC 3339 with microseconds), "level", "logger", "msg" and, when
+// the line is about a call whose metadata had a valid `traceparent`, "traceparent":
+//
+//   {"time":"2024-05-01T12:00:00.123456Z","level":"warning","logger":"samplerd","msg":"...","traceparent":"00-..."}
+//
+// Which line carries a trace context is decided by ScopedTraceparent on the logging thread: code that knows the
+// call it logs about opens one around the spdlog call.
+#ifndef SAMPLERD_SERVICE_LOGGING_H_
+#define SAMPLERD_SERVICE_LOGGING_H_
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "grpcpp/support/server_interceptor.h"
+#include "grpcpp/support/string_ref.h"
+
+namespace samplerd {
+
+// SetUpLogging()
+//
+// Makes the default spdlog logger a stderr logger named "samplerd" with `format` ("text" or "json"; anything
+// else is treated as "text") at `level` (an spdlog level name).
+void SetUpLogging(absl::string_view format, absl::string_view level);
+
+// TraceparentOf()
+//
+// The `traceparent` header of `metadata` when it has the W3C Trace Context shape
+// (version-traceid-parentid-flags, lowercase hex: "00-" 32 hex "-" 16 hex "-" 2 hex), else empty: a malformed
+// value is dropped rather than logged, as the specification asks.
+std::string TraceparentOf(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata);
+
+// ScopedTraceparent
+//
+// While alive, log lines written by this thread carry `traceparent` (nothing when it is empty). Nests.
+class ScopedTraceparent {
+ public:
+  explicit ScopedTraceparent(const std::string& traceparent);
+  ~ScopedTraceparent();
+  ScopedTraceparent(const ScopedTraceparent&) = delete;
+  ScopedTraceparent& operator=(const ScopedTraceparent&) = delete;
+
+ private:
+  const std::string* previous_;
+};
+
+// MakeCallLogInterceptorFactory()
+//
+// A server interceptor that logs each call when its status is sent (method, peer, status code and message,
+// duration), with the call's traceparent: OK at debug level; RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN, UNAVAILABLE,
+// DATA_LOSS and DEADLINE_EXCEEDED at warning level; other codes (the caller's doing) at info level.
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeCallLogInterceptorFactory();
+
+}  // namespace samplerd
+
+#endif  // SAMPLERD_SERVICE_LOGGING_H_
