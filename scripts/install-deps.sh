@@ -11,7 +11,7 @@ packages=(
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   prometheus-cpp-dev
   python3-numpy python3-grpcio python3-protobuf
-  openssl curl
+  openssl libssl-dev curl
   python3-torch python3-matplotlib python3-pil libopenblas0-pthread fortunes
   python3-pytest python3-setuptools python3-wheel python3-pip python3-venv nodejs
   golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
