@@ -156,7 +156,9 @@ TEST(ActiveKernelsTest, IsTheWidestAvailableUnlessPinned) {
   ASSERT_FALSE(tables.empty());
   EXPECT_STREQ(tables.front()->name, "sse2");
   const char* pinned = std::getenv("SAMPLERD_SIMD");
-  if (pinned == nullptr) EXPECT_EQ(&ActiveKernels(), tables.back());
+  if (pinned == nullptr) {
+    EXPECT_EQ(&ActiveKernels(), tables.back());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllInstructionSets, ReduceKernelsTest, ::testing::ValuesIn(AvailableKernels()),

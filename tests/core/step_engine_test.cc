@@ -207,7 +207,9 @@ TEST(RunStepTest, TopLogprobsAreTheBestTokensUnderTheUnmodifiedLogits) {
   for (size_t i = 0; i < out.top.size(); ++i) {
     const auto [id, logprob] = out.top[i];
     EXPECT_NEAR(logprob, s.logits[static_cast<size_t>(id)] - m - std::log(lse), 1e-5);
-    if (i > 0) EXPECT_GE(out.top[i - 1].second, logprob);
+    if (i > 0) {
+      EXPECT_GE(out.top[i - 1].second, logprob);
+    }
   }
   EXPECT_EQ(out.token, 0) << "a +50 bias makes token 0 all but certain";
 }
