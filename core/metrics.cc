@@ -56,11 +56,10 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Ma
   const int64_t cols = static_cast<int64_t>(attention.shape()[1]);
   const float* s = attention.data();
 
-  scratch->attn_probs.resize(static_cast<size_t>(rows * cols));
-  scratch->col_sum.assign(static_cast<size_t>(cols), 0.0f);
-  scratch->col_comp.assign(static_cast<size_t>(cols), 0.0f);
+  // exp(S - row max) of the used rows, packed; a row's probabilities are its entries times row_inv[u].
+  scratch->attn_exp.resize(static_cast<size_t>(rows * cols));
+  scratch->row_inv.clear();
   scratch->row_entropy.clear();
-  scratch->row_used.assign(static_cast<size_t>(rows), 0);
 
   double abs_sum = 0;
   int64_t finite = 0;
@@ -74,18 +73,22 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Ma
     }
     // A row with every position masked says nothing about this head: left out of every metric.
     if (scan.max == -std::numeric_limits<float>::infinity()) continue;
-    scratch->row_used[static_cast<size_t>(r)] = 1;
-
     abs_sum += scan.abs_sum;
     finite += scan.finite_count;
 
-    float* a = scratch->attn_probs.data() + r * cols;
-    double sum_e = 0, unused = 0;
-    kernels::ExpShifted(row, cols, scan.max, a, &sum_e, &unused);
-    const double h_nats = kernels::NormalizeEntropyAccumulate(
-        row, a, cols, scan.max, static_cast<float>(1.0 / sum_e), static_cast<float>(std::log(sum_e)),
-        kLnAttentionFloor, scratch->col_sum.data(), scratch->col_comp.data());
+    float* e = scratch->attn_exp.data() + static_cast<int64_t>(scratch->row_inv.size()) * cols;
+    double sum_e = 0, sum_ed = 0;
+    kernels::ExpShifted(row, cols, scan.max, e, &sum_e, &sum_ed);
+    // As for the logits: h = ln Z - E_a[d] with d = S - max, both terms >= 0. The clip of a at 1e-10 only
+    // matters when some finite entry has ln a = d - ln Z below ln 1e-10; then the correction pass runs.
+    const double log_z = std::log(sum_e);
+    const float inv_z = static_cast<float>(1.0 / sum_e);
+    double h_nats = log_z - sum_ed / sum_e;
+    if (static_cast<double>(scan.min_finite) - scan.max - log_z < kLnAttentionFloor) {
+      h_nats -= kernels::ClipCorrection(row, e, cols, scan.max, inv_z, static_cast<float>(log_z), kLnAttentionFloor);
+    }
     scratch->row_entropy.push_back(h_nats / kLn2);
+    scratch->row_inv.push_back(inv_z);
   }
 
   const int64_t used = static_cast<int64_t>(scratch->row_entropy.size());
@@ -101,18 +104,8 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Ma
   m.entropy = mean_h;
   m.varentropy = var_h / static_cast<double>(used);
   m.interaction_strength = abs_sum / static_cast<double>(finite);
-
-  // Column means over the used rows; col_sum is reused to hold them.
-  float* mean = scratch->col_sum.data();
-  const float* comp = scratch->col_comp.data();
-  const float used_f = static_cast<float>(used);
-  for (int64_t k = 0; k < cols; ++k) mean[k] = (mean[k] - comp[k]) / used_f;
-  double deviation = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    if (!scratch->row_used[static_cast<size_t>(r)]) continue;
-    deviation += kernels::AbsDeviationSum(scratch->attn_probs.data() + r * cols, mean, cols);
-  }
-  m.agreement = deviation / (static_cast<double>(used) * static_cast<double>(cols));
+  m.agreement = kernels::AgreementSum(scratch->attn_exp.data(), scratch->row_inv.data(), used, cols) /
+                (static_cast<double>(used) * static_cast<double>(cols));
   return std::optional<AttentionMetrics>(m);
 }
 

@@ -28,11 +28,9 @@ namespace samplerd {
 // Reusable buffers of the metric kernels (grown once, then reused).
 struct MetricsScratch {
   std::vector<float> block_moments;  // (W_b, M_b, Q_b) per block of the logits
-  std::vector<float> attn_probs;   // softmax of every attention row, [rows, kv_len]
-  std::vector<float> col_sum;      // per kv position: sum over rows of the probabilities (Kahan)
-  std::vector<float> col_comp;     // Kahan compensation of col_sum
-  std::vector<double> row_entropy; // per used row
-  std::vector<uint8_t> row_used;
+  std::vector<float> attn_exp;     // exp(S - row max) of the used rows, [rows used, kv_len]
+  std::vector<float> row_inv;      // per used row: 1 / sum of its exponentials
+  std::vector<double> row_entropy; // per used row, bits
 };
 
 // What one pass over the logits yields.

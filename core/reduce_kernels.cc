@@ -52,14 +52,13 @@ void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* s
   ActiveKernels().exp_moments(x, n, shift, blocks, sum_e, mean_d, m2);
 }
 
-double NormalizeEntropyAccumulate(const float* x, float* e, int64_t n, float shift, float inv_sum,
-                                  float log_sum, float ln_floor, float* col_sum, float* col_comp) {
-  return ActiveKernels().normalize_entropy_accumulate(x, e, n, shift, inv_sum, log_sum, ln_floor, col_sum,
-                                                      col_comp);
+double ClipCorrection(const float* x, const float* e, int64_t n, float shift, float inv_sum, float log_sum,
+                      float ln_floor) {
+  return ActiveKernels().clip_correction(x, e, n, shift, inv_sum, log_sum, ln_floor);
 }
 
-double AbsDeviationSum(const float* a, const float* mean, int64_t n) {
-  return ActiveKernels().abs_deviation_sum(a, mean, n);
+double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols) {
+  return ActiveKernels().agreement_sum(e, inv, rows, cols);
 }
 
 }  // namespace samplerd::kernels

@@ -30,6 +30,7 @@ ScanResult ScanMax(const float* x, int64_t n);
 // One pass over an attention row: ScanMax plus sum |x| and count over the finite entries.
 struct RowScan {
   float max = 0;
+  float min_finite = 0;  // smallest entry that is not -inf (+inf when none)
   int64_t first_bad = -1;
   double abs_sum = 0;
   int64_t finite_count = 0;
@@ -55,14 +56,14 @@ void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e,
 void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d, double* m2);
 inline int64_t MomentBlocks(int64_t n) { return n / 64 + 1; }
 
-// For one attention row with e from ExpShifted: a = e * inv_sum (stored over e); returns the row entropy in
-// nats, -sum a * max(ln a, ln_floor) with ln a = d - log_sum (the clip of DESIGN.md section 3); and adds a into
-// the Kahan-compensated column sums (col_comp holds the lost low bits).
-double NormalizeEntropyAccumulate(const float* x, float* e, int64_t n, float shift, float inv_sum,
-                                  float log_sum, float ln_floor, float* col_sum, float* col_comp);
+// For one attention row with e from ExpShifted, a = e * inv_sum and ln a = d - log_sum: the part of the
+// unclipped entropy -sum a ln a that the clip of ln a at ln_floor removes, sum_{ln a < ln_floor} a (ln_floor - ln a).
+double ClipCorrection(const float* x, const float* e, int64_t n, float shift, float inv_sum, float log_sum,
+                      float ln_floor);
 
-// sum |a[k] - mean[k]| in double.
-double AbsDeviationSum(const float* a, const float* mean, int64_t n);
+// Agreement numerator over `rows` rows of exponentials e ([rows, cols], row r's probabilities e * inv[r]):
+// sum_r sum_k |a[r,k] - mean_r a[r,k]|, the column means Kahan-compensated.
+double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols);
 
 // out[i] = the bfloat16 at src + 2 i (little-endian), exactly.
 void ConvertBf16(const char* src, int64_t n, float* out);
@@ -76,8 +77,8 @@ struct KernelTable {
   int64_t (*find_first_greater)(const float*, int64_t, int64_t, float);
   void (*exp_shifted)(const float*, int64_t, float, float*, double*, double*);
   void (*exp_moments)(const float*, int64_t, float, float*, double*, double*, double*);
-  double (*normalize_entropy_accumulate)(const float*, float*, int64_t, float, float, float, float, float*, float*);
-  double (*abs_deviation_sum)(const float*, const float*, int64_t);
+  double (*clip_correction)(const float*, const float*, int64_t, float, float, float, float);
+  double (*agreement_sum)(const float*, const float*, int64_t, int64_t);
   void (*convert_bf16)(const char*, int64_t, float*);
 };
 

@@ -204,7 +204,7 @@ struct Impl {
   static RowScan ScanRow(const float* x, int64_t n) {
     RowScan r;
     const Batch vneg_inf(-INFINITY), zero(0.0f), one(1.0f), inf(INFINITY);
-    Batch vmax(-INFINITY);
+    Batch vmax(-INFINITY), vmin(INFINITY);
     auto bad = Batch(0.0f) != Batch(0.0f);
     double total = 0;
     int64_t count = 0;
@@ -216,6 +216,7 @@ struct Impl {
         bad = bad | xsimd::isnan(v) | (v == inf);
         vmax = xsimd::max(vmax, v);
         auto finite = v != vneg_inf;
+        vmin = xsimd::min(vmin, xsimd::select(finite, v, inf));
         acc += xsimd::select(finite, xsimd::abs(v), zero);
         cnt += xsimd::select(finite, one, zero);
       }
@@ -223,6 +224,7 @@ struct Impl {
       count += static_cast<int64_t>(xsimd::hadd(cnt));  // <= kBlock: exact in float
     }
     float m = HorizontalMax(vmax);
+    float lo = -HorizontalMax(-vmin);
     bool any_bad = xsimd::any(bad);
     for (; i < n; ++i) {
       any_bad = any_bad || Bad(x[i]);
@@ -230,6 +232,7 @@ struct Impl {
       if (x[i] != -INFINITY) {
         total += fabsf(x[i]);
         ++count;
+        if (x[i] < lo) lo = x[i];
       }
     }
     if (any_bad) {
@@ -241,59 +244,84 @@ struct Impl {
       }
     }
     r.max = m;
+    r.min_finite = lo;
     r.abs_sum = total;
     r.finite_count = count;
     return r;
   }
 
-  // a = e * inv_sum (stored over e), returns -sum a * max(ln a, ln_floor) with ln a = d - log_sum, and adds a
-  // into the Kahan-compensated column sums.
-  static double NormalizeEntropyAccumulate(const float* x, float* e, int64_t n, float shift, float inv_sum,
-                                           float log_sum, float ln_floor, float* col_sum, float* col_comp) {
-    const Batch vshift(shift), vmin(kMinShifted), vinv(inv_sum), vlog(log_sum), vfloor(ln_floor);
+  // sum over entries with ln a < ln_floor of a * (ln_floor - ln a), with a = e * inv_sum and
+  // ln a = d - log_sum: what the clip of DESIGN.md section 3 removes from the row entropy.
+  static double ClipCorrection(const float* x, const float* e, int64_t n, float shift, float inv_sum,
+                               float log_sum, float ln_floor) {
+    const Batch vshift(shift), vmin(kMinShifted), vinv(inv_sum), vlog(log_sum), vfloor(ln_floor), zero(0.0f);
     double total = 0;
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock) {
       Batch acc(0.0f);
       for (int64_t j = i; j < i + kBlock; j += kLanes) {
-        Batch a = Batch::load_unaligned(e + j) * vinv;
-        a.store_unaligned(e + j);
-        Batch ln_a = xsimd::max(xsimd::max(Batch::load_unaligned(x + j) - vshift, vmin) - vlog, vfloor);
-        acc += a * ln_a;
-        Batch s = Batch::load_unaligned(col_sum + j);
-        Batch y = a - Batch::load_unaligned(col_comp + j);
-        Batch t = s + y;
-        ((t - s) - y).store_unaligned(col_comp + j);
-        t.store_unaligned(col_sum + j);
+        const Batch gap = vfloor - (xsimd::max(Batch::load_unaligned(x + j) - vshift, vmin) - vlog);
+        acc += Batch::load_unaligned(e + j) * vinv * xsimd::max(gap, zero);
       }
-      total -= xsimd::hadd(acc);
+      total += xsimd::hadd(acc);
     }
     for (; i < n; ++i) {
-      const float a = e[i] * inv_sum;
-      e[i] = a;
-      const float ln_a = Clamp(x[i] - shift) - log_sum;
-      total -= static_cast<double>(a * (ln_a > ln_floor ? ln_a : ln_floor));
-      const float y = a - col_comp[i];
-      const float t = col_sum[i] + y;
-      col_comp[i] = (t - col_sum[i]) - y;
-      col_sum[i] = t;
+      const float gap = ln_floor - (Clamp(x[i] - shift) - log_sum);
+      if (gap > 0) total += static_cast<double>(e[i] * inv_sum * gap);
     }
     return total;
   }
 
-  static double AbsDeviationSum(const float* a, const float* mean, int64_t n) {
+  // rows x cols exponentials e (row r scaled by inv[r] gives its probabilities a): returns
+  // sum_r sum_k |a[r,k] - mean_r a[r,k]|. Column blocks of kColumnBatches batches stay in registers: the
+  // column sums are Kahan-compensated over the rows, the deviations flushed into double every 16 rows.
+  static double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols) {
+    constexpr int64_t kColumnBatches = 4;
+    constexpr int64_t kWidth = kColumnBatches * kLanes;
+    const float inv_rows = 1.0f / static_cast<float>(rows);
     double total = 0;
-    int64_t i = 0;
-    for (; i + kBlock <= n; i += kBlock) {
+    int64_t c = 0;
+    for (; c + kWidth <= cols; c += kWidth) {
+      Batch sum[kColumnBatches], comp[kColumnBatches];
+      for (int64_t b = 0; b < kColumnBatches; ++b) sum[b] = comp[b] = Batch(0.0f);
+      for (int64_t r = 0; r < rows; ++r) {
+        const Batch vinv(inv[r]);
+        for (int64_t b = 0; b < kColumnBatches; ++b) {
+          const Batch y = Batch::load_unaligned(e + r * cols + c + b * kLanes) * vinv - comp[b];
+          const Batch t = sum[b] + y;
+          comp[b] = (t - sum[b]) - y;
+          sum[b] = t;
+        }
+      }
+      Batch mean[kColumnBatches];
+      for (int64_t b = 0; b < kColumnBatches; ++b) mean[b] = (sum[b] - comp[b]) * Batch(inv_rows);
       Batch acc(0.0f);
-      for (int64_t j = i; j < i + kBlock; j += kLanes) {
-        acc += xsimd::abs(Batch::load_unaligned(a + j) - Batch::load_unaligned(mean + j));
+      for (int64_t r = 0; r < rows; ++r) {
+        const Batch vinv(inv[r]);
+        for (int64_t b = 0; b < kColumnBatches; ++b) {
+          acc += xsimd::abs(Batch::load_unaligned(e + r * cols + c + b * kLanes) * vinv - mean[b]);
+        }
+        if ((r & 15) == 15) {
+          total += xsimd::hadd(acc);
+          acc = Batch(0.0f);
+        }
       }
       total += xsimd::hadd(acc);
     }
-    for (; i < n; ++i) total += fabsf(a[i] - mean[i]);
+    for (; c < cols; ++c) {
+      float sum = 0, comp = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float y = e[r * cols + c] * inv[r] - comp;
+        const float t = sum + y;
+        comp = (t - sum) - y;
+        sum = t;
+      }
+      const float mean = (sum - comp) * inv_rows;
+      for (int64_t r = 0; r < rows; ++r) total += fabsf(e[r * cols + c] * inv[r] - mean);
+    }
     return total;
   }
+
 };
 
 // bfloat16 -> float32, exact: the bf16 bits are the float's upper half. Widening is done with the
@@ -342,8 +370,8 @@ KernelTable MakeTable(const char* name) {
                      &I::FindFirstGreater,
                      &I::ExpShifted,
                      &I::ExpMoments,
-                     &I::NormalizeEntropyAccumulate,
-                     &I::AbsDeviationSum,
+                     &I::ClipCorrection,
+                     &I::AgreementSum,
                      &ConvertBf16<Arch>};
 }
 

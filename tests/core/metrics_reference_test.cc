@@ -1,0 +1,148 @@
+// Pins the metrics to a direct float64 transcription of DESIGN.md section 3 on shapes and values the golden
+// cases do not cover: wide score ranges (so the 1e-10 clip of the attention probabilities bites), masked
+// entries and rows, one row, stacked layers, logits with -inf and huge offsets.
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <random>
+#include <vector>
+
+#include "core/metrics.h"
+#include "gtest/gtest.h"
+
+namespace samplerd {
+namespace {
+
+constexpr double kLn2 = 0.69314718055994530942;
+
+struct Reference {
+  double entropy, varentropy, agreement, interaction;
+};
+
+std::optional<Reference> AttentionReference(const std::vector<float>& s, int64_t rows, int64_t cols) {
+  std::vector<std::vector<double>> a;
+  std::vector<double> h;
+  double abs_sum = 0;
+  int64_t finite = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double m = -INFINITY;
+    for (int64_t k = 0; k < cols; ++k) m = std::max(m, static_cast<double>(s[r * cols + k]));
+    if (m == -INFINITY) continue;
+    std::vector<double> row(cols);
+    double z = 0;
+    for (int64_t k = 0; k < cols; ++k) {
+      const double v = s[r * cols + k];
+      row[k] = v == -INFINITY ? 0.0 : std::exp(v - m);
+      z += row[k];
+      if (v != -INFINITY) {
+        abs_sum += std::abs(v);
+        ++finite;
+      }
+    }
+    double hr = 0;
+    for (double& p : row) {
+      p /= z;
+      hr -= p * std::log2(std::clamp(p, 1e-10, 1.0));
+    }
+    a.push_back(row);
+    h.push_back(hr);
+  }
+  if (a.empty()) return std::nullopt;
+  const double n = static_cast<double>(a.size());
+  Reference ref{};
+  for (double v : h) ref.entropy += v / n;
+  for (double v : h) ref.varentropy += (v - ref.entropy) * (v - ref.entropy) / n;
+  for (int64_t k = 0; k < cols; ++k) {
+    double mean = 0;
+    for (const auto& row : a) mean += row[k] / n;
+    for (const auto& row : a) ref.agreement += std::abs(row[k] - mean);
+  }
+  ref.agreement /= n * static_cast<double>(cols);
+  ref.interaction = abs_sum / static_cast<double>(finite);
+  return ref;
+}
+
+void ExpectClose(double got, double want, double abs_tol, double rel_tol, const char* what) {
+  EXPECT_LE(std::abs(got - want), abs_tol + rel_tol * std::abs(want)) << what << ": got " << got << ", want " << want;
+}
+
+TEST(MetricsReferenceTest, AttentionMatchesTheContractOnRandomShapesAndMasks) {
+  std::mt19937 gen(11);
+  for (int trial = 0; trial < 30; ++trial) {
+    const int64_t rows = 1 + trial % 9, cols = 1 + (trial * 397) % 3000;
+    const float sigma = trial % 3 == 0 ? 12.0f : 1.0f + static_cast<float>(trial % 5);  // 12: clip bites
+    std::normal_distribution<float> normal(0.0f, sigma);
+    std::uniform_real_distribution<float> u(0, 1);
+    std::vector<float> s(static_cast<size_t>(rows * cols));
+    for (float& v : s) v = u(gen) < 0.1f ? -INFINITY : normal(gen);
+    if (trial % 4 == 1 && rows > 1) {
+      for (int64_t k = 0; k < cols; ++k) s[static_cast<size_t>(cols + k)] = -INFINITY;  // a masked row
+    }
+    MetricsScratch scratch;
+    const FloatView view{s.data(), rows, cols};
+    auto got = ComputeAttentionMetrics(view.Matrix(), &scratch);
+    ASSERT_TRUE(got.ok()) << got.status();
+    const std::optional<Reference> want = AttentionReference(s, rows, cols);
+    ASSERT_EQ(got->has_value(), want.has_value()) << "trial " << trial;
+    if (!want) continue;
+    SCOPED_TRACE(::testing::Message() << "trial " << trial << " [" << rows << ", " << cols << "] sigma " << sigma);
+    ExpectClose((*got)->entropy, want->entropy, 1e-6, 1e-6, "attn_entropy");
+    ExpectClose((*got)->varentropy, want->varentropy, 1e-8, 6e-5, "attn_varentropy");
+    ExpectClose((*got)->agreement, want->agreement, 1e-9, 5e-6, "agreement");
+    ExpectClose((*got)->interaction_strength, want->interaction, 1e-7, 1e-6, "interaction_strength");
+  }
+}
+
+TEST(MetricsReferenceTest, ClipOfTinyProbabilitiesIsApplied) {
+  // One row: a dominant score and 200000 positions 24.2 nats down, each with a probability of about 3e-11,
+  // just under the contract's clip at 1e-10: together they move the entropy by about 1e-5 bits, ten times the
+  // tolerance, so an implementation without the clip fails here.
+  constexpr int64_t kCols = 200001;
+  std::vector<float> s(kCols, -24.2f);
+  s[0] = 0.0f;
+  MetricsScratch scratch;
+  auto got = ComputeAttentionMetrics(FloatView{s.data(), 1, kCols}.Matrix(), &scratch);
+  ASSERT_TRUE(got.ok());
+  const std::optional<Reference> want = AttentionReference(s, 1, kCols);
+  ExpectClose((*got)->entropy, want->entropy, 1e-6, 1e-6, "attn_entropy");
+  const double z = 1 + (kCols - 1) * std::exp(-24.2);
+  const double p = std::exp(-24.2) / z;
+  const double unclipped = -(1 / z) * std::log2(1 / z) - (kCols - 1) * p * std::log2(p);
+  EXPECT_GT(std::abs(unclipped - want->entropy), 5e-6) << "the case must distinguish clipped from unclipped";
+}
+
+TEST(MetricsReferenceTest, LogitsMatchTheContractWithNegativeInfinityAndOffsets) {
+  std::mt19937 gen(5);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int64_t v = 1 + (trial * 7919) % 200000;
+    std::normal_distribution<float> normal(trial % 2 ? 1000.0f : 0.0f, 0.5f + static_cast<float>(trial % 7));
+    std::vector<float> z(static_cast<size_t>(v));
+    for (size_t i = 0; i < z.size(); ++i) z[i] = i % 5 == 3 ? -INFINITY : normal(gen);
+    z[0] = normal(gen);
+    double m = -INFINITY;
+    for (float x : z) m = std::max(m, static_cast<double>(x));
+    double zsum = 0;
+    for (float x : z) zsum += x == -INFINITY ? 0 : std::exp(x - m);
+    double h = 0;
+    for (float x : z) {
+      if (x == -INFINITY) continue;
+      const double p = std::exp(x - m) / zsum;
+      if (p > 0) h -= p * std::log2(p);
+    }
+    double var = 0;
+    for (float x : z) {
+      if (x == -INFINITY) continue;
+      const double p = std::exp(x - m) / zsum;
+      if (p > 0) var += p * (std::log2(p) + h) * (std::log2(p) + h);
+    }
+    MetricsScratch scratch;
+    auto got = SummarizeLogits(FloatView{z.data(), 1, v}.Flat(), &scratch);
+    ASSERT_TRUE(got.ok());
+    SCOPED_TRACE(::testing::Message() << "trial " << trial << " vocab " << v);
+    ExpectClose(got->entropy, h, 1e-6, 1e-6, "logits_entropy");
+    ExpectClose(got->varentropy, var, 1e-6, 1e-6, "logits_varentropy");
+  }
+}
+
+}  // namespace
+}  // namespace samplerd
