@@ -216,6 +216,11 @@ int main(int argc, char** argv) {
   app.add_option("--max_streams", config.max_streams,
                  "Most concurrent Sample streams; further streams end with RESOURCE_EXHAUSTED")
       ->capture_default_str();
+  app.add_option("--workers", config.workers,
+                 "Threads that run core steps (a request's steps are spread over them); 0 = one per CPU")
+      ->capture_default_str();
+  app.add_flag("--allow_no_compute", config.allow_no_compute,
+               "Answer calls with metadata samplerd-no-compute: 1 without core (transport benchmarks only)");
   app.add_option("--drain_seconds", config.drain_seconds,
                  "On SIGTERM/SIGINT, seconds in-flight calls may run before they are cancelled")
       ->capture_default_str();

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/field_error.h"
@@ -19,6 +20,11 @@ namespace {
 // buffer for a client that does not read. gRPC's flow control then pushes back on the client's writes.
 constexpr size_t kMaxQueuedResponses = 4;
 
+// Requests a stream holds at once: one being received while the previous one runs on the workers. Each may be
+// --max_message_bytes large, so this bounds a stream's memory; more would not make one stream faster, only let
+// it take more of the pool from the other streams.
+constexpr int kMaxRequestsInFlight = 2;
+
 // Ends a stream that was not admitted without touching its messages.
 class RejectedStream final : public grpc::ServerBidiReactor<v1::SampleRequest, v1::SampleResponse> {
  public:
@@ -26,63 +32,108 @@ class RejectedStream final : public grpc::ServerBidiReactor<v1::SampleRequest, v
   void OnDone() override { delete this; }
 };
 
+// What the client's metadata asks: an answer without core ("samplerd-no-compute: 1").
+bool WantsNoCompute(const grpc::CallbackServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find(SamplerService::kNoComputeMetadata);
+  return it != metadata.end() && it->second == "1";
+}
+
+grpc::Status NoComputeRefused() {
+  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                      absl::StrCat(SamplerService::kNoComputeMetadata,
+                                   ": 1 needs a server started with --allow_no_compute"));
+}
+
+// The answer of a no-compute call: every step echoed by id and index, in order, nothing computed.
+void AnswerWithoutCompute(const v1::SampleRequest& request, v1::SampleResponse* response) {
+  response->Clear();
+  response->mutable_results()->Reserve(request.steps_size());
+  for (const v1::Step& step : request.steps()) {
+    v1::StepResult* result = response->add_results();
+    result->set_sequence_id(step.sequence_id());
+    result->set_step(step.step());
+  }
+}
+
 }  // namespace
 
 // SampleReactor
 //
-// One per Sample stream. The read side (request_, seeds_, workspace_) is used only between a StartRead and its
-// OnReadDone, and only one read is ever outstanding, so it needs no lock; everything shared between the read
-// and write reactions (which gRPC may run concurrently) is under mu_.
+// One per Sample stream. Everything shared between the reactions (which gRPC may run concurrently) and the
+// workers' completions is under mu_, except seeds_, which only OnReadDone uses (one read is outstanding at a
+// time and StartRequest is done with it before the next read starts).
+//
+// Lifetime: gRPC deletes the reactor (OnDone) once Finish has completed, so Finish is called only when no
+// request is running on the workers, and, from a worker, as that thread's last touch of the reactor (after mu_
+// is released).
 class SamplerService::SampleReactor final
     : public grpc::ServerBidiReactor<v1::SampleRequest, v1::SampleResponse> {
  public:
-  SampleReactor(SamplerService* service, std::string peer) : service_(service), peer_(std::move(peer)) {
-    spdlog::debug("Sample stream opened by {}", peer_);
+  SampleReactor(SamplerService* service, std::string peer, bool no_compute)
+      : service_(service), peer_(std::move(peer)), no_compute_(no_compute) {
+    spdlog::debug("Sample stream opened by {}{}", peer_, no_compute_ ? " (no compute)" : "");
     std::lock_guard<std::mutex> lock(mu_);
     MaybeStartReadLocked();
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // the client half-closed, or the call is gone
+    Pending* pending = nullptr;
+    std::optional<grpc::Status> finish;
+    {
       std::lock_guard<std::mutex> lock(mu_);
       reading_ = false;
-      input_done_ = true;
-      MaybeFinishLocked();
+      if (!ok || finished_ || broken_) {  // the client half-closed, or the call is gone
+        input_done_ = input_done_ || !ok;
+        spare_requests_.push_back(std::move(read_request_));
+        finish = TakeFinishLocked();
+      } else {
+        std::unique_ptr<Pending> p;
+        if (spare_pending_.empty()) {
+          p = std::make_unique<Pending>();
+        } else {
+          p = std::move(spare_pending_.back());
+          spare_pending_.pop_back();
+        }
+        p->request = std::move(read_request_);
+        p->ready = false;
+        p->refused = false;
+        pending = p.get();
+        queue_.push_back(std::move(p));  // answers leave in this order, whichever is computed first
+        ++computing_;
+      }
+    }
+    if (pending == nullptr) {
+      if (finish.has_value()) Finish(*std::move(finish));
       return;
     }
-    // Core runs inline in the reaction for now; request_ is not reused until the next StartRead below.
-    v1::SampleResponse response;
-    const absl::Status status = service_->HandleRequest(request_, &seeds_, &workspace_, &response);
-
+    if (no_compute_) {
+      AnswerWithoutCompute(*pending->request, &pending->response);
+      OnAnswered(pending, absl::OkStatus());
+    } else {
+      service_->StartRequest(*pending->request, &seeds_, &pending->response,
+                             [this, pending](absl::Status status) { OnAnswered(pending, std::move(status)); });
+    }
+    // The next request is received while this one runs (the reactor stays alive: this reaction holds it).
     std::lock_guard<std::mutex> lock(mu_);
-    reading_ = false;
-    if (finished_) return;  // the stream broke while this request was processed
-    if (!status.ok()) {
-      spdlog::warn("Sample stream from {} ended: {}", peer_, status.ToString());
-      finish_status_ = ToGrpcStatus(status);
-      MaybeFinishLocked();
-      return;
-    }
-    queue_.push_back(std::move(response));
-    if (!writing_) StartWriteLocked();
     MaybeStartReadLocked();
   }
 
   void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    writing_ = false;
-    if (!ok) {  // the call was cancelled or the connection broke: nothing more can be delivered
-      queue_.clear();
-      if (!finished_) {
-        finished_ = true;
-        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the response could not be written"));
+    std::optional<grpc::Status> finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      if (ok) {
+        RecycleFrontLocked();
+        MaybeStartWriteLocked();
+        MaybeStartReadLocked();
+      } else {  // the call was cancelled or the connection broke: nothing more can be delivered
+        broken_ = true;
       }
-      return;
+      finish = TakeFinishLocked();
     }
-    queue_.pop_front();
-    if (!queue_.empty()) StartWriteLocked();
-    MaybeStartReadLocked();
-    MaybeFinishLocked();
+    if (finish.has_value()) Finish(*std::move(finish));
   }
 
   void OnCancel() override { spdlog::debug("Sample stream from {} cancelled", peer_); }
@@ -94,46 +145,110 @@ class SamplerService::SampleReactor final
   }
 
  private:
+  // One request and its answer, from the end of its read until its response is written.
+  struct Pending {
+    std::unique_ptr<v1::SampleRequest> request;  // while its steps run; then back to spare_requests_
+    v1::SampleResponse response;
+    bool ready = false;    // every step is answered (or the request was refused)
+    bool refused = false;  // a stream-level error: nothing to write, the call ends after the earlier answers
+  };
+
+  // The completion of one request, on a worker (or on the reading thread for a refused, empty or no-compute
+  // request).
+  void OnAnswered(Pending* pending, absl::Status status) {
+    std::optional<grpc::Status> finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --computing_;
+      pending->ready = true;
+      spare_requests_.push_back(std::move(pending->request));
+      if (!status.ok()) {
+        pending->refused = true;
+        if (!finish_status_.has_value()) {
+          spdlog::warn("Sample stream from {} ended: {}", peer_, status.ToString());
+          finish_status_ = ToGrpcStatus(status);
+        }
+      }
+      if (!broken_) MaybeStartWriteLocked();
+      MaybeStartReadLocked();
+      finish = TakeFinishLocked();
+    }
+    // Possibly the last touch of this reactor: OnDone may delete it as soon as Finish is called.
+    if (finish.has_value()) Finish(*std::move(finish));
+  }
+
   void MaybeStartReadLocked() {
-    if (reading_ || input_done_ || finish_status_.has_value() || finished_) return;
-    if (queue_.size() >= kMaxQueuedResponses) return;  // resumed from OnWriteDone
+    if (reading_ || input_done_ || finish_status_.has_value() || finished_ || broken_) return;
+    // Resumed from OnWriteDone / OnAnswered when the limits free up.
+    if (queue_.size() >= kMaxQueuedResponses || computing_ >= kMaxRequestsInFlight) return;
+    if (spare_requests_.empty()) {
+      read_request_ = std::make_unique<v1::SampleRequest>();
+    } else {
+      read_request_ = std::move(spare_requests_.back());
+      spare_requests_.pop_back();
+    }
     reading_ = true;
-    StartRead(&request_);
+    // A reused message keeps its buffers' capacity: a stream of same-sized requests parses without allocating.
+    StartRead(read_request_.get());
   }
 
-  void StartWriteLocked() {
+  // Starts writing the oldest answer if it is ready and nothing is being written; refused entries are dropped.
+  void MaybeStartWriteLocked() {
+    while (!queue_.empty() && queue_.front()->ready && queue_.front()->refused) RecycleFrontLocked();
+    if (writing_ || finished_ || broken_ || queue_.empty() || !queue_.front()->ready) return;
     writing_ = true;
-    // std::deque keeps references to its elements valid across push_back, so front() stays put while written.
-    StartWrite(&queue_.front());
+    // The Pending stays at the front of queue_, untouched, until OnWriteDone.
+    StartWrite(&queue_.front()->response);
   }
 
-  // Finishes once every answer is written and either the client is done or an error ended the stream.
-  void MaybeFinishLocked() {
-    if (finished_ || writing_ || !queue_.empty()) return;
-    if (!input_done_ && !finish_status_.has_value()) return;
+  void RecycleFrontLocked() {
+    spare_pending_.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+
+  // The status to Finish with, once: when no request is on the workers, no write is in flight, and either a
+  // write failed, or every answer is written and the client is done or an error ended the stream.
+  std::optional<grpc::Status> TakeFinishLocked() {
+    if (finished_ || computing_ > 0 || writing_) return std::nullopt;
+    if (broken_) {
+      finished_ = true;
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the response could not be written");
+    }
+    if (!queue_.empty() || (!input_done_ && !finish_status_.has_value())) return std::nullopt;
     finished_ = true;
-    Finish(finish_status_.value_or(grpc::Status::OK));
+    return finish_status_.value_or(grpc::Status::OK);
   }
 
   SamplerService* const service_;
   const std::string peer_;
+  const bool no_compute_;
 
-  v1::SampleRequest request_;
-  SeedTable seeds_;
-  Workspace workspace_;
+  SeedTable seeds_;  // read side only (see above)
 
   std::mutex mu_;
-  std::deque<v1::SampleResponse> queue_;       // guarded by mu_; front() is in flight when writing_
-  bool reading_ = false;                       // guarded by mu_; a read is outstanding or being processed
-  bool writing_ = false;                       // guarded by mu_
-  bool input_done_ = false;                    // guarded by mu_; no more requests will arrive
-  std::optional<grpc::Status> finish_status_;  // guarded by mu_; sent once queue_ drains
-  bool finished_ = false;                      // guarded by mu_; Finish was called
+  std::unique_ptr<v1::SampleRequest> read_request_;                // guarded by mu_; the read outstanding
+  std::vector<std::unique_ptr<v1::SampleRequest>> spare_requests_;  // guarded by mu_; at most two in all
+  std::deque<std::unique_ptr<Pending>> queue_;  // guarded by mu_; request order; front() is in flight when writing_
+  std::vector<std::unique_ptr<Pending>> spare_pending_;  // guarded by mu_
+  int computing_ = 0;                                    // guarded by mu_; requests on the workers
+  bool reading_ = false;                                 // guarded by mu_; a read is outstanding
+  bool writing_ = false;                                 // guarded by mu_
+  bool input_done_ = false;                              // guarded by mu_; no more requests will arrive
+  bool broken_ = false;                                  // guarded by mu_; a write failed: nothing more is sent
+  std::optional<grpc::Status> finish_status_;            // guarded by mu_; sent once queue_ drains
+  bool finished_ = false;                                // guarded by mu_; Finish was called (or is about to be)
 };
 
 absl::StatusOr<std::unique_ptr<SamplerService>> SamplerService::Create(Options options) {
   if (absl::Status s = ValidateServerConfig(options.config); !s.ok()) return s;
   if (options.profiles == nullptr) return absl::InvalidArgumentError("SamplerService needs a ProfileRegistry");
+  if (options.workers == nullptr) {
+    absl::StatusOr<std::unique_ptr<WorkerPool>> pool = WorkerPool::Create({options.config.workers});
+    if (!pool.ok()) return pool.status();
+    options.workers = *std::move(pool);
+  }
+  spdlog::info("{} worker threads run core{}", options.workers->size(),
+               options.config.allow_no_compute ? "; no-compute calls allowed (--allow_no_compute)" : "");
   return std::unique_ptr<SamplerService>(new SamplerService(std::move(options)));
 }
 
@@ -141,7 +256,8 @@ SamplerService::SamplerService(Options options)
     : config_(std::move(options.config)),
       limits_(config_.tensor_limits()),
       profiles_(std::move(options.profiles)),
-      observer_(std::move(options.observer)) {}
+      observer_(std::move(options.observer)),
+      workers_(std::move(options.workers)) {}
 
 std::shared_ptr<const ProfileRegistry> SamplerService::profiles() const {
   std::lock_guard<std::mutex> lock(profiles_mu_);
@@ -176,41 +292,90 @@ absl::Status SamplerService::HandleRequest(const v1::SampleRequest& request, See
   StepOutput out;
   for (const v1::Step& step : request.steps()) {
     const uint64_t seed = seeds->Resolve(step.sequence_id(), step.seed());
-    const StepInput in = DecodeStep(step, seed);
-    const auto start = std::chrono::steady_clock::now();
-    const absl::Status status = RunStep(*registry, limits_, in, workspace, &out);
-    const auto elapsed = std::chrono::steady_clock::now() - start;
-    v1::StepResult* result = response->add_results();
-    if (status.ok()) {
-      EncodeStepResult(step, out, seed, elapsed, result);
-    } else {
-      EncodeStepError(step, status, result);
-    }
-    if (observer_ != nullptr) observer_->OnStep(*result, elapsed);
+    AnswerStep(*registry, step, seed, workspace, &out, response->add_results());
   }
   return absl::OkStatus();
 }
 
+void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
+                                  std::function<void(absl::Status)> done) const {
+  response->Clear();
+  if (observer_ != nullptr) observer_->OnRequest(request.ByteSizeLong());
+  if (request.steps_size() > config_.max_steps_per_request) {
+    done(LimitFieldError("steps", absl::StrCat("a request may carry at most ", config_.max_steps_per_request,
+                                               " steps (--max_steps_per_request), got ", request.steps_size())));
+    return;
+  }
+  // What the steps share while they run; freed by the pool after `done`.
+  struct Job {
+    std::shared_ptr<const ProfileRegistry> registry;
+    std::vector<uint64_t> seeds;
+    std::function<void(absl::Status)> done;
+  };
+  auto job = std::make_shared<Job>();
+  job->registry = profiles();
+  job->done = std::move(done);
+  const int n = request.steps_size();
+  // Seeds in request order, here: the table is the stream's and not thread-safe.
+  job->seeds.reserve(static_cast<size_t>(n));
+  for (const v1::Step& step : request.steps()) job->seeds.push_back(seeds->Resolve(step.sequence_id(), step.seed()));
+  // One slot per step before any worker starts: the workers write disjoint elements and never resize.
+  google::protobuf::RepeatedPtrField<v1::StepResult>* results = response->mutable_results();
+  results->Reserve(n);
+  for (int i = 0; i < n; ++i) results->Add();
+  workers_->ParallelFor(
+      n,
+      [this, job, &request, results](int i, WorkerPool::WorkerState* worker) {
+        AnswerStep(*job->registry, request.steps(i), job->seeds[static_cast<size_t>(i)], &worker->workspace,
+                   &worker->output, results->Mutable(i));
+      },
+      [job] { job->done(absl::OkStatus()); });
+}
+
+void SamplerService::AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed,
+                                Workspace* workspace, StepOutput* out, v1::StepResult* result) const {
+  const StepInput in = DecodeStep(step, seed);
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status status = RunStep(registry, limits_, in, workspace, out);
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  if (status.ok()) {
+    EncodeStepResult(step, *out, seed, elapsed, result);
+  } else {
+    EncodeStepError(step, status, result);
+  }
+  if (observer_ != nullptr) observer_->OnStep(*result, elapsed);
+}
+
 grpc::ServerBidiReactor<v1::SampleRequest, v1::SampleResponse>* SamplerService::Sample(
     grpc::CallbackServerContext* context) {
+  const bool no_compute = WantsNoCompute(*context);
+  if (no_compute && !config_.allow_no_compute) return new RejectedStream(NoComputeRefused());
   if (!TryAdmitStream()) {
     spdlog::warn("Sample stream from {} refused: {} streams open (--max_streams)", context->peer(),
                  config_.max_streams);
     return new RejectedStream(ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
         "the server already serves ", config_.max_streams, " Sample streams (--max_streams); retry later"))));
   }
-  return new SampleReactor(this, context->peer());
+  return new SampleReactor(this, context->peer(), no_compute);
 }
 
 grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext* context,
                                                      const v1::SampleRequest* request,
                                                      v1::SampleResponse* response) {
-  // Seeds picked for seed-0 steps are remembered for this call only: a sequence repeated within the request
-  // shares one.
-  SeedTable seeds;
-  Workspace workspace;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(HandleRequest(*request, &seeds, &workspace, response)));
+  if (WantsNoCompute(*context)) {
+    if (config_.allow_no_compute) {
+      AnswerWithoutCompute(*request, response);
+      reactor->Finish(grpc::Status::OK);
+    } else {
+      reactor->Finish(NoComputeRefused());
+    }
+    return reactor;
+  }
+  // Seeds picked for seed-0 steps are remembered for this call only: a sequence repeated within the request
+  // shares one (StartRequest is done with the table when it returns).
+  SeedTable seeds;
+  StartRequest(*request, &seeds, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); });
   return reactor;
 }
 

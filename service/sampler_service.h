@@ -1,14 +1,21 @@
 // The samplerd.v1.Sampler service on gRPC's callback API: the RPC edge between the wire and core.
 //
-// Each `Sample` stream gets a reactor (no thread per stream) that owns the stream's session: a core Workspace
-// reused step after step and the seeds the server picked for its sequences. Requests are answered in order,
-// one response per request; the reactor keeps one write in flight and stops reading while a few responses wait,
-// so a client that does not read cannot make the server buffer without bound. `SampleOnce` and `ListProfiles`
-// are unary reactors.
+// Each `Sample` stream gets a reactor (no thread per stream) that owns the stream's session: the seeds the server
+// picked for its sequences. Core runs on a WorkerPool (service/worker_pool.h), never on gRPC's threads: the
+// reactor hands each request to the pool from OnReadDone, and the pool's completion starts the write, so a
+// request's steps run on every core while the reactions stay non-blocking. Requests are answered in order, one
+// response per request; a stream holds at most two requests (one being received while the previous one runs)
+// and a few answers, keeps one write in flight and stops reading beyond that, so a client that does not read
+// cannot make the server buffer without bound. The core scratch (Workspace) belongs to the workers, so an idle
+// stream holds none. `SampleOnce` runs on the pool the same way; `ListProfiles` is answered inline.
 //
 // The service does no math: per step it decodes (step_codec.h), calls core's RunStep, and encodes. A rejected
 // step gets its own StepResult.error and the other steps of the request are still answered; only stream-level
 // problems (a request over max_steps_per_request, too many streams) end the call.
+//
+// With --allow_no_compute, a call carrying the metadata `samplerd-no-compute: 1` is answered without core (each
+// result echoes sequence_id and step only), on the reactor thread: `samplerctl bench --no-compute` measures the
+// transport alone for the same bytes. Without the flag such a call ends with FAILED_PRECONDITION.
 //
 //   SamplerService::Options options;
 //   options.config = config;
@@ -20,6 +27,7 @@
 #define SAMPLERD_SERVICE_SAMPLER_SERVICE_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -32,6 +40,7 @@
 #include "service/request_observer.h"
 #include "service/seed_table.h"
 #include "service/server_config.h"
+#include "service/worker_pool.h"
 
 namespace samplerd {
 
@@ -47,7 +56,12 @@ class SamplerService final : public v1::Sampler::CallbackService {
     std::shared_ptr<const ProfileRegistry> profiles;
     // Told about every request and every answered step (metrics); optional.
     std::shared_ptr<RequestObserver> observer;
+    // The threads that run core; null = a new pool of `config.workers` threads. It must outlive the service.
+    std::shared_ptr<WorkerPool> workers;
   };
+
+  // The request metadata key (and its value "1") that asks for an answer without core; see above.
+  static constexpr char kNoComputeMetadata[] = "samplerd-no-compute";
 
   // INVALID_ARGUMENT when `options.config` does not validate or `options.profiles` is null.
   static absl::StatusOr<std::unique_ptr<SamplerService>> Create(Options options);
@@ -66,9 +80,23 @@ class SamplerService final : public v1::Sampler::CallbackService {
   // then per step decode → core (timed) → encode into `response` (cleared first). Step problems become that
   // step's StepResult.error; the returned status is non-OK only for a problem that ends the call
   // (RESOURCE_EXHAUSTED for more than max_steps_per_request steps). The request is processed on the calling
-  // thread; a worker pool can call this unchanged with a per-worker Workspace.
+  // thread with `workspace`; StartRequest is the same on the worker pool.
   absl::Status HandleRequest(const v1::SampleRequest& request, SeedTable* seeds, Workspace* workspace,
                              v1::SampleResponse* response) const;
+
+  // StartRequest()
+  //
+  // HandleRequest on the worker pool, with the same answer: the limit check and seed resolution happen on the
+  // calling thread (so `seeds` is free again when this returns), the steps are spread over the workers, each
+  // result written into its own slot of `response`, so the order is the request's whatever finishes first.
+  // `done` runs exactly once with the status HandleRequest would return: at once on the calling thread when the
+  // request is refused or has no steps, otherwise on the worker that answered the last step. `request` and
+  // `response` must stay untouched until then.
+  void StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
+                    std::function<void(absl::Status)> done) const;
+
+  // Threads in the worker pool.
+  int workers() const { return workers_->size(); }
 
   // The profiles in force. A reload swaps them with SetProfiles; a request in flight keeps the set it started
   // with.
@@ -87,12 +115,17 @@ class SamplerService final : public v1::Sampler::CallbackService {
   bool TryAdmitStream();
   void ReleaseStream();
 
+  // decode → core (timed) → encode of one step into `result`, and the observer's OnStep.
+  void AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed, Workspace* workspace,
+                  StepOutput* out, v1::StepResult* result) const;
+
   const ServerConfig config_;
   const TensorLimits limits_;
   mutable std::mutex profiles_mu_;
   std::shared_ptr<const ProfileRegistry> profiles_;  // guarded by profiles_mu_
   std::atomic<int> active_streams_{0};
   const std::shared_ptr<RequestObserver> observer_;  // may be null
+  const std::shared_ptr<WorkerPool> workers_;
 };
 
 }  // namespace samplerd
