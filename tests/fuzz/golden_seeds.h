@@ -4,7 +4,7 @@
 // logits around the case's argmax and at most 8 attention rows of the first and last 128 positions, so the
 // structure that made the case interesting (a peak, ties, -inf tails, masked rows, huge spread or offset)
 // survives in a few KiB that libFuzzer can mutate quickly. Each case yields requests in f32, bf16 and f16,
-// under each built-in profile, with parameters and top_logprobs, and one batch of every case; and kernel
+// under each built-in profile, with parameters and top_logprobs, and one batch of the first cases; and kernel
 // recipes (tests/fuzz/fuzz_targets.h) for its logits and attention.
 //
 //   absl::StatusOr<std::vector<Seed>> seeds = GoldenSeeds("/path/to/shared/golden", SeedKind::kRequest);
