@@ -4,6 +4,8 @@
 //   samplerctl profiles [--json]
 //   samplerctl sample   --logits x.npy [--attention y.npy] [--profile P] [--seed S] [--top-logprobs N] [--json]
 //   samplerctl demo     [--steps 300] [--profile entropix] [--seed 7]
+//   samplerctl record   --out FILE [--steps 100] [--sequences 2] [--profile P] [--seed 7]
+//   samplerctl replay   FILE            (exit 1 with a diff when any answer differs from the recording)
 //
 // Exit codes: 0 success; 1 an RPC failed, a step was rejected, or the server is not SERVING; 2 bad usage or an
 // unreadable input file.
@@ -18,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "clients/cpp/record_replay.h"
 #include "clients/cpp/samplerd_client.h"
 #include "clients/cpp/synthetic_model.h"
 #include "google/protobuf/util/json_util.h"
@@ -246,6 +249,24 @@ int main(int argc, char** argv) {
   demo->add_option("--profile", demo_flags.profile, "Server profile")->capture_default_str();
   demo->add_option("--seed", demo_flags.seed, "Seed of the generation")->capture_default_str();
 
+  RecordOptions record_options;
+  CLI::App* record = app.add_subcommand(
+      "record", "Run a generation (synthetic model, sequences batched) and record every request and response");
+  record->add_option("--out", record_options.out, "Recording file to write")->required();
+  record->add_option("--steps", record_options.steps, "Steps per sequence")->capture_default_str()->check(CLI::PositiveNumber);
+  record->add_option("--sequences", record_options.sequences, "Sequences batched in each request")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  record->add_option("--profile", record_options.profile, "Server profile; empty = the server's default");
+  record->add_option("--seed", record_options.seed, "Seed of sequence 0 (sequence k: seed + k); 0 = the server picks")
+      ->capture_default_str();
+  ReplayOptions replay_options;
+  CLI::App* replay = app.add_subcommand(
+      "replay", "Send a recording's requests to --target and check every answer is identical (exit 1 otherwise)");
+  replay->add_option("file", replay_options.file, "Recording written by `samplerctl record`")
+      ->required()
+      ->check(CLI::ExistingFile);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -256,5 +277,7 @@ int main(int argc, char** argv) {
   if (health->parsed()) return RunHealth(client, service);
   if (profiles->parsed()) return RunProfiles(client, profiles_json);
   if (sample->parsed()) return RunSample(client, sample_flags);
+  if (record->parsed()) return RunRecord(client, record_options);
+  if (replay->parsed()) return RunReplay(client, replay_options);
   return RunDemo(client, demo_flags);
 }
