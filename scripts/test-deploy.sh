@@ -5,7 +5,8 @@
 #   3. image:    build the container image with podman and smoke-test it (deploy/docker/build-image.sh,
 #                deploy/docker/smoke-test.sh)
 # Needs a built samplerd (builds it with scripts/build.sh when missing) and root for apt (podman, buildah,
-# debootstrap are installed by build-image.sh). SKIP_IMAGE=1 leaves out part 3.
+# debootstrap are installed by build-image.sh). SKIP_IMAGE=1 leaves out part 3; IMAGE_GIT=HEAD builds the image
+# from that commit instead of the work tree (for a work tree with others' unfinished edits; CI's clone is clean).
 #
 #   scripts/test-deploy.sh
 set -uo pipefail
@@ -36,7 +37,7 @@ run scaleout tests/scaleout/run.sh
 if [ "${SKIP_IMAGE:-0}" = 1 ]; then
   echo "=== test-deploy: image: skipped (SKIP_IMAGE=1)"
 else
-  run image-build deploy/docker/build-image.sh --tag samplerd:ci
+  run image-build deploy/docker/build-image.sh --tag samplerd:ci ${IMAGE_GIT:+--git "$IMAGE_GIT"}
   run image-smoke deploy/docker/smoke-test.sh --tag samplerd:ci
 fi
 

@@ -147,7 +147,7 @@ if [ -n "$git_rev" ]; then
 fi
 "${podman[@]}" build --pull=never --network host "${limits[@]}" "${no_cache[@]}" \
   --build-arg "JOBS=$jobs" --ignorefile "$context/deploy/docker/Dockerfile.dockerignore" \
-  -f deploy/docker/Dockerfile -t "$tag" "$context"
+  -f "$context/deploy/docker/Dockerfile" -t "$tag" "$context"
 phase "podman build"
 [ "$context" = . ] || { rm -rf "$context"; trap - EXIT; }
 echo "build-image: $tag is $("${podman[@]}" image inspect --format '{{.Size}}' "$tag" \

@@ -34,6 +34,10 @@ check "image exposes 50051/tcp and 9464/tcp (has '$ports')" \
   bash -c '[[ " $1 " == *" 50051/tcp "* && " $1 " == *" 9464/tcp "* ]]' _ "$ports"
 
 ref_pid=""
+# Metrics, where this build serves them (--metrics_listen): on a free port, checked below.
+metrics=()
+"${podman[@]}" run --rm --pull=never --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "$tag" --help \
+  | grep -q -- '--metrics_listen' && metrics=(--metrics_listen 127.0.0.1:0)
 cleanup() {
   "${podman[@]}" rm -f -t 0 "$name" > /dev/null 2>&1 || true
   [ -n "$ref_pid" ] && kill -KILL "$ref_pid" 2>/dev/null || true
@@ -44,7 +48,7 @@ trap cleanup EXIT
   --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
   --read-only --read-only-tmpfs=false --cap-drop ALL --security-opt no-new-privileges \
   -v "$PWD/deploy/k8s/base/profiles.json:/etc/samplerd/profiles.json:ro" \
-  "$tag" --listen 127.0.0.1:0 --config /etc/samplerd/profiles.json --drain_seconds 2 > /dev/null
+  "$tag" --listen 127.0.0.1:0 --config /etc/samplerd/profiles.json --drain_seconds 2 "${metrics[@]}" > /dev/null
 port=""
 for _ in $(seq 100); do
   port=$("${podman[@]}" logs "$name" 2>/dev/null \
@@ -71,11 +75,21 @@ profiles=$("$py" "$driver" profiles --target "127.0.0.1:$port" || true)
 check "ListProfiles has the ConfigMap's profiles (got: $(echo $profiles))" \
   bash -c 'grep -qx entropix-cautious <<< "$1" && grep -qx greedy <<< "$1" && grep -qx entropix <<< "$1"' _ "$profiles"
 check "SampleOnce returns a token" "$py" "$driver" once --target "127.0.0.1:$port"
+if ((${#metrics[@]})); then
+  mport=$("${podman[@]}" logs "$name" 2>/dev/null \
+    | awk '/^samplerd metrics on / { n = split($NF, a, ":"); print a[n]; exit }' || true)
+  check "Prometheus /metrics on port ${mport:-?} has samplerd_ series" \
+    bash -c 'curl -sf "http://127.0.0.1:$1/metrics" | grep -q "^samplerd_"' _ "$mport"
+else
+  echo "smoke: note: this build has no --metrics_listen; metrics not checked"
+fi
 reference=()
 host_bin=${SAMPLERD_BIN:-build/service/samplerd}
 if [ -x "$host_bin" ]; then
   ref_dir=$(mktemp -d)
-  "$host_bin" --listen 127.0.0.1:0 --log_level warn > "$ref_dir/out" 2>&1 &
+  host_extra=()
+  "$host_bin" --help | grep -q -- '--metrics_listen' && host_extra=(--metrics_listen 127.0.0.1:0)
+  "$host_bin" --listen 127.0.0.1:0 --log_level warn "${host_extra[@]}" > "$ref_dir/out" 2>&1 &
   ref_pid=$!
   ref_port=""
   for _ in $(seq 50); do

@@ -5,8 +5,9 @@
 #      ran, their outputs must hold the same objects;
 #   2. validate/validate.mjs: Kubernetes schemas (npm kubernetes-models 4.x), unknown fields, samplerd's wiring
 #      rules, plus its self-test (broken variants of each render must be rejected);
-#   3. with a built samplerd: every flag in the manifests must be in `samplerd --help`, and samplerd must
-#      load the rendered profiles ConfigMap and list its profiles.
+#   3. with a built samplerd: every flag in the manifests must be in `samplerd --help`, and samplerd started
+#      with each overlay's rendered args (addresses moved to loopback) must come up and list the profiles of
+#      the rendered ConfigMap.
 # Renders go to ${DEPLOY_BUILD_DIR:-build-deploy}/k8s/<overlay>.yaml.
 #
 #   deploy/k8s/render.sh     (SAMPLERD_BIN=path/to/samplerd, default build/service/samplerd;
@@ -24,7 +25,7 @@ out=${DEPLOY_BUILD_DIR:-build-deploy}/k8s
 samplerd=${SAMPLERD_BIN:-build/service/samplerd}
 tools=deploy/k8s/validate
 mkdir -p "$out"
-rm -f "$out"/*.yaml "$out/profiles.json"
+rm -f "$out"/*.yaml "$out"/*.json "$out"/*.args "$out"/*.log
 
 # --- tools: node + the two npm packages (versions pinned by package-lock.json) -------------------------------
 if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
@@ -81,39 +82,63 @@ fi
 node "$tools/validate.mjs" --self-test "${help_args[@]}" "${inputs[@]}"
 
 if [ -x "$samplerd" ]; then
-  # The ConfigMap as the pods will see it, loaded by the real server.
+  # Each overlay's samplerd, started here with the exact args of its rendered container: TCP addresses moved
+  # to 127.0.0.1:0, the unix socket and the ConfigMap file mapped into $out. It must start (samplerd refuses
+  # bad flag values) and list every profile of the rendered ConfigMap.
   abs_out=$(cd "$out" && pwd)
-  (cd "$tools" && node --input-type=module -e '
-    import { readFileSync, writeFileSync } from "node:fs";
-    import { parseAllDocuments } from "yaml";
-    const cm = parseAllDocuments(readFileSync(process.argv[1], "utf8")).map((d) => d.toJS())
-      .find((o) => o?.kind === "ConfigMap" && o.metadata.name.startsWith("samplerd-profiles"));
-    writeFileSync(process.argv[2], cm.data["profiles.json"]);
-  ' "$abs_out/standalone.yaml" "$abs_out/profiles.json") || true
-  [ -s "$out/profiles.json" ] || { echo "render: FAIL: no samplerd-profiles ConfigMap in the standalone render" >&2; exit 1; }
-  log="$out/profiles-samplerd.log"
-  : > "$log"
-  "$samplerd" --listen 127.0.0.1:0 --config "$out/profiles.json" --log_level warn > "$log" 2>&1 &
-  spid=$!
-  trap 'kill -KILL "$spid" 2>/dev/null || true' EXIT
-  port=""
-  for _ in $(seq 50); do
-    port=$(awk '/^samplerd listening on 127\.0\.0\.1:/ { n = split($NF, a, ":"); print a[n]; exit }' "$log" || true)
-    [ -n "$port" ] && break
-    kill -0 "$spid" 2>/dev/null || break
-    sleep 0.1
+  for input in "${inputs[@]}"; do
+    overlay=${input%%=*}
+    (cd "$tools" && node --input-type=module -e '
+      import { readFileSync, writeFileSync } from "node:fs";
+      import { parseAllDocuments } from "yaml";
+      const [render, dir, overlay] = process.argv.slice(1);
+      const objs = parseAllDocuments(readFileSync(render, "utf8")).map((d) => d.toJS()).filter(Boolean);
+      const pod = objs.filter((o) => o.kind === "Deployment").map((o) => o.spec.template.spec)
+        .find((p) => [...(p.initContainers ?? []), ...p.containers].some((c) => /(^|\/)samplerd(:|@|$)/.test(c.image)));
+      const c = [...(pod.initContainers ?? []), ...pod.containers].find((x) => /(^|\/)samplerd(:|@|$)/.test(x.image));
+      const cm = objs.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith("samplerd-profiles"));
+      writeFileSync(`${dir}/${overlay}.profiles.json`, cm.data["profiles.json"]);
+      const args = c.args.map((a) => String(a)
+        .replace(/^0\.0\.0\.0:\d+$/, "127.0.0.1:0")
+        .replace(/^unix:(\/\/)?\/.*$/, `unix:${dir}/${overlay}.sock`)
+        .replace(/^\/etc\/samplerd\/profiles\.json$/, `${dir}/${overlay}.profiles.json`));
+      writeFileSync(`${dir}/${overlay}.args`, args.join("\n") + "\n");
+    ' "$abs_out/$overlay.yaml" "$abs_out" "$overlay")
+    mapfile -t args < "$out/$overlay.args"
+    log="$out/$overlay.samplerd.log"
+    : > "$log"
+    "$samplerd" "${args[@]}" > "$log" 2>&1 &
+    spid=$!
+    trap 'kill -KILL "$spid" 2>/dev/null || true' EXIT
+    port=""
+    for _ in $(seq 50); do
+      port=$(awk '/^samplerd listening on 127\.0\.0\.1:/ { n = split($NF, a, ":"); print a[n]; exit }' "$log" || true)
+      [ -n "$port" ] && break
+      kill -0 "$spid" 2>/dev/null || break
+      sleep 0.1
+    done
+    listed=""
+    [ -n "$port" ] && listed=$(/usr/bin/python3 tests/scaleout/driver.py profiles --target "127.0.0.1:$port" 2>&1 || true)
+    sock_ok=1
+    sock=$(sed -n 's/^unix:\(\/\/\)\{0,1\}//p' "$out/$overlay.args" | head -1)
+    if [ -n "$sock" ] && [ -n "$port" ]; then
+      /usr/bin/python3 tests/scaleout/driver.py health --target "unix:$sock" --wait 5 > /dev/null 2>&1 || sock_ok=0
+    fi
+    kill -TERM "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    trap - EXIT
+    if [ -z "$port" ]; then
+      echo "render: FAIL: $overlay: samplerd did not start with the rendered args: $(tr '\n' ' ' < "$out/$overlay.args")" >&2
+      cat "$log" >&2; exit 1
+    fi
+    ((sock_ok)) || { echo "render: FAIL: $overlay: health over the rendered unix socket ($sock) failed" >&2; exit 1; }
+    want=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).profiles.map((p) => p.name).join(" "))' "$out/$overlay.profiles.json")
+    for p in $want; do
+      grep -qx "$p" <<< "$listed" || {
+        echo "render: FAIL: $overlay: samplerd with the rendered ConfigMap does not list profile $p" >&2
+        cat "$log" >&2; echo "$listed" >&2; exit 1; }
+    done
+    echo "render: $overlay: samplerd starts with the rendered args${sock:+ (health SERVING on its unix socket)} and lists the ConfigMap's profiles: $want"
   done
-  listed=""
-  [ -n "$port" ] && listed=$(/usr/bin/python3 tests/scaleout/driver.py profiles --target "127.0.0.1:$port" 2>&1 || true)
-  kill -TERM "$spid" 2>/dev/null || true
-  wait "$spid" 2>/dev/null || true
-  trap - EXIT
-  want=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).profiles.map((p) => p.name).join(" "))' "$out/profiles.json")
-  for p in $want; do
-    grep -qx "$p" <<< "$listed" || {
-      echo "render: FAIL: samplerd --config (the rendered ConfigMap) does not list profile $p" >&2
-      cat "$log" >&2; echo "$listed" >&2; exit 1; }
-  done
-  echo "render: samplerd loads the rendered profiles ConfigMap and lists: $want"
 fi
 echo "render: all overlays rendered and valid ($out)"

@@ -24,6 +24,10 @@ term_at=0.55      # ... and replica B gets SIGTERM
 pace_ms=8         # per-step sleep in the client (the model's forward pass), so both events land mid-run
 
 [ -x "$samplerd" ] || { echo "scaleout: $samplerd not built" >&2; exit 1; }
+# Replicas share one host: where samplerd serves metrics, give each its own free port (the default 9464 would
+# be taken by the first).
+extra=()
+"$samplerd" --help | grep -q -- '--metrics_listen' && extra=(--metrics_listen 127.0.0.1:0)
 work=$(mktemp -d "${TMPDIR:-/tmp}/samplerd-scaleout.XXXXXX")
 declare -A pid port
 cleanup() {
@@ -36,7 +40,7 @@ trap cleanup EXIT
 # Starts a replica on 127.0.0.1:0 and reads the port it printed.
 start_replica() {
   local name=$1
-  "$samplerd" --listen 127.0.0.1:0 --drain_seconds "$drain_seconds" --log_level warn \
+  "$samplerd" --listen 127.0.0.1:0 --drain_seconds "$drain_seconds" --log_level warn "${extra[@]}" \
     > "$work/$name.out" 2> "$work/$name.err" &
   pid[$name]=$!
   for _ in $(seq 100); do

@@ -184,11 +184,19 @@ function checkWiring(objects, expect, helpFlags) {
       }
       const metrics = (c.ports ?? []).find((p) => p.name === "metrics");
       if (!metrics || metrics.containerPort !== 9464) err(d, `${where}: port 'metrics' must be 9464`);
+      const metricsListen = (flags.metrics_listen ?? [])[0];
+      if (metricsListen !== undefined && metricsListen !== "0.0.0.0:9464") {
+        err(d, `${where}: --metrics_listen ${metricsListen}: Prometheus scrapes the pod IP on port 'metrics', so 0.0.0.0:9464`);
+      }
       const drain = Number((flags.drain_seconds ?? [])[0] ?? 10);
       const pause = preStopSeconds(c);
       const grace = spec.terminationGracePeriodSeconds ?? 30;
       if (!pause) err(d, `${where}: needs a preStop pause (lifecycle.preStop.sleep)`);
       if (grace < (pause ?? 0) + drain) err(d, `terminationGracePeriodSeconds ${grace} < preStop ${pause} s + --drain_seconds ${drain}`);
+      const ageGrace = (flags.max_connection_age_grace_seconds ?? [])[0];
+      if (ageGrace !== undefined && Number(ageGrace) < drain) {
+        err(d, `${where}: --max_connection_age_grace_seconds ${ageGrace} < --drain_seconds ${drain} (samplerd refuses to start)`);
+      }
 
       const config = (flags.config ?? [])[0];
       if (config) {
@@ -319,6 +327,10 @@ const MUTATIONS = [
   ["flag samplerd does not have", "no flag --metrics_port", (objs) => { samplerdContainer(objs).args.push("--metrics_port", "9464"); }],
   ["grace period shorter than the drain", "terminationGracePeriodSeconds 10 <", (objs) => {
     samplerdPod(objs).terminationGracePeriodSeconds = 10; }],
+  ["metrics on loopback", "--metrics_listen 127.0.0.1:9464", (objs) => {
+    const c = samplerdContainer(objs); c.args[c.args.indexOf("0.0.0.0:9464")] = "127.0.0.1:9464"; }],
+  ["connection-age grace below the drain", "--max_connection_age_grace_seconds 5 <", (objs) => {
+    const c = samplerdContainer(objs); c.args[c.args.indexOf("--max_connection_age_grace_seconds") + 1] = "5"; }],
   ["no preStop pause", "needs a preStop pause", (objs) => { delete samplerdContainer(objs).lifecycle; }],
   ["writable root filesystem", "readOnlyRootFilesystem is not true", (objs) => {
     samplerdContainer(objs).securityContext.readOnlyRootFilesystem = false; }],
