@@ -7,6 +7,7 @@
 #ifndef SAMPLERD_CORE_REDUCE_KERNELS_IMPL_H_
 #define SAMPLERD_CORE_REDUCE_KERNELS_IMPL_H_
 
+#include <float.h>
 #include <math.h>
 
 #include <immintrin.h>
@@ -220,7 +221,16 @@ struct Impl {
         acc += xsimd::select(finite, xsimd::abs(v), zero);
         cnt += xsimd::select(finite, one, zero);
       }
-      total += xsimd::hadd(acc);
+      const float block_sum = xsimd::hadd(acc);
+      if (block_sum <= FLT_MAX) {
+        total += block_sum;
+      } else {
+        // |x| near FLT_MAX overflows the float lanes (found by tests/fuzz): this block again in double. A block
+        // holding NaN or +inf lands here too; its row is rejected anyway.
+        for (int64_t j = i; j < i + kBlock; ++j) {
+          if (x[j] != -INFINITY) total += fabs(static_cast<double>(x[j]));
+        }
+      }
       count += static_cast<int64_t>(xsimd::hadd(cnt));  // <= kBlock: exact in float
     }
     float m = HorizontalMax(vmax);

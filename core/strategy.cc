@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace samplerd {
 namespace {
@@ -105,6 +106,8 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
       break;
   }
   // Formulas can leave the valid range only through extreme coefficients; keep the chain's contract.
+  // A valid base temperature near FLT_MAX times a formula's factor overflows float (found by tests/fuzz).
+  d.params.temperature = std::min(d.params.temperature, std::numeric_limits<float>::max());
   d.params.top_p = std::clamp(d.params.top_p, 1e-6f, 1.0f);
   d.params.min_p = std::clamp(d.params.min_p, 0.0f, 1.0f);
   d.params.top_k = std::max(d.params.top_k, 0);

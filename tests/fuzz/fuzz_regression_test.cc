@@ -111,5 +111,43 @@ TEST(FuzzTargets, NanLogitsAreAcceptedOnlyAsAnError) {
   EXPECT_EQ(CheckRequest(request.SerializeAsString()), "");
 }
 
+// Crash 1 (kernels_fuzzer): attention scores near FLT_MAX summed |x| in float lanes, so interaction_strength
+// came out +inf (and fed +inf into the EXPLORE / ADAPTIVE formulas). Fixed in core/reduce_kernels_impl.h
+// (ScanRow redoes an overflowing block in double).
+TEST(FuzzRegression, AttentionNearFltMaxHasAFiniteInteractionStrength) {
+  for (int64_t cols : {256, 1000, 4096}) {
+    std::vector<float> row(static_cast<size_t>(2 * cols), 3.0e38f);
+    row[5] = -FLT_MAX;
+    row[static_cast<size_t>(cols)] = -std::numeric_limits<float>::infinity();
+    EXPECT_EQ(CheckKernels(EncodeKernelRecipe(true, 2, row)), "") << cols;
+  }
+}
+
+// Crash 2 (request_fuzzer): a valid override temperature of FLT_MAX times RESAMPLE's factor (>= 2) overflowed
+// float, and the step was answered with applied.temperature = +inf. Fixed in core/strategy.cc (Decide keeps
+// the temperature <= FLT_MAX).
+TEST(FuzzRegression, HugeValidTemperatureIsAppliedFiniteUnderEveryProfile) {
+  std::vector<float> logits(256), attention(4 * 64);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = static_cast<float>((i * 37) % 11) * 0.01f;
+  for (size_t i = 0; i < attention.size(); ++i) attention[i] = static_cast<float>((i * 13) % 7);
+  for (const char* profile : {"entropix", "entropix-frog", "fixed"}) {
+    v1::SampleRequest request;
+    v1::Step* step = request.add_steps();
+    step->set_sequence_id("hot");
+    step->set_seed(5);
+    step->set_profile(profile);
+    step->mutable_params()->set_temperature(FLT_MAX);
+    step->mutable_logits()->set_dtype(v1::DTYPE_F32);
+    step->mutable_logits()->add_shape(static_cast<int64_t>(logits.size()));
+    step->mutable_logits()->set_data(std::string(reinterpret_cast<const char*>(logits.data()), logits.size() * 4));
+    step->mutable_attention()->set_dtype(v1::DTYPE_F32);
+    step->mutable_attention()->add_shape(4);
+    step->mutable_attention()->add_shape(64);
+    step->mutable_attention()->set_data(
+        std::string(reinterpret_cast<const char*>(attention.data()), attention.size() * 4));
+    EXPECT_EQ(CheckRequest(request.SerializeAsString()), "") << profile;
+  }
+}
+
 }  // namespace
 }  // namespace samplerd::fuzz
