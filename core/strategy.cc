@@ -72,9 +72,11 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
       d.params.temperature = static_cast<float>(std::min(
           c.explore_temperature_max,
           T * (c.explore_temperature_offset + c.explore_temperature_interaction_strength * interaction)));
-      // Reference: int() truncation toward zero.
-      d.params.top_k = static_cast<int32_t>(
-          std::max(c.explore_top_k_min, std::trunc(K * (1.0 + c.explore_top_k_agreement * (1.0 - agreement)))));
+      // Reference: int() truncation toward zero. Capped at INT32_MAX: a valid top_k near it, widened, does not
+      // fit an int32 (found by tests/fuzz).
+      d.params.top_k = static_cast<int32_t>(std::min<double>(
+          std::max(c.explore_top_k_min, std::trunc(K * (1.0 + c.explore_top_k_agreement * (1.0 - agreement)))),
+          std::numeric_limits<int32_t>::max()));
       break;
     case v1::REGIME_RESAMPLE:
       d.params.temperature = static_cast<float>(std::max(

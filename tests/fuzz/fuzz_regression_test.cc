@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "core/profile.h"
+#include "core/strategy.h"
 #include "gtest/gtest.h"
 #include "samplerd/v1/sampler.pb.h"
 #include "tests/fuzz/fuzz_targets.h"
@@ -147,6 +149,23 @@ TEST(FuzzRegression, HugeValidTemperatureIsAppliedFiniteUnderEveryProfile) {
         std::string(reinterpret_cast<const char*>(attention.data()), attention.size() * 4));
     EXPECT_EQ(CheckRequest(request.SerializeAsString()), "") << profile;
   }
+}
+
+// Crash 3 (request_fuzzer, UBSan): EXPLORE widens top_k by up to 1.5x; a valid override of INT32_MAX became
+// 3.2e9, converted to int32 (undefined; on x86 INT32_MIN, so top-k was silently switched off). Fixed in
+// core/strategy.cc (capped at INT32_MAX before the conversion).
+TEST(FuzzRegression, ExploreKeepsAnInt32MaxTopK) {
+  const std::shared_ptr<const ProfileRegistry> profiles = ProfileRegistry::BuiltIn();
+  const Profile* entropix = profiles->Find("entropix");
+  ASSERT_NE(entropix, nullptr);
+  SamplingConfig base = entropix->base();
+  base.top_k = std::numeric_limits<int32_t>::max();
+  MetricValues metrics;
+  metrics.logits_entropy = 1.0;  // entropix EXPLORE: entropy < 5 and varentropy > 5
+  metrics.logits_varentropy = 10.0;
+  const Decision d = Decide(*entropix, base, metrics, {}, 32000);
+  ASSERT_EQ(d.regime, v1::REGIME_EXPLORE);
+  EXPECT_EQ(d.params.top_k, std::numeric_limits<int32_t>::max());
 }
 
 }  // namespace
