@@ -101,7 +101,8 @@ class AuthInterceptor final : public grpc::experimental::Interceptor {
     // TryCancel would say CANCELLED, which a client cannot tell from a network problem.)
     grpc_call_cancel_with_status(
         info_->server_context()->c_call(), GRPC_STATUS_UNAUTHENTICATED,
-        absl::StrCat(reason, ": send `authorization: Bearer <token>` (--auth_token_file)").c_str(), nullptr);
+        absl::StrCat(reason, ": expected metadata \"authorization: Bearer\" and a token of --auth_token_file").c_str(),
+        nullptr);
   }
 
   grpc::experimental::ServerRpcInfo* const info_;

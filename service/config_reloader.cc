@@ -1,5 +1,6 @@
 #include "service/config_reloader.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 
@@ -9,8 +10,12 @@ absl::StatusOr<std::shared_ptr<const ProfileRegistry>> LoadProfiles(const std::s
   if (config_path.empty()) return ProfileRegistry::BuiltIn();
   absl::StatusOr<std::shared_ptr<const ProfileRegistry>> profiles = ProfileRegistry::FromJsonFile(config_path);
   if (!profiles.ok()) {
+    // Parse errors already start with the path; validation errors name only the field.
+    const absl::string_view message = profiles.status().message();
     return absl::Status(profiles.status().code(),
-                        absl::StrCat("--config ", config_path, ": ", profiles.status().message()));
+                        absl::StartsWith(message, config_path)
+                            ? absl::StrCat("--config ", message)
+                            : absl::StrCat("--config ", config_path, ": ", message));
   }
   return profiles;
 }

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -21,6 +22,7 @@ namespace samplerd::testing {
 namespace {
 
 constexpr char kListening[] = "samplerd listening on ";
+constexpr char kMetrics[] = "samplerd metrics on ";
 
 std::string UniqueSocketPath() {
   static std::atomic<int> counter{0};
@@ -48,13 +50,22 @@ bool ReadLine(int fd, std::chrono::steady_clock::time_point deadline, std::strin
 
 }  // namespace
 
-std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::string>& extra_args) {
+std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::string>& extra_args,
+                                                    const std::string& stderr_path) {
   std::unique_ptr<ServerProcess> server(new ServerProcess());
   server->socket_path_ = UniqueSocketPath();
   const std::string unix_address = "unix:" + server->socket_path_;
 
   std::vector<std::string> args = {SAMPLERD_BINARY, "--listen", "127.0.0.1:0", "--listen", unix_address,
                                    "--log_level", "warn"};
+  // Never the default 0.0.0.0:9464: tests run servers side by side.
+  bool wants_metrics = true;
+  const auto metrics_flag = std::find(extra_args.begin(), extra_args.end(), "--metrics_listen");
+  if (metrics_flag == extra_args.end()) {
+    args.insert(args.end(), {"--metrics_listen", "127.0.0.1:0"});
+  } else {
+    wants_metrics = std::next(metrics_flag) != extra_args.end() && !std::next(metrics_flag)->empty();
+  }
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -65,12 +76,18 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
     std::perror("pipe2");
     return nullptr;
   }
+  int err = -1;
+  if (!stderr_path.empty()) {
+    err = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (err < 0) std::perror(stderr_path.c_str());
+  }
   const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) {
     std::perror("fork");
     close(out[0]);
     close(out[1]);
+    if (err >= 0) close(err);
     return nullptr;
   }
   if (pid == 0) {
@@ -78,20 +95,29 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);
     dup2(out[1], STDOUT_FILENO);  // dup2 clears O_CLOEXEC on the new descriptor
+    if (err >= 0) dup2(err, STDERR_FILENO);
     execv(argv[0], argv.data());
     _exit(127);
   }
   close(out[1]);
+  if (err >= 0) close(err);
   server->pid_ = pid;
   server->stdout_fd_ = out[0];
 
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   std::string line;
-  while (server->tcp_target_.empty() || server->unix_target_.empty()) {
+  while (server->tcp_target_.empty() || server->unix_target_.empty() ||
+         (wants_metrics && server->metrics_address_.empty())) {
     if (!ReadLine(server->stdout_fd_, deadline, &line)) {
-      std::fprintf(stderr, "ServerProcess: %s did not print both addresses (got tcp=\"%s\" unix=\"%s\")\n",
-                   SAMPLERD_BINARY, server->tcp_target_.c_str(), server->unix_target_.c_str());
+      std::fprintf(stderr,
+                   "ServerProcess: %s did not print its addresses (got tcp=\"%s\" unix=\"%s\" metrics=\"%s\")\n",
+                   SAMPLERD_BINARY, server->tcp_target_.c_str(), server->unix_target_.c_str(),
+                   server->metrics_address_.c_str());
       return nullptr;  // the destructor kills the child
+    }
+    if (line.rfind(kMetrics, 0) == 0) {
+      server->metrics_address_ = line.substr(sizeof(kMetrics) - 1);
+      continue;
     }
     if (line.rfind(kListening, 0) != 0) continue;
     const std::string address = line.substr(sizeof(kListening) - 1);

@@ -1,7 +1,8 @@
 // A real `samplerd` child process for end-to-end tests.
 //
-// Starts the binary with `--listen 127.0.0.1:0 --listen unix:/tmp/<unique>.sock` plus any extra flags, reads
-// the "samplerd listening on <address>" lines it prints to learn the TCP port, and kills the child when the
+// Starts the binary with `--listen 127.0.0.1:0 --listen unix:/tmp/<unique>.sock --metrics_listen 127.0.0.1:0`
+// (the last unless the extra flags set --metrics_listen) plus any extra flags, reads the "samplerd listening on
+// <address>" and "samplerd metrics on <address>" lines it prints to learn the ports, and kills the child when the
 // object goes away, so a failing assertion never leaves a server behind (the child also dies with the test
 // process, through PR_SET_PDEATHSIG).
 //
@@ -25,9 +26,11 @@ namespace samplerd::testing {
 // ServerProcess
 class ServerProcess {
  public:
-  // Starts `binary` (default: the samplerd this test was built with) and waits up to 20 s for both addresses
-  // to be printed. Null (with the reason on stderr) when the child did not come up.
-  static std::unique_ptr<ServerProcess> Start(const std::vector<std::string>& extra_args = {});
+  // Starts `binary` (default: the samplerd this test was built with) and waits up to 20 s for its addresses
+  // to be printed. Null (with the reason on stderr) when the child did not come up. A non-empty `stderr_path`
+  // receives the child's stderr (its log) instead of the test's.
+  static std::unique_ptr<ServerProcess> Start(const std::vector<std::string>& extra_args = {},
+                                              const std::string& stderr_path = "");
 
   // Runs samplerd with `args` (no --listen added) to completion, for flags that make it exit at once.
   // Returns the exit code (-1 when it could not run) and its stdout and stderr in `*output`.
@@ -41,6 +44,8 @@ class ServerProcess {
   // "127.0.0.1:<port>" and "unix:/tmp/....sock".
   const std::string& tcp_target() const { return tcp_target_; }
   const std::string& unix_target() const { return unix_target_; }
+  // "127.0.0.1:<port>" of /metrics; empty when the server runs without metrics.
+  const std::string& metrics_address() const { return metrics_address_; }
   pid_t pid() const { return pid_; }
 
   // Sends `signal` (0 = none, only wait) and waits up to `timeout` for the exit. Returns the exit code, 128 + signal number when a
@@ -56,6 +61,7 @@ class ServerProcess {
   std::string socket_path_;
   std::string tcp_target_;
   std::string unix_target_;
+  std::string metrics_address_;
 };
 
 }  // namespace samplerd::testing

@@ -1,0 +1,816 @@
+// Operations of the real samplerd binary: TLS and mutual TLS, bearer tokens, Prometheus metrics, JSON logs with
+// trace context, SIGHUP reloads, connection aging, the drain on SIGTERM and the release of cancelled streams.
+// Certificates are made with the openssl command at test time, in a temporary directory.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "samplerd/v1/sampler.grpc.pb.h"
+#include "tests/service/server_process.h"
+
+namespace samplerd {
+namespace {
+
+using ::samplerd::testing::ServerProcess;
+using ::testing::HasSubstr;
+using SampleStream = grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>;
+using Clock = std::chrono::steady_clock;
+
+constexpr char kTraceparent[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream file(path);
+  std::stringstream contents;
+  contents << file.rdbuf();
+  return contents.str();
+}
+
+void WriteFile(const std::string& path, const std::string& contents) {
+  // Written aside and renamed, so a reload never sees half a file.
+  const std::string staging = path + ".new";
+  std::ofstream(staging) << contents;
+  std::filesystem::rename(staging, path);
+}
+
+// A directory under /tmp removed with everything in it when the object goes away.
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/samplerd-ops-XXXXXX";
+    path_ = mkdtemp(pattern) != nullptr ? pattern : "";
+  }
+  ~TempDir() {
+    if (!path_.empty()) std::filesystem::remove_all(path_);
+  }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+  bool ok() const { return !path_.empty(); }
+
+ private:
+  std::string path_;
+};
+
+// A CA, a server certificate for localhost and 127.0.0.1 signed by it, a client certificate signed by it, and a
+// "rogue" client certificate signed by another CA. EC P-256 keys: quick to make.
+bool MakeCertificates(const TempDir& dir) {
+  const std::string script = R"(set -e
+cd ")" + dir.File("") + R"("
+ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=$1" \
+         -keyout "$1.key" -out "$1.pem"; }
+leaf() {
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$1" -keyout "$1.key" -out "$1.csr"
+  printf '%s\n' "$3" > "$1.ext"
+  openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -days 2 -extfile "$1.ext" -out "$1.pem"
+}
+ca ca
+ca other-ca
+leaf server ca "subjectAltName=DNS:localhost,IP:127.0.0.1
+extendedKeyUsage=serverAuth"
+leaf client ca "extendedKeyUsage=clientAuth"
+leaf rogue other-ca "extendedKeyUsage=clientAuth"
+)";
+  std::ofstream(dir.File("make-certs.sh")) << script;
+  const std::string command = "sh " + dir.File("make-certs.sh") + " > " + dir.File("openssl.log") + " 2>&1";
+  if (std::system(command.c_str()) != 0) {
+    std::fprintf(stderr, "openssl failed:\n%s\n", ReadFile(dir.File("openssl.log")).c_str());
+    return false;
+  }
+  return true;
+}
+
+void FillF32(const std::vector<float>& values, v1::Tensor* tensor) {
+  tensor->set_dtype(v1::DTYPE_F32);
+  tensor->clear_shape();
+  tensor->add_shape(static_cast<int64_t>(values.size()));
+  tensor->set_data(values.data(), values.size() * sizeof(float));
+}
+
+// A valid step: N(0, 1) logits over `vocab` tokens, fixed by (sequence_id, step).
+v1::Step MakeStep(const std::string& sequence_id, uint64_t step, int vocab = 1000, const std::string& profile = "") {
+  std::mt19937 rng(static_cast<uint32_t>(std::hash<std::string>()(sequence_id) ^ (step * 2654435761u)));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> logits(static_cast<size_t>(vocab));
+  for (float& z : logits) z = normal(rng);
+  v1::Step s;
+  s.set_sequence_id(sequence_id);
+  s.set_step(step);
+  s.set_seed(7);
+  s.set_profile(profile);
+  FillF32(logits, s.mutable_logits());
+  return s;
+}
+
+v1::SampleRequest OneStepRequest(const std::string& sequence_id = "ops") {
+  v1::SampleRequest request;
+  *request.add_steps() = MakeStep(sequence_id, 0);
+  return request;
+}
+
+std::shared_ptr<grpc::Channel> Plaintext(const std::string& target) {
+  return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+}
+
+// A TLS channel trusting `ca`; with a client certificate when `cert` is given.
+std::shared_ptr<grpc::Channel> Tls(const std::string& target, const TempDir& dir, const std::string& ca,
+                                   const std::string& cert = "") {
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = ReadFile(dir.File(ca + ".pem"));
+  if (!cert.empty()) {
+    options.pem_cert_chain = ReadFile(dir.File(cert + ".pem"));
+    options.pem_private_key = ReadFile(dir.File(cert + ".key"));
+  }
+  return grpc::CreateChannel(target, grpc::SslCredentials(options));
+}
+
+// SampleOnce with one valid step; `token` non-empty adds the bearer token, `traceparent` the trace context.
+grpc::Status CallSampleOnce(grpc::Channel* channel, const std::string& token = "",
+                            const std::string& traceparent = "", v1::SampleResponse* response = nullptr) {
+  auto stub = v1::Sampler::NewStub(std::shared_ptr<grpc::Channel>(channel, [](grpc::Channel*) {}));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  if (!traceparent.empty()) context.AddMetadata("traceparent", traceparent);
+  v1::SampleResponse local;
+  return stub->SampleOnce(&context, OneStepRequest(), response != nullptr ? response : &local);
+}
+
+grpc::Status CallHealth(grpc::Channel* channel, grpc::health::v1::HealthCheckResponse* response) {
+  auto stub = grpc::health::v1::Health::NewStub(std::shared_ptr<grpc::Channel>(channel, [](grpc::Channel*) {}));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  return stub->Check(&context, grpc::health::v1::HealthCheckRequest(), response);
+}
+
+// GET http://<address><path> over a plain socket (HTTP/1.0, so the server closes when done). The body, or empty
+// when the request failed.
+std::string HttpGet(const std::string& address, const std::string& path) {
+  const size_t colon = address.rfind(':');
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+  if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr) != 1) return "";
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  std::string reply;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: " + address + "\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buffer[8192];
+      ssize_t n;
+      while ((n = read(fd, buffer, sizeof(buffer))) > 0) reply.append(buffer, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  const size_t body = reply.find("\r\n\r\n");
+  if (reply.rfind("HTTP/1.", 0) != 0 || reply.find(" 200 ") == std::string::npos || body == std::string::npos) {
+    return "";
+  }
+  return reply.substr(body + 4);
+}
+
+// The value of the first sample of `name` whose labels include `labels`, in Prometheus text format; NaN when
+// there is none.
+double MetricValue(const std::string& exposition, const std::string& name,
+                   const std::map<std::string, std::string>& labels = {}) {
+  std::istringstream lines(exposition);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t name_end = line.find_first_of("{ ");
+    if (name_end == std::string::npos || line.substr(0, name_end) != name) continue;
+    bool match = true;
+    for (const auto& [key, value] : labels) {
+      match = match && line.find(key + "=\"" + value + "\"") != std::string::npos;
+    }
+    if (!match) continue;
+    return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return std::nan("");
+}
+
+// Polls `condition` every 20 ms until it holds or `timeout` passes; whether it held.
+bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return condition();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// TLS
+
+class TlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir_.ok());
+    ASSERT_TRUE(MakeCertificates(dir_));
+  }
+  TempDir dir_;
+};
+
+TEST_F(TlsTest, TlsPortServesTlsClientsAndRefusesPlaintextOnes) {
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--tls_cert", dir_.File("server.pem"), "--tls_key", dir_.File("server.key")});
+  ASSERT_NE(server, nullptr);
+
+  v1::SampleResponse response;
+  const grpc::Status tls = CallSampleOnce(Tls(server->tcp_target(), dir_, "ca").get(), "", "", &response);
+  ASSERT_TRUE(tls.ok()) << tls.error_message();
+  EXPECT_EQ(response.results_size(), 1);
+  EXPECT_FALSE(response.results(0).has_error());
+
+  // The TCP port speaks only TLS.
+  const grpc::Status plaintext = CallSampleOnce(Plaintext(server->tcp_target()).get());
+  EXPECT_EQ(plaintext.error_code(), grpc::StatusCode::UNAVAILABLE) << plaintext.error_message();
+  // A client that does not trust the server's CA refuses it.
+  const grpc::Status untrusted = CallSampleOnce(Tls(server->tcp_target(), dir_, "other-ca").get());
+  EXPECT_EQ(untrusted.error_code(), grpc::StatusCode::UNAVAILABLE) << untrusted.error_message();
+  // The unix socket stays plaintext.
+  EXPECT_TRUE(CallSampleOnce(Plaintext(server->unix_target()).get()).ok());
+}
+
+TEST_F(TlsTest, MutualTlsRefusesClientsWithoutACertificateFromTheClientCa) {
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--tls_cert", dir_.File("server.pem"), "--tls_key", dir_.File("server.key"),
+                            "--tls_client_ca", dir_.File("ca.pem")});
+  ASSERT_NE(server, nullptr);
+
+  const grpc::Status no_certificate = CallSampleOnce(Tls(server->tcp_target(), dir_, "ca").get());
+  EXPECT_EQ(no_certificate.error_code(), grpc::StatusCode::UNAVAILABLE) << no_certificate.error_message();
+  const grpc::Status rogue = CallSampleOnce(Tls(server->tcp_target(), dir_, "ca", "rogue").get());
+  EXPECT_EQ(rogue.error_code(), grpc::StatusCode::UNAVAILABLE) << rogue.error_message();
+  grpc::health::v1::HealthCheckResponse health;
+  EXPECT_FALSE(CallHealth(Tls(server->tcp_target(), dir_, "ca").get(), &health).ok());
+
+  const grpc::Status good = CallSampleOnce(Tls(server->tcp_target(), dir_, "ca", "client").get());
+  EXPECT_TRUE(good.ok()) << good.error_message();
+}
+
+TEST_F(TlsTest, UnusableCertificateFilesExitTwoNamingTheFlag) {
+  std::string output;
+  // The key of another certificate.
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_listen '' --tls_cert " + dir_.File("server.pem") +
+                                         " --tls_key " + dir_.File("client.key"),
+                                     &output),
+            2);
+  EXPECT_THAT(output, HasSubstr("--tls_key " + dir_.File("client.key")));
+  EXPECT_THAT(output, HasSubstr("is not the private key"));
+  // Not a certificate.
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_listen '' --tls_cert " + dir_.File("server.key") +
+                                         " --tls_key " + dir_.File("server.key"),
+                                     &output),
+            2);
+  EXPECT_THAT(output, HasSubstr("--tls_cert"));
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_listen '' --tls_cert " + dir_.File("server.pem") +
+                                         " --tls_key " + dir_.File("server.key") + " --tls_client_ca /nonexistent.pem",
+                                     &output),
+            2);
+  EXPECT_THAT(output, HasSubstr("--tls_client_ca /nonexistent.pem: cannot be read"));
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --tls_key " + dir_.File("server.key"), &output), 2);
+  EXPECT_THAT(output, HasSubstr("--tls_cert: is required with --tls_key"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Bearer tokens
+
+class AuthTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir_.ok());
+    WriteFile(dir_.File("tokens"), "right-token\n");
+    server_ = ServerProcess::Start({"--auth_token_file", dir_.File("tokens")});
+    ASSERT_NE(server_, nullptr);
+    channel_ = Plaintext(server_->tcp_target());
+  }
+  double StepsRun() {
+    return MetricValue(HttpGet(server_->metrics_address(), "/metrics"), "samplerd_step_core_seconds_count");
+  }
+  TempDir dir_;
+  std::unique_ptr<ServerProcess> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+TEST_F(AuthTest, RightTokenWorksWrongOrMissingTokenIsUnauthenticated) {
+  v1::SampleResponse response;
+  const grpc::Status right = CallSampleOnce(channel_.get(), "right-token", "", &response);
+  ASSERT_TRUE(right.ok()) << right.error_message();
+  EXPECT_EQ(response.results_size(), 1);
+  const double steps_after_right = StepsRun();
+  EXPECT_EQ(steps_after_right, 1);
+
+  for (const std::string& token : {std::string(), std::string("wrong-token"), std::string("right-toke"),
+                                   std::string("right-token-and-more")}) {
+    const grpc::Status refused = CallSampleOnce(channel_.get(), token);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED) << "token \"" << token << "\"";
+    EXPECT_THAT(refused.error_message(), HasSubstr("authorization: Bearer"));
+  }
+  // A refused SampleOnce did not run its step.
+  EXPECT_EQ(StepsRun(), steps_after_right);
+
+  // Another scheme, or the token without one.
+  auto stub = v1::Sampler::NewStub(channel_);
+  for (const std::string& header : {std::string("Basic right-token"), std::string("right-token")}) {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", header);
+    v1::ListProfilesResponse profiles;
+    EXPECT_EQ(stub->ListProfiles(&context, v1::ListProfilesRequest(), &profiles).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED)
+        << header;
+  }
+  // The scheme is case-insensitive.
+  grpc::ClientContext lower;
+  lower.AddMetadata("authorization", "bearer right-token");
+  v1::ListProfilesResponse profiles;
+  EXPECT_TRUE(stub->ListProfiles(&lower, v1::ListProfilesRequest(), &profiles).ok());
+}
+
+TEST_F(AuthTest, StreamsAndReflectionNeedTheTokenHealthDoesNot) {
+  auto stub = v1::Sampler::NewStub(channel_);
+  {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer wrong-token");
+    std::unique_ptr<SampleStream> stream = stub->Sample(&context);
+    v1::SampleResponse response;
+    stream->Write(OneStepRequest());
+    EXPECT_FALSE(stream->Read(&response));
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer right-token");
+    std::unique_ptr<SampleStream> stream = stub->Sample(&context);
+    v1::SampleResponse response;
+    ASSERT_TRUE(stream->Write(OneStepRequest()));
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_EQ(response.results_size(), 1);
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+  {
+    auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(channel_);
+    grpc::ClientContext context;
+    auto stream = reflection->ServerReflectionInfo(&context);
+    grpc::reflection::v1alpha::ServerReflectionRequest list;
+    list.set_list_services("");
+    grpc::reflection::v1alpha::ServerReflectionResponse listed;
+    stream->Write(list);
+    EXPECT_FALSE(stream->Read(&listed));
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  // Load balancers and the kubelet probe health without credentials, over TCP and the unix socket.
+  for (const std::string& target : {server_->tcp_target(), server_->unix_target()}) {
+    grpc::health::v1::HealthCheckResponse health;
+    const grpc::Status status = CallHealth(Plaintext(target).get(), &health);
+    ASSERT_TRUE(status.ok()) << target << ": " << status.error_message();
+    EXPECT_EQ(health.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  }
+  // The unix socket checks the token too.
+  EXPECT_EQ(CallSampleOnce(Plaintext(server_->unix_target()).get()).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_F(AuthTest, SighupRotatesTheTokensAndAnEmptyFileKeepsThem) {
+  // Rotation: both tokens for a while, then only the new one.
+  WriteFile(dir_.File("tokens"), "right-token\nnext-token\n");
+  kill(server_->pid(), SIGHUP);
+  EXPECT_TRUE(WaitFor([&] { return CallSampleOnce(channel_.get(), "next-token").ok(); }, std::chrono::seconds(10)));
+  EXPECT_TRUE(CallSampleOnce(channel_.get(), "right-token").ok());
+
+  WriteFile(dir_.File("tokens"), "next-token\n");
+  kill(server_->pid(), SIGHUP);
+  EXPECT_TRUE(WaitFor([&] { return !CallSampleOnce(channel_.get(), "right-token").ok(); }, std::chrono::seconds(10)));
+  EXPECT_EQ(CallSampleOnce(channel_.get(), "right-token").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(CallSampleOnce(channel_.get(), "next-token").ok());
+
+  // A file without a token is refused; the tokens in force stay.
+  WriteFile(dir_.File("tokens"), "\n");
+  kill(server_->pid(), SIGHUP);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return MetricValue(HttpGet(server_->metrics_address(), "/metrics"), "samplerd_config_reloads_total",
+                           {{"result", "failure"}}) == 1;
+      },
+      std::chrono::seconds(10)));
+  EXPECT_TRUE(CallSampleOnce(channel_.get(), "next-token").ok());
+}
+
+TEST(AuthFlags, MissingOrEmptyTokenFileExitsTwoNamingTheFlag) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  std::string output;
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_listen '' --auth_token_file /nonexistent/token",
+                                     &output),
+            2);
+  EXPECT_THAT(output, HasSubstr("--auth_token_file /nonexistent/token: cannot be read"));
+  WriteFile(dir.File("empty"), "  \n\n");
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_listen '' --auth_token_file " + dir.File("empty"),
+                                     &output),
+            2);
+  EXPECT_THAT(output, HasSubstr("holds no token"));
+  WriteFile(dir.File("spaced"), "two words\n");
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_listen '' --auth_token_file " + dir.File("spaced"),
+                                     &output),
+            2);
+  EXPECT_THAT(output, HasSubstr("line 1"));
+  EXPECT_THAT(output, ::testing::Not(HasSubstr("two words")));  // a token is never printed
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Metrics
+
+TEST(Metrics, CountersMoveAfterSteps) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start();
+  ASSERT_NE(server, nullptr);
+  ASSERT_FALSE(server->metrics_address().empty());
+  const std::string before = HttpGet(server->metrics_address(), "/metrics");
+  ASSERT_FALSE(before.empty()) << "no /metrics on " << server->metrics_address();
+  EXPECT_EQ(MetricValue(before, "samplerd_build_info", {{"version", "0.1.0"}}), 1);
+  EXPECT_EQ(MetricValue(before, "samplerd_request_bytes_total"), 0);
+  EXPECT_EQ(MetricValue(before, "samplerd_step_core_seconds_count"), 0);
+  EXPECT_EQ(MetricValue(before, "samplerd_active_streams"), 0);
+  EXPECT_THAT(before, HasSubstr("# TYPE samplerd_step_core_seconds histogram"));
+
+  // 3 steps under "fixed", 2 under the default profile, 1 rejected (top_p 1.5).
+  v1::SampleRequest request;
+  for (int i = 0; i < 3; ++i) *request.add_steps() = MakeStep("f" + std::to_string(i), 0, 1000, "fixed");
+  for (int i = 0; i < 2; ++i) *request.add_steps() = MakeStep("e" + std::to_string(i), 0, 1000);
+  *request.add_steps() = MakeStep("bad", 0);
+  request.mutable_steps(5)->mutable_params()->set_top_p(1.5f);
+  auto stub = v1::Sampler::NewStub(Plaintext(server->tcp_target()));
+  grpc::ClientContext context;
+  v1::SampleResponse response;
+  ASSERT_TRUE(stub->SampleOnce(&context, request, &response).ok());
+  ASSERT_EQ(response.results_size(), 6);
+  ASSERT_TRUE(response.results(5).has_error());
+
+  // And a stream, open while we scrape.
+  grpc::ClientContext stream_context;
+  std::unique_ptr<SampleStream> stream = stub->Sample(&stream_context);
+  ASSERT_TRUE(stream->Write(OneStepRequest()));
+  ASSERT_TRUE(stream->Read(&response));
+
+  const std::string after = HttpGet(server->metrics_address(), "/metrics");
+  EXPECT_EQ(MetricValue(after, "samplerd_steps_total", {{"profile", "fixed"}, {"regime", "fixed"}}), 3);
+  double entropix_steps = 0;  // whichever regimes the default profile chose
+  for (const char* regime : {"argmax", "clarify", "explore", "resample", "adaptive"}) {
+    const double v = MetricValue(after, "samplerd_steps_total", {{"profile", "entropix"}, {"regime", regime}});
+    if (!std::isnan(v)) entropix_steps += v;
+  }
+  EXPECT_EQ(entropix_steps, 3);  // 2 from SampleOnce, 1 from the stream
+  EXPECT_EQ(MetricValue(after, "samplerd_step_errors_total", {{"code", "INVALID_ARGUMENT"}}), 1);
+  EXPECT_EQ(MetricValue(after, "samplerd_step_core_seconds_count"), 7);
+  EXPECT_GT(MetricValue(after, "samplerd_step_core_seconds_sum"), 0);
+  EXPECT_GE(MetricValue(after, "samplerd_request_bytes_total"),
+            static_cast<double>(request.ByteSizeLong() + OneStepRequest().ByteSizeLong()));
+  EXPECT_EQ(MetricValue(after, "samplerd_active_streams"), 1);
+
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_TRUE(WaitFor(
+      [&] { return MetricValue(HttpGet(server->metrics_address(), "/metrics"), "samplerd_active_streams") == 0; },
+      std::chrono::seconds(5)));
+}
+
+TEST(Metrics, ExplicitMetricsAddressInUseFailsToStartDefaultOneOnlyLogs) {
+  std::unique_ptr<ServerProcess> first = ServerProcess::Start();
+  ASSERT_NE(first, nullptr);
+  std::string output;
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_listen " + first->metrics_address(), &output), 1);
+  EXPECT_THAT(output, HasSubstr("cannot serve metrics on " + first->metrics_address()));
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_listen nonsense", &output), 2);
+  EXPECT_THAT(output, HasSubstr("--metrics_listen"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Lifecycle
+
+// Request r of a pipelined run: kPipelinedSteps steps "pipe-<s>" at step r over a 4096-token vocabulary, each
+// asking for 20 top logprobs, so that an answer (~8 KiB) is large next to the client's 64 KiB window.
+constexpr int kPipelinedSteps = 32;
+
+v1::SampleRequest PipelinedRequest(int r) {
+  static const v1::SampleRequest* const base = [] {
+    auto* request = new v1::SampleRequest();
+    for (int s = 0; s < kPipelinedSteps; ++s) {
+      *request->add_steps() = MakeStep("pipe-" + std::to_string(s), 0, 4096);
+      request->mutable_steps(s)->set_top_logprobs(20);
+    }
+    return request;
+  }();
+  v1::SampleRequest request = *base;
+  for (v1::Step& step : *request.mutable_steps()) step.set_step(static_cast<uint64_t>(r));
+  return request;
+}
+
+// Writes PipelinedRequest(0 .. count-1) on `stream` from a thread, then half-closes; stops at a failed write.
+class Writer {
+ public:
+  Writer(SampleStream* stream, int count)
+      : count_(count), thread_([this, stream] {
+          for (int r = 0; r < count_; ++r) {
+            if (!stream->Write(PipelinedRequest(r))) return;
+            written_.fetch_add(1);
+          }
+          stream->WritesDone();
+        }) {}
+  ~Writer() { thread_.join(); }
+  int written() const { return written_.load(); }
+
+  // Waits until no write completes for `quiet` (the server stopped reading) or every request is written.
+  void WaitUntilStalled(std::chrono::milliseconds quiet) {
+    int last = -1;
+    const auto give_up = Clock::now() + std::chrono::seconds(60);
+    while (written() != last && written() < count_ && Clock::now() < give_up) {
+      last = written();
+      std::this_thread::sleep_for(quiet);
+    }
+  }
+
+ private:
+  const int count_;
+  std::atomic<int> written_{0};
+  std::thread thread_;
+};
+
+std::shared_ptr<grpc::Channel> SmallWindowChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  // No window growth: the client takes at most the initial 64 KiB of answers it has not read.
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+TEST(Lifecycle, EveryStepSentBeforeSigtermGetsItsResult) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--drain_seconds", "30"});
+  ASSERT_NE(server, nullptr);
+  // 200 requests (100 MiB) and a client that does not read until the signal: the server stops reading when a
+  // few answers wait, so at the signal most requests written so far wait unprocessed in the transport.
+  constexpr int kRequests = 200;
+  auto stub = v1::Sampler::NewStub(SmallWindowChannel(server->tcp_target()));
+  grpc::ClientContext context;
+  std::unique_ptr<SampleStream> stream = stub->Sample(&context);
+  Writer writer(stream.get(), kRequests);
+  writer.WaitUntilStalled(std::chrono::milliseconds(1000));
+  const int written_before_signal = writer.written();
+  ASSERT_GT(written_before_signal, 0);
+  ASSERT_LT(written_before_signal, kRequests) << "the server took every request: nothing was pending";
+
+  auto health = grpc::health::v1::Health::NewStub(Plaintext(server->unix_target()));
+  grpc::ClientContext watch_context;
+  auto watch = health->Watch(&watch_context, grpc::health::v1::HealthCheckRequest());
+  grpc::health::v1::HealthCheckResponse status;
+  ASSERT_TRUE(watch->Read(&status));
+  ASSERT_EQ(status.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  const auto signalled = Clock::now();
+  kill(server->pid(), SIGTERM);
+  ASSERT_TRUE(watch->Read(&status));
+  EXPECT_EQ(status.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  watch_context.TryCancel();  // the watch is a call too: it would hold the drain
+  watch->Finish();
+
+  // The server is draining: a new stream is refused...
+  auto fresh = v1::Sampler::NewStub(Plaintext(server->tcp_target()));
+  grpc::ClientContext fresh_context;
+  fresh_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::SampleResponse ignored;
+  EXPECT_FALSE(fresh->SampleOnce(&fresh_context, OneStepRequest(), &ignored).ok());
+
+  // ...while the open one answers every request, in order, with a result for every step.
+  v1::SampleResponse response;
+  int received = 0;
+  while (stream->Read(&response)) {
+    ASSERT_LT(received, kRequests);
+    ASSERT_EQ(response.results_size(), kPipelinedSteps) << "response " << received;
+    for (int s = 0; s < kPipelinedSteps; ++s) {
+      const v1::StepResult& result = response.results(s);
+      ASSERT_FALSE(result.has_error()) << result.error().message();
+      ASSERT_EQ(result.sequence_id(), "pipe-" + std::to_string(s));
+      ASSERT_EQ(result.step(), static_cast<uint64_t>(received));
+      ASSERT_EQ(result.top_size(), 20);
+    }
+    ++received;
+  }
+  const grpc::Status finished = stream->Finish();
+  EXPECT_TRUE(finished.ok()) << finished.error_message();
+  EXPECT_GE(received, written_before_signal);
+  EXPECT_EQ(received, writer.written());
+  // The server leaves as soon as the stream is done, not at the end of the drain period.
+  EXPECT_EQ(server->Stop(/*signal=*/0, std::chrono::seconds(25)), 0);
+  EXPECT_LT(Clock::now() - signalled, std::chrono::seconds(25));
+}
+
+TEST(Lifecycle, CancelledStreamFreesItsSlotAtOnce) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--max_streams", "1"});
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::Sampler::NewStub(SmallWindowChannel(server->tcp_target()));
+  auto active = [&] {
+    return MetricValue(HttpGet(server->metrics_address(), "/metrics"), "samplerd_active_streams");
+  };
+  {
+    // A client that writes and never reads: the server holds queued answers and a blocked write for it.
+    grpc::ClientContext context;
+    std::unique_ptr<SampleStream> stream = stub->Sample(&context);
+    Writer writer(stream.get(), 200);
+    writer.WaitUntilStalled(std::chrono::milliseconds(1000));
+    ASSERT_LT(writer.written(), 200);
+    EXPECT_EQ(active(), 1);
+    const auto cancelled = Clock::now();
+    context.TryCancel();
+    EXPECT_TRUE(WaitFor([&] { return active() == 0; }, std::chrono::seconds(5)));
+    EXPECT_LT(Clock::now() - cancelled, std::chrono::seconds(2)) << "the stream's state outlived its client";
+  }
+  // Its --max_streams slot is free for the next client.
+  grpc::ClientContext context;
+  std::unique_ptr<SampleStream> next = stub->Sample(&context);
+  v1::SampleResponse response;
+  ASSERT_TRUE(next->Write(OneStepRequest()));
+  EXPECT_TRUE(next->Read(&response));
+  next->WritesDone();
+  EXPECT_TRUE(next->Finish().ok());
+}
+
+TEST(Lifecycle, AgedConnectionsGetTheirGraceThenCloseAndClientsReconnect) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
+      {"--max_connection_age_seconds", "1", "--max_connection_age_grace_seconds", "2", "--drain_seconds", "1"});
+  ASSERT_NE(server, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  auto stub = v1::Sampler::NewStub(channel);
+  // A stream kept busy across the age (1 s, +-10% jitter): it is served through the grace (2 s), then cut.
+  grpc::ClientContext context;
+  std::unique_ptr<SampleStream> stream = stub->Sample(&context);
+  const auto opened = Clock::now();
+  v1::SampleResponse response;
+  int round_trips = 0;
+  while (Clock::now() - opened < std::chrono::seconds(10) && stream->Write(OneStepRequest()) &&
+         stream->Read(&response)) {
+    ++round_trips;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const auto lived = Clock::now() - opened;
+  EXPECT_FALSE(stream->Finish().ok());
+  EXPECT_GT(round_trips, 10);
+  EXPECT_GE(lived, std::chrono::milliseconds(2500)) << "cut before the grace ended";
+  EXPECT_LT(lived, std::chrono::seconds(6)) << "not closed when the grace ended";
+  // The channel reconnects for the next call.
+  EXPECT_TRUE(CallSampleOnce(channel.get()).ok());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reloads and logs
+
+constexpr char kProfileTemplate[] = R"({
+  "profiles": [{"name": "NAME", "params": {"temperature": 0.5, "topK": 20, "topP": 0.9, "minP": 0.05},
+                "regimes": [{"regime": "REGIME_ARGMAX",
+                             "bounds": [{"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_LT", "value": 0.1}]}],
+                "defaultRegime": "REGIME_ADAPTIVE"}],
+  "defaultProfile": "NAME"})";
+
+std::string ProfileSet(const std::string& name) {
+  std::string json = kProfileTemplate;
+  for (size_t at; (at = json.find("NAME")) != std::string::npos;) json.replace(at, 4, name);
+  return json;
+}
+
+TEST(Reload, SighupPicksUpAChangedConfigAndABadFileKeepsTheOldProfiles) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string config = dir.File("profiles.json");
+  WriteFile(config, ProfileSet("cautious"));
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--config", config});
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::Sampler::NewStub(Plaintext(server->tcp_target()));
+  auto default_profile = [&] {
+    grpc::ClientContext context;
+    v1::ListProfilesResponse profiles;
+    return stub->ListProfiles(&context, v1::ListProfilesRequest(), &profiles).ok() ? profiles.default_profile()
+                                                                                   : std::string("(error)");
+  };
+  auto reloads = [&](const std::string& result) {
+    return MetricValue(HttpGet(server->metrics_address(), "/metrics"), "samplerd_config_reloads_total",
+                       {{"result", result}});
+  };
+  ASSERT_EQ(default_profile(), "cautious");
+
+  WriteFile(config, ProfileSet("bold"));
+  kill(server->pid(), SIGHUP);
+  ASSERT_TRUE(WaitFor([&] { return default_profile() == "bold"; }, std::chrono::seconds(10)));
+  EXPECT_EQ(reloads("success"), 1);
+  v1::SampleResponse response;
+  ASSERT_TRUE(CallSampleOnce(Plaintext(server->tcp_target()).get(), "", "", &response).ok());
+  EXPECT_EQ(response.results(0).profile(), "bold");
+
+  // An unknown field, then a file that is not JSON: each reload fails and changes nothing.
+  WriteFile(config, R"({"profiles": [{"name": "broken", "temperature": 1}]})");
+  kill(server->pid(), SIGHUP);
+  ASSERT_TRUE(WaitFor([&] { return reloads("failure") == 1; }, std::chrono::seconds(10)));
+  EXPECT_EQ(default_profile(), "bold");
+  WriteFile(config, "{ not json");
+  kill(server->pid(), SIGHUP);
+  ASSERT_TRUE(WaitFor([&] { return reloads("failure") == 2; }, std::chrono::seconds(10)));
+  EXPECT_EQ(default_profile(), "bold");
+  ASSERT_TRUE(CallSampleOnce(Plaintext(server->tcp_target()).get(), "", "", &response).ok());
+  EXPECT_EQ(response.results(0).profile(), "bold");
+  EXPECT_EQ(reloads("success"), 1);
+  stub.reset();  // see Logging.JsonLinesCarryTheCallersTraceparent
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  WriteFile(dir.File("tokens"), "right-token\n");
+  const std::string log = dir.File("samplerd.log");
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
+      {"--log_format", "json", "--auth_token_file", dir.File("tokens"), "--max_steps_per_request", "1"}, log);
+  ASSERT_NE(server, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  // Refused by the token check, with a trace context; then with a malformed one.
+  EXPECT_EQ(CallSampleOnce(channel.get(), "wrong", kTraceparent).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(CallSampleOnce(channel.get(), "wrong", "00-not-a-trace-context").error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  {
+    // Refused by the service (2 steps > --max_steps_per_request), logged when its status is sent.
+    auto stub = v1::Sampler::NewStub(channel);
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer right-token");
+    context.AddMetadata("traceparent", kTraceparent);
+    v1::SampleRequest two = OneStepRequest();
+    *two.add_steps() = MakeStep("second", 0);
+    v1::SampleResponse response;
+    EXPECT_EQ(stub->SampleOnce(&context, two, &response).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  // A sync client with no call in flight reads its socket only every 5 s (gRPC's backup poller), so it would
+  // see the server's GOAWAY late and hold the shutdown: close the connection first (a ClientContext holds its
+  // channel too, hence the block above).
+  channel.reset();
+  ASSERT_EQ(server->Terminate(), 0);
+
+  std::istringstream lines(ReadFile(log));
+  std::string line;
+  int parsed = 0;
+  std::vector<nlohmann::json> refused;
+  std::vector<nlohmann::json> exhausted;
+  while (std::getline(lines, line)) {
+    nlohmann::json entry;
+    ASSERT_NO_THROW(entry = nlohmann::json::parse(line)) << line;
+    ++parsed;
+    for (const char* key : {"time", "level", "logger", "msg"}) EXPECT_TRUE(entry.contains(key)) << line;
+    const std::string msg = entry.value("msg", "");
+    if (msg.find("refused") != std::string::npos) refused.push_back(entry);
+    if (msg.find("RESOURCE_EXHAUSTED") != std::string::npos) exhausted.push_back(entry);
+  }
+  EXPECT_GE(parsed, 3);
+  ASSERT_EQ(refused.size(), 2u) << ReadFile(log);
+  EXPECT_EQ(refused[0].value("traceparent", ""), kTraceparent);
+  EXPECT_EQ(refused[0].value("level", ""), "warning");
+  EXPECT_THAT(refused[0].value("msg", ""), HasSubstr("/samplerd.v1.Sampler/SampleOnce"));
+  EXPECT_FALSE(refused[1].contains("traceparent")) << "a malformed traceparent is dropped";
+  ASSERT_EQ(exhausted.size(), 1u) << ReadFile(log);
+  EXPECT_EQ(exhausted[0].value("traceparent", ""), kTraceparent);
+  EXPECT_THAT(ReadFile(log), ::testing::Not(HasSubstr("right-token")));
+}
+
+TEST(Flags, HelpDocumentsTheOperationsFlags) {
+  std::string output;
+  ASSERT_EQ(ServerProcess::RunToExit("--help", &output), 0);
+  for (const char* flag : {"--tls_cert", "--tls_key", "--tls_client_ca", "--auth_token_file", "--metrics_listen",
+                           "--log_format", "--max_connection_age_seconds", "--max_connection_age_grace_seconds",
+                           "--max_message_bytes", "--max_streams", "--max_steps_per_request", "--max_vocab",
+                           "--drain_seconds", "SIGHUP"}) {
+    EXPECT_THAT(output, HasSubstr(flag));
+  }
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --drain_seconds 60", &output), 2);
+  EXPECT_THAT(output, HasSubstr("--max_connection_age_grace_seconds"));
+}
+
+}  // namespace
+}  // namespace samplerd
