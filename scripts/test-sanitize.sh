@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The unit and integration tests under AddressSanitizer + UndefinedBehaviorSanitizer: configures
+# ${ASAN_BUILD_DIR:-build-asan} with -DSAMPLERD_SANITIZE=ON (Debian's uninstrumented gRPC, protobuf and absl are
+# fine: ASan intercepts their allocations), builds every test and the samplerd / samplerctl they start, and runs
+# ctest there. Any ASan report, UB (-fno-sanitize-recover) or leak at exit fails the test that hit it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${ASAN_BUILD_DIR:-build-asan}
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAMPLERD_SANITIZE=ON \
+  -DSAMPLERD_BUILD_BENCH=OFF > /dev/null
+cmake --build "$build" -j "${JOBS:-$(nproc)}"
+# Inherited by every samplerd the integration tests start.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/sanitize/lsan.supp:print_suppressions=0}
+ctest --test-dir "$build" --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 900
