@@ -4,11 +4,15 @@
 //   samplerctl profiles [--json]
 //   samplerctl sample   --logits x.npy [--attention y.npy] [--profile P] [--seed S] [--top-logprobs N] [--json]
 //   samplerctl demo     [--steps 300] [--profile entropix] [--seed 7]
+//   samplerctl bench    [--in-process] [--workload S|L|XL|B] [--dtype f32|bf16] [--streams N] [--steps N]
+//                       [--no-compute] [--json]        (clients/cpp/load_generator.h)
 //   samplerctl record   --out FILE [--steps 100] [--sequences 2] [--profile P] [--seed 7]
 //   samplerctl replay   FILE            (exit 1 with a diff when any answer differs from the recording)
 //
 // Exit codes: 0 success; 1 an RPC failed, a step was rejected, or the server is not SERVING; 2 bad usage or an
 // unreadable input file.
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -20,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "clients/cpp/load_generator.h"
 #include "clients/cpp/record_replay.h"
 #include "clients/cpp/samplerd_client.h"
 #include "clients/cpp/synthetic_model.h"
@@ -208,6 +213,58 @@ int RunDemo(Client& client, const DemoFlags& flags) {
   return 0;
 }
 
+struct BenchFlags {
+  bool in_process = false;
+  std::string workload = "L";
+  std::string dtype = "f32";
+  int streams = 1;
+  int64_t steps = 1000;
+  int warmup = 3;
+  bool no_compute = false;
+  bool json = false;
+};
+
+// Redraws one line on stderr: only on a terminal, so logs and CI output stay clean.
+void DrawProgress(int64_t done, int64_t total) {
+  constexpr int kWidth = 40;
+  const int filled = total > 0 ? static_cast<int>(kWidth * done / total) : 0;
+  absl::FPrintF(stderr, "\r[%s%s] %3d%% %d/%d steps", std::string(filled, '#'), std::string(kWidth - filled, '.'),
+                total > 0 ? static_cast<int>(100 * done / total) : 0, done, total);
+}
+
+int RunBench(const std::string& target, const BenchFlags& flags) {
+  LoadOptions options;
+  absl::StatusOr<Workload> workload = ParseWorkload(flags.workload);
+  absl::StatusOr<v1::DType> dtype = ParseDType(flags.dtype);
+  for (const absl::Status& s : {workload.status(), dtype.status()}) {
+    if (!s.ok()) {
+      absl::FPrintF(stderr, "samplerctl: %s\n", s.message());
+      return kExitUsage;
+    }
+  }
+  options.target = target;
+  options.in_process = flags.in_process;
+  options.workload = *workload;
+  options.dtype = *dtype;
+  options.streams = flags.streams;
+  options.steps = flags.steps;
+  options.warmup_requests = flags.warmup;
+  options.no_compute = flags.no_compute;
+  const bool terminal = isatty(STDERR_FILENO) == 1;
+  if (terminal) options.progress = DrawProgress;
+  absl::StatusOr<LoadReport> report = RunLoad(options);
+  if (terminal) absl::FPrintF(stderr, "\r%s\r", std::string(80, ' '));
+  if (!report.ok()) {
+    if (report.status().code() == absl::StatusCode::kInvalidArgument) {
+      absl::FPrintF(stderr, "samplerctl: %s\n", report.status().message());
+      return kExitUsage;
+    }
+    return Fail(report.status(), "bench");
+  }
+  absl::PrintF("%s\n", flags.json ? ReportJson(*report) : ReportText(*report));
+  return 0;
+}
+
 }  // namespace
 }  // namespace samplerd::client
 
@@ -267,12 +324,38 @@ int main(int argc, char** argv) {
       ->required()
       ->check(CLI::ExistingFile);
 
+  BenchFlags bench_flags;
+  CLI::App* bench = app.add_subcommand(
+      "bench", "Load generator: steps/s, latency and core time of a workload (S, L, XL, B) against --target");
+  bench->add_flag("--in-process", bench_flags.in_process, "Run core in this process (no gRPC, no server)");
+  bench->add_option("--workload", bench_flags.workload,
+                    "S (vocab 32000, attention 8x1024), L (128256, 32x4096), XL (256000, 64x8192), "
+                    "B (32 L-steps per request)")
+      ->capture_default_str();
+  bench->add_option("--dtype", bench_flags.dtype, "Tensor dtype on the wire: f32 or bf16")->capture_default_str();
+  bench->add_option("--streams", bench_flags.streams, "Concurrent streams (one connection and thread each)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench->add_option("--steps", bench_flags.steps, "Steps measured over all streams (rounded up to whole requests)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bench->add_option("--warmup", bench_flags.warmup, "Requests per stream before the clock starts")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  bench->add_flag("--no-compute", bench_flags.no_compute,
+                  "Send samplerd-no-compute: 1 (the server, started with --allow_no_compute, skips core): the "
+                  "transport alone for the same bytes");
+  bench->add_flag("--json", bench_flags.json,
+                  "Print one JSON object (workload, dtype, streams, steps, steps_per_sec, p50_us, p99_us, "
+                  "core_us_p50, ...)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
+  if (bench->parsed()) return RunBench(target, bench_flags);
   Client client(target);
   if (health->parsed()) return RunHealth(client, service);
   if (profiles->parsed()) return RunProfiles(client, profiles_json);
