@@ -25,6 +25,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "service/allocator_tuning.h"
 #include "service/auth.h"
 #include "service/config_reloader.h"
 #include "service/logging.h"
@@ -270,6 +271,8 @@ int main(int argc, char** argv) {
     return samplerd::kExitUsage;
   }
   samplerd::SetUpLogging(config.log_format, config.log_level);
+  // Before gRPC starts its threads: large messages otherwise page-fault afresh on every request.
+  if (absl::Status s = samplerd::TuneAllocatorForLargeMessages(); !s.ok()) spdlog::warn("{}", std::string(s.message()));
 
   absl::StatusOr<std::shared_ptr<const samplerd::ProfileRegistry>> profiles =
       samplerd::LoadProfiles(config.config_path);

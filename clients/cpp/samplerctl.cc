@@ -11,6 +11,7 @@
 //
 // Exit codes: 0 success; 1 an RPC failed, a step was rejected, or the server is not SERVING; 2 bad usage or an
 // unreadable input file.
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -233,6 +234,10 @@ void DrawProgress(int64_t done, int64_t total) {
 }
 
 int RunBench(const std::string& target, const BenchFlags& flags) {
+  // As samplerd does (service/allocator_tuning.h): without it a model host sending megabyte requests
+  // page-faults on every serialization, and the run would measure that instead of samplerd.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   LoadOptions options;
   absl::StatusOr<Workload> workload = ParseWorkload(flags.workload);
   absl::StatusOr<v1::DType> dtype = ParseDType(flags.dtype);
