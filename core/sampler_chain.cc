@@ -68,13 +68,16 @@ absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab
   scratch->logits.assign(z, z + vocab);
   float* x = scratch->logits.data();
   if (bias) {
+    // The lowest id outside the vocabulary is named: map order differs between copies of a request.
+    int64_t outside = -1;
     for (const auto& [token, b] : *config.logit_bias) {
-      if (token >= vocab) {
-        return InvalidFieldError("params.logit_bias",
-                                 absl::StrCat("token id ", token, " is outside the vocabulary [0, ", vocab, ")"));
-      }
-      x[token] += b;
+      if (token >= vocab && (outside < 0 || token < outside)) outside = token;
     }
+    if (outside >= 0) {
+      return InvalidFieldError("params.logit_bias",
+                               absl::StrCat("token id ", outside, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+    for (const auto& [token, b] : *config.logit_bias) x[token] += b;
   }
   if (penalties) {
     auto& sorted = scratch->recent_sorted;

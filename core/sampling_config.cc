@@ -40,14 +40,20 @@ absl::Status ValidateSamplingParams(const v1::SamplingParams& p, absl::string_vi
     return InvalidFieldError(Field(prefix, "presence_penalty"),
                              absl::StrCat("must be finite, got ", p.presence_penalty()));
   }
-  for (const auto& [token, bias] : p.logit_bias()) {
+  // A protobuf map iterates in a different order in each copy of a request: the error names the lowest bad
+  // token id, so every replica answers alike (found by tests/fuzz, whose replay compares messages).
+  const google::protobuf::Map<int32_t, float>::value_type* bad = nullptr;
+  for (const auto& entry : p.logit_bias()) {
+    const bool invalid = entry.first < 0 || std::isnan(entry.second) || entry.second == INFINITY;
+    if (invalid && (bad == nullptr || entry.first < bad->first)) bad = &entry;
+  }
+  if (bad != nullptr) {
+    const auto& [token, bias] = *bad;
     if (token < 0) {
       return InvalidFieldError(Field(prefix, "logit_bias"), absl::StrCat("token ids must be >= 0, got ", token));
     }
-    if (std::isnan(bias) || bias == INFINITY) {
-      return InvalidFieldError(Field(prefix, "logit_bias"),
-                               absl::StrCat("values must be finite or -inf, got ", bias, " for token ", token));
-    }
+    return InvalidFieldError(Field(prefix, "logit_bias"),
+                             absl::StrCat("values must be finite or -inf, got ", bias, " for token ", token));
   }
   if (p.has_n_adaptive_samples() &&
       (p.n_adaptive_samples() < 1 || p.n_adaptive_samples() > kMaxAdaptiveSamples)) {

@@ -9,11 +9,15 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/profile.h"
+#include "core/sampler_chain.h"
+#include "core/sampling_config.h"
 #include "core/strategy.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "samplerd/v1/sampler.pb.h"
 #include "tests/fuzz/fuzz_targets.h"
@@ -166,6 +170,37 @@ TEST(FuzzRegression, ExploreKeepsAnInt32MaxTopK) {
   const Decision d = Decide(*entropix, base, metrics, {}, 32000);
   ASSERT_EQ(d.regime, v1::REGIME_EXPLORE);
   EXPECT_EQ(d.params.top_k, std::numeric_limits<int32_t>::max());
+}
+
+// Crash 4 (request_fuzzer, replay check): with several bad logit_bias entries the error named whichever the
+// map met first, and protobuf maps iterate in a different order in each copy of a request, so the same step got
+// different messages. Fixed in core/sampling_config.cc and core/sampler_chain.cc (the lowest bad id is named).
+TEST(FuzzRegression, LogitBiasErrorsNameTheLowestBadTokenInEveryCopy) {
+  v1::SamplingParams params;
+  for (int32_t t = 1; t <= 40; ++t) (*params.mutable_logit_bias())[-t] = 1.0f;
+  (*params.mutable_logit_bias())[7] = std::numeric_limits<float>::infinity();
+  std::set<std::string> messages;
+  for (int copy = 0; copy < 10; ++copy) {
+    const v1::SamplingParams copied = params;
+    const absl::Status s = ValidateSamplingParams(copied, "params");
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    messages.insert(std::string(s.message()));
+  }
+  EXPECT_EQ(messages, (std::set<std::string>{"params.logit_bias: token ids must be >= 0, got -40"}));
+
+  // Ids outside the vocabulary: the lowest is named.
+  v1::SamplingParams outside;
+  for (int32_t t = 100; t < 140; ++t) (*outside.mutable_logit_bias())[t] = 1.0f;
+  std::vector<float> logits(50, 0.0f);
+  for (int copy = 0; copy < 10; ++copy) {
+    const v1::SamplingParams copied = outside;
+    SamplingConfig config;
+    ApplyOverrides(copied, &config);
+    ChainScratch scratch;
+    absl::StatusOr<const float*> adjusted = ApplyLogitAdjustments(logits.data(), 50, config, {}, &scratch);
+    ASSERT_FALSE(adjusted.ok());
+    EXPECT_THAT(std::string(adjusted.status().message()), ::testing::HasSubstr("token id 100 is outside"));
+  }
 }
 
 }  // namespace
