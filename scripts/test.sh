@@ -7,8 +7,10 @@ scripts/install-deps.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 600
 export SAMPLERD_BIN="$PWD/build/service/samplerd"
-# Clients in four languages and their conformance, the PyTorch model host, deployment and scale-out.
-for suite in scripts/test-clients.sh scripts/test-torch-host.sh scripts/test-deploy.sh; do
+# Clients in four languages and their conformance, the PyTorch model host, deployment and scale-out, a
+# benchmark smoke run, then sanitizers, fuzzing, soak and replay.
+for suite in scripts/test-clients.sh scripts/test-torch-host.sh scripts/test-deploy.sh scripts/bench-smoke.sh \
+    scripts/test-reliability.sh; do
   if [ -x "$suite" ]; then
     echo "== $suite"
     "$suite"
