@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 600
+passed=1
 export SAMPLERD_BIN="$PWD/build/service/samplerd"
 # Clients in four languages and their conformance, the PyTorch model host, deployment and scale-out, a
 # benchmark smoke run, then sanitizers, fuzzing, soak and replay.
@@ -14,5 +15,8 @@ for suite in scripts/test-clients.sh scripts/test-torch-host.sh scripts/test-dep
   if [ -x "$suite" ]; then
     echo "== $suite"
     "$suite"
+    passed=$((passed + 1))
   fi
 done
+# Each suite exits non-zero on its first failure (set -e), so reaching here means all of them passed.
+echo "suites: $passed passed, 0 failed"
