@@ -14,6 +14,7 @@ absl::Status TuneAllocatorForLargeMessages() {
   if (mallopt(M_TRIM_THRESHOLD, static_cast<int>(kTrimThresholdBytes)) != 1) {
     return absl::InternalError(absl::StrCat("mallopt(M_TRIM_THRESHOLD, ", kTrimThresholdBytes, ") was refused"));
   }
+  if (mallopt(M_ARENA_MAX, 1) != 1) return absl::InternalError("mallopt(M_ARENA_MAX, 1) was refused");
   return absl::OkStatus();
 }
 

@@ -4,8 +4,11 @@
 // lies free at the top of the heap, and serves blocks above a dynamic threshold with fresh mmaps. A server that
 // receives one large message after another then page-faults on every request anew: gRPC's read buffers and the
 // parsed tensors are allocated, touched and returned each time. Keeping up to kTrimThresholdBytes of freed
-// memory and serving blocks up to glibc's maximum mmap threshold from the heap removes those faults (workload B,
-// 33 MB requests: about twice the round-trip rate with both ends tuned; docs/benchmarks.md).
+// memory and serving blocks up to glibc's maximum mmap threshold from the heap removes those faults, provided
+// every thread allocates from the main heap: a per-thread arena is unmapped whole as soon as it is empty,
+// whatever the trim threshold, and gRPC's threads would fault on their next message again. One arena costs
+// little here: core allocates nothing per step, so only gRPC and protobuf take the lock, a few times per
+// message (workload B, 33 MB requests: about twice the round-trip rate with both ends tuned; docs/benchmarks.md).
 //
 //   if (absl::Status s = TuneAllocatorForLargeMessages(); !s.ok()) spdlog::warn("{}", s.ToString());
 #ifndef SAMPLERD_SERVICE_ALLOCATOR_TUNING_H_
@@ -25,8 +28,8 @@ inline constexpr size_t kMmapThresholdBytes = size_t{32} << 20;
 
 // TuneAllocatorForLargeMessages()
 //
-// Sets both thresholds with mallopt (which also turns off glibc's dynamic adjustment). INTERNAL naming the
-// setting when glibc refuses one. Call once, early, before threads allocate.
+// Sets both thresholds and a single arena with mallopt (which also turns off glibc's dynamic thresholds).
+// INTERNAL naming the setting when glibc refuses one. Call once, early, before threads start.
 absl::Status TuneAllocatorForLargeMessages();
 
 }  // namespace samplerd

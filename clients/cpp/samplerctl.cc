@@ -238,6 +238,7 @@ int RunBench(const std::string& target, const BenchFlags& flags) {
   // page-faults on every serialization, and the run would measure that instead of samplerd.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  mallopt(M_ARENA_MAX, 1);
   LoadOptions options;
   absl::StatusOr<Workload> workload = ParseWorkload(flags.workload);
   absl::StatusOr<v1::DType> dtype = ParseDType(flags.dtype);
