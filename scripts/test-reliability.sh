@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The reliability suite (issue 7, docs/reliability.md), as CI runs it after the main tests (scripts/test.sh):
-#   1. sanitizers: every ctest test built with ASan + UBSan in build-asan (scripts/test-sanitize.sh);
-#   2. fuzzing: each libFuzzer target for ${FUZZ_SECONDS:-60} s in build-fuzz (scripts/fuzz.sh);
+#   1. sanitizers: every ctest test built with clang's ASan + UBSan in build-asan (scripts/test-sanitize.sh);
+#   2. fuzzing: each libFuzzer target for ${FUZZ_SECONDS:-60} s (scripts/fuzz.sh), reusing build-asan;
 #   3. soak, CI mode: 64 streams of workload S for ~100 s against build/'s samplerd (tests/soak/run.sh --ci);
 #   4. replay: record against one samplerd process, replay against others (RecordReplayTest in build/).
 # Every phase runs even when an earlier one failed; the exit code is 1 when any failed. Phase times are
@@ -33,8 +33,10 @@ if [ ! -x "$BUILD_DIR/service/samplerd" ] || [ ! -x "$BUILD_DIR/tests/soak/soak_
   scripts/build.sh
 fi
 
+# One clang build with ASan + UBSan + fuzzing instrumentation serves phases 1 and 2.
+export ASAN_BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 phase sanitizers scripts/test-sanitize.sh
-phase fuzz scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+phase fuzz env FUZZ_BUILD_DIR="$ASAN_BUILD_DIR" scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 phase soak tests/soak/run.sh --ci
 phase replay ctest --test-dir "$BUILD_DIR" -R '^RecordReplayTest\.' --output-on-failure --timeout 300
 

@@ -3,14 +3,37 @@
 # ${ASAN_BUILD_DIR:-build-asan} with -DSAMPLERD_SANITIZE=ON (Debian's uninstrumented gRPC, protobuf and absl are
 # fine: ASan intercepts their allocations), builds every test and the samplerd / samplerctl they start, and runs
 # ctest there. Any ASan report, UB (-fno-sanitize-recover) or leak at exit fails the test that hit it.
+#
+#   scripts/test-sanitize.sh                  clang-14 (its UBSan also checks float-to-int conversions), and
+#                                             -DSAMPLERD_FUZZ=ON, so scripts/fuzz.sh can reuse the build:
+#                                             FUZZ_BUILD_DIR=build-asan scripts/fuzz.sh 60
+#   SANITIZE_CXX=g++ scripts/test-sanitize.sh gcc instead (then no fuzz targets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${ASAN_BUILD_DIR:-build-asan}
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAMPLERD_SANITIZE=ON \
-  -DSAMPLERD_BUILD_BENCH=OFF > /dev/null
+cxx=${SANITIZE_CXX:-clang++-14}
+flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAMPLERD_SANITIZE=ON -DSAMPLERD_BUILD_BENCH=OFF)
+if [[ "$cxx" == clang* ]]; then
+  missing=()
+  for p in clang-14 libclang-rt-14-dev; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  export CC=clang-14 CXX=clang++-14
+  flags+=(-DSAMPLERD_FUZZ=ON)
+else
+  export CC=gcc CXX="$cxx"
+fi
+cmake -S . -B "$build" -G Ninja "${flags[@]}" > /dev/null
 cmake --build "$build" -j "${JOBS:-$(nproc)}"
 # Inherited by every samplerd the integration tests start.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return=1:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/sanitize/lsan.supp:print_suppressions=0}
 ctest --test-dir "$build" --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 900
