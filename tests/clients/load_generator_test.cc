@@ -1,0 +1,185 @@
+// `samplerctl bench` (clients/cpp/load_generator.h): short runs that check what the benchmarks and the docs read
+// (the --json keys, the step accounting, the no-compute switch), never how fast anything is.
+#include "clients/cpp/load_generator.h"
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/service/server_process.h"
+
+#ifndef SAMPLERCTL_BINARY
+#error "SAMPLERCTL_BINARY must name the samplerctl executable"
+#endif
+
+namespace samplerd::client {
+namespace {
+
+using ::samplerd::testing::ServerProcess;
+using ::testing::HasSubstr;
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout only: what --json consumers parse
+  std::string all;  // stdout and stderr
+};
+
+CommandResult RunSamplerctl(const std::string& args) {
+  CommandResult result;
+  const std::string err_path = "/tmp/samplerctl-bench-test-" + std::to_string(getpid()) + ".err";
+  const std::string command = std::string(SAMPLERCTL_BINARY) + " " + args + " 2>" + err_path;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return result;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.out.append(buffer, n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.all = result.out;
+  if (FILE* err = std::fopen(err_path.c_str(), "r")) {
+    while ((n = fread(buffer, 1, sizeof(buffer), err)) > 0) result.all.append(buffer, n);
+    std::fclose(err);
+  }
+  std::remove(err_path.c_str());
+  return result;
+}
+
+// The keys issue 3 requires of --json, with their types.
+void ExpectBenchJson(const std::string& out, const std::string& workload, const std::string& dtype, int streams,
+                     const std::string& mode) {
+  nlohmann::json j;
+  ASSERT_NO_THROW(j = nlohmann::json::parse(out)) << out;
+  ASSERT_TRUE(j.is_object()) << out;
+  for (const char* key : {"workload", "dtype", "streams", "steps", "steps_per_sec", "p50_us", "p99_us",
+                          "core_us_p50"}) {
+    EXPECT_TRUE(j.contains(key)) << "missing " << key << " in " << out;
+  }
+  EXPECT_EQ(j.value("workload", ""), workload);
+  EXPECT_EQ(j.value("dtype", ""), dtype);
+  EXPECT_EQ(j.value("streams", 0), streams);
+  EXPECT_EQ(j.value("mode", ""), mode);
+  EXPECT_TRUE(j["steps"].is_number_integer());
+  EXPECT_GT(j.value("steps", 0), 0);
+  EXPECT_GT(j.value("steps_per_sec", 0.0), 0.0);
+  EXPECT_GT(j.value("p50_us", 0.0), 0.0);
+  EXPECT_GE(j.value("p99_us", 0.0), j.value("p50_us", 0.0));
+  EXPECT_TRUE(j["core_us_p50"].is_number());
+}
+
+TEST(SamplerctlBench, InProcessJsonHasTheKeys) {
+  const CommandResult r = RunSamplerctl("bench --in-process --workload S --steps 8 --warmup 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.all;
+  ExpectBenchJson(r.out, "S", "f32", 1, "in-process");
+  EXPECT_GT(nlohmann::json::parse(r.out).value("core_us_p50", 0.0), 0.0);
+}
+
+TEST(SamplerctlBench, TextOutputNamesTheFigures) {
+  const CommandResult r = RunSamplerctl("bench --in-process --workload S --dtype bf16 --steps 4 --warmup 0");
+  ASSERT_EQ(r.exit_code, 0) << r.all;
+  EXPECT_THAT(r.out, HasSubstr("workload S"));
+  EXPECT_THAT(r.out, HasSubstr("bf16"));
+  EXPECT_THAT(r.out, HasSubstr("steps/s"));
+  EXPECT_THAT(r.out, HasSubstr("p50"));
+  EXPECT_THAT(r.out, HasSubstr("p99"));
+  EXPECT_THAT(r.all, ::testing::Not(HasSubstr("\r["))) << "no progress bar when stderr is not a terminal";
+}
+
+TEST(SamplerctlBench, BadWorkloadOrDtypeIsAUsageError) {
+  CommandResult r = RunSamplerctl("bench --in-process --workload M --steps 1");
+  EXPECT_EQ(r.exit_code, 2) << r.all;
+  EXPECT_THAT(r.all, HasSubstr("--workload"));
+  r = RunSamplerctl("bench --in-process --dtype f16 --steps 1");
+  EXPECT_EQ(r.exit_code, 2) << r.all;
+  EXPECT_THAT(r.all, HasSubstr("--dtype"));
+  r = RunSamplerctl("bench --in-process --no-compute --steps 1");
+  EXPECT_EQ(r.exit_code, 2) << r.all;
+  EXPECT_THAT(r.all, HasSubstr("--no-compute"));
+}
+
+class SamplerctlBenchServer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = ServerProcess::Start({"--allow_no_compute", "--metrics_listen", ""});
+    ASSERT_NE(server_, nullptr);
+  }
+  std::unique_ptr<ServerProcess> server_;
+};
+
+TEST_F(SamplerctlBenchServer, GrpcJsonHasTheKeysAndTheServersCoreTime) {
+  const CommandResult r = RunSamplerctl("bench --target " + server_->tcp_target() +
+                                        " --workload S --streams 2 --steps 6 --warmup 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.all;
+  ExpectBenchJson(r.out, "S", "f32", 2, "grpc");
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.value("steps", 0), 6);  // 2 streams x 3 requests x 1 step
+  EXPECT_GT(j.value("core_us_p50", 0.0), 0.0) << "server_micros of a computed step";
+}
+
+TEST_F(SamplerctlBenchServer, BatchedWorkloadCountsStepsNotRequests) {
+  const CommandResult r = RunSamplerctl("bench --target " + server_->unix_target() +
+                                        " --workload B --dtype bf16 --steps 1 --warmup 0 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.all;
+  ExpectBenchJson(r.out, "B", "bf16", 1, "grpc");
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.value("steps", 0), 32);  // rounded up to one whole request
+  EXPECT_EQ(j.value("requests", 0), 1);
+  EXPECT_EQ(j.value("steps_per_request", 0), 32);
+}
+
+TEST_F(SamplerctlBenchServer, NoComputeSkipsCore) {
+  const CommandResult r = RunSamplerctl("bench --target " + server_->tcp_target() +
+                                        " --workload S --steps 5 --warmup 1 --no-compute --json");
+  ASSERT_EQ(r.exit_code, 0) << r.all;
+  ExpectBenchJson(r.out, "S", "f32", 1, "grpc-no-compute");
+  EXPECT_EQ(nlohmann::json::parse(r.out).value("core_us_p50", -1.0), 0.0);
+}
+
+TEST(SamplerctlBenchRefused, NoComputeNeedsTheServersPermission) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--metrics_listen", ""});
+  ASSERT_NE(server, nullptr);
+  const CommandResult r =
+      RunSamplerctl("bench --target " + server->tcp_target() + " --workload S --steps 2 --no-compute --json");
+  EXPECT_EQ(r.exit_code, 1) << r.all;
+  EXPECT_THAT(r.all, HasSubstr("FAILED_PRECONDITION"));
+  EXPECT_THAT(r.all, HasSubstr("--allow_no_compute"));
+}
+
+TEST(LoadGenerator, ParsesWorkloadsAndDtypes) {
+  EXPECT_EQ(*ParseWorkload("xl"), Workload::kXL);
+  EXPECT_EQ(*ParseWorkload("B"), Workload::kB);
+  EXPECT_EQ(ShapeOf(Workload::kB).steps_per_request, 32);
+  EXPECT_EQ(ShapeOf(Workload::kL).vocab, 128256);
+  EXPECT_EQ(ShapeOf(Workload::kXL).heads * ShapeOf(Workload::kXL).kv_len, 64 * 8192);
+  EXPECT_EQ(*ParseDType("BF16"), v1::DTYPE_BF16);
+  EXPECT_FALSE(ParseDType("f16").ok());
+}
+
+TEST(LoadGenerator, InProcessReportsCoreTimePerStep) {
+  LoadOptions options;
+  options.in_process = true;
+  options.workload = Workload::kS;
+  options.streams = 2;
+  options.steps = 3;  // rounded up to 2 requests per stream
+  options.warmup_requests = 0;
+  int64_t last_progress = -1;
+  options.progress = [&](int64_t done, int64_t total) {
+    EXPECT_EQ(total, 4);
+    last_progress = done;
+  };
+  absl::StatusOr<LoadReport> report = RunLoad(options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->steps, 4);
+  EXPECT_EQ(report->requests, 4);
+  EXPECT_EQ(last_progress, 4);
+  EXPECT_GT(report->core_us_p50, 0.0);
+  EXPECT_GT(report->request_bytes, 32000 * 4);
+  EXPECT_THAT(ReportJson(*report), HasSubstr("\"mode\": \"in-process\""));
+}
+
+}  // namespace
+}  // namespace samplerd::client
