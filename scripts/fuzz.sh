@@ -18,17 +18,7 @@ jobs=${JOBS:-2}
 golden=${SAMPLERD_SHARED_DIR:-$PWD/../shared}/golden
 
 # clang and its runtimes (libFuzzer, ASan, UBSan) are needed only here, not by the main build.
-missing=()
-for p in clang-14 libclang-rt-14-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+scripts/install-deps.sh clang-14 libclang-rt-14-dev
 
 echo "== fuzz: building $build (clang-14, -DSAMPLERD_FUZZ=ON)"
 CC=clang-14 CXX=clang++-14 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -20,6 +20,9 @@ packages=(
 # Node.js builds from nodesource bundle npm (and conflict with Debian's npm package): ask for it only if absent.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 
+# `install-deps.sh PKG...` installs just those (tools one suite needs, such as clang for the fuzzers).
+if (($#)); then packages=("$@"); fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

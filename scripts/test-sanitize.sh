@@ -14,17 +14,7 @@ build=${ASAN_BUILD_DIR:-build-asan}
 cxx=${SANITIZE_CXX:-clang++-14}
 flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAMPLERD_SANITIZE=ON -DSAMPLERD_BUILD_BENCH=OFF)
 if [[ "$cxx" == clang* ]]; then
-  missing=()
-  for p in clang-14 libclang-rt-14-dev; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if ((${#missing[@]})); then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  fi
+  scripts/install-deps.sh clang-14 libclang-rt-14-dev
   export CC=clang-14 CXX=clang++-14
   flags+=(-DSAMPLERD_FUZZ=ON)
 else
