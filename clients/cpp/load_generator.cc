@@ -54,9 +54,7 @@ std::string EncodeTensorBytes(const std::vector<float>& values, v1::DType dtype)
   return bytes;
 }
 
-// One request of the workload: `steps_per_request` steps, each with its own N(0, 2) logits and attention (the
-// distribution core_benchmark uses, so core times compare).
-v1::SampleRequest BuildRequest(const WorkloadShape& shape, v1::DType dtype) {
+v1::SampleRequest BuildShapedRequest(const WorkloadShape& shape, v1::DType dtype) {
   std::mt19937 gen(42);
   std::normal_distribution<float> normal(0.0f, 2.0f);
   std::vector<float> logits(static_cast<size_t>(shape.vocab));
@@ -278,6 +276,10 @@ absl::string_view DTypeName(v1::DType dtype) { return dtype == v1::DTYPE_BF16 ? 
 
 }  // namespace
 
+v1::SampleRequest BuildRequest(Workload workload, v1::DType dtype) {
+  return BuildShapedRequest(ShapeOf(workload), dtype);
+}
+
 WorkloadShape ShapeOf(Workload workload) {
   switch (workload) {
     case Workload::kS:
@@ -344,7 +346,7 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
   report.target = options.in_process ? "" : options.target;
   report.streams = options.streams;
 
-  const v1::SampleRequest prototype = BuildRequest(report.shape, options.dtype);
+  const v1::SampleRequest prototype = BuildRequest(options.workload, options.dtype);
   report.request_bytes = static_cast<int64_t>(prototype.ByteSizeLong());
   const int64_t per_round = int64_t{options.streams} * report.shape.steps_per_request;
   const int64_t requests_per_stream = std::max<int64_t>(1, (options.steps + per_round - 1) / per_round);

@@ -49,6 +49,13 @@ absl::StatusOr<Workload> ParseWorkload(absl::string_view name);
 // "f32" or "bf16" (case-insensitive) to DTYPE_F32 / DTYPE_BF16; INVALID_ARGUMENT naming --dtype otherwise.
 absl::StatusOr<v1::DType> ParseDType(absl::string_view name);
 
+// BuildRequest()
+//
+// One request of `workload` in `dtype`: ShapeOf(workload).steps_per_request steps, each with its own N(0, 2)
+// logits and [heads, kv_len] attention (core_benchmark's distribution, so core times compare), seed 7, 64
+// recent tokens, empty sequence ids and step 0. Deterministic.
+v1::SampleRequest BuildRequest(Workload workload, v1::DType dtype);
+
 // LoadOptions
 struct LoadOptions {
   // gRPC target (host:port, unix:/path); unused in process.

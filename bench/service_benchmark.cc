@@ -1,0 +1,145 @@
+// The service's share of a request, without a network (issue 3's workloads S, L, XL, B):
+//   BM_Request/<workload>/<workers>  StartRequest on a pool of that many workers (decode + core + encode of every
+//                                    step, spread over the pool): B on 1 vs 2 workers is the pool's speed-up;
+//                                    items_per_second = steps/s.
+//   BM_RequestSerial/<workload>      HandleRequest on the calling thread (what the reactor did before the pool).
+//   BM_PoolHop                       ParallelFor of one empty task: the cost of handing a request to a worker
+//                                    and hearing back (a futex wake each way).
+//   BM_ParseRequest/<workload>       protobuf parse of a serialized request (the copy of the tensors out of
+//                                    gRPC's buffers that every server pays), and BM_SerializeRequest, the
+//                                    client's.
+// Run: build/bench/service_benchmark --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "benchmark/benchmark.h"
+#include "clients/cpp/load_generator.h"
+#include "service/sampler_service.h"
+#include "service/worker_pool.h"
+#include "spdlog/spdlog.h"
+
+namespace samplerd {
+namespace {
+
+using client::Workload;
+
+const Workload kWorkloads[] = {Workload::kS, Workload::kL, Workload::kXL, Workload::kB};
+
+const v1::SampleRequest& Request(int index) {
+  static v1::SampleRequest* cache[4] = {nullptr, nullptr, nullptr, nullptr};
+  if (cache[index] == nullptr) {
+    cache[index] = new v1::SampleRequest(client::BuildRequest(kWorkloads[index], v1::DTYPE_F32));
+    for (int i = 0; i < cache[index]->steps_size(); ++i) {
+      cache[index]->mutable_steps(i)->set_sequence_id("bench-" + std::to_string(i));
+    }
+  }
+  return *cache[index];
+}
+
+std::unique_ptr<SamplerService> MakeService(int workers) {
+  spdlog::set_level(spdlog::level::warn);  // no start-up line per benchmark run
+  SamplerService::Options options;
+  options.config.workers = workers;
+  options.profiles = ProfileRegistry::BuiltIn();
+  return *SamplerService::Create(std::move(options));
+}
+
+// Blocks until StartRequest's `done`.
+class Waiter {
+ public:
+  std::function<void(absl::Status)> Callback() {
+    return [this](absl::Status) {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+      cv_.notify_one();
+    };
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return done_; });
+    done_ = false;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+};
+
+void BM_Request(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const v1::SampleRequest& request = Request(index);
+  state.SetLabel(std::string(client::WorkloadName(kWorkloads[index])));
+  std::unique_ptr<SamplerService> service = MakeService(static_cast<int>(state.range(1)));
+  SeedTable seeds;
+  v1::SampleResponse response;
+  Waiter waiter;
+  for (auto _ : state) {
+    service->StartRequest(request, &seeds, &response, waiter.Callback());
+    waiter.Wait();
+  }
+  state.SetItemsProcessed(state.iterations() * request.steps_size());
+}
+// Real time: the caller sleeps while the workers run.
+BENCHMARK(BM_Request)->ArgsProduct({{0, 1, 2, 3}, {1, 2}})->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void BM_RequestSerial(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const v1::SampleRequest& request = Request(index);
+  state.SetLabel(std::string(client::WorkloadName(kWorkloads[index])));
+  std::unique_ptr<SamplerService> service = MakeService(1);
+  SeedTable seeds;
+  Workspace workspace;
+  v1::SampleResponse response;
+  for (auto _ : state) benchmark::DoNotOptimize(service->HandleRequest(request, &seeds, &workspace, &response));
+  state.SetItemsProcessed(state.iterations() * request.steps_size());
+}
+BENCHMARK(BM_RequestSerial)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
+
+void BM_PoolHop(benchmark::State& state) {
+  std::unique_ptr<WorkerPool> pool = *WorkerPool::Create({static_cast<int>(state.range(0))});
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  for (auto _ : state) {
+    pool->ParallelFor(
+        1, [](int, WorkerPool::WorkerState*) {},
+        [&] {
+          std::lock_guard<std::mutex> lock(mu);
+          done = true;
+          cv.notify_one();
+        });
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return done; });
+    done = false;
+  }
+}
+BENCHMARK(BM_PoolHop)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void BM_ParseRequest(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const std::string bytes = Request(index).SerializeAsString();
+  state.SetLabel(std::string(client::WorkloadName(kWorkloads[index])));
+  v1::SampleRequest parsed;  // reused, as the server reuses its requests
+  for (auto _ : state) benchmark::DoNotOptimize(parsed.ParseFromString(bytes));
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes.size()));
+}
+BENCHMARK(BM_ParseRequest)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
+
+void BM_SerializeRequest(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const v1::SampleRequest& request = Request(index);
+  state.SetLabel(std::string(client::WorkloadName(kWorkloads[index])));
+  std::string bytes;
+  for (auto _ : state) {
+    request.SerializeToString(&bytes);
+    benchmark::DoNotOptimize(bytes.data());
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes.size()));
+}
+BENCHMARK(BM_SerializeRequest)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace samplerd
