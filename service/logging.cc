@@ -1,12 +1,16 @@
 #include "service/logging.h"
 
+#include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <string>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "grpc/support/log.h"
 #include "grpcpp/server_context.h"
 #include "spdlog/pattern_formatter.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -165,6 +169,23 @@ class CallLogInterceptorFactory final : public grpc::experimental::ServerInterce
   }
 };
 
+// Cleared at the end of main, after which gRPC lines go straight to stderr (gRPC 1.51 does not export its
+// default log function to restore).
+std::atomic<bool> grpc_logs_to_spdlog{false};
+
+// gRPC core's own lines (a failed TLS handshake, a bad frame) through the same logger, so a JSON log stays JSON.
+void GrpcLogToSpdlog(gpr_log_func_args* args) {
+  if (!grpc_logs_to_spdlog.load()) {
+    std::fprintf(stderr, "grpc %s:%d: %s\n", args->file, args->line, args->message);
+    return;
+  }
+  spdlog::level::level_enum level = spdlog::level::debug;
+  if (args->severity == GPR_LOG_SEVERITY_INFO) level = spdlog::level::info;
+  if (args->severity == GPR_LOG_SEVERITY_ERROR) level = spdlog::level::err;
+  const char* file = std::strrchr(args->file, '/');
+  spdlog::log(level, "grpc {}:{}: {}", file != nullptr ? file + 1 : args->file, args->line, args->message);
+}
+
 }  // namespace
 
 void SetUpLogging(absl::string_view format, absl::string_view level) {
@@ -182,7 +203,11 @@ void SetUpLogging(absl::string_view format, absl::string_view level) {
     logger->set_formatter(std::move(formatter));
   }
   logger->set_level(spdlog::level::from_str(std::string(level)));
+  grpc_logs_to_spdlog.store(true);
+  gpr_set_log_function(&GrpcLogToSpdlog);
 }
+
+void RestoreGrpcLogging() { grpc_logs_to_spdlog.store(false); }
 
 std::string TraceparentOf(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) {
   const auto it = metadata.find("traceparent");

@@ -27,8 +27,15 @@ namespace samplerd {
 // SetUpLogging()
 //
 // Makes the default spdlog logger a stderr logger named "samplerd" with `format` ("text" or "json"; anything
-// else is treated as "text") at `level` (an spdlog level name).
+// else is treated as "text") at `level` (an spdlog level name), and sends gRPC core's log lines (which
+// GRPC_VERBOSITY still filters, errors only by default) to it. May be called again to change both.
 void SetUpLogging(absl::string_view format, absl::string_view level);
+
+// RestoreGrpcLogging()
+//
+// gRPC logs to stderr by itself again. For the end of main: gRPC threads may still log while static destructors
+// take spdlog's registry away.
+void RestoreGrpcLogging();
 
 // TraceparentOf()
 //

@@ -265,7 +265,8 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : samplerd::kExitUsage;
   }
 
-  samplerd::SetUpLogging("text", "info");
+  // The requested format already, so that even a flag error is a JSON line when JSON was asked for.
+  samplerd::SetUpLogging(config.log_format, "info");
   if (absl::Status s = samplerd::ValidateServerConfig(config); !s.ok()) {
     spdlog::error("{}", std::string(s.message()));
     return samplerd::kExitUsage;
@@ -291,5 +292,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  return samplerd::RunServer(config, app.count("--metrics_listen") > 0, *std::move(profiles), signals);
+  const int exit_code = samplerd::RunServer(config, app.count("--metrics_listen") > 0, *std::move(profiles), signals);
+  samplerd::RestoreGrpcLogging();
+  return exit_code;
 }

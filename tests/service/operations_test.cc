@@ -239,8 +239,9 @@ class TlsTest : public ::testing::Test {
 };
 
 TEST_F(TlsTest, TlsPortServesTlsClientsAndRefusesPlaintextOnes) {
-  std::unique_ptr<ServerProcess> server =
-      ServerProcess::Start({"--tls_cert", dir_.File("server.pem"), "--tls_key", dir_.File("server.key")});
+  const std::string log = dir_.File("samplerd.log");
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
+      {"--tls_cert", dir_.File("server.pem"), "--tls_key", dir_.File("server.key"), "--log_format", "json"}, log);
   ASSERT_NE(server, nullptr);
 
   v1::SampleResponse response;
@@ -257,6 +258,18 @@ TEST_F(TlsTest, TlsPortServesTlsClientsAndRefusesPlaintextOnes) {
   EXPECT_EQ(untrusted.error_code(), grpc::StatusCode::UNAVAILABLE) << untrusted.error_message();
   // The unix socket stays plaintext.
   EXPECT_TRUE(CallSampleOnce(Plaintext(server->unix_target()).get()).ok());
+
+  // gRPC's own report of the failed handshakes went through the JSON log too.
+  ASSERT_EQ(server->Terminate(), 0);
+  std::istringstream lines(ReadFile(log));
+  std::string line;
+  int handshake_errors = 0;
+  while (std::getline(lines, line)) {
+    nlohmann::json entry;
+    ASSERT_NO_THROW(entry = nlohmann::json::parse(line)) << line;
+    if (entry.value("msg", "").find("Handshake failed") != std::string::npos) ++handshake_errors;
+  }
+  EXPECT_GE(handshake_errors, 1) << ReadFile(log);
 }
 
 TEST_F(TlsTest, MutualTlsRefusesClientsWithoutACertificateFromTheClientCa) {
