@@ -10,7 +10,9 @@ One PNG per generation, two parts:
 
 From a recorded generation (the JSON lines file of `generate.py --record`), no server needed:
 
-    /usr/bin/python3 examples/torch_host/plots.py RECORD.jsonl --out picture.png
+    /usr/bin/python3 -m samplerd.plots RECORD.jsonl --out picture.png
+
+(matplotlib is needed only here: Debian's python3-matplotlib.)
 """
 from __future__ import annotations
 
