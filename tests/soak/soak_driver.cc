@@ -389,6 +389,7 @@ int Run(const Flags& flags) {
 int main(int argc, char** argv) {
   samplerd::soak::Flags f;
   CLI::App app{"soak_driver: concurrent Sample streams of workload S against samplerd, with random cancellations"};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // run.sh's defaults, then yours
   app.add_option("--streams", f.streams, "Concurrent Sample streams")->capture_default_str();
   app.add_option("--steps", f.steps, "Steps per stream")->capture_default_str();
   app.add_option("--max_seconds", f.max_seconds, "Stop each stream after this long (0 = run every step)")
@@ -405,7 +406,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--target", f.target, "An already running samplerd (then --server_pid is required)");
   app.add_option("--server_pid", f.server_pid, "PID of the --target server, for its VmRSS");
-  app.add_option("--server_arg", f.server_args, "Extra flag for the samplerd this driver starts (repeatable)");
+  app.add_option("--server_arg", f.server_args, "Extra flag for the samplerd this driver starts (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--json", f.json_out, "Write a JSON summary here");
   app.add_option("--seed", f.seed, "Seed of the payloads and cancellations")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
