@@ -400,6 +400,8 @@ KernelRecipe ReadKernelRecipe(const uint8_t* data, size_t size) {
   const uint8_t flags = in.U8();
   recipe.attention = (flags & 1) != 0;
   recipe.count = static_cast<int64_t>(in.U32() % (kMaxKernelElements + 1));
+  // Large arrays cost ~50 ms each under ASan: one recipe in four may have one, the others stay <= 4096.
+  if ((flags & 6) != 6) recipe.count %= 4097;
   const uint8_t rows = in.U8();
   recipe.rows = recipe.attention ? 1 + rows % 64 : 1;
   recipe.count -= recipe.count % recipe.rows;

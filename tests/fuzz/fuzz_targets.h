@@ -43,8 +43,8 @@ void MutateRequest(std::minstd_rand& rng, v1::SampleRequest* request);
 // KernelRecipe
 //
 // How CheckKernelBytes reads its input, so that a few bytes can describe a million-element array:
-//   byte 0        flags: bit 0 = attention (else logits)
-//   bytes 1..4    element count, little-endian, taken modulo 1,000,001
+//   byte 0        flags: bit 0 = attention (else logits); bits 1 and 2 both set = a large array allowed
+//   bytes 1..4    element count, little-endian, taken modulo 1,000,001 (then modulo 4,097 unless large)
 //   byte 5        attention rows (1 + value % 64; the element count is rounded down to a multiple)
 //   byte 6        fill: 0 = tile the payload floats, 1 = one special value, 2..255 = pseudo-random values
 //                 whose magnitude is 2^(fill - 130) (so denormal through near-FLT_MAX)
