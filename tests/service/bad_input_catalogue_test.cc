@@ -629,25 +629,41 @@ TEST_F(BadInputCatalogueTest, ExpiredDeadlineMidStreamIsDeadlineExceeded) {
   ExpectHealthyAndCorrect("after an expired deadline");
 }
 
-TEST_F(BadInputCatalogueTest, UnknownMethodIsUnimplemented) {
-  grpc::GenericStub stub(channel_);
+// A unary call of `method` with `bytes` as its request, through the generic stub.
+grpc::Status RawUnaryCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                          const std::string& bytes) {
+  grpc::GenericStub stub(channel);
   grpc::ClientContext context;
-  grpc::ByteBuffer request = Buffer("");
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::ByteBuffer request = Buffer(bytes);
   grpc::ByteBuffer response;
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;
   grpc::Status status;
-  stub.UnaryCall(&context, "/samplerd.v1.Sampler/NoSuchMethod", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   std::lock_guard<std::mutex> lock(mu);
-                   status = s;
-                   done = true;
-                   cv.notify_all();
-                 });
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+    std::lock_guard<std::mutex> lock(mu);
+    status = s;
+    done = true;
+    cv.notify_all();
+  });
   std::unique_lock<std::mutex> lock(mu);
   cv.wait(lock, [&] { return done; });
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  return status;
+}
+
+TEST_F(BadInputCatalogueTest, UnknownMethodIsUnimplemented) {
+  EXPECT_EQ(RawUnaryCall(channel_, "/samplerd.v1.Sampler/NoSuchMethod", "").error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+}
+
+TEST_F(BadInputCatalogueTest, BytesThatAreNotASampleRequestFailSampleOnce) {
+  for (const std::string& garbage : {std::string(64, '\xff'), std::string("\x0a\x05\x12\x01", 4)}) {
+    const grpc::Status status = RawUnaryCall(channel_, "/samplerd.v1.Sampler/SampleOnce", garbage);
+    EXPECT_FALSE(status.ok());
+    EXPECT_NE(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
+  }
+  ExpectHealthyAndCorrect("after unparseable SampleOnce requests");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
