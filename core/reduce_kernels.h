@@ -43,9 +43,10 @@ int64_t FindFirst(const float* x, int64_t n, float value);
 // Index of the first element in [from, n) greater than `threshold` (n when none).
 int64_t FindFirstGreater(const float* x, int64_t from, int64_t n, float threshold);
 
-// exp(x) underflows to 0 in float32 below about -103.97; shifted values are clamped here so that -inf and
-// huge negative inputs give e = 0 and e * d = 0 (never 0 * -inf = NaN).
-inline constexpr float kMinShifted = -150.0f;
+// Shifted values are clamped here so that -inf and huge negative inputs give e = 0 and e * d = 0 (never
+// 0 * -inf = NaN). exp(-88) is a float32 denormal (the smallest normal is exp(-87.34)); the kernels' exp
+// flushes such values to exactly 0, which changes no sum of at least exp(0) = 1.
+inline constexpr float kMinShifted = -88.0f;
 
 // e[i] = exp(max(x[i] - shift, kMinShifted)) (float32), and in double: sum e, sum e * d with
 // d = max(x[i] - shift, kMinShifted).

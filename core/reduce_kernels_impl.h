@@ -35,15 +35,21 @@ struct Impl {
     for (int64_t i = 1; i < kLanes; ++i) m = lanes[i] > m ? lanes[i] : m;
     return m;
   }
-  // exp(d) for d <= 0 (the only range the kernels need: d = x - max), 0 below the smallest normal float.
+  // exp(d) for kMinShifted <= d <= 0 (the only range the kernels need: d = max(x - max, kMinShifted)).
   // Cephes' expf: d = k ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for exp(r), 2^k through the
   // exponent bits. Within 2 ulp of the exact value (golden/README.md admits exp errors of 3 ulp); about half
   // the instructions of xsimd::exp, which also handles overflow, NaN and denormals that cannot occur here.
-  static Batch ExpNonPositive(const Batch& d) {
+  // k is rounded by adding 1.5 * 2^23 (whose float spacing is 1), which also leaves k in the low bits; the
+  // clamp at -88 keeps k >= -127, and k = -127 gives exponent bits 0, i.e. exactly 0 for the values whose true
+  // exp is a denormal (x < about -87.7): masked entries (-inf) come out as 0 with no select.
+  static constexpr float kRoundMagic = 12582912.0f;        // 1.5 * 2^23
+  static constexpr int32_t kMagicBitsMinusBias = 0x4B400000 - 127;
+
+  static Batch ExpClamped(const Batch& d) {
     using IntBatch = xsimd::batch<int32_t, Arch>;
-    const Batch x = xsimd::max(d, Batch(-87.33654f));
-    const Batch k = xsimd::nearbyint(x * Batch(1.44269504088896341f));
-    Batch r = xsimd::fnma(k, Batch(0.693359375f), x);
+    const Batch t = xsimd::fma(d, Batch(1.44269504088896341f), Batch(kRoundMagic));
+    const Batch k = t - Batch(kRoundMagic);
+    Batch r = xsimd::fnma(k, Batch(0.693359375f), d);
     r = xsimd::fnma(k, Batch(-2.12194440e-4f), r);
     Batch p(1.9875691500e-4f);
     p = xsimd::fma(p, r, Batch(1.3981999507e-3f));
@@ -52,9 +58,29 @@ struct Impl {
     p = xsimd::fma(p, r, Batch(1.6666665459e-1f));
     p = xsimd::fma(p, r, Batch(5.0000001201e-1f));
     p = xsimd::fma(p, r * r, r + Batch(1.0f));
-    const IntBatch bits = (xsimd::to_int(k) + IntBatch(127)) << 23;
-    const Batch scaled = p * xsimd::bitwise_cast<Batch>(bits);
-    return xsimd::select(d < Batch(-87.33654f), Batch(0.0f), scaled);
+    const IntBatch bits = (xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBitsMinusBias)) << 23;
+    return p * xsimd::bitwise_cast<Batch>(bits);
+  }
+
+  // The same arithmetic for one element (array tails), so that a tail rounds like a full batch.
+  static float ExpClampedScalar(float d) {
+    const float t = fmaf(d, 1.44269504088896341f, kRoundMagic);
+    const float k = t - kRoundMagic;
+    float r = fmaf(-k, 0.693359375f, d);
+    r = fmaf(-k, -2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r + 1.0f);
+    int32_t tb;
+    __builtin_memcpy(&tb, &t, 4);
+    const uint32_t bits = static_cast<uint32_t>(tb - kMagicBitsMinusBias) << 23;
+    float scale;
+    __builtin_memcpy(&scale, &bits, 4);
+    return p * scale;
   }
 
   static float Clamp(float d) { return d < kMinShifted ? kMinShifted : d; }
@@ -121,7 +147,7 @@ struct Impl {
       Batch acc_e(0.0f), acc_ed(0.0f);
       for (int64_t j = i; j < i + kBlock; j += kLanes) {
         Batch d = xsimd::max(Batch::load_unaligned(x + j) - vshift, vmin);
-        Batch ev = ExpNonPositive(d);
+        Batch ev = ExpClamped(d);
         if (e != nullptr) ev.store_unaligned(e + j);
         acc_e += ev;
         acc_ed += ev * d;
@@ -131,7 +157,7 @@ struct Impl {
     }
     for (; i < n; ++i) {
       const float d = Clamp(x[i] - shift);
-      const float ev = expf(d);
+      const float ev = ExpClampedScalar(d);
       if (e != nullptr) e[i] = ev;
       total_e += ev;
       total_ed += static_cast<double>(ev * d);
@@ -155,7 +181,7 @@ struct Impl {
       Batch acc_e(0.0f), acc_ed(0.0f);
       for (int64_t j = 0; j < kBlock / kLanes; ++j) {
         d[j] = xsimd::max(Batch::load_unaligned(x + i + j * kLanes) - vshift, vmin);
-        e[j] = ExpNonPositive(d[j]);
+        e[j] = ExpClamped(d[j]);
         acc_e += e[j];
         acc_ed += e[j] * d[j];
       }
@@ -181,7 +207,7 @@ struct Impl {
     double tail_w = 0, tail_s = 0;
     for (int64_t j = i; j < n; ++j) {
       const float dj = Clamp(x[j] - shift);
-      const float ej = expf(dj);
+      const float ej = ExpClampedScalar(dj);
       tail_w += ej;
       tail_s += static_cast<double>(ej) * dj;
     }
@@ -195,7 +221,7 @@ struct Impl {
     }
     for (int64_t j = i; j < n; ++j) {
       const double dj = Clamp(x[j] - shift);
-      q += static_cast<double>(expf(static_cast<float>(dj))) * (dj - mean) * (dj - mean);
+      q += static_cast<double>(ExpClampedScalar(static_cast<float>(dj))) * (dj - mean) * (dj - mean);
     }
     *sum_e = w;
     *mean_d = mean;
