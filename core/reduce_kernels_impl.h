@@ -176,32 +176,45 @@ struct Impl {
   // Short blocks matter: a lane that adds many tiny weights onto exp(0) = 1 loses them.
   static void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d,
                          double* m2) {
+    constexpr int64_t kBatches = kBlock / kLanes;
     const Batch vshift(shift), vmin(kMinShifted);
+    // Software-pipelined: block b's deviation loop runs after block b + 1's exp loop, so the latency of the
+    // horizontal sums and the division that give block b's mean is hidden behind independent work.
+    Batch d[2][kBatches], e[2][kBatches];
+    float prev_w = 0, prev_m = 0;
+    bool have_prev = false;
     int64_t nb = 0;
-    int64_t i = 0;
-    for (; i + kBlock <= n; i += kBlock) {
-      Batch d[kBlock / kLanes], e[kBlock / kLanes];
-      Batch acc_e(0.0f), acc_ed(0.0f);
-      for (int64_t j = 0; j < kBlock / kLanes; ++j) {
-        d[j] = xsimd::max(Batch::load_unaligned(x + i + j * kLanes) - vshift, vmin);
-        e[j] = ExpClamped(d[j]);
-        acc_e += e[j];
-        acc_ed += e[j] * d[j];
-      }
-      const float wb = xsimd::hadd(acc_e);
-      if (wb == 0.0f) continue;
-      const float mb = xsimd::hadd(acc_ed) / wb;
-      const Batch vmb(mb);
+    const auto finish_previous = [&](int slot) {
+      const Batch vmb(prev_m);
       Batch acc_q(0.0f);
-      for (int64_t j = 0; j < kBlock / kLanes; ++j) {
-        const Batch dev = d[j] - vmb;
-        acc_q += e[j] * dev * dev;
+      for (int64_t j = 0; j < kBatches; ++j) {
+        const Batch dev = d[slot][j] - vmb;
+        acc_q += e[slot][j] * dev * dev;
       }
-      blocks[3 * nb] = wb;
-      blocks[3 * nb + 1] = mb;
+      blocks[3 * nb] = prev_w;
+      blocks[3 * nb + 1] = prev_m;
       blocks[3 * nb + 2] = xsimd::hadd(acc_q);
       ++nb;
+    };
+    int slot = 0;
+    int64_t i = 0;
+    for (; i + kBlock <= n; i += kBlock, slot ^= 1) {
+      Batch acc_e(0.0f), acc_ed(0.0f);
+      for (int64_t j = 0; j < kBatches; ++j) {
+        d[slot][j] = xsimd::max(Batch::load_unaligned(x + i + j * kLanes) - vshift, vmin);
+        e[slot][j] = ExpClamped(d[slot][j]);
+        acc_e += e[slot][j];
+        acc_ed += e[slot][j] * d[slot][j];
+      }
+      if (have_prev) finish_previous(slot ^ 1);
+      const float wb = xsimd::hadd(acc_e);
+      have_prev = wb != 0.0f;
+      if (have_prev) {
+        prev_w = wb;
+        prev_m = xsimd::hadd(acc_ed) / wb;
+      }
     }
+    if (have_prev) finish_previous(slot ^ 1);
     double w = 0, s1 = 0;
     for (int64_t b = 0; b < nb; ++b) {
       w += blocks[3 * b];
@@ -349,7 +362,7 @@ struct Impl {
   // accurate as Kahan over every row at a third of the operations); the deviations go into one accumulator
   // per column batch (independent dependency chains), flushed into double every 16 rows.
   static double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols) {
-    constexpr int64_t kColumnBatches = 4;
+    constexpr int64_t kColumnBatches = 8;
     constexpr int64_t kWidth = kColumnBatches * kLanes;
     constexpr int64_t kGroup = 8;
     const float inv_rows = 1.0f / static_cast<float>(rows);
