@@ -36,12 +36,14 @@ struct Impl {
     return m;
   }
   // exp(d) for kMinShifted <= d <= 0 (the only range the kernels need: d = max(x - max, kMinShifted)).
-  // As Cephes' expf: d = k ln2 + r with |r| <= ln2 / 2 (ln2 in two parts), exp(r) = 1 + r + r^2 q(r), 2^k
-  // through the exponent bits; but q has degree 4 with minimax coefficients (fitted for the relative error of
-  // exp on the interval, 3e-9 before rounding) instead of Cephes' degree 5: one fused multiply-add less, and
-  // the same accuracy in float32 (at most 1.26 ulp from the exact value over 3e6 points in [-87, 0], Cephes'
-  // 1.26; golden/README.md admits exp errors of 3 ulp). About half the instructions of xsimd::exp, which
-  // also handles overflow, NaN and denormals that cannot occur here.
+  // As Cephes' expf: d = k ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 q(r), 2^k through the exponent
+  // bits; but q has degree 4 with minimax coefficients (fitted for the relative error of exp on the interval,
+  // 3e-9 before rounding) instead of Cephes' degree 5 (one multiply-add less, the same 1.26 ulp worst case in
+  // float32), and r takes one fused multiply-add instead of two: at most 1.4 ulp from the exact value for
+  // d >= -20 (where every e that moves a sum of at least exp(0) = 1 lies), 4.5 ulp further down
+  // (tests/core/reduce_kernels_test.cc pins both; golden/README.md admits exp errors of 3 ulp and the
+  // metrics tolerances hold). About a third of the instructions of xsimd::exp, which also handles overflow,
+  // NaN and denormals that cannot occur here.
   // k is rounded by adding 1.5 * 2^23 (whose float spacing is 1), which also leaves k in the low bits; the
   // clamp at -88 keeps k >= -127, and k = -127 gives exponent bits 0, i.e. exactly 0 for the values whose true
   // exp is a denormal (x < about -87.7): masked entries (-inf) come out as 0 with no select.
@@ -49,13 +51,23 @@ struct Impl {
   static constexpr float kC0 = 4.999999404e-01f, kC1 = 1.666652113e-01f, kC2 = 4.166838899e-02f,
                          kC3 = 8.368710987e-03f, kC4 = 1.381451264e-03f;
   static constexpr int32_t kMagicBitsMinusBias = 0x4B400000 - 127;
+  // With a fused multiply-add, r = d - k ln2 is one rounding away from exact with ln2 in one float (its
+  // representation error, 1.9e-9, times |k| is what makes the 4.5 ulp deep in the tail); SSE2 has none
+  // (xsimd rounds the product), so there ln2 comes in two parts, the first with few enough bits that
+  // k * part is exact.
+  static constexpr bool kFusedMultiplyAdd = !std::is_same_v<Arch, xsimd::sse2>;
 
   static Batch ExpClamped(const Batch& d) {
     using IntBatch = xsimd::batch<int32_t, Arch>;
     const Batch t = xsimd::fma(d, Batch(1.44269504088896341f), Batch(kRoundMagic));
     const Batch k = t - Batch(kRoundMagic);
-    Batch r = xsimd::fnma(k, Batch(0.693359375f), d);
-    r = xsimd::fnma(k, Batch(-2.12194440e-4f), r);
+    Batch r;
+    if constexpr (kFusedMultiplyAdd) {
+      r = xsimd::fnma(k, Batch(0.693147182f), d);
+    } else {
+      r = xsimd::fnma(k, Batch(0.693359375f), d);  // k * 0.693359375 is exact: no FMA needed
+      r = xsimd::fnma(k, Batch(-2.12194440e-4f), r);
+    }
     Batch p(kC4);
     p = xsimd::fma(p, r, Batch(kC3));
     p = xsimd::fma(p, r, Batch(kC2));
@@ -70,8 +82,13 @@ struct Impl {
   static float ExpClampedScalar(float d) {
     const float t = fmaf(d, 1.44269504088896341f, kRoundMagic);
     const float k = t - kRoundMagic;
-    float r = fmaf(-k, 0.693359375f, d);
-    r = fmaf(-k, -2.12194440e-4f, r);
+    float r;
+    if constexpr (kFusedMultiplyAdd) {
+      r = fmaf(-k, 0.693147182f, d);
+    } else {
+      r = fmaf(-k, 0.693359375f, d);
+      r = fmaf(-k, -2.12194440e-4f, r);
+    }
     float p = kC4;
     p = fmaf(p, r, kC3);
     p = fmaf(p, r, kC2);

@@ -128,6 +128,79 @@ TEST_P(ReduceKernelsTest, ScanRowSumsAbsoluteValuesOverFiniteEntries) {
   EXPECT_EQ(k.scan_row(x.data(), 131).first_bad, 100);
 }
 
+// Rows long enough for many blocks of every instruction set: blocks of finite values take ScanRow's fast
+// path, blocks holding -inf, NaN, +inf or |x| near FLT_MAX the checked one; both must agree with the reference.
+TEST_P(ReduceKernelsTest, ScanRowAgreesAcrossFastAndCheckedBlocks) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(7);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  const int64_t n = 5000;  // 19 AVX-512 blocks and a tail
+  for (int variant = 0; variant < 4; ++variant) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& v : x) v = normal(gen);
+    if (variant >= 1) {
+      for (int64_t i = 1000; i < 1600; i += 3) x[static_cast<size_t>(i)] = -INFINITY;  // masked positions
+    }
+    if (variant >= 2) x[4100] = 3e38f, x[4101] = -3e38f;  // a block whose float sum overflows
+    if (variant == 3) x[2] = -INFINITY, x[4999] = -INFINITY;
+    double ref = 0;
+    int64_t count = 0;
+    float max = -INFINITY, lo = INFINITY;
+    for (float v : x) {
+      max = std::max(max, v);
+      if (v == -INFINITY) continue;
+      ref += std::abs(static_cast<double>(v));
+      ++count;
+      lo = std::min(lo, v);
+    }
+    RowScan r = k.scan_row(x.data(), n);
+    EXPECT_EQ(r.first_bad, -1) << k.name << " variant " << variant;
+    EXPECT_EQ(r.finite_count, count) << k.name << " variant " << variant;
+    EXPECT_NEAR(r.abs_sum, ref, 1e-6 * ref) << k.name << " variant " << variant;
+    EXPECT_EQ(r.max, max) << k.name << " variant " << variant;
+    EXPECT_EQ(r.min_finite, lo) << k.name << " variant " << variant;
+    for (int64_t pos : {3, 1200, 4100, 4998}) {
+      for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+        std::vector<float> y = x;
+        y[static_cast<size_t>(pos)] = bad;
+        y[4999] = bad;  // a later bad value must not win
+        EXPECT_EQ(k.scan_row(y.data(), n).first_bad, pos) << k.name << " variant " << variant << " pos " << pos;
+      }
+    }
+  }
+}
+
+// The kernels' exp, element by element, against the exact value: at most 2 ulp where it matters for the
+// sums (d >= -20, e >= 2e-9), at most 5 ulp further down, exactly 1 at d = 0 and exactly 0 for masked and
+// clamped entries.
+TEST_P(ReduceKernelsTest, ExpIsWithinAFewUlpElementwise) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(3);
+  std::uniform_real_distribution<float> uniform(-87.0f, 0.0f);
+  const int64_t n = 100000;
+  std::vector<float> x(static_cast<size_t>(n));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = i % 2 ? uniform(gen) : uniform(gen) / 4.0f;
+  x[0] = 0.0f;
+  x[1] = -INFINITY;
+  x[2] = -1e30f;
+  std::vector<float> e(x.size());
+  double sum_e = 0, sum_ed = 0;
+  k.exp_shifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed);
+  EXPECT_EQ(e[0], 1.0f) << k.name;
+  EXPECT_EQ(e[1], 0.0f) << k.name;
+  EXPECT_EQ(e[2], 0.0f) << k.name;
+  double worst_near = 0, worst_far = 0;
+  for (size_t i = 3; i < x.size(); ++i) {
+    const double exact = std::exp(static_cast<double>(x[i]));
+    const float rounded = static_cast<float>(exact);
+    const double ulp = std::nextafter(rounded, INFINITY) - rounded;
+    const double err = std::abs(e[i] - exact) / ulp;
+    (x[i] >= -20.0f ? worst_near : worst_far) = std::max(x[i] >= -20.0f ? worst_near : worst_far, err);
+  }
+  EXPECT_LE(worst_near, 2.0) << k.name;
+  EXPECT_LE(worst_far, 5.0) << k.name;
+}
+
 TEST_P(ReduceKernelsTest, SelectionHelpersFindTheFirstMatch) {
   const KernelTable& k = *GetParam();
   std::vector<float> x(300);
