@@ -19,11 +19,17 @@ std::string DescribeBad(float v) { return std::isnan(v) ? "NaN" : "+inf"; }
 }  // namespace
 
 absl::StatusOr<LogitsSummary> SummarizeLogits(const FlatFloats& z, MetricsScratch* scratch) {
-  const float* x = z.data();
-  const int64_t n = static_cast<int64_t>(z.size());
+  return SummarizeLogits(FloatView{z.data(), 1, static_cast<int64_t>(z.size())}, scratch);
+}
+
+absl::StatusOr<LogitsSummary> SummarizeLogits(const FloatView& logits, MetricsScratch* scratch) {
+  const float* x = logits.data;
+  const int64_t n = logits.size();
   if (n == 0) return InvalidFieldError("logits.shape", "vocab must be >= 1, got an empty tensor");
 
-  const kernels::ScanResult scan = kernels::ScanMax(x, n);
+  const kernels::ScanResult scan = logits.deferred_bf16 != nullptr
+                                       ? kernels::ScanMaxBf16(logits.deferred_bf16, n, logits.fill)
+                                       : kernels::ScanMax(x, n);
   if (scan.first_bad >= 0) {
     return InvalidFieldError("logits.data", absl::StrCat("must be finite or -inf, got ", DescribeBad(x[scan.first_bad]),
                                                          " at index ", scan.first_bad));
@@ -52,9 +58,16 @@ absl::StatusOr<LogitsSummary> SummarizeLogits(const FlatFloats& z, MetricsScratc
 
 absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const MatrixFloats& attention,
                                                                         MetricsScratch* scratch) {
-  const int64_t rows = static_cast<int64_t>(attention.shape()[0]);
-  const int64_t cols = static_cast<int64_t>(attention.shape()[1]);
-  const float* s = attention.data();
+  return ComputeAttentionMetrics(FloatView{attention.data(), static_cast<int64_t>(attention.shape()[0]),
+                                           static_cast<int64_t>(attention.shape()[1])},
+                                 scratch);
+}
+
+absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
+                                                                        MetricsScratch* scratch) {
+  const int64_t rows = attention.rows;
+  const int64_t cols = attention.cols;
+  const float* s = attention.data;
 
   // exp(S - row max) of the used rows, packed; a row's probabilities are its entries times row_inv[u].
   scratch->attn_exp.resize(static_cast<size_t>(rows * cols));
@@ -65,7 +78,10 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Ma
   int64_t finite = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = s + r * cols;
-    const kernels::RowScan scan = kernels::ScanRow(row, cols);
+    const kernels::RowScan scan =
+        attention.deferred_bf16 != nullptr
+            ? kernels::ScanRowBf16(attention.deferred_bf16 + 2 * r * cols, cols, attention.fill + r * cols)
+            : kernels::ScanRow(row, cols);
     if (scan.first_bad >= 0) {
       return InvalidFieldError(
           "attention.data", absl::StrCat("must be finite or -inf, got ", DescribeBad(row[scan.first_bad]),

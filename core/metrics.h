@@ -48,6 +48,8 @@ struct LogitsSummary {
 // Entropy, varentropy (bits, bits^2), max and argmax of softmax(z). Rejects (INVALID_ARGUMENT, field
 // "logits") NaN or +inf anywhere, and all entries -inf. `z` must be non-empty.
 absl::StatusOr<LogitsSummary> SummarizeLogits(const FlatFloats& z, MetricsScratch* scratch);
+// The same over a decoded tensor, converting a deferred bf16 tensor in its first pass (FloatView).
+absl::StatusOr<LogitsSummary> SummarizeLogits(const FloatView& logits, MetricsScratch* scratch);
 
 // The attention metrics over the rows that are not entirely -inf.
 struct AttentionMetrics {
@@ -61,6 +63,8 @@ struct AttentionMetrics {
 // Attention metrics of `attention` ([rows, kv_len]); nullopt when every row is entirely -inf. Rejects
 // (INVALID_ARGUMENT, field "attention.data") NaN or +inf entries.
 absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const MatrixFloats& attention,
+                                                                        MetricsScratch* scratch);
+absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
                                                                         MetricsScratch* scratch);
 
 // All metrics of a step, as the strategy reads them.

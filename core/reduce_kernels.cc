@@ -47,6 +47,10 @@ void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e,
 
 RowScan ScanRow(const float* x, int64_t n) { return ActiveKernels().scan_row(x, n); }
 
+ScanResult ScanMaxBf16(const char* src, int64_t n, float* out) { return ActiveKernels().scan_max_bf16(src, n, out); }
+
+RowScan ScanRowBf16(const char* src, int64_t n, float* out) { return ActiveKernels().scan_row_bf16(src, n, out); }
+
 void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d,
                 double* m2) {
   ActiveKernels().exp_moments(x, n, shift, blocks, sum_e, mean_d, m2);

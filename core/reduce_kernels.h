@@ -37,6 +37,11 @@ struct RowScan {
 };
 RowScan ScanRow(const float* x, int64_t n);
 
+// ScanMax and ScanRow over n bfloat16 values at src (little-endian), converting them into out[0, n) on the
+// way: the first pass over a bf16 tensor is also its conversion, so the received bytes are read once.
+ScanResult ScanMaxBf16(const char* src, int64_t n, float* out);
+RowScan ScanRowBf16(const char* src, int64_t n, float* out);
+
 // Index of the first element equal to `value` (n when none).
 int64_t FindFirst(const float* x, int64_t n, float value);
 
@@ -74,6 +79,8 @@ struct KernelTable {
   const char* name;
   ScanResult (*scan_max)(const float*, int64_t);
   RowScan (*scan_row)(const float*, int64_t);
+  ScanResult (*scan_max_bf16)(const char*, int64_t, float*);
+  RowScan (*scan_row_bf16)(const char*, int64_t, float*);
   int64_t (*find_first)(const float*, int64_t, float);
   int64_t (*find_first_greater)(const float*, int64_t, int64_t, float);
   void (*exp_shifted)(const float*, int64_t, float, float*, double*, double*);

@@ -106,17 +106,71 @@ struct Impl {
   static float Clamp(float d) { return d < kMinShifted ? kMinShifted : d; }
   static bool Bad(float v) { return v != v || v == INFINITY; }
 
-  static ScanResult ScanMax(const float* x, int64_t n) {
+  // bfloat16 -> float32 for one batch, exactly: the bf16 bits are the float's upper half. Widening uses the
+  // instruction set's own zero-extension (xsimd 8 has no widening conversion).
+  static Batch LoadBf16(const char* p) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      return Batch(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    } else
+#endif
+#if defined(__AVX2__)
+    if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      return Batch(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    } else
+#endif
+    {
+      const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+      return Batch(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
+    }
+  }
+  static float Bf16At(const char* p) {
+    const uint32_t u = (static_cast<uint32_t>(static_cast<unsigned char>(p[0])) |
+                        static_cast<uint32_t>(static_cast<unsigned char>(p[1])) << 8)
+                       << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+  }
+
+  // Element i of the source as a batch: float32 read in place, or bf16 converted and stored into out[i..]
+  // on the way (the conversion happens inside the first pass, so the received bytes are read once).
+  template <bool kBf16>
+  static Batch LoadSource(const void* src, int64_t i, float* out) {
+    if constexpr (kBf16) {
+      const Batch v = LoadBf16(static_cast<const char*>(src) + 2 * i);
+      v.store_unaligned(out + i);
+      return v;
+    } else {
+      return Batch::load_unaligned(static_cast<const float*>(src) + i);
+    }
+  }
+  // Converts the scalar tail [from, n) of a bf16 source into out; the float32 array to read afterwards.
+  template <bool kBf16>
+  static const float* Floats(const void* src, int64_t from, int64_t n, float* out) {
+    if constexpr (kBf16) {
+      for (int64_t i = from; i < n; ++i) out[i] = Bf16At(static_cast<const char*>(src) + 2 * i);
+      return out;
+    } else {
+      return static_cast<const float*>(src);
+    }
+  }
+
+  template <bool kBf16>
+  static ScanResult ScanMaxOf(const void* src, int64_t n, float* out) {
     ScanResult result;
     Batch vmax(-INFINITY);
     auto bad = Batch(0.0f) != Batch(0.0f);
     const Batch inf(INFINITY);
     int64_t i = 0;
     for (; i + kLanes <= n; i += kLanes) {
-      Batch v = Batch::load_unaligned(x + i);
+      Batch v = LoadSource<kBf16>(src, i, out);
       bad = bad | xsimd::isnan(v) | (v == inf);  // not v != v: AVX compares ordered
       vmax = xsimd::max(vmax, v);
     }
+    const float* x = Floats<kBf16>(src, i, n, out);
     float m = HorizontalMax(vmax);
     bool any_bad = xsimd::any(bad);
     for (; i < n; ++i) {
@@ -134,6 +188,8 @@ struct Impl {
     result.max = m;
     return result;
   }
+  static ScanResult ScanMax(const float* x, int64_t n) { return ScanMaxOf<false>(x, n, nullptr); }
+  static ScanResult ScanMaxBf16(const char* src, int64_t n, float* out) { return ScanMaxOf<true>(src, n, out); }
 
   static int64_t FindFirst(const float* x, int64_t n, float value) {
     int64_t i = 0;
@@ -297,7 +353,8 @@ struct Impl {
     a->count += static_cast<int64_t>(xsimd::hadd(cnt));  // <= kBlock: exact in float
   }
 
-  static RowScan ScanRow(const float* x, int64_t n) {
+  template <bool kBf16>
+  static RowScan ScanRowOf(const void* src, int64_t n, float* out) {
     RowScan r;
     RowAcc a;
     int64_t i = 0;
@@ -307,7 +364,7 @@ struct Impl {
       // again with every check.
       Batch bmax(-INFINITY), bmin(INFINITY), acc(0.0f);
       for (int64_t j = i; j < i + kBlock; j += kLanes) {
-        const Batch v = Batch::load_unaligned(x + j);
+        const Batch v = LoadSource<kBf16>(src, j, out);
         bmax = xsimd::max(bmax, v);
         bmin = xsimd::min(bmin, v);
         acc += xsimd::abs(v);
@@ -319,9 +376,10 @@ struct Impl {
         a.total += block_sum;
         a.count += kBlock;
       } else {
-        ScanBlockChecked(x + i, &a);
+        ScanBlockChecked(Floats<kBf16>(src, n, n, out) + i, &a);  // the block is converted by now
       }
     }
+    const float* x = Floats<kBf16>(src, i, n, out);
     float m = HorizontalMax(a.vmax);
     float lo = -HorizontalMax(-a.vmin);
     bool any_bad = xsimd::any(a.bad);
@@ -350,6 +408,8 @@ struct Impl {
     r.finite_count = count;
     return r;
   }
+  static RowScan ScanRow(const float* x, int64_t n) { return ScanRowOf<false>(x, n, nullptr); }
+  static RowScan ScanRowBf16(const char* src, int64_t n, float* out) { return ScanRowOf<true>(src, n, out); }
 
   // sum over entries with ln a < ln_floor of a * (ln_floor - ln a), with a = e * inv_sum and
   // ln a = d - log_sum: what the clip of DESIGN.md section 3 removes from the row entropy.
@@ -485,6 +545,8 @@ KernelTable MakeTable(const char* name) {
   return KernelTable{name,
                      &I::ScanMax,
                      &I::ScanRow,
+                     &I::ScanMaxBf16,
+                     &I::ScanRowBf16,
                      &I::FindFirst,
                      &I::FindFirstGreater,
                      &I::ExpShifted,

@@ -24,7 +24,7 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
   }
 
   absl::StatusOr<FloatView> logits =
-      DecodeTensor(in.logits, TensorRole::kLogits, limits, "logits", &ws->logits_buffer);
+      DecodeTensor(in.logits, TensorRole::kLogits, limits, "logits", &ws->logits_buffer, /*defer_bf16=*/true);
   if (!logits.ok()) return logits.status();
   const int64_t vocab = logits->cols;
   for (size_t i = 0; i < in.recent_tokens.size(); ++i) {
@@ -37,18 +37,19 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
   std::optional<FloatView> attention;
   if (in.attention.has_value()) {
     absl::StatusOr<FloatView> a =
-        DecodeTensor(*in.attention, TensorRole::kAttention, limits, "attention", &ws->attention_buffer);
+        DecodeTensor(*in.attention, TensorRole::kAttention, limits, "attention", &ws->attention_buffer,
+                     /*defer_bf16=*/true);
     if (!a.ok()) return a.status();
     attention = *a;
   }
 
-  absl::StatusOr<LogitsSummary> summary = SummarizeLogits(logits->Flat(), &ws->metrics);
+  absl::StatusOr<LogitsSummary> summary = SummarizeLogits(*logits, &ws->metrics);
   if (!summary.ok()) return summary.status();
   out->metrics.logits_entropy = summary->entropy;
   out->metrics.logits_varentropy = summary->varentropy;
   out->metrics.attention.reset();
   if (attention.has_value()) {
-    absl::StatusOr<std::optional<AttentionMetrics>> a = ComputeAttentionMetrics(attention->Matrix(), &ws->metrics);
+    absl::StatusOr<std::optional<AttentionMetrics>> a = ComputeAttentionMetrics(*attention, &ws->metrics);
     if (!a.ok()) return a.status();
     out->metrics.attention = *a;
   }

@@ -79,7 +79,7 @@ uint16_t FloatToHalf(float f) {
 }
 
 absl::StatusOr<FloatView> DecodeTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
-                                       absl::string_view field, std::vector<float>* scratch) {
+                                       absl::string_view field, std::vector<float>* scratch, bool defer_bf16) {
   const DType dtype = static_cast<DType>(raw.dtype);
   const size_t item = ItemSize(dtype);
   if (item == 0) {
@@ -134,6 +134,9 @@ absl::StatusOr<FloatView> DecodeTensor(const RawTensor& raw, TensorRole role, co
   float* out = scratch->data();
   if (dtype == DType::kF32) {
     std::memcpy(out, bytes, static_cast<size_t>(elements) * sizeof(float));
+  } else if (dtype == DType::kBF16 && defer_bf16) {
+    view.deferred_bf16 = bytes;
+    view.fill = out;
   } else if (dtype == DType::kBF16) {
     kernels::ConvertBf16(bytes, elements, out);
   } else {

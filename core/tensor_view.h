@@ -52,6 +52,11 @@ struct FloatView {
   const float* data = nullptr;
   int64_t rows = 1;  // 1 for logits
   int64_t cols = 0;  // vocab for logits, kv_len for attention
+  // Set when DecodeTensor deferred a bf16 conversion: `data` is then `fill`, the caller's scratch, not yet
+  // written; the metrics' first pass converts `deferred_bf16` into it (SummarizeLogits,
+  // ComputeAttentionMetrics taking a FloatView), so the received bytes are read once. Read `data` only after.
+  const char* deferred_bf16 = nullptr;
+  float* fill = nullptr;
   int64_t size() const { return rows * cols; }
 
   // xtensor views over the floats (no copy). They borrow `data`: keep the source alive.
@@ -74,8 +79,10 @@ using MatrixFloats = decltype(std::declval<const FloatView&>().Matrix());
 // float32 view. f16 / bf16 (and float32 bytes that are not 4-byte aligned) are converted into `*scratch`.
 // Errors name `field` ("logits" or "attention") and the received value; over-limit sizes are
 // RESOURCE_EXHAUSTED, everything else INVALID_ARGUMENT. Values (NaN, inf) are checked by the metrics.
+// With `defer_bf16`, bf16 is not converted here: the view carries the bytes for the metrics' first pass.
 absl::StatusOr<FloatView> DecodeTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
-                                       absl::string_view field, std::vector<float>* scratch);
+                                       absl::string_view field, std::vector<float>* scratch,
+                                       bool defer_bf16 = false);
 
 // Exact conversions to float32 (every f16 and bf16 value is representable).
 float HalfToFloat(uint16_t h);

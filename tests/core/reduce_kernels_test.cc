@@ -224,6 +224,45 @@ TEST_P(ReduceKernelsTest, ConvertsEveryBFloat16Exactly) {
   }
 }
 
+// The fused bf16 scans convert exactly what ConvertBf16 converts and return what the float32 scans return
+// on the converted values (tails, -inf, NaN and +inf included).
+TEST_P(ReduceKernelsTest, Bf16ScansConvertAndScanLikeTheFloat32Path) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(9);
+  std::normal_distribution<float> normal(0.0f, 5.0f);
+  for (int64_t n : {1, 15, 17, 255, 257, 4099}) {
+    for (int variant = 0; variant < 3; ++variant) {
+      std::vector<uint16_t> src(static_cast<size_t>(n));
+      for (size_t i = 0; i < src.size(); ++i) {
+        const uint32_t bits = static_cast<uint32_t>(i % 7 == 3 ? 0xff800000u : 0u);  // -inf
+        float v = normal(gen);
+        if (bits != 0) std::memcpy(&v, &bits, 4);
+        uint32_t u;
+        std::memcpy(&u, &v, 4);
+        src[i] = static_cast<uint16_t>(u >> 16);
+      }
+      if (variant == 1) src[static_cast<size_t>(n - 1)] = 0x7fc0;      // NaN last
+      if (variant == 2) src[static_cast<size_t>(n / 2)] = 0x7f80;      // +inf in the middle
+      const char* bytes = reinterpret_cast<const char*>(src.data());
+      std::vector<float> want(src.size()), got(src.size(), -1.0f), got_row(src.size(), -1.0f);
+      k.convert_bf16(bytes, n, want.data());
+      const ScanResult a = k.scan_max(want.data(), n), b = k.scan_max_bf16(bytes, n, got.data());
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * 4), 0) << k.name << " n=" << n;
+      EXPECT_EQ(b.first_bad, a.first_bad) << k.name << " n=" << n;
+      if (a.first_bad < 0) EXPECT_EQ(b.max, a.max) << k.name << " n=" << n;
+      const RowScan c = k.scan_row(want.data(), n), d = k.scan_row_bf16(bytes, n, got_row.data());
+      EXPECT_EQ(std::memcmp(got_row.data(), want.data(), want.size() * 4), 0) << k.name << " n=" << n;
+      EXPECT_EQ(d.first_bad, c.first_bad) << k.name << " n=" << n;
+      if (c.first_bad < 0) {
+        EXPECT_EQ(d.max, c.max);
+        EXPECT_EQ(d.min_finite, c.min_finite);
+        EXPECT_EQ(d.abs_sum, c.abs_sum);
+        EXPECT_EQ(d.finite_count, c.finite_count);
+      }
+    }
+  }
+}
+
 TEST(ActiveKernelsTest, IsTheWidestAvailableUnlessPinned) {
   const auto tables = AvailableKernels();
   ASSERT_FALSE(tables.empty());

@@ -3,6 +3,7 @@
 // the order of steps around it or the workspace's history; and the response fields (top logprobs, regime,
 // applied params) are consistent.
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -240,6 +241,79 @@ TEST(RunStepTest, GreedyOverrideIsArgmaxWithLowestIdOnTies) {
   EXPECT_EQ(out.token, 123);
   EXPECT_EQ(out.regime, v1::REGIME_FIXED);
   EXPECT_EQ(out.applied.temperature, 0.0f);
+}
+
+// bf16 is converted inside the metrics' first pass (not before it): the step must be exactly the f32 step of
+// the same values, with masked positions, a fully masked head, array tails of every instruction set, a
+// workspace that served other dtypes before, and the same error for a NaN or +inf in bf16.
+TEST(StepEngineTest, Bf16StepIsExactlyTheF32StepOfItsValues) {
+  const int64_t vocab = 32011, heads = 6, kv = 1031;
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<uint16_t> logits_bf16(static_cast<size_t>(vocab)), attention_bf16(static_cast<size_t>(heads * kv));
+  std::vector<float> logits(logits_bf16.size()), attention(attention_bf16.size());
+  for (size_t i = 0; i < logits.size(); ++i) {
+    logits_bf16[i] = FloatToBFloat16(i % 97 == 5 ? -INFINITY : normal(gen));
+    logits[i] = BFloat16ToFloat(logits_bf16[i]);
+  }
+  for (size_t i = 0; i < attention.size(); ++i) {
+    const int64_t head = static_cast<int64_t>(i) / kv;
+    const bool masked = head == 2 || (head == 4 && i % 3 == 0);
+    attention_bf16[i] = FloatToBFloat16(masked ? -INFINITY : normal(gen));
+    attention[i] = BFloat16ToFloat(attention_bf16[i]);
+  }
+  const std::vector<int64_t> logits_shape = {vocab}, attention_shape = {heads, kv};
+  const auto bytes = [](const auto& v) {
+    return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(v[0]));
+  };
+  const std::string f32_logits = bytes(logits), f32_attention = bytes(attention);
+  std::string bf16_logits = bytes(logits_bf16), bf16_attention = bytes(attention_bf16);
+  const auto input = [&](int dtype, const std::string& z, const std::string& a) {
+    StepInput in;
+    in.sequence_id = "bf16";
+    in.step = 3;
+    in.seed = 11;
+    in.top_logprobs = 5;
+    in.logits = RawTensor{dtype, logits_shape, z};
+    in.attention = RawTensor{dtype, attention_shape, a};
+    return in;
+  };
+  for (const char* profile : {"entropix", "entropix-frog", "fixed"}) {
+    Workspace ws;
+    StepOutput want, got;
+    StepInput f32 = input(1, f32_logits, f32_attention), bf16 = input(3, bf16_logits, bf16_attention);
+    f32.profile = bf16.profile = profile;
+    ASSERT_TRUE(RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, f32, &ws, &want).ok());
+    ASSERT_TRUE(RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, bf16, &ws, &got).ok());
+    EXPECT_EQ(got.metrics.logits_entropy, want.metrics.logits_entropy) << profile;
+    EXPECT_EQ(got.metrics.logits_varentropy, want.metrics.logits_varentropy) << profile;
+    ASSERT_TRUE(got.metrics.attention.has_value() && want.metrics.attention.has_value());
+    EXPECT_EQ(got.metrics.attention->entropy, want.metrics.attention->entropy) << profile;
+    EXPECT_EQ(got.metrics.attention->varentropy, want.metrics.attention->varentropy) << profile;
+    EXPECT_EQ(got.metrics.attention->agreement, want.metrics.attention->agreement) << profile;
+    EXPECT_EQ(got.metrics.attention->interaction_strength, want.metrics.attention->interaction_strength);
+    EXPECT_EQ(got.metrics.attention->rows_used, heads - 1);
+    EXPECT_EQ(got.token, want.token) << profile;
+    EXPECT_EQ(got.logprob, want.logprob) << profile;
+    EXPECT_EQ(got.regime, want.regime) << profile;
+    EXPECT_EQ(got.top, want.top) << profile;
+  }
+  for (int which = 0; which < 2; ++which) {
+    for (uint16_t bad : {uint16_t{0x7fc0}, uint16_t{0x7f80}}) {  // NaN, +inf
+      std::string z = bf16_logits, a = bf16_attention;
+      std::string& target = which == 0 ? z : a;
+      const size_t at = which == 0 ? 31999 : static_cast<size_t>(4 * kv + 1030);
+      std::memcpy(&target[2 * at], &bad, 2);
+      Workspace ws;
+      StepOutput out;
+      StepInput in = input(3, z, a);
+      in.profile = "entropix";
+      const absl::Status s = RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, in, &ws, &out);
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(s.message().find(which == 0 ? "at index 31999" : "at row 4, position 1030"), std::string::npos)
+          << s.message();
+    }
+  }
 }
 
 }  // namespace
