@@ -1,6 +1,10 @@
 // Core step and kernel benchmarks per workload (issue 3's names):
 //   S: vocab 32000, attention 8 x 1024;  L: vocab 128256, attention 32 x 4096;  XL: vocab 256000, 64 x 8192.
 // Run: build/bench/core_benchmark --benchmark_filter=Step --benchmark_repetitions=5
+// BM_Kernel_* time each kernel of the step over the workload's tensors (BM_Kernel_ScanMax is the plain pass
+// over the logits, the memory floor); BM_Floor_SoftmaxEntropy is the issue's softmax + entropy reference
+// (max pass, then exp with the two sums, nothing stored), measured in the same run.
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -8,6 +12,7 @@
 
 #include "benchmark/benchmark.h"
 #include "core/metrics.h"
+#include "core/reduce_kernels.h"
 #include "core/sampler_chain.h"
 #include "core/step_engine.h"
 
@@ -142,6 +147,86 @@ void BM_ChainTopK(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_ChainTopK)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+
+// Per kernel (reduce_kernels.h), over the workload's logits or attention rows.
+template <typename Fn>
+void RunKernel(benchmark::State& state, Fn fn) {
+  const int index = static_cast<int>(state.range(0));
+  state.SetLabel(Name(index));
+  for (auto _ : state) fn(MakeData(index), Get(index));
+}
+
+void BM_Kernel_ScanMax(benchmark::State& state) {
+  RunKernel(state, [](const Data& d, const Workload& w) {
+    benchmark::DoNotOptimize(kernels::ScanMax(d.logits.data(), w.vocab));
+  });
+}
+void BM_Kernel_ScanMaxBf16(benchmark::State& state) {
+  std::vector<float> out(static_cast<size_t>(Get(static_cast<int>(state.range(0))).vocab));
+  RunKernel(state, [&out](const Data& d, const Workload& w) {
+    benchmark::DoNotOptimize(kernels::ScanMaxBf16(d.logit_bf16.data(), w.vocab, out.data()));
+  });
+}
+void BM_Kernel_ExpMoments(benchmark::State& state) {
+  const Data& data = MakeData(static_cast<int>(state.range(0)));
+  const float max = kernels::ScanMax(data.logits.data(), static_cast<int64_t>(data.logits.size())).max;
+  std::vector<float> blocks(static_cast<size_t>(3 * kernels::MomentBlocks(static_cast<int64_t>(data.logits.size()))));
+  RunKernel(state, [&](const Data& d, const Workload& w) {
+    double sum = 0, mean = 0, m2 = 0;
+    kernels::ExpMoments(d.logits.data(), w.vocab, max, blocks.data(), &sum, &mean, &m2);
+    benchmark::DoNotOptimize(m2);
+  });
+}
+void BM_Kernel_ScanRow(benchmark::State& state) {
+  RunKernel(state, [](const Data& d, const Workload& w) {
+    for (int64_t r = 0; r < w.heads; ++r) benchmark::DoNotOptimize(kernels::ScanRow(d.attention.data() + r * w.kv_len, w.kv_len));
+  });
+}
+void BM_Kernel_ExpShifted(benchmark::State& state) {
+  const Workload wl = Get(static_cast<int>(state.range(0)));
+  std::vector<float> e(static_cast<size_t>(wl.heads * wl.kv_len));
+  RunKernel(state, [&e](const Data& d, const Workload& w) {
+    for (int64_t r = 0; r < w.heads; ++r) {
+      double sum = 0, sum_d = 0;
+      kernels::ExpShifted(d.attention.data() + r * w.kv_len, w.kv_len, 8.0f, e.data() + r * w.kv_len, &sum, &sum_d);
+      benchmark::DoNotOptimize(sum);
+    }
+  });
+}
+void BM_Kernel_AgreementSum(benchmark::State& state) {
+  const Workload wl = Get(static_cast<int>(state.range(0)));
+  std::vector<float> inv(static_cast<size_t>(wl.heads), 1.0f / static_cast<float>(wl.kv_len));
+  RunKernel(state, [&inv](const Data& d, const Workload& w) {
+    benchmark::DoNotOptimize(kernels::AgreementSum(d.attention.data(), inv.data(), w.heads, w.kv_len));
+  });
+}
+void BM_Kernel_ConvertBf16(benchmark::State& state) {
+  std::vector<float> out(static_cast<size_t>(Get(static_cast<int>(state.range(0))).vocab));
+  RunKernel(state, [&out](const Data& d, const Workload& w) {
+    kernels::ConvertBf16(d.logit_bf16.data(), w.vocab, out.data());
+    benchmark::DoNotOptimize(out.data());
+  });
+}
+BENCHMARK(BM_Kernel_ScanMax)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Kernel_ScanMaxBf16)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Kernel_ExpMoments)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Kernel_ScanRow)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Kernel_ExpShifted)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Kernel_AgreementSum)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Kernel_ConvertBf16)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+
+// The issue's reference point "softmax + entropy hand-written with xsimd", in the same run: ScanMax, then
+// ExpShifted with nothing stored. (Its other point, a plain pass over the floats, is BM_Kernel_ScanMax: one
+// SIMD max over the logits.)
+void BM_Floor_SoftmaxEntropy(benchmark::State& state) {
+  RunKernel(state, [](const Data& d, const Workload& w) {
+    const float max = kernels::ScanMax(d.logits.data(), w.vocab).max;
+    double sum = 0, sum_d = 0;
+    kernels::ExpShifted(d.logits.data(), w.vocab, max, nullptr, &sum, &sum_d);
+    benchmark::DoNotOptimize(std::log(sum) - sum_d / sum);
+  });
+}
+BENCHMARK(BM_Floor_SoftmaxEntropy)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace samplerd
