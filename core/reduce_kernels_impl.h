@@ -39,10 +39,8 @@ struct Impl {
   // As Cephes' expf: d = k ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 q(r), 2^k through the exponent
   // bits; but q has degree 4 with minimax coefficients (fitted for the relative error of exp on the interval,
   // 3e-9 before rounding) instead of Cephes' degree 5 (one multiply-add less, the same 1.26 ulp worst case in
-  // float32), and r takes one fused multiply-add instead of two: at most 1.4 ulp from the exact value for
-  // d >= -20 (where every e that moves a sum of at least exp(0) = 1 lies), 4.5 ulp further down
-  // (tests/core/reduce_kernels_test.cc pins both; golden/README.md admits exp errors of 3 ulp and the
-  // metrics tolerances hold). About a third of the instructions of xsimd::exp, which also handles overflow,
+  // float32; tests/core/reduce_kernels_test.cc pins <= 2 ulp for d >= -20 and <= 5 ulp below, and
+  // golden/README.md admits exp errors of 3 ulp). About a third of the instructions of xsimd::exp, which also handles overflow,
   // NaN and denormals that cannot occur here.
   // k is rounded by adding 1.5 * 2^23 (whose float spacing is 1), which also leaves k in the low bits; the
   // clamp at -88 keeps k >= -127, and k = -127 gives exponent bits 0, i.e. exactly 0 for the values whose true
@@ -51,11 +49,11 @@ struct Impl {
   static constexpr float kC0 = 4.999999404e-01f, kC1 = 1.666652113e-01f, kC2 = 4.166838899e-02f,
                          kC3 = 8.368710987e-03f, kC4 = 1.381451264e-03f;
   static constexpr int32_t kMagicBitsMinusBias = 0x4B400000 - 127;
-  // With a fused multiply-add, r = d - k ln2 is one rounding away from exact with ln2 in one float (its
-  // representation error, 1.9e-9, times |k| is what makes the 4.5 ulp deep in the tail); SSE2 has none
-  // (xsimd rounds the product), so there ln2 comes in two parts, the first with few enough bits that
-  // k * part is exact.
-  static constexpr bool kFusedMultiplyAdd = !std::is_same_v<Arch, xsimd::sse2>;
+  // r = d - k ln2 with ln2 in two parts, the first with few enough bits that k * part is exact, so r is
+  // accurate whether or not the compiler fuses the multiply-add (one-part ln2 with a fused multiply-add would
+  // save an operation, but xsimd does not fuse on every compiler and ISA: clang's AVX-512 build measured 67
+  // ulp that way).
+  static constexpr bool kFusedMultiplyAdd = false;
 
   static Batch ExpClamped(const Batch& d) {
     using IntBatch = xsimd::batch<int32_t, Arch>;
