@@ -4,10 +4,12 @@
 // BM_Kernel_* time each kernel of the step over the workload's tensors (BM_Kernel_ScanMax is the plain pass
 // over the logits, the memory floor); BM_Floor_SoftmaxEntropy is the softmax + entropy reference
 // (max pass, then exp with the two sums, nothing stored), measured in the same run.
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "benchmark/benchmark.h"
@@ -109,6 +111,59 @@ void BM_StepBf16(benchmark::State& state) {
 }
 BENCHMARK(BM_StepBf16)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
+// A second thread that spins for work: the best case of sharing a step (no wake-up), to compare with the
+// worker pool's ForkJoin (service_benchmark's BM_Request/<workload>/2) and with BM_Step on one thread.
+class SpinningForkJoin final : public ForkJoin {
+ public:
+  SpinningForkJoin() : thread_([this] { Loop(); }) {}
+  ~SpinningForkJoin() override {
+    stop_.store(true);
+    thread_.join();
+  }
+  void Run(absl::FunctionRef<void()> mine, absl::FunctionRef<void()> theirs) override {
+    task_ = &theirs;
+    pending_.store(true, std::memory_order_release);
+    mine();
+    while (pending_.load(std::memory_order_acquire)) {
+    }
+  }
+
+ private:
+  void Loop() {
+    while (!stop_.load(std::memory_order_relaxed)) {
+      if (pending_.load(std::memory_order_acquire)) {
+        (*task_)();
+        pending_.store(false, std::memory_order_release);
+      }
+    }
+  }
+  absl::FunctionRef<void()>* task_ = nullptr;
+  std::atomic<bool> pending_{false}, stop_{false};
+  std::thread thread_;
+};
+
+// BM_Step with the metric passes shared with a second, spinning thread (real time: two threads work).
+void BM_StepShared(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const Data& d = MakeData(index);
+  state.SetLabel(Name(index));
+  const auto registry = ProfileRegistry::BuiltIn();
+  Workspace ws;
+  StepOutput out;
+  SpinningForkJoin fork_join;
+  uint64_t step = 0;
+  for (auto _ : state) {
+    StepInput in;
+    in.sequence_id = "bench";
+    in.step = step++;
+    in.seed = 7;
+    in.logits = RawTensor{1, d.logit_shape, d.logit_bytes};
+    in.attention = RawTensor{1, d.attention_shape, d.attention_bytes};
+    benchmark::DoNotOptimize(RunStep(*registry, TensorLimits{}, in, &ws, &out, &fork_join));
+  }
+}
+BENCHMARK(BM_StepShared)->DenseRange(0, 2)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
 void BM_LogitsMetrics(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));
   const Data& d = MakeData(index);
@@ -197,7 +252,7 @@ void BM_Kernel_AgreementSum(benchmark::State& state) {
   const Workload wl = Get(static_cast<int>(state.range(0)));
   std::vector<float> inv(static_cast<size_t>(wl.heads), 1.0f / static_cast<float>(wl.kv_len));
   RunKernel(state, [&inv](const Data& d, const Workload& w) {
-    benchmark::DoNotOptimize(kernels::AgreementSum(d.attention.data(), inv.data(), w.heads, w.kv_len));
+    benchmark::DoNotOptimize(kernels::AgreementSum(d.attention.data(), inv.data(), w.heads, w.kv_len, w.kv_len));
   });
 }
 void BM_Kernel_ConvertBf16(benchmark::State& state) {

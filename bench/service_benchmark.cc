@@ -1,7 +1,9 @@
 // The service's share of a request, without a network (issue 3's workloads S, L, XL, B):
-//   BM_Request/<workload>/<workers>  StartRequest on a pool of that many workers (decode + core + encode of every
-//                                    step, spread over the pool): B on 1 vs 2 workers is the pool's speed-up;
-//                                    items_per_second = steps/s.
+//   BM_Request/<workload>/<workers>/<share>  StartRequest on a pool of that many workers (decode + core + encode
+//                                    of every step, spread over the pool; a lone step runs on the caller,
+//                                    TryRunHere), steps shared with an idle worker or not (--share_steps): B on 1
+//                                    vs 2 workers is the pool's speed-up, S/L/XL on 2 workers share 1 vs 0 what
+//                                    sharing a step gains; items_per_second = steps/s.
 //   BM_RequestSerial/<workload>      HandleRequest on the calling thread (what the reactor did before the pool).
 //   BM_PoolHop                       ParallelFor of one empty task: the cost of handing a request to a worker
 //                                    and hearing back (a futex wake each way).
@@ -38,10 +40,11 @@ const v1::SampleRequest& Request(int index) {
   return *cache[index];
 }
 
-std::unique_ptr<SamplerService> MakeService(int workers) {
+std::unique_ptr<SamplerService> MakeService(int workers, bool share_steps = true) {
   spdlog::set_level(spdlog::level::warn);  // no start-up line per benchmark run
   SamplerService::Options options;
   options.config.workers = workers;
+  options.config.share_steps = share_steps;
   options.profiles = ProfileRegistry::BuiltIn();
   return *SamplerService::Create(std::move(options));
 }
@@ -72,7 +75,8 @@ void BM_Request(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));
   const v1::SampleRequest& request = Request(index);
   state.SetLabel(std::string(client::WorkloadName(kWorkloads[index])));
-  std::unique_ptr<SamplerService> service = MakeService(static_cast<int>(state.range(1)));
+  std::unique_ptr<SamplerService> service =
+      MakeService(static_cast<int>(state.range(1)), /*share_steps=*/state.range(2) != 0);
   SeedTable seeds;
   v1::SampleResponse response;
   Waiter waiter;
@@ -83,7 +87,7 @@ void BM_Request(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * request.steps_size());
 }
 // Real time: the caller sleeps while the workers run.
-BENCHMARK(BM_Request)->ArgsProduct({{0, 1, 2, 3}, {1, 2}})->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Request)->ArgsProduct({{0, 1, 2, 3}, {1, 2}, {0, 1}})->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 void BM_RequestSerial(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));

@@ -1,5 +1,7 @@
 #include "core/metrics.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -63,36 +65,28 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Ma
                                  scratch);
 }
 
-absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
-                                                                        MetricsScratch* scratch) {
-  const int64_t rows = attention.rows;
+namespace {
+
+// Rows [r0, r1) of the attention: the scan (and bf16 conversion), the exponentials into row r of
+// scratch->attn_exp, the row's entropy. Touches only those rows' slots, so two threads may run disjoint ranges.
+void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, MetricsScratch* scratch) {
   const int64_t cols = attention.cols;
-  const float* s = attention.data;
-
-  // exp(S - row max) of the used rows, packed; a row's probabilities are its entries times row_inv[u].
-  scratch->attn_exp.resize(static_cast<size_t>(rows * cols));
-  scratch->row_inv.clear();
-  scratch->row_entropy.clear();
-
-  double abs_sum = 0;
-  int64_t finite = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = s + r * cols;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* row = attention.data + r * cols;
     const kernels::RowScan scan =
         attention.deferred_bf16 != nullptr
             ? kernels::ScanRowBf16(attention.deferred_bf16 + 2 * r * cols, cols, attention.fill + r * cols)
             : kernels::ScanRow(row, cols);
-    if (scan.first_bad >= 0) {
-      return InvalidFieldError(
-          "attention.data", absl::StrCat("must be finite or -inf, got ", DescribeBad(row[scan.first_bad]),
-                                         " at row ", r, ", position ", scan.first_bad));
-    }
+    AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
+    stats = AttentionRowStats();
+    stats.first_bad = scan.first_bad;
     // A row with every position masked says nothing about this head: left out of every metric.
-    if (scan.max == -std::numeric_limits<float>::infinity()) continue;
-    abs_sum += scan.abs_sum;
-    finite += scan.finite_count;
+    if (scan.first_bad >= 0 || scan.max == -std::numeric_limits<float>::infinity()) continue;
+    stats.used = true;
+    stats.abs_sum = scan.abs_sum;
+    stats.finite = scan.finite_count;
 
-    float* e = scratch->attn_exp.data() + static_cast<int64_t>(scratch->row_inv.size()) * cols;
+    float* e = scratch->attn_exp.data() + r * cols;
     double sum_e = 0, sum_ed = 0;
     kernels::ExpShifted(row, cols, scan.max, e, &sum_e, &sum_ed);
     // As for the logits: h = ln Z - E_a[d] with d = S - max, both terms >= 0. The clip of a at 1e-10 only
@@ -103,26 +97,168 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Fl
     if (static_cast<double>(scan.min_finite) - scan.max - log_z < kLnAttentionFloor) {
       h_nats -= kernels::ClipCorrection(row, e, cols, scan.max, inv_z, static_cast<float>(log_z), kLnAttentionFloor);
     }
-    scratch->row_entropy.push_back(h_nats / kLn2);
-    scratch->row_inv.push_back(inv_z);
+    stats.entropy = h_nats / kLn2;
+    stats.inv = inv_z;
+  }
+}
+
+// Everything after the rows: the first bad row's error, the used rows packed to the front of attn_exp, the
+// entropy moments and the interaction strength, all in row order. Sets m->rows_used (0: no metrics).
+absl::Status MergeRows(const FloatView& attention, MetricsScratch* scratch, AttentionMetrics* m) {
+  const int64_t cols = attention.cols;
+  scratch->row_inv.clear();
+  double abs_sum = 0, sum_h = 0;
+  int64_t finite = 0;
+  for (int64_t r = 0; r < attention.rows; ++r) {
+    const AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
+    if (stats.first_bad >= 0) {
+      return InvalidFieldError(
+          "attention.data", absl::StrCat("must be finite or -inf, got ",
+                                         DescribeBad(attention.data[r * cols + stats.first_bad]), " at row ", r,
+                                         ", position ", stats.first_bad));
+    }
+    if (!stats.used) continue;
+    const int64_t u = static_cast<int64_t>(scratch->row_inv.size());
+    // Only when a row before was masked: rare, and a copy of the rows after it.
+    if (u != r) {
+      std::copy_n(scratch->attn_exp.data() + r * cols, cols, scratch->attn_exp.data() + u * cols);
+    }
+    scratch->row_inv.push_back(stats.inv);
+    abs_sum += stats.abs_sum;
+    finite += stats.finite;
+    sum_h += stats.entropy;
+  }
+  const int64_t used = static_cast<int64_t>(scratch->row_inv.size());
+  m->rows_used = used;
+  if (used == 0) return absl::OkStatus();
+  const double mean_h = sum_h / static_cast<double>(used);
+  double var_h = 0;
+  for (const AttentionRowStats& stats : scratch->row_stats) {
+    if (stats.used) var_h += (stats.entropy - mean_h) * (stats.entropy - mean_h);
+  }
+  m->entropy = mean_h;
+  m->varentropy = var_h / static_cast<double>(used);
+  m->interaction_strength = abs_sum / static_cast<double>(finite);
+  return absl::OkStatus();
+}
+
+int64_t AgreementParts(int64_t cols) { return (cols + kAgreementColumns - 1) / kAgreementColumns; }
+
+// The agreement sums of column parts [p0, p1) into scratch->agreement_parts.
+void AgreementColumns(int64_t cols, int64_t used, int64_t p0, int64_t p1, MetricsScratch* scratch) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t c0 = p * kAgreementColumns;
+    const int64_t width = std::min(kAgreementColumns, cols - c0);
+    scratch->agreement_parts[static_cast<size_t>(p)] =
+        kernels::AgreementSum(scratch->attn_exp.data() + c0, scratch->row_inv.data(), used, width, cols);
+  }
+}
+
+double AgreementTotal(const MetricsScratch& scratch) {
+  double total = 0;
+  for (double part : scratch.agreement_parts) total += part;
+  return total;
+}
+
+// Indices [0, n) handed out from both ends: this thread takes from the front (so that alone it goes in order),
+// the other from the back, until they meet. Each side's share adapts to how late the other starts, and in steady streaming each index tends to
+// stay with the same thread from step to step (so do the cache lines its pass writes).
+class TwoEndedRange {
+ public:
+  explicit TwoEndedRange(int64_t n) : ends_(static_cast<uint64_t>(n)) {}
+  // The next index from the front (the low 32 bits count the front, the high ones the back), or -1.
+  int64_t TakeFront() {
+    uint64_t ends = ends_.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t front = ends >> 32, back = ends & 0xffffffffu;
+      if (front >= back) return -1;
+      if (ends_.compare_exchange_weak(ends, ((front + 1) << 32) | back, std::memory_order_relaxed)) {
+        return static_cast<int64_t>(front);
+      }
+    }
+  }
+  int64_t TakeBack() {
+    uint64_t ends = ends_.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t front = ends >> 32, back = ends & 0xffffffffu;
+      if (front >= back) return -1;
+      if (ends_.compare_exchange_weak(ends, (front << 32) | (back - 1), std::memory_order_relaxed)) {
+        return static_cast<int64_t>(back - 1);
+      }
+    }
   }
 
-  const int64_t used = static_cast<int64_t>(scratch->row_entropy.size());
-  if (used == 0) return std::optional<AttentionMetrics>();
+ private:
+  std::atomic<uint64_t> ends_;  // front << 32 | back
+};
+
+void PrepareAttention(const FloatView& attention, MetricsScratch* scratch) {
+  scratch->attn_exp.resize(static_cast<size_t>(attention.size()));
+  scratch->row_stats.resize(static_cast<size_t>(attention.rows));
+  scratch->row_inv.reserve(static_cast<size_t>(attention.rows));
+  scratch->agreement_parts.resize(static_cast<size_t>(AgreementParts(attention.cols)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
+                                                                        MetricsScratch* scratch) {
+  PrepareAttention(attention, scratch);
+  AttentionRows(attention, 0, attention.rows, scratch);
+  AttentionMetrics m;
+  if (absl::Status s = MergeRows(attention, scratch, &m); !s.ok()) return s;
+  if (m.rows_used == 0) return std::optional<AttentionMetrics>();
+  AgreementColumns(attention.cols, m.rows_used, 0, AgreementParts(attention.cols), scratch);
+  m.agreement = AgreementTotal(*scratch) / (static_cast<double>(m.rows_used) * static_cast<double>(attention.cols));
+  return std::optional<AttentionMetrics>(m);
+}
+
+absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attention, MetricsScratch* scratch,
+                                ForkJoin* fork_join, LogitsSummary* summary,
+                                std::optional<AttentionMetrics>* attention_metrics) {
+  attention_metrics->reset();
+  if (attention == nullptr) {
+    absl::StatusOr<LogitsSummary> s = SummarizeLogits(logits, scratch);
+    if (!s.ok()) return s.status();
+    *summary = *s;
+    return absl::OkStatus();
+  }
+  PrepareAttention(*attention, scratch);
+  // Rows, then agreement column parts, are handed out one at a time from both ends of a range (TwoEndedRange),
+  // so the two threads balance themselves however late the other one starts (or if it never does). This thread
+  // starts with the logits, the other with the last rows.
+  TwoEndedRange rows(attention->rows);
+  absl::StatusOr<LogitsSummary> s;
+  fork_join->Run(
+      [&] {
+        s = SummarizeLogits(logits, scratch);
+        for (int64_t r; (r = rows.TakeFront()) >= 0;) AttentionRows(*attention, r, r + 1, scratch);
+      },
+      [&] {
+        for (int64_t r; (r = rows.TakeBack()) >= 0;) AttentionRows(*attention, r, r + 1, scratch);
+      });
+  if (!s.ok()) return s.status();
+  *summary = *s;
 
   AttentionMetrics m;
-  m.rows_used = used;
-  double mean_h = 0;
-  for (double h : scratch->row_entropy) mean_h += h;
-  mean_h /= static_cast<double>(used);
-  double var_h = 0;
-  for (double h : scratch->row_entropy) var_h += (h - mean_h) * (h - mean_h);
-  m.entropy = mean_h;
-  m.varentropy = var_h / static_cast<double>(used);
-  m.interaction_strength = abs_sum / static_cast<double>(finite);
-  m.agreement = kernels::AgreementSum(scratch->attn_exp.data(), scratch->row_inv.data(), used, cols) /
-                (static_cast<double>(used) * static_cast<double>(cols));
-  return std::optional<AttentionMetrics>(m);
+  if (absl::Status merged = MergeRows(*attention, scratch, &m); !merged.ok()) return merged;
+  if (m.rows_used == 0) return absl::OkStatus();
+  const int64_t cols = attention->cols, used = m.rows_used;
+  TwoEndedRange parts(AgreementParts(cols));
+  if (AgreementParts(cols) == 1) {
+    AgreementColumns(cols, used, 0, 1, scratch);
+  } else {
+    fork_join->Run(
+        [&] {
+          for (int64_t p; (p = parts.TakeFront()) >= 0;) AgreementColumns(cols, used, p, p + 1, scratch);
+        },
+        [&] {
+          for (int64_t p; (p = parts.TakeBack()) >= 0;) AgreementColumns(cols, used, p, p + 1, scratch);
+        });
+  }
+  m.agreement = AgreementTotal(*scratch) / (static_cast<double>(used) * static_cast<double>(cols));
+  *attention_metrics = m;
+  return absl::OkStatus();
 }
 
 double MetricValues::Get(v1::Metric metric) const {

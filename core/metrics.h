@@ -20,17 +20,30 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/fork_join.h"
 #include "core/tensor_view.h"
 #include "samplerd/v1/profile.pb.h"
 
 namespace samplerd {
 
+// What the attention pass finds in one row (kept per row so that rows can be scanned in any order, on any
+// thread, and still be combined in row order).
+struct AttentionRowStats {
+  int64_t first_bad = -1;  // position of the first NaN / +inf, -1 when none
+  bool used = false;       // false when every position is -inf: the row is left out of every metric
+  double abs_sum = 0;      // sum |S| over the finite entries
+  int64_t finite = 0;
+  double entropy = 0;  // bits
+  float inv = 0;       // 1 / sum of the row's exponentials
+};
+
 // Reusable buffers of the metric kernels (grown once, then reused).
 struct MetricsScratch {
   std::vector<float> block_moments;  // (W_b, M_b, Q_b) per block of the logits
-  std::vector<float> attn_exp;     // exp(S - row max) of the used rows, [rows used, kv_len]
-  std::vector<float> row_inv;      // per used row: 1 / sum of its exponentials
-  std::vector<double> row_entropy; // per used row, bits
+  std::vector<float> attn_exp;       // exp(S - row max), [rows, kv_len]; packed to the used rows before agreement
+  std::vector<AttentionRowStats> row_stats;
+  std::vector<float> row_inv;           // per used row, packed: 1 / sum of its exponentials
+  std::vector<double> agreement_parts;  // the agreement sum per kAgreementColumns columns
 };
 
 // What one pass over the logits yields.
@@ -66,6 +79,18 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Ma
                                                                         MetricsScratch* scratch);
 absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
                                                                         MetricsScratch* scratch);
+
+// The agreement sum is taken per this many columns, and the parts added in column order: the unit a step's
+// columns are shared out in, so that the sum does not depend on the split. A multiple of every kernel's width.
+inline constexpr int64_t kAgreementColumns = 1024;
+
+// SummarizeLogits and, when `attention` is set, ComputeAttentionMetrics of one step, with the passes shared
+// between this thread and `fork_join`'s other one: the logits here while the other thread takes attention rows
+// one by one, then this one takes rows too; then both take agreement column parts. The results are
+// bit-identical to the two functions' (whatever ran where), and so are the errors: the logits' first.
+absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attention, MetricsScratch* scratch,
+                                ForkJoin* fork_join, LogitsSummary* summary,
+                                std::optional<AttentionMetrics>* attention_metrics);
 
 // All metrics of a step, as the strategy reads them.
 struct MetricValues {

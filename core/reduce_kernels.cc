@@ -61,8 +61,8 @@ double ClipCorrection(const float* x, const float* e, int64_t n, float shift, fl
   return ActiveKernels().clip_correction(x, e, n, shift, inv_sum, log_sum, ln_floor);
 }
 
-double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols) {
-  return ActiveKernels().agreement_sum(e, inv, rows, cols);
+double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols, int64_t stride) {
+  return ActiveKernels().agreement_sum(e, inv, rows, cols, stride);
 }
 
 }  // namespace samplerd::kernels

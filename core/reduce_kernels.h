@@ -67,9 +67,9 @@ inline int64_t MomentBlocks(int64_t n) { return n / 64 + 1; }
 double ClipCorrection(const float* x, const float* e, int64_t n, float shift, float inv_sum, float log_sum,
                       float ln_floor);
 
-// Agreement numerator over `rows` rows of exponentials e ([rows, cols], row r's probabilities e * inv[r]):
-// sum_r sum_k |a[r,k] - mean_r a[r,k]|, the column means Kahan-compensated.
-double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols);
+// Agreement numerator over `rows` rows of exponentials e (row r at e + r * stride, its probabilities
+// e * inv[r]) and columns [0, cols): sum_r sum_k |a[r,k] - mean_r a[r,k]|, the column means Kahan-compensated.
+double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols, int64_t stride);
 
 // out[i] = the bfloat16 at src + 2 i (little-endian), exactly.
 void ConvertBf16(const char* src, int64_t n, float* out);
@@ -86,7 +86,7 @@ struct KernelTable {
   void (*exp_shifted)(const float*, int64_t, float, float*, double*, double*);
   void (*exp_moments)(const float*, int64_t, float, float*, double*, double*, double*);
   double (*clip_correction)(const float*, const float*, int64_t, float, float, float, float);
-  double (*agreement_sum)(const float*, const float*, int64_t, int64_t);
+  double (*agreement_sum)(const float*, const float*, int64_t, int64_t, int64_t);
   void (*convert_bf16)(const char*, int64_t, float*);
 };
 

@@ -436,7 +436,7 @@ struct Impl {
   // column sums add 8 rows at a time with fused multiply-adds and Kahan-compensate the 8-row partials (as
   // accurate as Kahan over every row at a third of the operations); the deviations go into one accumulator
   // per column batch (independent dependency chains), flushed into double every 16 rows.
-  static double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols) {
+  static double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols, int64_t stride) {
     constexpr int64_t kColumnBatches = 8;
     constexpr int64_t kWidth = kColumnBatches * kLanes;
     constexpr int64_t kGroup = 8;
@@ -453,7 +453,7 @@ struct Impl {
         for (int64_t r = r0; r < r1; ++r) {
           const Batch vinv(inv[r]);
           for (int64_t b = 0; b < kColumnBatches; ++b) {
-            part[b] = xsimd::fma(Batch::load_unaligned(e + r * cols + c + b * kLanes), vinv, part[b]);
+            part[b] = xsimd::fma(Batch::load_unaligned(e + r * stride + c + b * kLanes), vinv, part[b]);
           }
         }
         for (int64_t b = 0; b < kColumnBatches; ++b) {
@@ -471,7 +471,7 @@ struct Impl {
       for (int64_t r = 0; r < rows; ++r) {
         const Batch vinv(inv[r]);
         for (int64_t b = 0; b < kColumnBatches; ++b) {
-          acc[b] += xsimd::abs(Batch::load_unaligned(e + r * cols + c + b * kLanes) * vinv - mean[b]);
+          acc[b] += xsimd::abs(Batch::load_unaligned(e + r * stride + c + b * kLanes) * vinv - mean[b]);
         }
         if ((r & 15) == 15) {
           for (int64_t b = 0; b < kColumnBatches; ++b) {
@@ -487,14 +487,14 @@ struct Impl {
       for (int64_t r0 = 0; r0 < rows; r0 += kGroup) {
         const int64_t r1 = r0 + kGroup < rows ? r0 + kGroup : rows;
         float part = 0;
-        for (int64_t r = r0; r < r1; ++r) part = fmaf(e[r * cols + c], inv[r], part);
+        for (int64_t r = r0; r < r1; ++r) part = fmaf(e[r * stride + c], inv[r], part);
         const float y = part - comp;
         const float t = sum + y;
         comp = (t - sum) - y;
         sum = t;
       }
       const float mean = (sum - comp) * inv_rows;
-      for (int64_t r = 0; r < rows; ++r) total += fabsf(e[r * cols + c] * inv[r] - mean);
+      for (int64_t r = 0; r < rows; ++r) total += fabsf(e[r * stride + c] * inv[r] - mean);
     }
     return total;
   }

@@ -9,7 +9,7 @@
 namespace samplerd {
 
 absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits, const StepInput& in,
-                     Workspace* ws, StepOutput* out) {
+                     Workspace* ws, StepOutput* out, ForkJoin* fork_join) {
   const Profile* profile = profiles.Find(in.profile);
   if (profile == nullptr) {
     return FieldError(absl::StatusCode::kNotFound, "profile",
@@ -43,16 +43,16 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
     attention = *a;
   }
 
-  absl::StatusOr<LogitsSummary> summary = SummarizeLogits(*logits, &ws->metrics);
-  if (!summary.ok()) return summary.status();
-  out->metrics.logits_entropy = summary->entropy;
-  out->metrics.logits_varentropy = summary->varentropy;
-  out->metrics.attention.reset();
-  if (attention.has_value()) {
-    absl::StatusOr<std::optional<AttentionMetrics>> a = ComputeAttentionMetrics(*attention, &ws->metrics);
-    if (!a.ok()) return a.status();
-    out->metrics.attention = *a;
+  SerialForkJoin serial;
+  LogitsSummary summary;
+  if (absl::Status s = ComputeStepMetrics(*logits, attention.has_value() ? &*attention : nullptr, &ws->metrics,
+                                          fork_join != nullptr ? fork_join : &serial, &summary,
+                                          &out->metrics.attention);
+      !s.ok()) {
+    return s;
   }
+  out->metrics.logits_entropy = summary.entropy;
+  out->metrics.logits_varentropy = summary.varentropy;
 
   SamplingConfig base = profile->base();
   if (in.overrides != nullptr) ApplyOverrides(*in.overrides, &base);
@@ -89,12 +89,12 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
       break;
     }
   }
-  out->logprob = static_cast<float>(summary->LogProb(z[out->token]));
+  out->logprob = static_cast<float>(summary.LogProb(z[out->token]));
 
   out->top.clear();
   if (in.top_logprobs > 0) {
     TopTokens(z, vocab, in.top_logprobs, &ws->chain, &ws->top_ids);
-    for (int32_t id : ws->top_ids) out->top.emplace_back(id, static_cast<float>(summary->LogProb(z[id])));
+    for (int32_t id : ws->top_ids) out->top.emplace_back(id, static_cast<float>(summary.LogProb(z[id])));
   }
   return absl::OkStatus();
 }

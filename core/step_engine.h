@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "core/fork_join.h"
 #include "core/metrics.h"
 #include "core/profile.h"
 #include "core/sampler_chain.h"
@@ -62,9 +63,10 @@ struct Workspace {
 };
 
 // Runs one step. Errors are INVALID_ARGUMENT / RESOURCE_EXHAUSTED / NOT_FOUND (unknown profile) carrying
-// the field (core/field_error.h); `out` is then unspecified.
+// the field (core/field_error.h); `out` is then unspecified. With a `fork_join`, the metric passes are shared
+// with one other thread when it has one free (ComputeStepMetrics); the result is the same bits either way.
 absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits, const StepInput& in,
-                     Workspace* ws, StepOutput* out);
+                     Workspace* ws, StepOutput* out, ForkJoin* fork_join = nullptr);
 
 }  // namespace samplerd
 

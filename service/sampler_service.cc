@@ -243,7 +243,7 @@ absl::StatusOr<std::unique_ptr<SamplerService>> SamplerService::Create(Options o
   if (absl::Status s = ValidateServerConfig(options.config); !s.ok()) return s;
   if (options.profiles == nullptr) return absl::InvalidArgumentError("SamplerService needs a ProfileRegistry");
   if (options.workers == nullptr) {
-    absl::StatusOr<std::unique_ptr<WorkerPool>> pool = WorkerPool::Create({options.config.workers});
+    absl::StatusOr<std::unique_ptr<WorkerPool>> pool = WorkerPool::Create({options.config.workers, options.config.share_steps});
     if (!pool.ok()) return pool.status();
     options.workers = *std::move(pool);
   }
@@ -323,20 +323,29 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
   google::protobuf::RepeatedPtrField<v1::StepResult>* results = response->mutable_results();
   results->Reserve(n);
   for (int i = 0; i < n; ++i) results->Add();
+  // A lone step runs here when a worker is idle anyway (WorkerPool::TryRunHere): no hand-off either way.
+  if (n == 1 && workers_->TryRunHere([&](WorkerPool::WorkerState* w) {
+        AnswerStep(*job->registry, request.steps(0), job->seeds[0], &w->workspace, &w->output, results->Mutable(0),
+                   w->fork_join);
+      })) {
+    job->done(absl::OkStatus());
+    return;
+  }
   workers_->ParallelFor(
       n,
       [this, job, &request, results](int i, WorkerPool::WorkerState* worker) {
         AnswerStep(*job->registry, request.steps(i), job->seeds[static_cast<size_t>(i)], &worker->workspace,
-                   &worker->output, results->Mutable(i));
+                   &worker->output, results->Mutable(i), worker->fork_join);
       },
       [job] { job->done(absl::OkStatus()); });
 }
 
 void SamplerService::AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed,
-                                Workspace* workspace, StepOutput* out, v1::StepResult* result) const {
+                                Workspace* workspace, StepOutput* out, v1::StepResult* result,
+                                ForkJoin* fork_join) const {
   const StepInput in = DecodeStep(step, seed);
   const auto start = std::chrono::steady_clock::now();
-  const absl::Status status = RunStep(registry, limits_, in, workspace, out);
+  const absl::Status status = RunStep(registry, limits_, in, workspace, out, fork_join);
   const auto elapsed = std::chrono::steady_clock::now() - start;
   if (status.ok()) {
     EncodeStepResult(step, *out, seed, elapsed, result);

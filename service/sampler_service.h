@@ -115,9 +115,10 @@ class SamplerService final : public v1::Sampler::CallbackService {
   bool TryAdmitStream();
   void ReleaseStream();
 
-  // decode → core (timed) → encode of one step into `result`, and the observer's OnStep.
+  // decode → core (timed) → encode of one step into `result`, and the observer's OnStep. `fork_join` (may be
+  // null) lets core share the step with an idle worker.
   void AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed, Workspace* workspace,
-                  StepOutput* out, v1::StepResult* result) const;
+                  StepOutput* out, v1::StepResult* result, ForkJoin* fork_join = nullptr) const;
 
   const ServerConfig config_;
   const TensorLimits limits_;

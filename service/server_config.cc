@@ -141,6 +141,7 @@ std::string DescribeServerConfig(const ServerConfig& config) {
                       " max_connection_age_seconds=", config.max_connection_age_seconds,
                       " max_connection_age_grace_seconds=", config.max_connection_age_grace_seconds,
                       " workers=", config.workers == 0 ? std::string("0 (one per CPU)") : absl::StrCat(config.workers),
+                      " share_steps=", config.share_steps ? "true" : "false",
                       " allow_no_compute=", config.allow_no_compute ? "true" : "false");
 }
 

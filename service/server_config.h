@@ -45,6 +45,9 @@ struct ServerConfig {
   // Threads that run core steps, each with its own scratch (service/worker_pool.h); one request's steps are
   // spread over all of them. 0 = one per CPU this process may run on.
   int32_t workers = 0;
+  // Let a step share its metric passes with an idle worker (core/fork_join.h): lower latency for a lone stream
+  // on a quiet server, at the price of the idle worker's CPU. Off: one step, one thread.
+  bool share_steps = true;
   // Honour the request metadata `samplerd-no-compute: 1`: such a stream is answered without calling core (each
   // result echoes only sequence_id and step), so `samplerctl bench --no-compute` measures the bare transport for
   // the same bytes. Off by default: a client could otherwise get answers that carry no token.

@@ -17,7 +17,8 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(Options options) 
     return absl::InvalidArgumentError(absl::StrCat("--workers: must be in [0, ", kMaxWorkers,
                                                    "] (0 = one per CPU), got ", options.workers));
   }
-  return std::unique_ptr<WorkerPool>(new WorkerPool(options.workers == 0 ? DefaultWorkers() : options.workers));
+  return std::unique_ptr<WorkerPool>(
+      new WorkerPool(options.workers == 0 ? DefaultWorkers() : options.workers, options.share_steps));
 }
 
 int WorkerPool::DefaultWorkers() {
@@ -28,7 +29,7 @@ int WorkerPool::DefaultWorkers() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-WorkerPool::WorkerPool(int workers) {
+WorkerPool::WorkerPool(int workers, bool share_steps) : workers_(workers), share_(workers > 1 && share_steps) {
   threads_.reserve(static_cast<size_t>(workers));
   for (int i = 0; i < workers; ++i) {
     threads_.emplace_back([this, i] { Run(i); });
@@ -37,6 +38,59 @@ WorkerPool::WorkerPool(int workers) {
   }
 }
 
+
+namespace {
+
+// How long a worker woken to help (standby) looks for a step's first shared part before it sleeps again: the
+// step gets there after its decode, and the wake-up itself costs tens of microseconds on a VM.
+constexpr std::chrono::microseconds kStandbySpin{100};
+// And after a shared part: a step's second one follows its first within a few microseconds. Short, because in
+// ping-pong the client (often on the same machine) needs this CPU right after the step. Spins yield the CPU.
+constexpr std::chrono::microseconds kSpinAfterPart{20};
+
+void Relax(int* spins) {
+  if (++*spins % 64 == 0) {
+    std::this_thread::yield();
+  } else {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+}
+
+}  // namespace
+
+class WorkerPool::WorkerForkJoin final : public ForkJoin {
+ public:
+  explicit WorkerForkJoin(WorkerPool* pool) : pool_(pool) {}
+
+  void Run(absl::FunctionRef<void()> mine, absl::FunctionRef<void()> theirs) override {
+    Subtask task(theirs);
+    if (!pool_->Offer(&task)) {
+      mine();
+      theirs();
+      return;
+    }
+    mine();
+    if (pool_->Withdraw(&task)) {
+      theirs();
+      return;
+    }
+    // Started elsewhere: it is a bounded piece of work already running, so wait for it here.
+    int spins = 0;
+    while (!task.done.load(std::memory_order_acquire)) Relax(&spins);
+  }
+
+ private:
+  WorkerPool* pool_;
+};
+
+struct WorkerPool::Spare {
+  explicit Spare(WorkerPool* pool) : fork_join(pool) {}
+  WorkerState state;
+  WorkerForkJoin fork_join;
+};
+
 WorkerPool::~WorkerPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -44,6 +98,36 @@ WorkerPool::~WorkerPool() {
   }
   wake_.notify_all();
   for (std::thread& t : threads_) t.join();
+}
+
+bool WorkerPool::TryRunHere(absl::FunctionRef<void(WorkerState*)> task) {
+  std::unique_ptr<Spare> spare;
+  bool wake_helper = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!jobs_.empty() || busy_ >= workers_) return false;
+    ++busy_;
+    if (!spares_.empty()) {
+      spare = std::move(spares_.back());
+      spares_.pop_back();
+    }
+    // Wake a worker now, so that it is up by the time the step offers it half of its passes.
+    if (share_ && waiting_ > 0 && helpers_ == 0) {
+      standby_ = 1;
+      wake_helper = true;
+    }
+  }
+  if (wake_helper) wake_.notify_one();
+  if (spare == nullptr) {
+    spare = std::make_unique<Spare>(this);
+    spare->state.index = -1;
+    spare->state.fork_join = share_ ? &spare->fork_join : nullptr;
+  }
+  task(&spare->state);
+  std::lock_guard<std::mutex> lock(mu_);
+  --busy_;
+  spares_.push_back(std::move(spare));
+  return true;
 }
 
 void WorkerPool::ParallelFor(int n, std::function<void(int, WorkerState*)> task, std::function<void()> done) {
@@ -56,40 +140,118 @@ void WorkerPool::ParallelFor(int n, std::function<void(int, WorkerState*)> task,
   job->remaining.store(n, std::memory_order_relaxed);
   job->task = std::move(task);
   job->done = std::move(done);
+  bool standby = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     jobs_.push_back(std::move(job));
+    queued_jobs_.fetch_add(1, std::memory_order_relaxed);
+    // A lone step gets a second worker woken with it, to be awake when the step offers half of its passes.
+    if (share_ && n == 1 && waiting_ >= 2 && helpers_ == 0) {
+      standby_ = 1;
+      standby = true;
+    }
   }
   // Wake as many workers as there are tasks; a woken worker that finds nothing left goes back to sleep.
   if (n == 1) {
     wake_.notify_one();
+    if (standby) wake_.notify_one();
   } else {
     wake_.notify_all();
   }
 }
 
+bool WorkerPool::Offer(Subtask* task) {
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (helpers_ == 0 && waiting_ == 0) return false;
+    subtasks_.push_back(task);
+    queued_subtasks_.fetch_add(1, std::memory_order_relaxed);
+    wake = helpers_ == 0;
+  }
+  if (wake) wake_.notify_one();
+  return true;
+}
+
+bool WorkerPool::Withdraw(Subtask* task) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = std::find(subtasks_.begin(), subtasks_.end(), task);
+  if (it == subtasks_.end()) return false;
+  subtasks_.erase(it);
+  queued_subtasks_.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+
+void WorkerPool::HelpWithSubtasks(std::unique_lock<std::mutex>* lock, std::chrono::microseconds spin) {
+  ++helpers_;
+  auto deadline = std::chrono::steady_clock::now() + spin;
+  for (;;) {
+    if (!subtasks_.empty()) {
+      Subtask* task = subtasks_.front();
+      subtasks_.pop_front();
+      queued_subtasks_.fetch_sub(1, std::memory_order_relaxed);
+      lock->unlock();
+      task->fn();
+      // The forking worker may return (and `task` go) as soon as it sees this.
+      task->done.store(true, std::memory_order_release);
+      deadline = std::chrono::steady_clock::now() + kSpinAfterPart;
+      lock->lock();
+      continue;
+    }
+    if (!jobs_.empty() || stopping_ || std::chrono::steady_clock::now() >= deadline) break;
+    lock->unlock();
+    int spins = 0;
+    while (queued_subtasks_.load(std::memory_order_relaxed) == 0 &&
+           queued_jobs_.load(std::memory_order_relaxed) == 0 && std::chrono::steady_clock::now() < deadline) {
+      Relax(&spins);
+    }
+    lock->lock();
+  }
+  --helpers_;
+}
+
 void WorkerPool::Run(int index) {
   WorkerState state;
+  WorkerForkJoin fork_join(this);
   state.index = index;
+  state.fork_join = share_ ? &fork_join : nullptr;
+  std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    std::shared_ptr<Job> job;
-    int i = 0;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;  // stopping, and every submitted job has been handed out
-      job = jobs_.front();
-      i = job->next++;
-      if (job->next == job->n) jobs_.pop_front();
+    if (!subtasks_.empty()) {
+      HelpWithSubtasks(&lock, kSpinAfterPart);
+      continue;
     }
-    job->task(i, &state);
-    // acq_rel: the worker that runs `done` sees every other task's writes.
-    if (job->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      job->done();
-      // Drop the functions (and what they captured) here rather than when the last shared_ptr goes.
-      job->task = nullptr;
-      job->done = nullptr;
+    if (!jobs_.empty()) {
+      std::shared_ptr<Job> job = jobs_.front();
+      const int i = job->next++;
+      if (job->next == job->n) {
+        jobs_.pop_front();
+        queued_jobs_.fetch_sub(1, std::memory_order_relaxed);
+      }
+      ++busy_;
+      lock.unlock();
+      job->task(i, &state);
+      // acq_rel: the worker that runs `done` sees every other task's writes.
+      if (job->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        job->done();
+        // Drop the functions (and what they captured) here rather than when the last shared_ptr goes.
+        job->task = nullptr;
+        job->done = nullptr;
+      }
+      job.reset();
+      lock.lock();
+      --busy_;
+      continue;
     }
+    if (standby_ > 0) {
+      standby_ = 0;
+      HelpWithSubtasks(&lock, kStandbySpin);
+      continue;
+    }
+    if (stopping_) return;  // every submitted job has been handed out and run
+    ++waiting_;
+    wake_.wait(lock);
+    --waiting_;
   }
 }
 

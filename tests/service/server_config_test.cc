@@ -121,7 +121,15 @@ TEST(ServerConfig, WorkersDefaultToOnePerCpuAndAreBounded) {
   config.workers = 2;
   config.allow_no_compute = true;
   EXPECT_TRUE(ValidateServerConfig(config).ok());
-  EXPECT_THAT(DescribeServerConfig(config), HasSubstr("workers=2 allow_no_compute=true"));
+  EXPECT_THAT(DescribeServerConfig(config), HasSubstr("workers=2 share_steps=true allow_no_compute=true"));
+}
+
+TEST(ServerConfig, StepsAreSharedWithIdleWorkersUnlessTurnedOff) {
+  ServerConfig config;
+  EXPECT_TRUE(config.share_steps);
+  config.share_steps = false;
+  EXPECT_TRUE(ValidateServerConfig(config).ok());
+  EXPECT_THAT(DescribeServerConfig(config), HasSubstr("share_steps=false"));
 }
 
 }  // namespace

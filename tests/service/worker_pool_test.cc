@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -162,6 +163,195 @@ TEST(WorkerPool, DestructorFinishesSubmittedJobs) {
   pool.reset();
   EXPECT_EQ(tasks.load(), 200);
   EXPECT_EQ(dones.load(), 20);
+}
+
+// Runs `body(state)` as the single task of a job and waits for it.
+void RunAsTask(WorkerPool* pool, const std::function<void(WorkerPool::WorkerState*)>& body) {
+  DoneCounter done;
+  pool->ParallelFor(1, [&](int, WorkerPool::WorkerState* w) { body(w); }, done.Callback());
+  ASSERT_TRUE(done.WaitFor(1));
+}
+
+TEST(WorkerPoolForkJoin, AnIdleWorkerRunsTheOtherHalf) {
+  std::unique_ptr<WorkerPool> pool = MakePool(2);
+  ASSERT_NE(pool, nullptr);
+  bool shared = false;
+  int both_ran = 0, calls = 0;
+  const auto give_up = std::chrono::steady_clock::now() + kPatience;
+  // A worker that is just going back to sleep may miss one offer; then both halves run here, which is also
+  // correct, and the next call tries again.
+  while (!shared && std::chrono::steady_clock::now() < give_up) {
+    RunAsTask(pool.get(), [&](WorkerPool::WorkerState* w) {
+      ASSERT_NE(w->fork_join, nullptr);
+      const std::thread::id me = std::this_thread::get_id();
+      std::atomic<bool> theirs_started{false};
+      std::thread::id theirs_thread;
+      bool mine_ran = false;
+      w->fork_join->Run(
+          [&] {
+            mine_ran = true;
+            // Give the other worker time to take its half: wait (bounded) until it has started.
+            const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+            while (!theirs_started.load() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+          },
+          [&] {
+            theirs_thread = std::this_thread::get_id();
+            theirs_started.store(true);
+          });
+      ++calls;
+      if (mine_ran && theirs_started.load()) ++both_ran;
+      shared = theirs_thread != me;
+    });
+  }
+  EXPECT_TRUE(shared) << "no call out of " << calls << " ran the other half on another worker";
+  EXPECT_EQ(both_ran, calls) << "Run returned before both halves had run";
+}
+
+TEST(WorkerPoolForkJoin, RunsBothHalvesOnTheCallerWhenNoWorkerIsIdle) {
+  constexpr int kWorkers = 2;
+  std::unique_ptr<WorkerPool> pool = MakePool(kWorkers);
+  ASSERT_NE(pool, nullptr);
+  std::mutex mu;
+  std::condition_variable cv;
+  int before = 0, after = 0;
+  std::atomic<int> on_caller{0}, halves{0};
+  bool met = true;
+  auto rendezvous = [&](int* count) {
+    std::unique_lock<std::mutex> lock(mu);
+    ++*count;
+    cv.notify_all();
+    if (!cv.wait_for(lock, kPatience, [&] { return *count >= kWorkers; })) met = false;
+  };
+  DoneCounter done;
+  pool->ParallelFor(
+      kWorkers,
+      [&](int, WorkerPool::WorkerState* w) {
+        rendezvous(&before);  // every worker is busy from here ...
+        const std::thread::id me = std::this_thread::get_id();
+        w->fork_join->Run([&] { halves.fetch_add(1); },
+                          [&] {
+                            halves.fetch_add(1);
+                            if (std::this_thread::get_id() == me) on_caller.fetch_add(1);
+                          });
+        rendezvous(&after);  // ... to here
+      },
+      done.Callback());
+  ASSERT_TRUE(done.WaitFor(1));
+  EXPECT_TRUE(met);
+  EXPECT_EQ(halves.load(), 2 * kWorkers);
+  EXPECT_EQ(on_caller.load(), kWorkers) << "a half went to a worker that was busy";
+}
+
+TEST(WorkerPoolForkJoin, ManyJobsSharingStepsRunEveryHalfExactlyOnce) {
+  std::unique_ptr<WorkerPool> pool = MakePool(3);
+  ASSERT_NE(pool, nullptr);
+  constexpr int kThreads = 4;
+  constexpr int kJobsPerThread = 200;
+  std::atomic<int> mine{0}, theirs{0}, incomplete{0};
+  DoneCounter done;
+  auto on_done = done.Callback();
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < kThreads; ++t) {
+    submitters.emplace_back([&, t] {
+      for (int j = 0; j < kJobsPerThread; ++j) {
+        pool->ParallelFor(
+            1 + (t + j) % 3,
+            [&](int, WorkerPool::WorkerState* w) {
+              for (int k = 0; k < 2; ++k) {  // a step forks twice (rows, then agreement columns)
+                std::atomic<int> ran{0};
+                w->fork_join->Run(
+                    [&] {
+                      mine.fetch_add(1);
+                      ran.fetch_add(1);
+                    },
+                    [&] {
+                      theirs.fetch_add(1);
+                      ran.fetch_add(1);
+                    });
+                if (ran.load() != 2) incomplete.fetch_add(1);
+              }
+            },
+            on_done);
+      }
+    });
+  }
+  for (std::thread& t : submitters) t.join();
+  ASSERT_TRUE(done.WaitFor(kThreads * kJobsPerThread));
+  int tasks = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    for (int j = 0; j < kJobsPerThread; ++j) tasks += 1 + (t + j) % 3;
+  }
+  EXPECT_EQ(mine.load(), 2 * tasks);
+  EXPECT_EQ(theirs.load(), 2 * tasks);
+  EXPECT_EQ(incomplete.load(), 0) << "Run returned before both halves had run";
+}
+
+TEST(WorkerPoolForkJoin, ASingleWorkerPoolLendsNone) {
+  std::unique_ptr<WorkerPool> pool = MakePool(1);
+  ASSERT_NE(pool, nullptr);
+  RunAsTask(pool.get(), [](WorkerPool::WorkerState* w) { EXPECT_EQ(w->fork_join, nullptr); });
+}
+
+TEST(WorkerPoolRunHere, RunsOnTheCallerWithASpareStateWhenAWorkerIsIdle) {
+  std::unique_ptr<WorkerPool> pool = MakePool(2);
+  ASSERT_NE(pool, nullptr);
+  const std::thread::id me = std::this_thread::get_id();
+  std::thread::id ran_on;
+  const Workspace* first = nullptr;
+  const Workspace* second = nullptr;
+  ASSERT_TRUE(pool->TryRunHere([&](WorkerPool::WorkerState* w) {
+    ran_on = std::this_thread::get_id();
+    first = &w->workspace;
+    EXPECT_EQ(w->index, -1);
+    EXPECT_NE(w->fork_join, nullptr);
+  }));
+  EXPECT_EQ(ran_on, me);
+  // The next caller gets the same scratch back: a quiet server's lone steps allocate nothing either.
+  ASSERT_TRUE(pool->TryRunHere([&](WorkerPool::WorkerState* w) { second = &w->workspace; }));
+  EXPECT_EQ(first, second);
+}
+
+TEST(WorkerPoolRunHere, DeclinesWhileEveryWorkerIsBusyOrAJobIsQueued) {
+  std::unique_ptr<WorkerPool> pool = MakePool(1);
+  ASSERT_NE(pool, nullptr);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool started = false, release = false;
+  DoneCounter done;
+  pool->ParallelFor(
+      1,
+      [&](int, WorkerPool::WorkerState*) {
+        std::unique_lock<std::mutex> lock(mu);
+        started = true;
+        cv.notify_all();
+        cv.wait_for(lock, kPatience, [&] { return release; });
+      },
+      done.Callback());
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, kPatience, [&] { return started; }));
+  }
+  bool ran = false;
+  EXPECT_FALSE(pool->TryRunHere([&](WorkerPool::WorkerState*) { ran = true; })) << "the only worker is busy";
+  // A queued job also declines it: the queue is served first come, first served.
+  pool->ParallelFor(1, [](int, WorkerPool::WorkerState*) {}, done.Callback());
+  EXPECT_FALSE(pool->TryRunHere([&](WorkerPool::WorkerState*) { ran = true; }));
+  EXPECT_FALSE(ran);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  ASSERT_TRUE(done.WaitFor(2));
+  EXPECT_TRUE(pool->TryRunHere([&](WorkerPool::WorkerState*) { ran = true; }));
+  EXPECT_TRUE(ran);
+}
+
+TEST(WorkerPoolRunHere, ShareStepsOffLendsNoForkJoin) {
+  absl::StatusOr<std::unique_ptr<WorkerPool>> pool = WorkerPool::Create({2, /*share_steps=*/false});
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_TRUE((*pool)->TryRunHere([](WorkerPool::WorkerState* w) { EXPECT_EQ(w->fork_join, nullptr); }));
+  RunAsTask(pool->get(), [](WorkerPool::WorkerState* w) { EXPECT_EQ(w->fork_join, nullptr); });
 }
 
 TEST(WorkerPool, SizeIsTheCpuCountByDefault) {
