@@ -192,6 +192,14 @@ struct Impl {
   static int64_t FindFirst(const float* x, int64_t n, float value) {
     int64_t i = 0;
     const Batch target(value);
+    // Four vectors per test and branch; the single-vector loop below finds the lane.
+    for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+      if (xsimd::any((Batch::load_unaligned(x + i) == target) | (Batch::load_unaligned(x + i + kLanes) == target) |
+                     (Batch::load_unaligned(x + i + 2 * kLanes) == target) |
+                     (Batch::load_unaligned(x + i + 3 * kLanes) == target))) {
+        break;
+      }
+    }
     for (; i + kLanes <= n; i += kLanes) {
       if (xsimd::any(Batch::load_unaligned(x + i) == target)) break;
     }
@@ -204,6 +212,12 @@ struct Impl {
   static int64_t FindFirstGreater(const float* x, int64_t from, int64_t n, float threshold) {
     int64_t i = from;
     const Batch t(threshold);
+    for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+      if (xsimd::any((Batch::load_unaligned(x + i) > t) | (Batch::load_unaligned(x + i + kLanes) > t) |
+                     (Batch::load_unaligned(x + i + 2 * kLanes) > t) | (Batch::load_unaligned(x + i + 3 * kLanes) > t))) {
+        break;
+      }
+    }
     for (; i + kLanes <= n; i += kLanes) {
       if (xsimd::any(Batch::load_unaligned(x + i) > t)) break;
     }

@@ -211,6 +211,37 @@ TEST_P(ReduceKernelsTest, SelectionHelpersFindTheFirstMatch) {
   EXPECT_EQ(k.find_first_greater(x.data(), 0, 300, 49.0f), 300);
 }
 
+// The searches test four vectors per branch, then one, then a scalar tail: a target at every position of
+// lengths around those boundaries (for AVX-512: 64-float groups, 16-float vectors) must be found where a plain
+// loop finds it (and so must the max scan's max and first bad index).
+TEST_P(ReduceKernelsTest, ScansFindTargetsInEveryPartOfTheLoop) {
+  const KernelTable& k = *GetParam();
+  for (int64_t n : {1, 15, 16, 17, 63, 64, 65, 79, 130, 200}) {
+    for (int64_t pos = 0; pos < n; ++pos) {
+      std::vector<float> x(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) x[static_cast<size_t>(i)] = static_cast<float>((i * 7) % 13) - 20.0f;
+      x[static_cast<size_t>(pos)] = 5.0f;  // the unique max
+      const ScanResult scan = k.scan_max(x.data(), n);
+      EXPECT_EQ(scan.max, 5.0f) << k.name << " n=" << n << " pos=" << pos;
+      EXPECT_EQ(scan.first_bad, -1) << k.name << " n=" << n << " pos=" << pos;
+      EXPECT_EQ(k.find_first(x.data(), n, 5.0f), pos) << k.name << " n=" << n << " pos=" << pos;
+      for (int64_t from : {int64_t{0}, pos / 2, pos}) {
+        EXPECT_EQ(k.find_first_greater(x.data(), from, n, 0.0f), pos) << k.name << " n=" << n << " pos=" << pos;
+      }
+      EXPECT_EQ(k.find_first_greater(x.data(), pos + 1, n, 0.0f), n) << k.name << " n=" << n << " pos=" << pos;
+      // A second copy of the max later on: the first one is still the one found.
+      if (pos + 1 < n) {
+        x[static_cast<size_t>(n - 1)] = 5.0f;
+        EXPECT_EQ(k.find_first(x.data(), n, 5.0f), pos) << k.name << " n=" << n << " pos=" << pos;
+      }
+      // NaN here and +inf further on: the first bad index, whichever chain saw it.
+      x[static_cast<size_t>(pos)] = std::numeric_limits<float>::quiet_NaN();
+      if (pos + 1 < n) x[static_cast<size_t>(n - 1)] = std::numeric_limits<float>::infinity();
+      EXPECT_EQ(k.scan_max(x.data(), n).first_bad, pos) << k.name << " n=" << n << " pos=" << pos;
+    }
+  }
+}
+
 TEST_P(ReduceKernelsTest, ConvertsEveryBFloat16Exactly) {
   const KernelTable& k = *GetParam();
   std::vector<uint16_t> all(65536 + 7);
