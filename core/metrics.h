@@ -84,6 +84,9 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Fl
 // columns are shared out in, so that the sum does not depend on the split. A multiple of every kernel's width.
 inline constexpr int64_t kAgreementColumns = 1024;
 
+// Below this many attention elements ComputeStepMetrics keeps the step on one thread.
+inline constexpr int64_t kMinSharedAttention = int64_t{1} << 16;
+
 // SummarizeLogits and, when `attention` is set, ComputeAttentionMetrics of one step, with the passes shared
 // between this thread and `fork_join`'s other one: the logits here while the other thread takes attention rows
 // one by one, then this one takes rows too; then both take agreement column parts. The results are
