@@ -4,6 +4,7 @@
 // BM_Kernel_* time each kernel of the step over the workload's tensors (BM_Kernel_ScanMax is the plain pass
 // over the logits, the memory floor); BM_Floor_SoftmaxEntropy is the softmax + entropy reference
 // (max pass, then exp with the two sums, nothing stored), measured in the same run.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -248,11 +249,29 @@ void BM_Kernel_ExpShifted(benchmark::State& state) {
     }
   });
 }
-void BM_Kernel_AgreementSum(benchmark::State& state) {
+// The agreement's kernels over the workload's attention: the column sums of every 8-row group, their means,
+// and every row's deviations from them.
+void BM_Kernel_Agreement(benchmark::State& state) {
   const Workload wl = Get(static_cast<int>(state.range(0)));
+  const int64_t groups = (wl.heads + kernels::kAgreementGroup - 1) / kernels::kAgreementGroup;
   std::vector<float> inv(static_cast<size_t>(wl.heads), 1.0f / static_cast<float>(wl.kv_len));
-  RunKernel(state, [&inv](const Data& d, const Workload& w) {
-    benchmark::DoNotOptimize(kernels::AgreementSum(d.attention.data(), inv.data(), w.heads, w.kv_len, w.kv_len));
+  std::vector<float> sums(static_cast<size_t>(groups * wl.kv_len)), means(static_cast<size_t>(wl.kv_len));
+  RunKernel(state, [&](const Data& d, const Workload& w) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* rows[kernels::kAgreementGroup];
+      int64_t n = 0;
+      for (int64_t r = g * kernels::kAgreementGroup; r < std::min(w.heads, (g + 1) * kernels::kAgreementGroup); ++r) {
+        rows[n++] = d.attention.data() + r * w.kv_len;
+      }
+      kernels::GroupColumnSums(rows, inv.data(), n, w.kv_len, sums.data() + g * w.kv_len);
+    }
+    kernels::GroupMeans(sums.data(), groups, w.kv_len, w.kv_len, 1.0f / static_cast<float>(w.heads), means.data());
+    double total = 0;
+    for (int64_t r = 0; r < w.heads; ++r) {
+      total += kernels::RowDeviation(d.attention.data() + r * w.kv_len, inv[static_cast<size_t>(r)], means.data(),
+                                     w.kv_len);
+    }
+    benchmark::DoNotOptimize(total);
   });
 }
 void BM_Kernel_ConvertBf16(benchmark::State& state) {
@@ -267,7 +286,7 @@ BENCHMARK(BM_Kernel_ScanMaxBf16)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond
 BENCHMARK(BM_Kernel_ExpMoments)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ScanRow)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ExpShifted)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_Kernel_AgreementSum)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Kernel_Agreement)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ConvertBf16)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
 // The reference point "softmax + entropy hand-written with xsimd", in the same run: ScanMax, then

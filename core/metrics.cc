@@ -102,13 +102,46 @@ void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, MetricsSc
   }
 }
 
-// Everything after the rows: the first bad row's error, the used rows packed to the front of attn_exp, the
-// entropy moments and the interaction strength, all in row order. Sets m->rows_used (0: no metrics).
+int64_t AttentionGroups(const FloatView& attention) {
+  return (attention.rows + kernels::kAgreementGroup - 1) / kernels::kAgreementGroup;
+}
+
+// Agreement group g (rows [8g, 8g + 8)): its rows (AttentionRows), then the column sums of its used rows'
+// probabilities into scratch->group_sums while they are still in cache. The unit rows are shared out in.
+void AttentionGroup(const FloatView& attention, int64_t g, MetricsScratch* scratch) {
+  const int64_t r0 = g * kernels::kAgreementGroup;
+  const int64_t r1 = std::min(r0 + kernels::kAgreementGroup, attention.rows);
+  AttentionRows(attention, r0, r1, scratch);
+  const float* rows[kernels::kAgreementGroup];
+  float inv[kernels::kAgreementGroup];
+  int64_t n = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
+    if (!stats.used) continue;
+    rows[n] = scratch->attn_exp.data() + r * attention.cols;
+    inv[n] = stats.inv;
+    ++n;
+  }
+  kernels::GroupColumnSums(rows, inv, n, attention.cols, scratch->group_sums.data() + g * attention.cols);
+}
+
+// Each used row's deviations from the column means, for the rows of groups [g0, g1).
+void AttentionDeviations(const FloatView& attention, int64_t g0, int64_t g1, MetricsScratch* scratch) {
+  const int64_t r1 = std::min(g1 * kernels::kAgreementGroup, attention.rows);
+  for (int64_t r = g0 * kernels::kAgreementGroup; r < r1; ++r) {
+    AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
+    if (!stats.used) continue;
+    stats.deviation = kernels::RowDeviation(scratch->attn_exp.data() + r * attention.cols, stats.inv,
+                                            scratch->column_means.data(), attention.cols);
+  }
+}
+
+// Everything after the rows that needs them all: the first bad row's error, the entropy moments, the interaction
+// strength (in row order) and the column means of the probabilities. Sets m->rows_used (0: no metrics).
 absl::Status MergeRows(const FloatView& attention, MetricsScratch* scratch, AttentionMetrics* m) {
   const int64_t cols = attention.cols;
-  scratch->row_inv.clear();
   double abs_sum = 0, sum_h = 0;
-  int64_t finite = 0;
+  int64_t finite = 0, used = 0;
   for (int64_t r = 0; r < attention.rows; ++r) {
     const AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
     if (stats.first_bad >= 0) {
@@ -118,17 +151,11 @@ absl::Status MergeRows(const FloatView& attention, MetricsScratch* scratch, Atte
                                          ", position ", stats.first_bad));
     }
     if (!stats.used) continue;
-    const int64_t u = static_cast<int64_t>(scratch->row_inv.size());
-    // Only when a row before was masked: rare, and a copy of the rows after it.
-    if (u != r) {
-      std::copy_n(scratch->attn_exp.data() + r * cols, cols, scratch->attn_exp.data() + u * cols);
-    }
-    scratch->row_inv.push_back(stats.inv);
+    ++used;
     abs_sum += stats.abs_sum;
     finite += stats.finite;
     sum_h += stats.entropy;
   }
-  const int64_t used = static_cast<int64_t>(scratch->row_inv.size());
   m->rows_used = used;
   if (used == 0) return absl::OkStatus();
   const double mean_h = sum_h / static_cast<double>(used);
@@ -139,30 +166,24 @@ absl::Status MergeRows(const FloatView& attention, MetricsScratch* scratch, Atte
   m->entropy = mean_h;
   m->varentropy = var_h / static_cast<double>(used);
   m->interaction_strength = abs_sum / static_cast<double>(finite);
+  kernels::GroupMeans(scratch->group_sums.data(), AttentionGroups(attention), cols, cols,
+                      1.0f / static_cast<float>(used), scratch->column_means.data());
   return absl::OkStatus();
 }
 
-int64_t AgreementParts(int64_t cols) { return (cols + kAgreementColumns - 1) / kAgreementColumns; }
-
-// The agreement sums of column parts [p0, p1) into scratch->agreement_parts.
-void AgreementColumns(int64_t cols, int64_t used, int64_t p0, int64_t p1, MetricsScratch* scratch) {
-  for (int64_t p = p0; p < p1; ++p) {
-    const int64_t c0 = p * kAgreementColumns;
-    const int64_t width = std::min(kAgreementColumns, cols - c0);
-    scratch->agreement_parts[static_cast<size_t>(p)] =
-        kernels::AgreementSum(scratch->attn_exp.data() + c0, scratch->row_inv.data(), used, width, cols);
-  }
-}
-
-double AgreementTotal(const MetricsScratch& scratch) {
+// The agreement from the rows' deviations, added in row order.
+double Agreement(const FloatView& attention, const MetricsScratch& scratch, int64_t used) {
   double total = 0;
-  for (double part : scratch.agreement_parts) total += part;
-  return total;
+  for (const AttentionRowStats& stats : scratch.row_stats) {
+    if (stats.used) total += stats.deviation;
+  }
+  return total / (static_cast<double>(used) * static_cast<double>(attention.cols));
 }
 
 // Indices [0, n) handed out from both ends: this thread takes from the front (so that alone it goes in order),
-// the other from the back, until they meet. Each side's share adapts to how late the other starts, and in steady streaming each index tends to
-// stay with the same thread from step to step (so do the cache lines its pass writes).
+// the other from the back, until they meet. Each side's share adapts to how late the other starts, and in
+// steady streaming each index tends to stay with the same thread from step to step (so do the cache lines its
+// pass writes).
 class TwoEndedRange {
  public:
   explicit TwoEndedRange(int64_t n) : ends_(static_cast<uint64_t>(n)) {}
@@ -195,8 +216,8 @@ class TwoEndedRange {
 void PrepareAttention(const FloatView& attention, MetricsScratch* scratch) {
   scratch->attn_exp.resize(static_cast<size_t>(attention.size()));
   scratch->row_stats.resize(static_cast<size_t>(attention.rows));
-  scratch->row_inv.reserve(static_cast<size_t>(attention.rows));
-  scratch->agreement_parts.resize(static_cast<size_t>(AgreementParts(attention.cols)));
+  scratch->group_sums.resize(static_cast<size_t>(AttentionGroups(attention) * attention.cols));
+  scratch->column_means.resize(static_cast<size_t>(attention.cols));
 }
 
 }  // namespace
@@ -204,12 +225,13 @@ void PrepareAttention(const FloatView& attention, MetricsScratch* scratch) {
 absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
                                                                         MetricsScratch* scratch) {
   PrepareAttention(attention, scratch);
-  AttentionRows(attention, 0, attention.rows, scratch);
+  const int64_t groups = AttentionGroups(attention);
+  for (int64_t g = 0; g < groups; ++g) AttentionGroup(attention, g, scratch);
   AttentionMetrics m;
   if (absl::Status s = MergeRows(attention, scratch, &m); !s.ok()) return s;
   if (m.rows_used == 0) return std::optional<AttentionMetrics>();
-  AgreementColumns(attention.cols, m.rows_used, 0, AgreementParts(attention.cols), scratch);
-  m.agreement = AgreementTotal(*scratch) / (static_cast<double>(m.rows_used) * static_cast<double>(attention.cols));
+  AttentionDeviations(attention, 0, groups, scratch);
+  m.agreement = Agreement(attention, *scratch, m.rows_used);
   return std::optional<AttentionMetrics>(m);
 }
 
@@ -227,18 +249,26 @@ absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attent
   // A small step is done before a second thread would have started (S: 0.94x shared in core_benchmark).
   SerialForkJoin serial;
   if (attention->size() < kMinSharedAttention) fork_join = &serial;
-  // Rows, then agreement column parts, are handed out one at a time from both ends of a range (TwoEndedRange),
-  // so the two threads balance themselves however late the other one starts (or if it never does). This thread
-  // starts with the logits, the other with the last rows.
-  TwoEndedRange rows(attention->rows);
+  // Row groups (8 rows and their column sums) are handed out one at a time from both ends of a range
+  // (TwoEndedRange), so the two threads balance themselves however late the other one starts (or if it never
+  // does): this thread starts with the logits, the other with the last groups. Each thread then takes the
+  // deviations of the rows it produced, which are in its own cache; only the column sums cross over.
+  const int64_t groups = AttentionGroups(*attention);
+  TwoEndedRange units(groups);
+  std::atomic<int64_t> mine_end{0};
   absl::StatusOr<LogitsSummary> s;
   fork_join->Run(
       [&] {
         s = SummarizeLogits(logits, scratch);
-        for (int64_t r; (r = rows.TakeFront()) >= 0;) AttentionRows(*attention, r, r + 1, scratch);
+        int64_t end = 0;
+        for (int64_t g; (g = units.TakeFront()) >= 0;) {
+          AttentionGroup(*attention, g, scratch);
+          end = g + 1;
+        }
+        mine_end.store(end, std::memory_order_relaxed);
       },
       [&] {
-        for (int64_t r; (r = rows.TakeBack()) >= 0;) AttentionRows(*attention, r, r + 1, scratch);
+        for (int64_t g; (g = units.TakeBack()) >= 0;) AttentionGroup(*attention, g, scratch);
       });
   if (!s.ok()) return s.status();
   *summary = *s;
@@ -246,20 +276,15 @@ absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attent
   AttentionMetrics m;
   if (absl::Status merged = MergeRows(*attention, scratch, &m); !merged.ok()) return merged;
   if (m.rows_used == 0) return absl::OkStatus();
-  const int64_t cols = attention->cols, used = m.rows_used;
-  TwoEndedRange parts(AgreementParts(cols));
-  if (AgreementParts(cols) == 1) {
-    AgreementColumns(cols, used, 0, 1, scratch);
+  // Groups [0, split) were this thread's (it took from the front), the rest the other's.
+  const int64_t split = mine_end.load(std::memory_order_relaxed);
+  if (split == groups || split == 0) {
+    AttentionDeviations(*attention, 0, groups, scratch);
   } else {
-    fork_join->Run(
-        [&] {
-          for (int64_t p; (p = parts.TakeFront()) >= 0;) AgreementColumns(cols, used, p, p + 1, scratch);
-        },
-        [&] {
-          for (int64_t p; (p = parts.TakeBack()) >= 0;) AgreementColumns(cols, used, p, p + 1, scratch);
-        });
+    fork_join->Run([&] { AttentionDeviations(*attention, 0, split, scratch); },
+                   [&] { AttentionDeviations(*attention, split, groups, scratch); });
   }
-  m.agreement = AgreementTotal(*scratch) / (static_cast<double>(used) * static_cast<double>(cols));
+  m.agreement = Agreement(*attention, *scratch, m.rows_used);
   *attention_metrics = m;
   return absl::OkStatus();
 }

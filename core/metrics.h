@@ -33,17 +33,18 @@ struct AttentionRowStats {
   bool used = false;       // false when every position is -inf: the row is left out of every metric
   double abs_sum = 0;      // sum |S| over the finite entries
   int64_t finite = 0;
-  double entropy = 0;  // bits
-  float inv = 0;       // 1 / sum of the row's exponentials
+  double entropy = 0;    // bits
+  float inv = 0;         // 1 / sum of the row's exponentials
+  double deviation = 0;  // sum over columns of |a - column mean of a|, for the agreement
 };
 
 // Reusable buffers of the metric kernels (grown once, then reused).
 struct MetricsScratch {
   std::vector<float> block_moments;  // (W_b, M_b, Q_b) per block of the logits
-  std::vector<float> attn_exp;       // exp(S - row max), [rows, kv_len]; packed to the used rows before agreement
+  std::vector<float> attn_exp;  // exp(S - row max), [rows, kv_len]
   std::vector<AttentionRowStats> row_stats;
-  std::vector<float> row_inv;           // per used row, packed: 1 / sum of its exponentials
-  std::vector<double> agreement_parts;  // the agreement sum per kAgreementColumns columns
+  std::vector<float> group_sums;    // per 8-row group, the column sums of its probabilities, [groups, kv_len]
+  std::vector<float> column_means;  // the column means of the probabilities over the used rows, [kv_len]
 };
 
 // What one pass over the logits yields.
@@ -80,17 +81,14 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Ma
 absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
                                                                         MetricsScratch* scratch);
 
-// The agreement sum is taken per this many columns, and the parts added in column order: the unit a step's
-// columns are shared out in, so that the sum does not depend on the split. A multiple of every kernel's width.
-inline constexpr int64_t kAgreementColumns = 1024;
-
 // Below this many attention elements ComputeStepMetrics keeps the step on one thread.
 inline constexpr int64_t kMinSharedAttention = int64_t{1} << 16;
 
 // SummarizeLogits and, when `attention` is set, ComputeAttentionMetrics of one step, with the passes shared
-// between this thread and `fork_join`'s other one: the logits here while the other thread takes attention rows
-// one by one, then this one takes rows too; then both take agreement column parts. The results are
-// bit-identical to the two functions' (whatever ran where), and so are the errors: the logits' first.
+// between this thread and `fork_join`'s other one: the logits here while the other thread takes groups of 8
+// attention rows (exponentials, entropies, column sums), then this one takes groups too; then each takes the
+// agreement deviations of its own rows. The results are bit-identical to the two functions' (whatever ran
+// where: rows, groups and deviations are combined in row order), and so are the errors: the logits' first.
 absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attention, MetricsScratch* scratch,
                                 ForkJoin* fork_join, LogitsSummary* summary,
                                 std::optional<AttentionMetrics>* attention_metrics);

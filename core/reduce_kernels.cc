@@ -61,8 +61,16 @@ double ClipCorrection(const float* x, const float* e, int64_t n, float shift, fl
   return ActiveKernels().clip_correction(x, e, n, shift, inv_sum, log_sum, ln_floor);
 }
 
-double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols, int64_t stride) {
-  return ActiveKernels().agreement_sum(e, inv, rows, cols, stride);
+void GroupColumnSums(const float* const* rows, const float* inv, int64_t n, int64_t cols, float* out) {
+  ActiveKernels().group_column_sums(rows, inv, n, cols, out);
+}
+
+void GroupMeans(const float* sums, int64_t groups, int64_t stride, int64_t cols, float scale, float* means) {
+  ActiveKernels().group_means(sums, groups, stride, cols, scale, means);
+}
+
+double RowDeviation(const float* e, float inv, const float* means, int64_t cols) {
+  return ActiveKernels().row_deviation(e, inv, means, cols);
 }
 
 }  // namespace samplerd::kernels

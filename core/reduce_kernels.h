@@ -67,9 +67,15 @@ inline int64_t MomentBlocks(int64_t n) { return n / 64 + 1; }
 double ClipCorrection(const float* x, const float* e, int64_t n, float shift, float inv_sum, float log_sum,
                       float ln_floor);
 
-// Agreement numerator over `rows` rows of exponentials e (row r at e + r * stride, its probabilities
-// e * inv[r]) and columns [0, cols): sum_r sum_k |a[r,k] - mean_r a[r,k]|, the column means Kahan-compensated.
-double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols, int64_t stride);
+// The agreement, mean over rows r and columns k of |a[r,k] - mean_r a[r,k]| with a = e * inv[r], in three
+// kernels that never read another group's rows: the column sums of each group of kAgreementGroup rows
+// (GroupColumnSums: out[k] = sum_j rows[j][k] * inv[j], n <= kAgreementGroup rows, fused multiply-adds in j
+// order), taken right after the group's exponentials are written; the column means (GroupMeans: the groups'
+// sums Kahan-compensated in group order, times `scale`); and each row's deviations from them (RowDeviation).
+inline constexpr int64_t kAgreementGroup = 8;
+void GroupColumnSums(const float* const* rows, const float* inv, int64_t n, int64_t cols, float* out);
+void GroupMeans(const float* sums, int64_t groups, int64_t stride, int64_t cols, float scale, float* means);
+double RowDeviation(const float* e, float inv, const float* means, int64_t cols);
 
 // out[i] = the bfloat16 at src + 2 i (little-endian), exactly.
 void ConvertBf16(const char* src, int64_t n, float* out);
@@ -86,7 +92,9 @@ struct KernelTable {
   void (*exp_shifted)(const float*, int64_t, float, float*, double*, double*);
   void (*exp_moments)(const float*, int64_t, float, float*, double*, double*, double*);
   double (*clip_correction)(const float*, const float*, int64_t, float, float, float, float);
-  double (*agreement_sum)(const float*, const float*, int64_t, int64_t, int64_t);
+  void (*group_column_sums)(const float* const*, const float*, int64_t, int64_t, float*);
+  void (*group_means)(const float*, int64_t, int64_t, int64_t, float, float*);
+  double (*row_deviation)(const float*, float, const float*, int64_t);
   void (*convert_bf16)(const char*, int64_t, float*);
 };
 

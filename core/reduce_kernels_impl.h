@@ -445,71 +445,77 @@ struct Impl {
     return total;
   }
 
-  // rows x cols exponentials e (row r scaled by inv[r] gives its probabilities a): returns
-  // sum_r sum_k |a[r,k] - mean_r a[r,k]|. Column blocks of kColumnBatches batches stay in registers. The
-  // column sums add 8 rows at a time with fused multiply-adds and Kahan-compensate the 8-row partials (as
-  // accurate as Kahan over every row at a third of the operations); the deviations go into one accumulator
-  // per column batch (independent dependency chains), flushed into double every 16 rows.
-  static double AgreementSum(const float* e, const float* inv, int64_t rows, int64_t cols, int64_t stride) {
-    constexpr int64_t kColumnBatches = 8;
-    constexpr int64_t kWidth = kColumnBatches * kLanes;
-    constexpr int64_t kGroup = 8;
-    const float inv_rows = 1.0f / static_cast<float>(rows);
-    double total = 0;
+  // The column sums of one agreement group (at most 8 rows, listed in `rows`): out[k] = sum_j rows[j][k] * inv[j],
+  // fused multiply-adds in j order. Taken right after the group's exponentials are written (still in cache).
+  static void GroupColumnSums(const float* const* rows, const float* inv, int64_t n, int64_t cols, float* out) {
     int64_t c = 0;
-    for (; c + kWidth <= cols; c += kWidth) {
-      Batch sum[kColumnBatches], comp[kColumnBatches];
-      for (int64_t b = 0; b < kColumnBatches; ++b) sum[b] = comp[b] = Batch(0.0f);
-      for (int64_t r0 = 0; r0 < rows; r0 += kGroup) {
-        const int64_t r1 = r0 + kGroup < rows ? r0 + kGroup : rows;
-        Batch part[kColumnBatches];
-        for (int64_t b = 0; b < kColumnBatches; ++b) part[b] = Batch(0.0f);
-        for (int64_t r = r0; r < r1; ++r) {
-          const Batch vinv(inv[r]);
-          for (int64_t b = 0; b < kColumnBatches; ++b) {
-            part[b] = xsimd::fma(Batch::load_unaligned(e + r * stride + c + b * kLanes), vinv, part[b]);
-          }
-        }
-        for (int64_t b = 0; b < kColumnBatches; ++b) {
-          const Batch y = part[b] - comp[b];
-          const Batch t = sum[b] + y;
-          comp[b] = (t - sum[b]) - y;
-          sum[b] = t;
-        }
+    for (; c + 4 * kLanes <= cols; c += 4 * kLanes) {
+      Batch p0(0.0f), p1(0.0f), p2(0.0f), p3(0.0f);
+      for (int64_t j = 0; j < n; ++j) {
+        const Batch vinv(inv[j]);
+        const float* e = rows[j] + c;
+        p0 = xsimd::fma(Batch::load_unaligned(e), vinv, p0);
+        p1 = xsimd::fma(Batch::load_unaligned(e + kLanes), vinv, p1);
+        p2 = xsimd::fma(Batch::load_unaligned(e + 2 * kLanes), vinv, p2);
+        p3 = xsimd::fma(Batch::load_unaligned(e + 3 * kLanes), vinv, p3);
       }
-      Batch mean[kColumnBatches], acc[kColumnBatches];
-      for (int64_t b = 0; b < kColumnBatches; ++b) {
-        mean[b] = (sum[b] - comp[b]) * Batch(inv_rows);
-        acc[b] = Batch(0.0f);
+      p0.store_unaligned(out + c);
+      p1.store_unaligned(out + c + kLanes);
+      p2.store_unaligned(out + c + 2 * kLanes);
+      p3.store_unaligned(out + c + 3 * kLanes);
+    }
+    for (; c + kLanes <= cols; c += kLanes) {
+      Batch p(0.0f);
+      for (int64_t j = 0; j < n; ++j) p = xsimd::fma(Batch::load_unaligned(rows[j] + c), Batch(inv[j]), p);
+      p.store_unaligned(out + c);
+    }
+    for (; c < cols; ++c) {
+      float p = 0;
+      for (int64_t j = 0; j < n; ++j) p = fmaf(rows[j][c], inv[j], p);
+      out[c] = p;
+    }
+  }
+
+  // means[k] = (sum over g of sums[g * stride + k], Kahan-compensated in g order) * scale.
+  static void GroupMeans(const float* sums, int64_t groups, int64_t stride, int64_t cols, float scale, float* means) {
+    int64_t c = 0;
+    const Batch vscale(scale);
+    for (; c + kLanes <= cols; c += kLanes) {
+      Batch sum(0.0f), comp(0.0f);
+      for (int64_t g = 0; g < groups; ++g) {
+        const Batch y = Batch::load_unaligned(sums + g * stride + c) - comp;
+        const Batch t = sum + y;
+        comp = (t - sum) - y;
+        sum = t;
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        const Batch vinv(inv[r]);
-        for (int64_t b = 0; b < kColumnBatches; ++b) {
-          acc[b] += xsimd::abs(Batch::load_unaligned(e + r * stride + c + b * kLanes) * vinv - mean[b]);
-        }
-        if ((r & 15) == 15) {
-          for (int64_t b = 0; b < kColumnBatches; ++b) {
-            total += xsimd::hadd(acc[b]);
-            acc[b] = Batch(0.0f);
-          }
-        }
-      }
-      for (int64_t b = 0; b < kColumnBatches; ++b) total += xsimd::hadd(acc[b]);
+      ((sum - comp) * vscale).store_unaligned(means + c);
     }
     for (; c < cols; ++c) {
       float sum = 0, comp = 0;
-      for (int64_t r0 = 0; r0 < rows; r0 += kGroup) {
-        const int64_t r1 = r0 + kGroup < rows ? r0 + kGroup : rows;
-        float part = 0;
-        for (int64_t r = r0; r < r1; ++r) part = fmaf(e[r * stride + c], inv[r], part);
-        const float y = part - comp;
+      for (int64_t g = 0; g < groups; ++g) {
+        const float y = sums[g * stride + c] - comp;
         const float t = sum + y;
         comp = (t - sum) - y;
         sum = t;
       }
-      const float mean = (sum - comp) * inv_rows;
-      for (int64_t r = 0; r < rows; ++r) total += fabsf(e[r * stride + c] * inv[r] - mean);
+      means[c] = (sum - comp) * scale;
     }
+  }
+
+  // sum_k |e[k] * inv - means[k]| over one row, float lanes over kBlock-element blocks added in double.
+  static double RowDeviation(const float* e, float inv, const float* means, int64_t cols) {
+    const Batch vinv(inv);
+    double total = 0;
+    int64_t c = 0;
+    for (; c + kBlock <= cols; c += kBlock) {
+      Batch a0(0.0f), a1(0.0f);
+      for (int64_t j = c; j < c + kBlock; j += 2 * kLanes) {
+        a0 += xsimd::abs(Batch::load_unaligned(e + j) * vinv - Batch::load_unaligned(means + j));
+        a1 += xsimd::abs(Batch::load_unaligned(e + j + kLanes) * vinv - Batch::load_unaligned(means + j + kLanes));
+      }
+      total += xsimd::hadd(a0 + a1);
+    }
+    for (; c < cols; ++c) total += fabsf(e[c] * inv - means[c]);
     return total;
   }
 
@@ -564,7 +570,9 @@ KernelTable MakeTable(const char* name) {
                      &I::ExpShifted,
                      &I::ExpMoments,
                      &I::ClipCorrection,
-                     &I::AgreementSum,
+                     &I::GroupColumnSums,
+                     &I::GroupMeans,
+                     &I::RowDeviation,
                      &ConvertBf16<Arch>};
 }
 

@@ -1,7 +1,7 @@
 // ComputeStepMetrics shares a step's passes between two threads; this pins that the answer never depends on
 // the sharing: the same bits (and the same error) as SummarizeLogits + ComputeAttentionMetrics on one thread,
 // whether the other half ran on a real second thread, before, after or not at all. Shapes cover one row and
-// many, masked rows among them, one to five agreement column parts with a ragged last one, and bf16 converted in
+// many, masked rows among them, ragged last row groups and vector tails, and bf16 converted in
 // the first pass.
 #include <cmath>
 #include <cstring>
@@ -122,7 +122,7 @@ void ExpectEverySharingAgrees(const std::vector<float>& z, const std::vector<flo
 }
 
 TEST(MetricsSplit, SharedStepHasTheBitsOfTheOneThreadStep) {
-  // 1 to 69 agreement column parts (kAgreementColumns), most with a ragged last one; the first and the last
+  // 1 to 4 row groups of 8 (a ragged last one), widths with vector tails; the first and the last
   // shapes are below kMinSharedAttention (kept on one thread).
   const Shape shapes[] = {{32000, 8, 1024}, {3000, 32, 2500}, {100, 24, 4100},  {500000, 4, 17000},
                           {40000, 1, 70000}, {7, 1, 5}};

@@ -1,6 +1,7 @@
 // Pins every instruction set's reduction kernels (whatever this CPU can run, SSE2 always) to a float64
 // reference: the block-double accumulation keeps them within a few float32 ulps of the exact sums, NaN and
 // +inf are found at the right index, and -inf / huge negative inputs never produce NaN.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -238,6 +239,52 @@ TEST_P(ReduceKernelsTest, ScansFindTargetsInEveryPartOfTheLoop) {
       x[static_cast<size_t>(pos)] = std::numeric_limits<float>::quiet_NaN();
       if (pos + 1 < n) x[static_cast<size_t>(n - 1)] = std::numeric_limits<float>::infinity();
       EXPECT_EQ(k.scan_max(x.data(), n).first_bad, pos) << k.name << " n=" << n << " pos=" << pos;
+    }
+  }
+}
+
+// The agreement's three kernels (column sums per 8-row group, their means, each row's deviations) against a
+// float64 transcription, on widths that exercise the vector loops and the scalar tails, with a ragged last
+// group and rows sitting at a stride wider than the columns read.
+TEST_P(ReduceKernelsTest, AgreementKernelsMatchAFloat64Reference) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(5);
+  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+  for (int64_t rows : {1, 8, 13, 32}) {
+    for (int64_t cols : {1, 17, 200, 1024, 1300}) {
+      const int64_t stride = cols + 9;
+      std::vector<float> e(static_cast<size_t>(rows * stride));
+      for (float& v : e) v = uniform(gen);
+      std::vector<float> inv(static_cast<size_t>(rows));
+      for (int64_t r = 0; r < rows; ++r) {
+        double z = 0;
+        for (int64_t c = 0; c < cols; ++c) z += e[static_cast<size_t>(r * stride + c)];
+        inv[static_cast<size_t>(r)] = static_cast<float>(1.0 / z);
+      }
+      const int64_t groups = (rows + kAgreementGroup - 1) / kAgreementGroup;
+      std::vector<float> sums(static_cast<size_t>(groups * cols)), means(static_cast<size_t>(cols));
+      for (int64_t g = 0; g < groups; ++g) {
+        const float* ptrs[kAgreementGroup];
+        int64_t n = 0;
+        for (int64_t r = g * kAgreementGroup; r < std::min(rows, (g + 1) * kAgreementGroup); ++r) {
+          ptrs[n++] = e.data() + r * stride;
+        }
+        k.group_column_sums(ptrs, inv.data() + g * kAgreementGroup, n, cols, sums.data() + g * cols);
+      }
+      k.group_means(sums.data(), groups, cols, cols, 1.0f / static_cast<float>(rows), means.data());
+      double got = 0, want = 0;
+      for (int64_t r = 0; r < rows; ++r) got += k.row_deviation(e.data() + r * stride, inv[r], means.data(), cols);
+      for (int64_t c = 0; c < cols; ++c) {
+        double mean = 0;
+        for (int64_t r = 0; r < rows; ++r) mean += static_cast<double>(e[r * stride + c]) * inv[r];
+        mean /= static_cast<double>(rows);
+        EXPECT_NEAR(means[c], mean, 1e-6 * mean) << k.name << " rows=" << rows << " cols=" << cols << " c=" << c;
+        for (int64_t r = 0; r < rows; ++r) want += std::abs(static_cast<double>(e[r * stride + c]) * inv[r] - mean);
+      }
+      // Relative, plus float32 rounding of the probabilities themselves (each row's sum to 1 is exact only in
+      // float64; with one column every deviation is such a rounding).
+      EXPECT_NEAR(got, want, 1e-5 * want + 4e-7 * static_cast<double>(rows))
+          << k.name << " rows=" << rows << " cols=" << cols;
     }
   }
 }
