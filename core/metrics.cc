@@ -248,7 +248,11 @@ absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attent
   PrepareAttention(*attention, scratch);
   // A small step is done before a second thread would have started (S: 0.94x shared in core_benchmark).
   SerialForkJoin serial;
-  if (attention->size() < kMinSharedAttention) fork_join = &serial;
+  if (attention->size() < kMinSharedAttention) {
+    fork_join = &serial;
+  } else {
+    fork_join->Prepare();
+  }
   // Row groups (8 rows and their column sums) are handed out one at a time from both ends of a range
   // (TwoEndedRange), so the two threads balance themselves however late the other one starts (or if it never
   // does): this thread starts with the logits, the other with the last groups. Each thread then takes the

@@ -46,7 +46,7 @@ namespace {
 constexpr std::chrono::microseconds kStandbySpin{100};
 // And after a shared part: a step's second one follows its first within a few microseconds. Short, because in
 // ping-pong the client (often on the same machine) needs this CPU right after the step. Spins yield the CPU.
-constexpr std::chrono::microseconds kSpinAfterPart{20};
+constexpr std::chrono::microseconds kSpinAfterPart{50};
 
 void Relax(int* spins) {
   if (++*spins % 64 == 0) {
@@ -63,6 +63,9 @@ void Relax(int* spins) {
 class WorkerPool::WorkerForkJoin final : public ForkJoin {
  public:
   explicit WorkerForkJoin(WorkerPool* pool) : pool_(pool) {}
+
+  // Wakes an idle worker to stand by, so that it is up when the step offers it work.
+  void Prepare() override { pool_->WakeHelper(); }
 
   void Run(absl::FunctionRef<void()> mine, absl::FunctionRef<void()> theirs) override {
     Subtask task(theirs);
@@ -102,7 +105,6 @@ WorkerPool::~WorkerPool() {
 
 bool WorkerPool::TryRunHere(absl::FunctionRef<void(WorkerState*)> task) {
   std::unique_ptr<Spare> spare;
-  bool wake_helper = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!jobs_.empty() || busy_ >= workers_) return false;
@@ -111,13 +113,7 @@ bool WorkerPool::TryRunHere(absl::FunctionRef<void(WorkerState*)> task) {
       spare = std::move(spares_.back());
       spares_.pop_back();
     }
-    // Wake a worker now, so that it is up by the time the step offers it half of its passes.
-    if (share_ && waiting_ > 0 && helpers_ == 0) {
-      standby_ = 1;
-      wake_helper = true;
-    }
   }
-  if (wake_helper) wake_.notify_one();
   if (spare == nullptr) {
     spare = std::make_unique<Spare>(this);
     spare->state.index = -1;
@@ -140,24 +136,26 @@ void WorkerPool::ParallelFor(int n, std::function<void(int, WorkerState*)> task,
   job->remaining.store(n, std::memory_order_relaxed);
   job->task = std::move(task);
   job->done = std::move(done);
-  bool standby = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     jobs_.push_back(std::move(job));
     queued_jobs_.fetch_add(1, std::memory_order_relaxed);
-    // A lone step gets a second worker woken with it, to be awake when the step offers half of its passes.
-    if (share_ && n == 1 && waiting_ >= 2 && helpers_ == 0) {
-      standby_ = 1;
-      standby = true;
-    }
   }
   // Wake as many workers as there are tasks; a woken worker that finds nothing left goes back to sleep.
   if (n == 1) {
     wake_.notify_one();
-    if (standby) wake_.notify_one();
   } else {
     wake_.notify_all();
   }
+}
+
+void WorkerPool::WakeHelper() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (waiting_ == 0 || helpers_ > 0 || standby_ > 0) return;
+    standby_ = 1;
+  }
+  wake_.notify_one();
 }
 
 bool WorkerPool::Offer(Subtask* task) {

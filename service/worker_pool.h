@@ -88,9 +88,9 @@ class WorkerPool {
   // Runs task(state) on the calling thread, now, and returns true, if no job is queued and fewer tasks run than
   // there are workers (the caller then stands in for an idle worker, so the cores are not oversubscribed);
   // otherwise returns false at once, without running it. `state` is a spare WorkerState (its own Workspace, kept
-  // for the next caller) whose fork_join shares with the idle workers, one of which is woken to help. For a lone
-  // step on a server that keeps up, this saves the hand-off to a worker and back (a futex wake each way: tens of
-  // microseconds on a VM, BM_PoolHop), which is more than half of a small step's work.
+  // for the next caller) whose fork_join shares with the idle workers. For a lone step on a server that keeps up,
+  // this saves the hand-off to a worker and back (a futex wake each way: tens of microseconds on a VM,
+  // BM_PoolHop), which is more than half of a small step's work.
   bool TryRunHere(absl::FunctionRef<void(WorkerState*)> task);
 
  private:
@@ -113,6 +113,8 @@ class WorkerPool {
 
   WorkerPool(int workers, bool share_steps);
   void Run(int index);
+  // Wakes a sleeping worker to stand by for subtasks (kStandbySpin), unless one is awake already.
+  void WakeHelper();
   // Queues `task` for an idle worker and wakes one; false when no worker is idle (the caller runs it).
   bool Offer(Subtask* task);
   // Takes `task` back if no worker has started it yet (the caller then runs it).
@@ -126,7 +128,7 @@ class WorkerPool {
   std::deque<Subtask*> subtasks_;          // guarded by mu_; halves of steps no worker has started yet
   int waiting_ = 0;                        // guarded by mu_; workers asleep on wake_
   int helpers_ = 0;                        // guarded by mu_; workers awake and looking for subtasks
-  int standby_ = 0;                        // guarded by mu_; wake-ups meant to have a helper ready
+  int standby_ = 0;                        // guarded by mu_; a wake-up meant to have a helper ready (0 or 1)
   int busy_ = 0;                           // guarded by mu_; tasks running, on workers or in TryRunHere
   std::vector<std::unique_ptr<Spare>> spares_;  // guarded by mu_; TryRunHere's states not in use
   std::atomic<int> queued_subtasks_{0};    // subtasks_.size(), for the helpers' spin without the lock

@@ -257,7 +257,7 @@ TEST(WorkerPoolForkJoin, ManyJobsSharingStepsRunEveryHalfExactlyOnce) {
         pool->ParallelFor(
             1 + (t + j) % 3,
             [&](int, WorkerPool::WorkerState* w) {
-              for (int k = 0; k < 2; ++k) {  // a step forks twice (rows, then agreement columns)
+              for (int k = 0; k < 2; ++k) {  // a step forks twice (row groups, then agreement deviations)
                 std::atomic<int> ran{0};
                 w->fork_join->Run(
                     [&] {
