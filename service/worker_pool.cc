@@ -44,8 +44,9 @@ namespace {
 // How long a worker woken to help (standby) looks for a step's first shared part before it sleeps again: the
 // step gets there after its decode, and the wake-up itself costs tens of microseconds on a VM.
 constexpr std::chrono::microseconds kStandbySpin{100};
-// And after a shared part: a step's second one follows its first within a few microseconds. Short, because in
-// ping-pong the client (often on the same machine) needs this CPU right after the step. Spins yield the CPU.
+// And after a shared part: a step's second one follows its first within about one row group's work (tens of
+// microseconds for XL). No longer, because in ping-pong the client (often on the same machine) needs this CPU
+// right after the step. Spins yield the CPU.
 constexpr std::chrono::microseconds kSpinAfterPart{50};
 
 void Relax(int* spins) {
@@ -107,8 +108,8 @@ bool WorkerPool::TryRunHere(absl::FunctionRef<void(WorkerState*)> task) {
   std::unique_ptr<Spare> spare;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!jobs_.empty() || busy_ >= workers_) return false;
-    ++busy_;
+    if (!jobs_.empty() || busy_.load(std::memory_order_relaxed) >= workers_) return false;
+    busy_.fetch_add(1, std::memory_order_relaxed);
     if (!spares_.empty()) {
       spare = std::move(spares_.back());
       spares_.pop_back();
@@ -120,8 +121,8 @@ bool WorkerPool::TryRunHere(absl::FunctionRef<void(WorkerState*)> task) {
     spare->state.fork_join = share_ ? &spare->fork_join : nullptr;
   }
   task(&spare->state);
+  busy_.fetch_sub(1, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(mu_);
-  --busy_;
   spares_.push_back(std::move(spare));
   return true;
 }
@@ -226,9 +227,12 @@ void WorkerPool::Run(int index) {
         jobs_.pop_front();
         queued_jobs_.fetch_sub(1, std::memory_order_relaxed);
       }
-      ++busy_;
+      busy_.fetch_add(1, std::memory_order_relaxed);
       lock.unlock();
       job->task(i, &state);
+      // Idle again before `done`: the answer it sends may bring the stream's next step at once, and that one
+      // should find this worker counted idle (TryRunHere).
+      busy_.fetch_sub(1, std::memory_order_relaxed);
       // acq_rel: the worker that runs `done` sees every other task's writes.
       if (job->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         job->done();
@@ -238,7 +242,6 @@ void WorkerPool::Run(int index) {
       }
       job.reset();
       lock.lock();
-      --busy_;
       continue;
     }
     if (standby_ > 0) {

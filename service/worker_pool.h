@@ -129,7 +129,9 @@ class WorkerPool {
   int waiting_ = 0;                        // guarded by mu_; workers asleep on wake_
   int helpers_ = 0;                        // guarded by mu_; workers awake and looking for subtasks
   int standby_ = 0;                        // guarded by mu_; a wake-up meant to have a helper ready (0 or 1)
-  int busy_ = 0;                           // guarded by mu_; tasks running, on workers or in TryRunHere
+  // Tasks running, on workers or in TryRunHere; raised under mu_ (so TryRunHere's check-and-raise is atomic),
+  // lowered without it as soon as a task returns.
+  std::atomic<int> busy_{0};
   std::vector<std::unique_ptr<Spare>> spares_;  // guarded by mu_; TryRunHere's states not in use
   std::atomic<int> queued_subtasks_{0};    // subtasks_.size(), for the helpers' spin without the lock
   std::atomic<int> queued_jobs_{0};        // jobs_.size(), likewise

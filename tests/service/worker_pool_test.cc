@@ -343,6 +343,7 @@ TEST(WorkerPoolRunHere, DeclinesWhileEveryWorkerIsBusyOrAJobIsQueued) {
   }
   cv.notify_all();
   ASSERT_TRUE(done.WaitFor(2));
+  // The worker counts itself idle as its task returns, before `done`: accepted now.
   EXPECT_TRUE(pool->TryRunHere([&](WorkerPool::WorkerState*) { ran = true; }));
   EXPECT_TRUE(ran);
 }
