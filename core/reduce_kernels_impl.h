@@ -36,69 +36,137 @@ struct Impl {
     return m;
   }
   // exp(d) for kMinShifted <= d <= 0 (the only range the kernels need: d = max(x - max, kMinShifted)).
-  // As Cephes' expf: d = k ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 q(r), 2^k through the exponent
-  // bits; but q has degree 4 with minimax coefficients (fitted for the relative error of exp on the interval,
-  // 3e-9 before rounding) instead of Cephes' degree 5 (one multiply-add less, the same 1.26 ulp worst case in
-  // float32; tests/core/reduce_kernels_test.cc pins <= 2 ulp for d >= -20 and <= 5 ulp below, and
-  // golden/README.md admits exp errors of 3 ulp). About a third of the instructions of xsimd::exp, which also handles overflow,
-  // NaN and denormals that cannot occur here.
-  // k is rounded by adding 1.5 * 2^23 (whose float spacing is 1), which also leaves k in the low bits; the
-  // clamp at -88 keeps k >= -127, and k = -127 gives exponent bits 0, i.e. exactly 0 for the values whose true
-  // exp is a denormal (x < about -87.7): masked entries (-inf) come out as 0 with no select.
-  static constexpr float kRoundMagic = 12582912.0f;        // 1.5 * 2^23
+  // The exp is the step's hottest arithmetic (one per logit and per attention entry), and it runs out of
+  // multiply-add ports, not memory: the AVX-512 and AVX2 builds therefore use a table of 2^(j/N), N = 16 or 8
+  // entries held in one register (looked up with a lane permute), so the polynomial only has to cover
+  // |r| <= ln2 / 2N: d = (16 n + j) ln2 / 16 + r, exp(d) = 2^n * 2^(j/16) * exp(r), exp(r) by Taylor to r^3
+  // (AVX-512, truncation 0.15 ulp) or r^4 (AVX2, N = 8, 0.02 ulp): 9 or 10 multiply-port operations per
+  // vector instead of 11 for a degree-6 polynomial over |r| <= ln2 / 2. SSE2 has no lane permute and keeps
+  // the latter: as Cephes' expf, exp(r) = 1 + r + r^2 q(r) with q of degree 4 (minimax coefficients, 3e-9
+  // before rounding). Worst case about 1.3 ulp either way (the table entries are rounded to float);
+  // tests/core/reduce_kernels_test.cc pins <= 2 ulp for d >= -20 and <= 5 ulp below, and golden/README.md
+  // admits exp errors of 3 ulp. Far fewer instructions than xsimd::exp, which also handles overflow, NaN and
+  // denormals that cannot occur here.
+  // k = N n + j is rounded by adding 1.5 * 2^23 (whose float spacing is 1), which also leaves k in the low
+  // bits: j is its low bits, and 2^n goes straight into the exponent bits of the scale. The clamp at -88 keeps
+  // n >= -127, and n = -127 gives exponent bits 0, i.e. a scale of exactly 0 for the values whose true exp
+  // is a denormal (x < about -87.3): masked entries (-inf) come out as 0 with no select.
+  static constexpr int kTableBits = std::is_base_of_v<xsimd::avx512f, Arch> ? 4
+                                    : std::is_base_of_v<xsimd::avx2, Arch>  ? 3
+                                                                            : 0;
+  static constexpr int kTableSize = 1 << kTableBits;
+  static constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
+  static constexpr int32_t kMagicBits = 0x4B400000;
+  // 2^(j/16), j = 0..15, rounded to float (the 8-entry table is every other one).
+  alignas(64) static constexpr float kPow2Sixteenths[16] = {
+      1.000000000e+00f, 1.044273734e+00f, 1.090507746e+00f, 1.138788581e+00f, 1.189207077e+00f, 1.241857767e+00f,
+      1.296839595e+00f, 1.354255557e+00f, 1.414213538e+00f, 1.476826191e+00f, 1.542210817e+00f, 1.610490322e+00f,
+      1.681792855e+00f, 1.756252170e+00f, 1.834008098e+00f, 1.915206552e+00f};
+  alignas(32) static constexpr float kPow2Eighths[8] = {1.000000000e+00f, 1.090507746e+00f, 1.189207077e+00f,
+                                                        1.296839595e+00f, 1.414213538e+00f, 1.542210817e+00f,
+                                                        1.681792855e+00f, 1.834008098e+00f};
+  // N / ln2, and ln2 / N in two parts, the first with 12 significant bits so that k * part is exact
+  // (|k| <= 88 N / ln2 < 2^11): r is accurate with or without a fused multiply-add.
+  static constexpr float kInvStep = kTableBits == 4 ? 23.0831203f : 11.5415602f;
+  static constexpr float kStepHi = kTableBits == 4 ? 0.0433197021484375f : 0.086639404296875f;
+  static constexpr float kStepLo = kTableBits == 4 ? 1.99663646e-06f : 3.99327291e-06f;
+  // SSE2: the degree-6 polynomial over |r| <= ln2 / 2, ln2 in two parts (the first exact times k).
   static constexpr float kC0 = 4.999999404e-01f, kC1 = 1.666652113e-01f, kC2 = 4.166838899e-02f,
                          kC3 = 8.368710987e-03f, kC4 = 1.381451264e-03f;
-  static constexpr int32_t kMagicBitsMinusBias = 0x4B400000 - 127;
-  // r = d - k ln2 with ln2 in two parts, the first with few enough bits that k * part is exact, so r is
-  // accurate whether or not the compiler fuses the multiply-add (one-part ln2 with a fused multiply-add would
-  // save an operation, but xsimd does not fuse on every compiler and ISA: clang's AVX-512 build measured 67
-  // ulp that way).
-  static constexpr bool kFusedMultiplyAdd = false;
+
+  static Batch TableLookup(const Batch& t) {
+#if defined(__AVX512F__)
+    if constexpr (kTableBits == 4) {
+      // vpermps reads the low 4 bits of each index lane: j itself.
+      return Batch(_mm512_permutexvar_ps(_mm512_castps_si512(t), _mm512_load_ps(kPow2Sixteenths)));
+    } else
+#endif
+#if defined(__AVX2__)
+    if constexpr (kTableBits == 3) {
+      return Batch(_mm256_permutevar8x32_ps(_mm256_load_ps(kPow2Eighths), _mm256_castps_si256(t)));
+    } else
+#endif
+    {
+      return Batch(1.0f);  // not reached: kTableBits == 0 takes the polynomial
+    }
+  }
 
   static Batch ExpClamped(const Batch& d) {
     using IntBatch = xsimd::batch<int32_t, Arch>;
-    const Batch t = xsimd::fma(d, Batch(1.44269504088896341f), Batch(kRoundMagic));
-    const Batch k = t - Batch(kRoundMagic);
-    Batch r;
-    if constexpr (kFusedMultiplyAdd) {
-      r = xsimd::fnma(k, Batch(0.693147182f), d);
+    if constexpr (kTableBits > 0) {
+      const Batch t = xsimd::fma(d, Batch(kInvStep), Batch(kRoundMagic));
+      const Batch neg_k = Batch(kRoundMagic) - t;  // -k, so that r takes two plain multiply-adds
+      Batch r = xsimd::fma(neg_k, Batch(kStepHi), d);
+      r = xsimd::fma(neg_k, Batch(kStepLo), r);
+      // exp(r) = 1 + r * q, q = 1 + r / 2 + r^2 / 6 (+ r^3 / 24 with the coarser table).
+      Batch q;
+      if constexpr (kTableBits == 4) {
+        q = xsimd::fma(Batch(1.0f / 6.0f), r, Batch(0.5f));
+      } else {
+        q = xsimd::fma(Batch(1.0f / 24.0f), r, Batch(1.0f / 6.0f));
+        q = xsimd::fma(q, r, Batch(0.5f));
+      }
+      q = xsimd::fma(q, r, Batch(1.0f));
+      const Batch table = TableLookup(t);
+      const Batch mantissa = xsimd::fma(table * r, q, table);
+      const IntBatch bits = ((xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBits - 127 * kTableSize)) >> kTableBits)
+                            << 23;
+      return mantissa * xsimd::bitwise_cast<Batch>(bits);
     } else {
-      r = xsimd::fnma(k, Batch(0.693359375f), d);  // k * 0.693359375 is exact: no FMA needed
+      const Batch t = xsimd::fma(d, Batch(1.44269504088896341f), Batch(kRoundMagic));
+      const Batch k = t - Batch(kRoundMagic);
+      Batch r = xsimd::fnma(k, Batch(0.693359375f), d);  // k * 0.693359375 is exact: no FMA needed
       r = xsimd::fnma(k, Batch(-2.12194440e-4f), r);
+      Batch p(kC4);
+      p = xsimd::fma(p, r, Batch(kC3));
+      p = xsimd::fma(p, r, Batch(kC2));
+      p = xsimd::fma(p, r, Batch(kC1));
+      p = xsimd::fma(p, r, Batch(kC0));
+      p = xsimd::fma(p, r * r, r + Batch(1.0f));
+      const IntBatch bits = (xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBits - 127)) << 23;
+      return p * xsimd::bitwise_cast<Batch>(bits);
     }
-    Batch p(kC4);
-    p = xsimd::fma(p, r, Batch(kC3));
-    p = xsimd::fma(p, r, Batch(kC2));
-    p = xsimd::fma(p, r, Batch(kC1));
-    p = xsimd::fma(p, r, Batch(kC0));
-    p = xsimd::fma(p, r * r, r + Batch(1.0f));
-    const IntBatch bits = (xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBitsMinusBias)) << 23;
-    return p * xsimd::bitwise_cast<Batch>(bits);
   }
 
   // The same arithmetic for one element (array tails), so that a tail rounds like a full batch.
   static float ExpClampedScalar(float d) {
-    const float t = fmaf(d, 1.44269504088896341f, kRoundMagic);
-    const float k = t - kRoundMagic;
-    float r;
-    if constexpr (kFusedMultiplyAdd) {
-      r = fmaf(-k, 0.693147182f, d);
-    } else {
-      r = fmaf(-k, 0.693359375f, d);
-      r = fmaf(-k, -2.12194440e-4f, r);
-    }
-    float p = kC4;
-    p = fmaf(p, r, kC3);
-    p = fmaf(p, r, kC2);
-    p = fmaf(p, r, kC1);
-    p = fmaf(p, r, kC0);
-    p = fmaf(p, r * r, r + 1.0f);
+    float mantissa;
     int32_t tb;
-    __builtin_memcpy(&tb, &t, 4);
-    const uint32_t bits = static_cast<uint32_t>(tb - kMagicBitsMinusBias) << 23;
+    if constexpr (kTableBits > 0) {
+      const float t = fmaf(d, kInvStep, kRoundMagic);
+      const float neg_k = kRoundMagic - t;
+      float r = fmaf(neg_k, kStepHi, d);
+      r = fmaf(neg_k, kStepLo, r);
+      float q;
+      if constexpr (kTableBits == 4) {
+        q = fmaf(1.0f / 6.0f, r, 0.5f);
+      } else {
+        q = fmaf(1.0f / 24.0f, r, 1.0f / 6.0f);
+        q = fmaf(q, r, 0.5f);
+      }
+      q = fmaf(q, r, 1.0f);
+      __builtin_memcpy(&tb, &t, 4);
+      const float table = kTableBits == 4 ? kPow2Sixteenths[tb & 15] : kPow2Eighths[tb & 7];
+      mantissa = fmaf(table * r, q, table);
+      tb = (tb - (kMagicBits - 127 * kTableSize)) >> kTableBits;
+    } else {
+      const float t = fmaf(d, 1.44269504088896341f, kRoundMagic);
+      const float k = t - kRoundMagic;
+      float r = fmaf(-k, 0.693359375f, d);
+      r = fmaf(-k, -2.12194440e-4f, r);
+      float p = kC4;
+      p = fmaf(p, r, kC3);
+      p = fmaf(p, r, kC2);
+      p = fmaf(p, r, kC1);
+      p = fmaf(p, r, kC0);
+      mantissa = fmaf(p, r * r, r + 1.0f);
+      __builtin_memcpy(&tb, &t, 4);
+      tb -= kMagicBits - 127;
+    }
+    const uint32_t bits = static_cast<uint32_t>(tb) << 23;
     float scale;
     __builtin_memcpy(&scale, &bits, 4);
-    return p * scale;
+    return mantissa * scale;
   }
 
   static float Clamp(float d) { return d < kMinShifted ? kMinShifted : d; }
