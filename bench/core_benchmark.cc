@@ -197,12 +197,17 @@ void BM_ChainTopK(benchmark::State& state) {
   c.min_p = 0.05f;
   ChainScratch scratch;
   Candidates cands;
+  // Arg 1: with the block maxima the metrics pass leaves (as in the step), or without.
+  const int64_t vocab = static_cast<int64_t>(d.logits.size());
+  std::vector<float> block_max(static_cast<size_t>(kernels::MaxBlocks(vocab)));
+  kernels::ScanMax(d.logits.data(), vocab, block_max.data());
+  const float* maxima = state.range(1) != 0 ? block_max.data() : nullptr;
   for (auto _ : state) {
-    BuildCandidates(d.logits.data(), static_cast<int64_t>(d.logits.size()), c, &scratch, &cands);
+    BuildCandidates(d.logits.data(), vocab, c, &scratch, &cands, maxima);
     benchmark::DoNotOptimize(cands.total);
   }
 }
-BENCHMARK(BM_ChainTopK)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ChainTopK)->ArgsProduct({{0, 1, 2}, {0, 1}})->Unit(benchmark::kMicrosecond);
 
 // Per kernel (reduce_kernels.h), over the workload's logits or attention rows.
 template <typename Fn>

@@ -29,9 +29,11 @@ absl::StatusOr<LogitsSummary> SummarizeLogits(const FloatView& logits, MetricsSc
   const int64_t n = logits.size();
   if (n == 0) return InvalidFieldError("logits.shape", "vocab must be >= 1, got an empty tensor");
 
+  scratch->logit_block_max.resize(static_cast<size_t>(kernels::MaxBlocks(n)));
+  float* block_max = scratch->logit_block_max.data();
   const kernels::ScanResult scan = logits.deferred_bf16 != nullptr
-                                       ? kernels::ScanMaxBf16(logits.deferred_bf16, n, logits.fill)
-                                       : kernels::ScanMax(x, n);
+                                       ? kernels::ScanMaxBf16(logits.deferred_bf16, n, logits.fill, block_max)
+                                       : kernels::ScanMax(x, n, block_max);
   if (scan.first_bad >= 0) {
     return InvalidFieldError("logits.data", absl::StrCat("must be finite or -inf, got ", DescribeBad(x[scan.first_bad]),
                                                          " at index ", scan.first_bad));
@@ -42,7 +44,7 @@ absl::StatusOr<LogitsSummary> SummarizeLogits(const FloatView& logits, MetricsSc
 
   LogitsSummary s;
   s.max_logit = scan.max;
-  s.argmax = static_cast<int32_t>(kernels::FindFirst(x, n, scan.max));
+  s.argmax = static_cast<int32_t>(scan.argmax);
 
   // With d = z - max: ln p = d - ln Z, so H = ln Z - E_p[d] (both terms >= 0: nothing cancels) and
   // varentropy = Var_p[d], taken from deviations to block means (never E[d^2] - E[d]^2).
@@ -88,7 +90,13 @@ void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, MetricsSc
 
     float* e = scratch->attn_exp.data() + r * cols;
     double sum_e = 0, sum_ed = 0;
-    kernels::ExpShifted(row, cols, scan.max, e, &sum_e, &sum_ed);
+    // The next row of the range is fetched while this one's exponentials are computed.
+    const bool last = r + 1 == r1;
+    const void* next = last ? nullptr
+                       : attention.deferred_bf16 != nullptr ? static_cast<const void*>(attention.deferred_bf16 + 2 * (r + 1) * cols)
+                                                            : static_cast<const void*>(row + cols);
+    kernels::ExpShifted(row, cols, scan.max, e, &sum_e, &sum_ed, next,
+                        (attention.deferred_bf16 != nullptr ? 2 : 4) * cols);
     // As for the logits: h = ln Z - E_a[d] with d = S - max, both terms >= 0. The clip of a at 1e-10 only
     // matters when some finite entry has ln a = d - ln Z below ln 1e-10; then the correction pass runs.
     const double log_z = std::log(sum_e);

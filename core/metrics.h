@@ -41,6 +41,7 @@ struct AttentionRowStats {
 // Reusable buffers of the metric kernels (grown once, then reused).
 struct MetricsScratch {
   std::vector<float> block_moments;  // (W_b, M_b, Q_b) per block of the logits
+  std::vector<float> logit_block_max;  // the logits' block maxima (kernels::ScanMax), for the sampler chain
   std::vector<float> attn_exp;  // exp(S - row max), [rows, kv_len]
   std::vector<AttentionRowStats> row_stats;
   std::vector<float> group_sums;    // per 8-row group, the column sums of its probabilities, [groups, kv_len]

@@ -33,7 +33,7 @@ const KernelTable& ActiveKernels() {
   return *kActive;
 }
 
-ScanResult ScanMax(const float* x, int64_t n) { return ActiveKernels().scan_max(x, n); }
+ScanResult ScanMax(const float* x, int64_t n, float* block_max) { return ActiveKernels().scan_max(x, n, block_max); }
 
 int64_t FindFirst(const float* x, int64_t n, float value) { return ActiveKernels().find_first(x, n, value); }
 
@@ -41,13 +41,16 @@ int64_t FindFirstGreater(const float* x, int64_t from, int64_t n, float threshol
   return ActiveKernels().find_first_greater(x, from, n, threshold);
 }
 
-void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed) {
-  ActiveKernels().exp_shifted(x, n, shift, e, sum_e, sum_ed);
+void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed, const void* next,
+                int64_t next_bytes) {
+  ActiveKernels().exp_shifted(x, n, shift, e, sum_e, sum_ed, next, next_bytes);
 }
 
 RowScan ScanRow(const float* x, int64_t n) { return ActiveKernels().scan_row(x, n); }
 
-ScanResult ScanMaxBf16(const char* src, int64_t n, float* out) { return ActiveKernels().scan_max_bf16(src, n, out); }
+ScanResult ScanMaxBf16(const char* src, int64_t n, float* out, float* block_max) {
+  return ActiveKernels().scan_max_bf16(src, n, out, block_max);
+}
 
 RowScan ScanRowBf16(const char* src, int64_t n, float* out) { return ActiveKernels().scan_row_bf16(src, n, out); }
 

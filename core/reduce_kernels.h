@@ -16,16 +16,20 @@
 
 namespace samplerd::kernels {
 
-// Index of the first element in [from, n) greater than `threshold` (n when none).
-int64_t FindFirstGreater(const float* x, int64_t from, int64_t n, float threshold);
-
 struct ScanResult {
   float max = 0;            // largest non-NaN value (-inf when all are -inf)
+  int64_t argmax = 0;       // lowest index holding it (0 when all are -inf; unspecified with NaN)
   int64_t first_bad = -1;   // index of the first NaN or +inf, -1 when none
 };
 
-// Max over x[0, n) and the first NaN / +inf.
-ScanResult ScanMax(const float* x, int64_t n);
+// Block maxima: the max of each kMaxBlock consecutive entries, MaxBlocks(n) of them (the last block may be
+// short). The scan that finds the max has them for free; the top-k selection then skips every block whose
+// max cannot enter, and the argmax is looked for only in the first block that holds the max.
+inline constexpr int64_t kMaxBlock = 256;
+inline int64_t MaxBlocks(int64_t n) { return (n + kMaxBlock - 1) / kMaxBlock; }
+
+// Max and argmax over x[0, n) and the first NaN / +inf; the block maxima into block_max when not null.
+ScanResult ScanMax(const float* x, int64_t n, float* block_max = nullptr);
 
 // One pass over an attention row: ScanMax plus sum |x| and count over the finite entries.
 struct RowScan {
@@ -39,7 +43,7 @@ RowScan ScanRow(const float* x, int64_t n);
 
 // ScanMax and ScanRow over n bfloat16 values at src (little-endian), converting them into out[0, n) on the
 // way: the first pass over a bf16 tensor is also its conversion, so the received bytes are read once.
-ScanResult ScanMaxBf16(const char* src, int64_t n, float* out);
+ScanResult ScanMaxBf16(const char* src, int64_t n, float* out, float* block_max = nullptr);
 RowScan ScanRowBf16(const char* src, int64_t n, float* out);
 
 // Index of the first element equal to `value` (n when none).
@@ -54,8 +58,11 @@ int64_t FindFirstGreater(const float* x, int64_t from, int64_t n, float threshol
 inline constexpr float kMinShifted = -88.0f;
 
 // e[i] = exp(max(x[i] - shift, kMinShifted)) (float32), and in double: sum e, sum e * d with
-// d = max(x[i] - shift, kMinShifted).
-void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed);
+// d = max(x[i] - shift, kMinShifted). While it computes, it prefetches the `next_bytes` (at most 4 n) bytes
+// at `next` towards the cache: the next attention row, which the row scan would otherwise wait for (the
+// exp is bound by arithmetic, the scan by memory, so the two overlap).
+void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed,
+                const void* next = nullptr, int64_t next_bytes = 0);
 
 // With d and e as above, in one pass: W = sum e, the e-weighted mean of d and M2 = sum e * (d - mean)^2,
 // from per-block moments so that the variance never cancels. `blocks` holds 3 * MomentBlocks(n) floats.
@@ -83,13 +90,13 @@ void ConvertBf16(const char* src, int64_t n, float* out);
 // The kernels of one instruction set (see reduce_kernels_impl.h).
 struct KernelTable {
   const char* name;
-  ScanResult (*scan_max)(const float*, int64_t);
+  ScanResult (*scan_max)(const float*, int64_t, float*);
   RowScan (*scan_row)(const float*, int64_t);
-  ScanResult (*scan_max_bf16)(const char*, int64_t, float*);
+  ScanResult (*scan_max_bf16)(const char*, int64_t, float*, float*);
   RowScan (*scan_row_bf16)(const char*, int64_t, float*);
   int64_t (*find_first)(const float*, int64_t, float);
   int64_t (*find_first_greater)(const float*, int64_t, int64_t, float);
-  void (*exp_shifted)(const float*, int64_t, float, float*, double*, double*);
+  void (*exp_shifted)(const float*, int64_t, float, float*, double*, double*, const void*, int64_t);
   void (*exp_moments)(const float*, int64_t, float, float*, double*, double*, double*);
   double (*clip_correction)(const float*, const float*, int64_t, float, float, float, float);
   void (*group_column_sums)(const float* const*, const float*, int64_t, int64_t, float*);

@@ -224,25 +224,80 @@ struct Impl {
     }
   }
 
+  // Horizontal max through the instruction set's shuffles (xsimd 8 has no reduce_max): cheap enough to run
+  // once per block of kMaxBlock.
+  static float ReduceMax(const Batch& b) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+      return _mm512_reduce_max_ps(b);
+    } else
+#endif
+    {
+      __m128 m;
+#if defined(__AVX__)
+      if constexpr (std::is_base_of_v<xsimd::avx, Arch>) {
+        m = _mm_max_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
+      } else
+#endif
+      {
+        m = b;
+      }
+      m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+      m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+      return _mm_cvtss_f32(m);
+    }
+  }
+
   template <bool kBf16>
-  static ScanResult ScanMaxOf(const void* src, int64_t n, float* out) {
+  static ScanResult ScanMaxOf(const void* src, int64_t n, float* out, float* block_max) {
     ScanResult result;
-    Batch vmax(-INFINITY);
     auto bad = Batch(0.0f) != Batch(0.0f);
     const Batch inf(INFINITY);
+    // Per block: its max, and the first block whose max beats every earlier one (strictly, so that it is the
+    // first block holding the final max).
+    float m = -INFINITY;
+    int64_t best_block = -1;
     int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-      Batch v = LoadSource<kBf16>(src, i, out);
-      bad = bad | xsimd::isnan(v) | (v == inf);  // not v != v: AVX compares ordered
-      vmax = xsimd::max(vmax, v);
+    for (; i + kMaxBlock <= n; i += kMaxBlock) {
+      // Four chains of max, so that the block's latency is not one max per vector.
+      Batch b0(-INFINITY), b1(-INFINITY), b2(-INFINITY), b3(-INFINITY);
+      for (int64_t j = i; j < i + kMaxBlock; j += 4 * kLanes) {
+        const Batch v0 = LoadSource<kBf16>(src, j, out), v1 = LoadSource<kBf16>(src, j + kLanes, out),
+                    v2 = LoadSource<kBf16>(src, j + 2 * kLanes, out), v3 = LoadSource<kBf16>(src, j + 3 * kLanes, out);
+        // not v != v: AVX compares ordered
+        bad = bad | xsimd::isnan(v0) | xsimd::isnan(v1) | xsimd::isnan(v2) | xsimd::isnan(v3) |
+              (xsimd::max(xsimd::max(v0, v1), xsimd::max(v2, v3)) == inf);
+        b0 = xsimd::max(b0, v0);
+        b1 = xsimd::max(b1, v1);
+        b2 = xsimd::max(b2, v2);
+        b3 = xsimd::max(b3, v3);
+      }
+      const float b = ReduceMax(xsimd::max(xsimd::max(b0, b1), xsimd::max(b2, b3)));
+      if (block_max != nullptr) block_max[i / kMaxBlock] = b;
+      if (b > m) {
+        m = b;
+        best_block = i;
+      }
     }
     const float* x = Floats<kBf16>(src, i, n, out);
-    float m = HorizontalMax(vmax);
     bool any_bad = xsimd::any(bad);
+    int64_t argmax = best_block >= 0 ? -1 : 0;  // -1: in best_block, found below
+    float tail_max = -INFINITY;
     for (; i < n; ++i) {
       any_bad = any_bad || Bad(x[i]);
-      if (x[i] > m) m = x[i];
+      if (x[i] > tail_max) tail_max = x[i];
+      if (x[i] > m) {
+        m = x[i];
+        argmax = i;
+      }
     }
+    if (block_max != nullptr && n % kMaxBlock != 0) block_max[n / kMaxBlock] = tail_max;
+    if (argmax < 0) {
+      // The block's max is one of its entries (a NaN never wins a comparison; such input is rejected anyway).
+      const int64_t at = FindFirst(x + best_block, kMaxBlock, m);
+      argmax = best_block + (at < kMaxBlock ? at : 0);
+    }
+    result.argmax = argmax;
     if (any_bad) {
       for (int64_t j = 0; j < n; ++j) {
         if (Bad(x[j])) {
@@ -254,8 +309,10 @@ struct Impl {
     result.max = m;
     return result;
   }
-  static ScanResult ScanMax(const float* x, int64_t n) { return ScanMaxOf<false>(x, n, nullptr); }
-  static ScanResult ScanMaxBf16(const char* src, int64_t n, float* out) { return ScanMaxOf<true>(src, n, out); }
+  static ScanResult ScanMax(const float* x, int64_t n, float* block_max) { return ScanMaxOf<false>(x, n, nullptr, block_max); }
+  static ScanResult ScanMaxBf16(const char* src, int64_t n, float* out, float* block_max) {
+    return ScanMaxOf<true>(src, n, out, block_max);
+  }
 
   static int64_t FindFirst(const float* x, int64_t n, float value) {
     int64_t i = 0;
@@ -295,11 +352,16 @@ struct Impl {
     return n;
   }
 
-  static void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed) {
+  static void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed,
+                         const void* next, int64_t next_bytes) {
     const Batch vshift(shift), vmin(kMinShifted);
     double total_e = 0, total_ed = 0;
+    // One block's worth of bytes of `next` per block of x: a row of the same size is fetched by the end.
+    const char* pf = static_cast<const char*>(next);
+    const char* const pf_end = pf + (next != nullptr ? next_bytes : 0);
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock) {
+      for (int64_t line = 0; line < kBlock * 4 && pf < pf_end; line += 64, pf += 64) __builtin_prefetch(pf, 0, 2);
       Batch acc_e(0.0f), acc_ed(0.0f);
       for (int64_t j = i; j < i + kBlock; j += kLanes) {
         Batch d = xsimd::max(Batch::load_unaligned(x + j) - vshift, vmin);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -97,7 +98,8 @@ absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab
       i = j;
     }
   }
-  const kernels::ScanResult scan = kernels::ScanMax(x, vocab);
+  scratch->block_max.resize(static_cast<size_t>(kernels::MaxBlocks(vocab)));
+  const kernels::ScanResult scan = kernels::ScanMax(x, vocab, scratch->block_max.data());
   if (scan.max == kNegInf) {
     return InvalidFieldError("params.logit_bias", "after bias and penalties every logit is -inf");
   }
@@ -107,12 +109,39 @@ absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab
   return static_cast<const float*>(x);
 }
 
-int32_t GreedyToken(const float* z, int64_t vocab) {
-  const kernels::ScanResult scan = kernels::ScanMax(z, vocab);
-  return static_cast<int32_t>(kernels::FindFirst(z, vocab, scan.max));
+namespace {
+
+// Replaces the top of a std heap (ordered by `less`) with `v` and sifts it down: one pass, where
+// pop_heap + push_heap take two.
+template <typename T, typename Less>
+void ReplaceTop(std::vector<T>* heap, const T& v, Less less) {
+  std::vector<T>& h = *heap;
+  const size_t n = h.size();
+  size_t i = 0;
+  for (;;) {
+    size_t child = 2 * i + 1;
+    if (child >= n) break;
+    if (child + 1 < n && less(h[child], h[child + 1])) ++child;
+    if (!less(v, h[child])) break;
+    h[i] = h[child];
+    i = child;
+  }
+  h[i] = v;
 }
 
-void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out) {
+}  // namespace
+
+int32_t GreedyToken(const float* z, int64_t vocab, const float* block_max) {
+  if (block_max == nullptr) return static_cast<int32_t>(kernels::ScanMax(z, vocab).argmax);
+  // The first block holding the max, then the max's first place in it.
+  const int64_t block = kernels::ScanMax(block_max, kernels::MaxBlocks(vocab)).argmax;
+  const int64_t from = block * kernels::kMaxBlock;
+  return static_cast<int32_t>(from + kernels::FindFirst(z + from, std::min(vocab - from, kernels::kMaxBlock),
+                                                        block_max[block]));
+}
+
+void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out,
+               const float* block_max) {
   out->clear();
   n = std::min(n, vocab);
   if (n <= 0) return;
@@ -132,17 +161,47 @@ void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, 
   auto worse_on_top = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
     return Before(a.first, a.second, b.first, b.second);
   };
+  const int64_t blocks = kernels::MaxBlocks(vocab);
+  // With the block maxima: the n-th largest of them is a floor, since n entries (those maxima) reach it, so
+  // the n best are all >= floor and nothing below it is ever looked at, not even while the heap fills up.
+  float below = -std::numeric_limits<float>::infinity();  // entries must be > below until the heap is full
+  if (block_max != nullptr && blocks >= n) {
+    auto& maxima = scratch->block_order;
+    maxima.assign(block_max, block_max + blocks);
+    std::nth_element(maxima.begin(), maxima.begin() + (n - 1), maxima.end(), std::greater<float>());
+    below = std::nextafter(maxima[static_cast<size_t>(n - 1)], -std::numeric_limits<float>::infinity());
+  }
   int64_t i = 0;
-  for (; i < vocab && static_cast<int64_t>(heap.size()) < n; ++i) {
-    heap.emplace_back(z[i], static_cast<int32_t>(i));
-    std::push_heap(heap.begin(), heap.end(), worse_on_top);
+  if (below == -std::numeric_limits<float>::infinity()) {
+    // No floor (or it is -inf): the first n entries, whatever they are, fill the heap.
+    for (; i < vocab && static_cast<int64_t>(heap.size()) < n; ++i) {
+      heap.emplace_back(z[i], static_cast<int32_t>(i));
+      std::push_heap(heap.begin(), heap.end(), worse_on_top);
+    }
   }
   while (i < vocab) {
-    i = kernels::FindFirstGreater(z, i, vocab, heap.front().first);
-    if (i >= vocab) break;
-    std::pop_heap(heap.begin(), heap.end(), worse_on_top);
-    heap.back() = {z[i], static_cast<int32_t>(i)};
-    std::push_heap(heap.begin(), heap.end(), worse_on_top);
+    const bool full = static_cast<int64_t>(heap.size()) == n;
+    const float threshold = full ? heap.front().first : below;
+    int64_t end = vocab;
+    if (block_max != nullptr) {
+      // Skip to the next block whose max is above the threshold, and search within that block.
+      int64_t block = i / kernels::kMaxBlock;
+      if (!(block_max[block] > threshold)) {
+        block = kernels::FindFirstGreater(block_max, block + 1, blocks, threshold);
+        if (block >= blocks) break;
+        i = block * kernels::kMaxBlock;
+      }
+      end = std::min(vocab, (block + 1) * kernels::kMaxBlock);
+    }
+    i = kernels::FindFirstGreater(z, i, end, threshold);
+    if (i >= end) continue;
+    const std::pair<float, int32_t> entry{z[i], static_cast<int32_t>(i)};
+    if (full) {
+      ReplaceTop(&heap, entry, worse_on_top);
+    } else {
+      heap.push_back(entry);
+      std::push_heap(heap.begin(), heap.end(), worse_on_top);
+    }
     ++i;
   }
   std::sort_heap(heap.begin(), heap.end(), worse_on_top);  // best first
@@ -150,14 +209,14 @@ void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, 
 }
 
 void BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config, ChainScratch* scratch,
-                     Candidates* out) {
+                     Candidates* out, const float* block_max) {
   auto& tokens = out->tokens;
   tokens.clear();
   const float temperature = config.temperature;
   const bool use_top_k = config.top_k > 0 && config.top_k < vocab;
   float max_z;
   if (use_top_k) {
-    TopTokens(z, vocab, config.top_k, scratch, &scratch->ids);
+    TopTokens(z, vocab, config.top_k, scratch, &scratch->ids, block_max);
     max_z = z[scratch->ids.front()];
     for (int32_t id : scratch->ids) {
       if (z[id] == kNegInf) break;  // masked tokens never survive

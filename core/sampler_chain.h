@@ -3,8 +3,9 @@
 // Order (as HF transformers' warpers): logit bias -> penalties -> temperature -> top-k -> top-p -> min-p ->
 // renormalise -> draw. Ties go to the lower token id everywhere (top-k boundary, top-p order, argmax).
 //
-// Cost: top-k is one pass with a bounded heap (or nth_element for large k); top-p then works on the k
-// survivors. With top-k off, top-p finds its nucleus by a quickselect on probability mass, so no step sorts
+// Cost: top-k is one pass with a bounded heap (or nth_element for large k); given the logits' block maxima
+// (kernels::ScanMax, which the metrics pass runs anyway) it reads only the blocks whose max can still enter
+// the heap. Top-p then works on the k survivors. With top-k off, top-p finds its nucleus by a quickselect on probability mass, so no step sorts
 // the whole vocabulary; only a final set of at most kSortedCandidates is put in descending order.
 //
 //   ChainScratch scratch;
@@ -41,6 +42,8 @@ struct ChainScratch {
   std::vector<int32_t> ids;                     // top-k selection output
   std::vector<std::pair<float, int32_t>> heap;  // top-k selection
   std::vector<int32_t> recent_sorted;           // penalty counting
+  std::vector<float> block_max;                 // block maxima of the penalised copy
+  std::vector<float> block_order;               // top-k: the block maxima, partially ordered
 };
 
 // The tokens that survive the chain; probability = weight / total.
@@ -51,20 +54,24 @@ struct Candidates {
 };
 
 // Applies logit bias, then repetition / frequency / presence penalties over `recent_tokens`. Returns `z`
-// itself when nothing applies, else a penalised copy in `scratch->logits`. Token ids must already be checked
+// itself when nothing applies, else a penalised copy in `scratch->logits`, with its block maxima in
+// `scratch->block_max`. Token ids must already be checked
 // against the vocabulary. Errors (INVALID_ARGUMENT, field "params.logit_bias") when the result masks every token.
 absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab, const SamplingConfig& config,
                                                    absl::Span<const int32_t> recent_tokens, ChainScratch* scratch);
 
+// `block_max` below, when not null: the maxima of z's blocks of kernels::kMaxBlock entries (kernels::ScanMax).
+
 // The largest finite entry's lowest index.
-int32_t GreedyToken(const float* z, int64_t vocab);
+int32_t GreedyToken(const float* z, int64_t vocab, const float* block_max = nullptr);
 
 // The `n` best ids by (z descending, id ascending), best first. n <= vocab.
-void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out);
+void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out,
+               const float* block_max = nullptr);
 
 // temperature (> 0) -> top-k -> top-p -> min-p over `z`; at least one finite entry is required.
 void BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config, ChainScratch* scratch,
-                     Candidates* out);
+                     Candidates* out, const float* block_max = nullptr);
 
 // The categorical draw: the first candidate (in `c.tokens` order) whose cumulative weight exceeds u * total.
 int32_t Draw(const Candidates& c, double u);

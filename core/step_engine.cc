@@ -61,6 +61,8 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
   const float* z = logits->data;
   absl::StatusOr<const float*> adjusted = ApplyLogitAdjustments(z, vocab, base, in.recent_tokens, &ws->chain);
   if (!adjusted.ok()) return adjusted.status();
+  // The block maxima of whichever logits the chain reads: the metrics pass's, or the penalised copy's.
+  const float* block_max = *adjusted == z ? ws->metrics.logit_block_max.data() : ws->chain.block_max.data();
 
   const StreamKey key{in.seed, in.sequence_id};
   out->profile = profile;
@@ -72,11 +74,11 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
       out->token = decision.emit_token;
       break;
     case Action::kGreedy:
-      out->token = GreedyToken(*adjusted, vocab);
+      out->token = GreedyToken(*adjusted, vocab, block_max);
       break;
     case Action::kSample:
     case Action::kBestOfN: {
-      BuildCandidates(*adjusted, vocab, decision.params, &ws->chain, &ws->candidates);
+      BuildCandidates(*adjusted, vocab, decision.params, &ws->chain, &ws->candidates, block_max);
       const int n = decision.action == Action::kBestOfN ? decision.params.n_adaptive_samples : 1;
       int32_t best = Draw(ws->candidates, UniformDouble(key, in.step, 0));
       // Best of n: highest log-probability under the unmodified logits, i.e. the largest raw logit; the first
@@ -93,7 +95,7 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
 
   out->top.clear();
   if (in.top_logprobs > 0) {
-    TopTokens(z, vocab, in.top_logprobs, &ws->chain, &ws->top_ids);
+    TopTokens(z, vocab, in.top_logprobs, &ws->chain, &ws->top_ids, ws->metrics.logit_block_max.data());
     for (int32_t id : ws->top_ids) out->top.emplace_back(id, static_cast<float>(summary.LogProb(z[id])));
   }
   return absl::OkStatus();

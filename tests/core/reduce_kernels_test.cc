@@ -23,10 +23,10 @@ TEST_P(ReduceKernelsTest, ExpSumsMatchAFloat64Reference) {
   for (int64_t n : {1, 7, 63, 64, 65, 1000, 128257}) {
     std::vector<float> x(static_cast<size_t>(n));
     for (float& v : x) v = normal(gen);
-    const float m = k.scan_max(x.data(), n).max;
+    const float m = k.scan_max(x.data(), n, nullptr).max;
     std::vector<float> e(x.size());
     double sum_e = 0, sum_ed = 0;
-    k.exp_shifted(x.data(), n, m, e.data(), &sum_e, &sum_ed);
+    k.exp_shifted(x.data(), n, m, e.data(), &sum_e, &sum_ed, nullptr, 0);
     double ref_e = 0, ref_ed = 0;
     for (float v : x) {
       const double d = static_cast<double>(v) - m;
@@ -56,12 +56,12 @@ TEST_P(ReduceKernelsTest, FindsNanAndPositiveInfinityAtTheirIndex) {
     for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
       std::vector<float> x(1000, 1.0f);
       x[static_cast<size_t>(pos)] = bad;
-      EXPECT_EQ(k.scan_max(x.data(), 1000).first_bad, pos) << k.name << " bad=" << bad;
+      EXPECT_EQ(k.scan_max(x.data(), 1000, nullptr).first_bad, pos) << k.name << " bad=" << bad;
     }
   }
   std::vector<float> ok(1000, -std::numeric_limits<float>::infinity());
   ok[500] = std::numeric_limits<float>::max();
-  const ScanResult r = k.scan_max(ok.data(), 1000);
+  const ScanResult r = k.scan_max(ok.data(), 1000, nullptr);
   EXPECT_EQ(r.first_bad, -1);
   EXPECT_EQ(r.max, std::numeric_limits<float>::max());
 }
@@ -73,7 +73,7 @@ TEST_P(ReduceKernelsTest, NegativeInfinityAndHugeGapsGiveZeroWeightNotNan) {
   x[150] = -std::numeric_limits<float>::max();
   std::vector<float> e(x.size());
   double sum_e = 0, sum_ed = 0;
-  k.exp_shifted(x.data(), 200, x[3], e.data(), &sum_e, &sum_ed);
+  k.exp_shifted(x.data(), 200, x[3], e.data(), &sum_e, &sum_ed, nullptr, 0);
   EXPECT_EQ(sum_e, 1.0);
   EXPECT_EQ(sum_ed, 0.0);
   double w = 0, mean = 0, m2 = 0;
@@ -186,7 +186,7 @@ TEST_P(ReduceKernelsTest, ExpIsWithinAFewUlpElementwise) {
   x[2] = -1e30f;
   std::vector<float> e(x.size());
   double sum_e = 0, sum_ed = 0;
-  k.exp_shifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed);
+  k.exp_shifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed, nullptr, 0);
   EXPECT_EQ(e[0], 1.0f) << k.name;
   EXPECT_EQ(e[1], 0.0f) << k.name;
   EXPECT_EQ(e[2], 0.0f) << k.name;
@@ -222,8 +222,9 @@ TEST_P(ReduceKernelsTest, ScansFindTargetsInEveryPartOfTheLoop) {
       std::vector<float> x(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) x[static_cast<size_t>(i)] = static_cast<float>((i * 7) % 13) - 20.0f;
       x[static_cast<size_t>(pos)] = 5.0f;  // the unique max
-      const ScanResult scan = k.scan_max(x.data(), n);
+      const ScanResult scan = k.scan_max(x.data(), n, nullptr);
       EXPECT_EQ(scan.max, 5.0f) << k.name << " n=" << n << " pos=" << pos;
+      EXPECT_EQ(scan.argmax, pos) << k.name << " n=" << n << " pos=" << pos;
       EXPECT_EQ(scan.first_bad, -1) << k.name << " n=" << n << " pos=" << pos;
       EXPECT_EQ(k.find_first(x.data(), n, 5.0f), pos) << k.name << " n=" << n << " pos=" << pos;
       for (int64_t from : {int64_t{0}, pos / 2, pos}) {
@@ -238,7 +239,39 @@ TEST_P(ReduceKernelsTest, ScansFindTargetsInEveryPartOfTheLoop) {
       // NaN here and +inf further on: the first bad index, whichever chain saw it.
       x[static_cast<size_t>(pos)] = std::numeric_limits<float>::quiet_NaN();
       if (pos + 1 < n) x[static_cast<size_t>(n - 1)] = std::numeric_limits<float>::infinity();
-      EXPECT_EQ(k.scan_max(x.data(), n).first_bad, pos) << k.name << " n=" << n << " pos=" << pos;
+      EXPECT_EQ(k.scan_max(x.data(), n, nullptr).first_bad, pos) << k.name << " n=" << n << " pos=" << pos;
+    }
+  }
+}
+
+// The max scan's argmax (the lowest index of the max) and its block maxima, against a plain loop: lengths
+// around whole blocks of kMaxBlock, the max in a full block or in the short last one, repeated in a later block
+// or in the same block, and arrays that are all -inf.
+TEST_P(ReduceKernelsTest, ScanMaxGivesTheFirstArgmaxAndEveryBlockMax) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int64_t n : {1, 255, 256, 257, 511, 512, 513, 1000, 4099}) {
+    for (int variant = 0; variant < 6; ++variant) {
+      std::vector<float> x(static_cast<size_t>(n));
+      for (float& v : x) v = normal(gen);
+      for (size_t i = 0; i < x.size(); i += 5) x[i] = -INFINITY;
+      const int64_t pos = std::uniform_int_distribution<int64_t>(0, n - 1)(gen);
+      if (variant >= 1) x[static_cast<size_t>(pos)] = 50.0f;
+      if (variant == 2) x[static_cast<size_t>(n - 1)] = 50.0f;                    // again, in the last block
+      if (variant == 3) x[static_cast<size_t>(std::min(n - 1, pos + 3))] = 50.0f;  // again, nearby
+      if (variant == 4) x[static_cast<size_t>(pos / 2)] = 50.0f;                   // earlier: it wins
+      if (variant == 5) std::fill(x.begin(), x.end(), -INFINITY);
+      const int64_t want_argmax = std::max_element(x.begin(), x.end()) - x.begin();  // the first of equals
+      std::vector<float> blocks(static_cast<size_t>(MaxBlocks(n)), 7.0f);
+      const ScanResult scan = k.scan_max(x.data(), n, blocks.data());
+      EXPECT_EQ(scan.max, x[static_cast<size_t>(want_argmax)]) << k.name << " n=" << n << " variant=" << variant;
+      EXPECT_EQ(scan.argmax, variant == 5 ? 0 : want_argmax) << k.name << " n=" << n << " variant=" << variant;
+      for (int64_t b = 0; b < MaxBlocks(n); ++b) {
+        const auto from = x.begin() + b * kMaxBlock, to = x.begin() + std::min(n, (b + 1) * kMaxBlock);
+        EXPECT_EQ(blocks[static_cast<size_t>(b)], *std::max_element(from, to)) << k.name << " n=" << n << " b=" << b;
+      }
+      EXPECT_EQ(k.scan_max(x.data(), n, nullptr).argmax, scan.argmax) << k.name << " n=" << n;
     }
   }
 }
@@ -324,10 +357,17 @@ TEST_P(ReduceKernelsTest, Bf16ScansConvertAndScanLikeTheFloat32Path) {
       const char* bytes = reinterpret_cast<const char*>(src.data());
       std::vector<float> want(src.size()), got(src.size(), -1.0f), got_row(src.size(), -1.0f);
       k.convert_bf16(bytes, n, want.data());
-      const ScanResult a = k.scan_max(want.data(), n), b = k.scan_max_bf16(bytes, n, got.data());
+      const ScanResult a = k.scan_max(want.data(), n, nullptr), b = k.scan_max_bf16(bytes, n, got.data(), nullptr);
       EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * 4), 0) << k.name << " n=" << n;
       EXPECT_EQ(b.first_bad, a.first_bad) << k.name << " n=" << n;
-      if (a.first_bad < 0) EXPECT_EQ(b.max, a.max) << k.name << " n=" << n;
+      if (a.first_bad < 0) {
+        EXPECT_EQ(b.max, a.max) << k.name << " n=" << n;
+        EXPECT_EQ(b.argmax, a.argmax) << k.name << " n=" << n;
+        std::vector<float> blocks_a(static_cast<size_t>(MaxBlocks(n))), blocks_b(blocks_a.size());
+        k.scan_max(want.data(), n, blocks_a.data());
+        k.scan_max_bf16(bytes, n, got.data(), blocks_b.data());
+        EXPECT_EQ(blocks_b, blocks_a) << k.name << " n=" << n;
+      }
       const RowScan c = k.scan_row(want.data(), n), d = k.scan_row_bf16(bytes, n, got_row.data());
       EXPECT_EQ(std::memcmp(got_row.data(), want.data(), want.size() * 4), 0) << k.name << " n=" << n;
       EXPECT_EQ(d.first_bad, c.first_bad) << k.name << " n=" << n;

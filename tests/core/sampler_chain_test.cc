@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/counter_rng.h"
+#include "core/reduce_kernels.h"
 #include "core/field_error.h"
 #include "core/sampler_chain.h"
 #include "core/step_engine.h"
@@ -109,6 +110,44 @@ TEST(SamplerChainTest, LargeTopKUsesSelectionAndAgreesWithTheHeap) {
   EXPECT_TRUE(std::equal(small.begin(), small.end(), big.begin()));
   for (size_t i = 1; i < big.size(); ++i) {
     EXPECT_TRUE(z[big[i - 1]] > z[big[i]] || (z[big[i - 1]] == z[big[i]] && big[i - 1] < big[i])) << i;
+  }
+}
+
+// With the logits' block maxima, top-k reads only the blocks that can still enter the heap and greedy looks in
+// the first block holding the max: the same ids as the full scans and as a stable sort, ties (coarse values),
+// masked runs, the max in the short last block and vocabularies shorter than one block included.
+TEST(SamplerChainTest, BlockMaximaChangeNoSelection) {
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal;
+  for (int64_t vocab : {1, 100, 256, 257, 1000, 4097, 32000}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      std::vector<float> z(static_cast<size_t>(vocab));
+      for (float& x : z) x = variant == 1 ? std::round(normal(gen) * 2) / 2 : normal(gen);  // variant 1: ties
+      if (variant == 2) {
+        for (size_t i = 0; i < z.size(); ++i) {
+          if ((i / 300) % 2 == 0) z[i] = -INFINITY;  // masked runs longer than a block
+        }
+        z.back() = 1.0f;
+      }
+      if (variant == 3) z.back() = 100.0f;  // the max in the last (short) block
+      std::vector<float> block_max(static_cast<size_t>(kernels::MaxBlocks(vocab)));
+      kernels::ScanMax(z.data(), vocab, block_max.data());
+      std::vector<int32_t> order(z.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return z[a] > z[b]; });
+      EXPECT_EQ(GreedyToken(z.data(), vocab, block_max.data()), order[0]) << vocab << " " << variant;
+      EXPECT_EQ(GreedyToken(z.data(), vocab), order[0]) << vocab << " " << variant;
+      ChainScratch scratch;
+      for (int64_t k : {int64_t{1}, int64_t{3}, int64_t{40}, std::min<int64_t>(vocab, 256)}) {
+        if (k > vocab) continue;
+        std::vector<int32_t> with, without;
+        TopTokens(z.data(), vocab, k, &scratch, &with, block_max.data());
+        TopTokens(z.data(), vocab, k, &scratch, &without);
+        const std::vector<int32_t> want(order.begin(), order.begin() + k);
+        EXPECT_EQ(with, want) << vocab << " " << variant << " k=" << k;
+        EXPECT_EQ(without, want) << vocab << " " << variant << " k=" << k;
+      }
+    }
   }
 }
 

@@ -363,10 +363,10 @@ std::string CheckAttention(const std::vector<float>& values, int64_t rows) {
 std::string CheckKernelTablesAgree(const std::vector<float>& values) {
   const int64_t n = static_cast<int64_t>(values.size());
   const std::vector<const kernels::KernelTable*> tables = kernels::AvailableKernels();
-  const kernels::ScanResult first = tables[0]->scan_max(values.data(), n);
+  const kernels::ScanResult first = tables[0]->scan_max(values.data(), n, nullptr);
   const kernels::RowScan first_row = tables[0]->scan_row(values.data(), n);
   for (const kernels::KernelTable* t : tables) {
-    const kernels::ScanResult s = t->scan_max(values.data(), n);
+    const kernels::ScanResult s = t->scan_max(values.data(), n, nullptr);
     if (s.first_bad != first.first_bad || (first.first_bad < 0 && s.max != first.max)) {
       return absl::StrCat("n=", n, ": ", t->name, " scan_max (", s.max, ", bad at ", s.first_bad, ") differs from ",
                           tables[0]->name, " (", first.max, ", bad at ", first.first_bad, ")");
