@@ -254,7 +254,7 @@ absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attent
     return absl::OkStatus();
   }
   PrepareAttention(*attention, scratch);
-  // A small step is done before a second thread would have started (S: 0.94x shared in core_benchmark).
+  // A small step is done before a second thread would have started and earned its wake-up (kMinSharedAttention).
   SerialForkJoin serial;
   if (attention->size() < kMinSharedAttention) {
     fork_join = &serial;

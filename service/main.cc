@@ -226,7 +226,8 @@ int main(int argc, char** argv) {
                  "Threads that run core steps (a request's steps are spread over them); 0 = one per CPU")
       ->capture_default_str();
   app.add_option("--share_steps", config.share_steps,
-                 "Let one step share its metric passes with an idle worker (lower latency when the server is quiet)")
+                 "Let a large step (attention of at least 262144 elements) share its metric passes with an idle worker "
+                 "(lower latency when the server is quiet)")
       ->capture_default_str();
   app.add_flag("--allow_no_compute", config.allow_no_compute,
                "Answer calls with metadata samplerd-no-compute: 1 without core (transport benchmarks only)");

@@ -123,9 +123,10 @@ void ExpectEverySharingAgrees(const std::vector<float>& z, const std::vector<flo
 
 TEST(MetricsSplit, SharedStepHasTheBitsOfTheOneThreadStep) {
   // 1 to 4 row groups of 8 (a ragged last one), widths with vector tails; the first and the last
-  // shapes are below kMinSharedAttention (kept on one thread).
-  const Shape shapes[] = {{32000, 8, 1024}, {3000, 32, 2500}, {100, 24, 4100},  {500000, 4, 17000},
-                          {40000, 1, 70000}, {7, 1, 5}};
+  // shapes are below kMinSharedAttention (kept on one thread), the others just above it.
+  const Shape shapes[] = {{32000, 8, 1024}, {3000, 32, 8200}, {100, 24, 11000}, {500000, 4, 66000},
+                          {40000, 1, 270000}, {7, 1, 5}};
+  static_assert(int64_t{32} * 8200 >= kMinSharedAttention && int64_t{4} * 66000 >= kMinSharedAttention);
   uint32_t seed = 1;
   for (const Shape& shape : shapes) {
     const std::vector<float> z = Normal(shape.vocab, 2.0f, seed++);
@@ -137,7 +138,7 @@ TEST(MetricsSplit, SharedStepHasTheBitsOfTheOneThreadStep) {
 }
 
 TEST(MetricsSplit, MaskedRowsArePackedTheSameWhicheverThreadScannedThem) {
-  const Shape shape{3000, 32, 2500};
+  const Shape shape{3000, 32, 8200};
   const std::vector<float> z = Normal(shape.vocab, 2.0f, 7);
   std::vector<float> s = Normal(shape.rows * shape.cols, 8.0f, 8);  // wide: the 1e-10 clip bites
   for (int64_t r : {0, 5, 6, 15}) {
@@ -154,7 +155,7 @@ TEST(MetricsSplit, MaskedRowsArePackedTheSameWhicheverThreadScannedThem) {
 }
 
 TEST(MetricsSplit, ErrorsAreTheOneThreadErrorsWhicheverSideFindsThem) {
-  const Shape shape{3000, 32, 2500};
+  const Shape shape{3000, 32, 8200};
   const std::vector<float> z = Normal(shape.vocab, 2.0f, 9);
   const std::vector<float> s = Normal(shape.rows * shape.cols, 3.0f, 10);
   // A NaN in a late row and an +inf in an early row, found by either thread: the first row's error wins.
