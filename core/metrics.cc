@@ -50,7 +50,9 @@ absl::StatusOr<LogitsSummary> SummarizeLogits(const FloatView& logits, MetricsSc
   // varentropy = Var_p[d], taken from deviations to block means (never E[d^2] - E[d]^2).
   double sum_e = 0, mean_d = 0, m2 = 0;
   scratch->block_moments.resize(static_cast<size_t>(3 * kernels::MomentBlocks(n)));
-  kernels::ExpMoments(x, n, scan.max, scratch->block_moments.data(), &sum_e, &mean_d, &m2);
+  // No entry below max + kMinShifted (none is -inf): the exponentials can skip their clamp.
+  const bool clamp = !(scan.min - scan.max >= kernels::kMinShifted);
+  kernels::ExpMoments(x, n, scan.max, scratch->block_moments.data(), &sum_e, &mean_d, &m2, clamp);
   // sum_e >= 1: the max contributes exp(0) = 1 exactly.
   s.log_normalizer = std::log(sum_e);
   const double entropy_nats = s.log_normalizer - mean_d;
@@ -95,8 +97,9 @@ void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, MetricsSc
     const void* next = last ? nullptr
                        : attention.deferred_bf16 != nullptr ? static_cast<const void*>(attention.deferred_bf16 + 2 * (r + 1) * cols)
                                                             : static_cast<const void*>(row + cols);
+    const bool clamp = !(scan.finite_count == cols && scan.min_finite - scan.max >= kernels::kMinShifted);
     kernels::ExpShifted(row, cols, scan.max, e, &sum_e, &sum_ed, next,
-                        (attention.deferred_bf16 != nullptr ? 2 : 4) * cols);
+                        (attention.deferred_bf16 != nullptr ? 2 : 4) * cols, clamp);
     // As for the logits: h = ln Z - E_a[d] with d = S - max, both terms >= 0. The clip of a at 1e-10 only
     // matters when some finite entry has ln a = d - ln Z below ln 1e-10; then the correction pass runs.
     const double log_z = std::log(sum_e);

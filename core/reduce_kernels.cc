@@ -42,8 +42,8 @@ int64_t FindFirstGreater(const float* x, int64_t from, int64_t n, float threshol
 }
 
 void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed, const void* next,
-                int64_t next_bytes) {
-  ActiveKernels().exp_shifted(x, n, shift, e, sum_e, sum_ed, next, next_bytes);
+                int64_t next_bytes, bool clamp) {
+  ActiveKernels().exp_shifted(x, n, shift, e, sum_e, sum_ed, next, next_bytes, clamp);
 }
 
 RowScan ScanRow(const float* x, int64_t n) { return ActiveKernels().scan_row(x, n); }
@@ -55,8 +55,8 @@ ScanResult ScanMaxBf16(const char* src, int64_t n, float* out, float* block_max)
 RowScan ScanRowBf16(const char* src, int64_t n, float* out) { return ActiveKernels().scan_row_bf16(src, n, out); }
 
 void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d,
-                double* m2) {
-  ActiveKernels().exp_moments(x, n, shift, blocks, sum_e, mean_d, m2);
+                double* m2, bool clamp) {
+  ActiveKernels().exp_moments(x, n, shift, blocks, sum_e, mean_d, m2, clamp);
 }
 
 double ClipCorrection(const float* x, const float* e, int64_t n, float shift, float inv_sum, float log_sum,

@@ -18,6 +18,7 @@ namespace samplerd::kernels {
 
 struct ScanResult {
   float max = 0;            // largest non-NaN value (-inf when all are -inf)
+  float min = 0;            // smallest value (-inf when any is -inf; unspecified when any is NaN)
   int64_t argmax = 0;       // lowest index holding it (0 when all are -inf; unspecified with NaN)
   int64_t first_bad = -1;   // index of the first NaN or +inf, -1 when none
 };
@@ -61,12 +62,15 @@ inline constexpr float kMinShifted = -88.0f;
 // d = max(x[i] - shift, kMinShifted). While it computes, it prefetches the `next_bytes` (at most 4 n) bytes
 // at `next` towards the cache: the next attention row, which the row scan would otherwise wait for (the
 // exp is bound by arithmetic, the scan by memory, so the two overlap).
+// `clamp` false: the caller knows every x[i] - shift >= kMinShifted (no -inf; ScanRow's min_finite and count,
+// or ScanMax's min, tell), and the kernel skips the clamp; the results are the same bits.
 void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed,
-                const void* next = nullptr, int64_t next_bytes = 0);
+                const void* next = nullptr, int64_t next_bytes = 0, bool clamp = true);
 
 // With d and e as above, in one pass: W = sum e, the e-weighted mean of d and M2 = sum e * (d - mean)^2,
 // from per-block moments so that the variance never cancels. `blocks` holds 3 * MomentBlocks(n) floats.
-void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d, double* m2);
+void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d, double* m2,
+                bool clamp = true);
 inline int64_t MomentBlocks(int64_t n) { return n / 64 + 1; }
 
 // For one attention row with e from ExpShifted, a = e * inv_sum and ln a = d - log_sum: the part of the
@@ -96,8 +100,8 @@ struct KernelTable {
   RowScan (*scan_row_bf16)(const char*, int64_t, float*);
   int64_t (*find_first)(const float*, int64_t, float);
   int64_t (*find_first_greater)(const float*, int64_t, int64_t, float);
-  void (*exp_shifted)(const float*, int64_t, float, float*, double*, double*, const void*, int64_t);
-  void (*exp_moments)(const float*, int64_t, float, float*, double*, double*, double*);
+  void (*exp_shifted)(const float*, int64_t, float, float*, double*, double*, const void*, int64_t, bool);
+  void (*exp_moments)(const float*, int64_t, float, float*, double*, double*, double*, bool);
   double (*clip_correction)(const float*, const float*, int64_t, float, float, float, float);
   void (*group_column_sums)(const float* const*, const float*, int64_t, int64_t, float*);
   void (*group_means)(const float*, int64_t, int64_t, int64_t, float, float*);

@@ -257,6 +257,7 @@ struct Impl {
     // first block holding the final max).
     float m = -INFINITY;
     int64_t best_block = -1;
+    Batch lo0(INFINITY), lo1(INFINITY);  // the min (it tells whether the exponentials need their clamp)
     int64_t i = 0;
     for (; i + kMaxBlock <= n; i += kMaxBlock) {
       // Four chains of max, so that the block's latency is not one max per vector.
@@ -271,6 +272,8 @@ struct Impl {
         b1 = xsimd::max(b1, v1);
         b2 = xsimd::max(b2, v2);
         b3 = xsimd::max(b3, v3);
+        lo0 = xsimd::min(lo0, xsimd::min(v0, v1));
+        lo1 = xsimd::min(lo1, xsimd::min(v2, v3));
       }
       const float b = ReduceMax(xsimd::max(xsimd::max(b0, b1), xsimd::max(b2, b3)));
       if (block_max != nullptr) block_max[i / kMaxBlock] = b;
@@ -283,8 +286,10 @@ struct Impl {
     bool any_bad = xsimd::any(bad);
     int64_t argmax = best_block >= 0 ? -1 : 0;  // -1: in best_block, found below
     float tail_max = -INFINITY;
+    float lo = -ReduceMax(-xsimd::min(lo0, lo1));
     for (; i < n; ++i) {
       any_bad = any_bad || Bad(x[i]);
+      if (x[i] < lo) lo = x[i];
       if (x[i] > tail_max) tail_max = x[i];
       if (x[i] > m) {
         m = x[i];
@@ -298,6 +303,7 @@ struct Impl {
       argmax = best_block + (at < kMaxBlock ? at : 0);
     }
     result.argmax = argmax;
+    result.min = lo;
     if (any_bad) {
       for (int64_t j = 0; j < n; ++j) {
         if (Bad(x[j])) {
@@ -352,9 +358,30 @@ struct Impl {
     return n;
   }
 
+  // d = x - shift, clamped at kMinShifted unless the caller knows no entry is below it (kClamp false: one
+  // operation of the ~17 per vector less, the same bits).
+  template <bool kClamp>
+  static Batch Shifted(const float* x, const Batch& vshift) {
+    const Batch d = Batch::load_unaligned(x) - vshift;
+    if constexpr (kClamp) {
+      return xsimd::max(d, Batch(kMinShifted));
+    } else {
+      return d;
+    }
+  }
+
   static void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed,
-                         const void* next, int64_t next_bytes) {
-    const Batch vshift(shift), vmin(kMinShifted);
+                         const void* next, int64_t next_bytes, bool clamp) {
+    if (clamp) {
+      ExpShiftedOf<true>(x, n, shift, e, sum_e, sum_ed, next, next_bytes);
+    } else {
+      ExpShiftedOf<false>(x, n, shift, e, sum_e, sum_ed, next, next_bytes);
+    }
+  }
+  template <bool kClamp>
+  static void ExpShiftedOf(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed,
+                           const void* next, int64_t next_bytes) {
+    const Batch vshift(shift);
     double total_e = 0, total_ed = 0;
     // One block's worth of bytes of `next` per block of x: a row of the same size is fetched by the end.
     const char* pf = static_cast<const char*>(next);
@@ -364,8 +391,8 @@ struct Impl {
       for (int64_t line = 0; line < kBlock * 4 && pf < pf_end; line += 64, pf += 64) __builtin_prefetch(pf, 0, 2);
       Batch acc_e(0.0f), acc_ed(0.0f);
       for (int64_t j = i; j < i + kBlock; j += kLanes) {
-        Batch d = xsimd::max(Batch::load_unaligned(x + j) - vshift, vmin);
-        Batch ev = ExpClamped(d);
+        const Batch d = Shifted<kClamp>(x + j, vshift);
+        const Batch ev = ExpClamped(d);
         if (e != nullptr) ev.store_unaligned(e + j);
         acc_e += ev;
         acc_ed += ev * d;
@@ -390,9 +417,18 @@ struct Impl {
   // E[d^2] - E[d]^2 cancellation, and no dependent divisions (a pairwise Chan merge per block costs two).
   // Short blocks matter: a lane that adds many tiny weights onto exp(0) = 1 loses them.
   static void ExpMoments(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d,
-                         double* m2) {
+                         double* m2, bool clamp) {
+    if (clamp) {
+      ExpMomentsOf<true>(x, n, shift, blocks, sum_e, mean_d, m2);
+    } else {
+      ExpMomentsOf<false>(x, n, shift, blocks, sum_e, mean_d, m2);
+    }
+  }
+  template <bool kClamp>
+  static void ExpMomentsOf(const float* x, int64_t n, float shift, float* blocks, double* sum_e, double* mean_d,
+                           double* m2) {
     constexpr int64_t kBatches = kBlock / kLanes;
-    const Batch vshift(shift), vmin(kMinShifted);
+    const Batch vshift(shift);
     // Software-pipelined: block b's deviation loop runs after block b + 1's exp loop, so the latency of the
     // horizontal sums and the division that give block b's mean is hidden behind independent work.
     Batch d[2][kBatches], e[2][kBatches];
@@ -416,7 +452,7 @@ struct Impl {
     for (; i + kBlock <= n; i += kBlock, slot ^= 1) {
       Batch acc_e(0.0f), acc_ed(0.0f);
       for (int64_t j = 0; j < kBatches; ++j) {
-        d[slot][j] = xsimd::max(Batch::load_unaligned(x + i + j * kLanes) - vshift, vmin);
+        d[slot][j] = Shifted<kClamp>(x + i + j * kLanes, vshift);
         e[slot][j] = ExpClamped(d[slot][j]);
         acc_e += e[slot][j];
         acc_ed += e[slot][j] * d[slot][j];

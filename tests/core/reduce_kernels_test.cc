@@ -26,7 +26,7 @@ TEST_P(ReduceKernelsTest, ExpSumsMatchAFloat64Reference) {
     const float m = k.scan_max(x.data(), n, nullptr).max;
     std::vector<float> e(x.size());
     double sum_e = 0, sum_ed = 0;
-    k.exp_shifted(x.data(), n, m, e.data(), &sum_e, &sum_ed, nullptr, 0);
+    k.exp_shifted(x.data(), n, m, e.data(), &sum_e, &sum_ed, nullptr, 0, true);
     double ref_e = 0, ref_ed = 0;
     for (float v : x) {
       const double d = static_cast<double>(v) - m;
@@ -43,11 +43,49 @@ TEST_P(ReduceKernelsTest, ExpSumsMatchAFloat64Reference) {
     }
     double w = 0, mean = 0, m2 = 0;
     std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(n)));
-    k.exp_moments(x.data(), n, m, blocks.data(), &w, &mean, &m2);
+    k.exp_moments(x.data(), n, m, blocks.data(), &w, &mean, &m2, true);
     EXPECT_NEAR(w, ref_e, 4e-7 * ref_e) << k.name << " n=" << n;
     EXPECT_NEAR(mean, ref_mean, 4e-7 * std::abs(ref_mean) + 1e-9) << k.name << " n=" << n;
     EXPECT_NEAR(m2, ref_m2, 1e-6 * ref_m2 + 1e-12) << k.name << " n=" << n;
   }
+}
+
+// The callers skip the clamp when the scans show every shifted value at or above kMinShifted; the kernels must
+// then give the same bits as with it, exponentials included (values down to the clamp itself, lengths with
+// tails). ScanMax's min is what the logits' caller decides on.
+TEST_P(ReduceKernelsTest, SkippingTheClampChangesNoBitWhenNothingIsBelowIt) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(17);
+  std::uniform_real_distribution<float> uniform(kMinShifted, 0.0f);
+  for (int64_t n : {1, 17, 255, 256, 1000, 4099}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& v : x) v = uniform(gen) + 3.0f;
+    if (n > 1) x[static_cast<size_t>(n - 1)] = kMinShifted + 3.0f;  // exactly at the clamp
+    x[0] = 3.0f;                                                      // the shift: d = 0
+    const ScanResult scan = k.scan_max(x.data(), n, nullptr);
+    EXPECT_EQ(scan.min, *std::min_element(x.begin(), x.end())) << k.name << " n=" << n;
+    ASSERT_GE(scan.min - scan.max, kMinShifted) << k.name << " n=" << n;
+    std::vector<float> e1(x.size()), e2(x.size());
+    double s1 = 0, sd1 = 0, s2 = 0, sd2 = 0;
+    k.exp_shifted(x.data(), n, 3.0f, e1.data(), &s1, &sd1, nullptr, 0, true);
+    k.exp_shifted(x.data(), n, 3.0f, e2.data(), &s2, &sd2, nullptr, 0, false);
+    EXPECT_EQ(e1, e2) << k.name << " n=" << n;
+    EXPECT_EQ(s1, s2) << k.name << " n=" << n;
+    EXPECT_EQ(sd1, sd2) << k.name << " n=" << n;
+    std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(n)));
+    double w1 = 0, m1 = 0, q1 = 0, w2 = 0, m2 = 0, q2 = 0;
+    k.exp_moments(x.data(), n, 3.0f, blocks.data(), &w1, &m1, &q1, true);
+    k.exp_moments(x.data(), n, 3.0f, blocks.data(), &w2, &m2, &q2, false);
+    EXPECT_EQ(w1, w2) << k.name << " n=" << n;
+    EXPECT_EQ(m1, m2) << k.name << " n=" << n;
+    EXPECT_EQ(q1, q2) << k.name << " n=" << n;
+  }
+  std::vector<float> masked(300, 1.0f);
+  masked[299] = -INFINITY;
+  EXPECT_EQ(k.scan_max(masked.data(), 300, nullptr).min, -INFINITY) << k.name;
+  masked[299] = 1.0f;
+  masked[7] = -INFINITY;  // in a full block
+  EXPECT_EQ(k.scan_max(masked.data(), 300, nullptr).min, -INFINITY) << k.name;
 }
 
 TEST_P(ReduceKernelsTest, FindsNanAndPositiveInfinityAtTheirIndex) {
@@ -73,12 +111,12 @@ TEST_P(ReduceKernelsTest, NegativeInfinityAndHugeGapsGiveZeroWeightNotNan) {
   x[150] = -std::numeric_limits<float>::max();
   std::vector<float> e(x.size());
   double sum_e = 0, sum_ed = 0;
-  k.exp_shifted(x.data(), 200, x[3], e.data(), &sum_e, &sum_ed, nullptr, 0);
+  k.exp_shifted(x.data(), 200, x[3], e.data(), &sum_e, &sum_ed, nullptr, 0, true);
   EXPECT_EQ(sum_e, 1.0);
   EXPECT_EQ(sum_ed, 0.0);
   double w = 0, mean = 0, m2 = 0;
   std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(200)));
-  k.exp_moments(x.data(), 200, x[3], blocks.data(), &w, &mean, &m2);
+  k.exp_moments(x.data(), 200, x[3], blocks.data(), &w, &mean, &m2, true);
   EXPECT_EQ(w, 1.0);
   EXPECT_EQ(mean, 0.0);
   EXPECT_EQ(m2, 0.0);
@@ -107,7 +145,7 @@ TEST_P(ReduceKernelsTest, VarianceDoesNotCancelWhenTheMassSitsFarFromTheMax) {
   }
   double w = 0, mean = 0, m2 = 0;
   std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(128256)));
-  k.exp_moments(x.data(), 128256, 5.0f, blocks.data(), &w, &mean, &m2);
+  k.exp_moments(x.data(), 128256, 5.0f, blocks.data(), &w, &mean, &m2, true);
   EXPECT_NEAR(m2 / w, ref_m2 / ref_e, 1e-6 * ref_m2 / ref_e) << k.name;
 }
 
@@ -186,7 +224,7 @@ TEST_P(ReduceKernelsTest, ExpIsWithinAFewUlpElementwise) {
   x[2] = -1e30f;
   std::vector<float> e(x.size());
   double sum_e = 0, sum_ed = 0;
-  k.exp_shifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed, nullptr, 0);
+  k.exp_shifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed, nullptr, 0, true);
   EXPECT_EQ(e[0], 1.0f) << k.name;
   EXPECT_EQ(e[1], 0.0f) << k.name;
   EXPECT_EQ(e[2], 0.0f) << k.name;
