@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/aligned_vector.h"
 #include "core/fork_join.h"
 #include "core/tensor_view.h"
 #include "samplerd/v1/profile.pb.h"
@@ -42,7 +43,7 @@ struct AttentionRowStats {
 struct MetricsScratch {
   std::vector<float> block_moments;  // (W_b, M_b, Q_b) per block of the logits
   std::vector<float> logit_block_max;  // the logits' block maxima (kernels::ScanMax), for the sampler chain
-  std::vector<float> attn_exp;  // exp(S - row max), [rows, kv_len]
+  AlignedVector<float> attn_exp;  // exp(S - row max), [rows, kv_len]
   std::vector<AttentionRowStats> row_stats;
   std::vector<float> group_sums;    // per 8-row group, the column sums of its probabilities, [groups, kv_len]
   std::vector<float> column_means;  // the column means of the probabilities over the used rows, [kv_len]
