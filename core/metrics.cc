@@ -110,6 +110,7 @@ void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, MetricsSc
     }
     stats.entropy = h_nats / kLn2;
     stats.inv = inv_z;
+    stats.max = scan.max;
   }
 }
 
@@ -134,6 +135,33 @@ void AttentionGroup(const FloatView& attention, int64_t g, MetricsScratch* scrat
     ++n;
   }
   kernels::GroupColumnSums(rows, inv, n, attention.cols, scratch->group_sums.data() + g * attention.cols);
+}
+
+// Short rows (kExactAgreementCols): the agreement's probabilities, column means and deviations in double, all rows
+// on this thread (such a step is small).
+void ExactAgreementDeviations(const FloatView& attention, int64_t used, MetricsScratch* scratch) {
+  const int64_t cols = attention.cols;
+  std::vector<double>& means = scratch->exact_column_means;
+  std::fill(means.begin(), means.end(), 0.0);
+  for (int64_t r = 0; r < attention.rows; ++r) {
+    const AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
+    if (!stats.used) continue;
+    double* p = scratch->exact_probs.data() + r * cols;
+    const double z = kernels::ExpDouble(attention.data + r * cols, cols, stats.max, p);
+    for (int64_t k = 0; k < cols; ++k) {
+      p[k] /= z;
+      means[k] += p[k];
+    }
+  }
+  for (double& m : means) m /= static_cast<double>(used);
+  for (int64_t r = 0; r < attention.rows; ++r) {
+    AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
+    if (!stats.used) continue;
+    const double* p = scratch->exact_probs.data() + r * cols;
+    double total = 0;
+    for (int64_t k = 0; k < cols; ++k) total += std::abs(p[k] - means[k]);
+    stats.deviation = total;
+  }
 }
 
 // Each used row's deviations from the column means, for the rows of groups [g0, g1).
@@ -182,8 +210,9 @@ absl::Status MergeRows(const FloatView& attention, MetricsScratch* scratch, Atte
   return absl::OkStatus();
 }
 
-// The agreement from the rows' deviations, added in row order.
+// The agreement from the rows' deviations, added in row order. One row agrees with itself: 0, exactly.
 double Agreement(const FloatView& attention, const MetricsScratch& scratch, int64_t used) {
+  if (used == 1) return 0.0;
   double total = 0;
   for (const AttentionRowStats& stats : scratch.row_stats) {
     if (stats.used) total += stats.deviation;
@@ -229,6 +258,10 @@ void PrepareAttention(const FloatView& attention, MetricsScratch* scratch) {
   scratch->row_stats.resize(static_cast<size_t>(attention.rows));
   scratch->group_sums.resize(static_cast<size_t>(AttentionGroups(attention) * attention.cols));
   scratch->column_means.resize(static_cast<size_t>(attention.cols));
+  if (attention.cols < kExactAgreementCols) {
+    scratch->exact_probs.resize(static_cast<size_t>(attention.size()));
+    scratch->exact_column_means.resize(static_cast<size_t>(attention.cols));
+  }
 }
 
 }  // namespace
@@ -241,7 +274,13 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Fl
   AttentionMetrics m;
   if (absl::Status s = MergeRows(attention, scratch, &m); !s.ok()) return s;
   if (m.rows_used == 0) return std::optional<AttentionMetrics>();
-  AttentionDeviations(attention, 0, groups, scratch);
+  if (m.rows_used == 1) {
+    // Agreement() needs no deviations.
+  } else if (attention.cols < kExactAgreementCols) {
+    ExactAgreementDeviations(attention, m.rows_used, scratch);
+  } else {
+    AttentionDeviations(attention, 0, groups, scratch);
+  }
   m.agreement = Agreement(attention, *scratch, m.rows_used);
   return std::optional<AttentionMetrics>(m);
 }
@@ -293,7 +332,11 @@ absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attent
   if (m.rows_used == 0) return absl::OkStatus();
   // Groups [0, split) were this thread's (it took from the front), the rest the other's.
   const int64_t split = mine_end.load(std::memory_order_relaxed);
-  if (split == groups || split == 0) {
+  if (m.rows_used == 1) {
+    // Agreement() needs no deviations.
+  } else if (attention->cols < kExactAgreementCols) {
+    ExactAgreementDeviations(*attention, m.rows_used, scratch);
+  } else if (split == groups || split == 0) {
     AttentionDeviations(*attention, 0, groups, scratch);
   } else {
     fork_join->Run([&] { AttentionDeviations(*attention, 0, split, scratch); },

@@ -36,6 +36,7 @@ struct AttentionRowStats {
   int64_t finite = 0;
   double entropy = 0;    // bits
   float inv = 0;         // 1 / sum of the row's exponentials
+  float max = 0;         // the row's largest score, which the exponentials are taken from
   double deviation = 0;  // sum over columns of |a - column mean of a|, for the agreement
 };
 
@@ -47,7 +48,17 @@ struct MetricsScratch {
   std::vector<AttentionRowStats> row_stats;
   std::vector<float> group_sums;    // per 8-row group, the column sums of its probabilities, [groups, kv_len]
   std::vector<float> column_means;  // the column means of the probabilities over the used rows, [kv_len]
+  // For rows shorter than kExactAgreementCols: the probabilities in double [rows, kv_len], their column means.
+  std::vector<double> exact_probs;
+  std::vector<double> exact_column_means;
 };
+
+// Rows shorter than this have their agreement taken in double: probabilities from a double exp, column means and
+// deviations in double. A float32 probability is off by up to about an ulp (its exp's error and rounding), which
+// moves the agreement by ~6e-8 / kv_len: above the contract's 1e-9 absolute tolerance for short rows whose
+// agreement is near 0 (identical rows read as 1e-9 to 4e-8, rows 1e-6 apart miss their value by as much). From
+// this length on, the float32 path is within a few 1e-10. The double path costs ~1 ns per entry, on short rows only.
+inline constexpr int64_t kExactAgreementCols = 256;
 
 // What one pass over the logits yields.
 struct LogitsSummary {

@@ -76,6 +76,10 @@ double RowDeviation(const float* e, float inv, const float* means, int64_t cols)
   return ActiveKernels().row_deviation(e, inv, means, cols);
 }
 
+double ExpDouble(const float* x, int64_t n, float shift, double* out) {
+  return ActiveKernels().exp_double(x, n, shift, out);
+}
+
 }  // namespace samplerd::kernels
 
 namespace samplerd::kernels {

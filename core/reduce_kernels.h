@@ -88,6 +88,10 @@ void GroupColumnSums(const float* const* rows, const float* inv, int64_t n, int6
 void GroupMeans(const float* sums, int64_t groups, int64_t stride, int64_t cols, float scale, float* means);
 double RowDeviation(const float* e, float inv, const float* means, int64_t cols);
 
+// out[i] = exp(double(x[i]) - shift) in double, exactly 0 for x[i] = -inf; returns sum out[i]. For the agreement of
+// short rows, where float32 probabilities are too coarse (core/metrics.h, kExactAgreementCols).
+double ExpDouble(const float* x, int64_t n, float shift, double* out);
+
 // out[i] = the bfloat16 at src + 2 i (little-endian), exactly.
 void ConvertBf16(const char* src, int64_t n, float* out);
 
@@ -106,6 +110,7 @@ struct KernelTable {
   void (*group_column_sums)(const float* const*, const float*, int64_t, int64_t, float*);
   void (*group_means)(const float*, int64_t, int64_t, int64_t, float, float*);
   double (*row_deviation)(const float*, float, const float*, int64_t);
+  double (*exp_double)(const float*, int64_t, float, double*);
   void (*convert_bf16)(const char*, int64_t, float*);
 };
 

@@ -668,6 +668,29 @@ struct Impl {
     }
   }
 
+  // out[i] = exp(double(x[i]) - shift) in double (0 for -inf), and their sum: the exact probabilities of a short
+  // row for the agreement (kExactAgreementCols in core/metrics.h).
+  static double ExpDouble(const float* x, int64_t n, float shift, double* out) {
+    using Wide = xsimd::batch<double, Arch>;
+    constexpr int64_t kWide = static_cast<int64_t>(Wide::size);
+    const Wide vshift(static_cast<double>(shift));
+    Wide acc(0.0);
+    int64_t i = 0;
+    for (; i + kWide <= n; i += kWide) {
+      alignas(64) double d[kWide];
+      for (int64_t j = 0; j < kWide; ++j) d[j] = static_cast<double>(x[i + j]);
+      const Wide e = xsimd::exp(Wide::load_aligned(d) - vshift);
+      e.store_unaligned(out + i);
+      acc += e;
+    }
+    double total = xsimd::hadd(acc);
+    for (; i < n; ++i) {
+      out[i] = std::exp(static_cast<double>(x[i]) - static_cast<double>(shift));
+      total += out[i];
+    }
+    return total;
+  }
+
   // sum_k |e[k] * inv - means[k]| over one row, float lanes over kBlock-element blocks added in double.
   static double RowDeviation(const float* e, float inv, const float* means, int64_t cols) {
     const Batch vinv(inv);
@@ -739,6 +762,7 @@ KernelTable MakeTable(const char* name) {
                      &I::GroupColumnSums,
                      &I::GroupMeans,
                      &I::RowDeviation,
+                     &I::ExpDouble,
                      &ConvertBf16<Arch>};
 }
 

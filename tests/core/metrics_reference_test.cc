@@ -93,6 +93,35 @@ TEST(MetricsReferenceTest, AttentionMatchesTheContractOnRandomShapesAndMasks) {
   }
 }
 
+// Agreement near 0 is where float32 bites: the deviations are differences of nearly equal probabilities, and a
+// column mean rounded to float32 alone is off by an ulp of a probability (~1e-8 for short rows), above the
+// contract's 1e-9 absolute tolerance. One row must give exactly 0, identical rows 0 within it, and rows that
+// differ by 1e-6 their float64 agreement, on short rows and long ones.
+TEST(MetricsReferenceTest, AgreementOfIdenticalAndNearlyIdenticalRowsIsResolved) {
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t cols : {1, 2, 3, 5, 7, 16, 33, 100, 255, 256, 1000, 4096}) {
+    for (int64_t rows : {1, 2, 3, 4, 7, 9, 32}) {
+      std::vector<float> base(static_cast<size_t>(cols));
+      for (float& v : base) v = normal(gen);
+      for (float noise : {0.0f, 1e-6f, 1e-4f}) {
+        std::vector<float> s(static_cast<size_t>(rows * cols));
+        for (int64_t i = 0; i < rows * cols; ++i) s[i] = base[i % cols] + noise * normal(gen);
+        MetricsScratch scratch;
+        auto got = ComputeAttentionMetrics(FloatView{s.data(), rows, cols}.Matrix(), &scratch);
+        ASSERT_TRUE(got.ok()) << got.status();
+        ASSERT_TRUE(got->has_value());
+        const std::optional<Reference> want = AttentionReference(s, rows, cols);
+        SCOPED_TRACE(::testing::Message() << "[" << rows << ", " << cols << "] noise " << noise);
+        if (rows == 1) {
+          EXPECT_EQ((*got)->agreement, 0.0);
+        }
+        ExpectClose((*got)->agreement, want->agreement, 1e-9, 5e-6, "agreement");
+      }
+    }
+  }
+}
+
 TEST(MetricsReferenceTest, ClipOfTinyProbabilitiesIsApplied) {
   // One row: a dominant score and 200000 positions 24.2 nats down, each with a probability of about 3e-11,
   // just under the contract's clip at 1e-10: together they move the entropy by about 1e-5 bits, ten times the

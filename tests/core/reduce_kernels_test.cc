@@ -360,6 +360,31 @@ TEST_P(ReduceKernelsTest, AgreementKernelsMatchAFloat64Reference) {
   }
 }
 
+// The agreement of short rows rests on ExpDouble: double exponentials within a few double ulps of std::exp,
+// exactly 0 for -inf (a masked position), huge gaps underflowing to 0 without NaN, every tail length.
+TEST_P(ReduceKernelsTest, ExpDoubleMatchesStdExpInDouble) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(23);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  for (int64_t n : {2, 3, 7, 8, 9, 17, 255}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& v : x) v = normal(gen);
+    x[0] = -std::numeric_limits<float>::infinity();  // the row's max stays finite: a used row
+    if (n > 2) x[2] = -3e38f;
+    const float shift = *std::max_element(x.begin(), x.end());
+    std::vector<double> out(x.size(), -1.0);
+    const double total = k.exp_double(x.data(), n, shift, out.data());
+    double want_total = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double want = std::exp(static_cast<double>(x[i]) - shift);
+      want_total += want;
+      EXPECT_NEAR(out[i], want, 4e-16 * want) << k.name << " n=" << n << " i=" << i;
+    }
+    EXPECT_EQ(out[0], 0.0) << k.name;
+    EXPECT_NEAR(total, want_total, 1e-15 * want_total) << k.name << " n=" << n;
+  }
+}
+
 TEST_P(ReduceKernelsTest, ConvertsEveryBFloat16Exactly) {
   const KernelTable& k = *GetParam();
   std::vector<uint16_t> all(65536 + 7);
