@@ -249,10 +249,18 @@ int main(int argc, char** argv) {
   app.add_option("--auth_token_file", config.auth_token_file,
                  "File of accepted bearer tokens, one per line: every RPC except grpc.health.v1 must send "
                  "'authorization: Bearer <token>', else UNAUTHENTICATED; re-read on SIGHUP");
-  app.add_option("--metrics_listen", config.metrics_listen,
-                 "host:port serving Prometheus /metrics over HTTP (port 0 = any free port, printed at start); "
-                 "\"\" = no metrics. When left at the default and taken, samplerd logs an error and runs without")
-      ->capture_default_str();
+  CLI::Option* metrics_listen =
+      app.add_option("--metrics_listen", config.metrics_listen,
+                     "host:port serving Prometheus /metrics over HTTP (port 0 = any free port, printed at start); "
+                     "\"\" = no metrics. When left at the default and taken, samplerd logs an error and runs without")
+          ->capture_default_str();
+  // DESIGN.md section 7 names the flag --metrics_port: the same server on every interface.
+  int metrics_port = -1;
+  app.add_option("--metrics_port", metrics_port,
+                 "Port serving Prometheus /metrics on every interface: --metrics_listen 0.0.0.0:PORT (0 = any free "
+                 "port)")
+      ->check(CLI::Range(0, 65535))
+      ->excludes(metrics_listen);
   app.add_option("--max_connection_age_seconds", config.max_connection_age_seconds,
                  "Close connections older than this (GOAWAY), so clients rebalance over replicas; 0 = never")
       ->capture_default_str();
@@ -268,6 +276,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : samplerd::kExitUsage;
   }
+
+  if (metrics_port >= 0) config.metrics_listen = absl::StrCat("0.0.0.0:", metrics_port);
 
   // The requested format already, so that even a flag error is a JSON line when JSON was asked for.
   samplerd::SetUpLogging(config.log_format, "info");
@@ -296,7 +306,8 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  const int exit_code = samplerd::RunServer(config, app.count("--metrics_listen") > 0, *std::move(profiles), signals);
+  const bool metrics_required = app.count("--metrics_listen") > 0 || app.count("--metrics_port") > 0;
+  const int exit_code = samplerd::RunServer(config, metrics_required, *std::move(profiles), signals);
   samplerd::RestoreGrpcLogging();
   return exit_code;
 }

@@ -513,6 +513,22 @@ TEST(Metrics, CountersMoveAfterSteps) {
       std::chrono::seconds(5)));
 }
 
+// DESIGN.md section 7's flag: --metrics_port serves the same /metrics on every interface; with --metrics_listen
+// or outside 0..65535 it is a usage error.
+TEST(Metrics, MetricsPortServesOnEveryInterface) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--metrics_port", "0"});
+  ASSERT_NE(server, nullptr);
+  ASSERT_THAT(server->metrics_address(), ::testing::StartsWith("0.0.0.0:"));
+  const std::string port = server->metrics_address().substr(sizeof("0.0.0.0:") - 1);
+  const std::string body = HttpGet("127.0.0.1:" + port, "/metrics");
+  EXPECT_EQ(MetricValue(body, "samplerd_build_info", {{"version", "0.1.0"}}), 1);
+  std::string output;
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_port 0 --metrics_listen 127.0.0.1:0", &output), 2);
+  EXPECT_THAT(output, HasSubstr("--metrics_port"));
+  EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_port 70000", &output), 2);
+  EXPECT_THAT(output, HasSubstr("--metrics_port"));
+}
+
 TEST(Metrics, ExplicitMetricsAddressInUseFailsToStartDefaultOneOnlyLogs) {
   std::unique_ptr<ServerProcess> first = ServerProcess::Start();
   ASSERT_NE(first, nullptr);

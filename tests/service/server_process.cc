@@ -61,7 +61,9 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
   // Never the default 0.0.0.0:9464: tests run servers side by side.
   bool wants_metrics = true;
   const auto metrics_flag = std::find(extra_args.begin(), extra_args.end(), "--metrics_listen");
-  if (metrics_flag == extra_args.end()) {
+  if (std::find(extra_args.begin(), extra_args.end(), "--metrics_port") != extra_args.end()) {
+    // The caller's port, on every interface.
+  } else if (metrics_flag == extra_args.end()) {
     args.insert(args.end(), {"--metrics_listen", "127.0.0.1:0"});
   } else {
     wants_metrics = std::next(metrics_flag) != extra_args.end() && !std::next(metrics_flag)->empty();

@@ -188,6 +188,10 @@ function checkWiring(objects, expect, helpFlags) {
       if (metricsListen !== undefined && metricsListen !== "0.0.0.0:9464") {
         err(d, `${where}: --metrics_listen ${metricsListen}: Prometheus scrapes the pod IP on port 'metrics', so 0.0.0.0:9464`);
       }
+      const metricsPort = (flags.metrics_port ?? [])[0];
+      if (metricsPort !== undefined && metricsPort !== "9464") {
+        err(d, `${where}: --metrics_port ${metricsPort}: Prometheus scrapes port 'metrics', so 9464`);
+      }
       const drain = Number((flags.drain_seconds ?? [])[0] ?? 10);
       const pause = preStopSeconds(c);
       const grace = spec.terminationGracePeriodSeconds ?? 30;
@@ -324,9 +328,12 @@ const MUTATIONS = [
   ["probe on another port", "livenessProbe probes port 50052", (objs) => { samplerdContainer(objs).livenessProbe.grpc.port = 50052; }],
   ["listening on loopback only", "--listen 0.0.0.0:PORT", (objs) => {
     const c = samplerdContainer(objs); c.args = c.args.map((a) => a.replace("0.0.0.0:", "127.0.0.1:")); }],
-  ["flag samplerd does not have", "no flag --metrics_port", (objs) => { samplerdContainer(objs).args.push("--metrics_port", "9464"); }],
+  ["flag samplerd does not have", "no flag --metrics_path", (objs) => { samplerdContainer(objs).args.push("--metrics_path", "/m"); }],
   ["grace period shorter than the drain", "terminationGracePeriodSeconds 10 <", (objs) => {
     samplerdPod(objs).terminationGracePeriodSeconds = 10; }],
+  ["metrics on another port", "--metrics_port 9100", (objs) => {
+    const c = samplerdContainer(objs); const i = c.args.indexOf("--metrics_listen");
+    c.args.splice(i, 2, "--metrics_port", "9100"); }],
   ["metrics on loopback", "--metrics_listen 127.0.0.1:9464", (objs) => {
     const c = samplerdContainer(objs); c.args[c.args.indexOf("0.0.0.0:9464")] = "127.0.0.1:9464"; }],
   ["connection-age grace below the drain", "--max_connection_age_grace_seconds 5 <", (objs) => {
