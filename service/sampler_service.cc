@@ -26,7 +26,7 @@ constexpr size_t kMaxQueuedResponses = 4;
 constexpr int kMaxRequestsInFlight = 2;
 
 // Ends a stream that was not admitted without touching its messages.
-class RejectedStream final : public grpc::ServerBidiReactor<v1::SampleRequest, v1::SampleResponse> {
+class RejectedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   explicit RejectedStream(grpc::Status status) { Finish(std::move(status)); }
   void OnDone() override { delete this; }
@@ -56,19 +56,35 @@ void AnswerWithoutCompute(const v1::SampleRequest& request, v1::SampleResponse* 
   }
 }
 
+// Parses one received message into `request` (reused: its buffers keep their capacity) and releases the
+// buffer's slices. `index` counts the call's messages from 1, for the error.
+absl::Status ParseRequest(grpc::ByteBuffer* buffer, int64_t index, v1::SampleRequest* request) {
+  const grpc::Status parsed = grpc::SerializationTraits<v1::SampleRequest>::Deserialize(buffer, request);
+  if (parsed.ok()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("message ", index, " of the call (", buffer->Length(),
+                                                 " bytes) is not a samplerd.v1.SampleRequest: it does not parse"));
+}
+
+// The response's wire form, as gRPC would have written it.
+void SerializeResponse(const v1::SampleResponse& response, grpc::ByteBuffer* wire) {
+  bool own_buffer = false;
+  // Only fails for a message over 2 GiB, which a response (a few hundred bytes per step) never is.
+  const grpc::Status status = grpc::SerializationTraits<v1::SampleResponse>::Serialize(response, wire, &own_buffer);
+  if (!status.ok()) spdlog::error("a SampleResponse did not serialize: {}", status.error_message());
+}
+
 }  // namespace
 
 // SampleReactor
 //
 // One per Sample stream. Everything shared between the reactions (which gRPC may run concurrently) and the
-// workers' completions is under mu_, except seeds_, which only OnReadDone uses (one read is outstanding at a
-// time and StartRequest is done with it before the next read starts).
+// workers' completions is under mu_, except seeds_ and the read's buffers, which only OnReadDone uses (one read
+// is outstanding at a time and StartRequest is done with them before the next read starts).
 //
 // Lifetime: gRPC deletes the reactor (OnDone) once Finish has completed, so Finish is called only when no
 // request is running on the workers, and, from a worker, as that thread's last touch of the reactor (after mu_
 // is released).
-class SamplerService::SampleReactor final
-    : public grpc::ServerBidiReactor<v1::SampleRequest, v1::SampleResponse> {
+class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SampleReactor(SamplerService* service, std::string peer, bool no_compute)
       : service_(service), peer_(std::move(peer)), no_compute_(no_compute) {
@@ -78,13 +94,21 @@ class SamplerService::SampleReactor final
   }
 
   void OnReadDone(bool ok) override {
+    // Parsed outside mu_ (a request may be tens of MB): until reading_ is cleared below, nothing else touches the
+    // buffer or the message.
+    absl::Status parsed;
+    if (ok) parsed = ParseRequest(&read_buffer_, ++messages_read_, read_request_.get());
     Pending* pending = nullptr;
     std::optional<grpc::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
       reading_ = false;
-      if (!ok || finished_ || broken_) {  // the client half-closed, or the call is gone
+      if (!ok || finished_ || broken_ || !parsed.ok()) {  // the client half-closed, the call is gone, or garbage
         input_done_ = input_done_ || !ok;
+        if (!parsed.ok() && !finish_status_.has_value()) {
+          spdlog::warn("Sample stream from {} ended: {}", peer_, parsed.ToString());
+          finish_status_ = ToGrpcStatus(parsed);
+        }
         spare_requests_.push_back(std::move(read_request_));
         finish = TakeFinishLocked();
       } else {
@@ -149,6 +173,7 @@ class SamplerService::SampleReactor final
   struct Pending {
     std::unique_ptr<v1::SampleRequest> request;  // while its steps run; then back to spare_requests_
     v1::SampleResponse response;
+    grpc::ByteBuffer wire;  // `response` serialized, once ready
     bool ready = false;    // every step is answered (or the request was refused)
     bool refused = false;  // a stream-level error: nothing to write, the call ends after the earlier answers
   };
@@ -156,6 +181,8 @@ class SamplerService::SampleReactor final
   // The completion of one request, on a worker (or on the reading thread for a refused, empty or no-compute
   // request).
   void OnAnswered(Pending* pending, absl::Status status) {
+    // Serialized here, outside mu_, on the thread that answered.
+    if (status.ok()) SerializeResponse(pending->response, &pending->wire);
     std::optional<grpc::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -189,7 +216,7 @@ class SamplerService::SampleReactor final
     }
     reading_ = true;
     // A reused message keeps its buffers' capacity: a stream of same-sized requests parses without allocating.
-    StartRead(read_request_.get());
+    StartRead(&read_buffer_);
   }
 
   // Starts writing the oldest answer if it is ready and nothing is being written; refused entries are dropped.
@@ -198,10 +225,11 @@ class SamplerService::SampleReactor final
     if (writing_ || finished_ || broken_ || queue_.empty() || !queue_.front()->ready) return;
     writing_ = true;
     // The Pending stays at the front of queue_, untouched, until OnWriteDone.
-    StartWrite(&queue_.front()->response);
+    StartWrite(&queue_.front()->wire);
   }
 
   void RecycleFrontLocked() {
+    queue_.front()->wire.Clear();
     spare_pending_.push_back(std::move(queue_.front()));
     queue_.pop_front();
   }
@@ -226,7 +254,10 @@ class SamplerService::SampleReactor final
   SeedTable seeds_;  // read side only (see above)
 
   std::mutex mu_;
-  std::unique_ptr<v1::SampleRequest> read_request_;                // guarded by mu_; the read outstanding
+  // The read outstanding and what it is parsed into: guarded by mu_, except in OnReadDone before it clears reading_.
+  grpc::ByteBuffer read_buffer_;
+  std::unique_ptr<v1::SampleRequest> read_request_;
+  int64_t messages_read_ = 0;  // OnReadDone's only
   std::vector<std::unique_ptr<v1::SampleRequest>> spare_requests_;  // guarded by mu_; at most two in all
   std::deque<std::unique_ptr<Pending>> queue_;  // guarded by mu_; request order; front() is in flight when writing_
   std::vector<std::unique_ptr<Pending>> spare_pending_;  // guarded by mu_
@@ -355,7 +386,7 @@ void SamplerService::AnswerStep(const ProfileRegistry& registry, const v1::Step&
   if (observer_ != nullptr) observer_->OnStep(*result, elapsed);
 }
 
-grpc::ServerBidiReactor<v1::SampleRequest, v1::SampleResponse>* SamplerService::Sample(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sample(
     grpc::CallbackServerContext* context) {
   const bool no_compute = WantsNoCompute(*context);
   if (no_compute && !config_.allow_no_compute) return new RejectedStream(NoComputeRefused());
@@ -369,22 +400,36 @@ grpc::ServerBidiReactor<v1::SampleRequest, v1::SampleResponse>* SamplerService::
 }
 
 grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext* context,
-                                                     const v1::SampleRequest* request,
-                                                     v1::SampleResponse* response) {
+                                                     const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (WantsNoCompute(*context)) {
-    if (config_.allow_no_compute) {
-      AnswerWithoutCompute(*request, response);
-      reactor->Finish(grpc::Status::OK);
-    } else {
-      reactor->Finish(NoComputeRefused());
-    }
+  const bool no_compute = WantsNoCompute(*context);
+  if (no_compute && !config_.allow_no_compute) {
+    reactor->Finish(NoComputeRefused());
     return reactor;
   }
-  // Seeds picked for seed-0 steps are remembered for this call only: a sequence repeated within the request
-  // shares one (StartRequest is done with the table when it returns).
-  SeedTable seeds;
-  StartRequest(*request, &seeds, response, [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); });
+  // The call's messages, until it finishes. Seeds picked for seed-0 steps are remembered for this call only: a
+  // sequence repeated within the request shares one (StartRequest is done with the table when it returns).
+  struct Call {
+    v1::SampleRequest request;
+    v1::SampleResponse response;
+    SeedTable seeds;
+  };
+  auto call = std::make_shared<Call>();
+  grpc::ByteBuffer received(*request);  // shares the slices; Deserialize consumes its argument
+  if (absl::Status parsed = ParseRequest(&received, 1, &call->request); !parsed.ok()) {
+    reactor->Finish(ToGrpcStatus(parsed));
+    return reactor;
+  }
+  if (no_compute) {
+    AnswerWithoutCompute(call->request, &call->response);
+    SerializeResponse(call->response, response);
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  StartRequest(call->request, &call->seeds, &call->response, [call, reactor, response](absl::Status status) {
+    if (status.ok()) SerializeResponse(call->response, response);
+    reactor->Finish(ToGrpcStatus(status));
+  });
   return reactor;
 }
 

@@ -13,6 +13,12 @@
 // step gets its own StepResult.error and the other steps of the request are still answered; only stream-level
 // problems (a request over max_steps_per_request, too many streams) end the call.
 //
+// `Sample` and `SampleOnce` are registered raw (ByteBuffer in and out) and parse their requests here: gRPC's typed
+// callback API reports a message that fails to parse to a bidi reactor exactly as a half-close (OnReadDone(false)),
+// and to a unary one as UNIMPLEMENTED, where DESIGN.md section 6 wants the stream ended with an error. So a message
+// that is not a SampleRequest ends the call with INVALID_ARGUMENT naming its index in the stream, after the
+// answers to the requests before it. The parse and the response's serialization are the ones gRPC would run.
+//
 // With --allow_no_compute, a call carrying the metadata `samplerd-no-compute: 1` is answered without core (each
 // result echoes sequence_id and step only), on the reactor thread: `samplerctl bench --no-compute` measures the
 // transport alone for the same bytes. Without the flag such a call ends with FAILED_PRECONDITION.
@@ -47,7 +53,9 @@ namespace samplerd {
 // SamplerService
 //
 // Must outlive the grpc::Server it is registered with (the server's Shutdown waits for every reactor).
-class SamplerService final : public v1::Sampler::CallbackService {
+class SamplerService final
+    : public v1::Sampler::WithRawCallbackMethod_Sample<
+          v1::Sampler::WithRawCallbackMethod_SampleOnce<v1::Sampler::WithCallbackMethod_ListProfiles<v1::Sampler::Service>>> {
  public:
   struct Options {
     // Validated limits (ValidateServerConfig); only the limits are read here.
@@ -66,10 +74,10 @@ class SamplerService final : public v1::Sampler::CallbackService {
   // INVALID_ARGUMENT when `options.config` does not validate or `options.profiles` is null.
   static absl::StatusOr<std::unique_ptr<SamplerService>> Create(Options options);
 
-  grpc::ServerBidiReactor<v1::SampleRequest, v1::SampleResponse>* Sample(
-      grpc::CallbackServerContext* context) override;
-  grpc::ServerUnaryReactor* SampleOnce(grpc::CallbackServerContext* context, const v1::SampleRequest* request,
-                                       v1::SampleResponse* response) override;
+  // Raw: a serialized SampleRequest in, a serialized SampleResponse out (see above).
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Sample(grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* SampleOnce(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListProfiles(grpc::CallbackServerContext* context,
                                          const v1::ListProfilesRequest* request,
                                          v1::ListProfilesResponse* response) override;

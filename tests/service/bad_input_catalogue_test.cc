@@ -535,12 +535,16 @@ TEST_F(BadInputCatalogueTest, BytesThatAreNotASampleRequestEndTheStreamAfterEarl
                                      std::string("\x0a\x05\x12\x01", 4)}) {
     const RawStreamResult r = RawSampleStream(channel_.get(), {ok.SerializeAsString(), garbage, ok.SerializeAsString()});
     EXPECT_EQ(r.responses, 1) << "the request before the garbage is answered, nothing after it";
-    // gRPC 1.51's callback API reports a message that fails to parse to the reactor as the end of the reads
-    // (OnReadDone(false)), like a half-close, so the stream ends without the later request being answered but
-    // with the status of a normal end; what must hold is that it ends, promptly, and serves nothing after.
-    EXPECT_NE(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << r.status.error_message();
-    EXPECT_NE(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << r.status.error_message();
+    // DESIGN.md section 6: an unparseable frame ends the stream with its status, naming the message.
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << r.status.error_message();
+    EXPECT_THAT(r.status.error_message(), HasSubstr("message 2 of the call"));
+    EXPECT_THAT(r.status.error_message(), HasSubstr("is not a samplerd.v1.SampleRequest"));
   }
+  // Garbage first: nothing answered, the same error for message 1.
+  const RawStreamResult first = RawSampleStream(channel_.get(), {std::string(8, '\xff'), ok.SerializeAsString()});
+  EXPECT_EQ(first.responses, 0);
+  EXPECT_EQ(first.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << first.status.error_message();
+  EXPECT_THAT(first.status.error_message(), HasSubstr("message 1 of the call"));
   // An empty message is a valid SampleRequest with no steps: answered with no results.
   const RawStreamResult empty = RawSampleStream(channel_.get(), {std::string()});
   EXPECT_EQ(empty.responses, 1);
@@ -660,8 +664,8 @@ TEST_F(BadInputCatalogueTest, UnknownMethodIsUnimplemented) {
 TEST_F(BadInputCatalogueTest, BytesThatAreNotASampleRequestFailSampleOnce) {
   for (const std::string& garbage : {std::string(64, '\xff'), std::string("\x0a\x05\x12\x01", 4)}) {
     const grpc::Status status = RawUnaryCall(channel_, "/samplerd.v1.Sampler/SampleOnce", garbage);
-    EXPECT_FALSE(status.ok());
-    EXPECT_NE(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("is not a samplerd.v1.SampleRequest"));
   }
   ExpectHealthyAndCorrect("after unparseable SampleOnce requests");
 }
