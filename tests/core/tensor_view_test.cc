@@ -139,6 +139,8 @@ INSTANTIATE_TEST_SUITE_P(
                   "logits.data", "got 16"},
         BadTensor{"vocab_over_limit", 1, {1001}, 4004, TensorRole::kLogits, absl::StatusCode::kResourceExhausted,
                   "logits.shape", "1001"},
+        BadTensor{"vocab_beyond_int32_ids", 1, {1LL << 31}, 0, TensorRole::kLogits,
+                  absl::StatusCode::kInvalidArgument, "logits.shape", "token ids are int32"},
         BadTensor{"attention_rank1", 1, {8}, 32, TensorRole::kAttention, absl::StatusCode::kInvalidArgument,
                   "attention.shape", "[8]"},
         BadTensor{"attention_rank4", 1, {1, 1, 1, 1}, 4, TensorRole::kAttention,

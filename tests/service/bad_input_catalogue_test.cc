@@ -141,9 +141,15 @@ std::vector<BadStep> Catalogue() {
          s->mutable_attention()->set_shape(0, 3);
          s->mutable_attention()->set_shape(1, int64_t{1} << 62);
        }, kInvalid, "attention.shape", "overflows"},
+      // an oversize vocab (DESIGN.md section 6): more tokens than int32 ids can name
+      {"vocab 2^62, beyond int32 token ids", [](v1::Step* s) { s->mutable_logits()->set_shape(0, int64_t{1} << 62); },
+       kInvalid, "logits.shape", "4611686018427387904"},
+      {"vocab 2^31, beyond int32 token ids", [](v1::Step* s) { s->mutable_logits()->set_shape(0, int64_t{1} << 31); },
+       kInvalid, "logits.shape", "2147483648"},
       // size limits
-      {"vocab 2^62 over --max_vocab", [](v1::Step* s) { s->mutable_logits()->set_shape(0, int64_t{1} << 62); },
-       kExhausted, "logits.shape", "4611686018427387904"},
+      {"vocab 2^31 - 1 over --max_vocab", [](v1::Step* s) {
+         s->mutable_logits()->set_shape(0, (int64_t{1} << 31) - 1);
+       }, kExhausted, "logits.shape", "2147483647"},
       {"vocab 3000 over --max_vocab 2000", [](v1::Step* s) { *s = ValidStep(s->sequence_id(), s->step(), 3000); },
        kExhausted, "logits.shape", "3000"},
       {"attention [8, 1024] over --max_attention_elements 4096", [](v1::Step* s) {
