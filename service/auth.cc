@@ -11,7 +11,6 @@
 #include "absl/strings/str_split.h"
 #include "grpc/grpc.h"
 #include "grpcpp/server_context.h"
-#include "samplerd/v1/sampler.pb.h"
 #include "service/logging.h"
 #include "spdlog/spdlog.h"
 
@@ -70,11 +69,12 @@ class AuthInterceptor final : public grpc::experimental::Interceptor {
       Check(*methods->GetRecvInitialMetadata());
     }
     // A unary request arrives with its metadata and its handler runs anyway (a server interceptor cannot stop
-    // it): empty the request so a refused SampleOnce costs no sampling. Its answer goes nowhere: the call is
-    // already cancelled.
+    // it): empty the request so a refused SampleOnce costs no sampling (it parses as a request without steps).
+    // Its answer goes nowhere: the call is already cancelled. SampleOnce is a raw method (sampler_service.h), so
+    // the received message is the undecoded ByteBuffer.
     if (refused_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) &&
         info_->method() == kSampleOnce && methods->GetRecvMessage() != nullptr) {
-      static_cast<v1::SampleRequest*>(methods->GetRecvMessage())->Clear();
+      static_cast<grpc::ByteBuffer*>(methods->GetRecvMessage())->Clear();
     }
     methods->Proceed();
   }
