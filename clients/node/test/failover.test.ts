@@ -58,8 +58,11 @@ test("a round-robin target survives each of its servers dying in turn", async ()
         await b.kill();
       }
     });
-    assert.ok(c.failovers >= 1);
+    // Every step answered, as one server would have: across two deaths. (No count of failovers is asserted: a
+    // stream that breaks between two steps is reopened by the next one without a failed attempt, one that
+    // breaks during a step is retried, and which happens is a race with the process's exit.)
     c.close();
+    assert.equal(got.length, STEPS);
     assert.deepEqual(got, expected);
   } finally {
     await a.kill();
