@@ -674,12 +674,15 @@ struct Impl {
     using Wide = xsimd::batch<double, Arch>;
     constexpr int64_t kWide = static_cast<int64_t>(Wide::size);
     const Wide vshift(static_cast<double>(shift));
+    // exp(-746) is 0 in double already; below it (-inf for a masked position) xsimd's range reduction would
+    // convert a huge value to an integer, which is undefined even though its result is then discarded.
+    const Wide vfloor(-746.0);
     Wide acc(0.0);
     int64_t i = 0;
     for (; i + kWide <= n; i += kWide) {
       alignas(64) double d[kWide];
       for (int64_t j = 0; j < kWide; ++j) d[j] = static_cast<double>(x[i + j]);
-      const Wide e = xsimd::exp(Wide::load_aligned(d) - vshift);
+      const Wide e = xsimd::exp(xsimd::max(Wide::load_aligned(d) - vshift, vfloor));
       e.store_unaligned(out + i);
       acc += e;
     }

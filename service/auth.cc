@@ -11,6 +11,8 @@
 #include "absl/strings/str_split.h"
 #include "grpc/grpc.h"
 #include "grpcpp/server_context.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/slice.h"
 #include "service/logging.h"
 #include "spdlog/spdlog.h"
 
@@ -74,7 +76,13 @@ class AuthInterceptor final : public grpc::experimental::Interceptor {
     // the received message is the undecoded ByteBuffer.
     if (refused_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) &&
         info_->method() == kSampleOnce && methods->GetRecvMessage() != nullptr) {
-      static_cast<grpc::ByteBuffer*>(methods->GetRecvMessage())->Clear();
+      grpc::Slice empty;
+      *static_cast<grpc::ByteBuffer*>(methods->GetRecvMessage()) = grpc::ByteBuffer(&empty, 1);
+    }
+    // The status the client got (cancel_with_status above), so that the call log, the next interceptor, reports
+    // it instead of the handler's answer, which goes nowhere.
+    if (refused_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      methods->ModifySendStatus(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, refusal_));
     }
     methods->Proceed();
   }
@@ -99,15 +107,15 @@ class AuthInterceptor final : public grpc::experimental::Interceptor {
     }
     // gRPC sends this status in the trailers, then the handler finds the call cancelled. (ServerContext's
     // TryCancel would say CANCELLED, which a client cannot tell from a network problem.)
-    grpc_call_cancel_with_status(
-        info_->server_context()->c_call(), GRPC_STATUS_UNAUTHENTICATED,
-        absl::StrCat(reason, ": expected metadata \"authorization: Bearer\" and a token of --auth_token_file").c_str(),
-        nullptr);
+    refusal_ = absl::StrCat(reason, ": expected metadata \"authorization: Bearer\" and a token of --auth_token_file");
+    grpc_call_cancel_with_status(info_->server_context()->c_call(), GRPC_STATUS_UNAUTHENTICATED, refusal_.c_str(),
+                                 nullptr);
   }
 
   grpc::experimental::ServerRpcInfo* const info_;
   const BearerTokens* const tokens_;
   bool refused_ = false;
+  std::string refusal_;  // the status message sent when refused_
 };
 
 class AuthInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {

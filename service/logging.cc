@@ -144,7 +144,12 @@ class CallLogInterceptor final : public grpc::experimental::Interceptor {
       const double millis =
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
       ScopedTraceparent scope(traceparent_);
-      if (status.ok()) {
+      if (status.ok() && info_->server_context()->IsCancelled()) {
+        // gRPC ended the call before this OK: the client cancelled or its deadline passed, the connection broke,
+        // or a message was over --max_message_bytes (the client got RESOURCE_EXHAUSTED). It goes nowhere.
+        spdlog::info("{} from {} was ended by gRPC before its status ({:.3f} ms)", info_->method(),
+                     info_->server_context()->peer(), millis);
+      } else if (status.ok()) {
         spdlog::debug("{} OK in {:.3f} ms", info_->method(), millis);
       } else {
         spdlog::log(ServerSideProblem(status.error_code()) ? spdlog::level::warn : spdlog::level::info,

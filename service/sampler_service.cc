@@ -106,10 +106,8 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
       reading_ = false;
       if (!ok || finished_ || broken_ || !parsed.ok()) {  // the client half-closed, the call is gone, or garbage
         input_done_ = input_done_ || !ok;
-        if (!parsed.ok() && !finish_status_.has_value()) {
-          spdlog::warn("Sample stream from {} ended: {}", peer_, parsed.ToString());
-          finish_status_ = ToGrpcStatus(parsed);
-        }
+        // Logged with the status when it is sent (logging.h).
+        if (!parsed.ok() && !finish_status_.has_value()) finish_status_ = ToGrpcStatus(parsed);
         spare_requests_.push_back(std::move(read_request_));
         finish = TakeFinishLocked();
       } else {

@@ -9,7 +9,7 @@
 //   samplerd::client::Client client("localhost:50051");
 //   samplerd::client::SessionOptions options;
 //   options.profile = "entropix";
-//   absl::StatusOr<std::unique_ptr<samplerd::client::Session>> session = client.OpenSession(options);
+//   std::unique_ptr<samplerd::client::Session> session = client.OpenSession(options);
 //   for (...) {
 //     absl::StatusOr<samplerd::client::StepResult> r = (*session)->Step(logits);   // span of vocab floats
 //     if (!r.ok()) { ... }   // the step was rejected (r.status() names the field) or the stream failed

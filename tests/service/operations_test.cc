@@ -779,7 +779,9 @@ TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
   WriteFile(dir.File("tokens"), "right-token\n");
   const std::string log = dir.File("samplerd.log");
   std::unique_ptr<ServerProcess> server = ServerProcess::Start(
-      {"--log_format", "json", "--auth_token_file", dir.File("tokens"), "--max_steps_per_request", "1"}, log);
+      {"--log_format", "json", "--log_level", "info", "--auth_token_file", dir.File("tokens"),
+       "--max_steps_per_request", "1"},
+      log);
   ASSERT_NE(server, nullptr);
   std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
   // Refused by the token check, with a trace context; then with a malformed one.
@@ -808,6 +810,7 @@ TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
   int parsed = 0;
   std::vector<nlohmann::json> refused;
   std::vector<nlohmann::json> exhausted;
+  int unauthenticated = 0;
   while (std::getline(lines, line)) {
     nlohmann::json entry;
     ASSERT_NO_THROW(entry = nlohmann::json::parse(line)) << line;
@@ -816,7 +819,13 @@ TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
     const std::string msg = entry.value("msg", "");
     if (msg.find("refused") != std::string::npos) refused.push_back(entry);
     if (msg.find("RESOURCE_EXHAUSTED") != std::string::npos) exhausted.push_back(entry);
+    // The call log reports the status the client got, not the handler's answer that went nowhere.
+    if (msg.find("SampleOnce from") != std::string::npos && msg.find("ended with UNAUTHENTICATED") != std::string::npos) {
+      ++unauthenticated;
+      EXPECT_EQ(entry.value("level", ""), "info") << line;
+    }
   }
+  EXPECT_EQ(unauthenticated, 2) << ReadFile(log);
   EXPECT_GE(parsed, 3);
   ASSERT_EQ(refused.size(), 2u) << ReadFile(log);
   EXPECT_EQ(refused[0].value("traceparent", ""), kTraceparent);

@@ -56,8 +56,11 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
   server->socket_path_ = UniqueSocketPath();
   const std::string unix_address = "unix:" + server->socket_path_;
 
-  std::vector<std::string> args = {SAMPLERD_BINARY, "--listen", "127.0.0.1:0", "--listen", unix_address,
-                                   "--log_level", "warn"};
+  std::vector<std::string> args = {SAMPLERD_BINARY, "--listen", "127.0.0.1:0", "--listen", unix_address};
+  // Quiet unless the caller asks for a level.
+  if (std::find(extra_args.begin(), extra_args.end(), "--log_level") == extra_args.end()) {
+    args.insert(args.end(), {"--log_level", "warn"});
+  }
   // Never the default 0.0.0.0:9464: tests run servers side by side.
   bool wants_metrics = true;
   const auto metrics_flag = std::find(extra_args.begin(), extra_args.end(), "--metrics_listen");
