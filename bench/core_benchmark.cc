@@ -186,6 +186,22 @@ void BM_AttentionMetrics(benchmark::State& state) {
 }
 BENCHMARK(BM_AttentionMetrics)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
+// Short rows, as early in a generation: 32 heads x kv_len. Below kExactAgreementCols (256) the agreement is taken
+// in double (a double exp per entry); 255 vs 256 is the price of that path, 64 and 1024 the scale around it.
+void BM_AttentionShortRows(benchmark::State& state) {
+  const int64_t heads = 32, cols = state.range(0);
+  std::mt19937 gen(7);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> scores(static_cast<size_t>(heads * cols));
+  for (float& v : scores) v = normal(gen);
+  state.SetLabel(cols < kExactAgreementCols ? "double agreement" : "float32 agreement");
+  MetricsScratch scratch;
+  FloatView v{scores.data(), heads, cols};
+  for (auto _ : state) benchmark::DoNotOptimize(ComputeAttentionMetrics(v.Matrix(), &scratch));
+  state.SetItemsProcessed(state.iterations() * heads * cols);
+}
+BENCHMARK(BM_AttentionShortRows)->Arg(64)->Arg(248)->Arg(255)->Arg(256)->Arg(1024)->Arg(4095)->Arg(4096)->Unit(benchmark::kMicrosecond);
+
 void BM_ChainTopK(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));
   const Data& d = MakeData(index);

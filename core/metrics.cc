@@ -147,20 +147,15 @@ void ExactAgreementDeviations(const FloatView& attention, int64_t used, MetricsS
     const AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
     if (!stats.used) continue;
     double* p = scratch->exact_probs.data() + r * cols;
-    const double z = kernels::ExpDouble(attention.data + r * cols, cols, stats.max, p);
-    for (int64_t k = 0; k < cols; ++k) {
-      p[k] /= z;
-      means[k] += p[k];
-    }
+    const double inv_z = 1.0 / kernels::ExpDouble(attention.data + r * cols, cols, stats.max, p);
+    kernels::ScaleAccumulate(p, cols, inv_z, means.data());
   }
-  for (double& m : means) m /= static_cast<double>(used);
+  const double inv_used = 1.0 / static_cast<double>(used);
+  for (double& m : means) m *= inv_used;
   for (int64_t r = 0; r < attention.rows; ++r) {
     AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
     if (!stats.used) continue;
-    const double* p = scratch->exact_probs.data() + r * cols;
-    double total = 0;
-    for (int64_t k = 0; k < cols; ++k) total += std::abs(p[k] - means[k]);
-    stats.deviation = total;
+    stats.deviation = kernels::AbsDeviationDouble(scratch->exact_probs.data() + r * cols, means.data(), cols);
   }
 }
 

@@ -80,6 +80,14 @@ double ExpDouble(const float* x, int64_t n, float shift, double* out) {
   return ActiveKernels().exp_double(x, n, shift, out);
 }
 
+void ScaleAccumulate(double* p, int64_t n, double scale, double* sums) {
+  ActiveKernels().scale_accumulate(p, n, scale, sums);
+}
+
+double AbsDeviationDouble(const double* p, const double* means, int64_t n) {
+  return ActiveKernels().abs_deviation_double(p, means, n);
+}
+
 }  // namespace samplerd::kernels
 
 namespace samplerd::kernels {

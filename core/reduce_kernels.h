@@ -91,6 +91,10 @@ double RowDeviation(const float* e, float inv, const float* means, int64_t cols)
 // out[i] = exp(double(x[i]) - shift) in double, exactly 0 for x[i] = -inf; returns sum out[i]. For the agreement of
 // short rows, where float32 probabilities are too coarse (core/metrics.h, kExactAgreementCols).
 double ExpDouble(const float* x, int64_t n, float shift, double* out);
+// p[k] *= scale, then sums[k] += p[k] (double).
+void ScaleAccumulate(double* p, int64_t n, double scale, double* sums);
+// sum_k |p[k] - means[k]| (double).
+double AbsDeviationDouble(const double* p, const double* means, int64_t n);
 
 // out[i] = the bfloat16 at src + 2 i (little-endian), exactly.
 void ConvertBf16(const char* src, int64_t n, float* out);
@@ -111,6 +115,8 @@ struct KernelTable {
   void (*group_means)(const float*, int64_t, int64_t, int64_t, float, float*);
   double (*row_deviation)(const float*, float, const float*, int64_t);
   double (*exp_double)(const float*, int64_t, float, double*);
+  void (*scale_accumulate)(double*, int64_t, double, double*);
+  double (*abs_deviation_double)(const double*, const double*, int64_t);
   void (*convert_bf16)(const char*, int64_t, float*);
 };
 

@@ -12,7 +12,9 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "core/reduce_kernels.h"
@@ -224,6 +226,16 @@ struct Impl {
     }
   }
 
+  // The last, partial block of a row, [0, rest) copied to `block` and padded to whole vectors with `pad`: a row
+  // of any length is done in vectors (a scalar tail of up to kBlock - 1 entries per row made kv_len 4095 cost
+  // twice kv_len 4096). Returns the padded length, a multiple of kLanes.
+  static int64_t PadTail(const float* x, int64_t rest, float pad, float* block) {
+    const int64_t padded = (rest + kLanes - 1) / kLanes * kLanes;
+    std::memcpy(block, x, static_cast<size_t>(rest) * sizeof(float));
+    std::fill(block + rest, block + padded, pad);
+    return padded;
+  }
+
   // Horizontal max through the instruction set's shuffles (xsimd 8 has no reduce_max): cheap enough to run
   // once per block of kMaxBlock.
   static float ReduceMax(const Batch& b) {
@@ -400,12 +412,22 @@ struct Impl {
       total_e += xsimd::hadd(acc_e);
       total_ed += xsimd::hadd(acc_ed);
     }
-    for (; i < n; ++i) {
-      const float d = Clamp(x[i] - shift);
-      const float ev = ExpClampedScalar(d);
-      if (e != nullptr) e[i] = ev;
-      total_e += ev;
-      total_ed += static_cast<double>(ev * d);
+    if (i < n) {
+      // Padded with -inf, which the clamp turns into exp = 0 exactly: nothing added to either sum.
+      alignas(64) float xt[kBlock];
+      alignas(64) float et[kBlock];
+      const int64_t padded = PadTail(x + i, n - i, -INFINITY, xt);
+      Batch acc_e(0.0f), acc_ed(0.0f);
+      for (int64_t j = 0; j < padded; j += kLanes) {
+        const Batch d = Shifted<true>(xt + j, vshift);
+        const Batch ev = ExpClamped(d);
+        ev.store_aligned(et + j);
+        acc_e += ev;
+        acc_ed += ev * d;
+      }
+      if (e != nullptr) std::memcpy(e + i, et, static_cast<size_t>(n - i) * sizeof(float));
+      total_e += xsimd::hadd(acc_e);
+      total_ed += xsimd::hadd(acc_ed);
     }
     *sum_e = total_e;
     *sum_ed = total_ed;
@@ -558,20 +580,17 @@ struct Impl {
       }
     }
     const float* x = Floats<kBf16>(src, i, n, out);
-    float m = HorizontalMax(a.vmax);
-    float lo = -HorizontalMax(-a.vmin);
-    bool any_bad = xsimd::any(a.bad);
-    double total = a.total;
-    int64_t count = a.count;
-    for (; i < n; ++i) {
-      any_bad = any_bad || Bad(x[i]);
-      if (x[i] > m) m = x[i];
-      if (x[i] != -INFINITY) {
-        total += fabsf(x[i]);
-        ++count;
-        if (x[i] < lo) lo = x[i];
-      }
+    if (i < n) {
+      // The partial block with every check, padded with -inf (left out of min, sum and count).
+      alignas(64) float xt[kBlock];
+      std::fill(xt + PadTail(x + i, n - i, -INFINITY, xt), xt + kBlock, -INFINITY);
+      ScanBlockChecked(xt, &a);
     }
+    const float m = HorizontalMax(a.vmax);
+    const float lo = -HorizontalMax(-a.vmin);
+    const bool any_bad = xsimd::any(a.bad);
+    const double total = a.total;
+    const int64_t count = a.count;
     if (any_bad) {
       for (int64_t j = 0; j < n; ++j) {
         if (Bad(x[j])) {
@@ -669,28 +688,102 @@ struct Impl {
   }
 
   // out[i] = exp(double(x[i]) - shift) in double (0 for -inf), and their sum: the exact probabilities of a short
-  // row for the agreement (kExactAgreementCols in core/metrics.h).
-  static double ExpDouble(const float* x, int64_t n, float shift, double* out) {
-    using Wide = xsimd::batch<double, Arch>;
-    constexpr int64_t kWide = static_cast<int64_t>(Wide::size);
-    const Wide vshift(static_cast<double>(shift));
-    // exp(-746) is 0 in double already; below it (-inf for a masked position) xsimd's range reduction would
-    // convert a huge value to an integer, which is undefined even though its result is then discarded.
-    const Wide vfloor(-746.0);
-    Wide acc(0.0);
-    int64_t i = 0;
-    for (; i + kWide <= n; i += kWide) {
+  // row for the agreement (kExactAgreementCols in core/metrics.h). Not xsimd::exp: its range reduction converts
+  // double to int64 one lane at a time (xsimd 8 has no vector conversion below AVX-512DQ), 9 ns per entry. Here
+  // k = round(d / ln2) by the 1.5 * 2^52 trick, which leaves k in the low mantissa bits; r = d - k ln2 with ln2 in
+  // two parts (the first exact times k); exp(r) by Taylor to r^11 over |r| <= ln2 / 2 (relative error < 7e-15);
+  // 2^k through the exponent bits. d < -708 (exp < 3e-308, where 2^k would be subnormal) gives 0.
+  using Wide = xsimd::batch<double, Arch>;
+  static constexpr int64_t kWide = static_cast<int64_t>(Wide::size);
+
+  // kWide floats at x widened to double, without a round trip through memory where the instruction set has
+  // the conversion (xsimd 8 has none).
+  static Wide Widen(const float* x) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) return Wide(_mm512_cvtps_pd(_mm256_loadu_ps(x)));
+#endif
+#if defined(__AVX__)
+    if constexpr (std::is_base_of_v<xsimd::avx, Arch>) return Wide(_mm256_cvtps_pd(_mm_loadu_ps(x)));
+#endif
+    if constexpr (kWide == 2) {
+      return Wide(_mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(x)))));
+    } else {
       alignas(64) double d[kWide];
-      for (int64_t j = 0; j < kWide; ++j) d[j] = static_cast<double>(x[i + j]);
-      const Wide e = xsimd::exp(xsimd::max(Wide::load_aligned(d) - vshift, vfloor));
-      e.store_unaligned(out + i);
-      acc += e;
+      for (int64_t j = 0; j < kWide; ++j) d[j] = static_cast<double>(x[j]);
+      return Wide::load_aligned(d);
     }
-    double total = xsimd::hadd(acc);
+  }
+
+  // exp(d) for d in [-708, 0] (see ExpDouble).
+  static Wide ExpWide(const Wide& d) {
+    using WideInt = xsimd::batch<int64_t, Arch>;
+    const Wide magic(6755399441055744.0);  // 1.5 * 2^52
+    const Wide t = xsimd::fma(d, Wide(1.4426950408889634), magic);
+    const Wide k = t - magic;
+    const Wide r = xsimd::fnma(k, Wide(1.4286068203094172e-06), xsimd::fnma(k, Wide(0.693145751953125), d));
+    Wide p = xsimd::fma(Wide(1.0 / 39916800.0), r, Wide(1.0 / 3628800.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 362880.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 40320.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 5040.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 720.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 120.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 24.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 6.0));
+    p = xsimd::fma(p, r, Wide(0.5));
+    p = xsimd::fma(p, r, Wide(1.0));
+    p = xsimd::fma(p, r, Wide(1.0));
+    const WideInt bits = (xsimd::bitwise_cast<WideInt>(t) - WideInt(static_cast<int64_t>(0x4338000000000000)) +
+                          WideInt(static_cast<int64_t>(1023)))
+                         << 52;
+    return p * xsimd::bitwise_cast<Wide>(bits);
+  }
+
+  static double ExpDouble(const float* x, int64_t n, float shift, double* out) {
+    const Wide vshift(static_cast<double>(shift)), vmin(-708.0), zero(0.0);
+    Wide acc0(0.0), acc1(0.0);
+    int64_t i = 0;
+    // Two vectors per iteration: each is a chain of dependent multiply-adds.
+    for (; i + 2 * kWide <= n; i += 2 * kWide) {
+      const Wide d0 = Widen(x + i) - vshift, d1 = Widen(x + i + kWide) - vshift;
+      const auto u0 = d0 < vmin, u1 = d1 < vmin;  // -inf included
+      const Wide e0 = xsimd::select(u0, zero, ExpWide(xsimd::select(u0, zero, d0)));
+      const Wide e1 = xsimd::select(u1, zero, ExpWide(xsimd::select(u1, zero, d1)));
+      e0.store_unaligned(out + i);
+      e1.store_unaligned(out + i + kWide);
+      acc0 += e0;
+      acc1 += e1;
+    }
+    double total = xsimd::hadd(acc0 + acc1);
     for (; i < n; ++i) {
-      out[i] = std::exp(static_cast<double>(x[i]) - static_cast<double>(shift));
+      const double d = static_cast<double>(x[i]) - static_cast<double>(shift);
+      out[i] = d < -708.0 ? 0.0 : std::exp(d);
       total += out[i];
     }
+    return total;
+  }
+
+  // p[k] *= scale, then sums[k] += p[k]: a short row's probabilities, into the column sums.
+  static void ScaleAccumulate(double* p, int64_t n, double scale, double* sums) {
+    const Wide vscale(scale);
+    int64_t k = 0;
+    for (; k + kWide <= n; k += kWide) {
+      const Wide v = Wide::load_unaligned(p + k) * vscale;
+      v.store_unaligned(p + k);
+      (Wide::load_unaligned(sums + k) + v).store_unaligned(sums + k);
+    }
+    for (; k < n; ++k) {
+      p[k] *= scale;
+      sums[k] += p[k];
+    }
+  }
+
+  // sum_k |p[k] - means[k]|, in double.
+  static double AbsDeviationDouble(const double* p, const double* means, int64_t n) {
+    Wide acc(0.0);
+    int64_t k = 0;
+    for (; k + kWide <= n; k += kWide) acc += xsimd::abs(Wide::load_unaligned(p + k) - Wide::load_unaligned(means + k));
+    double total = xsimd::hadd(acc);
+    for (; k < n; ++k) total += std::abs(p[k] - means[k]);
     return total;
   }
 
@@ -707,7 +800,18 @@ struct Impl {
       }
       total += xsimd::hadd(a0 + a1);
     }
-    for (; c < cols; ++c) total += fabsf(e[c] * inv - means[c]);
+    if (c < cols) {
+      // Padded with 0 in both: |0 * inv - 0| adds nothing.
+      alignas(64) float et[kBlock];
+      alignas(64) float mt[kBlock];
+      const int64_t padded = PadTail(e + c, cols - c, 0.0f, et);
+      PadTail(means + c, cols - c, 0.0f, mt);
+      Batch a0(0.0f);
+      for (int64_t j = 0; j < padded; j += kLanes) {
+        a0 += xsimd::abs(Batch::load_aligned(et + j) * vinv - Batch::load_aligned(mt + j));
+      }
+      total += xsimd::hadd(a0);
+    }
     return total;
   }
 
@@ -766,6 +870,8 @@ KernelTable MakeTable(const char* name) {
                      &I::GroupMeans,
                      &I::RowDeviation,
                      &I::ExpDouble,
+                     &I::ScaleAccumulate,
+                     &I::AbsDeviationDouble,
                      &ConvertBf16<Arch>};
 }
 
