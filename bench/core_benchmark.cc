@@ -186,6 +186,20 @@ void BM_AttentionMetrics(benchmark::State& state) {
 }
 BENCHMARK(BM_AttentionMetrics)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
+// Vocabularies that are not a multiple of the kernels' 256-entry blocks (GPT-2's 50257, Qwen's 151936 = 593.5
+// blocks): the last partial block of the logits, beside a multiple of 256 of about the same size.
+void BM_LogitsVocab(benchmark::State& state) {
+  const int64_t vocab = state.range(0);
+  std::mt19937 gen(3);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> logits(static_cast<size_t>(vocab));
+  for (float& v : logits) v = normal(gen);
+  MetricsScratch scratch;
+  const FloatView v{logits.data(), 1, vocab};
+  for (auto _ : state) benchmark::DoNotOptimize(SummarizeLogits(v, &scratch));
+}
+BENCHMARK(BM_LogitsVocab)->Arg(50176)->Arg(50257)->Arg(151808)->Arg(151936)->Unit(benchmark::kMicrosecond);
+
 // Short rows, as early in a generation: 32 heads x kv_len. Below kExactAgreementCols (256) the agreement is taken
 // in double (a double exp per entry); 255 vs 256 is the price of that path, 64 and 1024 the scale around it.
 void BM_AttentionShortRows(benchmark::State& state) {

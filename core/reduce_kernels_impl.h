@@ -488,29 +488,44 @@ struct Impl {
       }
     }
     if (have_prev) finish_previous(slot ^ 1);
+    if (i < n) {
+      // The partial last block, padded with -inf: the clamp makes those exp = 0, which add nothing to its
+      // weight, mean or squared deviation. One more block summary (MomentBlocks has room for it).
+      alignas(64) float xt[kBlock];
+      const int64_t padded = PadTail(x + i, n - i, -INFINITY, xt);
+      const int64_t batches = padded / kLanes;
+      Batch acc_e(0.0f), acc_ed(0.0f);
+      for (int64_t j = 0; j < batches; ++j) {
+        d[0][j] = Shifted<true>(xt + j * kLanes, vshift);
+        e[0][j] = ExpClamped(d[0][j]);
+        acc_e += e[0][j];
+        acc_ed += e[0][j] * d[0][j];
+      }
+      const float wb = xsimd::hadd(acc_e);
+      if (wb != 0.0f) {
+        const float mb = xsimd::hadd(acc_ed) / wb;
+        const Batch vmb(mb);
+        Batch acc_q(0.0f);
+        for (int64_t j = 0; j < batches; ++j) {
+          const Batch dev = d[0][j] - vmb;
+          acc_q += e[0][j] * dev * dev;
+        }
+        blocks[3 * nb] = wb;
+        blocks[3 * nb + 1] = mb;
+        blocks[3 * nb + 2] = xsimd::hadd(acc_q);
+        ++nb;
+      }
+    }
     double w = 0, s1 = 0;
     for (int64_t b = 0; b < nb; ++b) {
       w += blocks[3 * b];
       s1 += static_cast<double>(blocks[3 * b]) * blocks[3 * b + 1];
     }
-    double tail_w = 0, tail_s = 0;
-    for (int64_t j = i; j < n; ++j) {
-      const float dj = Clamp(x[j] - shift);
-      const float ej = ExpClampedScalar(dj);
-      tail_w += ej;
-      tail_s += static_cast<double>(ej) * dj;
-    }
-    w += tail_w;
-    s1 += tail_s;
     const double mean = s1 / w;
     double q = 0;
     for (int64_t b = 0; b < nb; ++b) {
       const double delta = static_cast<double>(blocks[3 * b + 1]) - mean;
       q += blocks[3 * b + 2] + blocks[3 * b] * delta * delta;
-    }
-    for (int64_t j = i; j < n; ++j) {
-      const double dj = Clamp(x[j] - shift);
-      q += static_cast<double>(ExpClampedScalar(static_cast<float>(dj))) * (dj - mean) * (dj - mean);
     }
     *sum_e = w;
     *mean_d = mean;
