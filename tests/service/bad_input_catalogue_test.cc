@@ -550,7 +550,7 @@ TEST_F(BadInputCatalogueTest, BytesThatAreNotASampleRequestEndTheStreamAfterEarl
   const RawStreamResult first = RawSampleStream(channel_.get(), {std::string(8, '\xff'), ok.SerializeAsString()});
   EXPECT_EQ(first.responses, 0);
   EXPECT_EQ(first.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << first.status.error_message();
-  EXPECT_THAT(first.status.error_message(), HasSubstr("message 1 of the call (8 bytes)"));
+  EXPECT_THAT(first.status.error_message(), HasSubstr("message 1 of the call is not"));
   // An empty message is a valid SampleRequest with no steps: answered with no results.
   const RawStreamResult empty = RawSampleStream(channel_.get(), {std::string()});
   EXPECT_EQ(empty.responses, 1);
