@@ -53,7 +53,10 @@ def test_round_robin_target_survives_each_server_dying_in_turn(spawn):
                 b.kill()
 
         got = generate(session, STEPS, on_step=churn)
-        assert c.failovers >= 1
+    # Every step answered, as one server would have: across two deaths. (No count of failovers is asserted: a
+    # stream that breaks between two steps is reopened by the next one without a failed attempt, one that breaks
+    # during a step is retried, and which happens is a race with the process's exit.)
+    assert len(got) == STEPS
     assert got == expected
 
 
