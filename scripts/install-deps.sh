@@ -9,11 +9,11 @@ packages=(
   libxtensor-dev libxsimd-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
-  prometheus-cpp-dev
+  prometheus-cpp-dev libcpp-httplib-dev
   python3-numpy python3-grpcio python3-protobuf
-  openssl libssl-dev curl
+  openssl libssl-dev curl chromium prometheus
   python3-torch python3-matplotlib python3-pil libopenblas0-pthread fortunes
-  python3-pytest python3-setuptools python3-wheel python3-pip python3-venv nodejs
+  python3-pytest python3-yaml python3-setuptools python3-wheel python3-pip python3-venv nodejs
   golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
   protoc-gen-go protoc-gen-go-grpc
 )

@@ -8,10 +8,10 @@ scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 600
 passed=1
 export SAMPLERD_BIN="$PWD/build/service/samplerd"
-# Clients in four languages and their conformance, the PyTorch model host, deployment and scale-out, a
-# benchmark smoke run, then sanitizers, fuzzing, soak and replay.
-for suite in scripts/test-clients.sh scripts/test-torch-host.sh scripts/test-deploy.sh scripts/bench-smoke.sh \
-    scripts/test-reliability.sh; do
+# Clients in four languages and their conformance, the PyTorch model host, deployment and scale-out, the live
+# page, dashboard and alert rules, a benchmark smoke run, then sanitizers, fuzzing, soak and replay.
+for suite in scripts/test-clients.sh scripts/test-torch-host.sh scripts/test-deploy.sh scripts/test-observability.sh \
+    scripts/bench-smoke.sh scripts/test-reliability.sh; do
   if [ -x "$suite" ]; then
     echo "== $suite"
     "$suite"

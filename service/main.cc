@@ -78,12 +78,12 @@ int RunServer(const ServerConfig& config, bool metrics_required, std::shared_ptr
   std::shared_ptr<ServerMetrics> metrics;
   if (!config.metrics_listen.empty()) {
     absl::StatusOr<std::shared_ptr<ServerMetrics>> started =
-        ServerMetrics::Create({config.metrics_listen, SAMPLERD_VERSION});
+        ServerMetrics::Create({config.metrics_listen, SAMPLERD_VERSION, config.max_streams});
     if (started.ok()) {
       metrics = *std::move(started);
-      // Deliberately never destroyed: stopping civetweb (mg_stop) sleeps a second or two waiting for its
-      // threads, which would only delay the exit; the process ends them. (Held by a static, so leak checkers
-      // see it reachable.)
+      // Deliberately never destroyed: stopping the HTTP server waits for connections still open (up to
+      // ServerMetrics::kHttpIdleSeconds), which would only delay the exit; the process ends them. (Held by a
+      // static, so leak checkers see it reachable.)
       static const auto* const never_stopped = new std::shared_ptr<ServerMetrics>(metrics);
       (void)never_stopped;
     } else if (metrics_required) {
@@ -104,7 +104,10 @@ int RunServer(const ServerConfig& config, bool metrics_required, std::shared_ptr
     spdlog::error("{}", service.status().ToString());
     return kExitUsage;
   }
-  if (metrics != nullptr) metrics->SetActiveStreams([s = service->get()] { return s->active_streams(); });
+  if (metrics != nullptr) {
+    metrics->SetActiveStreams([s = service->get()] { return s->active_streams(); });
+    metrics->SetProfiles([s = service->get()] { return s->profiles(); });
+  }
 
   // grpc.health.v1.Health: "" and "samplerd.v1.Sampler" are SERVING while the server runs.
   grpc::EnableDefaultHealthCheckService(true);
@@ -190,7 +193,10 @@ int RunServer(const ServerConfig& config, bool metrics_required, std::shared_ptr
   server->Wait();
   signal_thread.join();
   // A scrape from now on must not reach the service, which goes away with this function.
-  if (metrics != nullptr) metrics->SetActiveStreams(nullptr);
+  if (metrics != nullptr) {
+    metrics->SetActiveStreams(nullptr);
+    metrics->SetProfiles(nullptr);
+  }
   spdlog::info("samplerd stopped");
   return 0;
 }
@@ -251,7 +257,7 @@ int main(int argc, char** argv) {
                  "'authorization: Bearer <token>', else UNAUTHENTICATED; re-read on SIGHUP");
   CLI::Option* metrics_listen =
       app.add_option("--metrics_listen", config.metrics_listen,
-                     "host:port serving Prometheus /metrics over HTTP (port 0 = any free port, printed at start); "
+                     "host:port serving Prometheus /metrics and the live page (/) over HTTP, both public (port 0 = any free port, printed at start); "
                      "\"\" = no metrics. When left at the default and taken, samplerd logs an error and runs without")
           ->capture_default_str();
   // DESIGN.md section 7 names the flag --metrics_port: the same server on every interface.

@@ -1,16 +1,21 @@
 #include "service/server_metrics.h"
 
-#include <exception>
+#include <sys/socket.h>
+
+#include <cmath>
+#include <sstream>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
+#include "httplib.h"
 #include "prometheus/collectable.h"
 #include "prometheus/gauge.h"
 #include "prometheus/metric_family.h"
+#include "prometheus/text_serializer.h"
+#include "service/live_page.h"
 
 namespace samplerd {
 
@@ -52,11 +57,13 @@ const prometheus::Histogram::BucketBoundaries& CoreSecondsBuckets() {
   return *buckets;
 }
 
-// "REGIME_ARGMAX" -> "argmax"; an unnamed value -> its number.
-std::string RegimeLabel(v1::Regime regime) {
-  const std::string& name = v1::Regime_Name(regime);
-  if (name.empty()) return absl::StrCat(static_cast<int>(regime));
-  return absl::AsciiStrToLower(absl::StripPrefix(name, "REGIME_"));
+constexpr char kExpositionType[] = "text/plain; version=0.0.4; charset=utf-8";
+
+// httplib's default also sets SO_REUSEPORT, which would let a second samplerd bind a port the first one serves
+// (and steal half its scrapes); SO_REUSEADDR alone only allows a restart over connections in TIME_WAIT.
+void ReuseAddressOnly(socket_t sock) {
+  int yes = 1;
+  setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
 }
 
 }  // namespace
@@ -96,29 +103,101 @@ absl::StatusOr<std::shared_ptr<ServerMetrics>> ServerMetrics::Create(Options opt
       .Register(registry)
       .Add({{"version", options.version}})
       .Set(1);
+  if (options.max_streams > 0) {
+    prometheus::BuildGauge()
+        .Name("samplerd_max_streams")
+        .Help("Sample streams allowed at once (--max_streams)")
+        .Register(registry)
+        .Add({})
+        .Set(options.max_streams);
+  }
   metrics->active_streams_ = std::make_shared<ActiveStreamsCollectable>();
 
-  try {
-    // One thread: scrapes are rare, and a second concurrent scraper just waits.
-    metrics->exposer_ = std::make_unique<prometheus::Exposer>(options.listen, /*num_threads=*/1);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", options.listen, " (--metrics_listen): ", e.what()));
-  }
-  metrics->exposer_->RegisterCollectable(metrics->registry_);
-  metrics->exposer_->RegisterCollectable(metrics->active_streams_);
-  const std::vector<int> ports = metrics->exposer_->GetListeningPorts();
-  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  metrics->address_ = ports.empty() ? options.listen : absl::StrCat(host, ":", ports.front());
+  if (absl::Status served = metrics->Serve(options.listen); !served.ok()) return served;
   return metrics;
 }
 
+absl::Status ServerMetrics::Serve(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("--metrics_listen: must be host:port, got \"", listen, "\""));
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+
+  http_ = std::make_unique<httplib::Server>();
+  httplib::Server& http = *http_;
+  // Several threads, so a slow or idle connection holds one of them, not the endpoint; connections beyond the
+  // threads wait in the queue for at most the idle timeout of the ones ahead.
+  http.new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
+  http.set_socket_options(ReuseAddressOnly);
+  // The read timeout bounds each wait for request bytes (a half-sent header), the keep-alive timeout the wait
+  // for a connection's first or next request (an idle connection).
+  http.set_read_timeout(kHttpIdleSeconds, 0);
+  http.set_keep_alive_timeout(kHttpIdleSeconds);
+  http.set_write_timeout(kHttpIdleSeconds * 5, 0);
+  http.set_payload_max_length(4096);  // nothing here takes a body
+
+  http.Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
+    response.set_content(Exposition(), kExpositionType);
+  });
+  http.Get("/live/steps", [this](const httplib::Request&, httplib::Response& response) {
+    response.set_header("Cache-Control", "no-store");
+    response.set_content(LiveJson(), "application/json");
+  });
+  for (const EmbeddedFile& file : LivePageFiles()) {
+    const auto serve = [file](const httplib::Request&, httplib::Response& response) {
+      response.set_content(file.body.data(), file.body.size(), std::string(file.content_type).c_str());
+    };
+    http.Get(std::string(file.path), serve);
+    if (file.path == "/index.html") http.Get("/", serve);
+  }
+
+  const int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
+  if (bound <= 0) {
+    http_.reset();
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen,
+                                               " (--metrics_listen): the address is taken or not local"));
+  }
+  address_ = absl::StrCat(listen.substr(0, colon), ":", bound);
+  http_thread_ = std::thread([&http] { http.listen_after_bind(); });
+  return absl::OkStatus();
+}
+
+std::string ServerMetrics::Exposition() const {
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  for (prometheus::MetricFamily& family : active_streams_->Collect()) families.push_back(std::move(family));
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, families);
+  return out.str();
+}
+
+std::string ServerMetrics::LiveJson() const {
+  std::shared_ptr<const ProfileRegistry> profiles;
+  {
+    std::lock_guard<std::mutex> lock(profiles_mu_);
+    if (profiles_) profiles = profiles_();
+  }
+  return live_steps_.Json(profiles.get());
+}
+
 ServerMetrics::~ServerMetrics() {
-  // Stop serving before the collectables go away.
-  exposer_.reset();
+  // Stop serving before the collectables go away. stop() closes the listening socket; the pool's threads end
+  // once their connections are answered or time out (kHttpIdleSeconds).
+  if (http_ != nullptr) {
+    http_->stop();
+    if (http_thread_.joinable()) http_thread_.join();
+  }
 }
 
 void ServerMetrics::SetActiveStreams(std::function<int()> source) { active_streams_->Set(std::move(source)); }
+
+void ServerMetrics::SetProfiles(std::function<std::shared_ptr<const ProfileRegistry>()> source) {
+  std::lock_guard<std::mutex> lock(profiles_mu_);
+  profiles_ = std::move(source);
+}
 
 void ServerMetrics::OnConfigReload(bool success) {
   (success ? reloads_succeeded_ : reloads_failed_)->Increment();
@@ -126,23 +205,30 @@ void ServerMetrics::OnConfigReload(bool success) {
 
 void ServerMetrics::OnRequest(size_t bytes) { request_bytes_->Increment(static_cast<double>(bytes)); }
 
-prometheus::Counter& ServerMetrics::StepCounter(v1::Regime regime, const std::string& profile) {
+std::pair<prometheus::Counter*, StepRing*> ServerMetrics::ForStep(v1::Regime regime, const std::string& profile) {
   const int slot = static_cast<int>(regime);
   std::lock_guard<std::mutex> lock(mu_);
+  auto [it, inserted] = profile_series_.try_emplace(profile);
+  ProfileSeries& series = it->second;
+  if (inserted) series.live = live_steps_.ForProfile(profile);
   if (slot < 0 || slot >= kRegimeSlots) {
-    return steps_->Add({{"regime", RegimeLabel(regime)}, {"profile", profile}});
+    return {&steps_->Add({{"regime", RegimeLabel(regime)}, {"profile", profile}}), series.live};
   }
-  auto [it, inserted] = step_counters_.try_emplace(profile);
-  if (inserted) it->second.fill(nullptr);
-  prometheus::Counter*& counter = it->second[slot];
+  prometheus::Counter*& counter = series.steps[slot];
   if (counter == nullptr) counter = &steps_->Add({{"regime", RegimeLabel(regime)}, {"profile", profile}});
-  return *counter;
+  return {counter, series.live};
 }
 
 void ServerMetrics::OnStep(const v1::StepResult& result, std::chrono::nanoseconds core_time) {
   step_core_seconds_->Observe(std::chrono::duration<double>(core_time).count());
   if (!result.has_error()) {
-    StepCounter(result.regime(), result.profile()).Increment();
+    auto [counter, live] = ForStep(result.regime(), result.profile());
+    counter->Increment();
+    if (live != nullptr) {
+      const v1::Metrics& m = result.metrics();
+      live->Push(result.regime(), m.has_logits_entropy() ? m.logits_entropy() : NAN,
+                 m.has_logits_varentropy() ? m.logits_varentropy() : NAN);
+    }
     return;
   }
   const int code = result.error().code();

@@ -1,10 +1,15 @@
-// samplerd's Prometheus metrics, served over HTTP by prometheus-cpp's pull Exposer at /metrics.
+// samplerd's Prometheus metrics and live page, served over HTTP (cpp-httplib) on the metrics address:
+//   /metrics      the series below, Prometheus text format (prometheus-cpp's TextSerializer)
+//   /             the live page (service/live_page/): each profile's recent steps on logits entropy vs
+//                 varentropy, coloured by regime over the profile's regime regions, the regime mix, the step rate
+//   /live/steps   the page's data (LiveSteps::Json): no sequence ids, tokens or times, only regimes and metrics
 //
 //   absl::StatusOr<std::shared_ptr<ServerMetrics>> metrics = ServerMetrics::Create({"0.0.0.0:9464", "0.1.0"});
 //   SamplerService::Options options;
 //   options.observer = *metrics;                          // steps, errors, core time, request bytes
 //   ...
 //   (*metrics)->SetActiveStreams([&service] { return service->active_streams(); });
+//   (*metrics)->SetProfiles([&service] { return service->profiles(); });   // the page's regime regions
 //
 // The series (STYLE.md: `samplerd_*`, base units, few labels):
 //   samplerd_steps_total{regime,profile}      counter    steps answered with a token; regime as "argmax",
@@ -14,6 +19,7 @@
 //   samplerd_step_core_seconds                histogram  time core spent per step, answered or rejected
 //   samplerd_request_bytes_total              counter    serialized size of every SampleRequest processed
 //   samplerd_active_streams                   gauge      Sample streams open now (read at scrape time)
+//   samplerd_max_streams                      gauge      --max_streams, so a rule can compare the two
 //   samplerd_config_reloads_total{result}     counter    SIGHUP reloads, result "success" or "failure"
 //   samplerd_build_info{version}              gauge      always 1
 #ifndef SAMPLERD_SERVICE_SERVER_METRICS_H_
@@ -24,33 +30,50 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "core/profile.h"
 #include "prometheus/counter.h"
-#include "prometheus/exposer.h"
 #include "prometheus/family.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "samplerd/v1/sampler.pb.h"
+#include "service/live_steps.h"
 #include "service/request_observer.h"
+
+namespace httplib {
+class Server;
+}  // namespace httplib
 
 namespace samplerd {
 
 // ServerMetrics
 //
-// Thread-safe; the observer calls are cheap enough to sit next to every step (a hash lookup under a mutex and
-// an atomic add).
+// Thread-safe; the observer calls are cheap enough to sit next to every step (a hash lookup under a mutex, an
+// atomic add and a lock-free ring push).
+//
+// The HTTP server answers on kHttpThreads threads, and a connection that sends nothing (or stops in the middle
+// of its request) is closed after kHttpIdleSeconds, so an idle or half-open connection holds one thread for
+// that long at most instead of blocking every scrape.
 class ServerMetrics final : public RequestObserver {
  public:
+  static constexpr int kHttpThreads = 4;
+  static constexpr int kHttpIdleSeconds = 2;
+
   struct Options {
     // host:port for the HTTP endpoint (port 0 = any free port); required.
     std::string listen;
     // The samplerd_build_info{version} label.
     std::string version;
+    // The value of samplerd_max_streams (--max_streams); 0 leaves the series out.
+    int max_streams = 0;
   };
 
-  // Starts serving /metrics. UNAVAILABLE naming the address when it cannot be bound.
+  // Starts serving /metrics and the live page. UNAVAILABLE naming the address when it cannot be bound (also when
+  // another process listens there: the port is not shared).
   static absl::StatusOr<std::shared_ptr<ServerMetrics>> Create(Options options);
 
   ServerMetrics(const ServerMetrics&) = delete;
@@ -62,6 +85,8 @@ class ServerMetrics final : public RequestObserver {
 
   // The source of samplerd_active_streams, called at each scrape; until set the gauge reads 0.
   void SetActiveStreams(std::function<int()> source);
+  // The source of the profiles in force, called for each /live/steps; until set the page draws no regions.
+  void SetProfiles(std::function<std::shared_ptr<const ProfileRegistry>()> source);
 
   // A SIGHUP reload finished.
   void OnConfigReload(bool success);
@@ -72,13 +97,27 @@ class ServerMetrics final : public RequestObserver {
 
  private:
   class ActiveStreamsCollectable;
+  static constexpr int kRegimeSlots = StepRing::kRegimeSlots;
+  // What a step of one profile updates, found with one lookup.
+  struct ProfileSeries {
+    std::array<prometheus::Counter*, kRegimeSlots> steps{};  // by regime enum value
+    StepRing* live = nullptr;                                // null past LiveSteps::kMaxProfiles
+  };
 
   ServerMetrics() = default;
-  prometheus::Counter& StepCounter(v1::Regime regime, const std::string& profile);
+  absl::Status Serve(const std::string& listen);
+  std::string Exposition() const;
+  std::string LiveJson() const;
+  // The step counter of (regime, profile) and the profile's ring.
+  std::pair<prometheus::Counter*, StepRing*> ForStep(v1::Regime regime, const std::string& profile);
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<ActiveStreamsCollectable> active_streams_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  LiveSteps live_steps_;
+  mutable std::mutex profiles_mu_;
+  std::function<std::shared_ptr<const ProfileRegistry>()> profiles_;  // guarded by profiles_mu_
+  std::unique_ptr<httplib::Server> http_;
+  std::thread http_thread_;
   std::string address_;
 
   prometheus::Family<prometheus::Counter>* steps_ = nullptr;
@@ -89,9 +128,8 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Counter* reloads_failed_ = nullptr;
 
   // Counters already made, so a step does not build a label map. Regime values are small (proto enum).
-  static constexpr int kRegimeSlots = 16;
   std::mutex mu_;
-  absl::flat_hash_map<std::string, std::array<prometheus::Counter*, kRegimeSlots>> step_counters_;  // mu_
+  absl::flat_hash_map<std::string, ProfileSeries> profile_series_;  // guarded by mu_
   std::array<prometheus::Counter*, 17> error_counters_{};  // guarded by mu_; index = canonical code 0..16
 };
 

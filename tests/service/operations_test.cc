@@ -6,9 +6,11 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -169,23 +171,39 @@ grpc::Status CallHealth(grpc::Channel* channel, grpc::health::v1::HealthCheckRes
   return stub->Check(&context, grpc::health::v1::HealthCheckRequest(), response);
 }
 
-// GET http://<address><path> over a plain socket (HTTP/1.0, so the server closes when done). The body, or empty
-// when the request failed.
-std::string HttpGet(const std::string& address, const std::string& path) {
+// A TCP connection to "<ipv4>:<port>" whose reads and writes give up after `timeout`; -1 when it fails.
+int Connect(const std::string& address, std::chrono::seconds timeout) {
   const size_t colon = address.rfind(':');
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
-  if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr) != 1) return "";
+  if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr) != 1) return -1;
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  const timeval tv{static_cast<time_t>(timeout.count()), 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// GET http://<address><path> over a plain socket (HTTP/1.0, so the server closes when done). The body, or empty
+// when the request failed or a read waited longer than `timeout`.
+std::string HttpGet(const std::string& address, const std::string& path,
+                    std::chrono::seconds timeout = std::chrono::seconds(30)) {
+  const int fd = Connect(address, timeout);
   if (fd < 0) return "";
   std::string reply;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+  {
     const std::string request = "GET " + path + " HTTP/1.0\r\nHost: " + address + "\r\n\r\n";
     if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
       char buffer[8192];
       ssize_t n;
       while ((n = read(fd, buffer, sizeof(buffer))) > 0) reply.append(buffer, static_cast<size_t>(n));
+      if (n < 0) reply.clear();  // timed out
     }
   }
   close(fd);
@@ -470,6 +488,7 @@ TEST(Metrics, CountersMoveAfterSteps) {
   EXPECT_EQ(MetricValue(before, "samplerd_request_bytes_total"), 0);
   EXPECT_EQ(MetricValue(before, "samplerd_step_core_seconds_count"), 0);
   EXPECT_EQ(MetricValue(before, "samplerd_active_streams"), 0);
+  EXPECT_EQ(MetricValue(before, "samplerd_max_streams"), 1024);  // the --max_streams default
   EXPECT_THAT(before, HasSubstr("# TYPE samplerd_step_core_seconds histogram"));
 
   // 3 steps under "fixed", 2 under the default profile, 1 rejected (top_p 1.5).
@@ -537,6 +556,81 @@ TEST(Metrics, ExplicitMetricsAddressInUseFailsToStartDefaultOneOnlyLogs) {
   EXPECT_THAT(output, HasSubstr("cannot serve metrics on " + first->metrics_address()));
   EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_listen nonsense", &output), 2);
   EXPECT_THAT(output, HasSubstr("--metrics_listen"));
+}
+
+// A client that connects and sends nothing, and one that stops in the middle of its request header, must not
+// keep Prometheus out: a scrape made meanwhile is answered within Prometheus' default scrape timeout (10 s),
+// and the server closes the stalled connections itself rather than holding them open.
+TEST(Metrics, IdleAndHalfSentConnectionsDoNotBlockScrapes) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start();
+  ASSERT_NE(server, nullptr);
+  const std::string& address = server->metrics_address();
+  std::vector<int> stalled;
+  for (int i = 0; i < 2; ++i) {
+    const int idle = Connect(address, std::chrono::seconds(30));
+    ASSERT_GE(idle, 0);
+    stalled.push_back(idle);
+    const int half = Connect(address, std::chrono::seconds(30));
+    ASSERT_GE(half, 0);
+    const std::string partial = "GET /metrics HTTP/1.1\r\nHost: " + address + "\r\nUser-Ag";
+    ASSERT_EQ(write(half, partial.data(), partial.size()), static_cast<ssize_t>(partial.size()));
+    stalled.push_back(half);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the server pick the stalled ones up first
+
+  for (int scrape = 0; scrape < 3; ++scrape) {
+    const std::string body = HttpGet(address, "/metrics", std::chrono::seconds(10));
+    EXPECT_EQ(MetricValue(body, "samplerd_build_info", {{"version", "0.1.0"}}), 1) << "scrape " << scrape;
+  }
+  for (const int fd : stalled) {
+    char byte;
+    ssize_t n;
+    do {  // the half-sent request may be answered with an error before the close; the close is what counts
+      n = read(fd, &byte, 1);
+    } while (n > 0);
+    EXPECT_EQ(n, 0) << "a stalled connection was still open after 30 s (errno " << errno << ")";
+    close(fd);
+  }
+}
+
+// The live page's data: per profile the steps by regime and the recent points, nothing that names a sequence
+// or a token.
+TEST(Metrics, LiveStepsCountStepsByProfileWithoutSequenceIds) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start();
+  ASSERT_NE(server, nullptr);
+  v1::SampleRequest request;
+  for (int i = 0; i < 3; ++i) *request.add_steps() = MakeStep("secret-f" + std::to_string(i), 0, 1000, "fixed");
+  for (int i = 0; i < 2; ++i) *request.add_steps() = MakeStep("secret-e" + std::to_string(i), 0, 1000);
+  *request.add_steps() = MakeStep("secret-bad", 0);
+  request.mutable_steps(5)->mutable_params()->set_top_p(1.5f);
+  auto stub = v1::Sampler::NewStub(Plaintext(server->tcp_target()));
+  grpc::ClientContext context;
+  v1::SampleResponse response;
+  ASSERT_TRUE(stub->SampleOnce(&context, request, &response).ok());
+
+  const std::string body = HttpGet(server->metrics_address(), "/live/steps");
+  ASSERT_FALSE(body.empty());
+  EXPECT_THAT(body, ::testing::Not(HasSubstr("secret")));
+  const nlohmann::json data = nlohmann::json::parse(body);
+  std::map<std::string, nlohmann::json> profiles;
+  for (const nlohmann::json& p : data.at("profiles")) profiles[p.at("name").get<std::string>()] = p;
+  ASSERT_EQ(profiles.count("fixed"), 1u);
+  ASSERT_EQ(profiles.count("entropix"), 1u);
+  EXPECT_EQ(profiles["fixed"].at("steps"), 3);
+  EXPECT_EQ(profiles["fixed"].at("counts").at("fixed"), 3);
+  EXPECT_EQ(profiles["fixed"].at("points").size(), 3u);
+  EXPECT_EQ(profiles["entropix"].at("steps"), 2);  // the rejected step is not a step of any profile
+  EXPECT_EQ(profiles["entropix"].at("points").size(), 2u);
+  EXPECT_FALSE(profiles["entropix"].at("rules").empty());  // the bounds the page draws the regions from
+  EXPECT_EQ(profiles["entropix-frog"].at("steps"), 0);     // a profile without steps is listed too
+  for (const nlohmann::json& point : profiles["entropix"].at("points")) {
+    ASSERT_EQ(point.size(), 3u);
+    EXPECT_GE(point[0].get<double>(), 0);
+    EXPECT_GE(point[1].get<double>(), 0);
+  }
+  const std::string page = HttpGet(server->metrics_address(), "/");
+  EXPECT_THAT(page, HasSubstr("<script src=\"live.js\">"));
+  EXPECT_THAT(HttpGet(server->metrics_address(), "/live.js"), HasSubstr("live/steps"));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Observability tests, as CI runs them (issue 20), each timed:
+#   1. live page:  a real samplerd, steps of two profiles, the page in headless Chromium, the screenshot's dots
+#                  and the data endpoint's counts (tests/observability/live_page_test.py)
+#   2. dashboard:  deploy/observability's rules and dashboard against a live server's /metrics and promtool
+#                  (tests/observability/deploy_observability_test.py)
+#   3. operator:   the ServiceMonitor / PrometheusRule component against the Prometheus Operator's schemas
+#                  (deploy/observability/validate, npm @kubernetes-models/prometheus-operator)
+# Needs a built samplerd (SAMPLERD_BIN, default build/service/samplerd) and scripts/install-deps.sh's packages
+# (chromium, prometheus for promtool, python3-pil, python3-yaml, nodejs/npm).
+#
+#   scripts/test-observability.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export SAMPLERD_BIN=${SAMPLERD_BIN:-$PWD/build/service/samplerd}
+
+passed=0
+failed=0
+run() { # run NAME COMMAND...
+  local name=$1 start=$SECONDS
+  shift
+  echo "=== test-observability: $name: $*"
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "=== test-observability: $name: passed in $((SECONDS - start)) s"
+  else
+    failed=$((failed + 1))
+    echo "=== test-observability: $name: FAILED after $((SECONDS - start)) s" >&2
+  fi
+}
+
+operator() {
+  local tools=deploy/observability/validate stamp=deploy/observability/validate/node_modules/.samplerd-lock
+  if ! cmp -s "$tools/package-lock.json" "$stamp" 2>/dev/null; then
+    (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error > /dev/null) || return 1
+    cp "$tools/package-lock.json" "$stamp"
+  fi
+  node "$tools/validate.mjs" deploy/observability/prometheus-operator
+}
+
+pytest=(/usr/bin/python3 -m pytest -q -p no:cacheprovider)
+run live-page "${pytest[@]}" tests/observability/live_page_test.py
+run dashboard "${pytest[@]}" tests/observability/deploy_observability_test.py
+run operator operator
+
+echo "test-observability: $passed passed, $failed failed"
+((failed == 0))
