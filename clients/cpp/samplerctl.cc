@@ -8,6 +8,8 @@
 //                       [--no-compute] [--json]        (clients/cpp/load_generator.h)
 //   samplerctl record   --out FILE [--steps 100] [--sequences 2] [--profile P] [--seed 7]
 //   samplerctl replay   FILE            (exit 1 with a diff when any answer differs from the recording)
+//   samplerctl calibrate --from RECORD... --out profile.json [--base entropix|entropix-frog] [--name N]
+//                       [--quantile-low 0.5] [--quantile-high 0.9] [--temperature-max 1]   (calibrate.h; no server)
 //
 // Exit codes: 0 success; 1 an RPC failed, a step was rejected, or the server is not SERVING; 2 bad usage or an
 // unreadable input file.
@@ -25,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "clients/cpp/calibrate.h"
 #include "clients/cpp/load_generator.h"
 #include "clients/cpp/record_replay.h"
 #include "clients/cpp/samplerd_client.h"
@@ -330,6 +333,28 @@ int main(int argc, char** argv) {
       ->required()
       ->check(CLI::ExistingFile);
 
+  CalibrateOptions calibrate_options;
+  CLI::App* calibrate = app.add_subcommand(
+      "calibrate", "Fit a profile to a model from recorded generations (no server): a ProfileSet JSON for --config");
+  calibrate->add_option("--from", calibrate_options.from,
+                        "Records: `samplerctl record` files or JSON lines of the torch host (generate.py --record)")
+      ->required()
+      ->expected(1, -1);
+  calibrate->add_option("--out", calibrate_options.out, "ProfileSet JSON to write; - = stdout")->required();
+  calibrate->add_option("--base", calibrate_options.calibration.base, "Profile whose shape is kept: entropix or entropix-frog")
+      ->capture_default_str();
+  calibrate->add_option("--name", calibrate_options.calibration.name, "Name of the calibrated profile")
+      ->capture_default_str();
+  calibrate->add_option("--quantile-low", calibrate_options.calibration.quantile_low,
+                        "Quantile for each metric's lowest base bound, in (0, 1)")
+      ->capture_default_str();
+  calibrate->add_option("--quantile-high", calibrate_options.calibration.quantile_high,
+                        "Quantile for each metric's highest base bound, in (0, 1)")
+      ->capture_default_str();
+  calibrate->add_option("--temperature-max", calibrate_options.calibration.temperature_max,
+                        "Highest temperature any regime applies over the recorded steps")
+      ->capture_default_str();
+
   BenchFlags bench_flags;
   CLI::App* bench = app.add_subcommand(
       "bench", "Load generator: steps/s, latency and core time of a workload (S, L, XL, B) against --target");
@@ -362,6 +387,7 @@ int main(int argc, char** argv) {
   }
 
   if (bench->parsed()) return RunBench(target, bench_flags);
+  if (calibrate->parsed()) return RunCalibrate(calibrate_options);
   Client client(target);
   if (health->parsed()) return RunHealth(client, service);
   if (profiles->parsed()) return RunProfiles(client, profiles_json);

@@ -15,6 +15,7 @@ _gen.ensure_stubs()
 
 from samplerd._common import DEFAULT_MAX_RECENT, TLS  # noqa: E402
 from samplerd.aio import AsyncClient, AsyncSession  # noqa: E402
+from samplerd.calibration import Calibration, CalibrationError, calibrate  # noqa: E402
 from samplerd.client import Client, Session  # noqa: E402
 from samplerd.tensors import Raw  # noqa: E402
 from samplerd.types import (BatchError, Metrics, Params, ProtocolError, Regime, SamplerdError,  # noqa: E402
@@ -25,4 +26,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Client", "Session", "AsyncClient", "AsyncSession", "StepResult", "Params", "Metrics", "Regime",
            "TokenLogprob", "TLS", "Raw", "SamplerdError", "StepError", "BatchError", "Unavailable",
-           "ProtocolError", "DEFAULT_MAX_RECENT", "sampler_pb2", "sampler_pb2_grpc", "profile_pb2"]
+           "ProtocolError", "DEFAULT_MAX_RECENT", "calibrate", "Calibration", "CalibrationError", "sampler_pb2", "sampler_pb2_grpc", "profile_pb2"]
