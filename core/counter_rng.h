@@ -1,4 +1,4 @@
-// The counter-based random numbers of DESIGN.md section 5.
+// The counter-based random numbers of docs/contract.md section 5.
 //
 // Every random number of a step is a pure function of (seed, sequence_id, step, draw index): Philox4x32-10
 // (Salmon et al., SC'11) keyed by the seed and a stable hash of the sequence id, with the step and the draw

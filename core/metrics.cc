@@ -13,7 +13,7 @@ namespace samplerd {
 namespace {
 
 constexpr double kLn2 = 0.69314718055994530942;
-// ln(1e-10): DESIGN.md section 3 clips attention probabilities to [1e-10, 1] inside the log.
+// ln(1e-10): docs/contract.md section 3 clips attention probabilities to [1e-10, 1] inside the log.
 constexpr float kLnAttentionFloor = -23.025850929940457f;
 
 std::string DescribeBad(float v) { return std::isnan(v) ? "NaN" : "+inf"; }

@@ -1,9 +1,9 @@
-// The six uncertainty metrics of Entropix (DESIGN.md section 3).
+// The six uncertainty metrics of Entropix (docs/contract.md section 3).
 //
 // `SummarizeLogits` makes the passes over the vocabulary that everything downstream needs (max, argmax,
 // log-normaliser, entropy, varentropy); `ComputeAttentionMetrics` does the same for the attention rows.
 //
-// Numerics (golden/README.md, "Tolerances"): elementwise math is float32, but every reduction accumulates
+// Numerics (tests/golden/README.md, "Tolerances"): elementwise math is float32, but every reduction accumulates
 // float32 lanes over short blocks (16 elements per lane, core/reduce_kernels.h) and adds the block sums in double. A float32 accumulator
 // running over the whole vocabulary misses the tolerances by 100x; blocks keep each float partial sum short.
 // Varentropy is taken from deviations to block means merged pairwise (Chan et al.), never E[x^2] - E[x]^2,
@@ -115,7 +115,7 @@ struct MetricValues {
   double logits_varentropy = 0;
   std::optional<AttentionMetrics> attention;
 
-  // The value a bound or formula uses: absent attention metrics read as 0 (golden/README.md).
+  // The value a bound or formula uses: absent attention metrics read as 0 (docs/contract.md section 4).
   double Get(v1::Metric metric) const;
 };
 

@@ -1,4 +1,4 @@
-// Strategy profiles as data (DESIGN.md section 4) and the registry the server decides with.
+// Strategy profiles as data (docs/contract.md section 4) and the registry the server decides with.
 //
 // A profile is parsed from protobuf's JSON mapping of samplerd.v1.Profile, validated once, and resolved
 // into plain values (unset coefficients take the reference values). The registry holds the built-in

@@ -46,9 +46,9 @@ struct Impl {
   // vector instead of 11 for a degree-6 polynomial over |r| <= ln2 / 2. SSE2 has no lane permute and keeps
   // the latter: as Cephes' expf, exp(r) = 1 + r + r^2 q(r) with q of degree 4 (minimax coefficients, 3e-9
   // before rounding). Worst case about 1.3 ulp either way (the table entries are rounded to float);
-  // tests/core/reduce_kernels_test.cc pins <= 2 ulp for d >= -20 and <= 5 ulp below, and golden/README.md
-  // admits exp errors of 3 ulp. Far fewer instructions than xsimd::exp, which also handles overflow, NaN and
-  // denormals that cannot occur here.
+  // tests/core/reduce_kernels_test.cc pins <= 2 ulp for d >= -20 and <= 5 ulp below, and
+  // tests/golden/README.md admits exp errors of 3 ulp. Far fewer instructions than xsimd::exp, which also
+  // handles overflow, NaN and denormals that cannot occur here.
   // k = N n + j is rounded by adding 1.5 * 2^23 (whose float spacing is 1), which also leaves k in the low
   // bits: j is its low bits, and 2^n goes straight into the exponent bits of the scale. The clamp at -88 keeps
   // n >= -127, and n = -127 gives exponent bits 0, i.e. a scale of exactly 0 for the values whose true exp
@@ -624,7 +624,7 @@ struct Impl {
   static RowScan ScanRowBf16(const char* src, int64_t n, float* out) { return ScanRowOf<true>(src, n, out); }
 
   // sum over entries with ln a < ln_floor of a * (ln_floor - ln a), with a = e * inv_sum and
-  // ln a = d - log_sum: what the clip of DESIGN.md section 3 removes from the row entropy.
+  // ln a = d - log_sum: what the clip of docs/contract.md section 3 removes from the row entropy.
   static double ClipCorrection(const float* x, const float* e, int64_t n, float shift, float inv_sum,
                                float log_sum, float ln_floor) {
     const Batch vshift(shift), vmin(kMinShifted), vinv(inv_sum), vlog(log_sum), vfloor(ln_floor), zero(0.0f);

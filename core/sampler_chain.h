@@ -1,4 +1,4 @@
-// The sampler chain of DESIGN.md section 4, without sorting the vocabulary.
+// The sampler chain of docs/contract.md section 4, without sorting the vocabulary.
 //
 // Order (as HF transformers' warpers): logit bias -> penalties -> temperature -> top-k -> top-p -> min-p ->
 // renormalise -> draw. Ties go to the lower token id everywhere (top-k boundary, top-p order, argmax).

@@ -17,7 +17,7 @@
 
 namespace samplerd {
 
-// Upper bounds of DESIGN.md section 6 / issue 2 ("parameters out of range").
+// Upper bounds of the parameter ranges (docs/contract.md section 6).
 inline constexpr int32_t kMaxAdaptiveSamples = 64;
 inline constexpr int32_t kMaxTopLogprobs = 20;
 

@@ -1,4 +1,4 @@
-// The decision tree and the regime formulas (DESIGN.md section 4, golden/README.md "Parameter formulas").
+// The decision tree and the regime formulas (docs/contract.md section 4).
 //
 // `Decide` is pure: the profile's rules are tested in order on the step's metrics (absent attention metrics
 // read as 0); the first rule whose bounds all hold names the regime, else the profile's default regime; the

@@ -110,7 +110,7 @@ absl::StatusOr<FloatView> DecodeTensor(const RawTensor& raw, TensorRole role, co
     }
     elements *= d;
   }
-  // DESIGN.md section 6's "oversize vocab": more tokens than int32 ids can name is malformed whatever the server
+  // docs/contract.md section 6's "oversize vocab": more tokens than int32 ids can name is malformed whatever the server
   // allows (--max_vocab is at most that); a vocab over --max_vocab is a limit (RESOURCE_EXHAUSTED, below).
   if (role == TensorRole::kLogits && elements > std::numeric_limits<int32_t>::max()) {
     return InvalidFieldError(absl::StrCat(field, ".shape"),

@@ -37,7 +37,7 @@ struct RawTensor {
   absl::string_view data;
 };
 
-// Size limits applied while decoding (DESIGN.md section 6).
+// Size limits applied while decoding (docs/contract.md section 6).
 struct TensorLimits {
   int64_t max_vocab = 1 << 20;                  // logits elements
   int64_t max_attention_elements = 64 << 20;    // layers * heads * kv_len

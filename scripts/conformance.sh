@@ -6,12 +6,12 @@
 #
 # Environment: SAMPLERD_BIN (default build/service/samplerd), SAMPLERD_CONFORMANCE_CPP (default
 # build/tests/conformance/samplerd_conformance_cpp, built by scripts/build.sh), SAMPLERD_GOLDEN_DIR (default
-# ../shared/golden), CONFORMANCE_OUT (keep the records there instead of a temporary folder).
+# scripts/golden-dir.sh: the build's CMake setting, else tests/golden), CONFORMANCE_OUT (keep the records there instead of a temporary folder).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${SAMPLERD_BIN:-$root/build/service/samplerd}"
 cpp="${SAMPLERD_CONFORMANCE_CPP:-$root/build/tests/conformance/samplerd_conformance_cpp}"
-golden="${SAMPLERD_GOLDEN_DIR:-$root/../shared/golden}"
+golden="$("$root/scripts/golden-dir.sh")"
 requests="$root/tests/conformance/requests.json"
 py=/usr/bin/python3
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes samplerd: builds the libFuzzer targets of tests/fuzz with clang-14 (ASan + UBSan + coverage) into
-# ${FUZZ_BUILD_DIR:-build-fuzz}, cuts the seed corpora from ../shared/golden, and runs every target for SECONDS
+# ${FUZZ_BUILD_DIR:-build-fuzz}, cuts the seed corpora from the golden vectors
+# (scripts/golden-dir.sh: $SAMPLERD_GOLDEN_DIR, else the build's CMake setting, else tests/golden), and runs every target for SECONDS
 # (default 60) each, one after the other.
 #
 #   scripts/fuzz.sh [SECONDS]          e.g. scripts/fuzz.sh 600 for a longer session
@@ -15,7 +16,6 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 build=${FUZZ_BUILD_DIR:-build-fuzz}
 jobs=${JOBS:-2}
-golden=${SAMPLERD_SHARED_DIR:-$PWD/../shared}/golden
 
 # clang and its runtimes (libFuzzer, ASan, UBSan) are needed only here, not by the main build.
 scripts/install-deps.sh clang-14 libclang-rt-14-dev
@@ -27,7 +27,7 @@ cmake --build "$build" -j "$jobs" --target request_fuzzer kernels_fuzzer make_fu
 
 work="$build/fuzz"
 mkdir -p "$work"
-"$build/tests/fuzz/make_fuzz_seeds" "$golden" "$work/seeds"
+"$build/tests/fuzz/make_fuzz_seeds" "$(scripts/golden-dir.sh "$build")" "$work/seeds"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

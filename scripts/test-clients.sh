@@ -3,10 +3,13 @@
 # four-client conformance run. CI calls it after building the server; every suite runs even if an earlier one
 # fails, and the script fails if any did.
 #
-# Environment: SAMPLERD_BIN (default build/service/samplerd); see scripts/conformance.sh for the rest.
+# Environment: SAMPLERD_BIN (default build/service/samplerd), SAMPLERD_GOLDEN_DIR (default scripts/golden-dir.sh:
+# the build's CMake setting, else tests/golden); see scripts/conformance.sh for the rest.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export SAMPLERD_BIN="${SAMPLERD_BIN:-$root/build/service/samplerd}"
+SAMPLERD_GOLDEN_DIR="$("$root/scripts/golden-dir.sh")"
+export SAMPLERD_GOLDEN_DIR
 if [[ ! -x "$SAMPLERD_BIN" ]]; then
   echo "test-clients: samplerd binary not found at $SAMPLERD_BIN (build it, or set SAMPLERD_BIN)"
   exit 1

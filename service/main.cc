@@ -1,4 +1,4 @@
-// samplerd: the entropy-adaptive sampling server (DESIGN.md).
+// samplerd: the entropy-adaptive sampling server (docs/contract.md).
 //
 //   samplerd --listen 0.0.0.0:50051 --listen unix:/run/samplerd.sock --config profiles.json
 //
@@ -260,7 +260,7 @@ int main(int argc, char** argv) {
                      "host:port serving Prometheus /metrics and the live page (/) over HTTP, both public (port 0 = any free port, printed at start); "
                      "\"\" = no metrics. When left at the default and taken, samplerd logs an error and runs without")
           ->capture_default_str();
-  // DESIGN.md section 7 names the flag --metrics_port: the same server on every interface.
+  // docs/contract.md section 7 names the flag --metrics_port: the same server on every interface.
   int metrics_port = -1;
   app.add_option("--metrics_port", metrics_port,
                  "Port serving Prometheus /metrics on every interface: --metrics_listen 0.0.0.0:PORT (0 = any free "

@@ -15,9 +15,9 @@
 //
 // `Sample` and `SampleOnce` are registered raw (ByteBuffer in and out) and parse their requests here: gRPC's typed
 // callback API reports a message that fails to parse to a bidi reactor exactly as a half-close (OnReadDone(false)),
-// and to a unary one as UNIMPLEMENTED, where DESIGN.md section 6 wants the stream ended with an error. So a message
-// that is not a SampleRequest ends the call with INVALID_ARGUMENT naming its index in the stream, after the
-// answers to the requests before it. The parse and the response's serialization are the ones gRPC would run.
+// and to a unary one as UNIMPLEMENTED, where docs/contract.md section 6 wants the stream ended with an error. So a
+// message that is not a SampleRequest ends the call with INVALID_ARGUMENT naming its index in the stream, after
+// the answers to the requests before it. The parse and the response's serialization are the ones gRPC would run.
 //
 // With --allow_no_compute, a call carrying the metadata `samplerd-no-compute: 1` is answered without core (each
 // result echoes sequence_id and step only), on the reactor thread: `samplerctl bench --no-compute` measures the

@@ -1,4 +1,4 @@
-// The seeds the server picks for steps that arrive with seed 0 (DESIGN.md section 5).
+// The seeds the server picks for steps that arrive with seed 0 (docs/contract.md section 5).
 //
 // A sequence's random draws are a pure function of (seed, sequence_id, step, draw), so the server must keep
 // using the seed it picked for a sequence for as long as that sequence keeps sending seed 0 on the same stream;

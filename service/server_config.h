@@ -1,6 +1,6 @@
 // The server's configuration: what `samplerd`'s flags parse into, validated once before anything starts.
 //
-// Every limit of DESIGN.md section 6 lives here with its default, so a test or an embedding program can build a
+// Every limit of docs/contract.md section 6 lives here with its default, so a test or an embedding program can build a
 // server without going through the command line:
 //
 //   ServerConfig config;
@@ -8,7 +8,7 @@
 //   config.max_steps_per_request = 64;
 //   if (absl::Status s = ValidateServerConfig(config); !s.ok()) { ... }
 //
-// The struct is immutable once the server runs (STYLE.md: the service holds no other state).
+// The struct is immutable once the server runs (docs/style.md: the service holds no other state).
 #ifndef SAMPLERD_SERVICE_SERVER_CONFIG_H_
 #define SAMPLERD_SERVICE_SERVER_CONFIG_H_
 

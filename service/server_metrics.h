@@ -11,7 +11,7 @@
 //   (*metrics)->SetActiveStreams([&service] { return service->active_streams(); });
 //   (*metrics)->SetProfiles([&service] { return service->profiles(); });   // the page's regime regions
 //
-// The series (STYLE.md: `samplerd_*`, base units, few labels):
+// The series (docs/style.md: `samplerd_*`, base units, few labels):
 //   samplerd_steps_total{regime,profile}      counter    steps answered with a token; regime as "argmax",
 //                                                        "adaptive", ... (the Regime name without REGIME_)
 //   samplerd_step_errors_total{code}          counter    steps answered with StepResult.error, by canonical

@@ -4,7 +4,7 @@
 // batched in one request per step, on one Sample stream) and writes every request and its response to a file.
 // `replay` sends the recorded requests, in order, on one Sample stream to a server (a fresh one, another
 // build, another replica) and checks that every response equals the recorded one except for `server_micros`.
-// Since every draw is a pure function of (seed, sequence_id, step) (DESIGN.md section 5), any server with the
+// Since every draw is a pure function of (seed, sequence_id, step) (docs/contract.md section 5), any server with the
 // same profiles and the same kernels' instruction set (SAMPLERD_SIMD) must answer identically.
 //
 // A recorded step whose seed was 0 (the server picked one) is replayed with the seed the recorded response

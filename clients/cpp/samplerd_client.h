@@ -1,7 +1,7 @@
 // A small C++ client of samplerd (samplerd.v1.Sampler), for model hosts written in C++ and for samplerctl.
 //
 // `Client` wraps one channel: health, the profile list and one-shot sampling. `Session` is one generation: it
-// owns a `Sample` stream and the per-sequence state the protocol leaves to the client (DESIGN.md section 2):
+// owns a `Sample` stream and the per-sequence state the protocol leaves to the client (docs/contract.md section 2):
 // the step index, the seed (the server's pick when the first step sent 0) and the recent tokens that feed the
 // penalties and the clarifying-question rule. Because the client owns that state, a session can be replayed
 // against any replica and reproduce its tokens.

@@ -186,7 +186,7 @@ func (c *Client) Close() error {
 }
 
 // Retryable transport failures: the same step is sent again, to the next endpoint. A step is a pure function of
-// its request (DESIGN.md section 5), so resending one a dead server may have answered is safe. Internal covers
+// its request (docs/contract.md section 5), so resending one a dead server may have answered is safe. Internal covers
 // streams reset mid-frame by a dying peer.
 func retryable(err error) bool {
 	switch status.Code(err) {

@@ -27,11 +27,12 @@ func repo() string {
 	return filepath.Clean(filepath.Join(dir, "..", ".."))
 }
 
+// goldenDir is $SAMPLERD_GOLDEN_DIR (scripts/test-clients.sh passes the build's setting), else tests/golden.
 func goldenDir() string {
 	if d := os.Getenv("SAMPLERD_GOLDEN_DIR"); d != "" {
 		return d
 	}
-	return filepath.Join(repo(), "..", "shared", "golden")
+	return filepath.Join(repo(), "tests", "golden")
 }
 
 // samplerdBinary is $SAMPLERD_BIN, else build/service/samplerd; a missing binary fails the test (never skips).

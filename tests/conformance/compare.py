@@ -2,7 +2,7 @@
 """Compares the conformance drivers' records (README.md) and prints `conformance: N/M clients agree`.
 
     /usr/bin/python3 tests/conformance/compare.py --requests tests/conformance/requests.json \
-        --golden ../shared/golden python=py.txt node=node.txt go=go.txt cpp=cpp.txt
+        --golden tests/golden python=py.txt node=node.txt go=go.txt cpp=cpp.txt
 
 A client agrees when its file is complete and well-formed, its golden records show the regimes (or the
 rejection) cases.json expects, and it is identical, byte for byte, to the files of the largest group of clients
@@ -81,7 +81,7 @@ def first_difference(a, b):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=Path, default=HERE / "requests.json")
-    ap.add_argument("--golden", type=Path, default=HERE.parents[2] / "shared" / "golden")
+    ap.add_argument("--golden", type=Path, default=HERE.parent / "golden")
     ap.add_argument("outputs", nargs="+", help="name=path of each client's records")
     args = ap.parse_args()
     doc = json.loads(args.requests.read_text())

@@ -3,7 +3,7 @@
 // (tests/conformance/README.md).
 //
 //   samplerd_conformance_cpp --target 127.0.0.1:50051 --requests tests/conformance/requests.json
-//       --golden ../shared/golden --out cpp.txt
+//       --golden tests/golden --out cpp.txt
 //
 // float32 golden requests go through `Session::Step`. The library's Session sends float32 only and one sequence
 // per stream, so the bfloat16 golden requests and the batched float32/float16/bfloat16 generation are built

@@ -3,7 +3,7 @@
 per answered step in the suite's canonical format (README.md).
 
     /usr/bin/python3 tests/conformance/driver.py --target 127.0.0.1:50051 --requests tests/conformance/requests.json \
-        --golden ../shared/golden --out python.txt
+        --golden tests/golden --out python.txt
 """
 import argparse
 import json

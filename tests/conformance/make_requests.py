@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""Writes requests.json, the conformance suite's shared request set, from the golden cases of shared/golden.
+"""Writes requests.json, the conformance suite's shared request set, from the golden cases of tests/golden.
 
-    /usr/bin/python3 tests/conformance/make_requests.py [--golden ../shared/golden] > tests/conformance/requests.json
+    /usr/bin/python3 tests/conformance/make_requests.py [--golden tests/golden] > tests/conformance/requests.json
 
 Run it again only when cases.json changes; compare.py checks that requests.json is what this script writes.
 """
@@ -65,13 +65,13 @@ GENERATION = {
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--golden", type=Path, default=HERE.parents[2] / "shared" / "golden")
+    ap.add_argument("--golden", type=Path, default=HERE.parent / "golden")
     args = ap.parse_args()
     cases = json.loads((args.golden / "cases.json").read_text())["cases"]
     doc = {
         "format": 1,
         "about": "The conformance suite's request set; see tests/conformance/README.md. Paths are relative to "
-                 "the golden folder (shared/golden).",
+                 "the golden folder (tests/golden).",
         "golden": golden_requests(cases),
         "generation": GENERATION,
     }

@@ -1,4 +1,4 @@
-// Pins the metrics to a direct float64 transcription of DESIGN.md section 3 on shapes and values the golden
+// Pins the metrics to a direct float64 transcription of docs/contract.md section 3 on shapes and values the golden
 // cases do not cover: wide score ranges (so the 1e-10 clip of the attention probabilities bites), masked
 // entries and rows, one row, stacked layers, logits with -inf and huge offsets.
 #include <cmath>

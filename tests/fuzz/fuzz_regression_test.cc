@@ -22,6 +22,7 @@
 #include "samplerd/v1/sampler.pb.h"
 #include "tests/fuzz/fuzz_targets.h"
 #include "tests/fuzz/golden_seeds.h"
+#include "tests/golden_dir.h"
 
 namespace samplerd::fuzz {
 namespace {
@@ -60,7 +61,7 @@ TEST(FuzzRegression, EveryRecordedKernelInputPasses) {
 }
 
 TEST(FuzzSeeds, GoldenRequestSeedsPassTheRequestTarget) {
-  absl::StatusOr<std::vector<Seed>> seeds = GoldenSeeds(SAMPLERD_GOLDEN_DIR, SeedKind::kRequest);
+  absl::StatusOr<std::vector<Seed>> seeds = GoldenSeeds(samplerd::testing::GoldenDir(), SeedKind::kRequest);
   ASSERT_TRUE(seeds.ok()) << seeds.status();
   ASSERT_GE(seeds->size(), 100u);
   for (const Seed& s : *seeds) {
@@ -72,7 +73,7 @@ TEST(FuzzSeeds, GoldenRequestSeedsPassTheRequestTarget) {
 }
 
 TEST(FuzzSeeds, GoldenKernelSeedsPassTheKernelTarget) {
-  absl::StatusOr<std::vector<Seed>> seeds = GoldenSeeds(SAMPLERD_GOLDEN_DIR, SeedKind::kKernels);
+  absl::StatusOr<std::vector<Seed>> seeds = GoldenSeeds(samplerd::testing::GoldenDir(), SeedKind::kKernels);
   ASSERT_TRUE(seeds.ok()) << seeds.status();
   ASSERT_GE(seeds->size(), 40u);
   for (const Seed& s : *seeds) {

@@ -194,7 +194,7 @@ std::string CheckResult(const v1::Step& step, const v1::StepResult& r, int index
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Kernel target: float64 references of DESIGN.md section 3.
+// Kernel target: float64 references of docs/contract.md section 3.
 
 struct LogitsReference {
   double entropy = 0, varentropy = 0;

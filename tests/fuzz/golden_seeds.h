@@ -1,4 +1,4 @@
-// Seed inputs for the fuzz targets, cut from the golden cases of ../shared/golden (DESIGN.md section 3).
+// Seed inputs for the fuzz targets, cut from the golden cases of tests/golden (docs/contract.md section 3).
 //
 // A golden case has up to 128,256 logits and 32 x 1000 attention scores; a seed keeps a window of 2,048
 // logits around the case's argmax and at most 8 attention rows of the first and last 128 positions, so the
@@ -7,7 +7,7 @@
 // under each built-in profile, with parameters and top_logprobs, and one batch of the first cases; and kernel
 // recipes (tests/fuzz/fuzz_targets.h) for its logits and attention.
 //
-//   absl::StatusOr<std::vector<Seed>> seeds = GoldenSeeds("/path/to/shared/golden", SeedKind::kRequest);
+//   absl::StatusOr<std::vector<Seed>> seeds = GoldenSeeds("tests/golden", SeedKind::kRequest);
 //   for (const Seed& s : *seeds) WriteFile(dir + "/" + s.name, s.bytes);
 #ifndef SAMPLERD_TESTS_FUZZ_GOLDEN_SEEDS_H_
 #define SAMPLERD_TESTS_FUZZ_GOLDEN_SEEDS_H_

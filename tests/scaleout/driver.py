@@ -3,7 +3,7 @@
 
 Plays a model host: each sequence computes its next logits and attention from its own token history (a toy,
 deterministic "model"), sends the step with the sequence's seed and recent_tokens, and appends the returned
-token. Because the client owns all of a step's state (DESIGN.md section 5), a step whose call fails can be sent
+token. Because the client owns all of a step's state (docs/contract.md section 5), a step whose call fails can be sent
 again to any replica and must come back with the same token; that is what this driver checks.
 
 Even-numbered sequences use the bidirectional `Sample` stream (one stream per sequence, reopened after a

@@ -1,5 +1,5 @@
 // The bad-input catalogue (issue 7): malformed inputs sent to a real samplerd process, each answered with the
-// code DESIGN.md section 6 documents, with the server healthy afterwards and valid steps sharing the stream
+// code docs/contract.md section 6 documents, with the server healthy afterwards and valid steps sharing the stream
 // answered exactly as when sent alone.
 //
 // Step-level problems (kCatalogue below) must come back as that step's StepResult.error: INVALID_ARGUMENT (3)
@@ -141,7 +141,7 @@ std::vector<BadStep> Catalogue() {
          s->mutable_attention()->set_shape(0, 3);
          s->mutable_attention()->set_shape(1, int64_t{1} << 62);
        }, kInvalid, "attention.shape", "overflows"},
-      // an oversize vocab (DESIGN.md section 6): more tokens than int32 ids can name
+      // an oversize vocab (docs/contract.md section 6): more tokens than int32 ids can name
       {"vocab 2^62, beyond int32 token ids", [](v1::Step* s) { s->mutable_logits()->set_shape(0, int64_t{1} << 62); },
        kInvalid, "logits.shape", "4611686018427387904"},
       {"vocab 2^31, beyond int32 token ids", [](v1::Step* s) { s->mutable_logits()->set_shape(0, int64_t{1} << 31); },
@@ -541,7 +541,7 @@ TEST_F(BadInputCatalogueTest, BytesThatAreNotASampleRequestEndTheStreamAfterEarl
                                      std::string("\x0a\x05\x12\x01", 4)}) {
     const RawStreamResult r = RawSampleStream(channel_.get(), {ok.SerializeAsString(), garbage, ok.SerializeAsString()});
     EXPECT_EQ(r.responses, 1) << "the request before the garbage is answered, nothing after it";
-    // DESIGN.md section 6: an unparseable frame ends the stream with its status, naming the message.
+    // docs/contract.md section 6: an unparseable frame ends the stream with its status, naming the message.
     EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << r.status.error_message();
     EXPECT_THAT(r.status.error_message(), HasSubstr("message 2 of the call"));
     EXPECT_THAT(r.status.error_message(), HasSubstr("is not a samplerd.v1.SampleRequest"));

@@ -532,7 +532,7 @@ TEST(Metrics, CountersMoveAfterSteps) {
       std::chrono::seconds(5)));
 }
 
-// DESIGN.md section 7's flag: --metrics_port serves the same /metrics on every interface; with --metrics_listen
+// docs/contract.md section 7's flag: --metrics_port serves the same /metrics on every interface; with --metrics_listen
 // or outside 0..65535 it is a usage error.
 TEST(Metrics, MetricsPortServesOnEveryInterface) {
   std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--metrics_port", "0"});

@@ -2,7 +2,7 @@
 // and writes one record per answered step in the suite's canonical format (tests/conformance/README.md).
 //
 //   node dist/conformance/driver.js --target 127.0.0.1:50051 --requests ../../tests/conformance/requests.json \
-//        --golden ../../../shared/golden --out node.txt
+//        --golden ../../tests/golden --out node.txt
 import { readFileSync, writeFileSync } from "fs";
 import { join } from "path";
 

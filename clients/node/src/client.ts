@@ -29,7 +29,7 @@ import {
 export const DEFAULT_MAX_RECENT = 1024;
 
 // Transport failures after which a step is sent again, to the next endpoint. A step is a pure function of its
-// request (DESIGN.md section 5), so resending one a dead server may have answered is safe. INTERNAL covers
+// request (docs/contract.md section 5), so resending one a dead server may have answered is safe. INTERNAL covers
 // streams reset mid-frame by a dying peer.
 const RETRYABLE = new Set<number>([grpc.status.UNAVAILABLE, grpc.status.CANCELLED, grpc.status.ABORTED,
   grpc.status.DEADLINE_EXCEEDED, grpc.status.INTERNAL]);

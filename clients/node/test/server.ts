@@ -6,7 +6,8 @@ import { tmpdir } from "os";
 import { join, resolve } from "path";
 
 export const REPO = resolve(__dirname, "..", "..", "..", "..");
-export const GOLDEN = process.env.SAMPLERD_GOLDEN_DIR ?? resolve(REPO, "..", "shared", "golden");
+// The golden vectors: $SAMPLERD_GOLDEN_DIR (scripts/test-clients.sh passes the build's setting), else tests/golden.
+export const GOLDEN = process.env.SAMPLERD_GOLDEN_DIR || resolve(REPO, "tests", "golden");
 
 export function samplerdBinary(): string {
   const bin = process.env.SAMPLERD_BIN ?? join(REPO, "build", "service", "samplerd");

@@ -19,7 +19,7 @@ from samplerd.v1 import sampler_pb2 as pb
 DEFAULT_MAX_RECENT = 1024
 
 # Transport failures after which the same step is sent again, to the next endpoint. A step is a pure function
-# of its request (DESIGN.md section 5), so resending one the dead server may already have answered is safe.
+# of its request (docs/contract.md section 5), so resending one the dead server may already have answered is safe.
 # INTERNAL covers streams reset mid-frame by a dying peer.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED,
                        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL})
@@ -126,7 +126,7 @@ class Failover:
 
 
 class SessionState:
-    """The per-sequence state the protocol leaves to the client (DESIGN.md section 2): next step index, seed
+    """The per-sequence state the protocol leaves to the client (docs/contract.md section 2): next step index, seed
     (the server's pick is adopted after the first answer), profile, parameter overrides and recent tokens."""
 
     def __init__(self, sequence_id: Optional[str], seed: int, profile: str, params: Any,

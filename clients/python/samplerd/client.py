@@ -33,7 +33,7 @@ from samplerd.v1 import sampler_pb2_grpc
 
 class _StreamMux:
     """One Sample stream shared by many callers. Requests are queued in order and the pending futures resolved
-    FIFO as responses arrive (DESIGN.md section 2: one response per request, in request order). When the stream
+    FIFO as responses arrive (docs/contract.md section 2: one response per request, in request order). When the stream
     breaks, every pending future fails with the stream's error and the mux is unusable."""
 
     def __init__(self, stub: sampler_pb2_grpc.SamplerStub, metadata: tuple):

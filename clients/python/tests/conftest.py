@@ -15,7 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "clients" / "python"))  # the source tree, unless an installed copy comes first
-GOLDEN = Path(os.environ.get("SAMPLERD_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
+# The golden vectors: $SAMPLERD_GOLDEN_DIR (scripts/test-clients.sh passes the build's setting), else tests/golden.
+GOLDEN = Path(os.environ.get("SAMPLERD_GOLDEN_DIR") or REPO / "tests" / "golden")
 
 
 def samplerd_binary() -> Path:

@@ -3,7 +3,7 @@
 // (tests/conformance/README.md).
 //
 //	samplerd-conformance --target 127.0.0.1:50051 --requests tests/conformance/requests.json \
-//	    --golden ../shared/golden --out go.txt
+//	    --golden tests/golden --out go.txt
 package main
 
 import (
@@ -141,7 +141,7 @@ type npy struct {
 func main() {
 	target := flag.String("target", "", "samplerd address")
 	requests := flag.String("requests", "", "requests.json")
-	golden := flag.String("golden", "", "the golden folder (shared/golden)")
+	golden := flag.String("golden", "", "the golden folder (tests/golden)")
 	out := flag.String("out", "", "where to write the records")
 	flag.Parse()
 	if *target == "" || *requests == "" || *golden == "" || *out == "" {
