@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -49,32 +50,32 @@ void StepRing::Count(v1::Regime regime) {
 
 void StepRing::Push(v1::Regime regime, float logits_entropy, float logits_varentropy) {
   Count(regime);
+  const int regime_value = static_cast<int>(regime);
   if (std::isnan(logits_entropy) || std::isnan(logits_varentropy)) return;
-  const uint64_t claim = next_.fetch_add(1, std::memory_order_relaxed);
-  Slot& slot = slots_[claim % kCapacity];
-  // A seqlock per slot: readers that see an odd or changed sequence skip the slot.
-  slot.sequence.store(2 * claim + 1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
-  slot.logits_entropy.store(logits_entropy, std::memory_order_relaxed);
-  slot.logits_varentropy.store(logits_varentropy, std::memory_order_relaxed);
-  slot.regime.store(static_cast<int32_t>(regime), std::memory_order_relaxed);
-  slot.sequence.store(2 * claim + 2, std::memory_order_release);
+  if (regime_value < 0 || regime_value >= kRegimeSlots - 1) return;
+  uint32_t entropy_bits, varentropy_bits;
+  std::memcpy(&entropy_bits, &logits_entropy, sizeof(entropy_bits));
+  std::memcpy(&varentropy_bits, &logits_varentropy, sizeof(varentropy_bits));
+  // The varentropy's 4 lowest mantissa bits (a relative 2e-6) make room for the regime + 1, so 0 = empty.
+  const uint64_t packed = (uint64_t{entropy_bits} << 32) | (varentropy_bits & ~uint32_t{0xF}) |
+                          static_cast<uint32_t>(regime_value + 1);
+  slots_[next_.fetch_add(1, std::memory_order_relaxed) % kCapacity].store(packed, std::memory_order_relaxed);
 }
 
 std::vector<StepRing::Point> StepRing::Snapshot() const {
-  const uint64_t end = next_.load(std::memory_order_acquire);
+  const uint64_t end = next_.load(std::memory_order_relaxed);
   const uint64_t begin = end > kCapacity ? end - kCapacity : 0;
   std::vector<Point> points;
   points.reserve(end - begin);
   for (uint64_t claim = begin; claim < end; ++claim) {
-    const Slot& slot = slots_[claim % kCapacity];
-    const uint64_t before = slot.sequence.load(std::memory_order_acquire);
-    if (before == 0 || before % 2 == 1) continue;
-    Point point{slot.logits_entropy.load(std::memory_order_relaxed),
-                slot.logits_varentropy.load(std::memory_order_relaxed),
-                slot.regime.load(std::memory_order_relaxed)};
-    std::atomic_thread_fence(std::memory_order_acquire);
-    if (slot.sequence.load(std::memory_order_relaxed) != before) continue;
+    const uint64_t packed = slots_[claim % kCapacity].load(std::memory_order_relaxed);
+    if (packed == 0) continue;  // claimed, not written yet
+    const uint32_t entropy_bits = static_cast<uint32_t>(packed >> 32);
+    const uint32_t varentropy_bits = static_cast<uint32_t>(packed) & ~uint32_t{0xF};
+    Point point;
+    std::memcpy(&point.logits_entropy, &entropy_bits, sizeof(entropy_bits));
+    std::memcpy(&point.logits_varentropy, &varentropy_bits, sizeof(varentropy_bits));
+    point.regime = static_cast<int>(packed & 0xF) - 1;
     points.push_back(point);
   }
   return points;

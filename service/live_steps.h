@@ -31,12 +31,13 @@ std::string RegimeLabel(v1::Regime regime);
 // StepRing
 //
 // A fixed-size ring of the latest steps of one profile and the count of every step by regime. Push is
-// lock-free (one fetch_add to claim a slot, a per-slot sequence number around the write), so the workers
-// answering steps never wait for each other or for a reader; Snapshot skips a slot being written.
+// lock-free and wait-free (one fetch_add to claim a slot, one 64-bit store of the packed point), so the workers
+// answering steps never wait for each other or for a reader, and a reader never sees half a point; a writer
+// delayed by a whole lap of the ring only overwrites a slot with its own, older, point.
 class StepRing {
  public:
   static constexpr size_t kCapacity = 1024;
-  // Regime enum values 0..kRegimeSlots-1 are counted; others are kept as points but not counted.
+  // Regime enum values 0..kRegimeSlots-1 are counted, 0..kRegimeSlots-2 also kept as points.
   static constexpr int kRegimeSlots = 16;
 
   struct Point {
@@ -45,7 +46,8 @@ class StepRing {
     int regime;
   };
 
-  // Counts the step; keeps it as a point when both metrics are present (a NaN drops the point).
+  // Counts the step; keeps it as a point when both metrics are present (a NaN drops the point). The
+  // varentropy kept is rounded down by at most a relative 2e-6.
   void Push(v1::Regime regime, float logits_entropy, float logits_varentropy);
   void Count(v1::Regime regime);
 
@@ -55,16 +57,9 @@ class StepRing {
   std::array<uint64_t, kRegimeSlots> Counts() const;
 
  private:
-  struct Slot {
-    // 0 = never written; odd = being written; 2 * (claim + 1) once the claim-th push is complete.
-    std::atomic<uint64_t> sequence{0};
-    std::atomic<float> logits_entropy{0};
-    std::atomic<float> logits_varentropy{0};
-    std::atomic<int32_t> regime{0};
-  };
-
   std::atomic<uint64_t> next_{0};
-  std::array<Slot, kCapacity> slots_;
+  // entropy float bits << 32 | varentropy float bits with the low 4 bits replaced by regime + 1; 0 = empty.
+  std::array<std::atomic<uint64_t>, kCapacity> slots_{};
   std::array<std::atomic<uint64_t>, kRegimeSlots> counts_{};
 };
 

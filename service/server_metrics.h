@@ -57,10 +57,12 @@ namespace samplerd {
 //
 // The HTTP server answers on kHttpThreads threads, and a connection that sends nothing (or stops in the middle
 // of its request) is closed after kHttpIdleSeconds, so an idle or half-open connection holds one thread for
-// that long at most instead of blocking every scrape.
+// that long at most instead of blocking every scrape. A thread serves one connection at a time: past
+// kHttpThreads stalled connections a scrape waits kHttpIdleSeconds per kHttpThreads more of them, so a flood of
+// connections can still delay scrapes (the port belongs on a trusted network).
 class ServerMetrics final : public RequestObserver {
  public:
-  static constexpr int kHttpThreads = 4;
+  static constexpr int kHttpThreads = 16;
   static constexpr int kHttpIdleSeconds = 2;
 
   struct Options {

@@ -26,6 +26,20 @@ TEST(StepRing, KeepsTheLatestCapacityPointsOldestFirstAndCountsEveryStep) {
   EXPECT_EQ(ring.Counts()[v1::REGIME_EXPLORE], static_cast<uint64_t>(total - total / 2));
 }
 
+TEST(StepRing, PointsKeepTheirMetricsAndRegime) {
+  StepRing ring;
+  ring.Push(v1::REGIME_RESAMPLE, 7.123456f, 12.345678f);
+  ring.Push(v1::REGIME_ARGMAX, 0.0f, 0.0f);
+  const std::vector<StepRing::Point> points = ring.Snapshot();
+  ASSERT_EQ(points.size(), 2u);
+  EXPECT_EQ(points[0].logits_entropy, 7.123456f);
+  EXPECT_NEAR(points[0].logits_varentropy, 12.345678f, 12.345678f * 2e-6f);
+  EXPECT_EQ(points[0].regime, v1::REGIME_RESAMPLE);
+  EXPECT_EQ(points[1].logits_entropy, 0.0f);
+  EXPECT_EQ(points[1].logits_varentropy, 0.0f);
+  EXPECT_EQ(points[1].regime, v1::REGIME_ARGMAX);
+}
+
 TEST(StepRing, StepWithoutMetricsIsCountedButNotDrawn) {
   StepRing ring;
   ring.Push(v1::REGIME_CLARIFY, NAN, 1.0f);
@@ -33,8 +47,9 @@ TEST(StepRing, StepWithoutMetricsIsCountedButNotDrawn) {
   EXPECT_EQ(ring.Counts()[v1::REGIME_CLARIFY], 1u);
 }
 
-// Writers on several threads and a reader at once (a ThreadSanitizer build checks the ordering): every step is
-// counted, and every point read is one that was written whole (its varentropy is twice its entropy).
+// Writers on several threads and a reader at once (a ThreadSanitizer build checks the accesses): every step is
+// counted, and every point read is one that was written whole (its varentropy is twice its entropy; integers
+// below 2^20 survive the packing exactly).
 TEST(StepRing, ConcurrentPushesAndSnapshotsSeeWholePoints) {
   StepRing ring;
   constexpr int kThreads = 4, kPerThread = 20000;
