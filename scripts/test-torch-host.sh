@@ -3,16 +3,24 @@
 # build/service/samplerd) on a free loopback port, then runs tests/torch_host: a tiny byte-level transformer
 # trained for a few seconds on Debian's fortunes generates through samplerd with the entropix, fixed and greedy
 # profiles; tokens, regimes, attention shapes, log-probabilities, pictures and the evaluation command are
-# checked; finally samplerd must exit 0 on SIGTERM. About a minute on 2 cores. Needs the Debian packages of
-# scripts/install-deps.sh (python3-torch, python3-matplotlib, fortunes, ...).
+# checked; finally samplerd must exit 0 on SIGTERM. Then the reduced addition evaluation (issue 18,
+# tests/torch_host/test_addition.py): a model trained for 150 steps, profiles calibrated by $SAMPLERCTL_BIN
+# (default: samplerctl next to samplerd's build tree) and the Python client, 60 problems, one seed. A few minutes
+# on 2 cores. Needs the Debian packages of scripts/install-deps.sh (python3-torch, python3-matplotlib, fortunes, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SAMPLERD_BIN="${SAMPLERD_BIN:-build/service/samplerd}"
+SAMPLERCTL_BIN="${SAMPLERCTL_BIN:-$(dirname "$SAMPLERD_BIN")/../clients/cpp/samplerctl}"
+export SAMPLERD_BIN SAMPLERCTL_BIN
 PYTHON=/usr/bin/python3   # Debian's interpreter: torch, matplotlib, grpcio come from apt
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1
 
 if [ ! -x "$SAMPLERD_BIN" ]; then
   echo "test-torch-host: no samplerd binary at $SAMPLERD_BIN (build it first or set SAMPLERD_BIN)" >&2
+  exit 1
+fi
+if [ ! -x "$SAMPLERCTL_BIN" ]; then
+  echo "test-torch-host: no samplerctl binary at $SAMPLERCTL_BIN (build it first or set SAMPLERCTL_BIN)" >&2
   exit 1
 fi
 for pkg in python3-torch python3-matplotlib python3-grpcio python3-protobuf fortunes; do

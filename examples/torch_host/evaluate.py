@@ -346,8 +346,15 @@ def write_doc(path, fig_dir, runs, rows, alone, meta, ckpt_path, args, profile_d
     for line in args.notes(rows, m, args.batch):
         w(line)
     w("")
+    text = "\n".join(L)
+    # The addition section (evaluate_addition.py) has its own command; regenerating this part keeps it.
+    if os.path.exists(path):
+        old = open(path, encoding="utf-8").read()
+        begin, end = "<!-- addition:begin -->", "<!-- addition:end -->"
+        if begin in old and end in old:
+            text = text.rstrip("\n") + "\n\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(L))
+        f.write(text)
 
 
 def notes(rows, meta, b=None):
