@@ -138,6 +138,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, iters: int = 50, l2: float = 1e-3
 
 def summarise(runs_by_profile, n_problems, boot, rng):
     rows = {}
+    greedy_acc = None
     for profile, runs in runs_by_profile.items():
         seeds = sorted({r["seed"] for r in runs})
         # run_profile answers every problem once per seed, seed after seed
@@ -163,6 +164,11 @@ def summarise(runs_by_profile, n_problems, boot, rng):
                "regimes": {g: bootstrap(np.hstack([regime_counts[:, [k]], lp_n[:, None]]),
                                         lambda m: m[:, 0].sum() / m[:, 1].sum(), boot, rng)
                            for k, g in enumerate(REGIMES) if regime_counts[:, k].sum() > 0}}
+        if profile == "greedy":
+            greedy_acc = acc.mean(1)
+        if greedy_acc is not None:
+            # paired over problems: (this profile's accuracy on a problem) - (greedy's on the same problem)
+            row["delta_greedy"] = bootstrap((acc.mean(1) - greedy_acc)[:, None], lambda m: m.mean(), boot, rng)
         rows[profile] = row
     return rows
 
@@ -312,17 +318,19 @@ def write_section(doc, fig_dir, rows, table, meta, cal_defs, calib, args, starte
     w(f"Regenerate this section with one command: `/usr/bin/python3 examples/torch_host/evaluate_addition.py` "
       f"(trains `examples/torch_host/out/addition.pt` first if it is missing, starts its own samplerd). Last run: "
       f"{started:%Y-%m-%d %H:%M} UTC, {platform.machine()}, 2 cores shared with other work, torch on one thread; "
-      f"the evaluation took {t_eval:.0f} s. Every number is deterministic for a given checkpoint.")
+      f"the evaluation took {t_eval:.0f} s. Every number but the times is deterministic for a given checkpoint.")
     w("")
     w("### Set-up")
     w("")
-    w(f"- Task (`addition.py`): `a+b=` → the sum and `$`, each operand with 1 to 3 digits (length uniform, then "
-      f"value uniform). A hash of (a, b) puts each problem in exactly one split: train (90 %), calibration "
-      f"(5 %), test (5 %).")
+    w(f"- Task (`addition.py`): `417+086=` → `305$`: operands of 1 to 3 digits (length uniform, then value "
+      f"uniform) written zero-padded to 3, the sum's digits least significant first, then `$`. A hash of (a, b) "
+      f"puts each problem in exactly one split: train (90 %), calibration (5 %), test (5 %).")
     w(f"- Model: `model.py`'s transformer (2 layers, 4 heads, d = 128, context 16, vocabulary 256 bytes of which "
       f"the task uses 13), {meta.get('parameters', 0):,} parameters, trained with a loss on the answer characters "
       f"only: {meta.get('steps')} AdamW steps of batch {meta.get('batch')} (lr {meta.get('lr')}, seed "
-      f"{meta.get('seed')}) in {meta.get('train_seconds')} s on {meta.get('threads', 1)} torch thread(s); "
+      f"{meta.get('seed')}) in {meta.get('train_seconds')} s on {meta.get('threads', 1)} torch thread (wall time "
+      f"on the shared machine; the learning rate is constant after a 30-step warm-up, so a snapshot taken at "
+      f"step N with `--save-every` follows the same schedule as `addition.py --steps N`); "
       f"final training loss {meta.get('final_train_loss_ema')} nats per answer character.")
     w(f"- Calibration: greedy answers to {args.calibration} calibration-split problems "
       f"({calib['steps']} steps, attention sent), recorded as JSON lines; then "
@@ -351,12 +359,13 @@ def write_section(doc, fig_dir, rows, table, meta, cal_defs, calib, args, starte
     w("")
     w("### Results")
     w("")
-    w("| profile | answers | exact-match accuracy ↑ | mean log-likelihood (nats/char) ↑ | unterminated ↓ | "
-      "distinct answers per problem / seeds | mean applied temperature |")
-    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    w("| profile | answers | exact-match accuracy ↑ | accuracy − greedy's (paired) | mean log-likelihood "
+      "(nats/char) ↑ | unterminated ↓ | distinct answers per problem / seeds | mean applied temperature |")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for p, r in rows.items():
-        w(f"| `{p}` | {r['answers']} | {fmt_ci(r['accuracy'])} | {fmt_ci(r['loglik'])} | {fmt_ci(r['unterminated'])} | "
-          f"{fmt_ci(r['distinct'])} | {fmt_ci(r['temperature'])} |")
+        delta = fmt_ci(r["delta_greedy"]) if "delta_greedy" in r and p != "greedy" else "–"
+        w(f"| `{p}` | {r['answers']} | {fmt_ci(r['accuracy'])} | {delta} | {fmt_ci(r['loglik'])} | "
+          f"{fmt_ci(r['unterminated'])} | {fmt_ci(r['distinct'])} | {fmt_ci(r['temperature'])} |")
     w("")
     w(f"![accuracy per profile]({rel}/{os.path.basename(paths['accuracy'])})")
     w("")
@@ -390,12 +399,14 @@ def write_section(doc, fig_dir, rows, table, meta, cal_defs, calib, args, starte
     for line in notes(rows, table):
         w(line)
     w("")
-    w("Definitions: **exact match** = the answer equals the sum followed by `$`; **log-likelihood** = mean over "
+    w("Definitions: **exact match** = the answer equals the reversed sum followed by `$`; **log-likelihood** = mean over "
       "generated characters of `StepResult.logprob` (the unmodified model's log-probability of the chosen "
       "character); **unterminated** = share of answers that reached 5 characters without `$` (runaway or "
       "repeated digits); **distinct answers per problem / seeds** = different answers a problem got over the "
       "seeds, divided by the seeds (1/seeds = always the same answer); **regime mix** = share of steps per "
-      "`StepResult.regime`.")
+      "`StepResult.regime`; **mean applied temperature** = over steps with a draw, greedy (ARGMAX) steps counting 0; "
+      "**accuracy − greedy's (paired)** = mean over problems of the profile's accuracy on a problem (over the "
+      "seeds) minus greedy's on the same problem.")
     w(END_MARK)
     section = "\n".join(L) + "\n"
     text = open(doc, encoding="utf-8").read() if os.path.exists(doc) else ""
@@ -415,11 +426,11 @@ def notes(rows, table):
     for p, r in rows.items():
         if p == "greedy" or g is None:
             continue
-        lo, hi = r["accuracy"][1], r["accuracy"][2]
-        ga = g["accuracy"][0]
-        rel = "below" if hi < ga else "above" if lo > ga else "not distinguishable from"
-        out.append(f"- `{p}`: accuracy {r['accuracy'][0]:.3f} [{lo:.3f}, {hi:.3f}], {rel} greedy's {ga:.3f}; "
-                   f"log-likelihood {r['loglik'][0]:.3f} vs greedy {g['loglik'][0]:.3f} nats/char.")
+        d, dlo, dhi = r["delta_greedy"]
+        rel = "worse than" if dhi < 0 else "better than" if dlo > 0 else "not distinguishable from"
+        out.append(f"- `{p}`: accuracy {r['accuracy'][0]:.3f}, {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}] against greedy on "
+                   f"the same problems: {rel} greedy; log-likelihood {r['loglik'][0]:.3f} vs greedy "
+                   f"{g['loglik'][0]:.3f} nats/char.")
     if "calibrated" in rows and "fixed" in rows:
         c, f = rows["calibrated"], rows["fixed"]
         acc_ok = c["accuracy"][2] >= f["accuracy"][1]
@@ -435,13 +446,16 @@ def notes(rows, table):
         out.append(f"- Best single predictor of a wrong answer: {best[0]} (AUROC {best[1]:.3f}); intervals above 0.5: "
                    f"{len(sig)} of {len(table)} rows.")
     if g is not None:
-        worse = [p for p, r in rows.items() if p != "greedy" and r["accuracy"][2] < g["accuracy"][0]]
-        better = [p for p, r in rows.items() if p != "greedy" and r["accuracy"][1] > g["accuracy"][0]]
-        out.append(f"- Against greedy: {len(worse)} profile(s) with an accuracy interval wholly below greedy's "
-                   f"estimate ({', '.join(f'`{p}`' for p in worse) or 'none'}); "
-                   f"{len(better)} wholly above ({', '.join(f'`{p}`' for p in better) or 'none'}). On a task with "
-                   "one right answer a random draw can only move away from the model's best guess unless the "
-                   "model's top choice is wrong more often than its runner-up is right.")
+        worse = [p for p, r in rows.items() if p != "greedy" and r["delta_greedy"][2] < 0]
+        better = [p for p, r in rows.items() if p != "greedy" and r["delta_greedy"][1] > 0]
+        out.append(f"- Against greedy (paired intervals): worse: {', '.join(f'`{p}`' for p in worse) or 'none'}; "
+                   f"better: {', '.join(f'`{p}`' for p in better) or 'none'}. On a task with one right answer a "
+                   "random draw helps only where the model's runner-up is right more often than its top choice. "
+                   "ADAPTIVE keeps the most likely of n_adaptive_samples = 5 draws under the unmodified logits, "
+                   "which at these small entropies is nearly always the argmax, so the profiles that put almost "
+                   "every step in ARGMAX or ADAPTIVE decode almost greedily; the calibrated `entropix` shape sends "
+                   "the most uncertain steps (the high quantiles) to CLARIFY, EXPLORE and RESAMPLE, single draws "
+                   "at up to temperature_max, and pays for it on exactly the steps that decide the answer.")
     return out
 
 
