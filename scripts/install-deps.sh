@@ -33,4 +33,9 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # promtool ships in Debian's prometheus server package, whose install enables and starts the server on a
+  # systemd host; only the tool is wanted, so a server installed just now is stopped again.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl > /dev/null 2>&1; then
+    $SUDO systemctl disable --now prometheus > /dev/null 2>&1 || true
+  fi
 fi
