@@ -349,10 +349,11 @@ def write_doc(path, fig_dir, runs, rows, alone, meta, ckpt_path, args, profile_d
     text = "\n".join(L)
     # The addition section (evaluate_addition.py) has its own command; regenerating this part keeps it.
     if os.path.exists(path):
-        old = open(path, encoding="utf-8").read()
-        begin, end = "<!-- addition:begin -->", "<!-- addition:end -->"
-        if begin in old and end in old:
-            text = text.rstrip("\n") + "\n\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+        from evaluate_addition import kept_section, splice_section
+
+        kept = kept_section(open(path, encoding="utf-8").read())
+        if kept:
+            text = splice_section(text, kept)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 

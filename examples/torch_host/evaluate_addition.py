@@ -410,14 +410,25 @@ def write_section(doc, fig_dir, rows, table, meta, cal_defs, calib, args, starte
     w(END_MARK)
     section = "\n".join(L) + "\n"
     text = open(doc, encoding="utf-8").read() if os.path.exists(doc) else ""
-    if BEGIN in text and END_MARK in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END_MARK, 1)[1].lstrip("\n")
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text else "") + section
+    text = splice_section(text, section)
     os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
     with open(doc, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def splice_section(doc_text: str, section: str) -> str:
+    """`doc_text` with its addition section (between the markers) replaced by `section`, or `section` appended."""
+    if BEGIN in doc_text and END_MARK in doc_text:
+        head, rest = doc_text.split(BEGIN, 1)
+        return head + section + rest.split(END_MARK, 1)[1].lstrip("\n")
+    return (doc_text.rstrip("\n") + "\n\n" if doc_text else "") + section
+
+
+def kept_section(doc_text: str) -> str:
+    """The addition section of `doc_text` with its markers ("" when there is none): what evaluate.py keeps."""
+    if BEGIN in doc_text and END_MARK in doc_text:
+        return BEGIN + doc_text.split(BEGIN, 1)[1].split(END_MARK, 1)[0] + END_MARK + "\n"
+    return ""
 
 
 def notes(rows, table):

@@ -81,6 +81,22 @@ class AdditionEvaluationTest(unittest.TestCase):
             served = json.load(f)
         self.assertEqual([p["name"] for p in served["profiles"]], ["calibrated", "calibrated-frog"])
 
+    def test_regenerating_either_part_of_the_doc_keeps_the_other(self):
+        import evaluate_addition as ea
+        with open(DOC, encoding="utf-8") as f:
+            doc = f.read()
+        section = ea.kept_section(doc)
+        self.assertTrue(section.startswith(ea.BEGIN) and section.rstrip().endswith(ea.END_MARK))
+        # evaluate.py rewrites the fortunes part and splices the kept section back
+        rewritten = ea.splice_section("# Evaluation\n\nnew fortunes part\n", section)
+        self.assertEqual(ea.kept_section(rewritten), section)
+        self.assertTrue(rewritten.startswith("# Evaluation\n\nnew fortunes part\n"))
+        # evaluate_addition.py replaces its section in place, once
+        again = ea.splice_section(rewritten, ea.BEGIN + "\nnew\n" + ea.END_MARK + "\n")
+        self.assertEqual(again.count(ea.BEGIN), 1)
+        self.assertIn("new fortunes part", again)
+        self.assertIn("\nnew\n", again)
+
     def test_auroc_rows_are_probabilities(self):
         names = [row[0] for row in RESULT["auroc"]]
         self.assertIn("max logits entropy", names)
