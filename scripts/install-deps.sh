@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package samplerd needs to build, test and run. Idempotent: packages already
-# present are skipped by apt, so running it on a provisioned machine costs a few seconds.
+# Installs the Debian 12 packages samplerd needs. Idempotent: packages already present are skipped by apt, so
+# running it on a provisioned machine costs a few seconds.
+#
+#   scripts/install-deps.sh           everything the whole suite needs (scripts/test.sh)
+#   scripts/install-deps.sh server    only what builds and runs samplerd and samplerctl (scripts/start.sh)
+#   scripts/install-deps.sh PKG...    just those packages (tools one suite needs, such as clang for the fuzzers)
 set -euo pipefail
 
+# The server and samplerctl. deploy/docker/build-packages.sh reads this list for the image's build stage.
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libabsl-dev
   libxtensor-dev libxsimd-dev
-  libgtest-dev libgmock-dev googletest libbenchmark-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   prometheus-cpp-dev libcpp-httplib-dev
+  libssl-dev
+)
+# The rest of the suite: tests and benchmarks, the Python, Node and Go clients, the PyTorch model host.
+suite_packages=(
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3-numpy python3-grpcio python3-protobuf
-  openssl libssl-dev curl chromium prometheus
+  openssl curl chromium prometheus
   python3-torch python3-matplotlib python3-pil libopenblas0-pthread fortunes
   python3-pytest python3-yaml python3-setuptools python3-wheel python3-pip python3-venv nodejs
   golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
   protoc-gen-go protoc-gen-go-grpc
 )
-# Node.js builds from nodesource bundle npm (and conflict with Debian's npm package): ask for it only if absent.
-command -v npm >/dev/null 2>&1 || packages+=(npm)
 
-# `install-deps.sh PKG...` installs just those (tools one suite needs, such as clang for the fuzzers).
-if (($#)); then packages=("$@"); fi
+case "${1:-}" in
+  server) ;;
+  "")
+    packages+=("${suite_packages[@]}")
+    # Node.js builds from nodesource bundle npm (and conflict with Debian's npm package): ask for it only if absent.
+    command -v npm >/dev/null 2>&1 || packages+=(npm)
+    ;;
+  *) packages=("$@") ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do
