@@ -1,11 +1,12 @@
-"""Build hook: the samplerd.v1 stubs are generated from proto/ into the build folder, so the wheel (and
-`pip install ./clients/python`) carries code made by protoc + grpc_python_plugin, never a hand-edited copy.
-All metadata is in pyproject.toml."""
+"""Build hooks: the samplerd.v1 stubs are generated from proto/ by protoc + grpc_python_plugin into the sdist
+(`sdist`) and the wheel (`build_py`), so both carry code made from the .proto files, never a hand-edited copy.
+Building from the sdist (no proto/ beside it) uses the stubs it carries. All metadata is in pyproject.toml."""
 import importlib.util
 import os
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -18,16 +19,29 @@ def _load_gen():
     return mod
 
 
+def _generate(command, out_dir):
+    """Generates the stubs under `out_dir` from proto/ when there is one; else the tree must already carry them."""
+    gen = _load_gen()
+    proto_dir = gen.find_proto_dir()
+    if proto_dir is None:
+        if not gen.stubs_present(_HERE):
+            raise RuntimeError("samplerd: neither proto/ (../../proto from clients/python, or $SAMPLERD_PROTO_DIR) "
+                               "nor generated stubs in samplerd/v1 were found")
+        return
+    for path in gen.generate(proto_dir, out_dir):
+        command.announce(f"generated {path}", level=2)
+
+
 class BuildPyWithStubs(build_py):
     def run(self):
         super().run()
-        gen = _load_gen()
-        proto_dir = gen.find_proto_dir()
-        if proto_dir is None:
-            raise RuntimeError("samplerd: proto/ not found (expected ../../proto from clients/python, or "
-                               "$SAMPLERD_PROTO_DIR)")
-        for path in gen.generate(proto_dir, self.build_lib):
-            self.announce(f"generated {path}", level=2)
+        _generate(self, self.build_lib)
 
 
-setup(cmdclass={"build_py": BuildPyWithStubs})
+class SdistWithStubs(sdist):
+    def make_release_tree(self, base_dir, files):
+        super().make_release_tree(base_dir, files)
+        _generate(self, base_dir)
+
+
+setup(cmdclass={"build_py": BuildPyWithStubs, "sdist": SdistWithStubs})

@@ -9,18 +9,14 @@
 `AsyncClient` is the asyncio variant. The generated stubs are `samplerd.v1.sampler_pb2` / `sampler_pb2_grpc` /
 `profile_pb2`.
 """
-from samplerd import _gen
-
-_gen.ensure_stubs()
-
-from samplerd._common import DEFAULT_MAX_RECENT, TLS  # noqa: E402
-from samplerd.aio import AsyncClient, AsyncSession  # noqa: E402
-from samplerd.calibration import Calibration, CalibrationError, calibrate  # noqa: E402
-from samplerd.client import Client, Session  # noqa: E402
-from samplerd.tensors import Raw  # noqa: E402
-from samplerd.types import (BatchError, Metrics, Params, ProtocolError, Regime, SamplerdError,  # noqa: E402
-                            StepError, StepResult, TokenLogprob, Unavailable)
-from samplerd.v1 import profile_pb2, sampler_pb2, sampler_pb2_grpc  # noqa: E402
+from samplerd._common import DEFAULT_MAX_RECENT, TLS
+from samplerd.aio import AsyncClient, AsyncSession
+from samplerd.calibration import Calibration, CalibrationError, calibrate
+from samplerd.client import Client, Session
+from samplerd.tensors import Raw
+from samplerd.types import (BatchError, Metrics, Params, ProtocolError, Regime, SamplerdError, StepError,
+                            StepResult, TokenLogprob, Unavailable)
+from samplerd.v1 import profile_pb2, sampler_pb2, sampler_pb2_grpc
 
 __version__ = "0.1.0"
 

@@ -67,11 +67,16 @@ def _pem(v: Union[bytes, str, Path, None]) -> Optional[bytes]:
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
-def channel_args(tls: Any, max_message_bytes: int) -> tuple[Optional[grpc.ChannelCredentials], list]:
+def channel_args(tls: Any, max_message_bytes: int,
+                 extra: Iterable[tuple[str, Any]] = ()) -> tuple[Optional[grpc.ChannelCredentials], list]:
+    """The credentials and channel arguments of every endpoint; `extra` (the caller's channel options) replaces
+    a default of the same key."""
     # Reconnect backoff capped at 2 s (gRPC's default grows to 120 s): a restarted replica is used again soon.
-    options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.max_receive_message_length", max_message_bytes),
-               ("grpc.max_send_message_length", max_message_bytes), ("grpc.enable_retries", 0),
-               ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+    merged = dict([("grpc.service_config", _SERVICE_CONFIG), ("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes), ("grpc.enable_retries", 0),
+                   ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)])
+    merged.update(dict(extra))
+    options = list(merged.items())
     if tls is None or tls is False:
         return None, options
     if isinstance(tls, grpc.ChannelCredentials):

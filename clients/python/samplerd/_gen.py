@@ -1,9 +1,10 @@
 """Generates the gRPC/protobuf stubs of samplerd.v1 from proto/ with `protoc` and `grpc_python_plugin`.
 
-The stubs are build products, never edited by hand and not kept in git. They are made:
-  - at install time, by setup.py's build hook (`pip install ./clients/python`), into the wheel;
-  - in a source checkout, on the first `import samplerd` (and again whenever a .proto is newer than its stubs);
-  - by hand with `python3 -m samplerd._gen [--proto-dir DIR] [--out DIR]`.
+The stubs are build products, never edited by hand. They are made:
+  - when the sdist or the wheel is built, by setup.py's build hooks (`pip install ./clients/python`,
+    `pip wheel`), so both ship them; importing the package never generates anything;
+  - for a source checkout (PYTHONPATH=clients/python), by hand with `python3 clients/python/samplerd/_gen.py`;
+    the copies in git are those, and tests/test_gen.py fails when they differ from what proto/ generates.
 
 Only the standard library is used here, so setup.py can load this file before grpcio or protobuf are present.
 Tools: `protoc` (Debian: protobuf-compiler) and `grpc_python_plugin` (protobuf-compiler-grpc); $PROTOC and
@@ -68,26 +69,9 @@ def generate(proto_dir: Path, out_dir: Path) -> list[Path]:
     return written
 
 
-def stubs_stale(proto_dir: Path, out_dir: Path = _PACKAGE_DIR.parent) -> bool:
-    target = Path(out_dir) / "samplerd" / "v1"
-    stub_paths = [target / s for s in STUBS]
-    if not all(p.is_file() for p in stub_paths):
-        return True
-    newest_proto = max((proto_dir / p).stat().st_mtime for p in PROTOS)
-    return min(p.stat().st_mtime for p in stub_paths) < newest_proto
-
-
-def ensure_stubs() -> None:
-    """Called on `import samplerd`: in a source checkout, (re)generates missing or outdated stubs in place. In an
-    installed package there is no proto/ to compare with, and the stubs shipped in the wheel are used."""
-    proto_dir = find_proto_dir()
-    if proto_dir is None:
-        if not all((_PACKAGE_DIR / "v1" / s).is_file() for s in STUBS):
-            raise ImportError("samplerd: the generated stubs are missing and no proto/ folder was found; "
-                              "install the package (pip install ./clients/python) or set $SAMPLERD_PROTO_DIR")
-        return
-    if stubs_stale(proto_dir):
-        generate(proto_dir, _PACKAGE_DIR.parent)
+def stubs_present(package_parent: Path) -> bool:
+    """Whether every stub is under `package_parent`/samplerd/v1."""
+    return all((Path(package_parent) / "samplerd" / "v1" / s).is_file() for s in STUBS)
 
 
 def main(argv: list[str] | None = None) -> int:

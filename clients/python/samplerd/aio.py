@@ -93,10 +93,12 @@ class _AioStreamMux:
 
 
 class _AioEndpoint:
-    def __init__(self, target: str, creds: Optional[grpc.ChannelCredentials], options: list, metadata: tuple):
+    def __init__(self, target: str, creds: Optional[grpc.ChannelCredentials], options: list, metadata: tuple,
+                 interceptors: Sequence[Any] = ()):
         self.target = target
-        self.channel = (grpc.aio.secure_channel(target, creds, options) if creds
-                        else grpc.aio.insecure_channel(target, options))
+        interceptors = list(interceptors) or None
+        self.channel = (grpc.aio.secure_channel(target, creds, options, interceptors=interceptors) if creds
+                        else grpc.aio.insecure_channel(target, options, interceptors=interceptors))
         self.stub = sampler_pb2_grpc.SamplerStub(self.channel)
         self._metadata = metadata
         self._mux: Optional[_AioStreamMux] = None
@@ -138,14 +140,16 @@ class AsyncSession:
 
 
 class AsyncClient:
-    """As Client (same arguments), over grpc.aio. Create and use it inside a running event loop."""
+    """As Client (same arguments), over grpc.aio. Create and use it inside a running event loop. `interceptors`
+    are grpc.aio client interceptors."""
 
     def __init__(self, target: Union[str, Sequence[str]], *, tls: Any = None, token: Optional[str] = None,
-                 timeout: float = 10.0, failover_timeout: float = 10.0, max_message_bytes: int = 64 << 20):
+                 timeout: float = 10.0, failover_timeout: float = 10.0, max_message_bytes: int = 64 << 20,
+                 options: Sequence[tuple[str, Any]] = (), interceptors: Sequence[Any] = ()):
         self.endpoints = _common.endpoints_of(target)
-        creds, options = _common.channel_args(tls, max_message_bytes)
+        creds, channel_options = _common.channel_args(tls, max_message_bytes, options)
         self._metadata = _common.metadata_of(token)
-        self._eps = [_AioEndpoint(t, creds, options, self._metadata) for t in self.endpoints]
+        self._eps = [_AioEndpoint(t, creds, channel_options, self._metadata, interceptors) for t in self.endpoints]
         self._failover = Failover(len(self._eps), failover_timeout)
         self.timeout = timeout
 

@@ -101,9 +101,11 @@ class _StreamMux:
 
 
 class _Endpoint:
-    def __init__(self, target: str, creds: Optional[grpc.ChannelCredentials], options: list, metadata: tuple):
+    def __init__(self, target: str, creds: Optional[grpc.ChannelCredentials], options: list, metadata: tuple,
+                 interceptors: Sequence[Any] = ()):
         self.target = target
-        self.channel = grpc.secure_channel(target, creds, options) if creds else grpc.insecure_channel(target, options)
+        channel = grpc.secure_channel(target, creds, options) if creds else grpc.insecure_channel(target, options)
+        self.channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
         self.stub = sampler_pb2_grpc.SamplerStub(self.channel)
         self._metadata = metadata
         self._mux: Optional[_StreamMux] = None
@@ -160,14 +162,17 @@ class Client:
     mutual TLS, server name) or grpc.ChannelCredentials. `token`: sent as `authorization: Bearer <token>` on
     every call. `timeout`: seconds a step may take before its endpoint is given up on. `failover_timeout`:
     how long a step keeps being resent, endpoint after endpoint, before Unavailable is raised.
-    Thread-safe; use as a context manager or call close()."""
+    `options`: gRPC channel arguments, `(key, value)` pairs that replace the client's defaults of the same key.
+    `interceptors`: grpc client interceptors (grpc.UnaryUnaryClientInterceptor, ...StreamStreamClientInterceptor)
+    wrapped around every endpoint's channel. Thread-safe; use as a context manager or call close()."""
 
     def __init__(self, target: Union[str, Sequence[str]], *, tls: Any = None, token: Optional[str] = None,
-                 timeout: float = 10.0, failover_timeout: float = 10.0, max_message_bytes: int = 64 << 20):
+                 timeout: float = 10.0, failover_timeout: float = 10.0, max_message_bytes: int = 64 << 20,
+                 options: Sequence[tuple[str, Any]] = (), interceptors: Sequence[Any] = ()):
         self.endpoints = _common.endpoints_of(target)
-        creds, options = _common.channel_args(tls, max_message_bytes)
+        creds, channel_options = _common.channel_args(tls, max_message_bytes, options)
         self._metadata = _common.metadata_of(token)
-        self._eps = [_Endpoint(t, creds, options, self._metadata) for t in self.endpoints]
+        self._eps = [_Endpoint(t, creds, channel_options, self._metadata, interceptors) for t in self.endpoints]
         self._failover = Failover(len(self._eps), failover_timeout)
         self._lock = threading.Lock()
         self.timeout = timeout

@@ -12,7 +12,8 @@ From a recorded generation (the JSON lines file of `generate.py --record`), no s
 
     /usr/bin/python3 -m samplerd.plots RECORD.jsonl --out picture.png
 
-(matplotlib is needed only here: Debian's python3-matplotlib.)
+(matplotlib is needed only here: the `plots` extra, `pip install 'samplerd[plots]'`, or Debian's
+python3-matplotlib.)
 """
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ import json
 import os
 import sys
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError as e:
+    raise ImportError("samplerd.plots needs matplotlib: pip install 'samplerd[plots]'") from e
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
