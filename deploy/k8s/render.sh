@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
 # Renders every overlay of deploy/k8s and validates the result offline (no cluster):
-#   1. renders each overlay with `kubectl kustomize` (kustomize v4+) when kubectl is there, and always with
-#      validate/kustomize-lite.mjs, the built-in renderer of the subset these kustomizations use; when both
-#      ran, their outputs must hold the same objects;
+#   1. renders each overlay with `kubectl kustomize` (kustomize v4+; anyone deploying to Kubernetes has it);
 #   2. validate/validate.mjs: Kubernetes schemas (npm kubernetes-models 4.x), unknown fields, samplerd's wiring
 #      rules, plus its self-test (broken variants of each render must be rejected);
 #   3. with a built samplerd: every flag in the manifests must be in `samplerd --help`, and samplerd started
@@ -11,13 +9,11 @@
 # Renders go to ${DEPLOY_BUILD_DIR:-build-deploy}/k8s/<overlay>.yaml.
 #
 #   deploy/k8s/render.sh     (SAMPLERD_BIN=path/to/samplerd, default build/service/samplerd;
-#                             KUBECTL=none renders as a machine without kubectl would)
+#                             KUBECTL=path/to/kubectl, default the kubectl on PATH)
 #
-# Why not Debian's kubernetes-client: it is kubectl 1.20 with kustomize v2.0.3, which predates directories in
+# Not Debian's kubernetes-client: it is kubectl 1.20 with kustomize v2.0.3, which predates directories in
 # `resources` and the `patches` field, and silently ignores `$patch: delete` on autoscaling/v2 and policy/v1
-# objects (tried here: the sidecar render kept the standalone HPA and PDB). A current kustomize is only in
-# registries these machines cannot reach, so the fallback is the small renderer above, held to kubectl's
-# output wherever kubectl exists (it is in this machine image).
+# objects. A machine without a current kubectl fails here, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -42,32 +38,26 @@ if ! cmp -s "$tools/package-lock.json" "$stamp" 2>/dev/null; then
 fi
 
 kubectl=${KUBECTL:-kubectl}
-kubectl_ok=0
-if command -v "$kubectl" > /dev/null; then
-  kv=$("$kubectl" version --client -o json 2>/dev/null | sed -n 's/.*"kustomizeVersion": *"v\{0,1\}\([0-9]*\).*/\1/p')
-  if [ -n "$kv" ] && ((kv >= 4)); then
-    kubectl_ok=1
-    echo "render: kubectl kustomize (kustomize $("$kubectl" version --client -o json | sed -n 's/.*"kustomizeVersion": *"\(.*\)".*/\1/p')) and the built-in renderer"
-  else
-    echo "render: kubectl has no kustomize v4+; built-in renderer only"
-  fi
-else
-  echo "render: no kubectl; built-in renderer only"
+if ! command -v "$kubectl" > /dev/null; then
+  echo "render: FAIL: kubectl not found (KUBECTL=$kubectl): install kubectl 1.21+ (kustomize v4+), e.g. from" \
+    "https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/" >&2
+  exit 1
 fi
+kustomize_version=$("$kubectl" version --client -o json 2>/dev/null | sed -n 's/.*"kustomizeVersion": *"\(.*\)".*/\1/p')
+kv=$(sed -n 's/^v\{0,1\}\([0-9]*\).*/\1/p' <<< "$kustomize_version")
+if [ -z "$kv" ] || ((kv < 4)); then
+  echo "render: FAIL: $kubectl has kustomize '${kustomize_version:-none}'; the overlays need kustomize v4+" \
+    "(kubectl 1.21+)" >&2
+  exit 1
+fi
+echo "render: kubectl kustomize (kustomize $kustomize_version)"
 
 # --- 1. render ----------------------------------------------------------------------------------------------
 inputs=()
 for dir in deploy/k8s/overlays/*/; do
   overlay=$(basename "$dir")
-  node "$tools/kustomize-lite.mjs" "$dir" > "$out/$overlay.lite.yaml"
-  if ((kubectl_ok)); then
-    "$kubectl" kustomize "$dir" > "$out/$overlay.yaml"
-    node "$tools/kustomize-lite.mjs" --compare "$out/$overlay.yaml" "$out/$overlay.lite.yaml" || {
-      echo "render: FAIL: $overlay: the built-in renderer and kubectl kustomize disagree" >&2; exit 1; }
-    echo "render: $overlay: kubectl kustomize and the built-in renderer give the same $(grep -c '^kind:' "$out/$overlay.yaml") objects"
-  else
-    cp "$out/$overlay.lite.yaml" "$out/$overlay.yaml"
-  fi
+  "$kubectl" kustomize "$dir" > "$out/$overlay.yaml"
+  echo "render: $overlay: $(grep -c '^kind:' "$out/$overlay.yaml") objects"
   inputs+=("$overlay=$out/$overlay.yaml")
 done
 
