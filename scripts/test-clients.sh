@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The client suites against live samplerd processes: Python (pytest), Node (npm test), Go (go test), then the
-# four-client conformance run. CI calls it after building the server; every suite runs even if an earlier one
+# The client suites against live samplerd processes: Python (pytest, with the sdist -> wheel -> venv install), Node
+# (npm test, then the packed tarball from ESM and CJS), the C++ client installed with cmake --install and used from
+# a consumer project, Go (go test), then the four-client conformance run. CI calls it after building the server; every suite runs even if an earlier one
 # fails, and the script fails if any did.
 #
 # Environment: SAMPLERD_BIN (default build/service/samplerd), SAMPLERD_GOLDEN_DIR (default scripts/golden-dir.sh:
@@ -31,6 +32,9 @@ suite() {
 
 suite python /usr/bin/python3 -m pytest -q -p no:cacheprovider "$root/clients/python/tests"
 suite node bash -c 'cd "$1/clients/node" && { [[ -d node_modules ]] || npm ci --no-audit --no-fund; } && npm test --silent' _ "$root"
+suite node-package "$root/clients/node/scripts/test-package.sh"
+suite cpp-consumer "$root/tests/clients/consumer/run.sh" "${BUILD_DIR:-$root/build}"
+suite go-vet "$root/clients/go/go.sh" vet ./...
 suite go "$root/clients/go/go.sh" test -count=1 ./...
 suite conformance "$root/scripts/conformance.sh"
 

@@ -27,7 +27,10 @@ using SampleStream = grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleRespo
 
 // A Sample stream on the client's current endpoint.
 struct Stream {
-  explicit Stream(Client& client) : stub(v1::Sampler::NewStub(client.channel())), rw(stub->Sample(&context)) {}
+  explicit Stream(Client& client) : stub(v1::Sampler::NewStub(client.channel())) {
+    client.Authorize(&context);
+    rw = stub->Sample(&context);
+  }
   absl::Status RoundTrip(const v1::SampleRequest& request, v1::SampleResponse* response) {
     if (rw->Write(request) && rw->Read(response)) return absl::OkStatus();
     rw->WritesDone();

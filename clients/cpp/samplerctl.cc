@@ -11,6 +11,10 @@
 //   samplerctl calibrate --from RECORD... --out profile.json [--base entropix|entropix-frog] [--name N]
 //                       [--quantile-low 0.5] [--quantile-high 0.9] [--temperature-max 1]   (calibrate.h; no server)
 //
+// Every subcommand but bench takes --tls_ca / --tls_cert / --tls_key (PEM files; any of them, or --tls, turns TLS
+// on) and --token (or $SAMPLERD_TOKEN: sent as "authorization: Bearer <token>"), for a server started with
+// --tls_* and --auth_token_file.
+//
 // Exit codes: 0 success; 1 an RPC failed, a step was rejected, or the server is not SERVING; 2 bad usage or an
 // unreadable input file.
 #include <malloc.h>
@@ -18,6 +22,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <string>
 #include <vector>
@@ -126,6 +132,38 @@ int RunProfiles(Client& client, bool json) {
   return 0;
 }
 
+struct SecurityFlags {
+  bool tls = false;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string token;
+
+  bool any() const { return tls || !tls_ca.empty() || !tls_cert.empty() || !tls_key.empty() || !token.empty(); }
+};
+
+// The ClientOptions of the flags; false (with the reason on stderr) when a file cannot be read.
+bool MakeClientOptions(const SecurityFlags& flags, ClientOptions* options) {
+  const std::pair<const std::string*, std::string*> files[] = {{&flags.tls_ca, &options->tls_ca_pem},
+                                                                {&flags.tls_cert, &options->tls_cert_pem},
+                                                                {&flags.tls_key, &options->tls_key_pem}};
+  for (const auto& [path, pem] : files) {
+    if (path->empty()) continue;
+    std::ifstream in(*path, std::ios::binary);
+    std::ostringstream contents;
+    contents << in.rdbuf();
+    if (!in || contents.str().empty()) {
+      absl::FPrintF(stderr, "samplerctl: %s: cannot be read\n", *path);
+      return false;
+    }
+    *pem = contents.str();
+    options->tls = true;
+  }
+  if (flags.tls) options->tls = true;
+  options->token = flags.token;
+  return true;
+}
+
 struct SampleFlags {
   std::string logits;
   std::string attention;
@@ -203,7 +241,7 @@ int RunDemo(Client& client, const DemoFlags& flags) {
     const uint64_t step = session->step();
     const SyntheticModel::State state = model.Next(step, previous, &logits, &attention);
     const int64_t shape[2] = {model.heads(), model.kv_len(step)};
-    absl::StatusOr<StepResult> r = session->Step(logits, AttentionInput{attention, shape});
+    absl::StatusOr<StepResult> r = session->Step(logits, TensorRef(attention, shape));
     if (!r.ok()) return Fail(r.status(), absl::StrCat("step ", step));
     previous = r->token;
     ++regimes[RegimeName(r->regime)];
@@ -284,6 +322,15 @@ int main(int argc, char** argv) {
   app.fallthrough();  // --target may follow the subcommand
   std::string target = "localhost:50051";
   app.add_option("--target", target, "gRPC target of the server: host:port or unix:/path")->capture_default_str();
+
+  SecurityFlags security;
+  app.add_flag("--tls", security.tls, "Use TLS, trusting the system's roots (implied by --tls_ca/--tls_cert/--tls_key)");
+  app.add_option("--tls_ca", security.tls_ca, "PEM CA bundle the server's certificate must chain to (turns TLS on)");
+  app.add_option("--tls_cert", security.tls_cert, "PEM client certificate, for a server with --tls_client_ca")
+      ->needs(app.add_option("--tls_key", security.tls_key, "PEM private key of --tls_cert"));
+  app.get_option("--tls_key")->needs("--tls_cert");
+  app.add_option("--token", security.token, "Bearer token, for a server with --auth_token_file")
+      ->envname("SAMPLERD_TOKEN");
 
   std::string service;
   CLI::App* health = app.add_subcommand("health", "Check grpc.health.v1 (exit 0 only when SERVING)");
@@ -386,9 +433,17 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
-  if (bench->parsed()) return RunBench(target, bench_flags);
+  if (bench->parsed()) {
+    if (security.any()) {
+      absl::FPrintF(stderr, "samplerctl: bench speaks plaintext only (no --tls* / --token)\n");
+      return kExitUsage;
+    }
+    return RunBench(target, bench_flags);
+  }
   if (calibrate->parsed()) return RunCalibrate(calibrate_options);
-  Client client(target);
+  ClientOptions client_options;
+  if (!MakeClientOptions(security, &client_options)) return kExitUsage;
+  Client client(target, client_options);
   if (health->parsed()) return RunHealth(client, service);
   if (profiles->parsed()) return RunProfiles(client, profiles_json);
   if (sample->parsed()) return RunSample(client, sample_flags);

@@ -5,12 +5,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace samplerd::client {
 namespace {
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
-              "samplerd tensors are little-endian; FillF32Tensor copies floats in host order");
+              "samplerd tensors are little-endian; TensorRef copies values in host order");
 
 std::string RandomSequenceId() {
   std::random_device device;
@@ -26,7 +27,16 @@ bool IsTransportFailure(const absl::Status& s) {
          s.code() == absl::StatusCode::kAborted;
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+std::shared_ptr<grpc::ChannelCredentials> MakeCredentials(const ClientOptions& options) {
+  if (!options.tls) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = options.tls_ca_pem;
+  ssl.pem_cert_chain = options.tls_cert_pem;
+  ssl.pem_private_key = options.tls_key_pem;
+  return grpc::SslCredentials(ssl);
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const ClientOptions& options) {
   grpc::ChannelArguments args;
   // Several addresses behind one target (dns:///, ipv4:a,b) are spread over, not pinned to the first.
   args.SetLoadBalancingPolicyName("round_robin");
@@ -35,11 +45,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   args.SetMaxReceiveMessageSize(64 << 20);
   // ms; keeps a long idle Sample stream alive through NATs. The server accepts a ping every 10 s.
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30 * 1000);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-}
-
-void SetTimeout(grpc::ClientContext* context, absl::Duration timeout) {
-  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  return grpc::CreateCustomChannel(target, MakeCredentials(options), args);
 }
 
 }  // namespace
@@ -69,12 +75,21 @@ std::string RejectedField(const absl::Status& status) {
 }
 
 void FillF32Tensor(absl::Span<const float> values, absl::Span<const int64_t> shape, v1::Tensor* tensor) {
-  tensor->set_dtype(v1::DTYPE_F32);
+  TensorRef(values, shape).Fill(tensor);
+}
+
+void TensorRef::Fill(v1::Tensor* tensor) const {
+  tensor->set_dtype(dtype_);
   tensor->mutable_shape()->Clear();
-  tensor->mutable_shape()->Add(shape.begin(), shape.end());
+  if (shape_.empty()) {
+    tensor->add_shape(static_cast<int64_t>(count_));
+  } else {
+    tensor->mutable_shape()->Add(shape_.begin(), shape_.end());
+  }
+  const size_t bytes = count_ * (dtype_ == v1::DTYPE_F32 ? sizeof(float) : sizeof(uint16_t));
   std::string* data = tensor->mutable_data();
-  data->resize(values.size() * sizeof(float));
-  if (!values.empty()) std::memcpy(data->data(), values.data(), values.size() * sizeof(float));
+  data->resize(bytes);
+  if (bytes != 0) std::memcpy(data->data(), data_, bytes);
 }
 
 // Session
@@ -100,6 +115,7 @@ Session::~Session() {
 
 void Session::OpenStream() {
   context_ = std::make_unique<grpc::ClientContext>();
+  client_->Authorize(context_.get());
   stream_ = client_->endpoints_[client_->current_].stub->Sample(context_.get());
 }
 
@@ -117,37 +133,20 @@ absl::Status Session::Exchange() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepResult> Session::Step(absl::Span<const float> logits, std::optional<AttentionInput> attention,
-                                         const StepOptions& options) {
-  if (closed_) return absl::FailedPreconditionError("the session's Sample stream is closed");
-
-  // Clear keeps the cleared step and its byte buffers allocated for the next call.
-  v1::Step* step = request_.steps_size() == 0 ? request_.add_steps() : request_.mutable_steps(0);
-  step->Clear();
+void Session::FillStep(const TensorRef& logits, const std::optional<TensorRef>& attention,
+                       const StepOptions& options, v1::Step* step) const {
   step->set_sequence_id(sequence_id_);
   step->set_step(step_);
-  const int64_t vocab[1] = {static_cast<int64_t>(logits.size())};
-  FillF32Tensor(logits, vocab, step->mutable_logits());
-  if (attention.has_value()) FillF32Tensor(attention->scores, attention->shape, step->mutable_attention());
+  logits.Fill(step->mutable_logits());
+  if (attention.has_value()) attention->Fill(step->mutable_attention());
   step->mutable_recent_tokens()->Add(recent_tokens_.begin(), recent_tokens_.end());
   if (options.params.has_value()) *step->mutable_params() = *options.params;
   step->set_profile(profile_);
   step->set_seed(seed_);
   step->set_top_logprobs(options.top_logprobs);
+}
 
-  absl::Status sent = Exchange();
-  for (size_t attempt = 1; !sent.ok() && IsTransportFailure(sent) && attempt < 2 * client_->endpoint_count() + 1;
-       ++attempt) {
-    client_->Advance();
-    ++failovers_;
-    sent = Exchange();
-  }
-  if (!sent.ok()) return sent;
-  if (response_.results_size() != 1) {
-    return absl::InternalError(
-        absl::StrCat("the server answered a 1-step request with ", response_.results_size(), " results"));
-  }
-  const v1::StepResult& r = response_.results(0);
+absl::StatusOr<StepResult> Session::Commit(const v1::StepResult& r) {
   if (r.has_error()) {
     absl::Status rejected(static_cast<absl::StatusCode>(r.error().code()), r.error().message());
     rejected.SetPayload(kFieldPayload, absl::Cord(r.error().field()));
@@ -176,6 +175,30 @@ absl::StatusOr<StepResult> Session::Step(absl::Span<const float> logits, std::op
   return result;
 }
 
+absl::StatusOr<StepResult> Session::Step(const TensorRef& logits, const std::optional<TensorRef>& attention,
+                                         const StepOptions& options) {
+  if (closed_) return absl::FailedPreconditionError("the session's Sample stream is closed");
+
+  // Clear keeps the cleared step and its byte buffers allocated for the next call.
+  v1::Step* step = request_.steps_size() == 0 ? request_.add_steps() : request_.mutable_steps(0);
+  step->Clear();
+  FillStep(logits, attention, options, step);
+
+  absl::Status sent = Exchange();
+  for (size_t attempt = 1; !sent.ok() && IsTransportFailure(sent) && attempt < 2 * client_->endpoint_count() + 1;
+       ++attempt) {
+    client_->Advance();
+    ++failovers_;
+    sent = Exchange();
+  }
+  if (!sent.ok()) return sent;
+  if (response_.results_size() != 1) {
+    return absl::InternalError(
+        absl::StrCat("the server answered a 1-step request with ", response_.results_size(), " results"));
+  }
+  return Commit(response_.results(0));
+}
+
 absl::Status Session::Close() {
   if (closed_) return absl::OkStatus();
   closed_ = true;
@@ -191,27 +214,39 @@ absl::Status Session::Close() {
 Client::Endpoint Client::MakeEndpoint(std::shared_ptr<grpc::Channel> channel) {
   Endpoint e;
   e.stub = v1::Sampler::NewStub(channel);
-  e.health = grpc::health::v1::Health::NewStub(channel);
   e.channel = std::move(channel);
   return e;
 }
 
-Client::Client(const std::string& target) : Client(MakeChannel(target)) {}
+Client::Client(const std::string& target, const ClientOptions& options)
+    : Client(std::vector<std::string>{target}, options) {}
 
-Client::Client(const std::vector<std::string>& targets) {
-  for (const std::string& t : targets) endpoints_.push_back(MakeEndpoint(MakeChannel(t)));
-  if (endpoints_.empty()) endpoints_.push_back(MakeEndpoint(MakeChannel("localhost:50051")));
+Client::Client(const std::vector<std::string>& targets, const ClientOptions& options) : token_(options.token) {
+  for (const std::string& t : targets) endpoints_.push_back(MakeEndpoint(MakeChannel(t, options)));
+  if (endpoints_.empty()) endpoints_.push_back(MakeEndpoint(MakeChannel("localhost:50051", options)));
 }
 
-Client::Client(std::shared_ptr<grpc::Channel> channel) { endpoints_.push_back(MakeEndpoint(std::move(channel))); }
+Client::Client(std::shared_ptr<grpc::Channel> channel, std::string token) : token_(std::move(token)) {
+  endpoints_.push_back(MakeEndpoint(std::move(channel)));
+}
+
+void Client::Authorize(grpc::ClientContext* context) const {
+  if (!token_.empty()) context->AddMetadata("authorization", absl::StrCat("Bearer ", token_));
+}
+
+void Client::Prepare(grpc::ClientContext* context, absl::Duration timeout) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  Authorize(context);
+}
 
 absl::StatusOr<ServingStatus> Client::Health(const std::string& service, absl::Duration timeout) {
   grpc::ClientContext context;
-  SetTimeout(&context, timeout);
+  Prepare(&context, timeout);
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;
-  if (grpc::Status s = endpoints_[current_].health->Check(&context, request, &response); !s.ok()) {
+  // A stub is a thin wrapper of the channel; making one per check keeps the health proto out of the header.
+  if (grpc::Status s = grpc::health::v1::Health::NewStub(channel())->Check(&context, request, &response); !s.ok()) {
     return FromGrpcStatus(s);
   }
   return static_cast<ServingStatus>(response.status());
@@ -219,7 +254,7 @@ absl::StatusOr<ServingStatus> Client::Health(const std::string& service, absl::D
 
 absl::StatusOr<v1::ListProfilesResponse> Client::ListProfiles(absl::Duration timeout) {
   grpc::ClientContext context;
-  SetTimeout(&context, timeout);
+  Prepare(&context, timeout);
   v1::ListProfilesResponse response;
   if (grpc::Status s = endpoints_[current_].stub->ListProfiles(&context, v1::ListProfilesRequest(), &response);
       !s.ok()) {
@@ -233,7 +268,7 @@ absl::StatusOr<v1::SampleResponse> Client::SampleOnce(const v1::SampleRequest& r
   absl::Status last;
   for (size_t attempt = 0; attempt < endpoints_.size(); ++attempt) {
     grpc::ClientContext context;
-    SetTimeout(&context, timeout);
+    Prepare(&context, timeout);
     v1::SampleResponse response;
     const grpc::Status s = endpoints_[current_].stub->SampleOnce(&context, request, &response);
     if (s.ok()) return response;
@@ -242,6 +277,30 @@ absl::StatusOr<v1::SampleResponse> Client::SampleOnce(const v1::SampleRequest& r
     Advance();
   }
   return last;
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<StepResult>>> Client::SampleBatch(absl::Span<const BatchItem> items,
+                                                                            absl::Duration timeout) {
+  v1::SampleRequest request;
+  for (size_t i = 0; i < items.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (items[j].session == items[i].session) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("items[", i, "]: session ", items[i].session->sequence_id(), " is already items[", j, "]"));
+      }
+    }
+    items[i].session->FillStep(items[i].logits, items[i].attention, items[i].options, request.add_steps());
+  }
+  absl::StatusOr<v1::SampleResponse> response = SampleOnce(request, timeout);
+  if (!response.ok()) return response.status();
+  if (response->results_size() != static_cast<int>(items.size())) {
+    return absl::InternalError(absl::StrCat("the server answered a ", items.size(), "-step request with ",
+                                            response->results_size(), " results"));
+  }
+  std::vector<absl::StatusOr<StepResult>> results;
+  results.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) results.push_back(items[i].session->Commit(response->results(static_cast<int>(i))));
+  return results;
 }
 
 std::unique_ptr<Session> Client::OpenSession(SessionOptions options) {

@@ -11,18 +11,30 @@
 //   options.profile = "entropix";
 //   std::unique_ptr<samplerd::client::Session> session = client.OpenSession(options);
 //   for (...) {
-//     absl::StatusOr<samplerd::client::StepResult> r = (*session)->Step(logits);   // span of vocab floats
+//     absl::StatusOr<samplerd::client::StepResult> r = session->Step(logits);   // vocab floats
 //     if (!r.ok()) { ... }   // the step was rejected (r.status() names the field) or the stream failed
 //     next_token = r->token;
 //   }
-//   (*session)->Close();
+//   session->Close();
 //
 // Failover: a Client may be given several endpoints (or one "dns:///" / "ipv4:a,b" target, balanced
 // round_robin). When a session's stream breaks (the server died or drained), the session reopens it on the next
 // endpoint and resends the step; since the session owns the seed, the step index and the recent tokens, the
 // tokens equal those of an uninterrupted run.
 //
-// Tensors travel as DTYPE_F32 in the host's byte order, which must be little-endian (as the wire format says).
+// Security: ClientOptions turns on TLS (a CA bundle, and a client certificate and key for mutual TLS) and a bearer
+// token sent as "authorization: Bearer <token>" on every call.
+//
+//   samplerd::client::ClientOptions secure;
+//   secure.tls = true;
+//   secure.tls_ca_pem = ReadFile("ca.pem");   // PEM contents; empty = the system's roots
+//   secure.token = "s3cret";
+//   samplerd::client::Client client({"samplerd.example:50051"}, secure);
+//
+// Tensors travel in the host's byte order, which must be little-endian (as the wire format says): float32 as
+// they are, float16 and bfloat16 as their 16-bit patterns (TensorRef::F16, TensorRef::BF16), so a host whose
+// model computes in half precision sends its logits without widening them. Client::SampleBatch sends one step
+// of each of several sessions in one request.
 #ifndef SAMPLERD_CLIENTS_CPP_SAMPLERD_CLIENT_H_
 #define SAMPLERD_CLIENTS_CPP_SAMPLERD_CLIENT_H_
 
@@ -38,7 +50,6 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "samplerd/v1/sampler.grpc.pb.h"
 
@@ -69,13 +80,43 @@ std::string RejectedField(const absl::Status& status);
 // `shape`'s product equal to `values.size()`; the server checks it anyway.
 void FillF32Tensor(absl::Span<const float> values, absl::Span<const int64_t> shape, v1::Tensor* tensor);
 
-// AttentionInput
+// TensorRef
 //
-// Pre-softmax attention scores of the current query, row-major, with their shape: [heads, kv_len] or
-// [layers, heads, kv_len]. Both spans are borrowed for the duration of the Step call.
-struct AttentionInput {
-  absl::Span<const float> scores;
-  absl::Span<const int64_t> shape;
+// A borrowed tensor of one of the wire's dtypes: float32 values, or float16 / bfloat16 values as their 16-bit
+// patterns. The data and the shape are borrowed until the call that takes the TensorRef returns. An empty shape
+// means one dimension of the values' count (logits: [vocab]).
+//
+//   std::vector<uint16_t> bf16_logits = ...;            // e.g. a torch.bfloat16 tensor's storage
+//   session->Step(TensorRef::BF16(bf16_logits));
+class TensorRef {
+ public:
+  // float32 values (implicit, so a span of floats is a TensorRef).
+  TensorRef(absl::Span<const float> values, absl::Span<const int64_t> shape = {})
+      : dtype_(v1::DTYPE_F32), data_(values.data()), count_(values.size()), shape_(shape) {}
+  TensorRef(const std::vector<float>& values, absl::Span<const int64_t> shape = {})
+      : TensorRef(absl::MakeConstSpan(values), shape) {}
+  // IEEE 754 binary16 values, as their bits.
+  static TensorRef F16(absl::Span<const uint16_t> bits, absl::Span<const int64_t> shape = {}) {
+    return TensorRef(v1::DTYPE_F16, bits.data(), bits.size(), shape);
+  }
+  // bfloat16 values (the upper 16 bits of a float32), as their bits.
+  static TensorRef BF16(absl::Span<const uint16_t> bits, absl::Span<const int64_t> shape = {}) {
+    return TensorRef(v1::DTYPE_BF16, bits.data(), bits.size(), shape);
+  }
+
+  v1::DType dtype() const { return dtype_; }
+  size_t size() const { return count_; }
+  // Writes the tensor into `tensor`, reusing its buffers.
+  void Fill(v1::Tensor* tensor) const;
+
+ private:
+  TensorRef(v1::DType dtype, const void* data, size_t count, absl::Span<const int64_t> shape)
+      : dtype_(dtype), data_(data), count_(count), shape_(shape) {}
+
+  v1::DType dtype_;
+  const void* data_;
+  size_t count_;
+  absl::Span<const int64_t> shape_;
 };
 
 // StepOptions
@@ -122,6 +163,33 @@ struct SessionOptions {
 };
 
 class Client;
+class Session;
+
+// ClientOptions
+//
+// Transport security and authentication of every endpoint of a Client.
+struct ClientOptions {
+  // TLS on every endpoint (a "unix:" target stays plaintext only when tls is false).
+  bool tls = false;
+  // PEM CA bundle the server's certificate must chain to; empty = the system's roots. Needs tls.
+  std::string tls_ca_pem;
+  // PEM client certificate chain and its private key, for a server started with --tls_client_ca. Needs tls.
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  // Sent as "authorization: Bearer <token>" on every call (a server started with --auth_token_file); empty =
+  // none.
+  std::string token;
+};
+
+// BatchItem
+//
+// One session's step in a Client::SampleBatch.
+struct BatchItem {
+  Session* session;
+  TensorRef logits;
+  std::optional<TensorRef> attention = std::nullopt;
+  StepOptions options = {};
+};
 
 // Session
 //
@@ -133,13 +201,13 @@ class Session {
   Session& operator=(const Session&) = delete;
   ~Session();
 
-  // Sends one step and waits for its result. On success the token is appended to the recent tokens and the
+  // Sends one step and waits for its result: logits of shape [vocab], attention of shape [heads, kv_len] or
+  // [layers, heads, kv_len], each float32, float16 or bfloat16. On success the token is appended to the recent tokens and the
   // step index advances. A rejected step returns the server's error (code, "field: message", RejectedField)
   // and changes nothing, so it can be corrected and resent. A broken stream (UNAVAILABLE, CANCELLED, UNKNOWN,
   // INTERNAL, or ended without an answer) is reopened on the next endpoint and the step resent, up to twice per
   // endpoint; when every attempt fails the status is returned and the next Step tries again.
-  absl::StatusOr<StepResult> Step(absl::Span<const float> logits,
-                                  std::optional<AttentionInput> attention = std::nullopt,
+  absl::StatusOr<StepResult> Step(const TensorRef& logits, const std::optional<TensorRef>& attention = std::nullopt,
                                   const StepOptions& options = {});
 
   // Half-closes the stream and returns its final status.
@@ -158,6 +226,12 @@ class Session {
   friend class Client;
   Session(Client* client, SessionOptions options);
 
+  // Writes this session's next step into `step`.
+  void FillStep(const TensorRef& logits, const std::optional<TensorRef>& attention, const StepOptions& options,
+                v1::Step* step) const;
+  // The result of this session's step `r`: on success advances the session (seed, step index, recent tokens);
+  // a rejection comes back as its status with the rejected field as payload and changes nothing.
+  absl::StatusOr<StepResult> Commit(const v1::StepResult& r);
   // Opens the stream on the client's current endpoint.
   void OpenStream();
   // Ends the stream after a failed Read or Write and returns why.
@@ -186,11 +260,12 @@ class Session {
 class Client {
  public:
   // `target` is any gRPC target: "localhost:50051", "unix:/run/samplerd.sock", "dns:///samplerd:50051"
-  // (several addresses are balanced round_robin). Insecure credentials.
-  explicit Client(const std::string& target);
+  // (several addresses are balanced round_robin). Plaintext, unless `options` asks for TLS.
+  explicit Client(const std::string& target, const ClientOptions& options = {});
   // Several endpoints, tried in order on failure.
-  explicit Client(const std::vector<std::string>& targets);
-  explicit Client(std::shared_ptr<grpc::Channel> channel);
+  explicit Client(const std::vector<std::string>& targets, const ClientOptions& options = {});
+  // A channel made by the caller (its own credentials and arguments, interceptors); `token` as in ClientOptions.
+  explicit Client(std::shared_ptr<grpc::Channel> channel, std::string token = "");
 
   // The server's health for `service` ("" = the whole server).
   absl::StatusOr<ServingStatus> Health(const std::string& service = "",
@@ -199,8 +274,16 @@ class Client {
   // The call's status is returned only when the call failed; rejected steps are in the response.
   absl::StatusOr<v1::SampleResponse> SampleOnce(const v1::SampleRequest& request,
                                                 absl::Duration timeout = absl::Seconds(30));
+  // One request carrying one step of each item's session (each session at most once), answered in order: the
+  // outer status is the call's (or a session given twice); each inner one is that step's result or rejection.
+  // Every accepted session advances; a rejected one is unchanged. Retried on the next endpoint as SampleOnce is.
+  absl::StatusOr<std::vector<absl::StatusOr<StepResult>>> SampleBatch(absl::Span<const BatchItem> items,
+                                                                      absl::Duration timeout = absl::Seconds(30));
   // Opens a Sample stream for one sequence. The stream is established lazily, with the first Step.
   std::unique_ptr<Session> OpenSession(SessionOptions options);
+
+  // Adds the token (ClientOptions.token) to a call made on channel() directly.
+  void Authorize(grpc::ClientContext* context) const;
 
   // The current endpoint's channel.
   const std::shared_ptr<grpc::Channel>& channel() const { return endpoints_[current_].channel; }
@@ -211,14 +294,16 @@ class Client {
   struct Endpoint {
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<v1::Sampler::Stub> stub;
-    std::unique_ptr<grpc::health::v1::Health::Stub> health;
   };
   static Endpoint MakeEndpoint(std::shared_ptr<grpc::Channel> channel);
+  // Sets the deadline and the token of a call.
+  void Prepare(grpc::ClientContext* context, absl::Duration timeout) const;
   // Moves to the next endpoint (after a transport failure on the current one).
   void Advance() { current_ = (current_ + 1) % endpoints_.size(); }
 
   std::vector<Endpoint> endpoints_;
   size_t current_ = 0;
+  std::string token_;
 };
 
 }  // namespace samplerd::client

@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <set>
@@ -17,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/service/server_process.h"
+#include "tests/service/test_certificates.h"
 #include "xtensor/xadapt.hpp"
 #include "xtensor/xarray.hpp"
 #include "xtensor/xnpy.hpp"
@@ -28,7 +32,10 @@
 namespace samplerd::client {
 namespace {
 
+using ::samplerd::testing::MakeCertificates;
+using ::samplerd::testing::ReadTextFile;
 using ::samplerd::testing::ServerProcess;
+using ::samplerd::testing::TempDir;
 using ::testing::HasSubstr;
 
 constexpr int kVocab = 2000;
@@ -51,6 +58,42 @@ StepOptions RandomDraw() {
   params.set_min_p(0.0f);
   options.params = params;
   return options;
+}
+
+// Logits that float16 and bfloat16 hold exactly: multiples of 1/8 in [-8, 8].
+std::vector<float> HalfExactLogits(uint32_t key) {
+  std::vector<float> logits = Logits(key);
+  for (float& z : logits) z = std::clamp(std::round(z * 8.0f) / 8.0f, -8.0f, 8.0f);
+  return logits;
+}
+
+uint32_t Bits(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return bits;
+}
+
+// The bfloat16 pattern of a value bfloat16 holds exactly.
+std::vector<uint16_t> ExactBf16(const std::vector<float>& values) {
+  std::vector<uint16_t> out;
+  for (float x : values) out.push_back(static_cast<uint16_t>(Bits(x) >> 16));
+  return out;
+}
+
+// The float16 pattern of a value float16 holds exactly (zero or a normal number).
+std::vector<uint16_t> ExactF16(const std::vector<float>& values) {
+  std::vector<uint16_t> out;
+  for (float x : values) {
+    const uint32_t b = Bits(x);
+    const uint16_t sign = static_cast<uint16_t>((b >> 16) & 0x8000);
+    if ((b & 0x7fffffff) == 0) {
+      out.push_back(sign);
+      continue;
+    }
+    const int exponent = static_cast<int>((b >> 23) & 0xff) - 127 + 15;
+    out.push_back(static_cast<uint16_t>(sign | (exponent << 10) | ((b >> 13) & 0x3ff)));
+  }
+  return out;
 }
 
 class ClientTest : public ::testing::Test {
@@ -164,7 +207,7 @@ TEST_F(ClientTest, StepOptionsAndAttentionReachTheServer) {
   greedy.top_logprobs = 3;
   greedy.params.emplace().set_temperature(0.0f);
 
-  absl::StatusOr<StepResult> r = session->Step(logits, AttentionInput{attention, shape}, greedy);
+  absl::StatusOr<StepResult> r = session->Step(logits, TensorRef(attention, shape), greedy);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->profile, "fixed");
   EXPECT_EQ(r->token, std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -199,6 +242,78 @@ TEST_F(ClientTest, SessionsWithTheSameSeedReplayTheSameGeneration) {
   EXPECT_EQ(generate(server_->unix_target(), 42), first);
   EXPECT_NE(generate(server_->tcp_target(), 43), first);
   EXPECT_GT(std::set<int32_t>(first.begin(), first.end()).size(), 10u);
+}
+
+TEST_F(ClientTest, HalfPrecisionLogitsDrawLikeTheirFloat32Values) {
+  Client client(server_->unix_target());
+  const std::vector<float> f32 = HalfExactLogits(31);
+  const std::vector<uint16_t> f16 = ExactF16(f32);
+  const std::vector<uint16_t> bf16 = ExactBf16(f32);
+  SessionOptions options;
+  options.sequence_id = "half";
+  options.seed = 11;
+  std::vector<StepResult> results;
+  for (const TensorRef& logits : {TensorRef(f32), TensorRef::F16(f16), TensorRef::BF16(bf16)}) {
+    std::unique_ptr<Session> session = client.OpenSession(options);
+    absl::StatusOr<StepResult> r = session->Step(logits, std::nullopt, RandomDraw());
+    ASSERT_TRUE(r.ok()) << r.status();
+    results.push_back(*r);
+  }
+  for (size_t i = 1; i < results.size(); ++i) {
+    EXPECT_EQ(results[i].token, results[0].token) << "dtype " << i;
+    EXPECT_FLOAT_EQ(results[i].logprob, results[0].logprob) << "dtype " << i;
+    EXPECT_FLOAT_EQ(results[i].metrics.logits_entropy(), results[0].metrics.logits_entropy()) << "dtype " << i;
+  }
+  // A length that is not a whole number of values is refused by the server, naming the field.
+  const std::vector<uint16_t> odd = {0x3c00};
+  std::unique_ptr<Session> session = client.OpenSession(options);
+  const int64_t wrong_shape[] = {2};
+  absl::StatusOr<StepResult> rejected = session->Step(TensorRef::F16(odd, wrong_shape));
+  EXPECT_EQ(rejected.status().code(), absl::StatusCode::kInvalidArgument) << rejected.status();
+  EXPECT_THAT(RejectedField(rejected.status()), HasSubstr("logits"));
+}
+
+TEST_F(ClientTest, SampleBatchAnswersInOrderAndAdvancesOnlyTheAcceptedSessions) {
+  Client client(server_->tcp_target());
+  SessionOptions options;
+  options.seed = 5;
+  options.sequence_id = "batch-a";
+  std::unique_ptr<Session> a = client.OpenSession(options);
+  std::unique_ptr<Session> alone = client.OpenSession(options);
+  options.sequence_id = "batch-b";
+  std::unique_ptr<Session> b = client.OpenSession(options);
+  options.sequence_id = "batch-bad";
+  std::unique_ptr<Session> bad = client.OpenSession(options);
+
+  const std::vector<float> la = Logits(41);
+  const std::vector<uint16_t> lb = ExactBf16(HalfExactLogits(42));
+  std::vector<float> broken = Logits(43);
+  broken[3] = NAN;
+  const BatchItem items[] = {{a.get(), la, std::nullopt, RandomDraw()},
+                             {b.get(), TensorRef::BF16(lb), std::nullopt, RandomDraw()},
+                             {bad.get(), broken}};
+  absl::StatusOr<std::vector<absl::StatusOr<StepResult>>> batch = client.SampleBatch(items);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  ASSERT_EQ(batch->size(), 3u);
+  ASSERT_TRUE((*batch)[0].ok()) << (*batch)[0].status();
+  ASSERT_TRUE((*batch)[1].ok()) << (*batch)[1].status();
+  EXPECT_EQ((*batch)[2].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RejectedField((*batch)[2].status()), "logits.data");
+  EXPECT_EQ(a->step(), 1u);
+  EXPECT_EQ(b->step(), 1u);
+  EXPECT_EQ(bad->step(), 0u);
+  EXPECT_EQ(a->recent_tokens(), std::vector<int32_t>{(*batch)[0]->token});
+
+  // The batched step is the step a lone session sends.
+  absl::StatusOr<StepResult> lone = alone->Step(la, std::nullopt, RandomDraw());
+  ASSERT_TRUE(lone.ok()) << lone.status();
+  EXPECT_EQ(lone->token, (*batch)[0]->token);
+
+  const BatchItem twice[] = {{a.get(), la}, {a.get(), la}};
+  absl::StatusOr<std::vector<absl::StatusOr<StepResult>>> refused = client.SampleBatch(twice);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("items[1]"));
+  EXPECT_EQ(a->step(), 1u);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -290,6 +405,99 @@ TEST_F(ClientTest, SamplerctlDemoVisitsEveryEntropixRegime) {
 TEST_F(ClientTest, SamplerctlBadUsageExitsTwo) {
   EXPECT_EQ(RunSamplerctl("sample --logits /nonexistent.npy").exit_code, 2);
   EXPECT_EQ(RunSamplerctl("no-such-command").exit_code, 2);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A server with mutual TLS and a bearer token: the library's ClientOptions and samplerctl's flags
+
+class SecureServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(dir_.ok());
+    ASSERT_TRUE(MakeCertificates(dir_));
+    std::ofstream(dir_.File("tokens")) << "s3cret\n";
+    server_ = ServerProcess::Start({"--tls_cert", dir_.File("server.pem"), "--tls_key", dir_.File("server.key"),
+                                    "--tls_client_ca", dir_.File("ca.pem"), "--auth_token_file",
+                                    dir_.File("tokens")});
+    ASSERT_NE(server_, nullptr);
+  }
+
+  ClientOptions Secure(const std::string& token = "s3cret") const {
+    ClientOptions options;
+    options.tls = true;
+    options.tls_ca_pem = ReadTextFile(dir_.File("ca.pem"));
+    options.tls_cert_pem = ReadTextFile(dir_.File("client.pem"));
+    options.tls_key_pem = ReadTextFile(dir_.File("client.key"));
+    options.token = token;
+    return options;
+  }
+
+  std::string SecurityFlags() const {
+    return " --target " + server_->tcp_target() + " --tls_ca " + dir_.File("ca.pem") + " --tls_cert " +
+           dir_.File("client.pem") + " --tls_key " + dir_.File("client.key");
+  }
+
+  TempDir dir_;
+  std::unique_ptr<ServerProcess> server_;
+};
+
+TEST_F(SecureServerTest, ClientWithCertificateAndTokenSamplesAndOthersAreRefused) {
+  Client client(server_->tcp_target(), Secure());
+  absl::StatusOr<v1::ListProfilesResponse> profiles = client.ListProfiles();
+  ASSERT_TRUE(profiles.ok()) << profiles.status();
+  std::unique_ptr<Session> session = client.OpenSession({});
+  for (uint32_t i = 0; i < 3; ++i) {
+    absl::StatusOr<StepResult> r = session->Step(Logits(i));
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  EXPECT_TRUE(session->Close().ok());
+  std::unique_ptr<Session> batched = client.OpenSession({});
+  const std::vector<float> logits = Logits(9);
+  const BatchItem items[] = {{batched.get(), logits}};
+  absl::StatusOr<std::vector<absl::StatusOr<StepResult>>> batch = client.SampleBatch(items);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  EXPECT_TRUE((*batch)[0].ok()) << (*batch)[0].status();
+
+  Client wrong_token(server_->tcp_target(), Secure("guess"));
+  EXPECT_EQ(wrong_token.ListProfiles().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(wrong_token.OpenSession({})->Step(Logits(1)).status().code(), absl::StatusCode::kUnauthenticated);
+  ClientOptions no_certificate = Secure();
+  no_certificate.tls_cert_pem.clear();
+  no_certificate.tls_key_pem.clear();
+  EXPECT_EQ(Client(server_->tcp_target(), no_certificate).ListProfiles(absl::Seconds(5)).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(Client(server_->tcp_target()).ListProfiles(absl::Seconds(5)).ok());
+}
+
+TEST_F(SecureServerTest, SamplerctlTalksToItWithTlsFlagsAndAToken) {
+  CommandResult profiles = RunSamplerctl("profiles --json --token s3cret" + SecurityFlags());
+  ASSERT_EQ(profiles.exit_code, 0) << profiles.output;
+  EXPECT_EQ(nlohmann::json::parse(profiles.output)["default_profile"], "entropix");
+
+  CommandResult demo = RunSamplerctl("demo --steps 5 --token s3cret" + SecurityFlags());
+  EXPECT_EQ(demo.exit_code, 0) << demo.output;
+  EXPECT_THAT(demo.output, HasSubstr("5 steps"));
+
+  const std::string logits_path = WriteNpy("secure-logits", Logits(3), {kVocab});
+  CommandResult sample = RunSamplerctl("sample --logits " + logits_path + SecurityFlags() + " --token s3cret");
+  EXPECT_EQ(sample.exit_code, 0) << sample.output;
+  EXPECT_THAT(sample.output, HasSubstr("regime"));
+  unlink(logits_path.c_str());
+
+  CommandResult env = RunSamplerctl("profiles" + SecurityFlags());
+  EXPECT_EQ(env.exit_code, 1) << env.output;
+  EXPECT_THAT(env.output, HasSubstr("UNAUTHENTICATED"));
+  ASSERT_EQ(setenv("SAMPLERD_TOKEN", "s3cret", 1), 0);
+  CommandResult with_env = RunSamplerctl("profiles" + SecurityFlags());
+  unsetenv("SAMPLERD_TOKEN");
+  EXPECT_EQ(with_env.exit_code, 0) << with_env.output;
+
+  CommandResult plaintext = RunSamplerctl("profiles --token s3cret --target " + server_->tcp_target());
+  EXPECT_EQ(plaintext.exit_code, 1) << plaintext.output;
+  CommandResult missing = RunSamplerctl("profiles --tls_ca /nonexistent.pem --target " + server_->tcp_target());
+  EXPECT_EQ(missing.exit_code, 2) << missing.output;
+  EXPECT_THAT(missing.output, HasSubstr("/nonexistent.pem"));
+  EXPECT_EQ(RunSamplerctl("profiles --tls_cert x.pem --target " + server_->tcp_target()).exit_code, 2);
 }
 
 }  // namespace

@@ -264,8 +264,8 @@ int Run(const std::map<std::string, std::string>& args) {
       o.prompt_tail = recent;
       o.max_recent_tokens = kMaxRecent;
       std::unique_ptr<samplerd::client::Session> session = client.OpenSession(o);
-      std::optional<samplerd::client::AttentionInput> att;
-      if (attention) att = samplerd::client::AttentionInput{attention->data, attention->shape};
+      std::optional<samplerd::client::TensorRef> att;
+      if (attention) att = samplerd::client::TensorRef(attention->data, attention->shape);
       absl::StatusOr<samplerd::client::StepResult> r = session->Step(logits.data, att, step_options);
       if (r.ok()) {
         lines.push_back(Record(id, *r, id));

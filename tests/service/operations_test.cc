@@ -1,6 +1,6 @@
 // Operations of the real samplerd binary: TLS and mutual TLS, bearer tokens, Prometheus metrics, JSON logs with
 // trace context, SIGHUP reloads, connection aging, the drain on SIGTERM and the release of cancelled streams.
-// Certificates are made with the openssl command at test time, in a temporary directory.
+// Certificates are made with the openssl command at test time (tests/service/test_certificates.h).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -35,11 +35,14 @@
 #include "nlohmann/json.hpp"
 #include "samplerd/v1/sampler.grpc.pb.h"
 #include "tests/service/server_process.h"
+#include "tests/service/test_certificates.h"
 
 namespace samplerd {
 namespace {
 
+using ::samplerd::testing::MakeCertificates;
 using ::samplerd::testing::ServerProcess;
+using ::samplerd::testing::TempDir;
 using ::testing::HasSubstr;
 using SampleStream = grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>;
 using Clock = std::chrono::steady_clock;
@@ -61,51 +64,6 @@ void WriteFile(const std::string& path, const std::string& contents) {
   const std::string staging = path + ".new";
   std::ofstream(staging) << contents;
   std::filesystem::rename(staging, path);
-}
-
-// A directory under /tmp removed with everything in it when the object goes away.
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/samplerd-ops-XXXXXX";
-    path_ = mkdtemp(pattern) != nullptr ? pattern : "";
-  }
-  ~TempDir() {
-    if (!path_.empty()) std::filesystem::remove_all(path_);
-  }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-  bool ok() const { return !path_.empty(); }
-
- private:
-  std::string path_;
-};
-
-// A CA, a server certificate for localhost and 127.0.0.1 signed by it, a client certificate signed by it, and a
-// "rogue" client certificate signed by another CA. EC P-256 keys: quick to make.
-bool MakeCertificates(const TempDir& dir) {
-  const std::string script = R"(set -e
-cd ")" + dir.File("") + R"("
-ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=$1" \
-         -keyout "$1.key" -out "$1.pem"; }
-leaf() {
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$1" -keyout "$1.key" -out "$1.csr"
-  printf '%s\n' "$3" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -days 2 -extfile "$1.ext" -out "$1.pem"
-}
-ca ca
-ca other-ca
-leaf server ca "subjectAltName=DNS:localhost,IP:127.0.0.1
-extendedKeyUsage=serverAuth"
-leaf client ca "extendedKeyUsage=clientAuth"
-leaf rogue other-ca "extendedKeyUsage=clientAuth"
-)";
-  std::ofstream(dir.File("make-certs.sh")) << script;
-  const std::string command = "sh " + dir.File("make-certs.sh") + " > " + dir.File("openssl.log") + " 2>&1";
-  if (std::system(command.c_str()) != 0) {
-    std::fprintf(stderr, "openssl failed:\n%s\n", ReadFile(dir.File("openssl.log")).c_str());
-    return false;
-  }
-  return true;
 }
 
 void FillF32(const std::vector<float>& values, v1::Tensor* tensor) {
