@@ -1,6 +1,6 @@
-// Samples a few tokens from random logits and attention through the Node client.
-//   cd clients/node && npm ci && node examples/example.js localhost:50051
-const { Client } = require("../dist/src");
+// Samples a few tokens from random logits and attention through the Node client (CommonJS).
+//   node examples/example.cjs localhost:50051          (examples/example.mjs is the same as an ES module)
+const { Client } = require("samplerd");
 
 async function main() {
   const client = new Client(process.argv[2] ?? "localhost:50051");
