@@ -34,7 +34,7 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
-	pb "samplerd/gen/samplerd/v1"
+	pb "samplerd.dev/samplerd/gen/samplerd/v1"
 )
 
 // DefaultMaxRecent is how many recent tokens a session sends unless told otherwise; the same in every client

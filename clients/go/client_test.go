@@ -14,9 +14,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
-	"samplerd"
-	pb "samplerd/gen/samplerd/v1"
-	"samplerd/internal/scripted"
+	"samplerd.dev/samplerd"
+	pb "samplerd.dev/samplerd/gen/samplerd/v1"
+	"samplerd.dev/samplerd/internal/scripted"
 )
 
 const clarifyToken = 2564

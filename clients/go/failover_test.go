@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"samplerd"
+	"samplerd.dev/samplerd"
 )
 
 const failoverSteps = 60
@@ -62,9 +62,8 @@ func TestFailoverRoundRobinTarget(t *testing.T) {
 			b.kill(syscall.SIGKILL)
 		}
 	})
-	if c.Failovers() < 1 {
-		t.Fatal("no failover happened")
-	}
+	// Every step answered with the uninterrupted run's token. Not a failover count: when a replica dies between
+	// two steps, round_robin moves the next stream to a live address and no step is ever resent.
 	if !reflect.DeepEqual(got, expected) {
 		t.Fatalf("tokens after failover differ:\n got %v\nwant %v", got, expected)
 	}

@@ -1,38 +1,58 @@
 #!/usr/bin/env bash
-# Runs the go tool on the Go client in GOPATH mode, offline, against Debian's Go packages
-# (golang-google-grpc-dev, golang-google-protobuf-dev, golang-github-golang-protobuf-1-5-dev under
-# /usr/share/gocode). First (re)generates the stubs of proto/samplerd/v1 into gen/ with protoc-gen-go and
-# protoc-gen-go-grpc when a .proto is newer than them. Examples:
+# Runs the go tool on the Go client module (samplerd.dev/samplerd) offline, against the Go sources Debian's
+# golang-*-dev packages install under /usr/share/gocode (there is no module proxy here). The published go.mod is
+# left alone: this script writes a copy, .gopath/go.test.mod, that replaces every module of the requirement
+# graph with its Debian source folder (or, for a module Debian does not ship and nothing here imports, with an
+# empty module), and runs go with -modfile pointing at it, GOFLAGS=-mod=mod and GOPROXY=off. Examples:
 #   clients/go/go.sh test ./...                   # the client's tests (need a samplerd binary: $SAMPLERD_BIN)
-#   clients/go/go.sh build -o /tmp/conformance samplerd/cmd/samplerd-conformance
-#   clients/go/go.sh gen                          # only the stubs
+#   clients/go/go.sh vet ./...
+#   clients/go/go.sh build -o /tmp/conformance ./cmd/samplerd-conformance
+#   clients/go/go.sh gen                          # regenerate gen/ (committed) from proto/
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-proto_dir="${SAMPLERD_PROTO_DIR:-$here/../../proto}"
-out="$here/gen/samplerd/v1"
+module="$(sed -n 's/^module //p' "$here/go.mod")"
+gocode=/usr/share/gocode/src
 
-stale=0
-for f in sampler.pb.go sampler_grpc.pb.go profile.pb.go; do
-  [[ -f "$out/$f" ]] || stale=1
-done
-if ((stale == 0)); then
-  for p in "$proto_dir"/samplerd/v1/*.proto; do
-    [[ "$p" -nt "$out/sampler.pb.go" ]] && stale=1
-  done
-fi
-if ((stale)); then
-  mkdir -p "$out"
-  protoc -I "$proto_dir" --go_out="$here" --go_opt=module=samplerd \
-    --go-grpc_out="$here" --go-grpc_opt=module=samplerd \
+if [[ "${1:-}" == gen ]]; then
+  proto_dir="${SAMPLERD_PROTO_DIR:-$here/../../proto}"
+  protoc -I "$proto_dir" --go_out="$here" --go_opt=module="$module" \
+    --go-grpc_out="$here" --go-grpc_opt=module="$module" \
     samplerd/v1/profile.proto samplerd/v1/sampler.proto
+  exit 0
 fi
-[[ "${1:-}" == gen ]] && exit 0
 
-# GOPATH mode: the import path "samplerd" is this folder, through a link in a private GOPATH.
-gopath="$here/.gopath"
-mkdir -p "$gopath/src"
-[[ -L "$gopath/src/samplerd" ]] || ln -sfn ../.. "$gopath/src/samplerd"
-export GOPATH="$gopath:/usr/share/gocode" GO111MODULE=off GOFLAGS= GOPROXY=off
-export GOCACHE="${GOCACHE:-$here/.gopath/cache}"
-cd "$gopath/src/samplerd"
+work="$here/.gopath"
+mkdir -p "$work/empty"
+modfile="$work/go.test.mod"
+cp "$here/go.mod" "$modfile"
+# Breadth-first over the requirements of go.mod and of every replacement's go.mod.
+declare -A seen=()
+queue=($(awk '/^require \(/ {r = 1; next} r && /^\)/ {r = 0} r && NF >= 2 {print $1} /^require [^(]/ {print $2}' \
+  "$here/go.mod"))
+while ((${#queue[@]})); do
+  path="${queue[0]}"
+  queue=("${queue[@]:1}")
+  [[ -n "${seen[$path]:-}" ]] && continue
+  seen[$path]=1
+  if [[ -f "$gocode/$path/go.mod" ]]; then
+    dir="$gocode/$path"
+  else
+    # Debian ships it without a go.mod (its folder linked in), or not at all (an empty module: the build then
+    # fails by name if a package of it is ever imported).
+    dir="$work/empty/$path"
+    mkdir -p "$dir"
+    printf 'module %s\n' "$path" > "$dir/go.mod"
+    if [[ -d "$gocode/$path" ]]; then
+      for entry in "$gocode/$path"/*; do ln -sfn "$entry" "$dir/$(basename "$entry")"; done
+    fi
+  fi
+  echo "replace $path => $dir" >> "$modfile"
+  queue+=($(awk '/^require \(/ {r = 1; next} r && /^\)/ {r = 0} r && NF >= 2 && $1 !~ /^\/\// {print $1}
+                 /^require [^(]/ {print $2}' "$dir/go.mod"))
+done
+rm -f "$work/go.test.sum"
+
+export GOFLAGS="-mod=mod -modfile=$modfile" GOPROXY=off GOSUMDB=off GONOSUMDB='*' GOTOOLCHAIN=local GO111MODULE=on
+export GOCACHE="${GOCACHE:-$work/cache}" GOPATH="$work/gopath"
+cd "$here"
 exec go "$@"

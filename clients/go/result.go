@@ -7,7 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	pb "samplerd/gen/samplerd/v1"
+	pb "samplerd.dev/samplerd/gen/samplerd/v1"
 )
 
 // StepResult is one answered step. Logprob is in nats under the unmodified logits; Applied holds the

@@ -20,8 +20,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 
-	"samplerd"
-	pb "samplerd/gen/samplerd/v1"
+	"samplerd.dev/samplerd"
+	pb "samplerd.dev/samplerd/gen/samplerd/v1"
 )
 
 // standIn answers every step with token 7 and records the authorization header of each call.

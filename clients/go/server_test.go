@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"samplerd"
-	"samplerd/internal/scripted"
+	"samplerd.dev/samplerd"
+	"samplerd.dev/samplerd/internal/scripted"
 )
 
 // repo is the repository root: this file is clients/go/server_test.go.

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"unsafe"
 
-	pb "samplerd/gen/samplerd/v1"
+	pb "samplerd.dev/samplerd/gen/samplerd/v1"
 )
 
 // Tensor is a tensor in the wire layout (dense, row-major, little-endian). Build one with F32, F16 or BF16;

@@ -19,9 +19,9 @@ import (
 	"strconv"
 	"strings"
 
-	"samplerd"
-	pb "samplerd/gen/samplerd/v1"
-	"samplerd/internal/scripted"
+	"samplerd.dev/samplerd"
+	pb "samplerd.dev/samplerd/gen/samplerd/v1"
+	"samplerd.dev/samplerd/internal/scripted"
 )
 
 type wireParams map[string]float64

@@ -11,7 +11,7 @@ import (
 	"math/rand"
 	"strings"
 
-	"samplerd"
+	"samplerd.dev/samplerd"
 )
 
 func main() {
