@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The client suites against live samplerd processes: Python (pytest, with the sdist -> wheel -> venv install), Node
 # (npm test, then the packed tarball from ESM and CJS), the C++ client installed with cmake --install and used from
-# a consumer project, Go (go test), then the four-client conformance run. CI calls it after building the server; every suite runs even if an earlier one
-# fails, and the script fails if any did.
+# a consumer project, Go (go vet, go test), then the four-client conformance run. CI calls it after building the
+# server; every suite runs even if an earlier one fails, and the script fails if any did.
 #
 # Environment: SAMPLERD_BIN (default build/service/samplerd), SAMPLERD_GOLDEN_DIR (default scripts/golden-dir.sh:
 # the build's CMake setting, else tests/golden); see scripts/conformance.sh for the rest.
