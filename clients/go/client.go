@@ -41,6 +41,16 @@ import (
 // of this repository.
 const DefaultMaxRecent = 1024
 
+// Int is a pointer to v, for the optional fields of SessionOptions and StepOptions: MaxRecent: samplerd.Int(0).
+func Int(v int) *int { return &v }
+
+func max(a, b int) int {
+	if a > b {
+		return a
+	}
+	return b
+}
+
 // round_robin: with a target resolving to several addresses (dns:///name:port, ipv4:a:p,b:p) new streams go to
 // a ready address. Retries are the client's (whole steps), not gRPC's.
 const serviceConfig = `{"loadBalancingConfig": [{"round_robin": {}}]}`
@@ -364,7 +374,7 @@ type SessionOptions struct {
 	Profile      string             // "" = the server's default
 	Params       *pb.SamplingParams // overrides sent with every step
 	RecentTokens []int32            // the prompt's tail, oldest first
-	MaxRecent    int                // how many recent tokens each step carries; 0 = DefaultMaxRecent, <0 = none
+	MaxRecent    *int               // how many recent tokens each step carries: nil = DefaultMaxRecent, 0 = none (as in every client)
 	TopLogprobs  int32
 	StartStep    uint64
 }
@@ -396,11 +406,9 @@ func (c *Client) Session(o SessionOptions) *Session {
 		rand.Read(b)
 		id = hex.EncodeToString(b)
 	}
-	maxRecent := o.MaxRecent
-	if maxRecent == 0 {
-		maxRecent = DefaultMaxRecent
-	} else if maxRecent < 0 {
-		maxRecent = 0
+	maxRecent := DefaultMaxRecent
+	if o.MaxRecent != nil {
+		maxRecent = max(*o.MaxRecent, 0)
 	}
 	s := &Session{client: c, id: id, profile: o.Profile, params: o.Params, maxRecent: maxRecent,
 		top: o.TopLogprobs, seed: o.Seed, step: o.StartStep}

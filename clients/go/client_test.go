@@ -48,7 +48,7 @@ func TestSessionStepKeepsRecentTokens(t *testing.T) {
 	s := startServer(t, nil)
 	c := newClient(t, []string{s.Address()}, samplerd.Options{})
 	sess := c.Session(samplerd.SessionOptions{SequenceID: "keeps-recent", Seed: 11, RecentTokens: []int32{5, 6, 7},
-		MaxRecent: 6, TopLogprobs: 3})
+		MaxRecent: samplerd.Int(6), TopLogprobs: 3})
 	var tokens []int32
 	prev := int32(1)
 	for i := 0; i < 5; i++ {
@@ -339,4 +339,22 @@ func cutLast(s, sep string) (string, string, bool) {
 		}
 	}
 	return s, "", false
+}
+
+func TestMaxRecentZeroMeansNoneAndUnsetTheDefault(t *testing.T) {
+	c := newClient(t, []string{"127.0.0.1:1"}, samplerd.Options{})
+	long := make([]int32, samplerd.DefaultMaxRecent+10)
+	for i := range long {
+		long[i] = int32(i)
+	}
+	if n := len(c.Session(samplerd.SessionOptions{RecentTokens: long}).RecentTokens()); n != samplerd.DefaultMaxRecent {
+		t.Fatalf("unset MaxRecent kept %d tokens, want %d", n, samplerd.DefaultMaxRecent)
+	}
+	if got := c.Session(samplerd.SessionOptions{RecentTokens: long, MaxRecent: samplerd.Int(0)}).RecentTokens(); len(got) != 0 {
+		t.Fatalf("MaxRecent 0 kept %v, want none", got)
+	}
+	two := c.Session(samplerd.SessionOptions{RecentTokens: []int32{1, 2, 3}, MaxRecent: samplerd.Int(2)})
+	if got := two.RecentTokens(); !reflect.DeepEqual(got, []int32{2, 3}) {
+		t.Fatalf("MaxRecent 2 kept %v", got)
+	}
 }
