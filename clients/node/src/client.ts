@@ -335,42 +335,48 @@ export class Client {
   }
 
   /** @internal */
-  async _send(request: SampleRequest, timeoutMs?: number): Promise<SampleResponse__Output> {
+  _send(request: SampleRequest, timeoutMs?: number): Promise<SampleResponse__Output> {
     const timeout = timeoutMs ?? this.timeoutMs;
-    let firstFailure = 0;
-    let last: unknown;
-    for (let attempt = 0; ; attempt++) {
-      const index = this.active;
-      const ep = this.eps[index];
-      let mux: StreamMux | undefined;
+    return this.retry(async (ep) => {
+      const mux = ep.mux();
       let timer: NodeJS.Timeout | undefined;
       try {
-        mux = ep.mux();
-        const m = mux;
         const resp = await new Promise<SampleResponse__Output>((resolve, reject) => {
           timer = setTimeout(() => {
             const e = new DeadlineExceeded(`no answer from ${ep.target} within ${timeout} ms`);
-            m.abort(e);
+            mux.abort(e);
             reject(e);
           }, timeout);
-          m.submit(request).then(resolve, reject);
+          mux.submit(request).then(resolve, reject);
         });
         if (resp.results.length !== (request.steps ?? []).length) {
           throw new ProtocolError(`samplerd: ${request.steps?.length} steps sent, ${resp.results.length} results received`);
         }
         return resp;
-      } catch (e) {
-        if (!isRetryable(e)) throw e;
-        last = e;
       } finally {
         clearTimeout(timer);
       }
-      this.failed(index);
-      const now = Date.now();
-      firstFailure = firstFailure || now;
-      if (attempt + 1 >= this.eps.length && now - firstFailure >= this.failoverTimeoutMs) {
-        throw new Unavailable(`samplerd: no endpoint of ${this.endpoints.join(", ")} answered for ` +
-          `${((now - firstFailure) / 1000).toFixed(1)} s: ${describe(last)}`, last);
+    });
+  }
+
+  // The failover loop of every call: `call` on the active endpoint; after a retryable failure the client moves
+  // to the next endpoint and tries again, with a short backoff, until the call has been failing for
+  // failoverTimeoutMs and every endpoint was tried.
+  private async retry<T>(call: (ep: Endpoint) => Promise<T>): Promise<T> {
+    let firstFailure = 0;
+    for (let attempt = 0; ; attempt++) {
+      const index = this.active;
+      try {
+        return await call(this.eps[index]);
+      } catch (e) {
+        if (!isRetryable(e)) throw e;
+        this.failed(index);
+        const now = Date.now();
+        firstFailure = firstFailure || now;
+        if (attempt + 1 >= this.eps.length && now - firstFailure >= this.failoverTimeoutMs) {
+          throw new Unavailable(`samplerd: no endpoint of ${this.endpoints.join(", ")} answered for ` +
+            `${((now - firstFailure) / 1000).toFixed(1)} s: ${describe(e)}`, e);
+        }
       }
       await sleep(Math.min(500, 20 * 2 ** attempt));
     }
@@ -389,25 +395,9 @@ export class Client {
     return md;
   }
 
-  private async unary<T>(fn: (ep: Endpoint, done: (e: grpc.ServiceError | null, v?: T) => void) => void): Promise<T> {
-    let firstFailure = 0;
-    let last: unknown;
-    for (let attempt = 0; ; attempt++) {
-      const index = this.active;
-      try {
-        return await new Promise<T>((resolve, reject) => fn(this.eps[index], (e, v) => (e ? reject(e) : resolve(v as T))));
-      } catch (e) {
-        if (!isRetryable(e)) throw e;
-        last = e;
-      }
-      this.failed(index);
-      const now = Date.now();
-      firstFailure = firstFailure || now;
-      if (attempt + 1 >= this.eps.length && now - firstFailure >= this.failoverTimeoutMs) {
-        throw new Unavailable(`samplerd: no endpoint of ${this.endpoints.join(", ")} answered: ${describe(last)}`, last);
-      }
-      await sleep(Math.min(500, 20 * 2 ** attempt));
-    }
+  // A unary call, `fn` given the endpoint and a node-style callback, through retry().
+  private unary<T>(fn: (ep: Endpoint, done: (e: grpc.ServiceError | null, v?: T) => void) => void): Promise<T> {
+    return this.retry((ep) => new Promise<T>((resolve, reject) => fn(ep, (e, v) => (e ? reject(e) : resolve(v as T)))));
   }
 
   // The server's profiles with every parameter value, and the default profile's name.

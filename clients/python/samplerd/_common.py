@@ -2,7 +2,9 @@
 per-sequence state a session owns (step index, seed, recent tokens)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import grpc
 
 from samplerd import tensors
-from samplerd.types import ProtocolError, StepResult, params_proto, step_error
+from samplerd.types import ProtocolError, StepResult, Unavailable, params_proto, step_error
 from samplerd.v1 import sampler_pb2 as pb
 
 # How many recent tokens a session sends by default (penalties and the CLARIFY rule read them). Every client
@@ -128,6 +130,72 @@ class Failover:
     @staticmethod
     def backoff(attempt: int) -> float:
         return min(0.5, 0.02 * (2 ** attempt))
+
+
+class DeadlineExceeded(grpc.RpcError):
+    """A step the active endpoint did not answer within the client's timeout: retryable, like an RPC that
+    ended with DEADLINE_EXCEEDED."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self._detail = detail
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return self._detail
+
+
+def describe(e: Optional[BaseException]) -> str:
+    if e is None:
+        return "no attempt made"
+    code = getattr(e, "code", None)
+    details = getattr(e, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return str(e)
+
+
+class Retry:
+    """One call's walk over the endpoints: the failover loop of every call of Client and AsyncClient.
+
+        retry = Retry(failover, endpoints, lock)
+        while True:
+            index = retry.index()
+            try:
+                return call(endpoints[index])
+            except grpc.RpcError as e:
+                if not is_retryable(e):
+                    raise
+                time.sleep(retry.failed(index, e))     # or await asyncio.sleep(...)
+
+    `failed` moves the client past the failed endpoint and returns how long to wait before the next attempt,
+    or raises Unavailable once the call has been failing for the failover timeout."""
+
+    def __init__(self, failover: Failover, endpoints: Sequence[str], lock: Any = None):
+        self._failover = failover
+        self._endpoints = endpoints
+        self._lock = lock if lock is not None else contextlib.nullcontext()
+        self._attempt = 0
+        self._first_failure: Optional[float] = None
+
+    def index(self) -> int:
+        with self._lock:
+            return self._failover.active
+
+    def failed(self, index: int, error: BaseException) -> float:
+        with self._lock:
+            self._failover.failed(index)
+        now = time.monotonic()
+        if self._first_failure is None:
+            self._first_failure = now
+        if self._failover.give_up(self._attempt, self._first_failure, now):
+            raise Unavailable(f"samplerd: no endpoint of {list(self._endpoints)} answered for "
+                              f"{now - self._first_failure:.1f} s: {describe(error)}") from error
+        delay = Failover.backoff(self._attempt)
+        self._attempt += 1
+        return delay
 
 
 class SessionState:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
-import time
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import grpc
@@ -20,8 +18,7 @@ import grpc.aio
 
 from samplerd import _common
 from samplerd._common import DEFAULT_MAX_RECENT, Failover, SessionState, StreamEnded
-from samplerd.client import _DeadlineExceeded, _describe
-from samplerd.types import BatchError, ProtocolError, StepError, StepResult, Unavailable
+from samplerd.types import BatchError, ProtocolError, StepError, StepResult
 from samplerd.v1 import sampler_pb2 as pb
 from samplerd.v1 import sampler_pb2_grpc
 
@@ -188,36 +185,21 @@ class AsyncClient:
 
     async def _send(self, request: pb.SampleRequest, timeout: Optional[float]) -> pb.SampleResponse:
         timeout = self.timeout if timeout is None else timeout
-        last: Optional[BaseException] = None
-        first_failure = None
-        for attempt in itertools.count():
-            index = self._failover.active
-            ep = self._eps[index]
-            mux = None
+
+        async def send(ep: _AioEndpoint) -> pb.SampleResponse:
+            mux = ep.mux()
             try:
-                mux = ep.mux()
-                fut = await mux.submit(request)
-                resp = await asyncio.wait_for(fut, timeout)
-                _common.check_response(request, resp)
-                return resp
+                resp = await asyncio.wait_for(await mux.submit(request), timeout)
             except asyncio.TimeoutError:
-                last = _DeadlineExceeded(f"no answer from {ep.target} within {timeout} s")
-                if mux is not None:
-                    mux.abort(last)
-            except grpc.RpcError as e:
-                if not _common.is_retryable(e):
-                    raise
-                last = e
-            self._failover.failed(index)
-            now = time.monotonic()
-            first_failure = first_failure or now
-            if self._failover.give_up(attempt, first_failure, now):
-                raise Unavailable(f"samplerd: no endpoint of {self.endpoints} answered for "
-                                  f"{now - first_failure:.1f} s: {_describe(last)}") from last
-            await asyncio.sleep(Failover.backoff(attempt))
+                e = _common.DeadlineExceeded(f"no answer from {ep.target} within {timeout} s")
+                mux.abort(e)
+                raise e from None
+            _common.check_response(request, resp)
+            return resp
+        return await self._retry(send)
 
     async def list_profiles(self, timeout: float = 10.0) -> pb.ListProfilesResponse:
-        return await self._unary(lambda ep: ep.stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout,
+        return await self._retry(lambda ep: ep.stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout,
                                                                  metadata=self._metadata))
 
     async def health(self, service: str = "", timeout: float = 5.0) -> str:
@@ -226,26 +208,19 @@ class AsyncClient:
                                           request_serializer=_common.health_request,
                                           response_deserializer=_common.health_response)
             return call(service, timeout=timeout, metadata=self._metadata)
-        return await self._unary(check)
+        return await self._retry(check)
 
-    async def _unary(self, fn):
-        last: Optional[BaseException] = None
-        first_failure = None
-        for attempt in itertools.count():
-            index = self._failover.active
+    async def _retry(self, call):
+        """As Client._retry, awaiting `call(endpoint)`."""
+        retry = _common.Retry(self._failover, self.endpoints)
+        while True:
+            index = retry.index()
             try:
-                return await fn(self._eps[index])
+                return await call(self._eps[index])
             except grpc.RpcError as e:
                 if not _common.is_retryable(e):
                     raise
-                last = e
-            self._failover.failed(index)
-            now = time.monotonic()
-            first_failure = first_failure or now
-            if self._failover.give_up(attempt, first_failure, now):
-                raise Unavailable(f"samplerd: no endpoint of {self.endpoints} answered for "
-                                  f"{now - first_failure:.1f} s: {_describe(last)}") from last
-            await asyncio.sleep(Failover.backoff(attempt))
+                await asyncio.sleep(retry.failed(index, e))
 
     async def close(self) -> None:
         for ep in self._eps:

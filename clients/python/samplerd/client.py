@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import itertools
 import queue
 import threading
 import time
@@ -26,7 +25,7 @@ import grpc
 
 from samplerd import _common
 from samplerd._common import DEFAULT_MAX_RECENT, Failover, SessionState, StreamEnded
-from samplerd.types import BatchError, StepError, StepResult, Unavailable
+from samplerd.types import BatchError, StepError, StepResult
 from samplerd.v1 import sampler_pb2 as pb
 from samplerd.v1 import sampler_pb2_grpc
 
@@ -219,38 +218,22 @@ class Client:
 
     def _send(self, request: pb.SampleRequest, timeout: Optional[float]) -> pb.SampleResponse:
         timeout = self.timeout if timeout is None else timeout
-        last: Optional[BaseException] = None
-        first_failure = None
-        for attempt in itertools.count():
-            with self._lock:
-                index = self._failover.active
-            ep = self._eps[index]
-            mux = None
+
+        def send(ep: _Endpoint) -> pb.SampleResponse:
+            mux = ep.mux()
             try:
-                mux = ep.mux()
                 resp = mux.submit(request).result(timeout)
-                _common.check_response(request, resp)
-                return resp
             except concurrent.futures.TimeoutError:
-                last = _DeadlineExceeded(f"no answer from {ep.target} within {timeout} s")
-                if mux is not None:
-                    mux.abort(last)
-            except grpc.RpcError as e:
-                if not _common.is_retryable(e):
-                    raise
-                last = e
-            with self._lock:
-                self._failover.failed(index)
-            now = time.monotonic()
-            first_failure = first_failure or now
-            if self._failover.give_up(attempt, first_failure, now):
-                raise Unavailable(f"samplerd: no endpoint of {self.endpoints} answered for "
-                                  f"{now - first_failure:.1f} s: {_describe(last)}") from last
-            time.sleep(Failover.backoff(attempt))
+                e = _common.DeadlineExceeded(f"no answer from {ep.target} within {timeout} s")
+                mux.abort(e)
+                raise e from None
+            _common.check_response(request, resp)
+            return resp
+        return self._retry(send)
 
     def list_profiles(self, timeout: float = 10.0) -> pb.ListProfilesResponse:
         """The server's profiles with every parameter value, and the default profile's name."""
-        return self._unary(lambda ep: ep.stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout,
+        return self._retry(lambda ep: ep.stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout,
                                                            metadata=self._metadata))
 
     def health(self, service: str = "", timeout: float = 5.0) -> str:
@@ -260,28 +243,19 @@ class Client:
                                           request_serializer=_common.health_request,
                                           response_deserializer=_common.health_response)
             return call(service, timeout=timeout, metadata=self._metadata)
-        return self._unary(check)
+        return self._retry(check)
 
-    def _unary(self, fn):
-        last: Optional[BaseException] = None
-        first_failure = None
-        for attempt in itertools.count():
-            with self._lock:
-                index = self._failover.active
+    def _retry(self, call):
+        """`call(endpoint)`, on the next endpoint after each retryable failure (_common.Retry)."""
+        retry = _common.Retry(self._failover, self.endpoints, self._lock)
+        while True:
+            index = retry.index()
             try:
-                return fn(self._eps[index])
+                return call(self._eps[index])
             except grpc.RpcError as e:
                 if not _common.is_retryable(e):
                     raise
-                last = e
-            with self._lock:
-                self._failover.failed(index)
-            now = time.monotonic()
-            first_failure = first_failure or now
-            if self._failover.give_up(attempt, first_failure, now):
-                raise Unavailable(f"samplerd: no endpoint of {self.endpoints} answered for "
-                                  f"{now - first_failure:.1f} s: {_describe(last)}") from last
-            time.sleep(Failover.backoff(attempt))
+                time.sleep(retry.failed(index, e))
 
     def close(self) -> None:
         for ep in self._eps:
@@ -292,25 +266,3 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class _DeadlineExceeded(grpc.RpcError):
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self._detail = detail
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-
-    def details(self) -> str:
-        return self._detail
-
-
-def _describe(e: Optional[BaseException]) -> str:
-    if e is None:
-        return "no attempt made"
-    code = getattr(e, "code", None)
-    details = getattr(e, "details", None)
-    if callable(code) and callable(details):
-        return f"{code().name}: {details()}"
-    return str(e)
