@@ -12,6 +12,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { randomUUID } from "crypto";
 
+import type { HealthCheckResponse__Output } from "./gen/grpc/health/v1/HealthCheckResponse";
 import type { ListProfilesResponse__Output } from "./gen/samplerd/v1/ListProfilesResponse";
 import type { SampleRequest } from "./gen/samplerd/v1/SampleRequest";
 import type { SampleResponse__Output } from "./gen/samplerd/v1/SampleResponse";
@@ -19,7 +20,7 @@ import type { SamplerClient } from "./gen/samplerd/v1/Sampler";
 import type { SamplingParams } from "./gen/samplerd/v1/SamplingParams";
 import type { Step } from "./gen/samplerd/v1/Step";
 import type { StepResult__Output } from "./gen/samplerd/v1/StepResult";
-import { proto } from "./proto";
+import { healthCheckMethod, proto } from "./proto";
 import { TensorInput, toTensor } from "./tensors";
 import {
   BatchError, Params, paramsToWire, ProtocolError, resultFromWire, StepError, StepResult, Unavailable,
@@ -407,32 +408,13 @@ export class Client {
 
   // grpc.health.v1 status of the active endpoint: "SERVING", "NOT_SERVING", ...
   health(service = "", timeoutMs = 5_000): Promise<string> {
-    return this.unary<string>((ep, done) => ep.stub.makeUnaryRequest("/grpc.health.v1.Health/Check",
-      healthRequest, healthResponse, service, this.metadata(), { deadline: Date.now() + timeoutMs }, done));
+    const check = healthCheckMethod();
+    return this.unary<string>((ep, done) => ep.stub.makeUnaryRequest(check.path, check.requestSerialize,
+      check.responseDeserialize, { service }, this.metadata(), { deadline: Date.now() + timeoutMs },
+      (e: grpc.ServiceError | null, r?: HealthCheckResponse__Output) => done(e, r && String(r.status))));
   }
 
   close(): void {
     for (const ep of this.eps) ep.close();
   }
-}
-
-// grpc.health.v1.HealthCheckRequest{string service = 1}, encoded by hand (its .proto is not part of samplerd).
-function healthRequest(service: string): Buffer {
-  const b = Buffer.from(service, "utf8");
-  if (!b.length) return Buffer.alloc(0);
-  const varint: number[] = [];
-  let n = b.length;
-  do {
-    varint.push((n & 0x7f) | (n > 0x7f ? 0x80 : 0));
-    n >>>= 7;
-  } while (n);
-  return Buffer.concat([Buffer.from([0x0a, ...varint]), b]);
-}
-
-const HEALTH_NAMES = ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
-
-// HealthCheckResponse{ServingStatus status = 1}: tag 0x08 then a one-byte varint.
-function healthResponse(data: Buffer): string {
-  const status = data.length >= 2 && data[0] === 0x08 ? data[1] : 0;
-  return HEALTH_NAMES[status] ?? String(status);
 }

@@ -29,6 +29,11 @@ test("health and profiles", async () => {
   for (const name of ["entropix", "entropix-frog", "fixed"]) assert.ok(p.profiles.some((x) => x.name === name), name);
 });
 
+test("health names the service's status through the generated grpc.health.v1 messages", async () => {
+  assert.equal(await client.health("samplerd.v1.Sampler"), "SERVING");
+  await assert.rejects(client.health("no.such.Service"), (e: { code?: number }) => e.code === 5 /* NOT_FOUND */);
+});
+
 test("step returns the result and the session keeps recent tokens", async () => {
   const s = client.session({ sequenceId: "keeps-recent", seed: 11n, recentTokens: [5, 6, 7], maxRecent: 6, topLogprobs: 3 });
   const tokens: number[] = [];

@@ -14,7 +14,7 @@ import grpc
 
 from samplerd import tensors
 from samplerd.types import ProtocolError, StepResult, Unavailable, params_proto, step_error
-from samplerd.v1 import sampler_pb2 as pb
+from samplerd.v1 import health_pb2, sampler_pb2 as pb
 
 # How many recent tokens a session sends by default (penalties and the CLARIFY rule read them). Every client
 # of this repository uses the same default, so their requests are identical.
@@ -259,21 +259,10 @@ def check_response(request: pb.SampleRequest, response: pb.SampleResponse) -> No
 
 
 def health_request(service: str) -> bytes:
-    # grpc.health.v1.HealthCheckRequest{string service = 1}, encoded by hand: its .proto is not in this package.
-    b = service.encode()
-    n, varint = len(b), bytearray()
-    while True:
-        varint.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            break
-    return (b"\x0a" + bytes(varint) + b) if b else b""
-
-
-HEALTH_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+    return health_pb2.HealthCheckRequest(service=service).SerializeToString()
 
 
 def health_response(data: bytes) -> str:
-    # HealthCheckResponse{ServingStatus status = 1}: tag 0x08 then a one-byte varint (values 0..3).
-    status = data[1] if len(data) >= 2 and data[0] == 0x08 else 0
-    return HEALTH_NAMES.get(status, str(status))
+    """"SERVING", "NOT_SERVING", ... as grpc.health.v1 names them."""
+    status = health_pb2.HealthCheckResponse.FromString(data).status
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(status)

@@ -21,7 +21,10 @@ import tempfile
 from pathlib import Path
 
 PROTOS = ("samplerd/v1/profile.proto", "samplerd/v1/sampler.proto")
-STUBS = ("profile_pb2.py", "profile_pb2_grpc.py", "sampler_pb2.py", "sampler_pb2_grpc.py")
+# grpc.health.v1's messages (the vendored proto/grpc/health/v1/health.proto), placed in samplerd/v1 as
+# health_pb2: a top-level `grpc` package would shadow grpcio's. The descriptor keeps its canonical file name.
+HEALTH_PROTO = "grpc/health/v1/health.proto"
+STUBS = ("profile_pb2.py", "profile_pb2_grpc.py", "sampler_pb2.py", "sampler_pb2_grpc.py", "health_pb2.py")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -35,7 +38,7 @@ def find_proto_dir() -> Path | None:
     if (_PACKAGE_DIR.parent / "pyproject.toml").is_file():  # a source tree, not site-packages
         candidates += [_PACKAGE_DIR.parents[2] / "proto", _PACKAGE_DIR.parent / "proto"]
     for c in candidates:
-        if all((c / p).is_file() for p in PROTOS):
+        if all((c / p).is_file() for p in PROTOS + (HEALTH_PROTO,)):
             return c
     return None
 
@@ -49,8 +52,8 @@ def _tool(env: str, name: str) -> str:
 
 
 def generate(proto_dir: Path, out_dir: Path) -> list[Path]:
-    """Writes samplerd/v1/{profile,sampler}_pb2{,_grpc}.py(i) under `out_dir` (the folder that contains the
-    `samplerd` package). Each file is replaced atomically, so concurrent generators and importers never see a
+    """Writes samplerd/v1/{profile,sampler}_pb2{,_grpc}.py(i) and samplerd/v1/health_pb2.py(i) under `out_dir`
+    (the folder that contains the `samplerd` package). Each file is replaced atomically, so concurrent generators and importers never see a
     half-written module."""
     protoc = _tool("PROTOC", "protoc")
     plugin = _tool("GRPC_PYTHON_PLUGIN", "grpc_python_plugin")
@@ -59,11 +62,15 @@ def generate(proto_dir: Path, out_dir: Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix=".gen-", dir=target) as tmp:
         cmd = [protoc, f"-I{proto_dir}", f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}",
                f"--plugin=protoc-gen-grpc_python={plugin}", *PROTOS]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"samplerd: protoc failed ({' '.join(cmd)}):\n{done.stderr}")
+        health = [protoc, f"-I{proto_dir}", f"--python_out={tmp}", f"--pyi_out={tmp}", HEALTH_PROTO]
+        for c in (cmd, health):
+            done = subprocess.run(c, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"samplerd: protoc failed ({' '.join(c)}):\n{done.stderr}")
+        generated = [*sorted((Path(tmp) / "samplerd" / "v1").iterdir()),
+                     *sorted((Path(tmp) / "grpc" / "health" / "v1").iterdir())]
         written = []
-        for f in sorted((Path(tmp) / "samplerd" / "v1").iterdir()):
+        for f in generated:
             os.replace(f, target / f.name)
             written.append(target / f.name)
     return written

@@ -28,6 +28,16 @@ def test_health_and_profiles(client):
     assert {"entropix", "entropix-frog", "fixed"} <= {p.name for p in resp.profiles}
 
 
+def test_health_speaks_the_generated_grpc_health_v1_messages(client):
+    import grpc
+    from samplerd.v1 import health_pb2
+    assert health_pb2.DESCRIPTOR.name == "grpc/health/v1/health.proto"  # the vendored proto/grpc/health/v1
+    assert client.health("samplerd.v1.Sampler") == "SERVING"
+    with pytest.raises(grpc.RpcError) as e:
+        client.health("no.such.Service")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_step_returns_dataclass_and_keeps_recent_tokens(client):
     s = client.session("keeps-recent", seed=11, recent_tokens=[5, 6, 7], max_recent=6, top_logprobs=3)
     results = []
