@@ -249,22 +249,22 @@ void RunKernel(benchmark::State& state, Fn fn) {
 
 void BM_Kernel_ScanMax(benchmark::State& state) {
   RunKernel(state, [](const Data& d, const Workload& w) {
-    benchmark::DoNotOptimize(kernels::ScanMax(d.logits.data(), w.vocab));
+    benchmark::DoNotOptimize(kernels::ScanMax(d.logits.data(), w.vocab, nullptr));
   });
 }
 void BM_Kernel_ScanMaxBf16(benchmark::State& state) {
   std::vector<float> out(static_cast<size_t>(Get(static_cast<int>(state.range(0))).vocab));
   RunKernel(state, [&out](const Data& d, const Workload& w) {
-    benchmark::DoNotOptimize(kernels::ScanMaxBf16(d.logit_bf16.data(), w.vocab, out.data()));
+    benchmark::DoNotOptimize(kernels::ScanMaxBf16(d.logit_bf16.data(), w.vocab, out.data(), nullptr));
   });
 }
 void BM_Kernel_ExpMoments(benchmark::State& state) {
   const Data& data = MakeData(static_cast<int>(state.range(0)));
-  const float max = kernels::ScanMax(data.logits.data(), static_cast<int64_t>(data.logits.size())).max;
+  const float max = kernels::ScanMax(data.logits.data(), static_cast<int64_t>(data.logits.size()), nullptr).max;
   std::vector<float> blocks(static_cast<size_t>(3 * kernels::MomentBlocks(static_cast<int64_t>(data.logits.size()))));
   RunKernel(state, [&](const Data& d, const Workload& w) {
     double sum = 0, mean = 0, m2 = 0;
-    kernels::ExpMoments(d.logits.data(), w.vocab, max, blocks.data(), &sum, &mean, &m2);
+    kernels::ExpMoments(d.logits.data(), w.vocab, max, blocks.data(), &sum, &mean, &m2, true);
     benchmark::DoNotOptimize(m2);
   });
 }
@@ -279,7 +279,7 @@ void BM_Kernel_ExpShifted(benchmark::State& state) {
   RunKernel(state, [&e](const Data& d, const Workload& w) {
     for (int64_t r = 0; r < w.heads; ++r) {
       double sum = 0, sum_d = 0;
-      kernels::ExpShifted(d.attention.data() + r * w.kv_len, w.kv_len, 8.0f, e.data() + r * w.kv_len, &sum, &sum_d);
+      kernels::ExpShifted(d.attention.data() + r * w.kv_len, w.kv_len, 8.0f, e.data() + r * w.kv_len, &sum, &sum_d, nullptr, 0, true);
       benchmark::DoNotOptimize(sum);
     }
   });
@@ -329,9 +329,9 @@ BENCHMARK(BM_Kernel_ConvertBf16)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond
 // SIMD max over the logits.)
 void BM_Floor_SoftmaxEntropy(benchmark::State& state) {
   RunKernel(state, [](const Data& d, const Workload& w) {
-    const float max = kernels::ScanMax(d.logits.data(), w.vocab).max;
+    const float max = kernels::ScanMax(d.logits.data(), w.vocab, nullptr).max;
     double sum = 0, sum_d = 0;
-    kernels::ExpShifted(d.logits.data(), w.vocab, max, nullptr, &sum, &sum_d);
+    kernels::ExpShifted(d.logits.data(), w.vocab, max, nullptr, &sum, &sum_d, nullptr, 0, true);
     benchmark::DoNotOptimize(std::log(sum) - sum_d / sum);
   });
 }

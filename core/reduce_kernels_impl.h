@@ -1,5 +1,8 @@
-// Implementation of core/reduce_kernels.h for one instruction set, instantiated by
-// reduce_kernels_{sse2,avx2,avx512}.cc, each compiled with its own -m flags. Include nowhere else.
+// The reductions of core/reduce_kernels.h for one instruction set (their exponentials in core/simd_exp.h, the
+// bf16 conversion in core/simd_bf16.h), instantiated by reduce_kernels_{sse2,avx2,avx512}.cc, each compiled
+// with its own -m flags. Include nowhere else.
+//
+//   const KernelTable table = MakeTable<xsimd::fma3<xsimd::avx2>>("avx2");
 //
 // Only xsimd operations templated on Arch and plain C expressions appear here: an inline non-template helper
 // (std::max, say) compiled with -mavx512f could be picked by the linker for the SSE2 build too and crash
@@ -18,13 +21,21 @@
 #include <type_traits>
 
 #include "core/reduce_kernels.h"
+#include "core/simd_bf16.h"
+#include "core/simd_exp.h"
 #include "xsimd/xsimd.hpp"
 
 namespace samplerd::kernels::detail {
 
 template <class Arch>
-struct Impl {
+struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
+  using ExpImpl<Arch>::ExpClamped;
+  using ExpImpl<Arch>::ExpWide;
+  using Bf16Impl<Arch>::LoadBf16;
+  using Bf16Impl<Arch>::ConvertBf16;
   using Batch = xsimd::batch<float, Arch>;
+  using Wide = xsimd::batch<double, Arch>;
+  static constexpr int64_t kWide = static_cast<int64_t>(Wide::size);
   static constexpr int64_t kLanes = static_cast<int64_t>(Batch::size);
   // Elements per float partial sum: 16 per lane whatever the width (64 on SSE2, 256 on AVX-512), so every
   // instruction set rounds alike, and the horizontal add + double conversion per block stays cheap.
@@ -37,171 +48,9 @@ struct Impl {
     for (int64_t i = 1; i < kLanes; ++i) m = lanes[i] > m ? lanes[i] : m;
     return m;
   }
-  // exp(d) for kMinShifted <= d <= 0 (the only range the kernels need: d = max(x - max, kMinShifted)).
-  // The exp is the step's hottest arithmetic (one per logit and per attention entry), and it runs out of
-  // multiply-add ports, not memory: the AVX-512 and AVX2 builds therefore use a table of 2^(j/N), N = 16 or 8
-  // entries held in one register (looked up with a lane permute), so the polynomial only has to cover
-  // |r| <= ln2 / 2N: d = (16 n + j) ln2 / 16 + r, exp(d) = 2^n * 2^(j/16) * exp(r), exp(r) by Taylor to r^3
-  // (AVX-512, truncation 0.15 ulp) or r^4 (AVX2, N = 8, 0.02 ulp): 9 or 10 multiply-port operations per
-  // vector instead of 11 for a degree-6 polynomial over |r| <= ln2 / 2. SSE2 has no lane permute and keeps
-  // the latter: as Cephes' expf, exp(r) = 1 + r + r^2 q(r) with q of degree 4 (minimax coefficients, 3e-9
-  // before rounding). Worst case about 1.3 ulp either way (the table entries are rounded to float);
-  // tests/core/reduce_kernels_test.cc pins <= 2 ulp for d >= -20 and <= 5 ulp below, and
-  // tests/golden/README.md admits exp errors of 3 ulp. Far fewer instructions than xsimd::exp, which also
-  // handles overflow, NaN and denormals that cannot occur here.
-  // k = N n + j is rounded by adding 1.5 * 2^23 (whose float spacing is 1), which also leaves k in the low
-  // bits: j is its low bits, and 2^n goes straight into the exponent bits of the scale. The clamp at -88 keeps
-  // n >= -127, and n = -127 gives exponent bits 0, i.e. a scale of exactly 0 for the values whose true exp
-  // is a denormal (x < about -87.3): masked entries (-inf) come out as 0 with no select.
-  static constexpr int kTableBits = std::is_base_of_v<xsimd::avx512f, Arch> ? 4
-                                    : std::is_base_of_v<xsimd::avx2, Arch>  ? 3
-                                                                            : 0;
-  static constexpr int kTableSize = 1 << kTableBits;
-  static constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
-  static constexpr int32_t kMagicBits = 0x4B400000;
-  // 2^(j/16), j = 0..15, rounded to float (the 8-entry table is every other one).
-  alignas(64) static constexpr float kPow2Sixteenths[16] = {
-      1.000000000e+00f, 1.044273734e+00f, 1.090507746e+00f, 1.138788581e+00f, 1.189207077e+00f, 1.241857767e+00f,
-      1.296839595e+00f, 1.354255557e+00f, 1.414213538e+00f, 1.476826191e+00f, 1.542210817e+00f, 1.610490322e+00f,
-      1.681792855e+00f, 1.756252170e+00f, 1.834008098e+00f, 1.915206552e+00f};
-  alignas(32) static constexpr float kPow2Eighths[8] = {1.000000000e+00f, 1.090507746e+00f, 1.189207077e+00f,
-                                                        1.296839595e+00f, 1.414213538e+00f, 1.542210817e+00f,
-                                                        1.681792855e+00f, 1.834008098e+00f};
-  // N / ln2, and ln2 / N in two parts, the first with 12 significant bits so that k * part is exact
-  // (|k| <= 88 N / ln2 < 2^11): r is accurate with or without a fused multiply-add.
-  static constexpr float kInvStep = kTableBits == 4 ? 23.0831203f : 11.5415602f;
-  static constexpr float kStepHi = kTableBits == 4 ? 0.0433197021484375f : 0.086639404296875f;
-  static constexpr float kStepLo = kTableBits == 4 ? 1.99663646e-06f : 3.99327291e-06f;
-  // SSE2: the degree-6 polynomial over |r| <= ln2 / 2, ln2 in two parts (the first exact times k).
-  static constexpr float kC0 = 4.999999404e-01f, kC1 = 1.666652113e-01f, kC2 = 4.166838899e-02f,
-                         kC3 = 8.368710987e-03f, kC4 = 1.381451264e-03f;
-
-  static Batch TableLookup(const Batch& t) {
-#if defined(__AVX512F__)
-    if constexpr (kTableBits == 4) {
-      // vpermps reads the low 4 bits of each index lane: j itself.
-      return Batch(_mm512_permutexvar_ps(_mm512_castps_si512(t), _mm512_load_ps(kPow2Sixteenths)));
-    } else
-#endif
-#if defined(__AVX2__)
-    if constexpr (kTableBits == 3) {
-      return Batch(_mm256_permutevar8x32_ps(_mm256_load_ps(kPow2Eighths), _mm256_castps_si256(t)));
-    } else
-#endif
-    {
-      return Batch(1.0f);  // not reached: kTableBits == 0 takes the polynomial
-    }
-  }
-
-  static Batch ExpClamped(const Batch& d) {
-    using IntBatch = xsimd::batch<int32_t, Arch>;
-    if constexpr (kTableBits > 0) {
-      const Batch t = xsimd::fma(d, Batch(kInvStep), Batch(kRoundMagic));
-      const Batch neg_k = Batch(kRoundMagic) - t;  // -k, so that r takes two plain multiply-adds
-      Batch r = xsimd::fma(neg_k, Batch(kStepHi), d);
-      r = xsimd::fma(neg_k, Batch(kStepLo), r);
-      // exp(r) = 1 + r * q, q = 1 + r / 2 + r^2 / 6 (+ r^3 / 24 with the coarser table).
-      Batch q;
-      if constexpr (kTableBits == 4) {
-        q = xsimd::fma(Batch(1.0f / 6.0f), r, Batch(0.5f));
-      } else {
-        q = xsimd::fma(Batch(1.0f / 24.0f), r, Batch(1.0f / 6.0f));
-        q = xsimd::fma(q, r, Batch(0.5f));
-      }
-      q = xsimd::fma(q, r, Batch(1.0f));
-      const Batch table = TableLookup(t);
-      const Batch mantissa = xsimd::fma(table * r, q, table);
-      const IntBatch bits = ((xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBits - 127 * kTableSize)) >> kTableBits)
-                            << 23;
-      return mantissa * xsimd::bitwise_cast<Batch>(bits);
-    } else {
-      const Batch t = xsimd::fma(d, Batch(1.44269504088896341f), Batch(kRoundMagic));
-      const Batch k = t - Batch(kRoundMagic);
-      Batch r = xsimd::fnma(k, Batch(0.693359375f), d);  // k * 0.693359375 is exact: no FMA needed
-      r = xsimd::fnma(k, Batch(-2.12194440e-4f), r);
-      Batch p(kC4);
-      p = xsimd::fma(p, r, Batch(kC3));
-      p = xsimd::fma(p, r, Batch(kC2));
-      p = xsimd::fma(p, r, Batch(kC1));
-      p = xsimd::fma(p, r, Batch(kC0));
-      p = xsimd::fma(p, r * r, r + Batch(1.0f));
-      const IntBatch bits = (xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBits - 127)) << 23;
-      return p * xsimd::bitwise_cast<Batch>(bits);
-    }
-  }
-
-  // The same arithmetic for one element (array tails), so that a tail rounds like a full batch.
-  static float ExpClampedScalar(float d) {
-    float mantissa;
-    int32_t tb;
-    if constexpr (kTableBits > 0) {
-      const float t = fmaf(d, kInvStep, kRoundMagic);
-      const float neg_k = kRoundMagic - t;
-      float r = fmaf(neg_k, kStepHi, d);
-      r = fmaf(neg_k, kStepLo, r);
-      float q;
-      if constexpr (kTableBits == 4) {
-        q = fmaf(1.0f / 6.0f, r, 0.5f);
-      } else {
-        q = fmaf(1.0f / 24.0f, r, 1.0f / 6.0f);
-        q = fmaf(q, r, 0.5f);
-      }
-      q = fmaf(q, r, 1.0f);
-      __builtin_memcpy(&tb, &t, 4);
-      const float table = kTableBits == 4 ? kPow2Sixteenths[tb & 15] : kPow2Eighths[tb & 7];
-      mantissa = fmaf(table * r, q, table);
-      tb = (tb - (kMagicBits - 127 * kTableSize)) >> kTableBits;
-    } else {
-      const float t = fmaf(d, 1.44269504088896341f, kRoundMagic);
-      const float k = t - kRoundMagic;
-      float r = fmaf(-k, 0.693359375f, d);
-      r = fmaf(-k, -2.12194440e-4f, r);
-      float p = kC4;
-      p = fmaf(p, r, kC3);
-      p = fmaf(p, r, kC2);
-      p = fmaf(p, r, kC1);
-      p = fmaf(p, r, kC0);
-      mantissa = fmaf(p, r * r, r + 1.0f);
-      __builtin_memcpy(&tb, &t, 4);
-      tb -= kMagicBits - 127;
-    }
-    const uint32_t bits = static_cast<uint32_t>(tb) << 23;
-    float scale;
-    __builtin_memcpy(&scale, &bits, 4);
-    return mantissa * scale;
-  }
 
   static float Clamp(float d) { return d < kMinShifted ? kMinShifted : d; }
   static bool Bad(float v) { return v != v || v == INFINITY; }
-
-  // bfloat16 -> float32 for one batch, exactly: the bf16 bits are the float's upper half. Widening uses the
-  // instruction set's own zero-extension (xsimd 8 has no widening conversion).
-  static Batch LoadBf16(const char* p) {
-#if defined(__AVX512F__)
-    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      return Batch(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-    } else
-#endif
-#if defined(__AVX2__)
-    if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-      return Batch(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-    } else
-#endif
-    {
-      const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-      return Batch(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
-    }
-  }
-  static float Bf16At(const char* p) {
-    const uint32_t u = (static_cast<uint32_t>(static_cast<unsigned char>(p[0])) |
-                        static_cast<uint32_t>(static_cast<unsigned char>(p[1])) << 8)
-                       << 16;
-    float f;
-    __builtin_memcpy(&f, &u, 4);
-    return f;
-  }
 
   // Element i of the source as a batch: float32 read in place, or bf16 converted and stored into out[i..]
   // on the way (the conversion happens inside the first pass, so the received bytes are read once).
@@ -215,11 +64,11 @@ struct Impl {
       return Batch::load_unaligned(static_cast<const float*>(src) + i);
     }
   }
-  // Converts the scalar tail [from, n) of a bf16 source into out; the float32 array to read afterwards.
+  // Converts the tail [from, n) of a bf16 source into out; the float32 array to read afterwards.
   template <bool kBf16>
   static const float* Floats(const void* src, int64_t from, int64_t n, float* out) {
     if constexpr (kBf16) {
-      for (int64_t i = from; i < n; ++i) out[i] = Bf16At(static_cast<const char*>(src) + 2 * i);
+      ConvertBf16(static_cast<const char*>(src) + 2 * from, n - from, out + from);
       return out;
     } else {
       return static_cast<const float*>(src);
@@ -702,15 +551,6 @@ struct Impl {
     }
   }
 
-  // out[i] = exp(double(x[i]) - shift) in double (0 for -inf), and their sum: the exact probabilities of a short
-  // row for the agreement (kExactAgreementCols in core/metrics.h). Not xsimd::exp: its range reduction converts
-  // double to int64 one lane at a time (xsimd 8 has no vector conversion below AVX-512DQ), 9 ns per entry. Here
-  // k = round(d / ln2) by the 1.5 * 2^52 trick, which leaves k in the low mantissa bits; r = d - k ln2 with ln2 in
-  // two parts (the first exact times k); exp(r) by Taylor to r^11 over |r| <= ln2 / 2 (relative error < 7e-15);
-  // 2^k through the exponent bits. d < -708 (exp < 3e-308, where 2^k would be subnormal) gives 0.
-  using Wide = xsimd::batch<double, Arch>;
-  static constexpr int64_t kWide = static_cast<int64_t>(Wide::size);
-
   // kWide floats at x widened to double, without a round trip through memory where the instruction set has
   // the conversion (xsimd 8 has none).
   static Wide Widen(const float* x) {
@@ -729,30 +569,8 @@ struct Impl {
     }
   }
 
-  // exp(d) for d in [-708, 0] (see ExpDouble).
-  static Wide ExpWide(const Wide& d) {
-    using WideInt = xsimd::batch<int64_t, Arch>;
-    const Wide magic(6755399441055744.0);  // 1.5 * 2^52
-    const Wide t = xsimd::fma(d, Wide(1.4426950408889634), magic);
-    const Wide k = t - magic;
-    const Wide r = xsimd::fnma(k, Wide(1.4286068203094172e-06), xsimd::fnma(k, Wide(0.693145751953125), d));
-    Wide p = xsimd::fma(Wide(1.0 / 39916800.0), r, Wide(1.0 / 3628800.0));
-    p = xsimd::fma(p, r, Wide(1.0 / 362880.0));
-    p = xsimd::fma(p, r, Wide(1.0 / 40320.0));
-    p = xsimd::fma(p, r, Wide(1.0 / 5040.0));
-    p = xsimd::fma(p, r, Wide(1.0 / 720.0));
-    p = xsimd::fma(p, r, Wide(1.0 / 120.0));
-    p = xsimd::fma(p, r, Wide(1.0 / 24.0));
-    p = xsimd::fma(p, r, Wide(1.0 / 6.0));
-    p = xsimd::fma(p, r, Wide(0.5));
-    p = xsimd::fma(p, r, Wide(1.0));
-    p = xsimd::fma(p, r, Wide(1.0));
-    const WideInt bits = (xsimd::bitwise_cast<WideInt>(t) - WideInt(static_cast<int64_t>(0x4338000000000000)) +
-                          WideInt(static_cast<int64_t>(1023)))
-                         << 52;
-    return p * xsimd::bitwise_cast<Wide>(bits);
-  }
-
+  // out[i] = exp(double(x[i]) - shift) in double (0 for -inf), and their sum: the exact probabilities of a short
+  // row for the agreement (kExactAgreementCols in core/metrics.h), through ExpWide (core/simd_exp.h).
   static double ExpDouble(const float* x, int64_t n, float shift, double* out) {
     const Wide vshift(static_cast<double>(shift)), vmin(-708.0), zero(0.0);
     Wide acc0(0.0), acc1(0.0);
@@ -829,65 +647,18 @@ struct Impl {
     }
     return total;
   }
-
 };
 
-// bfloat16 -> float32, exact: the bf16 bits are the float's upper half. Widening is done with the
-// instruction set's own zero-extension (xsimd 8 has no widening conversion).
-template <class Arch>
-void ConvertBf16(const char* src, int64_t n, float* out) {
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
-    for (; i + 16 <= n; i += 16) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i));
-      _mm512_storeu_si512(out + i, _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-  }
-#endif
-#if defined(__AVX2__)
-  if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
-    for (; i + 8 <= n; i += 8) {
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-  }
-#endif
-  // SSE2: interleaving zeros below each bf16 is the shift.
-  for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
-    const __m128i zero = _mm_setzero_si128();
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_unpacklo_epi16(zero, h));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i + 4), _mm_unpackhi_epi16(zero, h));
-  }
-  for (; i < n; ++i) {
-    const uint32_t u = (static_cast<uint32_t>(static_cast<unsigned char>(src[2 * i])) |
-                        static_cast<uint32_t>(static_cast<unsigned char>(src[2 * i + 1])) << 8)
-                       << 16;
-    __builtin_memcpy(out + i, &u, 4);
-  }
-}
-
+// The table of this instruction set: every kernel of core/kernel_list.inc, by the same name.
 template <class Arch>
 KernelTable MakeTable(const char* name) {
   using I = Impl<Arch>;
-  return KernelTable{name,
-                     &I::ScanMax,
-                     &I::ScanRow,
-                     &I::ScanMaxBf16,
-                     &I::ScanRowBf16,
-                     &I::FindFirst,
-                     &I::FindFirstGreater,
-                     &I::ExpShifted,
-                     &I::ExpMoments,
-                     &I::ClipCorrection,
-                     &I::GroupColumnSums,
-                     &I::GroupMeans,
-                     &I::RowDeviation,
-                     &I::ExpDouble,
-                     &I::ScaleAccumulate,
-                     &I::AbsDeviationDouble,
-                     &ConvertBf16<Arch>};
+  return KernelTable{
+      name,
+#define SAMPLERD_KERNEL(Result, Name, Params, Args) &I::Name,
+#include "core/kernel_list.inc"
+#undef SAMPLERD_KERNEL
+  };
 }
 
 }  // namespace samplerd::kernels::detail

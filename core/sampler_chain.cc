@@ -132,9 +132,9 @@ void ReplaceTop(std::vector<T>* heap, const T& v, Less less) {
 }  // namespace
 
 int32_t GreedyToken(const float* z, int64_t vocab, const float* block_max) {
-  if (block_max == nullptr) return static_cast<int32_t>(kernels::ScanMax(z, vocab).argmax);
+  if (block_max == nullptr) return static_cast<int32_t>(kernels::ScanMax(z, vocab, nullptr).argmax);
   // The first block holding the max, then the max's first place in it.
-  const int64_t block = kernels::ScanMax(block_max, kernels::MaxBlocks(vocab)).argmax;
+  const int64_t block = kernels::ScanMax(block_max, kernels::MaxBlocks(vocab), nullptr).argmax;
   const int64_t from = block * kernels::kMaxBlock;
   return static_cast<int32_t>(from + kernels::FindFirst(z + from, std::min(vocab - from, kernels::kMaxBlock),
                                                         block_max[block]));
@@ -224,7 +224,7 @@ void BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config
     }
     out->sorted = true;
   } else {
-    max_z = kernels::ScanMax(z, vocab).max;
+    max_z = kernels::ScanMax(z, vocab, nullptr).max;
     for (int64_t i = 0; i < vocab; ++i) {
       if (z[i] != kNegInf) tokens.push_back({(z[i] - max_z) / temperature, static_cast<int32_t>(i)});
     }

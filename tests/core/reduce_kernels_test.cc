@@ -23,10 +23,10 @@ TEST_P(ReduceKernelsTest, ExpSumsMatchAFloat64Reference) {
   for (int64_t n : {1, 7, 63, 64, 65, 1000, 128257}) {
     std::vector<float> x(static_cast<size_t>(n));
     for (float& v : x) v = normal(gen);
-    const float m = k.scan_max(x.data(), n, nullptr).max;
+    const float m = k.ScanMax(x.data(), n, nullptr).max;
     std::vector<float> e(x.size());
     double sum_e = 0, sum_ed = 0;
-    k.exp_shifted(x.data(), n, m, e.data(), &sum_e, &sum_ed, nullptr, 0, true);
+    k.ExpShifted(x.data(), n, m, e.data(), &sum_e, &sum_ed, nullptr, 0, true);
     double ref_e = 0, ref_ed = 0;
     for (float v : x) {
       const double d = static_cast<double>(v) - m;
@@ -43,7 +43,7 @@ TEST_P(ReduceKernelsTest, ExpSumsMatchAFloat64Reference) {
     }
     double w = 0, mean = 0, m2 = 0;
     std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(n)));
-    k.exp_moments(x.data(), n, m, blocks.data(), &w, &mean, &m2, true);
+    k.ExpMoments(x.data(), n, m, blocks.data(), &w, &mean, &m2, true);
     EXPECT_NEAR(w, ref_e, 4e-7 * ref_e) << k.name << " n=" << n;
     EXPECT_NEAR(mean, ref_mean, 4e-7 * std::abs(ref_mean) + 1e-9) << k.name << " n=" << n;
     EXPECT_NEAR(m2, ref_m2, 1e-6 * ref_m2 + 1e-12) << k.name << " n=" << n;
@@ -62,30 +62,30 @@ TEST_P(ReduceKernelsTest, SkippingTheClampChangesNoBitWhenNothingIsBelowIt) {
     for (float& v : x) v = uniform(gen) + 3.0f;
     if (n > 1) x[static_cast<size_t>(n - 1)] = kMinShifted + 3.0f;  // exactly at the clamp
     x[0] = 3.0f;                                                      // the shift: d = 0
-    const ScanResult scan = k.scan_max(x.data(), n, nullptr);
+    const ScanResult scan = k.ScanMax(x.data(), n, nullptr);
     EXPECT_EQ(scan.min, *std::min_element(x.begin(), x.end())) << k.name << " n=" << n;
     ASSERT_GE(scan.min - scan.max, kMinShifted) << k.name << " n=" << n;
     std::vector<float> e1(x.size()), e2(x.size());
     double s1 = 0, sd1 = 0, s2 = 0, sd2 = 0;
-    k.exp_shifted(x.data(), n, 3.0f, e1.data(), &s1, &sd1, nullptr, 0, true);
-    k.exp_shifted(x.data(), n, 3.0f, e2.data(), &s2, &sd2, nullptr, 0, false);
+    k.ExpShifted(x.data(), n, 3.0f, e1.data(), &s1, &sd1, nullptr, 0, true);
+    k.ExpShifted(x.data(), n, 3.0f, e2.data(), &s2, &sd2, nullptr, 0, false);
     EXPECT_EQ(e1, e2) << k.name << " n=" << n;
     EXPECT_EQ(s1, s2) << k.name << " n=" << n;
     EXPECT_EQ(sd1, sd2) << k.name << " n=" << n;
     std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(n)));
     double w1 = 0, m1 = 0, q1 = 0, w2 = 0, m2 = 0, q2 = 0;
-    k.exp_moments(x.data(), n, 3.0f, blocks.data(), &w1, &m1, &q1, true);
-    k.exp_moments(x.data(), n, 3.0f, blocks.data(), &w2, &m2, &q2, false);
+    k.ExpMoments(x.data(), n, 3.0f, blocks.data(), &w1, &m1, &q1, true);
+    k.ExpMoments(x.data(), n, 3.0f, blocks.data(), &w2, &m2, &q2, false);
     EXPECT_EQ(w1, w2) << k.name << " n=" << n;
     EXPECT_EQ(m1, m2) << k.name << " n=" << n;
     EXPECT_EQ(q1, q2) << k.name << " n=" << n;
   }
   std::vector<float> masked(300, 1.0f);
   masked[299] = -INFINITY;
-  EXPECT_EQ(k.scan_max(masked.data(), 300, nullptr).min, -INFINITY) << k.name;
+  EXPECT_EQ(k.ScanMax(masked.data(), 300, nullptr).min, -INFINITY) << k.name;
   masked[299] = 1.0f;
   masked[7] = -INFINITY;  // in a full block
-  EXPECT_EQ(k.scan_max(masked.data(), 300, nullptr).min, -INFINITY) << k.name;
+  EXPECT_EQ(k.ScanMax(masked.data(), 300, nullptr).min, -INFINITY) << k.name;
 }
 
 TEST_P(ReduceKernelsTest, FindsNanAndPositiveInfinityAtTheirIndex) {
@@ -94,12 +94,12 @@ TEST_P(ReduceKernelsTest, FindsNanAndPositiveInfinityAtTheirIndex) {
     for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
       std::vector<float> x(1000, 1.0f);
       x[static_cast<size_t>(pos)] = bad;
-      EXPECT_EQ(k.scan_max(x.data(), 1000, nullptr).first_bad, pos) << k.name << " bad=" << bad;
+      EXPECT_EQ(k.ScanMax(x.data(), 1000, nullptr).first_bad, pos) << k.name << " bad=" << bad;
     }
   }
   std::vector<float> ok(1000, -std::numeric_limits<float>::infinity());
   ok[500] = std::numeric_limits<float>::max();
-  const ScanResult r = k.scan_max(ok.data(), 1000, nullptr);
+  const ScanResult r = k.ScanMax(ok.data(), 1000, nullptr);
   EXPECT_EQ(r.first_bad, -1);
   EXPECT_EQ(r.max, std::numeric_limits<float>::max());
 }
@@ -111,12 +111,12 @@ TEST_P(ReduceKernelsTest, NegativeInfinityAndHugeGapsGiveZeroWeightNotNan) {
   x[150] = -std::numeric_limits<float>::max();
   std::vector<float> e(x.size());
   double sum_e = 0, sum_ed = 0;
-  k.exp_shifted(x.data(), 200, x[3], e.data(), &sum_e, &sum_ed, nullptr, 0, true);
+  k.ExpShifted(x.data(), 200, x[3], e.data(), &sum_e, &sum_ed, nullptr, 0, true);
   EXPECT_EQ(sum_e, 1.0);
   EXPECT_EQ(sum_ed, 0.0);
   double w = 0, mean = 0, m2 = 0;
   std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(200)));
-  k.exp_moments(x.data(), 200, x[3], blocks.data(), &w, &mean, &m2, true);
+  k.ExpMoments(x.data(), 200, x[3], blocks.data(), &w, &mean, &m2, true);
   EXPECT_EQ(w, 1.0);
   EXPECT_EQ(mean, 0.0);
   EXPECT_EQ(m2, 0.0);
@@ -145,7 +145,7 @@ TEST_P(ReduceKernelsTest, VarianceDoesNotCancelWhenTheMassSitsFarFromTheMax) {
   }
   double w = 0, mean = 0, m2 = 0;
   std::vector<float> blocks(static_cast<size_t>(3 * MomentBlocks(128256)));
-  k.exp_moments(x.data(), 128256, 5.0f, blocks.data(), &w, &mean, &m2, true);
+  k.ExpMoments(x.data(), 128256, 5.0f, blocks.data(), &w, &mean, &m2, true);
   EXPECT_NEAR(m2 / w, ref_m2 / ref_e, 1e-6 * ref_m2 / ref_e) << k.name;
 }
 
@@ -159,12 +159,12 @@ TEST_P(ReduceKernelsTest, ScanRowSumsAbsoluteValuesOverFiniteEntries) {
     if (i % 3 != 0) ref += std::abs(x[i]);
     max = std::max(max, x[i]);
   }
-  const RowScan r = k.scan_row(x.data(), 131);
+  const RowScan r = k.ScanRow(x.data(), 131);
   EXPECT_EQ(r.finite_count, 131 - 44);
   EXPECT_NEAR(r.abs_sum, ref, 1e-9 * ref);
   EXPECT_EQ(r.max, max);
   x[100] = NAN;
-  EXPECT_EQ(k.scan_row(x.data(), 131).first_bad, 100);
+  EXPECT_EQ(k.ScanRow(x.data(), 131).first_bad, 100);
 }
 
 // Rows long enough for many blocks of every instruction set: blocks of finite values take ScanRow's fast
@@ -192,7 +192,7 @@ TEST_P(ReduceKernelsTest, ScanRowAgreesAcrossFastAndCheckedBlocks) {
       ++count;
       lo = std::min(lo, v);
     }
-    RowScan r = k.scan_row(x.data(), n);
+    RowScan r = k.ScanRow(x.data(), n);
     EXPECT_EQ(r.first_bad, -1) << k.name << " variant " << variant;
     EXPECT_EQ(r.finite_count, count) << k.name << " variant " << variant;
     EXPECT_NEAR(r.abs_sum, ref, 1e-6 * ref) << k.name << " variant " << variant;
@@ -203,7 +203,7 @@ TEST_P(ReduceKernelsTest, ScanRowAgreesAcrossFastAndCheckedBlocks) {
         std::vector<float> y = x;
         y[static_cast<size_t>(pos)] = bad;
         y[4999] = bad;  // a later bad value must not win
-        EXPECT_EQ(k.scan_row(y.data(), n).first_bad, pos) << k.name << " variant " << variant << " pos " << pos;
+        EXPECT_EQ(k.ScanRow(y.data(), n).first_bad, pos) << k.name << " variant " << variant << " pos " << pos;
       }
     }
   }
@@ -224,7 +224,7 @@ TEST_P(ReduceKernelsTest, ExpIsWithinAFewUlpElementwise) {
   x[2] = -1e30f;
   std::vector<float> e(x.size());
   double sum_e = 0, sum_ed = 0;
-  k.exp_shifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed, nullptr, 0, true);
+  k.ExpShifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed, nullptr, 0, true);
   EXPECT_EQ(e[0], 1.0f) << k.name;
   EXPECT_EQ(e[1], 0.0f) << k.name;
   EXPECT_EQ(e[2], 0.0f) << k.name;
@@ -244,10 +244,10 @@ TEST_P(ReduceKernelsTest, SelectionHelpersFindTheFirstMatch) {
   const KernelTable& k = *GetParam();
   std::vector<float> x(300);
   for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 50);
-  EXPECT_EQ(k.find_first(x.data(), 300, 49.0f), 49);
-  EXPECT_EQ(k.find_first(x.data(), 300, 77.0f), 300);
-  EXPECT_EQ(k.find_first_greater(x.data(), 60, 300, 48.5f), 99);
-  EXPECT_EQ(k.find_first_greater(x.data(), 0, 300, 49.0f), 300);
+  EXPECT_EQ(k.FindFirst(x.data(), 300, 49.0f), 49);
+  EXPECT_EQ(k.FindFirst(x.data(), 300, 77.0f), 300);
+  EXPECT_EQ(k.FindFirstGreater(x.data(), 60, 300, 48.5f), 99);
+  EXPECT_EQ(k.FindFirstGreater(x.data(), 0, 300, 49.0f), 300);
 }
 
 // The searches test four vectors per branch, then one, then a scalar tail: a target at every position of
@@ -260,24 +260,24 @@ TEST_P(ReduceKernelsTest, ScansFindTargetsInEveryPartOfTheLoop) {
       std::vector<float> x(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) x[static_cast<size_t>(i)] = static_cast<float>((i * 7) % 13) - 20.0f;
       x[static_cast<size_t>(pos)] = 5.0f;  // the unique max
-      const ScanResult scan = k.scan_max(x.data(), n, nullptr);
+      const ScanResult scan = k.ScanMax(x.data(), n, nullptr);
       EXPECT_EQ(scan.max, 5.0f) << k.name << " n=" << n << " pos=" << pos;
       EXPECT_EQ(scan.argmax, pos) << k.name << " n=" << n << " pos=" << pos;
       EXPECT_EQ(scan.first_bad, -1) << k.name << " n=" << n << " pos=" << pos;
-      EXPECT_EQ(k.find_first(x.data(), n, 5.0f), pos) << k.name << " n=" << n << " pos=" << pos;
+      EXPECT_EQ(k.FindFirst(x.data(), n, 5.0f), pos) << k.name << " n=" << n << " pos=" << pos;
       for (int64_t from : {int64_t{0}, pos / 2, pos}) {
-        EXPECT_EQ(k.find_first_greater(x.data(), from, n, 0.0f), pos) << k.name << " n=" << n << " pos=" << pos;
+        EXPECT_EQ(k.FindFirstGreater(x.data(), from, n, 0.0f), pos) << k.name << " n=" << n << " pos=" << pos;
       }
-      EXPECT_EQ(k.find_first_greater(x.data(), pos + 1, n, 0.0f), n) << k.name << " n=" << n << " pos=" << pos;
+      EXPECT_EQ(k.FindFirstGreater(x.data(), pos + 1, n, 0.0f), n) << k.name << " n=" << n << " pos=" << pos;
       // A second copy of the max later on: the first one is still the one found.
       if (pos + 1 < n) {
         x[static_cast<size_t>(n - 1)] = 5.0f;
-        EXPECT_EQ(k.find_first(x.data(), n, 5.0f), pos) << k.name << " n=" << n << " pos=" << pos;
+        EXPECT_EQ(k.FindFirst(x.data(), n, 5.0f), pos) << k.name << " n=" << n << " pos=" << pos;
       }
       // NaN here and +inf further on: the first bad index, whichever chain saw it.
       x[static_cast<size_t>(pos)] = std::numeric_limits<float>::quiet_NaN();
       if (pos + 1 < n) x[static_cast<size_t>(n - 1)] = std::numeric_limits<float>::infinity();
-      EXPECT_EQ(k.scan_max(x.data(), n, nullptr).first_bad, pos) << k.name << " n=" << n << " pos=" << pos;
+      EXPECT_EQ(k.ScanMax(x.data(), n, nullptr).first_bad, pos) << k.name << " n=" << n << " pos=" << pos;
     }
   }
 }
@@ -302,14 +302,14 @@ TEST_P(ReduceKernelsTest, ScanMaxGivesTheFirstArgmaxAndEveryBlockMax) {
       if (variant == 5) std::fill(x.begin(), x.end(), -INFINITY);
       const int64_t want_argmax = std::max_element(x.begin(), x.end()) - x.begin();  // the first of equals
       std::vector<float> blocks(static_cast<size_t>(MaxBlocks(n)), 7.0f);
-      const ScanResult scan = k.scan_max(x.data(), n, blocks.data());
+      const ScanResult scan = k.ScanMax(x.data(), n, blocks.data());
       EXPECT_EQ(scan.max, x[static_cast<size_t>(want_argmax)]) << k.name << " n=" << n << " variant=" << variant;
       EXPECT_EQ(scan.argmax, variant == 5 ? 0 : want_argmax) << k.name << " n=" << n << " variant=" << variant;
       for (int64_t b = 0; b < MaxBlocks(n); ++b) {
         const auto from = x.begin() + b * kMaxBlock, to = x.begin() + std::min(n, (b + 1) * kMaxBlock);
         EXPECT_EQ(blocks[static_cast<size_t>(b)], *std::max_element(from, to)) << k.name << " n=" << n << " b=" << b;
       }
-      EXPECT_EQ(k.scan_max(x.data(), n, nullptr).argmax, scan.argmax) << k.name << " n=" << n;
+      EXPECT_EQ(k.ScanMax(x.data(), n, nullptr).argmax, scan.argmax) << k.name << " n=" << n;
     }
   }
 }
@@ -340,11 +340,11 @@ TEST_P(ReduceKernelsTest, AgreementKernelsMatchAFloat64Reference) {
         for (int64_t r = g * kAgreementGroup; r < std::min(rows, (g + 1) * kAgreementGroup); ++r) {
           ptrs[n++] = e.data() + r * stride;
         }
-        k.group_column_sums(ptrs, inv.data() + g * kAgreementGroup, n, cols, sums.data() + g * cols);
+        k.GroupColumnSums(ptrs, inv.data() + g * kAgreementGroup, n, cols, sums.data() + g * cols);
       }
-      k.group_means(sums.data(), groups, cols, cols, 1.0f / static_cast<float>(rows), means.data());
+      k.GroupMeans(sums.data(), groups, cols, cols, 1.0f / static_cast<float>(rows), means.data());
       double got = 0, want = 0;
-      for (int64_t r = 0; r < rows; ++r) got += k.row_deviation(e.data() + r * stride, inv[r], means.data(), cols);
+      for (int64_t r = 0; r < rows; ++r) got += k.RowDeviation(e.data() + r * stride, inv[r], means.data(), cols);
       for (int64_t c = 0; c < cols; ++c) {
         double mean = 0;
         for (int64_t r = 0; r < rows; ++r) mean += static_cast<double>(e[r * stride + c]) * inv[r];
@@ -375,7 +375,7 @@ TEST_P(ReduceKernelsTest, ExpDoubleMatchesStdExpInDouble) {
     if (n > 3) x[3] = x[1] - 720.0f;  // between -745 and -708 below the max (x[1] may be the max itself)
     const float shift = *std::max_element(x.begin(), x.end());
     std::vector<double> out(x.size(), -1.0);
-    const double total = k.exp_double(x.data(), n, shift, out.data());
+    const double total = k.ExpDouble(x.data(), n, shift, out.data());
     double want_total = 0;
     for (int64_t i = 0; i < n; ++i) {
       const double want = std::exp(static_cast<double>(x[i]) - shift);
@@ -392,7 +392,7 @@ TEST_P(ReduceKernelsTest, ConvertsEveryBFloat16Exactly) {
   std::vector<uint16_t> all(65536 + 7);
   for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i * 40503u);
   std::vector<float> out(all.size());
-  k.convert_bf16(reinterpret_cast<const char*>(all.data()), static_cast<int64_t>(all.size()), out.data());
+  k.ConvertBf16(reinterpret_cast<const char*>(all.data()), static_cast<int64_t>(all.size()), out.data());
   for (size_t i = 0; i < all.size(); ++i) {
     uint32_t bits;
     std::memcpy(&bits, &out[i], 4);
@@ -421,19 +421,19 @@ TEST_P(ReduceKernelsTest, Bf16ScansConvertAndScanLikeTheFloat32Path) {
       if (variant == 2) src[static_cast<size_t>(n / 2)] = 0x7f80;      // +inf in the middle
       const char* bytes = reinterpret_cast<const char*>(src.data());
       std::vector<float> want(src.size()), got(src.size(), -1.0f), got_row(src.size(), -1.0f);
-      k.convert_bf16(bytes, n, want.data());
-      const ScanResult a = k.scan_max(want.data(), n, nullptr), b = k.scan_max_bf16(bytes, n, got.data(), nullptr);
+      k.ConvertBf16(bytes, n, want.data());
+      const ScanResult a = k.ScanMax(want.data(), n, nullptr), b = k.ScanMaxBf16(bytes, n, got.data(), nullptr);
       EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * 4), 0) << k.name << " n=" << n;
       EXPECT_EQ(b.first_bad, a.first_bad) << k.name << " n=" << n;
       if (a.first_bad < 0) {
         EXPECT_EQ(b.max, a.max) << k.name << " n=" << n;
         EXPECT_EQ(b.argmax, a.argmax) << k.name << " n=" << n;
         std::vector<float> blocks_a(static_cast<size_t>(MaxBlocks(n))), blocks_b(blocks_a.size());
-        k.scan_max(want.data(), n, blocks_a.data());
-        k.scan_max_bf16(bytes, n, got.data(), blocks_b.data());
+        k.ScanMax(want.data(), n, blocks_a.data());
+        k.ScanMaxBf16(bytes, n, got.data(), blocks_b.data());
         EXPECT_EQ(blocks_b, blocks_a) << k.name << " n=" << n;
       }
-      const RowScan c = k.scan_row(want.data(), n), d = k.scan_row_bf16(bytes, n, got_row.data());
+      const RowScan c = k.ScanRow(want.data(), n), d = k.ScanRowBf16(bytes, n, got_row.data());
       EXPECT_EQ(std::memcmp(got_row.data(), want.data(), want.size() * 4), 0) << k.name << " n=" << n;
       EXPECT_EQ(d.first_bad, c.first_bad) << k.name << " n=" << n;
       if (c.first_bad < 0) {

@@ -363,17 +363,17 @@ std::string CheckAttention(const std::vector<float>& values, int64_t rows) {
 std::string CheckKernelTablesAgree(const std::vector<float>& values) {
   const int64_t n = static_cast<int64_t>(values.size());
   const std::vector<const kernels::KernelTable*> tables = kernels::AvailableKernels();
-  const kernels::ScanResult first = tables[0]->scan_max(values.data(), n, nullptr);
-  const kernels::RowScan first_row = tables[0]->scan_row(values.data(), n);
+  const kernels::ScanResult first = tables[0]->ScanMax(values.data(), n, nullptr);
+  const kernels::RowScan first_row = tables[0]->ScanRow(values.data(), n);
   for (const kernels::KernelTable* t : tables) {
-    const kernels::ScanResult s = t->scan_max(values.data(), n, nullptr);
+    const kernels::ScanResult s = t->ScanMax(values.data(), n, nullptr);
     if (s.first_bad != first.first_bad ||
         (first.first_bad < 0 && (s.max != first.max || s.argmax != first.argmax || s.min != first.min))) {
       return absl::StrCat("n=", n, ": ", t->name, " scan_max (", s.max, " at ", s.argmax, ", min ", s.min, ", bad at ",
                           s.first_bad, ") differs from ", tables[0]->name, " (", first.max, " at ", first.argmax,
                           ", min ", first.min, ", bad at ", first.first_bad, ")");
     }
-    const kernels::RowScan r = t->scan_row(values.data(), n);
+    const kernels::RowScan r = t->ScanRow(values.data(), n);
     // With a NaN present the row is rejected and the count is meaningless (SSE2 compares NaN != -inf as true).
     if (r.first_bad != first_row.first_bad || (r.first_bad < 0 && r.finite_count != first_row.finite_count)) {
       return absl::StrCat("n=", n, ": ", t->name, " scan_row (bad at ", r.first_bad, ", ", r.finite_count,

@@ -1,0 +1,148 @@
+// The exponentials of the reduction kernels, for one instruction set: ExpImpl<Arch>::ExpClamped (float32, the
+// step's hottest arithmetic) and ExpImpl<Arch>::ExpWide (double, for the exact agreement of short rows).
+// Included only by core/reduce_kernels_impl.h (see there for why only Arch templates appear here).
+//
+//   using Exp = ExpImpl<xsimd::avx2>;
+//   const Exp::Batch e = Exp::ExpClamped(Exp::Batch(-1.5f));  // exp(-1.5) within 2 ulp
+#ifndef SAMPLERD_CORE_SIMD_EXP_H_
+#define SAMPLERD_CORE_SIMD_EXP_H_
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "xsimd/xsimd.hpp"
+
+namespace samplerd::kernels::detail {
+
+template <class Arch>
+struct ExpImpl {
+  using Batch = xsimd::batch<float, Arch>;
+  using Wide = xsimd::batch<double, Arch>;
+
+  // exp(d) in float32 for kMinShifted <= d <= 0 (the only range the kernels need: d = max(x - max, kMinShifted)).
+  // The exp is the step's hottest arithmetic (one per logit and per attention entry), and it runs out of
+  // multiply-add ports, not memory: the AVX-512 and AVX2 builds therefore use a table of 2^(j/N), N = 16 or 8
+  // entries held in one register (looked up with a lane permute), so the polynomial only has to cover
+  // |r| <= ln2 / 2N: d = (16 n + j) ln2 / 16 + r, exp(d) = 2^n * 2^(j/16) * exp(r), exp(r) by Taylor to r^3
+  // (AVX-512, truncation 0.15 ulp) or r^4 (AVX2, N = 8, 0.02 ulp): 9 or 10 multiply-port operations per
+  // vector instead of 11 for a degree-6 polynomial over |r| <= ln2 / 2. SSE2 has no lane permute and keeps
+  // the latter: as Cephes' expf, exp(r) = 1 + r + r^2 q(r) with q of degree 4 (minimax coefficients, 3e-9
+  // before rounding). Worst case about 1.3 ulp either way (the table entries are rounded to float);
+  // tests/core/reduce_kernels_test.cc pins <= 2 ulp for d >= -20 and <= 5 ulp below, and
+  // tests/golden/README.md admits exp errors of 3 ulp. Far fewer instructions than xsimd::exp, which also
+  // handles overflow, NaN and denormals that cannot occur here.
+  // k = N n + j is rounded by adding 1.5 * 2^23 (whose float spacing is 1), which also leaves k in the low
+  // bits: j is its low bits, and 2^n goes straight into the exponent bits of the scale. The clamp at -88 keeps
+  // n >= -127, and n = -127 gives exponent bits 0, i.e. a scale of exactly 0 for the values whose true exp
+  // is a denormal (x < about -87.3): masked entries (-inf) come out as 0 with no select.
+  static constexpr int kTableBits = std::is_base_of_v<xsimd::avx512f, Arch> ? 4
+                                    : std::is_base_of_v<xsimd::avx2, Arch>  ? 3
+                                                                            : 0;
+  static constexpr int kTableSize = 1 << kTableBits;
+  static constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
+  static constexpr int32_t kMagicBits = 0x4B400000;
+  // 2^(j/16), j = 0..15, rounded to float (the 8-entry table is every other one).
+  alignas(64) static constexpr float kPow2Sixteenths[16] = {
+      1.000000000e+00f, 1.044273734e+00f, 1.090507746e+00f, 1.138788581e+00f, 1.189207077e+00f, 1.241857767e+00f,
+      1.296839595e+00f, 1.354255557e+00f, 1.414213538e+00f, 1.476826191e+00f, 1.542210817e+00f, 1.610490322e+00f,
+      1.681792855e+00f, 1.756252170e+00f, 1.834008098e+00f, 1.915206552e+00f};
+  alignas(32) static constexpr float kPow2Eighths[8] = {1.000000000e+00f, 1.090507746e+00f, 1.189207077e+00f,
+                                                        1.296839595e+00f, 1.414213538e+00f, 1.542210817e+00f,
+                                                        1.681792855e+00f, 1.834008098e+00f};
+  // N / ln2, and ln2 / N in two parts, the first with 12 significant bits so that k * part is exact
+  // (|k| <= 88 N / ln2 < 2^11): r is accurate with or without a fused multiply-add.
+  static constexpr float kInvStep = kTableBits == 4 ? 23.0831203f : 11.5415602f;
+  static constexpr float kStepHi = kTableBits == 4 ? 0.0433197021484375f : 0.086639404296875f;
+  static constexpr float kStepLo = kTableBits == 4 ? 1.99663646e-06f : 3.99327291e-06f;
+  // SSE2: the degree-6 polynomial over |r| <= ln2 / 2, ln2 in two parts (the first exact times k).
+  static constexpr float kC0 = 4.999999404e-01f, kC1 = 1.666652113e-01f, kC2 = 4.166838899e-02f,
+                         kC3 = 8.368710987e-03f, kC4 = 1.381451264e-03f;
+
+  static Batch TableLookup(const Batch& t) {
+#if defined(__AVX512F__)
+    if constexpr (kTableBits == 4) {
+      // vpermps reads the low 4 bits of each index lane: j itself.
+      return Batch(_mm512_permutexvar_ps(_mm512_castps_si512(t), _mm512_load_ps(kPow2Sixteenths)));
+    } else
+#endif
+#if defined(__AVX2__)
+    if constexpr (kTableBits == 3) {
+      return Batch(_mm256_permutevar8x32_ps(_mm256_load_ps(kPow2Eighths), _mm256_castps_si256(t)));
+    } else
+#endif
+    {
+      return Batch(1.0f);  // not reached: kTableBits == 0 takes the polynomial
+    }
+  }
+
+  static Batch ExpClamped(const Batch& d) {
+    using IntBatch = xsimd::batch<int32_t, Arch>;
+    if constexpr (kTableBits > 0) {
+      const Batch t = xsimd::fma(d, Batch(kInvStep), Batch(kRoundMagic));
+      const Batch neg_k = Batch(kRoundMagic) - t;  // -k, so that r takes two plain multiply-adds
+      Batch r = xsimd::fma(neg_k, Batch(kStepHi), d);
+      r = xsimd::fma(neg_k, Batch(kStepLo), r);
+      // exp(r) = 1 + r * q, q = 1 + r / 2 + r^2 / 6 (+ r^3 / 24 with the coarser table).
+      Batch q;
+      if constexpr (kTableBits == 4) {
+        q = xsimd::fma(Batch(1.0f / 6.0f), r, Batch(0.5f));
+      } else {
+        q = xsimd::fma(Batch(1.0f / 24.0f), r, Batch(1.0f / 6.0f));
+        q = xsimd::fma(q, r, Batch(0.5f));
+      }
+      q = xsimd::fma(q, r, Batch(1.0f));
+      const Batch table = TableLookup(t);
+      const Batch mantissa = xsimd::fma(table * r, q, table);
+      const IntBatch bits = ((xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBits - 127 * kTableSize)) >> kTableBits)
+                            << 23;
+      return mantissa * xsimd::bitwise_cast<Batch>(bits);
+    } else {
+      const Batch t = xsimd::fma(d, Batch(1.44269504088896341f), Batch(kRoundMagic));
+      const Batch k = t - Batch(kRoundMagic);
+      Batch r = xsimd::fnma(k, Batch(0.693359375f), d);  // k * 0.693359375 is exact: no FMA needed
+      r = xsimd::fnma(k, Batch(-2.12194440e-4f), r);
+      Batch p(kC4);
+      p = xsimd::fma(p, r, Batch(kC3));
+      p = xsimd::fma(p, r, Batch(kC2));
+      p = xsimd::fma(p, r, Batch(kC1));
+      p = xsimd::fma(p, r, Batch(kC0));
+      p = xsimd::fma(p, r * r, r + Batch(1.0f));
+      const IntBatch bits = (xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBits - 127)) << 23;
+      return p * xsimd::bitwise_cast<Batch>(bits);
+    }
+  }
+
+  // exp(d) in double for d in [-708, 0] (ExpDouble: the exact probabilities of short rows). Not xsimd::exp: its range reduction converts
+  // double to int64 one lane at a time (xsimd 8 has no vector conversion below AVX-512DQ), 9 ns per entry. Here
+  // k = round(d / ln2) by the 1.5 * 2^52 trick, which leaves k in the low mantissa bits; r = d - k ln2 with ln2 in
+  // two parts (the first exact times k); exp(r) by Taylor to r^11 over |r| <= ln2 / 2 (relative error < 7e-15);
+  // 2^k through the exponent bits. d < -708 (exp < 3e-308, where 2^k would be subnormal) gives 0.
+  static Wide ExpWide(const Wide& d) {
+    using WideInt = xsimd::batch<int64_t, Arch>;
+    const Wide magic(6755399441055744.0);  // 1.5 * 2^52
+    const Wide t = xsimd::fma(d, Wide(1.4426950408889634), magic);
+    const Wide k = t - magic;
+    const Wide r = xsimd::fnma(k, Wide(1.4286068203094172e-06), xsimd::fnma(k, Wide(0.693145751953125), d));
+    Wide p = xsimd::fma(Wide(1.0 / 39916800.0), r, Wide(1.0 / 3628800.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 362880.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 40320.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 5040.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 720.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 120.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 24.0));
+    p = xsimd::fma(p, r, Wide(1.0 / 6.0));
+    p = xsimd::fma(p, r, Wide(0.5));
+    p = xsimd::fma(p, r, Wide(1.0));
+    p = xsimd::fma(p, r, Wide(1.0));
+    const WideInt bits = (xsimd::bitwise_cast<WideInt>(t) - WideInt(static_cast<int64_t>(0x4338000000000000)) +
+                          WideInt(static_cast<int64_t>(1023)))
+                         << 52;
+    return p * xsimd::bitwise_cast<Wide>(bits);
+  }
+};
+
+}  // namespace samplerd::kernels::detail
+
+#endif  // SAMPLERD_CORE_SIMD_EXP_H_
