@@ -171,7 +171,7 @@ void BM_LogitsMetrics(benchmark::State& state) {
   state.SetLabel(Name(index));
   MetricsScratch scratch;
   FloatView v{d.logits.data(), 1, static_cast<int64_t>(d.logits.size())};
-  for (auto _ : state) benchmark::DoNotOptimize(SummarizeLogits(v.Flat(), &scratch));
+  for (auto _ : state) benchmark::DoNotOptimize(SummarizeLogits(v, &scratch));
 }
 BENCHMARK(BM_LogitsMetrics)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
@@ -182,7 +182,7 @@ void BM_AttentionMetrics(benchmark::State& state) {
   state.SetLabel(Name(index));
   MetricsScratch scratch;
   FloatView v{d.attention.data(), w.heads, w.kv_len};
-  for (auto _ : state) benchmark::DoNotOptimize(ComputeAttentionMetrics(v.Matrix(), &scratch));
+  for (auto _ : state) benchmark::DoNotOptimize(ComputeAttentionMetrics(v, &scratch));
 }
 BENCHMARK(BM_AttentionMetrics)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
@@ -211,7 +211,7 @@ void BM_AttentionShortRows(benchmark::State& state) {
   state.SetLabel(cols < kExactAgreementCols ? "double agreement" : "float32 agreement");
   MetricsScratch scratch;
   FloatView v{scores.data(), heads, cols};
-  for (auto _ : state) benchmark::DoNotOptimize(ComputeAttentionMetrics(v.Matrix(), &scratch));
+  for (auto _ : state) benchmark::DoNotOptimize(ComputeAttentionMetrics(v, &scratch));
   state.SetItemsProcessed(state.iterations() * heads * cols);
 }
 BENCHMARK(BM_AttentionShortRows)->Arg(64)->Arg(248)->Arg(255)->Arg(256)->Arg(1024)->Arg(4095)->Arg(4096)->Unit(benchmark::kMicrosecond);

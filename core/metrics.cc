@@ -1,13 +1,14 @@
 #include "core/metrics.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "core/field_error.h"
 #include "core/reduce_kernels.h"
+#include "core/unit_schedule.h"
 
 namespace samplerd {
 namespace {
@@ -19,10 +20,6 @@ constexpr float kLnAttentionFloor = -23.025850929940457f;
 std::string DescribeBad(float v) { return std::isnan(v) ? "NaN" : "+inf"; }
 
 }  // namespace
-
-absl::StatusOr<LogitsSummary> SummarizeLogits(const FlatFloats& z, MetricsScratch* scratch) {
-  return SummarizeLogits(FloatView{z.data(), 1, static_cast<int64_t>(z.size())}, scratch);
-}
 
 absl::StatusOr<LogitsSummary> SummarizeLogits(const FloatView& logits, MetricsScratch* scratch) {
   const float* x = logits.data;
@@ -60,13 +57,6 @@ absl::StatusOr<LogitsSummary> SummarizeLogits(const FloatView& logits, MetricsSc
   s.entropy = entropy_nats / kLn2;
   s.varentropy = var_nats / (kLn2 * kLn2);
   return s;
-}
-
-absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const MatrixFloats& attention,
-                                                                        MetricsScratch* scratch) {
-  return ComputeAttentionMetrics(FloatView{attention.data(), static_cast<int64_t>(attention.shape()[0]),
-                                           static_cast<int64_t>(attention.shape()[1])},
-                                 scratch);
 }
 
 namespace {
@@ -215,39 +205,6 @@ double Agreement(const FloatView& attention, const MetricsScratch& scratch, int6
   return total / (static_cast<double>(used) * static_cast<double>(attention.cols));
 }
 
-// Indices [0, n) handed out from both ends: this thread takes from the front (so that alone it goes in order),
-// the other from the back, until they meet. Each side's share adapts to how late the other starts, and in
-// steady streaming each index tends to stay with the same thread from step to step (so do the cache lines its
-// pass writes).
-class TwoEndedRange {
- public:
-  explicit TwoEndedRange(int64_t n) : ends_(static_cast<uint64_t>(n)) {}
-  // The next index from the front (the low 32 bits count the front, the high ones the back), or -1.
-  int64_t TakeFront() {
-    uint64_t ends = ends_.load(std::memory_order_relaxed);
-    for (;;) {
-      const uint64_t front = ends >> 32, back = ends & 0xffffffffu;
-      if (front >= back) return -1;
-      if (ends_.compare_exchange_weak(ends, ((front + 1) << 32) | back, std::memory_order_relaxed)) {
-        return static_cast<int64_t>(front);
-      }
-    }
-  }
-  int64_t TakeBack() {
-    uint64_t ends = ends_.load(std::memory_order_relaxed);
-    for (;;) {
-      const uint64_t front = ends >> 32, back = ends & 0xffffffffu;
-      if (front >= back) return -1;
-      if (ends_.compare_exchange_weak(ends, (front << 32) | (back - 1), std::memory_order_relaxed)) {
-        return static_cast<int64_t>(back - 1);
-      }
-    }
-  }
-
- private:
-  std::atomic<uint64_t> ends_;  // front << 32 | back
-};
-
 void PrepareAttention(const FloatView& attention, MetricsScratch* scratch) {
   scratch->attn_exp.resize(static_cast<size_t>(attention.size()));
   scratch->row_stats.resize(static_cast<size_t>(attention.rows));
@@ -259,87 +216,60 @@ void PrepareAttention(const FloatView& attention, MetricsScratch* scratch) {
   }
 }
 
-}  // namespace
-
-absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
-                                                                        MetricsScratch* scratch) {
+// The attention's passes, shared out by UnitSchedule (serial without a fork_join): `head` and then row groups
+// on this thread, row groups from the back on the other one; the merge; the agreement's deviations, each on the
+// thread that produced its rows. `head`'s error is returned first (a step reports its logits' error first).
+absl::Status AttentionPasses(const FloatView& attention, absl::FunctionRef<absl::Status()> head,
+                             ForkJoin* fork_join, MetricsScratch* scratch, std::optional<AttentionMetrics>* out) {
+  out->reset();
   PrepareAttention(attention, scratch);
-  const int64_t groups = AttentionGroups(attention);
-  for (int64_t g = 0; g < groups; ++g) AttentionGroup(attention, g, scratch);
+  UnitSchedule schedule(AttentionGroups(attention), fork_join);
+  absl::Status head_status;
+  schedule.Run([&] { head_status = head(); }, [&](int64_t g) { AttentionGroup(attention, g, scratch); });
+  if (!head_status.ok()) return head_status;
+
   AttentionMetrics m;
-  if (absl::Status s = MergeRows(attention, scratch, &m); !s.ok()) return s;
-  if (m.rows_used == 0) return std::optional<AttentionMetrics>();
+  if (absl::Status merged = MergeRows(attention, scratch, &m); !merged.ok()) return merged;
+  if (m.rows_used == 0) return absl::OkStatus();
   if (m.rows_used == 1) {
     // Agreement() needs no deviations.
   } else if (attention.cols < kExactAgreementCols) {
     ExactAgreementDeviations(attention, m.rows_used, scratch);
   } else {
-    AttentionDeviations(attention, 0, groups, scratch);
+    schedule.RunAsPlaced([&](int64_t g0, int64_t g1) { AttentionDeviations(attention, g0, g1, scratch); });
   }
   m.agreement = Agreement(attention, *scratch, m.rows_used);
-  return std::optional<AttentionMetrics>(m);
+  *out = m;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
+                                                                        MetricsScratch* scratch) {
+  std::optional<AttentionMetrics> m;
+  if (absl::Status s = AttentionPasses(attention, [] { return absl::OkStatus(); }, nullptr, scratch, &m); !s.ok()) {
+    return s;
+  }
+  return m;
 }
 
 absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attention, MetricsScratch* scratch,
                                 ForkJoin* fork_join, LogitsSummary* summary,
                                 std::optional<AttentionMetrics>* attention_metrics) {
-  attention_metrics->reset();
-  if (attention == nullptr) {
+  const auto logits_pass = [&]() -> absl::Status {
     absl::StatusOr<LogitsSummary> s = SummarizeLogits(logits, scratch);
     if (!s.ok()) return s.status();
     *summary = *s;
     return absl::OkStatus();
+  };
+  if (attention == nullptr) {
+    attention_metrics->reset();
+    return logits_pass();
   }
-  PrepareAttention(*attention, scratch);
   // A small step is done before a second thread would have started and earned its wake-up (kMinSharedAttention).
-  SerialForkJoin serial;
-  if (attention->size() < kMinSharedAttention) {
-    fork_join = &serial;
-  } else {
-    fork_join->Prepare();
-  }
-  // Row groups (8 rows and their column sums) are handed out one at a time from both ends of a range
-  // (TwoEndedRange), so the two threads balance themselves however late the other one starts (or if it never
-  // does): this thread starts with the logits, the other with the last groups. Each thread then takes the
-  // deviations of the rows it produced, which are in its own cache; only the column sums cross over.
-  const int64_t groups = AttentionGroups(*attention);
-  TwoEndedRange units(groups);
-  std::atomic<int64_t> mine_end{0};
-  absl::StatusOr<LogitsSummary> s;
-  fork_join->Run(
-      [&] {
-        s = SummarizeLogits(logits, scratch);
-        int64_t end = 0;
-        for (int64_t g; (g = units.TakeFront()) >= 0;) {
-          AttentionGroup(*attention, g, scratch);
-          end = g + 1;
-        }
-        mine_end.store(end, std::memory_order_relaxed);
-      },
-      [&] {
-        for (int64_t g; (g = units.TakeBack()) >= 0;) AttentionGroup(*attention, g, scratch);
-      });
-  if (!s.ok()) return s.status();
-  *summary = *s;
-
-  AttentionMetrics m;
-  if (absl::Status merged = MergeRows(*attention, scratch, &m); !merged.ok()) return merged;
-  if (m.rows_used == 0) return absl::OkStatus();
-  // Groups [0, split) were this thread's (it took from the front), the rest the other's.
-  const int64_t split = mine_end.load(std::memory_order_relaxed);
-  if (m.rows_used == 1) {
-    // Agreement() needs no deviations.
-  } else if (attention->cols < kExactAgreementCols) {
-    ExactAgreementDeviations(*attention, m.rows_used, scratch);
-  } else if (split == groups || split == 0) {
-    AttentionDeviations(*attention, 0, groups, scratch);
-  } else {
-    fork_join->Run([&] { AttentionDeviations(*attention, 0, split, scratch); },
-                   [&] { AttentionDeviations(*attention, split, groups, scratch); });
-  }
-  m.agreement = Agreement(*attention, *scratch, m.rows_used);
-  *attention_metrics = m;
-  return absl::OkStatus();
+  return AttentionPasses(*attention, logits_pass, attention->size() < kMinSharedAttention ? nullptr : fork_join,
+                         scratch, attention_metrics);
 }
 
 double MetricValues::Get(v1::Metric metric) const {

@@ -10,7 +10,7 @@
 // which cancels at high entropy.
 //
 //   MetricsScratch scratch;
-//   absl::StatusOr<LogitsSummary> s = SummarizeLogits(logits_view.Flat(), &scratch);
+//   absl::StatusOr<LogitsSummary> s = SummarizeLogits(logits_view, &scratch);
 //   absl::StatusOr<std::optional<AttentionMetrics>> a = ComputeAttentionMetrics(attn_view, &scratch);
 #ifndef SAMPLERD_CORE_METRICS_H_
 #define SAMPLERD_CORE_METRICS_H_
@@ -72,10 +72,9 @@ struct LogitsSummary {
   double LogProb(float z) const { return static_cast<double>(z) - max_logit - log_normalizer; }
 };
 
-// Entropy, varentropy (bits, bits^2), max and argmax of softmax(z). Rejects (INVALID_ARGUMENT, field
-// "logits") NaN or +inf anywhere, and all entries -inf. `z` must be non-empty.
-absl::StatusOr<LogitsSummary> SummarizeLogits(const FlatFloats& z, MetricsScratch* scratch);
-// The same over a decoded tensor, converting a deferred bf16 tensor in its first pass (FloatView).
+// Entropy, varentropy (bits, bits^2), max and argmax of softmax(logits), converting a deferred bf16 tensor in
+// its first pass (FloatView). Rejects (INVALID_ARGUMENT, field "logits") NaN or +inf anywhere, and all entries
+// -inf.
 absl::StatusOr<LogitsSummary> SummarizeLogits(const FloatView& logits, MetricsScratch* scratch);
 
 // The attention metrics over the rows that are not entirely -inf.
@@ -89,8 +88,6 @@ struct AttentionMetrics {
 
 // Attention metrics of `attention` ([rows, kv_len]); nullopt when every row is entirely -inf. Rejects
 // (INVALID_ARGUMENT, field "attention.data") NaN or +inf entries.
-absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const MatrixFloats& attention,
-                                                                        MetricsScratch* scratch);
 absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
                                                                         MetricsScratch* scratch);
 
@@ -101,9 +98,9 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Fl
 inline constexpr int64_t kMinSharedAttention = int64_t{1} << 18;
 
 // SummarizeLogits and, when `attention` is set, ComputeAttentionMetrics of one step, with the passes shared
-// between this thread and `fork_join`'s other one: the logits here while the other thread takes groups of 8
-// attention rows (exponentials, entropies, column sums), then this one takes groups too; then each takes the
-// agreement deviations of its own rows. The results are bit-identical to the two functions' (whatever ran
+// between this thread and `fork_join`'s other one (core/unit_schedule.h): the logits here while the other thread
+// takes groups of 8 attention rows (exponentials, entropies, column sums), then this one takes groups too; then
+// each takes the agreement deviations of its own rows. The results are bit-identical to the two functions' (whatever ran
 // where: rows, groups and deviations are combined in row order), and so are the errors: the logits' first.
 absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attention, MetricsScratch* scratch,
                                 ForkJoin* fork_join, LogitsSummary* summary,

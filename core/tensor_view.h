@@ -7,7 +7,7 @@
 //
 //   std::vector<float> scratch;
 //   absl::StatusOr<FloatView> v = DecodeTensor(raw, TensorRole::kLogits, limits, "logits", &scratch);
-//   auto z = v->Flat();   // xt::adapt over the floats
+//   const float* z = v->data;   // v->size() floats
 #ifndef SAMPLERD_CORE_TENSOR_VIEW_H_
 #define SAMPLERD_CORE_TENSOR_VIEW_H_
 
@@ -20,7 +20,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "xtensor/xadapt.hpp"
 
 namespace samplerd {
 
@@ -58,21 +57,9 @@ struct FloatView {
   const char* deferred_bf16 = nullptr;
   float* fill = nullptr;
   int64_t size() const { return rows * cols; }
-
-  // xtensor views over the floats (no copy). They borrow `data`: keep the source alive.
-  auto Flat() const {
-    return xt::adapt(data, static_cast<size_t>(size()), xt::no_ownership(),
-                     std::array<size_t, 1>{static_cast<size_t>(size())});
-  }
-  auto Matrix() const {
-    return xt::adapt(data, static_cast<size_t>(size()), xt::no_ownership(),
-                     std::array<size_t, 2>{static_cast<size_t>(rows), static_cast<size_t>(cols)});
-  }
+  // Row r's kv_len floats (the logits are row 0).
+  const float* row(int64_t r) const { return data + r * cols; }
 };
-
-// The xtensor types of FloatView::Flat() and FloatView::Matrix(): what core's kernels take.
-using FlatFloats = decltype(std::declval<const FloatView&>().Flat());
-using MatrixFloats = decltype(std::declval<const FloatView&>().Matrix());
 
 // Validates `raw` for `role` (dtype known, rank 1 for logits and 2 or 3 for attention, every dimension >= 1,
 // no overflow of the element count, within `limits`, byte length equal to elements * itemsize) and returns a

@@ -48,7 +48,7 @@ class MetricsGoldenTest : public ::testing::Test {
     absl::StatusOr<FloatView> z =
         DecodeTensor(Raw(logits, dtype, &logit_bytes), TensorRole::kLogits, TensorLimits{}, "logits", &scratch);
     ASSERT_TRUE(z.ok()) << z.status();
-    absl::StatusOr<LogitsSummary> s = SummarizeLogits(z->Flat(), &metrics_scratch);
+    absl::StatusOr<LogitsSummary> s = SummarizeLogits(*z, &metrics_scratch);
     if (!c["expect_error"].is_null()) {
       ASSERT_FALSE(s.ok());
       EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
@@ -73,7 +73,7 @@ class MetricsGoldenTest : public ::testing::Test {
     absl::StatusOr<FloatView> a = DecodeTensor(Raw(attention, dtype, &attn_bytes), TensorRole::kAttention,
                                                TensorLimits{}, "attention", &attn_scratch);
     ASSERT_TRUE(a.ok()) << a.status();
-    absl::StatusOr<std::optional<AttentionMetrics>> am = ComputeAttentionMetrics(a->Matrix(), &metrics_scratch);
+    absl::StatusOr<std::optional<AttentionMetrics>> am = ComputeAttentionMetrics(*a, &metrics_scratch);
     ASSERT_TRUE(am.ok()) << am.status();
     if (m["attn_entropy"].is_null()) {
       EXPECT_FALSE(am->has_value()) << "every row is masked: attention metrics must be absent";

@@ -80,7 +80,7 @@ TEST(MetricsReferenceTest, AttentionMatchesTheContractOnRandomShapesAndMasks) {
     }
     MetricsScratch scratch;
     const FloatView view{s.data(), rows, cols};
-    auto got = ComputeAttentionMetrics(view.Matrix(), &scratch);
+    auto got = ComputeAttentionMetrics(view, &scratch);
     ASSERT_TRUE(got.ok()) << got.status();
     const std::optional<Reference> want = AttentionReference(s, rows, cols);
     ASSERT_EQ(got->has_value(), want.has_value()) << "trial " << trial;
@@ -108,7 +108,7 @@ TEST(MetricsReferenceTest, AgreementOfIdenticalAndNearlyIdenticalRowsIsResolved)
         std::vector<float> s(static_cast<size_t>(rows * cols));
         for (int64_t i = 0; i < rows * cols; ++i) s[i] = base[i % cols] + noise * normal(gen);
         MetricsScratch scratch;
-        auto got = ComputeAttentionMetrics(FloatView{s.data(), rows, cols}.Matrix(), &scratch);
+        auto got = ComputeAttentionMetrics(FloatView{s.data(), rows, cols}, &scratch);
         ASSERT_TRUE(got.ok()) << got.status();
         ASSERT_TRUE(got->has_value());
         const std::optional<Reference> want = AttentionReference(s, rows, cols);
@@ -130,7 +130,7 @@ TEST(MetricsReferenceTest, ClipOfTinyProbabilitiesIsApplied) {
   std::vector<float> s(kCols, -24.2f);
   s[0] = 0.0f;
   MetricsScratch scratch;
-  auto got = ComputeAttentionMetrics(FloatView{s.data(), 1, kCols}.Matrix(), &scratch);
+  auto got = ComputeAttentionMetrics(FloatView{s.data(), 1, kCols}, &scratch);
   ASSERT_TRUE(got.ok());
   const std::optional<Reference> want = AttentionReference(s, 1, kCols);
   ExpectClose((*got)->entropy, want->entropy, 1e-6, 1e-6, "attn_entropy");
@@ -165,7 +165,7 @@ TEST(MetricsReferenceTest, LogitsMatchTheContractWithNegativeInfinityAndOffsets)
       if (p > 0) var += p * (std::log2(p) + h) * (std::log2(p) + h);
     }
     MetricsScratch scratch;
-    auto got = SummarizeLogits(FloatView{z.data(), 1, v}.Flat(), &scratch);
+    auto got = SummarizeLogits(FloatView{z.data(), 1, v}, &scratch);
     ASSERT_TRUE(got.ok());
     SCOPED_TRACE(::testing::Message() << "trial " << trial << " vocab " << v);
     ExpectClose(got->entropy, h, 1e-6, 1e-6, "logits_entropy");

@@ -60,7 +60,7 @@ struct GoldenCase {
     json = &c;
     logits = &LoadInput(c["logits"]);
     absl::StatusOr<LogitsSummary> s =
-        SummarizeLogits(FloatView{logits->values.data(), 1, logits->shape[0]}.Flat(), &scratch);
+        SummarizeLogits(FloatView{logits->values.data(), 1, logits->shape[0]}, &scratch);
     ASSERT_TRUE(s.ok()) << s.status();
     metrics.logits_entropy = s->entropy;
     metrics.logits_varentropy = s->varentropy;
@@ -68,7 +68,7 @@ struct GoldenCase {
       attention = &LoadInput(c["attention"]);
       const int64_t cols = attention->shape.back();
       const int64_t rows = static_cast<int64_t>(attention->values.size()) / cols;
-      auto a = ComputeAttentionMetrics(FloatView{attention->values.data(), rows, cols}.Matrix(), &scratch);
+      auto a = ComputeAttentionMetrics(FloatView{attention->values.data(), rows, cols}, &scratch);
       ASSERT_TRUE(a.ok()) << a.status();
       metrics.attention = *a;
     }

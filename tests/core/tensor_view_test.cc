@@ -48,7 +48,7 @@ TEST(DecodeTensorTest, Float32IsAViewOverTheBytes) {
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_EQ(reinterpret_cast<const char*>(v->data), bytes.data()) << "no copy for aligned float32";
   EXPECT_TRUE(scratch.empty());
-  EXPECT_EQ(v->Flat()(2), 3.5f);
+  EXPECT_EQ(v->data[2], 3.5f);
 }
 
 TEST(DecodeTensorTest, MisalignedFloat32IsCopiedNotMisread) {
@@ -73,7 +73,7 @@ TEST(DecodeTensorTest, HalfAndBFloat16AreConvertedOnceIntoScratch) {
   ASSERT_TRUE(v.ok());
   EXPECT_EQ(v->rows, 2);
   EXPECT_EQ(v->cols, 3);
-  EXPECT_EQ(v->Matrix()(1, 2), 2.0f);
+  EXPECT_EQ(v->row(1)[2], 2.0f);
   absl::StatusOr<FloatView> b = DecodeTensor({3, shape, bytes}, TensorRole::kAttention, {}, "attention", &scratch);
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(b->data[0], BFloat16ToFloat(0x3c00));

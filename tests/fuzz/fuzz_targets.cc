@@ -240,7 +240,7 @@ std::string CheckLogits(const std::vector<float>& values) {
   view.data = x;
   view.cols = n;
   MetricsScratch scratch;
-  absl::StatusOr<LogitsSummary> s = SummarizeLogits(view.Flat(), &scratch);
+  absl::StatusOr<LogitsSummary> s = SummarizeLogits(view, &scratch);
   const bool want_error = n == 0 || bad || all_neg_inf;
   if (!s.ok()) {
     if (!want_error) return absl::StrCat("logits n=", n, ": rejected valid logits: ", s.status().ToString());
@@ -286,7 +286,7 @@ std::string CheckAttention(const std::vector<float>& values, int64_t rows) {
   view.rows = rows;
   view.cols = cols;
   MetricsScratch scratch;
-  absl::StatusOr<std::optional<AttentionMetrics>> a = ComputeAttentionMetrics(view.Matrix(), &scratch);
+  absl::StatusOr<std::optional<AttentionMetrics>> a = ComputeAttentionMetrics(view, &scratch);
   const std::string what = absl::StrCat("attention [", rows, ", ", cols, "]: ");
   if (!a.ok()) {
     if (!bad) return absl::StrCat(what, "rejected valid attention: ", a.status().ToString());

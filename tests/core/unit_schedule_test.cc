@@ -1,0 +1,91 @@
+// Pins UnitSchedule: every unit runs once, the units this thread ran are the front ones, and phase 2 gives each
+// range to the thread that ran it in phase 1; without a ForkJoin everything runs here, in order.
+#include "core/unit_schedule.h"
+
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace samplerd {
+namespace {
+
+// `theirs` on a new thread, every time.
+class ThreadForkJoin final : public ForkJoin {
+ public:
+  void Run(absl::FunctionRef<void()> mine, absl::FunctionRef<void()> theirs) override {
+    std::thread other([&] { theirs(); });
+    mine();
+    other.join();
+  }
+};
+
+TEST(UnitScheduleTest, WithoutAForkJoinRunsHeadThenEveryUnitInOrderHere) {
+  std::vector<int64_t> order;
+  UnitSchedule schedule(5, nullptr);
+  schedule.Run([&] { order.push_back(-1); }, [&](int64_t u) { order.push_back(u); });
+  EXPECT_EQ(order, (std::vector<int64_t>{-1, 0, 1, 2, 3, 4}));
+  EXPECT_EQ(schedule.split(), 5);
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  schedule.RunAsPlaced([&](int64_t b, int64_t e) { ranges.emplace_back(b, e); });
+  EXPECT_EQ(ranges, (std::vector<std::pair<int64_t, int64_t>>{{0, 5}}));
+}
+
+TEST(UnitScheduleTest, ASerialForkJoinLeavesEveryUnitToThisThread) {
+  SerialForkJoin serial;
+  std::vector<int64_t> order;
+  UnitSchedule schedule(3, &serial);
+  schedule.Run([] {}, [&](int64_t u) { order.push_back(u); });
+  EXPECT_EQ(order, (std::vector<int64_t>{0, 1, 2})) << "this thread takes them all from the front first";
+  EXPECT_EQ(schedule.split(), 3);
+}
+
+TEST(UnitScheduleTest, NoUnitsRunsOnlyTheHead) {
+  int heads = 0, units = 0;
+  UnitSchedule schedule(0, nullptr);
+  schedule.Run([&] { ++heads; }, [&](int64_t) { ++units; });
+  EXPECT_EQ(heads, 1);
+  EXPECT_EQ(units, 0);
+}
+
+TEST(UnitScheduleTest, TwoThreadsRunEachUnitOnceAndPhaseTwoFollowsPhaseOne) {
+  ThreadForkJoin fork_join;
+  constexpr int64_t kUnits = 64;
+  for (int round = 0; round < 50; ++round) {
+    const std::thread::id here = std::this_thread::get_id();
+    std::mutex mu;
+    std::vector<int> runs(kUnits, 0);
+    std::vector<bool> ran_here(kUnits, false);
+    UnitSchedule schedule(kUnits, &fork_join);
+    schedule.Run([] {},
+                 [&](int64_t u) {
+                   std::lock_guard<std::mutex> lock(mu);
+                   ++runs[static_cast<size_t>(u)];
+                   ran_here[static_cast<size_t>(u)] = std::this_thread::get_id() == here;
+                 });
+    const int64_t split = schedule.split();
+    ASSERT_GE(split, 0);
+    ASSERT_LE(split, kUnits);
+    for (int64_t u = 0; u < kUnits; ++u) {
+      EXPECT_EQ(runs[static_cast<size_t>(u)], 1) << "unit " << u;
+      EXPECT_EQ(ran_here[static_cast<size_t>(u)], u < split) << "unit " << u << " split " << split;
+    }
+    std::vector<int> covered(kUnits, 0);
+    schedule.RunAsPlaced([&](int64_t b, int64_t e) {
+      std::lock_guard<std::mutex> lock(mu);
+      for (int64_t u = b; u < e; ++u) {
+        ++covered[static_cast<size_t>(u)];
+        // A range goes to the thread that ran its units, unless one thread ran them all (then here).
+        if (split > 0 && split < kUnits) {
+          EXPECT_EQ(std::this_thread::get_id() == here, ran_here[static_cast<size_t>(u)]) << "unit " << u;
+        }
+      }
+    });
+    for (int64_t u = 0; u < kUnits; ++u) EXPECT_EQ(covered[static_cast<size_t>(u)], 1) << "unit " << u;
+  }
+}
+
+}  // namespace
+}  // namespace samplerd
