@@ -1,6 +1,8 @@
 // Core step and kernel benchmarks per workload (issue 3's names):
 //   S: vocab 32000, attention 8 x 1024;  L: vocab 128256, attention 32 x 4096;  XL: vocab 256000, 64 x 8192.
 // Run: build/bench/core_benchmark --benchmark_filter=Step --benchmark_repetitions=5
+// BM_StepRotating is the step over 16 rotating inputs (tensors from memory, as a host sends them), on one
+// thread or two; docs/benchmarks.md compares it with llama.cpp's sampler chain (issue 21).
 // BM_Kernel_* time each kernel of the step over the workload's tensors (BM_Kernel_ScanMax is the plain pass
 // over the logits, the memory floor); BM_Floor_SoftmaxEntropy is the issue's softmax + entropy reference
 // (max pass, then exp with the two sums, nothing stored), measured in the same run.
@@ -8,11 +10,13 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "benchmark/benchmark.h"
 #include "core/metrics.h"
 #include "core/reduce_kernels.h"
@@ -164,6 +168,68 @@ void BM_StepShared(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_StepShared)->DenseRange(0, 2)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// Rotating inputs (issue 21): kRotatingInputs distinct N(0, 2) inputs per workload, used in turn, so the tensors
+// come from memory as a host's do (BM_Step reuses one input, which stays in cache where it fits). The same
+// inputs for every configuration.
+constexpr int kRotatingInputs = 16;
+
+struct RotatingData {
+  std::vector<std::string> logits, attention;
+  std::vector<int64_t> logit_shape, attention_shape;
+};
+
+const RotatingData& MakeRotating(int index) {
+  static RotatingData* cache[3] = {nullptr, nullptr, nullptr};
+  if (cache[index] != nullptr) return *cache[index];
+  const Workload w = Get(index);
+  auto* d = new RotatingData();
+  std::mt19937 gen(1000 + index);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  const auto bytes = [&](int64_t n) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& x : v) x = normal(gen);
+    return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  };
+  for (int i = 0; i < kRotatingInputs; ++i) {
+    d->logits.push_back(bytes(w.vocab));
+    d->attention.push_back(bytes(w.heads * w.kv_len));
+  }
+  d->logit_shape = {w.vocab};
+  d->attention_shape = {w.heads, w.kv_len};
+  cache[index] = d;
+  return *d;
+}
+
+// The step over rotating inputs: arg 1 is 1 (this thread only) or 2 (shared with a spinning second thread;
+// real time), arg 2 is 1 with the attention or 0 for the logits alone.
+void BM_StepRotating(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const bool shared = state.range(1) == 2, attention = state.range(2) != 0;
+  const RotatingData& d = MakeRotating(index);
+  state.SetLabel(absl::StrCat(Name(index), shared ? " 2 threads" : " 1 thread", attention ? "" : " logits only"));
+  const auto registry = ProfileRegistry::BuiltIn();
+  Workspace ws;
+  StepOutput out;
+  std::optional<SpinningForkJoin> fork_join;
+  if (shared) fork_join.emplace();
+  uint64_t step = 0;
+  for (auto _ : state) {
+    const size_t k = step % kRotatingInputs;
+    StepInput in;
+    in.sequence_id = "bench";
+    in.step = step++;
+    in.seed = 7;
+    in.logits = RawTensor{1, d.logit_shape, d.logits[k]};
+    if (attention) in.attention = RawTensor{1, d.attention_shape, d.attention[k]};
+    benchmark::DoNotOptimize(RunStep(*registry, TensorLimits{}, in, &ws, &out, shared ? &*fork_join : nullptr));
+  }
+}
+BENCHMARK(BM_StepRotating)
+    ->ArgsProduct({{0, 1, 2}, {1}, {0, 1}})
+    ->Args({2, 2, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 void BM_LogitsMetrics(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));

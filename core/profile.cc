@@ -3,55 +3,50 @@
 #include <cmath>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "core/field_error.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace samplerd {
 namespace {
 
-// Every Coefficients proto field and the struct member it resolves into; the proto field names and the
-// member names are the same, which ProfileTest.CoefficientTableCoversProto pins down.
-struct CoefficientField {
-  const char* name;
-  double Coefficients::*member;
-};
-
-#define SAMPLERD_COEF(n) {#n, &Coefficients::n}
-constexpr CoefficientField kCoefficientFields[] = {
-    SAMPLERD_COEF(clarify_temperature_offset),
-    SAMPLERD_COEF(clarify_temperature_attn_entropy),
-    SAMPLERD_COEF(clarify_temperature_max),
-    SAMPLERD_COEF(explore_temperature_offset),
-    SAMPLERD_COEF(explore_temperature_interaction_strength),
-    SAMPLERD_COEF(explore_temperature_max),
-    SAMPLERD_COEF(explore_top_k_agreement),
-    SAMPLERD_COEF(explore_top_k_min),
-    SAMPLERD_COEF(resample_temperature_offset),
-    SAMPLERD_COEF(resample_temperature_attn_varentropy),
-    SAMPLERD_COEF(resample_temperature_min),
-    SAMPLERD_COEF(resample_top_p_attn_entropy),
-    SAMPLERD_COEF(resample_top_p_min),
-    SAMPLERD_COEF(adaptive_temperature_logits_entropy),
-    SAMPLERD_COEF(adaptive_temperature_logits_varentropy),
-    SAMPLERD_COEF(adaptive_temperature_attn_entropy),
-    SAMPLERD_COEF(adaptive_temperature_attn_varentropy),
-    SAMPLERD_COEF(adaptive_temperature_agreement),
-    SAMPLERD_COEF(adaptive_top_p_attn_varentropy),
-    SAMPLERD_COEF(adaptive_top_p_min),
-    SAMPLERD_COEF(adaptive_top_p_max),
-    SAMPLERD_COEF(adaptive_top_k_interaction_strength),
-    SAMPLERD_COEF(adaptive_top_k_agreement),
-    SAMPLERD_COEF(adaptive_top_k_min),
-    SAMPLERD_COEF(adaptive_top_k_max),
-    SAMPLERD_COEF(adaptive_min_p_logits_entropy),
-    SAMPLERD_COEF(adaptive_min_p_logits_varentropy),
-    SAMPLERD_COEF(adaptive_min_p_min),
-    SAMPLERD_COEF(adaptive_min_p_max),
-};
-#undef SAMPLERD_COEF
+// The reference value of every coefficient (golden/cases.json, the entropix profile), in the proto's text format.
+constexpr char kReferenceCoefficients[] = R"pb(
+  clarify_temperature_offset: 1.3
+  clarify_temperature_attn_entropy: 0.2
+  clarify_temperature_max: 1.5
+  explore_temperature_offset: 1.2
+  explore_temperature_interaction_strength: 0.3
+  explore_temperature_max: 1.5
+  explore_top_k_agreement: 0.5
+  explore_top_k_min: 5
+  resample_temperature_offset: 2.0
+  resample_temperature_attn_varentropy: 0.5
+  resample_temperature_min: 2.0
+  resample_top_p_attn_entropy: 0.2
+  resample_top_p_min: 0.5
+  adaptive_temperature_logits_entropy: 0.3
+  adaptive_temperature_logits_varentropy: 0.3
+  adaptive_temperature_attn_entropy: 0.2
+  adaptive_temperature_attn_varentropy: 0.2
+  adaptive_temperature_agreement: 0.2
+  adaptive_top_p_attn_varentropy: 0.1
+  adaptive_top_p_min: 0.1
+  adaptive_top_p_max: 1.0
+  adaptive_top_k_interaction_strength: 0.3
+  adaptive_top_k_agreement: 0.2
+  adaptive_top_k_min: 1
+  adaptive_top_k_max: 100
+  adaptive_min_p_logits_entropy: 0.5
+  adaptive_min_p_logits_varentropy: 0.5
+  adaptive_min_p_min: 0.01
+  adaptive_min_p_max: 0.5
+)pb";
 
 // The reference profiles (golden/cases.json "profiles"), in the config file format.
 constexpr char kBuiltInJson[] = R"json({
@@ -152,6 +147,15 @@ absl::StatusOr<v1::ProfileSet> ParseProfileSet(absl::string_view json, absl::str
 
 absl::string_view BuiltInProfilesJson() { return kBuiltInJson; }
 
+const v1::Coefficients& ReferenceCoefficients() {
+  static const v1::Coefficients* const kReference = [] {
+    auto* c = new v1::Coefficients();
+    if (!google::protobuf::TextFormat::ParseFromString(kReferenceCoefficients, c)) std::abort();  // pinned by ProfileTest
+    return c;
+  }();
+  return *kReference;
+}
+
 absl::StatusOr<Profile> Profile::FromProto(const v1::Profile& proto, absl::string_view prefix) {
   if (proto.name().empty()) return InvalidFieldError(Field(prefix, "name"), "must not be empty");
   if (absl::Status s = ValidateSamplingParams(proto.params(), Field(prefix, "params")); !s.ok()) return s;
@@ -195,17 +199,15 @@ absl::StatusOr<Profile> Profile::FromProto(const v1::Profile& proto, absl::strin
     profile.rules_.push_back(std::move(resolved));
   }
 
-  const auto* descriptor = v1::Coefficients::descriptor();
-  const auto* reflection = v1::Coefficients::GetReflection();
-  for (const CoefficientField& c : kCoefficientFields) {
-    const auto* fd = descriptor->FindFieldByName(c.name);
-    if (reflection->HasField(proto.coefficients(), fd)) {
-      const double v = reflection->GetDouble(proto.coefficients(), fd);
-      if (!std::isfinite(v)) {
-        return InvalidFieldError(Field(prefix, absl::StrCat("coefficients.", c.name)),
-                                 absl::StrCat("must be finite, got ", v));
-      }
-      profile.coefficients_.*c.member = v;
+  // Only the coefficients the profile sets are checked: the reference values are finite.
+  const v1::Coefficients& coefficients = proto.coefficients();
+  std::vector<const google::protobuf::FieldDescriptor*> set_fields;
+  coefficients.GetReflection()->ListFields(coefficients, &set_fields);
+  for (const google::protobuf::FieldDescriptor* fd : set_fields) {
+    const double v = coefficients.GetReflection()->GetDouble(coefficients, fd);
+    if (!std::isfinite(v)) {
+      return InvalidFieldError(Field(prefix, absl::StrCat("coefficients.", fd->name())),
+                               absl::StrCat("must be finite, got ", v));
     }
   }
 
@@ -216,10 +218,8 @@ absl::StatusOr<Profile> Profile::FromProto(const v1::Profile& proto, absl::strin
   const auto bias = proto.params().logit_bias();
   ToProto(profile.base_, params);
   *params->mutable_logit_bias() = bias;
-  v1::Coefficients* coefficients = profile.proto_.mutable_coefficients();
-  for (const CoefficientField& c : kCoefficientFields) {
-    reflection->SetDouble(coefficients, descriptor->FindFieldByName(c.name), profile.coefficients_.*c.member);
-  }
+  *profile.proto_.mutable_coefficients() = ReferenceCoefficients();
+  profile.proto_.mutable_coefficients()->MergeFrom(coefficients);
   return profile;
 }
 

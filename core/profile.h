@@ -1,7 +1,10 @@
 // Strategy profiles as data (docs/contract.md section 4) and the registry the server decides with.
 //
 // A profile is parsed from protobuf's JSON mapping of samplerd.v1.Profile, validated once, and resolved
-// into plain values (unset coefficients take the reference values). The registry holds the built-in
+// into plain values. The coefficients stay the proto (samplerd.v1.Coefficients, one definition): unset ones are
+// filled from ReferenceCoefficients() by MergeFrom, which copies only the fields a profile sets (proto3
+// `optional`). A new coefficient is its line in profile.proto, its reference value in core/profile.cc and its
+// use in core/strategy.cc. The registry holds the built-in
 // profiles `entropix` (default), `entropix-frog` and `fixed`, plus any from a config file; it is immutable,
 // so a reload builds a new one and swaps the pointer.
 //
@@ -20,39 +23,6 @@
 #include "samplerd/v1/profile.pb.h"
 
 namespace samplerd {
-
-// Coefficients of the regime formulas; defaults are the reference (entropix) values.
-struct Coefficients {
-  double clarify_temperature_offset = 1.3;
-  double clarify_temperature_attn_entropy = 0.2;
-  double clarify_temperature_max = 1.5;
-  double explore_temperature_offset = 1.2;
-  double explore_temperature_interaction_strength = 0.3;
-  double explore_temperature_max = 1.5;
-  double explore_top_k_agreement = 0.5;
-  double explore_top_k_min = 5;
-  double resample_temperature_offset = 2.0;
-  double resample_temperature_attn_varentropy = 0.5;
-  double resample_temperature_min = 2.0;
-  double resample_top_p_attn_entropy = 0.2;
-  double resample_top_p_min = 0.5;
-  double adaptive_temperature_logits_entropy = 0.3;
-  double adaptive_temperature_logits_varentropy = 0.3;
-  double adaptive_temperature_attn_entropy = 0.2;
-  double adaptive_temperature_attn_varentropy = 0.2;
-  double adaptive_temperature_agreement = 0.2;
-  double adaptive_top_p_attn_varentropy = 0.1;
-  double adaptive_top_p_min = 0.1;
-  double adaptive_top_p_max = 1.0;
-  double adaptive_top_k_interaction_strength = 0.3;
-  double adaptive_top_k_agreement = 0.2;
-  double adaptive_top_k_min = 1;
-  double adaptive_top_k_max = 100;
-  double adaptive_min_p_logits_entropy = 0.5;
-  double adaptive_min_p_logits_varentropy = 0.5;
-  double adaptive_min_p_min = 0.01;
-  double adaptive_min_p_max = 0.5;
-};
 
 struct Bound {
   v1::Metric metric;
@@ -83,14 +53,14 @@ class Profile {
   }
   const std::vector<RegimeRule>& rules() const { return rules_; }
   v1::Regime default_regime() const { return default_regime_; }
-  const Coefficients& coefficients() const { return coefficients_; }
+  // Every coefficient set: the profile's, or the reference value (ReferenceCoefficients) where it has none.
+  const v1::Coefficients& coefficients() const { return proto_.coefficients(); }
 
  private:
   v1::Profile proto_;
   SamplingConfig base_;  // logit_bias left null: it would dangle when the Profile is copied
   std::vector<RegimeRule> rules_;
   v1::Regime default_regime_ = v1::REGIME_ADAPTIVE;
-  Coefficients coefficients_;
 };
 
 // The immutable set of profiles a server decides with.
@@ -120,6 +90,9 @@ class ProfileRegistry {
   std::vector<Profile> profiles_;
   std::string default_profile_ = kDefaultProfile;
 };
+
+// The reference (entropix) value of every coefficient in samplerd.v1.Coefficients: what an unset one resolves to.
+const v1::Coefficients& ReferenceCoefficients();
 
 // The JSON of the built-in profiles (a v1::ProfileSet), also a template for config files.
 absl::string_view BuiltInProfilesJson();

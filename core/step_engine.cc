@@ -24,7 +24,7 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
   }
 
   absl::StatusOr<FloatView> logits =
-      DecodeTensor(in.logits, TensorRole::kLogits, limits, "logits", &ws->logits_buffer, /*defer_bf16=*/true);
+      ValidateTensor(in.logits, TensorRole::kLogits, limits, "logits", &ws->logits_buffer, /*defer_bf16=*/true);
   if (!logits.ok()) return logits.status();
   const int64_t vocab = logits->cols;
   for (size_t i = 0; i < in.recent_tokens.size(); ++i) {
@@ -37,7 +37,7 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
   std::optional<FloatView> attention;
   if (in.attention.has_value()) {
     absl::StatusOr<FloatView> a =
-        DecodeTensor(*in.attention, TensorRole::kAttention, limits, "attention", &ws->attention_buffer,
+        ValidateTensor(*in.attention, TensorRole::kAttention, limits, "attention", &ws->attention_buffer,
                      /*defer_bf16=*/true);
     if (!a.ok()) return a.status();
     attention = *a;

@@ -42,7 +42,7 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
   d.params = base;
   d.params.n_adaptive_samples = 1;
 
-  const Coefficients& c = profile.coefficients();
+  const v1::Coefficients& c = profile.coefficients();
   // Formulas in double on the float base values; the results are rounded to float once, as sent.
   const double T = base.temperature, P = base.top_p, K = base.top_k, MP = base.min_p;
   const double ent = m.logits_entropy, vent = m.logits_varentropy;
@@ -64,42 +64,42 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
         return d;
       }
       d.params.temperature = static_cast<float>(
-          std::min(c.clarify_temperature_max,
-                   T * (c.clarify_temperature_offset + c.clarify_temperature_attn_entropy * attn_ent)));
+          std::min(c.clarify_temperature_max(),
+                   T * (c.clarify_temperature_offset() + c.clarify_temperature_attn_entropy() * attn_ent)));
       break;
     }
     case v1::REGIME_EXPLORE:
       d.params.temperature = static_cast<float>(std::min(
-          c.explore_temperature_max,
-          T * (c.explore_temperature_offset + c.explore_temperature_interaction_strength * interaction)));
+          c.explore_temperature_max(),
+          T * (c.explore_temperature_offset() + c.explore_temperature_interaction_strength() * interaction)));
       // Reference: int() truncation toward zero. Capped at INT32_MAX: a valid top_k near it, widened, does not
       // fit an int32 (found by tests/fuzz).
       d.params.top_k = static_cast<int32_t>(std::min<double>(
-          std::max(c.explore_top_k_min, std::trunc(K * (1.0 + c.explore_top_k_agreement * (1.0 - agreement)))),
+          std::max(c.explore_top_k_min(), std::trunc(K * (1.0 + c.explore_top_k_agreement() * (1.0 - agreement)))),
           std::numeric_limits<int32_t>::max()));
       break;
     case v1::REGIME_RESAMPLE:
       d.params.temperature = static_cast<float>(std::max(
-          c.resample_temperature_min,
-          T * (c.resample_temperature_offset + c.resample_temperature_attn_varentropy * attn_vent)));
-      d.params.top_p = static_cast<float>(std::max(c.resample_top_p_min, P - c.resample_top_p_attn_entropy * attn_ent));
+          c.resample_temperature_min(),
+          T * (c.resample_temperature_offset() + c.resample_temperature_attn_varentropy() * attn_vent)));
+      d.params.top_p = static_cast<float>(std::max(c.resample_top_p_min(), P - c.resample_top_p_attn_entropy() * attn_ent));
       break;
     case v1::REGIME_ADAPTIVE: {
       // Reference: temperature unclamped.
       d.params.temperature = static_cast<float>(
-          T * (1.0 + c.adaptive_temperature_logits_entropy * ent + c.adaptive_temperature_logits_varentropy * vent +
-               c.adaptive_temperature_attn_entropy * attn_ent +
-               c.adaptive_temperature_attn_varentropy * attn_vent - c.adaptive_temperature_agreement * agreement));
-      d.params.top_p = static_cast<float>(std::clamp(P * (1.0 + c.adaptive_top_p_attn_varentropy * attn_vent),
-                                                     c.adaptive_top_p_min, c.adaptive_top_p_max));
+          T * (1.0 + c.adaptive_temperature_logits_entropy() * ent + c.adaptive_temperature_logits_varentropy() * vent +
+               c.adaptive_temperature_attn_entropy() * attn_ent +
+               c.adaptive_temperature_attn_varentropy() * attn_vent - c.adaptive_temperature_agreement() * agreement));
+      d.params.top_p = static_cast<float>(std::clamp(P * (1.0 + c.adaptive_top_p_attn_varentropy() * attn_vent),
+                                                     c.adaptive_top_p_min(), c.adaptive_top_p_max()));
       // Reference: round half to even (std::nearbyint in the default rounding mode), then clamp.
       d.params.top_k = ClampTopK(
-          std::nearbyint(K * (1.0 + c.adaptive_top_k_interaction_strength * interaction -
-                              c.adaptive_top_k_agreement * agreement)),
-          c.adaptive_top_k_min, c.adaptive_top_k_max);
+          std::nearbyint(K * (1.0 + c.adaptive_top_k_interaction_strength() * interaction -
+                              c.adaptive_top_k_agreement() * agreement)),
+          c.adaptive_top_k_min(), c.adaptive_top_k_max());
       d.params.min_p = static_cast<float>(
-          std::clamp(MP * (1.0 - c.adaptive_min_p_logits_entropy * ent - c.adaptive_min_p_logits_varentropy * vent),
-                     c.adaptive_min_p_min, c.adaptive_min_p_max));
+          std::clamp(MP * (1.0 - c.adaptive_min_p_logits_entropy() * ent - c.adaptive_min_p_logits_varentropy() * vent),
+                     c.adaptive_min_p_min(), c.adaptive_min_p_max()));
       d.params.n_adaptive_samples = base.n_adaptive_samples;
       d.action = d.params.n_adaptive_samples > 1 ? Action::kBestOfN : Action::kSample;
       break;

@@ -78,7 +78,7 @@ uint16_t FloatToHalf(float f) {
   return sign | static_cast<uint16_t>((rounded - (112u << 23)) >> 13);
 }
 
-absl::StatusOr<FloatView> DecodeTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
+absl::StatusOr<FloatView> ValidateTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
                                        absl::string_view field, std::vector<float>* scratch, bool defer_bf16) {
   const DType dtype = static_cast<DType>(raw.dtype);
   const size_t item = ItemSize(dtype);

@@ -1,12 +1,12 @@
 // Float32 views over received tensor bytes.
 //
-// A step's logits and attention arrive as (dtype, shape, bytes). `DecodeTensor` checks the shape and the byte
+// A step's logits and attention arrive as (dtype, shape, bytes). `ValidateTensor` checks the shape and the byte
 // length before anything touches the data, then returns a view: directly over the bytes for float32 (no copy),
 // or over a caller-owned scratch buffer that f16 / bf16 are converted into once (reused step after step, so
 // steady state allocates nothing).
 //
 //   std::vector<float> scratch;
-//   absl::StatusOr<FloatView> v = DecodeTensor(raw, TensorRole::kLogits, limits, "logits", &scratch);
+//   absl::StatusOr<FloatView> v = ValidateTensor(raw, TensorRole::kLogits, limits, "logits", &scratch);
 //   const float* z = v->data;   // v->size() floats
 #ifndef SAMPLERD_CORE_TENSOR_VIEW_H_
 #define SAMPLERD_CORE_TENSOR_VIEW_H_
@@ -23,7 +23,9 @@
 
 namespace samplerd {
 
-// Wire values of samplerd.v1.DType.
+// Wire values of samplerd.v1.DType. Core uses the enums of profile.proto (Regime, Metric, Op) as generated, since
+// it links that proto; DType is declared in sampler.proto, which carries the gRPC service that core must not
+// depend on, so core mirrors its values here (tests/core/tensor_view_test.cc pins them by the dtypes it decodes).
 enum class DType : int { kUnspecified = 0, kF32 = 1, kF16 = 2, kBF16 = 3 };
 
 // Bytes per element; 0 for an unknown dtype.
@@ -51,7 +53,7 @@ struct FloatView {
   const float* data = nullptr;
   int64_t rows = 1;  // 1 for logits
   int64_t cols = 0;  // vocab for logits, kv_len for attention
-  // Set when DecodeTensor deferred a bf16 conversion: `data` is then `fill`, the caller's scratch, not yet
+  // Set when ValidateTensor deferred a bf16 conversion: `data` is then `fill`, the caller's scratch, not yet
   // written; the metrics' first pass converts `deferred_bf16` into it (SummarizeLogits,
   // ComputeAttentionMetrics taking a FloatView), so the received bytes are read once. Read `data` only after.
   const char* deferred_bf16 = nullptr;
@@ -67,7 +69,7 @@ struct FloatView {
 // Errors name `field` ("logits" or "attention") and the received value; over-limit sizes are
 // RESOURCE_EXHAUSTED, everything else INVALID_ARGUMENT. Values (NaN, inf) are checked by the metrics.
 // With `defer_bf16`, bf16 is not converted here: the view carries the bytes for the metrics' first pass.
-absl::StatusOr<FloatView> DecodeTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
+absl::StatusOr<FloatView> ValidateTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
                                        absl::string_view field, std::vector<float>* scratch,
                                        bool defer_bf16 = false);
 

@@ -46,7 +46,7 @@ class MetricsGoldenTest : public ::testing::Test {
     std::vector<float> scratch;
     MetricsScratch metrics_scratch;
     absl::StatusOr<FloatView> z =
-        DecodeTensor(Raw(logits, dtype, &logit_bytes), TensorRole::kLogits, TensorLimits{}, "logits", &scratch);
+        ValidateTensor(Raw(logits, dtype, &logit_bytes), TensorRole::kLogits, TensorLimits{}, "logits", &scratch);
     ASSERT_TRUE(z.ok()) << z.status();
     absl::StatusOr<LogitsSummary> s = SummarizeLogits(*z, &metrics_scratch);
     if (!c["expect_error"].is_null()) {
@@ -70,7 +70,7 @@ class MetricsGoldenTest : public ::testing::Test {
     }
     const Array& attention = LoadInput(c["attention"]);
     std::vector<float> attn_scratch;
-    absl::StatusOr<FloatView> a = DecodeTensor(Raw(attention, dtype, &attn_bytes), TensorRole::kAttention,
+    absl::StatusOr<FloatView> a = ValidateTensor(Raw(attention, dtype, &attn_bytes), TensorRole::kAttention,
                                                TensorLimits{}, "attention", &attn_scratch);
     ASSERT_TRUE(a.ok()) << a.status();
     absl::StatusOr<std::optional<AttentionMetrics>> am = ComputeAttentionMetrics(*a, &metrics_scratch);

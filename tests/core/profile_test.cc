@@ -56,13 +56,15 @@ TEST(ProfileTest, BuiltInProfilesEqualTheGoldenProfiles) {
   }
 }
 
-TEST(ProfileTest, CoefficientTableCoversEveryProtoField) {
-  // Profile::FromProto resolves coefficients through a name table; a proto field missing from it would be
-  // silently ignored. Every field must come back set in the resolved proto.
+TEST(ProfileTest, EveryCoefficientResolvesToAValue) {
+  // A proto field without a reference value would resolve to an unset 0. Every field must come back set in the
+  // resolved proto, and set in the reference.
   const Profile* p = ProfileRegistry::BuiltIn()->Find("entropix");
   const auto* descriptor = v1::Coefficients::descriptor();
   for (int i = 0; i < descriptor->field_count(); ++i) {
     EXPECT_TRUE(p->proto().coefficients().GetReflection()->HasField(p->proto().coefficients(), descriptor->field(i)))
+        << descriptor->field(i)->name();
+    EXPECT_TRUE(ReferenceCoefficients().GetReflection()->HasField(ReferenceCoefficients(), descriptor->field(i)))
         << descriptor->field(i)->name();
   }
 }
@@ -80,8 +82,8 @@ TEST(ProfileTest, ConfigAddsAndReplacesProfiles) {
   EXPECT_EQ((*registry)->default_profile(), "cautious");
   EXPECT_EQ((*registry)->Find("")->name(), "cautious");
   EXPECT_EQ((*registry)->profiles().size(), 4u);
-  EXPECT_EQ((*registry)->Find("cautious")->coefficients().adaptive_top_k_max, 50);
-  EXPECT_EQ((*registry)->Find("cautious")->coefficients().adaptive_top_k_min, 1) << "unset: reference value";
+  EXPECT_EQ((*registry)->Find("cautious")->coefficients().adaptive_top_k_max(), 50);
+  EXPECT_EQ((*registry)->Find("cautious")->coefficients().adaptive_top_k_min(), 1) << "unset: reference value";
   EXPECT_FLOAT_EQ((*registry)->Find("fixed")->base().temperature, 1.0f);
   EXPECT_EQ((*registry)->Find("fixed")->base().top_k, 0) << "replaced, not merged";
   EXPECT_NE((*registry)->Find("entropix"), nullptr);

@@ -44,7 +44,7 @@ TEST(DecodeTensorTest, Float32IsAViewOverTheBytes) {
   const std::string bytes(reinterpret_cast<const char*>(values.data()), 12);
   const int64_t shape[] = {3};
   std::vector<float> scratch;
-  absl::StatusOr<FloatView> v = DecodeTensor({1, shape, bytes}, TensorRole::kLogits, {}, "logits", &scratch);
+  absl::StatusOr<FloatView> v = ValidateTensor({1, shape, bytes}, TensorRole::kLogits, {}, "logits", &scratch);
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_EQ(reinterpret_cast<const char*>(v->data), bytes.data()) << "no copy for aligned float32";
   EXPECT_TRUE(scratch.empty());
@@ -57,7 +57,7 @@ TEST(DecodeTensorTest, MisalignedFloat32IsCopiedNotMisread) {
   std::memcpy(storage.data() + 1, values.data(), 8);
   const int64_t shape[] = {2};
   std::vector<float> scratch;
-  absl::StatusOr<FloatView> v = DecodeTensor({1, shape, absl::string_view(storage).substr(1)},
+  absl::StatusOr<FloatView> v = ValidateTensor({1, shape, absl::string_view(storage).substr(1)},
                                              TensorRole::kLogits, {}, "logits", &scratch);
   ASSERT_TRUE(v.ok());
   EXPECT_EQ(v->data, scratch.data());
@@ -69,12 +69,12 @@ TEST(DecodeTensorTest, HalfAndBFloat16AreConvertedOnceIntoScratch) {
   const std::string bytes(reinterpret_cast<const char*>(halves), sizeof(halves));
   const int64_t shape[] = {2, 3};
   std::vector<float> scratch;
-  absl::StatusOr<FloatView> v = DecodeTensor({2, shape, bytes}, TensorRole::kAttention, {}, "attention", &scratch);
+  absl::StatusOr<FloatView> v = ValidateTensor({2, shape, bytes}, TensorRole::kAttention, {}, "attention", &scratch);
   ASSERT_TRUE(v.ok());
   EXPECT_EQ(v->rows, 2);
   EXPECT_EQ(v->cols, 3);
   EXPECT_EQ(v->row(1)[2], 2.0f);
-  absl::StatusOr<FloatView> b = DecodeTensor({3, shape, bytes}, TensorRole::kAttention, {}, "attention", &scratch);
+  absl::StatusOr<FloatView> b = ValidateTensor({3, shape, bytes}, TensorRole::kAttention, {}, "attention", &scratch);
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(b->data[0], BFloat16ToFloat(0x3c00));
 }
@@ -84,7 +84,7 @@ TEST(DecodeTensorTest, ThreeDimensionalAttentionIsReadAsRowsOfHeads) {
   const std::string bytes(reinterpret_cast<const char*>(values.data()), values.size() * 4);
   const int64_t shape[] = {2, 3, 4};
   std::vector<float> scratch;
-  absl::StatusOr<FloatView> v = DecodeTensor({1, shape, bytes}, TensorRole::kAttention, {}, "attention", &scratch);
+  absl::StatusOr<FloatView> v = ValidateTensor({1, shape, bytes}, TensorRole::kAttention, {}, "attention", &scratch);
   ASSERT_TRUE(v.ok());
   EXPECT_EQ(v->rows, 6);
   EXPECT_EQ(v->cols, 4);
@@ -111,7 +111,7 @@ TEST_P(DecodeTensorRejectsTest, NamesTheFieldAndTheValue) {
   limits.max_vocab = 1000;
   limits.max_attention_elements = 4096;
   const char* prefix = t.role == TensorRole::kLogits ? "logits" : "attention";
-  absl::StatusOr<FloatView> v = DecodeTensor({t.dtype, t.shape, bytes}, t.role, limits, prefix, &scratch);
+  absl::StatusOr<FloatView> v = ValidateTensor({t.dtype, t.shape, bytes}, t.role, limits, prefix, &scratch);
   ASSERT_FALSE(v.ok());
   EXPECT_EQ(v.status().code(), t.code) << v.status();
   EXPECT_EQ(ErrorField(v.status()), t.field);

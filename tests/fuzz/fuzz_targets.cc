@@ -81,7 +81,7 @@ std::optional<FloatView> View(const v1::Tensor& t, std::vector<float>* scratch) 
   TensorLimits limits;
   limits.max_vocab = std::numeric_limits<int64_t>::max();
   limits.max_attention_elements = std::numeric_limits<int64_t>::max();
-  absl::StatusOr<FloatView> v = DecodeTensor(raw, TensorRole::kLogits, limits, "logits", scratch);
+  absl::StatusOr<FloatView> v = ValidateTensor(raw, TensorRole::kLogits, limits, "logits", scratch);
   if (!v.ok()) return std::nullopt;
   return *v;
 }
