@@ -119,13 +119,13 @@ absl::StatusOr<Calibration> Calibrate(absl::Span<const StepMetrics> steps, const
   }
 
   // Step 3: temperatures within [.., temperature_max].
-  const Coefficients& c = base->coefficients();
+  const v1::Coefficients& c = base->coefficients();
   auto x_of = [&c](const StepMetrics& m) {
-    return c.adaptive_temperature_logits_entropy * *m.logits_entropy +
-           c.adaptive_temperature_logits_varentropy * *m.logits_varentropy +
-           c.adaptive_temperature_attn_entropy * m.attn_entropy.value_or(0) +
-           c.adaptive_temperature_attn_varentropy * m.attn_varentropy.value_or(0) -
-           c.adaptive_temperature_agreement * m.agreement.value_or(0);
+    return c.adaptive_temperature_logits_entropy() * *m.logits_entropy +
+           c.adaptive_temperature_logits_varentropy() * *m.logits_varentropy +
+           c.adaptive_temperature_attn_entropy() * m.attn_entropy.value_or(0) +
+           c.adaptive_temperature_attn_varentropy() * m.attn_varentropy.value_or(0) -
+           c.adaptive_temperature_agreement() * m.agreement.value_or(0);
   };
   double x_min = x_of(*usable.front()), x_max = x_min;
   for (const StepMetrics* m : usable) {
@@ -137,13 +137,13 @@ absl::StatusOr<Calibration> Calibrate(absl::Span<const StepMetrics> steps, const
   out.adaptive_temperature_min = t * (1 + s * x_min);
   out.adaptive_temperature_max = t * (1 + s * x_max);
   v1::Coefficients* pc = profile.mutable_coefficients();
-  pc->set_adaptive_temperature_logits_entropy(s * c.adaptive_temperature_logits_entropy);
-  pc->set_adaptive_temperature_logits_varentropy(s * c.adaptive_temperature_logits_varentropy);
-  pc->set_adaptive_temperature_attn_entropy(s * c.adaptive_temperature_attn_entropy);
-  pc->set_adaptive_temperature_attn_varentropy(s * c.adaptive_temperature_attn_varentropy);
-  pc->set_adaptive_temperature_agreement(s * c.adaptive_temperature_agreement);
-  pc->set_clarify_temperature_max(std::min(c.clarify_temperature_max, options.temperature_max));
-  pc->set_explore_temperature_max(std::min(c.explore_temperature_max, options.temperature_max));
+  pc->set_adaptive_temperature_logits_entropy(s * c.adaptive_temperature_logits_entropy());
+  pc->set_adaptive_temperature_logits_varentropy(s * c.adaptive_temperature_logits_varentropy());
+  pc->set_adaptive_temperature_attn_entropy(s * c.adaptive_temperature_attn_entropy());
+  pc->set_adaptive_temperature_attn_varentropy(s * c.adaptive_temperature_attn_varentropy());
+  pc->set_adaptive_temperature_agreement(s * c.adaptive_temperature_agreement());
+  pc->set_clarify_temperature_max(std::min(c.clarify_temperature_max(), options.temperature_max));
+  pc->set_explore_temperature_max(std::min(c.explore_temperature_max(), options.temperature_max));
   pc->set_resample_temperature_offset(options.temperature_max / t);
   pc->set_resample_temperature_attn_varentropy(0);
   pc->set_resample_temperature_min(options.temperature_max);

@@ -39,7 +39,7 @@ TEST(BFloat16ConversionTest, EveryBFloat16RoundTripsExactly) {
   EXPECT_EQ(FloatToBFloat16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82) << "ties to even (up)";
 }
 
-TEST(DecodeTensorTest, Float32IsAViewOverTheBytes) {
+TEST(ValidateTensorTest, Float32IsAViewOverTheBytes) {
   std::vector<float> values = {1.0f, -2.0f, 3.5f};
   const std::string bytes(reinterpret_cast<const char*>(values.data()), 12);
   const int64_t shape[] = {3};
@@ -51,7 +51,7 @@ TEST(DecodeTensorTest, Float32IsAViewOverTheBytes) {
   EXPECT_EQ(v->data[2], 3.5f);
 }
 
-TEST(DecodeTensorTest, MisalignedFloat32IsCopiedNotMisread) {
+TEST(ValidateTensorTest, MisalignedFloat32IsCopiedNotMisread) {
   std::vector<float> values = {1.0f, -2.0f};
   std::string storage(1 + 8, '\0');
   std::memcpy(storage.data() + 1, values.data(), 8);
@@ -64,7 +64,7 @@ TEST(DecodeTensorTest, MisalignedFloat32IsCopiedNotMisread) {
   EXPECT_EQ(v->data[1], -2.0f);
 }
 
-TEST(DecodeTensorTest, HalfAndBFloat16AreConvertedOnceIntoScratch) {
+TEST(ValidateTensorTest, HalfAndBFloat16AreConvertedOnceIntoScratch) {
   const uint16_t halves[] = {0x3c00, 0xc000, 0x3800, 0x0000, 0xbc00, 0x4000};  // 1 -2 .5 0 -1 2
   const std::string bytes(reinterpret_cast<const char*>(halves), sizeof(halves));
   const int64_t shape[] = {2, 3};
@@ -79,7 +79,7 @@ TEST(DecodeTensorTest, HalfAndBFloat16AreConvertedOnceIntoScratch) {
   EXPECT_EQ(b->data[0], BFloat16ToFloat(0x3c00));
 }
 
-TEST(DecodeTensorTest, ThreeDimensionalAttentionIsReadAsRowsOfHeads) {
+TEST(ValidateTensorTest, ThreeDimensionalAttentionIsReadAsRowsOfHeads) {
   std::vector<float> values(2 * 3 * 4, 0.0f);
   const std::string bytes(reinterpret_cast<const char*>(values.data()), values.size() * 4);
   const int64_t shape[] = {2, 3, 4};
@@ -101,9 +101,9 @@ struct BadTensor {
   const char* mentions;  // the received value must appear in the message
 };
 
-class DecodeTensorRejectsTest : public ::testing::TestWithParam<BadTensor> {};
+class ValidateTensorRejectsTest : public ::testing::TestWithParam<BadTensor> {};
 
-TEST_P(DecodeTensorRejectsTest, NamesTheFieldAndTheValue) {
+TEST_P(ValidateTensorRejectsTest, NamesTheFieldAndTheValue) {
   const BadTensor& t = GetParam();
   const std::string bytes(t.bytes, '\0');
   std::vector<float> scratch;
@@ -119,7 +119,7 @@ TEST_P(DecodeTensorRejectsTest, NamesTheFieldAndTheValue) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Catalogue, DecodeTensorRejectsTest,
+    Catalogue, ValidateTensorRejectsTest,
     ::testing::Values(
         BadTensor{"unspecified_dtype", 0, {4}, 16, TensorRole::kLogits, absl::StatusCode::kInvalidArgument,
                   "logits.dtype", "got 0"},
