@@ -78,8 +78,10 @@ void SerializeResponse(const v1::SampleResponse& response, grpc::ByteBuffer* wir
 // SampleReactor
 //
 // One per Sample stream. Everything shared between the reactions (which gRPC may run concurrently) and the
-// workers' completions is under mu_, except seeds_ and the read's buffers, which only OnReadDone uses (one read
-// is outstanding at a time and StartRequest is done with them before the next read starts).
+// workers' completions is under mu_, except the read side (seeds_, the read's buffer and message, the message
+// count), which only OnReadDone uses: reading_ stays set from StartRead until that OnReadDone has handed the
+// request to StartRequest (which resolves the seeds before it returns), so the next read, and with it the next
+// OnReadDone, can only start after that.
 //
 // Lifetime: gRPC deletes the reactor (OnDone) once Finish has completed, so Finish is called only when no
 // request is running on the workers, and, from a worker, as that thread's last touch of the reactor (after mu_
@@ -94,16 +96,18 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   }
 
   void OnReadDone(bool ok) override {
-    // Parsed outside mu_ (a request may be tens of MB): until reading_ is cleared below, nothing else touches the
-    // buffer or the message.
+    // This reaction owns the read side (read_buffer_, read_request_, messages_read_, seeds_) until it clears
+    // reading_ under mu_: while reading_ is set no other thread starts a read, so no other OnReadDone runs. The
+    // parse and the seed resolution happen outside mu_ (a request may be tens of MB), and reading_ is released
+    // only after StartRequest is done with seeds_.
     absl::Status parsed;
     if (ok) parsed = ParseRequest(&read_buffer_, ++messages_read_, read_request_.get());
     Pending* pending = nullptr;
     std::optional<grpc::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      reading_ = false;
       if (!ok || finished_ || broken_ || !parsed.ok()) {  // the client half-closed, the call is gone, or garbage
+        reading_ = false;
         input_done_ = input_done_ || !ok;
         // Logged with the status when it is sent (logging.h).
         if (!parsed.ok() && !finish_status_.has_value()) finish_status_ = ToGrpcStatus(parsed);
@@ -136,8 +140,10 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
       service_->StartRequest(*pending->request, &seeds_, &pending->response,
                              [this, pending](absl::Status status) { OnAnswered(pending, std::move(status)); });
     }
-    // The next request is received while this one runs (the reactor stays alive: this reaction holds it).
+    // The read side is free again; the next request is received while this one runs (the reactor stays alive:
+    // this reaction holds it).
     std::lock_guard<std::mutex> lock(mu_);
+    reading_ = false;
     MaybeStartReadLocked();
   }
 
@@ -249,18 +255,17 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   const std::string peer_;
   const bool no_compute_;
 
-  SeedTable seeds_;  // read side only (see above)
-
   std::mutex mu_;
-  // The read outstanding and what it is parsed into: guarded by mu_, except in OnReadDone before it clears reading_.
+  // The read side: owned by whoever set reading_ (MaybeStartReadLocked, under mu_) until OnReadDone clears it.
+  SeedTable seeds_;
   grpc::ByteBuffer read_buffer_;
   std::unique_ptr<v1::SampleRequest> read_request_;
-  int64_t messages_read_ = 0;  // OnReadDone's only
+  int64_t messages_read_ = 0;
   std::vector<std::unique_ptr<v1::SampleRequest>> spare_requests_;  // guarded by mu_; at most two in all
   std::deque<std::unique_ptr<Pending>> queue_;  // guarded by mu_; request order; front() is in flight when writing_
   std::vector<std::unique_ptr<Pending>> spare_pending_;  // guarded by mu_
   int computing_ = 0;                                    // guarded by mu_; requests on the workers
-  bool reading_ = false;                                 // guarded by mu_; a read is outstanding
+  bool reading_ = false;                                 // guarded by mu_; the read side is taken (above)
   bool writing_ = false;                                 // guarded by mu_
   bool input_done_ = false;                              // guarded by mu_; no more requests will arrive
   bool broken_ = false;                                  // guarded by mu_; a write failed: nothing more is sent
