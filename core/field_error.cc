@@ -21,6 +21,14 @@ absl::Status LimitFieldError(absl::string_view field, absl::string_view message)
   return FieldError(absl::StatusCode::kResourceExhausted, field, message);
 }
 
+std::string Excerpt(absl::string_view text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return std::string(text);
+  size_t cut = max_bytes;
+  // Back over continuation bytes (10xxxxxx) to the start of the character that does not fit.
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return absl::StrCat(text.substr(0, cut), "... (", text.size(), " bytes)");
+}
+
 std::string ErrorField(const absl::Status& status) {
   auto payload = status.GetPayload(kFieldPayloadUrl);
   return payload.has_value() ? std::string(*payload) : std::string();

@@ -10,6 +10,7 @@
 #ifndef SAMPLERD_CORE_FIELD_ERROR_H_
 #define SAMPLERD_CORE_FIELD_ERROR_H_
 
+#include <cstddef>
 #include <string>
 
 #include "absl/status/status.h"
@@ -28,6 +29,14 @@ absl::Status LimitFieldError(absl::string_view field, absl::string_view message)
 
 // The field named by a status made above; empty when the status carries none.
 std::string ErrorField(const absl::Status& status);
+
+// What an error message quotes of a received string: at most this many of its bytes, so that an error never
+// grows with the input it describes.
+inline constexpr size_t kMaxQuotedBytes = 256;
+
+// `text` when it is at most `max_bytes` long; otherwise its first bytes (cut at a UTF-8 character boundary, so
+// the message stays valid UTF-8) followed by "... (<size> bytes)".
+std::string Excerpt(absl::string_view text, size_t max_bytes = kMaxQuotedBytes);
 
 }  // namespace samplerd
 

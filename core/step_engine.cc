@@ -1,6 +1,7 @@
 #include "core/step_engine.h"
 
 #include <cmath>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "core/counter_rng.h"
@@ -8,12 +9,43 @@
 
 namespace samplerd {
 
+void TrimWorkspace(Workspace* ws, size_t keep_bytes) {
+  auto trim = [keep_bytes](auto& buffer) {
+    using Buffer = std::remove_reference_t<decltype(buffer)>;
+    if (buffer.capacity() * sizeof(typename Buffer::value_type) > keep_bytes) Buffer().swap(buffer);
+  };
+  trim(ws->logits_buffer);
+  trim(ws->attention_buffer);
+  MetricsScratch& m = ws->metrics;
+  trim(m.block_moments);
+  trim(m.logit_block_max);
+  trim(m.attn_exp);
+  trim(m.row_stats);
+  trim(m.group_sums);
+  trim(m.column_means);
+  trim(m.exact_probs);
+  trim(m.exact_column_means);
+  ChainScratch& c = ws->chain;
+  trim(c.logits);
+  trim(c.ids);
+  trim(c.heap);
+  trim(c.recent_sorted);
+  trim(c.block_max);
+  trim(c.block_order);
+  trim(ws->candidates.tokens);
+  trim(ws->top_ids);
+}
+
 absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits, const StepInput& in,
                      Workspace* ws, StepOutput* out, ForkJoin* fork_join) {
+  if (in.sequence_id.size() > kMaxSequenceIdBytes) {
+    return InvalidFieldError("sequence_id", absl::StrCat("must be at most ", kMaxSequenceIdBytes, " bytes, got ",
+                                                         in.sequence_id.size()));
+  }
   const Profile* profile = profiles.Find(in.profile);
   if (profile == nullptr) {
     return FieldError(absl::StatusCode::kNotFound, "profile",
-                      absl::StrCat("no profile named \"", in.profile, "\" (ListProfiles shows them)"));
+                      absl::StrCat("no profile named \"", Excerpt(in.profile), "\" (ListProfiles shows them)"));
   }
   if (in.top_logprobs < 0 || in.top_logprobs > kMaxTopLogprobs) {
     return InvalidFieldError("top_logprobs",
@@ -96,7 +128,12 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
   out->top.clear();
   if (in.top_logprobs > 0) {
     TopTokens(z, vocab, in.top_logprobs, &ws->chain, &ws->top_ids, ws->metrics.logit_block_max.data());
-    for (int32_t id : ws->top_ids) out->top.emplace_back(id, static_cast<float>(summary.LogProb(z[id])));
+    // Only tokens with a finite log-probability (the contract): a masked one (-inf) is not a candidate, so top
+    // has fewer than top_logprobs entries when fewer tokens are finite.
+    for (int32_t id : ws->top_ids) {
+      const float logprob = static_cast<float>(summary.LogProb(z[id]));
+      if (std::isfinite(logprob)) out->top.emplace_back(id, logprob);
+    }
   }
   return absl::OkStatus();
 }

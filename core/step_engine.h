@@ -11,6 +11,7 @@
 #ifndef SAMPLERD_CORE_STEP_ENGINE_H_
 #define SAMPLERD_CORE_STEP_ENGINE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <utility>
@@ -48,7 +49,9 @@ struct StepOutput {
   bool drew = false;  // false when CLARIFY emitted its token without a draw
   SamplingConfig applied;
   MetricValues metrics;
-  std::vector<std::pair<int32_t, float>> top;  // (token, logprob), best first
+  // (token, logprob), best first: the top_logprobs most likely tokens with a finite logprob (fewer when fewer
+  // tokens are finite; masked tokens are never listed).
+  std::vector<std::pair<int32_t, float>> top;
   const Profile* profile = nullptr;
 };
 
@@ -61,6 +64,16 @@ struct Workspace {
   Candidates candidates;
   std::vector<int32_t> top_ids;
 };
+
+// The longest Step.sequence_id, in bytes (the contract's cap): a longer one is INVALID_ARGUMENT on its step.
+// Keys of this size keep the per-stream seed table (service/seed_table.h) small whatever the client sends.
+inline constexpr size_t kMaxSequenceIdBytes = 256;
+
+// TrimWorkspace()
+//
+// Frees each buffer of `ws` whose capacity is over `keep_bytes`, so that one outsized step does not pin its
+// scratch in a worker for good; buffers of ordinary steps stay, and reuse keeps them allocation-free.
+void TrimWorkspace(Workspace* ws, size_t keep_bytes);
 
 // Runs one step. Errors are INVALID_ARGUMENT / RESOURCE_EXHAUSTED / NOT_FOUND (unknown profile) carrying
 // the field (core/field_error.h); `out` is then unspecified. With a `fork_join`, the metric passes are shared

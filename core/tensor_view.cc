@@ -12,8 +12,13 @@
 namespace samplerd {
 namespace {
 
+// The shape as error messages quote it: a rank far beyond any tensor's shows its first dimensions and its rank,
+// so that an error about a huge shape stays short.
 std::string ShapeString(absl::Span<const int64_t> shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  constexpr size_t kQuotedDims = 8;
+  if (shape.size() <= kQuotedDims) return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  return absl::StrCat("[", absl::StrJoin(shape.subspan(0, kQuotedDims), ", "), ", ... (", shape.size(),
+                      " dimensions)]");
 }
 
 uint32_t BitsOf(float f) {
@@ -121,6 +126,12 @@ absl::StatusOr<FloatView> ValidateTensor(const RawTensor& raw, TensorRole role, 
     return LimitFieldError(absl::StrCat(field, ".shape"),
                            absl::StrCat(ShapeString(raw.shape), " has ", elements,
                                         " elements, over the server limit of ", limit));
+  }
+  if (role == TensorRole::kAttention && elements / raw.shape.back() > limits.max_attention_rows) {
+    return LimitFieldError(absl::StrCat(field, ".shape"),
+                           absl::StrCat(ShapeString(raw.shape), " has ", elements / raw.shape.back(),
+                                        " rows (layers x heads), over the server limit of ",
+                                        limits.max_attention_rows));
   }
   if (static_cast<uint64_t>(raw.data.size()) != static_cast<uint64_t>(elements) * item) {
     return InvalidFieldError(absl::StrCat(field, ".data"),

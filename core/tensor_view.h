@@ -42,6 +42,9 @@ struct RawTensor {
 struct TensorLimits {
   int64_t max_vocab = 1 << 20;                  // logits elements
   int64_t max_attention_elements = 64 << 20;    // layers * heads * kv_len
+  // layers * heads: each row has its own scratch (statistics, and for short rows double probabilities), so a
+  // tensor of many one-element rows would cost far more than its element count says.
+  int64_t max_attention_rows = 64 << 10;
 };
 
 // Which tensor of a step is decoded: decides the allowed ranks and limit.

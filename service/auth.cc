@@ -101,9 +101,10 @@ class AuthInterceptor final : public grpc::experimental::Interceptor {
     if (reason == nullptr) return;
     refused_ = true;
     const std::string traceparent = TraceparentOf(metadata);
-    {
+    if (const int64_t held = CallProblemLogBudget().Admit(); held >= 0) {
       ScopedTraceparent scope(traceparent);
-      spdlog::warn("{} from {} refused: {}", info_->method(), info_->server_context()->peer(), reason);
+      spdlog::warn("{} from {} refused: {}{}", info_->method(), info_->server_context()->peer(), reason,
+                   HeldBackNote(held));
     }
     // gRPC sends this status in the trailers, then the handler finds the call cancelled. (ServerContext's
     // TryCancel would say CANCELLED, which a client cannot tell from a network problem.)

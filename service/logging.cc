@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "grpc/support/log.h"
 #include "grpcpp/server_context.h"
 #include "spdlog/pattern_formatter.h"
@@ -129,6 +130,36 @@ bool ServerSideProblem(grpc::StatusCode code) {
   }
 }
 
+}  // namespace
+
+int64_t LogBudget::Admit() {
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (now - window_start_ >= std::chrono::seconds(1)) {
+    window_start_ = now;
+    written_ = 0;
+  }
+  if (written_ >= lines_per_second_) {
+    ++held_back_;
+    return -1;
+  }
+  ++written_;
+  const int64_t held = held_back_;
+  held_back_ = 0;
+  return held;
+}
+
+LogBudget& CallProblemLogBudget() {
+  static LogBudget* const budget = new LogBudget(kCallProblemLinesPerSecond);
+  return *budget;
+}
+
+std::string HeldBackNote(int64_t held_back) {
+  return held_back <= 0 ? std::string() : absl::StrCat(" (", held_back, " similar lines held back)");
+}
+
+namespace {
+
 class CallLogInterceptor final : public grpc::experimental::Interceptor {
  public:
   explicit CallLogInterceptor(grpc::experimental::ServerRpcInfo* info)
@@ -144,18 +175,20 @@ class CallLogInterceptor final : public grpc::experimental::Interceptor {
       const double millis =
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
       ScopedTraceparent scope(traceparent_);
-      if (status.ok() && info_->server_context()->IsCancelled()) {
+      if (status.ok() && !info_->server_context()->IsCancelled()) {
+        spdlog::debug("{} OK in {:.3f} ms", info_->method(), millis);
+      } else if (const int64_t held = CallProblemLogBudget().Admit(); held < 0) {
+        // Over the budget: counted, reported by the next line written.
+      } else if (status.ok()) {
         // gRPC ended the call before this OK: the client cancelled or its deadline passed, the connection broke,
         // or a message was over --max_message_bytes (the client got RESOURCE_EXHAUSTED). It goes nowhere.
-        spdlog::info("{} from {} was ended by gRPC before its status ({:.3f} ms)", info_->method(),
-                     info_->server_context()->peer(), millis);
-      } else if (status.ok()) {
-        spdlog::debug("{} OK in {:.3f} ms", info_->method(), millis);
+        spdlog::info("{} from {} was ended by gRPC before its status ({:.3f} ms){}", info_->method(),
+                     info_->server_context()->peer(), millis, HeldBackNote(held));
       } else {
         spdlog::log(ServerSideProblem(status.error_code()) ? spdlog::level::warn : spdlog::level::info,
-                    "{} from {} ended with {}: {} ({:.3f} ms)", info_->method(), info_->server_context()->peer(),
+                    "{} from {} ended with {}: {} ({:.3f} ms){}", info_->method(), info_->server_context()->peer(),
                     absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
-                    status.error_message(), millis);
+                    status.error_message(), millis, HeldBackNote(held));
       }
     }
     methods->Proceed();

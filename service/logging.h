@@ -14,8 +14,11 @@
 #ifndef SAMPLERD_SERVICE_LOGGING_H_
 #define SAMPLERD_SERVICE_LOGGING_H_
 
+#include <chrono>
+#include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/strings/string_view.h"
@@ -58,11 +61,41 @@ class ScopedTraceparent {
   const std::string* previous_;
 };
 
+// LogBudget
+//
+// At most `lines_per_second` lines per second of one kind, so that a client sending thousands of refused or
+// failing calls a second cannot flood the log: Admit() says whether to write a line now and how many were held
+// back since the last one written, which that line reports.
+//
+//   if (int64_t held = CallProblemLogBudget().Admit(); held >= 0) spdlog::warn("...{}", HeldBackNote(held));
+class LogBudget {
+ public:
+  explicit LogBudget(int lines_per_second) : lines_per_second_(lines_per_second) {}
+  // -1: drop this line (it is counted); otherwise write it: the count of lines dropped before it.
+  int64_t Admit();
+
+ private:
+  const int lines_per_second_;
+  std::mutex mu_;
+  std::chrono::steady_clock::time_point window_start_;  // guarded by mu_
+  int written_ = 0;                                      // guarded by mu_; lines written in this window
+  int64_t held_back_ = 0;                                // guarded by mu_; since the last line written
+};
+
+// The budget every line about a refused or failed call shares (the token check, the health-watch limit and the
+// call log): kCallProblemLinesPerSecond.
+inline constexpr int kCallProblemLinesPerSecond = 20;
+LogBudget& CallProblemLogBudget();
+
+// "" for 0, else " (N similar lines held back)", to append to an admitted line.
+std::string HeldBackNote(int64_t held_back);
+
 // MakeCallLogInterceptorFactory()
 //
 // A server interceptor that logs each call when its status is sent (method, peer, status code and message,
 // duration), with the call's traceparent: OK at debug level; RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN, UNAVAILABLE,
-// DATA_LOSS and DEADLINE_EXCEEDED at warning level; other codes (the caller's doing) at info level.
+// DATA_LOSS and DEADLINE_EXCEEDED at warning level; other codes (the caller's doing) at info level. Lines about
+// calls that did not end OK share CallProblemLogBudget().
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeCallLogInterceptorFactory();
 
 }  // namespace samplerd

@@ -21,13 +21,16 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "core/profile.h"
+#include "grpc/grpc.h"
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "service/allocator_tuning.h"
 #include "service/auth.h"
+#include "service/calls_in_flight.h"
 #include "service/config_reloader.h"
+#include "service/health_watch_limit.h"
 #include "service/logging.h"
 #include "service/sampler_service.h"
 #include "service/server_config.h"
@@ -129,7 +132,10 @@ int RunServer(const ServerConfig& config, bool metrics_required, std::shared_ptr
   builder.RegisterService(service->get());
   // The token check first: a refused call is logged by it and goes no further.
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  CallsInFlight calls;
+  interceptors.push_back(calls.MakeInterceptorFactory());
   if (tokens != nullptr) interceptors.push_back(MakeAuthInterceptorFactory(tokens));
+  interceptors.push_back(MakeHealthWatchLimitFactory(config.max_health_watches));
   interceptors.push_back(MakeCallLogInterceptorFactory());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   // gRPC sets SO_REUSEPORT by default, so a second server on a taken port would start and silently take half
@@ -137,6 +143,12 @@ int RunServer(const ServerConfig& config, bool metrics_required, std::shared_ptr
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // bytes; a larger message ends its call with RESOURCE_EXHAUSTED before it is parsed.
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  // No compressed messages: gRPC 1.51 inflates a message whole before it applies the size limit above, so a
+  // small gzip message could make the server allocate gigabytes, token or not. A call that declares gzip or
+  // deflate is refused with UNIMPLEMENTED when its metadata arrives, before any message is read. Tensors of
+  // floats hardly compress anyway.
+  builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_DEFLATE, false);
+  builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_GZIP, false);
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
   // Model hosts hold one stream open for hours and ping it through NATs and load balancers: accept a client
   // ping every 10 s (ms), also while no call is active, instead of answering with GOAWAY "too_many_pings".
@@ -186,7 +198,17 @@ int RunServer(const ServerConfig& config, bool metrics_required, std::shared_ptr
       spdlog::info("{}: health NOT_SERVING, draining in-flight calls for up to {} s", strsignal(signal),
                    config.drain_seconds);
       server->GetHealthCheckService()->SetServingStatus(false);
-      server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(config.drain_seconds));
+      const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(config.drain_seconds);
+      // Shutdown(deadline) waits for every connection to close, idle ones included: once the calls are done
+      // (no new call is accepted from now on), the idle connections are closed rather than waited for.
+      std::thread closer([&] {
+        if (!calls.WaitUntilNone(deadline)) return;
+        // A call is released once its status is handed to the transport, a moment before it is on the socket.
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        grpc_server_cancel_all_calls(server->c_server());
+      });
+      server->Shutdown(deadline);
+      closer.join();
       return;
     }
   });
@@ -221,6 +243,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max_attention_elements", config.max_attention_elements,
                  "Largest attention tensor (layers x heads x kv_len), in elements")
+      ->capture_default_str();
+  app.add_option("--max_attention_rows", config.max_attention_rows,
+                 "Most attention rows (layers x heads) in one step; each row has scratch of its own")
+      ->capture_default_str();
+  app.add_option("--max_health_watches", config.max_health_watches,
+                 "Most concurrent grpc.health.v1.Health/Watch streams; further ones end with RESOURCE_EXHAUSTED")
       ->capture_default_str();
   app.add_option("--max_steps_per_request", config.max_steps_per_request,
                  "Most steps in one SampleRequest; more ends the call with RESOURCE_EXHAUSTED")

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/field_error.h"
+#include "service/allocator_tuning.h"
 #include "service/step_codec.h"
 #include "spdlog/spdlog.h"
 
@@ -24,6 +25,11 @@ constexpr size_t kMaxQueuedResponses = 4;
 // --max_message_bytes large, so this bounds a stream's memory; more would not make one stream faster, only let
 // it take more of the pool from the other streams.
 constexpr int kMaxRequestsInFlight = 2;
+
+// The largest scratch buffer a worker keeps after a step. Ordinary steps stay far below it (an XL step's largest
+// is 2 MiB) and reuse their buffers; an outsized one frees its scratch when it is done. At glibc's mmap threshold
+// (service/allocator_tuning.h), so such a buffer was its own mapping and goes back to the kernel at once.
+constexpr size_t kWorkspaceKeepBytes = kMmapThresholdBytes;
 
 // Ends a stream that was not admitted without touching its messages.
 class RejectedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
@@ -387,6 +393,7 @@ void SamplerService::AnswerStep(const ProfileRegistry& registry, const v1::Step&
     EncodeStepError(step, status, result);
   }
   if (observer_ != nullptr) observer_->OnStep(*result, elapsed);
+  TrimWorkspace(workspace, kWorkspaceKeepBytes);
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sample(

@@ -15,18 +15,22 @@ uint64_t FreshSeed() {
 
 }  // namespace
 
-SeedTable::SeedTable(size_t capacity) : capacity_(capacity < 1 ? 1 : capacity) {}
+SeedTable::SeedTable(size_t capacity, size_t max_key_bytes)
+    : capacity_(capacity < 1 ? 1 : capacity), max_key_bytes_(max_key_bytes) {}
 
 uint64_t SeedTable::Resolve(absl::string_view sequence_id, uint64_t requested) {
   if (requested != 0) return requested;
   if (auto it = seeds_.find(sequence_id); it != seeds_.end()) return it->second;
-  if (seeds_.size() >= capacity_) {
+  const uint64_t seed = FreshSeed();
+  if (sequence_id.size() > max_key_bytes_) return seed;
+  while (!seeds_.empty() && (seeds_.size() >= capacity_ || key_bytes_ + sequence_id.size() > max_key_bytes_)) {
+    key_bytes_ -= insertion_order_.front().size();
     seeds_.erase(insertion_order_.front());
     insertion_order_.pop_front();
   }
-  const uint64_t seed = FreshSeed();
   seeds_.emplace(sequence_id, seed);
   insertion_order_.emplace_back(sequence_id);
+  key_bytes_ += sequence_id.size();
   return seed;
 }
 

@@ -23,25 +23,33 @@ namespace samplerd {
 
 // SeedTable
 //
-// sequence_id -> server-picked seed, holding at most `capacity` sequences; past it the sequence that was
-// inserted first is forgotten (a continuous-batching host retires its oldest sequences first). A forgotten
+// sequence_id -> server-picked seed, holding at most `capacity` sequences whose ids total at most `max_key_bytes`;
+// past either the sequence that was inserted first is forgotten (a continuous-batching host retires its oldest
+// sequences first). An id longer than `max_key_bytes` on its own gets a fresh seed and is not kept. A forgotten
 // sequence that sends seed 0 again gets a fresh seed, which its results report, so every step stays
 // reproducible from its reported seed. Not thread-safe: a stream reads one request at a time.
 class SeedTable {
  public:
-  // Enough for the batch of any continuous-batching host; bounds a stream's table to a few hundred KiB.
+  // Enough for the batch of any continuous-batching host.
   static constexpr size_t kDefaultCapacity = 4096;
+  // A full table of 64-byte ids (a UUID and a prefix); with the count this bounds a stream's table to about
+  // 1 MiB whatever the ids' length (the map and the insertion order each hold a copy).
+  static constexpr size_t kDefaultMaxKeyBytes = kDefaultCapacity * 64;
 
-  explicit SeedTable(size_t capacity = kDefaultCapacity);
+  explicit SeedTable(size_t capacity = kDefaultCapacity, size_t max_key_bytes = kDefaultMaxKeyBytes);
 
   // `requested` when it is non-zero; otherwise the seed picked for `sequence_id` (a new non-zero one from
   // std::random_device the first time).
   uint64_t Resolve(absl::string_view sequence_id, uint64_t requested);
 
   size_t size() const { return seeds_.size(); }
+  // The total length of the ids held.
+  size_t key_bytes() const { return key_bytes_; }
 
  private:
   size_t capacity_;
+  size_t max_key_bytes_;
+  size_t key_bytes_ = 0;
   absl::flat_hash_map<std::string, uint64_t> seeds_;
   std::deque<std::string> insertion_order_;
 };

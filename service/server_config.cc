@@ -76,6 +76,16 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = CheckPositive("max_attention_rows", config.max_attention_rows,
+                                     std::numeric_limits<int64_t>::max());
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckPositive("max_health_watches", config.max_health_watches,
+                                     std::numeric_limits<int32_t>::max());
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = CheckPositive("max_steps_per_request", config.max_steps_per_request,
                                      std::numeric_limits<int32_t>::max());
       !s.ok()) {
@@ -132,6 +142,8 @@ std::string DescribeServerConfig(const ServerConfig& config) {
                       config.config_path.empty() ? "(built-in profiles)" : config.config_path,
                       "\" max_message_bytes=", config.max_message_bytes, " max_vocab=", config.max_vocab,
                       " max_attention_elements=", config.max_attention_elements,
+                      " max_attention_rows=", config.max_attention_rows,
+                      " max_health_watches=", config.max_health_watches,
                       " max_steps_per_request=", config.max_steps_per_request, " max_streams=", config.max_streams,
                       " drain_seconds=", config.drain_seconds, " log_level=", config.log_level,
                       " log_format=", config.log_format,

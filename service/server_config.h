@@ -38,10 +38,14 @@ struct ServerConfig {
   int64_t max_vocab = int64_t{1} << 20;
   // Largest attention tensor (layers x heads x kv_len), in elements.
   int64_t max_attention_elements = int64_t{64} << 20;
+  // Most attention rows (layers x heads): each row has scratch of its own, so rows cost more than elements.
+  int64_t max_attention_rows = int64_t{64} << 10;
   // Most steps one SampleRequest may carry; more ends the call with RESOURCE_EXHAUSTED.
   int32_t max_steps_per_request = 4096;
   // Most concurrent Sample streams over all connections; a stream past it ends with RESOURCE_EXHAUSTED.
   int32_t max_streams = 1024;
+  // Most concurrent grpc.health.v1.Health/Watch streams (which need no token); more end with RESOURCE_EXHAUSTED.
+  int32_t max_health_watches = 64;
   // Threads that run core steps, each with its own scratch (service/worker_pool.h); one request's steps are
   // spread over all of them. 0 = one per CPU this process may run on.
   int32_t workers = 0;
@@ -83,6 +87,7 @@ struct ServerConfig {
     TensorLimits limits;
     limits.max_vocab = max_vocab;
     limits.max_attention_elements = max_attention_elements;
+    limits.max_attention_rows = max_attention_rows;
     return limits;
   }
 };

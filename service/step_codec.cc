@@ -10,6 +10,8 @@
 namespace samplerd {
 namespace {
 
+constexpr size_t kMaxErrorMessageBytes = 1024;
+
 RawTensor DecodeTensor(const v1::Tensor& tensor) {
   RawTensor raw;
   raw.dtype = static_cast<int>(tensor.dtype());
@@ -77,7 +79,9 @@ void EncodeStepError(const v1::Step& step, const absl::Status& status, v1::StepR
   v1::Error* error = result->mutable_error();
   error->set_code(static_cast<int32_t>(status.code()));
   error->set_field(ErrorField(status));
-  error->set_message(std::string(status.message()));
+  // Core quotes received values only in short excerpts; this cap keeps any message, whatever it quotes, from
+  // growing the response (one such step could otherwise push the whole response over the message limit).
+  error->set_message(Excerpt(status.message(), kMaxErrorMessageBytes));
 }
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {

@@ -215,6 +215,60 @@ TEST(RunStepTest, TopLogprobsAreTheBestTokensUnderTheUnmodifiedLogits) {
   EXPECT_EQ(out.token, 0) << "a +50 bias makes token 0 all but certain";
 }
 
+TEST(RunStepTest, TopListsOnlyTokensWithAFiniteLogprob) {
+  OwnedStep s;
+  s.id = "masked";
+  const float kMasked = -std::numeric_limits<float>::infinity();
+  s.logits = {kMasked, 1.0f, kMasked, 0.5f, kMasked, kMasked, 2.0f, kMasked};
+  s.top_logprobs = 5;
+  StepOutput out;
+  ASSERT_TRUE(RunOwned(s, &out).ok());
+  ASSERT_EQ(out.top.size(), 3u) << "three finite tokens, not five entries padded with masked ones";
+  EXPECT_EQ(out.top[0].first, 6);
+  EXPECT_EQ(out.top[1].first, 1);
+  EXPECT_EQ(out.top[2].first, 3);
+  for (const auto& [id, logprob] : out.top) EXPECT_TRUE(std::isfinite(logprob)) << id;
+}
+
+TEST(RunStepTest, SequenceIdOverTheCapIsInvalidArgumentNamingTheField) {
+  OwnedStep s = RandomStep(3, 100);
+  s.id = std::string(kMaxSequenceIdBytes, 'x');
+  StepOutput out;
+  EXPECT_TRUE(RunOwned(s, &out).ok());
+  s.id.push_back('x');
+  const absl::Status status = RunOwned(s, &out);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ErrorField(status), "sequence_id");
+  EXPECT_LT(status.message().size(), 200u) << "the id is not quoted";
+}
+
+TEST(RunStepTest, UnknownProfileNameIsQuotedShort) {
+  OwnedStep s = RandomStep(4, 100);
+  s.profile = std::string(100000, 'p');
+  StepOutput out;
+  const absl::Status status = RunOwned(s, &out);
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_LT(status.message().size(), kMaxQuotedBytes + 100);
+  EXPECT_NE(status.message().find("(100000 bytes)"), absl::string_view::npos) << status.message();
+}
+
+TEST(TrimWorkspace, FreesBuffersOverTheBoundAndKeepsTheOthers) {
+  Workspace ws;
+  ws.attention_buffer.resize(1000);
+  ws.metrics.exact_probs.resize(1000);
+  ws.metrics.row_stats.resize(10);
+  ws.logits_buffer.resize(10);
+  TrimWorkspace(&ws, /*keep_bytes=*/4000);
+  EXPECT_EQ(ws.attention_buffer.capacity(), 1000u) << "4000 bytes: kept";
+  EXPECT_EQ(ws.metrics.exact_probs.capacity(), 0u) << "8000 bytes: freed";
+  EXPECT_EQ(ws.logits_buffer.capacity(), 10u);
+  EXPECT_EQ(ws.metrics.row_stats.capacity(), 10u);
+  OwnedStep s = RandomStep(5, 100);
+  StepOutput out;
+  StepInput in = s.Input();
+  EXPECT_TRUE(RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, in, &ws, &out).ok()) << "a trimmed workspace works";
+}
+
 TEST(RunStepTest, ClarifyWithATokenOutsideTheVocabularySamplesInstead) {
   // Uniform logits over 1000 tokens: entropy ~10 bits, varentropy 0 -> CLARIFY under entropix; its
   // clarifying token 2564 does not exist in this vocabulary, so it must draw, not emit an invalid id.

@@ -110,6 +110,7 @@ TEST_P(ValidateTensorRejectsTest, NamesTheFieldAndTheValue) {
   TensorLimits limits;
   limits.max_vocab = 1000;
   limits.max_attention_elements = 4096;
+  limits.max_attention_rows = 256;
   const char* prefix = t.role == TensorRole::kLogits ? "logits" : "attention";
   absl::StatusOr<FloatView> v = ValidateTensor({t.dtype, t.shape, bytes}, t.role, limits, prefix, &scratch);
   ASSERT_FALSE(v.ok());
@@ -148,8 +149,23 @@ INSTANTIATE_TEST_SUITE_P(
         BadTensor{"attention_overflow", 1, {1LL << 40, 1LL << 40}, 0, TensorRole::kAttention,
                   absl::StatusCode::kInvalidArgument, "attention.shape", "overflows"},
         BadTensor{"attention_over_limit", 1, {64, 65}, 64 * 65 * 4, TensorRole::kAttention,
-                  absl::StatusCode::kResourceExhausted, "attention.shape", "4160"}),
+                  absl::StatusCode::kResourceExhausted, "attention.shape", "4160"},
+        BadTensor{"attention_rows_over_limit", 1, {1, 257, 1}, 257 * 4, TensorRole::kAttention,
+                  absl::StatusCode::kResourceExhausted, "attention.shape", "257 rows"},
+        BadTensor{"attention_rows_over_limit_2d", 1, {300, 2}, 600 * 4, TensorRole::kAttention,
+                  absl::StatusCode::kResourceExhausted, "attention.shape", "300 rows"}),
     [](const ::testing::TestParamInfo<BadTensor>& info) { return std::string(info.param.name); });
+
+TEST(DecodeTensorTest, AnErrorQuotesAHugeShapeShort) {
+  const std::vector<int64_t> shape(1000000, 1);
+  std::vector<float> scratch;
+  absl::StatusOr<FloatView> v =
+      DecodeTensor({1, shape, absl::string_view()}, TensorRole::kLogits, TensorLimits{}, "logits", &scratch);
+  ASSERT_FALSE(v.ok());
+  EXPECT_EQ(ErrorField(v.status()), "logits.shape");
+  EXPECT_LT(v.status().message().size(), 200u) << v.status().message();
+  EXPECT_NE(v.status().message().find("(1000000 dimensions)"), absl::string_view::npos) << v.status().message();
+}
 
 }  // namespace
 }  // namespace samplerd

@@ -387,6 +387,45 @@ TEST_F(AuthTest, StreamsAndReflectionNeedTheTokenHealthDoesNot) {
   EXPECT_EQ(CallSampleOnce(Plaintext(server_->unix_target()).get()).error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
+TEST(RefusalLog, AFloodOfRefusedCallsWritesABoundedLogThatCountsTheRest) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  WriteFile(dir.File("tokens"), "right-token\n");
+  const std::string log = dir.File("samplerd.log");
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--auth_token_file", dir.File("tokens"), "--log_level", "info"}, log);
+  ASSERT_NE(server, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  constexpr int kRefused = 600;
+  for (int i = 0; i < kRefused; ++i) {
+    ASSERT_EQ(CallSampleOnce(channel.get(), "wrong-token").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  // The next refusal after the budget's second reports what was held back.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  ASSERT_EQ(CallSampleOnce(channel.get(), "wrong-token").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  ASSERT_EQ(server->Terminate(), 0);
+  std::istringstream lines(ReadFile(log));
+  std::string line;
+  int refusal_lines = 0;
+  int64_t held_back = 0;
+  for (int n = 0; std::getline(lines, line); ++n) {
+    if (line.find("wrong") == std::string::npos && line.find("refused") == std::string::npos &&
+        line.find("UNAUTHENTICATED") == std::string::npos) {
+      continue;
+    }
+    ++refusal_lines;
+    const size_t note = line.find(" similar lines held back)");
+    if (note != std::string::npos) {
+      const size_t open = line.rfind('(', note);
+      held_back += std::stoll(line.substr(open + 1, note - open - 1));
+    }
+  }
+  // Two lines per refused call without the budget; with it, at most 20 a second.
+  EXPECT_LT(refusal_lines, kRefused);
+  EXPECT_GT(refusal_lines, 0);
+  EXPECT_GT(held_back, 0) << "the lines held back are counted in the next line written";
+}
+
 TEST_F(AuthTest, SighupRotatesTheTokensAndAnEmptyFileKeepsThem) {
   // Rotation: both tokens for a while, then only the new one.
   WriteFile(dir_.File("tokens"), "right-token\nnext-token\n");
@@ -707,6 +746,28 @@ TEST(Lifecycle, EveryStepSentBeforeSigtermGetsItsResult) {
   // The server leaves as soon as the stream is done, not at the end of the drain period.
   EXPECT_EQ(server->Stop(/*signal=*/0, std::chrono::seconds(25)), 0);
   EXPECT_LT(Clock::now() - signalled, std::chrono::seconds(25));
+}
+
+TEST(Lifecycle, SigtermWithOnlyIdleConnectionsStopsAtOnce) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--drain_seconds", "30"});
+  ASSERT_NE(server, nullptr);
+  // A gRPC client whose call is done (its connection stays open, idle) and a TCP connection that never spoke.
+  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  ASSERT_TRUE(CallSampleOnce(channel.get()).ok());
+  const std::string& target = server->tcp_target();
+  const size_t colon = target.rfind(':');
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::stoi(target.substr(colon + 1))));
+  ASSERT_EQ(inet_pton(AF_INET, target.substr(0, colon).c_str(), &addr.sin_addr), 1);
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  // The drain waits for calls in flight only: with none, the server leaves well before --drain_seconds.
+  const auto signalled = Clock::now();
+  EXPECT_EQ(server->Stop(SIGTERM, std::chrono::seconds(25)), 0);
+  EXPECT_LT(Clock::now() - signalled, std::chrono::seconds(3));
+  close(fd);
 }
 
 TEST(Lifecycle, CancelledStreamFreesItsSlotAtOnce) {

@@ -48,5 +48,25 @@ TEST(SeedTable, StaysBoundedUnderManySequences) {
   EXPECT_EQ(seeds.size(), 100u);
 }
 
+TEST(SeedTable, LongIdsAreBoundedByBytesNotCount) {
+  SeedTable seeds(/*capacity=*/4096, /*max_key_bytes=*/1000);
+  for (int i = 0; i < 100; ++i) seeds.Resolve(std::string(300, 'a' + i % 26) + std::to_string(i), 0);
+  EXPECT_LE(seeds.key_bytes(), 1000u);
+  EXPECT_EQ(seeds.size(), 3u);  // three ids of 301-302 bytes fit in 1000
+  const uint64_t kept = seeds.Resolve("short", 0);
+  EXPECT_EQ(seeds.Resolve("short", 0), kept);
+}
+
+TEST(SeedTable, AnIdOverTheByteBoundGetsAFreshSeedEachTimeAndIsNotKept) {
+  SeedTable seeds(/*capacity=*/16, /*max_key_bytes=*/100);
+  const uint64_t a = seeds.Resolve("a", 0);
+  const std::string huge(101, 'x');
+  const uint64_t first = seeds.Resolve(huge, 0);
+  EXPECT_NE(first, 0u);
+  EXPECT_NE(seeds.Resolve(huge, 0), first);  // 2^-64 chance of a false failure
+  EXPECT_EQ(seeds.size(), 1u);
+  EXPECT_EQ(seeds.Resolve("a", 0), a);
+}
+
 }  // namespace
 }  // namespace samplerd

@@ -1,0 +1,50 @@
+#include "service/calls_in_flight.h"
+
+namespace samplerd {
+
+class CallCounter final : public grpc::experimental::Interceptor {
+ public:
+  explicit CallCounter(CallsInFlight* calls) : calls_(calls) { calls_->Add(1); }
+  ~CallCounter() override { calls_->Add(-1); }
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override { methods->Proceed(); }
+
+ private:
+  CallsInFlight* const calls_;
+};
+
+namespace {
+
+class CallCounterFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit CallCounterFactory(CallsInFlight* calls) : calls_(calls) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    return new CallCounter(calls_);
+  }
+
+ private:
+  CallsInFlight* const calls_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> CallsInFlight::MakeInterceptorFactory() {
+  return std::make_unique<CallCounterFactory>(this);
+}
+
+void CallsInFlight::Add(int delta) {
+  std::lock_guard<std::mutex> lock(mu_);
+  count_ += delta;
+  if (count_ == 0) none_.notify_all();
+}
+
+int CallsInFlight::count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return count_;
+}
+
+bool CallsInFlight::WaitUntilNone(std::chrono::system_clock::time_point deadline) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  return none_.wait_until(lock, deadline, [this] { return count_ == 0; });
+}
+
+}  // namespace samplerd

@@ -1,0 +1,284 @@
+// Memory amplification (issue 15): small or within-limit requests that could make samplerd allocate far more
+// than they weigh. Each pattern runs against a fresh samplerd process, and the server's peak RSS (VmHWM in
+// /proc/PID/status) must stay under the bound docs/reliability.md states for these flags:
+//
+//   --max_message_bytes 16 MiB, --workers 1:   peak RSS under kPeakBoundMiB (256 MiB) for every pattern.
+//
+// The patterns: attention of many one-element rows; a gzip-compressed request that inflates to 128 MiB (with and
+// without a token); seed-0 steps with 32 KiB sequence ids; thousands of health Watch streams. Error messages
+// that would quote a huge input are checked here too: they stay short, so each bad step is answered on its own.
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "clients/cpp/samplerd_client.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "samplerd/v1/sampler.grpc.pb.h"
+#include "tests/service/server_process.h"
+
+namespace samplerd {
+namespace {
+
+using ::samplerd::client::FillF32Tensor;
+using ::samplerd::testing::ServerProcess;
+
+constexpr int64_t kMaxMessageBytes = int64_t{16} << 20;
+constexpr int64_t kPeakBoundMiB = 256;
+
+std::vector<std::string> Flags(std::vector<std::string> extra = {}) {
+  std::vector<std::string> flags = {"--max_message_bytes", std::to_string(kMaxMessageBytes), "--workers", "1"};
+  flags.insert(flags.end(), extra.begin(), extra.end());
+  return flags;
+}
+
+// A /proc/PID/status value in KiB ("VmHWM", "VmRSS"); -1 when absent.
+int64_t StatusKiB(pid_t pid, const std::string& key) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
+  }
+  return -1;
+}
+
+int64_t PeakMiB(const ServerProcess& server) {
+  const int64_t peak = StatusKiB(server.pid(), "VmHWM") / 1024;
+  std::fprintf(stderr, "samplerd peak RSS (VmHWM): %lld MiB\n", static_cast<long long>(peak));
+  return peak;
+}
+
+std::unique_ptr<v1::Sampler::Stub> Stub(const ServerProcess& server) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);  // responses echo every sequence_id
+  return v1::Sampler::NewStub(
+      grpc::CreateCustomChannel(server.tcp_target(), grpc::InsecureChannelCredentials(), args));
+}
+
+void SetLogits(v1::Step* step) {
+  const int64_t shape[] = {4};
+  FillF32Tensor({0.5f, 1.0f, -0.25f, 2.0f}, shape, step->mutable_logits());
+}
+
+TEST(MemoryBounds, AttentionOfManyOneElementRowsIsRefusedByRowsNotComputed) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags());
+  ASSERT_NE(server, nullptr);
+  // [1, 8M, 1] bf16: 16 MiB, under --max_attention_elements, 8M rows.
+  v1::SampleRequest request;
+  v1::Step* step = request.add_steps();
+  step->set_sequence_id("rows");
+  step->set_seed(1);
+  SetLogits(step);
+  constexpr int64_t kRows = int64_t{8} << 20;
+  v1::Tensor* attention = step->mutable_attention();
+  attention->set_dtype(v1::DTYPE_BF16);
+  for (int64_t d : {int64_t{1}, kRows - 1024, int64_t{1}}) attention->add_shape(d);
+  attention->mutable_data()->assign(static_cast<size_t>(kRows - 1024) * 2, '\0');
+  ASSERT_LT(request.ByteSizeLong(), static_cast<size_t>(kMaxMessageBytes));
+  auto stub = Stub(*server);
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext context;
+    v1::SampleResponse response;
+    const grpc::Status status = stub->SampleOnce(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_EQ(response.results_size(), 1);
+    EXPECT_EQ(response.results(0).error().code(), 8 /* RESOURCE_EXHAUSTED */);
+    EXPECT_EQ(response.results(0).error().field(), "attention.shape");
+    EXPECT_NE(response.results(0).error().message().find("rows"), std::string::npos);
+  }
+  // The largest short-row tensor within --max_attention_rows is computed, and costs by its elements.
+  attention->clear_shape();
+  for (int64_t d : {int64_t{64}, int64_t{1024}, int64_t{100}}) attention->add_shape(d);
+  attention->mutable_data()->assign(64 * 1024 * 100 * 2, '\0');
+  grpc::ClientContext context;
+  v1::SampleResponse response;
+  ASSERT_TRUE(stub->SampleOnce(&context, request, &response).ok());
+  EXPECT_FALSE(response.results(0).has_error()) << response.results(0).error().message();
+  EXPECT_LT(PeakMiB(*server), kPeakBoundMiB);
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+// A request whose logits are 128 MiB of zeros, gzip-compressed by the client to well under 1 MiB. An uncompressed
+// call with the accepted token is served afterwards.
+void ExpectGzipBombRefused(const std::vector<std::string>& flags, bool send_token) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(flags);
+  ASSERT_NE(server, nullptr);
+  v1::SampleRequest request;
+  v1::Step* step = request.add_steps();
+  step->set_sequence_id("bomb");
+  step->mutable_logits()->set_dtype(v1::DTYPE_F32);
+  step->mutable_logits()->add_shape(int64_t{32} << 20);
+  step->mutable_logits()->mutable_data()->assign(size_t{128} << 20, '\0');
+  auto stub = Stub(*server);
+  for (int i = 0; i < 2; ++i) {
+    grpc::ClientContext context;
+    context.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+    if (send_token) context.AddMetadata("authorization", "Bearer good-token");
+    v1::SampleResponse response;
+    const grpc::Status status = stub->SampleOnce(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << status.error_message();
+  }
+  // Uncompressed calls are still served.
+  v1::SampleRequest small;
+  step = small.add_steps();
+  step->set_sequence_id("plain");
+  SetLogits(step);
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer good-token");
+  v1::SampleResponse response;
+  EXPECT_TRUE(stub->SampleOnce(&context, small, &response).ok());
+  EXPECT_LT(PeakMiB(*server), 64) << "nothing was inflated";
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+TEST(MemoryBounds, GzipCompressedRequestIsRefusedBeforeItIsInflated) { ExpectGzipBombRefused(Flags(), false); }
+
+TEST(MemoryBounds, GzipCompressedRequestWithTokenIsRefusedBeforeItIsInflated) {
+  const std::string tokens = ::testing::TempDir() + "/memory_bounds_tokens_ok";
+  std::ofstream(tokens) << "good-token\n";
+  ExpectGzipBombRefused(Flags({"--auth_token_file", tokens}), true);
+}
+
+TEST(MemoryBounds, GzipCompressedRequestWithoutTokenIsRefusedBeforeItIsInflated) {
+  const std::string tokens = ::testing::TempDir() + "/memory_bounds_tokens";
+  std::ofstream(tokens) << "good-token\n";
+  ExpectGzipBombRefused(Flags({"--auth_token_file", tokens}), false);
+}
+
+TEST(MemoryBounds, LongSequenceIdsAreRefusedAndDoNotFillTheSeedTable) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags());
+  ASSERT_NE(server, nullptr);
+  auto stub = Stub(*server);
+  grpc::ClientContext context;
+  auto stream = stub->Sample(&context);
+  // 16 requests x 256 seed-0 steps with 32 KiB ids: 4096 ids, 128 MiB of keys if the table kept them.
+  for (int r = 0; r < 16; ++r) {
+    v1::SampleRequest request;
+    for (int i = 0; i < 256; ++i) {
+      v1::Step* step = request.add_steps();
+      std::string id(32 << 10, 'a');
+      const std::string n = std::to_string(r * 256 + i);
+      id.replace(0, n.size(), n);
+      step->set_sequence_id(id);
+      SetLogits(step);
+    }
+    ASSERT_TRUE(stream->Write(request));
+    v1::SampleResponse response;
+    ASSERT_TRUE(stream->Read(&response));
+    ASSERT_EQ(response.results_size(), 256);
+    for (const v1::StepResult& result : response.results()) {
+      ASSERT_EQ(result.error().code(), 3 /* INVALID_ARGUMENT */);
+      ASSERT_EQ(result.error().field(), "sequence_id");
+    }
+  }
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_LT(PeakMiB(*server), 128);
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+TEST(MemoryBounds, HealthWatchStreamsPastTheLimitAreRefused) {
+  constexpr int kLimit = 16;
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags({"--max_health_watches", std::to_string(kLimit)}));
+  ASSERT_NE(server, nullptr);
+  auto channel = grpc::CreateChannel(server->tcp_target(), grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  // 10,000 watches in batches of 500, each batch's refusals awaited: held, they would take ~180 MiB.
+  constexpr int kBatch = 500;
+  constexpr int kWatches = 20 * kBatch;
+  struct Watch {
+    grpc::ClientContext context;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncReader<grpc::health::v1::HealthCheckResponse>> reader;
+  };
+  grpc::CompletionQueue cq;
+  std::vector<std::unique_ptr<Watch>> watches;
+  int refused = 0;
+  int finished = 0;
+  void* tag = nullptr;
+  bool ok = false;
+  for (int batch = 0; batch < kWatches / kBatch; ++batch) {
+    for (int i = 0; i < kBatch; ++i) {
+      auto w = std::make_unique<Watch>();
+      const intptr_t index = static_cast<intptr_t>(watches.size());
+      w->reader = health->PrepareAsyncWatch(&w->context, grpc::health::v1::HealthCheckRequest(), &cq);
+      w->reader->StartCall(reinterpret_cast<void*>(2 * index));
+      w->reader->Finish(&w->status, reinterpret_cast<void*>(2 * index + 1));
+      watches.push_back(std::move(w));
+    }
+    const int expected = static_cast<int>(watches.size()) - kLimit;
+    const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
+    while (finished < expected && cq.AsyncNext(&tag, &ok, deadline) == grpc::CompletionQueue::GOT_EVENT) {
+      const intptr_t t = reinterpret_cast<intptr_t>(tag);
+      if (t % 2 == 0) continue;  // StartCall done
+      ++finished;
+      if (watches[static_cast<size_t>(t / 2)]->status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        ++refused;
+      }
+    }
+    ASSERT_EQ(refused, expected) << "batch " << batch;
+  }
+  EXPECT_LT(PeakMiB(*server), 64);
+  for (auto& w : watches) w->context.TryCancel();
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
+  while (finished < kWatches && cq.AsyncNext(&tag, &ok, deadline) == grpc::CompletionQueue::GOT_EVENT) {
+    if (reinterpret_cast<intptr_t>(tag) % 2 == 1) ++finished;
+  }
+  EXPECT_EQ(finished, kWatches);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  // The cancelled watches give their slots back (as gRPC releases their calls).
+  bool served = false;
+  for (int attempt = 0; attempt < 50 && !served; ++attempt) {
+    grpc::ClientContext context;
+    auto reader = health->Watch(&context, grpc::health::v1::HealthCheckRequest());
+    grpc::health::v1::HealthCheckResponse response;
+    served = reader->Read(&response) && response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    context.TryCancel();
+    reader->Finish();
+    if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(served);
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+TEST(MemoryBounds, AnErrorAboutAHugeShapeIsShortAndEachBadStepIsAnsweredAlone) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags());
+  ASSERT_NE(server, nullptr);
+  // Two steps whose logits.shape holds 5M ones (5 MB each on the wire): quoting them whole would make a 30 MB
+  // response, over the message limit, and fail the call.
+  v1::SampleRequest request;
+  for (int s = 0; s < 2; ++s) {
+    v1::Step* step = request.add_steps();
+    step->set_sequence_id("shape-" + std::to_string(s));
+    step->mutable_logits()->set_dtype(v1::DTYPE_F32);
+    step->mutable_logits()->mutable_shape()->Resize(5000000, 1);
+    step->mutable_logits()->set_data(std::string(4, '\0'));
+  }
+  v1::Step* good = request.add_steps();
+  good->set_sequence_id("good");
+  good->set_seed(7);
+  SetLogits(good);
+  auto stub = Stub(*server);
+  grpc::ClientContext context;
+  v1::SampleResponse response;
+  const grpc::Status status = stub->SampleOnce(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_code() << " " << status.error_message().substr(0, 200);
+  ASSERT_EQ(response.results_size(), 3);
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(response.results(s).error().code(), 3 /* INVALID_ARGUMENT */);
+    EXPECT_EQ(response.results(s).error().field(), "logits.shape");
+    EXPECT_LT(response.results(s).error().message().size(), 1100u);
+  }
+  EXPECT_FALSE(response.results(2).has_error());
+  EXPECT_LT(response.ByteSizeLong(), 4096u);
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+}  // namespace
+}  // namespace samplerd
