@@ -156,11 +156,11 @@ INSTANTIATE_TEST_SUITE_P(
                   absl::StatusCode::kResourceExhausted, "attention.shape", "300 rows"}),
     [](const ::testing::TestParamInfo<BadTensor>& info) { return std::string(info.param.name); });
 
-TEST(DecodeTensorTest, AnErrorQuotesAHugeShapeShort) {
+TEST(ValidateTensorTest, AnErrorQuotesAHugeShapeShort) {
   const std::vector<int64_t> shape(1000000, 1);
   std::vector<float> scratch;
   absl::StatusOr<FloatView> v =
-      DecodeTensor({1, shape, absl::string_view()}, TensorRole::kLogits, TensorLimits{}, "logits", &scratch);
+      ValidateTensor({1, shape, absl::string_view()}, TensorRole::kLogits, TensorLimits{}, "logits", &scratch);
   ASSERT_FALSE(v.ok());
   EXPECT_EQ(ErrorField(v.status()), "logits.shape");
   EXPECT_LT(v.status().message().size(), 200u) << v.status().message();
