@@ -1,6 +1,10 @@
 #include "service/server_config.h"
 
 #include <limits>
+#include <optional>
+#include <string>
+
+#include "CLI/CLI.hpp"
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -135,6 +139,95 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
                                   config.max_connection_age_grace_seconds));
   }
   return absl::OkStatus();
+}
+
+std::optional<int> ParseServerFlags(int argc, char** argv, absl::string_view version, ServerConfig* config) {
+  CLI::App app{"samplerd: entropy-adaptive token sampling for LLMs, served over gRPC (samplerd.v1.Sampler)."};
+  app.add_option("--listen", config->listen,
+                 "Address to serve on; repeatable. host:port (port 0 = any free port, printed at start), "
+                 "unix:/path or unix:///path")
+      ->capture_default_str();
+  app.add_option("--config", config->config_path,
+                 "Profiles file: protobuf JSON of samplerd.v1.ProfileSet, added to the built-in entropix, "
+                 "entropix-frog and fixed profiles (a built-in name replaces that profile)");
+  app.add_option("--max_message_bytes", config->max_message_bytes,
+                 "Largest request or response message, in bytes")
+      ->capture_default_str();
+  app.add_option("--max_vocab", config->max_vocab, "Largest logits tensor, in elements (vocabulary size)")
+      ->capture_default_str();
+  app.add_option("--max_attention_elements", config->max_attention_elements,
+                 "Largest attention tensor (layers x heads x kv_len), in elements")
+      ->capture_default_str();
+  app.add_option("--max_attention_rows", config->max_attention_rows,
+                 "Most attention rows (layers x heads) in one step; each row has scratch of its own")
+      ->capture_default_str();
+  app.add_option("--max_health_watches", config->max_health_watches,
+                 "Most concurrent grpc.health.v1.Health/Watch streams; further ones end with RESOURCE_EXHAUSTED")
+      ->capture_default_str();
+  app.add_option("--max_steps_per_request", config->max_steps_per_request,
+                 "Most steps in one SampleRequest; more ends the call with RESOURCE_EXHAUSTED")
+      ->capture_default_str();
+  app.add_option("--max_streams", config->max_streams,
+                 "Most concurrent Sample streams; further streams end with RESOURCE_EXHAUSTED")
+      ->capture_default_str();
+  app.add_option("--workers", config->workers,
+                 "Threads that run core steps (a request's steps are spread over them); 0 = one per CPU")
+      ->capture_default_str();
+  app.add_option("--share_steps", config->share_steps,
+                 "Let a large step (attention of at least 262144 elements) share its metric passes with an idle worker "
+                 "(lower latency when the server is quiet)")
+      ->capture_default_str();
+  app.add_flag("--allow_no_compute", config->allow_no_compute,
+               "Answer calls with metadata samplerd-no-compute: 1 without core (transport benchmarks only)");
+  app.add_option("--drain_seconds", config->drain_seconds,
+                 "On SIGTERM/SIGINT, seconds in-flight calls may run before they are cancelled")
+      ->capture_default_str();
+  app.add_option("--log_level", config->log_level, "trace, debug, info, warn, error, critical or off")
+      ->capture_default_str();
+  app.add_option("--log_format", config->log_format,
+                 "text, or json: one JSON object per line on stderr (time, level, logger, msg, and the caller's "
+                 "W3C traceparent when a call sent one)")
+      ->capture_default_str();
+  app.add_option("--tls_cert", config->tls_cert,
+                 "PEM certificate chain: serve TLS on every TCP address (unix: sockets stay plaintext); needs "
+                 "--tls_key");
+  app.add_option("--tls_key", config->tls_key, "PEM private key of --tls_cert (unencrypted)");
+  app.add_option("--tls_client_ca", config->tls_client_ca,
+                 "PEM CA bundle: mutual TLS, a client must present a certificate this CA signed");
+  app.add_option("--auth_token_file", config->auth_token_file,
+                 "File of accepted bearer tokens, one per line: every RPC except grpc.health.v1 must send "
+                 "'authorization: Bearer <token>', else UNAUTHENTICATED; re-read on SIGHUP");
+  CLI::Option* metrics_listen =
+      app.add_option("--metrics_listen", config->metrics_listen,
+                     "host:port serving Prometheus /metrics and the live page (/) over HTTP, both public (port 0 = any free port, printed at start); "
+                     "\"\" = no metrics. When left at the default and taken, samplerd logs an error and runs without")
+          ->capture_default_str();
+  // docs/contract.md section 7 names the flag --metrics_port: the same server on every interface.
+  int metrics_port = -1;
+  app.add_option("--metrics_port", metrics_port,
+                 "Port serving Prometheus /metrics on every interface: --metrics_listen 0.0.0.0:PORT (0 = any free "
+                 "port)")
+      ->check(CLI::Range(0, 65535))
+      ->excludes(metrics_listen);
+  app.add_option("--max_connection_age_seconds", config->max_connection_age_seconds,
+                 "Close connections older than this (GOAWAY), so clients rebalance over replicas; 0 = never")
+      ->capture_default_str();
+  app.add_option("--max_connection_age_grace_seconds", config->max_connection_age_grace_seconds,
+                 "Seconds the calls of an aged connection may still run; at least --drain_seconds")
+      ->capture_default_str();
+  app.set_version_flag("--version", std::string(version));
+  app.footer(
+      "Signals: SIGTERM/SIGINT drain (health NOT_SERVING, no new calls, in-flight calls get --drain_seconds) and "
+      "exit 0; SIGHUP re-reads --config and --auth_token_file, keeping the old ones if a file is bad.");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : kExitUsage;
+  }
+
+  if (metrics_port >= 0) config->metrics_listen = absl::StrCat("0.0.0.0:", metrics_port);
+  config->metrics_required = app.count("--metrics_listen") > 0 || app.count("--metrics_port") > 0;
+  return std::nullopt;
 }
 
 std::string DescribeServerConfig(const ServerConfig& config) {

@@ -16,7 +16,8 @@
 //                                                        "adaptive", ... (the Regime name without REGIME_)
 //   samplerd_step_errors_total{code}          counter    steps answered with StepResult.error, by canonical
 //                                                        code name ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", ...)
-//   samplerd_step_core_seconds                histogram  time core spent per step, answered or rejected
+//   samplerd_step_core_seconds                histogram  core time per step (StepResult.server_micros), answered
+//                                                        or rejected
 //   samplerd_request_bytes_total              counter    serialized size of every SampleRequest processed
 //   samplerd_active_streams                   gauge      Sample streams open now (read at scrape time)
 //   samplerd_max_streams                      gauge      --max_streams, so a rule can compare the two

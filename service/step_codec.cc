@@ -12,7 +12,8 @@ namespace {
 
 constexpr size_t kMaxErrorMessageBytes = 1024;
 
-RawTensor DecodeTensor(const v1::Tensor& tensor) {
+// A view of the wire tensor for core; core's DecodeTensor checks and converts it.
+RawTensor RawTensorOf(const v1::Tensor& tensor) {
   RawTensor raw;
   raw.dtype = static_cast<int>(tensor.dtype());
   raw.shape = absl::Span<const int64_t>(tensor.shape().data(), static_cast<size_t>(tensor.shape_size()));
@@ -32,8 +33,8 @@ StepInput DecodeStep(const v1::Step& step, uint64_t seed) {
   in.sequence_id = step.sequence_id();
   in.step = step.step();
   in.seed = seed;
-  in.logits = DecodeTensor(step.logits());
-  if (step.has_attention()) in.attention = DecodeTensor(step.attention());
+  in.logits = RawTensorOf(step.logits());
+  if (step.has_attention()) in.attention = RawTensorOf(step.attention());
   in.recent_tokens =
       absl::Span<const int32_t>(step.recent_tokens().data(), static_cast<size_t>(step.recent_tokens_size()));
   if (step.has_params()) in.overrides = &step.params();

@@ -39,7 +39,7 @@ StepInput DecodeStep(const v1::Step& step, uint64_t seed);
 // Fills `result` from a successful core call: the echo of `step`'s id and index, the token, its logprob, the
 // regime, the applied parameters (left unset when `out.drew` is false: CLARIFY emitted its token without a
 // draw, so no parameters were applied), the metrics (the attention ones only when core computed them), the top
-// tokens, the seed used, the deciding profile and `core_time` in microseconds (saturating at 2^32 - 1).
+// tokens, the seed used, the deciding profile and `core_time` as server_micros (saturating at 2^32 - 1).
 void EncodeStepResult(const v1::Step& step, const StepOutput& out, uint64_t seed,
                       std::chrono::steady_clock::duration core_time, v1::StepResult* result);
 

@@ -1,6 +1,8 @@
 #include "service/server_config.h"
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -130,6 +132,48 @@ TEST(ServerConfig, StepsAreSharedWithIdleWorkersUnlessTurnedOff) {
   config.share_steps = false;
   EXPECT_TRUE(ValidateServerConfig(config).ok());
   EXPECT_THAT(DescribeServerConfig(config), HasSubstr("share_steps=false"));
+}
+
+
+// ParseServerFlags over an argv built from `args` (argv[0] = "samplerd").
+std::optional<int> Parse(std::vector<std::string> args, ServerConfig* config) {
+  args.insert(args.begin(), "samplerd");
+  std::vector<char*> argv;
+  for (std::string& arg : args) argv.push_back(arg.data());
+  return ParseServerFlags(static_cast<int>(argv.size()), argv.data(), "0.0.0-test", config);
+}
+
+TEST(ParseServerFlags, FillsTheConfigFromFlags) {
+  ServerConfig config;
+  EXPECT_EQ(Parse({"--listen", "127.0.0.1:0", "--listen", "unix:/tmp/s.sock", "--max_streams", "7",
+                   "--allow_no_compute", "--share_steps=false", "--drain_seconds", "3"},
+                  &config),
+            std::nullopt);
+  EXPECT_EQ(config.listen, (std::vector<std::string>{"127.0.0.1:0", "unix:/tmp/s.sock"}));
+  EXPECT_EQ(config.max_streams, 7);
+  EXPECT_TRUE(config.allow_no_compute);
+  EXPECT_FALSE(config.share_steps);
+  EXPECT_EQ(config.drain_seconds, 3);
+  EXPECT_EQ(config.metrics_listen, "0.0.0.0:9464");
+  EXPECT_FALSE(config.metrics_required) << "the default metrics address is only tried";
+}
+
+TEST(ParseServerFlags, AChosenMetricsAddressIsRequired) {
+  ServerConfig listen;
+  EXPECT_EQ(Parse({"--metrics_listen", "127.0.0.1:0"}, &listen), std::nullopt);
+  EXPECT_EQ(listen.metrics_listen, "127.0.0.1:0");
+  EXPECT_TRUE(listen.metrics_required);
+  ServerConfig port;
+  EXPECT_EQ(Parse({"--metrics_port", "9100"}, &port), std::nullopt);
+  EXPECT_EQ(port.metrics_listen, "0.0.0.0:9100");
+  EXPECT_TRUE(port.metrics_required);
+}
+
+TEST(ParseServerFlags, AnUnknownOrMalformedFlagIsAUsageError) {
+  ServerConfig config;
+  EXPECT_EQ(Parse({"--no_such_flag"}, &config), kExitUsage);
+  EXPECT_EQ(Parse({"--max_streams", "many"}, &config), kExitUsage);
+  EXPECT_EQ(Parse({"--metrics_port", "70000"}, &config), kExitUsage);
 }
 
 }  // namespace

@@ -1,0 +1,191 @@
+#include "service/server.h"
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "grpc/grpc.h"
+#include "grpc/health/v1/health.pb.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "service/health_watch_limit.h"
+#include "service/logging.h"
+#include "service/tls.h"
+#include "spdlog/spdlog.h"
+
+#ifndef SAMPLERD_VERSION
+#error "SAMPLERD_VERSION must be the project version (CMake PROJECT_VERSION)"
+#endif
+
+namespace samplerd {
+namespace {
+
+bool IsUnixAddress(const std::string& address) { return address.rfind("unix", 0) == 0; }
+
+// The address a client can dial: a TCP address with the port gRPC bound (meaningful for port 0); a unix
+// socket address as given.
+std::string BoundAddress(const std::string& requested, int selected_port) {
+  if (IsUnixAddress(requested)) return requested;
+  return absl::StrCat(requested.substr(0, requested.rfind(':')), ":", selected_port);
+}
+
+// /metrics, or nullptr when it is not served. Fails only when config.metrics_required: the default address is
+// only tried, because a second samplerd on one host (tests, a developer machine) finds it taken.
+absl::StatusOr<std::shared_ptr<ServerMetrics>> StartMetrics(const ServerConfig& config) {
+  if (config.metrics_listen.empty()) return std::shared_ptr<ServerMetrics>();
+  absl::StatusOr<std::shared_ptr<ServerMetrics>> started =
+      ServerMetrics::Create({config.metrics_listen, SAMPLERD_VERSION, config.max_streams});
+  if (started.ok()) {
+    // Deliberately never destroyed: stopping the HTTP server waits for connections still open (up to
+    // ServerMetrics::kHttpIdleSeconds), which would only delay the exit; the process ends them. (Held by a
+    // static, so leak checkers see it reachable.)
+    static const auto* const never_stopped = new std::shared_ptr<ServerMetrics>(*started);
+    (void)never_stopped;
+    return started;
+  }
+  if (config.metrics_required) return absl::UnavailableError(started.status().message());
+  spdlog::error("{}; serving without metrics (choose a free address with --metrics_listen, or \"\" for none)",
+                std::string(started.status().message()));
+  return std::shared_ptr<ServerMetrics>();
+}
+
+// Channel limits, compression and keepalive, the same on every listener.
+void SetChannelArguments(const ServerConfig& config, grpc::ServerBuilder* builder) {
+  // gRPC sets SO_REUSEPORT by default, so a second server on a taken port would start and silently take half
+  // of the new connections; without it the bind fails and we say so.
+  builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // A larger message ends its call with RESOURCE_EXHAUSTED before it is parsed.
+  builder->SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder->SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  // No compressed messages: gRPC 1.51 inflates a message whole before it applies the size limit above, so a
+  // small gzip message could make the server allocate gigabytes, token or not. A call that declares gzip or
+  // deflate is refused with UNIMPLEMENTED when its metadata arrives, before any message is read. Tensors of
+  // floats hardly compress anyway.
+  builder->SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_DEFLATE, false);
+  builder->SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_GZIP, false);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, kMinClientPingIntervalMs);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
+  // An aged connection gets a GOAWAY (gRPC adds +-10% jitter), so clients reconnect and a load balancer spreads
+  // them over replicas added since; its calls then have the grace, never less than the drain, to finish.
+  if (config.max_connection_age_seconds > 0) {
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, config.max_connection_age_seconds * 1000);
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                                config.max_connection_age_grace_seconds * 1000);
+  }
+}
+
+}  // namespace
+
+Server::Server(const ServerConfig& config, std::shared_ptr<BearerTokens> tokens,
+               std::shared_ptr<ServerMetrics> metrics, std::unique_ptr<SamplerService> service)
+    : config_(config), tokens_(std::move(tokens)), metrics_(std::move(metrics)), service_(std::move(service)) {}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& config,
+                                                       std::shared_ptr<const ProfileRegistry> profiles) {
+  // The files named by flags are read before anything listens, so their errors are start-up errors.
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tcp_credentials = TcpServerCredentials(config);
+  if (!tcp_credentials.ok()) return absl::InvalidArgumentError(tcp_credentials.status().message());
+  std::shared_ptr<BearerTokens> tokens;
+  if (!config.auth_token_file.empty()) {
+    absl::StatusOr<std::shared_ptr<BearerTokens>> loaded = BearerTokens::FromFile(config.auth_token_file);
+    if (!loaded.ok()) return absl::InvalidArgumentError(loaded.status().message());
+    tokens = *std::move(loaded);
+  }
+  absl::StatusOr<std::shared_ptr<ServerMetrics>> metrics = StartMetrics(config);
+  if (!metrics.ok()) return metrics.status();
+
+  SamplerService::Options options;
+  options.config = config;
+  options.profiles = std::move(profiles);
+  options.observer = *metrics;
+  absl::StatusOr<std::unique_ptr<SamplerService>> service = SamplerService::Create(std::move(options));
+  if (!service.ok()) return absl::InvalidArgumentError(service.status().ToString());
+
+  std::unique_ptr<Server> server(new Server(config, std::move(tokens), *std::move(metrics), *std::move(service)));
+  SamplerService* const sampler = server->service_.get();
+  if (server->metrics_ != nullptr) {
+    server->metrics_->SetActiveStreams([sampler] { return sampler->active_streams(); });
+    server->metrics_->SetProfiles([sampler] { return sampler->profiles(); });
+  }
+
+  // grpc.health.v1.Health: "" and "samplerd.v1.Sampler" are SERVING while the server runs.
+  grpc::EnableDefaultHealthCheckService(true);
+  // grpc.reflection.v1alpha.ServerReflection, so grpcurl / grpc_cli / buf curl work without the .proto files.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // Debian's grpc++ serves the health service without putting its descriptor in the generated pool, so
+  // reflection could list it but not describe it (`buf curl --list-methods` and a health Check by reflection
+  // would fail). Using the generated health.pb.cc links it in, which registers the descriptor.
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
+
+  grpc::ServerBuilder builder;
+  std::vector<int> selected_ports(config.listen.size(), 0);
+  for (size_t i = 0; i < config.listen.size(); ++i) {
+    // Unix sockets stay plaintext: the socket file's permissions decide who connects.
+    builder.AddListeningPort(config.listen[i],
+                             IsUnixAddress(config.listen[i]) ? grpc::InsecureServerCredentials() : *tcp_credentials,
+                             &selected_ports[i]);
+  }
+  builder.RegisterService(sampler);
+  // The token check first: a refused call is logged by it and goes no further.
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(server->calls_.MakeInterceptorFactory());
+  if (server->tokens_ != nullptr) interceptors.push_back(MakeAuthInterceptorFactory(server->tokens_));
+  interceptors.push_back(MakeHealthWatchLimitFactory(config.max_health_watches));
+  interceptors.push_back(MakeCallLogInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  SetChannelArguments(config, &builder);
+
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr) {
+    // gRPC stops at the first address it cannot bind and leaves its selected port at 0.
+    for (size_t i = 0; i < config.listen.size(); ++i) {
+      if (selected_ports[i] == 0) {
+        return absl::UnavailableError(absl::StrCat(
+            "cannot listen on ", config.listen[i], ": the address is in use, not permitted, or not resolvable"));
+      }
+    }
+    return absl::UnavailableError("the gRPC server failed to start");
+  }
+  server->server_->GetHealthCheckService()->SetServingStatus(v1::Sampler::service_full_name(), true);
+  for (size_t i = 0; i < config.listen.size(); ++i) {
+    server->bound_addresses_.push_back(BoundAddress(config.listen[i], selected_ports[i]));
+  }
+  server->reloader_ = std::make_unique<ConfigReloader>(
+      ConfigReloader::Options{config.config_path, sampler, server->tokens_, server->metrics_});
+  return server;
+}
+
+Server::~Server() {
+  if (metrics_ != nullptr) {
+    metrics_->SetActiveStreams(nullptr);
+    metrics_->SetProfiles(nullptr);
+  }
+}
+
+std::string Server::metrics_address() const { return metrics_ == nullptr ? std::string() : metrics_->address(); }
+
+absl::Status Server::Reload() { return reloader_->Reload(); }
+
+void Server::Shutdown() {
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(config_.drain_seconds);
+  // Shutdown(deadline) waits for every connection to close, idle ones included: once the calls are done (no
+  // new call is accepted from now on), the idle connections are closed rather than waited for.
+  std::thread closer([this, deadline] {
+    if (!calls_.WaitUntilNone(deadline)) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(kStatusFlushMs));
+    grpc_server_cancel_all_calls(server_->c_server());
+  });
+  server_->Shutdown(deadline);
+  closer.join();
+}
+
+void Server::Wait() { server_->Wait(); }
+
+}  // namespace samplerd
