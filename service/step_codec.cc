@@ -12,7 +12,7 @@ namespace {
 
 constexpr size_t kMaxErrorMessageBytes = 1024;
 
-// A view of the wire tensor for core; core's DecodeTensor checks and converts it.
+// A view of the wire tensor for core; core's ValidateTensor checks and converts it.
 RawTensor RawTensorOf(const v1::Tensor& tensor) {
   RawTensor raw;
   raw.dtype = static_cast<int>(tensor.dtype());
