@@ -45,6 +45,13 @@ bool WantsNoCompute(const grpc::CallbackServerContext& context) {
   return it != metadata.end() && it->second == "1";
 }
 
+// The call's shared-memory session token (empty when it sends none).
+std::string ShmSession(const grpc::CallbackServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find(SamplerService::kShmSessionMetadata);
+  return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
 grpc::Status NoComputeRefused() {
   return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                       absl::StrCat(SamplerService::kNoComputeMetadata,
@@ -94,8 +101,8 @@ void SerializeResponse(const v1::SampleResponse& response, grpc::ByteBuffer* wir
 // is released).
 class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  SampleReactor(SamplerService* service, std::string peer, bool no_compute)
-      : service_(service), peer_(std::move(peer)), no_compute_(no_compute) {
+  SampleReactor(SamplerService* service, std::string peer, bool no_compute, std::string shm_session)
+      : service_(service), peer_(std::move(peer)), no_compute_(no_compute), shm_session_(std::move(shm_session)) {
     spdlog::debug("Sample stream opened by {}{}", peer_, no_compute_ ? " (no compute)" : "");
     std::lock_guard<std::mutex> lock(mu_);
     MaybeStartReadLocked();
@@ -144,7 +151,8 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
       OnAnswered(pending, absl::OkStatus());
     } else {
       service_->StartRequest(*pending->request, &seeds_, &pending->response,
-                             [this, pending](absl::Status status) { OnAnswered(pending, std::move(status)); });
+                             [this, pending](absl::Status status) { OnAnswered(pending, std::move(status)); },
+                             shm_session_);
     }
     // The read side is free again; the next request is received while this one runs (the reactor stays alive:
     // this reaction holds it).
@@ -260,6 +268,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   SamplerService* const service_;
   const std::string peer_;
   const bool no_compute_;
+  const std::string shm_session_;
 
   std::mutex mu_;
   // The read side: owned by whoever set reading_ (MaybeStartReadLocked, under mu_) until OnReadDone clears it.
@@ -297,7 +306,8 @@ SamplerService::SamplerService(Options options)
       limits_(config_.tensor_limits()),
       profiles_(std::move(options.profiles)),
       observer_(std::move(options.observer)),
-      workers_(std::move(options.workers)) {}
+      workers_(std::move(options.workers)),
+      shm_(std::move(options.shm)) {}
 
 std::shared_ptr<const ProfileRegistry> SamplerService::profiles() const {
   std::lock_guard<std::mutex> lock(profiles_mu_);
@@ -320,7 +330,8 @@ bool SamplerService::TryAdmitStream() {
 void SamplerService::ReleaseStream() { active_streams_.fetch_sub(1, std::memory_order_relaxed); }
 
 absl::Status SamplerService::HandleRequest(const v1::SampleRequest& request, SeedTable* seeds,
-                                           Workspace* workspace, v1::SampleResponse* response) const {
+                                           Workspace* workspace, v1::SampleResponse* response,
+                                           absl::string_view shm_session) const {
   response->Clear();
   if (observer_ != nullptr) observer_->OnRequest(request.ByteSizeLong());
   if (request.steps_size() > config_.max_steps_per_request) {
@@ -332,13 +343,13 @@ absl::Status SamplerService::HandleRequest(const v1::SampleRequest& request, See
   StepOutput out;
   for (const v1::Step& step : request.steps()) {
     const uint64_t seed = seeds->Resolve(step.sequence_id(), step.seed());
-    AnswerStep(*registry, step, seed, workspace, &out, response->add_results());
+    AnswerStep(*registry, step, seed, shm_session, workspace, &out, response->add_results());
   }
   return absl::OkStatus();
 }
 
 void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
-                                  std::function<void(absl::Status)> done) const {
+                                  std::function<void(absl::Status)> done, absl::string_view shm_session) const {
   response->Clear();
   if (observer_ != nullptr) observer_->OnRequest(request.ByteSizeLong());
   if (request.steps_size() > config_.max_steps_per_request) {
@@ -351,10 +362,12 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
     std::shared_ptr<const ProfileRegistry> registry;
     std::vector<uint64_t> seeds;
     std::function<void(absl::Status)> done;
+    std::string shm_session;
   };
   auto job = std::make_shared<Job>();
   job->registry = profiles();
   job->done = std::move(done);
+  job->shm_session = std::string(shm_session);
   const int n = request.steps_size();
   // Seeds in request order, here: the table is the stream's and not thread-safe.
   job->seeds.reserve(static_cast<size_t>(n));
@@ -365,8 +378,8 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
   for (int i = 0; i < n; ++i) results->Add();
   // A lone step runs here when a worker is idle anyway (WorkerPool::TryRunHere): no hand-off either way.
   if (n == 1 && workers_->TryRunHere([&](WorkerPool::WorkerState* w) {
-        AnswerStep(*job->registry, request.steps(0), job->seeds[0], &w->workspace, &w->output, results->Mutable(0),
-                   w->fork_join);
+        AnswerStep(*job->registry, request.steps(0), job->seeds[0], job->shm_session, &w->workspace, &w->output,
+                   results->Mutable(0), w->fork_join);
       })) {
     job->done(absl::OkStatus());
     return;
@@ -374,18 +387,21 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
   workers_->ParallelFor(
       n,
       [this, job, &request, results](int i, WorkerPool::WorkerState* worker) {
-        AnswerStep(*job->registry, request.steps(i), job->seeds[static_cast<size_t>(i)], &worker->workspace,
-                   &worker->output, results->Mutable(i), worker->fork_join);
+        AnswerStep(*job->registry, request.steps(i), job->seeds[static_cast<size_t>(i)], job->shm_session,
+                   &worker->workspace, &worker->output, results->Mutable(i), worker->fork_join);
       },
       [job] { job->done(absl::OkStatus()); });
 }
 
 void SamplerService::AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed,
-                                Workspace* workspace, StepOutput* out, v1::StepResult* result,
-                                ForkJoin* fork_join) const {
-  const StepInput in = DecodeStep(step, seed);
+                                absl::string_view shm_session, Workspace* workspace, StepOutput* out,
+                                v1::StepResult* result, ForkJoin* fork_join) const {
+  StepInput in = DecodeStep(step, seed);
+  // The regions stay mapped until the step is answered, whatever happens to their control connection meanwhile.
+  ShmHold hold;
+  absl::Status status = ResolveTensorRefs(step, shm_.get(), shm_session, &in, &hold);
   const auto start = std::chrono::steady_clock::now();
-  const absl::Status status = RunStep(registry, limits_, in, workspace, out, fork_join);
+  if (status.ok()) status = RunStep(registry, limits_, in, workspace, out, fork_join);
   const auto elapsed = std::chrono::steady_clock::now() - start;
   if (status.ok()) {
     EncodeStepResult(step, *out, seed, elapsed, result);
@@ -406,7 +422,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sam
     return new RejectedStream(ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
         "the server already serves ", config_.max_streams, " Sample streams (--max_streams); retry later"))));
   }
-  return new SampleReactor(this, context->peer(), no_compute);
+  return new SampleReactor(this, context->peer(), no_compute, ShmSession(*context));
 }
 
 grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext* context,
@@ -423,8 +439,10 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
     v1::SampleRequest request;
     v1::SampleResponse response;
     SeedTable seeds;
+    std::string shm_session;
   };
   auto call = std::make_shared<Call>();
+  call->shm_session = ShmSession(*context);
   grpc::ByteBuffer received(*request);  // shares the slices; Deserialize consumes its argument
   if (absl::Status parsed = ParseRequest(&received, 1, &call->request); !parsed.ok()) {
     reactor->Finish(ToGrpcStatus(parsed));
@@ -439,7 +457,7 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
   StartRequest(call->request, &call->seeds, &call->response, [call, reactor, response](absl::Status status) {
     if (status.ok()) SerializeResponse(call->response, response);
     reactor->Finish(ToGrpcStatus(status));
-  });
+  }, call->shm_session);
   return reactor;
 }
 

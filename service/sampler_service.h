@@ -39,6 +39,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/profile.h"
 #include "core/step_engine.h"
 #include "grpcpp/grpcpp.h"
@@ -46,6 +47,7 @@
 #include "service/request_observer.h"
 #include "service/seed_table.h"
 #include "service/server_config.h"
+#include "service/shm_registry.h"
 #include "service/worker_pool.h"
 
 namespace samplerd {
@@ -66,10 +68,15 @@ class SamplerService final
     std::shared_ptr<RequestObserver> observer;
     // The threads that run core; null = a new pool of `config.workers` threads. It must outlive the service.
     std::shared_ptr<WorkerPool> workers;
+    // The shared-memory regions steps may reference (--shm_socket); null = no shared-memory plane.
+    std::shared_ptr<const ShmRegistry> shm;
   };
 
   // The request metadata key (and its value "1") that asks for an answer without core; see above.
   static constexpr char kNoComputeMetadata[] = "samplerd-no-compute";
+  // The request metadata key whose value is the shared-memory session token (docs/shm.md): a call's steps may
+  // reference only the regions registered by the control connection of that session.
+  static constexpr char kShmSessionMetadata[] = "samplerd-shm-session";
 
   // INVALID_ARGUMENT when `options.config` does not validate or `options.profiles` is null.
   static absl::StatusOr<std::unique_ptr<SamplerService>> Create(Options options);
@@ -89,8 +96,9 @@ class SamplerService final
   // step's StepResult.error; the returned status is non-OK only for a problem that ends the call
   // (RESOURCE_EXHAUSTED for more than max_steps_per_request steps). The request is processed on the calling
   // thread with `workspace`; StartRequest is the same on the worker pool.
+  // `shm_session` is the call's samplerd-shm-session metadata (empty when absent).
   absl::Status HandleRequest(const v1::SampleRequest& request, SeedTable* seeds, Workspace* workspace,
-                             v1::SampleResponse* response) const;
+                             v1::SampleResponse* response, absl::string_view shm_session = {}) const;
 
   // StartRequest()
   //
@@ -101,7 +109,7 @@ class SamplerService final
   // request is refused or has no steps, otherwise on the worker that answered the last step. `request` and
   // `response` must stay untouched until then.
   void StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
-                    std::function<void(absl::Status)> done) const;
+                    std::function<void(absl::Status)> done, absl::string_view shm_session = {}) const;
 
   // Threads in the worker pool.
   int workers() const { return workers_->size(); }
@@ -125,8 +133,10 @@ class SamplerService final
 
   // decode → core (timed) → encode of one step into `result`, and the observer's OnStep. `fork_join` (may be
   // null) lets core share the step with an idle worker.
-  void AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed, Workspace* workspace,
-                  StepOutput* out, v1::StepResult* result, ForkJoin* fork_join = nullptr) const;
+  // `shm_session` resolves the step's tensor references (ResolveTensorRefs).
+  void AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed, absl::string_view shm_session,
+                  Workspace* workspace, StepOutput* out, v1::StepResult* result,
+                  ForkJoin* fork_join = nullptr) const;
 
   const ServerConfig config_;
   const TensorLimits limits_;
@@ -135,6 +145,7 @@ class SamplerService final
   std::atomic<int> active_streams_{0};
   const std::shared_ptr<RequestObserver> observer_;  // may be null
   const std::shared_ptr<WorkerPool> workers_;
+  const std::shared_ptr<const ShmRegistry> shm_;  // may be null
 };
 
 }  // namespace samplerd

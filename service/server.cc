@@ -15,6 +15,7 @@
 #include "service/health_watch_limit.h"
 #include "service/logging.h"
 #include "service/tls.h"
+#include "service/shm_metrics.h"
 #include "spdlog/spdlog.h"
 
 #ifndef SAMPLERD_VERSION
@@ -104,10 +105,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   options.config = config;
   options.profiles = std::move(profiles);
   options.observer = *metrics;
+  std::unique_ptr<ShmControlServer> shm_control;
+  if (!config.shm_socket.empty()) {
+    auto shm = std::make_shared<ShmRegistry>(
+        ShmRegistry::Limits{config.shm_max_clients, config.shm_max_regions_per_client,
+                            static_cast<uint64_t>(config.shm_max_bytes_per_client)},
+        *metrics != nullptr ? MakeShmMetrics((*metrics)->registry()) : nullptr);
+    absl::StatusOr<std::unique_ptr<ShmControlServer>> started = ShmControlServer::Start(config.shm_socket, shm);
+    if (!started.ok()) return started.status();
+    shm_control = *std::move(started);
+    options.shm = std::move(shm);
+  }
   absl::StatusOr<std::unique_ptr<SamplerService>> service = SamplerService::Create(std::move(options));
   if (!service.ok()) return absl::InvalidArgumentError(service.status().ToString());
 
   std::unique_ptr<Server> server(new Server(config, std::move(tokens), *std::move(metrics), *std::move(service)));
+  server->shm_control_ = std::move(shm_control);
   SamplerService* const sampler = server->service_.get();
   if (server->metrics_ != nullptr) {
     server->metrics_->SetActiveStreams([sampler] { return sampler->active_streams(); });

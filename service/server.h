@@ -26,6 +26,7 @@
 #include "service/config_reloader.h"
 #include "service/sampler_service.h"
 #include "service/server_config.h"
+#include "service/shm_control_server.h"
 #include "service/server_metrics.h"
 
 namespace samplerd {
@@ -87,6 +88,7 @@ class Server {
   const std::shared_ptr<BearerTokens> tokens_;
   const std::shared_ptr<ServerMetrics> metrics_;
   const std::unique_ptr<SamplerService> service_;
+  std::unique_ptr<ShmControlServer> shm_control_;  // null without --shm_socket
   CallsInFlight calls_;
   std::unique_ptr<ConfigReloader> reloader_;
   std::unique_ptr<grpc::Server> server_;

@@ -99,6 +99,20 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = CheckPositive("shm_max_clients", config.shm_max_clients, std::numeric_limits<int32_t>::max());
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckPositive("shm_max_regions_per_client", config.shm_max_regions_per_client,
+                                     std::numeric_limits<int32_t>::max());
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckPositive("shm_max_bytes_per_client", config.shm_max_bytes_per_client,
+                                     std::numeric_limits<int64_t>::max());
+      !s.ok()) {
+    return s;
+  }
   // A pool far larger than the cores only costs memory (a Workspace per thread); WorkerPool has the same bound.
   if (config.workers < 0 || config.workers > 1024) {
     return FlagError("workers", absl::StrCat("must be in [0, 1024] (0 = one per CPU), got ", config.workers));
@@ -197,6 +211,17 @@ std::optional<int> ParseServerFlags(int argc, char** argv, absl::string_view ver
   app.add_option("--auth_token_file", config->auth_token_file,
                  "File of accepted bearer tokens, one per line: every RPC except grpc.health.v1 must send "
                  "'authorization: Bearer <token>', else UNAUTHENTICATED; re-read on SIGHUP");
+  app.add_option("--shm_socket", config->shm_socket,
+                 "Unix socket path where clients register shared-memory regions (docs/shm.md); empty = no "
+                 "shared-memory plane");
+  app.add_option("--shm_max_clients", config->shm_max_clients, "Shared-memory control connections open at once")
+      ->capture_default_str();
+  app.add_option("--shm_max_regions_per_client", config->shm_max_regions_per_client,
+                 "Shared-memory regions one control connection may register at once")
+      ->capture_default_str();
+  app.add_option("--shm_max_bytes_per_client", config->shm_max_bytes_per_client,
+                 "Bytes of shared-memory regions one control connection may register at once")
+      ->capture_default_str();
   CLI::Option* metrics_listen =
       app.add_option("--metrics_listen", config->metrics_listen,
                      "host:port serving Prometheus /metrics and the live page (/) over HTTP, both public (port 0 = any free port, printed at start); "

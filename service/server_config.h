@@ -73,6 +73,13 @@ struct ServerConfig {
   // At least drain_seconds, so a stream is never cut sooner by aging than by a shutdown.
   int32_t max_connection_age_grace_seconds = 30;
 
+  // The shared-memory control socket (docs/shm.md): a unix socket path; empty = no shared-memory plane.
+  std::string shm_socket;
+  // Control connections open at once, regions per connection, and bytes of regions per connection.
+  int32_t shm_max_clients = 64;
+  int32_t shm_max_regions_per_client = 16;
+  int64_t shm_max_bytes_per_client = int64_t{1} << 30;
+
   // The tensor limits core applies while decoding a step.
   TensorLimits tensor_limits() const {
     TensorLimits limits;

@@ -86,6 +86,9 @@ class ServerMetrics final : public RequestObserver {
   // The address a scraper can use: the host asked for and the port actually bound (meaningful for port 0).
   const std::string& address() const { return address_; }
 
+  // The registry every series is in, for collectors kept elsewhere (shm_metrics.h).
+  prometheus::Registry& registry() { return *registry_; }
+
   // The source of samplerd_active_streams, called at each scrape; until set the gauge reads 0.
   void SetActiveStreams(std::function<int()> source);
   // The source of the profiles in force, called for each /live/steps; until set the page draws no regions.

@@ -4,6 +4,7 @@
 #include <limits>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "core/field_error.h"
 #include "core/sampling_config.h"
 
@@ -19,6 +20,68 @@ RawTensor RawTensorOf(const v1::Tensor& tensor) {
   raw.shape = absl::Span<const int64_t>(tensor.shape().data(), static_cast<size_t>(tensor.shape_size()));
   raw.data = tensor.data();
   return raw;
+}
+
+size_t ItemSize(v1::DType dtype) {
+  switch (dtype) {
+    case v1::DTYPE_F32:
+      return 4;
+    case v1::DTYPE_F16:
+    case v1::DTYPE_BF16:
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+// `ref` as the RawTensor core decodes, its bytes a view of the region held in `*held`. `field` is the ref's
+// name ("logits_ref").
+absl::Status ResolveRef(const v1::TensorRef& ref, const ShmRegistry* shm, absl::string_view session,
+                        absl::string_view field, RawTensor* raw, std::shared_ptr<const ShmRegion>* held) {
+  if (shm == nullptr) {
+    return InvalidFieldError(absl::StrCat(field, ".region"),
+                             "this server has no shared-memory plane (start it with --shm_socket); send the "
+                             "tensor's bytes instead");
+  }
+  if (session.empty()) {
+    return InvalidFieldError(absl::StrCat(field, ".region"),
+                             "the call carries no samplerd-shm-session metadata (the session the control socket "
+                             "returned with the region)");
+  }
+  absl::StatusOr<std::shared_ptr<const ShmRegion>> region = shm->Find(session, ref.region());
+  if (!region.ok()) return InvalidFieldError(absl::StrCat(field, ".region"), region.status().message());
+  raw->dtype = static_cast<int>(ref.dtype());
+  raw->shape = absl::Span<const int64_t>(ref.shape().data(), static_cast<size_t>(ref.shape_size()));
+  raw->data = absl::string_view();
+  const size_t item = ItemSize(ref.dtype());
+  // An unknown dtype or a dimension < 1 is left to core, which names it as it does for inline bytes (it checks
+  // them before the length); the empty view then never reaches the length check.
+  if (item == 0) return absl::OkStatus();
+  uint64_t elements = 1;
+  for (const int64_t d : ref.shape()) {
+    if (d < 1) return absl::OkStatus();
+    if (elements > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d) / item) {
+      return InvalidFieldError(absl::StrCat(field, ".shape"),
+                               absl::StrCat("the byte length overflows: ", ref.shape_size(), " dimensions whose "
+                                            "product times the item size exceeds 2^64"));
+    }
+    elements *= static_cast<uint64_t>(d);
+  }
+  const uint64_t bytes = elements * item;
+  if (ref.offset() % item != 0) {
+    return InvalidFieldError(absl::StrCat(field, ".offset"),
+                             absl::StrCat("must be a multiple of the item size ", item, " of ",
+                                          v1::DType_Name(ref.dtype()), ", got ", ref.offset()));
+  }
+  const uint64_t size = (*region)->size();
+  if (ref.offset() > size || bytes > size - ref.offset()) {
+    return InvalidFieldError(absl::StrCat(field, ".offset"),
+                             absl::StrCat("offset ", ref.offset(), " + length ", bytes,
+                                          " bytes is past the end of the region (", size, " bytes)"));
+  }
+  raw->data = absl::string_view((*region)->data() + ref.offset(), static_cast<size_t>(bytes));
+  *held = *std::move(region);
+  return absl::OkStatus();
 }
 
 uint32_t SaturatingMicros(std::chrono::steady_clock::duration d) {
@@ -41,6 +104,30 @@ StepInput DecodeStep(const v1::Step& step, uint64_t seed) {
   in.profile = step.profile();
   in.top_logprobs = step.top_logprobs();
   return in;
+}
+
+absl::Status ResolveTensorRefs(const v1::Step& step, const ShmRegistry* shm, absl::string_view session,
+                               StepInput* in, ShmHold* hold) {
+  if (step.has_logits_ref()) {
+    if (step.has_logits()) return InvalidFieldError("logits_ref", "set either logits or logits_ref, not both");
+    if (absl::Status s = ResolveRef(step.logits_ref(), shm, session, "logits_ref", &in->logits, &hold->logits);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (step.has_attention_ref()) {
+    if (step.has_attention()) {
+      return InvalidFieldError("attention_ref", "set either attention or attention_ref, not both");
+    }
+    RawTensor attention;
+    if (absl::Status s =
+            ResolveRef(step.attention_ref(), shm, session, "attention_ref", &attention, &hold->attention);
+        !s.ok()) {
+      return s;
+    }
+    in->attention = attention;
+  }
+  return absl::OkStatus();
 }
 
 void EncodeStepResult(const v1::Step& step, const StepOutput& out, uint64_t seed,

@@ -6,7 +6,9 @@
 // and its errors name the field (core/field_error.h).
 //
 //   StepInput in = DecodeStep(step, seed);
-//   absl::Status s = RunStep(*registry, limits, in, &workspace, &out);
+//   ShmHold hold;                                // keeps referenced shared-memory regions mapped
+//   absl::Status s = ResolveTensorRefs(step, shm_registry, shm_session, &in, &hold);
+//   if (s.ok()) s = RunStep(*registry, limits, in, &workspace, &out);
 //   if (s.ok()) {
 //     EncodeStepResult(step, out, seed, elapsed, result);
 //   } else {
@@ -19,11 +21,14 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "core/step_engine.h"
 #include "grpcpp/support/status.h"
+#include "absl/strings/string_view.h"
 #include "samplerd/v1/sampler.pb.h"
+#include "service/shm_registry.h"
 
 namespace samplerd {
 
@@ -33,6 +38,25 @@ namespace samplerd {
 // is set only when the step has one and `overrides` only when it has `params`: an empty SamplingParams
 // message and an absent one mean the same, but core skips validation for a null pointer.
 StepInput DecodeStep(const v1::Step& step, uint64_t seed);
+
+// The shared-memory regions a step's tensors point into, kept mapped until the step is answered.
+struct ShmHold {
+  std::shared_ptr<const ShmRegion> logits;
+  std::shared_ptr<const ShmRegion> attention;
+};
+
+// ResolveTensorRefs()
+//
+// Points `in`'s tensors at the region bytes of `step.logits_ref` / `step.attention_ref` (when set), looked up in
+// `shm` for the call's `session` (its samplerd-shm-session metadata; `shm` is null when the server has no
+// --shm_socket), and holds the regions in `hold`. The reference's own checks fail with INVALID_ARGUMENT naming
+// the field: both the tensor and its ref set ("logits_ref"), no plane or no such region of this session
+// ("logits_ref.region"), an element count or byte length that overflows ("logits_ref.shape"), an offset that is
+// not a multiple of the item size or bytes past the region's end ("logits_ref.offset"). Everything else about
+// the tensor (dtype, rank, dimensions >= 1, size limits) is core's check, as for inline bytes, under the
+// tensor's own name ("logits.shape"): a ref only says where the bytes are.
+absl::Status ResolveTensorRefs(const v1::Step& step, const ShmRegistry* shm, absl::string_view session,
+                               StepInput* in, ShmHold* hold);
 
 // EncodeStepResult()
 //

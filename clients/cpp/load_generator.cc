@@ -17,6 +17,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "clients/cpp/shm_plane.h"
 #include "core/profile.h"
 #include "core/step_engine.h"
 #include "core/tensor_view.h"
@@ -164,12 +165,26 @@ void RunGrpcStream(const LoadOptions& options, int index, const v1::SampleReques
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
   std::unique_ptr<v1::Sampler::Stub> stub = v1::Sampler::NewStub(channel);
-  grpc::ClientContext context;
-  if (options.no_compute) context.AddMetadata(kNoComputeMetadata, "1");
-  std::unique_ptr<grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>> stream = stub->Sample(&context);
-
   v1::SampleRequest request = prototype;
   NameSequences(index, &request);
+  absl::Status status;
+  // With --shm the tensors are written into the region once, like a host whose logits are already there.
+  std::unique_ptr<ShmPlane> plane;
+  if (!options.shm_socket.empty()) {
+    absl::StatusOr<std::unique_ptr<ShmPlane>> connected =
+        ShmPlane::Connect(options.shm_socket, ShmBytesFor(request), "samplerctl-bench");
+    if (connected.ok()) {
+      plane = *std::move(connected);
+      status = ReferenceTensors(*plane, &request);
+    } else {
+      status = connected.status();
+    }
+  }
+  grpc::ClientContext context;
+  if (options.no_compute) context.AddMetadata(kNoComputeMetadata, "1");
+  if (plane != nullptr) plane->Attach(&context);
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>> stream = stub->Sample(&context);
+
   v1::SampleResponse response;
   uint64_t step_index = 0;
   bool broken = false;
@@ -183,7 +198,6 @@ void RunGrpcStream(const LoadOptions& options, int index, const v1::SampleReques
     return CheckResponse(request, response);
   };
 
-  absl::Status status;
   for (int w = 0; w < options.warmup_requests && status.ok(); ++w) status = round_trip();
   // Arrive even after a failure, so the other streams are not left waiting.
   stats->start = start_line->ArriveAndWait();
@@ -334,6 +348,9 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
   if (options.dtype != v1::DTYPE_F32 && options.dtype != v1::DTYPE_BF16) {
     return absl::InvalidArgumentError("--dtype: must be f32 or bf16");
   }
+  if (options.in_process && !options.shm_socket.empty()) {
+    return absl::InvalidArgumentError("--shm needs a server, not --in-process");
+  }
   if (options.in_process && options.no_compute) {
     return absl::InvalidArgumentError("--no-compute measures the transport: it needs a server, not --in-process");
   }
@@ -342,7 +359,10 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
   report.workload = options.workload;
   report.shape = ShapeOf(options.workload);
   report.dtype = options.dtype;
-  report.mode = options.in_process ? "in-process" : options.no_compute ? "grpc-no-compute" : "grpc";
+  report.mode = options.in_process            ? "in-process"
+                : options.no_compute          ? "grpc-no-compute"
+                : !options.shm_socket.empty() ? "grpc-shm"
+                                              : "grpc";
   report.target = options.in_process ? "" : options.target;
   report.streams = options.streams;
 

@@ -1,0 +1,106 @@
+// ShmPlane: the client side of samplerd's shared-memory plane (docs/shm.md), for C++ model hosts next to the
+// server (same machine or pod).
+//
+// One ShmPlane is one control connection and one region: a memfd of `size` bytes, sealed against shrinking
+// (F_SEAL_SHRINK, F_SEAL_SEAL), mapped read-write here and registered with the server's `--shm_socket`. The host
+// writes a step's tensors into the region (its own slot layout; a ring of slots lets it fill step N+1 while
+// samplerd reads step N) and sends steps whose `logits_ref` / `attention_ref` point at them, on calls carrying
+// the session metadata (Attach). Closing the plane (or the process dying) unregisters the region on the server.
+//
+//   absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect("/run/samplerd/shm.sock", 8 << 20);
+//   if (!plane.ok()) { /* no shared-memory plane: send the bytes instead */ }
+//   std::memcpy((*plane)->data() + offset, logits.data(), logits.size() * sizeof(float));
+//   (*plane)->FillRef(offset, v1::DTYPE_F32, {vocab}, step.mutable_logits_ref());
+//   grpc::ClientContext context;
+//   (*plane)->Attach(&context);
+//   auto stream = stub->Sample(&context);
+#ifndef SAMPLERD_CLIENTS_CPP_SHM_PLANE_H_
+#define SAMPLERD_CLIENTS_CPP_SHM_PLANE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "grpcpp/grpcpp.h"
+#include "samplerd/v1/sampler.pb.h"
+
+namespace samplerd::client {
+
+// The metadata key a call carries the session token in.
+inline constexpr char kShmSessionMetadata[] = "samplerd-shm-session";
+
+// ShmControlExchange()
+//
+// One control round trip on a connected SOCK_SEQPACKET socket: `request` (with `fd` as SCM_RIGHTS when >= 0)
+// out, the ShmControlResponse in. UNAVAILABLE when the socket fails or closes; the response's own code is left
+// to the caller.
+absl::StatusOr<v1::ShmControlResponse> ShmControlExchange(int socket_fd, const v1::ShmControlRequest& request,
+                                                          int fd);
+
+// ShmConnect()
+//
+// A SOCK_SEQPACKET connection to the control socket at `path`; UNAVAILABLE naming the path.
+absl::StatusOr<int> ShmConnect(const std::string& path);
+
+class ShmPlane;
+
+// ShmBytesFor()
+//
+// The region size ReferenceTensors needs for `request`: its well-formed tensors back to back, 64-byte aligned.
+uint64_t ShmBytesFor(const v1::SampleRequest& request);
+
+// ReferenceTensors()
+//
+// Moves `request`'s well-formed tensors (known dtype, byte length = prod(shape) x itemsize) into `plane` from
+// byte 0 on, 64-byte aligned, replacing each by its TensorRef; other tensors stay inline, so the server answers
+// exactly as for the original request. RESOURCE_EXHAUSTED when they do not fit.
+absl::Status ReferenceTensors(const ShmPlane& plane, v1::SampleRequest* request);
+
+// ShmPlane
+class ShmPlane {
+ public:
+  // Connects to `socket_path`, creates and seals a memfd of `size` bytes and registers it. UNAVAILABLE when the
+  // socket cannot be reached (the server has no --shm_socket there); the server's refusal otherwise (its code and
+  // message, for example RESOURCE_EXHAUSTED over its per-client limits).
+  static absl::StatusOr<std::unique_ptr<ShmPlane>> Connect(const std::string& socket_path, uint64_t size,
+                                                            absl::string_view name = "");
+
+  ShmPlane(const ShmPlane&) = delete;
+  ShmPlane& operator=(const ShmPlane&) = delete;
+  // Unmaps the region and closes the connection (the server then drops the region once no step reads it).
+  ~ShmPlane();
+
+  char* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  const std::string& session() const { return session_; }
+  const std::string& region() const { return region_; }
+
+  // Adds the session metadata to a call's context (before the call starts).
+  void Attach(grpc::ClientContext* context) const;
+
+  // Points `ref` at `shape` elements of `dtype` at byte `offset` of this region.
+  void FillRef(uint64_t offset, v1::DType dtype, absl::Span<const int64_t> shape, v1::TensorRef* ref) const;
+
+  // Copies `values` to byte `offset` and points `ref` at them as DTYPE_F32 of `shape`; the one copy a host
+  // whose logits live elsewhere pays (a host may write them into data() directly instead).
+  void WriteF32(uint64_t offset, absl::Span<const float> values, absl::Span<const int64_t> shape,
+                v1::TensorRef* ref) const;
+
+ private:
+  ShmPlane() = default;
+
+  int socket_ = -1;
+  int memfd_ = -1;
+  char* data_ = nullptr;
+  uint64_t size_ = 0;
+  std::string session_;
+  std::string region_;
+};
+
+}  // namespace samplerd::client
+
+#endif  // SAMPLERD_CLIENTS_CPP_SHM_PLANE_H_

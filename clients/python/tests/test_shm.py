@@ -1,0 +1,130 @@
+"""samplerd.shm against a live samplerd with --shm_socket: regions registered over the control socket, steps
+referencing numpy / torch tensors in a slot ring answered byte for byte as the same tensors sent as bytes, an
+unsealed memfd refused with the reason, and the clean fallback to bytes for a TCP target or a missing socket."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+import samplerd
+from samplerd import shm
+from samplerd.v1 import sampler_pb2 as pb
+from samplerd.v1 import sampler_pb2_grpc
+
+VOCAB = 5000
+
+
+@pytest.fixture
+def shm_server(spawn):
+    d = tempfile.mkdtemp(prefix="samplerd-shm-")
+    sock = os.path.join(d, "shm.sock")
+    s = spawn(f"unix:{d}/grpc.sock", extra=("--shm_socket", sock))
+    yield s, sock
+
+
+def _request(rng: np.random.Generator) -> pb.SampleRequest:
+    request = pb.SampleRequest()
+    for i, dtype in enumerate((np.float32, np.float16, np.float32)):
+        step = request.steps.add(sequence_id=f"s{i}", step=i, seed=7, top_logprobs=3)
+        logits = (rng.standard_normal(VOCAB) * 2).astype(dtype)
+        step.logits.CopyFrom(pb.Tensor(dtype=pb.DTYPE_F32 if dtype == np.float32 else pb.DTYPE_F16,
+                                       shape=[VOCAB], data=logits.tobytes()))
+        attention = (rng.standard_normal((2, 4, 32)) * 2).astype(np.float32)
+        step.attention.CopyFrom(pb.Tensor(dtype=pb.DTYPE_F32, shape=[2, 4, 32], data=attention.tobytes()))
+    return request
+
+
+def _answer(stub, request, metadata=()) -> bytes:
+    response = stub.SampleOnce(request, metadata=metadata)
+    for r in response.results:
+        r.server_micros = 0
+    return response.SerializeToString()
+
+
+def test_referenced_requests_answer_byte_for_byte_as_bytes(shm_server):
+    server, sock = shm_server
+    with shm.Plane(sock, 1 << 20, "pytest") as plane, grpc.insecure_channel(server.address) as channel:
+        stub = sampler_pb2_grpc.SamplerStub(channel)
+        request = _request(np.random.default_rng(1))
+        refs = shm.to_refs(request, plane)
+        assert all(s.HasField("logits_ref") and not s.HasField("logits") for s in refs.steps)
+        assert len(plane.session) == 32 and len(plane.region) == 32
+        by_ref = _answer(stub, refs, plane.metadata)
+        assert by_ref == _answer(stub, request)
+        assert not pb.SampleResponse.FromString(by_ref).results[0].HasField("error")
+
+
+def test_slot_ring_numpy_views_and_torch_copies_answer_as_bytes(shm_server):
+    server, sock = shm_server
+    with shm.Plane(sock, 1 << 20) as plane, grpc.insecure_channel(server.address) as channel:
+        stub = sampler_pb2_grpc.SamplerStub(channel)
+        ring = shm.SlotRing(plane, VOCAB * 4)
+        assert ring.count >= 4
+        rng = np.random.default_rng(2)
+        logits = (rng.standard_normal(VOCAB) * 2).astype(np.float32)
+        # Written in place through a numpy view (no copy besides the host's own write).
+        slot = ring.next()
+        slot.array(np.float32, (VOCAB,))[:] = logits
+        by_view = pb.SampleRequest(steps=[pb.Step(sequence_id="v", seed=3, logits_ref=slot.ref(np.float32, (VOCAB,)))])
+        inline = pb.SampleRequest(steps=[pb.Step(sequence_id="v", seed=3, logits=pb.Tensor(
+            dtype=pb.DTYPE_F32, shape=[VOCAB], data=logits.tobytes()))])
+        assert _answer(stub, by_view, plane.metadata) == _answer(stub, inline)
+        # A torch bfloat16 tensor copied into the next slot.
+        t = torch.from_numpy(logits).to(torch.bfloat16)
+        ref = ring.next().write(t)
+        assert ref.dtype == pb.DTYPE_BF16 and ref.offset == ring.slot_bytes
+        by_torch = pb.SampleRequest(steps=[pb.Step(sequence_id="t", seed=3, logits_ref=ref)])
+        inline_bf16 = pb.SampleRequest(steps=[pb.Step(sequence_id="t", seed=3, logits=pb.Tensor(
+            dtype=pb.DTYPE_BF16, shape=[VOCAB], data=t.view(torch.int16).numpy().tobytes()))])
+        assert _answer(stub, by_torch, plane.metadata) == _answer(stub, inline_bf16)
+
+
+def test_bad_references_name_the_field(shm_server):
+    server, sock = shm_server
+    with shm.Plane(sock, 4096) as plane, grpc.insecure_channel(server.address) as channel:
+        stub = sampler_pb2_grpc.SamplerStub(channel)
+        out_of_bounds = pb.Step(sequence_id="x", logits_ref=plane.ref(2048, np.float32, (1000,)))
+        misaligned = pb.Step(sequence_id="x", logits_ref=plane.ref(2, np.float32, (10,)))
+        r = stub.SampleOnce(pb.SampleRequest(steps=[out_of_bounds, misaligned]), metadata=plane.metadata).results
+        assert (r[0].error.code, r[0].error.field) == (3, "logits_ref.offset")
+        assert "past the end" in r[0].error.message
+        assert (r[1].error.code, r[1].error.field) == (3, "logits_ref.offset")
+        no_session = stub.SampleOnce(pb.SampleRequest(steps=[misaligned])).results[0]
+        assert no_session.error.field == "logits_ref.region"
+
+
+def test_an_unsealed_memfd_is_refused_with_the_reason(shm_server):
+    _, sock = shm_server
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(sock)
+    fd = os.memfd_create("unsealed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, 4096)
+    request = pb.ShmControlRequest()
+    request.register.name = "unsealed"
+    socket.send_fds(s, [request.SerializeToString()], [fd])
+    response = pb.ShmControlResponse.FromString(s.recv(4096))
+    assert response.code == 3
+    assert "F_SEAL_SHRINK and F_SEAL_SEAL" in response.message
+    assert response.region == ""
+    s.close()
+    os.close(fd)
+
+
+def test_connect_falls_back_to_bytes_and_says_so(shm_server, caplog):
+    server, sock = shm_server
+    caplog.set_level(logging.WARNING, logger="samplerd.shm")
+    assert shm.connect(sock, 4096, target="127.0.0.1:50051") is None
+    assert "sending bytes" in caplog.text
+    caplog.clear()
+    assert shm.connect(sock + ".missing", 4096, target=server.address) is None
+    assert "cannot connect" in caplog.text
+    plane = shm.connect(sock, 4096, target=server.address)
+    assert plane is not None
+    plane.close()

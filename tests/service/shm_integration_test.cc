@@ -1,0 +1,302 @@
+// The shared-memory plane against a real samplerd (--shm_socket): the control socket's protocol (a sealed memfd
+// accepted, an unsealed one refused with the reason), steps referencing a region answered byte for byte as the
+// same tensors sent as bytes, and clients killed mid-stream with steps in flight: 200 times, while another client
+// is answered correctly throughout, and at the end no region is left mapped (/metrics).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "clients/cpp/shm_plane.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "samplerd/v1/sampler.grpc.pb.h"
+#include "tests/service/server_process.h"
+
+namespace samplerd {
+namespace {
+
+using ::samplerd::client::ShmPlane;
+using ::samplerd::testing::ServerProcess;
+using ::testing::HasSubstr;
+
+constexpr int kVocab = 32000;
+
+std::string ShmSocketPath() {
+  static std::atomic<int> counter{0};
+  return "/tmp/samplerd-shm-test-" + std::to_string(getpid()) + "-" + std::to_string(counter++) + ".sock";
+}
+
+std::string HttpGet(const std::string& address, const std::string& path) {
+  const size_t colon = address.rfind(':');
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+  if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr) != 1) return "";
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  std::string reply;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: " + address + "\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buffer[8192];
+      ssize_t n;
+      while ((n = read(fd, buffer, sizeof(buffer))) > 0) reply.append(buffer, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  const size_t body = reply.find("\r\n\r\n");
+  if (reply.find(" 200 ") == std::string::npos || body == std::string::npos) return "";
+  return reply.substr(body + 4);
+}
+
+// The value of the unlabelled sample `name`; NaN when absent.
+double MetricValue(const std::string& exposition, const std::string& name) {
+  std::istringstream lines(exposition);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return std::nan("");
+}
+
+double Metric(const ServerProcess& server, const std::string& name) {
+  return MetricValue(HttpGet(server.metrics_address(), "/metrics"), name);
+}
+
+bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return condition();
+}
+
+std::vector<float> Gaussian(int n, uint32_t key) {
+  std::mt19937 rng(key);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+// `steps` steps as bytes, and the same steps with their logits written into `plane` at consecutive slots.
+void MakeSteps(int steps, const ShmPlane* plane, v1::SampleRequest* bytes, v1::SampleRequest* refs) {
+  for (int i = 0; i < steps; ++i) {
+    const std::vector<float> logits = Gaussian(kVocab, static_cast<uint32_t>(i + 1));
+    v1::Step* b = bytes->add_steps();
+    b->set_sequence_id("s" + std::to_string(i));
+    b->set_step(static_cast<uint64_t>(i));
+    b->set_seed(42);
+    b->set_top_logprobs(4);
+    b->mutable_logits()->set_dtype(v1::DTYPE_F32);
+    b->mutable_logits()->add_shape(kVocab);
+    b->mutable_logits()->set_data(std::string(reinterpret_cast<const char*>(logits.data()), logits.size() * 4));
+    v1::Step* r = refs->add_steps();
+    *r = *b;
+    r->clear_logits();
+    const int64_t shape[] = {kVocab};
+    plane->WriteF32(static_cast<uint64_t>(i) * kVocab * 4, logits, shape, r->mutable_logits_ref());
+  }
+}
+
+// Answers of one SampleOnce call, server_micros cleared; the call's status in `status`.
+v1::SampleResponse Once(const std::string& target, const v1::SampleRequest& request, const ShmPlane* plane,
+                        grpc::Status* status) {
+  auto stub = v1::Sampler::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  if (plane != nullptr) plane->Attach(&context);
+  v1::SampleResponse response;
+  *status = stub->SampleOnce(&context, request, &response);
+  for (v1::StepResult& r : *response.mutable_results()) r.clear_server_micros();
+  return response;
+}
+
+class ShmServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    socket_path_ = ShmSocketPath();
+    server_ = ServerProcess::Start({"--shm_socket", socket_path_, "--shm_max_regions_per_client", "2"});
+    ASSERT_NE(server_, nullptr);
+  }
+  std::string socket_path_;
+  std::unique_ptr<ServerProcess> server_;
+};
+
+TEST_F(ShmServerTest, ReferencedStepsAnswerByteForByteAsTheirBytes) {
+  absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(socket_path_, 8 * kVocab * 4, "test");
+  ASSERT_TRUE(plane.ok()) << plane.status();
+  EXPECT_EQ((*plane)->session().size(), 32u);
+  EXPECT_EQ((*plane)->region().size(), 32u);
+  v1::SampleRequest bytes, refs;
+  MakeSteps(8, plane->get(), &bytes, &refs);
+  grpc::Status by_bytes_status, by_ref_status;
+  const v1::SampleResponse by_bytes = Once(server_->unix_target(), bytes, nullptr, &by_bytes_status);
+  const v1::SampleResponse by_ref = Once(server_->unix_target(), refs, plane->get(), &by_ref_status);
+  ASSERT_TRUE(by_bytes_status.ok()) << by_bytes_status.error_message();
+  ASSERT_TRUE(by_ref_status.ok()) << by_ref_status.error_message();
+  ASSERT_EQ(by_ref.results_size(), 8);
+  EXPECT_FALSE(by_ref.results(0).has_error()) << by_ref.results(0).error().message();
+  EXPECT_EQ(by_ref.SerializeAsString(), by_bytes.SerializeAsString());
+  EXPECT_EQ(Metric(*server_, "samplerd_shm_regions_mapped"), 1);
+  EXPECT_EQ(Metric(*server_, "samplerd_shm_clients"), 1);
+
+  // Without the session metadata, and with another client's session, the same refs are refused.
+  grpc::Status status;
+  const v1::SampleResponse no_session = Once(server_->unix_target(), refs, nullptr, &status);
+  EXPECT_EQ(no_session.results(0).error().field(), "logits_ref.region");
+  absl::StatusOr<std::unique_ptr<ShmPlane>> other = ShmPlane::Connect(socket_path_, 4096, "other");
+  ASSERT_TRUE(other.ok()) << other.status();
+  const v1::SampleResponse stolen = Once(server_->unix_target(), refs, other->get(), &status);
+  EXPECT_EQ(stolen.results(0).error().code(), 3);
+  EXPECT_THAT(stolen.results(0).error().message(), HasSubstr("another client"));
+
+  // The connection closing unregisters its region.
+  plane->reset();
+  EXPECT_TRUE(WaitFor([&] { return Metric(*server_, "samplerd_shm_regions_mapped") == 1; },
+                      std::chrono::seconds(10)));  // `other`'s only
+  const v1::SampleResponse gone = Once(server_->unix_target(), refs, other->get(), &status);
+  EXPECT_THAT(gone.results(0).error().message(), HasSubstr("no shared-memory region"));
+}
+
+TEST_F(ShmServerTest, TheControlSocketRefusesUnsealedFdsAndEnforcesTheLimits) {
+  absl::StatusOr<int> sock = client::ShmConnect(socket_path_);
+  ASSERT_TRUE(sock.ok()) << sock.status();
+  const int memfd = memfd_create("unsealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ASSERT_EQ(ftruncate(memfd, 4096), 0);
+  v1::ShmControlRequest request;
+  request.mutable_register_();
+  absl::StatusOr<v1::ShmControlResponse> r = client::ShmControlExchange(*sock, request, memfd);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->code(), 3);
+  EXPECT_THAT(r->message(), HasSubstr("F_SEAL_SHRINK and F_SEAL_SEAL"));
+  EXPECT_TRUE(r->region().empty());
+  // No fd at all.
+  r = client::ShmControlExchange(*sock, request, -1);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->code(), 3);
+  EXPECT_THAT(r->message(), HasSubstr("exactly one memfd"));
+  // Sealed: accepted, twice; a third is over --shm_max_regions_per_client 2.
+  ASSERT_EQ(fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL), 0);
+  for (int i = 0; i < 2; ++i) {
+    r = client::ShmControlExchange(*sock, request, memfd);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->code(), 0) << r->message();
+  }
+  r = client::ShmControlExchange(*sock, request, memfd);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->code(), 8);
+  EXPECT_THAT(r->message(), HasSubstr("--shm_max_regions_per_client"));
+  // Garbage is answered, not fatal.
+  ASSERT_EQ(send(*sock, "\xff\xff\xff", 3, 0), 3);
+  char answer[4096];
+  const ssize_t n = recv(*sock, answer, sizeof(answer), 0);
+  ASSERT_GT(n, 0);
+  v1::ShmControlResponse garbage;
+  ASSERT_TRUE(garbage.ParseFromArray(answer, static_cast<int>(n)));
+  EXPECT_EQ(garbage.code(), 3);
+  close(memfd);
+  close(*sock);
+  EXPECT_TRUE(WaitFor([&] { return Metric(*server_, "samplerd_shm_regions_mapped") == 0; }, std::chrono::seconds(10)));
+  EXPECT_GE(Metric(*server_, "samplerd_shm_clients"), 0);
+}
+
+TEST(ShmFallback, ConnectWithoutAServerSocketIsUnavailable) {
+  absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(ShmSocketPath(), 4096);
+  EXPECT_EQ(plane.status().code(), absl::StatusCode::kUnavailable);
+}
+
+// A child host (shm_kill_child) with steps in flight on its region is SIGKILLed, 200 times, while this process
+// keeps a shared-memory stream of its own and checks every answer against the bytes path's.
+TEST_F(ShmServerTest, KillingClientsMidStreamTwoHundredTimesLeavesNothingMappedAndOthersServed) {
+  absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(socket_path_, 4 * kVocab * 4, "survivor");
+  ASSERT_TRUE(plane.ok()) << plane.status();
+  v1::SampleRequest bytes, refs;
+  MakeSteps(4, plane->get(), &bytes, &refs);
+  grpc::Status status;
+  const std::string expected = Once(server_->unix_target(), bytes, nullptr, &status).SerializeAsString();
+  ASSERT_TRUE(status.ok());
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> answered{0};
+  std::atomic<int> wrong{0};
+  std::thread survivor([&] {
+    auto stub = v1::Sampler::NewStub(grpc::CreateChannel(server_->unix_target(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    (*plane)->Attach(&context);
+    auto stream = stub->Sample(&context);
+    v1::SampleResponse response;
+    while (!stop.load()) {
+      if (!stream->Write(refs) || !stream->Read(&response)) {
+        ++wrong;
+        return;
+      }
+      for (v1::StepResult& r : *response.mutable_results()) r.clear_server_micros();
+      if (response.SerializeAsString() != expected) ++wrong;
+      ++answered;
+    }
+    stream->WritesDone();
+    if (!stream->Finish().ok()) ++wrong;
+  });
+
+  constexpr int kKills = 200;
+  int killed_streaming = 0;
+  for (int i = 0; i < kKills; ++i) {
+    int out[2];
+    ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      dup2(out[1], 1);
+      execl(SHM_KILL_CHILD, SHM_KILL_CHILD, socket_path_.c_str(), server_->unix_target().c_str(),
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(out[1]);
+    char line[32] = {};
+    const ssize_t n = read(out[0], line, sizeof(line) - 1);  // "streaming": answers flow, steps are in flight
+    if (n > 0 && std::strncmp(line, "streaming", 9) == 0) ++killed_streaming;
+    kill(pid, SIGKILL);
+    int wstatus = 0;
+    waitpid(pid, &wstatus, 0);
+    close(out[0]);
+  }
+  EXPECT_EQ(killed_streaming, kKills) << "a child did not reach the streaming state";
+  stop = true;
+  survivor.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(answered.load(), 0);
+  // The server is up, answers a fresh bytes request as before, and only the survivor's region is mapped; once
+  // it goes, none is.
+  EXPECT_EQ(Once(server_->unix_target(), bytes, nullptr, &status).SerializeAsString(), expected);
+  EXPECT_TRUE(WaitFor([&] { return Metric(*server_, "samplerd_shm_regions_mapped") == 1; }, std::chrono::seconds(20)))
+      << Metric(*server_, "samplerd_shm_regions_mapped");
+  plane->reset();
+  EXPECT_TRUE(WaitFor([&] { return Metric(*server_, "samplerd_shm_regions_mapped") == 0; }, std::chrono::seconds(20)));
+  EXPECT_EQ(Metric(*server_, "samplerd_shm_mapped_bytes"), 0);
+  EXPECT_EQ(Metric(*server_, "samplerd_shm_clients"), 0);
+  EXPECT_EQ(Metric(*server_, "samplerd_shm_regions"), 0);
+  EXPECT_EQ(server_->Terminate(), 0);
+}
+
+}  // namespace
+}  // namespace samplerd
