@@ -1,5 +1,9 @@
 #include "tests/fuzz/fuzz_targets.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -22,6 +26,7 @@
 #include "service/sampler_service.h"
 #include "service/seed_table.h"
 #include "service/server_config.h"
+#include "service/shm_registry.h"
 
 namespace samplerd::fuzz {
 namespace {
@@ -58,10 +63,52 @@ bool Near(double got, double want, double abs, double rel) {
 // ---------------------------------------------------------------------------------------------------------------
 // Request target.
 
+// The harness's shared-memory region: a sealed memfd of kShmBytes filled with N(0, 2) floats, registered for
+// one session. A TensorRef whose region is "r" in a fuzz input means this region (its real id is random).
+constexpr uint64_t kShmBytes = 1 << 20;
+constexpr char kShmAlias[] = "r";
+
+struct ShmHarness {
+  std::shared_ptr<ShmRegistry> registry;
+  std::string session;
+  std::string region;
+  std::string bytes;  // the region's contents, for materializing references
+};
+
+const ShmHarness& Shm() {
+  static const ShmHarness* const harness = [] {
+    auto* h = new ShmHarness();
+    h->registry = std::make_shared<ShmRegistry>(ShmRegistry::Limits{1, 1, kShmBytes});
+    h->session = *h->registry->OpenSession();
+    std::vector<float> values(kShmBytes / sizeof(float));
+    std::mt19937 rng(17);
+    std::normal_distribution<float> normal(0.0f, 2.0f);
+    for (float& v : values) v = normal(rng);
+    h->bytes.assign(reinterpret_cast<const char*>(values.data()), kShmBytes);
+    const int fd = memfd_create("fuzz", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || ftruncate(fd, kShmBytes) != 0 ||
+        pwrite(fd, h->bytes.data(), kShmBytes, 0) != static_cast<ssize_t>(kShmBytes) ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+      std::fprintf(stderr, "fuzz: cannot make the shared-memory region\n");
+      std::abort();
+    }
+    absl::StatusOr<ShmRegistry::Registered> r = h->registry->Register(h->session, fd, "fuzz");
+    close(fd);
+    if (!r.ok()) {
+      std::fprintf(stderr, "fuzz: %s\n", r.status().ToString().c_str());
+      std::abort();
+    }
+    h->region = r->region;
+    return h;
+  }();
+  return *harness;
+}
+
 const SamplerService& Service() {
   static const SamplerService* const service = [] {
     SamplerService::Options options;
     options.profiles = ProfileRegistry::BuiltIn();
+    options.shm = Shm().registry;
     absl::StatusOr<std::unique_ptr<SamplerService>> s = SamplerService::Create(std::move(options));
     if (!s.ok()) {
       std::fprintf(stderr, "fuzz: SamplerService::Create: %s\n", s.status().ToString().c_str());
@@ -70,6 +117,98 @@ const SamplerService& Service() {
     return s->release();
   }();
   return *service;
+}
+
+// `ref` as the inline tensor it stands for, when it is one the server must accept as a reference (region "r",
+// known dtype, shape of dimensions >= 1, aligned and within the region); nullopt when the server must refuse the
+// reference itself (an error naming "<name>_ref...") or leave the tensor's checks to core.
+enum class RefVerdict { kBytes, kRefError, kCoreChecks };
+RefVerdict Materialize(const v1::TensorRef& ref, v1::Tensor* tensor) {
+  if (ref.region() != kShmAlias) return RefVerdict::kRefError;
+  tensor->set_dtype(ref.dtype());
+  tensor->mutable_shape()->CopyFrom(ref.shape());
+  const uint64_t item = ref.dtype() == v1::DTYPE_F32 ? 4 : (ref.dtype() == v1::DTYPE_F16 || ref.dtype() == v1::DTYPE_BF16) ? 2 : 0;
+  if (item == 0) return RefVerdict::kCoreChecks;
+  unsigned __int128 bytes = item;
+  for (const int64_t d : ref.shape()) {
+    if (d < 1) return RefVerdict::kCoreChecks;
+    bytes *= static_cast<unsigned __int128>(d);
+    if (bytes > std::numeric_limits<uint64_t>::max()) return RefVerdict::kRefError;
+  }
+  if (ref.offset() % item != 0 || ref.offset() > kShmBytes || bytes > kShmBytes - ref.offset()) {
+    return RefVerdict::kRefError;
+  }
+  tensor->set_data(Shm().bytes.substr(static_cast<size_t>(ref.offset()), static_cast<size_t>(bytes)));
+  return RefVerdict::kBytes;
+}
+
+// Checks a request with tensor references: each step is answered as its materialized twin (the same tensors
+// inline) when its references are good, and with an INVALID_ARGUMENT naming the reference otherwise. Replaces
+// `request` by the twin for the inline checks that follow.
+std::string CheckReferences(v1::SampleRequest* request) {
+  v1::SampleRequest twin = *request;
+  std::vector<bool> ref_error(static_cast<size_t>(request->steps_size()), false);
+  for (int i = 0; i < request->steps_size(); ++i) {
+    v1::Step* step = request->mutable_steps(i);
+    v1::Step* inline_step = twin.mutable_steps(i);
+    if (step->has_logits_ref() && step->logits_ref().region() == kShmAlias) {
+      step->mutable_logits_ref()->set_region(Shm().region);
+    }
+    if (step->has_attention_ref() && step->attention_ref().region() == kShmAlias) {
+      step->mutable_attention_ref()->set_region(Shm().region);
+    }
+    if (step->has_logits_ref()) {
+      if (step->has_logits()) {
+        ref_error[static_cast<size_t>(i)] = true;
+      } else if (Materialize(twin.steps(i).logits_ref(), inline_step->mutable_logits()) == RefVerdict::kRefError) {
+        ref_error[static_cast<size_t>(i)] = true;
+      }
+      inline_step->clear_logits_ref();
+    }
+    if (!ref_error[static_cast<size_t>(i)] && step->has_attention_ref()) {
+      if (step->has_attention()) {
+        ref_error[static_cast<size_t>(i)] = true;
+      } else if (Materialize(twin.steps(i).attention_ref(), inline_step->mutable_attention()) ==
+                 RefVerdict::kRefError) {
+        ref_error[static_cast<size_t>(i)] = true;
+      }
+      inline_step->clear_attention_ref();
+    }
+  }
+  const SamplerService& service = Service();
+  SeedTable seeds, twin_seeds;
+  Workspace workspace;
+  v1::SampleResponse by_ref, by_bytes;
+  if (!service.HandleRequest(*request, &seeds, &workspace, &by_ref, Shm().session).ok()) return "";  // too many steps
+  // Seed 0 means a seed the server picks; the twin uses the ones it picked.
+  for (int i = 0; i < twin.steps_size(); ++i) {
+    if (!by_ref.results(i).has_error()) twin.mutable_steps(i)->set_seed(by_ref.results(i).seed());
+  }
+  if (!service.HandleRequest(twin, &twin_seeds, &workspace, &by_bytes).ok()) return "the inline twin was refused";
+  for (int i = 0; i < request->steps_size(); ++i) {
+    v1::StepResult a = by_ref.results(i);
+    v1::StepResult b = by_bytes.results(i);
+    const std::string where = absl::StrCat("step ", i, " (referenced): ");
+    if (ref_error[static_cast<size_t>(i)]) {
+      // The first failing check may also be an earlier core check of the step (profile, params, ...), but a
+      // reference that must fail never yields a token.
+      if (!a.has_error()) return absl::StrCat(where, "a bad reference was answered");
+      continue;
+    }
+    if (a.has_error() && absl::StrContains(a.error().field(), "_ref")) {
+      return absl::StrCat(where, "a good reference was refused: ", a.error().message());
+    }
+    a.clear_server_micros();
+    b.clear_server_micros();
+    if (a.SerializeAsString() != b.SerializeAsString()) {
+      return absl::StrCat(where, "answered differently from the same tensors inline");
+    }
+  }
+  for (int i = twin.steps_size() - 1; i >= 0; --i) {
+    if (ref_error[static_cast<size_t>(i)]) twin.mutable_steps()->DeleteSubrange(i, 1);
+  }
+  *request = std::move(twin);
+  return "";
 }
 
 // The float32 view of a tensor the server accepted (the same decode core used).
@@ -464,6 +603,12 @@ std::string CheckRequestBytes(const uint8_t* data, size_t size) {
   v1::SampleRequest request;
   if (!request.ParseFromArray(data, static_cast<int>(size))) return "";
   const SamplerService& service = Service();
+  const bool has_refs = std::any_of(request.steps().begin(), request.steps().end(), [](const v1::Step& s) {
+    return s.has_logits_ref() || s.has_attention_ref();
+  });
+  if (has_refs) {
+    if (std::string f = CheckReferences(&request); !f.empty()) return f;
+  }
 
   SeedTable seeds;
   Workspace workspace;
@@ -651,7 +796,7 @@ void MutateRequest(std::minstd_rand& rng, v1::SampleRequest* request) {
   }
   v1::Step* step = request->mutable_steps(static_cast<int>(rng() % request->steps_size()));
   const int64_t vocab = step->logits().shape_size() > 0 ? step->logits().shape(0) : 0;
-  switch (rng() % 14) {
+  switch (rng() % 15) {
     case 0:
     case 1:
     case 2:
@@ -693,6 +838,18 @@ void MutateRequest(std::minstd_rand& rng, v1::SampleRequest* request) {
     case 11:
       step->set_profile(Pick<const char*>(rng, {"", "entropix", "entropix-frog", "fixed", "nope"}));
       break;
+    case 13: {
+      // The logits as a reference into the harness's region ("r"): in bounds and aligned, or not.
+      v1::TensorRef* ref = step->mutable_logits_ref();
+      ref->set_region(rng() % 8 ? kShmAlias : "feedface");
+      ref->set_dtype(Pick<v1::DType>(rng, {v1::DTYPE_F32, v1::DTYPE_F16, v1::DTYPE_BF16, static_cast<v1::DType>(7)}));
+      ref->clear_shape();
+      ref->add_shape(rng() % 8 ? 1 + static_cast<int64_t>(rng() % 60000) : SpecialDim(rng, 1000));
+      ref->set_offset(rng() % 4 ? 4 * (rng() % 4096) : Pick<uint64_t>(rng, {1, 2, kShmBytes, kShmBytes - 4,
+                                                                           std::numeric_limits<uint64_t>::max()}));
+      if (rng() % 4) step->clear_logits();
+      break;
+    }
     case 12:
       step->set_seed(Pick<uint64_t>(rng, {0, 1, std::numeric_limits<uint64_t>::max()}));
       step->set_step(Pick<uint64_t>(rng, {0, 1, std::numeric_limits<uint64_t>::max()}));
