@@ -1,6 +1,6 @@
 # `cmake --install <build> --prefix P` installs:
 #   bin/samplerd, bin/samplerctl
-#   include/samplerd/samplerd_client.h, include/samplerd/synthetic_model.h, include/samplerd/v1/*.pb.h
+#   include/samplerd/samplerd_client.h, include/samplerd/synthetic_model.h, include/samplerd/shm_plane.h, include/samplerd/v1/*.pb.h
 #   lib/libsamplerd_{client,proto,profile_proto,health_proto}.a
 #   lib/cmake/samplerd/  find_package(samplerd CONFIG REQUIRED) -> samplerd::client
 #   lib/pkgconfig/samplerd.pc  (pkg-config --cflags --libs samplerd)
@@ -23,6 +23,7 @@ install(TARGETS samplerd_client samplerd_proto samplerd_profile_proto samplerd_h
   EXPORT samplerdTargets
   ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}")
 install(FILES "${PROJECT_SOURCE_DIR}/clients/cpp/samplerd_client.h" "${PROJECT_SOURCE_DIR}/clients/cpp/synthetic_model.h"
+  "${PROJECT_SOURCE_DIR}/clients/cpp/shm_plane.h"
   DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/samplerd")
 install(FILES
   "${PROJECT_BINARY_DIR}/proto/gen/samplerd/v1/sampler.pb.h"

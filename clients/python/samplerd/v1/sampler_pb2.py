@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from samplerd.v1 import profile_pb2 as samplerd_dot_v1_dot_profile__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19samplerd/v1/sampler.proto\x12\x0bsamplerd.v1\x1a\x19samplerd/v1/profile.proto\"H\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.samplerd.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xef\x01\n\x04Step\x12\x13\n\x0bsequence_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12#\n\x06logits\x18\x03 \x01(\x0b\x32\x13.samplerd.v1.Tensor\x12&\n\tattention\x18\x04 \x01(\x0b\x32\x13.samplerd.v1.Tensor\x12\x15\n\rrecent_tokens\x18\x05 \x03(\x05\x12+\n\x06params\x18\x06 \x01(\x0b\x32\x1b.samplerd.v1.SamplingParams\x12\x0f\n\x07profile\x18\x07 \x01(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x14\n\x0ctop_logprobs\x18\t \x01(\x05\"1\n\rSampleRequest\x12 \n\x05steps\x18\x01 \x03(\x0b\x32\x11.samplerd.v1.Step\"\xaf\x02\n\x07Metrics\x12\x1b\n\x0elogits_entropy\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x1e\n\x11logits_varentropy\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x19\n\x0c\x61ttn_entropy\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1c\n\x0f\x61ttn_varentropy\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x16\n\tagreement\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12!\n\x14interaction_strength\x18\x06 \x01(\x02H\x05\x88\x01\x01\x42\x11\n\x0f_logits_entropyB\x14\n\x12_logits_varentropyB\x0f\n\r_attn_entropyB\x12\n\x10_attn_varentropyB\x0c\n\n_agreementB\x17\n\x15_interaction_strength\".\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xca\x02\n\nStepResult\x12\x13\n\x0bsequence_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\r\n\x05token\x18\x03 \x01(\x05\x12\x0f\n\x07logprob\x18\x04 \x01(\x02\x12#\n\x06regime\x18\x05 \x01(\x0e\x32\x13.samplerd.v1.Regime\x12,\n\x07\x61pplied\x18\x06 \x01(\x0b\x32\x1b.samplerd.v1.SamplingParams\x12%\n\x07metrics\x18\x07 \x01(\x0b\x32\x14.samplerd.v1.Metrics\x12&\n\x03top\x18\x08 \x03(\x0b\x32\x19.samplerd.v1.TokenLogprob\x12!\n\x05\x65rror\x18\t \x01(\x0b\x32\x12.samplerd.v1.Error\x12\x15\n\rserver_micros\x18\n \x01(\r\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x0f\n\x07profile\x18\x0c \x01(\t\":\n\x0eSampleResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.samplerd.v1.StepResult\"\x15\n\x13ListProfilesRequest\"W\n\x14ListProfilesResponse\x12&\n\x08profiles\x18\x01 \x03(\x0b\x32\x14.samplerd.v1.Profile\x12\x17\n\x0f\x64\x65\x66\x61ult_profile\x18\x02 \x01(\t*L\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\r\n\tDTYPE_F32\x10\x01\x12\r\n\tDTYPE_F16\x10\x02\x12\x0e\n\nDTYPE_BF16\x10\x03\x32\xec\x01\n\x07Sampler\x12\x45\n\x06Sample\x12\x1a.samplerd.v1.SampleRequest\x1a\x1b.samplerd.v1.SampleResponse(\x01\x30\x01\x12\x45\n\nSampleOnce\x12\x1a.samplerd.v1.SampleRequest\x1a\x1b.samplerd.v1.SampleResponse\x12S\n\x0cListProfiles\x12 .samplerd.v1.ListProfilesRequest\x1a!.samplerd.v1.ListProfilesResponseB2Z0samplerd.dev/samplerd/gen/samplerd/v1;samplerdv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19samplerd/v1/sampler.proto\x12\x0bsamplerd.v1\x1a\x19samplerd/v1/profile.proto\"H\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.samplerd.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"]\n\tTensorRef\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.samplerd.v1.DType\x12\r\n\x05shape\x18\x04 \x03(\x03\"\xca\x02\n\x04Step\x12\x13\n\x0bsequence_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12#\n\x06logits\x18\x03 \x01(\x0b\x32\x13.samplerd.v1.Tensor\x12&\n\tattention\x18\x04 \x01(\x0b\x32\x13.samplerd.v1.Tensor\x12\x15\n\rrecent_tokens\x18\x05 \x03(\x05\x12+\n\x06params\x18\x06 \x01(\x0b\x32\x1b.samplerd.v1.SamplingParams\x12\x0f\n\x07profile\x18\x07 \x01(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x14\n\x0ctop_logprobs\x18\t \x01(\x05\x12*\n\nlogits_ref\x18\n \x01(\x0b\x32\x16.samplerd.v1.TensorRef\x12-\n\rattention_ref\x18\x0b \x01(\x0b\x32\x16.samplerd.v1.TensorRef\"1\n\rSampleRequest\x12 \n\x05steps\x18\x01 \x03(\x0b\x32\x11.samplerd.v1.Step\"\xaf\x02\n\x07Metrics\x12\x1b\n\x0elogits_entropy\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x1e\n\x11logits_varentropy\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x19\n\x0c\x61ttn_entropy\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1c\n\x0f\x61ttn_varentropy\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x16\n\tagreement\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12!\n\x14interaction_strength\x18\x06 \x01(\x02H\x05\x88\x01\x01\x42\x11\n\x0f_logits_entropyB\x14\n\x12_logits_varentropyB\x0f\n\r_attn_entropyB\x12\n\x10_attn_varentropyB\x0c\n\n_agreementB\x17\n\x15_interaction_strength\".\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xca\x02\n\nStepResult\x12\x13\n\x0bsequence_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\r\n\x05token\x18\x03 \x01(\x05\x12\x0f\n\x07logprob\x18\x04 \x01(\x02\x12#\n\x06regime\x18\x05 \x01(\x0e\x32\x13.samplerd.v1.Regime\x12,\n\x07\x61pplied\x18\x06 \x01(\x0b\x32\x1b.samplerd.v1.SamplingParams\x12%\n\x07metrics\x18\x07 \x01(\x0b\x32\x14.samplerd.v1.Metrics\x12&\n\x03top\x18\x08 \x03(\x0b\x32\x19.samplerd.v1.TokenLogprob\x12!\n\x05\x65rror\x18\t \x01(\x0b\x32\x12.samplerd.v1.Error\x12\x15\n\rserver_micros\x18\n \x01(\r\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x0f\n\x07profile\x18\x0c \x01(\t\":\n\x0eSampleResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.samplerd.v1.StepResult\"\x15\n\x13ListProfilesRequest\"W\n\x14ListProfilesResponse\x12&\n\x08profiles\x18\x01 \x03(\x0b\x32\x14.samplerd.v1.Profile\x12\x17\n\x0f\x64\x65\x66\x61ult_profile\x18\x02 \x01(\t\"{\n\x11ShmControlRequest\x12,\n\x08register\x18\x01 \x01(\x0b\x32\x18.samplerd.v1.ShmRegisterH\x00\x12\x30\n\nunregister\x18\x02 \x01(\x0b\x32\x1a.samplerd.v1.ShmUnregisterH\x00\x42\x06\n\x04kind\"\x1b\n\x0bShmRegister\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\rShmUnregister\x12\x0e\n\x06region\x18\x01 \x01(\t\"b\n\x12ShmControlResponse\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07session\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04*L\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\r\n\tDTYPE_F32\x10\x01\x12\r\n\tDTYPE_F16\x10\x02\x12\x0e\n\nDTYPE_BF16\x10\x03\x32\xec\x01\n\x07Sampler\x12\x45\n\x06Sample\x12\x1a.samplerd.v1.SampleRequest\x1a\x1b.samplerd.v1.SampleResponse(\x01\x30\x01\x12\x45\n\nSampleOnce\x12\x1a.samplerd.v1.SampleRequest\x1a\x1b.samplerd.v1.SampleResponse\x12S\n\x0cListProfiles\x12 .samplerd.v1.ListProfilesRequest\x1a!.samplerd.v1.ListProfilesResponseB2Z0samplerd.dev/samplerd/gen/samplerd/v1;samplerdv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'samplerd.v1.sampler_pb2', globals())
@@ -22,28 +22,38 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z0samplerd.dev/samplerd/gen/samplerd/v1;samplerdv1'
-  _DTYPE._serialized_start=1350
-  _DTYPE._serialized_end=1426
+  _DTYPE._serialized_start=1823
+  _DTYPE._serialized_end=1899
   _TENSOR._serialized_start=69
   _TENSOR._serialized_end=141
-  _STEP._serialized_start=144
-  _STEP._serialized_end=383
-  _SAMPLEREQUEST._serialized_start=385
-  _SAMPLEREQUEST._serialized_end=434
-  _METRICS._serialized_start=437
-  _METRICS._serialized_end=740
-  _TOKENLOGPROB._serialized_start=742
-  _TOKENLOGPROB._serialized_end=788
-  _ERROR._serialized_start=790
-  _ERROR._serialized_end=843
-  _STEPRESULT._serialized_start=846
-  _STEPRESULT._serialized_end=1176
-  _SAMPLERESPONSE._serialized_start=1178
-  _SAMPLERESPONSE._serialized_end=1236
-  _LISTPROFILESREQUEST._serialized_start=1238
-  _LISTPROFILESREQUEST._serialized_end=1259
-  _LISTPROFILESRESPONSE._serialized_start=1261
-  _LISTPROFILESRESPONSE._serialized_end=1348
-  _SAMPLER._serialized_start=1429
-  _SAMPLER._serialized_end=1665
+  _TENSORREF._serialized_start=143
+  _TENSORREF._serialized_end=236
+  _STEP._serialized_start=239
+  _STEP._serialized_end=569
+  _SAMPLEREQUEST._serialized_start=571
+  _SAMPLEREQUEST._serialized_end=620
+  _METRICS._serialized_start=623
+  _METRICS._serialized_end=926
+  _TOKENLOGPROB._serialized_start=928
+  _TOKENLOGPROB._serialized_end=974
+  _ERROR._serialized_start=976
+  _ERROR._serialized_end=1029
+  _STEPRESULT._serialized_start=1032
+  _STEPRESULT._serialized_end=1362
+  _SAMPLERESPONSE._serialized_start=1364
+  _SAMPLERESPONSE._serialized_end=1422
+  _LISTPROFILESREQUEST._serialized_start=1424
+  _LISTPROFILESREQUEST._serialized_end=1445
+  _LISTPROFILESRESPONSE._serialized_start=1447
+  _LISTPROFILESRESPONSE._serialized_end=1534
+  _SHMCONTROLREQUEST._serialized_start=1536
+  _SHMCONTROLREQUEST._serialized_end=1659
+  _SHMREGISTER._serialized_start=1661
+  _SHMREGISTER._serialized_end=1688
+  _SHMUNREGISTER._serialized_start=1690
+  _SHMUNREGISTER._serialized_end=1721
+  _SHMCONTROLRESPONSE._serialized_start=1723
+  _SHMCONTROLRESPONSE._serialized_end=1821
+  _SAMPLER._serialized_start=1902
+  _SAMPLER._serialized_end=2138
 # @@protoc_insertion_point(module_scope)

@@ -61,10 +61,46 @@ class SampleResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[StepResult]
     def __init__(self, results: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ...) -> None: ...
 
+class ShmControlRequest(_message.Message):
+    __slots__ = ["register", "unregister"]
+    REGISTER_FIELD_NUMBER: _ClassVar[int]
+    UNREGISTER_FIELD_NUMBER: _ClassVar[int]
+    register: ShmRegister
+    unregister: ShmUnregister
+    def __init__(self, register: _Optional[_Union[ShmRegister, _Mapping]] = ..., unregister: _Optional[_Union[ShmUnregister, _Mapping]] = ...) -> None: ...
+
+class ShmControlResponse(_message.Message):
+    __slots__ = ["code", "message", "region", "session", "size"]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    region: str
+    session: str
+    size: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., session: _Optional[str] = ..., region: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ShmRegister(_message.Message):
+    __slots__ = ["name"]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ShmUnregister(_message.Message):
+    __slots__ = ["region"]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    def __init__(self, region: _Optional[str] = ...) -> None: ...
+
 class Step(_message.Message):
-    __slots__ = ["attention", "logits", "params", "profile", "recent_tokens", "seed", "sequence_id", "step", "top_logprobs"]
+    __slots__ = ["attention", "attention_ref", "logits", "logits_ref", "params", "profile", "recent_tokens", "seed", "sequence_id", "step", "top_logprobs"]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_REF_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_REF_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     RECENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -73,7 +109,9 @@ class Step(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     attention: Tensor
+    attention_ref: TensorRef
     logits: Tensor
+    logits_ref: TensorRef
     params: _profile_pb2.SamplingParams
     profile: str
     recent_tokens: _containers.RepeatedScalarFieldContainer[int]
@@ -81,7 +119,7 @@ class Step(_message.Message):
     sequence_id: str
     step: int
     top_logprobs: int
-    def __init__(self, sequence_id: _Optional[str] = ..., step: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., attention: _Optional[_Union[Tensor, _Mapping]] = ..., recent_tokens: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_profile_pb2.SamplingParams, _Mapping]] = ..., profile: _Optional[str] = ..., seed: _Optional[int] = ..., top_logprobs: _Optional[int] = ...) -> None: ...
+    def __init__(self, sequence_id: _Optional[str] = ..., step: _Optional[int] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., attention: _Optional[_Union[Tensor, _Mapping]] = ..., recent_tokens: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_profile_pb2.SamplingParams, _Mapping]] = ..., profile: _Optional[str] = ..., seed: _Optional[int] = ..., top_logprobs: _Optional[int] = ..., logits_ref: _Optional[_Union[TensorRef, _Mapping]] = ..., attention_ref: _Optional[_Union[TensorRef, _Mapping]] = ...) -> None: ...
 
 class StepResult(_message.Message):
     __slots__ = ["applied", "error", "logprob", "metrics", "profile", "regime", "seed", "sequence_id", "server_micros", "step", "token", "top"]
@@ -120,6 +158,18 @@ class Tensor(_message.Message):
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TensorRef(_message.Message):
+    __slots__ = ["dtype", "offset", "region", "shape"]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    dtype: DType
+    offset: int
+    region: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ["logprob", "token"]

@@ -1,5 +1,5 @@
 // Strategy profiles of samplerd: the data that decides, per decode step, which regime applies and which
-// sampling parameters it uses (DESIGN.md section 4).
+// sampling parameters it uses (docs/contract.md section 4).
 //
 // These messages are both the configuration format (a `ProfileSet` in protobuf's JSON mapping, loaded by
 // `samplerd --config profiles.json`) and what `ListProfiles` returns, so a client sees exactly the values the
@@ -101,7 +101,7 @@ func (Regime) EnumDescriptor() ([]byte, []int) {
 	return file_samplerd_v1_profile_proto_rawDescGZIP(), []int{0}
 }
 
-// The six uncertainty metrics of DESIGN.md section 3, as named in bounds.
+// The six uncertainty metrics of docs/contract.md section 3, as named in bounds.
 type Metric int32
 
 const (
@@ -474,7 +474,7 @@ func (x *SamplingParams) GetClarifyingToken() int32 {
 	return 0
 }
 
-// Coefficients of the regime formulas (golden/README.md, "Parameter formulas"). Unset fields take the
+// Coefficients of the regime formulas (docs/contract.md section 4). Unset fields take the
 // reference (entropix) value, so a custom profile only names what it changes.
 type Coefficients struct {
 	state         protoimpl.MessageState
