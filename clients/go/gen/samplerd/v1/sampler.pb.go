@@ -241,7 +241,8 @@ type Step struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// Opaque key of the generation; part of the random stream's key (with `seed` and `step`).
+	// Opaque key of the generation; part of the random stream's key (with `seed` and `step`). At most 256 bytes
+	// (longer is INVALID_ARGUMENT on the step).
 	SequenceId string `protobuf:"bytes,1,opt,name=sequence_id,json=sequenceId,proto3" json:"sequence_id,omitempty"`
 	// Index of the token being generated within the sequence (0-based).
 	Step uint64 `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
@@ -670,6 +671,7 @@ type StepResult struct {
 	// The metrics computed for this step.
 	Metrics *Metrics `protobuf:"bytes,7,opt,name=metrics,proto3" json:"metrics,omitempty"`
 	// The `top_logprobs` most likely tokens under the unmodified logits, best first (lower id first on ties).
+	// Only tokens with a finite log-probability are listed: fewer than `top_logprobs` when fewer are finite.
 	Top []*TokenLogprob `protobuf:"bytes,8,rep,name=top,proto3" json:"top,omitempty"`
 	// Set instead of the fields above when the step was rejected.
 	Error *Error `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
