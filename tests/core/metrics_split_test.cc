@@ -175,7 +175,9 @@ TEST(MetricsSplit, ErrorsAreTheOneThreadErrorsWhicheverSideFindsThem) {
 }
 
 TEST(MetricsSplit, Bf16ConvertedInTheSharedFirstPassMatchesItsFloats) {
-  const Shape shape{40000, 48, 1500};
+  // Large enough to be shared, so the two threads convert the rows they take (a ragged vector tail per row).
+  const Shape shape{40000, 48, 5500};
+  static_assert(int64_t{48} * 5500 >= kMinSharedAttention);
   std::vector<float> z = Normal(shape.vocab, 2.0f, 11);
   std::vector<float> s = Normal(shape.rows * shape.cols, 3.0f, 12);
   std::vector<uint16_t> z16(z.size()), s16(s.size());
@@ -199,6 +201,7 @@ TEST(MetricsSplit, Bf16ConvertedInTheSharedFirstPassMatchesItsFloats) {
   MetricsScratch scratch;
   ThreadForkJoin threads;
   ExpectSameBits(Shared(logits, attention, &threads, &scratch), want, "bf16, two threads");
+  EXPECT_GE(threads.runs, 1) << "the bf16 step was not shared";
   EXPECT_EQ(s_fill, s);
   EXPECT_EQ(z_fill, z);
 }
