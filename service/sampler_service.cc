@@ -1,7 +1,6 @@
 #include "service/sampler_service.h"
 
 #include <chrono>
-#include <deque>
 #include <optional>
 #include <string>
 #include <utility>
@@ -9,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/field_error.h"
+#include "service/answer_order.h"
 #include "service/allocator_tuning.h"
 #include "service/step_codec.h"
 #include "spdlog/spdlog.h"
@@ -90,11 +90,12 @@ void SerializeResponse(const v1::SampleResponse& response, grpc::ByteBuffer* wir
 
 // SampleReactor
 //
-// One per Sample stream. Everything shared between the reactions (which gRPC may run concurrently) and the
-// workers' completions is under mu_, except the read side (seeds_, the read's buffer and message, the message
-// count), which only OnReadDone uses: reading_ stays set from StartRead until that OnReadDone has handed the
-// request to StartRequest (which resolves the seeds before it returns), so the next read, and with it the next
-// OnReadDone, can only start after that.
+// One per Sample stream. The order of answers (which read may start, which answer is written next, when and how
+// the stream ends) is AnswerOrder's; the reactor does the I/O it allows. AnswerOrder is shared between the
+// reactions (which gRPC may run concurrently) and the workers' completions, so it is under mu_. The read side
+// (seeds_, the read's buffer and message, the message count) is only OnReadDone's: the read side stays taken
+// from StartRead until that OnReadDone has handed the request to StartRequest (which resolves the seeds before it
+// returns) and called ReleaseRead, so the next read, and with it the next OnReadDone, can only start after that.
 //
 // Lifetime: gRPC deletes the reactor (OnDone) once Finish has completed, so Finish is called only when no
 // request is running on the workers, and, from a worker, as that thread's last touch of the reactor (after mu_
@@ -109,73 +110,48 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   }
 
   void OnReadDone(bool ok) override {
-    // This reaction owns the read side (read_buffer_, read_request_, messages_read_, seeds_) until it clears
-    // reading_ under mu_: while reading_ is set no other thread starts a read, so no other OnReadDone runs. The
-    // parse and the seed resolution happen outside mu_ (a request may be tens of MB), and reading_ is released
-    // only after StartRequest is done with seeds_.
+    // The parse and the seed resolution happen outside mu_ (a request may be tens of MB); the read side is
+    // released only after StartRequest is done with seeds_.
     absl::Status parsed;
     if (ok) parsed = ParseRequest(&read_buffer_, ++messages_read_, read_request_.get());
-    Pending* pending = nullptr;
-    std::optional<grpc::Status> finish;
+    Order::Entry* entry = nullptr;
+    std::optional<absl::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!ok || finished_ || broken_ || !parsed.ok()) {  // the client half-closed, the call is gone, or garbage
-        reading_ = false;
-        input_done_ = input_done_ || !ok;
-        // Logged with the status when it is sent (logging.h).
-        if (!parsed.ok() && !finish_status_.has_value()) finish_status_ = ToGrpcStatus(parsed);
-        spare_requests_.push_back(std::move(read_request_));
-        finish = TakeFinishLocked();
-      } else {
-        std::unique_ptr<Pending> p;
-        if (spare_pending_.empty()) {
-          p = std::make_unique<Pending>();
-        } else {
-          p = std::move(spare_pending_.back());
-          spare_pending_.pop_back();
-        }
-        p->request = std::move(read_request_);
-        p->ready = false;
-        p->refused = false;
-        pending = p.get();
-        queue_.push_back(std::move(p));  // answers leave in this order, whichever is computed first
-        ++computing_;
-      }
+      // Null when the client half-closed, the call is gone, or the message is garbage (logged with the status
+      // when it is sent, logging.h).
+      entry = order_.Received(std::move(read_request_), /*half_closed=*/!ok, parsed);
+      if (entry == nullptr) finish = order_.TakeFinish();
     }
-    if (pending == nullptr) {
-      if (finish.has_value()) Finish(*std::move(finish));
+    if (entry == nullptr) {
+      if (finish.has_value()) Finish(ToGrpcStatus(*finish));
       return;
     }
     if (no_compute_) {
-      AnswerWithoutCompute(*pending->request, &pending->response);
-      OnAnswered(pending, absl::OkStatus());
+      AnswerWithoutCompute(*entry->request, &entry->answer.response);
+      OnAnswered(entry, absl::OkStatus());
     } else {
-      service_->StartRequest(*pending->request, &seeds_, &pending->response,
-                             [this, pending](absl::Status status) { OnAnswered(pending, std::move(status)); },
+      service_->StartRequest(*entry->request, &seeds_, &entry->answer.response,
+                             [this, entry](absl::Status status) { OnAnswered(entry, std::move(status)); },
                              shm_session_);
     }
     // The read side is free again; the next request is received while this one runs (the reactor stays alive:
     // this reaction holds it).
     std::lock_guard<std::mutex> lock(mu_);
-    reading_ = false;
+    order_.ReleaseRead();
     MaybeStartReadLocked();
   }
 
   void OnWriteDone(bool ok) override {
-    std::optional<grpc::Status> finish;
+    std::optional<absl::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      writing_ = false;
-      if (ok) {
-        RecycleFrontLocked();
-        MaybeStartWriteLocked();
-        MaybeStartReadLocked();
-      } else {  // the call was cancelled or the connection broke: nothing more can be delivered
-        broken_ = true;
-      }
-      finish = TakeFinishLocked();
+      order_.WriteDone(ok);  // not ok: the call was cancelled or the connection broke
+      MaybeStartWriteLocked();
+      MaybeStartReadLocked();
+      finish = order_.TakeFinish();
     }
-    if (finish.has_value()) Finish(*std::move(finish));
+    if (finish.has_value()) Finish(ToGrpcStatus(*finish));
   }
 
   void OnCancel() override { spdlog::debug("Sample stream from {} cancelled", peer_); }
@@ -187,82 +163,42 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   }
 
  private:
-  // One request and its answer, from the end of its read until its response is written.
-  struct Pending {
-    std::unique_ptr<v1::SampleRequest> request;  // while its steps run; then back to spare_requests_
+  // A request's answer and its wire form.
+  struct Answer {
     v1::SampleResponse response;
-    grpc::ByteBuffer wire;  // `response` serialized, once ready
-    bool ready = false;    // every step is answered (or the request was refused)
-    bool refused = false;  // a stream-level error: nothing to write, the call ends after the earlier answers
+    grpc::ByteBuffer wire;  // `response` serialized, once answered
+    void Clear() { wire.Clear(); }
   };
+  using Order = AnswerOrder<v1::SampleRequest, Answer>;
 
   // The completion of one request, on a worker (or on the reading thread for a refused, empty or no-compute
   // request).
-  void OnAnswered(Pending* pending, absl::Status status) {
+  void OnAnswered(Order::Entry* entry, absl::Status status) {
     // Serialized here, outside mu_, on the thread that answered.
-    if (status.ok()) SerializeResponse(pending->response, &pending->wire);
-    std::optional<grpc::Status> finish;
+    if (status.ok()) SerializeResponse(entry->answer.response, &entry->answer.wire);
+    std::optional<absl::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      --computing_;
-      pending->ready = true;
-      spare_requests_.push_back(std::move(pending->request));
-      if (!status.ok()) {
-        pending->refused = true;
-        if (!finish_status_.has_value()) {
-          spdlog::warn("Sample stream from {} ended: {}", peer_, status.ToString());
-          finish_status_ = ToGrpcStatus(status);
-        }
-      }
-      if (!broken_) MaybeStartWriteLocked();
+      if (order_.Answered(entry, status)) spdlog::warn("Sample stream from {} ended: {}", peer_, status.ToString());
+      MaybeStartWriteLocked();
       MaybeStartReadLocked();
-      finish = TakeFinishLocked();
+      finish = order_.TakeFinish();
     }
     // Possibly the last touch of this reactor: OnDone may delete it as soon as Finish is called.
-    if (finish.has_value()) Finish(*std::move(finish));
+    if (finish.has_value()) Finish(ToGrpcStatus(*finish));
   }
 
   void MaybeStartReadLocked() {
-    if (reading_ || input_done_ || finish_status_.has_value() || finished_ || broken_) return;
-    // Resumed from OnWriteDone / OnAnswered when the limits free up.
-    if (queue_.size() >= kMaxQueuedResponses || computing_ >= kMaxRequestsInFlight) return;
-    if (spare_requests_.empty()) {
-      read_request_ = std::make_unique<v1::SampleRequest>();
-    } else {
-      read_request_ = std::move(spare_requests_.back());
-      spare_requests_.pop_back();
-    }
-    reading_ = true;
+    std::unique_ptr<v1::SampleRequest> request = order_.StartRead();
+    if (request == nullptr) return;  // resumed from OnWriteDone / OnAnswered when the limits free up
     // A reused message keeps its buffers' capacity: a stream of same-sized requests parses without allocating.
+    read_request_ = std::move(request);
     StartRead(&read_buffer_);
   }
 
-  // Starts writing the oldest answer if it is ready and nothing is being written; refused entries are dropped.
   void MaybeStartWriteLocked() {
-    while (!queue_.empty() && queue_.front()->ready && queue_.front()->refused) RecycleFrontLocked();
-    if (writing_ || finished_ || broken_ || queue_.empty() || !queue_.front()->ready) return;
-    writing_ = true;
-    // The Pending stays at the front of queue_, untouched, until OnWriteDone.
-    StartWrite(&queue_.front()->wire);
-  }
-
-  void RecycleFrontLocked() {
-    queue_.front()->wire.Clear();
-    spare_pending_.push_back(std::move(queue_.front()));
-    queue_.pop_front();
-  }
-
-  // The status to Finish with, once: when no request is on the workers, no write is in flight, and either a
-  // write failed, or every answer is written and the client is done or an error ended the stream.
-  std::optional<grpc::Status> TakeFinishLocked() {
-    if (finished_ || computing_ > 0 || writing_) return std::nullopt;
-    if (broken_) {
-      finished_ = true;
-      return grpc::Status(grpc::StatusCode::CANCELLED, "the response could not be written");
-    }
-    if (!queue_.empty() || (!input_done_ && !finish_status_.has_value())) return std::nullopt;
-    finished_ = true;
-    return finish_status_.value_or(grpc::Status::OK);
+    // The answer stays untouched until OnWriteDone.
+    if (Answer* answer = order_.NextWrite()) StartWrite(&answer->wire);
   }
 
   SamplerService* const service_;
@@ -271,21 +207,12 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   const std::string shm_session_;
 
   std::mutex mu_;
-  // The read side: owned by whoever set reading_ (MaybeStartReadLocked, under mu_) until OnReadDone clears it.
+  Order order_{{kMaxQueuedResponses, kMaxRequestsInFlight}};  // guarded by mu_
+  // The read side: taken by MaybeStartReadLocked (under mu_) until OnReadDone releases it.
   SeedTable seeds_;
   grpc::ByteBuffer read_buffer_;
   std::unique_ptr<v1::SampleRequest> read_request_;
   int64_t messages_read_ = 0;
-  std::vector<std::unique_ptr<v1::SampleRequest>> spare_requests_;  // guarded by mu_; at most two in all
-  std::deque<std::unique_ptr<Pending>> queue_;  // guarded by mu_; request order; front() is in flight when writing_
-  std::vector<std::unique_ptr<Pending>> spare_pending_;  // guarded by mu_
-  int computing_ = 0;                                    // guarded by mu_; requests on the workers
-  bool reading_ = false;                                 // guarded by mu_; the read side is taken (above)
-  bool writing_ = false;                                 // guarded by mu_
-  bool input_done_ = false;                              // guarded by mu_; no more requests will arrive
-  bool broken_ = false;                                  // guarded by mu_; a write failed: nothing more is sent
-  std::optional<grpc::Status> finish_status_;            // guarded by mu_; sent once queue_ drains
-  bool finished_ = false;                                // guarded by mu_; Finish was called (or is about to be)
 };
 
 absl::StatusOr<std::unique_ptr<SamplerService>> SamplerService::Create(Options options) {
