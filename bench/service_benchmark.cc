@@ -4,7 +4,6 @@
 //                                    TryRunHere), steps shared with an idle worker or not (--share_steps): B on 1
 //                                    vs 2 workers is the pool's speed-up, S/L/XL on 2 workers share 1 vs 0 what
 //                                    sharing a step gains; items_per_second = steps/s.
-//   BM_RequestSerial/<workload>      HandleRequest on the calling thread (what the reactor did before the pool).
 //   BM_PoolHop                       ParallelFor of one empty task: the cost of handing a request to a worker
 //                                    and hearing back (a futex wake each way).
 //   BM_ParseRequest/<workload>       protobuf parse of a serialized request (the copy of the tensors out of
@@ -88,19 +87,6 @@ void BM_Request(benchmark::State& state) {
 }
 // Real time: the caller sleeps while the workers run.
 BENCHMARK(BM_Request)->ArgsProduct({{0, 1, 2, 3}, {1, 2}, {0, 1}})->UseRealTime()->Unit(benchmark::kMicrosecond);
-
-void BM_RequestSerial(benchmark::State& state) {
-  const int index = static_cast<int>(state.range(0));
-  const v1::SampleRequest& request = Request(index);
-  state.SetLabel(std::string(client::WorkloadName(kWorkloads[index])));
-  std::unique_ptr<SamplerService> service = MakeService(1);
-  SeedTable seeds;
-  Workspace workspace;
-  v1::SampleResponse response;
-  for (auto _ : state) benchmark::DoNotOptimize(service->HandleRequest(request, &seeds, &workspace, &response));
-  state.SetItemsProcessed(state.iterations() * request.steps_size());
-}
-BENCHMARK(BM_RequestSerial)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
 
 void BM_PoolHop(benchmark::State& state) {
   std::unique_ptr<WorkerPool> pool = *WorkerPool::Create({static_cast<int>(state.range(0))});

@@ -44,7 +44,7 @@ check_json "$work/core.json" BM_Step/0 BM_Step/1 BM_Step/2 BM_StepBf16/0 BM_Step
 
 echo "== service_benchmark (tiny --benchmark_min_time)"
 "$BUILD_DIR/bench/service_benchmark" --benchmark_min_time=0.01 --benchmark_format=json > "$work/service.json"
-check_json "$work/service.json" BM_Request BM_RequestSerial BM_PoolHop BM_ParseRequest BM_SerializeRequest
+check_json "$work/service.json" BM_Request BM_PoolHop BM_ParseRequest BM_SerializeRequest
 
 echo "== samplerctl bench against a live samplerd"
 "$SAMPLERD" --listen 127.0.0.1:0 --allow_no_compute --metrics_listen "" --log_level warn > "$work/samplerd.out" 2>&1 &

@@ -256,25 +256,6 @@ bool SamplerService::TryAdmitStream() {
 
 void SamplerService::ReleaseStream() { active_streams_.fetch_sub(1, std::memory_order_relaxed); }
 
-absl::Status SamplerService::HandleRequest(const v1::SampleRequest& request, SeedTable* seeds,
-                                           Workspace* workspace, v1::SampleResponse* response,
-                                           absl::string_view shm_session) const {
-  response->Clear();
-  if (observer_ != nullptr) observer_->OnRequest(request.ByteSizeLong());
-  if (request.steps_size() > config_.max_steps_per_request) {
-    return LimitFieldError("steps", absl::StrCat("a request may carry at most ", config_.max_steps_per_request,
-                                                 " steps (--max_steps_per_request), got ", request.steps_size()));
-  }
-  const std::shared_ptr<const ProfileRegistry> registry = profiles();
-  response->mutable_results()->Reserve(request.steps_size());
-  StepOutput out;
-  for (const v1::Step& step : request.steps()) {
-    const uint64_t seed = seeds->Resolve(step.sequence_id(), step.seed());
-    AnswerStep(*registry, step, seed, shm_session, workspace, &out, response->add_results());
-  }
-  return absl::OkStatus();
-}
-
 void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
                                   std::function<void(absl::Status)> done, absl::string_view shm_session) const {
   response->Clear();

@@ -89,25 +89,16 @@ class SamplerService final
                                          const v1::ListProfilesRequest* request,
                                          v1::ListProfilesResponse* response) override;
 
-  // HandleRequest()
-  //
-  // The transport-free data path of one request: the request-size limit, seed resolution (through `seeds`),
-  // then per step decode → core (timed) → encode into `response` (cleared first). Step problems become that
-  // step's StepResult.error; the returned status is non-OK only for a problem that ends the call
-  // (RESOURCE_EXHAUSTED for more than max_steps_per_request steps). The request is processed on the calling
-  // thread with `workspace`; StartRequest is the same on the worker pool.
-  // `shm_session` is the call's samplerd-shm-session metadata (empty when absent).
-  absl::Status HandleRequest(const v1::SampleRequest& request, SeedTable* seeds, Workspace* workspace,
-                             v1::SampleResponse* response, absl::string_view shm_session = {}) const;
-
   // StartRequest()
   //
-  // HandleRequest on the worker pool, with the same answer: the limit check and seed resolution happen on the
-  // calling thread (so `seeds` is free again when this returns), the steps are spread over the workers, each
-  // result written into its own slot of `response`, so the order is the request's whatever finishes first.
-  // `done` runs exactly once with the status HandleRequest would return: at once on the calling thread when the
-  // request is refused or has no steps, otherwise on the worker that answered the last step. `request` and
-  // `response` must stay untouched until then.
+  // The data path of one request: the request-size limit and seed resolution (through `seeds`) on the calling
+  // thread (so `seeds` is free again when this returns), then per step decode → core (timed) → encode, the steps
+  // spread over the worker pool, each result written into its own slot of `response` (cleared first), so the
+  // order is the request's whatever finishes first. Step problems become that step's StepResult.error. `done`
+  // runs exactly once: with a non-OK status only for a problem that ends the call (RESOURCE_EXHAUSTED for more
+  // than max_steps_per_request steps), at once on the calling thread when the request is refused or has no
+  // steps, otherwise on the worker that answered the last step. `request` and `response` must stay untouched
+  // until then. `shm_session` is the call's samplerd-shm-session metadata (empty when absent).
   void StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
                     std::function<void(absl::Status)> done, absl::string_view shm_session = {}) const;
 

@@ -27,6 +27,7 @@
 #include "service/seed_table.h"
 #include "service/server_config.h"
 #include "service/shm_registry.h"
+#include "tests/service/run_request.h"
 
 namespace samplerd::fuzz {
 namespace {
@@ -107,6 +108,7 @@ const ShmHarness& Shm() {
 const SamplerService& Service() {
   static const SamplerService* const service = [] {
     SamplerService::Options options;
+    options.config.workers = 1;
     options.profiles = ProfileRegistry::BuiltIn();
     options.shm = Shm().registry;
     absl::StatusOr<std::unique_ptr<SamplerService>> s = SamplerService::Create(std::move(options));
@@ -177,14 +179,13 @@ std::string CheckReferences(v1::SampleRequest* request) {
   }
   const SamplerService& service = Service();
   SeedTable seeds, twin_seeds;
-  Workspace workspace;
   v1::SampleResponse by_ref, by_bytes;
-  if (!service.HandleRequest(*request, &seeds, &workspace, &by_ref, Shm().session).ok()) return "";  // too many steps
+  if (!RunRequest(service, *request, &seeds, &by_ref, Shm().session).ok()) return "";  // too many steps
   // Seed 0 means a seed the server picks; the twin uses the ones it picked.
   for (int i = 0; i < twin.steps_size(); ++i) {
     if (!by_ref.results(i).has_error()) twin.mutable_steps(i)->set_seed(by_ref.results(i).seed());
   }
-  if (!service.HandleRequest(twin, &twin_seeds, &workspace, &by_bytes).ok()) return "the inline twin was refused";
+  if (!RunRequest(service, twin, &twin_seeds, &by_bytes).ok()) return "the inline twin was refused";
   for (int i = 0; i < request->steps_size(); ++i) {
     v1::StepResult a = by_ref.results(i);
     v1::StepResult b = by_bytes.results(i);
@@ -611,13 +612,12 @@ std::string CheckRequestBytes(const uint8_t* data, size_t size) {
   }
 
   SeedTable seeds;
-  Workspace workspace;
   v1::SampleResponse first;
-  const absl::Status status = service.HandleRequest(request, &seeds, &workspace, &first);
+  const absl::Status status = RunRequest(service, request, &seeds, &first);
   if (!status.ok()) {
     if (status.code() != absl::StatusCode::kResourceExhausted ||
         request.steps_size() <= ServerConfig().max_steps_per_request) {
-      return absl::StrCat("HandleRequest of ", request.steps_size(), " steps failed: ", status.ToString());
+      return absl::StrCat("a request of ", request.steps_size(), " steps failed: ", status.ToString());
     }
     return "";
   }
@@ -628,14 +628,14 @@ std::string CheckRequestBytes(const uint8_t* data, size_t size) {
     if (std::string f = CheckResult(request.steps(i), first.results(i), i); !f.empty()) return f;
   }
 
-  // Replay with the reported seeds, on the warm workspace: every answer is the same.
+  // Replay with the reported seeds, on the warm workspace (one worker): every answer is the same.
   v1::SampleRequest replay = request;
   for (int i = 0; i < replay.steps_size(); ++i) {
     if (!first.results(i).has_error()) replay.mutable_steps(i)->set_seed(first.results(i).seed());
   }
   SeedTable replay_seeds;
   v1::SampleResponse second;
-  if (!service.HandleRequest(replay, &replay_seeds, &workspace, &second).ok()) return "the replay failed";
+  if (!RunRequest(service, replay, &replay_seeds, &second).ok()) return "the replay failed";
   for (v1::SampleResponse* r : {&first, &second}) {
     for (v1::StepResult& result : *r->mutable_results()) {
       result.clear_server_micros();

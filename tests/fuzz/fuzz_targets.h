@@ -10,7 +10,7 @@
 //   if (!failure.empty()) { fprintf(stderr, "%s\n", failure.c_str()); abort(); }
 //
 // Targets:
-//   CheckRequestBytes  arbitrary bytes -> SampleRequest parse -> SamplerService::HandleRequest (decode,
+//   CheckRequestBytes  arbitrary bytes -> SampleRequest parse -> SamplerService::StartRequest (decode,
 //                      validate, core RunStep, encode), twice: every step is answered, in order, with either a
 //                      documented error code naming a field or a result whose token, logprob, metrics, applied
 //                      parameters and top tokens are in range and finite; the replay with the reported seeds

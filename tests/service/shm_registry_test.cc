@@ -1,6 +1,6 @@
 // The shared-memory plane without a network: ShmRegistry's admission of memfds (seals, limits, sessions),
 // the lifetime of a mapping a step still holds, and the tensor references of a step through
-// SamplerService::HandleRequest: answers equal to the same tensors sent as bytes, and every bad reference
+// SamplerService::StartRequest: answers equal to the same tensors sent as bytes, and every bad reference
 // answered with that step's INVALID_ARGUMENT naming the field while the other steps are answered.
 #include "service/shm_registry.h"
 
@@ -17,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/sampler_service.h"
+#include "tests/service/run_request.h"
 
 namespace samplerd {
 namespace {
@@ -194,9 +195,8 @@ class ShmStepTest : public ::testing::Test {
     v1::SampleRequest request;
     for (const v1::Step& s : steps) *request.add_steps() = s;
     SeedTable seeds;
-    Workspace workspace;
     v1::SampleResponse response;
-    EXPECT_TRUE(service_->HandleRequest(request, &seeds, &workspace, &response, session).ok());
+    EXPECT_TRUE(RunRequest(*service_, request, &seeds, &response, session).ok());
     for (v1::StepResult& r : *response.mutable_results()) r.clear_server_micros();  // timing, not the answer
     return response;
   }
@@ -288,9 +288,8 @@ TEST(ShmStep, AServerWithoutThePlaneRefusesReferences) {
   s->mutable_logits_ref()->set_dtype(v1::DTYPE_F32);
   s->mutable_logits_ref()->add_shape(10);
   SeedTable seeds;
-  Workspace workspace;
   v1::SampleResponse response;
-  ASSERT_TRUE(service->HandleRequest(request, &seeds, &workspace, &response, "whatever").ok());
+  ASSERT_TRUE(RunRequest(*service, request, &seeds, &response, "whatever").ok());
   EXPECT_EQ(response.results(0).error().field(), "logits_ref.region");
   EXPECT_THAT(response.results(0).error().message(), HasSubstr("--shm_socket"));
 }
