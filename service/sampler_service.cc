@@ -38,35 +38,11 @@ class RejectedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   void OnDone() override { delete this; }
 };
 
-// What the client's metadata asks: an answer without core ("samplerd-no-compute: 1").
-bool WantsNoCompute(const grpc::CallbackServerContext& context) {
-  const auto& metadata = context.client_metadata();
-  const auto it = metadata.find(SamplerService::kNoComputeMetadata);
-  return it != metadata.end() && it->second == "1";
-}
-
 // The call's shared-memory session token (empty when it sends none).
 std::string ShmSession(const grpc::CallbackServerContext& context) {
   const auto& metadata = context.client_metadata();
   const auto it = metadata.find(SamplerService::kShmSessionMetadata);
   return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
-}
-
-grpc::Status NoComputeRefused() {
-  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                      absl::StrCat(SamplerService::kNoComputeMetadata,
-                                   ": 1 needs a server started with --allow_no_compute"));
-}
-
-// The answer of a no-compute call: every step echoed by id and index, in order, nothing computed.
-void AnswerWithoutCompute(const v1::SampleRequest& request, v1::SampleResponse* response) {
-  response->Clear();
-  response->mutable_results()->Reserve(request.steps_size());
-  for (const v1::Step& step : request.steps()) {
-    v1::StepResult* result = response->add_results();
-    result->set_sequence_id(step.sequence_id());
-    result->set_step(step.step());
-  }
 }
 
 // Parses one received message into `request` (reused: its buffers keep their capacity) and releases the
@@ -102,9 +78,9 @@ void SerializeResponse(const v1::SampleResponse& response, grpc::ByteBuffer* wir
 // is released).
 class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  SampleReactor(SamplerService* service, std::string peer, bool no_compute, std::string shm_session)
-      : service_(service), peer_(std::move(peer)), no_compute_(no_compute), shm_session_(std::move(shm_session)) {
-    spdlog::debug("Sample stream opened by {}{}", peer_, no_compute_ ? " (no compute)" : "");
+  SampleReactor(SamplerService* service, std::string peer, Answerer answer)
+      : service_(service), peer_(std::move(peer)), answer_(std::move(answer)) {
+    spdlog::debug("Sample stream opened by {}", peer_);
     std::lock_guard<std::mutex> lock(mu_);
     MaybeStartReadLocked();
   }
@@ -127,14 +103,8 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
       if (finish.has_value()) Finish(ToGrpcStatus(*finish));
       return;
     }
-    if (no_compute_) {
-      AnswerWithoutCompute(*entry->request, &entry->answer.response);
-      OnAnswered(entry, absl::OkStatus());
-    } else {
-      service_->StartRequest(*entry->request, &seeds_, &entry->answer.response,
-                             [this, entry](absl::Status status) { OnAnswered(entry, std::move(status)); },
-                             shm_session_);
-    }
+    answer_(*entry->request, &seeds_, &entry->answer.response,
+            [this, entry](absl::Status status) { OnAnswered(entry, std::move(status)); });
     // The read side is free again; the next request is received while this one runs (the reactor stays alive:
     // this reaction holds it).
     std::lock_guard<std::mutex> lock(mu_);
@@ -171,8 +141,8 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   };
   using Order = AnswerOrder<v1::SampleRequest, Answer>;
 
-  // The completion of one request, on a worker (or on the reading thread for a refused, empty or no-compute
-  // request).
+  // The completion of one request, on a worker (or on the reading thread for a request answered at once: refused,
+  // empty, or no compute).
   void OnAnswered(Order::Entry* entry, absl::Status status) {
     // Serialized here, outside mu_, on the thread that answered.
     if (status.ok()) SerializeResponse(entry->answer.response, &entry->answer.wire);
@@ -203,8 +173,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
 
   SamplerService* const service_;
   const std::string peer_;
-  const bool no_compute_;
-  const std::string shm_session_;
+  const Answerer answer_;
 
   std::mutex mu_;
   Order order_{{kMaxQueuedResponses, kMaxRequestsInFlight}};  // guarded by mu_
@@ -234,7 +203,8 @@ SamplerService::SamplerService(Options options)
       profiles_(std::move(options.profiles)),
       observer_(std::move(options.observer)),
       workers_(std::move(options.workers)),
-      shm_(std::move(options.shm)) {}
+      shm_(std::move(options.shm)),
+      no_compute_(config_.allow_no_compute ? std::make_unique<NoComputeResponder>() : nullptr) {}
 
 std::shared_ptr<const ProfileRegistry> SamplerService::profiles() const {
   std::lock_guard<std::mutex> lock(profiles_mu_);
@@ -320,25 +290,39 @@ void SamplerService::AnswerStep(const ProfileRegistry& registry, const v1::Step&
   TrimWorkspace(workspace, kWorkspaceKeepBytes);
 }
 
+SamplerService::Answerer SamplerService::AnswererFor(const grpc::CallbackServerContext& context) const {
+  if (NoComputeResponder::Wanted(context)) {
+    if (no_compute_ == nullptr) return nullptr;
+    spdlog::debug("{} asks for no compute", context.peer());
+    const NoComputeResponder* responder = no_compute_.get();
+    return [responder](const v1::SampleRequest& request, SeedTable*, v1::SampleResponse* response,
+                       std::function<void(absl::Status)> done) { responder->StartRequest(request, response, done); };
+  }
+  return [this, session = ShmSession(context)](const v1::SampleRequest& request, SeedTable* seeds,
+                                               v1::SampleResponse* response, std::function<void(absl::Status)> done) {
+    StartRequest(request, seeds, response, std::move(done), session);
+  };
+}
+
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sample(
     grpc::CallbackServerContext* context) {
-  const bool no_compute = WantsNoCompute(*context);
-  if (no_compute && !config_.allow_no_compute) return new RejectedStream(NoComputeRefused());
+  Answerer answer = AnswererFor(*context);
+  if (!answer) return new RejectedStream(NoComputeResponder::Refused());
   if (!TryAdmitStream()) {
     spdlog::warn("Sample stream from {} refused: {} streams open (--max_streams)", context->peer(),
                  config_.max_streams);
     return new RejectedStream(ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
         "the server already serves ", config_.max_streams, " Sample streams (--max_streams); retry later"))));
   }
-  return new SampleReactor(this, context->peer(), no_compute, ShmSession(*context));
+  return new SampleReactor(this, context->peer(), std::move(answer));
 }
 
 grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const bool no_compute = WantsNoCompute(*context);
-  if (no_compute && !config_.allow_no_compute) {
-    reactor->Finish(NoComputeRefused());
+  const Answerer answer = AnswererFor(*context);
+  if (!answer) {
+    reactor->Finish(NoComputeResponder::Refused());
     return reactor;
   }
   // The call's messages, until it finishes. Seeds picked for seed-0 steps are remembered for this call only: a
@@ -347,25 +331,17 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
     v1::SampleRequest request;
     v1::SampleResponse response;
     SeedTable seeds;
-    std::string shm_session;
   };
   auto call = std::make_shared<Call>();
-  call->shm_session = ShmSession(*context);
   grpc::ByteBuffer received(*request);  // shares the slices; Deserialize consumes its argument
   if (absl::Status parsed = ParseRequest(&received, 1, &call->request); !parsed.ok()) {
     reactor->Finish(ToGrpcStatus(parsed));
     return reactor;
   }
-  if (no_compute) {
-    AnswerWithoutCompute(call->request, &call->response);
-    SerializeResponse(call->response, response);
-    reactor->Finish(grpc::Status::OK);
-    return reactor;
-  }
-  StartRequest(call->request, &call->seeds, &call->response, [call, reactor, response](absl::Status status) {
+  answer(call->request, &call->seeds, &call->response, [call, reactor, response](absl::Status status) {
     if (status.ok()) SerializeResponse(call->response, response);
     reactor->Finish(ToGrpcStatus(status));
-  }, call->shm_session);
+  });
   return reactor;
 }
 

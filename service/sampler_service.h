@@ -19,9 +19,9 @@
 // message that is not a SampleRequest ends the call with INVALID_ARGUMENT naming its index in the stream, after
 // the answers to the requests before it. The parse and the response's serialization are the ones gRPC would run.
 //
-// With --allow_no_compute, a call carrying the metadata `samplerd-no-compute: 1` is answered without core (each
-// result echoes sequence_id and step only), on the reactor thread: `samplerctl bench --no-compute` measures the
-// transport alone for the same bytes. Without the flag such a call ends with FAILED_PRECONDITION.
+// With --allow_no_compute, a call carrying the metadata `samplerd-no-compute: 1` is answered without core by a
+// NoComputeResponder (service/no_compute.h), chosen once per call in place of StartRequest; without the flag
+// such a call ends with FAILED_PRECONDITION.
 //
 //   SamplerService::Options options;
 //   options.config = config;
@@ -44,6 +44,7 @@
 #include "core/step_engine.h"
 #include "grpcpp/grpcpp.h"
 #include "samplerd/v1/sampler.grpc.pb.h"
+#include "service/no_compute.h"
 #include "service/request_observer.h"
 #include "service/seed_table.h"
 #include "service/server_config.h"
@@ -72,8 +73,6 @@ class SamplerService final
     std::shared_ptr<const ShmRegistry> shm;
   };
 
-  // The request metadata key (and its value "1") that asks for an answer without core; see above.
-  static constexpr char kNoComputeMetadata[] = "samplerd-no-compute";
   // The request metadata key whose value is the shared-memory session token (docs/shm.md): a call's steps may
   // reference only the regions registered by the control connection of that session.
   static constexpr char kShmSessionMetadata[] = "samplerd-shm-session";
@@ -116,6 +115,14 @@ class SamplerService final
  private:
   class SampleReactor;
 
+  // How a call's requests are answered: StartRequest's shape, the call's shm session bound.
+  using Answerer = std::function<void(const v1::SampleRequest& request, SeedTable* seeds,
+                                      v1::SampleResponse* response, std::function<void(absl::Status)> done)>;
+
+  // StartRequest, or the no-compute responder when the call asks for it; empty when it asks for no compute and
+  // the server does not allow it.
+  Answerer AnswererFor(const grpc::CallbackServerContext& context) const;
+
   explicit SamplerService(Options options);
 
   // Admits a stream unless max_streams are open; every successful call is paired with ReleaseStream.
@@ -137,6 +144,7 @@ class SamplerService final
   const std::shared_ptr<RequestObserver> observer_;  // may be null
   const std::shared_ptr<WorkerPool> workers_;
   const std::shared_ptr<const ShmRegistry> shm_;  // may be null
+  const std::unique_ptr<const NoComputeResponder> no_compute_;  // only under --allow_no_compute
 };
 
 }  // namespace samplerd
