@@ -147,6 +147,7 @@ TEST(AnswerOrder, HalfCloseFinishesOkAfterEveryAnswer) {
   HalfClose(&order);
   EXPECT_EQ(order.TakeFinish(), std::nullopt) << "finished while a request was running";
   AnswerOk(&order, first);
+  EXPECT_EQ(order.TakeFinish(), std::nullopt) << "finished with an answer not yet written";
   TestAnswer* answer = order.NextWrite();
   ASSERT_NE(answer, nullptr);
   EXPECT_EQ(order.TakeFinish(), std::nullopt) << "finished while a write was in flight";
@@ -172,6 +173,7 @@ TEST(AnswerOrder, RefusedRequestEndsTheStreamAfterTheEarlierAnswers) {
   EXPECT_EQ(order.StartRead(), nullptr) << "read on after a refusal";
   EXPECT_EQ(order.TakeFinish(), std::nullopt) << "finished before the earlier answer";
   AnswerOk(&order, first);
+  EXPECT_EQ(order.TakeFinish(), std::nullopt) << "finished before the earlier answer was written";
   EXPECT_THAT(WriteAll(&order), ::testing::ElementsAre(1)) << "the refused request got an answer";
   std::optional<absl::Status> finish = order.TakeFinish();
   ASSERT_TRUE(finish.has_value());
