@@ -77,8 +77,8 @@ node "$tools/validate.mjs" --self-test "${help_args[@]}" "${inputs[@]}"
 
 if [ -x "$samplerd" ]; then
   # Each overlay's samplerd, started here with the exact args of its rendered container: TCP addresses moved
-  # to 127.0.0.1:0, the unix socket and the ConfigMap file mapped into $out. It must start (samplerd refuses
-  # bad flag values) and list every profile of the rendered ConfigMap.
+  # to 127.0.0.1:0, the unix sockets (gRPC's and --shm_socket's) and the ConfigMap file mapped into $out. It
+  # must start (samplerd refuses bad flag values) and list every profile of the rendered ConfigMap.
   abs_out=$(cd "$out" && pwd)
   for input in "${inputs[@]}"; do
     overlay=${input%%=*}
@@ -95,6 +95,7 @@ if [ -x "$samplerd" ]; then
       const args = c.args.map((a) => String(a)
         .replace(/^0\.0\.0\.0:\d+$/, "127.0.0.1:0")
         .replace(/^unix:(\/\/)?\/.*$/, `unix:${dir}/${overlay}.sock`)
+        .replace(/^\/.*\/([^/]+\.sock)$/, (_, name) => `${dir}/${overlay}.${name}`)
         .replace(/^\/etc\/samplerd\/profiles\.json$/, `${dir}/${overlay}.profiles.json`));
       writeFileSync(`${dir}/${overlay}.args`, args.join("\n") + "\n");
     ' "$abs_out/$overlay.yaml" "$abs_out" "$overlay")
