@@ -25,6 +25,7 @@ suite_packages=(
   python3-pytest python3-yaml python3-setuptools python3-wheel python3-pip python3-venv nodejs
   golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
   protoc-gen-go protoc-gen-go-grpc
+  clang-format black
 )
 
 case "${1:-}" in
