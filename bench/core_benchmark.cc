@@ -280,7 +280,15 @@ void BM_AttentionShortRows(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(ComputeAttentionMetrics(v, &scratch));
   state.SetItemsProcessed(state.iterations() * heads * cols);
 }
-BENCHMARK(BM_AttentionShortRows)->Arg(64)->Arg(248)->Arg(255)->Arg(256)->Arg(1024)->Arg(4095)->Arg(4096)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AttentionShortRows)
+    ->Arg(64)
+    ->Arg(248)
+    ->Arg(255)
+    ->Arg(256)
+    ->Arg(1024)
+    ->Arg(4095)
+    ->Arg(4096)
+    ->Unit(benchmark::kMicrosecond);
 
 void BM_ChainTopK(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));
@@ -336,7 +344,8 @@ void BM_Kernel_ExpMoments(benchmark::State& state) {
 }
 void BM_Kernel_ScanRow(benchmark::State& state) {
   RunKernel(state, [](const Data& d, const Workload& w) {
-    for (int64_t r = 0; r < w.heads; ++r) benchmark::DoNotOptimize(kernels::ScanRow(d.attention.data() + r * w.kv_len, w.kv_len));
+    for (int64_t r = 0; r < w.heads; ++r)
+      benchmark::DoNotOptimize(kernels::ScanRow(d.attention.data() + r * w.kv_len, w.kv_len));
   });
 }
 void BM_Kernel_ExpShifted(benchmark::State& state) {
@@ -345,7 +354,8 @@ void BM_Kernel_ExpShifted(benchmark::State& state) {
   RunKernel(state, [&e](const Data& d, const Workload& w) {
     for (int64_t r = 0; r < w.heads; ++r) {
       double sum = 0, sum_d = 0;
-      kernels::ExpShifted(d.attention.data() + r * w.kv_len, w.kv_len, 8.0f, e.data() + r * w.kv_len, &sum, &sum_d, nullptr, 0, true);
+      kernels::ExpShifted(d.attention.data() + r * w.kv_len, w.kv_len, 8.0f, e.data() + r * w.kv_len, &sum, &sum_d,
+                          nullptr, 0, true);
       benchmark::DoNotOptimize(sum);
     }
   });
@@ -369,8 +379,8 @@ void BM_Kernel_Agreement(benchmark::State& state) {
     kernels::GroupMeans(sums.data(), groups, w.kv_len, w.kv_len, 1.0f / static_cast<float>(w.heads), means.data());
     double total = 0;
     for (int64_t r = 0; r < w.heads; ++r) {
-      total += kernels::RowDeviation(d.attention.data() + r * w.kv_len, inv[static_cast<size_t>(r)], means.data(),
-                                     w.kv_len);
+      total +=
+          kernels::RowDeviation(d.attention.data() + r * w.kv_len, inv[static_cast<size_t>(r)], means.data(), w.kv_len);
     }
     benchmark::DoNotOptimize(total);
   });

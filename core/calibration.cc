@@ -14,13 +14,20 @@ namespace {
 // The value of `metric` in a step; absent attention metrics are nullopt.
 std::optional<double> MetricOf(const StepMetrics& m, v1::Metric metric) {
   switch (metric) {
-    case v1::METRIC_LOGITS_ENTROPY: return m.logits_entropy;
-    case v1::METRIC_LOGITS_VARENTROPY: return m.logits_varentropy;
-    case v1::METRIC_ATTN_ENTROPY: return m.attn_entropy;
-    case v1::METRIC_ATTN_VARENTROPY: return m.attn_varentropy;
-    case v1::METRIC_AGREEMENT: return m.agreement;
-    case v1::METRIC_INTERACTION_STRENGTH: return m.interaction_strength;
-    default: return std::nullopt;
+    case v1::METRIC_LOGITS_ENTROPY:
+      return m.logits_entropy;
+    case v1::METRIC_LOGITS_VARENTROPY:
+      return m.logits_varentropy;
+    case v1::METRIC_ATTN_ENTROPY:
+      return m.attn_entropy;
+    case v1::METRIC_ATTN_VARENTROPY:
+      return m.attn_varentropy;
+    case v1::METRIC_AGREEMENT:
+      return m.agreement;
+    case v1::METRIC_INTERACTION_STRENGTH:
+      return m.interaction_strength;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -58,8 +65,10 @@ absl::StatusOr<Calibration> Calibrate(absl::Span<const StepMetrics> steps, const
   }
   const double t = base->base().temperature;
   if (!std::isfinite(options.temperature_max) || options.temperature_max < t) {
-    return absl::InvalidArgumentError(absl::StrCat("temperature_max: must be finite and at least the base "
-                                                   "temperature ", t, ", got ", options.temperature_max));
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature_max: must be finite and at least the base "
+                     "temperature ",
+                     t, ", got ", options.temperature_max));
   }
   if (steps.empty()) return absl::InvalidArgumentError("no steps: the record is empty");
 
@@ -75,8 +84,8 @@ absl::StatusOr<Calibration> Calibrate(absl::Span<const StepMetrics> steps, const
   }
   out.steps = static_cast<int64_t>(usable.size());
   if (usable.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("none of the ", steps.size(),
-                                                   " steps carries metrics (logits entropy and varentropy)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("none of the ", steps.size(), " steps carries metrics (logits entropy and varentropy)"));
   }
 
   // Step 2: each metric's distinct base bound values, in increasing order, to evenly spaced quantiles.
@@ -99,9 +108,8 @@ absl::StatusOr<Calibration> Calibrate(absl::Span<const StepMetrics> steps, const
     size_t i = 0;
     for (auto& [base_value, q] : values) {
       q = k == 1 ? (options.quantile_low + options.quantile_high) / 2
-                 : options.quantile_low +
-                       static_cast<double>(i) * (options.quantile_high - options.quantile_low) /
-                           static_cast<double>(k - 1);
+                 : options.quantile_low + static_cast<double>(i) * (options.quantile_high - options.quantile_low) /
+                                              static_cast<double>(k - 1);
       value_of[metric][base_value] = Quantile(observed, q);
       ++i;
     }

@@ -6,7 +6,8 @@
 // quantile of what the model actually produced, then scales the temperature coefficients into a stated range.
 //
 // The method, deterministic for a given input (the order of the steps does not matter):
-//  1. Steps: those that carry metrics (logits entropy and varentropy set); the attention metrics of a step count only where
+//  1. Steps: those that carry metrics (logits entropy and varentropy set); the attention metrics of a step count only
+//  where
 //     the step carries them.
 //  2. Bounds: for each metric the base profile bounds, its distinct bound values in increasing order v_0 < ... <
 //     v_{k-1} go to the quantiles q_i = low + i (high - low) / (k - 1) of that metric over the steps (k = 1:
@@ -51,7 +52,7 @@ struct StepMetrics {
 struct CalibrationOptions {
   std::string base = "entropix";  // a built-in adaptive profile: entropix or entropix-frog
   std::string name = "calibrated";
-  double quantile_low = 0.5;     // in (0, 1), below quantile_high
+  double quantile_low = 0.5;  // in (0, 1), below quantile_high
   double quantile_high = 0.9;
   double temperature_max = 1.0;  // >= the base temperature
 };
@@ -68,11 +69,11 @@ struct CalibratedBound {
 
 struct Calibration {
   v1::ProfileSet profile_set;  // one profile, every coefficient spelled out; default_profile left empty
-  int64_t steps = 0;            // steps with metrics
+  int64_t steps = 0;           // steps with metrics
   int64_t steps_without_metrics = 0;
   int64_t attention_steps = 0;  // of those, steps with attention metrics
   std::vector<CalibratedBound> bounds;
-  double temperature_scale = 1;        // s of the method
+  double temperature_scale = 1;         // s of the method
   double adaptive_temperature_min = 0;  // T (1 + s X) over the steps: smallest and largest
   double adaptive_temperature_max = 0;
 };

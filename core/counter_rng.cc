@@ -49,8 +49,7 @@ double UniformDouble(const StreamKey& key, uint64_t step, uint32_t draw) {
   // The Philox key binds seed and sequence: two sequences with the same seed draw independent streams,
   // and a stream's numbers are addressed by (step, draw) in the counter.
   const uint64_t k64 = SplitMix64(key.seed ^ SplitMix64(StableHash64(key.sequence_id)));
-  const std::array<uint32_t, 4> counter = {static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), draw,
-                                           0u};
+  const std::array<uint32_t, 4> counter = {static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), draw, 0u};
   const std::array<uint32_t, 2> k = {static_cast<uint32_t>(k64), static_cast<uint32_t>(k64 >> 32)};
   const std::array<uint32_t, 4> out = Philox4x32(counter, k);
   const uint64_t bits = (static_cast<uint64_t>(out[0]) << 32 | out[1]) >> 11;

@@ -85,8 +85,9 @@ void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, MetricsSc
     // The next row of the range is fetched while this one's exponentials are computed.
     const bool last = r + 1 == r1;
     const void* next = last ? nullptr
-                       : attention.deferred_bf16 != nullptr ? static_cast<const void*>(attention.deferred_bf16 + 2 * (r + 1) * cols)
-                                                            : static_cast<const void*>(row + cols);
+                       : attention.deferred_bf16 != nullptr
+                           ? static_cast<const void*>(attention.deferred_bf16 + 2 * (r + 1) * cols)
+                           : static_cast<const void*>(row + cols);
     const bool clamp = !(scan.finite_count == cols && scan.min_finite - scan.max >= kernels::kMinShifted);
     kernels::ExpShifted(row, cols, scan.max, e, &sum_e, &sum_ed, next,
                         (attention.deferred_bf16 != nullptr ? 2 : 4) * cols, clamp);
@@ -169,10 +170,9 @@ absl::Status MergeRows(const FloatView& attention, MetricsScratch* scratch, Atte
   for (int64_t r = 0; r < attention.rows; ++r) {
     const AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
     if (stats.first_bad >= 0) {
-      return InvalidFieldError(
-          "attention.data", absl::StrCat("must be finite or -inf, got ",
-                                         DescribeBad(attention.data[r * cols + stats.first_bad]), " at row ", r,
-                                         ", position ", stats.first_bad));
+      return InvalidFieldError("attention.data", absl::StrCat("must be finite or -inf, got ",
+                                                              DescribeBad(attention.data[r * cols + stats.first_bad]),
+                                                              " at row ", r, ", position ", stats.first_bad));
     }
     if (!stats.used) continue;
     ++used;
@@ -219,8 +219,8 @@ void PrepareAttention(const FloatView& attention, MetricsScratch* scratch) {
 // The attention's passes, shared out by UnitSchedule (serial without a fork_join): `head` and then row groups
 // on this thread, row groups from the back on the other one; the merge; the agreement's deviations, each on the
 // thread that produced its rows. `head`'s error is returned first (a step reports its logits' error first).
-absl::Status AttentionPasses(const FloatView& attention, absl::FunctionRef<absl::Status()> head,
-                             ForkJoin* fork_join, MetricsScratch* scratch, std::optional<AttentionMetrics>* out) {
+absl::Status AttentionPasses(const FloatView& attention, absl::FunctionRef<absl::Status()> head, ForkJoin* fork_join,
+                             MetricsScratch* scratch, std::optional<AttentionMetrics>* out) {
   out->reset();
   PrepareAttention(attention, scratch);
   UnitSchedule schedule(AttentionGroups(attention), fork_join);
@@ -248,7 +248,9 @@ absl::Status AttentionPasses(const FloatView& attention, absl::FunctionRef<absl:
 absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const FloatView& attention,
                                                                         MetricsScratch* scratch) {
   std::optional<AttentionMetrics> m;
-  if (absl::Status s = AttentionPasses(attention, [] { return absl::OkStatus(); }, nullptr, scratch, &m); !s.ok()) {
+  if (absl::Status s = AttentionPasses(
+          attention, [] { return absl::OkStatus(); }, nullptr, scratch, &m);
+      !s.ok()) {
     return s;
   }
   return m;

@@ -4,9 +4,9 @@
 // log-normaliser, entropy, varentropy); `ComputeAttentionMetrics` does the same for the attention rows.
 //
 // Numerics (tests/golden/README.md, "Tolerances"): elementwise math is float32, but every reduction accumulates
-// float32 lanes over short blocks (16 elements per lane, core/reduce_kernels.h) and adds the block sums in double. A float32 accumulator
-// running over the whole vocabulary misses the tolerances by 100x; blocks keep each float partial sum short.
-// Varentropy is taken from deviations to block means merged pairwise (Chan et al.), never E[x^2] - E[x]^2,
+// float32 lanes over short blocks (16 elements per lane, core/reduce_kernels.h) and adds the block sums in double. A
+// float32 accumulator running over the whole vocabulary misses the tolerances by 100x; blocks keep each float partial
+// sum short. Varentropy is taken from deviations to block means merged pairwise (Chan et al.), never E[x^2] - E[x]^2,
 // which cancels at high entropy.
 //
 //   MetricsScratch scratch;
@@ -42,9 +42,9 @@ struct AttentionRowStats {
 
 // Reusable buffers of the metric kernels (grown once, then reused).
 struct MetricsScratch {
-  std::vector<float> block_moments;  // (W_b, M_b, Q_b) per block of the logits
+  std::vector<float> block_moments;    // (W_b, M_b, Q_b) per block of the logits
   std::vector<float> logit_block_max;  // the logits' block maxima (kernels::ScanMax), for the sampler chain
-  AlignedVector<float> attn_exp;  // exp(S - row max), [rows, kv_len]
+  AlignedVector<float> attn_exp;       // exp(S - row max), [rows, kv_len]
   std::vector<AttentionRowStats> row_stats;
   std::vector<float> group_sums;    // per 8-row group, the column sums of its probabilities, [groups, kv_len]
   std::vector<float> column_means;  // the column means of the probabilities over the used rows, [kv_len]
@@ -100,8 +100,8 @@ inline constexpr int64_t kMinSharedAttention = int64_t{1} << 18;
 // SummarizeLogits and, when `attention` is set, ComputeAttentionMetrics of one step, with the passes shared
 // between this thread and `fork_join`'s other one (core/unit_schedule.h): the logits here while the other thread
 // takes groups of 8 attention rows (exponentials, entropies, column sums), then this one takes groups too; then
-// each takes the agreement deviations of its own rows. The results are bit-identical to the two functions' (whatever ran
-// where: rows, groups and deviations are combined in row order), and so are the errors: the logits' first.
+// each takes the agreement deviations of its own rows. The results are bit-identical to the two functions' (whatever
+// ran where: rows, groups and deviations are combined in row order), and so are the errors: the logits' first.
 absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attention, MetricsScratch* scratch,
                                 ForkJoin* fork_join, LogitsSummary* summary,
                                 std::optional<AttentionMetrics>* attention_metrics);

@@ -127,8 +127,8 @@ std::string Field(absl::string_view prefix, absl::string_view name) {
 }
 
 bool IsDecidingRegime(v1::Regime r) {
-  return r == v1::REGIME_ARGMAX || r == v1::REGIME_CLARIFY || r == v1::REGIME_EXPLORE ||
-         r == v1::REGIME_RESAMPLE || r == v1::REGIME_ADAPTIVE || r == v1::REGIME_FIXED;
+  return r == v1::REGIME_ARGMAX || r == v1::REGIME_CLARIFY || r == v1::REGIME_EXPLORE || r == v1::REGIME_RESAMPLE ||
+         r == v1::REGIME_ADAPTIVE || r == v1::REGIME_FIXED;
 }
 
 absl::StatusOr<v1::ProfileSet> ParseProfileSet(absl::string_view json, absl::string_view source) {
@@ -150,7 +150,8 @@ absl::string_view BuiltInProfilesJson() { return kBuiltInJson; }
 const v1::Coefficients& ReferenceCoefficients() {
   static const v1::Coefficients* const kReference = [] {
     auto* c = new v1::Coefficients();
-    if (!google::protobuf::TextFormat::ParseFromString(kReferenceCoefficients, c)) std::abort();  // pinned by ProfileTest
+    if (!google::protobuf::TextFormat::ParseFromString(kReferenceCoefficients, c))
+      std::abort();  // pinned by ProfileTest
     return c;
   }();
   return *kReference;
@@ -261,8 +262,7 @@ absl::StatusOr<std::shared_ptr<const ProfileRegistry>> ProfileRegistry::CreateOv
   }
   if (!config.default_profile().empty()) registry->default_profile_ = config.default_profile();
   if (registry->Find(registry->default_profile_) == nullptr) {
-    return InvalidFieldError("default_profile",
-                             absl::StrCat("names no profile: \"", registry->default_profile_, "\""));
+    return InvalidFieldError("default_profile", absl::StrCat("names no profile: \"", registry->default_profile_, "\""));
   }
   return std::shared_ptr<const ProfileRegistry>(std::move(registry));
 }

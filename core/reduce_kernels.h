@@ -23,10 +23,10 @@
 namespace samplerd::kernels {
 
 struct ScanResult {
-  float max = 0;            // largest non-NaN value (-inf when all are -inf)
-  float min = 0;            // smallest value (-inf when any is -inf; unspecified when any is NaN)
-  int64_t argmax = 0;       // lowest index holding it (0 when all are -inf; unspecified with NaN)
-  int64_t first_bad = -1;   // index of the first NaN or +inf, -1 when none
+  float max = 0;           // largest non-NaN value (-inf when all are -inf)
+  float min = 0;           // smallest value (-inf when any is -inf; unspecified when any is NaN)
+  int64_t argmax = 0;      // lowest index holding it (0 when all are -inf; unspecified with NaN)
+  int64_t first_bad = -1;  // index of the first NaN or +inf, -1 when none
 };
 
 // Block maxima: the max of each kMaxBlock consecutive entries, MaxBlocks(n) of them (the last block may be

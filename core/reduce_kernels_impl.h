@@ -176,7 +176,9 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     result.max = m;
     return result;
   }
-  static ScanResult ScanMax(const float* x, int64_t n, float* block_max) { return ScanMaxOf<false>(x, n, nullptr, block_max); }
+  static ScanResult ScanMax(const float* x, int64_t n, float* block_max) {
+    return ScanMaxOf<false>(x, n, nullptr, block_max);
+  }
   static ScanResult ScanMaxBf16(const char* src, int64_t n, float* out, float* block_max) {
     return ScanMaxOf<true>(src, n, out, block_max);
   }
@@ -206,7 +208,8 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     const Batch t(threshold);
     for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
       if (xsimd::any((Batch::load_unaligned(x + i) > t) | (Batch::load_unaligned(x + i + kLanes) > t) |
-                     (Batch::load_unaligned(x + i + 2 * kLanes) > t) | (Batch::load_unaligned(x + i + 3 * kLanes) > t))) {
+                     (Batch::load_unaligned(x + i + 2 * kLanes) > t) |
+                     (Batch::load_unaligned(x + i + 3 * kLanes) > t))) {
         break;
       }
     }
@@ -474,8 +477,8 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
 
   // sum over entries with ln a < ln_floor of a * (ln_floor - ln a), with a = e * inv_sum and
   // ln a = d - log_sum: what the clip of docs/contract.md section 3 removes from the row entropy.
-  static double ClipCorrection(const float* x, const float* e, int64_t n, float shift, float inv_sum,
-                               float log_sum, float ln_floor) {
+  static double ClipCorrection(const float* x, const float* e, int64_t n, float shift, float inv_sum, float log_sum,
+                               float ln_floor) {
     const Batch vshift(shift), vmin(kMinShifted), vinv(inv_sum), vlog(log_sum), vfloor(ln_floor), zero(0.0f);
     double total = 0;
     int64_t i = 0;

@@ -50,7 +50,8 @@ int64_t SelectNucleus(std::vector<WeightedToken>& t, double target) {
       lo = store + 1;
     }
   }
-  std::sort(t.begin() + lo, t.begin() + hi, [](const WeightedToken& a, const WeightedToken& b) { return Before(a, b); });
+  std::sort(t.begin() + lo, t.begin() + hi,
+            [](const WeightedToken& a, const WeightedToken& b) { return Before(a, b); });
   for (int64_t i = lo; i < hi; ++i) {
     acc += t[i].weight;
     if (acc >= target) return i + 1;
@@ -91,7 +92,8 @@ absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab
       const float count = static_cast<float>(j - i);
       float v = x[token];
       // HF RepetitionPenaltyLogitsProcessor: shrink toward "less likely" whatever the sign.
-      if (config.repetition_penalty != 1.0f) v = v > 0.0f ? v / config.repetition_penalty : v * config.repetition_penalty;
+      if (config.repetition_penalty != 1.0f)
+        v = v > 0.0f ? v / config.repetition_penalty : v * config.repetition_penalty;
       // OpenAI: frequency per occurrence, presence once.
       v -= config.frequency_penalty * count + config.presence_penalty;
       x[token] = v;
@@ -136,8 +138,8 @@ int32_t GreedyToken(const float* z, int64_t vocab, const float* block_max) {
   // The first block holding the max, then the max's first place in it.
   const int64_t block = kernels::ScanMax(block_max, kernels::MaxBlocks(vocab), nullptr).argmax;
   const int64_t from = block * kernels::kMaxBlock;
-  return static_cast<int32_t>(from + kernels::FindFirst(z + from, std::min(vocab - from, kernels::kMaxBlock),
-                                                        block_max[block]));
+  return static_cast<int32_t>(
+      from + kernels::FindFirst(z + from, std::min(vocab - from, kernels::kMaxBlock), block_max[block]));
 }
 
 void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out,
@@ -263,7 +265,8 @@ void BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config
   tokens.erase(std::remove_if(tokens.begin(), tokens.end(), [](const WeightedToken& t) { return t.weight == 0.0f; }),
                tokens.end());
   if (!out->sorted && static_cast<int64_t>(tokens.size()) <= kSortedCandidates) {
-    std::sort(tokens.begin(), tokens.end(), [](const WeightedToken& a, const WeightedToken& b) { return Before(a, b); });
+    std::sort(tokens.begin(), tokens.end(),
+              [](const WeightedToken& a, const WeightedToken& b) { return Before(a, b); });
     out->sorted = true;
   }
   total = 0;

@@ -55,8 +55,7 @@ absl::Status ValidateSamplingParams(const v1::SamplingParams& p, absl::string_vi
     return InvalidFieldError(Field(prefix, "logit_bias"),
                              absl::StrCat("values must be finite or -inf, got ", bias, " for token ", token));
   }
-  if (p.has_n_adaptive_samples() &&
-      (p.n_adaptive_samples() < 1 || p.n_adaptive_samples() > kMaxAdaptiveSamples)) {
+  if (p.has_n_adaptive_samples() && (p.n_adaptive_samples() < 1 || p.n_adaptive_samples() > kMaxAdaptiveSamples)) {
     return InvalidFieldError(Field(prefix, "n_adaptive_samples"),
                              absl::StrCat("must be in [1, ", kMaxAdaptiveSamples, "], got ", p.n_adaptive_samples()));
   }

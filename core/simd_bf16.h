@@ -30,7 +30,7 @@ struct Bf16Impl {
     } else
 #endif
 #if defined(__AVX2__)
-    if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
+        if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
       return Batch(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
     } else

@@ -57,8 +57,8 @@ struct ExpImpl {
   static constexpr float kStepHi = kTableBits == 4 ? 0.0433197021484375f : 0.086639404296875f;
   static constexpr float kStepLo = kTableBits == 4 ? 1.99663646e-06f : 3.99327291e-06f;
   // SSE2: the degree-6 polynomial over |r| <= ln2 / 2, ln2 in two parts (the first exact times k).
-  static constexpr float kC0 = 4.999999404e-01f, kC1 = 1.666652113e-01f, kC2 = 4.166838899e-02f,
-                         kC3 = 8.368710987e-03f, kC4 = 1.381451264e-03f;
+  static constexpr float kC0 = 4.999999404e-01f, kC1 = 1.666652113e-01f, kC2 = 4.166838899e-02f, kC3 = 8.368710987e-03f,
+                         kC4 = 1.381451264e-03f;
 
   static Batch TableLookup(const Batch& t) {
 #if defined(__AVX512F__)
@@ -68,7 +68,7 @@ struct ExpImpl {
     } else
 #endif
 #if defined(__AVX2__)
-    if constexpr (kTableBits == 3) {
+        if constexpr (kTableBits == 3) {
       return Batch(_mm256_permutevar8x32_ps(_mm256_load_ps(kPow2Eighths), _mm256_castps_si256(t)));
     } else
 #endif
@@ -114,10 +114,10 @@ struct ExpImpl {
     }
   }
 
-  // exp(d) in double for d in [-708, 0] (ExpDouble: the exact probabilities of short rows). Not xsimd::exp: its range reduction converts
-  // double to int64 one lane at a time (xsimd 8 has no vector conversion below AVX-512DQ), 9 ns per entry. Here
-  // k = round(d / ln2) by the 1.5 * 2^52 trick, which leaves k in the low mantissa bits; r = d - k ln2 with ln2 in
-  // two parts (the first exact times k); exp(r) by Taylor to r^11 over |r| <= ln2 / 2 (relative error < 7e-15);
+  // exp(d) in double for d in [-708, 0] (ExpDouble: the exact probabilities of short rows). Not xsimd::exp: its range
+  // reduction converts double to int64 one lane at a time (xsimd 8 has no vector conversion below AVX-512DQ), 9 ns per
+  // entry. Here k = round(d / ln2) by the 1.5 * 2^52 trick, which leaves k in the low mantissa bits; r = d - k ln2 with
+  // ln2 in two parts (the first exact times k); exp(r) by Taylor to r^11 over |r| <= ln2 / 2 (relative error < 7e-15);
   // 2^k through the exponent bits. d < -708 (exp < 3e-308, where 2^k would be subnormal) gives 0.
   static Wide ExpWide(const Wide& d) {
     using WideInt = xsimd::batch<int64_t, Arch>;

@@ -36,11 +36,11 @@ void TrimWorkspace(Workspace* ws, size_t keep_bytes) {
   trim(ws->top_ids);
 }
 
-absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits, const StepInput& in,
-                     Workspace* ws, StepOutput* out, ForkJoin* fork_join) {
+absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits, const StepInput& in, Workspace* ws,
+                     StepOutput* out, ForkJoin* fork_join) {
   if (in.sequence_id.size() > kMaxSequenceIdBytes) {
-    return InvalidFieldError("sequence_id", absl::StrCat("must be at most ", kMaxSequenceIdBytes, " bytes, got ",
-                                                         in.sequence_id.size()));
+    return InvalidFieldError(
+        "sequence_id", absl::StrCat("must be at most ", kMaxSequenceIdBytes, " bytes, got ", in.sequence_id.size()));
   }
   const Profile* profile = profiles.Find(in.profile);
   if (profile == nullptr) {
@@ -70,16 +70,16 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
   if (in.attention.has_value()) {
     absl::StatusOr<FloatView> a =
         ValidateTensor(*in.attention, TensorRole::kAttention, limits, "attention", &ws->attention_buffer,
-                     /*defer_bf16=*/true);
+                       /*defer_bf16=*/true);
     if (!a.ok()) return a.status();
     attention = *a;
   }
 
   SerialForkJoin serial;
   LogitsSummary summary;
-  if (absl::Status s = ComputeStepMetrics(*logits, attention.has_value() ? &*attention : nullptr, &ws->metrics,
-                                          fork_join != nullptr ? fork_join : &serial, &summary,
-                                          &out->metrics.attention);
+  if (absl::Status s =
+          ComputeStepMetrics(*logits, attention.has_value() ? &*attention : nullptr, &ws->metrics,
+                             fork_join != nullptr ? fork_join : &serial, &summary, &out->metrics.attention);
       !s.ok()) {
     return s;
   }

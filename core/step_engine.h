@@ -78,8 +78,8 @@ void TrimWorkspace(Workspace* ws, size_t keep_bytes);
 // Runs one step. Errors are INVALID_ARGUMENT / RESOURCE_EXHAUSTED / NOT_FOUND (unknown profile) carrying
 // the field (core/field_error.h); `out` is then unspecified. With a `fork_join`, the metric passes are shared
 // with one other thread when it has one free (ComputeStepMetrics); the result is the same bits either way.
-absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits, const StepInput& in,
-                     Workspace* ws, StepOutput* out, ForkJoin* fork_join = nullptr);
+absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits, const StepInput& in, Workspace* ws,
+                     StepOutput* out, ForkJoin* fork_join = nullptr);
 
 }  // namespace samplerd
 

@@ -9,9 +9,7 @@ namespace {
 
 bool Holds(const Bound& b, double value) { return b.op == v1::OP_LT ? value < b.value : value > b.value; }
 
-int32_t ClampTopK(double k, double lo, double hi) {
-  return static_cast<int32_t>(std::clamp(k, lo, hi));
-}
+int32_t ClampTopK(double k, double lo, double hi) { return static_cast<int32_t>(std::clamp(k, lo, hi)); }
 
 void MakeGreedy(Decision* d) {
   d->action = Action::kGreedy;
@@ -69,9 +67,9 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
       break;
     }
     case v1::REGIME_EXPLORE:
-      d.params.temperature = static_cast<float>(std::min(
-          c.explore_temperature_max(),
-          T * (c.explore_temperature_offset() + c.explore_temperature_interaction_strength() * interaction)));
+      d.params.temperature = static_cast<float>(
+          std::min(c.explore_temperature_max(),
+                   T * (c.explore_temperature_offset() + c.explore_temperature_interaction_strength() * interaction)));
       // Reference: int() truncation toward zero. Capped at INT32_MAX: a valid top_k near it, widened, does not
       // fit an int32 (found by tests/fuzz).
       d.params.top_k = static_cast<int32_t>(std::min<double>(
@@ -79,24 +77,24 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
           std::numeric_limits<int32_t>::max()));
       break;
     case v1::REGIME_RESAMPLE:
-      d.params.temperature = static_cast<float>(std::max(
-          c.resample_temperature_min(),
-          T * (c.resample_temperature_offset() + c.resample_temperature_attn_varentropy() * attn_vent)));
-      d.params.top_p = static_cast<float>(std::max(c.resample_top_p_min(), P - c.resample_top_p_attn_entropy() * attn_ent));
+      d.params.temperature = static_cast<float>(
+          std::max(c.resample_temperature_min(),
+                   T * (c.resample_temperature_offset() + c.resample_temperature_attn_varentropy() * attn_vent)));
+      d.params.top_p =
+          static_cast<float>(std::max(c.resample_top_p_min(), P - c.resample_top_p_attn_entropy() * attn_ent));
       break;
     case v1::REGIME_ADAPTIVE: {
       // Reference: temperature unclamped.
       d.params.temperature = static_cast<float>(
           T * (1.0 + c.adaptive_temperature_logits_entropy() * ent + c.adaptive_temperature_logits_varentropy() * vent +
-               c.adaptive_temperature_attn_entropy() * attn_ent +
-               c.adaptive_temperature_attn_varentropy() * attn_vent - c.adaptive_temperature_agreement() * agreement));
+               c.adaptive_temperature_attn_entropy() * attn_ent + c.adaptive_temperature_attn_varentropy() * attn_vent -
+               c.adaptive_temperature_agreement() * agreement));
       d.params.top_p = static_cast<float>(std::clamp(P * (1.0 + c.adaptive_top_p_attn_varentropy() * attn_vent),
                                                      c.adaptive_top_p_min(), c.adaptive_top_p_max()));
       // Reference: round half to even (std::nearbyint in the default rounding mode), then clamp.
-      d.params.top_k = ClampTopK(
-          std::nearbyint(K * (1.0 + c.adaptive_top_k_interaction_strength() * interaction -
-                              c.adaptive_top_k_agreement() * agreement)),
-          c.adaptive_top_k_min(), c.adaptive_top_k_max());
+      d.params.top_k = ClampTopK(std::nearbyint(K * (1.0 + c.adaptive_top_k_interaction_strength() * interaction -
+                                                     c.adaptive_top_k_agreement() * agreement)),
+                                 c.adaptive_top_k_min(), c.adaptive_top_k_max());
       d.params.min_p = static_cast<float>(
           std::clamp(MP * (1.0 - c.adaptive_min_p_logits_entropy() * ent - c.adaptive_min_p_logits_varentropy() * vent),
                      c.adaptive_min_p_min(), c.adaptive_min_p_max()));

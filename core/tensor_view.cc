@@ -74,7 +74,7 @@ uint16_t FloatToHalf(float f) {
   const uint32_t abs = u & 0x7fffffffu;
   if (abs >= 0x7f800000u) return sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u);
   if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: overflow to inf
-  if (abs < 0x38800000u) {                         // below the smallest normal half: subnormal or zero
+  if (abs < 0x38800000u) {                        // below the smallest normal half: subnormal or zero
     const float magnitude = FloatOf(abs);
     // Scale so that one unit is 2^-24 and round to nearest even.
     return sign | static_cast<uint16_t>(std::nearbyint(std::ldexp(magnitude, 24)));
@@ -84,7 +84,7 @@ uint16_t FloatToHalf(float f) {
 }
 
 absl::StatusOr<FloatView> ValidateTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
-                                       absl::string_view field, std::vector<float>* scratch, bool defer_bf16) {
+                                         absl::string_view field, std::vector<float>* scratch, bool defer_bf16) {
   const DType dtype = static_cast<DType>(raw.dtype);
   const size_t item = ItemSize(dtype);
   if (item == 0) {
@@ -123,21 +123,19 @@ absl::StatusOr<FloatView> ValidateTensor(const RawTensor& raw, TensorRole role, 
                                           " (token ids are int32), got ", elements));
   }
   if (elements > limit) {
-    return LimitFieldError(absl::StrCat(field, ".shape"),
-                           absl::StrCat(ShapeString(raw.shape), " has ", elements,
-                                        " elements, over the server limit of ", limit));
+    return LimitFieldError(absl::StrCat(field, ".shape"), absl::StrCat(ShapeString(raw.shape), " has ", elements,
+                                                                       " elements, over the server limit of ", limit));
   }
   if (role == TensorRole::kAttention && elements / raw.shape.back() > limits.max_attention_rows) {
-    return LimitFieldError(absl::StrCat(field, ".shape"),
-                           absl::StrCat(ShapeString(raw.shape), " has ", elements / raw.shape.back(),
-                                        " rows (layers x heads), over the server limit of ",
-                                        limits.max_attention_rows));
+    return LimitFieldError(
+        absl::StrCat(field, ".shape"),
+        absl::StrCat(ShapeString(raw.shape), " has ", elements / raw.shape.back(),
+                     " rows (layers x heads), over the server limit of ", limits.max_attention_rows));
   }
   if (static_cast<uint64_t>(raw.data.size()) != static_cast<uint64_t>(elements) * item) {
     return InvalidFieldError(absl::StrCat(field, ".data"),
-                             absl::StrCat("length must be prod(shape) * itemsize = ", elements, " * ", item,
-                                          " = ", elements * static_cast<int64_t>(item), " bytes, got ",
-                                          raw.data.size()));
+                             absl::StrCat("length must be prod(shape) * itemsize = ", elements, " * ", item, " = ",
+                                          elements * static_cast<int64_t>(item), " bytes, got ", raw.data.size()));
   }
 
   FloatView view;

@@ -40,8 +40,8 @@ struct RawTensor {
 
 // Size limits applied while decoding (docs/contract.md section 6).
 struct TensorLimits {
-  int64_t max_vocab = 1 << 20;                  // logits elements
-  int64_t max_attention_elements = 64 << 20;    // layers * heads * kv_len
+  int64_t max_vocab = 1 << 20;                // logits elements
+  int64_t max_attention_elements = 64 << 20;  // layers * heads * kv_len
   // layers * heads: each row has its own scratch (statistics, and for short rows double probabilities), so a
   // tensor of many one-element rows would cost far more than its element count says.
   int64_t max_attention_rows = 64 << 10;
@@ -73,8 +73,7 @@ struct FloatView {
 // RESOURCE_EXHAUSTED, everything else INVALID_ARGUMENT. Values (NaN, inf) are checked by the metrics.
 // With `defer_bf16`, bf16 is not converted here: the view carries the bytes for the metrics' first pass.
 absl::StatusOr<FloatView> ValidateTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
-                                       absl::string_view field, std::vector<float>* scratch,
-                                       bool defer_bf16 = false);
+                                         absl::string_view field, std::vector<float>* scratch, bool defer_bf16 = false);
 
 // Exact conversions to float32 (every f16 and bf16 value is representable).
 float HalfToFloat(uint16_t h);

@@ -160,10 +160,10 @@ class AnswerOrder {
   int in_flight_ = 0;     // received, not yet answered
   bool reading_ = false;  // a read is started and not yet released
   bool writing_ = false;
-  bool input_done_ = false;             // the client half-closed
-  bool broken_ = false;                 // a write failed
-  std::optional<absl::Status> error_;   // the first stream-level error
-  bool finished_ = false;               // TakeFinish has returned a status
+  bool input_done_ = false;            // the client half-closed
+  bool broken_ = false;                // a write failed
+  std::optional<absl::Status> error_;  // the first stream-level error
+  bool finished_ = false;              // TakeFinish has returned a status
 };
 
 }  // namespace samplerd

@@ -51,8 +51,8 @@ absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
     if (line.empty()) continue;
     // The message names the line, never the token.
     if (!IsB64Token(line)) {
-      return TokenFileError(path, absl::StrCat("line ", line_number,
-                                               ": a token may hold only letters, digits, -._~+/ and trailing ="));
+      return TokenFileError(
+          path, absl::StrCat("line ", line_number, ": a token may hold only letters, digits, -._~+/ and trailing ="));
     }
     tokens.emplace_back(line);
   }
@@ -62,8 +62,7 @@ absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
 
 class AuthInterceptor final : public grpc::experimental::Interceptor {
  public:
-  AuthInterceptor(grpc::experimental::ServerRpcInfo* info, const BearerTokens* tokens)
-      : info_(info), tokens_(tokens) {}
+  AuthInterceptor(grpc::experimental::ServerRpcInfo* info, const BearerTokens* tokens) : info_(info), tokens_(tokens) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;

@@ -12,10 +12,9 @@ absl::StatusOr<std::shared_ptr<const ProfileRegistry>> LoadProfiles(const std::s
   if (!profiles.ok()) {
     // Parse errors already start with the path; validation errors name only the field.
     const absl::string_view message = profiles.status().message();
-    return absl::Status(profiles.status().code(),
-                        absl::StartsWith(message, config_path)
-                            ? absl::StrCat("--config ", message)
-                            : absl::StrCat("--config ", config_path, ": ", message));
+    return absl::Status(profiles.status().code(), absl::StartsWith(message, config_path)
+                                                      ? absl::StrCat("--config ", message)
+                                                      : absl::StrCat("--config ", config_path, ": ", message));
   }
   return profiles;
 }

@@ -36,8 +36,8 @@ class HealthWatchLimit final : public grpc::experimental::Interceptor {
                      HeldBackNote(held));
       }
       // As in the token check (auth.cc): the client gets this status, the health service a cancelled call.
-      grpc_call_cancel_with_status(info_->server_context()->c_call(), GRPC_STATUS_RESOURCE_EXHAUSTED,
-                                   refusal_.c_str(), nullptr);
+      grpc_call_cancel_with_status(info_->server_context()->c_call(), GRPC_STATUS_RESOURCE_EXHAUSTED, refusal_.c_str(),
+                                   nullptr);
     }
     if (!admitted_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       methods->ModifySendStatus(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, refusal_));

@@ -57,8 +57,8 @@ void StepRing::Push(v1::Regime regime, float logits_entropy, float logits_varent
   std::memcpy(&entropy_bits, &logits_entropy, sizeof(entropy_bits));
   std::memcpy(&varentropy_bits, &logits_varentropy, sizeof(varentropy_bits));
   // The varentropy's 4 lowest mantissa bits (a relative 2e-6) make room for the regime + 1, so 0 = empty.
-  const uint64_t packed = (uint64_t{entropy_bits} << 32) | (varentropy_bits & ~uint32_t{0xF}) |
-                          static_cast<uint32_t>(regime_value + 1);
+  const uint64_t packed =
+      (uint64_t{entropy_bits} << 32) | (varentropy_bits & ~uint32_t{0xF}) | static_cast<uint32_t>(regime_value + 1);
   slots_[next_.fetch_add(1, std::memory_order_relaxed) % kCapacity].store(packed, std::memory_order_relaxed);
 }
 
@@ -111,8 +111,8 @@ std::string LiveSteps::Json(const ProfileRegistry* profiles) const {
     for (nlohmann::json& p : list) {
       if (p["name"] == name) return p;
     }
-    list.push_back({{"name", name}, {"steps", 0}, {"counts", nlohmann::json::object()},
-                    {"points", nlohmann::json::array()}});
+    list.push_back(
+        {{"name", name}, {"steps", 0}, {"counts", nlohmann::json::object()}, {"points", nlohmann::json::array()}});
     return list.back();
   };
   if (profiles != nullptr) {

@@ -31,11 +31,21 @@ void AppendJsonEscaped(spdlog::memory_buf_t& dest, absl::string_view text) {
   static constexpr char kHex[] = "0123456789abcdef";
   for (const char c : text) {
     switch (c) {
-      case '"': Append(dest, "\\\""); break;
-      case '\\': Append(dest, "\\\\"); break;
-      case '\n': Append(dest, "\\n"); break;
-      case '\r': Append(dest, "\\r"); break;
-      case '\t': Append(dest, "\\t"); break;
+      case '"':
+        Append(dest, "\\\"");
+        break;
+      case '\\':
+        Append(dest, "\\\\");
+        break;
+      case '\n':
+        Append(dest, "\\n");
+        break;
+      case '\r':
+        Append(dest, "\\r");
+        break;
+      case '\t':
+        Append(dest, "\\t");
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           const char escaped[] = {'\\', 'u', '0', '0', kHex[(c >> 4) & 0xf], kHex[c & 0xf]};

@@ -78,8 +78,8 @@ class LogBudget {
   const int lines_per_second_;
   std::mutex mu_;
   std::chrono::steady_clock::time_point window_start_;  // guarded by mu_
-  int written_ = 0;                                      // guarded by mu_; lines written in this window
-  int64_t held_back_ = 0;                                // guarded by mu_; since the last line written
+  int written_ = 0;                                     // guarded by mu_; lines written in this window
+  int64_t held_back_ = 0;                               // guarded by mu_; since the last line written
 };
 
 // The budget every line about a refused or failed call shares (the token check, the health-watch limit and the

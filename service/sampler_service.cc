@@ -8,8 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/field_error.h"
-#include "service/answer_order.h"
 #include "service/allocator_tuning.h"
+#include "service/answer_order.h"
 #include "service/step_codec.h"
 #include "spdlog/spdlog.h"
 
@@ -188,7 +188,8 @@ absl::StatusOr<std::unique_ptr<SamplerService>> SamplerService::Create(Options o
   if (absl::Status s = ValidateServerConfig(options.config); !s.ok()) return s;
   if (options.profiles == nullptr) return absl::InvalidArgumentError("SamplerService needs a ProfileRegistry");
   if (options.workers == nullptr) {
-    absl::StatusOr<std::unique_ptr<WorkerPool>> pool = WorkerPool::Create({options.config.workers, options.config.share_steps});
+    absl::StatusOr<std::unique_ptr<WorkerPool>> pool =
+        WorkerPool::Create({options.config.workers, options.config.share_steps});
     if (!pool.ok()) return pool.status();
     options.workers = *std::move(pool);
   }

@@ -57,8 +57,8 @@ namespace samplerd {
 //
 // Must outlive the grpc::Server it is registered with (the server's Shutdown waits for every reactor).
 class SamplerService final
-    : public v1::Sampler::WithRawCallbackMethod_Sample<
-          v1::Sampler::WithRawCallbackMethod_SampleOnce<v1::Sampler::WithCallbackMethod_ListProfiles<v1::Sampler::Service>>> {
+    : public v1::Sampler::WithRawCallbackMethod_Sample<v1::Sampler::WithRawCallbackMethod_SampleOnce<
+          v1::Sampler::WithCallbackMethod_ListProfiles<v1::Sampler::Service>>> {
  public:
   struct Options {
     // Validated limits (ValidateServerConfig); only the limits are read here.
@@ -84,8 +84,7 @@ class SamplerService final
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Sample(grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* SampleOnce(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* ListProfiles(grpc::CallbackServerContext* context,
-                                         const v1::ListProfilesRequest* request,
+  grpc::ServerUnaryReactor* ListProfiles(grpc::CallbackServerContext* context, const v1::ListProfilesRequest* request,
                                          v1::ListProfilesResponse* response) override;
 
   // StartRequest()
@@ -116,8 +115,8 @@ class SamplerService final
   class SampleReactor;
 
   // How a call's requests are answered: StartRequest's shape, the call's shm session bound.
-  using Answerer = std::function<void(const v1::SampleRequest& request, SeedTable* seeds,
-                                      v1::SampleResponse* response, std::function<void(absl::Status)> done)>;
+  using Answerer = std::function<void(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
+                                      std::function<void(absl::Status)> done)>;
 
   // StartRequest, or the no-compute responder when the call asks for it; empty when it asks for no compute and
   // the server does not allow it.
@@ -133,8 +132,7 @@ class SamplerService final
   // null) lets core share the step with an idle worker.
   // `shm_session` resolves the step's tensor references (ResolveTensorRefs).
   void AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed, absl::string_view shm_session,
-                  Workspace* workspace, StepOutput* out, v1::StepResult* result,
-                  ForkJoin* fork_join = nullptr) const;
+                  Workspace* workspace, StepOutput* out, v1::StepResult* result, ForkJoin* fork_join = nullptr) const;
 
   const ServerConfig config_;
   const TensorLimits limits_;
@@ -143,7 +141,7 @@ class SamplerService final
   std::atomic<int> active_streams_{0};
   const std::shared_ptr<RequestObserver> observer_;  // may be null
   const std::shared_ptr<WorkerPool> workers_;
-  const std::shared_ptr<const ShmRegistry> shm_;  // may be null
+  const std::shared_ptr<const ShmRegistry> shm_;                // may be null
   const std::unique_ptr<const NoComputeResponder> no_compute_;  // only under --allow_no_compute
 };
 

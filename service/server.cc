@@ -14,8 +14,8 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "service/health_watch_limit.h"
 #include "service/logging.h"
-#include "service/tls.h"
 #include "service/shm_metrics.h"
+#include "service/tls.h"
 #include "spdlog/spdlog.h"
 
 #ifndef SAMPLERD_VERSION
@@ -76,15 +76,14 @@ void SetChannelArguments(const ServerConfig& config, grpc::ServerBuilder* builde
   // them over replicas added since; its calls then have the grace, never less than the drain, to finish.
   if (config.max_connection_age_seconds > 0) {
     builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, config.max_connection_age_seconds * 1000);
-    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
-                                config.max_connection_age_grace_seconds * 1000);
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, config.max_connection_age_grace_seconds * 1000);
   }
 }
 
 }  // namespace
 
-Server::Server(const ServerConfig& config, std::shared_ptr<BearerTokens> tokens,
-               std::shared_ptr<ServerMetrics> metrics, std::unique_ptr<SamplerService> service)
+Server::Server(const ServerConfig& config, std::shared_ptr<BearerTokens> tokens, std::shared_ptr<ServerMetrics> metrics,
+               std::unique_ptr<SamplerService> service)
     : config_(config), tokens_(std::move(tokens)), metrics_(std::move(metrics)), service_(std::move(service)) {}
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& config,
@@ -107,10 +106,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   options.observer = *metrics;
   std::unique_ptr<ShmControlServer> shm_control;
   if (!config.shm_socket.empty()) {
-    auto shm = std::make_shared<ShmRegistry>(
-        ShmRegistry::Limits{config.shm_max_clients, config.shm_max_regions_per_client,
-                            static_cast<uint64_t>(config.shm_max_bytes_per_client)},
-        *metrics != nullptr ? MakeShmMetrics((*metrics)->registry()) : nullptr);
+    auto shm =
+        std::make_shared<ShmRegistry>(ShmRegistry::Limits{config.shm_max_clients, config.shm_max_regions_per_client,
+                                                          static_cast<uint64_t>(config.shm_max_bytes_per_client)},
+                                      *metrics != nullptr ? MakeShmMetrics((*metrics)->registry()) : nullptr);
     absl::StatusOr<std::unique_ptr<ShmControlServer>> started = ShmControlServer::Start(config.shm_socket, shm);
     if (!started.ok()) return started.status();
     shm_control = *std::move(started);
@@ -159,8 +158,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
     // gRPC stops at the first address it cannot bind and leaves its selected port at 0.
     for (size_t i = 0; i < config.listen.size(); ++i) {
       if (selected_ports[i] == 0) {
-        return absl::UnavailableError(absl::StrCat(
-            "cannot listen on ", config.listen[i], ": the address is in use, not permitted, or not resolvable"));
+        return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen[i],
+                                                   ": the address is in use, not permitted, or not resolvable"));
       }
     }
     return absl::UnavailableError("the gRPC server failed to start");

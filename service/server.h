@@ -26,8 +26,8 @@
 #include "service/config_reloader.h"
 #include "service/sampler_service.h"
 #include "service/server_config.h"
-#include "service/shm_control_server.h"
 #include "service/server_metrics.h"
+#include "service/shm_control_server.h"
 
 namespace samplerd {
 

@@ -47,7 +47,8 @@ absl::Status ValidateListenAddress(absl::string_view address) {
   }
   if (!IsHostPort(address)) {
     return FlagError("listen", absl::StrCat("must be host:port (port 0..65535, 0 = any free port), unix:/path or "
-                                            "unix:///path, got \"", address, "\""));
+                                            "unix:///path, got \"",
+                                            address, "\""));
   }
   return absl::OkStatus();
 }
@@ -75,28 +76,27 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   if (absl::Status s = CheckPositive("max_vocab", config.max_vocab, std::numeric_limits<int32_t>::max()); !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckPositive("max_attention_elements", config.max_attention_elements,
-                                     std::numeric_limits<int64_t>::max());
+  if (absl::Status s =
+          CheckPositive("max_attention_elements", config.max_attention_elements, std::numeric_limits<int64_t>::max());
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckPositive("max_attention_rows", config.max_attention_rows,
-                                     std::numeric_limits<int64_t>::max());
+  if (absl::Status s =
+          CheckPositive("max_attention_rows", config.max_attention_rows, std::numeric_limits<int64_t>::max());
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckPositive("max_health_watches", config.max_health_watches,
-                                     std::numeric_limits<int32_t>::max());
+  if (absl::Status s =
+          CheckPositive("max_health_watches", config.max_health_watches, std::numeric_limits<int32_t>::max());
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckPositive("max_steps_per_request", config.max_steps_per_request,
-                                     std::numeric_limits<int32_t>::max());
+  if (absl::Status s =
+          CheckPositive("max_steps_per_request", config.max_steps_per_request, std::numeric_limits<int32_t>::max());
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckPositive("max_streams", config.max_streams, std::numeric_limits<int32_t>::max());
-      !s.ok()) {
+  if (absl::Status s = CheckPositive("max_streams", config.max_streams, std::numeric_limits<int32_t>::max()); !s.ok()) {
     return s;
   }
   if (absl::Status s = CheckPositive("shm_max_clients", config.shm_max_clients, std::numeric_limits<int32_t>::max());
@@ -164,8 +164,7 @@ std::optional<int> ParseServerFlags(int argc, char** argv, absl::string_view ver
   app.add_option("--config", config->config_path,
                  "Profiles file: protobuf JSON of samplerd.v1.ProfileSet, added to the built-in entropix, "
                  "entropix-frog and fixed profiles (a built-in name replaces that profile)");
-  app.add_option("--max_message_bytes", config->max_message_bytes,
-                 "Largest request or response message, in bytes")
+  app.add_option("--max_message_bytes", config->max_message_bytes, "Largest request or response message, in bytes")
       ->capture_default_str();
   app.add_option("--max_vocab", config->max_vocab, "Largest logits tensor, in elements (vocabulary size)")
       ->capture_default_str();
@@ -224,7 +223,8 @@ std::optional<int> ParseServerFlags(int argc, char** argv, absl::string_view ver
       ->capture_default_str();
   CLI::Option* metrics_listen =
       app.add_option("--metrics_listen", config->metrics_listen,
-                     "host:port serving Prometheus /metrics and the live page (/) over HTTP, both public (port 0 = any free port, printed at start); "
+                     "host:port serving Prometheus /metrics and the live page (/) over HTTP, both public (port 0 = any "
+                     "free port, printed at start); "
                      "\"\" = no metrics. When left at the default and taken, samplerd logs an error and runs without")
           ->capture_default_str();
   // docs/contract.md section 7 names the flag --metrics_port: the same server on every interface.
@@ -256,23 +256,21 @@ std::optional<int> ParseServerFlags(int argc, char** argv, absl::string_view ver
 }
 
 std::string DescribeServerConfig(const ServerConfig& config) {
-  return absl::StrCat("listen=[", absl::StrJoin(config.listen, ", "), "] config=\"",
-                      config.config_path.empty() ? "(built-in profiles)" : config.config_path,
-                      "\" max_message_bytes=", config.max_message_bytes, " max_vocab=", config.max_vocab,
-                      " max_attention_elements=", config.max_attention_elements,
-                      " max_attention_rows=", config.max_attention_rows,
-                      " max_health_watches=", config.max_health_watches,
-                      " max_steps_per_request=", config.max_steps_per_request, " max_streams=", config.max_streams,
-                      " drain_seconds=", config.drain_seconds, " log_level=", config.log_level,
-                      " log_format=", config.log_format,
-                      " tls=", config.tls_cert.empty() ? "off" : (config.tls_client_ca.empty() ? "on" : "mutual"),
-                      " auth_token=", config.auth_token_file.empty() ? "off" : "on",
-                      " metrics_listen=\"", config.metrics_listen, "\"",
-                      " max_connection_age_seconds=", config.max_connection_age_seconds,
-                      " max_connection_age_grace_seconds=", config.max_connection_age_grace_seconds,
-                      " workers=", config.workers == 0 ? std::string("0 (one per CPU)") : absl::StrCat(config.workers),
-                      " share_steps=", config.share_steps ? "true" : "false",
-                      " allow_no_compute=", config.allow_no_compute ? "true" : "false");
+  return absl::StrCat(
+      "listen=[", absl::StrJoin(config.listen, ", "), "] config=\"",
+      config.config_path.empty() ? "(built-in profiles)" : config.config_path,
+      "\" max_message_bytes=", config.max_message_bytes, " max_vocab=", config.max_vocab,
+      " max_attention_elements=", config.max_attention_elements, " max_attention_rows=", config.max_attention_rows,
+      " max_health_watches=", config.max_health_watches, " max_steps_per_request=", config.max_steps_per_request,
+      " max_streams=", config.max_streams, " drain_seconds=", config.drain_seconds, " log_level=", config.log_level,
+      " log_format=", config.log_format,
+      " tls=", config.tls_cert.empty() ? "off" : (config.tls_client_ca.empty() ? "on" : "mutual"),
+      " auth_token=", config.auth_token_file.empty() ? "off" : "on", " metrics_listen=\"", config.metrics_listen, "\"",
+      " max_connection_age_seconds=", config.max_connection_age_seconds,
+      " max_connection_age_grace_seconds=", config.max_connection_age_grace_seconds,
+      " workers=", config.workers == 0 ? std::string("0 (one per CPU)") : absl::StrCat(config.workers),
+      " share_steps=", config.share_steps ? "true" : "false",
+      " allow_no_compute=", config.allow_no_compute ? "true" : "false");
 }
 
 }  // namespace samplerd

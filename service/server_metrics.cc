@@ -120,8 +120,7 @@ absl::StatusOr<std::shared_ptr<ServerMetrics>> ServerMetrics::Create(Options opt
 absl::Status ServerMetrics::Serve(const std::string& listen) {
   const size_t colon = listen.rfind(':');
   int port = -1;
-  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
-      port > 65535) {
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("--metrics_listen: must be host:port, got \"", listen, "\""));
   }
   std::string host = listen.substr(0, colon);
@@ -158,8 +157,8 @@ absl::Status ServerMetrics::Serve(const std::string& listen) {
   const int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
   if (bound <= 0) {
     http_.reset();
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen,
-                                               " (--metrics_listen): the address is taken or not local"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", listen, " (--metrics_listen): the address is taken or not local"));
   }
   address_ = absl::StrCat(listen.substr(0, colon), ":", bound);
   http_thread_ = std::thread([&http] { http.listen_after_bind(); });
@@ -199,9 +198,7 @@ void ServerMetrics::SetProfiles(std::function<std::shared_ptr<const ProfileRegis
   profiles_ = std::move(source);
 }
 
-void ServerMetrics::OnConfigReload(bool success) {
-  (success ? reloads_succeeded_ : reloads_failed_)->Increment();
-}
+void ServerMetrics::OnConfigReload(bool success) { (success ? reloads_succeeded_ : reloads_failed_)->Increment(); }
 
 void ServerMetrics::OnRequest(size_t bytes) { request_bytes_->Increment(static_cast<double>(bytes)); }
 
@@ -238,8 +235,7 @@ void ServerMetrics::OnStep(const v1::StepResult& result, std::chrono::nanosecond
     const bool cached = code >= 0 && code < static_cast<int>(error_counters_.size());
     if (cached) counter = error_counters_[code];
     if (counter == nullptr) {
-      counter = &step_errors_->Add(
-          {{"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
+      counter = &step_errors_->Add({{"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
       if (cached) error_counters_[code] = counter;
     }
   }

@@ -136,7 +136,7 @@ class ServerMetrics final : public RequestObserver {
   // Counters already made, so a step does not build a label map. Regime values are small (proto enum).
   std::mutex mu_;
   absl::flat_hash_map<std::string, ProfileSeries> profile_series_;  // guarded by mu_
-  std::array<prometheus::Counter*, 17> error_counters_{};  // guarded by mu_; index = canonical code 0..16
+  std::array<prometheus::Counter*, 17> error_counters_{};           // guarded by mu_; index = canonical code 0..16
 };
 
 }  // namespace samplerd

@@ -56,7 +56,7 @@ ssize_t ReceivePacket(int fd, std::string* bytes, std::vector<int>* fds) {
     }
   }
   if ((msg.msg_flags & MSG_TRUNC) != 0) n = static_cast<ssize_t>(kMaxPacketBytes) + 1;  // reported as too long
-  if ((msg.msg_flags & MSG_CTRUNC) != 0) fds->push_back(-1);                          // reported as too many
+  if ((msg.msg_flags & MSG_CTRUNC) != 0) fds->push_back(-1);                            // reported as too many
   bytes->resize(std::min(static_cast<size_t>(n), kMaxPacketBytes));
   return n;
 }
@@ -109,12 +109,12 @@ v1::ShmControlResponse Handle(ShmRegistry& registry, const Connection& connectio
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ShmControlServer>> ShmControlServer::Start(const std::string& path,
-                                                                         std::shared_ptr<ShmRegistry> registry) {
+                                                                          std::shared_ptr<ShmRegistry> registry) {
   struct sockaddr_un address = {};
   address.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(address.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("--shm_socket \"", path, "\" must be a path of 1..",
-                                                   sizeof(address.sun_path) - 1, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shm_socket \"", path, "\" must be a path of 1..", sizeof(address.sun_path) - 1, " bytes"));
   }
   std::memcpy(address.sun_path, path.data(), path.size());
   const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -137,8 +137,7 @@ absl::StatusOr<std::unique_ptr<ShmControlServer>> ShmControlServer::Start(const 
   return server;
 }
 
-ShmControlServer::ShmControlServer(std::string path, std::shared_ptr<ShmRegistry> registry, int listen_fd,
-                                   int wake_fd)
+ShmControlServer::ShmControlServer(std::string path, std::shared_ptr<ShmRegistry> registry, int listen_fd, int wake_fd)
     : path_(std::move(path)), registry_(std::move(registry)), listen_fd_(listen_fd), wake_fd_(wake_fd) {}
 
 ShmControlServer::~ShmControlServer() {
@@ -188,12 +187,14 @@ void ShmControlServer::Run() {
         continue;
       }
       if (n <= 0) {  // end of stream or a broken connection
-        for (int f : fds) if (f >= 0) close(f);
+        for (int f : fds)
+          if (f >= 0) close(f);
         drop(c);
         continue;
       }
       const v1::ShmControlResponse response = Handle(*registry_, c, n, bytes, fds);
-      for (int f : fds) if (f >= 0) close(f);  // a registered region keeps its own reference (the mapping)
+      for (int f : fds)
+        if (f >= 0) close(f);  // a registered region keeps its own reference (the mapping)
       const std::string wire = response.SerializeAsString();
       if (send(c.fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL) != static_cast<ssize_t>(wire.size())) {
         spdlog::warn("shared-memory client does not read its answers; disconnected");

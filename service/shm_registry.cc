@@ -52,8 +52,8 @@ ShmRegistry::ShmRegistry(Limits limits, std::shared_ptr<ShmObserver> observer)
 absl::StatusOr<std::string> ShmRegistry::OpenSession() {
   std::unique_lock<std::shared_mutex> lock(mu_);
   if (static_cast<int64_t>(sessions_.size()) >= limits_.max_clients) {
-    return absl::ResourceExhaustedError(absl::StrCat("the server already has ", limits_.max_clients,
-                                                     " shared-memory clients (--shm_max_clients)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the server already has ", limits_.max_clients, " shared-memory clients (--shm_max_clients)"));
   }
   std::string token = RandomToken();
   sessions_.emplace(token, Session{});
@@ -80,7 +80,7 @@ void ShmRegistry::CloseSession(absl::string_view session) {
 }
 
 absl::StatusOr<ShmRegistry::Registered> ShmRegistry::Register(absl::string_view session, int fd,
-                                                               absl::string_view name) {
+                                                              absl::string_view name) {
   auto refuse = [this](absl::Status status) {
     registrations_refused_.fetch_add(1, std::memory_order_relaxed);
     if (observer_ != nullptr) observer_->OnRegistration(false);
@@ -88,15 +88,15 @@ absl::StatusOr<ShmRegistry::Registered> ShmRegistry::Register(absl::string_view 
   };
   const int seals = fcntl(fd, F_GET_SEALS);
   if (seals < 0) {
-    return refuse(absl::InvalidArgumentError(
-        absl::StrCat("the fd is not a sealable memfd (F_GET_SEALS: ", std::strerror(errno),
-                     "); create it with memfd_create(MFD_ALLOW_SEALING)")));
+    return refuse(
+        absl::InvalidArgumentError(absl::StrCat("the fd is not a sealable memfd (F_GET_SEALS: ", std::strerror(errno),
+                                                "); create it with memfd_create(MFD_ALLOW_SEALING)")));
   }
   if ((seals & F_SEAL_SHRINK) == 0 || (seals & F_SEAL_SEAL) == 0) {
-    return refuse(absl::InvalidArgumentError(absl::StrCat(
-        "the memfd must be sealed with F_SEAL_SHRINK and F_SEAL_SEAL (so it can never shrink under the "
-        "server's mapping), got seals 0x",
-        absl::Hex(seals))));
+    return refuse(absl::InvalidArgumentError(
+        absl::StrCat("the memfd must be sealed with F_SEAL_SHRINK and F_SEAL_SEAL (so it can never shrink under the "
+                     "server's mapping), got seals 0x",
+                     absl::Hex(seals))));
   }
   struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -105,22 +105,22 @@ absl::StatusOr<ShmRegistry::Registered> ShmRegistry::Register(absl::string_view 
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size == 0) return refuse(absl::InvalidArgumentError("the memfd is empty (size it before sealing)"));
   if (size > limits_.max_bytes_per_client) {
-    return refuse(absl::ResourceExhaustedError(absl::StrCat("a region of ", size, " bytes is over the ",
-                                                            limits_.max_bytes_per_client,
-                                                            " bytes a client may register (--shm_max_bytes_per_client)")));
+    return refuse(absl::ResourceExhaustedError(
+        absl::StrCat("a region of ", size, " bytes is over the ", limits_.max_bytes_per_client,
+                     " bytes a client may register (--shm_max_bytes_per_client)")));
   }
   {
     std::shared_lock<std::shared_mutex> lock(mu_);
     const auto it = sessions_.find(session);
     if (it == sessions_.end()) return refuse(absl::FailedPreconditionError("unknown shared-memory session"));
     if (it->second.regions >= limits_.max_regions_per_client) {
-      return refuse(absl::ResourceExhaustedError(absl::StrCat("this client already has ", it->second.regions,
-                                                              " regions (--shm_max_regions_per_client)")));
+      return refuse(absl::ResourceExhaustedError(
+          absl::StrCat("this client already has ", it->second.regions, " regions (--shm_max_regions_per_client)")));
     }
     if (it->second.bytes + size > limits_.max_bytes_per_client) {
-      return refuse(absl::ResourceExhaustedError(absl::StrCat(
-          "this client already has ", it->second.bytes, " bytes registered; ", size, " more would be over ",
-          limits_.max_bytes_per_client, " (--shm_max_bytes_per_client)")));
+      return refuse(absl::ResourceExhaustedError(
+          absl::StrCat("this client already has ", it->second.bytes, " bytes registered; ", size,
+                       " more would be over ", limits_.max_bytes_per_client, " (--shm_max_bytes_per_client)")));
     }
   }
   void* data = mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_SHARED, fd, 0);
@@ -180,7 +180,7 @@ absl::Status ShmRegistry::Unregister(absl::string_view session, absl::string_vie
 }
 
 absl::StatusOr<std::shared_ptr<const ShmRegion>> ShmRegistry::Find(absl::string_view session,
-                                                                    absl::string_view region) const {
+                                                                   absl::string_view region) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   const auto it = regions_.find(region);
   if (it == regions_.end()) {
@@ -188,9 +188,10 @@ absl::StatusOr<std::shared_ptr<const ShmRegion>> ShmRegistry::Find(absl::string_
                                             "\" is registered (unregistered, or its control connection closed)"));
   }
   if (it->second.session != session) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "region \"", region, "\" belongs to another client: the call's samplerd-shm-session metadata must be the "
-        "session of the control connection that registered it"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("region \"", region,
+                     "\" belongs to another client: the call's samplerd-shm-session metadata must be the "
+                     "session of the control connection that registered it"));
   }
   return it->second.region;
 }

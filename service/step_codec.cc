@@ -62,7 +62,8 @@ absl::Status ResolveRef(const v1::TensorRef& ref, const ShmRegistry* shm, absl::
     if (d < 1) return absl::OkStatus();
     if (elements > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d) / item) {
       return InvalidFieldError(absl::StrCat(field, ".shape"),
-                               absl::StrCat("the byte length overflows: ", ref.shape_size(), " dimensions whose "
+                               absl::StrCat("the byte length overflows: ", ref.shape_size(),
+                                            " dimensions whose "
                                             "product times the item size exceeds 2^64"));
     }
     elements *= static_cast<uint64_t>(d);
@@ -106,8 +107,8 @@ StepInput DecodeStep(const v1::Step& step, uint64_t seed) {
   return in;
 }
 
-absl::Status ResolveTensorRefs(const v1::Step& step, const ShmRegistry* shm, absl::string_view session,
-                               StepInput* in, ShmHold* hold) {
+absl::Status ResolveTensorRefs(const v1::Step& step, const ShmRegistry* shm, absl::string_view session, StepInput* in,
+                               ShmHold* hold) {
   if (step.has_logits_ref()) {
     if (step.has_logits()) return InvalidFieldError("logits_ref", "set either logits or logits_ref, not both");
     if (absl::Status s = ResolveRef(step.logits_ref(), shm, session, "logits_ref", &in->logits, &hold->logits);
@@ -120,8 +121,7 @@ absl::Status ResolveTensorRefs(const v1::Step& step, const ShmRegistry* shm, abs
       return InvalidFieldError("attention_ref", "set either attention or attention_ref, not both");
     }
     RawTensor attention;
-    if (absl::Status s =
-            ResolveRef(step.attention_ref(), shm, session, "attention_ref", &attention, &hold->attention);
+    if (absl::Status s = ResolveRef(step.attention_ref(), shm, session, "attention_ref", &attention, &hold->attention);
         !s.ok()) {
       return s;
     }

@@ -24,9 +24,9 @@
 #include <memory>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "core/step_engine.h"
 #include "grpcpp/support/status.h"
-#include "absl/strings/string_view.h"
 #include "samplerd/v1/sampler.pb.h"
 #include "service/shm_registry.h"
 
@@ -55,8 +55,8 @@ struct ShmHold {
 // not a multiple of the item size or bytes past the region's end ("logits_ref.offset"). Everything else about
 // the tensor (dtype, rank, dimensions >= 1, size limits) is core's check, as for inline bytes, under the
 // tensor's own name ("logits.shape"): a ref only says where the bytes are.
-absl::Status ResolveTensorRefs(const v1::Step& step, const ShmRegistry* shm, absl::string_view session,
-                               StepInput* in, ShmHold* hold);
+absl::Status ResolveTensorRefs(const v1::Step& step, const ShmRegistry* shm, absl::string_view session, StepInput* in,
+                               ShmHold* hold);
 
 // EncodeStepResult()
 //

@@ -14,8 +14,8 @@ namespace samplerd {
 
 absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(Options options) {
   if (options.workers < 0 || options.workers > kMaxWorkers) {
-    return absl::InvalidArgumentError(absl::StrCat("--workers: must be in [0, ", kMaxWorkers,
-                                                   "] (0 = one per CPU), got ", options.workers));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--workers: must be in [0, ", kMaxWorkers, "] (0 = one per CPU), got ", options.workers));
   }
   return std::unique_ptr<WorkerPool>(
       new WorkerPool(options.workers == 0 ? DefaultWorkers() : options.workers, options.share_steps));
@@ -37,7 +37,6 @@ WorkerPool::WorkerPool(int workers, bool share_steps) : workers_(workers), share
     pthread_setname_np(threads_.back().native_handle(), absl::StrCat("samplerd-w", i).substr(0, 15).c_str());
   }
 }
-
 
 namespace {
 
@@ -200,8 +199,8 @@ void WorkerPool::HelpWithSubtasks(std::unique_lock<std::mutex>* lock, std::chron
     if (!jobs_.empty() || stopping_ || std::chrono::steady_clock::now() >= deadline) break;
     lock->unlock();
     int spins = 0;
-    while (queued_subtasks_.load(std::memory_order_relaxed) == 0 &&
-           queued_jobs_.load(std::memory_order_relaxed) == 0 && std::chrono::steady_clock::now() < deadline) {
+    while (queued_subtasks_.load(std::memory_order_relaxed) == 0 && queued_jobs_.load(std::memory_order_relaxed) == 0 &&
+           std::chrono::steady_clock::now() < deadline) {
       Relax(&spins);
     }
     lock->lock();

@@ -2,10 +2,10 @@
 //
 // The gRPC reactions must not block (they run on gRPC's few callback threads), so a stream hands its request to
 // the pool and gets a callback when the last step is done; only a lone step on a pool with a worker to spare
-// runs at once on the reaction's thread (TryRunHere), where it costs no more core time than on that worker. One request's steps are spread over all workers
-// (each idle worker takes the next step index of the oldest job), so a batched request uses every core; jobs
-// start in submission order, so streams are served first come, first served. Scratch memory is per worker, not
-// per stream: a thousand idle streams hold no Workspace.
+// runs at once on the reaction's thread (TryRunHere), where it costs no more core time than on that worker. One
+// request's steps are spread over all workers (each idle worker takes the next step index of the oldest job), so a
+// batched request uses every core; jobs start in submission order, so streams are served first come, first served.
+// Scratch memory is per worker, not per stream: a thousand idle streams hold no Workspace.
 //
 // A step may also be shared: each worker lends core a ForkJoin (WorkerState::fork_join) that hands half of a
 // step's passes to an idle worker, if there is one. That is what makes a lone stream's step take two cores'
@@ -133,11 +133,11 @@ class WorkerPool {
   // lowered without it as soon as a task returns.
   std::atomic<int> busy_{0};
   std::vector<std::unique_ptr<Spare>> spares_;  // guarded by mu_; TryRunHere's states not in use
-  std::atomic<int> queued_subtasks_{0};    // subtasks_.size(), for the helpers' spin without the lock
-  std::atomic<int> queued_jobs_{0};        // jobs_.size(), likewise
-  bool stopping_ = false;                  // guarded by mu_
-  const int workers_;  // threads_.size(), readable while the constructor still starts threads
-  const bool share_;   // workers_ > 1 and Options::share_steps
+  std::atomic<int> queued_subtasks_{0};         // subtasks_.size(), for the helpers' spin without the lock
+  std::atomic<int> queued_jobs_{0};             // jobs_.size(), likewise
+  bool stopping_ = false;                       // guarded by mu_
+  const int workers_;                           // threads_.size(), readable while the constructor still starts threads
+  const bool share_;                            // workers_ > 1 and Options::share_steps
   std::vector<std::thread> threads_;
 };
 

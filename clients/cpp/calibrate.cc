@@ -50,8 +50,10 @@ absl::StatusOr<std::vector<StepMetrics>> ReadJsonLines(const std::string& path, 
         return absl::OkStatus();
       };
       for (auto [name, field] : {std::pair{"logits_entropy", &m.logits_entropy},
-                                 {"logits_varentropy", &m.logits_varentropy}, {"attn_entropy", &m.attn_entropy},
-                                 {"attn_varentropy", &m.attn_varentropy}, {"agreement", &m.agreement},
+                                 {"logits_varentropy", &m.logits_varentropy},
+                                 {"attn_entropy", &m.attn_entropy},
+                                 {"attn_varentropy", &m.attn_varentropy},
+                                 {"agreement", &m.agreement},
                                  {"interaction_strength", &m.interaction_strength}}) {
         if (absl::Status s = get(name, field); !s.ok()) return s;
       }

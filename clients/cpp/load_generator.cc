@@ -140,8 +140,8 @@ absl::Status CheckResponse(const v1::SampleRequest& request, const v1::SampleRes
       return absl::InternalError(absl::StrCat("step ", i, " (", r.sequence_id(), ") rejected: ", r.error().message()));
     }
     if (r.sequence_id() != request.steps(i).sequence_id() || r.step() != request.steps(i).step()) {
-      return absl::InternalError(absl::StrCat("result ", i, " answers ", r.sequence_id(), "/", r.step(),
-                                              ", not the request's step ", i));
+      return absl::InternalError(
+          absl::StrCat("result ", i, " answers ", r.sequence_id(), "/", r.step(), ", not the request's step ", i));
     }
   }
   return absl::OkStatus();
@@ -423,16 +423,15 @@ std::string ReportJson(const LoadReport& r) {
       "\"requests\": %d, \"steps_per_request\": %d, \"request_bytes\": %d, \"seconds\": %.6f, "
       "\"steps_per_sec\": %.3f, \"p50_us\": %.1f, \"p99_us\": %.1f, \"core_us_p50\": %.1f, \"core_us_p99\": %.1f, "
       "\"vocab\": %d, \"heads\": %d, \"kv_len\": %d}",
-      JsonString(WorkloadName(r.workload)), JsonString(DTypeName(r.dtype)), JsonString(r.mode),
-      JsonString(r.target), r.streams, r.steps, r.requests, r.shape.steps_per_request, r.request_bytes, r.seconds,
-      r.steps_per_sec, r.p50_us, r.p99_us, r.core_us_p50, r.core_us_p99, r.shape.vocab, r.shape.heads,
-      r.shape.kv_len);
+      JsonString(WorkloadName(r.workload)), JsonString(DTypeName(r.dtype)), JsonString(r.mode), JsonString(r.target),
+      r.streams, r.steps, r.requests, r.shape.steps_per_request, r.request_bytes, r.seconds, r.steps_per_sec, r.p50_us,
+      r.p99_us, r.core_us_p50, r.core_us_p99, r.shape.vocab, r.shape.heads, r.shape.kv_len);
 }
 
 std::string ReportText(const LoadReport& r) {
-  std::string where = r.mode == "in-process" ? "in process (core only, no gRPC)"
-                                             : absl::StrCat(r.mode == "grpc" ? "gRPC" : "gRPC, no compute", " to ",
-                                                            r.target);
+  std::string where = r.mode == "in-process"
+                          ? "in process (core only, no gRPC)"
+                          : absl::StrCat(r.mode == "grpc" ? "gRPC" : "gRPC, no compute", " to ", r.target);
   std::string out = absl::StrFormat(
       "workload %s (vocab %d, attention %dx%d, %d step%s/request, %.2f MB/request), %s, %d stream%s, %s\n",
       WorkloadName(r.workload), r.shape.vocab, r.shape.heads, r.shape.kv_len, r.shape.steps_per_request,

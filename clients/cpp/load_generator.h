@@ -92,8 +92,8 @@ struct LoadReport {
   std::string mode;  // "grpc", "grpc-shm", "grpc-no-compute" or "in-process"
   std::string target;
   int streams = 0;
-  int64_t steps = 0;     // measured (warm-up excluded)
-  int64_t requests = 0;  // measured
+  int64_t steps = 0;          // measured (warm-up excluded)
+  int64_t requests = 0;       // measured
   int64_t request_bytes = 0;  // one serialized request
   double seconds = 0;
   double steps_per_sec = 0;

@@ -78,7 +78,8 @@ absl::StatusOr<std::vector<Exchange>> ReadRecording(const std::string& path) {
   {
     google::protobuf::io::CodedInputStream coded(&in);
     if (!coded.ReadString(&header, static_cast<int>(kHeaderSize)) || header != kHeader) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": not a samplerd recording (no \"samplerd-rec-v1\" header)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": not a samplerd recording (no \"samplerd-rec-v1\" header)"));
     }
   }
   std::vector<Exchange> exchanges;
@@ -87,10 +88,12 @@ absl::StatusOr<std::vector<Exchange>> ReadRecording(const std::string& path) {
     bool clean_eof = false;
     if (!google::protobuf::util::ParseDelimitedFromZeroCopyStream(&e.first, &in, &clean_eof)) {
       if (clean_eof) break;
-      return absl::InvalidArgumentError(absl::StrCat(path, ": request ", exchanges.size(), " is truncated or unparseable"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": request ", exchanges.size(), " is truncated or unparseable"));
     }
     if (!google::protobuf::util::ParseDelimitedFromZeroCopyStream(&e.second, &in, &clean_eof)) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": response ", exchanges.size(), " is missing, truncated or unparseable"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": response ", exchanges.size(), " is missing, truncated or unparseable"));
     }
     exchanges.push_back(std::move(e));
   }
@@ -98,7 +101,6 @@ absl::StatusOr<std::vector<Exchange>> ReadRecording(const std::string& path) {
 }
 
 int RunRecord(Client& client, const RecordOptions& options) {
-
   struct Sequence {
     std::string id;
     uint64_t seed;
@@ -212,8 +214,8 @@ int RunReplay(Client& client, const ReplayOptions& options) {
       differ.ReportDifferencesToString(&diff);
       if (differ.Compare(want, got)) continue;
       if (++differing_steps <= options.max_diffs) {
-        absl::PrintF("request %d, step result %d (sequence_id \"%s\", step %d) differs (recorded -> replayed):\n%s",
-                     i, k, want.sequence_id(), want.step(), diff);
+        absl::PrintF("request %d, step result %d (sequence_id \"%s\", step %d) differs (recorded -> replayed):\n%s", i,
+                     k, want.sequence_id(), want.step(), diff);
       }
     }
   }

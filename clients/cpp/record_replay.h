@@ -41,10 +41,10 @@ absl::StatusOr<std::vector<Exchange>> ReadRecording(const std::string& path);
 
 struct RecordOptions {
   std::string out;
-  int steps = 100;       // decode steps per sequence
-  int sequences = 2;     // sequences batched in each request
-  std::string profile;   // empty = the server's default
-  uint64_t seed = 7;     // sequence k uses seed + k; 0 = the server picks (and the recording keeps its pick)
+  int steps = 100;      // decode steps per sequence
+  int sequences = 2;    // sequences batched in each request
+  std::string profile;  // empty = the server's default
+  uint64_t seed = 7;    // sequence k uses seed + k; 0 = the server picks (and the recording keeps its pick)
   int32_t top_logprobs = 5;
   int32_t vocab = 32000;
   int32_t heads = 8;

@@ -23,8 +23,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -75,8 +75,8 @@ std::string DescribeParams(const v1::SamplingParams& p) {
 }
 
 std::string DescribeMetrics(const v1::Metrics& m) {
-  std::string out = absl::StrFormat("logits_entropy=%.4f logits_varentropy=%.4f", m.logits_entropy(),
-                                    m.logits_varentropy());
+  std::string out =
+      absl::StrFormat("logits_entropy=%.4f logits_varentropy=%.4f", m.logits_entropy(), m.logits_varentropy());
   if (m.has_attn_entropy()) {
     absl::StrAppendFormat(&out, " attn_entropy=%.4f attn_varentropy=%.4f agreement=%.4g interaction_strength=%.4f",
                           m.attn_entropy(), m.attn_varentropy(), m.agreement(), m.interaction_strength());
@@ -115,15 +115,14 @@ int RunProfiles(Client& client, bool json) {
     return 0;
   }
   for (const v1::Profile& p : profiles->profiles()) {
-    absl::PrintF("%s%s  %s\n", p.name(), p.name() == profiles->default_profile() ? " (default)" : "",
-                 p.description());
+    absl::PrintF("%s%s  %s\n", p.name(), p.name() == profiles->default_profile() ? " (default)" : "", p.description());
     absl::PrintF("  params: %s n_adaptive_samples=%d clarifying_token=%d\n", DescribeParams(p.params()),
                  p.params().n_adaptive_samples(), p.params().clarifying_token());
     for (const v1::RegimeRule& rule : p.regimes()) {
       std::vector<std::string> bounds;
       for (const v1::Bound& b : rule.bounds()) {
-        bounds.push_back(absl::StrFormat("%s %s %g", v1::Metric_Name(b.metric()),
-                                         b.op() == v1::OP_LT ? "<" : ">", b.value()));
+        bounds.push_back(
+            absl::StrFormat("%s %s %g", v1::Metric_Name(b.metric()), b.op() == v1::OP_LT ? "<" : ">", b.value()));
       }
       absl::PrintF("  %-9s if %s\n", RegimeName(rule.regime()), absl::StrJoin(bounds, " and "));
     }
@@ -145,8 +144,8 @@ struct SecurityFlags {
 // The ClientOptions of the flags; false (with the reason on stderr) when a file cannot be read.
 bool MakeClientOptions(const SecurityFlags& flags, ClientOptions* options) {
   const std::pair<const std::string*, std::string*> files[] = {{&flags.tls_ca, &options->tls_ca_pem},
-                                                                {&flags.tls_cert, &options->tls_cert_pem},
-                                                                {&flags.tls_key, &options->tls_key_pem}};
+                                                               {&flags.tls_cert, &options->tls_cert_pem},
+                                                               {&flags.tls_key, &options->tls_key_pem}};
   for (const auto& [path, pem] : files) {
     if (path->empty()) continue;
     std::ifstream in(*path, std::ios::binary);
@@ -198,8 +197,8 @@ int RunSample(Client& client, const SampleFlags& flags) {
   if (flags.json) {
     absl::PrintF("%s\n", ToJson(r));
   } else if (!r.has_error()) {
-    absl::PrintF("token %d  logprob %.6f  regime %s  profile %s  seed %d  (%d us in core)\n", r.token(),
-                 r.logprob(), RegimeName(r.regime()), r.profile(), r.seed(), r.server_micros());
+    absl::PrintF("token %d  logprob %.6f  regime %s  profile %s  seed %d  (%d us in core)\n", r.token(), r.logprob(),
+                 RegimeName(r.regime()), r.profile(), r.seed(), r.server_micros());
     absl::PrintF("applied: %s\n", DescribeParams(r.applied()));
     absl::PrintF("metrics: %s\n", DescribeMetrics(r.metrics()));
     if (r.top_size() > 0) {
@@ -326,7 +325,8 @@ int main(int argc, char** argv) {
   app.add_option("--target", target, "gRPC target of the server: host:port or unix:/path")->capture_default_str();
 
   SecurityFlags security;
-  app.add_flag("--tls", security.tls, "Use TLS, trusting the system's roots (implied by --tls_ca/--tls_cert/--tls_key)");
+  app.add_flag("--tls", security.tls,
+               "Use TLS, trusting the system's roots (implied by --tls_ca/--tls_cert/--tls_key)");
   app.add_option("--tls_ca", security.tls_ca, "PEM CA bundle the server's certificate must chain to (turns TLS on)");
   app.add_option("--tls_cert", security.tls_cert, "PEM client certificate, for a server with --tls_client_ca")
       ->needs(app.add_option("--tls_key", security.tls_key, "PEM private key of --tls_cert"));
@@ -347,8 +347,9 @@ int main(int argc, char** argv) {
   sample->add_option("--logits", sample_flags.logits, "float32 .npy of shape [vocab]")
       ->required()
       ->check(CLI::ExistingFile);
-  sample->add_option("--attention", sample_flags.attention,
-                     "float32 .npy of shape [heads, kv_len] or [layers, heads, kv_len]")
+  sample
+      ->add_option("--attention", sample_flags.attention,
+                   "float32 .npy of shape [heads, kv_len] or [layers, heads, kv_len]")
       ->check(CLI::ExistingFile);
   sample->add_option("--profile", sample_flags.profile, "Server profile; empty = the server's default");
   sample->add_option("--seed", sample_flags.seed, "Seed of the draw; 0 = the server picks one (and reports it)")
@@ -368,7 +369,9 @@ int main(int argc, char** argv) {
   CLI::App* record = app.add_subcommand(
       "record", "Run a generation (synthetic model, sequences batched) and record every request and response");
   record->add_option("--out", record_options.out, "Recording file to write")->required();
-  record->add_option("--steps", record_options.steps, "Steps per sequence")->capture_default_str()->check(CLI::PositiveNumber);
+  record->add_option("--steps", record_options.steps, "Steps per sequence")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   record->add_option("--sequences", record_options.sequences, "Sequences batched in each request")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -385,32 +388,39 @@ int main(int argc, char** argv) {
   CalibrateOptions calibrate_options;
   CLI::App* calibrate = app.add_subcommand(
       "calibrate", "Fit a profile to a model from recorded generations (no server): a ProfileSet JSON for --config");
-  calibrate->add_option("--from", calibrate_options.from,
-                        "Records: `samplerctl record` files or JSON lines of the torch host (generate.py --record)")
+  calibrate
+      ->add_option("--from", calibrate_options.from,
+                   "Records: `samplerctl record` files or JSON lines of the torch host (generate.py --record)")
       ->required()
       ->expected(1, -1);
   calibrate->add_option("--out", calibrate_options.out, "ProfileSet JSON to write; - = stdout")->required();
-  calibrate->add_option("--base", calibrate_options.calibration.base, "Profile whose shape is kept: entropix or entropix-frog")
+  calibrate
+      ->add_option("--base", calibrate_options.calibration.base,
+                   "Profile whose shape is kept: entropix or entropix-frog")
       ->capture_default_str();
   calibrate->add_option("--name", calibrate_options.calibration.name, "Name of the calibrated profile")
       ->capture_default_str();
-  calibrate->add_option("--quantile-low", calibrate_options.calibration.quantile_low,
-                        "Quantile for each metric's lowest base bound, in (0, 1)")
+  calibrate
+      ->add_option("--quantile-low", calibrate_options.calibration.quantile_low,
+                   "Quantile for each metric's lowest base bound, in (0, 1)")
       ->capture_default_str();
-  calibrate->add_option("--quantile-high", calibrate_options.calibration.quantile_high,
-                        "Quantile for each metric's highest base bound, in (0, 1)")
+  calibrate
+      ->add_option("--quantile-high", calibrate_options.calibration.quantile_high,
+                   "Quantile for each metric's highest base bound, in (0, 1)")
       ->capture_default_str();
-  calibrate->add_option("--temperature-max", calibrate_options.calibration.temperature_max,
-                        "Highest temperature any regime applies over the recorded steps")
+  calibrate
+      ->add_option("--temperature-max", calibrate_options.calibration.temperature_max,
+                   "Highest temperature any regime applies over the recorded steps")
       ->capture_default_str();
 
   BenchFlags bench_flags;
   CLI::App* bench = app.add_subcommand(
       "bench", "Load generator: steps/s, latency and core time of a workload (S, L, XL, B) against --target");
   bench->add_flag("--in-process", bench_flags.in_process, "Run core in this process (no gRPC, no server)");
-  bench->add_option("--workload", bench_flags.workload,
-                    "S (vocab 32000, attention 8x1024), L (128256, 32x4096), XL (256000, 64x8192), "
-                    "B (32 L-steps per request)")
+  bench
+      ->add_option("--workload", bench_flags.workload,
+                   "S (vocab 32000, attention 8x1024), L (128256, 32x4096), XL (256000, 64x8192), "
+                   "B (32 L-steps per request)")
       ->capture_default_str();
   bench->add_option("--dtype", bench_flags.dtype, "Tensor dtype on the wire: f32 or bf16")->capture_default_str();
   bench->add_option("--streams", bench_flags.streams, "Concurrent streams (one connection and thread each)")

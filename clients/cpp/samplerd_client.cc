@@ -133,8 +133,8 @@ absl::Status Session::Exchange() {
   return absl::OkStatus();
 }
 
-void Session::FillStep(const TensorRef& logits, const std::optional<TensorRef>& attention,
-                       const StepOptions& options, v1::Step* step) const {
+void Session::FillStep(const TensorRef& logits, const std::optional<TensorRef>& attention, const StepOptions& options,
+                       v1::Step* step) const {
   step->set_sequence_id(sequence_id_);
   step->set_step(step_);
   logits.Fill(step->mutable_logits());
@@ -299,7 +299,8 @@ absl::StatusOr<std::vector<absl::StatusOr<StepResult>>> Client::SampleBatch(absl
   }
   std::vector<absl::StatusOr<StepResult>> results;
   results.reserve(items.size());
-  for (size_t i = 0; i < items.size(); ++i) results.push_back(items[i].session->Commit(response->results(static_cast<int>(i))));
+  for (size_t i = 0; i < items.size(); ++i)
+    results.push_back(items[i].session->Commit(response->results(static_cast<int>(i))));
   return results;
 }
 

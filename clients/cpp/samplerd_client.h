@@ -202,11 +202,11 @@ class Session {
   ~Session();
 
   // Sends one step and waits for its result: logits of shape [vocab], attention of shape [heads, kv_len] or
-  // [layers, heads, kv_len], each float32, float16 or bfloat16. On success the token is appended to the recent tokens and the
-  // step index advances. A rejected step returns the server's error (code, "field: message", RejectedField)
-  // and changes nothing, so it can be corrected and resent. A broken stream (UNAVAILABLE, CANCELLED, UNKNOWN,
-  // INTERNAL, or ended without an answer) is reopened on the next endpoint and the step resent, up to twice per
-  // endpoint; when every attempt fails the status is returned and the next Step tries again.
+  // [layers, heads, kv_len], each float32, float16 or bfloat16. On success the token is appended to the recent tokens
+  // and the step index advances. A rejected step returns the server's error (code, "field: message", RejectedField) and
+  // changes nothing, so it can be corrected and resent. A broken stream (UNAVAILABLE, CANCELLED, UNKNOWN, INTERNAL, or
+  // ended without an answer) is reopened on the next endpoint and the step resent, up to twice per endpoint; when every
+  // attempt fails the status is returned and the next Step tries again.
   absl::StatusOr<StepResult> Step(const TensorRef& logits, const std::optional<TensorRef>& attention = std::nullopt,
                                   const StepOptions& options = {});
 
@@ -268,8 +268,7 @@ class Client {
   explicit Client(std::shared_ptr<grpc::Channel> channel, std::string token = "");
 
   // The server's health for `service` ("" = the whole server).
-  absl::StatusOr<ServingStatus> Health(const std::string& service = "",
-                                       absl::Duration timeout = absl::Seconds(5));
+  absl::StatusOr<ServingStatus> Health(const std::string& service = "", absl::Duration timeout = absl::Seconds(5));
   absl::StatusOr<v1::ListProfilesResponse> ListProfiles(absl::Duration timeout = absl::Seconds(5));
   // The call's status is returned only when the call failed; rejected steps are in the response.
   absl::StatusOr<v1::SampleResponse> SampleOnce(const v1::SampleRequest& request,

@@ -94,8 +94,7 @@ absl::StatusOr<int> ShmConnect(const std::string& path) {
   return fd;
 }
 
-absl::StatusOr<v1::ShmControlResponse> ShmControlExchange(int socket_fd, const v1::ShmControlRequest& request,
-                                                          int fd) {
+absl::StatusOr<v1::ShmControlResponse> ShmControlExchange(int socket_fd, const v1::ShmControlRequest& request, int fd) {
   const std::string wire = request.SerializeAsString();
   struct iovec iov = {const_cast<char*>(wire.data()), wire.size()};
   struct msghdr msg = {};

@@ -38,8 +38,7 @@ inline constexpr char kShmSessionMetadata[] = "samplerd-shm-session";
 // One control round trip on a connected SOCK_SEQPACKET socket: `request` (with `fd` as SCM_RIGHTS when >= 0)
 // out, the ShmControlResponse in. UNAVAILABLE when the socket fails or closes; the response's own code is left
 // to the caller.
-absl::StatusOr<v1::ShmControlResponse> ShmControlExchange(int socket_fd, const v1::ShmControlRequest& request,
-                                                          int fd);
+absl::StatusOr<v1::ShmControlResponse> ShmControlExchange(int socket_fd, const v1::ShmControlRequest& request, int fd);
 
 // ShmConnect()
 //
@@ -67,7 +66,7 @@ class ShmPlane {
   // socket cannot be reached (the server has no --shm_socket there); the server's refusal otherwise (its code and
   // message, for example RESOURCE_EXHAUSTED over its per-client limits).
   static absl::StatusOr<std::unique_ptr<ShmPlane>> Connect(const std::string& socket_path, uint64_t size,
-                                                            absl::string_view name = "");
+                                                           absl::string_view name = "");
 
   ShmPlane(const ShmPlane&) = delete;
   ShmPlane& operator=(const ShmPlane&) = delete;

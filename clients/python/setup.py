@@ -25,8 +25,10 @@ def _generate(command, out_dir):
     proto_dir = gen.find_proto_dir()
     if proto_dir is None:
         if not gen.stubs_present(_HERE):
-            raise RuntimeError("samplerd: neither proto/ (../../proto from clients/python, or $SAMPLERD_PROTO_DIR) "
-                               "nor generated stubs in samplerd/v1 were found")
+            raise RuntimeError(
+                "samplerd: neither proto/ (../../proto from clients/python, or $SAMPLERD_PROTO_DIR) "
+                "nor generated stubs in samplerd/v1 were found"
+            )
         return
     for path in gen.generate(proto_dir, out_dir):
         command.announce(f"generated {path}", level=2)

@@ -47,7 +47,8 @@ def split_of(a: int, b: int) -> str:
 def draw(rng: random.Random) -> tuple[int, int]:
     def operand() -> int:
         digits = rng.randint(1, 3)
-        return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+        return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
     return operand(), operand()
 
 
@@ -82,9 +83,9 @@ def batch(rng: random.Random, size: int) -> tuple[torch.Tensor, torch.Tensor]:
                 break
         p, ans = prompt_of(a, b).encode(), answer_of(a, b).encode()
         seq = p + ans
-        x[i, :len(seq)] = torch.tensor(list(seq))
+        x[i, : len(seq)] = torch.tensor(list(seq))
         # position t predicts seq[t + 1]: answer characters are predicted from positions len(p)-1 .. len(seq)-2
-        y[i, len(p) - 1:len(seq) - 1] = torch.tensor(list(ans))
+        y[i, len(p) - 1 : len(seq) - 1] = torch.tensor(list(ans))
     return x, y
 
 
@@ -109,10 +110,20 @@ def greedy_accuracy(model: ByteGPT, probs: list[tuple[int, int]]) -> float:
 
 
 def meta_of(args, steps: int, seconds: float, ema: float, acc: float, model: ByteGPT) -> dict:
-    return {"task": "addition", "steps": steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-            "train_seconds": round(seconds, 2), "final_train_loss_ema": round(ema, 4),
-            "greedy_check_accuracy": acc, "check_problems": args.check, "torch": torch.__version__,
-            "parameters": model.num_parameters(), "threads": args.threads}
+    return {
+        "task": "addition",
+        "steps": steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "train_seconds": round(seconds, 2),
+        "final_train_loss_ema": round(ema, 4),
+        "greedy_check_accuracy": acc,
+        "check_problems": args.check,
+        "torch": torch.__version__,
+        "parameters": model.num_parameters(),
+        "threads": args.threads,
+    }
 
 
 def main(argv=None) -> int:
@@ -124,9 +135,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the machines are small and shared)")
     ap.add_argument("--check", type=int, default=200, help="calibration problems for the final greedy check")
-    ap.add_argument("--save-every", type=int, default=0,
-                    help="also write OUT.stepN.pt and its greedy check every N steps (the learning rate does not "
-                         "depend on --steps, so --steps N reproduces it)")
+    ap.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        help="also write OUT.stepN.pt and its greedy check every N steps (the learning rate does not "
+        "depend on --steps, so --steps N reproduces it)",
+    )
     args = ap.parse_args(argv)
 
     set_torch_threads(args.threads)
@@ -153,14 +168,18 @@ def main(argv=None) -> int:
             print(f"step {step + 1}/{args.steps} loss {ema:.4f} {time.monotonic() - t0:.1f}s", file=sys.stderr)
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
             acc = greedy_accuracy(model, problems("calibration", args.check, seed=99))
-            save_checkpoint(f"{args.out}.step{step + 1}.pt", model,
-                            meta_of(args, step + 1, time.monotonic() - t0, ema, acc, model))
+            save_checkpoint(
+                f"{args.out}.step{step + 1}.pt", model, meta_of(args, step + 1, time.monotonic() - t0, ema, acc, model)
+            )
             print(f"  step {step + 1}: local greedy exact match {acc:.3f}", file=sys.stderr)
     seconds = time.monotonic() - t0
     acc = greedy_accuracy(model, problems("calibration", args.check, seed=99))
     save_checkpoint(args.out, model, meta_of(args, args.steps, seconds, ema, acc, model))
-    print(f"trained {args.steps} steps in {seconds:.1f}s, loss {ema:.4f}, local greedy exact match {acc:.3f} on "
-          f"{args.check} calibration-split problems; wrote {args.out}", file=sys.stderr)
+    print(
+        f"trained {args.steps} steps in {seconds:.1f}s, loss {ema:.4f}, local greedy exact match {acc:.3f} on "
+        f"{args.check} calibration-split problems; wrote {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 

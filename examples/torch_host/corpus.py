@@ -71,8 +71,14 @@ def load_corpus(directory: str = FORTUNE_DIR) -> tuple[bytes, bytes, dict]:
             n_fortunes += 1
     join = lambda parts: SEPARATOR.join(parts) + SEPARATOR  # noqa: E731
     tr, va = join(train), join(val)
-    info = {"directory": directory, "files": len(files), "fortunes": n_fortunes, "train_bytes": len(tr),
-            "val_bytes": len(va), "sha256_of_files": digest.hexdigest()}
+    info = {
+        "directory": directory,
+        "files": len(files),
+        "fortunes": n_fortunes,
+        "train_bytes": len(tr),
+        "val_bytes": len(va),
+        "sha256_of_files": digest.hexdigest(),
+    }
     return tr, va, info
 
 

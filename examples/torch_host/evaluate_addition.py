@@ -62,30 +62,49 @@ COMBINED = ["max logits entropy", "max logits varentropy", "mean attention entro
 
 # ---------------------------------------------------------------- generation
 
+
 def answer(model, link, a: int, b: int, profile: str, seed: int, sequence_id: str) -> dict:
     """One answer through samplerd: up to MAX_ANSWER characters, stopping at "$"."""
     server_profile, overrides = ("fixed", {"temperature": 0.0}) if profile == "greedy" else (profile, {})
     prompt = addition.prompt_of(a, b).encode()
-    session = link.session(sequence_id, seed=seed, profile=server_profile, params=overrides, recent=list(prompt),
-                           max_recent=32)
+    session = link.session(
+        sequence_id, seed=seed, profile=server_profile, params=overrides, recent=list(prompt), max_recent=32
+    )
     cache = model.new_cache()
     feed, text, steps = list(prompt), "", []
     for _ in range(MAX_ANSWER):
         logits, attention = model.step(feed, cache)
         out = session.step(logits.numpy(), attention.numpy())
-        steps.append({"kind": "step", "token": out.token, "text": chr(out.token), "regime": out.regime,
-                      "logprob": out.logprob, "metrics": out.metrics, "applied": out.applied})
+        steps.append(
+            {
+                "kind": "step",
+                "token": out.token,
+                "text": chr(out.token),
+                "regime": out.regime,
+                "logprob": out.logprob,
+                "metrics": out.metrics,
+                "applied": out.applied,
+            }
+        )
         text += chr(out.token)
         if chr(out.token) == addition.END:
             break
         feed = [out.token]
-    return {"a": a, "b": b, "profile": profile, "seed": seed, "text": text,
-            "correct": text == addition.answer_of(a, b), "terminated": text.endswith(addition.END), "steps": steps}
+    return {
+        "a": a,
+        "b": b,
+        "profile": profile,
+        "seed": seed,
+        "text": text,
+        "correct": text == addition.answer_of(a, b),
+        "terminated": text.endswith(addition.END),
+        "steps": steps,
+    }
 
 
 def run_profile(model, link, probs, profile, seeds, log):
     runs = []
-    for seed in ([1] if profile == "greedy" else seeds):
+    for seed in [1] if profile == "greedy" else seeds:
         t0 = time.monotonic()
         for i, (a, b) in enumerate(probs):
             runs.append(answer(model, link, a, b, profile, seed, f"add-{i}"))
@@ -94,6 +113,7 @@ def run_profile(model, link, probs, profile, seeds, log):
 
 
 # ---------------------------------------------------------------- statistics
+
 
 def bootstrap(per_problem: np.ndarray, stat, n: int, rng: np.random.Generator) -> tuple[float, float, float]:
     """`stat` over problems and its 95 % percentile interval over `n` resamples of the problems (rows)."""
@@ -116,11 +136,11 @@ def auroc(scores: np.ndarray, wrong: np.ndarray) -> float:
         j = i
         while j + 1 < len(allv) and allv[j + 1] == allv[i]:
             j += 1
-        ranks[i:j + 1] = (i + j) / 2 + 1
+        ranks[i : j + 1] = (i + j) / 2 + 1
         i = j + 1
     r = np.empty(len(allv))
     r[order] = ranks
-    return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, iters: int = 50, l2: float = 1e-3):
@@ -148,22 +168,37 @@ def summarise(runs_by_profile, n_problems, boot, rng):
         lp_n = np.array([sum(len(r["steps"]) for r in rs) for rs in by_problem], dtype=float)
         unterminated = np.array([[not r["terminated"] for r in rs] for rs in by_problem], dtype=float)
         distinct = np.array([len({r["text"] for r in rs}) / len(rs) for rs in by_problem])
-        temps = [[x["applied"]["temperature"] for r in rs for x in r["steps"]
-                  if x["applied"].get("temperature") is not None] for rs in by_problem]
+        temps = [
+            [x["applied"]["temperature"] for r in rs for x in r["steps"] if x["applied"].get("temperature") is not None]
+            for rs in by_problem
+        ]
         t_sum = np.array([sum(t) for t in temps])
         t_n = np.array([len(t) for t in temps], dtype=float)
-        regime_counts = np.array([[sum(x["regime"] == g for r in rs for x in r["steps"]) for g in REGIMES]
-                                  for rs in by_problem], dtype=float)
-        row = {"seeds": seeds, "answers": len(runs), "steps": int(lp_n.sum()),
-               "accuracy": bootstrap(acc, lambda m: m.mean(), boot, rng),
-               "loglik": bootstrap(np.stack([lp_sum, lp_n], 1), lambda m: m[:, 0].sum() / m[:, 1].sum(), boot, rng),
-               "unterminated": bootstrap(unterminated, lambda m: m.mean(), boot, rng),
-               "distinct": bootstrap(distinct[:, None], lambda m: m.mean(), boot, rng),
-               "temperature": bootstrap(np.stack([t_sum, t_n], 1),
-                                        lambda m: m[:, 0].sum() / max(1.0, m[:, 1].sum()), boot, rng),
-               "regimes": {g: bootstrap(np.hstack([regime_counts[:, [k]], lp_n[:, None]]),
-                                        lambda m: m[:, 0].sum() / m[:, 1].sum(), boot, rng)
-                           for k, g in enumerate(REGIMES) if regime_counts[:, k].sum() > 0}}
+        regime_counts = np.array(
+            [[sum(x["regime"] == g for r in rs for x in r["steps"]) for g in REGIMES] for rs in by_problem], dtype=float
+        )
+        row = {
+            "seeds": seeds,
+            "answers": len(runs),
+            "steps": int(lp_n.sum()),
+            "accuracy": bootstrap(acc, lambda m: m.mean(), boot, rng),
+            "loglik": bootstrap(np.stack([lp_sum, lp_n], 1), lambda m: m[:, 0].sum() / m[:, 1].sum(), boot, rng),
+            "unterminated": bootstrap(unterminated, lambda m: m.mean(), boot, rng),
+            "distinct": bootstrap(distinct[:, None], lambda m: m.mean(), boot, rng),
+            "temperature": bootstrap(
+                np.stack([t_sum, t_n], 1), lambda m: m[:, 0].sum() / max(1.0, m[:, 1].sum()), boot, rng
+            ),
+            "regimes": {
+                g: bootstrap(
+                    np.hstack([regime_counts[:, [k]], lp_n[:, None]]),
+                    lambda m: m[:, 0].sum() / m[:, 1].sum(),
+                    boot,
+                    rng,
+                )
+                for k, g in enumerate(REGIMES)
+                if regime_counts[:, k].sum() > 0
+            },
+        }
         if profile == "greedy":
             greedy_acc = acc.mean(1)
         if greedy_acc is not None:
@@ -184,12 +219,14 @@ def uncertainty_table(greedy_test, greedy_calib, boot, rng):
     if 0 < y_cal.sum() < len(y_cal):
         score = fit_logistic(x_cal, y_cal)
         feats["logistic combination (fitted on the calibration split)"] = score(
-            np.array([[FEATURES[n](r["steps"]) for n in COMBINED] for r in greedy_test], dtype=float))
+            np.array([[FEATURES[n](r["steps"]) for n in COMBINED] for r in greedy_test], dtype=float)
+        )
     for name, s in feats.items():
         data = np.stack([s, wrong.astype(float)], 1)
 
         def stat(m):
             return auroc(m[:, 0], m[:, 1] > 0.5)
+
         est, lo, hi = bootstrap(data, stat, boot, rng)
         table.append((name, est, lo, hi))
     return table, feats, wrong
@@ -197,14 +234,19 @@ def uncertainty_table(greedy_test, greedy_calib, boot, rng):
 
 # ---------------------------------------------------------------- calibration through both implementations
 
-def calibrate_both(samplerctl: str, record: str, base_name: str, name: str, base_profile: dict, out_dir: str,
-                   log) -> tuple[dict, object]:
+
+def calibrate_both(
+    samplerctl: str, record: str, base_name: str, name: str, base_profile: dict, out_dir: str, log
+) -> tuple[dict, object]:
     import samplerd
     from google.protobuf import json_format
 
     out = os.path.join(out_dir, f"{name}.json")
-    p = subprocess.run([samplerctl, "calibrate", "--from", record, "--base", base_name, "--name", name, "--out", out],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [samplerctl, "calibrate", "--from", record, "--base", base_name, "--name", name, "--out", out],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         raise RuntimeError(f"samplerctl calibrate exited {p.returncode}: {p.stderr}")
     log(p.stderr.rstrip())
@@ -212,12 +254,14 @@ def calibrate_both(samplerctl: str, record: str, base_name: str, name: str, base
         cpp = json_format.Parse(f.read(), samplerd.profile_pb2.ProfileSet())
     py = samplerd.calibrate(record, base_profile, name=name)
     if cpp != py.profile_set:
-        raise RuntimeError(f"samplerctl calibrate and samplerd.calibrate disagree on {name}:\n{cpp}\nvs\n"
-                           f"{py.profile_set}")
+        raise RuntimeError(
+            f"samplerctl calibrate and samplerd.calibrate disagree on {name}:\n{cpp}\nvs\n" f"{py.profile_set}"
+        )
     return json_format.MessageToDict(cpp.profiles[0]), py
 
 
 # ---------------------------------------------------------------- pictures
+
 
 def plots(fig_dir, rows, feats, wrong, calib_steps, cal_profile, prefix):
     import matplotlib
@@ -232,10 +276,19 @@ def plots(fig_dir, rows, feats, wrong, calib_steps, cal_profile, prefix):
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
     names = list(rows)
     est = [rows[n]["accuracy"][0] for n in names]
-    err = np.array([[rows[n]["accuracy"][0] - rows[n]["accuracy"][1] for n in names],
-                    [rows[n]["accuracy"][2] - rows[n]["accuracy"][0] for n in names]])
-    ax.bar(range(len(names)), est, yerr=err, capsize=4, color=["#7f7f7f", "#8c564b", "#ff7f0e", "#d62728",
-                                                               "#1f77b4", "#2ca02c"][:len(names)])
+    err = np.array(
+        [
+            [rows[n]["accuracy"][0] - rows[n]["accuracy"][1] for n in names],
+            [rows[n]["accuracy"][2] - rows[n]["accuracy"][0] for n in names],
+        ]
+    )
+    ax.bar(
+        range(len(names)),
+        est,
+        yerr=err,
+        capsize=4,
+        color=["#7f7f7f", "#8c564b", "#ff7f0e", "#d62728", "#1f77b4", "#2ca02c"][: len(names)],
+    )
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=15)
     ax.set_ylabel("exact-match accuracy")
@@ -247,8 +300,12 @@ def plots(fig_dir, rows, feats, wrong, calib_steps, cal_profile, prefix):
     paths["accuracy"] = save_png(fig, os.path.join(fig_dir, f"{prefix}accuracy.png"))
     plt.close(fig)
     # 2. metric distributions, right vs wrong greedy answers
-    shown = ["answer negative log-likelihood (sum)", "max logits entropy", "max logits varentropy",
-             "mean attention entropy"]
+    shown = [
+        "answer negative log-likelihood (sum)",
+        "max logits entropy",
+        "max logits varentropy",
+        "mean attention entropy",
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.2), dpi=100)
     for ax, name in zip(axes, shown):
         v = feats[name]
@@ -257,8 +314,14 @@ def plots(fig_dir, rows, feats, wrong, calib_steps, cal_profile, prefix):
         bins = np.geomspace(max(lo, 1e-6), max(hi, 2e-6), 30) if use_log else np.linspace(lo, hi, 30)
         for sel, label, color in ((~wrong, "right", "#1f77b4"), (wrong, "wrong", "#d62728")):
             if sel.any():
-                ax.hist(v[sel], bins=bins, alpha=0.6, weights=np.full(sel.sum(), 1 / sel.sum()),
-                        label=f"{label} ({sel.sum()})", color=color)
+                ax.hist(
+                    v[sel],
+                    bins=bins,
+                    alpha=0.6,
+                    weights=np.full(sel.sum(), 1 / sel.sum()),
+                    label=f"{label} ({sel.sum()})",
+                    color=color,
+                )
         ax.set_ylabel("share of answers", fontsize=8)
         if use_log:
             ax.set_xscale("log")
@@ -273,8 +336,14 @@ def plots(fig_dir, rows, feats, wrong, calib_steps, cal_profile, prefix):
     vent = np.array([s["metrics"]["logits_varentropy"] for s in calib_steps])
     floor = 1e-7
     fig, ax = plt.subplots(figsize=(6.5, 5), dpi=100)
-    ax.scatter(np.maximum(ent, floor), np.maximum(vent, floor), s=4, alpha=0.4, color="#555555",
-               label=f"calibration steps ({len(ent)})")
+    ax.scatter(
+        np.maximum(ent, floor),
+        np.maximum(vent, floor),
+        s=4,
+        alpha=0.4,
+        color="#555555",
+        label=f"calibration steps ({len(ent)})",
+    )
     colors = {"ARGMAX": "#1f77b4", "CLARIFY": "#9467bd", "EXPLORE": "#2ca02c", "RESAMPLE": "#d62728"}
     seen = set()
     for rule in cal_profile["regimes"]:
@@ -282,7 +351,9 @@ def plots(fig_dir, rows, feats, wrong, calib_steps, cal_profile, prefix):
         for b in rule["bounds"]:
             v = max(float(b.get("value", 0.0)), floor)
             key = (b["metric"], v)
-            label = f"{regime}: {b['metric'].replace('METRIC_', '').lower()} {'<' if b['op'] == 'OP_LT' else '>'} {v:.3g}"
+            label = (
+                f"{regime}: {b['metric'].replace('METRIC_', '').lower()} {'<' if b['op'] == 'OP_LT' else '>'} {v:.3g}"
+            )
             if b["metric"] == "METRIC_LOGITS_ENTROPY":
                 ax.axvline(v, color=colors.get(regime, "k"), ls="--", lw=1, label=label if key not in seen else None)
             elif b["metric"] == "METRIC_LOGITS_VARENTROPY":
@@ -302,6 +373,7 @@ def plots(fig_dir, rows, feats, wrong, calib_steps, cal_profile, prefix):
 
 # ---------------------------------------------------------------- the document
 
+
 def fmt_ci(t, digits=3):
     return f"{t[0]:.{digits}f} [{t[1]:.{digits}f}, {t[2]:.{digits}f}]"
 
@@ -315,33 +387,43 @@ def write_section(doc, fig_dir, rows, table, meta, cal_defs, calib, args, starte
     w("")
     w("<!-- Generated by `/usr/bin/python3 examples/torch_host/evaluate_addition.py`; do not edit by hand. -->")
     w("")
-    w(f"Regenerate this section with one command: `/usr/bin/python3 examples/torch_host/evaluate_addition.py` "
-      f"(trains `examples/torch_host/out/addition.pt` first if it is missing, starts its own samplerd). Last run: "
-      f"{started:%Y-%m-%d %H:%M} UTC, {platform.machine()}, 2 cores shared with other work, torch on one thread; "
-      f"the evaluation took {t_eval:.0f} s. Every number but the times is deterministic for a given checkpoint.")
+    w(
+        f"Regenerate this section with one command: `/usr/bin/python3 examples/torch_host/evaluate_addition.py` "
+        f"(trains `examples/torch_host/out/addition.pt` first if it is missing, starts its own samplerd). Last run: "
+        f"{started:%Y-%m-%d %H:%M} UTC, {platform.machine()}, 2 cores shared with other work, torch on one thread; "
+        f"the evaluation took {t_eval:.0f} s. Every number but the times is deterministic for a given checkpoint."
+    )
     w("")
     w("### Set-up")
     w("")
-    w(f"- Task (`addition.py`): `417+086=` → `305$`: operands of 1 to 3 digits (length uniform, then value "
-      f"uniform) written zero-padded to 3, the sum's digits least significant first, then `$`. A hash of (a, b) "
-      f"puts each problem in exactly one split: train (90 %), calibration (5 %), test (5 %).")
-    w(f"- Model: `model.py`'s transformer (2 layers, 4 heads, d = 128, context 16, vocabulary 256 bytes of which "
-      f"the task uses 13), {meta.get('parameters', 0):,} parameters, trained with a loss on the answer characters "
-      f"only: {meta.get('steps')} AdamW steps of batch {meta.get('batch')} (lr {meta.get('lr')}, seed "
-      f"{meta.get('seed')}) in {meta.get('train_seconds')} s on {meta.get('threads', 1)} torch thread (wall time "
-      f"on the shared machine; the learning rate is constant after a 30-step warm-up, so a snapshot taken at "
-      f"step N with `--save-every` follows the same schedule as `addition.py --steps N`); "
-      f"final training loss {meta.get('final_train_loss_ema')} nats per answer character.")
-    w(f"- Calibration: greedy answers to {args.calibration} calibration-split problems "
-      f"({calib['steps']} steps, attention sent), recorded as JSON lines; then "
-      f"`samplerctl calibrate --from calibration.jsonl --base entropix --name calibrated --out calibrated.json` "
-      f"and the same with `--base entropix-frog --name calibrated-frog`, defaults quantiles 0.5 / 0.9 and "
-      f"temperature at most 1 (method: docs/calibration.md). `samplerd.calibrate` (Python) gave the identical "
-      f"profiles on the same record (checked by the run). samplerd loaded them by SIGHUP from its `--config` file.")
-    w(f"- Test: {args.test} test-split problems; seeds {args.seeds} for every profile but greedy (which does not "
-      f"depend on the seed: one run); up to {MAX_ANSWER} characters per answer, stopping at `$`; attention sent on "
-      f"every step. Intervals: 95 % percentile bootstrap over problems ({args.bootstrap} resamples; the seeds of "
-      f"a problem stay together).")
+    w(
+        f"- Task (`addition.py`): `417+086=` → `305$`: operands of 1 to 3 digits (length uniform, then value "
+        f"uniform) written zero-padded to 3, the sum's digits least significant first, then `$`. A hash of (a, b) "
+        f"puts each problem in exactly one split: train (90 %), calibration (5 %), test (5 %)."
+    )
+    w(
+        f"- Model: `model.py`'s transformer (2 layers, 4 heads, d = 128, context 16, vocabulary 256 bytes of which "
+        f"the task uses 13), {meta.get('parameters', 0):,} parameters, trained with a loss on the answer characters "
+        f"only: {meta.get('steps')} AdamW steps of batch {meta.get('batch')} (lr {meta.get('lr')}, seed "
+        f"{meta.get('seed')}) in {meta.get('train_seconds')} s on {meta.get('threads', 1)} torch thread (wall time "
+        f"on the shared machine; the learning rate is constant after a 30-step warm-up, so a snapshot taken at "
+        f"step N with `--save-every` follows the same schedule as `addition.py --steps N`); "
+        f"final training loss {meta.get('final_train_loss_ema')} nats per answer character."
+    )
+    w(
+        f"- Calibration: greedy answers to {args.calibration} calibration-split problems "
+        f"({calib['steps']} steps, attention sent), recorded as JSON lines; then "
+        f"`samplerctl calibrate --from calibration.jsonl --base entropix --name calibrated --out calibrated.json` "
+        f"and the same with `--base entropix-frog --name calibrated-frog`, defaults quantiles 0.5 / 0.9 and "
+        f"temperature at most 1 (method: docs/calibration.md). `samplerd.calibrate` (Python) gave the identical "
+        f"profiles on the same record (checked by the run). samplerd loaded them by SIGHUP from its `--config` file."
+    )
+    w(
+        f"- Test: {args.test} test-split problems; seeds {args.seeds} for every profile but greedy (which does not "
+        f"depend on the seed: one run); up to {MAX_ANSWER} characters per answer, stopping at `$`; attention sent on "
+        f"every step. Intervals: 95 % percentile bootstrap over problems ({args.bootstrap} resamples; the seeds of "
+        f"a problem stay together)."
+    )
     w("")
     w("Calibrated bounds (logits entropy in bits, varentropy in bits²; the entropix shape):")
     w("")
@@ -349,23 +431,34 @@ def write_section(doc, fig_dir, rows, table, meta, cal_defs, calib, args, starte
     w("| --- | --- | --- |")
     base_rules = {r["regime"]: r for r in cal_defs["entropix"]["regimes"]}
     for rule in cal_defs["calibrated"]["regimes"]:
+
         def show(r):
-            return " and ".join(f"{b['metric'].replace('METRIC_', '').lower()} {'<' if b['op'] == 'OP_LT' else '>'} "
-                                f"{float(b.get('value', 0.0)):.4g}" for b in r["bounds"])
+            return " and ".join(
+                f"{b['metric'].replace('METRIC_', '').lower()} {'<' if b['op'] == 'OP_LT' else '>'} "
+                f"{float(b.get('value', 0.0)):.4g}"
+                for b in r["bounds"]
+            )
+
         w(f"| {rule['regime'].replace('REGIME_', '')} | {show(rule)} | {show(base_rules[rule['regime']])} |")
     w("")
-    w(f"ADAPTIVE temperature over the calibration steps: {calib['t_min']:.3f} .. {calib['t_max']:.3f} (entropix's "
-      f"coefficients × {calib['scale']:.3g}).")
+    w(
+        f"ADAPTIVE temperature over the calibration steps: {calib['t_min']:.3f} .. {calib['t_max']:.3f} (entropix's "
+        f"coefficients × {calib['scale']:.3g})."
+    )
     w("")
     w("### Results")
     w("")
-    w("| profile | answers | exact-match accuracy ↑ | accuracy − greedy's (paired) | mean log-likelihood "
-      "(nats/char) ↑ | unterminated ↓ | distinct answers per problem / seeds | mean applied temperature |")
+    w(
+        "| profile | answers | exact-match accuracy ↑ | accuracy − greedy's (paired) | mean log-likelihood "
+        "(nats/char) ↑ | unterminated ↓ | distinct answers per problem / seeds | mean applied temperature |"
+    )
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for p, r in rows.items():
         delta = fmt_ci(r["delta_greedy"]) if "delta_greedy" in r and p != "greedy" else "–"
-        w(f"| `{p}` | {r['answers']} | {fmt_ci(r['accuracy'])} | {delta} | {fmt_ci(r['loglik'])} | "
-          f"{fmt_ci(r['unterminated'])} | {fmt_ci(r['distinct'])} | {fmt_ci(r['temperature'])} |")
+        w(
+            f"| `{p}` | {r['answers']} | {fmt_ci(r['accuracy'])} | {delta} | {fmt_ci(r['loglik'])} | "
+            f"{fmt_ci(r['unterminated'])} | {fmt_ci(r['distinct'])} | {fmt_ci(r['temperature'])} |"
+        )
     w("")
     w(f"![accuracy per profile]({rel}/{os.path.basename(paths['accuracy'])})")
     w("")
@@ -380,10 +473,12 @@ def write_section(doc, fig_dir, rows, table, meta, cal_defs, calib, args, starte
     w("")
     w(f"### Uncertainty as a signal: does a metric predict a wrong answer?")
     w("")
-    w(f"Greedy answers to the {len(wrong)} test problems, {int(wrong.sum())} wrong. AUROC = probability that a "
-      f"wrong answer scores higher than a right one (0.5 = no signal); 95 % bootstrap interval over problems. "
-      f"The combination is a logistic regression on {', '.join(COMBINED)} (standardized), fitted on the greedy "
-      f"answers of the calibration split and scored on the test split.")
+    w(
+        f"Greedy answers to the {len(wrong)} test problems, {int(wrong.sum())} wrong. AUROC = probability that a "
+        f"wrong answer scores higher than a right one (0.5 = no signal); 95 % bootstrap interval over problems. "
+        f"The combination is a logistic regression on {', '.join(COMBINED)} (standardized), fitted on the greedy "
+        f"answers of the calibration split and scored on the test split."
+    )
     w("")
     w("| per-answer metric | AUROC [95 % interval] | interval excludes 0.5 |")
     w("| --- | ---: | :---: |")
@@ -399,14 +494,16 @@ def write_section(doc, fig_dir, rows, table, meta, cal_defs, calib, args, starte
     for line in notes(rows, table):
         w(line)
     w("")
-    w("Definitions: **exact match** = the answer equals the reversed sum followed by `$`; **log-likelihood** = mean over "
-      "generated characters of `StepResult.logprob` (the unmodified model's log-probability of the chosen "
-      "character); **unterminated** = share of answers that reached 5 characters without `$` (runaway or "
-      "repeated digits); **distinct answers per problem / seeds** = different answers a problem got over the "
-      "seeds, divided by the seeds (1/seeds = always the same answer); **regime mix** = share of steps per "
-      "`StepResult.regime`; **mean applied temperature** = over steps with a draw, greedy (ARGMAX) steps counting 0; "
-      "**accuracy − greedy's (paired)** = mean over problems of the profile's accuracy on a problem (over the "
-      "seeds) minus greedy's on the same problem.")
+    w(
+        "Definitions: **exact match** = the answer equals the reversed sum followed by `$`; **log-likelihood** = mean over "
+        "generated characters of `StepResult.logprob` (the unmodified model's log-probability of the chosen "
+        "character); **unterminated** = share of answers that reached 5 characters without `$` (runaway or "
+        "repeated digits); **distinct answers per problem / seeds** = different answers a problem got over the "
+        "seeds, divided by the seeds (1/seeds = always the same answer); **regime mix** = share of steps per "
+        "`StepResult.regime`; **mean applied temperature** = over steps with a draw, greedy (ARGMAX) steps counting 0; "
+        "**accuracy − greedy's (paired)** = mean over problems of the profile's accuracy on a problem (over the "
+        "seeds) minus greedy's on the same problem."
+    )
     w(END_MARK)
     section = "\n".join(L) + "\n"
     text = open(doc, encoding="utf-8").read() if os.path.exists(doc) else ""
@@ -439,38 +536,49 @@ def notes(rows, table):
             continue
         d, dlo, dhi = r["delta_greedy"]
         rel = "worse than" if dhi < 0 else "better than" if dlo > 0 else "not distinguishable from"
-        out.append(f"- `{p}`: accuracy {r['accuracy'][0]:.3f}, {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}] against greedy on "
-                   f"the same problems: {rel} greedy; log-likelihood {r['loglik'][0]:.3f} vs greedy "
-                   f"{g['loglik'][0]:.3f} nats/char.")
+        out.append(
+            f"- `{p}`: accuracy {r['accuracy'][0]:.3f}, {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}] against greedy on "
+            f"the same problems: {rel} greedy; log-likelihood {r['loglik'][0]:.3f} vs greedy "
+            f"{g['loglik'][0]:.3f} nats/char."
+        )
     if "calibrated" in rows and "fixed" in rows:
         c, f = rows["calibrated"], rows["fixed"]
         acc_ok = c["accuracy"][2] >= f["accuracy"][1]
         ll_ok = c["loglik"][2] >= f["loglik"][1]
-        out.append(f"- Calibrated vs `fixed`: accuracy {c['accuracy'][0]:.3f} vs {f['accuracy'][0]:.3f}, "
-                   f"log-likelihood {c['loglik'][0]:.3f} vs {f['loglik'][0]:.3f}: "
-                   + ("no worse within the intervals." if acc_ok and ll_ok else "WORSE than `fixed`."))
-        out.append(f"- Regimes the calibrated profile used: {', '.join(sorted(c['regimes']))} "
-                   f"({len(c['regimes'])}); entropix used {', '.join(sorted(rows.get('entropix', {}).get('regimes', {})))}.")
+        out.append(
+            f"- Calibrated vs `fixed`: accuracy {c['accuracy'][0]:.3f} vs {f['accuracy'][0]:.3f}, "
+            f"log-likelihood {c['loglik'][0]:.3f} vs {f['loglik'][0]:.3f}: "
+            + ("no worse within the intervals." if acc_ok and ll_ok else "WORSE than `fixed`.")
+        )
+        out.append(
+            f"- Regimes the calibrated profile used: {', '.join(sorted(c['regimes']))} "
+            f"({len(c['regimes'])}); entropix used {', '.join(sorted(rows.get('entropix', {}).get('regimes', {})))}."
+        )
     best = max(table, key=lambda t: t[1]) if table else None
     if best:
         sig = [t[0] for t in table if t[2] > 0.5]
-        out.append(f"- Best single predictor of a wrong answer: {best[0]} (AUROC {best[1]:.3f}); intervals above 0.5: "
-                   f"{len(sig)} of {len(table)} rows.")
+        out.append(
+            f"- Best single predictor of a wrong answer: {best[0]} (AUROC {best[1]:.3f}); intervals above 0.5: "
+            f"{len(sig)} of {len(table)} rows."
+        )
     if g is not None:
         worse = [p for p, r in rows.items() if p != "greedy" and r["delta_greedy"][2] < 0]
         better = [p for p, r in rows.items() if p != "greedy" and r["delta_greedy"][1] > 0]
-        out.append(f"- Against greedy (paired intervals): worse: {', '.join(f'`{p}`' for p in worse) or 'none'}; "
-                   f"better: {', '.join(f'`{p}`' for p in better) or 'none'}. On a task with one right answer a "
-                   "random draw helps only where the model's runner-up is right more often than its top choice. "
-                   "ADAPTIVE keeps the most likely of n_adaptive_samples = 5 draws under the unmodified logits, "
-                   "which at these small entropies is nearly always the argmax, so the profiles that put almost "
-                   "every step in ARGMAX or ADAPTIVE decode almost greedily; the calibrated `entropix` shape sends "
-                   "the most uncertain steps (the high quantiles) to CLARIFY, EXPLORE and RESAMPLE, single draws "
-                   "at up to temperature_max, and pays for it on exactly the steps that decide the answer.")
+        out.append(
+            f"- Against greedy (paired intervals): worse: {', '.join(f'`{p}`' for p in worse) or 'none'}; "
+            f"better: {', '.join(f'`{p}`' for p in better) or 'none'}. On a task with one right answer a "
+            "random draw helps only where the model's runner-up is right more often than its top choice. "
+            "ADAPTIVE keeps the most likely of n_adaptive_samples = 5 draws under the unmodified logits, "
+            "which at these small entropies is nearly always the argmax, so the profiles that put almost "
+            "every step in ARGMAX or ADAPTIVE decode almost greedily; the calibrated `entropix` shape sends "
+            "the most uncertain steps (the high quantiles) to CLARIFY, EXPLORE and RESAMPLE, single draws "
+            "at up to temperature_max, and pays for it on exactly the steps that decide the answer."
+        )
     return out
 
 
 # ---------------------------------------------------------------- main
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -481,10 +589,15 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--doc", default=os.path.join(REPO, "docs", "evaluation.md"))
     ap.add_argument("--fig-dir", default=os.path.join(REPO, "docs", "evaluation"))
-    ap.add_argument("--work-dir", default=os.path.join(HERE, "out", "addition-eval"),
-                    help="records and calibrated configs are written here")
-    ap.add_argument("--samplerctl", default=os.environ.get("SAMPLERCTL_BIN") or
-                    os.path.join(REPO, "build", "clients", "cpp", "samplerctl"))
+    ap.add_argument(
+        "--work-dir",
+        default=os.path.join(HERE, "out", "addition-eval"),
+        help="records and calibrated configs are written here",
+    )
+    ap.add_argument(
+        "--samplerctl",
+        default=os.environ.get("SAMPLERCTL_BIN") or os.path.join(REPO, "build", "clients", "cpp", "samplerctl"),
+    )
     ap.add_argument("--json", help="also write every summary number to this JSON file")
     args = ap.parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -510,8 +623,18 @@ def main(argv=None) -> int:
             calib_runs = run_profile(model, link, calib_probs, "greedy", [1], log)
             record = os.path.join(args.work_dir, "calibration.jsonl")
             with open(record, "w", encoding="utf-8") as f:
-                f.write(json.dumps({"kind": "header", "task": "addition", "split": "calibration",
-                                    "profile": "greedy", "problems": len(calib_probs)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "kind": "header",
+                            "task": "addition",
+                            "split": "calibration",
+                            "profile": "greedy",
+                            "problems": len(calib_probs),
+                        }
+                    )
+                    + "\n"
+                )
                 for r in calib_runs:
                     for s in r["steps"]:
                         f.write(json.dumps(s) + "\n")
@@ -523,8 +646,12 @@ def main(argv=None) -> int:
                 cal_defs[name] = prof
                 merged["profiles"].append(prof)
                 if name == "calibrated":
-                    calib = {"steps": py.steps, "t_min": py.adaptive_temperature_min,
-                             "t_max": py.adaptive_temperature_max, "scale": py.temperature_scale}
+                    calib = {
+                        "steps": py.steps,
+                        "t_min": py.adaptive_temperature_min,
+                        "t_max": py.adaptive_temperature_max,
+                        "scale": py.temperature_scale,
+                    }
             with open(config + ".tmp", "w") as f:
                 json.dump(merged, f, indent=1)
             os.replace(config + ".tmp", config)
@@ -552,11 +679,23 @@ def main(argv=None) -> int:
     write_section(args.doc, args.fig_dir, rows, table, meta, cal_defs, calib, args, started, paths, wrong, t_eval)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "auroc": table, "calibration": calib, "meta": {k: v for k, v in meta.items()},
-                       "calibrated_profiles": cal_defs}, f, indent=1, default=str)
+            json.dump(
+                {
+                    "rows": rows,
+                    "auroc": table,
+                    "calibration": calib,
+                    "meta": {k: v for k, v in meta.items()},
+                    "calibrated_profiles": cal_defs,
+                },
+                f,
+                indent=1,
+                default=str,
+            )
     for p, r in rows.items():
-        log(f"{p:16s} accuracy {fmt_ci(r['accuracy'])} loglik {fmt_ci(r['loglik'])} regimes "
-            + ", ".join(f"{g} {100 * v[0]:.1f}%" for g, v in r["regimes"].items()))
+        log(
+            f"{p:16s} accuracy {fmt_ci(r['accuracy'])} loglik {fmt_ci(r['loglik'])} regimes "
+            + ", ".join(f"{g} {100 * v[0]:.1f}%" for g, v in r["regimes"].items())
+        )
     for name, est, lo, hi in table:
         log(f"AUROC {name}: {est:.3f} [{lo:.3f}, {hi:.3f}]")
     log(f"wrote {args.doc} and {len(paths)} pictures in {args.fig_dir}")

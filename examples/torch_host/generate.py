@@ -29,8 +29,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import ByteGPT, load_checkpoint, set_torch_threads  # noqa: E402
 import sampler_link  # noqa: E402
 
-ANSI = {"ARGMAX": "\033[34m", "CLARIFY": "\033[35m", "EXPLORE": "\033[32m", "RESAMPLE": "\033[31m",
-        "ADAPTIVE": "\033[33m", "FIXED": "\033[90m"}
+ANSI = {
+    "ARGMAX": "\033[34m",
+    "CLARIFY": "\033[35m",
+    "EXPLORE": "\033[32m",
+    "RESAMPLE": "\033[31m",
+    "ADAPTIVE": "\033[33m",
+    "FIXED": "\033[90m",
+}
 RESET, BOLD = "\033[0m", "\033[1m"
 RECENT_TOKENS = 128
 
@@ -42,9 +48,19 @@ def profile_request(choice: str) -> tuple[str, dict]:
     return choice, {}
 
 
-def generate(model: ByteGPT, link, prompt: bytes, max_new_tokens: int, profile: str = "entropix", seed: int = 1,
-             sequence_id: str = "torch-host", send_attention: bool = True, profiles: dict | None = None,
-             on_step=None, stop: bytes | None = None) -> tuple[dict, list[dict], dict]:
+def generate(
+    model: ByteGPT,
+    link,
+    prompt: bytes,
+    max_new_tokens: int,
+    profile: str = "entropix",
+    seed: int = 1,
+    sequence_id: str = "torch-host",
+    send_attention: bool = True,
+    profiles: dict | None = None,
+    on_step=None,
+    stop: bytes | None = None,
+) -> tuple[dict, list[dict], dict]:
     """Runs one generation; returns (header, steps, summary) as recorded by --record.
 
     `link` is a sampler_link connection; `profiles` the ListProfiles answer (fetched when None);
@@ -57,14 +73,29 @@ def generate(model: ByteGPT, link, prompt: bytes, max_new_tokens: int, profile: 
         profiles, _ = link.list_profiles()
     if server_profile not in profiles:
         raise ValueError(f"samplerd has no profile {server_profile!r} (it has {sorted(profiles)})")
-    header = {"kind": "header", "profile": profile, "server_profile": server_profile, "overrides": overrides,
-              "profile_def": profiles[server_profile], "prompt": prompt.decode("utf-8", "replace"), "seed": seed,
-              "sequence_id": sequence_id, "max_new_tokens": max_new_tokens, "attention_sent": send_attention,
-              "link": getattr(link, "kind", "?"),
-              "model": {"n_layer": model.cfg.n_layer, "n_head": model.cfg.n_head, "d_model": model.cfg.d_model,
-                        "context": model.cfg.context, "parameters": model.num_parameters()}}
-    session = link.session(sequence_id, seed=seed, profile=server_profile, params=overrides,
-                           recent=list(prompt), max_recent=RECENT_TOKENS)
+    header = {
+        "kind": "header",
+        "profile": profile,
+        "server_profile": server_profile,
+        "overrides": overrides,
+        "profile_def": profiles[server_profile],
+        "prompt": prompt.decode("utf-8", "replace"),
+        "seed": seed,
+        "sequence_id": sequence_id,
+        "max_new_tokens": max_new_tokens,
+        "attention_sent": send_attention,
+        "link": getattr(link, "kind", "?"),
+        "model": {
+            "n_layer": model.cfg.n_layer,
+            "n_head": model.cfg.n_head,
+            "d_model": model.cfg.d_model,
+            "context": model.cfg.context,
+            "parameters": model.num_parameters(),
+        },
+    }
+    session = link.session(
+        sequence_id, seed=seed, profile=server_profile, params=overrides, recent=list(prompt), max_recent=RECENT_TOKENS
+    )
     cache = model.new_cache()
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     feed = list(prompt)
@@ -83,11 +114,22 @@ def generate(model: ByteGPT, link, prompt: bytes, max_new_tokens: int, profile: 
         if not 0 <= out.token < logits.shape[0]:
             raise RuntimeError(f"samplerd returned token {out.token} outside the vocabulary at step {i}")
         generated.append(out.token)
-        rec = {"kind": "step", "step": i, "token": out.token, "text": decoder.decode(bytes([out.token])),
-               "regime": out.regime, "logprob": out.logprob, "metrics": out.metrics, "applied": out.applied,
-               "kv_len": int(attention.shape[-1]), "attention_shape": list(attention.shape),
-               "position": cache.position - 1, "model_ms": round((t1 - t0) * 1e3, 4),
-               "sampler_ms": round((t2 - t1) * 1e3, 4), "server_micros": out.server_micros}
+        rec = {
+            "kind": "step",
+            "step": i,
+            "token": out.token,
+            "text": decoder.decode(bytes([out.token])),
+            "regime": out.regime,
+            "logprob": out.logprob,
+            "metrics": out.metrics,
+            "applied": out.applied,
+            "kv_len": int(attention.shape[-1]),
+            "attention_shape": list(attention.shape),
+            "position": cache.position - 1,
+            "model_ms": round((t1 - t0) * 1e3, 4),
+            "sampler_ms": round((t2 - t1) * 1e3, 4),
+            "server_micros": out.server_micros,
+        }
         steps.append(rec)
         if on_step:
             on_step(rec)
@@ -99,10 +141,17 @@ def generate(model: ByteGPT, link, prompt: bytes, max_new_tokens: int, profile: 
     mix: dict[str, int] = {}
     for s in steps:
         mix[s["regime"]] = mix.get(s["regime"], 0) + 1
-    summary = {"kind": "summary", "tokens": n, "text": generated.decode("utf-8", "replace"),
-               "regime_mix": mix, "mean_logprob": sum(s["logprob"] for s in steps) / max(1, n),
-               "seconds": round(total_s, 4), "model_seconds": round(model_s, 4),
-               "sampler_seconds": round(sampler_s, 4), "tokens_per_second": round(n / total_s, 2) if total_s else None}
+    summary = {
+        "kind": "summary",
+        "tokens": n,
+        "text": generated.decode("utf-8", "replace"),
+        "regime_mix": mix,
+        "mean_logprob": sum(s["logprob"] for s in steps) / max(1, n),
+        "seconds": round(total_s, 4),
+        "model_seconds": round(model_s, 4),
+        "sampler_seconds": round(sampler_s, 4),
+        "tokens_per_second": round(n / total_s, 2) if total_s else None,
+    }
     return header, steps, summary
 
 
@@ -162,9 +211,17 @@ def main(argv=None) -> int:
             p = _printable(prompt.decode("utf-8", "replace"))
             sys.stdout.write(f"{BOLD}{p}" if color else p)
         header, steps, summary = generate(
-            model, link, prompt, args.max_new_tokens, profile=args.profile, seed=args.seed,
-            sequence_id=args.sequence_id, send_attention=not args.no_attention, on_step=show,
-            stop=b"\n%\n" if args.stop_at_separator else None)
+            model,
+            link,
+            prompt,
+            args.max_new_tokens,
+            profile=args.profile,
+            seed=args.seed,
+            sequence_id=args.sequence_id,
+            send_attention=not args.no_attention,
+            on_step=show,
+            stop=b"\n%\n" if args.stop_at_separator else None,
+        )
     finally:
         link.close()
     header["checkpoint"] = os.path.abspath(args.checkpoint)
@@ -174,9 +231,12 @@ def main(argv=None) -> int:
         sys.stdout.write(f"{RESET}\n" if color else "\n")
     mix = ", ".join(f"{k} {v}" for k, v in sorted(summary["regime_mix"].items(), key=lambda kv: -kv[1]))
     legend = " ".join(f"{ANSI[r]}{r}{RESET}" if color else r for r in ANSI)
-    print(f"-- {summary['tokens']} tokens, {summary['tokens_per_second']} tokens/s (model "
-          f"{summary['model_seconds']:.3f}s, samplerd {summary['sampler_seconds']:.3f}s); regimes: {mix}; "
-          f"mean logprob {summary['mean_logprob']:.3f} nats", file=sys.stderr)
+    print(
+        f"-- {summary['tokens']} tokens, {summary['tokens_per_second']} tokens/s (model "
+        f"{summary['model_seconds']:.3f}s, samplerd {summary['sampler_seconds']:.3f}s); regimes: {mix}; "
+        f"mean logprob {summary['mean_logprob']:.3f} nats",
+        file=sys.stderr,
+    )
     if color and not args.quiet:
         print(f"-- colours: {legend}", file=sys.stderr)
     if args.record:

@@ -33,8 +33,13 @@ class LocalSamplerd:
     def start(self) -> "LocalSamplerd":
         if not os.access(self.binary, os.X_OK):
             raise FileNotFoundError(f"samplerd binary not found at {self.binary} (build it or set SAMPLERD_BIN)")
-        self.proc = subprocess.Popen([self.binary, "--listen", "127.0.0.1:0", *self.extra_args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [self.binary, "--listen", "127.0.0.1:0", *self.extra_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         found = threading.Event()
 
         def drain() -> None:  # keep reading so that the server never blocks on a full pipe

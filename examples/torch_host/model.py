@@ -105,8 +105,8 @@ class KVCache:
         else:
             keys = torch.cat((self.keys[layer], k), dim=1)
             values = torch.cat((self.values[layer], v), dim=1)
-        self.keys[layer] = keys[:, -self.window:]
-        self.values[layer] = values[:, -self.window:]
+        self.keys[layer] = keys[:, -self.window :]
+        self.values[layer] = values[:, -self.window :]
         return keys, values
 
 
@@ -142,8 +142,9 @@ class Block(nn.Module):
         att = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
         return self._finish(x, att @ v)
 
-    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
-                       layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_cached(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode path for batch 1: `x` `[1, t, d]` new positions; returns (x, scores of the last query
         `[heads, kv_len]` over the valid cached positions, pre-softmax)."""
         t = x.shape[1]
@@ -158,7 +159,7 @@ class Block(nn.Module):
         att = torch.softmax(scores.masked_fill(masked, float("-inf")), dim=-1)
         out = self._finish(x, (att @ values).unsqueeze(0))
         # The newest query's valid positions are exactly the last min(n, window) slots.
-        return out, scores[:, -1, -min(n, cache.window):]
+        return out, scores[:, -1, -min(n, cache.window) :]
 
 
 class ByteGPT(nn.Module):
@@ -214,7 +215,7 @@ class ByteGPT(nn.Module):
         if ids.numel() == 0:
             raise ValueError("step needs at least one token")
         for start in range(0, ids.numel(), self.cfg.context):
-            chunk = ids[start:start + self.cfg.context]
+            chunk = ids[start : start + self.cfg.context]
             t = chunk.numel()
             pos = torch.arange(cache.position, cache.position + t)
             cos, sin = _rope_tables(pos, self.cfg.head_dim, self.cfg.rope_base)
@@ -233,8 +234,15 @@ def save_checkpoint(path: str, model: ByteGPT, meta: dict | None = None) -> None
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = path + ".tmp"
-    torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(model.cfg), "state_dict": model.state_dict(),
-                "meta": meta or {}}, tmp)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(model.cfg),
+            "state_dict": model.state_dict(),
+            "meta": meta or {},
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 

@@ -8,7 +8,9 @@ command working from a checkout:
 import os
 import sys
 
-_CLIENT_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
+_CLIENT_DIR = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python")
+)
 if os.path.isdir(_CLIENT_DIR) and _CLIENT_DIR not in sys.path:
     sys.path.insert(0, _CLIENT_DIR)
 

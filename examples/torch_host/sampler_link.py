@@ -21,8 +21,14 @@ if os.path.isdir(_CLIENT_DIR) and _CLIENT_DIR not in sys.path:
     sys.path.insert(0, _CLIENT_DIR)
 
 VALID_REGIMES = ("ARGMAX", "CLARIFY", "EXPLORE", "RESAMPLE", "ADAPTIVE", "FIXED")
-METRIC_NAMES = ("logits_entropy", "logits_varentropy", "attn_entropy", "attn_varentropy", "agreement",
-                "interaction_strength")
+METRIC_NAMES = (
+    "logits_entropy",
+    "logits_varentropy",
+    "attn_entropy",
+    "attn_varentropy",
+    "agreement",
+    "interaction_strength",
+)
 PARAM_NAMES = ("temperature", "top_k", "top_p", "min_p")
 
 
@@ -39,7 +45,7 @@ class Outcome:
 
 
 def _short(name: str, prefix: str) -> str:
-    return name[len(prefix):] if name.startswith(prefix) else name
+    return name[len(prefix) :] if name.startswith(prefix) else name
 
 
 class _ClientLink:
@@ -59,10 +65,19 @@ class _ClientLink:
         profiles = {p.name: MessageToDict(p, preserving_proto_field_name=True) for p in resp.profiles}
         return profiles, resp.default_profile
 
-    def session(self, sequence_id: str, seed: int, profile: str, params: dict | None, recent: list[int],
-                max_recent: int) -> "_ClientSession":
-        return _ClientSession(self.client.session(sequence_id, seed=seed, profile=profile, params=params or None,
-                                                  recent_tokens=recent, max_recent=max_recent))
+    def session(
+        self, sequence_id: str, seed: int, profile: str, params: dict | None, recent: list[int], max_recent: int
+    ) -> "_ClientSession":
+        return _ClientSession(
+            self.client.session(
+                sequence_id,
+                seed=seed,
+                profile=profile,
+                params=params or None,
+                recent_tokens=recent,
+                max_recent=max_recent,
+            )
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -76,10 +91,15 @@ class _ClientSession:
         t0 = time.perf_counter()
         r = self.session.step(logits, attention)  # raises samplerd.StepError if the server rejects the step
         dt = time.perf_counter() - t0
-        return Outcome(token=r.token, logprob=r.logprob, regime=r.regime.name,
-                       applied={p: getattr(r.applied, p) for p in PARAM_NAMES},
-                       metrics={m: getattr(r.metrics, m) for m in METRIC_NAMES},
-                       server_micros=r.server_micros, seconds=dt)
+        return Outcome(
+            token=r.token,
+            logprob=r.logprob,
+            regime=r.regime.name,
+            applied={p: getattr(r.applied, p) for p in PARAM_NAMES},
+            metrics={m: getattr(r.metrics, m) for m in METRIC_NAMES},
+            server_micros=r.server_micros,
+            seconds=dt,
+        )
 
 
 class _RawLink:
@@ -97,8 +117,17 @@ class _RawLink:
         proto_dir = os.path.normpath(os.path.join(_HERE, "..", "..", "proto"))
         out = tempfile.mkdtemp(prefix="samplerd-stubs-")
         protos = [os.path.join("samplerd", "v1", p) for p in ("profile.proto", "sampler.proto")]
-        subprocess.run(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
-                        "--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin", *protos], check=True)
+        subprocess.run(
+            [
+                "protoc",
+                f"-I{proto_dir}",
+                f"--python_out={out}",
+                f"--grpc_python_out={out}",
+                "--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin",
+                *protos,
+            ],
+            check=True,
+        )
         for d in ("samplerd", os.path.join("samplerd", "v1")):
             open(os.path.join(out, d, "__init__.py"), "a").close()
         sys.path.insert(0, out)
@@ -116,8 +145,9 @@ class _RawLink:
         profiles = {p.name: MessageToDict(p, preserving_proto_field_name=True) for p in resp.profiles}
         return profiles, resp.default_profile
 
-    def session(self, sequence_id: str, seed: int, profile: str, params: dict | None, recent: list[int],
-                max_recent: int) -> "_RawSession":
+    def session(
+        self, sequence_id: str, seed: int, profile: str, params: dict | None, recent: list[int], max_recent: int
+    ) -> "_RawSession":
         return _RawSession(self, sequence_id, seed, profile, params or {}, recent, max_recent)
 
     def close(self) -> None:
@@ -141,8 +171,14 @@ class _RawSession:
 
     def step(self, logits, attention=None) -> Outcome:
         pb = self.link.pb
-        st = pb.Step(sequence_id=self.sequence_id, step=self.step_index, logits=self._tensor(pb, logits),
-                     recent_tokens=self.recent, profile=self.profile, seed=self.seed)
+        st = pb.Step(
+            sequence_id=self.sequence_id,
+            step=self.step_index,
+            logits=self._tensor(pb, logits),
+            recent_tokens=self.recent,
+            profile=self.profile,
+            seed=self.seed,
+        )
         st.params.CopyFrom(self.params)
         if attention is not None:
             st.attention.CopyFrom(self._tensor(pb, attention))
@@ -154,20 +190,30 @@ class _RawSession:
         metrics = {m: (getattr(r.metrics, m) if r.metrics.HasField(m) else None) for m in METRIC_NAMES}
         applied = {p: (getattr(r.applied, p) if r.applied.HasField(p) else None) for p in PARAM_NAMES}
         self.step_index += 1
-        self.recent = (self.recent + [r.token])[-self.max_recent:]
-        return Outcome(token=r.token, logprob=r.logprob, regime=_short(self.link.ppb.Regime.Name(r.regime), "REGIME_"),
-                       applied=applied, metrics=metrics, server_micros=r.server_micros, seconds=dt)
+        self.recent = (self.recent + [r.token])[-self.max_recent :]
+        return Outcome(
+            token=r.token,
+            logprob=r.logprob,
+            regime=_short(self.link.ppb.Regime.Name(r.regime), "REGIME_"),
+            applied=applied,
+            metrics=metrics,
+            server_micros=r.server_micros,
+            seconds=dt,
+        )
 
 
 def connect(target: str):
     """A link to samplerd at `target` (host:port or unix:/path): the Python client when it is importable."""
     try:
         import samplerd as _probe
+
         del _probe
     except ImportError as e:
         for name in [m for m in sys.modules if m == "samplerd" or m.startswith("samplerd.")]:
             del sys.modules[name]
-        print(f"sampler_link: the samplerd Python client is not importable ({e}); using stubs generated from "
-              "proto/", file=sys.stderr)
+        print(
+            f"sampler_link: the samplerd Python client is not importable ({e}); using stubs generated from " "proto/",
+            file=sys.stderr,
+        )
         return _RawLink(target)
     return _ClientLink(target)

@@ -64,7 +64,7 @@ def batches(data: torch.Tensor, context: int, batch: int, gen: torch.Generator):
     hi = data.numel() - context - 1
     while True:
         starts = torch.randint(0, hi, (batch,), generator=gen)
-        w = torch.stack([data[s:s + context + 1] for s in starts.tolist()])
+        w = torch.stack([data[s : s + context + 1] for s in starts.tolist()])
         yield w[:, :-1], w[:, 1:]
 
 
@@ -74,13 +74,12 @@ def evaluate_loss(model: ByteGPT, data: torch.Tensor, context: int, max_windows:
     model.eval()
     n = (data.numel() - 1) // context
     idx = torch.linspace(0, n - 1, steps=min(n, max_windows)).long().tolist()
-    x = torch.stack([data[i * context:i * context + context] for i in idx])
-    y = torch.stack([data[i * context + 1:i * context + context + 1] for i in idx])
+    x = torch.stack([data[i * context : i * context + context] for i in idx])
+    y = torch.stack([data[i * context + 1 : i * context + context + 1] for i in idx])
     losses = []
     for i in range(0, x.shape[0], 16):
-        logits = model(x[i:i + 16])
-        losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i:i + 16].reshape(-1),
-                                      reduction="sum"))
+        logits = model(x[i : i + 16])
+        losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i : i + 16].reshape(-1), reduction="sum"))
     model.train()
     return float(sum(losses) / y.numel())
 
@@ -95,8 +94,12 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="checkpoint path to write")
-    ap.add_argument("--max-seconds", type=float, default=None,
-                    help="stop after this much training time (the checkpoint is written anyway)")
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop after this much training time (the checkpoint is written anyway)",
+    )
     ap.add_argument("--steps", type=int, default=1300, help="optimizer steps (default 1300)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -118,15 +121,24 @@ def main(argv=None) -> int:
     val = torch.frombuffer(bytearray(val_bytes), dtype=torch.uint8).long()
     cfg = ModelConfig(n_layer=args.layers, n_head=args.heads, d_model=args.d_model, context=args.context)
     model = ByteGPT(cfg)
-    print(f"corpus: {info['files']} files, {info['fortunes']} fortunes, {info['train_bytes']} train bytes, "
-          f"{info['val_bytes']} validation bytes", file=sys.stderr)
-    print(f"model: {cfg.n_layer} layers, {cfg.n_head} heads, d={cfg.d_model}, context {cfg.context}, "
-          f"{model.num_parameters()} parameters", file=sys.stderr)
+    print(
+        f"corpus: {info['files']} files, {info['fortunes']} fortunes, {info['train_bytes']} train bytes, "
+        f"{info['val_bytes']} validation bytes",
+        file=sys.stderr,
+    )
+    print(
+        f"model: {cfg.n_layer} layers, {cfg.n_head} heads, d={cfg.d_model}, context {cfg.context}, "
+        f"{model.num_parameters()} parameters",
+        file=sys.stderr,
+    )
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
     gen = torch.Generator().manual_seed(args.seed)
     data = batches(train, cfg.context, args.batch, gen)
     initial_val = evaluate_loss(model, val, cfg.context)
@@ -164,14 +176,28 @@ def main(argv=None) -> int:
     steps_done = step
     train_seconds = time.monotonic() - t0
     val_loss = evaluate_loss(model, val, cfg.context)
-    meta = {"corpus": info, "steps": steps_done, "planned_steps": args.steps, "stopped_by": stopped_by,
-            "batch": args.batch, "lr": args.lr, "seed": args.seed, "train_seconds": round(train_seconds, 2),
-            "initial_val_loss": round(initial_val, 4), "val_loss": round(val_loss, 4),
-            "final_train_loss_ema": round(ema, 4) if ema is not None else None,
-            "train_loss_history": history, "torch": torch.__version__, "parameters": model.num_parameters()}
+    meta = {
+        "corpus": info,
+        "steps": steps_done,
+        "planned_steps": args.steps,
+        "stopped_by": stopped_by,
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "train_seconds": round(train_seconds, 2),
+        "initial_val_loss": round(initial_val, 4),
+        "val_loss": round(val_loss, 4),
+        "final_train_loss_ema": round(ema, 4) if ema is not None else None,
+        "train_loss_history": history,
+        "torch": torch.__version__,
+        "parameters": model.num_parameters(),
+    }
     save_checkpoint(args.out, model, meta)
-    print(f"trained {steps_done} steps in {train_seconds:.1f}s ({stopped_by}); validation loss "
-          f"{initial_val:.3f} -> {val_loss:.3f} nats/byte; wrote {args.out}", file=sys.stderr)
+    print(
+        f"trained {steps_done} steps in {train_seconds:.1f}s ({stopped_by}); validation loss "
+        f"{initial_val:.3f} -> {val_loss:.3f} nats/byte; wrote {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -55,8 +55,8 @@ void ExpectBenchJson(const std::string& out, const std::string& workload, const 
   nlohmann::json j;
   ASSERT_NO_THROW(j = nlohmann::json::parse(out)) << out;
   ASSERT_TRUE(j.is_object()) << out;
-  for (const char* key : {"workload", "dtype", "streams", "steps", "steps_per_sec", "p50_us", "p99_us",
-                          "core_us_p50"}) {
+  for (const char* key :
+       {"workload", "dtype", "streams", "steps", "steps_per_sec", "p50_us", "p99_us", "core_us_p50"}) {
     EXPECT_TRUE(j.contains(key)) << "missing " << key << " in " << out;
   }
   EXPECT_EQ(j.value("workload", ""), workload);

@@ -109,9 +109,9 @@ TEST_F(RecordReplayTest, ATamperedRecordingFailsWithADiffNamingTheField) {
   std::string output;
   std::unique_ptr<ServerProcess> server = ServerProcess::Start();
   ASSERT_NE(server, nullptr);
-  ASSERT_EQ(Samplerctl("--target " + server->tcp_target() + " record --out " + file + " --steps 10 --sequences 2",
-                       &output),
-            0)
+  ASSERT_EQ(
+      Samplerctl("--target " + server->tcp_target() + " record --out " + file + " --steps 10 --sequences 2", &output),
+      0)
       << output;
   absl::StatusOr<std::vector<Exchange>> recording = ReadRecording(file);
   ASSERT_TRUE(recording.ok()) << recording.status();

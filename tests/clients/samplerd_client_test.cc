@@ -367,14 +367,14 @@ TEST_F(ClientTest, SamplerctlSampleFromNpy) {
   const std::string attention_path = WriteNpy("attention", Logits(6), {4, kVocab / 4});
 
   CommandResult text = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " + logits_path +
-                           " --attention " + attention_path + " --seed 9 --top-logprobs 2");
+                                     " --attention " + attention_path + " --seed 9 --top-logprobs 2");
   EXPECT_EQ(text.exit_code, 0) << text.output;
   EXPECT_THAT(text.output, HasSubstr("regime"));
   EXPECT_THAT(text.output, HasSubstr("attn_entropy="));
   EXPECT_THAT(text.output, HasSubstr("seed 9"));
 
   CommandResult json = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " + logits_path +
-                           " --seed 9 --profile fixed --json");
+                                     " --seed 9 --profile fixed --json");
   ASSERT_EQ(json.exit_code, 0) << json.output;
   const nlohmann::json result = nlohmann::json::parse(json.output);
   EXPECT_EQ(result["profile"], "fixed");
@@ -417,8 +417,7 @@ class SecureServerTest : public ::testing::Test {
     ASSERT_TRUE(MakeCertificates(dir_));
     std::ofstream(dir_.File("tokens")) << "s3cret\n";
     server_ = ServerProcess::Start({"--tls_cert", dir_.File("server.pem"), "--tls_key", dir_.File("server.key"),
-                                    "--tls_client_ca", dir_.File("ca.pem"), "--auth_token_file",
-                                    dir_.File("tokens")});
+                                    "--tls_client_ca", dir_.File("ca.pem"), "--auth_token_file", dir_.File("tokens")});
     ASSERT_NE(server_, nullptr);
   }
 

@@ -24,7 +24,8 @@ RECORD = re.compile(
     r"^(?P<id>\S+) step=(?P<step>\d+) (?:token=(?P<token>-?\d+) regime=(?P<regime>[A-Z]+) logprob=[0-9a-f]{8} "
     r"applied=(?:[0-9a-f]{8}|-),(?:-?\d+|-),(?:[0-9a-f]{8}|-)(?:,(?:[0-9a-f]{8}|-?\d+|-)){6} "
     r"metrics=(?:[0-9a-f]{8}|-)(?:,(?:[0-9a-f]{8}|-)){5} top=\S* seed=\d+ profile=\S+"
-    r"|error=(?P<error>\d+) field=\S*)$")
+    r"|error=(?P<error>\d+) field=\S*)$"
+)
 CODES = {"INVALID_ARGUMENT": 3, "RESOURCE_EXHAUSTED": 8, "NOT_FOUND": 5}
 
 

@@ -51,7 +51,8 @@ Array ReadNpy(const std::string& path) {
   std::memcpy(&header_len, bytes.data() + 8, major == 1 ? 2 : 4);
   const std::string header = bytes.substr(start, header_len);
   std::smatch m;
-  if (header.find("'descr': '<f4'") == std::string::npos || header.find("'fortran_order': False") == std::string::npos ||
+  if (header.find("'descr': '<f4'") == std::string::npos ||
+      header.find("'fortran_order': False") == std::string::npos ||
       !std::regex_search(header, m, std::regex(R"('shape':\s*\(([^)]*)\))"))) {
     throw std::runtime_error(path + ": expected little-endian float32 in C order, header " + header);
   }
@@ -89,7 +90,8 @@ StepInputs ScriptedStep(const json& gen, uint32_t salt, int t, int32_t prev) {
   const uint32_t key = Fmix32(salt ^ Fmix32(static_cast<uint32_t>(t) * 0x9e3779b1u + static_cast<uint32_t>(prev)));
   const float scale = std::ldexp(1.0f, -static_cast<int>(key % 7));
   std::vector<int32_t> k(vocab);
-  for (int i = 0; i < vocab; ++i) k[i] = static_cast<int32_t>(Fmix32(key ^ (static_cast<uint32_t>(i) * 0x27d4eb2du)) % 128) - 64;
+  for (int i = 0; i < vocab; ++i)
+    k[i] = static_cast<int32_t>(Fmix32(key ^ (static_cast<uint32_t>(i) * 0x27d4eb2du)) % 128) - 64;
   k[(prev * 31 + 7 + t) % vocab] = kPeaks[(key >> 8) % 4];
   if (key % 13 == 0) std::fill(k.begin(), k.end(), 0);
   StepInputs x;
@@ -149,16 +151,26 @@ std::optional<v1::SamplingParams> ToParams(const json& p) {
   if (p.is_null()) return std::nullopt;
   v1::SamplingParams out;
   for (const auto& [k, v] : p.items()) {
-    if (k == "temperature") out.set_temperature(v.get<float>());
-    else if (k == "top_k") out.set_top_k(v.get<int32_t>());
-    else if (k == "top_p") out.set_top_p(v.get<float>());
-    else if (k == "min_p") out.set_min_p(v.get<float>());
-    else if (k == "repetition_penalty") out.set_repetition_penalty(v.get<float>());
-    else if (k == "frequency_penalty") out.set_frequency_penalty(v.get<float>());
-    else if (k == "presence_penalty") out.set_presence_penalty(v.get<float>());
-    else if (k == "n_adaptive_samples") out.set_n_adaptive_samples(v.get<int32_t>());
-    else if (k == "clarifying_token") out.set_clarifying_token(v.get<int32_t>());
-    else throw std::runtime_error("unknown parameter " + k);
+    if (k == "temperature")
+      out.set_temperature(v.get<float>());
+    else if (k == "top_k")
+      out.set_top_k(v.get<int32_t>());
+    else if (k == "top_p")
+      out.set_top_p(v.get<float>());
+    else if (k == "min_p")
+      out.set_min_p(v.get<float>());
+    else if (k == "repetition_penalty")
+      out.set_repetition_penalty(v.get<float>());
+    else if (k == "frequency_penalty")
+      out.set_frequency_penalty(v.get<float>());
+    else if (k == "presence_penalty")
+      out.set_presence_penalty(v.get<float>());
+    else if (k == "n_adaptive_samples")
+      out.set_n_adaptive_samples(v.get<int32_t>());
+    else if (k == "clarifying_token")
+      out.set_clarifying_token(v.get<int32_t>());
+    else
+      throw std::runtime_error("unknown parameter " + k);
   }
   return out;
 }
@@ -190,10 +202,10 @@ std::string Record(const std::string& id, const v1::StepResult& r) {
     << Hex(a.has_frequency_penalty(), a.frequency_penalty()) << ","
     << Hex(a.has_presence_penalty(), a.presence_penalty()) << ","
     << Int(a.has_n_adaptive_samples(), a.n_adaptive_samples()) << ","
-    << Int(a.has_clarifying_token(), a.clarifying_token()) << " metrics="
-    << Hex(m.has_logits_entropy(), m.logits_entropy()) << "," << Hex(m.has_logits_varentropy(), m.logits_varentropy())
-    << "," << Hex(m.has_attn_entropy(), m.attn_entropy()) << "," << Hex(m.has_attn_varentropy(), m.attn_varentropy())
-    << "," << Hex(m.has_agreement(), m.agreement()) << ","
+    << Int(a.has_clarifying_token(), a.clarifying_token())
+    << " metrics=" << Hex(m.has_logits_entropy(), m.logits_entropy()) << ","
+    << Hex(m.has_logits_varentropy(), m.logits_varentropy()) << "," << Hex(m.has_attn_entropy(), m.attn_entropy())
+    << "," << Hex(m.has_attn_varentropy(), m.attn_varentropy()) << "," << Hex(m.has_agreement(), m.agreement()) << ","
     << Hex(m.has_interaction_strength(), m.interaction_strength()) << " top=";
   for (int i = 0; i < r.top_size(); ++i) {
     o << (i ? "," : "") << r.top(i).token() << ":" << Hex(true, r.top(i).logprob());

@@ -31,16 +31,39 @@ def intf(v):
 
 def record(rid, r):
     a, m = r.applied, r.metrics
-    applied = [hexf(a.temperature), intf(a.top_k), hexf(a.top_p), hexf(a.min_p), hexf(a.repetition_penalty),
-               hexf(a.frequency_penalty), hexf(a.presence_penalty), intf(a.n_adaptive_samples),
-               intf(a.clarifying_token)]
-    metrics = [m.logits_entropy, m.logits_varentropy, m.attn_entropy, m.attn_varentropy, m.agreement,
-               m.interaction_strength]
-    return " ".join([rid, f"step={r.step}", f"token={r.token}", f"regime={r.regime.name}",
-                     f"logprob={hexf(r.logprob)}", "applied=" + ",".join(applied),
-                     "metrics=" + ",".join(hexf(x) for x in metrics),
-                     "top=" + ",".join(f"{t.token}:{hexf(t.logprob)}" for t in r.top),
-                     f"seed={r.seed}", f"profile={r.profile}"])
+    applied = [
+        hexf(a.temperature),
+        intf(a.top_k),
+        hexf(a.top_p),
+        hexf(a.min_p),
+        hexf(a.repetition_penalty),
+        hexf(a.frequency_penalty),
+        hexf(a.presence_penalty),
+        intf(a.n_adaptive_samples),
+        intf(a.clarifying_token),
+    ]
+    metrics = [
+        m.logits_entropy,
+        m.logits_varentropy,
+        m.attn_entropy,
+        m.attn_varentropy,
+        m.agreement,
+        m.interaction_strength,
+    ]
+    return " ".join(
+        [
+            rid,
+            f"step={r.step}",
+            f"token={r.token}",
+            f"regime={r.regime.name}",
+            f"logprob={hexf(r.logprob)}",
+            "applied=" + ",".join(applied),
+            "metrics=" + ",".join(hexf(x) for x in metrics),
+            "top=" + ",".join(f"{t.token}:{hexf(t.logprob)}" for t in r.top),
+            f"seed={r.seed}",
+            f"profile={r.profile}",
+        ]
+    )
 
 
 def error_record(rid, e):
@@ -78,8 +101,14 @@ def main():
         for g in doc["golden"]:
             logits = encode(load(g["logits"]), g["dtype"])
             attention = encode(load(g["attention"]), g["dtype"]) if g["attention"] else None
-            s = client.session(g["id"], seed=int(g["seed"]), profile=g["profile"], params=g["params"],
-                               recent_tokens=g["recent_tokens"], top_logprobs=g["top_logprobs"])
+            s = client.session(
+                g["id"],
+                seed=int(g["seed"]),
+                profile=g["profile"],
+                params=g["params"],
+                recent_tokens=g["recent_tokens"],
+                top_logprobs=g["top_logprobs"],
+            )
             try:
                 lines.append(record(g["id"], s.step(logits, attention)))
             except samplerd.StepError as e:
@@ -87,15 +116,20 @@ def main():
 
         gen = doc["generation"]
         seqs = gen["sequences"]
-        sessions = [client.session(q["id"], seed=int(q["seed"]), profile=q["profile"], params=q["params"],
-                                   recent_tokens=q["prompt"]) for q in seqs]
+        sessions = [
+            client.session(
+                q["id"], seed=int(q["seed"]), profile=q["profile"], params=q["params"], recent_tokens=q["prompt"]
+            )
+            for q in seqs
+        ]
         prev = [q["prompt"][-1] for q in seqs]
         for t in range(gen["steps"]):
             dtype = gen["dtypes"][t % len(gen["dtypes"])]
             items = []
             for i, (s, q) in enumerate(zip(sessions, seqs)):
-                logits, attention = step_inputs(gen["vocab"], gen["layers"], gen["heads"], gen["kv_base"],
-                                                q["salt"], t, prev[i])
+                logits, attention = step_inputs(
+                    gen["vocab"], gen["layers"], gen["heads"], gen["kv_base"], q["salt"], t, prev[i]
+                )
                 items.append((s, encode(logits, dtype), encode(attention, dtype)))
             for i, r in enumerate(client.sample_batch(items)):
                 lines.append(record(seqs[i]["id"], r))

@@ -71,7 +71,7 @@ class MetricsGoldenTest : public ::testing::Test {
     const Array& attention = LoadInput(c["attention"]);
     std::vector<float> attn_scratch;
     absl::StatusOr<FloatView> a = ValidateTensor(Raw(attention, dtype, &attn_bytes), TensorRole::kAttention,
-                                               TensorLimits{}, "attention", &attn_scratch);
+                                                 TensorLimits{}, "attention", &attn_scratch);
     ASSERT_TRUE(a.ok()) << a.status();
     absl::StatusOr<std::optional<AttentionMetrics>> am = ComputeAttentionMetrics(*a, &metrics_scratch);
     ASSERT_TRUE(am.ok()) << am.status();

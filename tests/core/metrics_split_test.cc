@@ -124,8 +124,8 @@ void ExpectEverySharingAgrees(const std::vector<float>& z, const std::vector<flo
 TEST(MetricsSplit, SharedStepHasTheBitsOfTheOneThreadStep) {
   // 1 to 4 row groups of 8 (a ragged last one), widths with vector tails; the first and the last
   // shapes are below kMinSharedAttention (kept on one thread), the others just above it.
-  const Shape shapes[] = {{32000, 8, 1024}, {3000, 32, 8200}, {100, 24, 11000}, {500000, 4, 66000},
-                          {40000, 1, 270000}, {7, 1, 5}};
+  const Shape shapes[] = {{32000, 8, 1024},   {3000, 32, 8200},   {100, 24, 11000},
+                          {500000, 4, 66000}, {40000, 1, 270000}, {7, 1, 5}};
   static_assert(int64_t{32} * 8200 >= kMinSharedAttention && int64_t{4} * 66000 >= kMinSharedAttention);
   uint32_t seed = 1;
   for (const Shape& shape : shapes) {

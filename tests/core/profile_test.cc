@@ -101,7 +101,8 @@ TEST_P(ProfileConfigRejectsTest, NamesTheProblem) {
   auto registry = ProfileRegistry::FromJson(GetParam().json);
   ASSERT_FALSE(registry.ok());
   EXPECT_EQ(registry.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(registry.status().message().find(GetParam().mentions), absl::string_view::npos) << registry.status().message();
+  EXPECT_NE(registry.status().message().find(GetParam().mentions), absl::string_view::npos)
+      << registry.status().message();
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -124,8 +125,7 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<BadConfig>& info) { return std::string(info.param.name); });
 
 TEST(ProfileTest, MissingConfigFileIsNotFound) {
-  EXPECT_EQ(ProfileRegistry::FromJsonFile("/nonexistent/profiles.json").status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(ProfileRegistry::FromJsonFile("/nonexistent/profiles.json").status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

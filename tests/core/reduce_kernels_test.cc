@@ -61,7 +61,7 @@ TEST_P(ReduceKernelsTest, SkippingTheClampChangesNoBitWhenNothingIsBelowIt) {
     std::vector<float> x(static_cast<size_t>(n));
     for (float& v : x) v = uniform(gen) + 3.0f;
     if (n > 1) x[static_cast<size_t>(n - 1)] = kMinShifted + 3.0f;  // exactly at the clamp
-    x[0] = 3.0f;                                                      // the shift: d = 0
+    x[0] = 3.0f;                                                    // the shift: d = 0
     const ScanResult scan = k.ScanMax(x.data(), n, nullptr);
     EXPECT_EQ(scan.min, *std::min_element(x.begin(), x.end())) << k.name << " n=" << n;
     ASSERT_GE(scan.min - scan.max, kMinShifted) << k.name << " n=" << n;
@@ -296,7 +296,7 @@ TEST_P(ReduceKernelsTest, ScanMaxGivesTheFirstArgmaxAndEveryBlockMax) {
       for (size_t i = 0; i < x.size(); i += 5) x[i] = -INFINITY;
       const int64_t pos = std::uniform_int_distribution<int64_t>(0, n - 1)(gen);
       if (variant >= 1) x[static_cast<size_t>(pos)] = 50.0f;
-      if (variant == 2) x[static_cast<size_t>(n - 1)] = 50.0f;                    // again, in the last block
+      if (variant == 2) x[static_cast<size_t>(n - 1)] = 50.0f;                     // again, in the last block
       if (variant == 3) x[static_cast<size_t>(std::min(n - 1, pos + 3))] = 50.0f;  // again, nearby
       if (variant == 4) x[static_cast<size_t>(pos / 2)] = 50.0f;                   // earlier: it wins
       if (variant == 5) std::fill(x.begin(), x.end(), -INFINITY);
@@ -417,8 +417,8 @@ TEST_P(ReduceKernelsTest, Bf16ScansConvertAndScanLikeTheFloat32Path) {
         std::memcpy(&u, &v, 4);
         src[i] = static_cast<uint16_t>(u >> 16);
       }
-      if (variant == 1) src[static_cast<size_t>(n - 1)] = 0x7fc0;      // NaN last
-      if (variant == 2) src[static_cast<size_t>(n / 2)] = 0x7f80;      // +inf in the middle
+      if (variant == 1) src[static_cast<size_t>(n - 1)] = 0x7fc0;  // NaN last
+      if (variant == 2) src[static_cast<size_t>(n / 2)] = 0x7f80;  // +inf in the middle
       const char* bytes = reinterpret_cast<const char*>(src.data());
       std::vector<float> want(src.size()), got(src.size(), -1.0f), got_row(src.size(), -1.0f);
       k.ConvertBf16(bytes, n, want.data());

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "core/counter_rng.h"
-#include "core/reduce_kernels.h"
 #include "core/field_error.h"
+#include "core/reduce_kernels.h"
 #include "core/sampler_chain.h"
 #include "core/step_engine.h"
 #include "gtest/gtest.h"
@@ -25,8 +25,7 @@ std::vector<int32_t> ReferenceChain(const std::vector<float>& z, const SamplingC
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return z[a] > z[b]; });
   if (c.top_k > 0 && c.top_k < v) order.resize(static_cast<size_t>(c.top_k));
-  order.erase(std::remove_if(order.begin(), order.end(), [&](int32_t id) { return std::isinf(z[id]); }),
-              order.end());
+  order.erase(std::remove_if(order.begin(), order.end(), [&](int32_t id) { return std::isinf(z[id]); }), order.end());
   const float m = z[order[0]];
   std::vector<float> w;
   double total = 0;
@@ -103,7 +102,7 @@ TEST(SamplerChainTest, LargeTopKUsesSelectionAndAgreesWithTheHeap) {
   for (float& x : z) x = std::round(normal(gen) * 8) / 8;  // many ties
   ChainScratch scratch;
   std::vector<int32_t> big, small;
-  TopTokens(z.data(), 50000, 5000, &scratch, &big);  // nth_element path
+  TopTokens(z.data(), 50000, 5000, &scratch, &big);    // nth_element path
   TopTokens(z.data(), 50000, 1000, &scratch, &small);  // heap path
   ASSERT_EQ(big.size(), 5000u);
   ASSERT_EQ(small.size(), 1000u);

@@ -101,41 +101,87 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         BadStep{"wrong_dtype", [](OwnedStep* s) { s->logits_dtype = 5; }, "logits.dtype", "got 5"},
         BadStep{"length_mismatch", [](OwnedStep* s) { s->logits_shape = {99}; }, "logits.data", "got 400"},
-        BadStep{"empty_logits", [](OwnedStep* s) { s->logits.clear(); s->logits_shape = {0}; }, "logits.shape", "[0]"},
+        BadStep{"empty_logits",
+                [](OwnedStep* s) {
+                  s->logits.clear();
+                  s->logits_shape = {0};
+                },
+                "logits.shape", "[0]"},
         BadStep{"nan_logit", [](OwnedStep* s) { s->logits[17] = NAN; }, "logits.data", "NaN at index 17"},
         BadStep{"posinf_logit", [](OwnedStep* s) { s->logits[5] = INFINITY; }, "logits.data", "+inf at index 5"},
-        BadStep{"all_neginf", [](OwnedStep* s) { for (float& x : s->logits) x = -INFINITY; }, "logits.data",
-                "all 100 logits are -inf"},
+        BadStep{"all_neginf",
+                [](OwnedStep* s) {
+                  for (float& x : s->logits) x = -INFINITY;
+                },
+                "logits.data", "all 100 logits are -inf"},
         BadStep{"attention_rank1", [](OwnedStep* s) { s->attention_shape = {256}; }, "attention.shape", "[256]"},
         BadStep{"attention_nan", [](OwnedStep* s) { s->attention[70] = NAN; }, "attention.data", "row 1, position 6"},
         BadStep{"shape_overflow",
-                [](OwnedStep* s) { s->attention_shape = {1LL << 31, 1LL << 31, 1LL << 31}; }, "attention.shape",
-                "overflows"},
-        BadStep{"top_p_above_one", [](OwnedStep* s) { s->has_params = true; s->params.set_top_p(1.5f); },
+                [](OwnedStep* s) {
+                  s->attention_shape = {1LL << 31, 1LL << 31, 1LL << 31};
+                },
+                "attention.shape", "overflows"},
+        BadStep{"top_p_above_one",
+                [](OwnedStep* s) {
+                  s->has_params = true;
+                  s->params.set_top_p(1.5f);
+                },
                 "params.top_p", "got 1.5"},
-        BadStep{"top_p_zero", [](OwnedStep* s) { s->has_params = true; s->params.set_top_p(0.0f); },
+        BadStep{"top_p_zero",
+                [](OwnedStep* s) {
+                  s->has_params = true;
+                  s->params.set_top_p(0.0f);
+                },
                 "params.top_p", "got 0"},
-        BadStep{"negative_top_k", [](OwnedStep* s) { s->has_params = true; s->params.set_top_k(-1); },
+        BadStep{"negative_top_k",
+                [](OwnedStep* s) {
+                  s->has_params = true;
+                  s->params.set_top_k(-1);
+                },
                 "params.top_k", "got -1"},
-        BadStep{"negative_temperature", [](OwnedStep* s) { s->has_params = true; s->params.set_temperature(-1); },
+        BadStep{"negative_temperature",
+                [](OwnedStep* s) {
+                  s->has_params = true;
+                  s->params.set_temperature(-1);
+                },
                 "params.temperature", "got -1"},
-        BadStep{"nan_temperature", [](OwnedStep* s) { s->has_params = true; s->params.set_temperature(NAN); },
+        BadStep{"nan_temperature",
+                [](OwnedStep* s) {
+                  s->has_params = true;
+                  s->params.set_temperature(NAN);
+                },
                 "params.temperature", "got nan"},
-        BadStep{"min_p_above_one", [](OwnedStep* s) { s->has_params = true; s->params.set_min_p(2); },
+        BadStep{"min_p_above_one",
+                [](OwnedStep* s) {
+                  s->has_params = true;
+                  s->params.set_min_p(2);
+                },
                 "params.min_p", "got 2"},
         BadStep{"too_many_samples",
-                [](OwnedStep* s) { s->has_params = true; s->params.set_n_adaptive_samples(65); },
+                [](OwnedStep* s) {
+                  s->has_params = true;
+                  s->params.set_n_adaptive_samples(65);
+                },
                 "params.n_adaptive_samples", "got 65"},
         BadStep{"too_many_top_logprobs", [](OwnedStep* s) { s->top_logprobs = 21; }, "top_logprobs", "got 21"},
         BadStep{"negative_top_logprobs", [](OwnedStep* s) { s->top_logprobs = -1; }, "top_logprobs", "got -1"},
-        BadStep{"recent_token_out_of_vocab", [](OwnedStep* s) { s->recent = {3, 100}; }, "recent_tokens[1]",
-                "got 100"},
+        BadStep{"recent_token_out_of_vocab",
+                [](OwnedStep* s) {
+                  s->recent = {3, 100};
+                },
+                "recent_tokens[1]", "got 100"},
         BadStep{"negative_recent_token", [](OwnedStep* s) { s->recent = {-2}; }, "recent_tokens[0]", "got -2"},
         BadStep{"bias_out_of_vocab",
-                [](OwnedStep* s) { s->has_params = true; (*s->params.mutable_logit_bias())[100] = 1; },
+                [](OwnedStep* s) {
+                  s->has_params = true;
+                  (*s->params.mutable_logit_bias())[100] = 1;
+                },
                 "params.logit_bias", "token id 100"},
         BadStep{"zero_repetition_penalty",
-                [](OwnedStep* s) { s->has_params = true; s->params.set_repetition_penalty(0); },
+                [](OwnedStep* s) {
+                  s->has_params = true;
+                  s->params.set_repetition_penalty(0);
+                },
                 "params.repetition_penalty", "got 0"}),
     [](const ::testing::TestParamInfo<BadStep>& info) { return std::string(info.param.name); });
 

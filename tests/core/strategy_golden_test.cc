@@ -28,13 +28,13 @@ using testing::LoadInput;
 constexpr int32_t kClarifyingToken = 2564;
 
 struct Variant {
-  std::string profile;   // registry name
-  bool after_clarify;    // recent_tokens + [2564]
+  std::string profile;  // registry name
+  bool after_clarify;   // recent_tokens + [2564]
   std::string Key() const { return profile + (after_clarify ? "_after_clarify" : ""); }
 };
 
-const Variant kVariants[] = {{"entropix", false}, {"entropix", true},      {"entropix-frog", false},
-                             {"entropix-frog", true}, {"fixed", false}};
+const Variant kVariants[] = {
+    {"entropix", false}, {"entropix", true}, {"entropix-frog", false}, {"entropix-frog", true}, {"fixed", false}};
 
 v1::SamplingParams FixedRequestParams() {
   const auto& p = GoldenJson()["conventions"]["fixed_request_params"];
@@ -59,8 +59,7 @@ struct GoldenCase {
   void Load(const nlohmann::json& c) {
     json = &c;
     logits = &LoadInput(c["logits"]);
-    absl::StatusOr<LogitsSummary> s =
-        SummarizeLogits(FloatView{logits->values.data(), 1, logits->shape[0]}, &scratch);
+    absl::StatusOr<LogitsSummary> s = SummarizeLogits(FloatView{logits->values.data(), 1, logits->shape[0]}, &scratch);
     ASSERT_TRUE(s.ok()) << s.status();
     metrics.logits_entropy = s->entropy;
     metrics.logits_varentropy = s->varentropy;

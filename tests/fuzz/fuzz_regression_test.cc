@@ -87,16 +87,16 @@ TEST(FuzzSeeds, GoldenKernelSeedsPassTheKernelTarget) {
 // would be reported (here: logits the contract rejects must be rejected, which the target verifies).
 TEST(FuzzTargets, RecipeReadsCountRowsFillAndPokes) {
   std::string bytes;
-  bytes.push_back(1);                                          // attention
-  const uint32_t count = 1000001 + 10;                         // modulo 1,000,001 -> 10
+  bytes.push_back(1);                   // attention
+  const uint32_t count = 1000001 + 10;  // modulo 1,000,001 -> 10
   bytes.append(reinterpret_cast<const char*>(&count), 4);
-  bytes.push_back(2);                                          // 3 rows -> count rounded down to 9
-  bytes.push_back(1);                                          // one special value
-  bytes.push_back(4);                                          // SpecialFloats()[4] = FLT_MAX
-  bytes.push_back(1);                                          // one poke
+  bytes.push_back(2);  // 3 rows -> count rounded down to 9
+  bytes.push_back(1);  // one special value
+  bytes.push_back(4);  // SpecialFloats()[4] = FLT_MAX
+  bytes.push_back(1);  // one poke
   const uint32_t index = 7;
   bytes.append(reinterpret_cast<const char*>(&index), 4);
-  bytes.push_back(13);                                         // SpecialFloats()[13] = -inf
+  bytes.push_back(13);  // SpecialFloats()[13] = -inf
   const KernelRecipe r = ReadKernelRecipe(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
   EXPECT_TRUE(r.attention);
   EXPECT_EQ(r.rows, 3);

@@ -129,7 +129,9 @@ RefVerdict Materialize(const v1::TensorRef& ref, v1::Tensor* tensor) {
   if (ref.region() != kShmAlias) return RefVerdict::kRefError;
   tensor->set_dtype(ref.dtype());
   tensor->mutable_shape()->CopyFrom(ref.shape());
-  const uint64_t item = ref.dtype() == v1::DTYPE_F32 ? 4 : (ref.dtype() == v1::DTYPE_F16 || ref.dtype() == v1::DTYPE_BF16) ? 2 : 0;
+  const uint64_t item = ref.dtype() == v1::DTYPE_F32                                      ? 4
+                        : (ref.dtype() == v1::DTYPE_F16 || ref.dtype() == v1::DTYPE_BF16) ? 2
+                                                                                          : 0;
   if (item == 0) return RefVerdict::kCoreChecks;
   unsigned __int128 bytes = item;
   for (const int64_t d : ref.shape()) {
@@ -235,8 +237,8 @@ std::string CheckResult(const v1::Step& step, const v1::StepResult& r, int index
   if (r.has_error()) {
     const int code = r.error().code();
     if (code != 3 && code != 5 && code != 8) {
-      return absl::StrCat(where, "error code ", code, " is not INVALID_ARGUMENT, NOT_FOUND or RESOURCE_EXHAUSTED: ",
-                          r.error().message());
+      return absl::StrCat(where, "error code ", code,
+                          " is not INVALID_ARGUMENT, NOT_FOUND or RESOURCE_EXHAUSTED: ", r.error().message());
     }
     if (r.error().field().empty()) return absl::StrCat(where, "an error without a field: ", r.error().message());
     if (!absl::StartsWith(r.error().message(), r.error().field())) {
@@ -266,8 +268,8 @@ std::string CheckResult(const v1::Step& step, const v1::StepResult& r, int index
   for (int64_t i = 0; i < vocab; ++i) max_z = std::max(max_z, logits->data[i]);
   if (std::isnan(r.logprob()) || r.logprob() > 0.0f) return absl::StrCat(where, "logprob ", r.logprob());
   if (!std::isfinite(r.logprob()) && z != -kInf && static_cast<double>(z) - max_z > -static_cast<double>(FLT_MAX)) {
-    return absl::StrCat(where, "logprob ", r.logprob(), " for token ", r.token(), " whose logit is ", z,
-                        " (max ", max_z, ")");
+    return absl::StrCat(where, "logprob ", r.logprob(), " for token ", r.token(), " whose logit is ", z, " (max ",
+                        max_z, ")");
   }
 
   const v1::Metrics& m = r.metrics();
@@ -280,8 +282,8 @@ std::string CheckResult(const v1::Step& step, const v1::StepResult& r, int index
   if (!(std::isfinite(m.logits_varentropy()) && m.logits_varentropy() >= 0.0f)) {
     return absl::StrCat(where, "logits_varentropy ", m.logits_varentropy());
   }
-  const bool attention_metrics = m.has_attn_entropy() || m.has_attn_varentropy() || m.has_agreement() ||
-                                 m.has_interaction_strength();
+  const bool attention_metrics =
+      m.has_attn_entropy() || m.has_attn_varentropy() || m.has_agreement() || m.has_interaction_strength();
   if (attention_metrics) {
     if (!step.has_attention()) return absl::StrCat(where, "attention metrics without attention");
     if (!(m.has_attn_entropy() && m.has_attn_varentropy() && m.has_agreement() && m.has_interaction_strength())) {
@@ -385,7 +387,8 @@ std::string CheckLogits(const std::vector<float>& values) {
   if (!s.ok()) {
     if (!want_error) return absl::StrCat("logits n=", n, ": rejected valid logits: ", s.status().ToString());
     const std::string field = ErrorField(s.status());
-    if (s.status().code() != absl::StatusCode::kInvalidArgument || (field != "logits.data" && field != "logits.shape")) {
+    if (s.status().code() != absl::StatusCode::kInvalidArgument ||
+        (field != "logits.data" && field != "logits.shape")) {
       return absl::StrCat("logits n=", n, ": unclear error: ", s.status().ToString());
     }
     return "";
@@ -528,10 +531,36 @@ std::string CheckKernelTablesAgree(const std::vector<float>& values) {
 
 const std::vector<float>& SpecialFloats() {
   static const std::vector<float> values = {
-      0.0f,       -0.0f,      1.0f,        -1.0f,       FLT_MAX,     -FLT_MAX,     FLT_MIN,    -FLT_MIN,
-      1e-45f,     -1e-45f,    1.1754942e-38f /* largest denormal */,   std::nanf(""), kInf,    -kInf,
-      1e30f,      -1e30f,     88.72f,      -87.33f,     -103.97f,    -150.0f,      -151.0f,    1e-30f,
-      3.4e38f,    -3.4e38f,   16777216.0f, 0.5f,        2564.0f,     -1e-7f,       1e10f,      -1e10f,
+      0.0f,
+      -0.0f,
+      1.0f,
+      -1.0f,
+      FLT_MAX,
+      -FLT_MAX,
+      FLT_MIN,
+      -FLT_MIN,
+      1e-45f,
+      -1e-45f,
+      1.1754942e-38f /* largest denormal */,
+      std::nanf(""),
+      kInf,
+      -kInf,
+      1e30f,
+      -1e30f,
+      88.72f,
+      -87.33f,
+      -103.97f,
+      -150.0f,
+      -151.0f,
+      1e-30f,
+      3.4e38f,
+      -3.4e38f,
+      16777216.0f,
+      0.5f,
+      2564.0f,
+      -1e-7f,
+      1e10f,
+      -1e10f,
   };
   return values;
 }
@@ -604,9 +633,8 @@ std::string CheckRequestBytes(const uint8_t* data, size_t size) {
   v1::SampleRequest request;
   if (!request.ParseFromArray(data, static_cast<int>(size))) return "";
   const SamplerService& service = Service();
-  const bool has_refs = std::any_of(request.steps().begin(), request.steps().end(), [](const v1::Step& s) {
-    return s.has_logits_ref() || s.has_attention_ref();
-  });
+  const bool has_refs = std::any_of(request.steps().begin(), request.steps().end(),
+                                    [](const v1::Step& s) { return s.has_logits_ref() || s.has_attention_ref(); });
   if (has_refs) {
     if (std::string f = CheckReferences(&request); !f.empty()) return f;
   }
@@ -670,9 +698,9 @@ int32_t SpecialInt32(std::minstd_rand& rng, int64_t vocab) {
 
 int64_t SpecialDim(std::minstd_rand& rng, int64_t current) {
   current = std::clamp<int64_t>(current, -(int64_t{1} << 40), int64_t{1} << 40);  // no overflow below
-  return Pick<int64_t>(rng, {0, -1, 1, 2, current - 1, current + 1, current * 2, int64_t{1} << 31, int64_t{1} << 32,
-                             int64_t{1} << 40, int64_t{1} << 62, std::numeric_limits<int64_t>::max(),
-                             std::numeric_limits<int64_t>::min()});
+  return Pick<int64_t>(
+      rng, {0, -1, 1, 2, current - 1, current + 1, current * 2, int64_t{1} << 31, int64_t{1} << 32, int64_t{1} << 40,
+            int64_t{1} << 62, std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min()});
 }
 
 // Writes a special value over element `index` of a tensor in its own dtype.
@@ -845,8 +873,9 @@ void MutateRequest(std::minstd_rand& rng, v1::SampleRequest* request) {
       ref->set_dtype(Pick<v1::DType>(rng, {v1::DTYPE_F32, v1::DTYPE_F16, v1::DTYPE_BF16, static_cast<v1::DType>(7)}));
       ref->clear_shape();
       ref->add_shape(rng() % 8 ? 1 + static_cast<int64_t>(rng() % 60000) : SpecialDim(rng, 1000));
-      ref->set_offset(rng() % 4 ? 4 * (rng() % 4096) : Pick<uint64_t>(rng, {1, 2, kShmBytes, kShmBytes - 4,
-                                                                           std::numeric_limits<uint64_t>::max()}));
+      ref->set_offset(
+          rng() % 4 ? 4 * (rng() % 4096)
+                    : Pick<uint64_t>(rng, {1, 2, kShmBytes, kShmBytes - 4, std::numeric_limits<uint64_t>::max()}));
       if (rng() % 4) step->clear_logits();
       break;
     }

@@ -134,8 +134,10 @@ absl::StatusOr<std::vector<Seed>> GoldenSeeds(const std::string& golden_dir, See
       v1::DType dtype;
       const char* profile;
       bool params;
-    } variants[] = {{"f32", v1::DTYPE_F32, "", false},        {"f32-frog", v1::DTYPE_F32, "entropix-frog", false},
-                    {"f32-fixed", v1::DTYPE_F32, "fixed", true}, {"bf16", v1::DTYPE_BF16, "", false},
+    } variants[] = {{"f32", v1::DTYPE_F32, "", false},
+                    {"f32-frog", v1::DTYPE_F32, "entropix-frog", false},
+                    {"f32-fixed", v1::DTYPE_F32, "fixed", true},
+                    {"bf16", v1::DTYPE_BF16, "", false},
                     {"f16-frog", v1::DTYPE_F16, "entropix-frog", true}};
     for (const auto& v : variants) {
       v1::SampleRequest request;

@@ -18,8 +18,12 @@ sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 class Samplerd:
     def __init__(self, *extra: str):
         binary = os.environ.get("SAMPLERD_BIN", os.path.join(ROOT, "build", "service", "samplerd"))
-        self.proc = subprocess.Popen([binary, "--listen", "127.0.0.1:0", "--metrics_listen", "127.0.0.1:0", *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [binary, "--listen", "127.0.0.1:0", "--metrics_listen", "127.0.0.1:0", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self.target = self.metrics = None
         deadline = time.monotonic() + 30
         while (self.target is None or self.metrics is None) and time.monotonic() < deadline:

@@ -92,9 +92,15 @@ def test_every_series_used_is_exposed_with_its_labels(exposition, source):
             for label in filter(None, (x.strip() for x in group.split(","))):
                 assert label in labels_here, f"{source}: no series of {sorted(names)} has label {label} ({expr})"
     if source == "dashboard":  # the panels the issue asks for
-        for name in ["samplerd_steps_total", "samplerd_step_errors_total", "samplerd_step_core_seconds_bucket",
-                     "samplerd_active_streams", "samplerd_max_streams", "samplerd_request_bytes_total",
-                     "samplerd_config_reloads_total"]:
+        for name in [
+            "samplerd_steps_total",
+            "samplerd_step_errors_total",
+            "samplerd_step_core_seconds_bucket",
+            "samplerd_active_streams",
+            "samplerd_max_streams",
+            "samplerd_request_bytes_total",
+            "samplerd_config_reloads_total",
+        ]:
             assert name in used, f"no dashboard panel shows {name}"
 
 

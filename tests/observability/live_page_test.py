@@ -22,8 +22,14 @@ from PIL import Image
 import samplerd as sd
 
 # live.js's colours; only the dots are painted in them at full opacity.
-COLORS = {"argmax": (0x1f, 0x77, 0xb4), "clarify": (0x94, 0x67, 0xbd), "explore": (0x2c, 0xa0, 0x2c),
-          "resample": (0xd6, 0x27, 0x28), "adaptive": (0xff, 0x7f, 0x0e), "fixed": (0x7f, 0x7f, 0x7f)}
+COLORS = {
+    "argmax": (0x1F, 0x77, 0xB4),
+    "clarify": (0x94, 0x67, 0xBD),
+    "explore": (0x2C, 0xA0, 0x2C),
+    "resample": (0xD6, 0x27, 0x28),
+    "adaptive": (0xFF, 0x7F, 0x0E),
+    "fixed": (0x7F, 0x7F, 0x7F),
+}
 VOCAB = 2048
 BATCH = 50
 
@@ -66,12 +72,26 @@ def screenshot(url: str, path: str) -> None:
     chromium = shutil.which("chromium")
     assert chromium, "chromium is not installed (scripts/install-deps.sh installs it)"
     with tempfile.TemporaryDirectory(prefix="samplerd-chromium-") as profile_dir:
-        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1",
-               f"--user-data-dir={profile_dir}", "--window-size=1840,600",
-               # virtual time runs the page's timers (a few refreshes) without waiting in real time
-               "--virtual-time-budget=4000", f"--screenshot={path}", url]
+        cmd = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            f"--user-data-dir={profile_dir}",
+            "--window-size=1840,600",
+            # virtual time runs the page's timers (a few refreshes) without waiting in real time
+            "--virtual-time-budget=4000",
+            f"--screenshot={path}",
+            url,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and os.path.exists(path), f"chromium failed: {done.stderr[-2000:]}"
 
@@ -86,14 +106,13 @@ def colour_pixels(path: str) -> dict[str, int]:
         inner = m[1:-1, 1:-1].copy()
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
-                inner &= m[1 + dy:m.shape[0] - 1 + dy, 1 + dx:m.shape[1] - 1 + dx]
+                inner &= m[1 + dy : m.shape[0] - 1 + dy, 1 + dx : m.shape[1] - 1 + dx]
         counts[name] = int(inner.sum())
     return counts
 
 
 def test_live_page_shows_the_steps_sent(samplerd, tmp_path):
-    sent = {"entropix": drive(samplerd, "entropix", 300, seed=1),
-            "fixed": drive(samplerd, "fixed", 200, seed=2)}
+    sent = {"entropix": drive(samplerd, "entropix", 300, seed=1), "fixed": drive(samplerd, "fixed", 200, seed=2)}
     assert sum(sent["entropix"].values()) == 300 and sum(sent["fixed"].values()) == 200
     assert len(sent["entropix"]) >= 2, f"the driver's logits should reach several regimes: {sent['entropix']}"
 

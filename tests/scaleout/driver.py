@@ -48,15 +48,21 @@ VOCAB = 4096
 LAYERS, HEADS, MAX_KV = 2, 4, 96
 PROMPT_LEN, RECENT = 8, 64
 RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.ABORTED,
 }
 # round_robin over every address of the target; the health watch takes a draining (NOT_SERVING) replica out
 # of the rotation before its listener closes.
-SERVICE_CONFIG = json.dumps({
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "healthCheckConfig": {"serviceName": ""},
-})
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": ""},
+    }
+)
 
 
 def load_stubs():
@@ -65,26 +71,39 @@ def load_stubs():
     atexit.register(shutil.rmtree, out, True)
     protos = [os.path.join("samplerd", "v1", p) for p in ("profile.proto", "sampler.proto")]
     plugin = "/usr/bin/grpc_python_plugin"
-    cmd = ["protoc", "-I", os.path.join(REPO, "proto"), "--python_out", out, "--grpc_out", out,
-           "--plugin=protoc-gen-grpc=" + plugin] + protos
+    cmd = [
+        "protoc",
+        "-I",
+        os.path.join(REPO, "proto"),
+        "--python_out",
+        out,
+        "--grpc_out",
+        out,
+        "--plugin=protoc-gen-grpc=" + plugin,
+    ] + protos
     subprocess.run(cmd, check=True)
     sys.path.insert(0, out)
     from samplerd.v1 import sampler_pb2, sampler_pb2_grpc  # noqa: E402 (generated above)
+
     return sampler_pb2, sampler_pb2_grpc
 
 
 def make_channel(target):
-    return grpc.insecure_channel(target, options=[
-        ("grpc.service_config", SERVICE_CONFIG),
-        ("grpc.max_receive_message_length", 64 << 20),
-    ])
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.service_config", SERVICE_CONFIG),
+            ("grpc.max_receive_message_length", 64 << 20),
+        ],
+    )
 
 
 def health_status(channel, timeout):
     """grpc.health.v1.Health/Check for the whole server, without generated stubs: the request is an empty
     HealthCheckRequest, the reply field 1 (varint) the ServingStatus (1 = SERVING, 2 = NOT_SERVING)."""
-    check = channel.unary_unary("/grpc.health.v1.Health/Check",
-                                request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    check = channel.unary_unary(
+        "/grpc.health.v1.Health/Check", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
     reply = check(b"", timeout=timeout)
     if len(reply) >= 2 and reply[0] == 0x08:
         return reply[1]
@@ -148,8 +167,9 @@ class Run:
             raise RuntimeError("seq %d step %d: answer is for %s step %d" % (seq, step, r.sequence_id, r.step))
         if r.HasField("error"):
             with self.lock:
-                self.step_errors.append("%s step %d: code %d %s: %s"
-                                        % (r.sequence_id, step, r.error.code, r.error.field, r.error.message))
+                self.step_errors.append(
+                    "%s step %d: code %d %s: %s" % (r.sequence_id, step, r.error.code, r.error.field, r.error.message)
+                )
             raise RuntimeError("step rejected: " + self.step_errors[-1])
         with self.lock:
             if step in self.results[seq]:
@@ -172,8 +192,13 @@ class Run:
 
     def make_request(self, seq, model, step, history):
         logits, attention = model.inputs(step, history)
-        s = self.pb.Step(sequence_id=self.seq_id(seq), step=step, seed=1_000_003 * (seq + 1),
-                         profile=self.args.profile, recent_tokens=history[-RECENT:])
+        s = self.pb.Step(
+            sequence_id=self.seq_id(seq),
+            step=step,
+            seed=1_000_003 * (seq + 1),
+            profile=self.args.profile,
+            recent_tokens=history[-RECENT:],
+        )
         s.logits.dtype = self.pb.DTYPE_F32
         s.logits.shape.append(VOCAB)
         s.logits.data = logits.tobytes()
@@ -280,8 +305,9 @@ class Run:
                 c.cancel()  # surfaces as CANCELLED in the worker: counted as a failover
             while events and done >= events[0][0] * total:
                 fraction, pid, sig = events.pop(0)
-                print("event: %s to pid %d after %d/%d steps" % (signal.Signals(sig).name, pid, done, total),
-                      flush=True)
+                print(
+                    "event: %s to pid %d after %d/%d steps" % (signal.Signals(sig).name, pid, done, total), flush=True
+                )
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
@@ -323,8 +349,9 @@ class Run:
 
         tokens = [[self.results[s][k][0] for k in sorted(self.results[s])] for s in range(args.sequences)]
         regime_enum = self.pb.StepResult.DESCRIPTOR.fields_by_name["regime"].enum_type
-        regimes = collections.Counter(regime_enum.values_by_number[r].name
-                                      for res in self.results for _, r in res.values())
+        regimes = collections.Counter(
+            regime_enum.values_by_number[r].name for res in self.results for _, r in res.values()
+        )
         steps = sum(len(r) for r in self.results)
         lost = total - steps
         mismatches = 0
@@ -335,23 +362,42 @@ class Run:
                 mine, theirs = tokens[s], ref[s] if s < len(ref) else []
                 if mine != theirs:
                     mismatches += 1
-                    first = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b),
-                                 min(len(mine), len(theirs)))
-                    print("mismatch: %s differs from the reference at step %d" % (self.seq_id(s), first),
-                          file=sys.stderr)
+                    first = next(
+                        (i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs))
+                    )
+                    print(
+                        "mismatch: %s differs from the reference at step %d" % (self.seq_id(s), first), file=sys.stderr
+                    )
         report = {
-            "target": args.target, "sequences": args.sequences, "steps": steps, "elapsed_seconds": elapsed,
-            "failovers": self.failovers, "failover_codes": dict(self.failover_codes),
+            "target": args.target,
+            "sequences": args.sequences,
+            "steps": steps,
+            "elapsed_seconds": elapsed,
+            "failovers": self.failovers,
+            "failover_codes": dict(self.failover_codes),
             "failovers_by_phase": {str(k): v for k, v in sorted(self.failovers_by_phase.items())},
-            "lost": lost, "duplicated": self.duplicated, "mismatches": mismatches, "regimes": dict(regimes),
-            "failed_sequences": self.failed, "step_errors": self.step_errors[:20], "tokens": tokens,
+            "lost": lost,
+            "duplicated": self.duplicated,
+            "mismatches": mismatches,
+            "regimes": dict(regimes),
+            "failed_sequences": self.failed,
+            "step_errors": self.step_errors[:20],
+            "tokens": tokens,
         }
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(report, f)
-        print("driver: %d steps in %.2f s (%.0f steps/s); regimes %s; failovers by cause %s, by phase %s"
-              % (steps, elapsed, steps / max(elapsed, 1e-9), dict(regimes), dict(self.failover_codes),
-                 report["failovers_by_phase"]))
+        print(
+            "driver: %d steps in %.2f s (%.0f steps/s); regimes %s; failovers by cause %s, by phase %s"
+            % (
+                steps,
+                elapsed,
+                steps / max(elapsed, 1e-9),
+                dict(regimes),
+                dict(self.failover_codes),
+                report["failovers_by_phase"],
+            )
+        )
 
         problems = []
         if timed_out:
@@ -368,12 +414,16 @@ class Run:
             problems.append("replicas were stopped but no call failed over: the stopped ones carried no traffic")
         draws = steps - regimes.get("REGIME_ARGMAX", 0)
         if steps and draws < steps // 4:
-            problems.append("only %d of %d steps drew at random: the determinism check would be trivial"
-                            % (draws, steps))
+            problems.append(
+                "only %d of %d steps drew at random: the determinism check would be trivial" % (draws, steps)
+            )
         for p in problems:
             print("FAIL: " + p, file=sys.stderr)
-        print("scaleout: sequences=%d steps=%d failovers=%d lost=%d duplicated=%d mismatches=%d"
-              % (args.sequences, steps, self.failovers, lost, self.duplicated, mismatches), flush=True)
+        print(
+            "scaleout: sequences=%d steps=%d failovers=%d lost=%d duplicated=%d mismatches=%d"
+            % (args.sequences, steps, self.failovers, lost, self.duplicated, mismatches),
+            flush=True,
+        )
         return 1 if problems else 0
 
 
@@ -407,6 +457,7 @@ def cmd_profiles(args, pb, pb_grpc):
 
 def cmd_once(args, pb, pb_grpc):
     from google.protobuf import json_format
+
     run = Run(argparse.Namespace(target=args.target, sequences=1, profile=args.profile, pace_ms=0), pb, pb_grpc)
     model = ToyModel(0)
     reply = run.stub.SampleOnce(run.make_request(0, model, 0, list(model.prompt)), timeout=5)
@@ -428,8 +479,12 @@ def main():
     run.add_argument("--profile", default="")
     run.add_argument("--out")
     run.add_argument("--reference", help="JSON written by an earlier run; tokens must be equal")
-    run.add_argument("--event", action="append", default=[],
-                     help="FRACTION:PID:SIGNAL, e.g. 0.3:1234:KILL: signal PID once that share of steps is done")
+    run.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        help="FRACTION:PID:SIGNAL, e.g. 0.3:1234:KILL: signal PID once that share of steps is done",
+    )
     run.add_argument("--pace-ms", type=float, default=0.0, help="sleep per step (the model's forward pass)")
     run.add_argument("--step-timeout", type=float, default=10.0, help="seconds before a step's call is cancelled")
     run.add_argument("--max-attempts", type=int, default=20, help="tries of one step before its sequence fails")

@@ -198,8 +198,7 @@ TEST(AnswerOrder, UnparsableMessageEndsTheStreamAfterTheEarlierAnswers) {
   Order::Entry* first = ReadOne(&order, 1);
   std::unique_ptr<TestRequest> garbage = order.StartRead();
   ASSERT_NE(garbage, nullptr);
-  EXPECT_EQ(order.Received(std::move(garbage), false, absl::InvalidArgumentError("message 2 does not parse")),
-            nullptr);
+  EXPECT_EQ(order.Received(std::move(garbage), false, absl::InvalidArgumentError("message 2 does not parse")), nullptr);
   EXPECT_EQ(order.StartRead(), nullptr) << "read on after garbage";
   EXPECT_EQ(order.TakeFinish(), std::nullopt);
   AnswerOk(&order, first);

@@ -94,8 +94,8 @@ std::vector<BadStep> Catalogue() {
   auto params = [](v1::Step* s) { return s->mutable_params(); };
   return {
       // dtype
-      {"logits dtype unspecified", [](v1::Step* s) { s->mutable_logits()->set_dtype(v1::DTYPE_UNSPECIFIED); },
-       kInvalid, "logits.dtype", "got 0"},
+      {"logits dtype unspecified", [](v1::Step* s) { s->mutable_logits()->set_dtype(v1::DTYPE_UNSPECIFIED); }, kInvalid,
+       "logits.dtype", "got 0"},
       {"logits dtype 9", [](v1::Step* s) { s->mutable_logits()->set_dtype(static_cast<v1::DType>(9)); }, kInvalid,
        "logits.dtype", "got 9"},
       {"attention dtype -3", [](v1::Step* s) { s->mutable_attention()->set_dtype(static_cast<v1::DType>(-3)); },
@@ -109,80 +109,96 @@ std::vector<BadStep> Catalogue() {
        "logits.data", "got 3999"},
       {"logits one byte long", [](v1::Step* s) { s->mutable_logits()->mutable_data()->push_back('\0'); }, kInvalid,
        "logits.data", "got 4001"},
-      {"attention data empty", [](v1::Step* s) { s->mutable_attention()->clear_data(); }, kInvalid,
-       "attention.data", "got 0"},
+      {"attention data empty", [](v1::Step* s) { s->mutable_attention()->clear_data(); }, kInvalid, "attention.data",
+       "got 0"},
       // shapes
-      {"logits rank 2", [](v1::Step* s) {
+      {"logits rank 2",
+       [](v1::Step* s) {
          s->mutable_logits()->set_shape(0, 2);
          s->mutable_logits()->add_shape(500);
-       }, kInvalid, "logits.shape", "[2, 500]"},
-      {"logits without shape", [](v1::Step* s) { s->mutable_logits()->clear_shape(); }, kInvalid, "logits.shape",
-       "[]"},
-      {"empty logits", [](v1::Step* s) {
+       },
+       kInvalid, "logits.shape", "[2, 500]"},
+      {"logits without shape", [](v1::Step* s) { s->mutable_logits()->clear_shape(); }, kInvalid, "logits.shape", "[]"},
+      {"empty logits",
+       [](v1::Step* s) {
          s->mutable_logits()->set_shape(0, 0);
          s->mutable_logits()->clear_data();
-       }, kInvalid, "logits.shape", "[0]"},
+       },
+       kInvalid, "logits.shape", "[0]"},
       {"negative vocab", [](v1::Step* s) { s->mutable_logits()->set_shape(0, -1000); }, kInvalid, "logits.shape",
        "[-1000]"},
       {"no logits at all", [](v1::Step* s) { s->clear_logits(); }, kInvalid, "logits.dtype", "got 0"},
-      {"attention kv_len 0", [](v1::Step* s) { s->mutable_attention()->set_shape(1, 0); }, kInvalid,
-       "attention.shape", "[4, 0]"},
-      {"attention rank 4", [](v1::Step* s) {
+      {"attention kv_len 0", [](v1::Step* s) { s->mutable_attention()->set_shape(1, 0); }, kInvalid, "attention.shape",
+       "[4, 0]"},
+      {"attention rank 4",
+       [](v1::Step* s) {
          s->mutable_attention()->set_shape(0, 1);
          s->mutable_attention()->set_shape(1, 2);
          s->mutable_attention()->add_shape(2);
          s->mutable_attention()->add_shape(20);
-       }, kInvalid, "attention.shape", "[1, 2, 2, 20]"},
-      {"attention shape product overflows int64", [](v1::Step* s) {
+       },
+       kInvalid, "attention.shape", "[1, 2, 2, 20]"},
+      {"attention shape product overflows int64",
+       [](v1::Step* s) {
          s->mutable_attention()->set_shape(0, int64_t{1} << 40);
          s->mutable_attention()->set_shape(1, int64_t{1} << 40);
-       }, kInvalid, "attention.shape", "overflows"},
-      {"attention shape 3 x 2^62 overflows", [](v1::Step* s) {
+       },
+       kInvalid, "attention.shape", "overflows"},
+      {"attention shape 3 x 2^62 overflows",
+       [](v1::Step* s) {
          s->mutable_attention()->set_shape(0, 3);
          s->mutable_attention()->set_shape(1, int64_t{1} << 62);
-       }, kInvalid, "attention.shape", "overflows"},
+       },
+       kInvalid, "attention.shape", "overflows"},
       // an oversize vocab (docs/contract.md section 6): more tokens than int32 ids can name
       {"vocab 2^62, beyond int32 token ids", [](v1::Step* s) { s->mutable_logits()->set_shape(0, int64_t{1} << 62); },
        kInvalid, "logits.shape", "4611686018427387904"},
       {"vocab 2^31, beyond int32 token ids", [](v1::Step* s) { s->mutable_logits()->set_shape(0, int64_t{1} << 31); },
        kInvalid, "logits.shape", "2147483648"},
       // size limits
-      {"vocab 2^31 - 1 over --max_vocab", [](v1::Step* s) {
-         s->mutable_logits()->set_shape(0, (int64_t{1} << 31) - 1);
-       }, kExhausted, "logits.shape", "2147483647"},
+      {"vocab 2^31 - 1 over --max_vocab",
+       [](v1::Step* s) { s->mutable_logits()->set_shape(0, (int64_t{1} << 31) - 1); }, kExhausted, "logits.shape",
+       "2147483647"},
       {"vocab 3000 over --max_vocab 2000", [](v1::Step* s) { *s = ValidStep(s->sequence_id(), s->step(), 3000); },
        kExhausted, "logits.shape", "3000"},
-      {"attention [8, 1024] over --max_attention_elements 4096", [](v1::Step* s) {
+      {"attention [8, 1024] over --max_attention_elements 4096",
+       [](v1::Step* s) {
          const int64_t shape[] = {8, 1024};
          FillF32Tensor(Gaussian(8 * 1024, 3), shape, s->mutable_attention());
-       }, kExhausted, "attention.shape", "8192"},
+       },
+       kExhausted, "attention.shape", "8192"},
       // values
       {"NaN logit", [](v1::Step* s) { SetF32(s->mutable_logits(), 10, std::nanf("")); }, kInvalid, "logits.data",
        "NaN"},
       {"+inf logit", [](v1::Step* s) { SetF32(s->mutable_logits(), 999, kInf); }, kInvalid, "logits.data", "+inf"},
-      {"every logit -inf", [](v1::Step* s) {
+      {"every logit -inf",
+       [](v1::Step* s) {
          for (int i = 0; i < kVocab; ++i) SetF32(s->mutable_logits(), i, -kInf);
-       }, kInvalid, "logits.data", "-inf"},
+       },
+       kInvalid, "logits.data", "-inf"},
       {"NaN attention", [](v1::Step* s) { SetF32(s->mutable_attention(), 41, std::nanf("")); }, kInvalid,
        "attention.data", "NaN"},
       {"+inf attention", [](v1::Step* s) { SetF32(s->mutable_attention(), 0, kInf); }, kInvalid, "attention.data",
        "+inf"},
-      {"bf16 NaN logit", [](v1::Step* s) {
+      {"bf16 NaN logit",
+       [](v1::Step* s) {
          v1::Tensor* t = s->mutable_logits();
          t->set_dtype(v1::DTYPE_BF16);
          t->set_data(std::string(2 * kVocab, '\0'));
          (*t->mutable_data())[2 * 7] = static_cast<char>(0xc0);  // 0x7fc0: quiet NaN
          (*t->mutable_data())[2 * 7 + 1] = static_cast<char>(0x7f);
-       }, kInvalid, "logits.data", "NaN"},
-      {"f16 +inf logit", [](v1::Step* s) {
+       },
+       kInvalid, "logits.data", "NaN"},
+      {"f16 +inf logit",
+       [](v1::Step* s) {
          v1::Tensor* t = s->mutable_logits();
          t->set_dtype(v1::DTYPE_F16);
          t->set_data(std::string(2 * kVocab, '\0'));
          (*t->mutable_data())[2 * 3 + 1] = static_cast<char>(0x7c);  // 0x7c00: +inf
-       }, kInvalid, "logits.data", "+inf"},
+       },
+       kInvalid, "logits.data", "+inf"},
       // parameters out of range
-      {"temperature -1", [=](v1::Step* s) { params(s)->set_temperature(-1.0f); }, kInvalid, "params.temperature",
-       "-1"},
+      {"temperature -1", [=](v1::Step* s) { params(s)->set_temperature(-1.0f); }, kInvalid, "params.temperature", "-1"},
       {"temperature NaN", [=](v1::Step* s) { params(s)->set_temperature(std::nanf("")); }, kInvalid,
        "params.temperature", "nan"},
       {"temperature +inf", [=](v1::Step* s) { params(s)->set_temperature(kInf); }, kInvalid, "params.temperature",
@@ -202,9 +218,11 @@ std::vector<BadStep> Catalogue() {
        kInvalid, "params.logit_bias", "1000"},
       {"logit_bias +inf", [=](v1::Step* s) { (*params(s)->mutable_logit_bias())[3] = kInf; }, kInvalid,
        "params.logit_bias", "inf"},
-      {"logit_bias masks every token", [=](v1::Step* s) {
+      {"logit_bias masks every token",
+       [=](v1::Step* s) {
          for (int i = 0; i < kVocab; ++i) (*params(s)->mutable_logit_bias())[i] = -kInf;
-       }, kInvalid, "params.logit_bias", "-inf"},
+       },
+       kInvalid, "params.logit_bias", "-inf"},
       {"n_adaptive_samples 0", [=](v1::Step* s) { params(s)->set_n_adaptive_samples(0); }, kInvalid,
        "params.n_adaptive_samples", "got 0"},
       {"n_adaptive_samples 65", [=](v1::Step* s) { params(s)->set_n_adaptive_samples(65); }, kInvalid,
@@ -537,9 +555,10 @@ TEST_F(BadInputCatalogueTest, BytesThatAreNotASampleRequestEndTheStreamAfterEarl
   v1::SampleRequest ok;
   *ok.add_steps() = ValidStep("before-garbage", 0);
   // 0xff... is an invalid tag/wire type; a truncated length-delimited field; a field-1 length past the end.
-  for (const std::string& garbage : {std::string(64, '\xff'), std::string("\x0a\x80\x80\x80\x80\x10", 6),
-                                     std::string("\x0a\x05\x12\x01", 4)}) {
-    const RawStreamResult r = RawSampleStream(channel_.get(), {ok.SerializeAsString(), garbage, ok.SerializeAsString()});
+  for (const std::string& garbage :
+       {std::string(64, '\xff'), std::string("\x0a\x80\x80\x80\x80\x10", 6), std::string("\x0a\x05\x12\x01", 4)}) {
+    const RawStreamResult r =
+        RawSampleStream(channel_.get(), {ok.SerializeAsString(), garbage, ok.SerializeAsString()});
     EXPECT_EQ(r.responses, 1) << "the request before the garbage is answered, nothing after it";
     // docs/contract.md section 6: an unparseable frame ends the stream with its status, naming the message.
     EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << r.status.error_message();
@@ -764,8 +783,8 @@ std::vector<RawCase> RawCases() {
   for (char& c : random_bytes) c = static_cast<char>(rng());
   return {
       {"an HTTP/1.1 request", "GET / HTTP/1.1\r\nHost: samplerd\r\n\r\n", true},
-      {"a TLS ClientHello on the plaintext port", std::string("\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 11) +
-                                                      std::string(160, '\x42'), true},
+      {"a TLS ClientHello on the plaintext port",
+       std::string("\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 11) + std::string(160, '\x42'), true},
       {"4 KiB of random bytes", random_bytes, true},
       {"a wrong preface", "PRI * HTTP/3.0\r\n\r\nSM\r\n\r\n", true},
       {"preface then 64 bytes of 0xff", preface + std::string(64, '\xff'), true},

@@ -55,8 +55,7 @@ int64_t PeakMiB(const ServerProcess& server) {
 std::unique_ptr<v1::Sampler::Stub> Stub(const ServerProcess& server) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);  // responses echo every sequence_id
-  return v1::Sampler::NewStub(
-      grpc::CreateCustomChannel(server.tcp_target(), grpc::InsecureChannelCredentials(), args));
+  return v1::Sampler::NewStub(grpc::CreateCustomChannel(server.tcp_target(), grpc::InsecureChannelCredentials(), args));
 }
 
 void SetLogits(v1::Step* step) {

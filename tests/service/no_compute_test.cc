@@ -72,8 +72,8 @@ class NoComputeServer : public ::testing::TestWithParam<bool> {
     absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(config, ProfileRegistry::BuiltIn());
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    stub_ = v1::Sampler::NewStub(
-        grpc::CreateChannel(server_->bound_addresses()[0], grpc::InsecureChannelCredentials()));
+    stub_ =
+        v1::Sampler::NewStub(grpc::CreateChannel(server_->bound_addresses()[0], grpc::InsecureChannelCredentials()));
   }
   void TearDown() override {
     if (server_ != nullptr) server_->Shutdown();

@@ -111,8 +111,8 @@ std::shared_ptr<grpc::Channel> Tls(const std::string& target, const TempDir& dir
 }
 
 // SampleOnce with one valid step; `token` non-empty adds the bearer token, `traceparent` the trace context.
-grpc::Status CallSampleOnce(grpc::Channel* channel, const std::string& token = "",
-                            const std::string& traceparent = "", v1::SampleResponse* response = nullptr) {
+grpc::Status CallSampleOnce(grpc::Channel* channel, const std::string& token = "", const std::string& traceparent = "",
+                            v1::SampleResponse* response = nullptr) {
   auto stub = v1::Sampler::NewStub(std::shared_ptr<grpc::Channel>(channel, [](grpc::Channel*) {}));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -317,8 +317,8 @@ TEST_F(AuthTest, RightTokenWorksWrongOrMissingTokenIsUnauthenticated) {
   const double steps_after_right = StepsRun();
   EXPECT_EQ(steps_after_right, 1);
 
-  for (const std::string& token : {std::string(), std::string("wrong-token"), std::string("right-toke"),
-                                   std::string("right-token-and-more")}) {
+  for (const std::string& token :
+       {std::string(), std::string("wrong-token"), std::string("right-toke"), std::string("right-token-and-more")}) {
     const grpc::Status refused = CallSampleOnce(channel_.get(), token);
     EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED) << "token \"" << token << "\"";
     EXPECT_THAT(refused.error_message(), HasSubstr("authorization: Bearer"));
@@ -774,9 +774,7 @@ TEST(Lifecycle, CancelledStreamFreesItsSlotAtOnce) {
   std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--max_streams", "1"});
   ASSERT_NE(server, nullptr);
   auto stub = v1::Sampler::NewStub(SmallWindowChannel(server->tcp_target()));
-  auto active = [&] {
-    return MetricValue(HttpGet(server->metrics_address(), "/metrics"), "samplerd_active_streams");
-  };
+  auto active = [&] { return MetricValue(HttpGet(server->metrics_address(), "/metrics"), "samplerd_active_streams"); };
   {
     // A client that writes and never reads: the server holds queued answers and a blocked write for it.
     grpc::ClientContext context;
@@ -891,10 +889,10 @@ TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
   ASSERT_TRUE(dir.ok());
   WriteFile(dir.File("tokens"), "right-token\n");
   const std::string log = dir.File("samplerd.log");
-  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
-      {"--log_format", "json", "--log_level", "info", "--auth_token_file", dir.File("tokens"),
-       "--max_steps_per_request", "1"},
-      log);
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--log_format", "json", "--log_level", "info", "--auth_token_file", dir.File("tokens"),
+                            "--max_steps_per_request", "1"},
+                           log);
   ASSERT_NE(server, nullptr);
   std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
   // Refused by the token check, with a trace context; then with a malformed one.
@@ -933,7 +931,8 @@ TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
     if (msg.find("refused") != std::string::npos) refused.push_back(entry);
     if (msg.find("RESOURCE_EXHAUSTED") != std::string::npos) exhausted.push_back(entry);
     // The call log reports the status the client got, not the handler's answer that went nowhere.
-    if (msg.find("SampleOnce from") != std::string::npos && msg.find("ended with UNAUTHENTICATED") != std::string::npos) {
+    if (msg.find("SampleOnce from") != std::string::npos &&
+        msg.find("ended with UNAUTHENTICATED") != std::string::npos) {
       ++unauthenticated;
       EXPECT_EQ(entry.value("level", ""), "info") << line;
     }
@@ -953,10 +952,10 @@ TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
 TEST(Flags, HelpDocumentsTheOperationsFlags) {
   std::string output;
   ASSERT_EQ(ServerProcess::RunToExit("--help", &output), 0);
-  for (const char* flag : {"--tls_cert", "--tls_key", "--tls_client_ca", "--auth_token_file", "--metrics_listen",
-                           "--log_format", "--max_connection_age_seconds", "--max_connection_age_grace_seconds",
-                           "--max_message_bytes", "--max_streams", "--max_steps_per_request", "--max_vocab",
-                           "--drain_seconds", "SIGHUP"}) {
+  for (const char* flag :
+       {"--tls_cert", "--tls_key", "--tls_client_ca", "--auth_token_file", "--metrics_listen", "--log_format",
+        "--max_connection_age_seconds", "--max_connection_age_grace_seconds", "--max_message_bytes", "--max_streams",
+        "--max_steps_per_request", "--max_vocab", "--drain_seconds", "SIGHUP"}) {
     EXPECT_THAT(output, HasSubstr(flag));
   }
   EXPECT_EQ(ServerProcess::RunToExit("--listen 127.0.0.1:0 --drain_seconds 60", &output), 2);

@@ -30,12 +30,15 @@ inline absl::Status RunRequest(const SamplerService& service, const v1::SampleRe
     absl::Status status;
   };
   auto state = std::make_shared<Done>();
-  service.StartRequest(request, seeds, response, [state](absl::Status status) {
-    std::lock_guard<std::mutex> lock(state->mu);
-    state->status = std::move(status);
-    state->done = true;
-    state->cv.notify_one();
-  }, shm_session);
+  service.StartRequest(
+      request, seeds, response,
+      [state](absl::Status status) {
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->status = std::move(status);
+        state->done = true;
+        state->cv.notify_one();
+      },
+      shm_session);
   std::unique_lock<std::mutex> lock(state->mu);
   state->cv.wait(lock, [&] { return state->done; });
   return state->status;

@@ -149,8 +149,8 @@ TEST(StartRequest, AnswersEveryStepOfManyConcurrentRequests) {
     streams.emplace_back([&, s] {
       SeedTable seeds;  // one per stream, used only on its thread
       for (int r = 0; r < kRequestsPerStream; ++r) {
-        service->StartRequest(requests[static_cast<size_t>(s)], &seeds, &responses[static_cast<size_t>(s)][static_cast<size_t>(r)],
-                              completion.Callback());
+        service->StartRequest(requests[static_cast<size_t>(s)], &seeds,
+                              &responses[static_cast<size_t>(s)][static_cast<size_t>(r)], completion.Callback());
       }
     });
   }

@@ -134,7 +134,6 @@ TEST(ServerConfig, StepsAreSharedWithIdleWorkersUnlessTurnedOff) {
   EXPECT_THAT(DescribeServerConfig(config), HasSubstr("share_steps=false"));
 }
 
-
 // ParseServerFlags over an argv built from `args` (argv[0] = "samplerd").
 std::optional<int> Parse(std::vector<std::string> args, ServerConfig* config) {
   args.insert(args.begin(), "samplerd");

@@ -253,10 +253,10 @@ std::vector<BadStep> BadSteps() {
   };
   const float inf = std::numeric_limits<float>::infinity();
   return {
-      {"wrong dtype", [](v1::Step* s) { s->mutable_logits()->set_dtype(static_cast<v1::DType>(9)); },
-       "logits.dtype", "9"},
-      {"data length mismatch", [](v1::Step* s) { s->mutable_logits()->mutable_data()->resize(3999); },
-       "logits.data", "3999"},
+      {"wrong dtype", [](v1::Step* s) { s->mutable_logits()->set_dtype(static_cast<v1::DType>(9)); }, "logits.dtype",
+       "9"},
+      {"data length mismatch", [](v1::Step* s) { s->mutable_logits()->mutable_data()->resize(3999); }, "logits.data",
+       "3999"},
       {"empty logits",
        [](v1::Step* s) {
          s->mutable_logits()->set_shape(0, 0);
@@ -278,13 +278,11 @@ std::vector<BadStep> BadSteps() {
        "attention.shape", "[80]"},
       {"top_p 1.5", [](v1::Step* s) { s->mutable_params()->set_top_p(1.5f); }, "params.top_p", "1.5"},
       {"top_k -1", [](v1::Step* s) { s->mutable_params()->set_top_k(-1); }, "params.top_k", "-1"},
-      {"temperature -1", [](v1::Step* s) { s->mutable_params()->set_temperature(-1.0f); }, "params.temperature",
-       "-1"},
+      {"temperature -1", [](v1::Step* s) { s->mutable_params()->set_temperature(-1.0f); }, "params.temperature", "-1"},
       {"n_adaptive_samples 65", [](v1::Step* s) { s->mutable_params()->set_n_adaptive_samples(65); },
        "params.n_adaptive_samples", "65"},
       {"top_logprobs 21", [](v1::Step* s) { s->set_top_logprobs(21); }, "top_logprobs", "21"},
-      {"recent token out of vocab", [](v1::Step* s) { s->add_recent_tokens(kVocab); }, "recent_tokens[3]",
-       "1000"},
+      {"recent token out of vocab", [](v1::Step* s) { s->add_recent_tokens(kVocab); }, "recent_tokens[3]", "1000"},
       {"shape product overflows",
        [](v1::Step* s) {
          s->mutable_attention()->set_shape(0, int64_t{1} << 40);
@@ -515,8 +513,8 @@ TEST(ServerDeterminism, SecondProcessDrawsTheSameTokens) {
 class LimitedServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server_ = ServerProcess::Start({"--max_steps_per_request", "4", "--max_vocab", "2000", "--max_streams", "2",
-                                    "--max_message_bytes", "100000"});
+    server_ = ServerProcess::Start(
+        {"--max_steps_per_request", "4", "--max_vocab", "2000", "--max_streams", "2", "--max_message_bytes", "100000"});
     ASSERT_NE(server_, nullptr);
     stub_ = v1::Sampler::NewStub(Connect(server_->tcp_target()));
   }

@@ -33,7 +33,8 @@ std::string UniqueSocketPath() {
 bool ReadLine(int fd, std::chrono::steady_clock::time_point deadline, std::string* line) {
   line->clear();
   while (true) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return false;
     pollfd p{fd, POLLIN, 0};
     const int ready = poll(&p, 1, static_cast<int>(left.count()));
@@ -114,10 +115,9 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
   while (server->tcp_target_.empty() || server->unix_target_.empty() ||
          (wants_metrics && server->metrics_address_.empty())) {
     if (!ReadLine(server->stdout_fd_, deadline, &line)) {
-      std::fprintf(stderr,
-                   "ServerProcess: %s did not print its addresses (got tcp=\"%s\" unix=\"%s\" metrics=\"%s\")\n",
-                   SAMPLERD_BINARY, server->tcp_target_.c_str(), server->unix_target_.c_str(),
-                   server->metrics_address_.c_str());
+      std::fprintf(
+          stderr, "ServerProcess: %s did not print its addresses (got tcp=\"%s\" unix=\"%s\" metrics=\"%s\")\n",
+          SAMPLERD_BINARY, server->tcp_target_.c_str(), server->unix_target_.c_str(), server->metrics_address_.c_str());
       return nullptr;  // the destructor kills the child
     }
     if (line.rfind(kMetrics, 0) == 0) {

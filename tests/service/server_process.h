@@ -48,8 +48,8 @@ class ServerProcess {
   const std::string& metrics_address() const { return metrics_address_; }
   pid_t pid() const { return pid_; }
 
-  // Sends `signal` (0 = none, only wait) and waits up to `timeout` for the exit. Returns the exit code, 128 + signal number when a
-  // signal ended it, or -1 when it is still running after `timeout` (it is then killed).
+  // Sends `signal` (0 = none, only wait) and waits up to `timeout` for the exit. Returns the exit code, 128 + signal
+  // number when a signal ended it, or -1 when it is still running after `timeout` (it is then killed).
   int Stop(int signal, std::chrono::milliseconds timeout);
   int Terminate() { return Stop(15 /* SIGTERM */, std::chrono::seconds(30)); }
 

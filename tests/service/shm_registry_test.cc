@@ -239,13 +239,12 @@ TEST_F(ShmStepTest, BadReferencesAreThatStepsInvalidArgumentNamingTheField) {
   const std::vector<Case> cases = {
       {"unknown region", [](v1::Step* s) { s->mutable_logits_ref()->set_region("feedface"); }, "logits_ref.region",
        "no shared-memory region"},
-      {"another client's region", [](v1::Step*) {}, "logits_ref.region", "belongs to another client",
-       other_session},
+      {"another client's region", [](v1::Step*) {}, "logits_ref.region", "belongs to another client", other_session},
       {"no session metadata", [](v1::Step*) {}, "logits_ref.region", "no samplerd-shm-session", "none"},
       {"misaligned offset", [](v1::Step* s) { s->mutable_logits_ref()->set_offset(kLogitsOffset + 2); },
        "logits_ref.offset", "multiple of the item size 4"},
-      {"past the end", [](v1::Step* s) { s->mutable_logits_ref()->set_offset(kRegionBytes - 4); },
-       "logits_ref.offset", "past the end of the region"},
+      {"past the end", [](v1::Step* s) { s->mutable_logits_ref()->set_offset(kRegionBytes - 4); }, "logits_ref.offset",
+       "past the end of the region"},
       {"offset beyond the region", [](v1::Step* s) { s->mutable_attention_ref()->set_offset(uint64_t{1} << 62); },
        "attention_ref.offset", "past the end"},
       {"overflowing shape",
@@ -258,8 +257,8 @@ TEST_F(ShmStepTest, BadReferencesAreThatStepsInvalidArgumentNamingTheField) {
        "logits_ref", "not both"},
       {"bad dtype is core's check, under the tensor's name",
        [](v1::Step* s) { s->mutable_logits_ref()->set_dtype(static_cast<v1::DType>(9)); }, "logits.dtype", ""},
-      {"a dimension < 1 is core's check", [](v1::Step* s) { s->mutable_logits_ref()->set_shape(0, 0); },
-       "logits.shape", ""},
+      {"a dimension < 1 is core's check", [](v1::Step* s) { s->mutable_logits_ref()->set_shape(0, 0); }, "logits.shape",
+       ""},
   };
   const v1::StepResult good = Answer({RefStep()}, session_).results(0);
   for (const Case& c : cases) {

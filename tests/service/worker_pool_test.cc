@@ -133,7 +133,8 @@ TEST(WorkerPool, ServesManyJobsFromManyThreads) {
   for (int t = 0; t < kThreads; ++t) {
     submitters.emplace_back([&, t] {
       for (int j = 0; j < kJobsPerThread; ++j) {
-        pool->ParallelFor(1 + (t + j) % 7, [&](int, WorkerPool::WorkerState*) { tasks.fetch_add(1); }, on_done);
+        pool->ParallelFor(
+            1 + (t + j) % 7, [&](int, WorkerPool::WorkerState*) { tasks.fetch_add(1); }, on_done);
       }
     });
   }
@@ -168,7 +169,8 @@ TEST(WorkerPool, DestructorFinishesSubmittedJobs) {
 // Runs `body(state)` as the single task of a job and waits for it.
 void RunAsTask(WorkerPool* pool, const std::function<void(WorkerPool::WorkerState*)>& body) {
   DoneCounter done;
-  pool->ParallelFor(1, [&](int, WorkerPool::WorkerState* w) { body(w); }, done.Callback());
+  pool->ParallelFor(
+      1, [&](int, WorkerPool::WorkerState* w) { body(w); }, done.Callback());
   ASSERT_TRUE(done.WaitFor(1));
 }
 
@@ -334,7 +336,8 @@ TEST(WorkerPoolRunHere, DeclinesWhileEveryWorkerIsBusyOrAJobIsQueued) {
   bool ran = false;
   EXPECT_FALSE(pool->TryRunHere([&](WorkerPool::WorkerState*) { ran = true; })) << "the only worker is busy";
   // A queued job also declines it: the queue is served first come, first served.
-  pool->ParallelFor(1, [](int, WorkerPool::WorkerState*) {}, done.Callback());
+  pool->ParallelFor(
+      1, [](int, WorkerPool::WorkerState*) {}, done.Callback());
   EXPECT_FALSE(pool->TryRunHere([&](WorkerPool::WorkerState*) { ran = true; }));
   EXPECT_FALSE(ran);
   {

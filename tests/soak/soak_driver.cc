@@ -45,19 +45,19 @@ using SampleStream = grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleRespo
 struct Flags {
   int streams = 64;
   int steps = 2000;
-  double max_seconds = 0;       // 0 = no limit; else each stream stops after this long
-  double warmup_seconds = 20;   // RSS baseline taken at this point
+  double max_seconds = 0;             // 0 = no limit; else each stream stops after this long
+  double warmup_seconds = 20;         // RSS baseline taken at this point
   double cancel_probability = 0.003;  // per step, per stream
-  int pipeline = 2;             // requests in flight per stream
+  int pipeline = 2;                   // requests in flight per stream
   int vocab = 32000;
   int heads = 8;
   int kv_len = 1024;
-  int channels = 8;             // separate HTTP/2 connections the streams are spread over
+  int channels = 8;  // separate HTTP/2 connections the streams are spread over
   double rss_tolerance = 0.10;
-  std::string target;           // empty = start a samplerd
+  std::string target;  // empty = start a samplerd
   int server_pid = 0;
   std::vector<std::string> server_args;
-  std::string json_out;         // a summary as JSON, for docs/reliability.md
+  std::string json_out;  // a summary as JSON, for docs/reliability.md
   uint32_t seed = 1;
 };
 
@@ -103,8 +103,8 @@ struct Totals {
   std::atomic<int64_t> unexpected{0};
   std::atomic<int64_t> resent_checked{0};
   std::mutex mu;
-  std::vector<std::string> errors;           // the first few unexpected errors
-  std::vector<double> latencies_ms;          // per answered step, merged at the end
+  std::vector<std::string> errors;   // the first few unexpected errors
+  std::vector<double> latencies_ms;  // per answered step, merged at the end
 
   void Unexpected(const std::string& what) {
     unexpected.fetch_add(1);
@@ -117,15 +117,21 @@ class StreamWorker {
  public:
   StreamWorker(int index, const Flags& flags, const Payloads& payloads, v1::Sampler::Stub* stub, Totals* totals,
                Clock::time_point deadline)
-      : index_(index), flags_(flags), payloads_(payloads), stub_(stub), totals_(totals), deadline_(deadline),
-        rng_(flags.seed * 7919u + static_cast<uint32_t>(index)), id_("soak-" + std::to_string(index)) {}
+      : index_(index),
+        flags_(flags),
+        payloads_(payloads),
+        stub_(stub),
+        totals_(totals),
+        deadline_(deadline),
+        rng_(flags.seed * 7919u + static_cast<uint32_t>(index)),
+        id_("soak-" + std::to_string(index)) {}
 
   void Run() {
     std::vector<double> latencies;
     latencies.reserve(static_cast<size_t>(flags_.steps));
     std::uniform_real_distribution<double> unit(0.0, 1.0);
-    uint64_t next_to_send = 0;   // next step index to write
-    uint64_t next_answer = 0;    // step the next answer must be for
+    uint64_t next_to_send = 0;  // next step index to write
+    uint64_t next_answer = 0;   // step the next answer must be for
     Open();
     std::vector<Clock::time_point> sent_at(static_cast<size_t>(flags_.steps));
     while (next_answer < static_cast<uint64_t>(flags_.steps)) {
@@ -149,8 +155,8 @@ class StreamWorker {
         while (stream_->Read(&late)) Check(late, &next_answer, nullptr);
         const grpc::Status status = stream_->Finish();
         if (status.error_code() != grpc::StatusCode::CANCELLED && !status.ok()) {
-          totals_->Unexpected(id_ + ": status " + std::to_string(status.error_code()) + " after a cancel: " +
-                              status.error_message());
+          totals_->Unexpected(id_ + ": status " + std::to_string(status.error_code()) +
+                              " after a cancel: " + status.error_message());
         }
         // Resend from the last answered step too: its answer on the new stream must be the same token.
         if (next_answer > 0) --next_answer;
@@ -202,8 +208,8 @@ class StreamWorker {
     s->mutable_attention()->set_data(payloads_.attention[(pick + step / 3) % payloads_.attention.size()]);
     // The tokens drawn so far, as a model host sends them: those of the steps certainly answered before this one
     // was first sent (so a resent step carries the same ones), the last 64.
-    const size_t known = std::min(history_.size(), static_cast<size_t>(
-        std::max<int64_t>(0, static_cast<int64_t>(step) + 1 - flags_.pipeline)));
+    const size_t known = std::min(
+        history_.size(), static_cast<size_t>(std::max<int64_t>(0, static_cast<int64_t>(step) + 1 - flags_.pipeline)));
     for (size_t i = known > 64 ? known - 64 : 0; i < known; ++i) s->add_recent_tokens(history_[i]);
     return request;
   }
@@ -293,8 +299,8 @@ int Run(const Flags& flags) {
   std::vector<std::thread> threads;
   std::vector<std::unique_ptr<StreamWorker>> workers;
   for (int s = 0; s < flags.streams; ++s) {
-    workers.push_back(std::make_unique<StreamWorker>(s, flags, payloads, stubs[static_cast<size_t>(s % flags.channels)].get(),
-                                                     &totals, deadline));
+    workers.push_back(std::make_unique<StreamWorker>(
+        s, flags, payloads, stubs[static_cast<size_t>(s % flags.channels)].get(), &totals, deadline));
     threads.emplace_back([w = workers.back().get()] { w->Run(); });
   }
 
@@ -338,11 +344,12 @@ int Run(const Flags& flags) {
               static_cast<long long>(totals.cancellations.load()), static_cast<long long>(totals.resent_checked.load()),
               static_cast<long long>(totals.unexpected.load()));
   for (const std::string& e : totals.errors) std::printf("soak: unexpected: %s\n", e.c_str());
-  std::printf("soak: server VmRSS %lld KiB at start, %lld KiB after the %.0f s warm-up (%lld steps), peak after it "
-              "%lld KiB, %lld KiB at the end\n",
-              static_cast<long long>(rss_at_start), static_cast<long long>(baseline), flags.warmup_seconds,
-              static_cast<long long>(steps_at_warmup), static_cast<long long>(peak_after_warmup),
-              static_cast<long long>(final_rss));
+  std::printf(
+      "soak: server VmRSS %lld KiB at start, %lld KiB after the %.0f s warm-up (%lld steps), peak after it "
+      "%lld KiB, %lld KiB at the end\n",
+      static_cast<long long>(rss_at_start), static_cast<long long>(baseline), flags.warmup_seconds,
+      static_cast<long long>(steps_at_warmup), static_cast<long long>(peak_after_warmup),
+      static_cast<long long>(final_rss));
 
   bool ok = true;
   if (totals.unexpected.load() != 0) ok = false;
@@ -351,7 +358,8 @@ int Run(const Flags& flags) {
     ok = false;
   } else {
     const double limit = static_cast<double>(baseline) * (1.0 + flags.rss_tolerance);
-    const double growth = static_cast<double>(std::max(peak_after_warmup, final_rss)) / static_cast<double>(baseline) - 1;
+    const double growth =
+        static_cast<double>(std::max(peak_after_warmup, final_rss)) / static_cast<double>(baseline) - 1;
     std::printf("soak: RSS growth after warm-up %.1f %% (limit %.0f %%)\n", 100 * growth, 100 * flags.rss_tolerance);
     if (static_cast<double>(peak_after_warmup) > limit || static_cast<double>(final_rss) > limit) ok = false;
   }
@@ -373,7 +381,8 @@ int Run(const Flags& flags) {
         << ", \"latency_ms_p99\": " << p99 << ", \"cancellations\": " << totals.cancellations.load()
         << ", \"unexpected_errors\": " << totals.unexpected.load() << ", \"rss_kib_start\": " << rss_at_start
         << ", \"rss_kib_after_warmup\": " << baseline << ", \"rss_kib_peak_after_warmup\": " << peak_after_warmup
-        << ", \"rss_kib_final\": " << final_rss << ", \"passed\": " << (ok ? "true" : "false") << ", \"rss_samples\": [";
+        << ", \"rss_kib_final\": " << final_rss << ", \"passed\": " << (ok ? "true" : "false")
+        << ", \"rss_samples\": [";
     for (size_t i = 0; i < samples.size(); ++i) {
       out << (i ? ", " : "") << "[" << samples[i].first << ", " << samples[i].second << "]";
     }

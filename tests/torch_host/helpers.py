@@ -34,10 +34,10 @@ def check_png(path: str, min_size: int = 100) -> tuple[int, int]:
     while pos < len(data):
         if pos + 12 > len(data):
             raise AssertionError(f"{path}: truncated chunk at {pos}")
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        ctype = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        ctype = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         if zlib.crc32(ctype + body) & 0xFFFFFFFF != crc:
             raise AssertionError(f"{path}: bad CRC in chunk {ctype!r}")
         chunks.append(ctype)
@@ -67,8 +67,9 @@ def check_png(path: str, min_size: int = 100) -> tuple[int, int]:
 def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\n"
-                             f"stderr:\n{p.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {p.returncode}\nstdout:\n{p.stdout[-3000:]}\n" f"stderr:\n{p.stderr[-3000:]}"
+        )
     return p
 
 
@@ -80,9 +81,28 @@ def tiny_checkpoint() -> str:
     if "checkpoint" not in _state:
         d = tempfile.mkdtemp(prefix="torch-host-test-")
         path = os.path.join(d, "tiny.pt")
-        p = run([PYTHON, os.path.join(HOST_DIR, "train.py"), "--out", path, "--max-seconds", str(TRAIN_SECONDS),
-                 "--steps", "100000", "--eval-every", "0", "--layers", str(TINY["layers"]), "--heads",
-                 str(TINY["heads"]), "--d-model", str(TINY["d_model"]), "--context", str(TINY["context"])])
+        p = run(
+            [
+                PYTHON,
+                os.path.join(HOST_DIR, "train.py"),
+                "--out",
+                path,
+                "--max-seconds",
+                str(TRAIN_SECONDS),
+                "--steps",
+                "100000",
+                "--eval-every",
+                "0",
+                "--layers",
+                str(TINY["layers"]),
+                "--heads",
+                str(TINY["heads"]),
+                "--d-model",
+                str(TINY["d_model"]),
+                "--context",
+                str(TINY["context"]),
+            ]
+        )
         _state["checkpoint"] = path
         _state["train_stderr"] = p.stderr
     return _state["checkpoint"]

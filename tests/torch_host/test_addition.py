@@ -30,15 +30,48 @@ def setUpModule():
     global TMP, CKPT, DOC, FIGS, WORK, RESULT
     TMP = tempfile.mkdtemp(prefix="torch-host-addition-")
     CKPT = os.path.join(TMP, "addition.pt")
-    helpers.run([helpers.PYTHON, os.path.join(helpers.HOST_DIR, "addition.py"), "--out", CKPT, "--steps",
-                 str(TRAIN_STEPS), "--check", "20"], timeout=600)
+    helpers.run(
+        [
+            helpers.PYTHON,
+            os.path.join(helpers.HOST_DIR, "addition.py"),
+            "--out",
+            CKPT,
+            "--steps",
+            str(TRAIN_STEPS),
+            "--check",
+            "20",
+        ],
+        timeout=600,
+    )
     DOC, FIGS, WORK = (os.path.join(TMP, n) for n in ("evaluation.md", "figs", "work"))
     with open(DOC, "w") as f:  # a doc with other content: only the addition section may change
         f.write("# Evaluation\n\nother section\n")
     out = os.path.join(TMP, "result.json")
-    helpers.run([helpers.PYTHON, os.path.join(helpers.HOST_DIR, "evaluate_addition.py"), "--checkpoint", CKPT,
-                 "--test", str(TEST), "--calibration", str(CALIBRATION), "--seeds", "1", "--bootstrap", "200",
-                 "--doc", DOC, "--fig-dir", FIGS, "--work-dir", WORK, "--json", out], timeout=900)
+    helpers.run(
+        [
+            helpers.PYTHON,
+            os.path.join(helpers.HOST_DIR, "evaluate_addition.py"),
+            "--checkpoint",
+            CKPT,
+            "--test",
+            str(TEST),
+            "--calibration",
+            str(CALIBRATION),
+            "--seeds",
+            "1",
+            "--bootstrap",
+            "200",
+            "--doc",
+            DOC,
+            "--fig-dir",
+            FIGS,
+            "--work-dir",
+            WORK,
+            "--json",
+            out,
+        ],
+        timeout=900,
+    )
     with open(out) as f:
         RESULT = json.load(f)
 
@@ -75,6 +108,7 @@ class AdditionEvaluationTest(unittest.TestCase):
         entropy = [b["value"] for b in argmax["bounds"] if b["metric"] == "METRIC_LOGITS_ENTROPY"][0]
         record = os.path.join(WORK, "calibration.jsonl")
         from samplerd.calibration import quantile, read_record
+
         steps = read_record(record)
         self.assertEqual(entropy, quantile([s["logits_entropy"] for s in steps], 0.5))
         with open(os.path.join(WORK, "profiles.json")) as f:
@@ -83,6 +117,7 @@ class AdditionEvaluationTest(unittest.TestCase):
 
     def test_regenerating_either_part_of_the_doc_keeps_the_other(self):
         import evaluate_addition as ea
+
         with open(DOC, encoding="utf-8") as f:
             doc = f.read()
         section = ea.kept_section(doc)
@@ -114,8 +149,9 @@ class AdditionEvaluationTest(unittest.TestCase):
         for needle in ("AUROC", "Regime mix", "samplerctl calibrate --from"):
             self.assertIn(needle, text)
         pngs = sorted(f for f in os.listdir(FIGS) if f.endswith(".png"))
-        self.assertEqual(pngs, ["addition-accuracy.png", "addition-calibrated-bounds.png",
-                                "addition-right-vs-wrong.png"])
+        self.assertEqual(
+            pngs, ["addition-accuracy.png", "addition-calibrated-bounds.png", "addition-right-vs-wrong.png"]
+        )
         for f in pngs:
             self.assertIn(f"figs/{f}", text)
             helpers.check_png(os.path.join(FIGS, f))

@@ -38,11 +38,37 @@ def setUpModule():
     for profile in ("entropix", "fixed", "greedy"):
         rec = os.path.join(TMP, f"{profile}.jsonl")
         png = os.path.join(TMP, f"{profile}.png")
-        p = helpers.run([helpers.PYTHON, os.path.join(helpers.HOST_DIR, "generate.py"), "--checkpoint", CKPT,
-                         "--target", TARGET, "--prompt", PROMPT, "--max-new-tokens", str(NEW), "--profile", profile,
-                         "--seed", "7", "--record", rec, "--plot", png, "--color", "always"])
-        RECORDS[profile] = {"record": rec, "png": png, "stdout": p.stdout, "stderr": p.stderr,
-                            "data": plots.load_record(rec)}
+        p = helpers.run(
+            [
+                helpers.PYTHON,
+                os.path.join(helpers.HOST_DIR, "generate.py"),
+                "--checkpoint",
+                CKPT,
+                "--target",
+                TARGET,
+                "--prompt",
+                PROMPT,
+                "--max-new-tokens",
+                str(NEW),
+                "--profile",
+                profile,
+                "--seed",
+                "7",
+                "--record",
+                rec,
+                "--plot",
+                png,
+                "--color",
+                "always",
+            ]
+        )
+        RECORDS[profile] = {
+            "record": rec,
+            "png": png,
+            "stdout": p.stdout,
+            "stderr": p.stderr,
+            "data": plots.load_record(rec),
+        }
 
 
 def tearDownModule():
@@ -130,8 +156,22 @@ class EndToEndTest(unittest.TestCase):
         for regime in regimes:
             self.assertIn(gen.ANSI[regime], out)
         self.assertIn(gen.ANSI["FIXED"], RECORDS["fixed"]["stdout"])
-        plain = helpers.run([helpers.PYTHON, os.path.join(helpers.HOST_DIR, "generate.py"), "--checkpoint", CKPT,
-                             "--target", TARGET, "--prompt", PROMPT, "--max-new-tokens", "5", "--color", "never"])
+        plain = helpers.run(
+            [
+                helpers.PYTHON,
+                os.path.join(helpers.HOST_DIR, "generate.py"),
+                "--checkpoint",
+                CKPT,
+                "--target",
+                TARGET,
+                "--prompt",
+                PROMPT,
+                "--max-new-tokens",
+                "5",
+                "--color",
+                "never",
+            ]
+        )
         self.assertNotIn("\033[", plain.stdout)
         self.assertTrue(plain.stdout.startswith(PROMPT))
 
@@ -140,8 +180,9 @@ class EndToEndTest(unittest.TestCase):
             w, h = helpers.check_png(r["png"])
             self.assertGreater(w, h, "two panels side by side")
         again = os.path.join(TMP, "from-record.png")
-        helpers.run([helpers.PYTHON, os.path.join(helpers.HOST_DIR, "plots.py"), RECORDS["entropix"]["record"],
-                     "--out", again])
+        helpers.run(
+            [helpers.PYTHON, os.path.join(helpers.HOST_DIR, "plots.py"), RECORDS["entropix"]["record"], "--out", again]
+        )
         helpers.check_png(again)
 
     def test_regions_come_from_the_profile_bounds(self):
@@ -151,16 +192,19 @@ class EndToEndTest(unittest.TestCase):
         ent = torch.tensor([[0.05, 4.0, 2.0, 6.0, 2.0]]).numpy()
         vent = torch.tensor([[0.05, 0.05, 7.0, 7.0, 2.0]]).numpy()
         region, _ = plots.regime_regions(prof, ent, vent)
-        self.assertEqual([plots.REGIMES[i] for i in region[0]],
-                         ["ARGMAX", "CLARIFY", "EXPLORE", "RESAMPLE", "ADAPTIVE"])
+        self.assertEqual(
+            [plots.REGIMES[i] for i in region[0]], ["ARGMAX", "CLARIFY", "EXPLORE", "RESAMPLE", "ADAPTIVE"]
+        )
         fixed_region, _ = plots.regime_regions(RECORDS["fixed"]["data"][0]["profile_def"], ent, vent)
         self.assertEqual({plots.REGIMES[i] for i in fixed_region[0]}, {"FIXED"})
 
     def test_same_seed_same_text_other_seed_other_text(self):
         link = sampler_link.connect(TARGET)
         try:
-            runs = [gen.generate(self.model, link, b"A ", 32, profile="fixed", seed=s, sequence_id="det")[1]
-                    for s in (11, 11, 12)]
+            runs = [
+                gen.generate(self.model, link, b"A ", 32, profile="fixed", seed=s, sequence_id="det")[1]
+                for s in (11, 11, 12)
+            ]
             no_att = gen.generate(self.model, link, b"A ", 8, profile="entropix", seed=3, send_attention=False)[1]
         finally:
             link.close()
@@ -175,13 +219,37 @@ class EndToEndTest(unittest.TestCase):
     def test_evaluation_command_writes_the_doc(self):
         doc = os.path.join(TMP, "eval", "evaluation.md")
         figs = os.path.join(TMP, "eval", "figs")
-        helpers.run([helpers.PYTHON, os.path.join(helpers.HOST_DIR, "evaluate.py"), "--checkpoint", CKPT,
-                     "--target", TARGET, "--doc", doc, "--fig-dir", figs, "--prompts", "2", "--seeds", "1",
-                     "--max-new-tokens", "24"])
+        helpers.run(
+            [
+                helpers.PYTHON,
+                os.path.join(helpers.HOST_DIR, "evaluate.py"),
+                "--checkpoint",
+                CKPT,
+                "--target",
+                TARGET,
+                "--doc",
+                doc,
+                "--fig-dir",
+                figs,
+                "--prompts",
+                "2",
+                "--seeds",
+                "1",
+                "--max-new-tokens",
+                "24",
+            ]
+        )
         with open(doc, encoding="utf-8") as f:
             text = f.read()
-        for needle in ("| `entropix` |", "| `fixed` |", "| `greedy` |", "repetition rate", "distinct-2",
-                       "model alone", "Regime mix"):
+        for needle in (
+            "| `entropix` |",
+            "| `fixed` |",
+            "| `greedy` |",
+            "repetition rate",
+            "distinct-2",
+            "model alone",
+            "Regime mix",
+        ):
             self.assertIn(needle, text)
         if os.path.isdir(os.path.join(helpers.REPO, "clients", "python", "samplerd")):
             # the batched run (one request carrying every sequence's step) drew the same tokens

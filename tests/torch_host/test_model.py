@@ -15,8 +15,15 @@ import torch  # noqa: E402
 
 import corpus  # noqa: E402
 import evaluate  # noqa: E402
-from model import (ByteGPT, ModelConfig, _apply_rope, _rope_tables, load_checkpoint,  # noqa: E402
-                   save_checkpoint, set_torch_threads)
+from model import (
+    ByteGPT,
+    ModelConfig,
+    _apply_rope,
+    _rope_tables,
+    load_checkpoint,  # noqa: E402
+    save_checkpoint,
+    set_torch_threads,
+)
 
 set_torch_threads(1)
 
@@ -122,8 +129,11 @@ class CorpusAndTrainingTest(unittest.TestCase):
         model, meta = load_checkpoint(path)
         self.assertEqual(meta["stopped_by"], "max-seconds")
         self.assertGreater(meta["steps"], 20)
-        self.assertLess(meta["val_loss"], meta["initial_val_loss"] - 1.0,
-                        "a few seconds of training must cut the validation loss by more than 1 nat/byte")
+        self.assertLess(
+            meta["val_loss"],
+            meta["initial_val_loss"] - 1.0,
+            "a few seconds of training must cut the validation loss by more than 1 nat/byte",
+        )
         self.assertLess(meta["val_loss"], math.log(256))
         self.assertEqual(model.cfg.n_layer, helpers.TINY["layers"])
         self.assertRegex(helpers._state["train_stderr"], r"\[[#-]+\]\s+\d+/\d+ loss\s+\d+\.\d+")

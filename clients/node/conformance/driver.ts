@@ -10,7 +10,9 @@ import { Client, Params, Session, StepError, StepResult, TensorInput } from "../
 import { bf16Bits, f16Bits, stepInputs } from "./model";
 import { readNpy } from "./npy";
 
-interface WireParams { [k: string]: number }
+interface WireParams {
+  [k: string]: number;
+}
 
 interface GoldenRequest {
   id: string;
@@ -35,8 +37,14 @@ interface Generation {
 }
 
 const PARAM_NAMES: Record<string, keyof Params> = {
-  temperature: "temperature", top_k: "topK", top_p: "topP", min_p: "minP", repetition_penalty: "repetitionPenalty",
-  frequency_penalty: "frequencyPenalty", presence_penalty: "presencePenalty", n_adaptive_samples: "nAdaptiveSamples",
+  temperature: "temperature",
+  top_k: "topK",
+  top_p: "topP",
+  min_p: "minP",
+  repetition_penalty: "repetitionPenalty",
+  frequency_penalty: "frequencyPenalty",
+  presence_penalty: "presencePenalty",
+  n_adaptive_samples: "nAdaptiveSamples",
   clarifying_token: "clarifyingToken",
 };
 
@@ -62,13 +70,35 @@ export function record(id: string, r: StepResult): string {
   const a = r.applied;
   const m = r.metrics;
   return [
-    id, `step=${r.step}`, `token=${r.token}`, `regime=${r.regime}`, `logprob=${hex(r.logprob)}`,
-    `applied=${[hex(a.temperature), int(a.topK), hex(a.topP), hex(a.minP), hex(a.repetitionPenalty),
-      hex(a.frequencyPenalty), hex(a.presencePenalty), int(a.nAdaptiveSamples), int(a.clarifyingToken)].join(",")}`,
-    `metrics=${[m.logitsEntropy, m.logitsVarentropy, m.attnEntropy, m.attnVarentropy, m.agreement,
-      m.interactionStrength].map(hex).join(",")}`,
+    id,
+    `step=${r.step}`,
+    `token=${r.token}`,
+    `regime=${r.regime}`,
+    `logprob=${hex(r.logprob)}`,
+    `applied=${[
+      hex(a.temperature),
+      int(a.topK),
+      hex(a.topP),
+      hex(a.minP),
+      hex(a.repetitionPenalty),
+      hex(a.frequencyPenalty),
+      hex(a.presencePenalty),
+      int(a.nAdaptiveSamples),
+      int(a.clarifyingToken),
+    ].join(",")}`,
+    `metrics=${[
+      m.logitsEntropy,
+      m.logitsVarentropy,
+      m.attnEntropy,
+      m.attnVarentropy,
+      m.agreement,
+      m.interactionStrength,
+    ]
+      .map(hex)
+      .join(",")}`,
     `top=${r.top.map((t) => `${t.token}:${hex(t.logprob)}`).join(",")}`,
-    `seed=${r.seed}`, `profile=${r.profile}`,
+    `seed=${r.seed}`,
+    `profile=${r.profile}`,
   ].join(" ");
 }
 
@@ -84,9 +114,11 @@ function encode(values: Float32Array, shape: number[], dtype: string): TensorInp
 
 async function main(): Promise<void> {
   const args = new Map<string, string>();
-  for (let i = 2; i + 1 < process.argv.length; i += 2) args.set(process.argv[i].replace(/^--/, ""), process.argv[i + 1]);
+  for (let i = 2; i + 1 < process.argv.length; i += 2)
+    args.set(process.argv[i].replace(/^--/, ""), process.argv[i + 1]);
   for (const k of ["target", "requests", "golden", "out"]) {
-    if (!args.has(k)) throw new Error(`usage: driver.js --target ADDR --requests FILE --golden DIR --out FILE (missing --${k})`);
+    if (!args.has(k))
+      throw new Error(`usage: driver.js --target ADDR --requests FILE --golden DIR --out FILE (missing --${k})`);
   }
   const doc = JSON.parse(readFileSync(args.get("requests")!, "utf8"));
   const golden: GoldenRequest[] = doc.golden;
@@ -102,11 +134,19 @@ async function main(): Promise<void> {
     for (const g of golden) {
       const logits = load(g.logits);
       const attention = g.attention ? load(g.attention) : undefined;
-      const s = client.session({ sequenceId: g.id, seed: BigInt(g.seed), profile: g.profile, params: toParams(g.params),
-        recentTokens: g.recent_tokens, topLogprobs: g.top_logprobs });
+      const s = client.session({
+        sequenceId: g.id,
+        seed: BigInt(g.seed),
+        profile: g.profile,
+        params: toParams(g.params),
+        recentTokens: g.recent_tokens,
+        topLogprobs: g.top_logprobs,
+      });
       try {
-        const r = await s.step(encode(logits.data, logits.shape, g.dtype),
-          attention && encode(attention.data, attention.shape, g.dtype));
+        const r = await s.step(
+          encode(logits.data, logits.shape, g.dtype),
+          attention && encode(attention.data, attention.shape, g.dtype),
+        );
         lines.push(record(g.id, r));
       } catch (e) {
         if (!(e instanceof StepError)) throw e;
@@ -114,15 +154,25 @@ async function main(): Promise<void> {
       }
     }
     const shape = { vocab: gen.vocab, layers: gen.layers, heads: gen.heads, kvBase: gen.kv_base };
-    const sessions: Session[] = gen.sequences.map((q) => client.session({ sequenceId: q.id, seed: BigInt(q.seed),
-      profile: q.profile, params: toParams(q.params), recentTokens: q.prompt }));
+    const sessions: Session[] = gen.sequences.map((q) =>
+      client.session({
+        sequenceId: q.id,
+        seed: BigInt(q.seed),
+        profile: q.profile,
+        params: toParams(q.params),
+        recentTokens: q.prompt,
+      }),
+    );
     const prev = gen.sequences.map((q) => q.prompt[q.prompt.length - 1]);
     for (let t = 0; t < gen.steps; t++) {
       const dtype = gen.dtypes[t % gen.dtypes.length];
       const items = sessions.map((s, i) => {
         const x = stepInputs(shape, gen.sequences[i].salt, t, prev[i]);
-        return [s, encode(x.logits, [gen.vocab], dtype), encode(x.attention, x.attentionShape, dtype)] as
-          [Session, TensorInput, TensorInput];
+        return [s, encode(x.logits, [gen.vocab], dtype), encode(x.attention, x.attentionShape, dtype)] as [
+          Session,
+          TensorInput,
+          TensorInput,
+        ];
       });
       const results = await client.sampleBatch(items);
       results.forEach((r, i) => {

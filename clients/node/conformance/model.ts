@@ -45,7 +45,7 @@ export function stepInputs(shape: ModelShape, salt: number, t: number, prev: num
   const attention = new Float32Array(n);
   for (let j = 0; j < n; j++) {
     const h = fmix32((akey ^ Math.imul(j, 0x165667b1)) >>> 0);
-    attention[j] = ((h >>> 24) % 23 === 0) ? -Infinity : ((h % 128) - 64) * ascale;
+    attention[j] = (h >>> 24) % 23 === 0 ? -Infinity : ((h % 128) - 64) * ascale;
   }
   return { logits, attention, attentionShape: [shape.layers, shape.heads, kv] };
 }

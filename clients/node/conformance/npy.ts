@@ -8,7 +8,8 @@ export interface NpyArray {
 
 export function readNpy(path: string): NpyArray {
   const buf = readFileSync(path);
-  if (buf.readUInt8(0) !== 0x93 || buf.toString("latin1", 1, 6) !== "NUMPY") throw new Error(`${path}: not a .npy file`);
+  if (buf.readUInt8(0) !== 0x93 || buf.toString("latin1", 1, 6) !== "NUMPY")
+    throw new Error(`${path}: not a .npy file`);
   const major = buf.readUInt8(6);
   const headerLen = major === 1 ? buf.readUInt16LE(8) : buf.readUInt32LE(8);
   const start = major === 1 ? 10 : 12;
@@ -18,7 +19,11 @@ export function readNpy(path: string): NpyArray {
   }
   const m = /'shape':\s*\(([^)]*)\)/.exec(header);
   if (!m) throw new Error(`${path}: no shape in header ${header}`);
-  const shape = m[1].split(",").map((s) => s.trim()).filter(Boolean).map(Number);
+  const shape = m[1]
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map(Number);
   const count = shape.reduce((a, b) => a * b, 1);
   const offset = start + headerLen;
   const data = new Float32Array(count);

@@ -28,6 +28,21 @@ if (!files.every((f) => existsSync(join(source, f)))) {
 
 rmSync(join(here, "src", "gen"), { recursive: true, force: true });
 const bin = join(here, "node_modules", ".bin", "proto-loader-gen-types");
-execFileSync(bin, ["--longs=String", "--enums=String", "--defaults", "--oneofs", "--includeComments",
-  "--grpcLib=@grpc/grpc-js", "-I", target, "-O", join(here, "src", "gen"), ...files], { stdio: "inherit" });
+execFileSync(
+  bin,
+  [
+    "--longs=String",
+    "--enums=String",
+    "--defaults",
+    "--oneofs",
+    "--includeComments",
+    "--grpcLib=@grpc/grpc-js",
+    "-I",
+    target,
+    "-O",
+    join(here, "src", "gen"),
+    ...files,
+  ],
+  { stdio: "inherit" },
+);
 console.log("gen: src/gen written from proto/samplerd/v1 and proto/grpc/health/v1");

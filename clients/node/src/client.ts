@@ -23,7 +23,14 @@ import type { StepResult__Output } from "./gen/samplerd/v1/StepResult";
 import { healthCheckMethod, proto } from "./proto";
 import { TensorInput, toTensor } from "./tensors";
 import {
-  BatchError, Params, paramsToWire, ProtocolError, resultFromWire, StepError, StepResult, Unavailable,
+  BatchError,
+  Params,
+  paramsToWire,
+  ProtocolError,
+  resultFromWire,
+  StepError,
+  StepResult,
+  Unavailable,
 } from "./types";
 
 // How many recent tokens a session sends by default; the same in every client of this repository.
@@ -32,8 +39,13 @@ export const DEFAULT_MAX_RECENT = 1024;
 // Transport failures after which a step is sent again, to the next endpoint. A step is a pure function of its
 // request (docs/contract.md section 5), so resending one a dead server may have answered is safe. INTERNAL covers
 // streams reset mid-frame by a dying peer.
-const RETRYABLE = new Set<number>([grpc.status.UNAVAILABLE, grpc.status.CANCELLED, grpc.status.ABORTED,
-  grpc.status.DEADLINE_EXCEEDED, grpc.status.INTERNAL]);
+const RETRYABLE = new Set<number>([
+  grpc.status.UNAVAILABLE,
+  grpc.status.CANCELLED,
+  grpc.status.ABORTED,
+  grpc.status.DEADLINE_EXCEEDED,
+  grpc.status.INTERNAL,
+]);
 
 // round_robin: with a target resolving to several addresses (dns:///name:port, ipv4:a:p,b:p) new streams go to a
 // ready address. Reconnect backoff capped at 2 s so a restarted replica is used again soon.
@@ -45,33 +57,33 @@ const CHANNEL_OPTIONS = {
 };
 
 export interface TlsOptions {
-  rootCerts?: Buffer;        // PEM; undefined = the system roots
-  certChain?: Buffer;        // PEM client certificate, for mutual TLS
-  privateKey?: Buffer;       // PEM key of certChain
-  serverName?: string;       // name checked in the server's certificate, for addresses not in it
+  rootCerts?: Buffer; // PEM; undefined = the system roots
+  certChain?: Buffer; // PEM client certificate, for mutual TLS
+  privateKey?: Buffer; // PEM key of certChain
+  serverName?: string; // name checked in the server's certificate, for addresses not in it
 }
 
 export interface ClientOptions {
   tls?: boolean | TlsOptions | grpc.ChannelCredentials;
-  token?: string;            // sent as `authorization: Bearer <token>` on every call
-  timeoutMs?: number;        // how long a step may take before its endpoint is given up on (10 s)
-  failoverTimeoutMs?: number;  // how long a failing step is resent, endpoint after endpoint (10 s)
-  maxMessageBytes?: number;  // 64 MiB, as the server
+  token?: string; // sent as `authorization: Bearer <token>` on every call
+  timeoutMs?: number; // how long a step may take before its endpoint is given up on (10 s)
+  failoverTimeoutMs?: number; // how long a failing step is resent, endpoint after endpoint (10 s)
+  maxMessageBytes?: number; // 64 MiB, as the server
 }
 
 export interface SessionOptions {
-  sequenceId?: string;       // undefined = a random one
-  seed?: bigint | number | string;  // 0 = the server picks one on the first step; the session then sends it
-  profile?: string;          // "" = the server's default
-  params?: Params;           // overrides sent with every step
-  recentTokens?: number[];   // the prompt's tail, oldest first
-  maxRecent?: number;        // how many recent tokens each step carries
+  sequenceId?: string; // undefined = a random one
+  seed?: bigint | number | string; // 0 = the server picks one on the first step; the session then sends it
+  profile?: string; // "" = the server's default
+  params?: Params; // overrides sent with every step
+  recentTokens?: number[]; // the prompt's tail, oldest first
+  maxRecent?: number; // how many recent tokens each step carries
   topLogprobs?: number;
   startStep?: number;
 }
 
 export interface StepOptions {
-  params?: Params;           // replaces the session's overrides for this step
+  params?: Params; // replaces the session's overrides for this step
   topLogprobs?: number;
   timeoutMs?: number;
 }
@@ -80,7 +92,9 @@ export type BatchItem = [Session, TensorInput] | [Session, TensorInput, TensorIn
 
 class StreamEnded extends Error {
   readonly code = grpc.status.UNAVAILABLE;
-  constructor(message = "the server ended the Sample stream with steps unanswered") { super(message); }
+  constructor(message = "the server ended the Sample stream with steps unanswered") {
+    super(message);
+  }
 }
 
 class DeadlineExceeded extends Error {
@@ -142,8 +156,12 @@ class Endpoint {
   readonly stub: SamplerClient;
   private mux_: StreamMux | null = null;
 
-  constructor(readonly target: string, creds: grpc.ChannelCredentials, options: grpc.ChannelOptions,
-    private readonly metadata: () => grpc.Metadata) {
+  constructor(
+    readonly target: string,
+    creds: grpc.ChannelCredentials,
+    options: grpc.ChannelOptions,
+    private readonly metadata: () => grpc.Metadata,
+  ) {
     const Sampler = proto().samplerd.v1.Sampler;
     this.stub = new Sampler(target, creds, options);
   }
@@ -184,7 +202,10 @@ export class Session {
   private readonly params?: SamplingParams;
   private readonly topLogprobs: number;
 
-  constructor(private readonly client: Client, o: SessionOptions) {
+  constructor(
+    private readonly client: Client,
+    o: SessionOptions,
+  ) {
     this.sequenceId = o.sequenceId || randomUUID().replace(/-/g, "");
     this.profile = o.profile ?? "";
     this.maxRecent = o.maxRecent ?? DEFAULT_MAX_RECENT;
@@ -197,11 +218,17 @@ export class Session {
   }
 
   // 0n until the server picked one, then that seed.
-  get seed(): bigint { return BigInt(this.seed_); }
+  get seed(): bigint {
+    return BigInt(this.seed_);
+  }
   // Index of the next step.
-  get stepIndex(): number { return this.stepIndex_; }
+  get stepIndex(): number {
+    return this.stepIndex_;
+  }
   // Oldest first.
-  get recentTokens(): number[] { return [...this.recent]; }
+  get recentTokens(): number[] {
+    return [...this.recent];
+  }
 
   // Appends tokens the host chose itself (prompt, forced tokens).
   extend(tokens: number[]): void {
@@ -236,8 +263,10 @@ export class Session {
       st.attention = toTensor(attention, "attention");
       const rank = (st.attention.shape as string[]).length;
       if (rank !== 2 && rank !== 3) {
-        throw new RangeError(`samplerd: attention must have shape [heads, kvLen] or [layers, heads, kvLen], ` +
-          `got [${st.attention.shape}]`);
+        throw new RangeError(
+          `samplerd: attention must have shape [heads, kvLen] or [layers, heads, kvLen], ` +
+            `got [${st.attention.shape}]`,
+        );
       }
     }
     const p = options.params ? paramsToWire(options.params) : this.params;
@@ -248,8 +277,10 @@ export class Session {
   /** @internal */
   commit(r: StepResult__Output): StepResult {
     if (r.sequenceId !== this.sequenceId || Number(r.step) !== this.stepIndex_) {
-      throw new ProtocolError(`samplerd: expected the result of "${this.sequenceId}" step ${this.stepIndex_}, ` +
-        `got "${r.sequenceId}" step ${r.step}`);
+      throw new ProtocolError(
+        `samplerd: expected the result of "${this.sequenceId}" step ${this.stepIndex_}, ` +
+          `got "${r.sequenceId}" step ${r.step}`,
+      );
     }
     if (r.error) {
       throw new StepError(r.error.code, r.error.field, r.error.message, this.sequenceId, this.stepIndex_);
@@ -308,9 +339,13 @@ export class Client {
   }
 
   // The target the next step goes to.
-  get activeEndpoint(): string { return this.endpoints[this.active]; }
+  get activeEndpoint(): string {
+    return this.endpoints[this.active];
+  }
   // How many times this client moved on after a failure.
-  get failovers(): number { return this.failovers_; }
+  get failovers(): number {
+    return this.failovers_;
+  }
 
   session(options: SessionOptions = {}): Session {
     return new Session(this, options);
@@ -320,7 +355,8 @@ export class Client {
   // steps are rejected, throws BatchError after advancing the others.
   async sampleBatch(items: BatchItem[], options: { timeoutMs?: number } = {}): Promise<StepResult[]> {
     const sessions = items.map((it) => it[0]);
-    if (new Set(sessions).size !== sessions.length) throw new RangeError("samplerd: a session appears twice in one batch");
+    if (new Set(sessions).size !== sessions.length)
+      throw new RangeError("samplerd: a session appears twice in one batch");
     const steps = items.map(([s, logits, attention]) => s.makeStep(logits, attention));
     const resp = await this._send({ steps }, options.timeoutMs);
     const results = sessions.map((s, i) => {
@@ -351,7 +387,9 @@ export class Client {
           mux.submit(request).then(resolve, reject);
         });
         if (resp.results.length !== (request.steps ?? []).length) {
-          throw new ProtocolError(`samplerd: ${request.steps?.length} steps sent, ${resp.results.length} results received`);
+          throw new ProtocolError(
+            `samplerd: ${request.steps?.length} steps sent, ${resp.results.length} results received`,
+          );
         }
         return resp;
       } finally {
@@ -375,8 +413,11 @@ export class Client {
         const now = Date.now();
         firstFailure = firstFailure || now;
         if (attempt + 1 >= this.eps.length && now - firstFailure >= this.failoverTimeoutMs) {
-          throw new Unavailable(`samplerd: no endpoint of ${this.endpoints.join(", ")} answered for ` +
-            `${((now - firstFailure) / 1000).toFixed(1)} s: ${describe(e)}`, e);
+          throw new Unavailable(
+            `samplerd: no endpoint of ${this.endpoints.join(", ")} answered for ` +
+              `${((now - firstFailure) / 1000).toFixed(1)} s: ${describe(e)}`,
+            e,
+          );
         }
       }
       await sleep(Math.min(500, 20 * 2 ** attempt));
@@ -403,15 +444,25 @@ export class Client {
 
   // The server's profiles with every parameter value, and the default profile's name.
   listProfiles(timeoutMs = 10_000): Promise<ListProfilesResponse__Output> {
-    return this.unary((ep, done) => ep.stub.ListProfiles({}, this.metadata(), { deadline: Date.now() + timeoutMs }, done));
+    return this.unary((ep, done) =>
+      ep.stub.ListProfiles({}, this.metadata(), { deadline: Date.now() + timeoutMs }, done),
+    );
   }
 
   // grpc.health.v1 status of the active endpoint: "SERVING", "NOT_SERVING", ...
   health(service = "", timeoutMs = 5_000): Promise<string> {
     const check = healthCheckMethod();
-    return this.unary<string>((ep, done) => ep.stub.makeUnaryRequest(check.path, check.requestSerialize,
-      check.responseDeserialize, { service }, this.metadata(), { deadline: Date.now() + timeoutMs },
-      (e: grpc.ServiceError | null, r?: HealthCheckResponse__Output) => done(e, r && String(r.status))));
+    return this.unary<string>((ep, done) =>
+      ep.stub.makeUnaryRequest(
+        check.path,
+        check.requestSerialize,
+        check.responseDeserialize,
+        { service },
+        this.metadata(),
+        { deadline: Date.now() + timeoutMs },
+        (e: grpc.ServiceError | null, r?: HealthCheckResponse__Output) => done(e, r && String(r.status)),
+      ),
+    );
   }
 
   close(): void {

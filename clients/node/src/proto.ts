@@ -26,7 +26,9 @@ function protoDir(): string {
   for (const c of candidates) {
     if (c && existsSync(join(c, "samplerd", "v1", "sampler.proto"))) return c;
   }
-  throw new Error("samplerd: proto/samplerd/v1/sampler.proto not found (run `npm run gen`, or set $SAMPLERD_PROTO_DIR)");
+  throw new Error(
+    "samplerd: proto/samplerd/v1/sampler.proto not found (run `npm run gen`, or set $SAMPLERD_PROTO_DIR)",
+  );
 }
 
 let loaded: ProtoGrpcType | undefined;
@@ -45,8 +47,10 @@ let healthCheck: grpc.MethodDefinition<HealthCheckRequest, HealthCheckResponse__
 export function healthCheckMethod(): grpc.MethodDefinition<HealthCheckRequest, HealthCheckResponse__Output> {
   if (!healthCheck) {
     const def = protoLoader.loadSync(["grpc/health/v1/health.proto"], { ...LOADER_OPTIONS, includeDirs: [protoDir()] });
-    healthCheck = (def["grpc.health.v1.Health"] as grpc.ServiceDefinition)["Check"] as
-      grpc.MethodDefinition<HealthCheckRequest, HealthCheckResponse__Output>;
+    healthCheck = (def["grpc.health.v1.Health"] as grpc.ServiceDefinition)["Check"] as grpc.MethodDefinition<
+      HealthCheckRequest,
+      HealthCheckResponse__Output
+    >;
   }
   return healthCheck;
 }

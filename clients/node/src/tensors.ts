@@ -17,7 +17,11 @@ export interface TensorLike {
 
 export type TensorInput = Float32Array | Uint16Array | TensorLike;
 
-const WIRE_DTYPE: Record<DTypeName, "DTYPE_F32" | "DTYPE_F16" | "DTYPE_BF16"> = { f32: "DTYPE_F32", f16: "DTYPE_F16", bf16: "DTYPE_BF16" };
+const WIRE_DTYPE: Record<DTypeName, "DTYPE_F32" | "DTYPE_F16" | "DTYPE_BF16"> = {
+  f32: "DTYPE_F32",
+  f16: "DTYPE_F16",
+  bf16: "DTYPE_BF16",
+};
 const ITEMSIZE: Record<DTypeName, number> = { f32: 4, f16: 2, bf16: 2 };
 
 if (endianness() !== "LE") {
@@ -53,8 +57,10 @@ export function toTensor(x: TensorInput, what: string): Tensor {
   }
   const elements = shape.reduce((a, b) => a * b, 1);
   if (elements * ITEMSIZE[dtype] !== data.byteLength) {
-    throw new RangeError(`samplerd: ${what}: shape [${shape}] needs ${elements * ITEMSIZE[dtype]} bytes of ${dtype}, ` +
-      `got ${data.byteLength}`);
+    throw new RangeError(
+      `samplerd: ${what}: shape [${shape}] needs ${elements * ITEMSIZE[dtype]} bytes of ${dtype}, ` +
+        `got ${data.byteLength}`,
+    );
   }
   return { dtype: WIRE_DTYPE[dtype], shape: shape.map(String), data: bytesOf(data) };
 }

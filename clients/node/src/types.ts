@@ -22,8 +22,17 @@ export interface Params {
   logitBias?: Record<number, number>;
 }
 
-export const PARAM_FIELDS = ["temperature", "topK", "topP", "minP", "repetitionPenalty", "frequencyPenalty",
-  "presencePenalty", "nAdaptiveSamples", "clarifyingToken"] as const;
+export const PARAM_FIELDS = [
+  "temperature",
+  "topK",
+  "topP",
+  "minP",
+  "repetitionPenalty",
+  "frequencyPenalty",
+  "presencePenalty",
+  "nAdaptiveSamples",
+  "clarifyingToken",
+] as const;
 
 // Entropies in bits, varentropies in bits^2; the attention ones are undefined without attention.
 export interface Metrics {
@@ -35,8 +44,14 @@ export interface Metrics {
   interactionStrength?: number;
 }
 
-export const METRIC_FIELDS = ["logitsEntropy", "logitsVarentropy", "attnEntropy", "attnVarentropy", "agreement",
-  "interactionStrength"] as const;
+export const METRIC_FIELDS = [
+  "logitsEntropy",
+  "logitsVarentropy",
+  "attnEntropy",
+  "attnVarentropy",
+  "agreement",
+  "interactionStrength",
+] as const;
 
 export interface TokenLogprob {
   token: number;
@@ -72,7 +87,9 @@ export function paramsToWire(p: Params): SamplingParams {
   const out: SamplingParams = {};
   for (const k of Object.keys(p)) {
     if (k !== "logitBias" && !(PARAM_FIELDS as readonly string[]).includes(k)) {
-      throw new TypeError(`samplerd: unknown sampling parameter ${k}; expected one of ${PARAM_FIELDS.join(", ")}, logitBias`);
+      throw new TypeError(
+        `samplerd: unknown sampling parameter ${k}; expected one of ${PARAM_FIELDS.join(", ")}, logitBias`,
+      );
     }
   }
   for (const f of PARAM_FIELDS) {
@@ -113,8 +130,13 @@ export class SamplerdError extends Error {
 // The server rejected one step (StepResult.error). The session did not advance.
 export class StepError extends SamplerdError {
   readonly codeName: string;
-  constructor(readonly code: number, readonly field: string, readonly detail: string, readonly sequenceId: string,
-    readonly step: number) {
+  constructor(
+    readonly code: number,
+    readonly field: string,
+    readonly detail: string,
+    readonly sequenceId: string,
+    readonly step: number,
+  ) {
     super(`samplerd rejected step ${step} of "${sequenceId}": ${Status[code] ?? code} ${field}: ${detail}`);
     this.codeName = Status[code] ?? String(code);
   }
@@ -131,7 +153,10 @@ export class BatchError extends SamplerdError {
 
 // No endpoint answered for failoverTimeoutMs. `cause` is the last transport error.
 export class Unavailable extends SamplerdError {
-  constructor(message: string, readonly cause?: unknown) {
+  constructor(
+    message: string,
+    readonly cause?: unknown,
+  ) {
     super(message);
   }
 }

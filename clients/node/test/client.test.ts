@@ -26,7 +26,11 @@ test("health and profiles", async () => {
   assert.equal(await client.health(), "SERVING");
   const p = await client.listProfiles();
   assert.equal(p.defaultProfile, "entropix");
-  for (const name of ["entropix", "entropix-frog", "fixed"]) assert.ok(p.profiles.some((x) => x.name === name), name);
+  for (const name of ["entropix", "entropix-frog", "fixed"])
+    assert.ok(
+      p.profiles.some((x) => x.name === name),
+      name,
+    );
 });
 
 test("health names the service's status through the generated grpc.health.v1 messages", async () => {
@@ -35,7 +39,13 @@ test("health names the service's status through the generated grpc.health.v1 mes
 });
 
 test("step returns the result and the session keeps recent tokens", async () => {
-  const s = client.session({ sequenceId: "keeps-recent", seed: 11n, recentTokens: [5, 6, 7], maxRecent: 6, topLogprobs: 3 });
+  const s = client.session({
+    sequenceId: "keeps-recent",
+    seed: 11n,
+    recentTokens: [5, 6, 7],
+    maxRecent: 6,
+    topLogprobs: 3,
+  });
   const tokens: number[] = [];
   let prev = 1;
   for (let i = 0; i < 5; i++) {
@@ -93,17 +103,22 @@ test("bf16 and f32 of bfloat16-exact golden inputs agree with the golden metrics
   const results: StepResult[] = [];
   for (const bf16 of [false, true]) {
     const s = client.session({ sequenceId: "bf16-exact", seed: BigInt(c.seed), recentTokens: c.recent_tokens });
-    results.push(bf16
-      ? await s.step(bf16Bits(logits.data), { data: bf16Bits(attention.data), shape: attention.shape })
-      : await s.step(logits.data, { data: attention.data, shape: attention.shape }));
+    results.push(
+      bf16
+        ? await s.step(bf16Bits(logits.data), { data: bf16Bits(attention.data), shape: attention.shape })
+        : await s.step(logits.data, { data: attention.data, shape: attention.shape }),
+    );
   }
   assert.deepEqual({ ...results[0], serverMicros: 0 }, { ...results[1], serverMicros: 0 });
   assert.equal(results[0].regime, c.regimes.entropix.regime);
   const want: Record<string, number> = c.metrics;
   const got: Record<string, number | undefined> = {
-    logits_entropy: results[0].metrics.logitsEntropy, logits_varentropy: results[0].metrics.logitsVarentropy,
-    attn_entropy: results[0].metrics.attnEntropy, attn_varentropy: results[0].metrics.attnVarentropy,
-    agreement: results[0].metrics.agreement, interaction_strength: results[0].metrics.interactionStrength,
+    logits_entropy: results[0].metrics.logitsEntropy,
+    logits_varentropy: results[0].metrics.logitsVarentropy,
+    attn_entropy: results[0].metrics.attnEntropy,
+    attn_varentropy: results[0].metrics.attnVarentropy,
+    agreement: results[0].metrics.agreement,
+    interaction_strength: results[0].metrics.interactionStrength,
   };
   for (const [k, v] of Object.entries(want)) {
     assert.ok(Math.abs((got[k] as number) - v) <= 1e-6 + 1e-4 * Math.abs(v), `${k}: ${got[k]} vs ${v}`);
@@ -116,7 +131,12 @@ test("golden regimes and greedy tokens", async () => {
     if (c.expect_error) continue;
     const logits = readNpy(join(GOLDEN, c.logits));
     const attention = c.attention ? readNpy(join(GOLDEN, c.attention)) : undefined;
-    const s = client.session({ sequenceId: c.name, seed: BigInt(c.seed), recentTokens: c.recent_tokens, topLogprobs: 5 });
+    const s = client.session({
+      sequenceId: c.name,
+      seed: BigInt(c.seed),
+      recentTokens: c.recent_tokens,
+      topLogprobs: 5,
+    });
     const r = await s.step(logits.data, attention && { data: attention.data, shape: attention.shape });
     assert.equal(r.regime, c.regimes.entropix.regime, c.name);
     if (c.regimes.entropix.action === "greedy") assert.equal(r.token, c.argmax, c.name);
@@ -153,11 +173,15 @@ test("parameter overrides and the fixed profile", async () => {
   const logits = stepInputs(SHAPE, 5, 3, 4).logits;
   let best = 0;
   for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-  const r = await client.session({ sequenceId: "greedy", seed: 1, profile: "fixed", params: { temperature: 0 } }).step(logits);
+  const r = await client
+    .session({ sequenceId: "greedy", seed: 1, profile: "fixed", params: { temperature: 0 } })
+    .step(logits);
   assert.equal(r.regime, "FIXED");
   assert.equal(r.applied.temperature, 0);
   assert.equal(r.token, best);
-  const k = await client.session({ sequenceId: "topk", seed: 1, profile: "fixed" }).step(logits, undefined, { params: { topK: 1 } });
+  const k = await client
+    .session({ sequenceId: "topk", seed: 1, profile: "fixed" })
+    .step(logits, undefined, { params: { topK: 1 } });
   assert.equal(k.applied.topK, 1);
   assert.equal(k.token, best);
   assert.throws(() => client.session({ params: { temprature: 1 } as never }), /unknown sampling parameter/);
@@ -170,28 +194,43 @@ test("sampleBatch equals stepping each session, and reports partial rejection", 
   let prev = [1, 2, 3];
   for (let step = 0; step < 10; step++) {
     const inputs = prev.map((t) => stepInputs(SHAPE, 9, step, t));
-    const rb = await client.sampleBatch(batch.map((s, i) =>
-      [s, inputs[i].logits, { data: inputs[i].attention, shape: inputs[i].attentionShape }]));
-    const rs = await Promise.all(single.map((s, i) =>
-      s.step(inputs[i].logits, { data: inputs[i].attention, shape: inputs[i].attentionShape })));
-    assert.deepEqual(rb.map((r) => r.token), rs.map((r) => r.token));
-    assert.deepEqual(rb.map((r) => r.sequenceId), ["b0", "b1", "b2"]);
+    const rb = await client.sampleBatch(
+      batch.map((s, i) => [s, inputs[i].logits, { data: inputs[i].attention, shape: inputs[i].attentionShape }]),
+    );
+    const rs = await Promise.all(
+      single.map((s, i) => s.step(inputs[i].logits, { data: inputs[i].attention, shape: inputs[i].attentionShape })),
+    );
+    assert.deepEqual(
+      rb.map((r) => r.token),
+      rs.map((r) => r.token),
+    );
+    assert.deepEqual(
+      rb.map((r) => r.sequenceId),
+      ["b0", "b1", "b2"],
+    );
     prev = rb.map((r) => r.token);
   }
   const good = client.session({ sequenceId: "good", seed: 1 });
   const bad = client.session({ sequenceId: "bad", seed: 1 });
-  await assert.rejects(client.sampleBatch([[good, new Float32Array(10)], [bad, new Float32Array(10).fill(NaN)]]),
+  await assert.rejects(
+    client.sampleBatch([
+      [good, new Float32Array(10)],
+      [bad, new Float32Array(10).fill(NaN)],
+    ]),
     (e: unknown) => {
       assert.ok(e instanceof BatchError);
       assert.ok(!(e.results[0] instanceof StepError) && e.results[1] instanceof StepError);
       return true;
-    });
+    },
+  );
   assert.equal(good.stepIndex, 1);
   assert.equal(bad.stepIndex, 0);
 });
 
 test("concurrent sessions pipelined on one stream equal sequential ones", async () => {
-  const together = await Promise.all([0, 1, 2, 3].map((i) => generate(client.session({ sequenceId: `c${i}`, seed: i + 1 }), 20)));
+  const together = await Promise.all(
+    [0, 1, 2, 3].map((i) => generate(client.session({ sequenceId: `c${i}`, seed: i + 1 }), 20)),
+  );
   const alone: number[][] = [];
   for (const i of [0, 1, 2, 3]) alone.push(await generate(client.session({ sequenceId: `c${i}`, seed: i + 1 }), 20));
   assert.deepEqual(together, alone);

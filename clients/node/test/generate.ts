@@ -4,8 +4,12 @@ import { stepInputs } from "../conformance/model";
 
 export const SHAPE = { vocab: 2048, layers: 2, heads: 4, kvBase: 8 };
 
-export async function generate(session: Session, steps: number, firstToken = 1,
-  onStep?: (i: number) => Promise<void> | void): Promise<number[]> {
+export async function generate(
+  session: Session,
+  steps: number,
+  firstToken = 1,
+  onStep?: (i: number) => Promise<void> | void,
+): Promise<number[]> {
   const tokens: number[] = [];
   let prev = firstToken;
   for (let i = 0; i < steps; i++) {

@@ -12,10 +12,17 @@ import type { SampleRequest__Output } from "../src/gen/samplerd/v1/SampleRequest
 import type { SampleResponse } from "../src/gen/samplerd/v1/SampleResponse";
 import { tempDir } from "./server";
 
-async function standIn(creds: grpc.ServerCredentials): Promise<{ server: grpc.Server; seen: grpc.Metadata[]; port: number }> {
+async function standIn(
+  creds: grpc.ServerCredentials,
+): Promise<{ server: grpc.Server; seen: grpc.Metadata[]; port: number }> {
   const seen: grpc.Metadata[] = [];
   const answer = (req: SampleRequest__Output): SampleResponse => ({
-    results: req.steps.map((s) => ({ sequenceId: s.sequenceId, step: s.step, token: 7, seed: s.seed === "0" ? "1" : s.seed })),
+    results: req.steps.map((s) => ({
+      sequenceId: s.sequenceId,
+      step: s.step,
+      token: 7,
+      seed: s.seed === "0" ? "1" : s.seed,
+    })),
   });
   const server = new grpc.Server();
   server.addService(proto().samplerd.v1.Sampler.service, {
@@ -24,11 +31,15 @@ async function standIn(creds: grpc.ServerCredentials): Promise<{ server: grpc.Se
       call.on("data", (req: SampleRequest__Output) => call.write(answer(req)));
       call.on("end", () => call.end());
     },
-    SampleOnce: (call: grpc.ServerUnaryCall<SampleRequest__Output, SampleResponse>, cb: grpc.sendUnaryData<SampleResponse>) =>
-      cb(null, answer(call.request)),
+    SampleOnce: (
+      call: grpc.ServerUnaryCall<SampleRequest__Output, SampleResponse>,
+      cb: grpc.sendUnaryData<SampleResponse>,
+    ) => cb(null, answer(call.request)),
     ListProfiles: (_: unknown, cb: grpc.sendUnaryData<object>) => cb(null, {}),
   });
-  const port = await new Promise<number>((res, rej) => server.bindAsync("127.0.0.1:0", creds, (e, p) => (e ? rej(e) : res(p))));
+  const port = await new Promise<number>((res, rej) =>
+    server.bindAsync("127.0.0.1:0", creds, (e, p) => (e ? rej(e) : res(p))),
+  );
   return { server, seen, port };
 }
 
@@ -51,14 +62,37 @@ test("the token is sent as a bearer token; none without one", async () => {
 test("TLS with a private CA and a server name override; without the CA the handshake fails", async () => {
   const dir = tempDir();
   try {
-    execFileSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=samplerd-test",
-      "-addext", "subjectAltName=DNS:samplerd.test", "-keyout", join(dir.path, "key.pem"), "-out", join(dir.path, "cert.pem")],
-      { stdio: "ignore" });
+    execFileSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=samplerd-test",
+        "-addext",
+        "subjectAltName=DNS:samplerd.test",
+        "-keyout",
+        join(dir.path, "key.pem"),
+        "-out",
+        join(dir.path, "cert.pem"),
+      ],
+      { stdio: "ignore" },
+    );
     const cert = readFileSync(join(dir.path, "cert.pem"));
     const key = readFileSync(join(dir.path, "key.pem"));
-    const { server, seen, port } = await standIn(grpc.ServerCredentials.createSsl(null, [{ cert_chain: cert, private_key: key }]));
+    const { server, seen, port } = await standIn(
+      grpc.ServerCredentials.createSsl(null, [{ cert_chain: cert, private_key: key }]),
+    );
     try {
-      const c = new Client(`127.0.0.1:${port}`, { tls: { rootCerts: cert, serverName: "samplerd.test" }, token: "tok" });
+      const c = new Client(`127.0.0.1:${port}`, {
+        tls: { rootCerts: cert, serverName: "samplerd.test" },
+        token: "tok",
+      });
       assert.equal((await c.session({ seed: 1 }).step(new Float32Array(10))).token, 7);
       c.close();
       assert.deepEqual(seen[0].get("authorization"), ["Bearer tok"]);

@@ -46,7 +46,9 @@ export class Samplerd {
     throw new Error(`samplerd did not start: ${s.output}`);
   }
 
-  get address(): string { return this.addresses[0]; }
+  get address(): string {
+    return this.addresses[0];
+  }
 
   // Resolves with the exit code (-1 when killed by a signal).
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<number | null> {

@@ -31,14 +31,20 @@ test("a view into a larger buffer sends only its own bytes", () => {
 
 test("shape and byte length must agree; dtype must fit the array", () => {
   assert.throws(() => toTensor({ data: new Float32Array(6), shape: [2, 4] }, "attention"), /needs 32 bytes/);
-  assert.throws(() => toTensor({ data: new Float32Array(2), shape: [2], dtype: "bf16" }, "logits"), /only be sent as f32/);
+  assert.throws(
+    () => toTensor({ data: new Float32Array(2), shape: [2], dtype: "bf16" }, "logits"),
+    /only be sent as f32/,
+  );
   assert.throws(() => toTensor([1, 2] as unknown as Float32Array, "logits"), /must be a Float32Array/);
 });
 
 test("the scripted model's helpers: fmix32 known answers, exact f16/bf16 conversion", () => {
   assert.equal(fmix32(0), 0);
   assert.equal(fmix32(1), 0x514e28b7);
-  assert.deepEqual([...f16Bits(new Float32Array([1, -2, 0.015625, -Infinity, 0]))], [0x3c00, 0xc000, 0x2400, 0xfc00, 0]);
+  assert.deepEqual(
+    [...f16Bits(new Float32Array([1, -2, 0.015625, -Infinity, 0]))],
+    [0x3c00, 0xc000, 0x2400, 0xfc00, 0],
+  );
   assert.deepEqual([...bf16Bits(new Float32Array([1, -3.5]))], [0x3f80, 0xc060]);
   assert.throws(() => f16Bits(new Float32Array([0.1])), /not exact/);
   assert.throws(() => bf16Bits(new Float32Array([0.1])), /not exact/);

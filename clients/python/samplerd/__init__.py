@@ -14,12 +14,44 @@ from samplerd.aio import AsyncClient, AsyncSession
 from samplerd.calibration import Calibration, CalibrationError, calibrate
 from samplerd.client import Client, Session
 from samplerd.tensors import Raw
-from samplerd.types import (BatchError, Metrics, Params, ProtocolError, Regime, SamplerdError, StepError,
-                            StepResult, TokenLogprob, Unavailable)
+from samplerd.types import (
+    BatchError,
+    Metrics,
+    Params,
+    ProtocolError,
+    Regime,
+    SamplerdError,
+    StepError,
+    StepResult,
+    TokenLogprob,
+    Unavailable,
+)
 from samplerd.v1 import profile_pb2, sampler_pb2, sampler_pb2_grpc
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "Session", "AsyncClient", "AsyncSession", "StepResult", "Params", "Metrics", "Regime",
-           "TokenLogprob", "TLS", "Raw", "SamplerdError", "StepError", "BatchError", "Unavailable",
-           "ProtocolError", "DEFAULT_MAX_RECENT", "calibrate", "Calibration", "CalibrationError", "sampler_pb2", "sampler_pb2_grpc", "profile_pb2"]
+__all__ = [
+    "Client",
+    "Session",
+    "AsyncClient",
+    "AsyncSession",
+    "StepResult",
+    "Params",
+    "Metrics",
+    "Regime",
+    "TokenLogprob",
+    "TLS",
+    "Raw",
+    "SamplerdError",
+    "StepError",
+    "BatchError",
+    "Unavailable",
+    "ProtocolError",
+    "DEFAULT_MAX_RECENT",
+    "calibrate",
+    "Calibration",
+    "CalibrationError",
+    "sampler_pb2",
+    "sampler_pb2_grpc",
+    "profile_pb2",
+]

@@ -23,8 +23,15 @@ DEFAULT_MAX_RECENT = 1024
 # Transport failures after which the same step is sent again, to the next endpoint. A step is a pure function
 # of its request (docs/contract.md section 5), so resending one the dead server may already have answered is safe.
 # INTERNAL covers streams reset mid-frame by a dying peer.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED,
-                       grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL})
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+    }
+)
 
 
 class StreamEnded(grpc.RpcError):
@@ -69,14 +76,22 @@ def _pem(v: Union[bytes, str, Path, None]) -> Optional[bytes]:
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
-def channel_args(tls: Any, max_message_bytes: int,
-                 extra: Iterable[tuple[str, Any]] = ()) -> tuple[Optional[grpc.ChannelCredentials], list]:
+def channel_args(
+    tls: Any, max_message_bytes: int, extra: Iterable[tuple[str, Any]] = ()
+) -> tuple[Optional[grpc.ChannelCredentials], list]:
     """The credentials and channel arguments of every endpoint; `extra` (the caller's channel options) replaces
     a default of the same key."""
     # Reconnect backoff capped at 2 s (gRPC's default grows to 120 s): a restarted replica is used again soon.
-    merged = dict([("grpc.service_config", _SERVICE_CONFIG), ("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes), ("grpc.enable_retries", 0),
-                   ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)])
+    merged = dict(
+        [
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+    )
     merged.update(dict(extra))
     options = list(merged.items())
     if tls is None or tls is False:
@@ -86,10 +101,13 @@ def channel_args(tls: Any, max_message_bytes: int,
     if tls is True:
         tls = TLS()
     if not isinstance(tls, TLS):
-        raise TypeError(f"samplerd: tls must be None, a bool, a samplerd.TLS or grpc.ChannelCredentials, "
-                        f"got {type(tls).__name__}")
-    creds = grpc.ssl_channel_credentials(_pem(tls.root_certificates), _pem(tls.private_key),
-                                         _pem(tls.certificate_chain))
+        raise TypeError(
+            f"samplerd: tls must be None, a bool, a samplerd.TLS or grpc.ChannelCredentials, "
+            f"got {type(tls).__name__}"
+        )
+    creds = grpc.ssl_channel_credentials(
+        _pem(tls.root_certificates), _pem(tls.private_key), _pem(tls.certificate_chain)
+    )
     if tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     return creds, options
@@ -129,7 +147,7 @@ class Failover:
 
     @staticmethod
     def backoff(attempt: int) -> float:
-        return min(0.5, 0.02 * (2 ** attempt))
+        return min(0.5, 0.02 * (2**attempt))
 
 
 class DeadlineExceeded(grpc.RpcError):
@@ -191,8 +209,10 @@ class Retry:
         if self._first_failure is None:
             self._first_failure = now
         if self._failover.give_up(self._attempt, self._first_failure, now):
-            raise Unavailable(f"samplerd: no endpoint of {list(self._endpoints)} answered for "
-                              f"{now - self._first_failure:.1f} s: {describe(error)}") from error
+            raise Unavailable(
+                f"samplerd: no endpoint of {list(self._endpoints)} answered for "
+                f"{now - self._first_failure:.1f} s: {describe(error)}"
+            ) from error
         delay = Failover.backoff(self._attempt)
         self._attempt += 1
         return delay
@@ -202,8 +222,17 @@ class SessionState:
     """The per-sequence state the protocol leaves to the client (docs/contract.md section 2): next step index, seed
     (the server's pick is adopted after the first answer), profile, parameter overrides and recent tokens."""
 
-    def __init__(self, sequence_id: Optional[str], seed: int, profile: str, params: Any,
-                 recent_tokens: Iterable[int], max_recent: int, top_logprobs: int, start_step: int):
+    def __init__(
+        self,
+        sequence_id: Optional[str],
+        seed: int,
+        profile: str,
+        params: Any,
+        recent_tokens: Iterable[int],
+        max_recent: int,
+        top_logprobs: int,
+        start_step: int,
+    ):
         if max_recent < 0:
             raise ValueError(f"samplerd: max_recent must be >= 0, got {max_recent}")
         self.sequence_id = sequence_id if sequence_id else uuid.uuid4().hex
@@ -221,13 +250,19 @@ class SessionState:
         if self.max_recent == 0:
             self.recent_tokens.clear()
         elif len(self.recent_tokens) > self.max_recent:
-            del self.recent_tokens[:-self.max_recent]
+            del self.recent_tokens[: -self.max_recent]
 
-    def make_step(self, logits: Any, attention: Any = None, params: Any = None,
-                  top_logprobs: Optional[int] = None) -> pb.Step:
-        st = pb.Step(sequence_id=self.sequence_id, step=self.step_index, recent_tokens=self.recent_tokens,
-                     profile=self.profile, seed=self.seed,
-                     top_logprobs=self.top_logprobs if top_logprobs is None else top_logprobs)
+    def make_step(
+        self, logits: Any, attention: Any = None, params: Any = None, top_logprobs: Optional[int] = None
+    ) -> pb.Step:
+        st = pb.Step(
+            sequence_id=self.sequence_id,
+            step=self.step_index,
+            recent_tokens=self.recent_tokens,
+            profile=self.profile,
+            seed=self.seed,
+            top_logprobs=self.top_logprobs if top_logprobs is None else top_logprobs,
+        )
         tensors.logits_tensor(logits, st.logits)
         if attention is not None:
             tensors.attention_tensor(attention, st.attention)
@@ -239,8 +274,10 @@ class SessionState:
     def commit(self, r: pb.StepResult) -> StepResult:
         """Checks the echo, raises StepError for a rejected step, else advances and returns the result."""
         if r.sequence_id != self.sequence_id or r.step != self.step_index:
-            raise ProtocolError(f"samplerd: expected the result of {self.sequence_id!r} step {self.step_index}, "
-                                f"got {r.sequence_id!r} step {r.step}")
+            raise ProtocolError(
+                f"samplerd: expected the result of {self.sequence_id!r} step {self.step_index}, "
+                f"got {r.sequence_id!r} step {r.step}"
+            )
         if r.HasField("error"):
             raise step_error(r, self.sequence_id, self.step_index)
         if self.seed == 0:
@@ -263,6 +300,6 @@ def health_request(service: str) -> bytes:
 
 
 def health_response(data: bytes) -> str:
-    """"SERVING", "NOT_SERVING", ... as grpc.health.v1 names them."""
+    """ "SERVING", "NOT_SERVING", ... as grpc.health.v1 names them."""
     status = health_pb2.HealthCheckResponse.FromString(data).status
     return health_pb2.HealthCheckResponse.ServingStatus.Name(status)

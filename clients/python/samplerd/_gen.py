@@ -46,8 +46,10 @@ def find_proto_dir() -> Path | None:
 def _tool(env: str, name: str) -> str:
     path = os.environ.get(env) or shutil.which(name)
     if not path:
-        raise RuntimeError(f"samplerd: cannot generate the gRPC stubs: `{name}` not found (install Debian's "
-                           f"protobuf-compiler and protobuf-compiler-grpc, or set ${env})")
+        raise RuntimeError(
+            f"samplerd: cannot generate the gRPC stubs: `{name}` not found (install Debian's "
+            f"protobuf-compiler and protobuf-compiler-grpc, or set ${env})"
+        )
     return path
 
 
@@ -60,15 +62,24 @@ def generate(proto_dir: Path, out_dir: Path) -> list[Path]:
     target = Path(out_dir) / "samplerd" / "v1"
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".gen-", dir=target) as tmp:
-        cmd = [protoc, f"-I{proto_dir}", f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}",
-               f"--plugin=protoc-gen-grpc_python={plugin}", *PROTOS]
+        cmd = [
+            protoc,
+            f"-I{proto_dir}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            f"--plugin=protoc-gen-grpc_python={plugin}",
+            *PROTOS,
+        ]
         health = [protoc, f"-I{proto_dir}", f"--python_out={tmp}", f"--pyi_out={tmp}", HEALTH_PROTO]
         for c in (cmd, health):
             done = subprocess.run(c, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"samplerd: protoc failed ({' '.join(c)}):\n{done.stderr}")
-        generated = [*sorted((Path(tmp) / "samplerd" / "v1").iterdir()),
-                     *sorted((Path(tmp) / "grpc" / "health" / "v1").iterdir())]
+        generated = [
+            *sorted((Path(tmp) / "samplerd" / "v1").iterdir()),
+            *sorted((Path(tmp) / "grpc" / "health" / "v1").iterdir()),
+        ]
         written = []
         for f in generated:
             os.replace(f, target / f.name)
@@ -84,8 +95,12 @@ def stubs_present(package_parent: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m samplerd._gen", description=__doc__.splitlines()[0])
     ap.add_argument("--proto-dir", type=Path, default=None, help="folder containing samplerd/v1/*.proto")
-    ap.add_argument("--out", type=Path, default=_PACKAGE_DIR.parent,
-                    help="folder containing the samplerd package (default: this package's parent)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=_PACKAGE_DIR.parent,
+        help="folder containing the samplerd package (default: this package's parent)",
+    )
     args = ap.parse_args(argv)
     proto_dir = args.proto_dir or find_proto_dir()
     if proto_dir is None:

@@ -90,12 +90,21 @@ class _AioStreamMux:
 
 
 class _AioEndpoint:
-    def __init__(self, target: str, creds: Optional[grpc.ChannelCredentials], options: list, metadata: tuple,
-                 interceptors: Sequence[Any] = ()):
+    def __init__(
+        self,
+        target: str,
+        creds: Optional[grpc.ChannelCredentials],
+        options: list,
+        metadata: tuple,
+        interceptors: Sequence[Any] = (),
+    ):
         self.target = target
         interceptors = list(interceptors) or None
-        self.channel = (grpc.aio.secure_channel(target, creds, options, interceptors=interceptors) if creds
-                        else grpc.aio.insecure_channel(target, options, interceptors=interceptors))
+        self.channel = (
+            grpc.aio.secure_channel(target, creds, options, interceptors=interceptors)
+            if creds
+            else grpc.aio.insecure_channel(target, options, interceptors=interceptors)
+        )
         self.stub = sampler_pb2_grpc.SamplerStub(self.channel)
         self._metadata = metadata
         self._mux: Optional[_AioStreamMux] = None
@@ -128,8 +137,15 @@ class AsyncSession:
     def extend(self, tokens: Iterable[int]) -> None:
         self._state.extend(tokens)
 
-    async def step(self, logits: Any, attention: Any = None, *, params: Any = None,
-                   top_logprobs: Optional[int] = None, timeout: Optional[float] = None) -> StepResult:
+    async def step(
+        self,
+        logits: Any,
+        attention: Any = None,
+        *,
+        params: Any = None,
+        top_logprobs: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> StepResult:
         """As Session.step."""
         st = self._state.make_step(logits, attention, params, top_logprobs)
         r = await self._client._send(pb.SampleRequest(steps=[st]), timeout)
@@ -140,9 +156,18 @@ class AsyncClient:
     """As Client (same arguments), over grpc.aio. Create and use it inside a running event loop. `interceptors`
     are grpc.aio client interceptors."""
 
-    def __init__(self, target: Union[str, Sequence[str]], *, tls: Any = None, token: Optional[str] = None,
-                 timeout: float = 10.0, failover_timeout: float = 10.0, max_message_bytes: int = 64 << 20,
-                 options: Sequence[tuple[str, Any]] = (), interceptors: Sequence[Any] = ()):
+    def __init__(
+        self,
+        target: Union[str, Sequence[str]],
+        *,
+        tls: Any = None,
+        token: Optional[str] = None,
+        timeout: float = 10.0,
+        failover_timeout: float = 10.0,
+        max_message_bytes: int = 64 << 20,
+        options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[Any] = (),
+    ):
         self.endpoints = _common.endpoints_of(target)
         creds, channel_options = _common.channel_args(tls, max_message_bytes, options)
         self._metadata = _common.metadata_of(token)
@@ -158,12 +183,22 @@ class AsyncClient:
     def failovers(self) -> int:
         return self._failover.failovers
 
-    def session(self, sequence_id: Optional[str] = None, *, seed: int = 0, profile: str = "", params: Any = None,
-                recent_tokens: Iterable[int] = (), max_recent: int = DEFAULT_MAX_RECENT, top_logprobs: int = 0,
-                start_step: int = 0) -> AsyncSession:
+    def session(
+        self,
+        sequence_id: Optional[str] = None,
+        *,
+        seed: int = 0,
+        profile: str = "",
+        params: Any = None,
+        recent_tokens: Iterable[int] = (),
+        max_recent: int = DEFAULT_MAX_RECENT,
+        top_logprobs: int = 0,
+        start_step: int = 0,
+    ) -> AsyncSession:
         """As Client.session."""
-        return AsyncSession(self, SessionState(sequence_id, seed, profile, params, recent_tokens, max_recent,
-                                               top_logprobs, start_step))
+        return AsyncSession(
+            self, SessionState(sequence_id, seed, profile, params, recent_tokens, max_recent, top_logprobs, start_step)
+        )
 
     async def sample_batch(self, items: Iterable[tuple], *, timeout: Optional[float] = None) -> list[StepResult]:
         """As Client.sample_batch."""
@@ -196,18 +231,23 @@ class AsyncClient:
                 raise e from None
             _common.check_response(request, resp)
             return resp
+
         return await self._retry(send)
 
     async def list_profiles(self, timeout: float = 10.0) -> pb.ListProfilesResponse:
-        return await self._retry(lambda ep: ep.stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout,
-                                                                 metadata=self._metadata))
+        return await self._retry(
+            lambda ep: ep.stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout, metadata=self._metadata)
+        )
 
     async def health(self, service: str = "", timeout: float = 5.0) -> str:
         def check(ep: _AioEndpoint):
-            call = ep.channel.unary_unary("/grpc.health.v1.Health/Check",
-                                          request_serializer=_common.health_request,
-                                          response_deserializer=_common.health_response)
+            call = ep.channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=_common.health_request,
+                response_deserializer=_common.health_response,
+            )
             return call(service, timeout=timeout, metadata=self._metadata)
+
         return await self._retry(check)
 
     async def _retry(self, call):

@@ -30,14 +30,22 @@ from google.protobuf import json_format
 
 from samplerd.v1 import profile_pb2, sampler_pb2
 
-METRIC_FIELDS = ("logits_entropy", "logits_varentropy", "attn_entropy", "attn_varentropy", "agreement",
-                 "interaction_strength")
-_METRIC_BY_ENUM = {profile_pb2.METRIC_LOGITS_ENTROPY: "logits_entropy",
-                   profile_pb2.METRIC_LOGITS_VARENTROPY: "logits_varentropy",
-                   profile_pb2.METRIC_ATTN_ENTROPY: "attn_entropy",
-                   profile_pb2.METRIC_ATTN_VARENTROPY: "attn_varentropy",
-                   profile_pb2.METRIC_AGREEMENT: "agreement",
-                   profile_pb2.METRIC_INTERACTION_STRENGTH: "interaction_strength"}
+METRIC_FIELDS = (
+    "logits_entropy",
+    "logits_varentropy",
+    "attn_entropy",
+    "attn_varentropy",
+    "agreement",
+    "interaction_strength",
+)
+_METRIC_BY_ENUM = {
+    profile_pb2.METRIC_LOGITS_ENTROPY: "logits_entropy",
+    profile_pb2.METRIC_LOGITS_VARENTROPY: "logits_varentropy",
+    profile_pb2.METRIC_ATTN_ENTROPY: "attn_entropy",
+    profile_pb2.METRIC_ATTN_VARENTROPY: "attn_varentropy",
+    profile_pb2.METRIC_AGREEMENT: "agreement",
+    profile_pb2.METRIC_INTERACTION_STRENGTH: "interaction_strength",
+}
 _RECORDING_HEADER = b"samplerd-rec-v1\n"
 
 
@@ -105,7 +113,7 @@ def read_record(path: str) -> list[dict]:
                 if pos + n > len(data):
                     raise CalibrationError(f"{path}: {kind} {index} is truncated or unparseable")
                 if kind == "response":
-                    resp = sampler_pb2.SampleResponse.FromString(data[pos:pos + n])
+                    resp = sampler_pb2.SampleResponse.FromString(data[pos : pos + n])
                     steps += [_metrics_dict(r.metrics) for r in resp.results if not r.HasField("error")]
                 pos += n
             index += 1
@@ -135,12 +143,20 @@ def _as_profile(base) -> profile_pb2.Profile:
         return base
     if isinstance(base, Mapping):
         return json_format.ParseDict(base, profile_pb2.Profile())
-    raise CalibrationError("base: a resolved profile (profile_pb2.Profile or its dict, as ListProfiles returns "
-                           "it) is needed")
+    raise CalibrationError(
+        "base: a resolved profile (profile_pb2.Profile or its dict, as ListProfiles returns " "it) is needed"
+    )
 
 
-def calibrate(steps: Union[str, Iterable], base, *, name: str = "calibrated", quantile_low: float = 0.5,
-              quantile_high: float = 0.9, temperature_max: float = 1.0) -> Calibration:
+def calibrate(
+    steps: Union[str, Iterable],
+    base,
+    *,
+    name: str = "calibrated",
+    quantile_low: float = 0.5,
+    quantile_high: float = 0.9,
+    temperature_max: float = 1.0,
+) -> Calibration:
     """Calibrates `base` (the resolved entropix or entropix-frog profile, as `Client.list_profiles()` returns it)
     to `steps`: record paths, or metrics (dicts or `samplerd.Metrics`). Raises CalibrationError naming the
     problem for an empty record, steps without metrics, a quantile outside (0, 1), and the rest of
@@ -157,8 +173,9 @@ def calibrate(steps: Union[str, Iterable], base, *, name: str = "calibrated", qu
         raise CalibrationError(f'base: "{base.name}" is not an adaptive profile (entropix or entropix-frog)')
     t = float(np.float32(base.params.temperature))
     if not (math.isfinite(temperature_max) and temperature_max >= t):
-        raise CalibrationError(f"temperature_max: must be finite and at least the base temperature {t}, "
-                               f"got {temperature_max}")
+        raise CalibrationError(
+            f"temperature_max: must be finite and at least the base temperature {t}, " f"got {temperature_max}"
+        )
 
     if isinstance(steps, (str, os.PathLike)):
         steps = [steps]
@@ -189,13 +206,17 @@ def calibrate(steps: Union[str, Iterable], base, *, name: str = "calibrated", qu
         if not observed:
             raise CalibrationError(
                 f"base profile {base.name} bounds {profile_pb2.Metric.Name(metric)}, but none of the {len(usable)} "
-                "steps carries attention metrics (record with attention, or use base entropix)")
+                "steps carries attention metrics (record with attention, or use base entropix)"
+            )
         values = sorted(bound_values[metric])
         k = len(values)
         quantile_of[metric], value_of[metric] = {}, {}
         for i, v in enumerate(values):
-            q = (quantile_low + quantile_high) / 2 if k == 1 else \
-                quantile_low + i * (quantile_high - quantile_low) / (k - 1)
+            q = (
+                (quantile_low + quantile_high) / 2
+                if k == 1
+                else quantile_low + i * (quantile_high - quantile_low) / (k - 1)
+            )
             quantile_of[metric][v] = q
             value_of[metric][v] = quantile(observed, q)
 
@@ -212,11 +233,13 @@ def calibrate(steps: Union[str, Iterable], base, *, name: str = "calibrated", qu
     c = base.coefficients
 
     def x_of(r: dict) -> float:
-        return (c.adaptive_temperature_logits_entropy * r["logits_entropy"]
-                + c.adaptive_temperature_logits_varentropy * r["logits_varentropy"]
-                + c.adaptive_temperature_attn_entropy * (r["attn_entropy"] or 0.0)
-                + c.adaptive_temperature_attn_varentropy * (r["attn_varentropy"] or 0.0)
-                - c.adaptive_temperature_agreement * (r["agreement"] or 0.0))
+        return (
+            c.adaptive_temperature_logits_entropy * r["logits_entropy"]
+            + c.adaptive_temperature_logits_varentropy * r["logits_varentropy"]
+            + c.adaptive_temperature_attn_entropy * (r["attn_entropy"] or 0.0)
+            + c.adaptive_temperature_attn_varentropy * (r["attn_varentropy"] or 0.0)
+            - c.adaptive_temperature_agreement * (r["agreement"] or 0.0)
+        )
 
     xs = [x_of(r) for r in usable]
     x_min, x_max = min(xs), max(xs)
@@ -235,9 +258,17 @@ def calibrate(steps: Union[str, Iterable], base, *, name: str = "calibrated", qu
     profile.description = (
         f"calibrated from {len(usable)} steps ({attention_steps} with attention) over {base.name}: bounds at "
         f"quantiles {quantile_low:g}..{quantile_high:g} of the observed metrics, temperatures at most "
-        f"{temperature_max:g}")
+        f"{temperature_max:g}"
+    )
     out = profile_pb2.ProfileSet()
     out.profiles.append(profile)
-    return Calibration(profile_set=out, steps=len(usable), steps_without_metrics=len(rows) - len(usable),
-                       attention_steps=attention_steps, bounds=bounds, temperature_scale=s,
-                       adaptive_temperature_min=t * (1 + s * x_min), adaptive_temperature_max=t * (1 + s * x_max))
+    return Calibration(
+        profile_set=out,
+        steps=len(usable),
+        steps_without_metrics=len(rows) - len(usable),
+        attention_steps=attention_steps,
+        bounds=bounds,
+        temperature_scale=s,
+        adaptive_temperature_min=t * (1 + s * x_min),
+        adaptive_temperature_max=t * (1 + s * x_max),
+    )

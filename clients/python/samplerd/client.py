@@ -100,8 +100,14 @@ class _StreamMux:
 
 
 class _Endpoint:
-    def __init__(self, target: str, creds: Optional[grpc.ChannelCredentials], options: list, metadata: tuple,
-                 interceptors: Sequence[Any] = ()):
+    def __init__(
+        self,
+        target: str,
+        creds: Optional[grpc.ChannelCredentials],
+        options: list,
+        metadata: tuple,
+        interceptors: Sequence[Any] = (),
+    ):
         self.target = target
         channel = grpc.secure_channel(target, creds, options) if creds else grpc.insecure_channel(target, options)
         self.channel = grpc.intercept_channel(channel, *interceptors) if interceptors else channel
@@ -142,8 +148,15 @@ class Session:
         """Appends tokens the host chose itself (prompt, forced tokens) to the recent tokens."""
         self._state.extend(tokens)
 
-    def step(self, logits: Any, attention: Any = None, *, params: Any = None, top_logprobs: Optional[int] = None,
-             timeout: Optional[float] = None) -> StepResult:
+    def step(
+        self,
+        logits: Any,
+        attention: Any = None,
+        *,
+        params: Any = None,
+        top_logprobs: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> StepResult:
         """Samples the next token from `logits` ([vocab]) and optional pre-softmax `attention` ([heads, kv_len]
         or [layers, heads, kv_len]). `params` overrides the session's overrides for this step. Raises
         StepError if the server rejects the step (the session does not advance), Unavailable if no endpoint
@@ -165,9 +178,18 @@ class Client:
     `interceptors`: grpc client interceptors (grpc.UnaryUnaryClientInterceptor, ...StreamStreamClientInterceptor)
     wrapped around every endpoint's channel. Thread-safe; use as a context manager or call close()."""
 
-    def __init__(self, target: Union[str, Sequence[str]], *, tls: Any = None, token: Optional[str] = None,
-                 timeout: float = 10.0, failover_timeout: float = 10.0, max_message_bytes: int = 64 << 20,
-                 options: Sequence[tuple[str, Any]] = (), interceptors: Sequence[Any] = ()):
+    def __init__(
+        self,
+        target: Union[str, Sequence[str]],
+        *,
+        tls: Any = None,
+        token: Optional[str] = None,
+        timeout: float = 10.0,
+        failover_timeout: float = 10.0,
+        max_message_bytes: int = 64 << 20,
+        options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[Any] = (),
+    ):
         self.endpoints = _common.endpoints_of(target)
         creds, channel_options = _common.channel_args(tls, max_message_bytes, options)
         self._metadata = _common.metadata_of(token)
@@ -186,15 +208,25 @@ class Client:
         """How many times this client moved to another endpoint after a failure."""
         return self._failover.failovers
 
-    def session(self, sequence_id: Optional[str] = None, *, seed: int = 0, profile: str = "", params: Any = None,
-                recent_tokens: Iterable[int] = (), max_recent: int = DEFAULT_MAX_RECENT, top_logprobs: int = 0,
-                start_step: int = 0) -> Session:
+    def session(
+        self,
+        sequence_id: Optional[str] = None,
+        *,
+        seed: int = 0,
+        profile: str = "",
+        params: Any = None,
+        recent_tokens: Iterable[int] = (),
+        max_recent: int = DEFAULT_MAX_RECENT,
+        top_logprobs: int = 0,
+        start_step: int = 0,
+    ) -> Session:
         """A new generation. `sequence_id` None = a random one. `seed` 0 = the server picks one on the first
         step (then this session sends it on). `profile` "" = the server's default. `params`: overrides (a
         dict, Params or SamplingParams) sent with every step. `recent_tokens`: the prompt's tail; the session
         appends each drawn token and sends the last `max_recent`."""
-        return Session(self, SessionState(sequence_id, seed, profile, params, recent_tokens, max_recent,
-                                          top_logprobs, start_step))
+        return Session(
+            self, SessionState(sequence_id, seed, profile, params, recent_tokens, max_recent, top_logprobs, start_step)
+        )
 
     def sample_batch(self, items: Iterable[tuple], *, timeout: Optional[float] = None) -> list[StepResult]:
         """One request carrying a step of each session: `items` are `(session, logits)` or
@@ -229,20 +261,26 @@ class Client:
                 raise e from None
             _common.check_response(request, resp)
             return resp
+
         return self._retry(send)
 
     def list_profiles(self, timeout: float = 10.0) -> pb.ListProfilesResponse:
         """The server's profiles with every parameter value, and the default profile's name."""
-        return self._retry(lambda ep: ep.stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout,
-                                                           metadata=self._metadata))
+        return self._retry(
+            lambda ep: ep.stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout, metadata=self._metadata)
+        )
 
     def health(self, service: str = "", timeout: float = 5.0) -> str:
         """grpc.health.v1 status of the active endpoint: "SERVING", "NOT_SERVING", ..."""
+
         def check(ep: _Endpoint) -> str:
-            call = ep.channel.unary_unary("/grpc.health.v1.Health/Check",
-                                          request_serializer=_common.health_request,
-                                          response_deserializer=_common.health_response)
+            call = ep.channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=_common.health_request,
+                response_deserializer=_common.health_response,
+            )
             return call(service, timeout=timeout, metadata=self._metadata)
+
         return self._retry(check)
 
     def _retry(self, call):

@@ -34,13 +34,31 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 REGIMES = ["ARGMAX", "CLARIFY", "EXPLORE", "RESAMPLE", "ADAPTIVE", "FIXED"]
-REGIME_COLORS = {"ARGMAX": "#1f77b4", "CLARIFY": "#9467bd", "EXPLORE": "#2ca02c", "RESAMPLE": "#d62728",
-                 "ADAPTIVE": "#ff7f0e", "FIXED": "#7f7f7f", "UNSPECIFIED": "#000000"}
-METRICS = ["logits_entropy", "logits_varentropy", "attn_entropy", "attn_varentropy", "agreement",
-           "interaction_strength"]
-METRIC_LABELS = {"logits_entropy": "logits H\n(bits)", "logits_varentropy": "logits VarH\n(bits²)",
-                 "attn_entropy": "attn H\n(bits)", "attn_varentropy": "attn VarH\n(bits²)",
-                 "agreement": "agreement", "interaction_strength": "interaction\nstrength"}
+REGIME_COLORS = {
+    "ARGMAX": "#1f77b4",
+    "CLARIFY": "#9467bd",
+    "EXPLORE": "#2ca02c",
+    "RESAMPLE": "#d62728",
+    "ADAPTIVE": "#ff7f0e",
+    "FIXED": "#7f7f7f",
+    "UNSPECIFIED": "#000000",
+}
+METRICS = [
+    "logits_entropy",
+    "logits_varentropy",
+    "attn_entropy",
+    "attn_varentropy",
+    "agreement",
+    "interaction_strength",
+]
+METRIC_LABELS = {
+    "logits_entropy": "logits H\n(bits)",
+    "logits_varentropy": "logits VarH\n(bits²)",
+    "attn_entropy": "attn H\n(bits)",
+    "attn_varentropy": "attn VarH\n(bits²)",
+    "agreement": "agreement",
+    "interaction_strength": "interaction\nstrength",
+}
 
 
 def save_png(fig, path: str) -> str:
@@ -57,19 +75,20 @@ def save_png(fig, path: str) -> str:
     fig.savefig(buf, format="png")
     buf.seek(0)
     with Image.open(buf) as im:
-        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE) \
-            .save(path, format="PNG", optimize=True)
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE).save(
+            path, format="PNG", optimize=True
+        )
     return path
 
 
 def short_regime(name) -> str:
     s = str(name)
-    return s[len("REGIME_"):] if s.startswith("REGIME_") else s
+    return s[len("REGIME_") :] if s.startswith("REGIME_") else s
 
 
 def short_metric(name) -> str:
     s = str(name)
-    return (s[len("METRIC_"):] if s.startswith("METRIC_") else s).lower()
+    return (s[len("METRIC_") :] if s.startswith("METRIC_") else s).lower()
 
 
 def load_record(path: str) -> tuple[dict, list[dict], dict]:
@@ -102,8 +121,10 @@ def _rules(profile: dict | None) -> tuple[list[tuple[str, list[tuple[str, str, f
         return [], "ADAPTIVE"
     rules = []
     for rule in profile.get("regimes", []):
-        bounds = [(short_metric(b.get("metric")), str(b.get("op", "")).replace("OP_", ""), float(b.get("value", 0)))
-                  for b in rule.get("bounds", [])]
+        bounds = [
+            (short_metric(b.get("metric")), str(b.get("op", "")).replace("OP_", ""), float(b.get("value", 0)))
+            for b in rule.get("bounds", [])
+        ]
         rules.append((short_regime(rule.get("regime")), bounds))
     default = profile.get("default_regime", profile.get("defaultRegime")) or "ADAPTIVE"
     default = short_regime(default)
@@ -165,8 +186,9 @@ def draw_scatter(ax, profile: dict | None, steps: list[dict], title: str):
     gx, gy = np.meshgrid(xs, ys)
     region, partial = regime_regions(profile, gx, gy)
     cmap = ListedColormap([REGIME_COLORS[r] for r in REGIMES])
-    ax.pcolormesh(xs, ys, region, cmap=cmap, vmin=-0.5, vmax=len(REGIMES) - 0.5, alpha=0.18, shading="auto",
-                  rasterized=True)
+    ax.pcolormesh(
+        xs, ys, region, cmap=cmap, vmin=-0.5, vmax=len(REGIMES) - 0.5, alpha=0.18, shading="auto", rasterized=True
+    )
     if partial.any():
         ax.contourf(xs, ys, partial.astype(float), levels=[0.5, 1.5], colors="none", hatches=["///"])
     rules, default = _rules(profile)
@@ -177,8 +199,16 @@ def draw_scatter(ax, profile: dict | None, steps: list[dict], title: str):
             elif metric == "logits_varentropy":
                 ax.axhline(value, color=REGIME_COLORS.get(regime, "k"), lw=0.8, ls="--", alpha=0.7)
     many = len(steps) > 400
-    ax.scatter(ent, vent, c=colors, s=5 if many else 16, alpha=0.6 if many else 1.0,
-               edgecolors="none" if many else "white", linewidths=0.3, zorder=3)
+    ax.scatter(
+        ent,
+        vent,
+        c=colors,
+        s=5 if many else 16,
+        alpha=0.6 if many else 1.0,
+        edgecolors="none" if many else "white",
+        linewidths=0.3,
+        zorder=3,
+    )
     ax.set_yscale("symlog", linthresh=0.1, linscale=0.6)
     ax.set_xlim(0, xmax)
     ax.set_ylim(0, ymax)
@@ -187,8 +217,10 @@ def draw_scatter(ax, profile: dict | None, steps: list[dict], title: str):
     present = [r for r in REGIMES if r in regimes]
     region_names = sorted({REGIMES[i] for i in np.unique(region)}, key=REGIMES.index)
     handles = [Patch(facecolor=REGIME_COLORS[r], alpha=0.3, label=f"{r} region") for r in region_names]
-    handles += [plt.Line2D([], [], marker="o", ls="", color=REGIME_COLORS[r],
-                           label=f"{r}: {regimes.count(r)} tokens") for r in present]
+    handles += [
+        plt.Line2D([], [], marker="o", ls="", color=REGIME_COLORS[r], label=f"{r}: {regimes.count(r)} tokens")
+        for r in present
+    ]
     if partial.any():
         handles.append(Patch(facecolor="none", hatch="///", label="also needs attention bounds"))
     ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
@@ -227,8 +259,18 @@ def plot_generation(header: dict, steps: list[dict], path: str, title: str | Non
     colors = [REGIME_COLORS.get(r, "#000000") for r in regimes]
 
     fig = plt.figure(figsize=(14, 7.2), dpi=80)
-    gs = fig.add_gridspec(8, 2, width_ratios=[1.0, 1.25], height_ratios=[0.35] + [1] * 7, hspace=0.18,
-                          wspace=0.22, left=0.06, right=0.985, top=0.9, bottom=0.08)
+    gs = fig.add_gridspec(
+        8,
+        2,
+        width_ratios=[1.0, 1.25],
+        height_ratios=[0.35] + [1] * 7,
+        hspace=0.18,
+        wspace=0.22,
+        left=0.06,
+        right=0.985,
+        top=0.9,
+        bottom=0.08,
+    )
 
     ax = fig.add_subplot(gs[:, 0])
     rules = draw_scatter(ax, profile, steps, f"profile {profile_label(header)}: entropy vs varentropy per token")
@@ -252,8 +294,11 @@ def plot_generation(header: dict, steps: list[dict], path: str, title: str | Non
         a.tick_params(labelsize=7)
         for regime, bounds in rules:
             for metric, op, value in bounds:
-                if metric == name and np.isfinite(values).any() and \
-                        np.nanmin(values) * 0.5 <= value <= np.nanmax(values) * 2 + 1e-9:
+                if (
+                    metric == name
+                    and np.isfinite(values).any()
+                    and np.nanmin(values) * 0.5 <= value <= np.nanmax(values) * 2 + 1e-9
+                ):
                     a.axhline(value, color=REGIME_COLORS.get(regime, "k"), lw=0.6, ls="--", alpha=0.6)
         if not np.isfinite(values).any():
             a.text(0.5, 0.5, "absent", transform=a.transAxes, ha="center", va="center", fontsize=8, color="#888")
@@ -265,8 +310,10 @@ def plot_generation(header: dict, steps: list[dict], path: str, title: str | Non
     snippet = text.replace("\n", "⏎").replace("\t", " ")
     if len(snippet) > 110:
         snippet = snippet[:107] + "..."
-    fig.suptitle(title or f"{profile_label(header)} · seed {header.get('seed', '?')} · "
-                 f"prompt {header.get('prompt', '')!r}", fontsize=11)
+    fig.suptitle(
+        title or f"{profile_label(header)} · seed {header.get('seed', '?')} · " f"prompt {header.get('prompt', '')!r}",
+        fontsize=11,
+    )
     fig.text(0.5, 0.935, snippet, ha="center", fontsize=8, family="monospace", color="#333333")
     save_png(fig, path)
     plt.close(fig)

@@ -96,8 +96,7 @@ class Plane:
 
     def ref(self, offset: int, dtype: Any, shape: Sequence[int]) -> pb.TensorRef:
         """A TensorRef to `shape` elements of `dtype` (numpy dtype, name, or wire DType) at byte `offset`."""
-        return pb.TensorRef(region=self.region, offset=offset, dtype=_wire_dtype(dtype),
-                            shape=[int(d) for d in shape])
+        return pb.TensorRef(region=self.region, offset=offset, dtype=_wire_dtype(dtype), shape=[int(d) for d in shape])
 
     def array(self, offset: int, dtype: Any, shape: Sequence[int]) -> np.ndarray:
         """A writable numpy view of the region (float32 / float16; bfloat16 has no numpy dtype: use `write`)."""
@@ -165,7 +164,9 @@ class Slot:
         return self.plane.ref(self.offset, dtype, shape)
 
     def write(self, tensor: Any) -> pb.TensorRef:
-        nbytes = tensor.numel() * tensor.element_size() if hasattr(tensor, "element_size") else np.asarray(tensor).nbytes
+        nbytes = (
+            tensor.numel() * tensor.element_size() if hasattr(tensor, "element_size") else np.asarray(tensor).nbytes
+        )
         if nbytes > self.size:
             raise ValueError(f"a tensor of {nbytes} bytes does not fit a slot of {self.size}")
         return self.plane.write(self.offset, tensor)
@@ -224,11 +225,16 @@ def to_refs(request: pb.SampleRequest, plane: Plane) -> pb.SampleRequest:
             t = getattr(step, name)
             item = _ITEMSIZE.get(t.dtype)
             shape = list(t.shape)
-            if item is None or not shape or any(d < 1 for d in shape) or int(np.prod(shape, dtype=object)) * item != len(t.data):
+            if (
+                item is None
+                or not shape
+                or any(d < 1 for d in shape)
+                or int(np.prod(shape, dtype=object)) * item != len(t.data)
+            ):
                 continue
             if offset + len(t.data) > plane.size:
                 raise ValueError(f"the request's tensors need more than the plane's {plane.size} bytes")
-            plane.buffer[offset:offset + len(t.data)] = t.data
+            plane.buffer[offset : offset + len(t.data)] = t.data
             ref = getattr(step, name + "_ref")
             ref.CopyFrom(pb.TensorRef(region=plane.region, offset=offset, dtype=t.dtype, shape=shape))
             step.ClearField(name)

@@ -73,8 +73,10 @@ def _from_numpy(a: np.ndarray) -> tuple[int, tuple, bytes]:
     if a.dtype == np.float16:
         return DTYPE_F16, a.shape, np.ascontiguousarray(a, dtype="<f2").tobytes()
     if a.dtype.kind not in "fiub":
-        raise TypeError(f"samplerd: cannot send an array of dtype {a.dtype} (expected float32, float16, "
-                        "bfloat16 or a real number type)")
+        raise TypeError(
+            f"samplerd: cannot send an array of dtype {a.dtype} (expected float32, float16, "
+            "bfloat16 or a real number type)"
+        )
     return DTYPE_F32, a.shape, np.ascontiguousarray(a, dtype="<f4").tobytes()
 
 
@@ -119,8 +121,10 @@ def attention_tensor(x: Any, out: pb.Tensor | None = None) -> pb.Tensor:
     dtype, shape, data = encode(x)
     shape = _squeeze_leading(shape, 3)
     if len(shape) not in (2, 3):
-        raise ValueError("samplerd: attention must have shape [heads, kv_len] or [layers, heads, kv_len] "
-                         f"(extra size-1 axes allowed), got {list(shape)}")
+        raise ValueError(
+            "samplerd: attention must have shape [heads, kv_len] or [layers, heads, kv_len] "
+            f"(extra size-1 axes allowed), got {list(shape)}"
+        )
     t = out if out is not None else pb.Tensor()
     t.dtype, t.data = dtype, data
     t.shape[:] = shape

@@ -22,10 +22,25 @@ class Regime(enum.IntEnum):
     FIXED = profile_pb2.REGIME_FIXED
 
 
-_PARAM_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
-                 "presence_penalty", "n_adaptive_samples", "clarifying_token")
-_METRIC_FIELDS = ("logits_entropy", "logits_varentropy", "attn_entropy", "attn_varentropy", "agreement",
-                  "interaction_strength")
+_PARAM_FIELDS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "n_adaptive_samples",
+    "clarifying_token",
+)
+_METRIC_FIELDS = (
+    "logits_entropy",
+    "logits_varentropy",
+    "attn_entropy",
+    "attn_varentropy",
+    "agreement",
+    "interaction_strength",
+)
 
 
 @dataclass(frozen=True)
@@ -46,12 +61,12 @@ class Params:
 
     @staticmethod
     def from_proto(m: profile_pb2.SamplingParams) -> "Params":
-        return Params(**{f: (getattr(m, f) if m.HasField(f) else None) for f in _PARAM_FIELDS},
-                      logit_bias=dict(m.logit_bias))
+        return Params(
+            **{f: (getattr(m, f) if m.HasField(f) else None) for f in _PARAM_FIELDS}, logit_bias=dict(m.logit_bias)
+        )
 
     def to_proto(self) -> profile_pb2.SamplingParams:
-        m = profile_pb2.SamplingParams(**{f: getattr(self, f) for f in _PARAM_FIELDS
-                                          if getattr(self, f) is not None})
+        m = profile_pb2.SamplingParams(**{f: getattr(self, f) for f in _PARAM_FIELDS if getattr(self, f) is not None})
         m.logit_bias.update(self.logit_bias)
         return m
 
@@ -67,8 +82,10 @@ def params_proto(p: Any) -> Optional[profile_pb2.SamplingParams]:
     if isinstance(p, Mapping):
         unknown = set(p) - set(_PARAM_FIELDS) - {"logit_bias"}
         if unknown:
-            raise ValueError(f"samplerd: unknown sampling parameter(s) {sorted(unknown)}; "
-                             f"expected some of {list(_PARAM_FIELDS) + ['logit_bias']}")
+            raise ValueError(
+                f"samplerd: unknown sampling parameter(s) {sorted(unknown)}; "
+                f"expected some of {list(_PARAM_FIELDS) + ['logit_bias']}"
+            )
         return Params(**p).to_proto()
     raise TypeError(f"samplerd: params must be a Params, a dict or a SamplingParams, got {type(p).__name__}")
 
@@ -114,11 +131,19 @@ class StepResult:
 
     @staticmethod
     def from_proto(r: pb.StepResult) -> "StepResult":
-        return StepResult(sequence_id=r.sequence_id, step=r.step, token=r.token, logprob=r.logprob,
-                          regime=Regime(r.regime), applied=Params.from_proto(r.applied),
-                          metrics=Metrics.from_proto(r.metrics),
-                          top=tuple(TokenLogprob(t.token, t.logprob) for t in r.top), seed=r.seed,
-                          profile=r.profile, server_micros=r.server_micros)
+        return StepResult(
+            sequence_id=r.sequence_id,
+            step=r.step,
+            token=r.token,
+            logprob=r.logprob,
+            regime=Regime(r.regime),
+            applied=Params.from_proto(r.applied),
+            metrics=Metrics.from_proto(r.metrics),
+            top=tuple(TokenLogprob(t.token, t.logprob) for t in r.top),
+            seed=r.seed,
+            profile=r.profile,
+            server_micros=r.server_micros,
+        )
 
 
 class SamplerdError(Exception):

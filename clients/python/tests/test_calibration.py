@@ -37,17 +37,23 @@ def write_jsonl(path: Path, metrics: list) -> Path:
     return path
 
 
-FIVE = [{"logits_entropy": e, "logits_varentropy": v} for e, v in
-        [(0.3, 3.0), (0.5, 5.0), (0.1, 1.0), (0.4, 4.0), (0.2, 2.0)]]
+FIVE = [
+    {"logits_entropy": e, "logits_varentropy": v}
+    for e, v in [(0.3, 3.0), (0.5, 5.0), (0.1, 1.0), (0.4, 4.0), (0.2, 2.0)]
+]
 
 
 def bounds(profile) -> dict:
-    return {(samplerd.profile_pb2.Regime.Name(r.regime), samplerd.profile_pb2.Metric.Name(b.metric)): b.value
-            for r in profile.regimes for b in r.bounds}
+    return {
+        (samplerd.profile_pb2.Regime.Name(r.regime), samplerd.profile_pb2.Metric.Name(b.metric)): b.value
+        for r in profile.regimes
+        for b in r.bounds
+    }
 
 
 def test_quantile_interpolates_between_order_statistics():
     from samplerd.calibration import quantile
+
     assert quantile([3, 1, 2, 4, 5], 0.25) == 2.0
     assert quantile([1, 2, 3, 4], 0.5) == 2.5
     assert quantile([10, 0], 0.9) == 9.0
@@ -76,8 +82,19 @@ def test_python_and_samplerctl_give_the_same_profile_on_a_recording(server, clie
     p = run_samplerctl("--target", server.address, "record", "--out", str(rec), "--steps", "40", "--sequences", "3")
     assert p.returncode == 0, p.stderr
     out = tmp_path / "cpp.json"
-    p = run_samplerctl("calibrate", "--from", str(rec), "--base", base, "--out", str(out), "--quantile-low", "0.3",
-                       "--temperature-max", "1.2")
+    p = run_samplerctl(
+        "calibrate",
+        "--from",
+        str(rec),
+        "--base",
+        base,
+        "--out",
+        str(out),
+        "--quantile-low",
+        "0.3",
+        "--temperature-max",
+        "1.2",
+    )
     assert p.returncode == 0, p.stderr
     cpp = json_format.Parse(out.read_text(), samplerd.profile_pb2.ProfileSet())
     py = samplerd.calibrate(str(rec), base_profiles(client)[base], quantile_low=0.3, temperature_max=1.2)
@@ -87,8 +104,9 @@ def test_python_and_samplerctl_give_the_same_profile_on_a_recording(server, clie
 
 
 def test_python_and_samplerctl_agree_on_json_lines(client, tmp_path):
-    rec = write_jsonl(tmp_path / "gen.jsonl", FIVE + [{"logits_entropy": 0.05, "logits_varentropy": 0.7,
-                                                      "attn_entropy": None}])
+    rec = write_jsonl(
+        tmp_path / "gen.jsonl", FIVE + [{"logits_entropy": 0.05, "logits_varentropy": 0.7, "attn_entropy": None}]
+    )
     out = tmp_path / "cpp.json"
     p = run_samplerctl("calibrate", "--from", str(rec), "--out", str(out))
     assert p.returncode == 0, p.stderr
@@ -115,11 +133,14 @@ def test_the_output_loads_into_a_running_server_on_sighup(spawn, tmp_path):
         assert r.regime is not None
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "no steps: the record is empty"),
-    (b"samplerd-rec-v1\n", "no steps: the record is empty"),
-    (b'{"kind": "step", "metrics": {}}\n{"kind": "step"}\n', "none of the 2 steps carries metrics"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "no steps: the record is empty"),
+        (b"samplerd-rec-v1\n", "no steps: the record is empty"),
+        (b'{"kind": "step", "metrics": {}}\n{"kind": "step"}\n', "none of the 2 steps carries metrics"),
+    ],
+)
 def test_bad_records_are_refused_naming_the_problem(client, tmp_path, content, message):
     rec = tmp_path / "bad.rec"
     rec.write_bytes(content)

@@ -31,6 +31,7 @@ def test_health_and_profiles(client):
 def test_health_speaks_the_generated_grpc_health_v1_messages(client):
     import grpc
     from samplerd.v1 import health_pb2
+
     assert health_pb2.DESCRIPTOR.name == "grpc/health/v1/health.proto"  # the vendored proto/grpc/health/v1
     assert client.health("samplerd.v1.Sampler") == "SERVING"
     with pytest.raises(grpc.RpcError) as e:
@@ -82,8 +83,6 @@ def test_attention_metrics_absent_without_attention(client):
     r = client.session("no-attn", seed=1).step(logits)
     assert r.metrics.logits_entropy is not None
     assert r.metrics.attn_entropy is None and r.metrics.agreement is None
-
-
 
 
 @pytest.mark.parametrize("encoding", ["numpy_f32", "torch_f32", "torch_bf16", "raw_bf16", "numpy_f16"])

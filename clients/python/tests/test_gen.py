@@ -27,10 +27,17 @@ def test_importing_the_package_generates_nothing(tmp_path):
     import shutil
     import subprocess
     import sys
-    shutil.copytree(PACKAGE_PARENT / "samplerd", tmp_path / "samplerd",
-                    ignore=shutil.ignore_patterns("*_pb2*", "__pycache__"))
-    done = subprocess.run([sys.executable, "-c", "import samplerd"], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)})
+
+    shutil.copytree(
+        PACKAGE_PARENT / "samplerd", tmp_path / "samplerd", ignore=shutil.ignore_patterns("*_pb2*", "__pycache__")
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "import samplerd"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)},
+    )
     assert done.returncode != 0
     assert "sampler_pb2" in done.stderr or "profile_pb2" in done.stderr
     assert not list((tmp_path / "samplerd" / "v1").glob("*_pb2*"))

@@ -17,8 +17,11 @@ class Recorder(sampler_pb2_grpc.SamplerServicer):
 
     def _answer(self, request, context):
         self.metadata.append(dict(context.invocation_metadata()))
-        return pb.SampleResponse(results=[pb.StepResult(sequence_id=s.sequence_id, step=s.step, token=7,
-                                                        seed=s.seed or 1) for s in request.steps])
+        return pb.SampleResponse(
+            results=[
+                pb.StepResult(sequence_id=s.sequence_id, step=s.step, token=7, seed=s.seed or 1) for s in request.steps
+            ]
+        )
 
     def Sample(self, request_iterator, context):
         for request in request_iterator:
@@ -40,9 +43,28 @@ def serve(creds=None):
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("certs")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=samplerd-test", "-addext", "subjectAltName=DNS:samplerd.test",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=samplerd-test",
+            "-addext",
+            "subjectAltName=DNS:samplerd.test",
+            "-keyout",
+            str(d / "key.pem"),
+            "-out",
+            str(d / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return d
 
 

@@ -34,8 +34,9 @@ def _request(rng: np.random.Generator) -> pb.SampleRequest:
     for i, dtype in enumerate((np.float32, np.float16, np.float32)):
         step = request.steps.add(sequence_id=f"s{i}", step=i, seed=7, top_logprobs=3)
         logits = (rng.standard_normal(VOCAB) * 2).astype(dtype)
-        step.logits.CopyFrom(pb.Tensor(dtype=pb.DTYPE_F32 if dtype == np.float32 else pb.DTYPE_F16,
-                                       shape=[VOCAB], data=logits.tobytes()))
+        step.logits.CopyFrom(
+            pb.Tensor(dtype=pb.DTYPE_F32 if dtype == np.float32 else pb.DTYPE_F16, shape=[VOCAB], data=logits.tobytes())
+        )
         attention = (rng.standard_normal((2, 4, 32)) * 2).astype(np.float32)
         step.attention.CopyFrom(pb.Tensor(dtype=pb.DTYPE_F32, shape=[2, 4, 32], data=attention.tobytes()))
     return request
@@ -73,16 +74,28 @@ def test_slot_ring_numpy_views_and_torch_copies_answer_as_bytes(shm_server):
         slot = ring.next()
         slot.array(np.float32, (VOCAB,))[:] = logits
         by_view = pb.SampleRequest(steps=[pb.Step(sequence_id="v", seed=3, logits_ref=slot.ref(np.float32, (VOCAB,)))])
-        inline = pb.SampleRequest(steps=[pb.Step(sequence_id="v", seed=3, logits=pb.Tensor(
-            dtype=pb.DTYPE_F32, shape=[VOCAB], data=logits.tobytes()))])
+        inline = pb.SampleRequest(
+            steps=[
+                pb.Step(
+                    sequence_id="v", seed=3, logits=pb.Tensor(dtype=pb.DTYPE_F32, shape=[VOCAB], data=logits.tobytes())
+                )
+            ]
+        )
         assert _answer(stub, by_view, plane.metadata) == _answer(stub, inline)
         # A torch bfloat16 tensor copied into the next slot.
         t = torch.from_numpy(logits).to(torch.bfloat16)
         ref = ring.next().write(t)
         assert ref.dtype == pb.DTYPE_BF16 and ref.offset == ring.slot_bytes
         by_torch = pb.SampleRequest(steps=[pb.Step(sequence_id="t", seed=3, logits_ref=ref)])
-        inline_bf16 = pb.SampleRequest(steps=[pb.Step(sequence_id="t", seed=3, logits=pb.Tensor(
-            dtype=pb.DTYPE_BF16, shape=[VOCAB], data=t.view(torch.int16).numpy().tobytes()))])
+        inline_bf16 = pb.SampleRequest(
+            steps=[
+                pb.Step(
+                    sequence_id="t",
+                    seed=3,
+                    logits=pb.Tensor(dtype=pb.DTYPE_BF16, shape=[VOCAB], data=t.view(torch.int16).numpy().tobytes()),
+                )
+            ]
+        )
         assert _answer(stub, by_torch, plane.metadata) == _answer(stub, inline_bf16)
 
 
