@@ -18,20 +18,23 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done; wait 2> /dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-start() {  # start NAME BIN ARGS...: prints the address once the server listens
+# Runs in this shell (not in $(...)), so its pid reaches cleanup; sets started_addr once the server listens.
+start() {  # start NAME BIN ARGS...
   local name=$1 bin=$2; shift 2
   "$bin" --listen 127.0.0.1:0 --allow_no_compute --metrics_listen "" --log_level warn "$@" > "$work/$name.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 200); do
     addr=$(sed -n 's/^samplerd listening on \(127\.0\.0\.1:[0-9]*\)$/\1/p' "$work/$name.out" | head -n 1)
-    [ -n "$addr" ] && { echo "$addr"; return; }
+    [ -n "$addr" ] && { started_addr=$addr; return; }
     sleep 0.1
   done
   echo "bench-e2e-ab: $name did not start" >&2; cat "$work/$name.out" >&2; exit 1
 }
-base_addr=$(start base "$base")
+start base "$base"
+base_addr=$started_addr
 # shellcheck disable=SC2086
-new_addr=$(start new "$new" ${NEW_ARGS:-})
+start new "$new" ${NEW_ARGS:-}
+new_addr=$started_addr
 echo "# base: $base at $base_addr; new: $new ${NEW_ARGS:-} at $new_addr; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$rounds"); do
   for config in "${configs[@]}"; do
