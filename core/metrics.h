@@ -93,8 +93,7 @@ absl::StatusOr<std::optional<AttentionMetrics>> ComputeAttentionMetrics(const Fl
 
 // Below this many attention elements (1 MiB of float32) ComputeStepMetrics keeps the step on one thread: the
 // other thread must first be woken (10-40 us on a VM) and the rows' column sums cross between caches, which
-// a smaller step does not earn back. Measured end to end on 2 vCPUs (docs/benchmarks.md): L (32 x 4096)
-// 1.15x faster unshared, XL (64 x 8192) 1.0-1.07x faster shared and 1.15x in the service without a network.
+// a smaller step does not earn back (the threshold's measurements: docs/benchmarks.md).
 inline constexpr int64_t kMinSharedAttention = int64_t{1} << 18;
 
 // SummarizeLogits and, when `attention` is set, ComputeAttentionMetrics of one step, with the passes shared

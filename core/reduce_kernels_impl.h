@@ -395,7 +395,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   };
 
   // One block with every check: -inf entries are left out of min, sum and count, NaN / +inf flagged, and a
-  // sum that overflows float (|x| near FLT_MAX, found by tests/fuzz) redone in double.
+  // sum that overflows float (|x| near FLT_MAX) redone in double.
   static void ScanBlockChecked(const float* x, RowAcc* a) {
     const Batch vneg_inf(-INFINITY), zero(0.0f), one(1.0f), inf(INFINITY);
     Batch acc(0.0f), cnt(0.0f);

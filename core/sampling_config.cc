@@ -41,7 +41,7 @@ absl::Status ValidateSamplingParams(const v1::SamplingParams& p, absl::string_vi
                              absl::StrCat("must be finite, got ", p.presence_penalty()));
   }
   // A protobuf map iterates in a different order in each copy of a request: the error names the lowest bad
-  // token id, so every replica answers alike (found by tests/fuzz, whose replay compares messages).
+  // token id, so every replica answers alike (the fuzzers' replay compares messages).
   const google::protobuf::Map<int32_t, float>::value_type* bad = nullptr;
   for (const auto& entry : p.logit_bias()) {
     const bool invalid = entry.first < 0 || std::isnan(entry.second) || entry.second == INFINITY;

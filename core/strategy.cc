@@ -71,7 +71,7 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
           std::min(c.explore_temperature_max(),
                    T * (c.explore_temperature_offset() + c.explore_temperature_interaction_strength() * interaction)));
       // Reference: int() truncation toward zero. Capped at INT32_MAX: a valid top_k near it, widened, does not
-      // fit an int32 (found by tests/fuzz).
+      // fit an int32.
       d.params.top_k = static_cast<int32_t>(std::min<double>(
           std::max(c.explore_top_k_min(), std::trunc(K * (1.0 + c.explore_top_k_agreement() * (1.0 - agreement)))),
           std::numeric_limits<int32_t>::max()));
@@ -106,7 +106,7 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
       break;
   }
   // Formulas can leave the valid range only through extreme coefficients; keep the chain's contract.
-  // A valid base temperature near FLT_MAX times a formula's factor overflows float (found by tests/fuzz).
+  // A valid base temperature near FLT_MAX times a formula's factor overflows float.
   d.params.temperature = std::min(d.params.temperature, std::numeric_limits<float>::max());
   d.params.top_p = std::clamp(d.params.top_p, 1e-6f, 1.0f);
   d.params.min_p = std::clamp(d.params.min_p, 0.0f, 1.0f);

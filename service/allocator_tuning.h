@@ -8,8 +8,7 @@
 // every thread allocates from the main heap: a per-thread arena is unmapped whole as soon as it is empty,
 // whatever the trim threshold, and gRPC's threads would fault on their next message again. One arena costs
 // little here: core allocates nothing per step, so only gRPC and protobuf take the lock, a few times per
-// message (workload B, 33 MB requests, both ends tuned: 1.4x the round-trip rate, median of 5 alternating runs;
-// megabyte requests (L) are unchanged; docs/benchmarks.md).
+// message (measured with workload B in docs/benchmarks.md).
 //
 //   if (absl::Status s = TuneAllocatorForLargeMessages(); !s.ok()) spdlog::warn("{}", s.ToString());
 #ifndef SAMPLERD_SERVICE_ALLOCATOR_TUNING_H_
