@@ -27,6 +27,19 @@ bool IsTransportFailure(const absl::Status& s) {
          s.code() == absl::StatusCode::kAborted;
 }
 
+// The client's one failover loop: `attempt` (a call on the current endpoint) until it succeeds, fails for a
+// reason other than transport, or `max_attempts` have failed; `advance` moves to the next endpoint in between.
+// Retrying is safe because a request carries every input of its steps (the server keeps no per-call state).
+template <typename Attempt, typename Advance>
+absl::Status WithFailover(size_t max_attempts, Attempt attempt, Advance advance) {
+  absl::Status status = attempt();
+  for (size_t n = 1; !status.ok() && IsTransportFailure(status) && n < max_attempts; ++n) {
+    advance();
+    status = attempt();
+  }
+  return status;
+}
+
 std::shared_ptr<grpc::ChannelCredentials> MakeCredentials(const ClientOptions& options) {
   if (!options.tls) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions ssl;
@@ -184,13 +197,13 @@ absl::StatusOr<StepResult> Session::Step(const TensorRef& logits, const std::opt
   step->Clear();
   FillStep(logits, attention, options, step);
 
-  absl::Status sent = Exchange();
-  for (size_t attempt = 1; !sent.ok() && IsTransportFailure(sent) && attempt < 2 * client_->endpoint_count() + 1;
-       ++attempt) {
-    client_->Advance();
-    ++failovers_;
-    sent = Exchange();
-  }
+  // A broken stream can fail its first exchange on each endpoint before a fresh one answers: twice per endpoint.
+  const absl::Status sent = WithFailover(
+      2 * client_->endpoint_count() + 1, [this] { return Exchange(); },
+      [this] {
+        client_->Advance();
+        ++failovers_;
+      });
   if (!sent.ok()) return sent;
   if (response_.results_size() != 1) {
     return absl::InternalError(
@@ -264,19 +277,19 @@ absl::StatusOr<v1::ListProfilesResponse> Client::ListProfiles(absl::Duration tim
 }
 
 absl::StatusOr<v1::SampleResponse> Client::SampleOnce(const v1::SampleRequest& request, absl::Duration timeout) {
-  // A unary call is as idempotent as a stream step (the request carries every input): retried once per endpoint.
-  absl::Status last;
-  for (size_t attempt = 0; attempt < endpoints_.size(); ++attempt) {
-    grpc::ClientContext context;
-    Prepare(&context, timeout);
-    v1::SampleResponse response;
-    const grpc::Status s = endpoints_[current_].stub->SampleOnce(&context, request, &response);
-    if (s.ok()) return response;
-    last = FromGrpcStatus(s);
-    if (!IsTransportFailure(last)) break;
-    Advance();
-  }
-  return last;
+  // A unary call has no stream to reopen: one attempt per endpoint.
+  v1::SampleResponse response;
+  const absl::Status status = WithFailover(
+      endpoints_.size(),
+      [&] {
+        grpc::ClientContext context;
+        Prepare(&context, timeout);
+        response.Clear();
+        return FromGrpcStatus(endpoints_[current_].stub->SampleOnce(&context, request, &response));
+      },
+      [this] { Advance(); });
+  if (!status.ok()) return status;
+  return response;
 }
 
 absl::StatusOr<std::vector<absl::StatusOr<StepResult>>> Client::SampleBatch(absl::Span<const BatchItem> items,
