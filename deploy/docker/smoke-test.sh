@@ -37,7 +37,7 @@ ref_pid=""
 # Metrics, where this build serves them (--metrics_listen): on a free port, checked below.
 metrics=()
 "${podman[@]}" run --rm --pull=never --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "$tag" --help \
-  | grep -q -- '--metrics_listen' && metrics=(--metrics_listen 127.0.0.1:0)
+  | grep -- '--metrics_listen' > /dev/null && metrics=(--metrics_listen 127.0.0.1:0)
 cleanup() {
   "${podman[@]}" rm -f -t 0 "$name" > /dev/null 2>&1 || true
   [ -n "$ref_pid" ] && kill -KILL "$ref_pid" 2>/dev/null || true
@@ -88,7 +88,7 @@ host_bin=${SAMPLERD_BIN:-build/service/samplerd}
 if [ -x "$host_bin" ]; then
   ref_dir=$(mktemp -d)
   host_extra=()
-  "$host_bin" --help | grep -q -- '--metrics_listen' && host_extra=(--metrics_listen 127.0.0.1:0)
+  "$host_bin" --help | grep -- '--metrics_listen' > /dev/null && host_extra=(--metrics_listen 127.0.0.1:0)
   "$host_bin" --listen 127.0.0.1:0 --log_level warn "${host_extra[@]}" > "$ref_dir/out" 2>&1 &
   ref_pid=$!
   ref_port=""
