@@ -319,12 +319,24 @@ std::string CheckResult(const v1::Step& step, const v1::StepResult& r, int index
     }
   }
 
-  const int64_t want_top = std::min<int64_t>(step.top_logprobs(), vocab);
-  if (r.top_size() != want_top) return absl::StrCat(where, r.top_size(), " top tokens, want ", want_top);
+  // `top` lists tokens of finite logprob only (docs/contract.md): every token whose logprob must be finite (as
+  // above) is a candidate, a token whose logit is -inf never is; the ones in between are float's call.
+  int64_t surely_finite = 0, not_masked = 0;
+  for (int64_t i = 0; i < vocab; ++i) {
+    const float x = logits->data[i];
+    if (x == -kInf) continue;
+    ++not_masked;
+    if (static_cast<double>(x) - max_z > -static_cast<double>(FLT_MAX)) ++surely_finite;
+  }
+  const int64_t least_top = std::min<int64_t>(step.top_logprobs(), surely_finite);
+  const int64_t most_top = std::min<int64_t>(step.top_logprobs(), not_masked);
+  if (r.top_size() < least_top || r.top_size() > most_top) {
+    return absl::StrCat(where, r.top_size(), " top tokens, want ", least_top, " to ", most_top);
+  }
   for (int i = 0; i < r.top_size(); ++i) {
     const v1::TokenLogprob& t = r.top(i);
     if (t.token() < 0 || t.token() >= vocab) return absl::StrCat(where, "top token ", t.token(), " out of range");
-    if (std::isnan(t.logprob()) || t.logprob() > 0.0f) return absl::StrCat(where, "top logprob ", t.logprob());
+    if (!std::isfinite(t.logprob()) || t.logprob() > 0.0f) return absl::StrCat(where, "top logprob ", t.logprob());
     if (i > 0 && !(t.logprob() <= r.top(i - 1).logprob())) {
       return absl::StrCat(where, "top logprobs not descending at ", i);
     }
