@@ -10,6 +10,7 @@
 #include "core/field_error.h"
 #include "service/allocator_tuning.h"
 #include "service/answer_order.h"
+#include "service/message_framing.h"
 #include "service/step_codec.h"
 #include "spdlog/spdlog.h"
 
@@ -78,8 +79,8 @@ void SerializeResponse(const v1::SampleResponse& response, grpc::ByteBuffer* wir
 // is released).
 class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  SampleReactor(SamplerService* service, std::string peer, Answerer answer)
-      : service_(service), peer_(std::move(peer)), answer_(std::move(answer)) {
+  SampleReactor(SamplerService* service, grpc::CallbackServerContext* context, Answerer answer)
+      : service_(service), context_(context), peer_(context->peer()), answer_(std::move(answer)) {
     spdlog::debug("Sample stream opened by {}", peer_);
     std::lock_guard<std::mutex> lock(mu_);
     MaybeStartReadLocked();
@@ -89,7 +90,10 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
     // The parse and the seed resolution happen outside mu_ (a request may be tens of MB); the read side is
     // released only after StartRequest is done with seeds_.
     absl::Status parsed;
-    if (ok) parsed = ParseRequest(&read_buffer_, ++messages_read_, read_request_.get());
+    if (ok) {
+      parsed = CheckMessageFraming(*context_);
+      if (parsed.ok()) parsed = ParseRequest(&read_buffer_, ++messages_read_, read_request_.get());
+    }
     Order::Entry* entry = nullptr;
     std::optional<absl::Status> finish;
     {
@@ -172,6 +176,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   }
 
   SamplerService* const service_;
+  grpc::CallbackServerContext* const context_;  // gRPC's, alive until OnDone
   const std::string peer_;
   const Answerer answer_;
 
@@ -315,12 +320,16 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sam
     return new RejectedStream(ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
         "the server already serves ", config_.max_streams, " Sample streams (--max_streams); retry later"))));
   }
-  return new SampleReactor(this, context->peer(), std::move(answer));
+  return new SampleReactor(this, context, std::move(answer));
 }
 
 grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status framing = CheckMessageFraming(*context); !framing.ok()) {
+    reactor->Finish(ToGrpcStatus(framing));
+    return reactor;
+  }
   const Answerer answer = AnswererFor(*context);
   if (!answer) {
     reactor->Finish(NoComputeResponder::Refused());
@@ -349,10 +358,14 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerContext* context,
                                                        const v1::ListProfilesRequest* request,
                                                        v1::ListProfilesResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status framing = CheckMessageFraming(*context); !framing.ok()) {
+    reactor->Finish(ToGrpcStatus(framing));
+    return reactor;
+  }
   const std::shared_ptr<const ProfileRegistry> registry = profiles();
   for (const Profile& profile : registry->profiles()) *response->add_profiles() = profile.proto();
   response->set_default_profile(registry->default_profile());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
