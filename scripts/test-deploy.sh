@@ -17,29 +17,16 @@ if [ ! -x "$SAMPLERD_BIN" ]; then
   scripts/install-deps.sh && scripts/build.sh || { echo "test-deploy: build failed" >&2; exit 1; }
 fi
 
-passed=0
-failed=0
-run() { # run NAME COMMAND...
-  local name=$1 start=$SECONDS
-  shift
-  echo "=== test-deploy: $name: $*"
-  if "$@"; then
-    passed=$((passed + 1))
-    echo "=== test-deploy: $name: passed in $((SECONDS - start)) s"
-  else
-    failed=$((failed + 1))
-    echo "=== test-deploy: $name: FAILED after $((SECONDS - start)) s" >&2
-  fi
-}
+source scripts/lib/phases.sh
+phases_begin test-deploy
 
-run k8s deploy/k8s/render.sh
-run scaleout tests/scaleout/run.sh
+phase k8s deploy/k8s/render.sh
+phase scaleout tests/scaleout/run.sh
 if [ "${SKIP_IMAGE:-0}" = 1 ]; then
   echo "=== test-deploy: image: skipped (SKIP_IMAGE=1)"
 else
-  run image-build deploy/docker/build-image.sh --tag samplerd:ci ${IMAGE_GIT:+--git "$IMAGE_GIT"}
-  run image-smoke deploy/docker/smoke-test.sh --tag samplerd:ci
+  phase image-build deploy/docker/build-image.sh --tag samplerd:ci ${IMAGE_GIT:+--git "$IMAGE_GIT"}
+  phase image-smoke deploy/docker/smoke-test.sh --tag samplerd:ci
 fi
 
-echo "test-deploy: $passed passed, $failed failed"
-((failed == 0))
+phases_end

@@ -17,20 +17,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export SAMPLERD_BIN=${SAMPLERD_BIN:-$PWD/build/service/samplerd}
 
-passed=0
-failed=0
-run() { # run NAME COMMAND...
-  local name=$1 start=$SECONDS
-  shift
-  echo "=== test-observability: $name: $*"
-  if "$@"; then
-    passed=$((passed + 1))
-    echo "=== test-observability: $name: passed in $((SECONDS - start)) s"
-  else
-    failed=$((failed + 1))
-    echo "=== test-observability: $name: FAILED after $((SECONDS - start)) s" >&2
-  fi
-}
+source scripts/lib/phases.sh
+phases_begin test-observability
 
 operator() {
   local tools=deploy/observability/validate stamp=deploy/observability/validate/node_modules/.samplerd-lock
@@ -49,9 +37,8 @@ operator() {
 }
 
 pytest=(/usr/bin/python3 -m pytest -q -p no:cacheprovider)
-run live-page "${pytest[@]}" tests/observability/live_page_test.py
-run dashboard "${pytest[@]}" tests/observability/deploy_observability_test.py
-run operator operator
+phase live-page "${pytest[@]}" tests/observability/live_page_test.py
+phase dashboard "${pytest[@]}" tests/observability/deploy_observability_test.py
+phase operator operator
 
-echo "test-observability: $passed passed, $failed failed"
-((failed == 0))
+phases_end

@@ -5,29 +5,13 @@
 #   2. fuzzing: each libFuzzer target for ${FUZZ_SECONDS:-60} s (scripts/fuzz.sh), reusing build-asan;
 #   3. soak, CI mode: 64 streams of workload S for ~100 s against build/'s samplerd (tests/soak/run.sh --ci);
 #   4. replay: record against one samplerd process, replay against others (RecordReplayTest in build/).
-# Every phase runs even when an earlier one failed; the exit code is 1 when any failed. Phase times are
-# printed at the end.
+# Every phase runs even when an earlier one failed; the exit code is 1 when any failed (scripts/lib/phases.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export BUILD_DIR=${BUILD_DIR:-build}
 
-passed=0
-failed=0
-failures=()
-timings=()
-phase() {
-  local name=$1
-  shift
-  echo "== reliability: $name"
-  local start=$SECONDS
-  if "$@"; then
-    passed=$((passed + 1))
-  else
-    failed=$((failed + 1))
-    failures+=("$name")
-  fi
-  timings+=("$(printf '%-12s %5d s' "$name" $((SECONDS - start)))")
-}
+source scripts/lib/phases.sh
+phases_begin reliability
 
 # Phases 3 and 4 use the main Release build (scripts/test.sh has built it; build it here when run alone).
 if [ ! -x "$BUILD_DIR/service/samplerd" ] || [ ! -x "$BUILD_DIR/tests/soak/soak_driver" ]; then
@@ -41,9 +25,4 @@ phase fuzz env FUZZ_BUILD_DIR="$ASAN_BUILD_DIR" scripts/fuzz.sh "${FUZZ_SECONDS:
 phase soak tests/soak/run.sh --ci
 phase replay ctest --test-dir "$BUILD_DIR" -R '^RecordReplayTest\.' --output-on-failure --timeout 300
 
-echo "== reliability: phase times"
-printf '  %s\n' "${timings[@]}"
-echo "  total        $(printf '%5d' "$SECONDS") s"
-((failed)) && echo "reliability: failed: ${failures[*]}"
-echo "reliability: $passed passed, $failed failed"
-((failed == 0))
+phases_end
