@@ -23,7 +23,7 @@ suite_packages=(
   openssl curl chromium prometheus
   python3-torch python3-matplotlib python3-pil libopenblas0-pthread fortunes
   python3-pytest python3-yaml python3-setuptools python3-wheel python3-pip python3-venv nodejs
-  golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
+  golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-golang-x-sys-dev
   protoc-gen-go protoc-gen-go-grpc
   clang-format black
 )

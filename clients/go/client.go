@@ -63,6 +63,10 @@ type Options struct {
 	FailoverTimeout time.Duration // how long a failing step is resent, endpoint after endpoint; 10 s
 	MaxMessageBytes int           // 64 MiB, as the server
 	DialOptions     []grpc.DialOption
+	// Shm sends the tensors through samplerd's shared-memory plane (docs/shm.md, shm.go) when the client has one
+	// unix: target and the server's --shm_socket can be reached; otherwise the client sends bytes, logs why, and
+	// ShmStatus returns the reason.
+	Shm *ShmOptions
 }
 
 // Client talks to one or several samplerd endpoints. Safe for concurrent use.
@@ -74,6 +78,8 @@ type Client struct {
 	mu        sync.Mutex
 	active    int
 	failovers int
+
+	shm *clientShm
 }
 
 type endpoint struct {
@@ -119,6 +125,12 @@ func NewClient(targets []string, opts Options) (*Client, error) {
 	md := metadata.MD{}
 	if opts.Token != "" {
 		md.Set("authorization", "Bearer "+opts.Token)
+	}
+	if opts.Shm != nil {
+		c.shm = newClientShm(targets, *opts.Shm)
+		if c.shm.plane != nil {
+			md.Set(ShmSessionMetadata, c.shm.plane.Session())
+		}
 	}
 	for _, t := range targets {
 		dial := []grpc.DialOption{
@@ -182,6 +194,10 @@ func (c *Client) Failovers() int {
 	return c.failovers
 }
 
+// ShmStatus is nil while the client sends tensors through the shared-memory plane (Options.Shm), else why it
+// sends bytes (wrapping ErrShmUnavailable, or a *ShmError when the server refused the region).
+func (c *Client) ShmStatus() error { return c.shm.status() }
+
 // Close closes every connection.
 func (c *Client) Close() error {
 	for _, e := range c.eps {
@@ -191,6 +207,9 @@ func (c *Client) Close() error {
 		}
 		e.mu.Unlock()
 		e.conn.Close()
+	}
+	if c.shm != nil {
+		c.shm.close()
 	}
 	return nil
 }
@@ -264,7 +283,12 @@ func (c *Client) send(ctx context.Context, req *pb.SampleRequest) (*pb.SampleRes
 		if err != nil {
 			return err
 		}
-		ch, err := mux.submit(req)
+		wire, release, err := c.shm.reference(ctx, req)
+		if err != nil {
+			return err
+		}
+		defer release()
+		ch, err := mux.submit(wire)
 		if err != nil {
 			return err
 		}
@@ -277,6 +301,10 @@ func (c *Client) send(ctx context.Context, req *pb.SampleRequest) (*pb.SampleRes
 			}
 			if len(r.resp.Results) != len(req.Steps) {
 				return fmt.Errorf("%w: %d steps sent, %d results received", ErrProtocol, len(req.Steps), len(r.resp.Results))
+			}
+			if wire != req && c.shm.lost(r.resp) {
+				// samplerd restarted under the references: the same steps again, as bytes.
+				return status.Error(codes.Unavailable, "the shared-memory plane closed under the request")
 			}
 			resp = r.resp
 			return nil

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the go tool on the Go client module (samplerd.dev/samplerd) offline, against the Go sources Debian's
-# golang-*-dev packages install under /usr/share/gocode (there is no module proxy here). The published go.mod is
+# golang-*-dev packages install under /usr/share/gocode (there is no module proxy here; golang.org/x/sys/unix, which
+# the shared-memory plane uses, comes from golang-golang-x-sys-dev). The published go.mod is
 # left alone: this script writes a copy, .gopath/go.test.mod, that replaces every module of the requirement
 # graph with its Debian source folder (or, for a module Debian does not ship and nothing here imports, with an
 # empty module), and runs go with -modfile pointing at it, GOFLAGS=-mod=mod and GOPROXY=off. Examples:
