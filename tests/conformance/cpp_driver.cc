@@ -9,6 +9,12 @@
 // per stream, so the bfloat16 golden requests and the batched float32/float16/bfloat16 generation are built
 // here and sent with `Client::SampleOnce`, keeping each sequence's state (step, seed, recent tokens) the way a
 // Session does.
+//
+// With `--shm SOCKET` (the server's --shm_socket; --target then a unix: address of the same server) every request
+// goes over the shared-memory plane: the client's channel carries an interceptor that moves each SampleRequest's
+// tensors into a region with ReferenceTensors (malformed tensors stay inline) and adds the session metadata. The
+// driver sends one request at a time, so each request may reuse the region from byte 0.
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -23,7 +29,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "clients/cpp/samplerd_client.h"
+#include "clients/cpp/shm_plane.h"
+#include "grpcpp/support/client_interceptor.h"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -234,6 +243,69 @@ std::string Record(const std::string& id, const samplerd::client::StepResult& s,
   return Record(id, r);
 }
 
+// How many tensors went by reference, and how many requests could not be referenced and went as bytes.
+struct ShmCounts {
+  std::atomic<int> references{0};
+  std::atomic<int> as_bytes{0};
+};
+
+// Rewrites the SampleRequests of one call (Sample or SampleOnce) into references to `plane`, counting them.
+class ShmInterceptor : public grpc::experimental::Interceptor {
+ public:
+  ShmInterceptor(const samplerd::client::ShmPlane* plane, ShmCounts* counts, bool sample)
+      : plane_(plane), counts_(counts), sample_(sample) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (sample_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->emplace(samplerd::client::kShmSessionMetadata, plane_->session());
+    }
+    if (sample_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE)) {
+      auto request = std::make_unique<v1::SampleRequest>();
+      if (const void* message = methods->GetSendMessage(); message != nullptr) {
+        *request = *static_cast<const v1::SampleRequest*>(message);
+      } else {  // already serialized (the async API serializes early)
+        std::vector<grpc::Slice> slices;
+        (void)methods->GetSerializedSendMessage()->Dump(&slices);
+        std::string wire;
+        for (const grpc::Slice& slice : slices) wire.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+        if (!request->ParseFromString(wire)) request.reset();
+      }
+      // A request that cannot be referenced goes as bytes and the driver fails at the end (no exception may
+      // cross gRPC's code).
+      if (request == nullptr || !samplerd::client::ReferenceTensors(*plane_, request.get()).ok()) {
+        ++counts_->as_bytes;
+        methods->Proceed();
+        return;
+      }
+      for (const v1::Step& st : request->steps()) counts_->references += st.has_logits_ref() + st.has_attention_ref();
+      sent_ = std::move(request);  // alive until serialized: the next message of the call comes after this one's answer
+      methods->ModifySendMessage(sent_.get());
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const samplerd::client::ShmPlane* plane_;
+  ShmCounts* counts_;
+  const bool sample_;
+  std::unique_ptr<v1::SampleRequest> sent_;
+};
+
+class ShmInterceptorFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  ShmInterceptorFactory(const samplerd::client::ShmPlane* plane, ShmCounts* counts) : plane_(plane), counts_(counts) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* info) override {
+    const std::string method = info->method();
+    return new ShmInterceptor(plane_, counts_,
+                              method == "/samplerd.v1.Sampler/Sample" || method == "/samplerd.v1.Sampler/SampleOnce");
+  }
+
+ private:
+  const samplerd::client::ShmPlane* plane_;
+  ShmCounts* counts_;
+};
+
 struct Sequence {
   std::string id;
   std::string profile;
@@ -249,7 +321,26 @@ int Run(const std::map<std::string, std::string>& args) {
   std::ifstream in(args.at("requests"));
   const json doc = json::parse(in);
   const std::string golden_dir = args.at("golden");
-  samplerd::client::Client client(args.at("target"));
+  // With --shm, the client's channel sends every request's tensors by reference.
+  std::unique_ptr<samplerd::client::ShmPlane> plane;
+  ShmCounts counts;
+  std::unique_ptr<samplerd::client::Client> client_holder;
+  if (args.count("shm")) {
+    absl::StatusOr<std::unique_ptr<samplerd::client::ShmPlane>> p =
+        samplerd::client::ShmPlane::Connect(args.at("shm"), 64 << 20, "conformance-cpp");
+    if (!p.ok()) throw std::runtime_error(p.status().ToString());
+    plane = std::move(*p);
+    std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> factories;
+    factories.push_back(std::make_unique<ShmInterceptorFactory>(plane.get(), &counts));
+    grpc::ChannelArguments channel_args;
+    channel_args.SetMaxReceiveMessageSize(64 << 20);
+    channel_args.SetMaxSendMessageSize(64 << 20);
+    client_holder = std::make_unique<samplerd::client::Client>(grpc::experimental::CreateCustomChannelWithInterceptors(
+        args.at("target"), grpc::InsecureChannelCredentials(), channel_args, std::move(factories)));
+  } else {
+    client_holder = std::make_unique<samplerd::client::Client>(args.at("target"));
+  }
+  samplerd::client::Client& client = *client_holder;
   std::vector<std::string> lines;
   std::map<std::string, Array> cache;
   auto load = [&](const std::string& f) -> const Array& {
@@ -361,6 +452,14 @@ int Run(const std::map<std::string, std::string>& args) {
       if (s.recent.size() > kMaxRecent) s.recent.erase(s.recent.begin());
     }
   }
+  if (plane != nullptr) {
+    // A driver that silently sent bytes would prove nothing about the plane.
+    if (counts.references == 0 || counts.as_bytes > 0) {
+      throw std::runtime_error(absl::StrCat(counts.references.load(), " tensors sent by reference, ",
+                                            counts.as_bytes.load(), " requests as bytes"));
+    }
+    std::cerr << "cpp: " << counts.references << " tensors sent by reference\n";
+  }
   std::ofstream out(args.at("out"));
   for (const std::string& l : lines) out << l << "\n";
   return out.good() ? 0 : 1;
@@ -376,7 +475,8 @@ int main(int argc, char** argv) {
   }
   for (const char* k : {"target", "requests", "golden", "out"}) {
     if (!args.count(k)) {
-      std::cerr << "usage: samplerd_conformance_cpp --target ADDR --requests FILE --golden DIR --out FILE\n";
+      std::cerr
+          << "usage: samplerd_conformance_cpp --target ADDR --requests FILE --golden DIR --out FILE [--shm SOCKET]\n";
       return 2;
     }
   }

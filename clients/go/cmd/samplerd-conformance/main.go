@@ -4,6 +4,9 @@
 //
 //	samplerd-conformance --target 127.0.0.1:50051 --requests tests/conformance/requests.json \
 //	    --golden tests/golden --out go.txt
+//
+// With --shm SOCKET (the server's --shm_socket; --target then a unix: address of the same server) the client
+// sends every request over the shared-memory plane (Options.Shm); a client that fell back to bytes fails the run.
 package main
 
 import (
@@ -18,6 +21,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
 
 	"samplerd.dev/samplerd"
 	pb "samplerd.dev/samplerd/gen/samplerd/v1"
@@ -133,6 +139,34 @@ func encode(values []float32, shape []int64, dtype string) samplerd.Tensor {
 	return samplerd.Tensor{}
 }
 
+// countReferences is a stream interceptor counting the tensors the client's requests carry by reference.
+func countReferences(n *int64) grpc.StreamClientInterceptor {
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer,
+		opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		s, err := streamer(ctx, desc, cc, method, opts...)
+		return &countingStream{ClientStream: s, n: n}, err
+	}
+}
+
+type countingStream struct {
+	grpc.ClientStream
+	n *int64
+}
+
+func (s *countingStream) SendMsg(m interface{}) error {
+	if req, ok := m.(*pb.SampleRequest); ok {
+		for _, st := range req.Steps {
+			if st.LogitsRef != nil {
+				atomic.AddInt64(s.n, 1)
+			}
+			if st.AttentionRef != nil {
+				atomic.AddInt64(s.n, 1)
+			}
+		}
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
 type npy struct {
 	data  []float32
 	shape []int64
@@ -143,6 +177,7 @@ func main() {
 	requests := flag.String("requests", "", "requests.json")
 	golden := flag.String("golden", "", "the golden folder (tests/golden)")
 	out := flag.String("out", "", "where to write the records")
+	shmSocket := flag.String("shm", "", "the server's --shm_socket: send every request over the shared-memory plane")
 	flag.Parse()
 	if *target == "" || *requests == "" || *golden == "" || *out == "" {
 		log.Fatal("usage: samplerd-conformance --target ADDR --requests FILE --golden DIR --out FILE")
@@ -158,11 +193,23 @@ func main() {
 	if err := json.Unmarshal(raw, &doc); err != nil {
 		log.Fatal(err)
 	}
-	client, err := samplerd.NewClient([]string{*target}, samplerd.Options{})
+	opts := samplerd.Options{}
+	var references int64
+	if *shmSocket != "" {
+		opts.Shm = &samplerd.ShmOptions{Socket: *shmSocket, Name: "conformance-go"}
+		opts.DialOptions = []grpc.DialOption{grpc.WithStreamInterceptor(countReferences(&references))}
+	}
+	client, err := samplerd.NewClient([]string{*target}, opts)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer client.Close()
+	checkShm := func() {
+		if err := client.ShmStatus(); *shmSocket != "" && err != nil {
+			log.Fatalf("the shared-memory plane is not in use: %v", err)
+		}
+	}
+	checkShm()
 	ctx := context.Background()
 	cache := map[string]npy{}
 	load := func(f string) npy {
@@ -232,6 +279,14 @@ func main() {
 			lines = append(lines, record(gen.Sequences[i].ID, r))
 			prev[i] = r.Token
 		}
+	}
+	checkShm()
+	if *shmSocket != "" {
+		// A driver that silently sent bytes would prove nothing about the plane.
+		if atomic.LoadInt64(&references) == 0 {
+			log.Fatal("no tensor was sent by reference")
+		}
+		fmt.Fprintf(os.Stderr, "go: %d tensors sent by reference\n", atomic.LoadInt64(&references))
 	}
 	if err := os.WriteFile(*out, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 		log.Fatal(err)
