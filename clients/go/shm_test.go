@@ -483,3 +483,46 @@ func TestShmClientSendsBytesAfterTheServerRestarted(t *testing.T) {
 		t.Fatalf("%d tensors by reference, %d inline; want 6 and at least 6", refs, inline)
 	}
 }
+
+// Sessions stepping at once share the region's parts: a part is rewritten only after the request that used it
+// was answered, so every answer matches the bytes path.
+func TestShmConcurrentSessionsShareThePartsSafely(t *testing.T) {
+	s := startShmServer(t, "")
+	var counts sentRefs
+	viaShm := newClient(t, []string{s.Address()}, samplerd.Options{DialOptions: []grpc.DialOption{counts.dialOption()},
+		Shm: &samplerd.ShmOptions{Socket: s.socket, Size: 128 << 10, Slots: 2}})
+	viaBytes := newClient(t, []string{s.Address()}, samplerd.Options{})
+	const sessions, steps = 8, 12
+	tokens := func(c *samplerd.Client) [][]int32 {
+		out := make([][]int32, sessions)
+		var wg sync.WaitGroup
+		for i := 0; i < sessions; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				sess := c.Session(samplerd.SessionOptions{SequenceID: "c" + strconv.Itoa(i), Seed: uint64(100 + i)})
+				prev := int32(i)
+				for step := 0; step < steps; step++ {
+					logits, att, ashape := scripted.StepInputs(shape, uint32(i+11), step, prev)
+					a := samplerd.F32(att, ashape...)
+					r, err := sess.Step(context.Background(), samplerd.F32(logits), &a)
+					if err != nil {
+						t.Errorf("session %d step %d: %v", i, step, err)
+						return
+					}
+					prev = r.Token
+					out[i] = append(out[i], r.Token)
+				}
+			}(i)
+		}
+		wg.Wait()
+		return out
+	}
+	got, want := tokens(viaShm), tokens(viaBytes)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("tokens over shared memory %v, over bytes %v", got, want)
+	}
+	if refs, inline := counts.get(); refs != sessions*steps*2 || inline != 0 {
+		t.Fatalf("%d tensors by reference, %d inline; want %d and 0", refs, inline, sessions*steps*2)
+	}
+}
