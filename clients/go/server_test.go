@@ -36,7 +36,7 @@ func goldenDir() string {
 }
 
 // samplerdBinary is $SAMPLERD_BIN, else build/service/samplerd; a missing binary fails the test (never skips).
-func samplerdBinary(t *testing.T) string {
+func samplerdBinary(t testing.TB) string {
 	bin := os.Getenv("SAMPLERD_BIN")
 	if bin == "" {
 		bin = filepath.Join(repo(), "build", "service", "samplerd")
@@ -74,7 +74,7 @@ type server struct {
 
 var listeningRE = regexp.MustCompile(`samplerd listening on (\S+)`)
 
-func startServer(t *testing.T, listen []string, extra ...string) *server {
+func startServer(t testing.TB, listen []string, extra ...string) *server {
 	t.Helper()
 	if len(listen) == 0 {
 		listen = []string{"127.0.0.1:0"}

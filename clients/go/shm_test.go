@@ -39,7 +39,7 @@ type shmServer struct {
 	metrics string // host:port of /metrics
 }
 
-func startShmServer(t *testing.T, dir string) *shmServer {
+func startShmServer(t testing.TB, dir string) *shmServer {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -270,7 +270,7 @@ func answer(t *testing.T, stub pb.SamplerClient, ctx context.Context, req *pb.Sa
 	return b
 }
 
-func dialStub(t *testing.T, target string) pb.SamplerClient {
+func dialStub(t testing.TB, target string) pb.SamplerClient {
 	t.Helper()
 	conn, err := grpc.Dial(target, grpc.WithInsecure())
 	if err != nil {
@@ -525,4 +525,82 @@ func TestShmConcurrentSessionsShareThePartsSafely(t *testing.T) {
 	if refs, inline := counts.get(); refs != sessions*steps*2 || inline != 0 {
 		t.Fatalf("%d tensors by reference, %d inline; want %d and 0", refs, inline, sessions*steps*2)
 	}
+}
+
+// The L workload of `samplerctl bench` (vocab 128256, attention [32, 4096], f32), one session over a unix
+// socket: bytes against Options.Shm (one copy into the region per step), and against a host writing its logits
+// straight into a slot view (no copy, ShmSlotRing by hand). docs/benchmarks.md has the figures.
+func BenchmarkShmStepL(b *testing.B) {
+	s := startShmServer(b, "")
+	const vocab, heads, kv = 128256, 32, 4096
+	logits := make([]float32, vocab)
+	att := make([]float32, heads*kv)
+	for i := range logits {
+		logits[i] = float32(i%977) * 0.01
+	}
+	for i := range att {
+		att[i] = float32(i%61) * 0.05
+	}
+	a := samplerd.F32(att, heads, kv)
+	for _, mode := range []string{"bytes", "shm"} {
+		b.Run(mode, func(b *testing.B) {
+			opts := samplerd.Options{}
+			if mode == "shm" {
+				opts.Shm = &samplerd.ShmOptions{Socket: s.socket, Size: 8 << 20}
+			}
+			c, err := samplerd.NewClient([]string{s.Address()}, opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.ShmStatus(); (mode == "shm") != (err == nil) {
+				b.Fatalf("%s: ShmStatus %v", mode, err)
+			}
+			sess := c.Session(samplerd.SessionOptions{Seed: 1, MaxRecent: samplerd.Int(0)})
+			b.SetBytes(int64(4 * (vocab + heads*kv)))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := sess.Step(context.Background(), samplerd.F32(logits), &a); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	b.Run("shm-slot-views", func(b *testing.B) {
+		plane, err := samplerd.ConnectShm(s.socket, 8<<20, "bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer plane.Close()
+		ring, err := samplerd.NewShmSlotRing(plane, 4*heads*kv) // the larger of the two tensors
+		if err != nil {
+			b.Fatal(err)
+		}
+		attRef, err := ring.Next().Write(a)
+		if err != nil {
+			b.Fatal(err)
+		}
+		stream, err := dialStub(b, s.Address()).Sample(plane.Context(context.Background()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.SetBytes(int64(4 * (vocab + heads*kv)))
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			slot := ring.Next()
+			if slot.Offset == int(attRef.Offset) {
+				slot = ring.Next()
+			}
+			copy(slot.F32(vocab), logits) // stands for the host's own write of its logits
+			req := &pb.SampleRequest{Steps: []*pb.Step{{SequenceId: "bench", Step: uint64(i), Seed: 1,
+				LogitsRef: slot.Ref(pb.DType_DTYPE_F32, vocab), AttentionRef: attRef}}}
+			if err := stream.Send(req); err != nil {
+				b.Fatal(err)
+			}
+			resp, err := stream.Recv()
+			if err != nil || resp.Results[0].Error != nil {
+				b.Fatalf("%v %v", err, resp)
+			}
+		}
+	})
 }
