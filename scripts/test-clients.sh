@@ -2,7 +2,8 @@
 # The client suites against live samplerd processes: Python (pytest, with the sdist -> wheel -> venv install), Node
 # (npm test, then the packed tarball from ESM and CJS), the C++ client installed with cmake --install and used from
 # a consumer project, Go (go vet, go test), then the four-client conformance run. CI calls it after building the
-# server; every suite runs even if an earlier one fails, and the script fails if any did.
+# server; every suite runs even if an earlier one fails, and the script fails if any did
+# (scripts/lib/phases.sh).
 #
 # Environment: SAMPLERD_BIN (default build/service/samplerd), SAMPLERD_GOLDEN_DIR (default scripts/golden-dir.sh:
 # the build's CMake setting, else tests/golden); see scripts/conformance.sh for the rest.
@@ -16,30 +17,15 @@ if [[ ! -x "$SAMPLERD_BIN" ]]; then
   exit 1
 fi
 
-failed=()
-suite() {
-  local name="$1"
-  shift
-  echo "== $name"
-  local t0=$SECONDS
-  if "$@"; then
-    echo "== $name: passed in $((SECONDS - t0)) s"
-  else
-    echo "== $name: FAILED after $((SECONDS - t0)) s"
-    failed+=("$name")
-  fi
-}
+source "$root/scripts/lib/phases.sh"
+phases_begin test-clients
 
-suite python /usr/bin/python3 -m pytest -q -p no:cacheprovider "$root/clients/python/tests"
-suite node bash -c 'cd "$1/clients/node" && { [[ -d node_modules ]] || npm ci --no-audit --no-fund; } && npm test --silent' _ "$root"
-suite node-package "$root/clients/node/scripts/test-package.sh"
-suite cpp-consumer "$root/tests/clients/consumer/run.sh" "${BUILD_DIR:-$root/build}"
-suite go-vet "$root/clients/go/go.sh" vet ./...
-suite go "$root/clients/go/go.sh" test -count=1 ./...
-suite conformance "$root/scripts/conformance.sh"
+phase python /usr/bin/python3 -m pytest -q -p no:cacheprovider "$root/clients/python/tests"
+phase node bash -c 'cd "$1/clients/node" && { [[ -d node_modules ]] || npm ci --no-audit --no-fund; } && npm test --silent' _ "$root"
+phase node-package "$root/clients/node/scripts/test-package.sh"
+phase cpp-consumer "$root/tests/clients/consumer/run.sh" "${BUILD_DIR:-$root/build}"
+phase go-vet "$root/clients/go/go.sh" vet ./...
+phase go "$root/clients/go/go.sh" test -count=1 ./...
+phase conformance "$root/scripts/conformance.sh"
 
-if ((${#failed[@]})); then
-  echo "test-clients: failed: ${failed[*]}"
-  exit 1
-fi
-echo "test-clients: all client suites passed"
+phases_end
