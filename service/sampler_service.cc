@@ -222,12 +222,13 @@ void SamplerService::SetProfiles(std::shared_ptr<const ProfileRegistry> profiles
   profiles_ = std::move(profiles);
 }
 
-bool SamplerService::TryAdmitStream() {
+absl::Status SamplerService::AdmitStream() {
   if (active_streams_.fetch_add(1, std::memory_order_relaxed) >= config_.max_streams) {
     active_streams_.fetch_sub(1, std::memory_order_relaxed);
-    return false;
+    return absl::ResourceExhaustedError(absl::StrCat("the server already serves ", config_.max_streams,
+                                                     " Sample streams (--max_streams); retry later"));
   }
-  return true;
+  return absl::OkStatus();
 }
 
 void SamplerService::ReleaseStream() { active_streams_.fetch_sub(1, std::memory_order_relaxed); }
@@ -314,11 +315,10 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sam
     grpc::CallbackServerContext* context) {
   Answerer answer = AnswererFor(*context);
   if (!answer) return new RejectedStream(NoComputeResponder::Refused());
-  if (!TryAdmitStream()) {
+  if (absl::Status admitted = AdmitStream(); !admitted.ok()) {
     spdlog::warn("Sample stream from {} refused: {} streams open (--max_streams)", context->peer(),
                  config_.max_streams);
-    return new RejectedStream(ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
-        "the server already serves ", config_.max_streams, " Sample streams (--max_streams); retry later"))));
+    return new RejectedStream(ToGrpcStatus(admitted));
   }
   return new SampleReactor(this, context, std::move(answer));
 }

@@ -108,8 +108,14 @@ class SamplerService final
   std::shared_ptr<const ProfileRegistry> profiles() const;
   void SetProfiles(std::shared_ptr<const ProfileRegistry> profiles);
 
-  // Sample streams currently open (admitted ones only).
+  // Sample streams currently open (admitted ones only), the control socket's step connections included.
   int active_streams() const { return active_streams_.load(std::memory_order_relaxed); }
+
+  // Admits a stream unless --max_streams are open (then the RESOURCE_EXHAUSTED a refused Sample call gets);
+  // every OK is paired with ReleaseStream. For a stream that is not a gRPC call: the shared-memory control
+  // socket's step path (shm_control_server.h), which then answers through StartRequest like a Sample stream.
+  absl::Status AdmitStream();
+  void ReleaseStream();
 
  private:
   class SampleReactor;
@@ -123,10 +129,6 @@ class SamplerService final
   Answerer AnswererFor(const grpc::CallbackServerContext& context) const;
 
   explicit SamplerService(Options options);
-
-  // Admits a stream unless max_streams are open; every successful call is paired with ReleaseStream.
-  bool TryAdmitStream();
-  void ReleaseStream();
 
   // decode → core (timed) → encode of one step into `result`, and the observer's OnStep. `fork_join` (may be
   // null) lets core share the step with an idle worker.

@@ -104,23 +104,30 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   options.config = config;
   options.profiles = std::move(profiles);
   options.observer = *metrics;
-  std::unique_ptr<ShmControlServer> shm_control;
+  std::shared_ptr<ShmRegistry> shm;
   if (!config.shm_socket.empty()) {
-    auto shm =
-        std::make_shared<ShmRegistry>(ShmRegistry::Limits{config.shm_max_clients, config.shm_max_regions_per_client,
-                                                          static_cast<uint64_t>(config.shm_max_bytes_per_client)},
-                                      *metrics != nullptr ? MakeShmMetrics((*metrics)->registry()) : nullptr);
-    absl::StatusOr<std::unique_ptr<ShmControlServer>> started = ShmControlServer::Start(config.shm_socket, shm);
-    if (!started.ok()) return started.status();
-    shm_control = *std::move(started);
-    options.shm = std::move(shm);
+    shm = std::make_shared<ShmRegistry>(ShmRegistry::Limits{config.shm_max_clients, config.shm_max_regions_per_client,
+                                                            static_cast<uint64_t>(config.shm_max_bytes_per_client)},
+                                        *metrics != nullptr ? MakeShmMetrics((*metrics)->registry()) : nullptr);
+    options.shm = shm;
   }
   absl::StatusOr<std::unique_ptr<SamplerService>> service = SamplerService::Create(std::move(options));
   if (!service.ok()) return absl::InvalidArgumentError(service.status().ToString());
 
   std::unique_ptr<Server> server(new Server(config, std::move(tokens), *std::move(metrics), *std::move(service)));
-  server->shm_control_ = std::move(shm_control);
   SamplerService* const sampler = server->service_.get();
+  if (shm != nullptr) {
+    // The control socket runs steps through the same service (and the same token check) as the gRPC listeners.
+    ShmControlServer::Options control;
+    control.path = config.shm_socket;
+    control.registry = std::move(shm);
+    control.service = sampler;
+    control.tokens = server->tokens_;
+    control.max_message_bytes = config.max_message_bytes;
+    absl::StatusOr<std::unique_ptr<ShmControlServer>> started = ShmControlServer::Start(std::move(control));
+    if (!started.ok()) return started.status();
+    server->shm_control_ = *std::move(started);
+  }
   if (server->metrics_ != nullptr) {
     server->metrics_->SetActiveStreams([sampler] { return sampler->active_streams(); });
     server->metrics_->SetProfiles([sampler] { return sampler->profiles(); });
@@ -196,6 +203,8 @@ void Server::Shutdown() {
   });
   server_->Shutdown(deadline);
   closer.join();
+  // Its connections end too (a step in flight first); it runs on the service's workers.
+  shm_control_.reset();
 }
 
 void Server::Wait() { server_->Wait(); }

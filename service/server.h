@@ -88,7 +88,7 @@ class Server {
   const std::shared_ptr<BearerTokens> tokens_;
   const std::shared_ptr<ServerMetrics> metrics_;
   const std::unique_ptr<SamplerService> service_;
-  std::unique_ptr<ShmControlServer> shm_control_;  // null without --shm_socket
+  std::unique_ptr<ShmControlServer> shm_control_;  // null without --shm_socket; destroyed before service_
   CallsInFlight calls_;
   std::unique_ptr<ConfigReloader> reloader_;
   std::unique_ptr<grpc::Server> server_;

@@ -9,33 +9,30 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "samplerd/v1/sampler.pb.h"
+#include "service/logging.h"
+#include "service/seed_table.h"
+#include "service/step_codec.h"
 #include "spdlog/spdlog.h"
 
 namespace samplerd {
 namespace {
 
-// A control packet is a few dozen bytes; anything larger is not a ShmControlRequest.
-constexpr size_t kMaxPacketBytes = 4096;
 // File descriptors accepted in one packet's ancillary data: one is expected, a few more are received only to be
 // closed (the kernel installs them in this process as soon as recvmsg returns).
 constexpr int kMaxFdsPerPacket = 8;
 
-struct Connection {
-  int fd = -1;
-  std::string session;
-};
-
-// Receives one packet into `bytes` and its descriptors into `fds`; 0 at end of stream, -1 on error.
-ssize_t ReceivePacket(int fd, std::string* bytes, std::vector<int>* fds) {
-  bytes->resize(kMaxPacketBytes);
+// Receives one packet into `buffer` (ShmControlServer::kMaxPacketBytes) and its descriptors into `fds`, blocking;
+// its length (kMaxPacketBytes + 1 when it was longer), 0 at end of stream, -1 on error.
+ssize_t ReceivePacket(int fd, char* buffer, std::vector<int>* fds) {
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerPacket)];
-  struct iovec iov = {bytes->data(), bytes->size()};
+  struct iovec iov = {buffer, ShmControlServer::kMaxPacketBytes};
   struct msghdr msg = {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -43,7 +40,7 @@ ssize_t ReceivePacket(int fd, std::string* bytes, std::vector<int>* fds) {
   msg.msg_controllen = sizeof(control);
   ssize_t n;
   do {
-    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return n;
   for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
@@ -55,61 +52,57 @@ ssize_t ReceivePacket(int fd, std::string* bytes, std::vector<int>* fds) {
       fds->push_back(received);
     }
   }
-  if ((msg.msg_flags & MSG_TRUNC) != 0) n = static_cast<ssize_t>(kMaxPacketBytes) + 1;  // reported as too long
-  if ((msg.msg_flags & MSG_CTRUNC) != 0) fds->push_back(-1);                            // reported as too many
-  bytes->resize(std::min(static_cast<size_t>(n), kMaxPacketBytes));
+  if ((msg.msg_flags & MSG_TRUNC) != 0) n = static_cast<ssize_t>(ShmControlServer::kMaxPacketBytes) + 1;
+  if ((msg.msg_flags & MSG_CTRUNC) != 0) fds->push_back(-1);  // reported as too many
   return n;
 }
 
-void Reply(v1::ShmControlResponse* response, absl::Status status) {
+void Reply(v1::ShmControlResponse* response, const absl::Status& status) {
   response->set_code(static_cast<int32_t>(status.code()));
   response->set_message(std::string(status.message()));
 }
 
-// The answer to one packet of `connection`.
-v1::ShmControlResponse Handle(ShmRegistry& registry, const Connection& connection, ssize_t length,
-                              const std::string& bytes, const std::vector<int>& fds) {
-  v1::ShmControlResponse response;
-  response.set_session(connection.session);
-  v1::ShmControlRequest request;
-  if (length > static_cast<ssize_t>(kMaxPacketBytes) || !request.ParseFromString(bytes)) {
-    Reply(&response, absl::InvalidArgumentError("the packet is not a samplerd.v1.ShmControlRequest"));
-    return response;
-  }
-  switch (request.kind_case()) {
-    case v1::ShmControlRequest::kRegister: {
-      if (fds.size() != 1 || fds[0] < 0) {
-        Reply(&response, absl::InvalidArgumentError(absl::StrCat(
-                             "a register packet carries exactly one memfd (SCM_RIGHTS), got ", fds.size())));
-        return response;
-      }
-      absl::StatusOr<ShmRegistry::Registered> registered =
-          registry.Register(connection.session, fds[0], request.register_().name());
-      if (!registered.ok()) {
-        Reply(&response, registered.status());
-        return response;
-      }
-      response.set_region(registered->region);
-      response.set_size(registered->size);
-      return response;
-    }
-    case v1::ShmControlRequest::kUnregister:
-      if (!fds.empty()) {
-        Reply(&response, absl::InvalidArgumentError("an unregister packet carries no file descriptor"));
-        return response;
-      }
-      Reply(&response, registry.Unregister(connection.session, request.unregister().region()));
-      return response;
-    default:
-      Reply(&response, absl::InvalidArgumentError("the request names no operation (register or unregister)"));
-      return response;
-  }
+// StartRequest's answer, waited for on the connection's thread (it runs there outright for a lone step when a
+// worker is idle).
+absl::Status RunRequest(const SamplerService& service, const v1::SampleRequest& request, SeedTable* seeds,
+                        v1::SampleResponse* response, absl::string_view session) {
+  std::mutex mu;
+  std::condition_variable answered;
+  bool done = false;
+  absl::Status status;
+  service.StartRequest(
+      request, seeds, response,
+      [&](absl::Status s) {
+        std::lock_guard<std::mutex> lock(mu);
+        status = std::move(s);
+        done = true;
+        answered.notify_one();
+      },
+      session);
+  std::unique_lock<std::mutex> lock(mu);
+  answered.wait(lock, [&] { return done; });
+  return status;
+}
+
+// What a connection's thread keeps between packets.
+struct ConnectionState {
+  SeedTable seeds;             // the connection is one stream: seed-0 steps of a sequence share one seed
+  bool authenticated = false;  // true from the start without --auth_token_file
+  bool admitted = false;       // holds a --max_streams slot (from its first `sample` on)
+};
+
+absl::Status Unauthenticated(absl::string_view reason) {
+  return absl::UnauthenticatedError(absl::StrCat(
+      reason, ": expected ShmControlRequest.authorization \"Bearer <token>\" with a token of --auth_token_file"));
 }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ShmControlServer>> ShmControlServer::Start(const std::string& path,
-                                                                          std::shared_ptr<ShmRegistry> registry) {
+absl::StatusOr<std::unique_ptr<ShmControlServer>> ShmControlServer::Start(Options options) {
+  if (options.registry == nullptr || options.service == nullptr) {
+    return absl::InvalidArgumentError("the shared-memory control socket needs a registry and a service");
+  }
+  const std::string& path = options.path;
   struct sockaddr_un address = {};
   address.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(address.sun_path)) {
@@ -132,98 +125,206 @@ absl::StatusOr<std::unique_ptr<ShmControlServer>> ShmControlServer::Start(const 
     close(fd);
     return absl::UnavailableError(absl::StrCat("eventfd: ", std::strerror(errno)));
   }
-  std::unique_ptr<ShmControlServer> server(new ShmControlServer(path, std::move(registry), fd, wake));
-  server->thread_ = std::thread([s = server.get()] { s->Run(); });
+  std::unique_ptr<ShmControlServer> server(new ShmControlServer(std::move(options), fd, wake));
+  server->accept_thread_ = std::thread([s = server.get()] { s->Accept(); });
   return server;
 }
 
-ShmControlServer::ShmControlServer(std::string path, std::shared_ptr<ShmRegistry> registry, int listen_fd, int wake_fd)
-    : path_(std::move(path)), registry_(std::move(registry)), listen_fd_(listen_fd), wake_fd_(wake_fd) {}
+ShmControlServer::ShmControlServer(Options options, int listen_fd, int wake_fd)
+    : options_(std::move(options)), listen_fd_(listen_fd), wake_fd_(wake_fd) {}
 
 ShmControlServer::~ShmControlServer() {
   const uint64_t one = 1;
   if (write(wake_fd_, &one, sizeof(one)) != sizeof(one)) spdlog::error("cannot wake the shm control thread");
-  thread_.join();
+  accept_thread_.join();
+  Reap(/*all=*/true);
   close(listen_fd_);
   close(wake_fd_);
-  unlink(path_.c_str());
+  unlink(options_.path.c_str());
 }
 
-void ShmControlServer::Run() {
-  std::vector<Connection> connections;
-  std::vector<struct pollfd> polled;
-  std::string bytes;
-  std::vector<int> fds;
-  auto drop = [this](Connection& c) {
-    registry_->CloseSession(c.session);
-    close(c.fd);
-    spdlog::debug("shared-memory client disconnected; its regions are unregistered");
-  };
-  for (;;) {
-    polled.clear();
-    polled.push_back({wake_fd_, POLLIN, 0});
-    polled.push_back({listen_fd_, POLLIN, 0});
-    for (const Connection& c : connections) polled.push_back({c.fd, POLLIN, 0});
-    if (poll(polled.data(), polled.size(), -1) < 0) {
-      if (errno == EINTR) continue;
-      spdlog::error("shm control socket: poll: {}", std::strerror(errno));
-      break;
-    }
-    if (polled[0].revents != 0) break;
-    // Connections first (their indices match `polled` from 2 on); new ones are appended after.
-    std::vector<Connection> kept;
-    kept.reserve(connections.size());
-    for (size_t i = 0; i < connections.size(); ++i) {
-      Connection& c = connections[i];
-      const short revents = polled[i + 2].revents;
-      if (revents == 0) {
-        kept.push_back(std::move(c));
-        continue;
-      }
-      fds.clear();
-      const ssize_t n = ReceivePacket(c.fd, &bytes, &fds);
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        kept.push_back(std::move(c));
-        continue;
-      }
-      if (n <= 0) {  // end of stream or a broken connection
-        for (int f : fds)
-          if (f >= 0) close(f);
-        drop(c);
-        continue;
-      }
-      const v1::ShmControlResponse response = Handle(*registry_, c, n, bytes, fds);
-      for (int f : fds)
-        if (f >= 0) close(f);  // a registered region keeps its own reference (the mapping)
-      const std::string wire = response.SerializeAsString();
-      if (send(c.fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL) != static_cast<ssize_t>(wire.size())) {
-        spdlog::warn("shared-memory client does not read its answers; disconnected");
-        drop(c);
-        continue;
-      }
-      kept.push_back(std::move(c));
-    }
-    connections = std::move(kept);
-    if (polled[1].revents != 0) {
-      for (;;) {
-        const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (fd < 0) break;
-        absl::StatusOr<std::string> session = registry_->OpenSession();
-        if (!session.ok()) {
-          // Told why, then closed: the client sees the message in the answer to its first packet's read.
-          v1::ShmControlResponse response;
-          Reply(&response, session.status());
-          const std::string wire = response.SerializeAsString();
-          (void)send(fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-          close(fd);
-          spdlog::warn("shared-memory client refused: {}", std::string(session.status().message()));
-          continue;
-        }
-        connections.push_back({fd, *std::move(session)});
+void ShmControlServer::Reap(bool all) {
+  std::list<std::unique_ptr<Connection>> ended;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = connections_.begin(); it != connections_.end();) {
+      if (all || (*it)->done.load()) {
+        if (all) shutdown((*it)->fd, SHUT_RDWR);  // wakes its thread's recv; a step in flight finishes first
+        ended.push_back(std::move(*it));
+        it = connections_.erase(it);
+      } else {
+        ++it;
       }
     }
   }
-  for (Connection& c : connections) drop(c);
+  for (std::unique_ptr<Connection>& c : ended) {
+    c->thread.join();
+    close(c->fd);
+  }
+}
+
+void ShmControlServer::Accept() {
+  for (;;) {
+    struct pollfd polled[2] = {{wake_fd_, POLLIN, 0}, {listen_fd_, POLLIN, 0}};
+    if (poll(polled, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      spdlog::error("shm control socket: poll: {}", std::strerror(errno));
+      return;
+    }
+    if (polled[0].revents != 0) return;
+    Reap(/*all=*/false);
+    for (;;) {
+      const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) break;
+      absl::StatusOr<std::string> session = options_.registry->OpenSession();
+      if (!session.ok()) {
+        // Told why, then closed: the client sees the message in the answer to its first packet's read.
+        v1::ShmControlResponse response;
+        Reply(&response, session.status());
+        const std::string wire = response.SerializeAsString();
+        (void)send(fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        close(fd);
+        spdlog::warn("shared-memory client refused: {}", std::string(session.status().message()));
+        continue;
+      }
+      auto connection = std::make_unique<Connection>();
+      connection->fd = fd;
+      connection->session = *std::move(session);
+      Connection* c = connection.get();
+      std::lock_guard<std::mutex> lock(mu_);
+      connections_.push_back(std::move(connection));
+      c->thread = std::thread([this, c] { Serve(c); });
+    }
+  }
+}
+
+void ShmControlServer::Serve(Connection* connection) {
+  ShmRegistry& registry = *options_.registry;
+  ConnectionState state;
+  state.authenticated = options_.tokens == nullptr;
+  const std::unique_ptr<char[]> buffer(new char[kMaxPacketBytes]);
+  std::vector<int> fds;
+  v1::ShmControlRequest request;
+  v1::ShmControlResponse response;
+  std::string wire;
+
+  // The answer to one packet of `length` bytes (its descriptors in `fds`) in `response`.
+  auto handle = [&](ssize_t length) {
+    response.Clear();
+    response.set_session(connection->session);
+    if (length > static_cast<ssize_t>(kMaxPacketBytes)) {
+      Reply(&response, absl::ResourceExhaustedError(
+                           absl::StrCat("a control packet is at most ", kMaxPacketBytes,
+                                        " bytes; send fewer steps per request (or send them on the Sample RPC)")));
+      return;
+    }
+    if (!request.ParseFromArray(buffer.get(), static_cast<int>(length))) {
+      Reply(&response, absl::InvalidArgumentError("the packet is not a samplerd.v1.ShmControlRequest"));
+      return;
+    }
+    if (!request.authorization().empty() && options_.tokens != nullptr) {
+      if (!options_.tokens->Accepts(request.authorization())) {
+        const absl::Status refused = Unauthenticated("the bearer token is not accepted");
+        if (const int64_t held = CallProblemLogBudget().Admit(); held >= 0) {
+          spdlog::warn("shared-memory control packet refused: {}{}", std::string(refused.message()),
+                       HeldBackNote(held));
+        }
+        Reply(&response, refused);
+        return;
+      }
+      state.authenticated = true;
+    }
+    switch (request.kind_case()) {
+      case v1::ShmControlRequest::kRegister: {
+        if (fds.size() != 1 || fds[0] < 0) {
+          Reply(&response, absl::InvalidArgumentError(absl::StrCat(
+                               "a register packet carries exactly one memfd (SCM_RIGHTS), got ", fds.size())));
+          return;
+        }
+        absl::StatusOr<ShmRegistry::Registered> registered =
+            registry.Register(connection->session, fds[0], request.register_().name());
+        if (!registered.ok()) {
+          Reply(&response, registered.status());
+          return;
+        }
+        response.set_region(registered->region);
+        response.set_size(registered->size);
+        return;
+      }
+      case v1::ShmControlRequest::kUnregister:
+        if (!fds.empty()) {
+          Reply(&response, absl::InvalidArgumentError("an unregister packet carries no file descriptor"));
+          return;
+        }
+        Reply(&response, registry.Unregister(connection->session, request.unregister().region()));
+        return;
+      case v1::ShmControlRequest::kSample: {
+        if (!fds.empty()) {
+          Reply(&response, absl::InvalidArgumentError("a sample packet carries no file descriptor"));
+          return;
+        }
+        if (!state.authenticated) {
+          Reply(&response, Unauthenticated("this connection has presented no bearer token"));
+          return;
+        }
+        if (length > options_.max_message_bytes) {
+          Reply(&response,
+                absl::ResourceExhaustedError(absl::StrCat(
+                    "the request is ", length, " bytes, over --max_message_bytes ", options_.max_message_bytes)));
+          return;
+        }
+        if (!state.admitted) {
+          if (absl::Status admitted = options_.service->AdmitStream(); !admitted.ok()) {
+            Reply(&response, admitted);
+            return;
+          }
+          state.admitted = true;
+        }
+        const absl::Status status = RunRequest(*options_.service, request.sample(), &state.seeds,
+                                               response.mutable_sample(), connection->session);
+        if (!status.ok()) {
+          response.clear_sample();
+          Reply(&response, status);
+        }
+        return;
+      }
+      default:
+        Reply(&response, absl::InvalidArgumentError("the request names no operation (register, unregister or sample)"));
+        return;
+    }
+  };
+
+  for (;;) {
+    fds.clear();
+    const ssize_t n = ReceivePacket(connection->fd, buffer.get(), &fds);
+    if (n > 0) handle(n);
+    for (int f : fds)
+      if (f >= 0) close(f);  // a registered region keeps its own reference (the mapping)
+    if (n <= 0) break;       // end of stream, a broken connection, or the server stopping
+    response.SerializeToString(&wire);
+    if (response.has_sample() &&
+        (wire.size() > kMaxPacketBytes || static_cast<int64_t>(wire.size()) > options_.max_message_bytes)) {
+      const size_t bytes = wire.size();
+      response.clear_sample();
+      Reply(&response,
+            absl::ResourceExhaustedError(absl::StrCat("the answer is ", bytes, " bytes, over the control socket's ",
+                                                      kMaxPacketBytes, "-byte packets or --max_message_bytes ",
+                                                      options_.max_message_bytes, "; send fewer steps per request")));
+      response.SerializeToString(&wire);
+    }
+    if (send(connection->fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL) !=
+        static_cast<ssize_t>(wire.size())) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        spdlog::warn("shared-memory client does not read its answers; disconnected");
+      }
+      break;
+    }
+  }
+  registry.CloseSession(connection->session);
+  if (state.admitted) options_.service->ReleaseStream();
+  shutdown(connection->fd, SHUT_RDWR);  // the peer sees the end now; the descriptor is closed by Reap
+  spdlog::debug("shared-memory client disconnected; its regions are unregistered");
+  connection->done.store(true);
 }
 
 }  // namespace samplerd

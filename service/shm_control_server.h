@@ -1,53 +1,100 @@
 // ShmControlServer: the shared-memory control socket (`--shm_socket PATH`), where clients hand samplerd their
-// memfds. The protocol is samplerd.v1.ShmControlRequest / ShmControlResponse (sampler.proto), one serialized
-// message per SOCK_SEQPACKET packet; a `register` packet carries its memfd as SCM_RIGHTS ancillary data.
-// docs/shm.md walks through it.
+// memfds and may run steps. The protocol is samplerd.v1.ShmControlRequest / ShmControlResponse (sampler.proto),
+// one serialized message per SOCK_SEQPACKET packet; a `register` packet carries its memfd as SCM_RIGHTS
+// ancillary data. docs/shm.md walks through it.
 //
 // Each accepted connection is one ShmRegistry session: its token comes back in every response, the client sends
 // it as `samplerd-shm-session` metadata on its Sample calls, and when the connection closes (the client exited,
-// crashed or closed it) the session and its regions leave the registry. One thread serves every connection with
-// poll(); the messages are a few bytes and a registration is one mmap, so it never waits on a slow peer (a peer
-// that does not read its answers is disconnected).
+// crashed or closed it) the session and its regions leave the registry. A `sample` packet is a SampleRequest run
+// by SamplerService::StartRequest, the function every Sample stream's request goes through, with the connection
+// as the stream (its seeds, its session, one --max_streams slot): so its checks, limits, metrics, errors and
+// draws are the gRPC path's, minus the gRPC round trip. With --auth_token_file a connection runs steps only once
+// it has presented an accepted bearer token (the `authorization` field), so the socket is no way around the
+// token.
 //
-//   auto registry = std::make_shared<ShmRegistry>(ShmRegistry::Limits{});
-//   absl::StatusOr<std::unique_ptr<ShmControlServer>> server = ShmControlServer::Start("/run/samplerd/shm.sock",
-//                                                                                     registry);
+// One thread accepts; each connection is served by its own thread, one packet at a time (so one request in
+// flight per connection, answers in order, and a slow or silent peer holds only its own thread). A lone step
+// runs on that thread when a worker is idle (WorkerPool::TryRunHere), as on gRPC's, so an answer costs core's
+// time plus two packets. A peer that does not read its answers is disconnected; one that disconnects mid-step
+// costs nothing more than the step (the answer goes nowhere, the regions stay mapped until the step ends).
+//
+//   ShmControlServer::Options options;
+//   options.path = "/run/samplerd/shm.sock";
+//   options.registry = registry;      // the ShmRegistry the service resolves references in
+//   options.service = service.get();  // must outlive the ShmControlServer
+//   absl::StatusOr<std::unique_ptr<ShmControlServer>> server = ShmControlServer::Start(std::move(options));
 //   ...
-//   server->reset();   // stops the thread, closes every connection, removes the socket file
+//   server->reset();   // stops accepting, ends every connection (a step in flight first), removes the socket file
 #ifndef SAMPLERD_SERVICE_SHM_CONTROL_SERVER_H_
 #define SAMPLERD_SERVICE_SHM_CONTROL_SERVER_H_
 
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <list>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "service/auth.h"
+#include "service/sampler_service.h"
 #include "service/shm_registry.h"
 
 namespace samplerd {
 
 class ShmControlServer {
  public:
-  // Binds `path` (a stale socket file there is replaced) and starts serving. UNAVAILABLE naming the path when
-  // it cannot be bound.
-  static absl::StatusOr<std::unique_ptr<ShmControlServer>> Start(const std::string& path,
-                                                                 std::shared_ptr<ShmRegistry> registry);
+  // The largest packet either way: a request of a few hundred referenced steps, or their answers. It fits the
+  // default unix socket send buffer (net.core.wmem_default), so neither side needs to raise it.
+  static constexpr size_t kMaxPacketBytes = 128 << 10;
+
+  struct Options {
+    // Where to listen; a stale socket file there is replaced.
+    std::string path;
+    // The regions `register` adds and steps reference; required.
+    std::shared_ptr<ShmRegistry> registry;
+    // Runs `sample` requests; required, must outlive the ShmControlServer.
+    SamplerService* service = nullptr;
+    // --auth_token_file's tokens; null = no authentication.
+    std::shared_ptr<const BearerTokens> tokens;
+    // --max_message_bytes: a `sample` packet or its answer larger than this is RESOURCE_EXHAUSTED, as a gRPC
+    // message would be.
+    int64_t max_message_bytes = int64_t{64} << 20;
+  };
+
+  // Binds `options.path` and starts serving. INVALID_ARGUMENT for a bad path or a missing registry or service;
+  // UNAVAILABLE naming the path when it cannot be bound.
+  static absl::StatusOr<std::unique_ptr<ShmControlServer>> Start(Options options);
 
   ShmControlServer(const ShmControlServer&) = delete;
   ShmControlServer& operator=(const ShmControlServer&) = delete;
   ~ShmControlServer();
 
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return options_.path; }
 
  private:
-  ShmControlServer(std::string path, std::shared_ptr<ShmRegistry> registry, int listen_fd, int wake_fd);
-  void Run();
+  // One accepted connection and the thread serving it.
+  struct Connection {
+    int fd = -1;  // closed only when the thread is joined, so shutdown() on it never hits a reused number
+    std::string session;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
 
-  const std::string path_;
-  const std::shared_ptr<ShmRegistry> registry_;
+  ShmControlServer(Options options, int listen_fd, int wake_fd);
+  void Accept();
+  void Serve(Connection* connection);
+  // Joins and closes the connections whose thread has ended (all of them when `all`, after shutting them down).
+  void Reap(bool all);
+
+  const Options options_;
   const int listen_fd_;
-  const int wake_fd_;  // an eventfd: written once to stop Run
-  std::thread thread_;
+  const int wake_fd_;  // an eventfd: written once to stop Accept
+  std::thread accept_thread_;
+  std::mutex mu_;
+  std::list<std::unique_ptr<Connection>> connections_;  // guarded by mu_
 };
 
 }  // namespace samplerd

@@ -183,7 +183,10 @@ void RunGrpcStream(const LoadOptions& options, int index, const v1::SampleReques
   grpc::ClientContext context;
   if (options.no_compute) context.AddMetadata(kNoComputeMetadata, "1");
   if (plane != nullptr) plane->Attach(&context);
-  std::unique_ptr<grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>> stream = stub->Sample(&context);
+  // On the control connection no gRPC call is made at all.
+  const bool control = plane != nullptr && options.shm_control;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>> stream;
+  if (!control) stream = stub->Sample(&context);
 
   v1::SampleResponse response;
   uint64_t step_index = 0;
@@ -191,6 +194,10 @@ void RunGrpcStream(const LoadOptions& options, int index, const v1::SampleReques
   auto round_trip = [&]() -> absl::Status {
     for (v1::Step& step : *request.mutable_steps()) step.set_step(step_index);
     ++step_index;
+    if (control) {
+      if (absl::Status s = plane->Sample(request, &response); !s.ok()) return s;
+      return CheckResponse(request, response);
+    }
     if (!stream->Write(request) || !stream->Read(&response)) {
       broken = true;
       return FromGrpc(stream->Finish());
@@ -212,7 +219,7 @@ void RunGrpcStream(const LoadOptions& options, int index, const v1::SampleReques
     progress->fetch_add(request.steps_size(), std::memory_order_relaxed);
   }
   stats->end = Clock::now();
-  if (!broken) {
+  if (!broken && stream != nullptr) {
     if (status.ok()) {
       stream->WritesDone();
       const grpc::Status finished = stream->Finish();
@@ -351,6 +358,12 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
   if (options.in_process && !options.shm_socket.empty()) {
     return absl::InvalidArgumentError("--shm needs a server, not --in-process");
   }
+  if (options.shm_control && options.shm_socket.empty()) {
+    return absl::InvalidArgumentError("--shm-steps control needs --shm");
+  }
+  if (options.shm_control && options.no_compute) {
+    return absl::InvalidArgumentError("--shm-steps control runs core: not with --no-compute");
+  }
   if (options.in_process && options.no_compute) {
     return absl::InvalidArgumentError("--no-compute measures the transport: it needs a server, not --in-process");
   }
@@ -361,6 +374,7 @@ absl::StatusOr<LoadReport> RunLoad(const LoadOptions& options) {
   report.dtype = options.dtype;
   report.mode = options.in_process            ? "in-process"
                 : options.no_compute          ? "grpc-no-compute"
+                : options.shm_control         ? "shm-control"
                 : !options.shm_socket.empty() ? "grpc-shm"
                                               : "grpc";
   report.target = options.in_process ? "" : options.target;
@@ -429,9 +443,13 @@ std::string ReportJson(const LoadReport& r) {
 }
 
 std::string ReportText(const LoadReport& r) {
-  std::string where = r.mode == "in-process"
-                          ? "in process (core only, no gRPC)"
-                          : absl::StrCat(r.mode == "grpc" ? "gRPC" : "gRPC, no compute", " to ", r.target);
+  std::string where = r.mode == "in-process" ? "in process (core only, no gRPC)"
+                      : r.mode == "shm-control"
+                          ? absl::StrCat("shared memory, steps on the control socket (no gRPC call), server ", r.target)
+                          : absl::StrCat(r.mode == "grpc"       ? "gRPC"
+                                         : r.mode == "grpc-shm" ? "gRPC, tensors in shared memory"
+                                                                : "gRPC, no compute",
+                                         " to ", r.target);
   std::string out = absl::StrFormat(
       "workload %s (vocab %d, attention %dx%d, %d step%s/request, %.2f MB/request), %s, %d stream%s, %s\n",
       WorkloadName(r.workload), r.shape.vocab, r.shape.heads, r.shape.kv_len, r.shape.steps_per_request,

@@ -76,6 +76,9 @@ struct LoadOptions {
   // The server's --shm_socket: each stream registers a region there, writes its request's tensors into it once
   // and sends steps that reference them (docs/shm.md); empty = tensors travel as bytes.
   std::string shm_socket;
+  // With shm_socket: send the steps on the control connection itself (ShmPlane::Sample) instead of a Sample
+  // stream, so no gRPC call is involved (`--shm-steps control`).
+  bool shm_control = false;
   // Called now and then from the calling thread with the steps measured so far; may be empty.
   std::function<void(int64_t done, int64_t total)> progress;
 };
@@ -89,7 +92,7 @@ struct LoadReport {
   Workload workload = Workload::kL;
   WorkloadShape shape;
   v1::DType dtype = v1::DTYPE_F32;
-  std::string mode;  // "grpc", "grpc-shm", "grpc-no-compute" or "in-process"
+  std::string mode;  // "grpc", "grpc-shm", "shm-control", "grpc-no-compute" or "in-process"
   std::string target;
   int streams = 0;
   int64_t steps = 0;          // measured (warm-up excluded)

@@ -5,7 +5,8 @@
 //   samplerctl sample   --logits x.npy [--attention y.npy] [--profile P] [--seed S] [--top-logprobs N] [--json]
 //   samplerctl demo     [--steps 300] [--profile entropix] [--seed 7]
 //   samplerctl bench    [--in-process] [--workload S|L|XL|B] [--dtype f32|bf16] [--streams N] [--steps N]
-//                       [--no-compute] [--shm PATH] [--json]   (clients/cpp/load_generator.h)
+//                       [--no-compute] [--shm PATH [--shm-steps stream|control]] [--json]
+//                       (clients/cpp/load_generator.h)
 //   samplerctl record   --out FILE [--steps 100] [--sequences 2] [--profile P] [--seed 7]
 //   samplerctl replay   FILE            (exit 1 with a diff when any answer differs from the recording)
 //   samplerctl calibrate --from RECORD... --out profile.json [--base entropix|entropix-frog] [--name N]
@@ -263,6 +264,7 @@ struct BenchFlags {
   int warmup = 3;
   bool no_compute = false;
   std::string shm;
+  std::string shm_steps = "stream";
   bool json = false;
 };
 
@@ -298,6 +300,7 @@ int RunBench(const std::string& target, const BenchFlags& flags) {
   options.warmup_requests = flags.warmup;
   options.no_compute = flags.no_compute;
   options.shm_socket = flags.shm;
+  options.shm_control = flags.shm_steps == "control";
   const bool terminal = isatty(STDERR_FILENO) == 1;
   if (terminal) options.progress = DrawProgress;
   absl::StatusOr<LoadReport> report = RunLoad(options);
@@ -438,6 +441,12 @@ int main(int argc, char** argv) {
   bench->add_option("--shm", bench_flags.shm,
                     "The server's --shm_socket: tensors are written once into a shared-memory region per stream "
                     "and steps reference them (docs/shm.md); --target must be the same server");
+  bench
+      ->add_option("--shm-steps", bench_flags.shm_steps,
+                   "With --shm, where the steps travel: \"stream\" (a Sample stream carrying the session) or "
+                   "\"control\" (the control socket itself, no gRPC call)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"stream", "control"}));
   bench->add_flag("--json", bench_flags.json,
                   "Print one JSON object (workload, dtype, streams, steps, steps_per_sec, p50_us, p99_us, "
                   "core_us_p50, ...)");

@@ -16,9 +16,6 @@
 namespace samplerd::client {
 namespace {
 
-// Larger than any ShmControlResponse (a code, a message, two tokens and a size).
-constexpr size_t kMaxResponseBytes = 4096;
-
 uint64_t ItemSize(v1::DType dtype) {
   return dtype == v1::DTYPE_F32 ? 4 : (dtype == v1::DTYPE_F16 || dtype == v1::DTYPE_BF16) ? 2 : 0;
 }
@@ -95,7 +92,20 @@ absl::StatusOr<int> ShmConnect(const std::string& path) {
 }
 
 absl::StatusOr<v1::ShmControlResponse> ShmControlExchange(int socket_fd, const v1::ShmControlRequest& request, int fd) {
+  v1::ShmControlResponse response;
+  if (absl::Status s = ShmControlExchange(socket_fd, request, fd, &response); !s.ok()) return s;
+  return response;
+}
+
+absl::Status ShmControlExchange(int socket_fd, const v1::ShmControlRequest& request, int fd,
+                                v1::ShmControlResponse* response, std::string* scratch) {
   const std::string wire = request.SerializeAsString();
+  if (wire.size() > kShmMaxPacketBytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("the control request is ", wire.size(), " bytes, over the ",
+                                                     kShmMaxPacketBytes, "-byte packets of the shared-memory socket"));
+  }
+  std::string own;
+  std::string& buffer = scratch != nullptr ? *scratch : own;
   struct iovec iov = {const_cast<char*>(wire.data()), wire.size()};
   struct msghdr msg = {};
   msg.msg_iov = &iov;
@@ -115,21 +125,21 @@ absl::StatusOr<v1::ShmControlResponse> ShmControlExchange(int socket_fd, const v
     n = sendmsg(socket_fd, &msg, MSG_NOSIGNAL);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return Errno("send on the shared-memory socket");
-  std::string answer(kMaxResponseBytes, '\0');
+  // Sized once (a reused scratch keeps its size, so this costs nothing after the first call).
+  if (buffer.size() < kShmMaxPacketBytes) buffer.resize(kShmMaxPacketBytes);
   do {
-    n = recv(socket_fd, answer.data(), answer.size(), 0);
+    n = recv(socket_fd, buffer.data(), kShmMaxPacketBytes, 0);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return Errno("receive on the shared-memory socket");
   if (n == 0) return absl::UnavailableError("the shared-memory socket closed without an answer");
-  v1::ShmControlResponse response;
-  if (!response.ParseFromArray(answer.data(), static_cast<int>(n))) {
+  if (!response->ParseFromArray(buffer.data(), static_cast<int>(n))) {
     return absl::UnavailableError("the shared-memory socket answered with something that is not a ShmControlResponse");
   }
-  return response;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<ShmPlane>> ShmPlane::Connect(const std::string& socket_path, uint64_t size,
-                                                            absl::string_view name) {
+                                                            absl::string_view name, absl::string_view bearer_token) {
   if (size == 0) return absl::InvalidArgumentError("a shared-memory region needs at least one byte");
   std::unique_ptr<ShmPlane> plane(new ShmPlane());
   absl::StatusOr<int> socket_fd = ShmConnect(socket_path);
@@ -145,6 +155,7 @@ absl::StatusOr<std::unique_ptr<ShmPlane>> ShmPlane::Connect(const std::string& s
   plane->size_ = size;
   v1::ShmControlRequest request;
   request.mutable_register_()->set_name(std::string(name));
+  if (!bearer_token.empty()) request.set_authorization(absl::StrCat("Bearer ", bearer_token));
   absl::StatusOr<v1::ShmControlResponse> response = ShmControlExchange(plane->socket_, request, plane->memfd_);
   if (!response.ok()) return response.status();
   if (response->code() != 0) {
@@ -163,6 +174,18 @@ ShmPlane::~ShmPlane() {
 }
 
 void ShmPlane::Attach(grpc::ClientContext* context) const { context->AddMetadata(kShmSessionMetadata, session_); }
+
+absl::Status ShmPlane::Sample(const v1::SampleRequest& request, v1::SampleResponse* response) {
+  // The request is copied into the reused control message: a few hundred bytes per referenced step.
+  *request_.mutable_sample() = request;
+  absl::Status status = ShmControlExchange(socket_, request_, -1, &response_, &scratch_);
+  if (!status.ok()) return status;
+  if (response_.code() != 0) {
+    return absl::Status(static_cast<absl::StatusCode>(response_.code()), response_.message());
+  }
+  response->Swap(response_.mutable_sample());
+  return absl::OkStatus();
+}
 
 void ShmPlane::FillRef(uint64_t offset, v1::DType dtype, absl::Span<const int64_t> shape, v1::TensorRef* ref) const {
   ref->set_region(region_);

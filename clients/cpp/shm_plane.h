@@ -4,8 +4,9 @@
 // One ShmPlane is one control connection and one region: a memfd of `size` bytes, sealed against shrinking
 // (F_SEAL_SHRINK, F_SEAL_SEAL), mapped read-write here and registered with the server's `--shm_socket`. The host
 // writes a step's tensors into the region (its own slot layout; a ring of slots lets it fill step N+1 while
-// samplerd reads step N) and sends steps whose `logits_ref` / `attention_ref` point at them, on calls carrying
-// the session metadata (Attach). Closing the plane (or the process dying) unregisters the region on the server.
+// samplerd reads step N) and sends steps whose `logits_ref` / `attention_ref` point at them, either on calls
+// carrying the session metadata (Attach) or on the control connection itself (Sample), which saves the gRPC
+// round trip. Closing the plane (or the process dying) unregisters the region on the server.
 //
 //   absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect("/run/samplerd/shm.sock", 8 << 20);
 //   if (!plane.ok()) { /* no shared-memory plane: send the bytes instead */ }
@@ -14,6 +15,7 @@
 //   grpc::ClientContext context;
 //   (*plane)->Attach(&context);
 //   auto stream = stub->Sample(&context);
+//   // or, without gRPC:  v1::SampleResponse response;  absl::Status s = (*plane)->Sample(request, &response);
 #ifndef SAMPLERD_CLIENTS_CPP_SHM_PLANE_H_
 #define SAMPLERD_CLIENTS_CPP_SHM_PLANE_H_
 
@@ -33,11 +35,17 @@ namespace samplerd::client {
 // The metadata key a call carries the session token in.
 inline constexpr char kShmSessionMetadata[] = "samplerd-shm-session";
 
+// The largest control packet either way (docs/shm.md).
+inline constexpr size_t kShmMaxPacketBytes = 128 << 10;
+
 // ShmControlExchange()
 //
 // One control round trip on a connected SOCK_SEQPACKET socket: `request` (with `fd` as SCM_RIGHTS when >= 0)
-// out, the ShmControlResponse in. UNAVAILABLE when the socket fails or closes; the response's own code is left
-// to the caller.
+// out, the ShmControlResponse into `response`. `scratch` (may be null) is a receive buffer kept across calls.
+// RESOURCE_EXHAUSTED for a request over kShmMaxPacketBytes (not sent); UNAVAILABLE when the socket fails or
+// closes; the response's own code is left to the caller.
+absl::Status ShmControlExchange(int socket_fd, const v1::ShmControlRequest& request, int fd,
+                                v1::ShmControlResponse* response, std::string* scratch = nullptr);
 absl::StatusOr<v1::ShmControlResponse> ShmControlExchange(int socket_fd, const v1::ShmControlRequest& request, int fd);
 
 // ShmConnect()
@@ -62,11 +70,14 @@ absl::Status ReferenceTensors(const ShmPlane& plane, v1::SampleRequest* request)
 // ShmPlane
 class ShmPlane {
  public:
-  // Connects to `socket_path`, creates and seals a memfd of `size` bytes and registers it. UNAVAILABLE when the
-  // socket cannot be reached (the server has no --shm_socket there); the server's refusal otherwise (its code and
-  // message, for example RESOURCE_EXHAUSTED over its per-client limits).
+  // Connects to `socket_path`, creates and seals a memfd of `size` bytes and registers it. `bearer_token` (a
+  // token of the server's --auth_token_file; empty = none) authenticates the connection for Sample. UNAVAILABLE
+  // when the socket cannot be reached (the server has no --shm_socket there); the server's refusal otherwise (its
+  // code and message, for example RESOURCE_EXHAUSTED over its per-client limits, UNAUTHENTICATED for a token it
+  // does not accept).
   static absl::StatusOr<std::unique_ptr<ShmPlane>> Connect(const std::string& socket_path, uint64_t size,
-                                                           absl::string_view name = "");
+                                                           absl::string_view name = "",
+                                                           absl::string_view bearer_token = "");
 
   ShmPlane(const ShmPlane&) = delete;
   ShmPlane& operator=(const ShmPlane&) = delete;
@@ -80,6 +91,16 @@ class ShmPlane {
 
   // Adds the session metadata to a call's context (before the call starts).
   void Attach(grpc::ClientContext* context) const;
+
+  // Sample()
+  //
+  // Runs `request` on the control connection (its tensors normally references into this region) and fills
+  // `response` with what a Sample stream would answer: a rejected step carries its own StepResult.error. The
+  // status is what would end a Sample stream (RESOURCE_EXHAUSTED over max_steps_per_request, --max_streams or
+  // the control socket's packet size, UNAUTHENTICATED without an accepted token) or UNAVAILABLE when the
+  // connection fails. One call at a time per plane (not thread-safe): a host with several streams uses one
+  // plane per stream.
+  absl::Status Sample(const v1::SampleRequest& request, v1::SampleResponse* response);
 
   // Points `ref` at `shape` elements of `dtype` at byte `offset` of this region.
   void FillRef(uint64_t offset, v1::DType dtype, absl::Span<const int64_t> shape, v1::TensorRef* ref) const;
@@ -98,6 +119,10 @@ class ShmPlane {
   uint64_t size_ = 0;
   std::string session_;
   std::string region_;
+  // Sample's reused messages.
+  v1::ShmControlRequest request_;
+  v1::ShmControlResponse response_;
+  std::string scratch_;
 };
 
 }  // namespace samplerd::client

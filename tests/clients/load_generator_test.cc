@@ -139,6 +139,25 @@ TEST_F(SamplerctlBenchServer, NoComputeSkipsCore) {
   EXPECT_EQ(nlohmann::json::parse(r.out).value("core_us_p50", -1.0), 0.0);
 }
 
+TEST(SamplerctlBenchShm, StepsOnAStreamOrOnTheControlSocketRunCore) {
+  const std::string shm_socket = "/tmp/samplerctl-bench-shm-" + std::to_string(getpid()) + ".sock";
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--metrics_listen", "", "--shm_socket", shm_socket});
+  ASSERT_NE(server, nullptr);
+  for (const char* steps : {"stream", "control"}) {
+    const CommandResult r = RunSamplerctl("bench --target " + server->unix_target() + " --shm " + shm_socket +
+                                          " --shm-steps " + steps + " --workload B --steps 1 --warmup 1 --json");
+    ASSERT_EQ(r.exit_code, 0) << r.all;
+    ExpectBenchJson(r.out, "B", "f32", 1, std::string(steps) == "control" ? "shm-control" : "grpc-shm");
+    const nlohmann::json j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j.value("steps", 0), 32);
+    EXPECT_GT(j.value("core_us_p50", 0.0), 0.0) << "server_micros of a computed step";
+  }
+  const CommandResult no_plane =
+      RunSamplerctl("bench --target " + server->unix_target() + " --shm-steps control --steps 1 --json");
+  EXPECT_EQ(no_plane.exit_code, 2) << no_plane.all;
+  EXPECT_THAT(no_plane.all, HasSubstr("--shm"));
+}
+
 TEST(SamplerctlBenchRefused, NoComputeNeedsTheServersPermission) {
   std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--metrics_listen", ""});
   ASSERT_NE(server, nullptr);

@@ -1,7 +1,9 @@
 // The shared-memory plane against a real samplerd (--shm_socket): the control socket's protocol (a sealed memfd
 // accepted, an unsealed one refused with the reason), steps referencing a region answered byte for byte as the
-// same tensors sent as bytes, and clients killed mid-stream with steps in flight: 200 times, while another client
-// is answered correctly throughout, and at the end no region is left mapped (/metrics).
+// same tensors sent as bytes, steps on the control socket answered byte for byte as on the Sample RPC (errors,
+// limits and the bearer token included), and clients killed mid-step with steps in flight, on a Sample stream
+// and on the control socket: 200 times each, while another client is answered correctly throughout, and at the
+// end no region is left mapped (/metrics).
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -226,33 +228,47 @@ TEST(ShmFallback, ConnectWithoutAServerSocketIsUnavailable) {
 }
 
 // A child host (shm_kill_child) with steps in flight on its region is SIGKILLed, 200 times, while this process
-// keeps a shared-memory stream of its own and checks every answer against the bytes path's.
-TEST_F(ShmServerTest, KillingClientsMidStreamTwoHundredTimesLeavesNothingMappedAndOthersServed) {
-  absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(socket_path_, 4 * kVocab * 4, "survivor");
+// keeps a shared-memory client of its own and checks every answer against the bytes path's. `control`: the
+// steps (the children's and the survivor's) travel on the control socket instead of a Sample stream.
+void KillClientsMidStep(const ServerProcess& server, const std::string& socket_path, bool control) {
+  absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(socket_path, 4 * kVocab * 4, "survivor");
   ASSERT_TRUE(plane.ok()) << plane.status();
   v1::SampleRequest bytes, refs;
   MakeSteps(4, plane->get(), &bytes, &refs);
   grpc::Status status;
-  const std::string expected = Once(server_->unix_target(), bytes, nullptr, &status).SerializeAsString();
+  const std::string expected = Once(server.unix_target(), bytes, nullptr, &status).SerializeAsString();
   ASSERT_TRUE(status.ok());
 
   std::atomic<bool> stop{false};
   std::atomic<int> answered{0};
   std::atomic<int> wrong{0};
   std::thread survivor([&] {
-    auto stub = v1::Sampler::NewStub(grpc::CreateChannel(server_->unix_target(), grpc::InsecureChannelCredentials()));
+    v1::SampleResponse response;
+    auto check = [&] {
+      for (v1::StepResult& r : *response.mutable_results()) r.clear_server_micros();
+      if (response.SerializeAsString() != expected) ++wrong;
+      ++answered;
+    };
+    if (control) {
+      while (!stop.load()) {
+        if (!(*plane)->Sample(refs, &response).ok()) {
+          ++wrong;
+          return;
+        }
+        check();
+      }
+      return;
+    }
+    auto stub = v1::Sampler::NewStub(grpc::CreateChannel(server.unix_target(), grpc::InsecureChannelCredentials()));
     grpc::ClientContext context;
     (*plane)->Attach(&context);
     auto stream = stub->Sample(&context);
-    v1::SampleResponse response;
     while (!stop.load()) {
       if (!stream->Write(refs) || !stream->Read(&response)) {
         ++wrong;
         return;
       }
-      for (v1::StepResult& r : *response.mutable_results()) r.clear_server_micros();
-      if (response.SerializeAsString() != expected) ++wrong;
-      ++answered;
+      check();
     }
     stream->WritesDone();
     if (!stream->Finish().ok()) ++wrong;
@@ -267,8 +283,8 @@ TEST_F(ShmServerTest, KillingClientsMidStreamTwoHundredTimesLeavesNothingMappedA
     ASSERT_GE(pid, 0);
     if (pid == 0) {
       dup2(out[1], 1);
-      execl(SHM_KILL_CHILD, SHM_KILL_CHILD, socket_path_.c_str(), server_->unix_target().c_str(),
-            static_cast<char*>(nullptr));
+      execl(SHM_KILL_CHILD, SHM_KILL_CHILD, socket_path.c_str(), server.unix_target().c_str(),
+            control ? "control" : static_cast<char*>(nullptr), static_cast<char*>(nullptr));
       _exit(127);
     }
     close(out[1]);
@@ -286,16 +302,214 @@ TEST_F(ShmServerTest, KillingClientsMidStreamTwoHundredTimesLeavesNothingMappedA
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_GT(answered.load(), 0);
   // The server is up, answers a fresh bytes request as before, and only the survivor's region is mapped; once
-  // it goes, none is.
-  EXPECT_EQ(Once(server_->unix_target(), bytes, nullptr, &status).SerializeAsString(), expected);
-  EXPECT_TRUE(WaitFor([&] { return Metric(*server_, "samplerd_shm_regions_mapped") == 1; }, std::chrono::seconds(20)))
-      << Metric(*server_, "samplerd_shm_regions_mapped");
+  // it goes, none is, and no stream slot is left taken.
+  EXPECT_EQ(Once(server.unix_target(), bytes, nullptr, &status).SerializeAsString(), expected);
+  EXPECT_TRUE(WaitFor([&] { return Metric(server, "samplerd_shm_regions_mapped") == 1; }, std::chrono::seconds(20)))
+      << Metric(server, "samplerd_shm_regions_mapped");
   plane->reset();
-  EXPECT_TRUE(WaitFor([&] { return Metric(*server_, "samplerd_shm_regions_mapped") == 0; }, std::chrono::seconds(20)));
-  EXPECT_EQ(Metric(*server_, "samplerd_shm_mapped_bytes"), 0);
-  EXPECT_EQ(Metric(*server_, "samplerd_shm_clients"), 0);
-  EXPECT_EQ(Metric(*server_, "samplerd_shm_regions"), 0);
+  EXPECT_TRUE(WaitFor([&] { return Metric(server, "samplerd_shm_regions_mapped") == 0; }, std::chrono::seconds(20)));
+  EXPECT_EQ(Metric(server, "samplerd_shm_mapped_bytes"), 0);
+  EXPECT_EQ(Metric(server, "samplerd_shm_clients"), 0);
+  EXPECT_EQ(Metric(server, "samplerd_shm_regions"), 0);
+  EXPECT_TRUE(WaitFor([&] { return Metric(server, "samplerd_active_streams") == 0; }, std::chrono::seconds(20)));
+}
+
+TEST_F(ShmServerTest, KillingClientsMidStreamTwoHundredTimesLeavesNothingMappedAndOthersServed) {
+  KillClientsMidStep(*server_, socket_path_, /*control=*/false);
   EXPECT_EQ(server_->Terminate(), 0);
+}
+
+TEST_F(ShmServerTest, KillingControlSocketClientsMidStepTwoHundredTimesLeavesNothingMappedAndOthersServed) {
+  KillClientsMidStep(*server_, socket_path_, /*control=*/true);
+  EXPECT_EQ(server_->Terminate(), 0);
+}
+
+// The steps of `request` with their server_micros cleared (the one field that is a measurement).
+v1::SampleResponse WithoutTimes(v1::SampleResponse response) {
+  for (v1::StepResult& r : *response.mutable_results()) r.clear_server_micros();
+  return response;
+}
+
+// Good steps and rejected ones (each failure a different field), all with explicit seeds.
+v1::SampleRequest MixedRequest(const ShmPlane& plane) {
+  v1::SampleRequest bytes, request;
+  MakeSteps(4, &plane, &bytes, &request);
+  const int64_t shape[] = {kVocab};
+  auto add = [&](const std::string& id) {
+    v1::Step* step = request.add_steps();
+    *step = request.steps(0);
+    step->set_sequence_id(id);
+    return step;
+  };
+  add("misaligned")->mutable_logits_ref()->set_offset(2);                         // logits_ref.offset
+  add("past-the-end")->mutable_logits_ref()->set_offset(plane.size());            // logits_ref.offset
+  add("unknown-region")->mutable_logits_ref()->set_region(std::string(32, 'a'));  // logits_ref.region
+  add("no-dtype")->mutable_logits_ref()->set_dtype(v1::DTYPE_UNSPECIFIED);        // logits.dtype
+  *add("both")->mutable_logits() = bytes.steps(0).logits();                       // logits_ref
+  add("long-id")->set_sequence_id(std::string(300, 'x'));                         // sequence_id
+  v1::Step* top = add("too-many-top");
+  top->set_top_logprobs(1000);  // top_logprobs
+  v1::Step* overflow = add("overflow");
+  overflow->mutable_logits_ref()->clear_shape();
+  for (int i = 0; i < 4; ++i) overflow->mutable_logits_ref()->add_shape(int64_t{1} << 40);  // logits_ref.shape
+  plane.FillRef(0, v1::DTYPE_F32, shape, add("s0")->mutable_logits_ref());                  // step 0 again
+  return request;
+}
+
+TEST_F(ShmServerTest, StepsOnTheControlSocketAnswerByteForByteAsOnTheSampleRpc) {
+  absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(socket_path_, 4 * kVocab * 4, "control");
+  ASSERT_TRUE(plane.ok()) << plane.status();
+  const v1::SampleRequest request = MixedRequest(**plane);
+  const double steps_before = Metric(*server_, "samplerd_step_core_seconds_count");
+
+  grpc::Status status;
+  const v1::SampleResponse by_rpc = Once(server_->unix_target(), request, plane->get(), &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  v1::SampleResponse by_control;
+  ASSERT_TRUE((*plane)->Sample(request, &by_control).ok());
+  EXPECT_EQ(WithoutTimes(by_control).SerializeAsString(), by_rpc.SerializeAsString());
+
+  // Spot checks that the comparison compares something: answers, and each error under its own field.
+  ASSERT_EQ(by_control.results_size(), request.steps_size());
+  std::vector<std::string> fields;
+  for (const v1::StepResult& r : by_control.results()) fields.push_back(r.has_error() ? r.error().field() : "ok");
+  EXPECT_THAT(fields, ::testing::ElementsAre("ok", "ok", "ok", "ok", "logits_ref.offset", "logits_ref.offset",
+                                             "logits_ref.region", "logits.dtype", "logits_ref", "sequence_id",
+                                             "top_logprobs", "logits_ref.shape", "ok"));
+  EXPECT_EQ(by_control.results(12).token(), by_control.results(0).token());  // same sequence, step, seed, logits
+
+  // Asked again on the same connection: the same draws. Both paths fed the same step metrics.
+  v1::SampleResponse again;
+  ASSERT_TRUE((*plane)->Sample(request, &again).ok());
+  EXPECT_EQ(WithoutTimes(again).SerializeAsString(), by_rpc.SerializeAsString());
+  EXPECT_EQ(Metric(*server_, "samplerd_step_core_seconds_count") - steps_before, 3 * request.steps_size());
+  EXPECT_EQ(Metric(*server_, "samplerd_active_streams"), 1);  // the control connection is a stream
+  plane->reset();
+  EXPECT_TRUE(WaitFor([&] { return Metric(*server_, "samplerd_active_streams") == 0; }, std::chrono::seconds(10)));
+}
+
+TEST(ShmControlSteps, KeepTheLimitsOfTheSampleRpc) {
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--shm_socket", socket_path, "--max_steps_per_request", "4", "--max_streams", "1"});
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(socket_path, 5 * kVocab * 4, "limits");
+  ASSERT_TRUE(plane.ok()) << plane.status();
+  v1::SampleRequest bytes, five;
+  MakeSteps(5, plane->get(), &bytes, &five);
+
+  // Over --max_steps_per_request: the request is refused with the status that would end a Sample stream.
+  grpc::Status rpc_status;
+  Once(server->unix_target(), five, plane->get(), &rpc_status);
+  EXPECT_EQ(rpc_status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  v1::SampleResponse response;
+  absl::Status status = (*plane)->Sample(five, &response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(status.message(), rpc_status.error_message());
+  // The connection stays usable.
+  v1::SampleRequest four = five;
+  four.mutable_steps()->RemoveLast();
+  ASSERT_TRUE((*plane)->Sample(four, &response).ok());
+  EXPECT_EQ(response.results_size(), 4);
+
+  // The connection holds the one --max_streams slot: a Sample stream and a second control client are refused.
+  auto stub = v1::Sampler::NewStub(grpc::CreateChannel(server->unix_target(), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext context;
+    auto stream = stub->Sample(&context);
+    stream->WritesDone();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  absl::StatusOr<std::unique_ptr<ShmPlane>> second = ShmPlane::Connect(socket_path, 5 * kVocab * 4, "second");
+  ASSERT_TRUE(second.ok()) << second.status();
+  v1::SampleRequest second_bytes, one;
+  MakeSteps(1, second->get(), &second_bytes, &one);
+  status = (*second)->Sample(one, &response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--max_streams"));
+  // Once the first closes, its slot is free.
+  plane->reset();
+  EXPECT_TRUE(WaitFor([&] { return (*second)->Sample(one, &response).ok(); }, std::chrono::seconds(10)));
+
+  // A request over the control socket's packet size is refused by the client before it is sent, and by the
+  // server when a client sends it anyway; either way the connection stays usable.
+  v1::SampleRequest huge = one;
+  for (int i = 0; i < 60000; ++i) huge.mutable_steps(0)->add_recent_tokens(100000);
+  status = (*second)->Sample(huge, &response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("131072"));
+  EXPECT_TRUE((*second)->Sample(one, &response).ok());
+  absl::StatusOr<int> raw = client::ShmConnect(socket_path);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  v1::ShmControlRequest oversized;
+  *oversized.mutable_sample() = huge;
+  const std::string wire = oversized.SerializeAsString();
+  ASSERT_GT(wire.size(), client::kShmMaxPacketBytes);
+  ASSERT_EQ(send(*raw, wire.data(), wire.size(), 0), static_cast<ssize_t>(wire.size()));
+  std::string answer(client::kShmMaxPacketBytes, '\0');
+  const ssize_t n = recv(*raw, answer.data(), answer.size(), 0);
+  ASSERT_GT(n, 0);
+  v1::ShmControlResponse refused;
+  ASSERT_TRUE(refused.ParseFromArray(answer.data(), static_cast<int>(n)));
+  EXPECT_EQ(refused.code(), 8);
+  EXPECT_THAT(refused.message(), HasSubstr("at most 131072 bytes"));
+  close(*raw);
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+TEST(ShmControlSteps, NeedTheBearerTokenWhenTheServerHasOne) {
+  char dir_template[] = "/tmp/samplerd-shm-auth-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string token_file = std::string(dir_template) + "/token";
+  {
+    FILE* f = std::fopen(token_file.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("s3cret-token\n", f);
+    std::fclose(f);
+  }
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--shm_socket", socket_path, "--auth_token_file", token_file});
+  ASSERT_NE(server, nullptr);
+
+  // Registering needs no token (a region alone runs nothing), but steps on that connection are refused.
+  absl::StatusOr<std::unique_ptr<ShmPlane>> anonymous = ShmPlane::Connect(socket_path, 2 * kVocab * 4, "anon");
+  ASSERT_TRUE(anonymous.ok()) << anonymous.status();
+  v1::SampleRequest bytes, refs;
+  MakeSteps(2, anonymous->get(), &bytes, &refs);
+  v1::SampleResponse response;
+  absl::Status status = (*anonymous)->Sample(refs, &response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--auth_token_file"));
+  // Neither are inline bytes.
+  v1::SampleRequest inline_step;
+  v1::Tensor* logits = inline_step.add_steps()->mutable_logits();
+  logits->set_dtype(v1::DTYPE_F32);
+  logits->add_shape(4);
+  logits->set_data(std::string(16, '\0'));
+  EXPECT_EQ((*anonymous)->Sample(inline_step, &response).code(), absl::StatusCode::kUnauthenticated);
+
+  // A wrong token is refused at once.
+  absl::StatusOr<std::unique_ptr<ShmPlane>> wrong =
+      ShmPlane::Connect(socket_path, 2 * kVocab * 4, "wrong", "not-the-token");
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kUnauthenticated);
+
+  // With the token: the steps run, and answer as the Sample RPC does with the token.
+  absl::StatusOr<std::unique_ptr<ShmPlane>> holder =
+      ShmPlane::Connect(socket_path, 2 * kVocab * 4, "holder", "s3cret-token");
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  v1::SampleRequest held_bytes, held_refs;
+  MakeSteps(2, holder->get(), &held_bytes, &held_refs);
+  ASSERT_TRUE((*holder)->Sample(held_refs, &response).ok());
+  auto stub = v1::Sampler::NewStub(grpc::CreateChannel(server->unix_target(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer s3cret-token");
+  v1::SampleResponse by_rpc;
+  ASSERT_TRUE(stub->SampleOnce(&context, held_bytes, &by_rpc).ok());
+  EXPECT_EQ(WithoutTimes(response).SerializeAsString(), WithoutTimes(by_rpc).SerializeAsString());
+  EXPECT_EQ(server->Terminate(), 0);
+  std::remove(token_file.c_str());
+  rmdir(dir_template);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@ travelling in the gRPC message.
     logits_view = slot.array(np.float32, (vocab,))      # write the logits here: no copy at all
     step.logits_ref.CopyFrom(slot.ref(np.float32, (vocab,)))
     stub.SampleOnce(request, metadata=plane.metadata)
+    response = plane.sample(request)        # or on the control socket itself: no gRPC round trip
 
 or, for a tensor that lives elsewhere (numpy or CPU torch, float32 / float16 / bfloat16), one copy into the slot:
 `step.logits_ref.CopyFrom(slot.write(tensor))`.
@@ -34,6 +35,8 @@ import numpy as np
 from samplerd.v1 import sampler_pb2 as pb
 
 SESSION_METADATA = "samplerd-shm-session"
+# The largest control packet either way (docs/shm.md).
+MAX_PACKET_BYTES = 128 << 10
 
 _log = logging.getLogger("samplerd.shm")
 
@@ -54,9 +57,10 @@ class ShmError(Exception):
 
 
 class Plane:
-    """One control connection and one registered region of `size` bytes."""
+    """One control connection and one registered region of `size` bytes. `token`: a bearer token of the server's
+    --auth_token_file, which `sample` needs on such a server."""
 
-    def __init__(self, socket_path: str, size: int, name: str = ""):
+    def __init__(self, socket_path: str, size: int, name: str = "", token: Optional[str] = None):
         if size <= 0:
             raise ValueError("a shared-memory region needs at least one byte")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -72,6 +76,8 @@ class Plane:
         self.size = size
         request = pb.ShmControlRequest()
         request.register.name = name
+        if token:
+            request.authorization = f"Bearer {token}"
         response = self.exchange(request, self._fd)
         if response.code != 0:
             self.close()
@@ -83,16 +89,32 @@ class Plane:
     def exchange(self, request: pb.ShmControlRequest, fd: Optional[int] = None) -> pb.ShmControlResponse:
         """One control round trip (with `fd` passed as SCM_RIGHTS when given)."""
         data = request.SerializeToString()
+        if len(data) > MAX_PACKET_BYTES:
+            raise ShmError(
+                f"the control request is {len(data)} bytes, over the socket's {MAX_PACKET_BYTES}-byte packets", 8
+            )
         if fd is None:
             self._sock.send(data)
         else:
             socket.send_fds(self._sock, [data], [fd])
-        answer = self._sock.recv(4096)
+        answer = self._sock.recv(MAX_PACKET_BYTES)
         if not answer:
             raise ShmError("the shared-memory socket closed without an answer")
         response = pb.ShmControlResponse()
         response.ParseFromString(answer)
         return response
+
+    def sample(self, request: pb.SampleRequest) -> pb.SampleResponse:
+        """Runs `request` on the control socket (no gRPC call): the SampleResponse a Sample stream would answer,
+        a rejected step carrying its own `error`. ShmError with the code when the request as a whole is refused
+        (8 RESOURCE_EXHAUSTED over the server's limits or the packet size, 16 UNAUTHENTICATED without an
+        accepted token) and 14 when the connection fails. One call at a time per plane."""
+        control = pb.ShmControlRequest()
+        control.sample.CopyFrom(request)
+        response = self.exchange(control)
+        if response.code != 0:
+            raise ShmError(response.message, response.code)
+        return response.sample
 
     def ref(self, offset: int, dtype: Any, shape: Sequence[int]) -> pb.TensorRef:
         """A TensorRef to `shape` elements of `dtype` (numpy dtype, name, or wire DType) at byte `offset`."""
@@ -194,7 +216,9 @@ class SlotRing:
         return slot
 
 
-def connect(socket_path: Optional[str], size: int, target: Optional[str] = None, name: str = "") -> Optional[Plane]:
+def connect(
+    socket_path: Optional[str], size: int, target: Optional[str] = None, name: str = "", token: Optional[str] = None
+) -> Optional[Plane]:
     """A Plane, or None (logged at WARNING with the reason) when the bytes path must be used instead: no socket
     path, a `target` that is not a unix: address (the server is on another machine), or a control socket that
     cannot be reached or refuses the region."""
@@ -205,7 +229,7 @@ def connect(socket_path: Optional[str], size: int, target: Optional[str] = None,
         _log.warning("no shared-memory socket given: sending bytes")
         return None
     try:
-        return Plane(socket_path, size, name)
+        return Plane(socket_path, size, name, token)
     except ShmError as e:
         _log.warning("%s: sending bytes", e)
         return None

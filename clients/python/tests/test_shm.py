@@ -141,3 +141,42 @@ def test_connect_falls_back_to_bytes_and_says_so(shm_server, caplog):
     plane = shm.connect(sock, 4096, target=server.address)
     assert plane is not None
     plane.close()
+
+
+def test_steps_on_the_control_socket_answer_byte_for_byte_as_the_rpc(shm_server):
+    server, sock = shm_server
+    with shm.Plane(sock, 1 << 20, "control") as plane, grpc.insecure_channel(server.address) as channel:
+        stub = sampler_pb2_grpc.SamplerStub(channel)
+        refs = shm.to_refs(_request(np.random.default_rng(3)), plane)
+        # A rejected step travels as its own error, as on the RPC.
+        refs.steps.add(sequence_id="bad", seed=7, logits_ref=plane.ref(2, np.float32, (10,)))
+        response = plane.sample(refs)
+        assert [r.error.field for r in response.results] == ["", "", "", "logits_ref.offset"]
+        for r in response.results:
+            r.server_micros = 0
+        assert response.SerializeToString() == _answer(stub, refs, plane.metadata)
+        # Over the control socket's packet size: the request is refused whole, the connection stays.
+        over = pb.SampleRequest(steps=[refs.steps[0]] * 4000)
+        with pytest.raises(shm.ShmError) as refused:
+            plane.sample(over)
+        assert refused.value.code == 8
+        assert len(plane.sample(refs).results) == 4
+
+
+def test_control_socket_steps_need_the_token_on_a_server_with_one(spawn, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("pytest-token\n")
+    sock = str(tmp_path / "shm.sock")
+    spawn(f"unix:{tmp_path}/grpc.sock", extra=("--shm_socket", sock, "--auth_token_file", str(token_file)))
+    request = pb.SampleRequest(
+        steps=[pb.Step(sequence_id="a", seed=1, logits=pb.Tensor(dtype=pb.DTYPE_F32, shape=[4], data=bytes(16)))]
+    )
+    with shm.Plane(sock, 4096) as anonymous:
+        with pytest.raises(shm.ShmError) as refused:
+            anonymous.sample(request)
+        assert refused.value.code == 16
+    with pytest.raises(shm.ShmError) as wrong:
+        shm.Plane(sock, 4096, token="nope")
+    assert wrong.value.code == 16
+    with shm.Plane(sock, 4096, token="pytest-token") as holder:
+        assert holder.sample(request).results[0].token in range(4)

@@ -62,26 +62,32 @@ class SampleResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ...) -> None: ...
 
 class ShmControlRequest(_message.Message):
-    __slots__ = ["register", "unregister"]
+    __slots__ = ["authorization", "register", "sample", "unregister"]
+    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
     UNREGISTER_FIELD_NUMBER: _ClassVar[int]
+    authorization: str
     register: ShmRegister
+    sample: SampleRequest
     unregister: ShmUnregister
-    def __init__(self, register: _Optional[_Union[ShmRegister, _Mapping]] = ..., unregister: _Optional[_Union[ShmUnregister, _Mapping]] = ...) -> None: ...
+    def __init__(self, register: _Optional[_Union[ShmRegister, _Mapping]] = ..., unregister: _Optional[_Union[ShmUnregister, _Mapping]] = ..., sample: _Optional[_Union[SampleRequest, _Mapping]] = ..., authorization: _Optional[str] = ...) -> None: ...
 
 class ShmControlResponse(_message.Message):
-    __slots__ = ["code", "message", "region", "session", "size"]
+    __slots__ = ["code", "message", "region", "sample", "session", "size"]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     region: str
+    sample: SampleResponse
     session: str
     size: int
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., session: _Optional[str] = ..., region: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., session: _Optional[str] = ..., region: _Optional[str] = ..., size: _Optional[int] = ..., sample: _Optional[_Union[SampleResponse, _Mapping]] = ...) -> None: ...
 
 class ShmRegister(_message.Message):
     __slots__ = ["name"]
