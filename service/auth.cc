@@ -14,6 +14,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
 #include "service/logging.h"
+#include "service/tsan_annotations.h"
 #include "spdlog/spdlog.h"
 
 namespace samplerd {
@@ -62,10 +63,14 @@ absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
 
 class AuthInterceptor final : public grpc::experimental::Interceptor {
  public:
-  AuthInterceptor(grpc::experimental::ServerRpcInfo* info, const BearerTokens* tokens) : info_(info), tokens_(tokens) {}
+  AuthInterceptor(grpc::experimental::ServerRpcInfo* info, const BearerTokens* tokens) : info_(info), tokens_(tokens) {
+    TsanHappensBefore(this);  // gRPC runs the hooks and the deletion on other threads (tsan_annotations.h)
+  }
+  ~AuthInterceptor() override { TsanHappensAfter(this); }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
+    TsanHandedOff handed_off(this);
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
       Check(*methods->GetRecvInitialMetadata());
     }

@@ -1,12 +1,22 @@
 #include "service/calls_in_flight.h"
 
+#include "service/tsan_annotations.h"
 namespace samplerd {
 
 class CallCounter final : public grpc::experimental::Interceptor {
  public:
-  explicit CallCounter(CallsInFlight* calls) : calls_(calls) { calls_->Add(1); }
-  ~CallCounter() override { calls_->Add(-1); }
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override { methods->Proceed(); }
+  explicit CallCounter(CallsInFlight* calls) : calls_(calls) {
+    calls_->Add(1);
+    TsanHappensBefore(this);  // gRPC runs the hooks and the deletion on other threads (tsan_annotations.h)
+  }
+  ~CallCounter() override {
+    TsanHappensAfter(this);
+    calls_->Add(-1);
+  }
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    TsanHandedOff handed_off(this);
+    methods->Proceed();
+  }
 
  private:
   CallsInFlight* const calls_;

@@ -7,6 +7,7 @@
 #include "grpc/grpc.h"
 #include "grpcpp/server_context.h"
 #include "service/logging.h"
+#include "service/tsan_annotations.h"
 #include "spdlog/spdlog.h"
 
 namespace samplerd {
@@ -19,17 +20,21 @@ class HealthWatchLimit final : public grpc::experimental::Interceptor {
  public:
   HealthWatchLimit(grpc::experimental::ServerRpcInfo* info, std::atomic<int>* open, int max_watches)
       : info_(info), open_(open), admitted_(open->fetch_add(1, std::memory_order_relaxed) < max_watches) {
-    if (admitted_) return;
-    open_->fetch_sub(1, std::memory_order_relaxed);
-    refusal_ = absl::StrCat("the server already serves ", max_watches,
-                            " grpc.health.v1.Health/Watch streams (--max_health_watches); use Check or retry later");
+    if (!admitted_) {
+      open_->fetch_sub(1, std::memory_order_relaxed);
+      refusal_ = absl::StrCat("the server already serves ", max_watches,
+                              " grpc.health.v1.Health/Watch streams (--max_health_watches); use Check or retry later");
+    }
+    TsanHappensBefore(this);  // gRPC runs the hooks and the deletion on other threads (tsan_annotations.h)
   }
   ~HealthWatchLimit() override {
+    TsanHappensAfter(this);
     if (admitted_) open_->fetch_sub(1, std::memory_order_relaxed);
   }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
+    TsanHandedOff handed_off(this);
     if (!admitted_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
       if (const int64_t held = CallProblemLogBudget().Admit(); held >= 0) {
         spdlog::warn("{} from {} refused: {}{}", info_->method(), info_->server_context()->peer(), refusal_,

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "grpc/support/log.h"
 #include "grpcpp/server_context.h"
+#include "service/tsan_annotations.h"
 #include "spdlog/pattern_formatter.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -173,10 +174,14 @@ namespace {
 class CallLogInterceptor final : public grpc::experimental::Interceptor {
  public:
   explicit CallLogInterceptor(grpc::experimental::ServerRpcInfo* info)
-      : info_(info), start_(std::chrono::steady_clock::now()) {}
+      : info_(info), start_(std::chrono::steady_clock::now()) {
+    TsanHappensBefore(this);  // gRPC runs the hooks and the deletion on other threads (tsan_annotations.h)
+  }
+  ~CallLogInterceptor() override { TsanHappensAfter(this); }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
+    TsanHandedOff handed_off(this);
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
       traceparent_ = TraceparentOf(*methods->GetRecvInitialMetadata());
     }

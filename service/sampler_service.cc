@@ -12,6 +12,7 @@
 #include "service/answer_order.h"
 #include "service/message_framing.h"
 #include "service/step_codec.h"
+#include "service/tsan_annotations.h"
 #include "spdlog/spdlog.h"
 
 namespace samplerd {
@@ -87,6 +88,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   }
 
   void OnReadDone(bool ok) override {
+    TsanHappensAfter(&read_buffer_);  // gRPC runs this after the StartRead below (tsan_annotations.h)
     // The parse and the seed resolution happen outside mu_ (a request may be tens of MB); the read side is
     // released only after StartRequest is done with seeds_.
     absl::Status parsed;
@@ -131,6 +133,10 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   void OnCancel() override { spdlog::debug("Sample stream from {} cancelled", peer_); }
 
   void OnDone() override {
+    // gRPC calls this after every reaction has returned; taking mu_ once also shows that order to
+    // ThreadSanitizer (tsan_annotations.h), since every reaction and completion ends its use of the reactor
+    // under it.
+    { std::lock_guard<std::mutex> lock(mu_); }
     spdlog::debug("Sample stream from {} closed", peer_);
     service_->ReleaseStream();
     delete this;
@@ -167,6 +173,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
     if (request == nullptr) return;  // resumed from OnWriteDone / OnAnswered when the limits free up
     // A reused message keeps its buffers' capacity: a stream of same-sized requests parses without allocating.
     read_request_ = std::move(request);
+    TsanHappensBefore(&read_buffer_);
     StartRead(&read_buffer_);
   }
 
