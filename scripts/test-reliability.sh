@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The reliability suite (issue 7, docs/reliability.md), as CI runs it after the main tests (scripts/test.sh):
-#   1. sanitizers: every ctest test but the peak-RSS bounds, built with clang's ASan + UBSan in build-asan
-#      (scripts/test-sanitize.sh);
+#   1. sanitizers: every ctest test but the peak-RSS bounds, built with clang's ASan + UBSan in build-asan, then
+#      samplerd and the service tests with TSan in build-tsan (scripts/test-sanitize.sh, scripts/test-tsan.sh);
 #   2. fuzzing: each libFuzzer target for ${FUZZ_SECONDS:-60} s (scripts/fuzz.sh), reusing build-asan;
 #   3. soak, CI mode: 64 streams of workload S for ~100 s against build/'s samplerd (tests/soak/run.sh --ci);
 #   4. replay: record against one samplerd process, replay against others (RecordReplayTest in build/).

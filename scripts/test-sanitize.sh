@@ -2,7 +2,8 @@
 # The unit and integration tests under AddressSanitizer + UndefinedBehaviorSanitizer: configures
 # ${ASAN_BUILD_DIR:-build-asan} with -DSAMPLERD_SANITIZE=ON (Debian's uninstrumented gRPC, protobuf and absl are
 # fine: ASan intercepts their allocations), builds every test and the samplerd / samplerctl they start, and runs
-# ctest there. Any ASan report, UB (-fno-sanitize-recover) or leak at exit fails the test that hit it.
+# ctest there. Any ASan report, UB (-fno-sanitize-recover) or leak at exit fails the test that hit it. Then
+# samplerd and the service tests under ThreadSanitizer, in their own build (scripts/test-tsan.sh).
 #
 #   scripts/test-sanitize.sh                  clang-14 (its UBSan also checks float-to-int conversions), and
 #                                             -DSAMPLERD_FUZZ=ON, so scripts/fuzz.sh can reuse the build:
@@ -27,3 +28,5 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/sanitize/lsan.supp:print_suppressions=0}
 ctest --test-dir "$build" --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 900
+# Data races in the reactors, interceptors and workers: samplerd and the service tests built with TSan.
+scripts/test-tsan.sh
