@@ -2,8 +2,8 @@
 # The service tests under ThreadSanitizer: configures ${TSAN_BUILD_DIR:-build-tsan} with clang's
 # -fsanitize=thread, builds samplerd and the service tests that drive its reactors concurrently (the unit tests of
 # the RPC edge, the pipelined seed-0 stream, the integration tests and the shared-memory plane's, which start a
-# real samplerd that inherits TSAN_OPTIONS), and runs them. Any report fails the test that hit it (halt_on_error ends the server, exitcode
-# makes a test binary fail).
+# real samplerd that inherits TSAN_OPTIONS), and runs them. Any report fails the test that hit it (halt_on_error
+# ends the server, exitcode makes a test binary fail).
 #
 # Debian's gRPC is built without TSan, so TSan cannot see the order gRPC gives its own code and samplerd's
 # reactions; how the run copes (tests/sanitize/tsan-ignorelist.txt, service/tsan_annotations.h,
