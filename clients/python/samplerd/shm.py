@@ -93,11 +93,14 @@ class Plane:
             raise ShmError(
                 f"the control request is {len(data)} bytes, over the socket's {MAX_PACKET_BYTES}-byte packets", 8
             )
-        if fd is None:
-            self._sock.send(data)
-        else:
-            socket.send_fds(self._sock, [data], [fd])
-        answer = self._sock.recv(MAX_PACKET_BYTES)
+        try:
+            if fd is None:
+                self._sock.send(data)
+            else:
+                socket.send_fds(self._sock, [data], [fd])
+            answer = self._sock.recv(MAX_PACKET_BYTES)
+        except OSError as e:  # the server went away (or closed this connection)
+            raise ShmError(f"the shared-memory socket failed: {e}") from e
         if not answer:
             raise ShmError("the shared-memory socket closed without an answer")
         response = pb.ShmControlResponse()

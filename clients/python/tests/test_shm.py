@@ -180,3 +180,16 @@ def test_control_socket_steps_need_the_token_on_a_server_with_one(spawn, tmp_pat
     assert wrong.value.code == 16
     with shm.Plane(sock, 4096, token="pytest-token") as holder:
         assert holder.sample(request).results[0].token in range(4)
+
+
+def test_control_socket_steps_raise_unavailable_once_the_server_is_gone(shm_server):
+    server, sock = shm_server
+    request = pb.SampleRequest(
+        steps=[pb.Step(sequence_id="a", seed=1, logits=pb.Tensor(dtype=pb.DTYPE_F32, shape=[4], data=bytes(16)))]
+    )
+    with shm.Plane(sock, 4096) as plane:
+        assert len(plane.sample(request).results) == 1
+        server.kill()
+        with pytest.raises(shm.ShmError) as gone:
+            plane.sample(request)
+        assert gone.value.code == 14
