@@ -231,6 +231,37 @@ BENCHMARK(BM_StepRotating)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
+// The logits' kernels over the rotating inputs (from memory, as in a host's step), arg 1: 0 the two passes
+// (ScanMax, then ExpMoments against its max, the clamp decided on its min), 1 LogitsPass (one read), 2 ScanMax
+// alone (the memory floor). Ratios between them in one run are what the kernels gain where the step spends it.
+void BM_RotatingLogits(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const int64_t kind = state.range(1);
+  const RotatingData& d = MakeRotating(index);
+  const int64_t vocab = Get(index).vocab;
+  state.SetLabel(absl::StrCat(Name(index), kind == 0 ? " two passes" : kind == 1 ? " one pass" : " ScanMax alone"));
+  std::vector<float> block_max(static_cast<size_t>(kernels::MaxBlocks(vocab)));
+  std::vector<float> blocks(static_cast<size_t>(kernels::LogitsPassBlockFloats(vocab)));
+  size_t k = 0;
+  for (auto _ : state) {
+    const float* x = reinterpret_cast<const float*>(d.logits[k++ % kRotatingInputs].data());
+    if (kind == 1) {
+      benchmark::DoNotOptimize(kernels::LogitsPass(x, vocab, block_max.data(), blocks.data()));
+      continue;
+    }
+    const kernels::ScanResult scan = kernels::ScanMax(x, vocab, block_max.data());
+    if (kind == 2) {
+      benchmark::DoNotOptimize(scan);
+      continue;
+    }
+    double sum = 0, mean = 0, m2 = 0;
+    kernels::ExpMoments(x, vocab, scan.max, blocks.data(), &sum, &mean, &m2,
+                        !(scan.min - scan.max >= kernels::kMinShifted));
+    benchmark::DoNotOptimize(m2);
+  }
+}
+BENCHMARK(BM_RotatingLogits)->ArgsProduct({{0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMicrosecond);
+
 void BM_LogitsMetrics(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));
   const Data& d = MakeData(index);
@@ -342,6 +373,16 @@ void BM_Kernel_ExpMoments(benchmark::State& state) {
     benchmark::DoNotOptimize(m2);
   });
 }
+// The logits in one read (max, block maxima and the moments): against BM_Kernel_ScanMax + BM_Kernel_ExpMoments.
+void BM_Kernel_LogitsPass(benchmark::State& state) {
+  const Data& data = MakeData(static_cast<int>(state.range(0)));
+  const int64_t vocab = static_cast<int64_t>(data.logits.size());
+  std::vector<float> blocks(static_cast<size_t>(kernels::LogitsPassBlockFloats(vocab)));
+  std::vector<float> block_max(static_cast<size_t>(kernels::MaxBlocks(vocab)));
+  RunKernel(state, [&](const Data& d, const Workload& w) {
+    benchmark::DoNotOptimize(kernels::LogitsPass(d.logits.data(), w.vocab, block_max.data(), blocks.data()));
+  });
+}
 void BM_Kernel_ScanRow(benchmark::State& state) {
   RunKernel(state, [](const Data& d, const Workload& w) {
     for (int64_t r = 0; r < w.heads; ++r)
@@ -395,6 +436,7 @@ void BM_Kernel_ConvertBf16(benchmark::State& state) {
 BENCHMARK(BM_Kernel_ScanMax)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ScanMaxBf16)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ExpMoments)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Kernel_LogitsPass)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ScanRow)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ExpShifted)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_Agreement)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);

@@ -28,28 +28,42 @@ absl::StatusOr<LogitsSummary> SummarizeLogits(const FloatView& logits, MetricsSc
 
   scratch->logit_block_max.resize(static_cast<size_t>(kernels::MaxBlocks(n)));
   float* block_max = scratch->logit_block_max.data();
-  const kernels::ScanResult scan = logits.deferred_bf16 != nullptr
-                                       ? kernels::ScanMaxBf16(logits.deferred_bf16, n, logits.fill, block_max)
-                                       : kernels::ScanMax(x, n, block_max);
-  if (scan.first_bad >= 0) {
-    return InvalidFieldError("logits.data", absl::StrCat("must be finite or -inf, got ", DescribeBad(x[scan.first_bad]),
-                                                         " at index ", scan.first_bad));
+  kernels::LogitsMoments pass;
+  if (n >= kOnePassMinVocab) {
+    // One read of the logits: max, argmax, block maxima and the moments of d = z - max.
+    scratch->block_moments.resize(static_cast<size_t>(kernels::LogitsPassBlockFloats(n)));
+    pass = logits.deferred_bf16 != nullptr
+               ? kernels::LogitsPassBf16(logits.deferred_bf16, n, logits.fill, block_max, scratch->block_moments.data())
+               : kernels::LogitsPass(x, n, block_max, scratch->block_moments.data());
+  } else {
+    const kernels::ScanResult scan = logits.deferred_bf16 != nullptr
+                                         ? kernels::ScanMaxBf16(logits.deferred_bf16, n, logits.fill, block_max)
+                                         : kernels::ScanMax(x, n, block_max);
+    pass.max = scan.max;
+    pass.argmax = scan.argmax;
+    pass.first_bad = scan.first_bad;
+    if (scan.first_bad < 0 && scan.max != -std::numeric_limits<float>::infinity()) {
+      scratch->block_moments.resize(static_cast<size_t>(3 * kernels::MomentBlocks(n)));
+      // No entry below max + kMinShifted (none is -inf): the exponentials can skip their clamp.
+      const bool clamp = !(scan.min - scan.max >= kernels::kMinShifted);
+      kernels::ExpMoments(x, n, scan.max, scratch->block_moments.data(), &pass.sum_e, &pass.mean_d, &pass.m2, clamp);
+    }
   }
-  if (scan.max == -std::numeric_limits<float>::infinity()) {
+  if (pass.first_bad >= 0) {
+    return InvalidFieldError("logits.data", absl::StrCat("must be finite or -inf, got ", DescribeBad(x[pass.first_bad]),
+                                                         " at index ", pass.first_bad));
+  }
+  if (pass.max == -std::numeric_limits<float>::infinity()) {
     return InvalidFieldError("logits.data", absl::StrCat("all ", n, " logits are -inf: no token can be drawn"));
   }
 
   LogitsSummary s;
-  s.max_logit = scan.max;
-  s.argmax = static_cast<int32_t>(scan.argmax);
+  s.max_logit = pass.max;
+  s.argmax = static_cast<int32_t>(pass.argmax);
 
   // With d = z - max: ln p = d - ln Z, so H = ln Z - E_p[d] (both terms >= 0: nothing cancels) and
   // varentropy = Var_p[d], taken from deviations to block means (never E[d^2] - E[d]^2).
-  double sum_e = 0, mean_d = 0, m2 = 0;
-  scratch->block_moments.resize(static_cast<size_t>(3 * kernels::MomentBlocks(n)));
-  // No entry below max + kMinShifted (none is -inf): the exponentials can skip their clamp.
-  const bool clamp = !(scan.min - scan.max >= kernels::kMinShifted);
-  kernels::ExpMoments(x, n, scan.max, scratch->block_moments.data(), &sum_e, &mean_d, &m2, clamp);
+  const double sum_e = pass.sum_e, mean_d = pass.mean_d, m2 = pass.m2;
   // sum_e >= 1: the max contributes exp(0) = 1 exactly.
   s.log_normalizer = std::log(sum_e);
   const double entropy_nats = s.log_normalizer - mean_d;

@@ -42,7 +42,7 @@ struct AttentionRowStats {
 
 // Reusable buffers of the metric kernels (grown once, then reused).
 struct MetricsScratch {
-  std::vector<float> block_moments;    // (W_b, M_b, Q_b) per block of the logits
+  std::vector<float> block_moments;    // per block of the logits: (W_b, M_b, Q_b), and LogitsPass's shift
   std::vector<float> logit_block_max;  // the logits' block maxima (kernels::ScanMax), for the sampler chain
   AlignedVector<float> attn_exp;       // exp(S - row max), [rows, kv_len]
   std::vector<AttentionRowStats> row_stats;
@@ -59,6 +59,13 @@ struct MetricsScratch {
 // agreement is near 0 (identical rows read as 1e-9 to 4e-8, rows 1e-6 apart miss their value by as much). From
 // this length on, the float32 path is within a few 1e-10. The double path costs ~1 ns per entry, on short rows only.
 inline constexpr int64_t kExactAgreementCols = 256;
+
+// From this vocabulary size on (768 KiB of float32 logits), SummarizeLogits reads the logits once
+// (kernels::LogitsPass); below it, a max scan and then the exponentials (ScanMax, ExpMoments). The one pass
+// overlaps the read with the exponentials, but its loop costs more arithmetic than the two; that pays only when
+// the two passes' second read would come from L3, i.e. when the logits are most of a 1 MiB L2 (measured on
+// rotating inputs: docs/benchmarks.md, "Single-pass kernels").
+inline constexpr int64_t kOnePassMinVocab = 196608;
 
 // What one pass over the logits yields.
 struct LogitsSummary {

@@ -52,6 +52,20 @@ inline constexpr float kMinShifted = -88.0f;
 // Blocks of ExpMoments' `blocks` (3 floats each).
 inline int64_t MomentBlocks(int64_t n) { return n / 64 + 1; }
 
+// What LogitsPass finds: ScanMax's max, argmax and first bad index (the others are unspecified when
+// first_bad >= 0), and ExpMoments' W = sum e, the e-weighted mean of d and M2, with d = x - max.
+struct LogitsMoments {
+  float max = 0;
+  int64_t argmax = 0;
+  int64_t first_bad = -1;
+  double sum_e = 0;
+  double mean_d = 0;
+  double m2 = 0;
+};
+
+// Floats of LogitsPass's `blocks`: per block, its weight, mean, squared deviation and the shift they were taken at.
+inline int64_t LogitsPassBlockFloats(int64_t n) { return 4 * MomentBlocks(n); }
+
 // Rows per agreement group (GroupColumnSums).
 inline constexpr int64_t kAgreementGroup = 8;
 

@@ -5,8 +5,11 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/metrics.h"
 #include "gtest/gtest.h"
 
@@ -140,6 +143,27 @@ TEST(MetricsReferenceTest, ClipOfTinyProbabilitiesIsApplied) {
   EXPECT_GT(std::abs(unclipped - want->entropy), 5e-6) << "the case must distinguish clipped from unclipped";
 }
 
+// Entropy and varentropy (bits, bits^2) of softmax(z) in float64, as the contract writes them.
+std::pair<double, double> LogitsReference(const std::vector<float>& z) {
+  double m = -INFINITY;
+  for (float x : z) m = std::max(m, static_cast<double>(x));
+  double zsum = 0;
+  for (float x : z) zsum += x == -INFINITY ? 0 : std::exp(x - m);
+  double h = 0;
+  for (float x : z) {
+    if (x == -INFINITY) continue;
+    const double p = std::exp(x - m) / zsum;
+    if (p > 0) h -= p * std::log2(p);
+  }
+  double var = 0;
+  for (float x : z) {
+    if (x == -INFINITY) continue;
+    const double p = std::exp(x - m) / zsum;
+    if (p > 0) var += p * (std::log2(p) + h) * (std::log2(p) + h);
+  }
+  return {h, var};
+}
+
 TEST(MetricsReferenceTest, LogitsMatchTheContractWithNegativeInfinityAndOffsets) {
   std::mt19937 gen(5);
   for (int trial = 0; trial < 20; ++trial) {
@@ -148,28 +172,48 @@ TEST(MetricsReferenceTest, LogitsMatchTheContractWithNegativeInfinityAndOffsets)
     std::vector<float> z(static_cast<size_t>(v));
     for (size_t i = 0; i < z.size(); ++i) z[i] = i % 5 == 3 ? -INFINITY : normal(gen);
     z[0] = normal(gen);
-    double m = -INFINITY;
-    for (float x : z) m = std::max(m, static_cast<double>(x));
-    double zsum = 0;
-    for (float x : z) zsum += x == -INFINITY ? 0 : std::exp(x - m);
-    double h = 0;
-    for (float x : z) {
-      if (x == -INFINITY) continue;
-      const double p = std::exp(x - m) / zsum;
-      if (p > 0) h -= p * std::log2(p);
-    }
-    double var = 0;
-    for (float x : z) {
-      if (x == -INFINITY) continue;
-      const double p = std::exp(x - m) / zsum;
-      if (p > 0) var += p * (std::log2(p) + h) * (std::log2(p) + h);
-    }
+    const auto [h, var] = LogitsReference(z);
     MetricsScratch scratch;
     auto got = SummarizeLogits(FloatView{z.data(), 1, v}, &scratch);
     ASSERT_TRUE(got.ok());
     SCOPED_TRACE(::testing::Message() << "trial " << trial << " vocab " << v);
     ExpectClose(got->entropy, h, 1e-6, 1e-6, "logits_entropy");
     ExpectClose(got->varentropy, var, 1e-6, 1e-6, "logits_varentropy");
+  }
+}
+
+// Vocabularies on both sides of kOnePassMinVocab (two passes below, one read from there on): the same contract
+// values, on logits whose max rises along the array (the one pass's running max changes in every block), with
+// masked runs, a huge spread and a huge offset; and the same error, at the same index, for NaN and +inf.
+TEST(MetricsReferenceTest, LogitsOnBothSidesOfTheOnePassSizeMatchTheContract) {
+  std::mt19937 gen(8);
+  for (int64_t v : {kOnePassMinVocab - 1, kOnePassMinVocab, int64_t{256000}, int64_t{256077}}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      std::normal_distribution<float> normal(variant == 3 ? 1000.0f : 0.0f, variant == 2 ? 1e6f : 2.0f);
+      std::vector<float> z(static_cast<size_t>(v));
+      for (size_t i = 0; i < z.size(); ++i) {
+        z[i] = normal(gen);
+        if (variant == 0) z[i] += 30.0f * static_cast<float>(i) / static_cast<float>(v);
+        if (variant == 1 && i % 1000 < 400) z[i] = -INFINITY;
+      }
+      const auto [h, var] = LogitsReference(z);
+      MetricsScratch scratch;
+      auto got = SummarizeLogits(FloatView{z.data(), 1, v}, &scratch);
+      ASSERT_TRUE(got.ok());
+      SCOPED_TRACE(::testing::Message() << "vocab " << v << " variant " << variant);
+      ExpectClose(got->entropy, h, 1e-6, 1e-6, "logits_entropy");
+      ExpectClose(got->varentropy, var, 1e-6, 1e-6, "logits_varentropy");
+      for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+        std::vector<float> y = z;
+        y[static_cast<size_t>(v / 3)] = bad;
+        y[static_cast<size_t>(v - 1)] = bad;  // a later one must not be the one named
+        auto refused = SummarizeLogits(FloatView{y.data(), 1, v}, &scratch);
+        ASSERT_FALSE(refused.ok());
+        EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+        EXPECT_NE(refused.status().message().find(absl::StrCat("at index ", v / 3)), std::string::npos)
+            << refused.status();
+      }
+    }
   }
 }
 

@@ -88,6 +88,88 @@ TEST_P(ReduceKernelsTest, SkippingTheClampChangesNoBitWhenNothingIsBelowIt) {
   EXPECT_EQ(k.ScanMax(masked.data(), 300, nullptr).min, -INFINITY) << k.name;
 }
 
+// LogitsPass (one read: the max scan ahead of exponentials against the running max) gives ScanMax's max,
+// argmax and block maxima exactly, and the moments within ExpMoments' tolerances of a float64 reference; logits
+// that rise along the array make the running max change in every block, masked runs leave blocks empty.
+TEST_P(ReduceKernelsTest, LogitsPassGivesTheScanAndTheMomentsOfOneRead) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int64_t n : {1, 7, 255, 256, 257, 1000, 4099, 128257}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      std::vector<float> x(static_cast<size_t>(n));
+      for (size_t i = 0; i < x.size(); ++i) {
+        x[i] = normal(gen);
+        if (variant == 1) x[i] += 40.0f * static_cast<float>(i) / static_cast<float>(n);  // a rising max
+        if (variant == 2 && i % 700 < 300) x[i] = -INFINITY;                              // masked runs
+        if (variant == 3) x[i] -= 200.0f * static_cast<float>(i % 2);                     // half far below the clamp
+      }
+      if (variant == 2) x[static_cast<size_t>(n - 1)] = 1.0f;  // at least one finite entry
+      std::vector<float> want_blocks(static_cast<size_t>(MaxBlocks(n))), got_blocks(want_blocks.size());
+      const ScanResult scan = k.ScanMax(x.data(), n, want_blocks.data());
+      std::vector<float> summaries(static_cast<size_t>(LogitsPassBlockFloats(n)));
+      const LogitsMoments got = k.LogitsPass(x.data(), n, got_blocks.data(), summaries.data());
+      const std::string label = std::string(k.name) + " n=" + std::to_string(n) + " variant " + std::to_string(variant);
+      EXPECT_EQ(got.first_bad, -1) << label;
+      EXPECT_EQ(got.max, scan.max) << label;
+      EXPECT_EQ(got.argmax, scan.argmax) << label;
+      EXPECT_EQ(got_blocks, want_blocks) << label;
+      double ref_e = 0, ref_ed = 0;
+      for (float v : x) {
+        if (v == -INFINITY) continue;
+        const double d = static_cast<double>(v) - scan.max;
+        ref_e += std::exp(d);
+        ref_ed += std::exp(d) * d;
+      }
+      const double ref_mean = ref_ed / ref_e;
+      double ref_m2 = 0;
+      for (float v : x) {
+        if (v == -INFINITY) continue;
+        const double dev = (static_cast<double>(v) - scan.max) - ref_mean;
+        ref_m2 += std::exp(static_cast<double>(v) - scan.max) * dev * dev;
+      }
+      EXPECT_NEAR(got.sum_e, ref_e, 4e-7 * ref_e) << label;
+      EXPECT_NEAR(got.mean_d, ref_mean, 4e-7 * std::abs(ref_mean) + 1e-9) << label;
+      EXPECT_NEAR(got.m2, ref_m2, 1e-6 * ref_m2 + 1e-12) << label;
+    }
+  }
+}
+
+// NaN and +inf anywhere (in a full block, in the partial last one, in a block of nothing but -inf before any
+// finite logit) are found at their index; a later bad value does not win.
+TEST_P(ReduceKernelsTest, LogitsPassFindsNanAndPositiveInfinityAtTheirIndex) {
+  const KernelTable& k = *GetParam();
+  const int64_t n = 1000;
+  std::vector<float> blocks(static_cast<size_t>(LogitsPassBlockFloats(n)));
+  for (int masked_prefix = 0; masked_prefix < 2; ++masked_prefix) {
+    for (int64_t pos : {0, 5, 16, 255, 256, 600, 999}) {
+      for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+        std::vector<float> x(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) x[static_cast<size_t>(i)] = static_cast<float>((i * 7) % 13) - 6.0f;
+        if (masked_prefix == 1) std::fill(x.begin(), x.begin() + 512, -INFINITY);
+        x[static_cast<size_t>(pos)] = bad;
+        if (pos < 999) x[999] = std::numeric_limits<float>::infinity();
+        EXPECT_EQ(k.LogitsPass(x.data(), n, nullptr, blocks.data()).first_bad, pos)
+            << k.name << " pos=" << pos << " bad=" << bad << " masked prefix " << masked_prefix;
+      }
+    }
+  }
+  std::vector<float> ok(static_cast<size_t>(n), -INFINITY);
+  ok[500] = std::numeric_limits<float>::max();
+  ok[501] = -std::numeric_limits<float>::max();
+  const LogitsMoments r = k.LogitsPass(ok.data(), n, nullptr, blocks.data());
+  EXPECT_EQ(r.first_bad, -1) << k.name;
+  EXPECT_EQ(r.max, std::numeric_limits<float>::max()) << k.name;
+  EXPECT_EQ(r.argmax, 500) << k.name;
+  EXPECT_EQ(r.sum_e, 1.0) << k.name;
+  EXPECT_EQ(r.mean_d, 0.0) << k.name;
+  EXPECT_EQ(r.m2, 0.0) << k.name;
+  std::vector<float> masked(static_cast<size_t>(n), -INFINITY);
+  const LogitsMoments all_masked = k.LogitsPass(masked.data(), n, nullptr, blocks.data());
+  EXPECT_EQ(all_masked.first_bad, -1) << k.name;
+  EXPECT_EQ(all_masked.max, -INFINITY) << k.name;
+}
+
 TEST_P(ReduceKernelsTest, FindsNanAndPositiveInfinityAtTheirIndex) {
   const KernelTable& k = *GetParam();
   for (int64_t pos : {0, 5, 16, 63, 64, 999}) {
@@ -432,6 +514,18 @@ TEST_P(ReduceKernelsTest, Bf16ScansConvertAndScanLikeTheFloat32Path) {
         k.ScanMax(want.data(), n, blocks_a.data());
         k.ScanMaxBf16(bytes, n, got.data(), blocks_b.data());
         EXPECT_EQ(blocks_b, blocks_a) << k.name << " n=" << n;
+      }
+      std::vector<float> got_pass(src.size(), -1.0f), summaries(static_cast<size_t>(LogitsPassBlockFloats(n)));
+      const LogitsMoments e = k.LogitsPass(want.data(), n, nullptr, summaries.data()),
+                          f = k.LogitsPassBf16(bytes, n, got_pass.data(), nullptr, summaries.data());
+      EXPECT_EQ(std::memcmp(got_pass.data(), want.data(), want.size() * 4), 0) << k.name << " n=" << n;
+      EXPECT_EQ(f.first_bad, e.first_bad) << k.name << " n=" << n;
+      if (e.first_bad < 0) {
+        EXPECT_EQ(f.max, e.max) << k.name << " n=" << n;
+        EXPECT_EQ(f.argmax, e.argmax) << k.name << " n=" << n;
+        EXPECT_EQ(f.sum_e, e.sum_e) << k.name << " n=" << n;
+        EXPECT_EQ(f.mean_d, e.mean_d) << k.name << " n=" << n;
+        EXPECT_EQ(f.m2, e.m2) << k.name << " n=" << n;
       }
       const RowScan c = k.ScanRow(want.data(), n), d = k.ScanRowBf16(bytes, n, got_row.data());
       EXPECT_EQ(std::memcmp(got_row.data(), want.data(), want.size() * 4), 0) << k.name << " n=" << n;
