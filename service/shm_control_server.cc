@@ -84,13 +84,6 @@ absl::Status RunRequest(const SamplerService& service, const v1::SampleRequest& 
   return status;
 }
 
-// What a connection's thread keeps between packets.
-struct ConnectionState {
-  SeedTable seeds;             // the connection is one stream: seed-0 steps of a sequence share one seed
-  bool authenticated = false;  // true from the start without --auth_token_file
-  bool admitted = false;       // holds a --max_streams slot (from its first `sample` on)
-};
-
 absl::Status Unauthenticated(absl::string_view reason) {
   return absl::UnauthenticatedError(absl::StrCat(
       reason, ": expected ShmControlRequest.authorization \"Bearer <token>\" with a token of --auth_token_file"));
@@ -198,106 +191,105 @@ void ShmControlServer::Accept() {
   }
 }
 
+void ShmControlServer::HandlePacket(const Options& options, ConnectionState* state, const char* packet, size_t length,
+                                    const std::vector<int>& fds, v1::ShmControlResponse* response) {
+  v1::ShmControlRequest& request = state->request;
+  response->Clear();
+  response->set_session(state->session);
+  if (length > kMaxPacketBytes) {
+    Reply(response, absl::ResourceExhaustedError(
+                        absl::StrCat("a control packet is at most ", kMaxPacketBytes,
+                                     " bytes; send fewer steps per request (or send them on the Sample RPC)")));
+    return;
+  }
+  if (!request.ParseFromArray(packet, static_cast<int>(length))) {
+    Reply(response, absl::InvalidArgumentError("the packet is not a samplerd.v1.ShmControlRequest"));
+    return;
+  }
+  if (!request.authorization().empty() && options.tokens != nullptr) {
+    if (!options.tokens->Accepts(request.authorization())) {
+      const absl::Status refused = Unauthenticated("the bearer token is not accepted");
+      if (const int64_t held = CallProblemLogBudget().Admit(); held >= 0) {
+        spdlog::warn("shared-memory control packet refused: {}{}", std::string(refused.message()), HeldBackNote(held));
+      }
+      Reply(response, refused);
+      return;
+    }
+    state->authenticated = true;
+  }
+  switch (request.kind_case()) {
+    case v1::ShmControlRequest::kRegister: {
+      if (fds.size() != 1 || fds[0] < 0) {
+        Reply(response, absl::InvalidArgumentError(absl::StrCat(
+                            "a register packet carries exactly one memfd (SCM_RIGHTS), got ", fds.size())));
+        return;
+      }
+      absl::StatusOr<ShmRegistry::Registered> registered =
+          options.registry->Register(state->session, fds[0], request.register_().name());
+      if (!registered.ok()) {
+        Reply(response, registered.status());
+        return;
+      }
+      response->set_region(registered->region);
+      response->set_size(registered->size);
+      return;
+    }
+    case v1::ShmControlRequest::kUnregister:
+      if (!fds.empty()) {
+        Reply(response, absl::InvalidArgumentError("an unregister packet carries no file descriptor"));
+        return;
+      }
+      Reply(response, options.registry->Unregister(state->session, request.unregister().region()));
+      return;
+    case v1::ShmControlRequest::kSample: {
+      if (!fds.empty()) {
+        Reply(response, absl::InvalidArgumentError("a sample packet carries no file descriptor"));
+        return;
+      }
+      if (!state->authenticated) {
+        Reply(response, Unauthenticated("this connection has presented no bearer token"));
+        return;
+      }
+      if (static_cast<int64_t>(length) > options.max_message_bytes) {
+        Reply(response,
+              absl::ResourceExhaustedError(absl::StrCat("the request is ", length, " bytes, over --max_message_bytes ",
+                                                        options.max_message_bytes)));
+        return;
+      }
+      if (!state->admitted) {
+        if (absl::Status admitted = options.service->AdmitStream(); !admitted.ok()) {
+          Reply(response, admitted);
+          return;
+        }
+        state->admitted = true;
+      }
+      const absl::Status status =
+          RunRequest(*options.service, request.sample(), &state->seeds, response->mutable_sample(), state->session);
+      if (!status.ok()) {
+        response->clear_sample();
+        Reply(response, status);
+      }
+      return;
+    }
+    default:
+      Reply(response, absl::InvalidArgumentError("the request names no operation (register, unregister or sample)"));
+      return;
+  }
+}
+
 void ShmControlServer::Serve(Connection* connection) {
-  ShmRegistry& registry = *options_.registry;
   ConnectionState state;
+  state.session = connection->session;
   state.authenticated = options_.tokens == nullptr;
   const std::unique_ptr<char[]> buffer(new char[kMaxPacketBytes]);
   std::vector<int> fds;
-  v1::ShmControlRequest request;
   v1::ShmControlResponse response;
   std::string wire;
-
-  // The answer to one packet of `length` bytes (its descriptors in `fds`) in `response`.
-  auto handle = [&](ssize_t length) {
-    response.Clear();
-    response.set_session(connection->session);
-    if (length > static_cast<ssize_t>(kMaxPacketBytes)) {
-      Reply(&response, absl::ResourceExhaustedError(
-                           absl::StrCat("a control packet is at most ", kMaxPacketBytes,
-                                        " bytes; send fewer steps per request (or send them on the Sample RPC)")));
-      return;
-    }
-    if (!request.ParseFromArray(buffer.get(), static_cast<int>(length))) {
-      Reply(&response, absl::InvalidArgumentError("the packet is not a samplerd.v1.ShmControlRequest"));
-      return;
-    }
-    if (!request.authorization().empty() && options_.tokens != nullptr) {
-      if (!options_.tokens->Accepts(request.authorization())) {
-        const absl::Status refused = Unauthenticated("the bearer token is not accepted");
-        if (const int64_t held = CallProblemLogBudget().Admit(); held >= 0) {
-          spdlog::warn("shared-memory control packet refused: {}{}", std::string(refused.message()),
-                       HeldBackNote(held));
-        }
-        Reply(&response, refused);
-        return;
-      }
-      state.authenticated = true;
-    }
-    switch (request.kind_case()) {
-      case v1::ShmControlRequest::kRegister: {
-        if (fds.size() != 1 || fds[0] < 0) {
-          Reply(&response, absl::InvalidArgumentError(absl::StrCat(
-                               "a register packet carries exactly one memfd (SCM_RIGHTS), got ", fds.size())));
-          return;
-        }
-        absl::StatusOr<ShmRegistry::Registered> registered =
-            registry.Register(connection->session, fds[0], request.register_().name());
-        if (!registered.ok()) {
-          Reply(&response, registered.status());
-          return;
-        }
-        response.set_region(registered->region);
-        response.set_size(registered->size);
-        return;
-      }
-      case v1::ShmControlRequest::kUnregister:
-        if (!fds.empty()) {
-          Reply(&response, absl::InvalidArgumentError("an unregister packet carries no file descriptor"));
-          return;
-        }
-        Reply(&response, registry.Unregister(connection->session, request.unregister().region()));
-        return;
-      case v1::ShmControlRequest::kSample: {
-        if (!fds.empty()) {
-          Reply(&response, absl::InvalidArgumentError("a sample packet carries no file descriptor"));
-          return;
-        }
-        if (!state.authenticated) {
-          Reply(&response, Unauthenticated("this connection has presented no bearer token"));
-          return;
-        }
-        if (length > options_.max_message_bytes) {
-          Reply(&response,
-                absl::ResourceExhaustedError(absl::StrCat(
-                    "the request is ", length, " bytes, over --max_message_bytes ", options_.max_message_bytes)));
-          return;
-        }
-        if (!state.admitted) {
-          if (absl::Status admitted = options_.service->AdmitStream(); !admitted.ok()) {
-            Reply(&response, admitted);
-            return;
-          }
-          state.admitted = true;
-        }
-        const absl::Status status = RunRequest(*options_.service, request.sample(), &state.seeds,
-                                               response.mutable_sample(), connection->session);
-        if (!status.ok()) {
-          response.clear_sample();
-          Reply(&response, status);
-        }
-        return;
-      }
-      default:
-        Reply(&response, absl::InvalidArgumentError("the request names no operation (register, unregister or sample)"));
-        return;
-    }
-  };
 
   for (;;) {
     fds.clear();
     const ssize_t n = ReceivePacket(connection->fd, buffer.get(), &fds);
-    if (n > 0) handle(n);
+    if (n > 0) HandlePacket(options_, &state, buffer.get(), static_cast<size_t>(n), fds, &response);
     for (int f : fds)
       if (f >= 0) close(f);  // a registered region keeps its own reference (the mapping)
     if (n <= 0) break;       // end of stream, a broken connection, or the server stopping
@@ -320,7 +312,7 @@ void ShmControlServer::Serve(Connection* connection) {
       break;
     }
   }
-  registry.CloseSession(connection->session);
+  options_.registry->CloseSession(connection->session);
   if (state.admitted) options_.service->ReleaseStream();
   shutdown(connection->fd, SHUT_RDWR);  // the peer sees the end now; the descriptor is closed by Reap
   spdlog::debug("shared-memory client disconnected; its regions are unregistered");

@@ -36,10 +36,13 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "samplerd/v1/sampler.pb.h"
 #include "service/auth.h"
 #include "service/sampler_service.h"
+#include "service/seed_table.h"
 #include "service/shm_registry.h"
 
 namespace samplerd {
@@ -73,6 +76,24 @@ class ShmControlServer {
   ~ShmControlServer();
 
   const std::string& path() const { return options_.path; }
+
+  // What a connection keeps between packets.
+  struct ConnectionState {
+    std::string session;            // its ShmRegistry session, echoed in every answer
+    SeedTable seeds;                // the connection is one stream: seed-0 steps of a sequence share one seed
+    bool authenticated = false;     // true from the start without --auth_token_file
+    bool admitted = false;          // holds a --max_streams slot (from its first `sample` on); released by the caller
+    v1::ShmControlRequest request;  // parse scratch, reused so its buffers are
+  };
+
+  // HandlePacket()
+  //
+  // The answer to one received packet: `length` bytes at `packet` (kMaxPacketBytes + 1 when the packet was
+  // longer than that) with the descriptors that came with it in `fds` (-1 for ones the kernel dropped; the caller
+  // closes them afterwards). Every decision on a packet's contents is here and none of the socket I/O, so that the
+  // fuzzer (tests/fuzz, CheckShmControlBytes) drives the same code as a connection's thread, without a socket.
+  static void HandlePacket(const Options& options, ConnectionState* state, const char* packet, size_t length,
+                           const std::vector<int>& fds, v1::ShmControlResponse* response);
 
  private:
   // One accepted connection and the thread serving it.

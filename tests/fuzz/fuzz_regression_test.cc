@@ -47,6 +47,9 @@ std::string CheckRequest(const std::string& bytes) {
 std::string CheckKernels(const std::string& bytes) {
   return CheckKernelBytes(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
 }
+std::string CheckShmControl(const std::string& bytes) {
+  return CheckShmControlBytes(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
 
 TEST(FuzzRegression, EveryRecordedRequestInputPasses) {
   for (const auto& path : Files(std::string(SAMPLERD_FUZZ_REGRESSIONS) + "/request")) {
@@ -58,6 +61,19 @@ TEST(FuzzRegression, EveryRecordedKernelInputPasses) {
   for (const auto& path : Files(std::string(SAMPLERD_FUZZ_REGRESSIONS) + "/kernels")) {
     EXPECT_EQ(CheckKernels(Read(path)), "") << path;
   }
+}
+
+TEST(FuzzRegression, EveryRecordedShmControlInputPasses) {
+  ASSERT_TRUE(std::filesystem::is_directory(std::string(SAMPLERD_FUZZ_REGRESSIONS) + "/shm_control"));
+  for (const auto& path : Files(std::string(SAMPLERD_FUZZ_REGRESSIONS) + "/shm_control")) {
+    EXPECT_EQ(CheckShmControl(Read(path)), "") << path;
+  }
+}
+
+TEST(FuzzSeeds, ShmControlSeedsPassTheControlTarget) {
+  const std::vector<std::string> seeds = ShmControlSeeds();
+  ASSERT_GE(seeds.size(), 10u);
+  for (size_t i = 0; i < seeds.size(); ++i) EXPECT_EQ(CheckShmControl(seeds[i]), "") << "seed " << i;
 }
 
 TEST(FuzzSeeds, GoldenRequestSeedsPassTheRequestTarget) {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -26,6 +27,7 @@
 #include "service/sampler_service.h"
 #include "service/seed_table.h"
 #include "service/server_config.h"
+#include "service/shm_control_server.h"
 #include "service/shm_registry.h"
 #include "tests/service/run_request.h"
 
@@ -69,6 +71,18 @@ bool Near(double got, double want, double abs, double rel) {
 constexpr uint64_t kShmBytes = 1 << 20;
 constexpr char kShmAlias[] = "r";
 
+// A memfd holding `bytes`, with `seals` added (0 for none); aborts when the kernel refuses.
+int Memfd(const std::string& bytes, unsigned seals) {
+  const int fd = memfd_create("fuzz", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes.size())) != 0 ||
+      pwrite(fd, bytes.data(), bytes.size(), 0) != static_cast<ssize_t>(bytes.size()) ||
+      (seals != 0 && fcntl(fd, F_ADD_SEALS, seals) != 0)) {
+    std::fprintf(stderr, "fuzz: cannot make a shared-memory region: %s\n", std::strerror(errno));
+    std::abort();
+  }
+  return fd;
+}
+
 struct ShmHarness {
   std::shared_ptr<ShmRegistry> registry;
   std::string session;
@@ -86,13 +100,7 @@ const ShmHarness& Shm() {
     std::normal_distribution<float> normal(0.0f, 2.0f);
     for (float& v : values) v = normal(rng);
     h->bytes.assign(reinterpret_cast<const char*>(values.data()), kShmBytes);
-    const int fd = memfd_create("fuzz", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0 || ftruncate(fd, kShmBytes) != 0 ||
-        pwrite(fd, h->bytes.data(), kShmBytes, 0) != static_cast<ssize_t>(kShmBytes) ||
-        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
-      std::fprintf(stderr, "fuzz: cannot make the shared-memory region\n");
-      std::abort();
-    }
+    const int fd = Memfd(h->bytes, F_SEAL_SHRINK | F_SEAL_SEAL);
     absl::StatusOr<ShmRegistry::Registered> r = h->registry->Register(h->session, fd, "fuzz");
     close(fd);
     if (!r.ok()) {
@@ -827,6 +835,168 @@ void MutateParams(std::minstd_rand& rng, v1::SamplingParams* p, int64_t vocab) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Shared-memory control target.
+
+// The control socket's world: a registry with a connection's session (owning a sealed copy of the request
+// harness's region, the fuzz input's alias "r") and another client's session (its region is alias "f"), and a
+// service resolving references in that registry. The connection may register up to kControlRegions - 1 more.
+constexpr int kControlRegions = 4;
+constexpr int64_t kControlMaxMessageBytes = 64 << 10;  // below kMaxPacketBytes, so both limits are reachable
+constexpr char kForeignAlias[] = "f";
+
+struct ControlHarness {
+  std::shared_ptr<ShmRegistry> registry;
+  std::unique_ptr<SamplerService> service;
+  ShmControlServer::Options options;
+  std::string session;  // the connection's
+  std::string region;   // its region ("r")
+  std::string foreign;  // the other client's region ("f")
+};
+
+ControlHarness& Control() {
+  static ControlHarness* const harness = [] {
+    auto* h = new ControlHarness();
+    h->registry = std::make_shared<ShmRegistry>(ShmRegistry::Limits{2, kControlRegions, 8 * kShmBytes});
+    h->session = *h->registry->OpenSession();
+    std::string other = *h->registry->OpenSession();
+    for (auto [session, region] : {std::pair{&h->session, &h->region}, std::pair{&other, &h->foreign}}) {
+      const int fd = Memfd(Shm().bytes, F_SEAL_SHRINK | F_SEAL_SEAL);
+      absl::StatusOr<ShmRegistry::Registered> r = h->registry->Register(*session, fd, "fuzz");
+      close(fd);
+      if (!r.ok()) {
+        std::fprintf(stderr, "fuzz: %s\n", r.status().ToString().c_str());
+        std::abort();
+      }
+      *region = r->region;
+    }
+    SamplerService::Options options;
+    options.config.workers = 1;
+    options.profiles = ProfileRegistry::BuiltIn();
+    options.shm = h->registry;
+    absl::StatusOr<std::unique_ptr<SamplerService>> s = SamplerService::Create(std::move(options));
+    if (!s.ok()) {
+      std::fprintf(stderr, "fuzz: SamplerService::Create: %s\n", s.status().ToString().c_str());
+      std::abort();
+    }
+    h->service = *std::move(s);
+    h->options.registry = h->registry;
+    h->options.service = h->service.get();
+    h->options.max_message_bytes = kControlMaxMessageBytes;
+    return h;
+  }();
+  return *harness;
+}
+
+// Replaces the aliases "r" and "f" of a sample's tensor references by the harness's region ids.
+bool ResolveAliases(v1::ShmControlRequest* request) {
+  bool changed = false;
+  const ControlHarness& h = Control();
+  auto resolve = [&](v1::TensorRef* ref) {
+    if (ref->region() == kShmAlias || ref->region() == kForeignAlias) {
+      ref->set_region(ref->region() == kShmAlias ? h.region : h.foreign);
+      changed = true;
+    }
+  };
+  for (v1::Step& step : *request->mutable_sample()->mutable_steps()) {
+    if (step.has_logits_ref()) resolve(step.mutable_logits_ref());
+    if (step.has_attention_ref()) resolve(step.mutable_attention_ref());
+  }
+  return changed;
+}
+
+// The descriptors a fuzz input's first byte asks to come with the packet.
+std::vector<int> ControlFds(uint8_t mode) {
+  switch (mode & 7) {
+    case 1:
+      return {Memfd(std::string(4096, 'x'), F_SEAL_SHRINK | F_SEAL_SEAL)};
+    case 2:
+      return {Memfd(std::string(4096, 'x'), 0)};
+    case 3:
+      return {Memfd(std::string(4096, 'x'), F_SEAL_SHRINK | F_SEAL_SEAL), Memfd(std::string(64, 'y'), 0)};
+    case 4:
+      return {-1};  // ancillary data the kernel truncated
+    case 5: {
+      int p[2];
+      if (pipe2(p, O_CLOEXEC) != 0) std::abort();
+      close(p[1]);
+      return {p[0]};
+    }
+    default:
+      return {};
+  }
+}
+
+std::string CheckControlAnswer(const v1::ShmControlRequest& request, bool parsed, size_t length,
+                               const std::vector<int>& fds, const v1::ShmControlResponse& response) {
+  const ControlHarness& h = Control();
+  const auto code = static_cast<absl::StatusCode>(response.code());
+  if (response.session() != h.session) return "the answer does not carry the connection's session";
+  if (code != absl::StatusCode::kOk) {
+    if (response.message().empty()) return absl::StrCat("error code ", response.code(), " without a message");
+    if (response.has_sample() || !response.region().empty()) return "an error answer carries a result";
+  }
+  if (length > ShmControlServer::kMaxPacketBytes) {
+    return code == absl::StatusCode::kResourceExhausted ? "" : "an oversized packet is not RESOURCE_EXHAUSTED";
+  }
+  if (!parsed) return code == absl::StatusCode::kInvalidArgument ? "" : "an unparsable packet is not INVALID_ARGUMENT";
+  const bool one_fd = fds.size() == 1 && fds[0] >= 0;
+  switch (request.kind_case()) {
+    case v1::ShmControlRequest::kRegister:
+      if (!one_fd && code != absl::StatusCode::kInvalidArgument) {
+        return absl::StrCat("a register packet with ", fds.size(), " usable descriptors is not INVALID_ARGUMENT");
+      }
+      if (code == absl::StatusCode::kOk && (response.region().empty() || response.size() == 0)) {
+        return "a registered region has no id or size";
+      }
+      return "";
+    case v1::ShmControlRequest::kUnregister:
+      if (!fds.empty() && code != absl::StatusCode::kInvalidArgument) {
+        return "an unregister packet with a descriptor is not INVALID_ARGUMENT";
+      }
+      // Aliases are not resolved for unregister, and real ids are random: no region here is the connection's.
+      return code == absl::StatusCode::kOk ? "an unknown region was unregistered" : "";
+    case v1::ShmControlRequest::kSample: {
+      if (!fds.empty() && code != absl::StatusCode::kInvalidArgument) {
+        return "a sample packet with a descriptor is not INVALID_ARGUMENT";
+      }
+      if (fds.empty() && static_cast<int64_t>(length) > kControlMaxMessageBytes &&
+          code != absl::StatusCode::kResourceExhausted) {
+        return "a sample packet over --max_message_bytes is not RESOURCE_EXHAUSTED";
+      }
+      if (code != absl::StatusCode::kOk) return "";
+      const v1::SampleRequest& sample = request.sample();
+      if (!response.has_sample() || response.sample().results_size() != sample.steps_size()) {
+        return absl::StrCat("a sample of ", sample.steps_size(), " steps got ", response.sample().results_size(),
+                            " results");
+      }
+      for (int i = 0; i < sample.steps_size(); ++i) {
+        const v1::Step& step = sample.steps(i);
+        const v1::StepResult& r = response.sample().results(i);
+        const std::string where = absl::StrCat("step ", i, ": ");
+        if (r.sequence_id() != step.sequence_id() || r.step() != step.step()) {
+          return absl::StrCat(where, "the result echoes another step");
+        }
+        if (r.has_error() && (r.error().code() == 0 || r.error().message().empty())) {
+          return absl::StrCat(where, "an error without a code or message");
+        }
+        const bool bad_ref = (step.has_logits_ref() && step.logits_ref().region() != h.region) ||
+                             (step.has_attention_ref() && step.attention_ref().region() != h.region);
+        if (bad_ref && !r.has_error())
+          return absl::StrCat(where, "a reference to an unknown or foreign region was answered");
+        if (r.has_error() && absl::StrContains(r.error().field(), "_ref") &&
+            r.error().code() != static_cast<int>(absl::StatusCode::kInvalidArgument)) {
+          return absl::StrCat(where, "a bad reference is error ", r.error().code(),
+                              ", not INVALID_ARGUMENT: ", r.error().message());
+        }
+      }
+      return "";
+    }
+    default:
+      return code == absl::StatusCode::kInvalidArgument ? "" : "a packet naming no operation is not INVALID_ARGUMENT";
+  }
+}
+
 }  // namespace
 
 void MutateRequest(std::minstd_rand& rng, v1::SampleRequest* request) {
@@ -904,6 +1074,103 @@ void MutateRequest(std::minstd_rand& rng, v1::SampleRequest* request) {
       }
       break;
   }
+}
+
+std::string CheckShmControlBytes(const uint8_t* data, size_t size) {
+  ControlHarness& h = Control();
+  const uint8_t mode = size > 0 ? data[0] : 0;
+  std::string packet = size > 0 ? std::string(reinterpret_cast<const char*>(data) + 1, size - 1) : std::string();
+  v1::ShmControlRequest request;
+  bool parsed = request.ParseFromString(packet);
+  if (parsed && request.has_sample() && ResolveAliases(&request)) parsed = request.SerializeToString(&packet);
+  size_t length = packet.size();
+  if ((mode & 8) != 0 || length > ShmControlServer::kMaxPacketBytes) length = ShmControlServer::kMaxPacketBytes + 1;
+  const std::vector<int> fds = ControlFds(mode);
+
+  ShmControlServer::ConnectionState state;
+  state.session = h.session;
+  state.authenticated = true;
+  v1::ShmControlResponse response;
+  packet.resize(std::max(packet.size(), std::min(length, ShmControlServer::kMaxPacketBytes)));
+  ShmControlServer::HandlePacket(h.options, &state, packet.data(), length, fds, &response);
+  for (int f : fds) {
+    if (f >= 0) close(f);
+  }
+  std::string failure = CheckControlAnswer(request, parsed, length, fds, response);
+  if (state.admitted) h.service->ReleaseStream();
+  if (response.code() == 0 && !response.region().empty()) {
+    if (absl::Status s = h.registry->Unregister(h.session, response.region()); !s.ok() && failure.empty()) {
+      failure = absl::StrCat("the region just registered cannot be unregistered: ", s.ToString());
+    }
+  }
+  return failure;
+}
+
+void MutateShmControl(std::minstd_rand& rng, uint8_t* mode, v1::ShmControlRequest* request) {
+  switch (rng() % 8) {
+    case 0:
+      *mode = static_cast<uint8_t>(rng() % 16);
+      break;
+    case 1:
+      request->mutable_register_()->set_name(Pick<const char*>(rng, {"", "host-0", "\xff\xfe", "a/b"}));
+      break;
+    case 2:
+      request->mutable_unregister()->set_region(Pick<const char*>(rng, {"", "r", "f", "feedface"}));
+      break;
+    case 3:
+      request->set_authorization(Pick<const char*>(rng, {"", "Bearer x", "Basic y"}));
+      break;
+    default: {
+      MutateRequest(rng, request->mutable_sample());
+      // Point a step's references at the connection's region, another client's, or none known.
+      v1::SampleRequest* sample = request->mutable_sample();
+      if (sample->steps_size() > 0) {
+        v1::Step* step = sample->mutable_steps(static_cast<int>(rng() % sample->steps_size()));
+        const char* region = Pick<const char*>(rng, {kShmAlias, kShmAlias, kForeignAlias, "0000"});
+        if (step->has_logits_ref()) step->mutable_logits_ref()->set_region(region);
+        if (step->has_attention_ref()) step->mutable_attention_ref()->set_region(region);
+      }
+      break;
+    }
+  }
+}
+
+std::vector<std::string> ShmControlSeeds() {
+  std::vector<std::string> seeds;
+  auto add = [&](uint8_t mode, const v1::ShmControlRequest& request) {
+    seeds.push_back(std::string(1, static_cast<char>(mode)) + request.SerializeAsString());
+  };
+  v1::ShmControlRequest reg;
+  reg.mutable_register_()->set_name("host-0");
+  add(1, reg);  // a sealed memfd: registered
+  add(0, reg);  // none: refused
+  add(2, reg);  // unsealed: refused
+  v1::ShmControlRequest unreg;
+  unreg.mutable_unregister()->set_region("feedface");
+  add(0, unreg);
+  for (const char* region : {kShmAlias, kForeignAlias, "feedface"}) {
+    v1::ShmControlRequest sample;
+    v1::Step* step = sample.mutable_sample()->add_steps();
+    step->set_sequence_id("s");
+    step->set_seed(7);
+    v1::TensorRef* logits = step->mutable_logits_ref();
+    logits->set_region(region);
+    logits->set_dtype(v1::DTYPE_F32);
+    logits->add_shape(2048);
+    v1::TensorRef* attention = step->mutable_attention_ref();
+    attention->set_region(region);
+    attention->set_dtype(v1::DTYPE_F32);
+    attention->add_shape(4);
+    attention->add_shape(64);
+    attention->set_offset(8192);
+    *sample.mutable_sample()->add_steps() = *step;
+    sample.mutable_sample()->mutable_steps(1)->mutable_logits_ref()->set_dtype(v1::DTYPE_BF16);
+    add(0, sample);
+    if (region == kShmAlias) add(8, sample);  // as if over kMaxPacketBytes
+  }
+  add(0, v1::ShmControlRequest());                    // no operation
+  seeds.push_back(std::string("\0\xff\xff\xff", 4));  // not a message
+  return seeds;
 }
 
 }  // namespace samplerd::fuzz

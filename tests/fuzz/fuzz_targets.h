@@ -19,6 +19,14 @@
 //                      NaN, ±inf -> SummarizeLogits / ComputeAttentionMetrics: a clear INVALID_ARGUMENT exactly
 //                      when the contract says so, otherwise finite metrics in their ranges that agree with a
 //                      float64 reference; every instruction set's kernels agree on max and first bad index.
+//   CheckShmControlBytes  a mode byte (bits 0-2: the descriptors that come along: 0 none, 1 a sealed memfd,
+//                      2 an unsealed one, 3 two, 4 one the kernel dropped, 5 a pipe; bit 3: the packet was over
+//                      kMaxPacketBytes) and a packet -> ShmControlServer::HandlePacket on a connection of a real
+//                      ShmRegistry and SamplerService: every answer carries the session and is an error with a
+//                      message or a result; oversized packets are RESOURCE_EXHAUSTED, unparsable ones and
+//                      register packets without exactly one descriptor INVALID_ARGUMENT; a sample is answered with
+//                      one result per step, and a step referencing an unknown or another client's region (aliases
+//                      "r" = the connection's region, "f" = another client's) is a per-step error.
 #ifndef SAMPLERD_TESTS_FUZZ_FUZZ_TARGETS_H_
 #define SAMPLERD_TESTS_FUZZ_FUZZ_TARGETS_H_
 
@@ -34,11 +42,20 @@ namespace samplerd::fuzz {
 
 std::string CheckRequestBytes(const uint8_t* data, size_t size);
 std::string CheckKernelBytes(const uint8_t* data, size_t size);
+std::string CheckShmControlBytes(const uint8_t* data, size_t size);
 
 // One structure-aware mutation of `request` (a step's tensors, shapes, dtypes, parameters, tokens, profile,
 // seed set to edge values; steps duplicated or dropped), for the request fuzzer's custom mutator: byte-level
 // mutations alone rarely keep a 128 KiB logits payload parseable.
 void MutateRequest(std::minstd_rand& rng, v1::SampleRequest* request);
+
+// One structure-aware mutation of a control fuzz input: its mode byte, or its request's operation, token or
+// sample (MutateRequest, then references pointed at the connection's region, another client's or an unknown one).
+void MutateShmControl(std::minstd_rand& rng, uint8_t* mode, v1::ShmControlRequest* request);
+
+// Hand-made inputs for CheckShmControlBytes: register with each descriptor kind, unregister, samples referencing
+// each region alias, an oversized packet, an empty request and garbage.
+std::vector<std::string> ShmControlSeeds();
 
 // KernelRecipe
 //
