@@ -85,6 +85,18 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     return padded;
   }
 
+  // A block's squared deviation from its weighted mean, sum e * (d - mean)^2 over its kBlock / kLanes batches of
+  // exponentials `e` and values `d`: the second pass of the moments pipelines (ExpMomentsOf, LogitsPass).
+  __attribute__((always_inline)) static float BlockSquaredDeviation(const Batch* d, const Batch* e, float mean) {
+    const Batch vmean(mean);
+    Batch acc(0.0f);
+    for (int64_t j = 0; j < kBlock / kLanes; ++j) {
+      const Batch dev = d[j] - vmean;
+      acc += e[j] * dev * dev;
+    }
+    return xsimd::hadd(acc);
+  }
+
   // Horizontal max through the instruction set's shuffles (xsimd 8 has no reduce_max): cheap enough to run
   // once per block of kMaxBlock.
   static float ReduceMax(const Batch& b) {
@@ -310,15 +322,9 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     bool have_prev = false;
     int64_t nb = 0;
     const auto finish_previous = [&](int slot) {
-      const Batch vmb(prev_m);
-      Batch acc_q(0.0f);
-      for (int64_t j = 0; j < kBatches; ++j) {
-        const Batch dev = d[slot][j] - vmb;
-        acc_q += e[slot][j] * dev * dev;
-      }
       blocks[3 * nb] = prev_w;
       blocks[3 * nb + 1] = prev_m;
-      blocks[3 * nb + 2] = xsimd::hadd(acc_q);
+      blocks[3 * nb + 2] = BlockSquaredDeviation(d[slot], e[slot], prev_m);
       ++nb;
     };
     int slot = 0;
@@ -447,15 +453,9 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     bool have_prev = false;
     int64_t nb = 0;
     const auto finish_previous = [&](int slot) {
-      const Batch vmb(prev_m);
-      Batch acc_q(0.0f);
-      for (int64_t j = 0; j < kBatches; ++j) {
-        const Batch dev = d[slot][j] - vmb;
-        acc_q += e[slot][j] * dev * dev;
-      }
       blocks[4 * nb] = prev_w;
       blocks[4 * nb + 1] = prev_m;
-      blocks[4 * nb + 2] = xsimd::hadd(acc_q);
+      blocks[4 * nb + 2] = BlockSquaredDeviation(d[slot], e[slot], prev_m);
       blocks[4 * nb + 3] = prev_s;
       ++nb;
     };
