@@ -163,7 +163,7 @@ void RunGrpcStream(const LoadOptions& options, int index, const v1::SampleReques
   // subchannel between channels with the same target and arguments.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+      grpc::CreateCustomChannel(options.target, MakeCredentials(options.security), args);
   std::unique_ptr<v1::Sampler::Stub> stub = v1::Sampler::NewStub(channel);
   v1::SampleRequest request = prototype;
   NameSequences(index, &request);
@@ -172,7 +172,7 @@ void RunGrpcStream(const LoadOptions& options, int index, const v1::SampleReques
   std::unique_ptr<ShmPlane> plane;
   if (!options.shm_socket.empty()) {
     absl::StatusOr<std::unique_ptr<ShmPlane>> connected =
-        ShmPlane::Connect(options.shm_socket, ShmBytesFor(request), "samplerctl-bench");
+        ShmPlane::Connect(options.shm_socket, ShmBytesFor(request), "samplerctl-bench", options.security.token);
     if (connected.ok()) {
       plane = *std::move(connected);
       status = ReferenceTensors(*plane, &request);
@@ -182,6 +182,7 @@ void RunGrpcStream(const LoadOptions& options, int index, const v1::SampleReques
   }
   grpc::ClientContext context;
   if (options.no_compute) context.AddMetadata(kNoComputeMetadata, "1");
+  if (!options.security.token.empty()) context.AddMetadata("authorization", "Bearer " + options.security.token);
   if (plane != nullptr) plane->Attach(&context);
   // On the control connection no gRPC call is made at all.
   const bool control = plane != nullptr && options.shm_control;

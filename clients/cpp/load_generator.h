@@ -28,6 +28,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "clients/cpp/samplerd_client.h"
 #include "samplerd/v1/sampler.pb.h"
 
 namespace samplerd::client {
@@ -79,6 +80,9 @@ struct LoadOptions {
   // With shm_socket: send the steps on the control connection itself (ShmPlane::Sample) instead of a Sample
   // stream, so no gRPC call is involved (`--shm-steps control`).
   bool shm_control = false;
+  // TLS and the bearer token of every stream's channel and control connection (ClientOptions); default
+  // plaintext, no token.
+  ClientOptions security;
   // Called now and then from the calling thread with the steps measured so far; may be empty.
   std::function<void(int64_t done, int64_t total)> progress;
 };

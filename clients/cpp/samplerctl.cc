@@ -12,9 +12,9 @@
 //   samplerctl calibrate --from RECORD... --out profile.json [--base entropix|entropix-frog] [--name N]
 //                       [--quantile-low 0.5] [--quantile-high 0.9] [--temperature-max 1]   (calibrate.h; no server)
 //
-// Every subcommand but bench takes --tls_ca / --tls_cert / --tls_key (PEM files; any of them, or --tls, turns TLS
-// on) and --token (or $SAMPLERD_TOKEN: sent as "authorization: Bearer <token>"), for a server started with
-// --tls_* and --auth_token_file.
+// Every subcommand that calls a server takes --tls_ca / --tls_cert / --tls_key (PEM files; any of them, or
+// --tls, turns TLS on) and --token (or $SAMPLERD_TOKEN: sent as "authorization: Bearer <token>"), for a server
+// started with --tls_* and --auth_token_file (bench: on its streams and, with --shm, on the control socket).
 //
 // Exit codes: 0 success; 1 an RPC failed, a step was rejected, or the server is not SERVING; 2 bad usage or an
 // unreadable input file.
@@ -138,8 +138,6 @@ struct SecurityFlags {
   std::string tls_cert;
   std::string tls_key;
   std::string token;
-
-  bool any() const { return tls || !tls_ca.empty() || !tls_cert.empty() || !tls_key.empty() || !token.empty(); }
 };
 
 // The ClientOptions of the flags; false (with the reason on stderr) when a file cannot be read.
@@ -276,13 +274,14 @@ void DrawProgress(int64_t done, int64_t total) {
                 total > 0 ? static_cast<int>(100 * done / total) : 0, done, total);
 }
 
-int RunBench(const std::string& target, const BenchFlags& flags) {
+int RunBench(const std::string& target, const ClientOptions& security, const BenchFlags& flags) {
   // As samplerd does (service/allocator_tuning.h): without it a model host sending megabyte requests
   // page-faults on every serialization, and the run would measure that instead of samplerd.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
   mallopt(M_ARENA_MAX, 1);
   LoadOptions options;
+  options.security = security;
   absl::StatusOr<Workload> workload = ParseWorkload(flags.workload);
   absl::StatusOr<v1::DType> dtype = ParseDType(flags.dtype);
   for (const absl::Status& s : {workload.status(), dtype.status()}) {
@@ -457,16 +456,10 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
-  if (bench->parsed()) {
-    if (security.any()) {
-      absl::FPrintF(stderr, "samplerctl: bench speaks plaintext only (no --tls* / --token)\n");
-      return kExitUsage;
-    }
-    return RunBench(target, bench_flags);
-  }
   if (calibrate->parsed()) return RunCalibrate(calibrate_options);
   ClientOptions client_options;
   if (!MakeClientOptions(security, &client_options)) return kExitUsage;
+  if (bench->parsed()) return RunBench(target, client_options, bench_flags);
   Client client(target, client_options);
   if (health->parsed()) return RunHealth(client, service);
   if (profiles->parsed()) return RunProfiles(client, profiles_json);

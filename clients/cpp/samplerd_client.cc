@@ -40,15 +40,6 @@ absl::Status WithFailover(size_t max_attempts, Attempt attempt, Advance advance)
   return status;
 }
 
-std::shared_ptr<grpc::ChannelCredentials> MakeCredentials(const ClientOptions& options) {
-  if (!options.tls) return grpc::InsecureChannelCredentials();
-  grpc::SslCredentialsOptions ssl;
-  ssl.pem_root_certs = options.tls_ca_pem;
-  ssl.pem_cert_chain = options.tls_cert_pem;
-  ssl.pem_private_key = options.tls_key_pem;
-  return grpc::SslCredentials(ssl);
-}
-
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const ClientOptions& options) {
   grpc::ChannelArguments args;
   // Several addresses behind one target (dns:///, ipv4:a,b) are spread over, not pinned to the first.
@@ -62,6 +53,15 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const Clie
 }
 
 }  // namespace
+
+std::shared_ptr<grpc::ChannelCredentials> MakeCredentials(const ClientOptions& options) {
+  if (!options.tls) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = options.tls_ca_pem;
+  ssl.pem_cert_chain = options.tls_cert_pem;
+  ssl.pem_private_key = options.tls_key_pem;
+  return grpc::SslCredentials(ssl);
+}
 
 absl::string_view ServingStatusName(ServingStatus status) {
   switch (status) {

@@ -181,6 +181,10 @@ struct ClientOptions {
   std::string token;
 };
 
+// The channel credentials `options` ask for: TLS with their CA and client certificate, else plaintext. For
+// channels a program makes itself (samplerctl bench); a Client makes its own.
+std::shared_ptr<grpc::ChannelCredentials> MakeCredentials(const ClientOptions& options);
+
 // BatchItem
 //
 // One session's step in a Client::SampleBatch.

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <string>
 
@@ -12,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/service/server_process.h"
+#include "tests/service/test_certificates.h"
 
 #ifndef SAMPLERCTL_BINARY
 #error "SAMPLERCTL_BINARY must name the samplerctl executable"
@@ -21,6 +23,7 @@ namespace samplerd::client {
 namespace {
 
 using ::samplerd::testing::ServerProcess;
+using ::samplerd::testing::TempDir;
 using ::testing::HasSubstr;
 
 struct CommandResult {
@@ -156,6 +159,38 @@ TEST(SamplerctlBenchShm, StepsOnAStreamOrOnTheControlSocketRunCore) {
       RunSamplerctl("bench --target " + server->unix_target() + " --shm-steps control --steps 1 --json");
   EXPECT_EQ(no_plane.exit_code, 2) << no_plane.all;
   EXPECT_THAT(no_plane.all, HasSubstr("--shm"));
+}
+
+TEST(SamplerctlBenchSecurity, TlsAndTheTokenReachAServerThatRequiresThem) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  ASSERT_TRUE(testing::MakeCertificates(dir));
+  std::ofstream(dir.File("tokens")) << "bench-secret\n";
+  const std::string shm_socket = dir.File("shm.sock");
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
+      {"--metrics_listen", "", "--tls_cert", dir.File("server.pem"), "--tls_key", dir.File("server.key"),
+       "--auth_token_file", dir.File("tokens"), "--shm_socket", shm_socket});
+  ASSERT_NE(server, nullptr);
+  const std::string tls = " --target " + server->tcp_target() + " --tls_ca " + dir.File("ca.pem");
+  const std::string run = " bench --workload S --steps 2 --warmup 1 --json";
+
+  const CommandResult both = RunSamplerctl(tls + " --token bench-secret" + run);
+  ASSERT_EQ(both.exit_code, 0) << both.all;
+  ExpectBenchJson(both.out, "S", "f32", 1, "grpc");
+  const CommandResult no_token = RunSamplerctl(tls + run);
+  EXPECT_EQ(no_token.exit_code, 1) << no_token.all;
+  EXPECT_THAT(no_token.all, HasSubstr("UNAUTHENTICATED"));
+  const CommandResult plaintext = RunSamplerctl(" --target " + server->tcp_target() + " --token bench-secret" + run);
+  EXPECT_EQ(plaintext.exit_code, 1) << plaintext.all << " (a plaintext client cannot talk to a TLS listener)";
+
+  // The control socket takes the same token.
+  const std::string shm = " --target " + server->unix_target() + run + " --shm " + shm_socket + " --shm-steps control";
+  const CommandResult control = RunSamplerctl(" --token bench-secret" + shm);
+  ASSERT_EQ(control.exit_code, 0) << control.all;
+  ExpectBenchJson(control.out, "S", "f32", 1, "shm-control");
+  const CommandResult control_no_token = RunSamplerctl(shm);
+  EXPECT_EQ(control_no_token.exit_code, 1) << control_no_token.all;
+  EXPECT_THAT(control_no_token.all, HasSubstr("UNAUTHENTICATED"));
 }
 
 TEST(SamplerctlBenchRefused, NoComputeNeedsTheServersPermission) {
