@@ -45,9 +45,9 @@ struct RowScan {
 };
 
 // Shifted values are clamped here so that -inf and huge negative inputs give e = 0 and e * d = 0 (never
-// 0 * -inf = NaN). exp(-88) is a float32 denormal (the smallest normal is exp(-87.34)); the kernels' exp
-// flushes such values to exactly 0, which changes no sum of at least exp(0) = 1.
-inline constexpr float kMinShifted = -88.0f;
+// 0 * -inf = NaN). exp(-88) is a float32 denormal (the smallest normal is exp(-87.34)); the kernels' exp gives
+// exactly 0 at this value (core/simd_exp.h), which changes no sum of at least exp(0) = 1.
+inline constexpr float kMinShifted = -88.03125f;
 
 // Blocks of ExpMoments' `blocks` (3 floats each).
 inline int64_t MomentBlocks(int64_t n) { return n / 64 + 1; }

@@ -26,31 +26,31 @@ struct ExpImpl {
   // multiply-add ports, not memory: the AVX-512 and AVX2 builds therefore use a table of 2^(j/N), N = 16 or 8
   // entries held in one register (looked up with a lane permute), so the polynomial only has to cover
   // |r| <= ln2 / 2N: d = (16 n + j) ln2 / 16 + r, exp(d) = 2^n * 2^(j/16) * exp(r), exp(r) by Taylor to r^3
-  // (AVX-512, truncation 0.15 ulp) or r^4 (AVX2, N = 8, 0.02 ulp): 9 or 10 multiply-port operations per
-  // vector instead of 11 for a degree-6 polynomial over |r| <= ln2 / 2. SSE2 has no lane permute and keeps
+  // (AVX-512, truncation 0.15 ulp) or r^4 (AVX2, N = 8, 0.02 ulp): 10 or 11 float operations per vector
+  // (the floating-point ports, two per cycle, are what the kernels run out of). SSE2 has no lane permute and keeps
   // the latter: as Cephes' expf, exp(r) = 1 + r + r^2 q(r) with q of degree 4 (minimax coefficients, 3e-9
   // before rounding). Worst case about 1.3 ulp either way (the table entries are rounded to float);
   // tests/core/reduce_kernels_test.cc pins <= 2 ulp for d >= -20 and <= 5 ulp below, and
   // tests/golden/README.md admits exp errors of 3 ulp. Far fewer instructions than xsimd::exp, which also
   // handles overflow, NaN and denormals that cannot occur here.
   // k = N n + j is rounded by adding 1.5 * 2^23 (whose float spacing is 1), which also leaves k in the low
-  // bits: j is its low bits, and 2^n goes straight into the exponent bits of the scale. The clamp at -88 keeps
-  // n >= -127, and n = -127 gives exponent bits 0, i.e. a scale of exactly 0 for the values whose true exp
-  // is a denormal (x < about -87.3): masked entries (-inf) come out as 0 with no select.
+  // bits: j indexes the table, and k shifted into the exponent field adds n to the entry's exponent. The clamp,
+  // kMinShifted, rounds to k = -127 N: j = 0 and exponent bits 0, a scale of exactly 0, so masked entries (-inf)
+  // come out as 0 with no select. Between it and the smallest normal (d < about -87.3) the result is a
+  // denormal off by less than 2^-126, which no sum holding exp(0) = 1 can see.
   static constexpr int kTableBits = std::is_base_of_v<xsimd::avx512f, Arch> ? 4
                                     : std::is_base_of_v<xsimd::avx2, Arch>  ? 3
                                                                             : 0;
   static constexpr int kTableSize = 1 << kTableBits;
   static constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
   static constexpr int32_t kMagicBits = 0x4B400000;
-  // 2^(j/16), j = 0..15, rounded to float (the 8-entry table is every other one).
-  alignas(64) static constexpr float kPow2Sixteenths[16] = {
-      1.000000000e+00f, 1.044273734e+00f, 1.090507746e+00f, 1.138788581e+00f, 1.189207077e+00f, 1.241857767e+00f,
-      1.296839595e+00f, 1.354255557e+00f, 1.414213538e+00f, 1.476826191e+00f, 1.542210817e+00f, 1.610490322e+00f,
-      1.681792855e+00f, 1.756252170e+00f, 1.834008098e+00f, 1.915206552e+00f};
-  alignas(32) static constexpr float kPow2Eighths[8] = {1.000000000e+00f, 1.090507746e+00f, 1.189207077e+00f,
-                                                        1.296839595e+00f, 1.414213538e+00f, 1.542210817e+00f,
-                                                        1.681792855e+00f, 1.834008098e+00f};
+  // The bits of 2^(j/N), j = 0..N-1, rounded to float, minus j << (23 - kTableBits): adding k << (23 - kTableBits)
+  // (k = N n + j) then gives the bits of 2^(j/N) * 2^n, the scale and the table entry in one integer add.
+  alignas(64) static constexpr int32_t kPow2SixteenthsBits[16] = {
+      0x3F800000, 0x3F7DAAC3, 0x3F7B95C2, 0x3F79C3D3, 0x3F7837F0, 0x3F76F532, 0x3F75FED7, 0x3F75583F,
+      0x3F7504F3, 0x3F7508A4, 0x3F75672A, 0x3F76248C, 0x3F7744FD, 0x3F78CCDF, 0x3F7AC0C7, 0x3F7D257D};
+  alignas(32) static constexpr int32_t kPow2EighthsBits[8] = {0x3F800000, 0x3F7B95C2, 0x3F7837F0, 0x3F75FED7,
+                                                             0x3F7504F3, 0x3F75672A, 0x3F7744FD, 0x3F7AC0C7};
   // N / ln2, and ln2 / N in two parts, the first with 12 significant bits so that k * part is exact
   // (|k| <= 88 N / ln2 < 2^11): r is accurate with or without a fused multiply-add.
   static constexpr float kInvStep = kTableBits == 4 ? 23.0831203f : 11.5415602f;
@@ -64,12 +64,15 @@ struct ExpImpl {
 #if defined(__AVX512F__)
     if constexpr (kTableBits == 4) {
       // vpermps reads the low 4 bits of each index lane: j itself.
-      return Batch(_mm512_permutexvar_ps(_mm512_castps_si512(t), _mm512_load_ps(kPow2Sixteenths)));
+      return Batch(_mm512_permutexvar_ps(_mm512_castps_si512(t),
+                                         _mm512_castsi512_ps(_mm512_load_si512(kPow2SixteenthsBits))));
     } else
 #endif
 #if defined(__AVX2__)
         if constexpr (kTableBits == 3) {
-      return Batch(_mm256_permutevar8x32_ps(_mm256_load_ps(kPow2Eighths), _mm256_castps_si256(t)));
+      return Batch(_mm256_permutevar8x32_ps(
+          _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(kPow2EighthsBits))),
+          _mm256_castps_si256(t)));
     } else
 #endif
     {
@@ -93,11 +96,11 @@ struct ExpImpl {
         q = xsimd::fma(q, r, Batch(0.5f));
       }
       q = xsimd::fma(q, r, Batch(1.0f));
-      const Batch table = TableLookup(t);
-      const Batch mantissa = xsimd::fma(table * r, q, table);
-      const IntBatch bits = ((xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBits - 127 * kTableSize)) >> kTableBits)
-                            << 23;
-      return mantissa * xsimd::bitwise_cast<Batch>(bits);
+      // 2^(j/N) 2^n: the low bits of t are k (the magic's own bits shift out), so one shift and one integer add
+      // (which has twice the ports of the float operations) scale the table entry exactly.
+      const Batch scale = xsimd::bitwise_cast<Batch>(xsimd::bitwise_cast<IntBatch>(TableLookup(t)) +
+                                                     (xsimd::bitwise_cast<IntBatch>(t) << (23 - kTableBits)));
+      return xsimd::fma(scale * r, q, scale);
     } else {
       const Batch t = xsimd::fma(d, Batch(1.44269504088896341f), Batch(kRoundMagic));
       const Batch k = t - Batch(kRoundMagic);

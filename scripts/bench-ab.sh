@@ -11,7 +11,7 @@ base=$1; new=$2; filter=${3:-BM_Step}; rounds=${4:-6}
 for _ in $(seq "$rounds"); do
   for which in base new; do
     bin=$base; [ "$which" = new ] && bin=$new
-    taskset -c "${CPU:-1}" "$bin" --benchmark_filter="$filter" --benchmark_min_time=0.3 --benchmark_format=json 2> /dev/null |
+    taskset -c "${CPU:-1}" "$bin" --benchmark_filter="$filter" --benchmark_min_time=${MIN_TIME:-0.3} --benchmark_format=json 2> /dev/null |
       /usr/bin/python3 -c "
 import json, sys
 for b in json.load(sys.stdin)['benchmarks']: print('$which', b['name'], b['cpu_time'])"
