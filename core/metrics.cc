@@ -96,8 +96,9 @@ void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, MetricsSc
 
     float* e = scratch->attn_exp.data() + r * cols;
     double sum_e = 0, sum_ed = 0;
-    // The next row of the range is fetched while this one's exponentials are computed.
-    const bool last = r + 1 == r1;
+    // The next row is fetched while this one's exponentials are computed, across groups too (on one thread the
+    // next group comes next).
+    const bool last = r + 1 == attention.rows;
     const void* next = last ? nullptr
                        : attention.deferred_bf16 != nullptr
                            ? static_cast<const void*>(attention.deferred_bf16 + 2 * (r + 1) * cols)

@@ -2,6 +2,7 @@
 # Core A/B in one run: alternates two core_benchmark binaries (say, main's and a change's) ROUNDS times on one
 # pinned CPU and prints, per benchmark, each side's median CPU time and the median of the per-round ratios
 # (base / new, > 1 means the change is faster). Alternating puts a shared machine's noise on both sides.
+# MIN_TIME (seconds per benchmark and round, default 0.3) trades rounds for run length.
 #
 #   git worktree add /tmp/base main && cmake -S /tmp/base -B /tmp/base/build -G Ninja \
 #     && ninja -C /tmp/base/build bench/core_benchmark
