@@ -50,7 +50,7 @@ struct ExpImpl {
       0x3F800000, 0x3F7DAAC3, 0x3F7B95C2, 0x3F79C3D3, 0x3F7837F0, 0x3F76F532, 0x3F75FED7, 0x3F75583F,
       0x3F7504F3, 0x3F7508A4, 0x3F75672A, 0x3F76248C, 0x3F7744FD, 0x3F78CCDF, 0x3F7AC0C7, 0x3F7D257D};
   alignas(32) static constexpr int32_t kPow2EighthsBits[8] = {0x3F800000, 0x3F7B95C2, 0x3F7837F0, 0x3F75FED7,
-                                                             0x3F7504F3, 0x3F75672A, 0x3F7744FD, 0x3F7AC0C7};
+                                                              0x3F7504F3, 0x3F75672A, 0x3F7744FD, 0x3F7AC0C7};
   // N / ln2, and ln2 / N in two parts, the first with 12 significant bits so that k * part is exact
   // (|k| <= 88 N / ln2 < 2^11): r is accurate with or without a fused multiply-add.
   static constexpr float kInvStep = kTableBits == 4 ? 23.0831203f : 11.5415602f;
@@ -64,8 +64,8 @@ struct ExpImpl {
 #if defined(__AVX512F__)
     if constexpr (kTableBits == 4) {
       // vpermps reads the low 4 bits of each index lane: j itself.
-      return Batch(_mm512_permutexvar_ps(_mm512_castps_si512(t),
-                                         _mm512_castsi512_ps(_mm512_load_si512(kPow2SixteenthsBits))));
+      return Batch(
+          _mm512_permutexvar_ps(_mm512_castps_si512(t), _mm512_castsi512_ps(_mm512_load_si512(kPow2SixteenthsBits))));
     } else
 #endif
 #if defined(__AVX2__)
