@@ -89,13 +89,29 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   // exponentials `e` and values `d`: the second pass of the moments pipelines (ExpMomentsOf, LogitsPass).
   __attribute__((always_inline)) static float BlockSquaredDeviation(const Batch* d, const Batch* e, float mean) {
     const Batch vmean(mean);
-    Batch acc(0.0f);
-    for (int64_t j = 0; j < kBlock / kLanes; ++j) {
-      const Batch dev = d[j] - vmean;
-      acc += e[j] * dev * dev;
+    Batch acc0(0.0f), acc1(0.0f);  // even and odd batches: two chains of multiply-adds, not one
+    for (int64_t j = 0; j < kBlock / kLanes; j += 2) {
+      const Batch dev0 = d[j] - vmean, dev1 = d[j + 1] - vmean;
+      acc0 += e[j] * dev0 * dev0;
+      acc1 += e[j + 1] * dev1 * dev1;
     }
-    return xsimd::hadd(acc);
+    return xsimd::hadd(acc0 + acc1);
   }
+
+  // A block's sums of e and e * d in two accumulators each (even and odd batches): one chain of dependent adds
+  // would hold every block for kBlock / kLanes add latencies before its mean and its deviations can start.
+  struct BlockSums {
+    Batch e0 = Batch(0.0f), e1 = Batch(0.0f), ed0 = Batch(0.0f), ed1 = Batch(0.0f);
+    // Batches j and j + 1 (e and d point at batch j).
+    __attribute__((always_inline)) void Add(const Batch* e, const Batch* d) {
+      e0 += e[0];
+      e1 += e[1];
+      ed0 += e[0] * d[0];
+      ed1 += e[1] * d[1];
+    }
+    float SumE() const { return xsimd::hadd(e0 + e1); }
+    float SumEd() const { return xsimd::hadd(ed0 + ed1); }
+  };
 
   // Horizontal max through the instruction set's shuffles (xsimd 8 has no reduce_max): cheap enough to run
   // once per block of kMaxBlock.
@@ -330,19 +346,20 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     int slot = 0;
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock, slot ^= 1) {
-      Batch acc_e(0.0f), acc_ed(0.0f);
-      for (int64_t j = 0; j < kBatches; ++j) {
+      BlockSums sums;
+      for (int64_t j = 0; j < kBatches; j += 2) {
         d[slot][j] = Shifted<kClamp>(x + i + j * kLanes, vshift);
+        d[slot][j + 1] = Shifted<kClamp>(x + i + (j + 1) * kLanes, vshift);
         e[slot][j] = ExpClamped(d[slot][j]);
-        acc_e += e[slot][j];
-        acc_ed += e[slot][j] * d[slot][j];
+        e[slot][j + 1] = ExpClamped(d[slot][j + 1]);
+        sums.Add(e[slot] + j, d[slot] + j);
       }
       if (have_prev) finish_previous(slot ^ 1);
-      const float wb = xsimd::hadd(acc_e);
+      const float wb = sums.SumE();
       have_prev = wb != 0.0f;
       if (have_prev) {
         prev_w = wb;
-        prev_m = xsimd::hadd(acc_ed) / wb;
+        prev_m = sums.SumEd() / wb;
       }
     }
     if (have_prev) finish_previous(slot ^ 1);
@@ -495,25 +512,29 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
       const float* x = floats(b);
       const auto exps = [&](auto clamp) {
         for (int64_t k = 0; k < kMaxBlock; k += kBlock, slot ^= 1) {
-          Batch acc_e(0.0f), acc_ed(0.0f);
-          for (int64_t j = 0; j < kBatches; ++j) {
+          const auto shifted = [&](int64_t j) __attribute__((always_inline)) {
             const Batch dj = Batch::load_unaligned(x + k + j * kLanes) - vshift;
             // max(kMinShifted, .) returns its second operand for NaN: bad input reaches the sums.
             if constexpr (decltype(clamp)::value) {
-              d[slot][j] = xsimd::max(Batch(kMinShifted), dj);
+              return xsimd::max(Batch(kMinShifted), dj);
             } else {
-              d[slot][j] = dj;
+              return dj;
             }
+          };
+          BlockSums sums;
+          for (int64_t j = 0; j < kBatches; j += 2) {
+            d[slot][j] = shifted(j);
+            d[slot][j + 1] = shifted(j + 1);
             e[slot][j] = ExpClamped(d[slot][j]);
-            acc_e += e[slot][j];
-            acc_ed += e[slot][j] * d[slot][j];
+            e[slot][j + 1] = ExpClamped(d[slot][j + 1]);
+            sums.Add(e[slot] + j, d[slot] + j);
           }
           if (have_prev) finish_previous(slot ^ 1);
-          const float wb = xsimd::hadd(acc_e);
+          const float wb = sums.SumE();
           have_prev = wb != 0.0f;  // NaN included
           if (have_prev) {
             prev_w = wb;
-            prev_m = xsimd::hadd(acc_ed) / wb;
+            prev_m = sums.SumEd() / wb;
             prev_s = s;
           }
         }
