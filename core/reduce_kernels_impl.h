@@ -37,8 +37,9 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   using Wide = xsimd::batch<double, Arch>;
   static constexpr int64_t kWide = static_cast<int64_t>(Wide::size);
   static constexpr int64_t kLanes = static_cast<int64_t>(Batch::size);
-  // Elements per float partial sum: 16 per lane whatever the width (64 on SSE2, 256 on AVX-512), so every
-  // instruction set rounds alike, and the horizontal add + double conversion per block stays cheap.
+  // Elements per block of float partial sums: 16 per lane whatever the width (64 on SSE2, 256 on AVX-512; the
+  // moments kernels split a lane's 16 over two accumulators), so every instruction set sums alike, and the
+  // horizontal add + double conversion per block stays cheap.
   static constexpr int64_t kBlock = 16 * kLanes;
 
   static float HorizontalMax(const Batch& b) {
