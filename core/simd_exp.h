@@ -27,7 +27,7 @@ struct ExpImpl {
   // entries held in one register (looked up with a lane permute), so the polynomial only has to cover
   // |r| <= ln2 / 2N: d = (16 n + j) ln2 / 16 + r, exp(d) = 2^n * 2^(j/16) * exp(r), exp(r) by Taylor to r^3
   // (AVX-512, truncation 0.15 ulp) or r^4 (AVX2, N = 8, 0.02 ulp): 10 or 11 float operations per vector
-  // (the floating-point ports, two per cycle, are what the kernels run out of). SSE2 has no lane permute and keeps
+  // (the two multiply-add ports are what the kernels run out of). SSE2 has no lane permute and keeps
   // the latter: as Cephes' expf, exp(r) = 1 + r + r^2 q(r) with q of degree 4 (minimax coefficients, 3e-9
   // before rounding). Worst case about 1.3 ulp either way (the table entries are rounded to float);
   // tests/core/reduce_kernels_test.cc pins <= 2 ulp for d >= -20 and <= 5 ulp below, and
@@ -41,7 +41,6 @@ struct ExpImpl {
   static constexpr int kTableBits = std::is_base_of_v<xsimd::avx512f, Arch> ? 4
                                     : std::is_base_of_v<xsimd::avx2, Arch>  ? 3
                                                                             : 0;
-  static constexpr int kTableSize = 1 << kTableBits;
   static constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
   static constexpr int32_t kMagicBits = 0x4B400000;
   // The bits of 2^(j/N), j = 0..N-1, rounded to float, minus j << (23 - kTableBits): adding k << (23 - kTableBits)
