@@ -182,7 +182,7 @@ void RunGrpcStream(const LoadOptions& options, int index, const v1::SampleReques
   }
   grpc::ClientContext context;
   if (options.no_compute) context.AddMetadata(kNoComputeMetadata, "1");
-  if (!options.security.token.empty()) context.AddMetadata("authorization", "Bearer " + options.security.token);
+  AddBearerToken(options.security.token, &context);
   if (plane != nullptr) plane->Attach(&context);
   // On the control connection no gRPC call is made at all.
   const bool control = plane != nullptr && options.shm_control;

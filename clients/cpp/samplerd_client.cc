@@ -243,9 +243,11 @@ Client::Client(std::shared_ptr<grpc::Channel> channel, std::string token) : toke
   endpoints_.push_back(MakeEndpoint(std::move(channel)));
 }
 
-void Client::Authorize(grpc::ClientContext* context) const {
-  if (!token_.empty()) context->AddMetadata("authorization", absl::StrCat("Bearer ", token_));
+void AddBearerToken(absl::string_view token, grpc::ClientContext* context) {
+  if (!token.empty()) context->AddMetadata("authorization", absl::StrCat("Bearer ", token));
 }
+
+void Client::Authorize(grpc::ClientContext* context) const { AddBearerToken(token_, context); }
 
 void Client::Prepare(grpc::ClientContext* context, absl::Duration timeout) const {
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));

@@ -185,6 +185,10 @@ struct ClientOptions {
 // channels a program makes itself (samplerctl bench); a Client makes its own.
 std::shared_ptr<grpc::ChannelCredentials> MakeCredentials(const ClientOptions& options);
 
+// Adds "authorization: Bearer <token>" to a call's metadata when `token` is not empty. For calls on such
+// channels; a Client adds it to its own calls.
+void AddBearerToken(absl::string_view token, grpc::ClientContext* context);
+
 // BatchItem
 //
 // One session's step in a Client::SampleBatch.

@@ -4,7 +4,7 @@
 //
 // Each target returns an empty string when every invariant held, else a description of the first one that
 // failed; the libFuzzer wrappers abort on a non-empty answer, so a broken invariant is a crash like a
-// sanitizer report and lands in the crash file libFuzzer writes.
+// sanitizer report and lands in the crash file libFuzzer writes (tests/fuzz/libfuzzer_entry.h).
 //
 //   std::string failure = samplerd::fuzz::CheckRequestBytes(data, size);
 //   if (!failure.empty()) { fprintf(stderr, "%s\n", failure.c_str()); abort(); }

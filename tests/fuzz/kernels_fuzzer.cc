@@ -3,18 +3,12 @@
 // INVALID_ARGUMENT exactly where the contract asks for one.
 //
 //   build-fuzz/tests/fuzz/kernels_fuzzer -max_total_time=60 CORPUS_DIR SEED_DIR
+#include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <string>
 
 #include "tests/fuzz/fuzz_targets.h"
+#include "tests/fuzz/libfuzzer_entry.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string failure = samplerd::fuzz::CheckKernelBytes(data, size);
-  if (!failure.empty()) {
-    std::fprintf(stderr, "kernels_fuzzer: invariant broken: %s\n", failure.c_str());
-    std::abort();
-  }
-  return 0;
+  return samplerd::fuzz::AbortOnBrokenInvariant("kernels_fuzzer", samplerd::fuzz::CheckKernelBytes(data, size));
 }
