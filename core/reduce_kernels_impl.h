@@ -31,6 +31,7 @@ template <class Arch>
 struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   using ExpImpl<Arch>::ExpClamped;
   using ExpImpl<Arch>::ExpWide;
+  using ExpImpl<Arch>::ExpStream;
   using Bf16Impl<Arch>::LoadBf16;
   using Bf16Impl<Arch>::ConvertBf16;
   using Batch = xsimd::batch<float, Arch>;
@@ -265,34 +266,40 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
 
   static void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed,
                          const void* next, int64_t next_bytes, bool clamp) {
-    if (clamp) {
-      ExpShiftedOf<true>(x, n, shift, e, sum_e, sum_ed, next, next_bytes);
+    const auto run = [&](auto kClamp, auto kStore) {
+      ExpShiftedOf<decltype(kClamp)::value, decltype(kStore)::value>(x, n, shift, e, sum_e, sum_ed, next, next_bytes);
+    };
+    if (e != nullptr) {
+      clamp ? run(std::true_type(), std::true_type()) : run(std::false_type(), std::true_type());
     } else {
-      ExpShiftedOf<false>(x, n, shift, e, sum_e, sum_ed, next, next_bytes);
+      clamp ? run(std::true_type(), std::false_type()) : run(std::false_type(), std::false_type());
     }
   }
-  template <bool kClamp>
+  template <bool kClamp, bool kStore>
   static void ExpShiftedOf(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed,
                            const void* next, int64_t next_bytes) {
+    constexpr int64_t kBatches = kBlock / kLanes;
     const Batch vshift(shift);
-    double total_e = 0, total_ed = 0;
+    Wide total_e(0.0), total_ed(0.0);
     // One block's worth of bytes of `next` per block of x: a row of the same size is fetched by the end.
     const char* pf = static_cast<const char*>(next);
     const char* const pf_end = pf + (next != nullptr ? next_bytes : 0);
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock) {
       for (int64_t line = 0; line < kBlock * 4 && pf < pf_end; line += 64, pf += 64) __builtin_prefetch(pf, 0, 2);
-      Batch acc_e(0.0f), acc_ed(0.0f);
-      for (int64_t j = i; j < i + kBlock; j += kLanes) {
-        const Batch d = Shifted<kClamp>(x + j, vshift);
-        const Batch ev = ExpClamped(d);
-        if (e != nullptr) ev.store_unaligned(e + j);
-        acc_e += ev;
-        acc_ed += ev * d;
-      }
-      total_e += xsimd::hadd(acc_e);
-      total_ed += xsimd::hadd(acc_ed);
+      // Float sums per block in two accumulators each (even and odd batches), added into double lanes.
+      Batch acc_e0(0.0f), acc_e1(0.0f), acc_ed0(0.0f), acc_ed1(0.0f);
+      ExpStream(
+          kBatches, [&](int64_t j) __attribute__((always_inline)) { return Shifted<kClamp>(x + i + j * kLanes, vshift); },
+          [&](int64_t j, int k, const Batch& d, const Batch& ev) __attribute__((always_inline)) {
+            if constexpr (kStore) ev.store_unaligned(e + i + j * kLanes);
+            (k == 0 ? acc_e0 : acc_e1) += ev;
+            (k == 0 ? acc_ed0 : acc_ed1) += ev * d;
+          });
+      total_e += WidenHalves(acc_e0 + acc_e1);
+      total_ed += WidenHalves(acc_ed0 + acc_ed1);
     }
+    double tail_e = 0, tail_ed = 0;
     if (i < n) {
       // Padded with -inf, which the clamp turns into exp = 0 exactly: nothing added to either sum.
       alignas(64) float xt[kBlock];
@@ -306,12 +313,12 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
         acc_e += ev;
         acc_ed += ev * d;
       }
-      if (e != nullptr) std::memcpy(e + i, et, static_cast<size_t>(n - i) * sizeof(float));
-      total_e += xsimd::hadd(acc_e);
-      total_ed += xsimd::hadd(acc_ed);
+      if constexpr (kStore) std::memcpy(e + i, et, static_cast<size_t>(n - i) * sizeof(float));
+      tail_e = xsimd::hadd(acc_e);
+      tail_ed = xsimd::hadd(acc_ed);
     }
-    *sum_e = total_e;
-    *sum_ed = total_ed;
+    *sum_e = xsimd::hadd(total_e) + tail_e;
+    *sum_ed = xsimd::hadd(total_ed) + tail_ed;
   }
 
   // Per block of kBlock elements: weight W_b, weighted mean M_b and squared deviation Q_b in float32 (the
@@ -782,6 +789,25 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
       alignas(64) double d[kWide];
       for (int64_t j = 0; j < kWide; ++j) d[j] = static_cast<double>(x[j]);
       return Wide::load_aligned(d);
+    }
+  }
+
+  // b's low and high halves widened to double and added lane-wise: a block's float partial sums into double
+  // lanes, with no horizontal reduction per block.
+  static Wide WidenHalves(const Batch& b) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+      return Wide(_mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(b)),
+                                _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1)))));
+    } else
+#endif
+#if defined(__AVX__)
+        if constexpr (std::is_base_of_v<xsimd::avx, Arch>) {
+      return Wide(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(b)), _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1))));
+    } else
+#endif
+    {
+      return Wide(_mm_add_pd(_mm_cvtps_pd(b), _mm_cvtps_pd(_mm_movehl_ps(b, b))));
     }
   }
 

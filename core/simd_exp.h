@@ -79,13 +79,42 @@ struct ExpImpl {
     }
   }
 
-  static Batch ExpClamped(const Batch& d) {
+  // ExpClamped in three stages, for the kernels that software-pipeline it (ExpStream): the exp is a chain of
+  // about ten dependent operations (some 30 cycles), and a loop that issues one whole chain per vector fills
+  // the scheduler with operations still waiting on their inputs, so the multiply-add ports idle. Run a few
+  // vectors apart, each stage's inputs are ready when it issues.
+  struct ExpReduced {
+    Batch r;      // d - k ln2 / N
+    Batch scale;  // 2^(k / N), exactly
+  };
+  // Stage 1: t, which holds k = round(d N / ln2) in its low bits (k is rounded by adding 1.5 * 2^23, whose float
+  // spacing is 1).
+  __attribute__((always_inline)) static Batch ExpRound(const Batch& d) {
+    return xsimd::fma(d, Batch(kTableBits > 0 ? kInvStep : 1.44269504088896341f), Batch(kRoundMagic));
+  }
+  // Stage 2: r and the scale.
+  __attribute__((always_inline)) static ExpReduced ExpReduce(const Batch& d, const Batch& t) {
     using IntBatch = xsimd::batch<int32_t, Arch>;
     if constexpr (kTableBits > 0) {
-      const Batch t = xsimd::fma(d, Batch(kInvStep), Batch(kRoundMagic));
       const Batch neg_k = Batch(kRoundMagic) - t;  // -k, so that r takes two plain multiply-adds
-      Batch r = xsimd::fma(neg_k, Batch(kStepHi), d);
-      r = xsimd::fma(neg_k, Batch(kStepLo), r);
+      const Batch r = xsimd::fma(neg_k, Batch(kStepLo), xsimd::fma(neg_k, Batch(kStepHi), d));
+      // 2^(j/N) 2^n: the low bits of t are k (the magic's own bits shift out), so one shift and one integer add
+      // (which has twice the ports of the float operations) scale the table entry exactly.
+      const Batch scale = xsimd::bitwise_cast<Batch>(xsimd::bitwise_cast<IntBatch>(TableLookup(t)) +
+                                                     (xsimd::bitwise_cast<IntBatch>(t) << (23 - kTableBits)));
+      return {r, scale};
+    } else {
+      const Batch k = t - Batch(kRoundMagic);
+      Batch r = xsimd::fnma(k, Batch(0.693359375f), d);  // k * 0.693359375 is exact: no FMA needed
+      r = xsimd::fnma(k, Batch(-2.12194440e-4f), r);
+      const IntBatch bits = (xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBits - 127)) << 23;
+      return {r, xsimd::bitwise_cast<Batch>(bits)};
+    }
+  }
+  // Stage 3: exp(r) and the product with the scale.
+  __attribute__((always_inline)) static Batch ExpFinish(const ExpReduced& x) {
+    const Batch& r = x.r;
+    if constexpr (kTableBits > 0) {
       // exp(r) = 1 + r * q, q = 1 + r / 2 + r^2 / 6 (+ r^3 / 24 with the coarser table).
       Batch q;
       if constexpr (kTableBits == 4) {
@@ -95,25 +124,65 @@ struct ExpImpl {
         q = xsimd::fma(q, r, Batch(0.5f));
       }
       q = xsimd::fma(q, r, Batch(1.0f));
-      // 2^(j/N) 2^n: the low bits of t are k (the magic's own bits shift out), so one shift and one integer add
-      // (which has twice the ports of the float operations) scale the table entry exactly.
-      const Batch scale = xsimd::bitwise_cast<Batch>(xsimd::bitwise_cast<IntBatch>(TableLookup(t)) +
-                                                     (xsimd::bitwise_cast<IntBatch>(t) << (23 - kTableBits)));
-      return xsimd::fma(scale * r, q, scale);
+      return xsimd::fma(x.scale * r, q, x.scale);
     } else {
-      const Batch t = xsimd::fma(d, Batch(1.44269504088896341f), Batch(kRoundMagic));
-      const Batch k = t - Batch(kRoundMagic);
-      Batch r = xsimd::fnma(k, Batch(0.693359375f), d);  // k * 0.693359375 is exact: no FMA needed
-      r = xsimd::fnma(k, Batch(-2.12194440e-4f), r);
       Batch p(kC4);
       p = xsimd::fma(p, r, Batch(kC3));
       p = xsimd::fma(p, r, Batch(kC2));
       p = xsimd::fma(p, r, Batch(kC1));
       p = xsimd::fma(p, r, Batch(kC0));
       p = xsimd::fma(p, r * r, r + Batch(1.0f));
-      const IntBatch bits = (xsimd::bitwise_cast<IntBatch>(t) - IntBatch(kMagicBits - 127)) << 23;
-      return p * xsimd::bitwise_cast<Batch>(bits);
+      return p * x.scale;
     }
+  }
+
+  static Batch ExpClamped(const Batch& d) { return ExpFinish(ExpReduce(d, ExpRound(d))); }
+
+  // ExpClamped over batches [0, batches) (an even count) as a three-stage software pipeline, two batches per
+  // step: source(j) gives batch j's d, and sink(j, k, d, exp(d)) is called for j in order, with k = j % 2 (a
+  // constant at each call, for per-parity accumulators). Batches j + 2 and
+  // j + 3 are being reduced and j + 4, j + 5 rounded while j, j + 1 finish. The same bits as ExpClamped.
+  template <class Source, class Sink>
+  __attribute__((always_inline)) static void ExpStream(int64_t batches, Source&& source, Sink&& sink) {
+    Batch d1[2], t1[2], d2[2];
+    ExpReduced x2[2];
+    const auto round = [&](int k, int64_t j) __attribute__((always_inline)) {
+      d1[k] = source(j);
+      t1[k] = ExpRound(d1[k]);
+    };
+    const auto reduce = [&](int k) __attribute__((always_inline)) {
+      x2[k] = ExpReduce(d1[k], t1[k]);
+      d2[k] = d1[k];
+    };
+    const auto finish = [&](int k, int64_t j) __attribute__((always_inline)) { sink(j, k, d2[k], ExpFinish(x2[k])); };
+    if (batches < 4) {
+      for (int64_t j = 0; j < batches; ++j) {
+        const Batch d = source(j);
+        sink(j, static_cast<int>(j % 2), d, ExpClamped(d));
+      }
+      return;
+    }
+    round(0, 0);
+    round(1, 1);
+    reduce(0);
+    reduce(1);
+    round(0, 2);
+    round(1, 3);
+    int64_t j = 4;
+    for (; j < batches; j += 2) {
+      finish(0, j - 4);
+      finish(1, j - 3);
+      reduce(0);
+      reduce(1);
+      round(0, j);
+      round(1, j + 1);
+    }
+    finish(0, j - 4);
+    finish(1, j - 3);
+    reduce(0);
+    reduce(1);
+    finish(0, j - 2);
+    finish(1, j - 1);
   }
 
   // exp(d) in double for d in [-708, 0] (ExpDouble: the exact probabilities of short rows). Not xsimd::exp: its range
