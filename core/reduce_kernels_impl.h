@@ -104,12 +104,10 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   // would hold every block for kBlock / kLanes add latencies before its mean and its deviations can start.
   struct BlockSums {
     Batch e0 = Batch(0.0f), e1 = Batch(0.0f), ed0 = Batch(0.0f), ed1 = Batch(0.0f);
-    // Batches j and j + 1 (e and d point at batch j).
-    __attribute__((always_inline)) void Add(const Batch* e, const Batch* d) {
-      e0 += e[0];
-      e1 += e[1];
-      ed0 += e[0] * d[0];
-      ed1 += e[1] * d[1];
+    // A batch of parity k (0: even, 1: odd; a constant where it is called).
+    __attribute__((always_inline)) void Add(int k, const Batch& e, const Batch& d) {
+      (k == 0 ? e0 : e1) += e;
+      (k == 0 ? ed0 : ed1) += e * d;
     }
     float SumE() const { return xsimd::hadd(e0 + e1); }
     float SumEd() const { return xsimd::hadd(ed0 + ed1); }
@@ -345,7 +343,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     float prev_w = 0, prev_m = 0;
     bool have_prev = false;
     int64_t nb = 0;
-    const auto finish_previous = [&](int slot) {
+    const auto finish_previous = [&](int slot) __attribute__((always_inline)) {
       blocks[3 * nb] = prev_w;
       blocks[3 * nb + 1] = prev_m;
       blocks[3 * nb + 2] = BlockSquaredDeviation(d[slot], e[slot], prev_m);
@@ -355,13 +353,13 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock, slot ^= 1) {
       BlockSums sums;
-      for (int64_t j = 0; j < kBatches; j += 2) {
-        d[slot][j] = Shifted<kClamp>(x + i + j * kLanes, vshift);
-        d[slot][j + 1] = Shifted<kClamp>(x + i + (j + 1) * kLanes, vshift);
-        e[slot][j] = ExpClamped(d[slot][j]);
-        e[slot][j + 1] = ExpClamped(d[slot][j + 1]);
-        sums.Add(e[slot] + j, d[slot] + j);
-      }
+      ExpStream(
+          kBatches, [&](int64_t j) __attribute__((always_inline)) { return Shifted<kClamp>(x + i + j * kLanes, vshift); },
+          [&](int64_t j, int k, const Batch& dj, const Batch& ej) __attribute__((always_inline)) {
+            d[slot][j] = dj;
+            e[slot][j] = ej;
+            sums.Add(k, ej, dj);
+          });
       if (have_prev) finish_previous(slot ^ 1);
       const float wb = sums.SumE();
       have_prev = wb != 0.0f;
@@ -477,7 +475,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     float prev_w = 0, prev_m = 0, prev_s = 0;
     bool have_prev = false;
     int64_t nb = 0;
-    const auto finish_previous = [&](int slot) {
+    const auto finish_previous = [&](int slot) __attribute__((always_inline)) {
       blocks[4 * nb] = prev_w;
       blocks[4 * nb + 1] = prev_m;
       blocks[4 * nb + 2] = BlockSquaredDeviation(d[slot], e[slot], prev_m);
@@ -530,13 +528,11 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
             }
           };
           BlockSums sums;
-          for (int64_t j = 0; j < kBatches; j += 2) {
-            d[slot][j] = shifted(j);
-            d[slot][j + 1] = shifted(j + 1);
-            e[slot][j] = ExpClamped(d[slot][j]);
-            e[slot][j + 1] = ExpClamped(d[slot][j + 1]);
-            sums.Add(e[slot] + j, d[slot] + j);
-          }
+          ExpStream(kBatches, shifted, [&](int64_t j, int par, const Batch& dj, const Batch& ej) __attribute__((always_inline)) {
+            d[slot][j] = dj;
+            e[slot][j] = ej;
+            sums.Add(par, ej, dj);
+          });
           if (have_prev) finish_previous(slot ^ 1);
           const float wb = sums.SumE();
           have_prev = wb != 0.0f;  // NaN included
