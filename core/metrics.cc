@@ -16,6 +16,8 @@ namespace {
 constexpr double kLn2 = 0.69314718055994530942;
 // ln(1e-10): docs/contract.md section 3 clips attention probabilities to [1e-10, 1] inside the log.
 constexpr float kLnAttentionFloor = -23.025850929940457f;
+// How many rows ahead of its exponentials a thread fetches the attention it will scan.
+constexpr int64_t kPrefetchRowsAhead = 2;
 
 std::string DescribeBad(float v) { return std::isnan(v) ? "NaN" : "+inf"; }
 
@@ -77,7 +79,8 @@ namespace {
 
 // Rows [r0, r1) of the attention: the scan (and bf16 conversion), the exponentials into row r of
 // scratch->attn_exp, the row's entropy. Touches only those rows' slots, so two threads may run disjoint ranges.
-void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, MetricsScratch* scratch) {
+// `then` is the first row this thread is expected to take after r1 (-1: none), whose inputs are fetched early.
+void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, int64_t then, MetricsScratch* scratch) {
   const int64_t cols = attention.cols;
   for (int64_t r = r0; r < r1; ++r) {
     const float* row = attention.data + r * cols;
@@ -96,13 +99,15 @@ void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, MetricsSc
 
     float* e = scratch->attn_exp.data() + r * cols;
     double sum_e = 0, sum_ed = 0;
-    // The next row is fetched while this one's exponentials are computed, across groups too (on one thread the
-    // next group comes next).
-    const bool last = r + 1 == attention.rows;
-    const void* next = last ? nullptr
+    // The row this thread scans two rows from now is fetched while this one's exponentials are computed (one
+    // row ahead is too late for the next scan once the exponentials are fast): in this range, or the next one's.
+    const int64_t ahead = r + kPrefetchRowsAhead < r1 ? r + kPrefetchRowsAhead
+                          : then >= 0                 ? then + (r + kPrefetchRowsAhead - r1)
+                                                      : -1;
+    const void* next = ahead < 0 || ahead >= attention.rows ? nullptr
                        : attention.deferred_bf16 != nullptr
-                           ? static_cast<const void*>(attention.deferred_bf16 + 2 * (r + 1) * cols)
-                           : static_cast<const void*>(row + cols);
+                           ? static_cast<const void*>(attention.deferred_bf16 + 2 * ahead * cols)
+                           : static_cast<const void*>(attention.data + ahead * cols);
     const bool clamp = !(scan.finite_count == cols && scan.min_finite - scan.max >= kernels::kMinShifted);
     kernels::ExpShifted(row, cols, scan.max, e, &sum_e, &sum_ed, next,
                         (attention.deferred_bf16 != nullptr ? 2 : 4) * cols, clamp);
@@ -125,11 +130,12 @@ int64_t AttentionGroups(const FloatView& attention) {
 }
 
 // Agreement group g (rows [8g, 8g + 8)): its rows (AttentionRows), then the column sums of its used rows'
-// probabilities into scratch->group_sums while they are still in cache. The unit rows are shared out in.
-void AttentionGroup(const FloatView& attention, int64_t g, MetricsScratch* scratch) {
+// probabilities into scratch->group_sums while they are still in cache. The unit rows are shared out in;
+// `next` is the group this thread expects to take next (-1: none).
+void AttentionGroup(const FloatView& attention, int64_t g, int64_t next, MetricsScratch* scratch) {
   const int64_t r0 = g * kernels::kAgreementGroup;
   const int64_t r1 = std::min(r0 + kernels::kAgreementGroup, attention.rows);
-  AttentionRows(attention, r0, r1, scratch);
+  AttentionRows(attention, r0, r1, next < 0 ? -1 : next * kernels::kAgreementGroup, scratch);
   const float* rows[kernels::kAgreementGroup];
   float inv[kernels::kAgreementGroup];
   int64_t n = 0;
@@ -240,7 +246,8 @@ absl::Status AttentionPasses(const FloatView& attention, absl::FunctionRef<absl:
   PrepareAttention(attention, scratch);
   UnitSchedule schedule(AttentionGroups(attention), fork_join);
   absl::Status head_status;
-  schedule.Run([&] { head_status = head(); }, [&](int64_t g) { AttentionGroup(attention, g, scratch); });
+  schedule.Run([&] { head_status = head(); },
+               [&](int64_t g, int64_t next) { AttentionGroup(attention, g, next, scratch); });
   if (!head_status.ok()) return head_status;
 
   AttentionMetrics m;

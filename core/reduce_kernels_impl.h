@@ -288,7 +288,8 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
       // Float sums per block in two accumulators each (even and odd batches), added into double lanes.
       Batch acc_e0(0.0f), acc_e1(0.0f), acc_ed0(0.0f), acc_ed1(0.0f);
       ExpStream(
-          kBatches, [&](int64_t j) __attribute__((always_inline)) { return Shifted<kClamp>(x + i + j * kLanes, vshift); },
+          kBatches,
+          [&](int64_t j) __attribute__((always_inline)) { return Shifted<kClamp>(x + i + j * kLanes, vshift); },
           [&](int64_t j, int k, const Batch& d, const Batch& ev) __attribute__((always_inline)) {
             if constexpr (kStore) ev.store_unaligned(e + i + j * kLanes);
             (k == 0 ? acc_e0 : acc_e1) += ev;
@@ -354,7 +355,8 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     for (; i + kBlock <= n; i += kBlock, slot ^= 1) {
       BlockSums sums;
       ExpStream(
-          kBatches, [&](int64_t j) __attribute__((always_inline)) { return Shifted<kClamp>(x + i + j * kLanes, vshift); },
+          kBatches,
+          [&](int64_t j) __attribute__((always_inline)) { return Shifted<kClamp>(x + i + j * kLanes, vshift); },
           [&](int64_t j, int k, const Batch& dj, const Batch& ej) __attribute__((always_inline)) {
             d[slot][j] = dj;
             e[slot][j] = ej;
@@ -528,11 +530,13 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
             }
           };
           BlockSums sums;
-          ExpStream(kBatches, shifted, [&](int64_t j, int par, const Batch& dj, const Batch& ej) __attribute__((always_inline)) {
-            d[slot][j] = dj;
-            e[slot][j] = ej;
-            sums.Add(par, ej, dj);
-          });
+          ExpStream(
+              kBatches,
+              shifted, [&](int64_t j, int par, const Batch& dj, const Batch& ej) __attribute__((always_inline)) {
+                d[slot][j] = dj;
+                e[slot][j] = ej;
+                sums.Add(par, ej, dj);
+              });
           if (have_prev) finish_previous(slot ^ 1);
           const float wb = sums.SumE();
           have_prev = wb != 0.0f;  // NaN included
@@ -799,7 +803,8 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
 #endif
 #if defined(__AVX__)
         if constexpr (std::is_base_of_v<xsimd::avx, Arch>) {
-      return Wide(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(b)), _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1))));
+      return Wide(
+          _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(b)), _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1))));
     } else
 #endif
     {

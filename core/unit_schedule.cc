@@ -29,12 +29,12 @@ int64_t UnitSchedule::TakeBack() {
   }
 }
 
-void UnitSchedule::Run(absl::FunctionRef<void()> head, absl::FunctionRef<void(int64_t)> unit) {
+void UnitSchedule::Run(absl::FunctionRef<void()> head, absl::FunctionRef<void(int64_t, int64_t)> unit) {
   const auto mine = [&] {
     head();
     int64_t end = 0;
     for (int64_t u; (u = TakeFront()) >= 0;) {
-      unit(u);
+      unit(u, u + 1 < units_ ? u + 1 : -1);
       end = u + 1;
     }
     split_ = end;
@@ -44,7 +44,7 @@ void UnitSchedule::Run(absl::FunctionRef<void()> head, absl::FunctionRef<void(in
     return;
   }
   fork_join_->Run(mine, [&] {
-    for (int64_t u; (u = TakeBack()) >= 0;) unit(u);
+    for (int64_t u; (u = TakeBack()) >= 0;) unit(u, u - 1);
   });
 }
 

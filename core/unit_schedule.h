@@ -9,7 +9,7 @@
 // on this thread, in order.
 //
 //   UnitSchedule schedule(groups, fork_join);  // fork_join null: serial
-//   schedule.Run([&] { SummarizeLogits(...); }, [&](int64_t g) { AttentionGroup(g); });
+//   schedule.Run([&] { SummarizeLogits(...); }, [&](int64_t g, int64_t next) { AttentionGroup(g, next); });
 //   schedule.RunAsPlaced([&](int64_t begin, int64_t end) { Deviations(begin, end); });
 #ifndef SAMPLERD_CORE_UNIT_SCHEDULE_H_
 #define SAMPLERD_CORE_UNIT_SCHEDULE_H_
@@ -31,8 +31,10 @@ class UnitSchedule {
   UnitSchedule& operator=(const UnitSchedule&) = delete;
 
   // Phase 1: `head`, then units from the front, here; units from the back on the other thread. Every unit runs
-  // exactly once, and `unit` may run on both threads at once (for different units). Call once.
-  void Run(absl::FunctionRef<void()> head, absl::FunctionRef<void(int64_t unit)> unit);
+  // exactly once, and `unit` may run on both threads at once (for different units). `next` is the unit this
+  // thread expects to take after `unit` (unit + 1 from the front, unit - 1 from the back, -1 past the ends), so
+  // that it can fetch that unit's inputs early; the other thread may take it instead. Call once.
+  void Run(absl::FunctionRef<void()> head, absl::FunctionRef<void(int64_t unit, int64_t next)> unit);
 
   // Phase 2, after Run: `range(0, split())` here and `range(split(), units)` on the other thread; one call
   // `range(0, units)` here when one thread ran every unit.

@@ -25,8 +25,14 @@ class ThreadForkJoin final : public ForkJoin {
 TEST(UnitScheduleTest, WithoutAForkJoinRunsHeadThenEveryUnitInOrderHere) {
   std::vector<int64_t> order;
   UnitSchedule schedule(5, nullptr);
-  schedule.Run([&] { order.push_back(-1); }, [&](int64_t u) { order.push_back(u); });
+  std::vector<int64_t> next;
+  schedule.Run([&] { order.push_back(-1); },
+               [&](int64_t u, int64_t n) {
+                 order.push_back(u);
+                 next.push_back(n);
+               });
   EXPECT_EQ(order, (std::vector<int64_t>{-1, 0, 1, 2, 3, 4}));
+  EXPECT_EQ(next, (std::vector<int64_t>{1, 2, 3, 4, -1})) << "each unit names the one after it, none after the last";
   EXPECT_EQ(schedule.split(), 5);
   std::vector<std::pair<int64_t, int64_t>> ranges;
   schedule.RunAsPlaced([&](int64_t b, int64_t e) { ranges.emplace_back(b, e); });
@@ -37,7 +43,7 @@ TEST(UnitScheduleTest, ASerialForkJoinLeavesEveryUnitToThisThread) {
   SerialForkJoin serial;
   std::vector<int64_t> order;
   UnitSchedule schedule(3, &serial);
-  schedule.Run([] {}, [&](int64_t u) { order.push_back(u); });
+  schedule.Run([] {}, [&](int64_t u, int64_t) { order.push_back(u); });
   EXPECT_EQ(order, (std::vector<int64_t>{0, 1, 2})) << "this thread takes them all from the front first";
   EXPECT_EQ(schedule.split(), 3);
 }
@@ -45,7 +51,7 @@ TEST(UnitScheduleTest, ASerialForkJoinLeavesEveryUnitToThisThread) {
 TEST(UnitScheduleTest, NoUnitsRunsOnlyTheHead) {
   int heads = 0, units = 0;
   UnitSchedule schedule(0, nullptr);
-  schedule.Run([&] { ++heads; }, [&](int64_t) { ++units; });
+  schedule.Run([&] { ++heads; }, [&](int64_t, int64_t) { ++units; });
   EXPECT_EQ(heads, 1);
   EXPECT_EQ(units, 0);
 }
@@ -58,12 +64,14 @@ TEST(UnitScheduleTest, TwoThreadsRunEachUnitOnceAndPhaseTwoFollowsPhaseOne) {
     std::mutex mu;
     std::vector<int> runs(kUnits, 0);
     std::vector<bool> ran_here(kUnits, false);
+    std::vector<int64_t> next(kUnits, 0);
     UnitSchedule schedule(kUnits, &fork_join);
     schedule.Run([] {},
-                 [&](int64_t u) {
+                 [&](int64_t u, int64_t n) {
                    std::lock_guard<std::mutex> lock(mu);
                    ++runs[static_cast<size_t>(u)];
                    ran_here[static_cast<size_t>(u)] = std::this_thread::get_id() == here;
+                   next[static_cast<size_t>(u)] = n;
                  });
     const int64_t split = schedule.split();
     ASSERT_GE(split, 0);
@@ -71,6 +79,9 @@ TEST(UnitScheduleTest, TwoThreadsRunEachUnitOnceAndPhaseTwoFollowsPhaseOne) {
     for (int64_t u = 0; u < kUnits; ++u) {
       EXPECT_EQ(runs[static_cast<size_t>(u)], 1) << "unit " << u;
       EXPECT_EQ(ran_here[static_cast<size_t>(u)], u < split) << "unit " << u << " split " << split;
+      // The front goes up, the back down: each names the unit it would take next.
+      const int64_t expected_next = u < split ? (u + 1 < kUnits ? u + 1 : -1) : u - 1;
+      EXPECT_EQ(next[static_cast<size_t>(u)], expected_next) << "unit " << u << " split " << split;
     }
     std::vector<int> covered(kUnits, 0);
     schedule.RunAsPlaced([&](int64_t b, int64_t e) {
