@@ -316,8 +316,8 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
       tail_e = xsimd::hadd(acc_e);
       tail_ed = xsimd::hadd(acc_ed);
     }
-    *sum_e = xsimd::hadd(total_e) + tail_e;
-    *sum_ed = xsimd::hadd(total_ed) + tail_ed;
+    *sum_e = SumLanes(total_e) + tail_e;
+    *sum_ed = SumLanes(total_ed) + tail_ed;
   }
 
   // Per block of kBlock elements: weight W_b, weighted mean M_b and squared deviation Q_b in float32 (the
@@ -792,13 +792,24 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     }
   }
 
+  // The lanes of w added in lane order (xsimd::hadd of a double batch, through GCC 12's extract, reads an
+  // "undefined" register that -Wuninitialized reports).
+  static double SumLanes(const Wide& w) {
+    alignas(64) double lanes[kWide];
+    w.store_aligned(lanes);
+    double total = 0;
+    for (int64_t i = 0; i < kWide; ++i) total += lanes[i];
+    return total;
+  }
+
   // b's low and high halves widened to double and added lane-wise: a block's float partial sums into double
-  // lanes, with no horizontal reduction per block.
+  // lanes, with no horizontal reduction per block. (The zero-masked extract, as SumLanes says.)
   static Wide WidenHalves(const Batch& b) {
 #if defined(__AVX512F__)
     if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
-      return Wide(_mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(b)),
-                                _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1)))));
+      return Wide(
+          _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(b)),
+                        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(b), 1)))));
     } else
 #endif
 #if defined(__AVX__)
