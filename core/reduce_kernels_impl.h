@@ -31,7 +31,6 @@ template <class Arch>
 struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   using ExpImpl<Arch>::ExpClamped;
   using ExpImpl<Arch>::ExpWide;
-  using ExpImpl<Arch>::ExpStream;
   using Bf16Impl<Arch>::LoadBf16;
   using Bf16Impl<Arch>::ConvertBf16;
   using Batch = xsimd::batch<float, Arch>;
@@ -287,8 +286,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
       for (int64_t line = 0; line < kBlock * 4 && pf < pf_end; line += 64, pf += 64) __builtin_prefetch(pf, 0, 2);
       // Float sums per block in two accumulators each (even and odd batches), added into double lanes.
       Batch acc_e0(0.0f), acc_e1(0.0f), acc_ed0(0.0f), acc_ed1(0.0f);
-      ExpStream(
-          kBatches,
+      Impl::template ExpStream<kBatches>(
           [&](int64_t j) __attribute__((always_inline)) { return Shifted<kClamp>(x + i + j * kLanes, vshift); },
           [&](int64_t j, int k, const Batch& d, const Batch& ev) __attribute__((always_inline)) {
             if constexpr (kStore) ev.store_unaligned(e + i + j * kLanes);
@@ -354,8 +352,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock, slot ^= 1) {
       BlockSums sums;
-      ExpStream(
-          kBatches,
+      Impl::template ExpStream<kBatches>(
           [&](int64_t j) __attribute__((always_inline)) { return Shifted<kClamp>(x + i + j * kLanes, vshift); },
           [&](int64_t j, int k, const Batch& dj, const Batch& ej) __attribute__((always_inline)) {
             d[slot][j] = dj;
@@ -530,8 +527,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
             }
           };
           BlockSums sums;
-          ExpStream(
-              kBatches,
+          Impl::template ExpStream<kBatches>(
               shifted, [&](int64_t j, int par, const Batch& dj, const Batch& ej) __attribute__((always_inline)) {
                 d[slot][j] = dj;
                 e[slot][j] = ej;

@@ -138,12 +138,13 @@ struct ExpImpl {
 
   static Batch ExpClamped(const Batch& d) { return ExpFinish(ExpReduce(d, ExpRound(d))); }
 
-  // ExpClamped over batches [0, batches) (an even count) as a three-stage software pipeline, two batches per
-  // step: source(j) gives batch j's d, and sink(j, k, d, exp(d)) is called for j in order, with k = j % 2 (a
-  // constant at each call, for per-parity accumulators). Batches j + 2 and
-  // j + 3 are being reduced and j + 4, j + 5 rounded while j, j + 1 finish. The same bits as ExpClamped.
-  template <class Source, class Sink>
-  __attribute__((always_inline)) static void ExpStream(int64_t batches, Source&& source, Sink&& sink) {
+  // ExpClamped over batches [0, kBatches) as a three-stage software pipeline, two batches per step: source(j)
+  // gives batch j's d, and sink(j, k, d, exp(d)) is called for j in order, with k = j % 2 (a constant at each
+  // call, for per-parity accumulators). Batches j + 2, j + 3 are reduced and j + 4, j + 5 rounded while j, j + 1
+  // finish. The same bits as ExpClamped.
+  template <int64_t kBatches, class Source, class Sink>
+  __attribute__((always_inline)) static void ExpStream(Source&& source, Sink&& sink) {
+    static_assert(kBatches >= 4 && kBatches % 2 == 0, "whole steps of two, and a pipeline to fill");
     Batch d1[2], t1[2], d2[2];
     ExpReduced x2[2];
     const auto round = [&](int k, int64_t j) __attribute__((always_inline)) {
@@ -155,13 +156,6 @@ struct ExpImpl {
       d2[k] = d1[k];
     };
     const auto finish = [&](int k, int64_t j) __attribute__((always_inline)) { sink(j, k, d2[k], ExpFinish(x2[k])); };
-    if (batches < 4) {
-      for (int64_t j = 0; j < batches; ++j) {
-        const Batch d = source(j);
-        sink(j, static_cast<int>(j % 2), d, ExpClamped(d));
-      }
-      return;
-    }
     round(0, 0);
     round(1, 1);
     reduce(0);
@@ -169,7 +163,7 @@ struct ExpImpl {
     round(0, 2);
     round(1, 3);
     int64_t j = 4;
-    for (; j < batches; j += 2) {
+    for (; j < kBatches; j += 2) {
       finish(0, j - 4);
       finish(1, j - 3);
       reduce(0);

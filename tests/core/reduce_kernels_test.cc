@@ -50,6 +50,31 @@ TEST_P(ReduceKernelsTest, ExpSumsMatchAFloat64Reference) {
   }
 }
 
+// Whole blocks run their exponentials through the software pipeline (ExpStream), a row's last partial block one
+// batch at a time: an entry's exponential must not depend on which path took it, nor on its place in the
+// pipeline, masked entries included.
+TEST_P(ReduceKernelsTest, PipelinedExponentialsEqualTheOneAtATimePath) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(23);
+  std::uniform_real_distribution<float> uniform(-95.0f, 0.0f);
+  const int64_t n = 4096 + 37;
+  std::vector<float> x(static_cast<size_t>(n));
+  for (float& v : x) v = uniform(gen);
+  for (int64_t i = 0; i < n; i += 97) x[static_cast<size_t>(i)] = -std::numeric_limits<float>::infinity();
+  std::vector<float> e(x.size());
+  double sum_e = 0, sum_ed = 0;
+  k.ExpShifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed, nullptr, 0, true);
+  for (int64_t i = 0; i < n; ++i) {
+    float alone = -1;
+    double s = 0, sd = 0;
+    k.ExpShifted(x.data() + i, 1, 0.0f, &alone, &s, &sd, nullptr, 0, true);
+    uint32_t a = 0, b = 0;
+    std::memcpy(&a, &e[static_cast<size_t>(i)], sizeof(a));
+    std::memcpy(&b, &alone, sizeof(b));
+    ASSERT_EQ(a, b) << k.name << " x[" << i << "] = " << x[static_cast<size_t>(i)];
+  }
+}
+
 // The callers skip the clamp when the scans show every shifted value at or above kMinShifted; the kernels must
 // then give the same bits as with it, exponentials included (values down to the clamp itself, lengths with
 // tails). ScanMax's min is what the logits' caller decides on.
