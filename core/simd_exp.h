@@ -1,9 +1,13 @@
 // The exponentials of the reduction kernels, for one instruction set: ExpImpl<Arch>::ExpClamped (float32, the
-// step's hottest arithmetic) and ExpImpl<Arch>::ExpWide (double, for the exact agreement of short rows).
+// step's hottest arithmetic), ExpImpl<Arch>::ExpStream (the same over a block of batches, software-pipelined) and
+// ExpImpl<Arch>::ExpWide (double, for the exact agreement of short rows).
 // Included only by core/reduce_kernels_impl.h (see there for why only Arch templates appear here).
 //
 //   using Exp = ExpImpl<xsimd::avx2>;
 //   const Exp::Batch e = Exp::ExpClamped(Exp::Batch(-1.5f));  // exp(-1.5) within 2 ulp
+//   Exp::ExpStream<16>([&](int64_t j) { return Exp::Batch::load_unaligned(d + 8 * j); },
+//                      [&](int64_t j, int k, const Exp::Batch& dj, const Exp::Batch& ej) { ej.store_unaligned(e + 8 *
+//                      j); });
 #ifndef SAMPLERD_CORE_SIMD_EXP_H_
 #define SAMPLERD_CORE_SIMD_EXP_H_
 
