@@ -5,9 +5,10 @@
 //
 //   using Exp = ExpImpl<xsimd::avx2>;
 //   const Exp::Batch e = Exp::ExpClamped(Exp::Batch(-1.5f));  // exp(-1.5) within 2 ulp
-//   Exp::ExpStream<16>([&](int64_t j) { return Exp::Batch::load_unaligned(d + 8 * j); },
-//                      [&](int64_t j, int k, const Exp::Batch& dj, const Exp::Batch& ej) { ej.store_unaligned(e + 8 *
-//                      j); });
+//   // exp(d[i]) into e[i] for 16 batches of 8: source(j) loads batch j, sink(j, k, d, e) takes its result.
+//   using B = Exp::Batch;
+//   Exp::ExpStream<16>([&](int64_t j) { return B::load_unaligned(d + 8 * j); },
+//                      [&](int64_t j, int, const B&, const B& ej) { ej.store_unaligned(e + 8 * j); });
 #ifndef SAMPLERD_CORE_SIMD_EXP_H_
 #define SAMPLERD_CORE_SIMD_EXP_H_
 
