@@ -3,6 +3,7 @@
 // whether the other half ran on a real second thread, before, after or not at all. Shapes cover one row and
 // many, masked rows among them, ragged last row groups and vector tails, and bf16 converted in
 // the first pass.
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -38,6 +39,43 @@ class TheirsFirstForkJoin final : public ForkJoin {
     theirs();
     mine();
   }
+};
+
+// The first Run (the rows) on two threads that start together, so that both take row groups; later ones (the
+// agreement's deviations) on two threads as well, or on this thread alone with `mine` first or `theirs` first (the
+// other thread was busy by then). `split_later` tells whether a later Run came at all: the deviations were shared.
+class StartTogetherForkJoin final : public ForkJoin {
+ public:
+  enum class Later { kThreads, kMineFirst, kTheirsFirst };
+  explicit StartTogetherForkJoin(Later later) : later_(later) {}
+  void Run(absl::FunctionRef<void()> mine, absl::FunctionRef<void()> theirs) override {
+    if (runs_++ > 0) {
+      split_later = true;
+      if (later_ == Later::kMineFirst) {
+        mine();
+        theirs();
+        return;
+      }
+      if (later_ == Later::kTheirsFirst) {
+        theirs();
+        mine();
+        return;
+      }
+    }
+    std::atomic<bool> started{false};
+    std::thread other([&] {
+      started.store(true);
+      theirs();
+    });
+    while (!started.load()) std::this_thread::yield();
+    mine();
+    other.join();
+  }
+  bool split_later = false;
+
+ private:
+  const Later later_;
+  int runs_ = 0;
 };
 
 struct Shape {
@@ -134,6 +172,30 @@ TEST(MetricsSplit, SharedStepHasTheBitsOfTheOneThreadStep) {
     ExpectEverySharingAgrees(z, s, shape,
                              "vocab " + std::to_string(shape.vocab) + ", " + std::to_string(shape.rows) + " x " +
                                  std::to_string(shape.cols));
+  }
+}
+
+// When both threads scanned rows, each takes the column means itself for its rows' deviations (or reuses the
+// other's when the two ranges run one after the other here): the same bits in every order. Which groups each
+// thread takes is a race, so a step is tried until its deviations were shared.
+TEST(MetricsSplit, SharedDeviationsHaveTheBitsOfTheOneThreadStep) {
+  const Shape shape{3000, 64, 8200};
+  const std::vector<float> z = Normal(shape.vocab, 2.0f, 41);
+  const std::vector<float> s = Normal(shape.rows * shape.cols, 3.0f, 42);
+  const Metrics want = OneThread(z, s, shape);
+  const FloatView logits{z.data(), 1, shape.vocab};
+  const FloatView attention{s.data(), shape.rows, shape.cols};
+  using Later = StartTogetherForkJoin::Later;
+  for (const Later later : {Later::kThreads, Later::kMineFirst, Later::kTheirsFirst}) {
+    bool shared = false;
+    for (int attempt = 0; attempt < 50 && !shared; ++attempt) {
+      MetricsScratch fresh;  // no buffer may hold what an earlier attempt left there
+      StartTogetherForkJoin fork_join(later);
+      ExpectSameBits(Shared(logits, attention, &fork_join, &fresh), want,
+                     "later " + std::to_string(static_cast<int>(later)) + ", attempt " + std::to_string(attempt));
+      shared = fork_join.split_later;
+    }
+    EXPECT_TRUE(shared) << "later " << static_cast<int>(later) << ": no attempt shared the deviations";
   }
 }
 
