@@ -1,7 +1,6 @@
 #include "core/metrics.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 
@@ -172,48 +171,19 @@ void ExactAgreementDeviations(const FloatView& attention, int64_t used, MetricsS
   }
 }
 
-// The column means of the probabilities over the `used` rows into `means`: the groups' sums, Kahan-compensated in
-// group order (the same bits on either thread).
-void ColumnMeans(const FloatView& attention, int64_t used, const MetricsScratch& scratch, float* means) {
-  kernels::GroupMeans(scratch.group_sums.data(), AttentionGroups(attention), attention.cols, attention.cols,
-                      1.0f / static_cast<float>(used), means);
-}
-
-// Each used row's deviations from the column means `means`, for the rows of groups [g0, g1).
-void AttentionDeviations(const FloatView& attention, int64_t g0, int64_t g1, const float* means,
-                         MetricsScratch* scratch) {
+// Each used row's deviations from the column means, for the rows of groups [g0, g1).
+void AttentionDeviations(const FloatView& attention, int64_t g0, int64_t g1, MetricsScratch* scratch) {
   const int64_t r1 = std::min(g1 * kernels::kAgreementGroup, attention.rows);
   for (int64_t r = g0 * kernels::kAgreementGroup; r < r1; ++r) {
     AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
     if (!stats.used) continue;
-    stats.deviation =
-        kernels::RowDeviation(scratch->attn_exp.data() + r * attention.cols, stats.inv, means, attention.cols);
+    stats.deviation = kernels::RowDeviation(scratch->attn_exp.data() + r * attention.cols, stats.inv,
+                                            scratch->column_means.data(), attention.cols);
   }
 }
 
-// Phase 2 of the agreement: each thread's rows' deviations (UnitSchedule::RunAsPlaced). Each thread takes the
-// column means itself, into its own buffer, rather than waiting while one thread takes them for both (on two
-// threads that wait was ~20 us of an XL step, most of it reading the other core's group sums); when the ranges
-// run one after the other on one thread, the second reuses the first's.
-void AgreementDeviations(const FloatView& attention, int64_t used, UnitSchedule* schedule, MetricsScratch* scratch) {
-  std::atomic<bool> first_done{false};
-  schedule->RunAsPlaced([&](int64_t g0, int64_t g1) {
-    float* means = scratch->column_means.data();
-    if (g0 != 0) {
-      if (first_done.load(std::memory_order_acquire)) {
-        AttentionDeviations(attention, g0, g1, means, scratch);
-        return;
-      }
-      means = scratch->column_means_other.data();
-    }
-    ColumnMeans(attention, used, *scratch, means);
-    if (g0 == 0) first_done.store(true, std::memory_order_release);
-    AttentionDeviations(attention, g0, g1, means, scratch);
-  });
-}
-
-// Everything after the rows that needs them all: the first bad row's error, the entropy moments and the
-// interaction strength (in row order). Sets m->rows_used (0: no metrics).
+// Everything after the rows that needs them all: the first bad row's error, the entropy moments, the interaction
+// strength (in row order) and the column means of the probabilities. Sets m->rows_used (0: no metrics).
 absl::Status MergeRows(const FloatView& attention, MetricsScratch* scratch, AttentionMetrics* m) {
   const int64_t cols = attention.cols;
   double abs_sum = 0, sum_h = 0;
@@ -241,6 +211,8 @@ absl::Status MergeRows(const FloatView& attention, MetricsScratch* scratch, Atte
   m->entropy = mean_h;
   m->varentropy = var_h / static_cast<double>(used);
   m->interaction_strength = abs_sum / static_cast<double>(finite);
+  kernels::GroupMeans(scratch->group_sums.data(), AttentionGroups(attention), cols, cols,
+                      1.0f / static_cast<float>(used), scratch->column_means.data());
   return absl::OkStatus();
 }
 
@@ -259,7 +231,6 @@ void PrepareAttention(const FloatView& attention, MetricsScratch* scratch) {
   scratch->row_stats.resize(static_cast<size_t>(attention.rows));
   scratch->group_sums.resize(static_cast<size_t>(AttentionGroups(attention) * attention.cols));
   scratch->column_means.resize(static_cast<size_t>(attention.cols));
-  scratch->column_means_other.resize(static_cast<size_t>(attention.cols));
   if (attention.cols < kExactAgreementCols) {
     scratch->exact_probs.resize(static_cast<size_t>(attention.size()));
     scratch->exact_column_means.resize(static_cast<size_t>(attention.cols));
@@ -267,9 +238,8 @@ void PrepareAttention(const FloatView& attention, MetricsScratch* scratch) {
 }
 
 // The attention's passes, shared out by UnitSchedule (serial without a fork_join): `head` and then row groups
-// on this thread, row groups from the back on the other one; the merge; the column means and the agreement's
-// deviations, each thread those of the rows it produced. `head`'s error is returned first (a step reports its
-// logits' error first).
+// on this thread, row groups from the back on the other one; the merge; the agreement's deviations, each on the
+// thread that produced its rows. `head`'s error is returned first (a step reports its logits' error first).
 absl::Status AttentionPasses(const FloatView& attention, absl::FunctionRef<absl::Status()> head, ForkJoin* fork_join,
                              MetricsScratch* scratch, std::optional<AttentionMetrics>* out) {
   out->reset();
@@ -288,7 +258,7 @@ absl::Status AttentionPasses(const FloatView& attention, absl::FunctionRef<absl:
   } else if (attention.cols < kExactAgreementCols) {
     ExactAgreementDeviations(attention, m.rows_used, scratch);
   } else {
-    AgreementDeviations(attention, m.rows_used, &schedule, scratch);
+    schedule.RunAsPlaced([&](int64_t g0, int64_t g1) { AttentionDeviations(attention, g0, g1, scratch); });
   }
   m.agreement = Agreement(attention, *scratch, m.rows_used);
   *out = m;

@@ -46,9 +46,8 @@ struct MetricsScratch {
   std::vector<float> logit_block_max;  // the logits' block maxima (kernels::ScanMax), for the sampler chain
   AlignedVector<float> attn_exp;       // exp(S - row max), [rows, kv_len]
   std::vector<AttentionRowStats> row_stats;
-  std::vector<float> group_sums;          // per 8-row group, the column sums of its probabilities, [groups, kv_len]
-  std::vector<float> column_means;        // the column means of the probabilities over the used rows, [kv_len]
-  std::vector<float> column_means_other;  // the same, taken by the other thread of a shared step
+  std::vector<float> group_sums;    // per 8-row group, the column sums of its probabilities, [groups, kv_len]
+  std::vector<float> column_means;  // the column means of the probabilities over the used rows, [kv_len]
   // For rows shorter than kExactAgreementCols: the probabilities in double [rows, kv_len], their column means.
   std::vector<double> exact_probs;
   std::vector<double> exact_column_means;
@@ -107,7 +106,7 @@ inline constexpr int64_t kMinSharedAttention = int64_t{1} << 18;
 // SummarizeLogits and, when `attention` is set, ComputeAttentionMetrics of one step, with the passes shared
 // between this thread and `fork_join`'s other one (core/unit_schedule.h): the logits here while the other thread
 // takes groups of 8 attention rows (exponentials, entropies, column sums), then this one takes groups too; then
-// each takes the column means and the agreement deviations of its own rows. The results are bit-identical to the two functions' (whatever
+// each takes the agreement deviations of its own rows. The results are bit-identical to the two functions' (whatever
 // ran where: rows, groups and deviations are combined in row order), and so are the errors: the logits' first.
 absl::Status ComputeStepMetrics(const FloatView& logits, const FloatView* attention, MetricsScratch* scratch,
                                 ForkJoin* fork_join, LogitsSummary* summary,

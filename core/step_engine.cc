@@ -23,7 +23,6 @@ void TrimWorkspace(Workspace* ws, size_t keep_bytes) {
   trim(m.row_stats);
   trim(m.group_sums);
   trim(m.column_means);
-  trim(m.column_means_other);
   trim(m.exact_probs);
   trim(m.exact_column_means);
   ChainScratch& c = ws->chain;

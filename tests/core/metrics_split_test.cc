@@ -175,9 +175,9 @@ TEST(MetricsSplit, SharedStepHasTheBitsOfTheOneThreadStep) {
   }
 }
 
-// When both threads scanned rows, each takes the column means itself for its rows' deviations (or reuses the
-// other's when the two ranges run one after the other here): the same bits in every order. Which groups each
-// thread takes is a race, so a step is tried until its deviations were shared.
+// When both threads scanned rows, each takes the deviations of its own rows (on two threads, or one range after
+// the other here, in either order): the same bits. Which groups each thread takes is a race, so a step is tried
+// until its deviations were shared.
 TEST(MetricsSplit, SharedDeviationsHaveTheBitsOfTheOneThreadStep) {
   const Shape shape{3000, 64, 8200};
   const std::vector<float> z = Normal(shape.vocab, 2.0f, 41);

@@ -165,10 +165,14 @@ TEST_F(ShmServerTest, ReferencedStepsAnswerByteForByteAsTheirBytes) {
   // Without the session metadata, and with another client's session, the same refs are refused.
   grpc::Status status;
   const v1::SampleResponse no_session = Once(server_->unix_target(), refs, nullptr, &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(no_session.results_size(), 8);
   EXPECT_EQ(no_session.results(0).error().field(), "logits_ref.region");
   absl::StatusOr<std::unique_ptr<ShmPlane>> other = ShmPlane::Connect(socket_path_, 4096, "other");
   ASSERT_TRUE(other.ok()) << other.status();
   const v1::SampleResponse stolen = Once(server_->unix_target(), refs, other->get(), &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(stolen.results_size(), 8);
   EXPECT_EQ(stolen.results(0).error().code(), 3);
   EXPECT_THAT(stolen.results(0).error().message(), HasSubstr("another client"));
 
@@ -177,6 +181,8 @@ TEST_F(ShmServerTest, ReferencedStepsAnswerByteForByteAsTheirBytes) {
   EXPECT_TRUE(WaitFor([&] { return Metric(*server_, "samplerd_shm_regions_mapped") == 1; },
                       std::chrono::seconds(10)));  // `other`'s only
   const v1::SampleResponse gone = Once(server_->unix_target(), refs, other->get(), &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(gone.results_size(), 8);
   EXPECT_THAT(gone.results(0).error().message(), HasSubstr("no shared-memory region"));
 }
 
