@@ -284,17 +284,16 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock) {
       for (int64_t line = 0; line < kBlock * 4 && pf < pf_end; line += 64, pf += 64) __builtin_prefetch(pf, 0, 2);
-      // Float sums per block in two accumulators each (even and odd batches), added into double lanes.
-      Batch acc_e0(0.0f), acc_e1(0.0f), acc_ed0(0.0f), acc_ed1(0.0f);
+      // The block's float sums (BlockSums), added into double lanes.
+      BlockSums sums;
       Impl::template ExpStream<kBatches>(
           [&](int64_t j) __attribute__((always_inline)) { return Shifted<kClamp>(x + i + j * kLanes, vshift); },
           [&](int64_t j, int k, const Batch& d, const Batch& ev) __attribute__((always_inline)) {
             if constexpr (kStore) ev.store_unaligned(e + i + j * kLanes);
-            (k == 0 ? acc_e0 : acc_e1) += ev;
-            (k == 0 ? acc_ed0 : acc_ed1) += ev * d;
+            sums.Add(k, ev, d);
           });
-      total_e += WidenHalves(acc_e0 + acc_e1);
-      total_ed += WidenHalves(acc_ed0 + acc_ed1);
+      total_e += WidenHalves(sums.e0 + sums.e1);
+      total_ed += WidenHalves(sums.ed0 + sums.ed1);
     }
     double tail_e = 0, tail_ed = 0;
     if (i < n) {
