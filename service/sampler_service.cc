@@ -229,7 +229,13 @@ void SamplerService::SetProfiles(std::shared_ptr<const ProfileRegistry> profiles
   profiles_ = std::move(profiles);
 }
 
+absl::Status SamplerService::AdmitCall() const {
+  if (!draining_.load(std::memory_order_acquire)) return absl::OkStatus();
+  return absl::UnavailableError("the server is draining to stop (SIGTERM) and takes no new call; use another replica");
+}
+
 absl::Status SamplerService::AdmitStream() {
+  if (absl::Status s = AdmitCall(); !s.ok()) return s;
   if (active_streams_.fetch_add(1, std::memory_order_relaxed) >= config_.max_streams) {
     active_streams_.fetch_sub(1, std::memory_order_relaxed);
     return absl::ResourceExhaustedError(absl::StrCat("the server already serves ", config_.max_streams,
@@ -323,8 +329,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sam
   Answerer answer = AnswererFor(*context);
   if (!answer) return new RejectedStream(NoComputeResponder::Refused());
   if (absl::Status admitted = AdmitStream(); !admitted.ok()) {
-    spdlog::warn("Sample stream from {} refused: {} streams open (--max_streams)", context->peer(),
-                 config_.max_streams);
+    spdlog::warn("Sample stream from {} refused: {}", context->peer(), std::string(admitted.message()));
     return new RejectedStream(ToGrpcStatus(admitted));
   }
   return new SampleReactor(this, context, std::move(answer));
@@ -333,8 +338,10 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sam
 grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (absl::Status framing = CheckMessageFraming(*context); !framing.ok()) {
-    reactor->Finish(ToGrpcStatus(framing));
+  absl::Status admitted = AdmitCall();
+  if (admitted.ok()) admitted = CheckMessageFraming(*context);
+  if (!admitted.ok()) {
+    reactor->Finish(ToGrpcStatus(admitted));
     return reactor;
   }
   const Answerer answer = AnswererFor(*context);
@@ -366,8 +373,10 @@ grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerConte
                                                        const v1::ListProfilesRequest* request,
                                                        v1::ListProfilesResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (absl::Status framing = CheckMessageFraming(*context); !framing.ok()) {
-    reactor->Finish(ToGrpcStatus(framing));
+  absl::Status admitted = AdmitCall();
+  if (admitted.ok()) admitted = CheckMessageFraming(*context);
+  if (!admitted.ok()) {
+    reactor->Finish(ToGrpcStatus(admitted));
     return reactor;
   }
   const std::shared_ptr<const ProfileRegistry> registry = profiles();

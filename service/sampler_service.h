@@ -111,11 +111,17 @@ class SamplerService final
   // Sample streams currently open (admitted ones only), the control socket's step connections included.
   int active_streams() const { return active_streams_.load(std::memory_order_relaxed); }
 
-  // Admits a stream unless --max_streams are open (then the RESOURCE_EXHAUSTED a refused Sample call gets);
-  // every OK is paired with ReleaseStream. For a stream that is not a gRPC call: the shared-memory control
-  // socket's step path (shm_control_server.h), which then answers through StartRequest like a Sample stream.
+  // Admits a stream unless the service is draining (UNAVAILABLE) or --max_streams are open (RESOURCE_EXHAUSTED),
+  // the status a refused Sample call gets; every OK is paired with ReleaseStream. For a stream that is not a gRPC call:
+  // the shared-memory control socket's step path (shm_control_server.h), which then answers through StartRequest like a
+  // Sample stream.
   absl::Status AdmitStream();
   void ReleaseStream();
+
+  // Refuses every call that starts from now on with UNAVAILABLE; the calls and streams already admitted are
+  // served to their end. The drain calls it before health turns NOT_SERVING, so a client that has seen
+  // NOT_SERVING never gets a new call admitted (gRPC's own refusal starts only later, in Server::Shutdown).
+  void StopAdmitting() { draining_.store(true, std::memory_order_release); }
 
  private:
   class SampleReactor;
@@ -130,6 +136,9 @@ class SamplerService final
 
   explicit SamplerService(Options options);
 
+  // UNAVAILABLE once StopAdmitting ran: a new call of any method is refused.
+  absl::Status AdmitCall() const;
+
   // decode → core (timed) → encode of one step into `result`, and the observer's OnStep. `fork_join` (may be
   // null) lets core share the step with an idle worker.
   // `shm_session` resolves the step's tensor references (ResolveTensorRefs).
@@ -141,6 +150,7 @@ class SamplerService final
   mutable std::mutex profiles_mu_;
   std::shared_ptr<const ProfileRegistry> profiles_;  // guarded by profiles_mu_
   std::atomic<int> active_streams_{0};
+  std::atomic<bool> draining_{false};
   const std::shared_ptr<RequestObserver> observer_;  // may be null
   const std::shared_ptr<WorkerPool> workers_;
   const std::shared_ptr<const ShmRegistry> shm_;                // may be null

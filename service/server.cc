@@ -192,6 +192,7 @@ std::string Server::metrics_address() const { return metrics_ == nullptr ? std::
 absl::Status Server::Reload() { return reloader_->Reload(); }
 
 void Server::Shutdown() {
+  service_->StopAdmitting();
   server_->GetHealthCheckService()->SetServingStatus(false);
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(config_.drain_seconds);
   // Shutdown(deadline) waits for every connection to close, idle ones included: once the calls are done (no

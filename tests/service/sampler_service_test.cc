@@ -1,6 +1,7 @@
 // SamplerService::StartRequest, the worker-pool path of a request, without a network: answers in request order,
 // every step answered (also under many concurrent requests), each bad step with its own error, and the same
-// answers on many workers as on one.
+// answers on many workers as on one; and, registered in a gRPC server, the drain's StopAdmitting refusing new
+// calls while an open stream is served to its end.
 #include "service/sampler_service.h"
 
 #include <chrono>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
 namespace samplerd {
@@ -254,6 +256,61 @@ TEST(StartRequest, ResolvesSeedZeroOncePerSequenceOnTheCaller) {
     EXPECT_NE(response.results(i).seed(), 0u);
     EXPECT_EQ(response.results(i).seed(), response.results(i % 5).seed()) << "same sequence, same seed";
   }
+}
+
+TEST(StopAdmitting, RefusesEveryNewCallWithUnavailableAndServesTheOpenStreamToItsEnd) {
+  std::unique_ptr<SamplerService> service = MakeService(1);
+  ASSERT_NE(service, nullptr);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(service.get());
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::Sampler::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+
+  grpc::ClientContext open_context;
+  auto open = stub->Sample(&open_context);
+  v1::SampleResponse response;
+  ASSERT_TRUE(open->Write(MakeRequest("open-", 2)));
+  ASSERT_TRUE(open->Read(&response));
+  EXPECT_EQ(response.results_size(), 2);
+
+  service->StopAdmitting();
+  const auto expect_refused = [](const grpc::Status& status, const char* method) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << method << ": " << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("draining")) << method;
+  };
+  {
+    grpc::ClientContext context;
+    expect_refused(stub->SampleOnce(&context, MakeRequest("once-", 1), &response), "SampleOnce");
+  }
+  {
+    grpc::ClientContext context;
+    v1::ListProfilesResponse profiles;
+    expect_refused(stub->ListProfiles(&context, v1::ListProfilesRequest(), &profiles), "ListProfiles");
+  }
+  {
+    grpc::ClientContext context;
+    auto fresh = stub->Sample(&context);
+    fresh->Write(MakeRequest("fresh-", 1));
+    fresh->WritesDone();
+    EXPECT_FALSE(fresh->Read(&response));
+    expect_refused(fresh->Finish(), "Sample");
+  }
+  EXPECT_EQ(service->AdmitStream().code(), absl::StatusCode::kUnavailable) << "the shm control socket's streams";
+
+  // The stream admitted before is still answered, request after request.
+  ASSERT_TRUE(open->Write(MakeRequest("open-", 3)));
+  ASSERT_TRUE(open->Read(&response));
+  EXPECT_EQ(response.results_size(), 3);
+  for (const v1::StepResult& result : response.results()) EXPECT_FALSE(result.has_error()) << result.error().message();
+  open->WritesDone();
+  EXPECT_FALSE(open->Read(&response));
+  const grpc::Status finished = open->Finish();
+  EXPECT_TRUE(finished.ok()) << finished.error_message();
+  server->Shutdown();
 }
 
 }  // namespace
