@@ -396,7 +396,28 @@ void BM_Kernel_ExpShifted(benchmark::State& state) {
     for (int64_t r = 0; r < w.heads; ++r) {
       double sum = 0, sum_d = 0;
       kernels::ExpShifted(d.attention.data() + r * w.kv_len, w.kv_len, 8.0f, e.data() + r * w.kv_len, &sum, &sum_d,
-                          nullptr, 0, true);
+                          nullptr, 0, true, nullptr, nullptr);
+      benchmark::DoNotOptimize(sum);
+    }
+  });
+}
+// Every attention row's scan and exponentials, the scan of row r + 1 taken separately (arg 1 = 0) or inside row
+// r's ExpShifted (arg 1 = 1), as AttentionRows does.
+void BM_Kernel_ScanAndExp(benchmark::State& state) {
+  const Workload wl = Get(static_cast<int>(state.range(0)));
+  const bool inside = state.range(1) != 0;
+  std::vector<float> e(static_cast<size_t>(wl.heads * wl.kv_len));
+  RunKernel(state, [&](const Data& d, const Workload& w) {
+    kernels::RowScan scan = kernels::ScanRow(d.attention.data(), w.kv_len);
+    for (int64_t r = 0; r < w.heads; ++r) {
+      const float* row = d.attention.data() + r * w.kv_len;
+      const float* next = r + 1 < w.heads ? row + w.kv_len : nullptr;
+      double sum = 0, sum_d = 0;
+      kernels::RowScan next_scan;
+      kernels::ExpShifted(row, w.kv_len, scan.max, e.data() + r * w.kv_len, &sum, &sum_d, nullptr, 0, true,
+                          inside ? next : nullptr, &next_scan);
+      if (!inside && next != nullptr) next_scan = kernels::ScanRow(next, w.kv_len);
+      scan = next_scan;
       benchmark::DoNotOptimize(sum);
     }
   });
@@ -439,6 +460,7 @@ BENCHMARK(BM_Kernel_ExpMoments)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond)
 BENCHMARK(BM_Kernel_LogitsPass)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ScanRow)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ExpShifted)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Kernel_ScanAndExp)->ArgsProduct({{0, 1, 2}, {0, 1}})->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_Agreement)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ConvertBf16)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
@@ -449,7 +471,7 @@ void BM_Floor_SoftmaxEntropy(benchmark::State& state) {
   RunKernel(state, [](const Data& d, const Workload& w) {
     const float max = kernels::ScanMax(d.logits.data(), w.vocab, nullptr).max;
     double sum = 0, sum_d = 0;
-    kernels::ExpShifted(d.logits.data(), w.vocab, max, nullptr, &sum, &sum_d, nullptr, 0, true);
+    kernels::ExpShifted(d.logits.data(), w.vocab, max, nullptr, &sum, &sum_d, nullptr, 0, true, nullptr, nullptr);
     benchmark::DoNotOptimize(std::log(sum) - sum_d / sum);
   });
 }

@@ -18,6 +18,12 @@ constexpr double kLn2 = 0.69314718055994530942;
 constexpr float kLnAttentionFloor = -23.025850929940457f;
 // How many rows ahead of its exponentials a thread fetches the attention it will scan.
 constexpr int64_t kPrefetchRowsAhead = 2;
+// The longest row whose successor is scanned inside its exponentials: the row, its exponentials and the next
+// row (3 x 16 KB) then share L1; longer rows measured slower that way (docs/benchmarks.md).
+constexpr int64_t kMaxColsScannedInside = 4096;
+// Where column ranges split: a whole cache line of floats, and every instruction set's lane count, so neither
+// thread writes the other's line and each half's columns take the same vector path as in one range.
+constexpr int64_t kColumnAlign = 16;
 
 std::string DescribeBad(float v) { return std::isnan(v) ? "NaN" : "+inf"; }
 
@@ -82,17 +88,23 @@ namespace {
 // `then` is the first row this thread is expected to take after r1 (-1: none), whose inputs are fetched early.
 void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, int64_t then, MetricsScratch* scratch) {
   const int64_t cols = attention.cols;
+  const auto scan_row = [&](int64_t r) {
+    return attention.deferred_bf16 != nullptr
+               ? kernels::ScanRowBf16(attention.deferred_bf16 + 2 * r * cols, cols, attention.fill + r * cols)
+               : kernels::ScanRow(attention.data + r * cols, cols);
+  };
+  kernels::RowScan next_scan = r0 < r1 ? scan_row(r0) : kernels::RowScan();
   for (int64_t r = r0; r < r1; ++r) {
     const float* row = attention.data + r * cols;
-    const kernels::RowScan scan =
-        attention.deferred_bf16 != nullptr
-            ? kernels::ScanRowBf16(attention.deferred_bf16 + 2 * r * cols, cols, attention.fill + r * cols)
-            : kernels::ScanRow(row, cols);
+    const kernels::RowScan scan = next_scan;
     AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
     stats = AttentionRowStats();
     stats.first_bad = scan.first_bad;
     // A row with every position masked says nothing about this head: left out of every metric.
-    if (scan.first_bad >= 0 || scan.max == -std::numeric_limits<float>::infinity()) continue;
+    if (scan.first_bad >= 0 || scan.max == -std::numeric_limits<float>::infinity()) {
+      if (r + 1 < r1) next_scan = scan_row(r + 1);
+      continue;
+    }
     stats.used = true;
     stats.abs_sum = scan.abs_sum;
     stats.finite = scan.finite_count;
@@ -109,10 +121,13 @@ void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, int64_t t
                            ? static_cast<const void*>(attention.deferred_bf16 + 2 * ahead * cols)
                            : static_cast<const void*>(attention.data + ahead * cols);
     const bool clamp = !(scan.finite_count == cols && scan.min_finite - scan.max >= kernels::kMinShifted);
+    // Row r + 1's scan runs inside these exponentials, its reads beside their arithmetic (float32 rows: a bf16
+    // row's scan is its conversion, which the exponentials would wait for).
+    const bool scan_inside = r + 1 < r1 && attention.deferred_bf16 == nullptr && cols <= kMaxColsScannedInside;
     kernels::ExpShifted(row, cols, scan.max, e, &sum_e, &sum_ed, next,
-                        (attention.deferred_bf16 != nullptr ? 2 : 4) * cols, clamp);
-    // As for the logits: h = ln Z - E_a[d] with d = S - max, both terms >= 0. The clip of a at 1e-10 only
-    // matters when some finite entry has ln a = d - ln Z below ln 1e-10; then the correction pass runs.
+                        (attention.deferred_bf16 != nullptr ? 2 : 4) * cols, clamp, scan_inside ? row + cols : nullptr,
+                        &next_scan);
+    if (!scan_inside && r + 1 < r1) next_scan = scan_row(r + 1);
     const double log_z = std::log(sum_e);
     const float inv_z = static_cast<float>(1.0 / sum_e);
     double h_nats = log_z - sum_ed / sum_e;
@@ -171,10 +186,17 @@ void ExactAgreementDeviations(const FloatView& attention, int64_t used, MetricsS
   }
 }
 
-// Each used row's deviations from the column means, for the rows of groups [g0, g1).
-void AttentionDeviations(const FloatView& attention, int64_t g0, int64_t g1, MetricsScratch* scratch) {
-  const int64_t r1 = std::min(g1 * kernels::kAgreementGroup, attention.rows);
-  for (int64_t r = g0 * kernels::kAgreementGroup; r < r1; ++r) {
+// The column means of the used rows' probabilities, columns [c0, c1): each column on its own, so any split of the
+// columns gives the same bits.
+void ColumnMeans(const FloatView& attention, int64_t used, int64_t c0, int64_t c1, MetricsScratch* scratch) {
+  kernels::GroupMeans(scratch->group_sums.data() + c0, AttentionGroups(attention), attention.cols, c1 - c0,
+                      1.0f / static_cast<float>(used), scratch->column_means.data() + c0);
+}
+
+// Each used row's deviations from the column means, for the rows of group g.
+void AttentionDeviations(const FloatView& attention, int64_t g, MetricsScratch* scratch) {
+  const int64_t r1 = std::min((g + 1) * kernels::kAgreementGroup, attention.rows);
+  for (int64_t r = g * kernels::kAgreementGroup; r < r1; ++r) {
     AttentionRowStats& stats = scratch->row_stats[static_cast<size_t>(r)];
     if (!stats.used) continue;
     stats.deviation = kernels::RowDeviation(scratch->attn_exp.data() + r * attention.cols, stats.inv,
@@ -182,8 +204,8 @@ void AttentionDeviations(const FloatView& attention, int64_t g0, int64_t g1, Met
   }
 }
 
-// Everything after the rows that needs them all: the first bad row's error, the entropy moments, the interaction
-// strength (in row order) and the column means of the probabilities. Sets m->rows_used (0: no metrics).
+// Everything after the rows that needs them all: the first bad row's error, the entropy moments and the
+// interaction strength (in row order). Sets m->rows_used (0: no metrics).
 absl::Status MergeRows(const FloatView& attention, MetricsScratch* scratch, AttentionMetrics* m) {
   const int64_t cols = attention.cols;
   double abs_sum = 0, sum_h = 0;
@@ -211,8 +233,6 @@ absl::Status MergeRows(const FloatView& attention, MetricsScratch* scratch, Atte
   m->entropy = mean_h;
   m->varentropy = var_h / static_cast<double>(used);
   m->interaction_strength = abs_sum / static_cast<double>(finite);
-  kernels::GroupMeans(scratch->group_sums.data(), AttentionGroups(attention), cols, cols,
-                      1.0f / static_cast<float>(used), scratch->column_means.data());
   return absl::OkStatus();
 }
 
@@ -239,7 +259,8 @@ void PrepareAttention(const FloatView& attention, MetricsScratch* scratch) {
 
 // The attention's passes, shared out by UnitSchedule (serial without a fork_join): `head` and then row groups
 // on this thread, row groups from the back on the other one; the merge; the agreement's deviations, each on the
-// thread that produced its rows. `head`'s error is returned first (a step reports its logits' error first).
+// thread that produced its rows, latest first. `head`'s error is returned first (a step reports its logits' error
+// first).
 absl::Status AttentionPasses(const FloatView& attention, absl::FunctionRef<absl::Status()> head, ForkJoin* fork_join,
                              MetricsScratch* scratch, std::optional<AttentionMetrics>* out) {
   out->reset();
@@ -258,7 +279,10 @@ absl::Status AttentionPasses(const FloatView& attention, absl::FunctionRef<absl:
   } else if (attention.cols < kExactAgreementCols) {
     ExactAgreementDeviations(attention, m.rows_used, scratch);
   } else {
-    schedule.RunAsPlaced([&](int64_t g0, int64_t g1) { AttentionDeviations(attention, g0, g1, scratch); });
+    // Half the columns each: the group sums are read once, half of them from the other core's cache.
+    schedule.RunHalves(attention.cols, kColumnAlign,
+                       [&](int64_t c0, int64_t c1) { ColumnMeans(attention, m.rows_used, c0, c1, scratch); });
+    schedule.RunAsPlaced([&](int64_t g) { AttentionDeviations(attention, g, scratch); });
   }
   m.agreement = Agreement(attention, *scratch, m.rows_used);
   *out = m;

@@ -13,7 +13,7 @@
 //
 //   const ScanResult s = ScanMax(x, n, /*block_max=*/nullptr);
 //   double sum_e = 0, sum_ed = 0;
-//   ExpShifted(x, n, s.max, /*e=*/nullptr, &sum_e, &sum_ed, nullptr, 0, /*clamp=*/true);
+//   ExpShifted(x, n, s.max, /*e=*/nullptr, &sum_e, &sum_ed, nullptr, 0, /*clamp=*/true, nullptr, nullptr);
 #ifndef SAMPLERD_CORE_REDUCE_KERNELS_H_
 #define SAMPLERD_CORE_REDUCE_KERNELS_H_
 

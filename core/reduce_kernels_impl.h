@@ -262,28 +262,38 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   }
 
   static void ExpShifted(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed,
-                         const void* next, int64_t next_bytes, bool clamp) {
-    const auto run = [&](auto kClamp, auto kStore) {
-      ExpShiftedOf<decltype(kClamp)::value, decltype(kStore)::value>(x, n, shift, e, sum_e, sum_ed, next, next_bytes);
+                         const void* next, int64_t next_bytes, bool clamp, const float* scan, RowScan* scanned) {
+    const auto run = [&](auto kClamp, auto kStore, auto kScan) {
+      ExpShiftedOf<decltype(kClamp)::value, decltype(kStore)::value, decltype(kScan)::value>(
+          x, n, shift, e, sum_e, sum_ed, next, next_bytes, scan, scanned);
     };
-    if (e != nullptr) {
-      clamp ? run(std::true_type(), std::true_type()) : run(std::false_type(), std::true_type());
+    const auto with_clamp = [&](auto kStore, auto kScan) {
+      clamp ? run(std::true_type(), kStore, kScan) : run(std::false_type(), kStore, kScan);
+    };
+    if (e == nullptr) {
+      with_clamp(std::false_type(), std::false_type());
+    } else if (scan == nullptr) {
+      with_clamp(std::true_type(), std::false_type());
     } else {
-      clamp ? run(std::true_type(), std::false_type()) : run(std::false_type(), std::false_type());
+      with_clamp(std::true_type(), std::true_type());
     }
   }
-  template <bool kClamp, bool kStore>
+  template <bool kClamp, bool kStore, bool kScan>
   static void ExpShiftedOf(const float* x, int64_t n, float shift, float* e, double* sum_e, double* sum_ed,
-                           const void* next, int64_t next_bytes) {
+                           const void* next, int64_t next_bytes, const float* scan, RowScan* scanned) {
     constexpr int64_t kBatches = kBlock / kLanes;
     const Batch vshift(shift);
     Wide total_e(0.0), total_ed(0.0);
+    RowAcc scan_acc;
     // One block's worth of bytes of `next` per block of x: a row of the same size is fetched by the end.
     const char* pf = static_cast<const char*>(next);
     const char* const pf_end = pf + (next != nullptr ? next_bytes : 0);
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock) {
       for (int64_t line = 0; line < kBlock * 4 && pf < pf_end; line += 64, pf += 64) __builtin_prefetch(pf, 0, 2);
+      // The other row's block first: its loads (from L2) then run beside this block's exponentials (bound by
+      // the multiply pipes), where a separate scan would wait for them alone.
+      if constexpr (kScan) ScanRowBlock<false>(scan, i, n, nullptr, &scan_acc);
       // The block's float sums (BlockSums), added into double lanes.
       BlockSums sums;
       Impl::template ExpStream<kBatches>(
@@ -295,6 +305,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
       total_e += WidenHalves(sums.e0 + sums.e1);
       total_ed += WidenHalves(sums.ed0 + sums.ed1);
     }
+    if constexpr (kScan) *scanned = FinishRowScan<false>(scan, i, n, nullptr, &scan_acc);
     double tail_e = 0, tail_ed = 0;
     if (i < n) {
       // Padded with -inf, which the clamp turns into exp = 0 exactly: nothing added to either sum.
@@ -635,45 +646,41 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     a->count += static_cast<int64_t>(xsimd::hadd(cnt));  // <= kBlock: exact in float
   }
 
+  // ScanRow's block at i (whole), into `a`. Fast path, for blocks of finite values (attention rows without
+  // masked positions): max, min and sum |x| only. NaN, +-inf or a float overflow make the block's sum
+  // non-finite; such a block is scanned again with every check.
   template <bool kBf16>
-  static RowScan ScanRowOf(const void* src, int64_t n, float* out) {
-    RowScan r;
-    RowAcc a;
-    int64_t i = 0;
-    for (; i + kBlock <= n; i += kBlock) {
-      // Fast path, for blocks of finite values (attention rows without masked positions): max, min and
-      // sum |x| only. NaN, +-inf or a float overflow make the block's sum non-finite; such a block is scanned
-      // again with every check.
-      Batch bmax(-INFINITY), bmin(INFINITY), acc(0.0f);
-      for (int64_t j = i; j < i + kBlock; j += kLanes) {
-        const Batch v = LoadSource<kBf16>(src, j, out);
-        bmax = xsimd::max(bmax, v);
-        bmin = xsimd::min(bmin, v);
-        acc += xsimd::abs(v);
-      }
-      const float block_sum = xsimd::hadd(acc);
-      if (block_sum <= FLT_MAX) {
-        a.vmax = xsimd::max(a.vmax, bmax);
-        a.vmin = xsimd::min(a.vmin, bmin);
-        a.total += block_sum;
-        a.count += kBlock;
-      } else {
-        ScanBlockChecked(Floats<kBf16>(src, n, n, out) + i, &a);  // the block is converted by now
-      }
+  static void ScanRowBlock(const void* src, int64_t i, int64_t n, float* out, RowAcc* a) {
+    Batch bmax(-INFINITY), bmin(INFINITY), acc(0.0f);
+    for (int64_t j = i; j < i + kBlock; j += kLanes) {
+      const Batch v = LoadSource<kBf16>(src, j, out);
+      bmax = xsimd::max(bmax, v);
+      bmin = xsimd::min(bmin, v);
+      acc += xsimd::abs(v);
     }
+    const float block_sum = xsimd::hadd(acc);
+    if (block_sum <= FLT_MAX) {
+      a->vmax = xsimd::max(a->vmax, bmax);
+      a->vmin = xsimd::min(a->vmin, bmin);
+      a->total += block_sum;
+      a->count += kBlock;
+    } else {
+      ScanBlockChecked(Floats<kBf16>(src, n, n, out) + i, a);  // the block is converted by now
+    }
+  }
+
+  // ScanRow after its whole blocks [0, i): the partial block, and the row's result.
+  template <bool kBf16>
+  static RowScan FinishRowScan(const void* src, int64_t i, int64_t n, float* out, RowAcc* a) {
+    RowScan r;
     const float* x = Floats<kBf16>(src, i, n, out);
     if (i < n) {
       // The partial block with every check, padded with -inf (left out of min, sum and count).
       alignas(64) float xt[kBlock];
       std::fill(xt + PadTail(x + i, n - i, -INFINITY, xt), xt + kBlock, -INFINITY);
-      ScanBlockChecked(xt, &a);
+      ScanBlockChecked(xt, a);
     }
-    const float m = HorizontalMax(a.vmax);
-    const float lo = -HorizontalMax(-a.vmin);
-    const bool any_bad = xsimd::any(a.bad);
-    const double total = a.total;
-    const int64_t count = a.count;
-    if (any_bad) {
+    if (xsimd::any(a->bad)) {
       for (int64_t j = 0; j < n; ++j) {
         if (Bad(x[j])) {
           r.first_bad = j;
@@ -681,11 +688,19 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
         }
       }
     }
-    r.max = m;
-    r.min_finite = lo;
-    r.abs_sum = total;
-    r.finite_count = count;
+    r.max = HorizontalMax(a->vmax);
+    r.min_finite = -HorizontalMax(-a->vmin);
+    r.abs_sum = a->total;
+    r.finite_count = a->count;
     return r;
+  }
+
+  template <bool kBf16>
+  static RowScan ScanRowOf(const void* src, int64_t n, float* out) {
+    RowAcc a;
+    int64_t i = 0;
+    for (; i + kBlock <= n; i += kBlock) ScanRowBlock<kBf16>(src, i, n, out, &a);
+    return FinishRowScan<kBf16>(src, i, n, out, &a);
   }
   static RowScan ScanRow(const float* x, int64_t n) { return ScanRowOf<false>(x, n, nullptr); }
   static RowScan ScanRowBf16(const char* src, int64_t n, float* out) { return ScanRowOf<true>(src, n, out); }

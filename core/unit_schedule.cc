@@ -48,12 +48,27 @@ void UnitSchedule::Run(absl::FunctionRef<void()> head, absl::FunctionRef<void(in
   });
 }
 
-void UnitSchedule::RunAsPlaced(absl::FunctionRef<void(int64_t, int64_t)> range) {
-  if (fork_join_ == nullptr || split_ == 0 || split_ == units_) {
-    range(0, units_);
+void UnitSchedule::RunHalves(int64_t n, int64_t align, absl::FunctionRef<void(int64_t, int64_t)> range) {
+  const int64_t mid = n / 2 / align * align;
+  if (fork_join_ == nullptr || split_ == 0 || split_ == units_ || mid == 0) {
+    range(0, n);
     return;
   }
-  fork_join_->Run([&] { range(0, split_); }, [&] { range(split_, units_); });
+  fork_join_->Run([&] { range(0, mid); }, [&] { range(mid, n); });
+}
+
+void UnitSchedule::RunAsPlaced(absl::FunctionRef<void(int64_t)> unit) {
+  const auto front = [&](int64_t end) {
+    for (int64_t u = end - 1; u >= 0; --u) unit(u);
+  };
+  if (fork_join_ == nullptr || split_ == 0 || split_ == units_) {
+    front(units_);
+    return;
+  }
+  fork_join_->Run([&] { front(split_); },
+                  [&] {
+                    for (int64_t u = split_; u < units_; ++u) unit(u);
+                  });
 }
 
 }  // namespace samplerd

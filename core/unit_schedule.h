@@ -4,13 +4,14 @@
 // Phase 1 (Run): `head` on this thread (the logits), then units taken one at a time from the front while the
 // other thread takes them from the back, until the two meet: each side's share adapts to how late the other
 // starts (or whether it starts at all), and in steady streaming each unit tends to stay with the same thread from
-// step to step, and so do the cache lines it writes. Phase 2 (RunAsPlaced): ranges of units, each run by the
-// thread that ran those units in phase 1 (its cache holds what they wrote). Without a ForkJoin everything runs
-// on this thread, in order.
+// step to step, and so do the cache lines it writes. Phase 2 (RunAsPlaced): each unit again, on the thread that
+// ran it in phase 1 and in the reverse of that thread's phase-1 order, so that what a unit wrote is read while it
+// is still in that core's cache (the latest first: in phase-1 order the oldest lines would be read first and
+// evict the ones read next). Without a ForkJoin everything runs on this thread.
 //
 //   UnitSchedule schedule(groups, fork_join);  // fork_join null: serial
 //   schedule.Run([&] { SummarizeLogits(...); }, [&](int64_t g, int64_t next) { AttentionGroup(g, next); });
-//   schedule.RunAsPlaced([&](int64_t begin, int64_t end) { Deviations(begin, end); });
+//   schedule.RunAsPlaced([&](int64_t g) { Deviations(g); });
 #ifndef SAMPLERD_CORE_UNIT_SCHEDULE_H_
 #define SAMPLERD_CORE_UNIT_SCHEDULE_H_
 
@@ -36,9 +37,14 @@ class UnitSchedule {
   // that it can fetch that unit's inputs early; the other thread may take it instead. Call once.
   void Run(absl::FunctionRef<void()> head, absl::FunctionRef<void(int64_t unit, int64_t next)> unit);
 
-  // Phase 2, after Run: `range(0, split())` here and `range(split(), units)` on the other thread; one call
-  // `range(0, units)` here when one thread ran every unit.
-  void RunAsPlaced(absl::FunctionRef<void(int64_t begin, int64_t end)> range);
+  // Phase 2, after Run: units [0, split()) here, from split() - 1 down to 0, and units [split(), units) on the
+  // other thread, from split() up; every unit here, from the last down, when one thread ran every unit.
+  void RunAsPlaced(absl::FunctionRef<void(int64_t unit)> unit);
+
+  // Between the phases, work that needs every unit's output: `range(0, mid)` here and `range(mid, n)` on the
+  // other thread, mid a multiple of `align` near n / 2, when both threads ran units in phase 1; otherwise one
+  // call `range(0, n)` here.
+  void RunHalves(int64_t n, int64_t align, absl::FunctionRef<void(int64_t begin, int64_t end)> range);
 
   // Units [0, split()) ran on this thread in phase 1, the rest on the other one.
   int64_t split() const { return split_; }

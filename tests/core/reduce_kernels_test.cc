@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/reduce_kernels.h"
@@ -26,7 +27,7 @@ TEST_P(ReduceKernelsTest, ExpSumsMatchAFloat64Reference) {
     const float m = k.ScanMax(x.data(), n, nullptr).max;
     std::vector<float> e(x.size());
     double sum_e = 0, sum_ed = 0;
-    k.ExpShifted(x.data(), n, m, e.data(), &sum_e, &sum_ed, nullptr, 0, true);
+    k.ExpShifted(x.data(), n, m, e.data(), &sum_e, &sum_ed, nullptr, 0, true, nullptr, nullptr);
     double ref_e = 0, ref_ed = 0;
     for (float v : x) {
       const double d = static_cast<double>(v) - m;
@@ -63,11 +64,11 @@ TEST_P(ReduceKernelsTest, PipelinedExponentialsEqualTheOneAtATimePath) {
   for (int64_t i = 0; i < n; i += 97) x[static_cast<size_t>(i)] = -std::numeric_limits<float>::infinity();
   std::vector<float> e(x.size());
   double sum_e = 0, sum_ed = 0;
-  k.ExpShifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed, nullptr, 0, true);
+  k.ExpShifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed, nullptr, 0, true, nullptr, nullptr);
   for (int64_t i = 0; i < n; ++i) {
     float alone = -1;
     double s = 0, sd = 0;
-    k.ExpShifted(x.data() + i, 1, 0.0f, &alone, &s, &sd, nullptr, 0, true);
+    k.ExpShifted(x.data() + i, 1, 0.0f, &alone, &s, &sd, nullptr, 0, true, nullptr, nullptr);
     uint32_t a = 0, b = 0;
     std::memcpy(&a, &e[static_cast<size_t>(i)], sizeof(a));
     std::memcpy(&b, &alone, sizeof(b));
@@ -92,8 +93,8 @@ TEST_P(ReduceKernelsTest, SkippingTheClampChangesNoBitWhenNothingIsBelowIt) {
     ASSERT_GE(scan.min - scan.max, kMinShifted) << k.name << " n=" << n;
     std::vector<float> e1(x.size()), e2(x.size());
     double s1 = 0, sd1 = 0, s2 = 0, sd2 = 0;
-    k.ExpShifted(x.data(), n, 3.0f, e1.data(), &s1, &sd1, nullptr, 0, true);
-    k.ExpShifted(x.data(), n, 3.0f, e2.data(), &s2, &sd2, nullptr, 0, false);
+    k.ExpShifted(x.data(), n, 3.0f, e1.data(), &s1, &sd1, nullptr, 0, true, nullptr, nullptr);
+    k.ExpShifted(x.data(), n, 3.0f, e2.data(), &s2, &sd2, nullptr, 0, false, nullptr, nullptr);
     EXPECT_EQ(e1, e2) << k.name << " n=" << n;
     EXPECT_EQ(s1, s2) << k.name << " n=" << n;
     EXPECT_EQ(sd1, sd2) << k.name << " n=" << n;
@@ -218,7 +219,7 @@ TEST_P(ReduceKernelsTest, NegativeInfinityAndHugeGapsGiveZeroWeightNotNan) {
   x[150] = -std::numeric_limits<float>::max();
   std::vector<float> e(x.size());
   double sum_e = 0, sum_ed = 0;
-  k.ExpShifted(x.data(), 200, x[3], e.data(), &sum_e, &sum_ed, nullptr, 0, true);
+  k.ExpShifted(x.data(), 200, x[3], e.data(), &sum_e, &sum_ed, nullptr, 0, true, nullptr, nullptr);
   EXPECT_EQ(sum_e, 1.0);
   EXPECT_EQ(sum_ed, 0.0);
   double w = 0, mean = 0, m2 = 0;
@@ -316,6 +317,42 @@ TEST_P(ReduceKernelsTest, ScanRowAgreesAcrossFastAndCheckedBlocks) {
   }
 }
 
+// The next row's scan taken inside ExpShifted is ScanRow's, field for field, over fast and checked blocks (-inf,
+// NaN, +inf, a sum past FLT_MAX) and partial tails; the exponentials it runs beside keep their bits.
+TEST_P(ReduceKernelsTest, ExpShiftedScansTheOtherRowAsScanRowDoes) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (int64_t n : {1, 63, 64, 256, 1000, 4096, 5000}) {
+    std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+    for (float& v : x) v = normal(gen);
+    for (int variant = 0; variant < 5; ++variant) {
+      for (float& v : y) v = normal(gen);
+      const auto at = [&](int64_t i) -> float& { return y[static_cast<size_t>(std::min(i, n - 1))]; };
+      if (variant == 1) at(n / 3) = -INFINITY, at(n - 1) = -INFINITY;
+      if (variant == 2) at(n / 2) = 3e38f, at(n / 2 + 1) = 3e38f;
+      if (variant == 3) at(n / 4) = std::numeric_limits<float>::quiet_NaN(), at(n - 1) = INFINITY;
+      if (variant == 4) std::fill(y.begin(), y.end(), -INFINITY);
+      const RowScan want = k.ScanRow(y.data(), n);
+      std::vector<float> e_alone(x.size()), e_beside(x.size());
+      double s1 = 0, sd1 = 0, s2 = 0, sd2 = 0;
+      k.ExpShifted(x.data(), n, 1.0f, e_alone.data(), &s1, &sd1, nullptr, 0, true, nullptr, nullptr);
+      RowScan got;
+      got.max = 12345.0f;  // overwritten
+      k.ExpShifted(x.data(), n, 1.0f, e_beside.data(), &s2, &sd2, y.data(), 4 * n, true, y.data(), &got);
+      const std::string where = std::string(k.name) + " n=" + std::to_string(n) + " variant " + std::to_string(variant);
+      EXPECT_EQ(std::memcmp(&got.max, &want.max, sizeof(float)), 0) << where << ": " << got.max << " " << want.max;
+      EXPECT_EQ(std::memcmp(&got.min_finite, &want.min_finite, sizeof(float)), 0) << where;
+      EXPECT_EQ(got.first_bad, want.first_bad) << where;
+      EXPECT_EQ(std::memcmp(&got.abs_sum, &want.abs_sum, sizeof(double)), 0) << where;
+      EXPECT_EQ(got.finite_count, want.finite_count) << where;
+      EXPECT_EQ(e_alone, e_beside) << where;
+      EXPECT_EQ(s1, s2) << where;
+      EXPECT_EQ(sd1, sd2) << where;
+    }
+  }
+}
+
 // The kernels' exp, element by element, against the exact value: at most 2 ulp where it matters for the
 // sums (d >= -20, e >= 2e-9), at most 5 ulp further down, exactly 1 at d = 0 and exactly 0 for masked and
 // clamped entries.
@@ -331,7 +368,7 @@ TEST_P(ReduceKernelsTest, ExpIsWithinAFewUlpElementwise) {
   x[2] = -1e30f;
   std::vector<float> e(x.size());
   double sum_e = 0, sum_ed = 0;
-  k.ExpShifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed, nullptr, 0, true);
+  k.ExpShifted(x.data(), n, 0.0f, e.data(), &sum_e, &sum_ed, nullptr, 0, true, nullptr, nullptr);
   EXPECT_EQ(e[0], 1.0f) << k.name;
   EXPECT_EQ(e[1], 0.0f) << k.name;
   EXPECT_EQ(e[2], 0.0f) << k.name;

@@ -34,9 +34,9 @@ TEST(UnitScheduleTest, WithoutAForkJoinRunsHeadThenEveryUnitInOrderHere) {
   EXPECT_EQ(order, (std::vector<int64_t>{-1, 0, 1, 2, 3, 4}));
   EXPECT_EQ(next, (std::vector<int64_t>{1, 2, 3, 4, -1})) << "each unit names the one after it, none after the last";
   EXPECT_EQ(schedule.split(), 5);
-  std::vector<std::pair<int64_t, int64_t>> ranges;
-  schedule.RunAsPlaced([&](int64_t b, int64_t e) { ranges.emplace_back(b, e); });
-  EXPECT_EQ(ranges, (std::vector<std::pair<int64_t, int64_t>>{{0, 5}}));
+  std::vector<int64_t> again;
+  schedule.RunAsPlaced([&](int64_t u) { again.push_back(u); });
+  EXPECT_EQ(again, (std::vector<int64_t>{4, 3, 2, 1, 0})) << "phase 2 takes the latest unit first";
 }
 
 TEST(UnitScheduleTest, ASerialForkJoinLeavesEveryUnitToThisThread) {
@@ -84,16 +84,19 @@ TEST(UnitScheduleTest, TwoThreadsRunEachUnitOnceAndPhaseTwoFollowsPhaseOne) {
       EXPECT_EQ(next[static_cast<size_t>(u)], expected_next) << "unit " << u << " split " << split;
     }
     std::vector<int> covered(kUnits, 0);
-    schedule.RunAsPlaced([&](int64_t b, int64_t e) {
+    std::vector<int64_t> here_order, there_order;
+    schedule.RunAsPlaced([&](int64_t u) {
       std::lock_guard<std::mutex> lock(mu);
-      for (int64_t u = b; u < e; ++u) {
-        ++covered[static_cast<size_t>(u)];
-        // A range goes to the thread that ran its units, unless one thread ran them all (then here).
-        if (split > 0 && split < kUnits) {
-          EXPECT_EQ(std::this_thread::get_id() == here, ran_here[static_cast<size_t>(u)]) << "unit " << u;
-        }
-      }
+      ++covered[static_cast<size_t>(u)];
+      (std::this_thread::get_id() == here ? here_order : there_order).push_back(u);
     });
+    // Each thread takes its own phase-1 units again, latest first (every unit here when one thread ran them all).
+    std::vector<int64_t> expected_here, expected_there;
+    const bool shared = split > 0 && split < kUnits;
+    for (int64_t u = (shared ? split : kUnits) - 1; u >= 0; --u) expected_here.push_back(u);
+    for (int64_t u = split; shared && u < kUnits; ++u) expected_there.push_back(u);
+    EXPECT_EQ(here_order, expected_here) << "split " << split;
+    EXPECT_EQ(there_order, expected_there) << "split " << split;
     for (int64_t u = 0; u < kUnits; ++u) EXPECT_EQ(covered[static_cast<size_t>(u)], 1) << "unit " << u;
   }
 }
