@@ -37,6 +37,9 @@ TEST(UnitScheduleTest, WithoutAForkJoinRunsHeadThenEveryUnitInOrderHere) {
   std::vector<int64_t> again;
   schedule.RunAsPlaced([&](int64_t u) { again.push_back(u); });
   EXPECT_EQ(again, (std::vector<int64_t>{4, 3, 2, 1, 0})) << "phase 2 takes the latest unit first";
+  std::vector<std::pair<int64_t, int64_t>> halves;
+  schedule.RunHalves(100, 16, [&](int64_t b, int64_t e) { halves.emplace_back(b, e); });
+  EXPECT_EQ(halves, (std::vector<std::pair<int64_t, int64_t>>{{0, 100}})) << "one thread: one range";
 }
 
 TEST(UnitScheduleTest, ASerialForkJoinLeavesEveryUnitToThisThread) {
@@ -82,6 +85,20 @@ TEST(UnitScheduleTest, TwoThreadsRunEachUnitOnceAndPhaseTwoFollowsPhaseOne) {
       // The front goes up, the back down: each names the unit it would take next.
       const int64_t expected_next = u < split ? (u + 1 < kUnits ? u + 1 : -1) : u - 1;
       EXPECT_EQ(next[static_cast<size_t>(u)], expected_next) << "unit " << u << " split " << split;
+    }
+    // Between the phases: the halves split at a multiple of the alignment, one on each thread when both ran
+    // units; otherwise the whole range here.
+    std::vector<std::pair<int64_t, int64_t>> halves_here, halves_there;
+    schedule.RunHalves(1000, 16, [&](int64_t b, int64_t e) {
+      std::lock_guard<std::mutex> lock(mu);
+      (std::this_thread::get_id() == here ? halves_here : halves_there).emplace_back(b, e);
+    });
+    if (split > 0 && split < kUnits) {
+      EXPECT_EQ(halves_here, (std::vector<std::pair<int64_t, int64_t>>{{0, 496}}));
+      EXPECT_EQ(halves_there, (std::vector<std::pair<int64_t, int64_t>>{{496, 1000}}));
+    } else {
+      EXPECT_EQ(halves_here, (std::vector<std::pair<int64_t, int64_t>>{{0, 1000}})) << "split " << split;
+      EXPECT_TRUE(halves_there.empty());
     }
     std::vector<int> covered(kUnits, 0);
     std::vector<int64_t> here_order, there_order;
