@@ -27,12 +27,15 @@ sources() { # sources GLOB...
 mapfile -t cxx < <(sources '*.cc' '*.h' '*.inc' | grep -v -e '/gen/' -e '\.pb\.')
 if ((fix)); then
   clang-format -i "${cxx[@]}"
-elif ! clang-format --dry-run -Werror "${cxx[@]}" 2> build-format.log; then
-  grep -E '^[^ ].*:[0-9]+:[0-9]+: (warning|error):' build-format.log | cut -d: -f1 | sort -u \
-    | sed 's/^/format: clang-format: /'
-  failed=1
+else
+  log=$(mktemp)
+  if ! clang-format --dry-run -Werror "${cxx[@]}" 2> "$log"; then
+    grep -E '^[^ ].*:[0-9]+:[0-9]+: (warning|error):' "$log" | cut -d: -f1 | sort -u \
+      | sed 's/^/format: clang-format: /'
+    failed=1
+  fi
+  rm -f "$log"
 fi
-rm -f build-format.log
 
 mapfile -t go < <(sources 'clients/go/*.go')
 if ((fix)); then
