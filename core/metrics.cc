@@ -128,6 +128,8 @@ void AttentionRows(const FloatView& attention, int64_t r0, int64_t r1, int64_t t
                         (attention.deferred_bf16 != nullptr ? 2 : 4) * cols, clamp, scan_inside ? row + cols : nullptr,
                         &next_scan);
     if (!scan_inside && r + 1 < r1) next_scan = scan_row(r + 1);
+    // As for the logits: h = ln Z - E_a[d] with d = S - max, both terms >= 0. The clip of a at 1e-10 only
+    // matters when some finite entry has ln a = d - ln Z below ln 1e-10; then the correction pass runs.
     const double log_z = std::log(sum_e);
     const float inv_z = static_cast<float>(1.0 / sum_e);
     double h_nats = log_z - sum_ed / sum_e;

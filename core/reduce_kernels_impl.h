@@ -291,8 +291,8 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock) {
       for (int64_t line = 0; line < kBlock * 4 && pf < pf_end; line += 64, pf += 64) __builtin_prefetch(pf, 0, 2);
-      // The other row's block first: its loads (from L2) then run beside this block's exponentials (bound by
-      // the multiply pipes), where a separate scan would wait for them alone.
+      // The other row's block first: its loads and adds then run beside this block's exponentials, which are
+      // bound by the multiply pipes and leave the add pipes idle.
       if constexpr (kScan) ScanRowBlock<false>(scan, i, n, nullptr, &scan_acc);
       // The block's float sums (BlockSums), added into double lanes.
       BlockSums sums;
