@@ -234,6 +234,11 @@ absl::Status SamplerService::AdmitCall() const {
   return absl::UnavailableError("the server is draining to stop (SIGTERM) and takes no new call; use another replica");
 }
 
+absl::Status SamplerService::AdmitUnaryCall(grpc::CallbackServerContext* context) const {
+  if (absl::Status s = AdmitCall(); !s.ok()) return s;
+  return CheckMessageFraming(*context);
+}
+
 absl::Status SamplerService::AdmitStream() {
   if (absl::Status s = AdmitCall(); !s.ok()) return s;
   if (active_streams_.fetch_add(1, std::memory_order_relaxed) >= config_.max_streams) {
@@ -338,9 +343,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sam
 grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status admitted = AdmitCall();
-  if (admitted.ok()) admitted = CheckMessageFraming(*context);
-  if (!admitted.ok()) {
+  if (absl::Status admitted = AdmitUnaryCall(context); !admitted.ok()) {
     reactor->Finish(ToGrpcStatus(admitted));
     return reactor;
   }
@@ -373,9 +376,7 @@ grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerConte
                                                        const v1::ListProfilesRequest* request,
                                                        v1::ListProfilesResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status admitted = AdmitCall();
-  if (admitted.ok()) admitted = CheckMessageFraming(*context);
-  if (!admitted.ok()) {
+  if (absl::Status admitted = AdmitUnaryCall(context); !admitted.ok()) {
     reactor->Finish(ToGrpcStatus(admitted));
     return reactor;
   }

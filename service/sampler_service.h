@@ -138,6 +138,8 @@ class SamplerService final
 
   // UNAVAILABLE once StopAdmitting ran: a new call of any method is refused.
   absl::Status AdmitCall() const;
+  // What a unary call passes before it runs: AdmitCall, then its message framing (CheckMessageFraming).
+  absl::Status AdmitUnaryCall(grpc::CallbackServerContext* context) const;
 
   // decode → core (timed) → encode of one step into `result`, and the observer's OnStep. `fork_join` (may be
   // null) lets core share the step with an idle worker.
