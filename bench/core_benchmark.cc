@@ -233,13 +233,17 @@ BENCHMARK(BM_StepRotating)
 
 // The logits' kernels over the rotating inputs (from memory, as in a host's step), arg 1: 0 the two passes
 // (ScanMax, then ExpMoments against its max, the clamp decided on its min), 1 LogitsPass (one read), 2 ScanMax
-// alone (the memory floor). Ratios between them in one run are what the kernels gain where the step spends it.
+// alone (the memory floor), 3 ExpMoments alone against a shift known beforehand (the floor of one read with the
+// exponentials). Ratios between them in one run are what the kernels gain where the step spends it.
 void BM_RotatingLogits(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));
   const int64_t kind = state.range(1);
   const RotatingData& d = MakeRotating(index);
   const int64_t vocab = Get(index).vocab;
-  state.SetLabel(absl::StrCat(Name(index), kind == 0 ? " two passes" : kind == 1 ? " one pass" : " ScanMax alone"));
+  state.SetLabel(absl::StrCat(Name(index), kind == 0   ? " two passes"
+                                           : kind == 1 ? " one pass"
+                                           : kind == 2 ? " ScanMax alone"
+                                                       : " moments, shift given"));
   std::vector<float> block_max(static_cast<size_t>(kernels::MaxBlocks(vocab)));
   std::vector<float> blocks(static_cast<size_t>(kernels::LogitsPassBlockFloats(vocab)));
   size_t k = 0;
@@ -247,6 +251,12 @@ void BM_RotatingLogits(benchmark::State& state) {
     const float* x = reinterpret_cast<const float*>(d.logits[k++ % kRotatingInputs].data());
     if (kind == 1) {
       benchmark::DoNotOptimize(kernels::LogitsPass(x, vocab, block_max.data(), blocks.data()));
+      continue;
+    }
+    if (kind == 3) {
+      double sum = 0, mean = 0, m2 = 0;
+      kernels::ExpMoments(x, vocab, 12.0f, blocks.data(), &sum, &mean, &m2, true);
+      benchmark::DoNotOptimize(m2);
       continue;
     }
     const kernels::ScanResult scan = kernels::ScanMax(x, vocab, block_max.data());
@@ -260,7 +270,7 @@ void BM_RotatingLogits(benchmark::State& state) {
     benchmark::DoNotOptimize(m2);
   }
 }
-BENCHMARK(BM_RotatingLogits)->ArgsProduct({{0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RotatingLogits)->ArgsProduct({{0, 1, 2}, {0, 1, 2, 3}})->Unit(benchmark::kMicrosecond);
 
 void BM_LogitsMetrics(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));

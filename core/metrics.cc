@@ -36,27 +36,12 @@ absl::StatusOr<LogitsSummary> SummarizeLogits(const FloatView& logits, MetricsSc
 
   scratch->logit_block_max.resize(static_cast<size_t>(kernels::MaxBlocks(n)));
   float* block_max = scratch->logit_block_max.data();
-  kernels::LogitsMoments pass;
-  if (n >= kOnePassMinVocab) {
-    // One read of the logits: max, argmax, block maxima and the moments of d = z - max.
-    scratch->block_moments.resize(static_cast<size_t>(kernels::LogitsPassBlockFloats(n)));
-    pass = logits.deferred_bf16 != nullptr
-               ? kernels::LogitsPassBf16(logits.deferred_bf16, n, logits.fill, block_max, scratch->block_moments.data())
-               : kernels::LogitsPass(x, n, block_max, scratch->block_moments.data());
-  } else {
-    const kernels::ScanResult scan = logits.deferred_bf16 != nullptr
-                                         ? kernels::ScanMaxBf16(logits.deferred_bf16, n, logits.fill, block_max)
-                                         : kernels::ScanMax(x, n, block_max);
-    pass.max = scan.max;
-    pass.argmax = scan.argmax;
-    pass.first_bad = scan.first_bad;
-    if (scan.first_bad < 0 && scan.max != -std::numeric_limits<float>::infinity()) {
-      scratch->block_moments.resize(static_cast<size_t>(3 * kernels::MomentBlocks(n)));
-      // No entry below max + kMinShifted (none is -inf): the exponentials can skip their clamp.
-      const bool clamp = !(scan.min - scan.max >= kernels::kMinShifted);
-      kernels::ExpMoments(x, n, scan.max, scratch->block_moments.data(), &pass.sum_e, &pass.mean_d, &pass.m2, clamp);
-    }
-  }
+  // One read of the logits: max, argmax, block maxima and the moments of d = z - max.
+  scratch->block_moments.resize(static_cast<size_t>(kernels::LogitsPassBlockFloats(n)));
+  const kernels::LogitsMoments pass =
+      logits.deferred_bf16 != nullptr
+          ? kernels::LogitsPassBf16(logits.deferred_bf16, n, logits.fill, block_max, scratch->block_moments.data())
+          : kernels::LogitsPass(x, n, block_max, scratch->block_moments.data());
   if (pass.first_bad >= 0) {
     return InvalidFieldError("logits.data", absl::StrCat("must be finite or -inf, got ", DescribeBad(x[pass.first_bad]),
                                                          " at index ", pass.first_bad));

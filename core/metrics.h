@@ -60,13 +60,6 @@ struct MetricsScratch {
 // this length on, the float32 path is within a few 1e-10. The double path costs ~1 ns per entry, on short rows only.
 inline constexpr int64_t kExactAgreementCols = 256;
 
-// From this vocabulary size on (768 KiB of float32 logits), SummarizeLogits reads the logits once
-// (kernels::LogitsPass); below it, a max scan and then the exponentials (ScanMax, ExpMoments). The one pass
-// overlaps the read with the exponentials, but its loop costs more arithmetic than the two; that pays only when
-// the two passes' second read would come from L3, i.e. when the logits are most of a 1 MiB L2 (measured on
-// rotating inputs: docs/benchmarks.md, "Single-pass kernels").
-inline constexpr int64_t kOnePassMinVocab = 196608;
-
 // What one pass over the logits yields.
 struct LogitsSummary {
   float max_logit = 0;        // largest finite logit

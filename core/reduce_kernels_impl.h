@@ -422,26 +422,41 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     *m2 = q;
   }
 
-  // The logits in one read. Blocks of kMaxBlock are scanned for their max and min (as ScanMax) a group of
-  // blocks ahead of their exponentials: the horizontal reductions of the next group's maxima are independent of
-  // this group's exponentials, so they overlap them instead of holding them up, and the next group is in L1
-  // when its turn comes. Block b's exponentials are taken against the running max s_b (the max of blocks 0..b,
-  // so every d <= 0), and its moment blocks are summarised as in ExpMoments (weight, mean and squared deviation
-  // in float32) with s_b beside them; at the end each summary moves to the final max M in double: weight times
-  // exp(s_b - M), mean plus s_b - M, the squared deviation times the same factor. The running max changes only
-  // a few times over a vocabulary, so nearly every factor is exactly 1.
+  // The logits in one read. The exponentials are taken against a running shift s: the first block's max to
+  // begin with (past any leading blocks of nothing but -inf), and each block's raw max is taken in the same loop
+  // as its exponentials, so no exponential waits for a max. d = x - s may then be positive, up to kMaxLead: a
+  // block whose max lies further above s is done again against its own max, which becomes s (the block is in
+  // L1, and s moves only when the max so far rises, a few times per vocabulary). Each moment
+  // block is summarised as in ExpMoments (weight, mean and squared deviation in float32) with its shift beside
+  // it; at the end each summary moves to the final max M in double: weight times exp(s_b - M), mean plus
+  // s_b - M, the squared deviation times the same factor. Entries below s - 88 are clamped as in ExpMoments;
+  // since s <= M they weigh less than exp(-88) against the max's 1.
   // Bad input needs no check in the loop: NaN or +inf makes a block's sums NaN (the clamp lets NaN through and
-  // the exp keeps it; +inf makes d = inf - inf), and then ScanMax finds its index, as it does when leading
-  // blocks had no finite max to be summed against (all -inf, or NaN in them).
+  // the exp keeps it; +inf makes d = inf - inf), and then ScanMax finds its index.
   template <bool kBf16>
   static LogitsMoments LogitsPassOf(const void* src, int64_t n, float* out, float* block_max, float* blocks) {
     static_assert(kMaxBlock % kBlock == 0, "a max block holds whole moment blocks");
-    constexpr int64_t kScanGroup = 8;
-    constexpr int64_t kPrefetchBlocks = 2 * kScanGroup;
+    // How far above s a block's max may lie. d = x - s is rounded to float, an error that grows with |d|: the
+    // entries near the max carry the weight and must keep |d| small, as they do against the exact max.
+    constexpr float kMaxLead = 1.0f;
+    constexpr int64_t kPrefetchBlocks = 16;
     constexpr int64_t kBatches = kBlock / kLanes;
     const int64_t nmax = MaxBlocks(n), full = n / kMaxBlock;
+    LogitsMoments r;
+    const auto bad_input = [&] {
+      r.first_bad = ScanMaxOf<kBf16>(src, n, out, nullptr).first_bad;
+      return r;
+    };
+    // The padded last partial block (converted first for bf16; the others are converted as they are read).
     alignas(64) float tail[kMaxBlock];
-    // Block b's floats: in place (float32), converted into out (bf16), or the padded last partial block.
+    if (full < nmax) {
+      const float* x = Floats<kBf16>(src, full * kMaxBlock, n, out) + full * kMaxBlock;
+      std::fill(tail + PadTail(x, n - full * kMaxBlock, -INFINITY, tail), tail + kMaxBlock, -INFINITY);
+    }
+    // Element i of block b, and block b's floats once read.
+    const auto load = [&](int64_t b, int64_t i) __attribute__((always_inline)) {
+      return b < full ? LoadSource<kBf16>(src, b * kMaxBlock + i, out) : Batch::load_aligned(tail + i);
+    };
     const auto floats = [&](int64_t b) -> const float* {
       if (b >= full) return tail;
       if constexpr (kBf16) {
@@ -450,36 +465,30 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
         return static_cast<const float*>(src) + b * kMaxBlock;
       }
     };
-    // Block b's max, and its min (whether its exponentials need the clamp); the padded last block always does.
-    struct Range {
-      float max;
-      Batch min;  // per lane: compared with the shift without a horizontal reduction
-    };
-    // Inlined (GCC would call it): a call in the loop makes every live vector spill around it.
-    const auto scan = [&](int64_t b) __attribute__((always_inline)) {
-      const int64_t i = b * kMaxBlock;
-      if (b >= full) {
-        const float* x = Floats<kBf16>(src, i, n, out);
-        std::fill(tail + PadTail(x + i, n - i, -INFINITY, tail), tail + kMaxBlock, -INFINITY);
-        Batch m(-INFINITY);
-        for (int64_t j = 0; j < kMaxBlock; j += kLanes) m = xsimd::max(m, Batch::load_aligned(tail + j));
-        return Range{ReduceMax(m), Batch(-INFINITY)};
-      }
-      Batch b0(-INFINITY), b1(-INFINITY), b2(-INFINITY), b3(-INFINITY), lo0(INFINITY), lo1(INFINITY);
-      for (int64_t j = i; j < i + kMaxBlock; j += 4 * kLanes) {
-        const Batch v0 = LoadSource<kBf16>(src, j, out), v1 = LoadSource<kBf16>(src, j + kLanes, out),
-                    v2 = LoadSource<kBf16>(src, j + 2 * kLanes, out), v3 = LoadSource<kBf16>(src, j + 3 * kLanes, out);
-        b0 = xsimd::max(b0, v0);
-        b1 = xsimd::max(b1, v1);
-        b2 = xsimd::max(b2, v2);
-        b3 = xsimd::max(b3, v3);
-        lo0 = xsimd::min(lo0, xsimd::min(v0, v1));
-        lo1 = xsimd::min(lo1, xsimd::min(v2, v3));
-      }
-      return Range{ReduceMax(xsimd::max(xsimd::max(b0, b1), xsimd::max(b2, b3))), xsimd::min(lo0, lo1)};
-    };
 
-    // ExpMoments' pipeline: block k's deviation loop runs after block k + 1's exp loop.
+    // The first shift: the first block's max, past blocks of nothing but -inf (no weight in any sum).
+    float s = -INFINITY;
+    int64_t first = 0;
+    for (; first < nmax; ++first) {
+      Batch m(-INFINITY);
+      auto nan = Batch(0.0f) != Batch(0.0f);
+      for (int64_t i = 0; i < kMaxBlock; i += kLanes) {
+        const Batch v = load(first, i);
+        m = xsimd::max(m, v);
+        nan = nan | xsimd::isnan(v);
+      }
+      if (xsimd::any(nan)) return bad_input();
+      s = ReduceMax(m);
+      if (s != -INFINITY) break;
+      if (block_max != nullptr) block_max[first] = -INFINITY;
+    }
+    if (s == INFINITY) return bad_input();
+    if (first == nmax) {
+      r.max = -INFINITY;  // every logit is -inf
+      return r;
+    }
+
+    // ExpMoments' pipeline: moment block k's deviation loop runs after block k + 1's exp loop.
     Batch d[2][kBatches], e[2][kBatches];
     float prev_w = 0, prev_m = 0, prev_s = 0;
     bool have_prev = false;
@@ -492,78 +501,63 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
       ++nb;
     };
     int slot = 0;
-    float s = -INFINITY;  // the running max
-    int64_t best_block = 0;
-    bool unsummed = false;  // blocks left out of the sums, which therefore cannot show their NaN
-    // Scanned a group of kScanGroup blocks ahead: the scan runs as a tight loop of loads (as ScanMax does), and
-    // the exponentials as theirs (as ExpMoments does), each over data already in L1.
-    Range ranges[2][kScanGroup];
-    const auto scan_group = [&](int64_t g) __attribute__((always_inline)) {
-      const int64_t end = (g + 1) * kScanGroup < nmax ? (g + 1) * kScanGroup : nmax;
-      for (int64_t b = g * kScanGroup; b < end; ++b) ranges[g & 1][b - g * kScanGroup] = scan(b);
-    };
-    if (nmax > 0) scan_group(0);
-    for (int64_t b = 0; b < nmax; ++b) {
-      if (b % kScanGroup == 0 && b + kScanGroup < nmax) scan_group(b / kScanGroup + 1);
-      const Range& range = ranges[(b / kScanGroup) & 1][b % kScanGroup];
-      const float bm = range.max;
-      const Batch lo = range.min;
+    float top = -INFINITY;
+    int64_t best_block = first;
+    for (int64_t b = first; b < nmax; ++b) {
       if (b + kPrefetchBlocks < full) {
         // A stream from memory (a host's logits are not in cache): the prefetcher alone lets the exponentials
         // wait for it.
         const char* ahead = static_cast<const char*>(src) + (b + kPrefetchBlocks) * kMaxBlock * (kBf16 ? 2 : 4);
         for (int64_t line = 0; line < kMaxBlock * (kBf16 ? 2 : 4); line += 64) __builtin_prefetch(ahead + line, 0, 3);
       }
-      if (block_max != nullptr) block_max[b] = bm;
-      if (bm > s) {  // strictly: the first block holding the final max
-        s = bm;
-        best_block = b;
-      }
-      if (s == -INFINITY) {  // nothing but -inf so far (or NaN): no weight, and -inf - -inf would be NaN
-        unsummed = true;
-        continue;
-      }
-      const Batch vshift(s);
-      const float* x = floats(b);
-      const auto exps = [&](auto clamp) {
-        for (int64_t k = 0; k < kMaxBlock; k += kBlock, slot ^= 1) {
-          const auto shifted = [&](int64_t j) __attribute__((always_inline)) {
-            const Batch dj = Batch::load_unaligned(x + k + j * kLanes) - vshift;
-            // max(kMinShifted, .) returns its second operand for NaN: bad input reaches the sums.
-            if constexpr (decltype(clamp)::value) {
-              return xsimd::max(Batch(kMinShifted), dj);
-            } else {
-              return dj;
-            }
-          };
-          BlockSums sums;
+      float bm = -INFINITY;
+      for (int64_t k = 0; k < kMaxBlock; k += kBlock, slot ^= 1) {
+        BlockSums sums;
+        const auto sink = [&](int64_t j, int par, const Batch& dj, const Batch& ej) __attribute__((always_inline)) {
+          d[slot][j] = dj;
+          e[slot][j] = ej;
+          sums.Add(par, ej, dj);
+        };
+        Batch vmax(-INFINITY);
+        const Batch vshift(s);
+        // max(kMinShifted, .) returns its second operand for NaN: bad input reaches the sums.
+        Impl::template ExpStream<kBatches>(
+            [&](int64_t j) __attribute__((always_inline)) {
+              const Batch v = load(b, k + j * kLanes);
+              vmax = xsimd::max(vmax, v);
+              return xsimd::max(Batch(kMinShifted), v - vshift);
+            },
+            sink);
+        const float km = ReduceMax(vmax);
+        if (km > s + kMaxLead) {
+          s = km;
+          sums = BlockSums();
+          const Batch vnew(s);
+          const float* x = floats(b) + k;
           Impl::template ExpStream<kBatches>(
-              shifted, [&](int64_t j, int par, const Batch& dj, const Batch& ej) __attribute__((always_inline)) {
-                d[slot][j] = dj;
-                e[slot][j] = ej;
-                sums.Add(par, ej, dj);
-              });
-          if (have_prev) finish_previous(slot ^ 1);
-          const float wb = sums.SumE();
-          have_prev = wb != 0.0f;  // NaN included
-          if (have_prev) {
-            prev_w = wb;
-            prev_m = sums.SumEd() / wb;
-            prev_s = s;
-          }
+              [&](int64_t j) __attribute__((always_inline)) {
+                return xsimd::max(Batch(kMinShifted), Batch::load_unaligned(x + j * kLanes) - vnew);
+              },
+              sink);
         }
-      };
-      // As ExpMoments: the clamp only where some entry lies below it (-inf included); NaN gets through either way.
-      if (xsimd::all(lo - vshift >= Batch(kMinShifted))) {
-        exps(std::false_type());
-      } else {
-        exps(std::true_type());
+        if (km > bm) bm = km;
+        if (have_prev) finish_previous(slot ^ 1);
+        const float wb = sums.SumE();
+        have_prev = wb != 0.0f;  // NaN included
+        if (have_prev) {
+          prev_w = wb;
+          prev_m = sums.SumEd() / wb;
+          prev_s = s;
+        }
+      }
+      if (block_max != nullptr) block_max[b] = bm;
+      if (bm > top) {  // strictly: the first block holding the final max
+        top = bm;
+        best_block = b;
       }
     }
     if (have_prev) finish_previous(slot ^ 1);
 
-    LogitsMoments r;
-    const float top = s;
     double w = 0, s1 = 0;
     double last_shift = top, last_scale = 1.0;
     const auto scale_of = [&](float shift) {
@@ -578,6 +572,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
       w += wk;
       s1 += wk * (static_cast<double>(blocks[4 * k + 1]) + (static_cast<double>(blocks[4 * k + 3]) - top));
     }
+    if (!(w == w) || top == INFINITY) return bad_input();
     const double mean = s1 / w;
     double q = 0;
     for (int64_t k = 0; k < nb; ++k) {
@@ -586,20 +581,14 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
           static_cast<double>(blocks[4 * k + 1]) + (static_cast<double>(blocks[4 * k + 3]) - top) - mean;
       q += scale * (blocks[4 * k + 2] + blocks[4 * k] * delta * delta);
     }
-    const float* all = kBf16 ? out : static_cast<const float*>(src);
-    if (!(w == w) || top == INFINITY || unsummed) {
-      // NaN or +inf somewhere (every block is converted by now).
-      r.first_bad = ScanMax(all, n, nullptr).first_bad;
-      if (r.first_bad >= 0) return r;
-    }
     r.max = top;
-    if (top != -INFINITY) {
-      const int64_t from = best_block * kMaxBlock, len = n - from < kMaxBlock ? n - from : kMaxBlock;
-      const int64_t at = FindFirst(all + from, len, top);
-      r.argmax = from + (at < len ? at : 0);
-    }
-    r.sum_e = w;
-    r.mean_d = mean;
+    const int64_t from = best_block * kMaxBlock, len = n - from < kMaxBlock ? n - from : kMaxBlock;
+    const int64_t at = FindFirst(floats(best_block), len, top);
+    r.argmax = from + (at < len ? at : 0);
+    // Bounds that hold exactly (the max's own term is 1; no d = z - M is above 0), kept through the rounding of
+    // shifts that lie below the max.
+    r.sum_e = w < 1.0 ? 1.0 : w;
+    r.mean_d = mean > 0.0 ? 0.0 : mean;
     r.m2 = q;
     return r;
   }

@@ -182,12 +182,12 @@ TEST(MetricsReferenceTest, LogitsMatchTheContractWithNegativeInfinityAndOffsets)
   }
 }
 
-// Vocabularies on both sides of kOnePassMinVocab (two passes below, one read from there on): the same contract
-// values, on logits whose max rises along the array (the one pass's running max changes in every block), with
-// masked runs, a huge spread and a huge offset; and the same error, at the same index, for NaN and +inf.
-TEST(MetricsReferenceTest, LogitsOnBothSidesOfTheOnePassSizeMatchTheContract) {
+// Vocabularies of the common models' sizes, whole and partial last blocks: the contract values on logits whose max
+// rises along the array (the one pass's running shift moves again and again), with masked runs, a huge spread and a
+// huge offset; and the error for NaN and +inf at the first bad index.
+TEST(MetricsReferenceTest, LogitsOfEveryVocabularySizeMatchTheContract) {
   std::mt19937 gen(8);
-  for (int64_t v : {kOnePassMinVocab - 1, kOnePassMinVocab, int64_t{256000}, int64_t{256077}}) {
+  for (int64_t v : {int64_t{32000}, int64_t{50257}, int64_t{128256}, int64_t{196607}, int64_t{256077}}) {
     for (int variant = 0; variant < 4; ++variant) {
       std::normal_distribution<float> normal(variant == 3 ? 1000.0f : 0.0f, variant == 2 ? 1e6f : 2.0f);
       std::vector<float> z(static_cast<size_t>(v));

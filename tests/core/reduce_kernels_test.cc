@@ -114,9 +114,10 @@ TEST_P(ReduceKernelsTest, SkippingTheClampChangesNoBitWhenNothingIsBelowIt) {
   EXPECT_EQ(k.ScanMax(masked.data(), 300, nullptr).min, -INFINITY) << k.name;
 }
 
-// LogitsPass (one read: the max scan ahead of exponentials against the running max) gives ScanMax's max,
-// argmax and block maxima exactly, and the moments within ExpMoments' tolerances of a float64 reference; logits
-// that rise along the array make the running max change in every block, masked runs leave blocks empty.
+// LogitsPass (one read: exponentials against a running shift, each block's max taken beside them) gives
+// ScanMax's max, argmax and block maxima exactly, and the moments within ExpMoments' tolerances of a float64
+// reference; logits that rise along the array move the shift (in every block for the shorter ones, each block
+// then done again), masked runs leave blocks empty, a masked first block delays the first shift.
 TEST_P(ReduceKernelsTest, LogitsPassGivesTheScanAndTheMomentsOfOneRead) {
   const KernelTable& k = *GetParam();
   std::mt19937 gen(11);
