@@ -43,7 +43,7 @@ struct AttentionRowStats {
 // Reusable buffers of the metric kernels (grown once, then reused).
 struct MetricsScratch {
   std::vector<float> block_moments;    // per block of the logits: (W_b, M_b, Q_b), and LogitsPass's shift
-  std::vector<float> logit_block_max;  // the logits' block maxima (kernels::ScanMax), for the sampler chain
+  std::vector<float> logit_block_max;  // the logits' block maxima (kernels::LogitsPass), for the sampler chain
   AlignedVector<float> attn_exp;       // exp(S - row max), [rows, kv_len]
   std::vector<AttentionRowStats> row_stats;
   std::vector<float> group_sums;    // per 8-row group, the column sums of its probabilities, [groups, kv_len]
