@@ -90,13 +90,15 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   // exponentials `e` and values `d`: the second pass of the moments pipelines (ExpMomentsOf, LogitsPass).
   __attribute__((always_inline)) static float BlockSquaredDeviation(const Batch* d, const Batch* e, float mean) {
     const Batch vmean(mean);
-    Batch acc0(0.0f), acc1(0.0f);  // even and odd batches: two chains of multiply-adds, not one
-    for (int64_t j = 0; j < kBlock / kLanes; j += 2) {
-      const Batch dev0 = d[j] - vmean, dev1 = d[j + 1] - vmean;
+    Batch acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
+    for (int64_t j = 0; j < kBlock / kLanes; j += 4) {
+      const Batch dev0 = d[j] - vmean, dev1 = d[j + 1] - vmean, dev2 = d[j + 2] - vmean, dev3 = d[j + 3] - vmean;
       acc0 += e[j] * dev0 * dev0;
       acc1 += e[j + 1] * dev1 * dev1;
+      acc2 += e[j + 2] * dev2 * dev2;
+      acc3 += e[j + 3] * dev3 * dev3;
     }
-    return xsimd::hadd(acc0 + acc1);
+    return xsimd::hadd((acc0 + acc2) + (acc1 + acc3));
   }
 
   // A block's sums of e and e * d in two accumulators each (even and odd batches): one chain of dependent adds
