@@ -66,6 +66,9 @@ struct LogitsMoments {
 // Floats of LogitsPass's `blocks`: per block, its weight, mean, squared deviation and the shift they were taken at.
 inline int64_t LogitsPassBlockFloats(int64_t n) { return 4 * MomentBlocks(n); }
 
+// Ints of KthLargest's `keys` for n values: n rounded up to a whole number of 64-byte vectors.
+inline int64_t KthLargestKeys(int64_t n) { return (n + 15) / 16 * 16; }
+
 // Rows per agreement group (GroupColumnSums).
 inline constexpr int64_t kAgreementGroup = 8;
 

@@ -251,6 +251,75 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     return n;
   }
 
+  static float KthLargest(const float* x, int64_t n, int64_t k, int32_t* keys) {
+    using IntBatch = xsimd::batch<int32_t, Arch>;
+    const int64_t whole = n - n % kLanes, padded = KthLargestKeys(n);
+    // Each float's bits as a signed integer in the floats' order: a negative float's magnitude bits flipped (the
+    // same transform maps a key back to its float). Padded with INT32_MIN, which no threshold below reaches.
+    IntBatch lo(INT32_MAX), hi(INT32_MIN);
+    for (int64_t i = 0; i < whole; i += kLanes) {
+      const IntBatch b = xsimd::bitwise_cast<IntBatch>(Batch::load_unaligned(x + i));
+      const IntBatch key = b ^ ((b >> 31) & IntBatch(0x7FFFFFFF));
+      key.store_unaligned(keys + i);
+      lo = xsimd::min(lo, key);
+      hi = xsimd::max(hi, key);
+    }
+    alignas(64) int32_t lanes[3][kLanes];
+    lo.store_aligned(lanes[0]);
+    hi.store_aligned(lanes[1]);
+    int32_t min_key = INT32_MAX, max_key = INT32_MIN;
+    for (int64_t j = 0; j < kLanes; ++j) {
+      min_key = lanes[0][j] < min_key ? lanes[0][j] : min_key;
+      max_key = lanes[1][j] > max_key ? lanes[1][j] : max_key;
+    }
+    for (int64_t i = whole; i < padded; ++i) {
+      int32_t key = INT32_MIN;
+      if (i < n) {
+        std::memcpy(&key, x + i, sizeof(key));
+        key ^= (key >> 31) & 0x7FFFFFFF;
+        min_key = key < min_key ? key : min_key;
+        max_key = key > max_key ? key : max_key;
+      }
+      keys[i] = key;
+    }
+    // The answer's key offset by 2^31 (unsigned order). Above the highest bit where the smallest and the largest
+    // key differ, it is theirs; below, it is built two bits per pass from the top down: of the three prefixes
+    // that set either bit, the highest that at least k keys reach.
+    const uint32_t umin = static_cast<uint32_t>(min_key) ^ 0x80000000u;
+    const uint32_t umax = static_cast<uint32_t>(max_key) ^ 0x80000000u;
+    int bits = 0;
+    while (bits < 32 && (umin >> bits) != (umax >> bits)) bits += 2;
+    uint32_t found = bits == 32 ? 0 : (umax >> bits) << bits;
+    for (int shift = bits - 2; shift >= 0; shift -= 2) {
+      const IntBatch t1(static_cast<int32_t>((found | (uint32_t{1} << shift)) ^ 0x80000000u));
+      const IntBatch t2(static_cast<int32_t>((found | (uint32_t{2} << shift)) ^ 0x80000000u));
+      const IntBatch t3(static_cast<int32_t>((found | (uint32_t{3} << shift)) ^ 0x80000000u));
+      const IntBatch one(1);
+      IntBatch c1(0), c2(0), c3(0);
+      for (int64_t i = 0; i < padded; i += kLanes) {
+        const IntBatch key = IntBatch::load_unaligned(keys + i);
+        c1 = xsimd::select(key >= t1, c1 + one, c1);
+        c2 = xsimd::select(key >= t2, c2 + one, c2);
+        c3 = xsimd::select(key >= t3, c3 + one, c3);
+      }
+      c1.store_aligned(lanes[0]);
+      c2.store_aligned(lanes[1]);
+      c3.store_aligned(lanes[2]);
+      int64_t n1 = 0, n2 = 0, n3 = 0;
+      for (int64_t j = 0; j < kLanes; ++j) {
+        n1 += lanes[0][j];
+        n2 += lanes[1][j];
+        n3 += lanes[2][j];
+      }
+      found |= static_cast<uint32_t>(n3 >= k ? 3 : n2 >= k ? 2 : n1 >= k ? 1 : 0) << shift;
+    }
+    const int32_t key = static_cast<int32_t>(found ^ 0x80000000u);
+    const int32_t result_bits = key ^ ((key >> 31) & 0x7FFFFFFF);
+    float v;
+    std::memcpy(&v, &result_bits, sizeof(v));
+    return v;
+  }
+
   // d = x - shift, clamped at kMinShifted unless the caller knows no entry is below it (kClamp false: one
   // operation of the ~17 per vector less, the same bits).
   template <bool kClamp>

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -168,10 +167,9 @@ void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, 
   // the n best are all >= floor and nothing below it is ever looked at, not even while the heap fills up.
   float below = -std::numeric_limits<float>::infinity();  // entries must be > below until the heap is full
   if (block_max != nullptr && blocks >= n) {
-    auto& maxima = scratch->block_order;
-    maxima.assign(block_max, block_max + blocks);
-    std::nth_element(maxima.begin(), maxima.begin() + (n - 1), maxima.end(), std::greater<float>());
-    below = std::nextafter(maxima[static_cast<size_t>(n - 1)], -std::numeric_limits<float>::infinity());
+    scratch->block_keys.resize(static_cast<size_t>(kernels::KthLargestKeys(blocks)));
+    below = std::nextafter(kernels::KthLargest(block_max, blocks, n, scratch->block_keys.data()),
+                           -std::numeric_limits<float>::infinity());
   }
   int64_t i = 0;
   if (below == -std::numeric_limits<float>::infinity()) {

@@ -24,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "core/aligned_vector.h"
 #include "core/sampling_config.h"
 
 namespace samplerd {
@@ -44,7 +45,7 @@ struct ChainScratch {
   std::vector<std::pair<float, int32_t>> heap;  // top-k selection
   std::vector<int32_t> recent_sorted;           // penalty counting
   std::vector<float> block_max;                 // block maxima of the penalised copy
-  std::vector<float> block_order;               // top-k: the block maxima, partially ordered
+  AlignedVector<int32_t> block_keys;            // top-k: the block maxima as ordered integers (KthLargest)
 };
 
 // The tokens that survive the chain; probability = weight / total.

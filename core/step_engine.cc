@@ -31,7 +31,7 @@ void TrimWorkspace(Workspace* ws, size_t keep_bytes) {
   trim(c.heap);
   trim(c.recent_sorted);
   trim(c.block_max);
-  trim(c.block_order);
+  trim(c.block_keys);
   trim(ws->candidates.tokens);
   trim(ws->top_ids);
 }

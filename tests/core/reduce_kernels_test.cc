@@ -2,8 +2,10 @@
 // reference: the block-double accumulation keeps them within a few float32 ulps of the exact sums, NaN and
 // +inf are found at the right index, and -inf / huge negative inputs never produce NaN.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <random>
 #include <string>
@@ -393,6 +395,36 @@ TEST_P(ReduceKernelsTest, SelectionHelpersFindTheFirstMatch) {
   EXPECT_EQ(k.FindFirst(x.data(), 300, 77.0f), 300);
   EXPECT_EQ(k.FindFirstGreater(x.data(), 60, 300, 48.5f), 99);
   EXPECT_EQ(k.FindFirstGreater(x.data(), 0, 300, 49.0f), 300);
+}
+
+// KthLargest against a selection, on lengths around the vector width, with duplicates, signed zeros, -inf,
+// the extremes and denormals among the values, and k at both ends and in between.
+TEST_P(ReduceKernelsTest, KthLargestIsTheSelectionsKthValue) {
+  const KernelTable& k = *GetParam();
+  std::mt19937 gen(23);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  const std::vector<float> special = {-INFINITY, 0.0f, -0.0f, FLT_MAX, -FLT_MAX, FLT_MIN, -FLT_MIN, 1e-40f, -1e-40f};
+  for (int64_t n : {1, 2, 15, 16, 17, 31, 32, 33, 100, 1000, 1001}) {
+    for (int trial = 0; trial < 6; ++trial) {
+      std::vector<float> x(static_cast<size_t>(n));
+      for (float& v : x) {
+        const int pick = static_cast<int>(gen() % 10);
+        v = pick < 2   ? special[gen() % special.size()]
+            : pick < 5 ? std::round(normal(gen))  // many ties
+                       : normal(gen);
+      }
+      std::vector<int32_t> keys(static_cast<size_t>(KthLargestKeys(n)));
+      for (int64_t rank : {int64_t{1}, n / 2 + 1, n, static_cast<int64_t>(gen() % n) + 1}) {
+        std::vector<float> sorted = x;
+        std::nth_element(sorted.begin(), sorted.begin() + (rank - 1), sorted.end(), std::greater<float>());
+        EXPECT_EQ(k.KthLargest(x.data(), n, rank, keys.data()), sorted[static_cast<size_t>(rank - 1)])
+            << k.name << " n=" << n << " k=" << rank << " trial " << trial;
+      }
+    }
+  }
+  const std::vector<float> masked(40, -INFINITY);
+  std::vector<int32_t> keys(static_cast<size_t>(KthLargestKeys(40)));
+  EXPECT_EQ(k.KthLargest(masked.data(), 40, 7, keys.data()), -INFINITY) << k.name;
 }
 
 // The searches test four vectors per branch, then one, then a scalar tail: a target at every position of
