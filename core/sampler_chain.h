@@ -5,9 +5,9 @@
 //
 // Cost: top-k is one pass with a bounded heap (or nth_element for large k); given the logits' block maxima
 // (kernels::ScanMax, which the metrics pass runs anyway) it reads only the blocks whose max can still enter
-// the heap, from a floor that kernels::KthLargest finds among the maxima. Top-p then works on the k survivors. With top-k off, top-p finds its nucleus by a quickselect on
-// probability mass, so no step sorts the whole vocabulary; only a final set of at most kSortedCandidates is put in
-// descending order.
+// the heap, from a floor that kernels::KthLargest finds among the maxima. Top-p then works on the k survivors. With
+// top-k off, top-p finds its nucleus by a quickselect on probability mass, so no step sorts the whole vocabulary; only
+// a final set of at most kSortedCandidates is put in descending order.
 //
 //   ChainScratch scratch;
 //   const float* z = ApplyLogitAdjustments(logits, vocab, config, recent_tokens, &scratch);
