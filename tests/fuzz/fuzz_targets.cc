@@ -9,6 +9,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -522,10 +523,25 @@ std::string CheckAttention(const std::vector<float>& values, int64_t rows) {
   return "";
 }
 
-// Every instruction set finds the same max, argmax, min and first bad index.
+// Every instruction set finds the same max, argmax, min and first bad index, and (without NaN) the k-th largest
+// value that a selection finds.
 std::string CheckKernelTablesAgree(const std::vector<float>& values) {
   const int64_t n = static_cast<int64_t>(values.size());
   const std::vector<const kernels::KernelTable*> tables = kernels::AvailableKernels();
+  if (n > 0 && std::none_of(values.begin(), values.end(), [](float v) { return std::isnan(v); })) {
+    std::vector<int32_t> keys(static_cast<size_t>(kernels::KthLargestKeys(n)));
+    for (const int64_t k : {int64_t{1}, (n + 1) / 2, n}) {
+      std::vector<float> sorted = values;
+      std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end(), std::greater<float>());
+      const float want = sorted[static_cast<size_t>(k - 1)];
+      for (const kernels::KernelTable* t : tables) {
+        const float got = t->KthLargest(values.data(), n, k, keys.data());
+        if (got != want) {
+          return absl::StrCat("n=", n, ": ", t->name, " kth_largest k=", k, " gives ", got, ", a selection ", want);
+        }
+      }
+    }
+  }
   const kernels::ScanResult first = tables[0]->ScanMax(values.data(), n, nullptr);
   const kernels::RowScan first_row = tables[0]->ScanRow(values.data(), n);
   for (const kernels::KernelTable* t : tables) {
