@@ -90,6 +90,8 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   // exponentials `e` and values `d`: the second pass of the moments pipelines (ExpMomentsOf, LogitsPass).
   __attribute__((always_inline)) static float BlockSquaredDeviation(const Batch* d, const Batch* e, float mean) {
     const Batch vmean(mean);
+    // Four chains of four multiply-adds: the block's summary, and the loop's progress behind it, wait on the
+    // longest chain.
     Batch acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
     for (int64_t j = 0; j < kBlock / kLanes; j += 4) {
       const Batch dev0 = d[j] - vmean, dev1 = d[j + 1] - vmean, dev2 = d[j + 2] - vmean, dev3 = d[j + 3] - vmean;
