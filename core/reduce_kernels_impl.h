@@ -42,14 +42,6 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   // horizontal add + double conversion per block stays cheap.
   static constexpr int64_t kBlock = 16 * kLanes;
 
-  static float HorizontalMax(const Batch& b) {
-    alignas(64) float lanes[kLanes];
-    b.store_aligned(lanes);
-    float m = lanes[0];
-    for (int64_t i = 1; i < kLanes; ++i) m = lanes[i] > m ? lanes[i] : m;
-    return m;
-  }
-
   static float Clamp(float d) { return d < kMinShifted ? kMinShifted : d; }
   static bool Bad(float v) { return v != v || v == INFINITY; }
 
@@ -750,8 +742,8 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
         }
       }
     }
-    r.max = HorizontalMax(a->vmax);
-    r.min_finite = -HorizontalMax(-a->vmin);
+    r.max = ReduceMax(a->vmax);
+    r.min_finite = -ReduceMax(-a->vmin);
     r.abs_sum = a->total;
     r.finite_count = a->count;
     return r;
