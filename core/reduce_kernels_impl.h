@@ -245,11 +245,14 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     return n;
   }
 
+  // A float's bits as a signed integer in the floats' order: a negative float's magnitude bits flipped. The same
+  // transform maps a key back to its float's bits.
+  static int32_t OrderedKey(int32_t bits) { return bits ^ ((bits >> 31) & 0x7FFFFFFF); }
+
   static float KthLargest(const float* x, int64_t n, int64_t k, int32_t* keys) {
     using IntBatch = xsimd::batch<int32_t, Arch>;
     const int64_t whole = n - n % kLanes, padded = KthLargestKeys(n);
-    // Each float's bits as a signed integer in the floats' order: a negative float's magnitude bits flipped (the
-    // same transform maps a key back to its float). Padded with INT32_MIN, which no threshold below reaches.
+    // Each float's OrderedKey (here vectorized), padded with INT32_MIN, which no threshold below reaches.
     IntBatch lo(INT32_MAX), hi(INT32_MIN);
     for (int64_t i = 0; i < whole; i += kLanes) {
       const IntBatch b = xsimd::bitwise_cast<IntBatch>(Batch::load_unaligned(x + i));
@@ -270,7 +273,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
       int32_t key = INT32_MIN;
       if (i < n) {
         std::memcpy(&key, x + i, sizeof(key));
-        key ^= (key >> 31) & 0x7FFFFFFF;
+        key = OrderedKey(key);
         min_key = key < min_key ? key : min_key;
         max_key = key > max_key ? key : max_key;
       }
@@ -307,8 +310,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
       }
       found |= static_cast<uint32_t>(n3 >= k ? 3 : n2 >= k ? 2 : n1 >= k ? 1 : 0) << shift;
     }
-    const int32_t key = static_cast<int32_t>(found ^ 0x80000000u);
-    const int32_t result_bits = key ^ ((key >> 31) & 0x7FFFFFFF);
+    const int32_t result_bits = OrderedKey(static_cast<int32_t>(found ^ 0x80000000u));
     float v;
     std::memcpy(&v, &result_bits, sizeof(v));
     return v;
