@@ -290,7 +290,15 @@ int Run(const Flags& flags) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // one connection per channel
     args.SetInt("samplerd.soak.channel", c);
-    stubs.push_back(v1::Sampler::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+    const std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    // Every connection up before the streams start: a stream's call fails fast while its channel's first connect
+    // attempt is still being retried, which is the client's start-up, not the server under load.
+    if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30))) {
+      std::fprintf(stderr, "soak: connection %d to %s not ready after 30 s\n", c, target.c_str());
+      return 1;
+    }
+    stubs.push_back(v1::Sampler::NewStub(channel));
   }
 
   Totals totals;
