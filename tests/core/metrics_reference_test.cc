@@ -1,11 +1,13 @@
 // Pins the metrics to a direct float64 transcription of docs/contract.md section 3 on shapes and values the golden
 // cases do not cover: wide score ranges (so the 1e-10 clip of the attention probabilities bites), masked
 // entries and rows, one row, stacked layers, logits with -inf and huge offsets.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -93,6 +95,44 @@ TEST(MetricsReferenceTest, AttentionMatchesTheContractOnRandomShapesAndMasks) {
     ExpectClose((*got)->varentropy, want->varentropy, 1e-8, 6e-5, "attn_varentropy");
     ExpectClose((*got)->agreement, want->agreement, 1e-9, 5e-6, "agreement");
     ExpectClose((*got)->interaction_strength, want->interaction, 1e-7, 1e-6, "interaction_strength");
+  }
+}
+
+// The attention's rows are scanned and exponentiated in groups of 8 (kernels::kAgreementGroup), each row's scan
+// (max, min, sum |S|, masks) taken while the row before it is exponentiated. Here the first row of each later
+// group differs from its neighbours: masked entirely, scaled up (the clamp and the clip), partly masked, shifted
+// down, and NaN (the error names that row), on rows whose next row's scan runs inside the exponentials (1000,
+// 4096) and on longer ones: a scan used for the wrong row shows in every metric.
+TEST(MetricsReferenceTest, FirstRowsOfLaterGroupsMatchTheContract) {
+  for (int64_t cols : {1000, 4096, 4100}) {
+    std::mt19937 gen(static_cast<uint32_t>(cols));
+    std::normal_distribution<float> normal(0.0f, 2.0f);
+    constexpr int64_t kRows = 33;
+    std::vector<float> s(static_cast<size_t>(kRows * cols));
+    for (float& v : s) v = normal(gen);
+    const auto row = [&](int64_t r) { return s.begin() + r * cols; };
+    std::fill(row(8), row(9), -INFINITY);
+    std::transform(row(16), row(17), row(16), [](float v) { return 12.0f * v + 40.0f; });
+    for (int64_t k = 0; k < cols; k += 2) row(24)[k] = -INFINITY;
+    std::transform(row(32), row(33), row(32), [](float v) { return 0.1f * v - 7.0f; });
+    SCOPED_TRACE(::testing::Message() << "[" << kRows << ", " << cols << "]");
+    MetricsScratch scratch;
+    auto got = ComputeAttentionMetrics(FloatView{s.data(), kRows, cols}, &scratch);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(got->has_value());
+    const std::optional<Reference> want = AttentionReference(s, kRows, cols);
+    EXPECT_EQ((*got)->rows_used, kRows - 1) << "row 8 is masked";
+    ExpectClose((*got)->entropy, want->entropy, 1e-6, 1e-6, "attn_entropy");
+    ExpectClose((*got)->varentropy, want->varentropy, 1e-8, 6e-5, "attn_varentropy");
+    ExpectClose((*got)->agreement, want->agreement, 1e-9, 5e-6, "agreement");
+    ExpectClose((*got)->interaction_strength, want->interaction, 1e-7, 1e-6, "interaction_strength");
+
+    row(16)[cols - 1] = NAN;
+    auto bad = ComputeAttentionMetrics(FloatView{s.data(), kRows, cols}, &scratch);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(bad.status().message().find(absl::StrCat("row 16, position ", cols - 1)), std::string_view::npos)
+        << bad.status();
   }
 }
 
