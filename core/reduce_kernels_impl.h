@@ -358,17 +358,27 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
     int64_t i = 0;
     for (; i + kBlock <= n; i += kBlock) {
       for (int64_t line = 0; line < kBlock * 4 && pf < pf_end; line += 64, pf += 64) __builtin_prefetch(pf, 0, 2);
-      // The other row's block first: its loads and adds then run beside this block's exponentials, which are
-      // bound by the multiply pipes and leave the add pipes idle.
-      if constexpr (kScan) ScanRowBlock<false>(scan, i, n, nullptr, &scan_acc);
+      // The other row's block, a vector per batch of exponentials: its loads and adds run among the exponentials,
+      // which are bound by the multiply pipes and leave the add pipes idle. Its next block is fetched towards L1
+      // meanwhile, so that those loads do not hold the exponentials behind them.
+      BlockScan block_scan;
+      if constexpr (kScan) {
+        if (i + 2 * kBlock <= n) {
+          for (int64_t line = 0; line < kBlock; line += 16) __builtin_prefetch(scan + i + kBlock + line, 0, 3);
+        }
+      }
       // The block's float sums (BlockSums), added into double lanes.
       BlockSums sums;
       Impl::template ExpStream<kBatches>(
-          [&](int64_t j) __attribute__((always_inline)) { return Shifted<kClamp>(x + i + j * kLanes, vshift); },
+          [&](int64_t j) __attribute__((always_inline)) {
+            if constexpr (kScan) block_scan.Add(Batch::load_unaligned(scan + i + j * kLanes));
+            return Shifted<kClamp>(x + i + j * kLanes, vshift);
+          },
           [&](int64_t j, int k, const Batch& d, const Batch& ev) __attribute__((always_inline)) {
             if constexpr (kStore) ev.store_unaligned(e + i + j * kLanes);
             sums.Add(k, ev, d);
           });
+      if constexpr (kScan) block_scan.Finish<false>(scan, i, n, nullptr, &scan_acc);
       total_e += WidenHalves(sums.e0 + sums.e1);
       total_ed += WidenHalves(sums.ed0 + sums.ed1);
     }
@@ -707,23 +717,32 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   // non-finite; such a block is scanned again with every check.
   template <bool kBf16>
   static void ScanRowBlock(const void* src, int64_t i, int64_t n, float* out, RowAcc* a) {
-    Batch bmax(-INFINITY), bmin(INFINITY), acc(0.0f);
-    for (int64_t j = i; j < i + kBlock; j += kLanes) {
-      const Batch v = LoadSource<kBf16>(src, j, out);
+    BlockScan b;
+    for (int64_t j = i; j < i + kBlock; j += kLanes) b.Add(LoadSource<kBf16>(src, j, out));
+    b.Finish<kBf16>(src, i, n, out, a);
+  }
+  // ScanRowBlock's fast path a vector at a time (Add, in order), then Finish: for loops that scan a block
+  // while they do other work.
+  struct BlockScan {
+    Batch bmax = Batch(-INFINITY), bmin = Batch(INFINITY), acc = Batch(0.0f);
+    __attribute__((always_inline)) void Add(const Batch& v) {
       bmax = xsimd::max(bmax, v);
       bmin = xsimd::min(bmin, v);
       acc += xsimd::abs(v);
     }
-    const float block_sum = xsimd::hadd(acc);
-    if (block_sum <= FLT_MAX) {
-      a->vmax = xsimd::max(a->vmax, bmax);
-      a->vmin = xsimd::min(a->vmin, bmin);
-      a->total += block_sum;
-      a->count += kBlock;
-    } else {
-      ScanBlockChecked(Floats<kBf16>(src, n, n, out) + i, a);  // the block is converted by now
+    template <bool kBf16>
+    __attribute__((always_inline)) void Finish(const void* src, int64_t i, int64_t n, float* out, RowAcc* a) const {
+      const float block_sum = xsimd::hadd(acc);
+      if (block_sum <= FLT_MAX) {
+        a->vmax = xsimd::max(a->vmax, bmax);
+        a->vmin = xsimd::min(a->vmin, bmin);
+        a->total += block_sum;
+        a->count += kBlock;
+      } else {
+        ScanBlockChecked(Floats<kBf16>(src, n, n, out) + i, a);  // the block is converted by now
+      }
     }
-  }
+  };
 
   // ScanRow after its whole blocks [0, i): the partial block, and the row's result.
   template <bool kBf16>
