@@ -100,9 +100,9 @@ TEST(MetricsReferenceTest, AttentionMatchesTheContractOnRandomShapesAndMasks) {
 
 // The attention's rows are scanned and exponentiated in groups of 8 (kernels::kAgreementGroup): a group's first
 // row is scanned (max, min, sum |S|, masks) on its own, each other row while the one before it is exponentiated.
-// Here the first row of each later group differs from its neighbours: masked entirely, scaled up (the clamp and the clip), partly masked, shifted
-// down, and NaN (the error names that row), on rows whose next row's scan runs inside the exponentials (1000,
-// 4096) and on longer ones: a scan used for the wrong row shows in every metric.
+// Here the first row of each later group differs from its neighbours: masked entirely, scaled up (the clamp and the
+// clip), partly masked, shifted down, and NaN (the error names that row), on rows whose next row's scan runs inside the
+// exponentials (1000, 4096) and on longer ones: a scan used for the wrong row shows in every metric.
 TEST(MetricsReferenceTest, FirstRowsOfLaterGroupsMatchTheContract) {
   for (int64_t cols : {1000, 4096, 4100}) {
     std::mt19937 gen(static_cast<uint32_t>(cols));
