@@ -378,7 +378,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
             if constexpr (kStore) ev.store_unaligned(e + i + j * kLanes);
             sums.Add(k, ev, d);
           });
-      if constexpr (kScan) block_scan.Finish<false>(scan, i, n, nullptr, &scan_acc);
+      if constexpr (kScan) block_scan.template Finish<false>(scan, i, n, nullptr, &scan_acc);
       total_e += WidenHalves(sums.e0 + sums.e1);
       total_ed += WidenHalves(sums.ed0 + sums.ed1);
     }
@@ -719,7 +719,7 @@ struct Impl : ExpImpl<Arch>, Bf16Impl<Arch> {
   static void ScanRowBlock(const void* src, int64_t i, int64_t n, float* out, RowAcc* a) {
     BlockScan b;
     for (int64_t j = i; j < i + kBlock; j += kLanes) b.Add(LoadSource<kBf16>(src, j, out));
-    b.Finish<kBf16>(src, i, n, out, a);
+    b.template Finish<kBf16>(src, i, n, out, a);
   }
   // ScanRowBlock's fast path a vector at a time (Add, in order), then Finish: for loops that scan a block
   // while they do other work.
