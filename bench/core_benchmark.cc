@@ -348,7 +348,7 @@ void BM_ChainTopK(benchmark::State& state) {
   kernels::ScanMax(d.logits.data(), vocab, block_max.data());
   const float* maxima = state.range(1) != 0 ? block_max.data() : nullptr;
   for (auto _ : state) {
-    BuildCandidates(d.logits.data(), vocab, c, &scratch, &cands, maxima);
+    benchmark::DoNotOptimize(BuildCandidates(d.logits.data(), vocab, c, &scratch, &cands, maxima));
     benchmark::DoNotOptimize(cands.total);
   }
 }

@@ -29,6 +29,10 @@ std::string Excerpt(absl::string_view text, size_t max_bytes) {
   return absl::StrCat(text.substr(0, cut), "... (", text.size(), " bytes)");
 }
 
+absl::Status ChangedDuringStepError(absl::string_view field) {
+  return InvalidFieldError(field, "changed while the step read it (a tensor in shared memory rewritten before its answer)");
+}
+
 std::string ErrorField(const absl::Status& status) {
   auto payload = status.GetPayload(kFieldPayloadUrl);
   return payload.has_value() ? std::string(*payload) : std::string();

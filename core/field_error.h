@@ -27,6 +27,10 @@ absl::Status InvalidFieldError(absl::string_view field, absl::string_view messag
 // The input is well formed but over a configured size limit: RESOURCE_EXHAUSTED.
 absl::Status LimitFieldError(absl::string_view field, absl::string_view message);
 
+// `field` changed while the step read it (INVALID_ARGUMENT): only a tensor in shared memory, rewritten by its
+// client before the step's answer, can. Found where a result cannot hold for any one state of the tensor.
+absl::Status ChangedDuringStepError(absl::string_view field);
+
 // The field named by a status made above; empty when the status carries none.
 std::string ErrorField(const absl::Status& status);
 

@@ -137,8 +137,12 @@ int32_t GreedyToken(const float* z, int64_t vocab, const float* block_max) {
   // The first block holding the max, then the max's first place in it.
   const int64_t block = kernels::ScanMax(block_max, kernels::MaxBlocks(vocab), nullptr).argmax;
   const int64_t from = block * kernels::kMaxBlock;
-  return static_cast<int32_t>(
-      from + kernels::FindFirst(z + from, std::min(vocab - from, kernels::kMaxBlock), block_max[block]));
+  const int64_t len = std::min(vocab - from, kernels::kMaxBlock);
+  const int64_t at = kernels::FindFirst(z + from, len, block_max[block]);
+  // Not there: z is no longer what the maxima were taken from (a shared-memory tensor rewritten in flight). Any
+  // answer is then as good as another, but it must be a token.
+  if (at >= len) return static_cast<int32_t>(kernels::ScanMax(z, vocab, nullptr).argmax);
+  return static_cast<int32_t>(from + at);
 }
 
 void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out,
@@ -147,12 +151,18 @@ void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, 
   n = std::min(n, vocab);
   if (n <= 0) return;
   if (n > kHeapTopK) {
-    out->resize(static_cast<size_t>(vocab));
-    for (int64_t i = 0; i < vocab; ++i) (*out)[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-    auto before = [z](int32_t a, int32_t b) { return Before(z[a], a, z[b], b); };
-    std::nth_element(out->begin(), out->begin() + (n - 1), out->end(), before);
-    out->resize(static_cast<size_t>(n));
-    std::sort(out->begin(), out->end(), before);
+    // On (value, id) pairs read once: std::nth_element's unguarded loops rely on a consistent order, which
+    // comparisons that read z again would not give if z changed under the step (shared memory rewritten in flight).
+    auto& all = scratch->heap;
+    all.resize(static_cast<size_t>(vocab));
+    for (int64_t i = 0; i < vocab; ++i) all[static_cast<size_t>(i)] = {z[i], static_cast<int32_t>(i)};
+    auto before = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+      return Before(a.first, a.second, b.first, b.second);
+    };
+    std::nth_element(all.begin(), all.begin() + (n - 1), all.end(), before);
+    all.resize(static_cast<size_t>(n));
+    std::sort(all.begin(), all.end(), before);
+    for (const auto& [value, id] : all) out->push_back(id);
     return;
   }
   // Bounded heap with the worst kept token on top. Ids arrive in increasing order, so an equal value never
@@ -208,8 +218,8 @@ void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, 
   for (const auto& [value, id] : heap) out->push_back(id);
 }
 
-void BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config, ChainScratch* scratch,
-                     Candidates* out, const float* block_max) {
+absl::Status BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config, ChainScratch* scratch,
+                             Candidates* out, const float* block_max) {
   auto& tokens = out->tokens;
   tokens.clear();
   const float temperature = config.temperature;
@@ -217,6 +227,7 @@ void BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config
   float max_z;
   if (use_top_k) {
     TopTokens(z, vocab, config.top_k, scratch, &scratch->ids, block_max);
+    if (scratch->ids.empty()) return ChangedDuringStepError("logits.data");
     max_z = z[scratch->ids.front()];
     for (int32_t id : scratch->ids) {
       if (z[id] == kNegInf) break;  // masked tokens never survive
@@ -270,6 +281,8 @@ void BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config
   total = 0;
   for (const WeightedToken& t : tokens) total += t.weight;
   out->total = total;
+  if (tokens.empty() || !(total > 0.0) || !std::isfinite(total)) return ChangedDuringStepError("logits.data");
+  return absl::OkStatus();
 }
 
 int32_t Draw(const Candidates& c, double u) {

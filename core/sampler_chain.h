@@ -71,9 +71,12 @@ int32_t GreedyToken(const float* z, int64_t vocab, const float* block_max = null
 void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out,
                const float* block_max = nullptr);
 
-// temperature (> 0) -> top-k -> top-p -> min-p over `z`; at least one finite entry is required.
-void BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config, ChainScratch* scratch,
-                     Candidates* out, const float* block_max = nullptr);
+// temperature (> 0) -> top-k -> top-p -> min-p over `z`; at least one finite entry is required. Errors
+// (INVALID_ARGUMENT, field "logits.data") when no candidate is left with a finite positive weight, which only
+// logits that change while the step reads them can cause (a shared-memory tensor rewritten in flight): the
+// metrics found a finite max, and `block_max` describes z as that pass read it.
+absl::Status BuildCandidates(const float* z, int64_t vocab, const SamplingConfig& config, ChainScratch* scratch,
+                             Candidates* out, const float* block_max = nullptr);
 
 // The categorical draw: the first candidate (in `c.tokens` order) whose cumulative weight exceeds u * total.
 int32_t Draw(const Candidates& c, double u);

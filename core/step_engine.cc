@@ -8,6 +8,22 @@
 #include "core/field_error.h"
 
 namespace samplerd {
+namespace {
+
+// Validated tensors give finite metrics; one that changed while the metrics pass read it may not.
+absl::Status CheckMetricsFinite(const MetricValues& m) {
+  if (!std::isfinite(m.logits_entropy) || !std::isfinite(m.logits_varentropy)) {
+    return ChangedDuringStepError("logits.data");
+  }
+  if (m.attention.has_value() &&
+      !(std::isfinite(m.attention->entropy) && std::isfinite(m.attention->varentropy) &&
+        std::isfinite(m.attention->agreement) && std::isfinite(m.attention->interaction_strength))) {
+    return ChangedDuringStepError("attention.data");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 void TrimWorkspace(Workspace* ws, size_t keep_bytes) {
   auto trim = [keep_bytes](auto& buffer) {
@@ -85,6 +101,7 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
   }
   out->metrics.logits_entropy = summary.entropy;
   out->metrics.logits_varentropy = summary.varentropy;
+  if (absl::Status s = CheckMetricsFinite(out->metrics); !s.ok()) return s;
 
   SamplingConfig base = profile->base();
   if (in.overrides != nullptr) ApplyOverrides(*in.overrides, &base);
@@ -110,7 +127,10 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
       break;
     case Action::kSample:
     case Action::kBestOfN: {
-      BuildCandidates(*adjusted, vocab, decision.params, &ws->chain, &ws->candidates, block_max);
+      if (absl::Status s = BuildCandidates(*adjusted, vocab, decision.params, &ws->chain, &ws->candidates, block_max);
+          !s.ok()) {
+        return s;
+      }
       const int n = decision.action == Action::kBestOfN ? decision.params.n_adaptive_samples : 1;
       int32_t best = Draw(ws->candidates, UniformDouble(key, in.step, 0));
       // Best of n: highest log-probability under the unmodified logits, i.e. the largest raw logit; the first
@@ -124,6 +144,10 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
     }
   }
   out->logprob = static_cast<float>(summary.LogProb(z[out->token]));
+  // A drawn token's logit is finite (an emitted one may be masked: -inf), unless z changed since the metrics pass.
+  if (std::isnan(out->logprob) || out->logprob > 0.0f) {
+    return ChangedDuringStepError("logits.data");
+  }
 
   out->top.clear();
   if (in.top_logprobs > 0) {

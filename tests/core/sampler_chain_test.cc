@@ -74,7 +74,7 @@ TEST(SamplerChainTest, NucleusWithoutTopKEqualsAFullSort) {
     c.min_p = trial % 3 == 0 ? 0.02f : 0.0f;
     ChainScratch scratch;
     Candidates got;
-    BuildCandidates(z.data(), v, c, &scratch, &got);
+    ASSERT_TRUE(BuildCandidates(z.data(), v, c, &scratch, &got).ok());
     std::vector<int32_t> want = ReferenceChain(z, c);
     std::vector<int32_t> got_ids = Ids(got);
     if (!got.sorted) std::sort(got_ids.begin(), got_ids.end()), std::sort(want.begin(), want.end());
@@ -91,7 +91,7 @@ TEST(SamplerChainTest, TopKBoundaryTiesGoToTheLowerId) {
   c.top_k = 3;
   ChainScratch scratch;
   Candidates got;
-  BuildCandidates(z.data(), 100, c, &scratch, &got);
+  ASSERT_TRUE(BuildCandidates(z.data(), 100, c, &scratch, &got).ok());
   EXPECT_EQ(Ids(got), (std::vector<int32_t>{99, 10, 30}));
 }
 
@@ -150,6 +150,42 @@ TEST(SamplerChainTest, BlockMaximaChangeNoSelection) {
   }
 }
 
+// Logits in shared memory can be rewritten by their client while the step reads them: the chain then sees block
+// maxima (from the metrics pass) that no longer describe z. It must still answer with a token or an error, never
+// an id past the vocabulary or a read of an empty candidate list.
+TEST(SamplerChainTest, GreedyTokenIsATokenWhenTheBlockMaximaNoLongerDescribeTheLogits) {
+  for (int64_t vocab : {int64_t{100}, int64_t{1000}, int64_t{4097}}) {
+    std::vector<float> z(static_cast<size_t>(vocab));
+    for (int64_t i = 0; i < vocab; ++i) z[static_cast<size_t>(i)] = static_cast<float>(i % 97) / 10.0f;
+    std::vector<float> block_max(static_cast<size_t>(kernels::MaxBlocks(vocab)), 0.0f);
+    block_max.back() = 50.0f;  // the last block's max as the metrics pass saw it; z holds no 50 any more
+    const int32_t token = GreedyToken(z.data(), vocab, block_max.data());
+    EXPECT_GE(token, 0) << vocab;
+    EXPECT_LT(token, vocab) << vocab;
+  }
+}
+
+TEST(SamplerChainTest, CandidatesFromLogitsThatChangedSinceTheirBlockMaximaAreAnError) {
+  const int64_t vocab = 4096;  // more blocks than top_k: the chain takes its floor from the maxima
+  std::vector<float> z(static_cast<size_t>(vocab), 1.0f);
+  std::vector<float> block_max(static_cast<size_t>(kernels::MaxBlocks(vocab)), 100.0f);  // above every z now
+  ASSERT_GT(static_cast<int64_t>(block_max.size()), 5);
+  SamplingConfig c;
+  c.temperature = 1.0f;
+  c.top_k = 5;
+  ChainScratch scratch;
+  Candidates got;
+  absl::Status s = BuildCandidates(z.data(), vocab, c, &scratch, &got, block_max.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(ErrorField(s), "logits.data");
+  // Without top-k: every logit masked by now (the metrics pass found a finite one).
+  std::fill(z.begin(), z.end(), -INFINITY);
+  c.top_k = 0;
+  s = BuildCandidates(z.data(), vocab, c, &scratch, &got);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(ErrorField(s), "logits.data");
+}
+
 TEST(SamplerChainTest, MinPKeepsTokensAtLeastMinPTimesTheMostLikely) {
   // p proportional to 8, 4, 2, 1: min_p 0.25 keeps 8, 4, 2 (2 >= 0.25 * 8) and drops 1.
   std::vector<float> z = {std::log(8.0f), std::log(4.0f), std::log(2.0f), std::log(1.0f)};
@@ -158,7 +194,7 @@ TEST(SamplerChainTest, MinPKeepsTokensAtLeastMinPTimesTheMostLikely) {
   c.min_p = 0.25f;
   ChainScratch scratch;
   Candidates got;
-  BuildCandidates(z.data(), 4, c, &scratch, &got);
+  ASSERT_TRUE(BuildCandidates(z.data(), 4, c, &scratch, &got).ok());
   EXPECT_EQ(Ids(got), (std::vector<int32_t>{0, 1, 2}));
   EXPECT_NEAR(got.tokens[0].weight / got.total, 8.0 / 14.0, 1e-6);
 }
@@ -237,7 +273,7 @@ TEST(SamplerDistributionTest, DrawsFollowTheCandidateProbabilities) {
   c.top_p = 0.9f;
   ChainScratch scratch;
   Candidates cands;
-  BuildCandidates(z.data(), 12, c, &scratch, &cands);
+  ASSERT_TRUE(BuildCandidates(z.data(), 12, c, &scratch, &cands).ok());
   std::map<int32_t, double> probs;
   for (const auto& t : cands.tokens) probs[t.id] = t.weight / cands.total;
   ASSERT_GE(probs.size(), 4u);
@@ -271,7 +307,7 @@ TEST(SamplerDistributionTest, BestOfNPrefersLikelierTokens) {
   c.temperature = 1.0f;
   ChainScratch scratch;
   Candidates cands;
-  BuildCandidates(z.data(), 64, c, &scratch, &cands);
+  ASSERT_TRUE(BuildCandidates(z.data(), 64, c, &scratch, &cands).ok());
   int single_top = 0, best_top = 0;
   for (uint64_t seed = 1; seed <= 4000; ++seed) {
     const int32_t one = Draw(cands, UniformDouble({seed, "b"}, 0, 0));

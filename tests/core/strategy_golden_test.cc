@@ -174,7 +174,7 @@ TEST(StrategyGoldenTest, CandidateSetsAfterTheChain) {
       } else {
         ChainScratch chain;
         Candidates cands;
-        BuildCandidates(g.logits->values.data(), g.logits->shape[0], d.params, &chain, &cands);
+        ASSERT_TRUE(BuildCandidates(g.logits->values.data(), g.logits->shape[0], d.params, &chain, &cands).ok());
         ASSERT_TRUE(cands.sorted);
         for (const WeightedToken& t : cands.tokens) {
           got_ids.push_back(t.id);
