@@ -30,7 +30,8 @@ std::string Excerpt(absl::string_view text, size_t max_bytes) {
 }
 
 absl::Status ChangedDuringStepError(absl::string_view field) {
-  return InvalidFieldError(field, "changed while the step read it (a tensor in shared memory rewritten before its answer)");
+  return InvalidFieldError(field,
+                           "changed while the step read it (a tensor in shared memory rewritten before its answer)");
 }
 
 std::string ErrorField(const absl::Status& status) {
