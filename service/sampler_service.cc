@@ -252,7 +252,8 @@ absl::Status SamplerService::AdmitStream() {
 void SamplerService::ReleaseStream() { active_streams_.fetch_sub(1, std::memory_order_relaxed); }
 
 void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
-                                  std::function<void(absl::Status)> done, absl::string_view shm_session) const {
+                                  std::function<void(absl::Status)> done, absl::string_view shm_session,
+                                  std::function<bool()> cancelled) const {
   response->Clear();
   if (observer_ != nullptr) observer_->OnRequest(request.ByteSizeLong());
   if (request.steps_size() > config_.max_steps_per_request) {
@@ -266,11 +267,14 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
     std::vector<uint64_t> seeds;
     std::function<void(absl::Status)> done;
     std::string shm_session;
+    std::function<bool()> cancelled;
+    bool Cancelled() const { return cancelled != nullptr && cancelled(); }
   };
   auto job = std::make_shared<Job>();
   job->registry = profiles();
   job->done = std::move(done);
   job->shm_session = std::string(shm_session);
+  job->cancelled = std::move(cancelled);
   const int n = request.steps_size();
   // Seeds in request order, here: the table is the stream's and not thread-safe.
   job->seeds.reserve(static_cast<size_t>(n));
@@ -281,8 +285,8 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
   for (int i = 0; i < n; ++i) results->Add();
   // A lone step runs here when a worker is idle anyway (WorkerPool::TryRunHere): no hand-off either way.
   if (n == 1 && workers_->TryRunHere([&](WorkerPool::WorkerState* w) {
-        AnswerStep(*job->registry, request.steps(0), job->seeds[0], job->shm_session, &w->workspace, &w->output,
-                   results->Mutable(0), w->fork_join);
+        AnswerStep(*job->registry, request.steps(0), job->seeds[0], job->shm_session, job->Cancelled(), &w->workspace,
+                   &w->output, results->Mutable(0), w->fork_join);
       })) {
     job->done(absl::OkStatus());
     return;
@@ -291,18 +295,21 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
       n,
       [this, job, &request, results](int i, WorkerPool::WorkerState* worker) {
         AnswerStep(*job->registry, request.steps(i), job->seeds[static_cast<size_t>(i)], job->shm_session,
-                   &worker->workspace, &worker->output, results->Mutable(i), worker->fork_join);
+                   job->Cancelled(), &worker->workspace, &worker->output, results->Mutable(i), worker->fork_join);
       },
       [job] { job->done(absl::OkStatus()); });
 }
 
 void SamplerService::AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed,
-                                absl::string_view shm_session, Workspace* workspace, StepOutput* out,
+                                absl::string_view shm_session, bool cancelled, Workspace* workspace, StepOutput* out,
                                 v1::StepResult* result, ForkJoin* fork_join) const {
   StepInput in = DecodeStep(step, seed);
   // The regions stay mapped until the step is answered, whatever happens to their control connection meanwhile.
   ShmHold hold;
-  absl::Status status = ResolveTensorRefs(step, shm_.get(), shm_session, &in, &hold);
+  absl::Status status =
+      cancelled
+          ? absl::CancelledError("the call ended (cancelled, past its deadline or disconnected) before this step ran")
+          : ResolveTensorRefs(step, shm_.get(), shm_session, &in, &hold);
   const auto start = std::chrono::steady_clock::now();
   if (status.ok()) status = RunStep(registry, limits_, in, workspace, out, fork_join);
   const auto elapsed = std::chrono::steady_clock::now() - start;
@@ -323,9 +330,11 @@ SamplerService::Answerer SamplerService::AnswererFor(const grpc::CallbackServerC
     return [responder](const v1::SampleRequest& request, SeedTable*, v1::SampleResponse* response,
                        std::function<void(absl::Status)> done) { responder->StartRequest(request, response, done); };
   }
-  return [this, session = ShmSession(context)](const v1::SampleRequest& request, SeedTable* seeds,
-                                               v1::SampleResponse* response, std::function<void(absl::Status)> done) {
-    StartRequest(request, seeds, response, std::move(done), session);
+  // The context outlives the call's requests: a call finishes only once none of its requests is running.
+  return [this, session = ShmSession(context), context = &context](const v1::SampleRequest& request, SeedTable* seeds,
+                                                                   v1::SampleResponse* response,
+                                                                   std::function<void(absl::Status)> done) {
+    StartRequest(request, seeds, response, std::move(done), session, [context] { return context->IsCancelled(); });
   };
 }
 

@@ -96,9 +96,12 @@ class SamplerService final
   // runs exactly once: with a non-OK status only for a problem that ends the call (RESOURCE_EXHAUSTED for more
   // than max_steps_per_request steps), at once on the calling thread when the request is refused or has no
   // steps, otherwise on the worker that answered the last step. `request` and `response` must stay untouched
-  // until then. `shm_session` is the call's samplerd-shm-session metadata (empty when absent).
+  // until then. `shm_session` is the call's samplerd-shm-session metadata (empty when absent). `cancelled`, when
+  // set, is asked before each step: once it says the call is gone (cancelled, past its deadline, disconnected),
+  // the steps not yet started are answered CANCELLED without running, so a dead call does not hold the workers.
   void StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
-                    std::function<void(absl::Status)> done, absl::string_view shm_session = {}) const;
+                    std::function<void(absl::Status)> done, absl::string_view shm_session = {},
+                    std::function<bool()> cancelled = nullptr) const;
 
   // Threads in the worker pool.
   int workers() const { return workers_->size(); }
@@ -143,9 +146,11 @@ class SamplerService final
 
   // decode → core (timed) → encode of one step into `result`, and the observer's OnStep. `fork_join` (may be
   // null) lets core share the step with an idle worker.
-  // `shm_session` resolves the step's tensor references (ResolveTensorRefs).
+  // `shm_session` resolves the step's tensor references (ResolveTensorRefs). A `cancelled` call's step is answered
+  // CANCELLED without running.
   void AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed, absl::string_view shm_session,
-                  Workspace* workspace, StepOutput* out, v1::StepResult* result, ForkJoin* fork_join = nullptr) const;
+                  bool cancelled, Workspace* workspace, StepOutput* out, v1::StepResult* result,
+                  ForkJoin* fork_join = nullptr) const;
 
   const ServerConfig config_;
   const TensorLimits limits_;

@@ -65,7 +65,7 @@ void Reply(v1::ShmControlResponse* response, const absl::Status& status) {
 // StartRequest's answer, waited for on the connection's thread (it runs there outright for a lone step when a
 // worker is idle).
 absl::Status RunRequest(const SamplerService& service, const v1::SampleRequest& request, SeedTable* seeds,
-                        v1::SampleResponse* response, absl::string_view session) {
+                        v1::SampleResponse* response, absl::string_view session, int fd) {
   std::mutex mu;
   std::condition_variable answered;
   bool done = false;
@@ -78,7 +78,13 @@ absl::Status RunRequest(const SamplerService& service, const v1::SampleRequest& 
         done = true;
         answered.notify_one();
       },
-      session);
+      session,
+      // A client that hangs up waits for no answer: the steps not yet started are not run (a negative fd, as in
+      // the fuzz target, is never polled).
+      [fd] {
+        struct pollfd polled = {fd, POLLRDHUP, 0};
+        return poll(&polled, 1, 0) > 0 && (polled.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+      });
   std::unique_lock<std::mutex> lock(mu);
   answered.wait(lock, [&] { return done; });
   return status;
@@ -263,8 +269,8 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
         }
         state->admitted = true;
       }
-      const absl::Status status =
-          RunRequest(*options.service, request.sample(), &state->seeds, response->mutable_sample(), state->session);
+      const absl::Status status = RunRequest(*options.service, request.sample(), &state->seeds,
+                                             response->mutable_sample(), state->session, state->fd);
       if (!status.ok()) {
         response->clear_sample();
         Reply(response, status);
@@ -280,6 +286,7 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
 void ShmControlServer::Serve(Connection* connection) {
   ConnectionState state;
   state.session = connection->session;
+  state.fd = connection->fd;
   state.authenticated = options_.tokens == nullptr;
   const std::unique_ptr<char[]> buffer(new char[kMaxPacketBytes]);
   std::vector<int> fds;

@@ -84,6 +84,7 @@ class ShmControlServer {
     bool authenticated = false;     // true from the start without --auth_token_file
     bool admitted = false;          // holds a --max_streams slot (from its first `sample` on); released by the caller
     v1::ShmControlRequest request;  // parse scratch, reused so its buffers are
+    int fd = -1;                    // the connection's socket, polled for a hang-up between a request's steps
   };
 
   // HandlePacket()

@@ -4,6 +4,7 @@
 // calls while an open stream is served to its end.
 #include "service/sampler_service.h"
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -205,6 +206,43 @@ TEST(StartRequest, GivesEachBadStepItsOwnErrorAndAnswersTheOthers) {
   EXPECT_THAT(response.results(9).error().message(), HasSubstr("no-such-profile"));
   EXPECT_EQ(response.results(11).error().code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(response.results(11).error().field(), HasSubstr("temperature"));
+}
+
+// A call that is gone (cancelled, past its deadline) must not hold the workers for the rest of its steps.
+TEST(StartRequest, StepsOfACancelledCallAreAnsweredCancelledWithoutRunning) {
+  std::unique_ptr<SamplerService> service = MakeService(1);
+  ASSERT_NE(service, nullptr);
+  const v1::SampleRequest request = MakeRequest("cancel-", 12);
+  std::atomic<int> asked{0};
+  // The call "ends" while its fourth step is being asked about: steps 0-2 run, the rest do not.
+  const auto cancelled = [&] { return asked.fetch_add(1) >= 3; };
+  v1::SampleResponse response;
+  SeedTable seeds;
+  Completion completion;
+  service->StartRequest(request, &seeds, &response, completion.Callback(), {}, cancelled);
+  ASSERT_TRUE(completion.WaitFor(1));
+  ASSERT_TRUE(completion.statuses()[0].ok());
+  ASSERT_EQ(response.results_size(), 12);
+  int ran = 0, skipped = 0;
+  for (const v1::StepResult& r : response.results()) {
+    if (r.has_error()) {
+      EXPECT_EQ(r.error().code(), static_cast<int>(absl::StatusCode::kCancelled)) << r.error().message();
+      EXPECT_EQ(r.server_micros(), 0) << "a cancelled step does not run";
+      ++skipped;
+    } else {
+      ++ran;
+    }
+  }
+  EXPECT_EQ(ran, 3);
+  EXPECT_EQ(skipped, 9);
+  // A lone step of a call already gone is not run either.
+  v1::SampleRequest lone = MakeRequest("cancel-lone-", 1);
+  v1::SampleResponse lone_response;
+  Completion lone_completion;
+  service->StartRequest(lone, &seeds, &lone_response, lone_completion.Callback(), {}, [] { return true; });
+  ASSERT_TRUE(lone_completion.WaitFor(1));
+  ASSERT_EQ(lone_response.results_size(), 1);
+  EXPECT_EQ(lone_response.results(0).error().code(), static_cast<int>(absl::StatusCode::kCancelled));
 }
 
 TEST(StartRequest, RefusesTooManyStepsAtOnceOnTheCaller) {
