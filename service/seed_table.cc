@@ -1,5 +1,6 @@
 #include "service/seed_table.h"
 
+#include <iterator>
 #include <random>
 
 namespace samplerd {
@@ -20,16 +21,19 @@ SeedTable::SeedTable(size_t capacity, size_t max_key_bytes)
 
 uint64_t SeedTable::Resolve(absl::string_view sequence_id, uint64_t requested) {
   if (requested != 0) return requested;
-  if (auto it = seeds_.find(sequence_id); it != seeds_.end()) return it->second;
+  if (auto it = seeds_.find(sequence_id); it != seeds_.end()) {
+    use_order_.splice(use_order_.end(), use_order_, it->second.use);
+    return it->second.seed;
+  }
   const uint64_t seed = FreshSeed();
   if (sequence_id.size() > max_key_bytes_) return seed;
   while (!seeds_.empty() && (seeds_.size() >= capacity_ || key_bytes_ + sequence_id.size() > max_key_bytes_)) {
-    key_bytes_ -= insertion_order_.front().size();
-    seeds_.erase(insertion_order_.front());
-    insertion_order_.pop_front();
+    key_bytes_ -= use_order_.front().size();
+    seeds_.erase(use_order_.front());
+    use_order_.pop_front();
   }
-  seeds_.emplace(sequence_id, seed);
-  insertion_order_.emplace_back(sequence_id);
+  use_order_.emplace_back(sequence_id);
+  seeds_.emplace(sequence_id, Entry{seed, std::prev(use_order_.end())});
   key_bytes_ += sequence_id.size();
   return seed;
 }

@@ -13,7 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <deque>
+#include <list>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
@@ -24,16 +24,16 @@ namespace samplerd {
 // SeedTable
 //
 // sequence_id -> server-picked seed, holding at most `capacity` sequences whose ids total at most `max_key_bytes`;
-// past either the sequence that was inserted first is forgotten (a continuous-batching host retires its oldest
-// sequences first). An id longer than `max_key_bytes` on its own gets a fresh seed and is not kept. A forgotten
-// sequence that sends seed 0 again gets a fresh seed, which its results report, so every step stays
+// past either the sequence used least recently is forgotten, so a sequence that keeps stepping keeps its seed
+// however many others come and go. An id longer than `max_key_bytes` on its own gets a fresh seed and is not kept. A
+// forgotten sequence that sends seed 0 again gets a fresh seed, which its results report, so every step stays
 // reproducible from its reported seed. Not thread-safe: a stream reads one request at a time.
 class SeedTable {
  public:
   // Enough for the batch of any continuous-batching host.
   static constexpr size_t kDefaultCapacity = 4096;
   // A full table of 64-byte ids (a UUID and a prefix); with the count this bounds a stream's table to about
-  // 1 MiB whatever the ids' length (the map and the insertion order each hold a copy).
+  // 1 MiB whatever the ids' length (the map and the use order each hold a copy).
   static constexpr size_t kDefaultMaxKeyBytes = kDefaultCapacity * 64;
 
   explicit SeedTable(size_t capacity = kDefaultCapacity, size_t max_key_bytes = kDefaultMaxKeyBytes);
@@ -50,8 +50,12 @@ class SeedTable {
   size_t capacity_;
   size_t max_key_bytes_;
   size_t key_bytes_ = 0;
-  absl::flat_hash_map<std::string, uint64_t> seeds_;
-  std::deque<std::string> insertion_order_;
+  struct Entry {
+    uint64_t seed;
+    std::list<std::string>::iterator use;  // its place in use_order_
+  };
+  absl::flat_hash_map<std::string, Entry> seeds_;
+  std::list<std::string> use_order_;  // least recently used first
 };
 
 }  // namespace samplerd

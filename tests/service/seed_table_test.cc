@@ -30,16 +30,28 @@ TEST(SeedTable, SeparateTablesPickSeparateSeeds) {
   EXPECT_NE(first.Resolve("a", 0), second.Resolve("a", 0));
 }
 
-TEST(SeedTable, ForgetsTheOldestSequencePastItsCapacity) {
+TEST(SeedTable, ForgetsTheLeastRecentlyUsedSequencePastItsCapacity) {
   SeedTable seeds(/*capacity=*/3);
   const uint64_t a = seeds.Resolve("a", 0);
   const uint64_t b = seeds.Resolve("b", 0);
   seeds.Resolve("c", 0);
   seeds.Resolve("d", 0);  // evicts "a"
   EXPECT_EQ(seeds.size(), 3u);
-  EXPECT_EQ(seeds.Resolve("b", 0), b);
-  EXPECT_NE(seeds.Resolve("a", 0), a);  // a fresh seed (and "b" is now the oldest and evicted)
+  EXPECT_EQ(seeds.Resolve("b", 0), b);  // "b" is now the most recently used, "c" the least
+  EXPECT_NE(seeds.Resolve("a", 0), a);  // a fresh seed, and "c" is evicted
   EXPECT_EQ(seeds.size(), 3u);
+  EXPECT_EQ(seeds.Resolve("b", 0), b);
+}
+
+// A continuous-batching host keeps a long sequence stepping while short ones start and finish around it.
+TEST(SeedTable, ASequenceThatKeepsSteppingKeepsItsSeedWhileManyOthersComeAndGo) {
+  SeedTable seeds(/*capacity=*/8, /*max_key_bytes=*/1000);
+  const uint64_t a = seeds.Resolve("long-running", 0);
+  for (int request = 0; request < 100; ++request) {
+    for (int i = 0; i < 6; ++i) seeds.Resolve("short-" + std::to_string(request) + "-" + std::to_string(i), 0);
+    ASSERT_EQ(seeds.Resolve("long-running", 0), a) << "request " << request;
+  }
+  EXPECT_LE(seeds.size(), 8u);
 }
 
 TEST(SeedTable, StaysBoundedUnderManySequences) {
