@@ -49,19 +49,24 @@ std::string ShmSession(const grpc::CallbackServerContext& context) {
 
 // Parses one received message into `request` (reused: its buffers keep their capacity) and releases the
 // buffer's slices. `index` counts the call's messages from 1, for the error.
-absl::Status ParseRequest(grpc::ByteBuffer* buffer, int64_t index, v1::SampleRequest* request) {
-  const grpc::Status parsed = grpc::SerializationTraits<v1::SampleRequest>::Deserialize(buffer, request);
+template <class Request>
+absl::Status ParseRequest(grpc::ByteBuffer* buffer, int64_t index, Request* request) {
+  // A unary call's handler runs with no buffer at all when the client sent no message.
+  if (!buffer->Valid()) return absl::InvalidArgumentError("the call carried no request message");
+  const grpc::Status parsed = grpc::SerializationTraits<Request>::Deserialize(buffer, request);
   if (parsed.ok()) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat("message ", index, " of the call is not a samplerd.v1.SampleRequest: it does not parse"));
+  return absl::InvalidArgumentError(absl::StrCat("message ", index, " of the call is not a ",
+                                                 Request::descriptor()->full_name(), ": it does not parse"));
 }
 
 // The response's wire form, as gRPC would have written it.
-void SerializeResponse(const v1::SampleResponse& response, grpc::ByteBuffer* wire) {
+template <class Response>
+void Serialize(const Response& response, grpc::ByteBuffer* wire) {
   bool own_buffer = false;
-  // Only fails for a message over 2 GiB, which a response (a few hundred bytes per step) never is.
-  const grpc::Status status = grpc::SerializationTraits<v1::SampleResponse>::Serialize(response, wire, &own_buffer);
-  if (!status.ok()) spdlog::error("a SampleResponse did not serialize: {}", status.error_message());
+  // Only fails for a message over 2 GiB, which no response of this service is.
+  const grpc::Status status = grpc::SerializationTraits<Response>::Serialize(response, wire, &own_buffer);
+  if (!status.ok())
+    spdlog::error("a {} did not serialize: {}", Response::descriptor()->full_name(), status.error_message());
 }
 
 }  // namespace
@@ -155,7 +160,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   // empty, or no compute).
   void OnAnswered(Order::Entry* entry, absl::Status status) {
     // Serialized here, outside mu_, on the thread that answered.
-    if (status.ok()) SerializeResponse(entry->answer.response, &entry->answer.wire);
+    if (status.ok()) Serialize(entry->answer.response, &entry->answer.wire);
     std::optional<absl::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -375,23 +380,30 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
     return reactor;
   }
   answer(call->request, &call->seeds, &call->response, [call, reactor, response](absl::Status status) {
-    if (status.ok()) SerializeResponse(call->response, response);
+    if (status.ok()) Serialize(call->response, response);
     reactor->Finish(ToGrpcStatus(status));
   });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerContext* context,
-                                                       const v1::ListProfilesRequest* request,
-                                                       v1::ListProfilesResponse* response) {
+                                                       const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (absl::Status admitted = AdmitUnaryCall(context); !admitted.ok()) {
     reactor->Finish(ToGrpcStatus(admitted));
     return reactor;
   }
+  grpc::ByteBuffer received(*request);  // shares the slices; Deserialize consumes its argument
+  v1::ListProfilesRequest parsed_request;
+  if (absl::Status parsed = ParseRequest(&received, 1, &parsed_request); !parsed.ok()) {
+    reactor->Finish(ToGrpcStatus(parsed));
+    return reactor;
+  }
+  v1::ListProfilesResponse answer;
   const std::shared_ptr<const ProfileRegistry> registry = profiles();
-  for (const Profile& profile : registry->profiles()) *response->add_profiles() = profile.proto();
-  response->set_default_profile(registry->default_profile());
+  for (const Profile& profile : registry->profiles()) *answer.add_profiles() = profile.proto();
+  answer.set_default_profile(registry->default_profile());
+  Serialize(answer, response);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

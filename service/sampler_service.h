@@ -13,7 +13,7 @@
 // step gets its own StepResult.error and the other steps of the request are still answered; only stream-level
 // problems (a request over max_steps_per_request, too many streams) end the call.
 //
-// `Sample` and `SampleOnce` are registered raw (ByteBuffer in and out) and parse their requests here: gRPC's typed
+// All three methods are registered raw (ByteBuffer in and out) and parse their requests here: gRPC's typed
 // callback API reports a message that fails to parse to a bidi reactor exactly as a half-close (OnReadDone(false)),
 // and to a unary one as UNIMPLEMENTED, where docs/contract.md section 6 wants the stream ended with an error. So a
 // message that is not a SampleRequest ends the call with INVALID_ARGUMENT naming its index in the stream, after
@@ -58,7 +58,7 @@ namespace samplerd {
 // Must outlive the grpc::Server it is registered with (the server's Shutdown waits for every reactor).
 class SamplerService final
     : public v1::Sampler::WithRawCallbackMethod_Sample<v1::Sampler::WithRawCallbackMethod_SampleOnce<
-          v1::Sampler::WithCallbackMethod_ListProfiles<v1::Sampler::Service>>> {
+          v1::Sampler::WithRawCallbackMethod_ListProfiles<v1::Sampler::Service>>> {
  public:
   struct Options {
     // Validated limits (ValidateServerConfig); only the limits are read here.
@@ -84,8 +84,9 @@ class SamplerService final
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Sample(grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* SampleOnce(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* ListProfiles(grpc::CallbackServerContext* context, const v1::ListProfilesRequest* request,
-                                         v1::ListProfilesResponse* response) override;
+  // Raw: a serialized ListProfilesRequest in, a serialized ListProfilesResponse out (see above).
+  grpc::ServerUnaryReactor* ListProfiles(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
   // StartRequest()
   //

@@ -695,6 +695,17 @@ TEST_F(BadInputCatalogueTest, BytesThatAreNotASampleRequestFailSampleOnce) {
   ExpectHealthyAndCorrect("after unparseable SampleOnce requests");
 }
 
+TEST_F(BadInputCatalogueTest, BytesThatAreNotAListProfilesRequestFailListProfiles) {
+  for (const std::string& garbage : {std::string("\xff\xff", 2), std::string("\x08", 1)}) {
+    const grpc::Status status = RawUnaryCall(channel_, "/samplerd.v1.Sampler/ListProfiles", garbage);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("is not a samplerd.v1.ListProfilesRequest"));
+  }
+  // An empty message is a valid ListProfilesRequest.
+  EXPECT_TRUE(RawUnaryCall(channel_, "/samplerd.v1.Sampler/ListProfiles", "").ok());
+  ExpectHealthyAndCorrect("after unparseable ListProfiles requests");
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Raw TCP: bytes that are not gRPC at all.
 
