@@ -182,6 +182,12 @@ void ShmControlServer::Accept() {
         Reply(&response, session.status());
         const std::string wire = response.SerializeAsString();
         (void)send(fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        // A socket closed with packets still queued resets its peer, whose read then fails instead of returning
+        // this answer: the client's first packet (usually already sent) is read and dropped first, with any file
+        // descriptor it carries (closed by the kernel, as no control buffer takes it).
+        char sink[64];
+        while (recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0) {
+        }
         close(fd);
         spdlog::warn("shared-memory client refused: {}", std::string(session.status().message()));
         continue;

@@ -124,12 +124,28 @@ absl::Status ShmControlExchange(int socket_fd, const v1::ShmControlRequest& requ
   do {
     n = sendmsg(socket_fd, &msg, MSG_NOSIGNAL);
   } while (n < 0 && errno == EINTR);
-  if (n < 0) return Errno("send on the shared-memory socket");
+  // A refused connection (over --shm_max_clients) is answered and closed at once: this packet may then fail to go
+  // out, or arrive unread, which resets the connection; either way the answer waits in this socket, readable once
+  // the error has been reported.
+  const bool sent = n >= 0;
+  const int send_errno = errno;
   // Sized once (a reused scratch keeps its size, so this costs nothing after the first call).
   if (buffer.size() < kShmMaxPacketBytes) buffer.resize(kShmMaxPacketBytes);
   do {
-    n = recv(socket_fd, buffer.data(), kShmMaxPacketBytes, 0);
+    n = recv(socket_fd, buffer.data(), kShmMaxPacketBytes, sent ? 0 : MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == ECONNRESET) {
+    const ssize_t queued = recv(socket_fd, buffer.data(), kShmMaxPacketBytes, MSG_DONTWAIT);
+    if (queued > 0) {
+      n = queued;
+    } else {
+      errno = ECONNRESET;
+    }
+  }
+  if (!sent && n <= 0) {
+    errno = send_errno;
+    return Errno("send on the shared-memory socket");
+  }
   if (n < 0) return Errno("receive on the shared-memory socket");
   if (n == 0) return absl::UnavailableError("the shared-memory socket closed without an answer");
   if (!response->ParseFromArray(buffer.data(), static_cast<int>(n))) {

@@ -463,6 +463,23 @@ TEST(ShmControlSteps, KeepTheLimitsOfTheSampleRpc) {
   EXPECT_EQ(server->Terminate(), 0);
 }
 
+// A client over --shm_max_clients sends its register at once, before or after the server answered and closed the
+// connection: either way it reads RESOURCE_EXHAUSTED, not a reset connection.
+TEST(ShmControlSteps, AClientOverTheConnectionLimitIsToldSo) {
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--shm_socket", socket_path, "--shm_max_clients", "1"});
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<ShmPlane>> holder = ShmPlane::Connect(socket_path, 4096, "holder");
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    absl::StatusOr<std::unique_ptr<ShmPlane>> extra = ShmPlane::Connect(socket_path, 4096, "extra");
+    ASSERT_FALSE(extra.ok());
+    EXPECT_EQ(extra.status().code(), absl::StatusCode::kResourceExhausted)
+        << "attempt " << attempt << ": " << extra.status();
+  }
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
 TEST(ShmControlSteps, NeedTheBearerTokenWhenTheServerHasOne) {
   char dir_template[] = "/tmp/samplerd-shm-auth-XXXXXX";
   ASSERT_NE(mkdtemp(dir_template), nullptr);

@@ -94,11 +94,21 @@ class Plane:
                 f"the control request is {len(data)} bytes, over the socket's {MAX_PACKET_BYTES}-byte packets", 8
             )
         try:
-            if fd is None:
-                self._sock.send(data)
+            # A refused connection (over --shm_max_clients) is answered and closed at once: this packet may then
+            # fail to go out, or arrive unread, which resets the connection; either way the answer waits in this
+            # socket, readable once the error has been reported.
+            try:
+                if fd is None:
+                    self._sock.send(data)
+                else:
+                    socket.send_fds(self._sock, [data], [fd])
+            except OSError:
+                answer = self._sock.recv(MAX_PACKET_BYTES, socket.MSG_DONTWAIT)
             else:
-                socket.send_fds(self._sock, [data], [fd])
-            answer = self._sock.recv(MAX_PACKET_BYTES)
+                try:
+                    answer = self._sock.recv(MAX_PACKET_BYTES)
+                except ConnectionResetError:
+                    answer = self._sock.recv(MAX_PACKET_BYTES, socket.MSG_DONTWAIT)
         except OSError as e:  # the server went away (or closed this connection)
             raise ShmError(f"the shared-memory socket failed: {e}") from e
         if not answer:
