@@ -85,6 +85,11 @@ uint16_t FloatToHalf(float f) {
 
 absl::StatusOr<FloatView> ValidateTensor(const RawTensor& raw, TensorRole role, const TensorLimits& limits,
                                          absl::string_view field, std::vector<float>* scratch, bool defer_bf16) {
+  if (raw.dtype == 0 && raw.shape.empty() && raw.data.empty()) {
+    return InvalidFieldError(field,
+                             "is missing: no dtype, shape or data (a step sends its logits inline or as a "
+                             "shared-memory reference)");
+  }
   const DType dtype = static_cast<DType>(raw.dtype);
   const size_t item = ItemSize(dtype);
   if (item == 0) {

@@ -127,7 +127,7 @@ std::vector<BadStep> Catalogue() {
        kInvalid, "logits.shape", "[0]"},
       {"negative vocab", [](v1::Step* s) { s->mutable_logits()->set_shape(0, -1000); }, kInvalid, "logits.shape",
        "[-1000]"},
-      {"no logits at all", [](v1::Step* s) { s->clear_logits(); }, kInvalid, "logits.dtype", "got 0"},
+      {"no logits at all", [](v1::Step* s) { s->clear_logits(); }, kInvalid, "logits", "is missing"},
       {"attention kv_len 0", [](v1::Step* s) { s->mutable_attention()->set_shape(1, 0); }, kInvalid, "attention.shape",
        "[4, 0]"},
       {"attention rank 4",
