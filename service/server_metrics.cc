@@ -138,6 +138,14 @@ absl::Status ServerMetrics::Serve(const std::string& listen) {
   http.set_keep_alive_timeout(kHttpIdleSeconds);
   http.set_write_timeout(kHttpIdleSeconds * 5, 0);
   http.set_payload_max_length(4096);  // nothing here takes a body
+  // cpp-httplib answers a Range header with every range listed, overlaps included, built in memory: one request
+  // of a few thousand "0-" ranges made a reply of 150 MB, whatever the status. Nothing here needs ranges, so they
+  // are dropped and the whole answer is served, as HTTP lets a server do. The Request is the library's own
+  // non-const object (handlers see it const); its parsed ranges are the only thing changed.
+  http.set_pre_routing_handler([](const httplib::Request& request, httplib::Response&) {
+    const_cast<httplib::Request&>(request).ranges.clear();
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
 
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
     response.set_content(Exposition(), kExpositionType);

@@ -590,6 +590,31 @@ TEST(Metrics, IdleAndHalfSentConnectionsDoNotBlockScrapes) {
   }
 }
 
+// A Range header would make the HTTP library build every listed range, overlaps included, in memory: it is
+// ignored, and the whole answer served once.
+TEST(Metrics, RangeHeadersAreIgnoredNotBuilt) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start();
+  ASSERT_NE(server, nullptr);
+  const std::string& address = server->metrics_address();
+  std::string ranges = "bytes=0-";
+  for (int i = 0; i < 2000; ++i) ranges += ",0-";
+  for (const std::string path : {"/metrics", "/live/steps", "/"}) {
+    const int fd = Connect(address, std::chrono::seconds(30));
+    ASSERT_GE(fd, 0);
+    const std::string request = "GET " + path + " HTTP/1.0\r\nHost: " + address + "\r\nRange: " + ranges + "\r\n\r\n";
+    ASSERT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+    std::string reply;
+    char buffer[8192];
+    ssize_t n;
+    while ((n = read(fd, buffer, sizeof(buffer))) > 0) reply.append(buffer, static_cast<size_t>(n));
+    close(fd);
+    EXPECT_THAT(reply, ::testing::StartsWith("HTTP/1.1 200")) << path;
+    EXPECT_LT(reply.size(), 256u * 1024) << path << ": one copy of the answer, not one per range";
+    EXPECT_THAT(reply, ::testing::Not(HasSubstr("multipart/byteranges"))) << path;
+  }
+  EXPECT_EQ(MetricValue(HttpGet(address, "/metrics"), "samplerd_build_info", {{"version", "0.1.0"}}), 1);
+}
+
 // The live page's data: per profile the steps by regime and the recent points, nothing that names a sequence
 // or a token.
 TEST(Metrics, LiveStepsCountStepsByProfileWithoutSequenceIds) {
