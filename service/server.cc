@@ -16,6 +16,7 @@
 #include "service/logging.h"
 #include "service/shm_metrics.h"
 #include "service/tls.h"
+#include "service/unix_socket_path.h"
 #include "spdlog/spdlog.h"
 
 #ifndef SAMPLERD_VERSION
@@ -144,6 +145,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
 
   grpc::ServerBuilder builder;
   std::vector<int> selected_ports(config.listen.size(), 0);
+  for (const std::string& address : config.listen) {
+    // gRPC removes whatever socket file is at a unix: path before it binds, a live server's included.
+    if (const std::string path = UnixListenPath(address); !path.empty()) {
+      if (absl::Status claimed = ClaimUnixSocketPath(path, "--listen"); !claimed.ok()) return claimed;
+    }
+  }
   for (size_t i = 0; i < config.listen.size(); ++i) {
     // Unix sockets stay plaintext: the socket file's permissions decide who connects.
     builder.AddListeningPort(config.listen[i],

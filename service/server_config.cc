@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "service/unix_socket_path.h"
 
 namespace samplerd {
 namespace {
@@ -66,6 +67,11 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   if (config.listen.empty()) return FlagError("listen", "at least one address is needed");
   for (const std::string& address : config.listen) {
     if (absl::Status s = ValidateListenAddress(address); !s.ok()) return s;
+    if (!config.shm_socket.empty() && UnixListenPath(address) == config.shm_socket) {
+      return FlagError("shm_socket", absl::StrCat("\"", config.shm_socket,
+                                                  "\" is also a --listen address; the two "
+                                                  "sockets need two paths"));
+    }
   }
   // gRPC takes the message limit as an int.
   if (absl::Status s = CheckPositive("max_message_bytes", config.max_message_bytes, std::numeric_limits<int>::max());

@@ -19,6 +19,7 @@
 #include "service/logging.h"
 #include "service/seed_table.h"
 #include "service/step_codec.h"
+#include "service/unix_socket_path.h"
 #include "spdlog/spdlog.h"
 
 namespace samplerd {
@@ -111,9 +112,10 @@ absl::StatusOr<std::unique_ptr<ShmControlServer>> ShmControlServer::Start(Option
   std::memcpy(address.sun_path, path.data(), path.size());
   const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return absl::UnavailableError(absl::StrCat("socket(AF_UNIX): ", std::strerror(errno)));
-  // A socket file left by an earlier run would make bind fail; anything else at the path is not ours to remove.
-  struct stat st;
-  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());
+  if (absl::Status claimed = ClaimUnixSocketPath(path, "--shm_socket"); !claimed.ok()) {
+    close(fd);
+    return claimed;
+  }
   if (bind(fd, reinterpret_cast<const struct sockaddr*>(&address), sizeof(address)) != 0 || listen(fd, 64) != 0) {
     const int error = errno;
     close(fd);

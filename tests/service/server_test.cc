@@ -2,6 +2,11 @@
 // it cannot use, refuses an address it cannot bind, and Shutdown ends Wait.
 #include "service/server.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
@@ -67,6 +72,59 @@ TEST(Server, ATakenAddressIsUnavailableAndNamed) {
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(second.status().message()), HasSubstr(config.listen[0]));
   (*first)->Shutdown();
+}
+
+// A second server with the same unix socket path must not take the path over from the one serving there (gRPC,
+// and the shm control socket, remove a socket file before they bind); a stale file is replaced.
+TEST(Server, ALiveUnixSocketPathIsNotTakenOverAndAStaleOneIsReplaced) {
+  const std::string dir = ::testing::TempDir();
+  const std::string grpc_path = dir + "samplerd-server-test-grpc.sock";
+  const std::string shm_path = dir + "samplerd-server-test-shm.sock";
+  unlink(grpc_path.c_str());
+  unlink(shm_path.c_str());
+  ServerConfig config = LoopbackConfig();
+  config.listen = {"unix:" + grpc_path};
+  config.shm_socket = shm_path;
+  absl::StatusOr<std::unique_ptr<Server>> first = Server::Create(config, ProfileRegistry::BuiltIn());
+  ASSERT_TRUE(first.ok()) << first.status();
+
+  absl::StatusOr<std::unique_ptr<Server>> second = Server::Create(config, ProfileRegistry::BuiltIn());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr("another server is listening"));
+  ServerConfig grpc_only = config;
+  grpc_only.shm_socket = "";
+  second = Server::Create(grpc_only, ProfileRegistry::BuiltIn());
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr(grpc_path));
+
+  // The first server still answers on its path.
+  auto stub = v1::Sampler::NewStub(grpc::CreateChannel("unix:" + grpc_path, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::ListProfilesResponse response;
+  EXPECT_TRUE(stub->ListProfiles(&context, v1::ListProfilesRequest(), &response).ok());
+  (*first)->Shutdown();
+
+  // A socket file nobody listens on (a server that died without removing it) is replaced.
+  const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un address = {};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, grpc_path.data(), grpc_path.size());
+  unlink(grpc_path.c_str());
+  ASSERT_EQ(bind(fd, reinterpret_cast<const struct sockaddr*>(&address), sizeof(address)), 0);
+  close(fd);
+  absl::StatusOr<std::unique_ptr<Server>> third = Server::Create(grpc_only, ProfileRegistry::BuiltIn());
+  ASSERT_TRUE(third.ok()) << third.status();
+  (*third)->Shutdown();
+}
+
+TEST(ServerConfig, OnePathForTheGrpcSocketAndTheShmSocketIsAUsageError) {
+  ServerConfig config = LoopbackConfig();
+  config.listen = {"127.0.0.1:0", "unix:///tmp/samplerd-one.sock"};
+  config.shm_socket = "/tmp/samplerd-one.sock";
+  const absl::Status status = ValidateServerConfig(config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("shm_socket"));
 }
 
 }  // namespace
