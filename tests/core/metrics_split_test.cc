@@ -3,6 +3,9 @@
 // whether the other half ran on a real second thread, before, after or not at all. Shapes cover one row and
 // many, masked rows among them, ragged last row groups and vector tails, and bf16 converted in
 // the first pass.
+#include <pthread.h>
+#include <time.h>
+
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -62,12 +65,28 @@ class StartTogetherForkJoin final : public ForkJoin {
         return;
       }
     }
-    std::atomic<bool> started{false};
+    std::atomic<bool> started{false}, finished{false};
     std::thread other([&] {
       started.store(true);
       theirs();
+      finished.store(true);
     });
     while (!started.load()) std::this_thread::yield();
+    // This side starts once the other has run a little of its part (it then holds a unit), so that both take
+    // units even on a busy machine, where the other thread may otherwise get a CPU only after this one took them
+    // all. Its CPU clock, not the wall clock, says when it ran.
+    clockid_t clock;
+    if (pthread_getcpuclockid(other.native_handle(), &clock) == 0) {
+      const auto cpu_ns = [&] {
+        timespec t{};
+        clock_gettime(clock, &t);
+        return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
+      };
+      const int64_t begin = cpu_ns();
+      // A spin, not a yield: this thread keeps its CPU, so it starts as soon as the other one has run.
+      while (!finished.load() && cpu_ns() - begin < 20000) {
+      }
+    }
     mine();
     other.join();
   }
