@@ -1,13 +1,12 @@
 #include "core/profile.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "core/field_error.h"
+#include "core/small_file.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -186,8 +185,9 @@ absl::StatusOr<Profile> Profile::FromProto(const v1::Profile& proto, absl::strin
     for (int j = 0; j < rule.bounds_size(); ++j) {
       const v1::Bound& b = rule.bounds(j);
       const std::string bound_field = absl::StrCat(rule_field, ".bounds[", j, "]");
-      if (b.metric() == v1::METRIC_UNSPECIFIED) {
-        return InvalidFieldError(bound_field + ".metric", "must name a metric (METRIC_LOGITS_ENTROPY, ...)");
+      if (b.metric() == v1::METRIC_UNSPECIFIED || !v1::Metric_IsValid(b.metric())) {
+        return InvalidFieldError(bound_field + ".metric",
+                                 absl::StrCat("must name a metric (METRIC_LOGITS_ENTROPY, ...), got ", b.metric()));
       }
       if (b.op() != v1::OP_LT && b.op() != v1::OP_GT) {
         return InvalidFieldError(bound_field + ".op", "must be OP_LT or OP_GT");
@@ -212,6 +212,27 @@ absl::StatusOr<Profile> Profile::FromProto(const v1::Profile& proto, absl::strin
     }
   }
 
+  // The clamps of the formulas need min <= max (std::clamp's precondition), with the reference values filling in
+  // what the profile does not set.
+  v1::Coefficients resolved = ReferenceCoefficients();
+  resolved.MergeFrom(coefficients);
+  const struct {
+    const char* min_name;
+    double min;
+    const char* max_name;
+    double max;
+  } ranges[] = {
+      {"adaptive_top_p_min", resolved.adaptive_top_p_min(), "adaptive_top_p_max", resolved.adaptive_top_p_max()},
+      {"adaptive_top_k_min", resolved.adaptive_top_k_min(), "adaptive_top_k_max", resolved.adaptive_top_k_max()},
+      {"adaptive_min_p_min", resolved.adaptive_min_p_min(), "adaptive_min_p_max", resolved.adaptive_min_p_max()},
+  };
+  for (const auto& r : ranges) {
+    if (r.min > r.max) {
+      return InvalidFieldError(Field(prefix, absl::StrCat("coefficients.", r.min_name)),
+                               absl::StrCat("must be at most ", r.max_name, " (", r.max, "), got ", r.min));
+    }
+  }
+
   // The resolved proto: every parameter and coefficient in force, for ListProfiles.
   profile.proto_ = proto;
   profile.proto_.set_default_regime(default_regime);
@@ -219,8 +240,7 @@ absl::StatusOr<Profile> Profile::FromProto(const v1::Profile& proto, absl::strin
   const auto bias = proto.params().logit_bias();
   ToProto(profile.base_, params);
   *params->mutable_logit_bias() = bias;
-  *profile.proto_.mutable_coefficients() = ReferenceCoefficients();
-  profile.proto_.mutable_coefficients()->MergeFrom(coefficients);
+  *profile.proto_.mutable_coefficients() = resolved;
   return profile;
 }
 
@@ -274,11 +294,11 @@ absl::StatusOr<std::shared_ptr<const ProfileRegistry>> ProfileRegistry::FromJson
 }
 
 absl::StatusOr<std::shared_ptr<const ProfileRegistry>> ProfileRegistry::FromJsonFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open profile config \"", path, "\""));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  absl::StatusOr<v1::ProfileSet> config = ParseProfileSet(buffer.str(), path);
+  absl::StatusOr<std::string> text = ReadSmallFile(path, kMaxConfigBytes);
+  if (!text.ok()) {
+    return absl::Status(text.status().code(), absl::StrCat("profile config \"", path, "\" ", text.status().message()));
+  }
+  absl::StatusOr<v1::ProfileSet> config = ParseProfileSet(*text, path);
   if (!config.ok()) return config.status();
   return Create(*config);
 }

@@ -75,7 +75,9 @@ class ProfileRegistry {
   static absl::StatusOr<std::shared_ptr<const ProfileRegistry>> Create(const v1::ProfileSet& config);
   // Parses protobuf's JSON mapping of v1::ProfileSet (unknown fields are errors), then Create.
   static absl::StatusOr<std::shared_ptr<const ProfileRegistry>> FromJson(absl::string_view json);
+  // FromJson of a regular file of at most kMaxConfigBytes (core/small_file.h).
   static absl::StatusOr<std::shared_ptr<const ProfileRegistry>> FromJsonFile(const std::string& path);
+  static constexpr int64_t kMaxConfigBytes = 16 << 20;
 
   // The named profile, the default one for an empty name, null when unknown.
   const Profile* Find(absl::string_view name) const;

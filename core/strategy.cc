@@ -9,7 +9,16 @@ namespace {
 
 bool Holds(const Bound& b, double value) { return b.op == v1::OP_LT ? value < b.value : value > b.value; }
 
-int32_t ClampTopK(double k, double lo, double hi) { return static_cast<int32_t>(std::clamp(k, lo, hi)); }
+// A formula's top_k as an int32: NaN (an overflowed formula) gives `fallback`, and the cast never sees a value
+// an int32 cannot hold.
+int32_t ToTopK(double k, int32_t fallback) {
+  if (std::isnan(k)) return fallback;
+  return static_cast<int32_t>(std::clamp(k, 0.0, static_cast<double>(std::numeric_limits<int32_t>::max())));
+}
+
+// std::min / std::max that keep a NaN operand (theirs return the other one, which hid an overflowed formula).
+double MinOrNan(double a, double b) { return std::isnan(a) || std::isnan(b) ? NAN : std::min(a, b); }
+double MaxOrNan(double a, double b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }
 
 void MakeGreedy(Decision* d) {
   d->action = Action::kGreedy;
@@ -62,26 +71,26 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
         return d;
       }
       d.params.temperature = static_cast<float>(
-          std::min(c.clarify_temperature_max(),
+          MinOrNan(c.clarify_temperature_max(),
                    T * (c.clarify_temperature_offset() + c.clarify_temperature_attn_entropy() * attn_ent)));
       break;
     }
     case v1::REGIME_EXPLORE:
       d.params.temperature = static_cast<float>(
-          std::min(c.explore_temperature_max(),
+          MinOrNan(c.explore_temperature_max(),
                    T * (c.explore_temperature_offset() + c.explore_temperature_interaction_strength() * interaction)));
       // Reference: int() truncation toward zero. Capped at INT32_MAX: a valid top_k near it, widened, does not
       // fit an int32.
-      d.params.top_k = static_cast<int32_t>(std::min<double>(
-          std::max(c.explore_top_k_min(), std::trunc(K * (1.0 + c.explore_top_k_agreement() * (1.0 - agreement)))),
-          std::numeric_limits<int32_t>::max()));
+      d.params.top_k = ToTopK(
+          MaxOrNan(c.explore_top_k_min(), std::trunc(K * (1.0 + c.explore_top_k_agreement() * (1.0 - agreement)))),
+          base.top_k);
       break;
     case v1::REGIME_RESAMPLE:
       d.params.temperature = static_cast<float>(
-          std::max(c.resample_temperature_min(),
+          MaxOrNan(c.resample_temperature_min(),
                    T * (c.resample_temperature_offset() + c.resample_temperature_attn_varentropy() * attn_vent)));
       d.params.top_p =
-          static_cast<float>(std::max(c.resample_top_p_min(), P - c.resample_top_p_attn_entropy() * attn_ent));
+          static_cast<float>(MaxOrNan(c.resample_top_p_min(), P - c.resample_top_p_attn_entropy() * attn_ent));
       break;
     case v1::REGIME_ADAPTIVE: {
       // Reference: temperature unclamped.
@@ -92,9 +101,11 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
       d.params.top_p = static_cast<float>(std::clamp(P * (1.0 + c.adaptive_top_p_attn_varentropy() * attn_vent),
                                                      c.adaptive_top_p_min(), c.adaptive_top_p_max()));
       // Reference: round half to even (std::nearbyint in the default rounding mode), then clamp.
-      d.params.top_k = ClampTopK(std::nearbyint(K * (1.0 + c.adaptive_top_k_interaction_strength() * interaction -
-                                                     c.adaptive_top_k_agreement() * agreement)),
-                                 c.adaptive_top_k_min(), c.adaptive_top_k_max());
+      d.params.top_k =
+          ToTopK(std::clamp(std::nearbyint(K * (1.0 + c.adaptive_top_k_interaction_strength() * interaction -
+                                                c.adaptive_top_k_agreement() * agreement)),
+                            c.adaptive_top_k_min(), c.adaptive_top_k_max()),
+                 base.top_k);
       d.params.min_p = static_cast<float>(
           std::clamp(MP * (1.0 - c.adaptive_min_p_logits_entropy() * ent - c.adaptive_min_p_logits_varentropy() * vent),
                      c.adaptive_min_p_min(), c.adaptive_min_p_max()));
@@ -106,8 +117,12 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
       break;
   }
   // Formulas can leave the valid range only through extreme coefficients; keep the chain's contract.
-  // A valid base temperature near FLT_MAX times a formula's factor overflows float.
+  // A valid base temperature near FLT_MAX times a formula's factor overflows float. A formula that overflowed
+  // into NaN (inf - inf, 0 * inf) leaves the base value of top_p and min_p in force, and a NaN temperature is
+  // greedy below (it was 0 times an infinite factor, or no temperature at all).
   d.params.temperature = std::min(d.params.temperature, std::numeric_limits<float>::max());
+  if (std::isnan(d.params.top_p)) d.params.top_p = base.top_p;
+  if (std::isnan(d.params.min_p)) d.params.min_p = base.min_p;
   d.params.top_p = std::clamp(d.params.top_p, 1e-6f, 1.0f);
   d.params.min_p = std::clamp(d.params.min_p, 0.0f, 1.0f);
   d.params.top_k = std::max(d.params.top_k, 0);

@@ -1,14 +1,13 @@
 #include "service/auth.h"
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/small_file.h"
 #include "grpc/grpc.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/byte_buffer.h"
@@ -39,14 +38,11 @@ bool IsB64Token(absl::string_view token) {
 }
 
 absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
-  std::ifstream file(path);
-  if (!file) return TokenFileError(path, "cannot be read");
-  std::stringstream contents;
-  contents << file.rdbuf();
-  if (file.bad()) return TokenFileError(path, "cannot be read");
+  absl::StatusOr<std::string> contents = ReadSmallFile(path, kMaxOperatorFileBytes);
+  if (!contents.ok()) return TokenFileError(path, contents.status().message());
   std::vector<std::string> tokens;
   int line_number = 0;
-  for (absl::string_view line : absl::StrSplit(contents.str(), '\n')) {
+  for (absl::string_view line : absl::StrSplit(*contents, '\n')) {
     ++line_number;
     line = absl::StripAsciiWhitespace(line);
     if (line.empty()) continue;

@@ -6,11 +6,10 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/small_file.h"
 #include "grpcpp/security/server_credentials.h"
 
 namespace samplerd {
@@ -21,12 +20,9 @@ absl::Status FileError(absl::string_view flag, const std::string& path, absl::st
 }
 
 absl::StatusOr<std::string> ReadPemFile(absl::string_view flag, const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return FileError(flag, path, "cannot be read");
-  std::stringstream contents;
-  contents << file.rdbuf();
-  if (file.bad()) return FileError(flag, path, "cannot be read");
-  return contents.str();
+  absl::StatusOr<std::string> contents = ReadSmallFile(path, kMaxOperatorFileBytes);
+  if (!contents.ok()) return FileError(flag, path, contents.status().message());
+  return contents;
 }
 
 struct BioDeleter {

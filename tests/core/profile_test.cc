@@ -1,5 +1,8 @@
 // Pins the profiles: the built-in ones carry exactly golden/cases.json's values, configs load through
 // protobuf's JSON mapping, replace or add profiles, and bad configs are rejected naming the field.
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <string>
 
 #include "core/field_error.h"
@@ -121,11 +124,37 @@ INSTANTIATE_TEST_SUITE_P(
         BadConfig{"duplicate", R"({"profiles": [{"name": "x"}, {"name": "x"}]})", "duplicate profile name"},
         BadConfig{"unknown_default", R"({"defaultProfile": "nope"})", "default_profile"},
         BadConfig{"too_many_samples", R"({"profiles": [{"name": "x", "params": {"nAdaptiveSamples": 65}}]})",
-                  "n_adaptive_samples"}),
+                  "n_adaptive_samples"},
+        BadConfig{"undefined_metric", R"({"profiles": [{"name": "x", "regimes": [{"regime": "REGIME_ARGMAX",
+                  "bounds": [{"metric": 99, "op": "OP_LT", "value": 1}]}]}]})",
+                  "profiles[0].regimes[0].bounds[0].metric: must name a metric"},
+        BadConfig{"top_k_min_over_max",
+                  R"({"profiles": [{"name": "x", "coefficients": {"adaptiveTopKMin": 50, "adaptiveTopKMax": 10}}]})",
+                  "profiles[0].coefficients.adaptive_top_k_min: must be at most adaptive_top_k_max"},
+        BadConfig{"top_p_min_over_reference_max",
+                  R"({"profiles": [{"name": "x", "coefficients": {"adaptiveTopPMin": 2}}]})",
+                  "profiles[0].coefficients.adaptive_top_p_min"},
+        BadConfig{"min_p_min_over_max",
+                  R"({"profiles": [{"name": "x", "coefficients": {"adaptiveMinPMin": 0.5, "adaptiveMinPMax": 0.1}}]})",
+                  "profiles[0].coefficients.adaptive_min_p_min"}),
     [](const ::testing::TestParamInfo<BadConfig>& info) { return std::string(info.param.name); });
 
 TEST(ProfileTest, MissingConfigFileIsNotFound) {
   EXPECT_EQ(ProfileRegistry::FromJsonFile("/nonexistent/profiles.json").status().code(), absl::StatusCode::kNotFound);
+}
+
+// A FIFO would block the reload thread (which also handles SIGTERM) until a writer comes; a device such as
+// /dev/zero would be read without end.
+TEST(ProfileTest, AConfigThatIsNotARegularFileIsRefusedWithoutReadingIt) {
+  const std::string fifo = ::testing::TempDir() + "samplerd-profile-test.fifo";
+  unlink(fifo.c_str());
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  for (const std::string& path : {fifo, std::string("/dev/zero"), ::testing::TempDir()}) {
+    const absl::Status status = ProfileRegistry::FromJsonFile(path).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << path << ": " << status;
+    EXPECT_NE(status.message().find("not a regular file"), absl::string_view::npos) << status;
+  }
+  unlink(fifo.c_str());
 }
 
 }  // namespace
