@@ -34,6 +34,12 @@ absl::Status ChangedDuringStepError(absl::string_view field) {
                            "changed while the step read it (a tensor in shared memory rewritten before its answer)");
 }
 
+absl::Status WithNote(const absl::Status& status, absl::string_view note) {
+  absl::Status noted(status.code(), absl::StrCat(status.message(), note));
+  status.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) { noted.SetPayload(url, payload); });
+  return noted;
+}
+
 std::string ErrorField(const absl::Status& status) {
   auto payload = status.GetPayload(kFieldPayloadUrl);
   return payload.has_value() ? std::string(*payload) : std::string();

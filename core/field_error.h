@@ -31,6 +31,9 @@ absl::Status LimitFieldError(absl::string_view field, absl::string_view message)
 // client before the step's answer, can. Found where a result cannot hold for any one state of the tensor.
 absl::Status ChangedDuringStepError(absl::string_view field);
 
+// `status` with `note` after its message, the same code and field.
+absl::Status WithNote(const absl::Status& status, absl::string_view note);
+
 // The field named by a status made above; empty when the status carries none.
 std::string ErrorField(const absl::Status& status);
 

@@ -109,7 +109,15 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
 
   const float* z = logits->data;
   absl::StatusOr<const float*> adjusted = ApplyLogitAdjustments(z, vocab, base, in.recent_tokens, &ws->chain);
-  if (!adjusted.ok()) return adjusted.status();
+  if (!adjusted.ok()) {
+    // A bias the request did not send is its profile's: say so, or the client looks for it in its own step.
+    if (ErrorField(adjusted.status()) == "params.logit_bias" &&
+        (in.overrides == nullptr || in.overrides->logit_bias().empty())) {
+      return WithNote(adjusted.status(),
+                      absl::StrCat(" (the logit_bias of profile \"", profile->name(), "\"; the request sent none)"));
+    }
+    return adjusted.status();
+  }
   // The block maxima of whichever logits the chain reads: the metrics pass's, or the penalised copy's.
   const float* block_max = *adjusted == z ? ws->metrics.logit_block_max.data() : ws->chain.block_max.data();
 

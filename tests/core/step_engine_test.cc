@@ -329,6 +329,28 @@ TEST(RunStepTest, ClarifyWithATokenOutsideTheVocabularySamplesInstead) {
   EXPECT_LT(out.token, 1000);
 }
 
+TEST(RunStepTest, AProfilesBiasOutsideTheVocabularyIsAnErrorThatNamesTheProfile) {
+  absl::StatusOr<std::shared_ptr<const ProfileRegistry>> registry =
+      ProfileRegistry::FromJson(R"({"profiles": [{"name": "biased", "params": {"logitBias": {"50000": 1.0}}}]})");
+  ASSERT_TRUE(registry.ok()) << registry.status();
+  OwnedStep s = RandomStep(3, 100);
+  s.profile = "biased";
+  Workspace ws;
+  StepOutput out;
+  StepInput in = s.Input();
+  const absl::Status status = RunStep(**registry, TensorLimits{}, in, &ws, &out);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ErrorField(status), "params.logit_bias");
+  EXPECT_NE(status.message().find("profile \"biased\""), absl::string_view::npos) << status;
+  // The request's own bias is the request's.
+  s.params.mutable_logit_bias()->insert({60000, 1.0f});
+  s.has_params = true;
+  in = s.Input();
+  const absl::Status own = RunStep(**registry, TensorLimits{}, in, &ws, &out);
+  EXPECT_EQ(ErrorField(own), "params.logit_bias");
+  EXPECT_EQ(own.message().find("profile"), absl::string_view::npos) << own;
+}
+
 TEST(RunStepTest, GreedyOverrideIsArgmaxWithLowestIdOnTies) {
   OwnedStep s = RandomStep(5, 500);
   s.logits[400] = 100.0f;
