@@ -65,8 +65,9 @@ void Serialize(const Response& response, grpc::ByteBuffer* wire) {
   bool own_buffer = false;
   // Only fails for a message over 2 GiB, which no response of this service is.
   const grpc::Status status = grpc::SerializationTraits<Response>::Serialize(response, wire, &own_buffer);
-  if (!status.ok())
+  if (!status.ok()) {
     spdlog::error("a {} did not serialize: {}", Response::descriptor()->full_name(), status.error_message());
+  }
 }
 
 }  // namespace
