@@ -91,6 +91,32 @@ class JsonFormatter final : public spdlog::formatter {
   std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<JsonFormatter>(); }
 };
 
+// %V in a text pattern: the message with control characters escaped (\n, \r, \t, \xNN), so that a text line
+// stays one line whatever a message quotes (a name a client sent, a multi-line parser error) and cannot be made
+// to look like another line.
+class EscapedPayloadFlag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    static constexpr char kHex[] = "0123456789abcdef";
+    for (const char c : absl::string_view(msg.payload.data(), msg.payload.size())) {
+      const auto byte = static_cast<unsigned char>(c);
+      if (byte >= 0x20 && byte != 0x7f) {
+        dest.push_back(c);
+      } else if (c == '\n') {
+        Append(dest, "\\n");
+      } else if (c == '\r') {
+        Append(dest, "\\r");
+      } else if (c == '\t') {
+        Append(dest, "\\t");
+      } else {
+        const char escaped[] = {'\\', 'x', kHex[byte >> 4], kHex[byte & 0xf]};
+        dest.append(escaped, escaped + sizeof(escaped));
+      }
+    }
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<EscapedPayloadFlag>(); }
+};
+
 // %* in a text pattern: " traceparent=<value>" when the line is about a traced call, nothing otherwise.
 class TraceparentFlag final : public spdlog::custom_flag_formatter {
  public:
@@ -250,9 +276,10 @@ void SetUpLogging(absl::string_view format, absl::string_view level) {
   if (format == "json") {
     logger->set_formatter(std::make_unique<JsonFormatter>());
   } else {
-    // spdlog's default "%+" pattern, with the trace context appended.
+    // spdlog's default "%+" pattern, the message escaped, with the trace context appended.
     auto formatter = std::make_unique<spdlog::pattern_formatter>();
-    formatter->add_flag<TraceparentFlag>('*').set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%n] [%^%l%$] %v%*");
+    formatter->add_flag<TraceparentFlag>('*').add_flag<EscapedPayloadFlag>('V').set_pattern(
+        "[%Y-%m-%d %H:%M:%S.%e] [%n] [%^%l%$] %V%*");
     logger->set_formatter(std::move(formatter));
   }
   logger->set_level(spdlog::level::from_str(std::string(level)));

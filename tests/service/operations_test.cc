@@ -974,6 +974,28 @@ TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
   EXPECT_THAT(ReadFile(log), ::testing::Not(HasSubstr("right-token")));
 }
 
+// A message can quote text the server did not write (a name from a config or a request, a parser's multi-line
+// error): in a text log it stays on its line, with its control characters escaped, and cannot pass for a line of
+// its own.
+TEST(Logging, TextLinesEscapeTheControlCharactersOfWhatTheyQuote) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  WriteFile(dir.File("profiles.json"),
+            R"({"defaultProfile": "none\n[2026-01-01 00:00:00.000] [samplerd] [info] forged\u0007"})");
+  std::string output;
+  EXPECT_EQ(
+      ServerProcess::RunToExit(
+          "--listen 127.0.0.1:0 --metrics_listen '' --log_format text --config " + dir.File("profiles.json"), &output),
+      2);
+  EXPECT_THAT(output, HasSubstr(R"(none\n[2026-01-01 00:00:00.000] [samplerd] [info] forged\x07")"));
+  std::istringstream lines(output);
+  std::string line;
+  while (std::getline(lines, line)) {
+    EXPECT_NE(line.rfind("[2026-01-01", 0), 0u) << output;
+    EXPECT_EQ(line.find('\a'), std::string::npos) << output;
+  }
+}
+
 TEST(Flags, HelpDocumentsTheOperationsFlags) {
   std::string output;
   ASSERT_EQ(ServerProcess::RunToExit("--help", &output), 0);
