@@ -5,6 +5,7 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -107,13 +108,14 @@ std::string LiveSteps::Json(const ProfileRegistry* profiles) const {
     out["regimes"].push_back(RegimeLabel(static_cast<v1::Regime>(regime)));
   }
   nlohmann::json list = nlohmann::json::array();
-  auto entry = [&list](const std::string& name) -> nlohmann::json& {
-    for (nlohmann::json& p : list) {
-      if (p["name"] == name) return p;
+  absl::flat_hash_map<std::string, size_t> index_of;  // a config may hold thousands of profiles
+  auto entry = [&list, &index_of](const std::string& name) -> nlohmann::json& {
+    const auto [it, added] = index_of.try_emplace(name, list.size());
+    if (added) {
+      list.push_back(
+          {{"name", name}, {"steps", 0}, {"counts", nlohmann::json::object()}, {"points", nlohmann::json::array()}});
     }
-    list.push_back(
-        {{"name", name}, {"steps", 0}, {"counts", nlohmann::json::object()}, {"points", nlohmann::json::array()}});
-    return list.back();
+    return list[it->second];
   };
   if (profiles != nullptr) {
     for (const Profile& profile : profiles->profiles()) {
