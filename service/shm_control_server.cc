@@ -165,9 +165,14 @@ void ShmControlServer::Reap(bool all) {
 }
 
 void ShmControlServer::Accept() {
+  // Out of file descriptors, the pending connection stays in the backlog and the listening socket stays readable:
+  // polling it again at once would spin a core until a descriptor frees, so it waits this long first.
+  constexpr int kOutOfDescriptorsPauseMs = 100;
+  bool out_of_descriptors = false;
   for (;;) {
     struct pollfd polled[2] = {{wake_fd_, POLLIN, 0}, {listen_fd_, POLLIN, 0}};
-    if (poll(polled, 2, -1) < 0) {
+    const int ready = out_of_descriptors ? poll(polled, 1, kOutOfDescriptorsPauseMs) : poll(polled, 2, -1);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       spdlog::error("shm control socket: poll: {}", std::strerror(errno));
       return;
@@ -176,7 +181,16 @@ void ShmControlServer::Accept() {
     Reap(/*all=*/false);
     for (;;) {
       const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd < 0) break;
+      if (fd < 0) {
+        const bool exhausted = errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM;
+        if (exhausted && !out_of_descriptors) {
+          spdlog::error("shm control socket: accept: {}; new shared-memory clients wait until descriptors free",
+                        std::strerror(errno));
+        }
+        out_of_descriptors = exhausted;
+        break;
+      }
+      out_of_descriptors = false;
       absl::StatusOr<std::string> session = options_.registry->OpenSession();
       if (!session.ok()) {
         // Told why, then closed: the client sees the message in the answer to its first packet's read.

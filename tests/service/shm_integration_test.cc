@@ -9,7 +9,9 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +20,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <random>
@@ -477,6 +482,73 @@ TEST(ShmControlSteps, AClientOverTheConnectionLimitIsToldSo) {
     EXPECT_EQ(extra.status().code(), absl::StatusCode::kResourceExhausted)
         << "attempt " << attempt << ": " << extra.status();
   }
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+// CPU seconds (user + system) the process `pid` has used.
+double CpuSeconds(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are the 12th and
+  // 13th of them.
+  std::istringstream rest(text.substr(text.rfind(')') + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 1; i <= 13 && rest >> field; ++i) {
+    if (i >= 12) ticks += std::stod(field);
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// With every file descriptor of the server taken, a shared-memory client waits in the listen backlog: the server
+// must not spin on the readable listening socket meanwhile, and must take the client once descriptors free.
+TEST(ShmControlSteps, AServerOutOfDescriptorsWaitsForThemWithoutSpinning) {
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--shm_socket", socket_path, "--workers", "1"});
+  ASSERT_NE(server, nullptr);
+  const std::string fd_dir = "/proc/" + std::to_string(server->pid()) + "/fd";
+  const auto open_fds = [&] {
+    return std::distance(std::filesystem::directory_iterator(fd_dir), std::filesystem::directory_iterator());
+  };
+  const rlim_t limit = static_cast<rlim_t>(open_fds()) + 4;
+  const struct rlimit lowered = {limit, limit};
+  ASSERT_EQ(prlimit(server->pid(), RLIMIT_NOFILE, &lowered, nullptr), 0) << std::strerror(errno);
+
+  const std::string& target = server->tcp_target();
+  sockaddr_in tcp{};
+  tcp.sin_family = AF_INET;
+  tcp.sin_port = htons(static_cast<uint16_t>(std::stoi(target.substr(target.rfind(':') + 1))));
+  inet_pton(AF_INET, "127.0.0.1", &tcp.sin_addr);
+  std::vector<int> fillers;
+  for (int i = 0; i < 16; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(connect(fd, reinterpret_cast<const sockaddr*>(&tcp), sizeof(tcp)), 0) << std::strerror(errno);
+    fillers.push_back(fd);
+  }
+  for (int waited = 0; waited < 100 && static_cast<rlim_t>(open_fds()) < limit; ++waited) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(static_cast<rlim_t>(open_fds()), limit) << "the server's descriptors were not all taken";
+
+  sockaddr_un unix_address{};
+  unix_address.sun_family = AF_UNIX;
+  std::strncpy(unix_address.sun_path, socket_path.c_str(), sizeof(unix_address.sun_path) - 1);
+  const int waiting = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  ASSERT_GE(waiting, 0);
+  ASSERT_EQ(connect(waiting, reinterpret_cast<const sockaddr*>(&unix_address), sizeof(unix_address)), 0)
+      << std::strerror(errno);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const double before = CpuSeconds(server->pid());
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const double used = CpuSeconds(server->pid()) - before;
+  EXPECT_LT(used, 0.25) << "CPU seconds the server used in one idle second with a client in its backlog";
+
+  for (int fd : fillers) close(fd);
+  close(waiting);
+  absl::StatusOr<std::unique_ptr<ShmPlane>> client = ShmPlane::Connect(socket_path, 4096, "after");
+  EXPECT_TRUE(client.ok()) << client.status();
+  client = absl::StatusOr<std::unique_ptr<ShmPlane>>();
   EXPECT_EQ(server->Terminate(), 0);
 }
 
