@@ -272,6 +272,37 @@ void BM_RotatingLogits(benchmark::State& state) {
 }
 BENCHMARK(BM_RotatingLogits)->ArgsProduct({{0, 1, 2}, {0, 1, 2, 3}})->Unit(benchmark::kMicrosecond);
 
+// The least a step must do with rotating inputs, on one thread: every tensor read once, one exponential per
+// entry (the logits' one pass; each attention row's exponentials with the next row's scan inside, nothing
+// stored) and nothing else: no agreement, no top-k, no draw. BM_StepRotating/<w>/1/1 against it in one run is
+// what the rest of the step costs.
+void BM_RotatingFloor(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const RotatingData& d = MakeRotating(index);
+  const Workload w = Get(index);
+  state.SetLabel(absl::StrCat(Name(index), " one read, one exponential per entry"));
+  std::vector<float> block_max(static_cast<size_t>(kernels::MaxBlocks(w.vocab)));
+  std::vector<float> blocks(static_cast<size_t>(kernels::LogitsPassBlockFloats(w.vocab)));
+  size_t k = 0;
+  for (auto _ : state) {
+    const size_t input = k++ % kRotatingInputs;
+    benchmark::DoNotOptimize(kernels::LogitsPass(reinterpret_cast<const float*>(d.logits[input].data()), w.vocab,
+                                                 block_max.data(), blocks.data()));
+    const float* attention = reinterpret_cast<const float*>(d.attention[input].data());
+    kernels::RowScan scan = kernels::ScanRow(attention, w.kv_len);
+    for (int64_t r = 0; r < w.heads; ++r) {
+      const float* row = attention + r * w.kv_len;
+      const float* next = r + 1 < w.heads ? row + w.kv_len : nullptr;
+      double sum = 0, sum_d = 0;
+      kernels::RowScan next_scan;
+      kernels::ExpShifted(row, w.kv_len, scan.max, nullptr, &sum, &sum_d, nullptr, 0, true, next, &next_scan);
+      scan = next_scan;
+      benchmark::DoNotOptimize(sum_d);
+    }
+  }
+}
+BENCHMARK(BM_RotatingFloor)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+
 void BM_LogitsMetrics(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));
   const Data& d = MakeData(index);
@@ -457,6 +488,20 @@ void BM_Kernel_Agreement(benchmark::State& state) {
     benchmark::DoNotOptimize(total);
   });
 }
+// The agreement's second read alone: every row's deviations from column means already made (its least cost:
+// the probabilities cannot be compared with the means before every row has added to them).
+void BM_Kernel_RowDeviations(benchmark::State& state) {
+  const Workload wl = Get(static_cast<int>(state.range(0)));
+  const std::vector<float> means(static_cast<size_t>(wl.kv_len), 1.0f / static_cast<float>(wl.kv_len));
+  RunKernel(state, [&](const Data& d, const Workload& w) {
+    double total = 0;
+    for (int64_t r = 0; r < w.heads; ++r) {
+      total += kernels::RowDeviation(d.attention.data() + r * w.kv_len, 1.0f / static_cast<float>(w.kv_len),
+                                     means.data(), w.kv_len);
+    }
+    benchmark::DoNotOptimize(total);
+  });
+}
 void BM_Kernel_ConvertBf16(benchmark::State& state) {
   std::vector<float> out(static_cast<size_t>(Get(static_cast<int>(state.range(0))).vocab));
   RunKernel(state, [&out](const Data& d, const Workload& w) {
@@ -472,6 +517,7 @@ BENCHMARK(BM_Kernel_ScanRow)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ExpShifted)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ScanAndExp)->ArgsProduct({{0, 1, 2}, {0, 1}})->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_Agreement)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Kernel_RowDeviations)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Kernel_ConvertBf16)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
 // The reference point "softmax + entropy hand-written with xsimd", in the same run: ScanMax, then
