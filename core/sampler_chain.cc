@@ -60,6 +60,18 @@ int64_t SelectNucleus(std::vector<WeightedToken>& t, double target) {
 
 }  // namespace
 
+namespace {
+
+// `v`, computed from the finite logit `from` with finite parameters, held at the largest finite float instead of
+// overflowing: in exact arithmetic the logit is finite, and an infinity would read as a banned token (-inf) or
+// as an invalid logit (+inf). A logit that was -inf (banned) stays so.
+float SaturatingFinite(float v, float from) {
+  if (!std::isfinite(from) || std::isfinite(v)) return v;
+  return std::copysign(std::numeric_limits<float>::max(), v);
+}
+
+}  // namespace
+
 absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab, const SamplingConfig& config,
                                                    absl::Span<const int32_t> recent_tokens, ChainScratch* scratch) {
   const bool bias = config.HasLogitBias();
@@ -78,7 +90,8 @@ absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab
       return InvalidFieldError("params.logit_bias",
                                absl::StrCat("token id ", outside, " is outside the vocabulary [0, ", vocab, ")"));
     }
-    for (const auto& [token, b] : *config.logit_bias) x[token] += b;
+    for (const auto& [token, b] : *config.logit_bias)
+      x[token] = b == kNegInf ? kNegInf : SaturatingFinite(x[token] + b, x[token]);
   }
   if (penalties) {
     auto& sorted = scratch->recent_sorted;
@@ -89,13 +102,14 @@ absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab
       while (j < sorted.size() && sorted[j] == sorted[i]) ++j;
       const int32_t token = sorted[i];
       const float count = static_cast<float>(j - i);
-      float v = x[token];
+      const float before = x[token];
+      float v = before;
       // HF RepetitionPenaltyLogitsProcessor: shrink toward "less likely" whatever the sign.
-      if (config.repetition_penalty != 1.0f)
-        v = v > 0.0f ? v / config.repetition_penalty : v * config.repetition_penalty;
+      if (config.repetition_penalty != 1.0f) {
+        v = SaturatingFinite(v > 0.0f ? v / config.repetition_penalty : v * config.repetition_penalty, before);
+      }
       // OpenAI: frequency per occurrence, presence once.
-      v -= config.frequency_penalty * count + config.presence_penalty;
-      x[token] = v;
+      x[token] = SaturatingFinite(v - (config.frequency_penalty * count + config.presence_penalty), before);
       i = j;
     }
   }

@@ -58,7 +58,8 @@ struct Candidates {
 // Applies logit bias, then repetition / frequency / presence penalties over `recent_tokens`. Returns `z`
 // itself when nothing applies, else a penalised copy in `scratch->logits`, with its block maxima in
 // `scratch->block_max`. Token ids must already be checked
-// against the vocabulary. Errors (INVALID_ARGUMENT, field "params.logit_bias") when the result masks every token.
+// against the vocabulary. A finite logit stays finite: a sum or product past float's range is held at +-FLT_MAX.
+// Errors (INVALID_ARGUMENT, field "params.logit_bias") when the result masks every token.
 absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab, const SamplingConfig& config,
                                                    absl::Span<const int32_t> recent_tokens, ChainScratch* scratch);
 

@@ -123,7 +123,8 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
   d.params.temperature = std::min(d.params.temperature, std::numeric_limits<float>::max());
   if (std::isnan(d.params.top_p)) d.params.top_p = base.top_p;
   if (std::isnan(d.params.min_p)) d.params.min_p = base.min_p;
-  d.params.top_p = std::clamp(d.params.top_p, 1e-6f, 1.0f);
+  // Any top_p in (0, 1] is the chain's to apply; only a formula's result outside it is brought back.
+  d.params.top_p = std::clamp(d.params.top_p, std::numeric_limits<float>::denorm_min(), 1.0f);
   d.params.min_p = std::clamp(d.params.min_p, 0.0f, 1.0f);
   d.params.top_k = std::max(d.params.top_k, 0);
   if (!(d.params.temperature > 0.0f)) MakeGreedy(&d);

@@ -3,6 +3,7 @@
 // draw follows the candidate probabilities (chi-square over thousands of seeds).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <random>
@@ -217,6 +218,42 @@ TEST(SamplerChainTest, PenaltiesFollowHfAndOpenAiDefinitions) {
   EXPECT_FLOAT_EQ((*x)[2], 1.0f);                             // not recent: untouched
   EXPECT_FLOAT_EQ((*x)[3], 1.5f);                             // bias only
   EXPECT_EQ(z[0], 2.0f) << "the request's logits are never written";
+}
+
+// In exact arithmetic these logits are finite: an overflow would read as a banned token (-inf, and an error when it
+// was the only one) or as an invalid logit (+inf, an error). They are held at the largest finite float instead.
+TEST(SamplerChainTest, BiasAndPenaltiesPastFloatsRangeSaturateInsteadOfOverflowing) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  ChainScratch scratch;
+  SamplingConfig repeat;
+  repeat.repetition_penalty = 2.0f;
+  std::vector<float> lone = {-3e38f};
+  absl::StatusOr<const float*> x = ApplyLogitAdjustments(lone.data(), 1, repeat, std::vector<int32_t>{0}, &scratch);
+  ASSERT_TRUE(x.ok()) << x.status();
+  EXPECT_EQ((*x)[0], -kMax);
+
+  repeat.repetition_penalty = 0.5f;
+  std::vector<float> z = {3e38f, 0.0f};
+  x = ApplyLogitAdjustments(z.data(), 2, repeat, std::vector<int32_t>{0}, &scratch);
+  ASSERT_TRUE(x.ok()) << x.status();
+  EXPECT_EQ((*x)[0], kMax);
+  EXPECT_EQ(GreedyToken(*x, 2), 0);
+
+  SamplingConfig frequency;
+  frequency.frequency_penalty = 3e38f;
+  x = ApplyLogitAdjustments(z.data(), 2, frequency, std::vector<int32_t>{1, 1}, &scratch);
+  ASSERT_TRUE(x.ok()) << x.status();
+  EXPECT_EQ((*x)[1], -kMax);
+
+  google::protobuf::Map<int32_t, float> bias;
+  bias[0] = 3e38f;
+  bias[1] = -INFINITY;
+  SamplingConfig biased;
+  biased.logit_bias = &bias;
+  x = ApplyLogitAdjustments(z.data(), 2, biased, {}, &scratch);
+  ASSERT_TRUE(x.ok()) << x.status();
+  EXPECT_EQ((*x)[0], kMax);
+  EXPECT_EQ((*x)[1], -INFINITY) << "a -inf bias still bans its token";
 }
 
 TEST(SamplerChainTest, NoAdjustmentReturnsTheInputWithoutACopy) {

@@ -90,5 +90,28 @@ TEST(Decide, ATemperatureOfZeroTimesAnInfiniteFactorIsGreedy) {
   EXPECT_EQ(d.params.temperature, 0.0f);
 }
 
+// top_p's range is (0, 1]: a small value the client sent is the chain's to apply, not raised to a floor.
+TEST(Decide, ATinyTopPIsAppliedAsSentAndAFormulaBelowZeroIsTheSmallestPositive) {
+  auto registry =
+      Registry(R"({"profiles": [{"name": "fixed", "defaultRegime": "REGIME_FIXED", "params": {"topP": 1e-7}}]})");
+  ASSERT_NE(registry, nullptr);
+  const Profile& fixed = *registry->Find("fixed");
+  const Decision d = Decide(fixed, fixed.base(), Metrics(2.0, 1.0, 5.0, 0.5), {}, 1000);
+  EXPECT_EQ(d.regime, v1::REGIME_FIXED);
+  EXPECT_EQ(d.params.top_p, 1e-7f);
+
+  // RESAMPLE: top_p = max(min, P - coef * attn_entropy), here 0.9 - 1 * 5 with no floor.
+  registry = Registry(R"({"profiles": [{"name": "x", "params": {"topP": 0.9},
+      "regimes": [{"regime": "REGIME_RESAMPLE", "bounds": [{"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_GT",
+                   "value": 0}]}],
+      "coefficients": {"resampleTopPAttnEntropy": 1, "resampleTopPMin": -1}}]})");
+  ASSERT_NE(registry, nullptr);
+  const Profile& x = *registry->Find("x");
+  const Decision r = Decide(x, x.base(), Metrics(2.0, 1.0, 5.0, 0.5), {}, 1000);
+  EXPECT_EQ(r.regime, v1::REGIME_RESAMPLE);
+  ExpectInRange(r, "resample top_p");
+  EXPECT_EQ(r.params.top_p, std::numeric_limits<float>::denorm_min());
+}
+
 }  // namespace
 }  // namespace samplerd

@@ -367,8 +367,9 @@ type SamplingParams struct {
 	LogitBias map[int32]float32 `protobuf:"bytes,8,rep,name=logit_bias,json=logitBias,proto3" json:"logit_bias,omitempty" protobuf_key:"varint,1,opt,name=key,proto3" protobuf_val:"fixed32,2,opt,name=value,proto3"`
 	// How many candidates ADAPTIVE draws (the most likely under the unmodified logits wins). 1..64.
 	NAdaptiveSamples *int32 `protobuf:"varint,9,opt,name=n_adaptive_samples,json=nAdaptiveSamples,proto3,oneof" json:"n_adaptive_samples,omitempty"`
-	// The token CLARIFY emits (for example a "wait" or "?" token of the model's vocabulary); -1, or an id outside
-	// the step's vocabulary, disables the emission (CLARIFY then only samples with its parameters).
+	// The token CLARIFY emits (for example a "wait" or "?" token of the model's vocabulary); -1, or an id at or past
+	// the step's vocabulary, disables the emission (CLARIFY then only samples with its parameters). Other negative
+	// values are rejected.
 	ClarifyingToken *int32 `protobuf:"varint,10,opt,name=clarifying_token,json=clarifyingToken,proto3,oneof" json:"clarifying_token,omitempty"`
 }
 
