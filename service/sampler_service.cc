@@ -348,10 +348,8 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sam
     grpc::CallbackServerContext* context) {
   Answerer answer = AnswererFor(*context);
   if (!answer) return new RejectedStream(NoComputeResponder::Refused());
-  if (absl::Status admitted = AdmitStream(); !admitted.ok()) {
-    spdlog::warn("Sample stream from {} refused: {}", context->peer(), std::string(admitted.message()));
-    return new RejectedStream(ToGrpcStatus(admitted));
-  }
+  // The call log reports the refusal with its status, within the log budget a flood of refusals needs.
+  if (absl::Status admitted = AdmitStream(); !admitted.ok()) return new RejectedStream(ToGrpcStatus(admitted));
   return new SampleReactor(this, context, std::move(answer));
 }
 

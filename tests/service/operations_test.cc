@@ -426,6 +426,42 @@ TEST(RefusalLog, AFloodOfRefusedCallsWritesABoundedLogThatCountsTheRest) {
   EXPECT_GT(held_back, 0) << "the lines held back are counted in the next line written";
 }
 
+// Streams refused over --max_streams are logged by the call log within its budget, not once more each.
+TEST(RefusalLog, AFloodOfStreamsOverTheLimitWritesABoundedLog) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string log = dir.File("samplerd.log");
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--max_streams", "1", "--log_level", "info"}, log);
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::Sampler::NewStub(Plaintext(server->tcp_target()));
+  grpc::ClientContext holder_context;
+  std::unique_ptr<SampleStream> holder = stub->Sample(&holder_context);
+  v1::SampleResponse response;
+  ASSERT_TRUE(holder->Write(OneStepRequest()));
+  ASSERT_TRUE(holder->Read(&response));
+  constexpr int kRefused = 300;
+  for (int i = 0; i < kRefused; ++i) {
+    grpc::ClientContext context;
+    std::unique_ptr<SampleStream> refused = stub->Sample(&context);
+    ASSERT_EQ(refused->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  holder->WritesDone();
+  EXPECT_TRUE(holder->Finish().ok());
+  holder.reset();
+  stub.reset();
+  ASSERT_EQ(server->Terminate(), 0);
+  std::istringstream lines(ReadFile(log));
+  std::string line;
+  int refusal_lines = 0;
+  while (std::getline(lines, line)) {
+    if (line.find("RESOURCE_EXHAUSTED") != std::string::npos || line.find("refused") != std::string::npos) {
+      ++refusal_lines;
+    }
+  }
+  EXPECT_GT(refusal_lines, 0);
+  EXPECT_LT(refusal_lines, kRefused / 2) << ReadFile(log).substr(0, 4000);
+}
+
 TEST_F(AuthTest, SighupRotatesTheTokensAndAnEmptyFileKeepsThem) {
   // Rotation: both tokens for a while, then only the new one.
   WriteFile(dir_.File("tokens"), "right-token\nnext-token\n");
