@@ -26,6 +26,7 @@
 #include "service/allocator_tuning.h"
 #include "service/config_reloader.h"
 #include "service/logging.h"
+#include "service/open_file_limit.h"
 #include "service/server.h"
 #include "service/server_config.h"
 #include "spdlog/spdlog.h"
@@ -96,6 +97,8 @@ int main(int argc, char** argv) {
   samplerd::SetUpLogging(config.log_format, config.log_level);
   // Before gRPC starts its threads: large messages otherwise page-fault afresh on every request.
   if (absl::Status s = samplerd::TuneAllocatorForLargeMessages(); !s.ok()) spdlog::warn("{}", std::string(s.message()));
+  absl::StatusOr<uint64_t> open_files = samplerd::RaiseOpenFileLimit();
+  if (!open_files.ok()) spdlog::warn("{}", std::string(open_files.status().message()));
 
   absl::StatusOr<std::shared_ptr<const samplerd::ProfileRegistry>> profiles =
       samplerd::LoadProfiles(config.config_path);
@@ -105,6 +108,7 @@ int main(int argc, char** argv) {
   }
   spdlog::info("samplerd {} {}", SAMPLERD_VERSION, samplerd::DescribeServerConfig(config));
   spdlog::info("profiles: {}", samplerd::DescribeProfiles(**profiles));
+  if (open_files.ok()) spdlog::info("open files: at most {}", *open_files);
 
   // Blocked before gRPC starts its threads, which inherit the mask: the signals then reach only sigwait.
   sigset_t signals;

@@ -60,6 +60,8 @@ void SetChannelArguments(const ServerConfig& config, grpc::ServerBuilder* builde
   // gRPC sets SO_REUSEPORT by default, so a second server on a taken port would start and silently take half
   // of the new connections; without it the bind fails and we say so.
   builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Streams past it are refused by the transport before they reach the service's --max_streams count.
+  builder->AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, config.max_streams_per_connection);
   // A larger message ends its call with RESOURCE_EXHAUSTED before it is parsed.
   builder->SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder->SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));

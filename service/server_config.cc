@@ -105,6 +105,11 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   if (absl::Status s = CheckPositive("max_streams", config.max_streams, std::numeric_limits<int32_t>::max()); !s.ok()) {
     return s;
   }
+  if (absl::Status s = CheckPositive("max_streams_per_connection", config.max_streams_per_connection,
+                                     std::numeric_limits<int32_t>::max());
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = CheckPositive("shm_max_clients", config.shm_max_clients, std::numeric_limits<int32_t>::max());
       !s.ok()) {
     return s;
@@ -189,6 +194,10 @@ std::optional<int> ParseServerFlags(int argc, char** argv, absl::string_view ver
   app.add_option("--max_streams", config->max_streams,
                  "Most concurrent Sample streams; further streams end with RESOURCE_EXHAUSTED")
       ->capture_default_str();
+  app.add_option("--max_streams_per_connection", config->max_streams_per_connection,
+                 "Most calls of any kind open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); a "
+                 "client past it waits")
+      ->capture_default_str();
   app.add_option("--workers", config->workers,
                  "Threads that run core steps (a request's steps are spread over them); 0 = one per CPU")
       ->capture_default_str();
@@ -268,8 +277,8 @@ std::string DescribeServerConfig(const ServerConfig& config) {
       "\" max_message_bytes=", config.max_message_bytes, " max_vocab=", config.max_vocab,
       " max_attention_elements=", config.max_attention_elements, " max_attention_rows=", config.max_attention_rows,
       " max_health_watches=", config.max_health_watches, " max_steps_per_request=", config.max_steps_per_request,
-      " max_streams=", config.max_streams, " drain_seconds=", config.drain_seconds, " log_level=", config.log_level,
-      " log_format=", config.log_format,
+      " max_streams=", config.max_streams, " max_streams_per_connection=", config.max_streams_per_connection,
+      " drain_seconds=", config.drain_seconds, " log_level=", config.log_level, " log_format=", config.log_format,
       " tls=", config.tls_cert.empty() ? "off" : (config.tls_client_ca.empty() ? "on" : "mutual"),
       " auth_token=", config.auth_token_file.empty() ? "off" : "on", " metrics_listen=\"", config.metrics_listen, "\"",
       " max_connection_age_seconds=", config.max_connection_age_seconds,

@@ -43,6 +43,9 @@ struct ServerConfig {
   int32_t max_steps_per_request = 4096;
   // Over all connections.
   int32_t max_streams = 1024;
+  // Calls of any kind open at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS): a client past it
+  // waits for a slot, so one connection cannot hold every --max_streams slot.
+  int32_t max_streams_per_connection = 100;
   // Health watches need no token, so they get a limit of their own.
   int32_t max_health_watches = 64;
   // Each worker has its own scratch (service/worker_pool.h).

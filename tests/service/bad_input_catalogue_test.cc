@@ -37,12 +37,15 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "samplerd/v1/sampler.grpc.pb.h"
+#include "tests/service/http2_frames.h"
 #include "tests/service/server_process.h"
 
 namespace samplerd {
 namespace {
 
 using ::samplerd::client::FillF32Tensor;
+using ::samplerd::testing::Http2Frame;
+using ::samplerd::testing::Http2Preface;
 using ::samplerd::testing::ServerProcess;
 using ::testing::HasSubstr;
 
@@ -750,20 +753,6 @@ class RawSocket {
   int fd_ = -1;
 };
 
-constexpr char kPreface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
-  std::string f;
-  const uint32_t len = static_cast<uint32_t>(payload.size());
-  f.push_back(static_cast<char>(len >> 16));
-  f.push_back(static_cast<char>(len >> 8));
-  f.push_back(static_cast<char>(len));
-  f.push_back(static_cast<char>(type));
-  f.push_back(static_cast<char>(flags));
-  for (int shift = 24; shift >= 0; shift -= 8) f.push_back(static_cast<char>((stream >> shift) & 0x7f));
-  return f + payload;
-}
-
 // The types of the HTTP/2 frames in `bytes` (the server's side of a connection), in order.
 std::vector<int> FrameTypes(const std::string& bytes) {
   std::vector<int> types;
@@ -787,8 +776,8 @@ struct RawCase {
 };
 
 std::vector<RawCase> RawCases() {
-  const std::string preface(kPreface, sizeof(kPreface) - 1);
-  const std::string settings = Frame(4, 0, 0, "");
+  const std::string preface = Http2Preface();
+  const std::string settings = Http2Frame(4, 0, 0, "");
   std::mt19937 rng(7);
   std::string random_bytes(4096, '\0');
   for (char& c : random_bytes) c = static_cast<char>(rng());
@@ -799,14 +788,14 @@ std::vector<RawCase> RawCases() {
       {"4 KiB of random bytes", random_bytes, true},
       {"a wrong preface", "PRI * HTTP/3.0\r\n\r\nSM\r\n\r\n", true},
       {"preface then 64 bytes of 0xff", preface + std::string(64, '\xff'), true},
-      {"preface then a DATA frame on stream 0", preface + settings + Frame(0, 0, 0, "hello"), false},
-      {"preface then HEADERS with invalid HPACK", preface + settings + Frame(1, 0x4 | 0x1, 1, std::string(16, '\xff')),
-       true},
-      {"preface then a SETTINGS frame of 5 bytes", preface + Frame(4, 0, 0, "\x00\x01\x00\x00\x00"), false},
-      {"preface then a frame over the max frame size", preface + settings + Frame(0, 0, 1, std::string(20000, 'x')),
-       true},
-      {"preface then a WINDOW_UPDATE of 0 on the connection", preface + settings + Frame(8, 0, 0, std::string(4, '\0')),
-       true},
+      {"preface then a DATA frame on stream 0", preface + settings + Http2Frame(0, 0, 0, "hello"), false},
+      {"preface then HEADERS with invalid HPACK",
+       preface + settings + Http2Frame(1, 0x4 | 0x1, 1, std::string(16, '\xff')), true},
+      {"preface then a SETTINGS frame of 5 bytes", preface + Http2Frame(4, 0, 0, "\x00\x01\x00\x00\x00"), false},
+      {"preface then a frame over the max frame size",
+       preface + settings + Http2Frame(0, 0, 1, std::string(20000, 'x')), true},
+      {"preface then a WINDOW_UPDATE of 0 on the connection",
+       preface + settings + Http2Frame(8, 0, 0, std::string(4, '\0')), true},
   };
 }
 
@@ -841,7 +830,7 @@ TEST_F(BadInputCatalogueTest, IdleAndHalfOpenRawConnectionsDoNotBlockService) {
   // Connections that send nothing, half a preface, or the preface and then nothing, held open while a client
   // is served; then dropped abruptly.
   std::vector<std::unique_ptr<RawSocket>> held;
-  for (const std::string& start : {std::string(), std::string(kPreface, 10), std::string(kPreface, 24)}) {
+  for (const std::string& start : {std::string(), Http2Preface().substr(0, 10), Http2Preface()}) {
     for (int i = 0; i < 8; ++i) {
       held.push_back(std::make_unique<RawSocket>(server_->tcp_target()));
       ASSERT_TRUE(held.back()->ok());

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -34,12 +35,19 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "samplerd/v1/sampler.grpc.pb.h"
+#include "tests/service/http2_frames.h"
 #include "tests/service/server_process.h"
 #include "tests/service/test_certificates.h"
 
 namespace samplerd {
 namespace {
 
+using ::samplerd::testing::Http2Frame;
+using ::samplerd::testing::Http2Preface;
+using ::samplerd::testing::kHttp2EndHeaders;
+using ::samplerd::testing::kHttp2Headers;
+using ::samplerd::testing::kHttp2Settings;
+using ::samplerd::testing::LiteralHeaderBlock;
 using ::samplerd::testing::MakeCertificates;
 using ::samplerd::testing::ServerProcess;
 using ::samplerd::testing::TempDir;
@@ -829,6 +837,81 @@ TEST(Lifecycle, SigtermWithOnlyIdleConnectionsStopsAtOnce) {
   EXPECT_EQ(server->Stop(SIGTERM, std::chrono::seconds(25)), 0);
   EXPECT_LT(Clock::now() - signalled, std::chrono::seconds(3));
   close(fd);
+}
+
+// One connection that opens Sample streams and sends nothing on them holds at most --max_streams_per_connection
+// of the --max_streams slots (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; the transport refuses the rest), so other
+// clients still get streams.
+TEST(Limits, OneConnectionCannotHoldEveryStreamSlot) {
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--max_streams", "150", "--max_streams_per_connection", "100"});
+  ASSERT_NE(server, nullptr);
+  const int fd = Connect(server->tcp_target(), std::chrono::seconds(5));
+  ASSERT_GE(fd, 0);
+  const std::string headers = LiteralHeaderBlock({{":method", "POST"},
+                                                  {":scheme", "http"},
+                                                  {":path", "/samplerd.v1.Sampler/Sample"},
+                                                  {":authority", "samplerd"},
+                                                  {"content-type", "application/grpc"},
+                                                  {"te", "trailers"}});
+  const auto open_streams = [&](uint32_t first, uint32_t count, std::string bytes) {
+    for (uint32_t stream = first; stream < first + 2 * count; stream += 2) {
+      bytes += Http2Frame(kHttp2Headers, kHttp2EndHeaders, stream, headers);
+    }
+    return write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size());
+  };
+  auto active = [&] { return MetricValue(HttpGet(server->metrics_address(), "/metrics"), "samplerd_active_streams"); };
+  // The limit holds once the client has acknowledged the server's SETTINGS, as any HTTP/2 client does.
+  const std::string start = Http2Preface() + Http2Frame(kHttp2Settings, 0, 0, "");
+  ASSERT_EQ(write(fd, start.data(), start.size()), static_cast<ssize_t>(start.size()));
+  std::string received;
+  bool got_settings = false;
+  while (!got_settings) {
+    char buffer[4096];
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    ASSERT_GT(n, 0) << "no SETTINGS from the server";
+    received.append(buffer, static_cast<size_t>(n));
+    for (size_t pos = 0; pos + 9 <= received.size();) {
+      const size_t length = (static_cast<uint8_t>(received[pos]) << 16) |
+                            (static_cast<uint8_t>(received[pos + 1]) << 8) | static_cast<uint8_t>(received[pos + 2]);
+      if (received[pos + 3] == kHttp2Settings && (received[pos + 4] & 1) == 0) got_settings = true;
+      pos += 9 + length;
+    }
+  }
+  ASSERT_TRUE(open_streams(1, 100, Http2Frame(kHttp2Settings, 1, 0, "")));
+  EXPECT_TRUE(WaitFor([&] { return active() == 100; }, std::chrono::seconds(10))) << active();
+  // Past the limit the transport refuses the streams (or the connection): none reaches the service.
+  open_streams(201, 50, "");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_LE(active(), 100);
+
+  auto stub = v1::Sampler::NewStub(Plaintext(server->tcp_target()));
+  grpc::ClientContext context;
+  std::unique_ptr<SampleStream> stream = stub->Sample(&context);
+  v1::SampleResponse response;
+  ASSERT_TRUE(stream->Write(OneStepRequest()));
+  EXPECT_TRUE(stream->Read(&response));
+  stream->WritesDone();
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  close(fd);
+}
+
+// Every connection holds a descriptor, and gRPC 1.51 stops accepting for good after an accept fails with EMFILE:
+// samplerd runs with the soft limit on open files raised to the hard one.
+TEST(Limits, TheSoftOpenFileLimitIsRaisedToTheHardOne) {
+  struct rlimit mine;
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &mine), 0);
+  ASSERT_GT(mine.rlim_max, rlim_t{256}) << "the hard limit leaves nothing to raise";
+  const struct rlimit lowered = {256, mine.rlim_max};
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lowered), 0);
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start();
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &mine), 0);
+  ASSERT_NE(server, nullptr);
+  struct rlimit its;
+  ASSERT_EQ(prlimit(server->pid(), RLIMIT_NOFILE, nullptr, &its), 0);
+  EXPECT_EQ(its.rlim_cur, mine.rlim_max);
+  EXPECT_EQ(server->Terminate(), 0);
 }
 
 TEST(Lifecycle, CancelledStreamFreesItsSlotAtOnce) {

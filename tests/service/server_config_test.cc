@@ -20,6 +20,7 @@ TEST(ServerConfig, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(config.max_attention_elements, 64 * 1024 * 1024);
   EXPECT_EQ(config.max_steps_per_request, 4096);
   EXPECT_EQ(config.max_streams, 1024);
+  EXPECT_EQ(config.max_streams_per_connection, 100);
   EXPECT_EQ(config.drain_seconds, 10);
   EXPECT_EQ(config.metrics_listen, "0.0.0.0:9464");
   EXPECT_EQ(config.max_connection_age_seconds, 300);
@@ -62,6 +63,8 @@ TEST(ServerConfig, RejectsOutOfRangeLimitsNamingFlagAndValue) {
       {[](ServerConfig* c) { c->max_attention_elements = -1; }, "--max_attention_elements"},
       {[](ServerConfig* c) { c->max_steps_per_request = 0; }, "--max_steps_per_request"},
       {[](ServerConfig* c) { c->max_streams = -5; }, "--max_streams: must be in [1, 2147483647], got -5"},
+      {[](ServerConfig* c) { c->max_streams_per_connection = 0; },
+       "--max_streams_per_connection: must be in [1, 2147483647], got 0"},
       {[](ServerConfig* c) { c->drain_seconds = -1; }, "--drain_seconds: must be >= 0, got -1"},
       {[](ServerConfig* c) { c->log_level = "loud"; }, "--log_level"},
       {[](ServerConfig* c) { c->log_format = "xml"; }, "--log_format: must be one of text, json, got \"xml\""},
