@@ -41,14 +41,9 @@ absl::StatusOr<std::shared_ptr<ServerMetrics>> StartMetrics(const ServerConfig& 
   if (config.metrics_listen.empty()) return std::shared_ptr<ServerMetrics>();
   absl::StatusOr<std::shared_ptr<ServerMetrics>> started =
       ServerMetrics::Create({config.metrics_listen, SAMPLERD_VERSION, config.max_streams});
-  if (started.ok()) {
-    // Deliberately never destroyed: stopping the HTTP server waits for connections still open (up to
-    // ServerMetrics::kHttpIdleSeconds), which would only delay the exit; the process ends them. (Held by a
-    // static, so leak checkers see it reachable.)
-    static const auto* const never_stopped = new std::shared_ptr<ServerMetrics>(*started);
-    (void)never_stopped;
-    return started;
-  }
+  // Stopped with the Server, before main returns: its HTTP threads would otherwise still parse requests while
+  // exit() destroys cpp-httplib's statics. The exit then waits for open connections, kHttpIdleSeconds at most.
+  if (started.ok()) return started;
   if (config.metrics_required) return absl::UnavailableError(started.status().message());
   spdlog::error("{}; serving without metrics (choose a free address with --metrics_listen, or \"\" for none)",
                 std::string(started.status().message()));

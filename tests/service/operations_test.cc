@@ -817,6 +817,34 @@ TEST(Lifecycle, EveryStepSentBeforeSigtermGetsItsResult) {
   EXPECT_LT(Clock::now() - signalled, std::chrono::seconds(25));
 }
 
+// The metrics server stops before the process exits: scrapes that arrive during the exit must not find its
+// threads parsing requests with cpp-httplib's statics already destroyed (ASan saw a heap-use-after-free in 5 of 6
+// such exits; without ASan it is silent).
+TEST(Lifecycle, ScrapesDuringTheExitEndBeforeTheMetricsServerGoes) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string log = dir.File("samplerd.log");
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({}, log);
+  ASSERT_NE(server, nullptr);
+  std::atomic<bool> stop{false};
+  std::atomic<int> answered{0};
+  std::vector<std::thread> scrapers;
+  for (int i = 0; i < 12; ++i) {
+    scrapers.emplace_back([&] {
+      while (!stop.load()) {
+        if (!HttpGet(server->metrics_address(), "/metrics", std::chrono::seconds(2)).empty()) ++answered;
+      }
+    });
+  }
+  while (answered.load() < 50) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const int exit_code = server->Terminate();
+  stop.store(true);
+  for (std::thread& t : scrapers) t.join();
+  EXPECT_EQ(exit_code, 0);
+  EXPECT_THAT(ReadFile(log), ::testing::Not(HasSubstr("AddressSanitizer")));
+}
+
 TEST(Lifecycle, SigtermWithOnlyIdleConnectionsStopsAtOnce) {
   std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--drain_seconds", "30"});
   ASSERT_NE(server, nullptr);
