@@ -867,6 +867,26 @@ TEST(Lifecycle, SigtermWithOnlyIdleConnectionsStopsAtOnce) {
   close(fd);
 }
 
+// A health Watch is told NOT_SERVING when the drain begins and has nothing else to finish: it does not hold the
+// server for --drain_seconds, as every client that watches health would otherwise make every replica do.
+TEST(Lifecycle, AnOpenHealthWatchDoesNotHoldTheDrain) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--drain_seconds", "30"});
+  ASSERT_NE(server, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<grpc::health::v1::HealthCheckResponse>> watch =
+      health->Watch(&context, grpc::health::v1::HealthCheckRequest());
+  grpc::health::v1::HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  const auto signalled = Clock::now();
+  EXPECT_EQ(server->Stop(SIGTERM, std::chrono::seconds(25)), 0);
+  EXPECT_LT(Clock::now() - signalled, std::chrono::seconds(3));
+  context.TryCancel();
+  watch->Finish();
+}
+
 // One connection that opens Sample streams and sends nothing on them holds at most --max_streams_per_connection
 // of the --max_streams slots (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; the transport refuses the rest), so other
 // clients still get streams.
