@@ -58,10 +58,6 @@ int64_t SelectNucleus(std::vector<WeightedToken>& t, double target) {
   return hi;
 }
 
-}  // namespace
-
-namespace {
-
 // `v`, computed from the finite logit `from` with finite parameters, held at the largest finite float instead of
 // overflowing: in exact arithmetic the logit is finite, and an infinity would read as a banned token (-inf) or
 // as an invalid logit (+inf). A logit that was -inf (banned) stays so.
@@ -90,8 +86,9 @@ absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab
       return InvalidFieldError("params.logit_bias",
                                absl::StrCat("token id ", outside, " is outside the vocabulary [0, ", vocab, ")"));
     }
-    for (const auto& [token, b] : *config.logit_bias)
+    for (const auto& [token, b] : *config.logit_bias) {
       x[token] = b == kNegInf ? kNegInf : SaturatingFinite(x[token] + b, x[token]);
+    }
   }
   if (penalties) {
     auto& sorted = scratch->recent_sorted;
