@@ -27,6 +27,10 @@ cmake --build "$build" -j "${JOBS:-$(nproc)}"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return=1:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/sanitize/lsan.supp:print_suppressions=0}
-ctest --test-dir "$build" --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 900
+# ShmControlSteps.AServerOutOfDescriptors... runs samplerd with every descriptor taken; UBSan's type checks then
+# cannot open the pipe they probe memory with and abort on a false "invalid vptr". It checks CPU use, not memory,
+# and runs in the main suite.
+ctest --test-dir "$build" --output-on-failure -j "${JOBS:-$(nproc)}" --timeout 900 \
+  -E '^ShmControlSteps\.AServerOutOfDescriptors'
 # Data races in the reactors, interceptors and workers: samplerd and the service tests built with TSan.
 scripts/test-tsan.sh
