@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -506,30 +507,36 @@ TEST(ShmControlSteps, AServerOutOfDescriptorsWaitsForThemWithoutSpinning) {
   const std::string socket_path = ShmSocketPath();
   std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--shm_socket", socket_path, "--workers", "1"});
   ASSERT_NE(server, nullptr);
+  // RLIMIT_NOFILE bounds descriptor numbers, not their count: with the limit at the server's lowest free number,
+  // every new descriptor fails with EMFILE while those it holds, inherited high numbers included, stay valid.
   const std::string fd_dir = "/proc/" + std::to_string(server->pid()) + "/fd";
-  const auto open_fds = [&] {
-    return std::distance(std::filesystem::directory_iterator(fd_dir), std::filesystem::directory_iterator());
+  const auto lowest_free = [&] {
+    std::set<int> numbers;
+    for (const auto& entry : std::filesystem::directory_iterator(fd_dir)) {
+      numbers.insert(std::stoi(entry.path().filename().string()));
+    }
+    rlim_t lowest = 0;
+    while (numbers.count(static_cast<int>(lowest)) != 0) ++lowest;
+    return lowest;
   };
-  const rlim_t limit = static_cast<rlim_t>(open_fds()) + 4;
-  const struct rlimit lowered = {limit, limit};
+  struct rlimit original {};
+  ASSERT_EQ(prlimit(server->pid(), RLIMIT_NOFILE, nullptr, &original), 0) << std::strerror(errno);
+  struct rlimit lowered = {lowest_free(), original.rlim_max};
   ASSERT_EQ(prlimit(server->pid(), RLIMIT_NOFILE, &lowered, nullptr), 0) << std::strerror(errno);
-
-  const std::string& target = server->tcp_target();
-  sockaddr_in tcp{};
-  tcp.sin_family = AF_INET;
-  tcp.sin_port = htons(static_cast<uint16_t>(std::stoi(target.substr(target.rfind(':') + 1))));
-  inet_pton(AF_INET, "127.0.0.1", &tcp.sin_addr);
-  std::vector<int> fillers;
-  for (int i = 0; i < 16; ++i) {
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(connect(fd, reinterpret_cast<const sockaddr*>(&tcp), sizeof(tcp)), 0) << std::strerror(errno);
-    fillers.push_back(fd);
-  }
-  for (int waited = 0; waited < 100 && static_cast<rlim_t>(open_fds()) < limit; ++waited) {
+  // A descriptor the server held for a moment when the limit was set frees a lower number once closed: follow it
+  // down until the lowest free number has stayed at or above the limit for half a second.
+  for (int steady = 0, waited = 0; steady < 10 && waited < 200; ++waited) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const rlim_t lowest = lowest_free();
+    if (lowest < lowered.rlim_cur) {
+      lowered.rlim_cur = lowest;
+      ASSERT_EQ(prlimit(server->pid(), RLIMIT_NOFILE, &lowered, nullptr), 0) << std::strerror(errno);
+      steady = 0;
+    } else {
+      ++steady;
+    }
   }
-  ASSERT_EQ(static_cast<rlim_t>(open_fds()), limit) << "the server's descriptors were not all taken";
+  ASSERT_GE(lowest_free(), lowered.rlim_cur) << "the server's descriptors were not all taken";
 
   sockaddr_un unix_address{};
   unix_address.sun_family = AF_UNIX;
@@ -544,7 +551,7 @@ TEST(ShmControlSteps, AServerOutOfDescriptorsWaitsForThemWithoutSpinning) {
   const double used = CpuSeconds(server->pid()) - before;
   EXPECT_LT(used, 0.25) << "CPU seconds the server used in one idle second with a client in its backlog";
 
-  for (int fd : fillers) close(fd);
+  ASSERT_EQ(prlimit(server->pid(), RLIMIT_NOFILE, &original, nullptr), 0) << std::strerror(errno);
   close(waiting);
   absl::StatusOr<std::unique_ptr<ShmPlane>> client = ShmPlane::Connect(socket_path, 4096, "after");
   EXPECT_TRUE(client.ok()) << client.status();
