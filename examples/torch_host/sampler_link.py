@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -21,14 +22,6 @@ if os.path.isdir(_CLIENT_DIR) and _CLIENT_DIR not in sys.path:
     sys.path.insert(0, _CLIENT_DIR)
 
 VALID_REGIMES = ("ARGMAX", "CLARIFY", "EXPLORE", "RESAMPLE", "ADAPTIVE", "FIXED")
-METRIC_NAMES = (
-    "logits_entropy",
-    "logits_varentropy",
-    "attn_entropy",
-    "attn_varentropy",
-    "agreement",
-    "interaction_strength",
-)
 PARAM_NAMES = ("temperature", "top_k", "top_p", "min_p")
 
 
@@ -96,7 +89,7 @@ class _ClientSession:
             logprob=r.logprob,
             regime=r.regime.name,
             applied={p: getattr(r.applied, p) for p in PARAM_NAMES},
-            metrics={m: getattr(r.metrics, m) for m in METRIC_NAMES},
+            metrics=dataclasses.asdict(r.metrics),
             server_micros=r.server_micros,
             seconds=dt,
         )
@@ -187,7 +180,10 @@ class _RawSession:
         dt = time.perf_counter() - t0
         if r.HasField("error"):
             raise RuntimeError(f"samplerd rejected step {self.step_index}: {r.error.field}: {r.error.message}")
-        metrics = {m: (getattr(r.metrics, m) if r.metrics.HasField(m) else None) for m in METRIC_NAMES}
+        metrics = {
+            f.name: (getattr(r.metrics, f.name) if r.metrics.HasField(f.name) else None)
+            for f in r.metrics.DESCRIPTOR.fields
+        }
         applied = {p: (getattr(r.applied, p) if r.applied.HasField(p) else None) for p in PARAM_NAMES}
         self.step_index += 1
         self.recent = (self.recent + [r.token])[-self.max_recent :]

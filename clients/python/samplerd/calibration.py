@@ -28,23 +28,14 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 from google.protobuf import json_format
 
+from samplerd.types import METRIC_FIELDS
 from samplerd.v1 import profile_pb2, sampler_pb2
 
-METRIC_FIELDS = (
-    "logits_entropy",
-    "logits_varentropy",
-    "attn_entropy",
-    "attn_varentropy",
-    "agreement",
-    "interaction_strength",
-)
+# A metric enum's field in Metrics: METRIC_LOGITS_ENTROPY is logits_entropy.
 _METRIC_BY_ENUM = {
-    profile_pb2.METRIC_LOGITS_ENTROPY: "logits_entropy",
-    profile_pb2.METRIC_LOGITS_VARENTROPY: "logits_varentropy",
-    profile_pb2.METRIC_ATTN_ENTROPY: "attn_entropy",
-    profile_pb2.METRIC_ATTN_VARENTROPY: "attn_varentropy",
-    profile_pb2.METRIC_AGREEMENT: "agreement",
-    profile_pb2.METRIC_INTERACTION_STRENGTH: "interaction_strength",
+    value.number: value.name[len("METRIC_") :].lower()
+    for value in profile_pb2.Metric.DESCRIPTOR.values
+    if value.name[len("METRIC_") :].lower() in METRIC_FIELDS
 }
 _RECORDING_HEADER = b"samplerd-rec-v1\n"
 

@@ -33,7 +33,9 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-REGIMES = ["ARGMAX", "CLARIFY", "EXPLORE", "RESAMPLE", "ADAPTIVE", "FIXED"]
+from samplerd.types import METRIC_FIELDS, Regime  # noqa: E402
+
+REGIMES = [r.name for r in Regime if r != Regime.UNSPECIFIED]
 REGIME_COLORS = {
     "ARGMAX": "#1f77b4",
     "CLARIFY": "#9467bd",
@@ -43,14 +45,6 @@ REGIME_COLORS = {
     "FIXED": "#7f7f7f",
     "UNSPECIFIED": "#000000",
 }
-METRICS = [
-    "logits_entropy",
-    "logits_varentropy",
-    "attn_entropy",
-    "attn_varentropy",
-    "agreement",
-    "interaction_strength",
-]
 METRIC_LABELS = {
     "logits_entropy": "logits H\n(bits)",
     "logits_varentropy": "logits VarH\n(bits²)",
@@ -284,7 +278,7 @@ def plot_generation(header: dict, steps: list[dict], path: str, title: str | Non
     strip.set_ylabel("regime", rotation=0, ha="right", va="center", fontsize=8)
     strip.tick_params(labelbottom=False, bottom=False)
     prev = strip
-    rows = [(m, METRIC_LABELS[m], np.array([_metric(s, m) for s in steps])) for m in METRICS]
+    rows = [(m, METRIC_LABELS.get(m, m), np.array([_metric(s, m) for s in steps])) for m in METRIC_FIELDS]
     rows.append(("temperature", "applied\ntemperature", np.array([_applied(s, "temperature") for s in steps])))
     for i, (name, label, values) in enumerate(rows):
         a = fig.add_subplot(gs[i + 1, 1], sharex=prev)

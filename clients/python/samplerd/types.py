@@ -22,25 +22,10 @@ class Regime(enum.IntEnum):
     FIXED = profile_pb2.REGIME_FIXED
 
 
-_PARAM_FIELDS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "n_adaptive_samples",
-    "clarifying_token",
-)
-_METRIC_FIELDS = (
-    "logits_entropy",
-    "logits_varentropy",
-    "attn_entropy",
-    "attn_varentropy",
-    "agreement",
-    "interaction_strength",
-)
+# Field names in the proto's declaration order, from the proto itself: a field added there is one edit, and the
+# views below fail loudly (an unexpected keyword) until they take it.
+_PARAM_FIELDS = tuple(f.name for f in profile_pb2.SamplingParams.DESCRIPTOR.fields if f.name != "logit_bias")
+METRIC_FIELDS = tuple(f.name for f in pb.Metrics.DESCRIPTOR.fields)
 
 
 @dataclass(frozen=True)
@@ -103,7 +88,7 @@ class Metrics:
 
     @staticmethod
     def from_proto(m: pb.Metrics) -> "Metrics":
-        return Metrics(**{f: (getattr(m, f) if m.HasField(f) else None) for f in _METRIC_FIELDS})
+        return Metrics(**{f: (getattr(m, f) if m.HasField(f) else None) for f in METRIC_FIELDS})
 
 
 @dataclass(frozen=True)
