@@ -11,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "absl/strings/strip.h"
 #include "service/unix_socket_path.h"
 
 namespace samplerd {
@@ -36,15 +35,12 @@ bool IsHostPort(absl::string_view address) {
 // syntax here lets the error name the address.
 absl::Status ValidateListenAddress(absl::string_view address) {
   if (address.empty()) return FlagError("listen", "must not be empty");
-  for (absl::string_view scheme : {"unix:", "unix-abstract:"}) {
-    if (absl::StartsWith(address, scheme)) {
-      absl::string_view path = address.substr(scheme.size());
-      if (absl::ConsumePrefix(&path, "//") && !absl::StartsWith(path, "/")) {
-        return FlagError("listen", absl::StrCat("\"", address, "\": unix:// takes an absolute path (unix:///path)"));
-      }
-      if (path.empty()) return FlagError("listen", absl::StrCat("\"", address, "\": the socket path is empty"));
-      return absl::OkStatus();
+  if (const std::optional<UnixListenAddress> parsed = ParseUnixListenAddress(address); parsed.has_value()) {
+    if (parsed->after_slashes && !absl::StartsWith(parsed->path, "/")) {
+      return FlagError("listen", absl::StrCat("\"", address, "\": unix:// takes an absolute path (unix:///path)"));
     }
+    if (parsed->path.empty()) return FlagError("listen", absl::StrCat("\"", address, "\": the socket path is empty"));
+    return absl::OkStatus();
   }
   if (!IsHostPort(address)) {
     return FlagError("listen", absl::StrCat("must be host:port (port 0..65535, 0 = any free port), unix:/path or "

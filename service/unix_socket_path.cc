@@ -46,10 +46,21 @@ absl::Status ClaimUnixSocketPath(const std::string& path, absl::string_view flag
   return absl::OkStatus();
 }
 
+std::optional<UnixListenAddress> ParseUnixListenAddress(absl::string_view address) {
+  UnixListenAddress parsed;
+  if (absl::ConsumePrefix(&address, "unix-abstract:")) {
+    parsed.abstract = true;
+  } else if (!absl::ConsumePrefix(&address, "unix:")) {
+    return std::nullopt;
+  }
+  parsed.after_slashes = absl::ConsumePrefix(&address, "//");
+  parsed.path = std::string(address);
+  return parsed;
+}
+
 std::string UnixListenPath(absl::string_view address) {
-  if (!absl::ConsumePrefix(&address, "unix:")) return "";
-  absl::ConsumePrefix(&address, "//");
-  return std::string(address);
+  const std::optional<UnixListenAddress> parsed = ParseUnixListenAddress(address);
+  return parsed.has_value() && !parsed->abstract ? parsed->path : "";
 }
 
 }  // namespace samplerd

@@ -10,6 +10,7 @@
 #ifndef SAMPLERD_SERVICE_UNIX_SOCKET_PATH_H_
 #define SAMPLERD_SERVICE_UNIX_SOCKET_PATH_H_
 
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -20,6 +21,15 @@ namespace samplerd {
 // OK when nothing is at `path` or a stale socket file was removed; UNAVAILABLE naming `flag` when a server
 // answers there. Anything else at the path (a regular file, a directory) is left for bind to refuse.
 absl::Status ClaimUnixSocketPath(const std::string& path, absl::string_view flag);
+
+// A gRPC unix listen address taken apart: "unix:/path" or "unix:///path" (a file), "unix-abstract:name" (no
+// file). `path` is what follows the scheme and an optional "//"; `after_slashes` says the "//" was there.
+struct UnixListenAddress {
+  bool abstract = false;
+  bool after_slashes = false;
+  std::string path;
+};
+std::optional<UnixListenAddress> ParseUnixListenAddress(absl::string_view address);
 
 // The file path of a gRPC listen address "unix:/path" or "unix:///path"; empty for any other address (TCP, or
 // unix-abstract:, which has no file).

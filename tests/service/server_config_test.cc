@@ -34,12 +34,31 @@ TEST(ServerConfig, DefaultsAreTheDocumentedOnes) {
 
 TEST(ServerConfig, AcceptsTcpAndUnixAddresses) {
   ServerConfig config;
-  config.listen = {"127.0.0.1:0", "[::]:50051", "localhost:8080", "unix:/tmp/s.sock", "unix:///tmp/s.sock"};
+  config.listen = {"127.0.0.1:0",        "[::]:50051",          "localhost:8080",
+                   "unix:/tmp/s.sock",   "unix:///tmp/s.sock",  "unix-abstract:samplerd",
+                   "unix-abstract:/x.y", "unix-abstract:///x.y"};
   EXPECT_TRUE(ValidateServerConfig(config).ok());
 }
 
+TEST(ServerConfig, ShmSocketMustNotBeAListenPathInEitherSpelling) {
+  for (const char* listen : {"unix:/tmp/s.sock", "unix:///tmp/s.sock"}) {
+    ServerConfig config;
+    config.listen = {listen};
+    config.shm_socket = "/tmp/s.sock";
+    const absl::Status s = ValidateServerConfig(config);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << listen;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("--shm_socket")) << listen;
+  }
+  // An abstract socket has no file, so it cannot take the shared-memory socket's path.
+  ServerConfig abstract;
+  abstract.listen = {"unix-abstract:/tmp/s.sock"};
+  abstract.shm_socket = "/tmp/s.sock";
+  EXPECT_TRUE(ValidateServerConfig(abstract).ok());
+}
+
 TEST(ServerConfig, RejectsMalformedAddressesNamingThem) {
-  for (const char* bad : {"", "localhost", "host:port", "host:70000", ":50051", "unix:", "unix://relative"}) {
+  for (const char* bad : {"", "localhost", "host:port", "host:70000", ":50051", "unix:", "unix://relative",
+                          "unix-abstract:", "unix-abstract://relative"}) {
     ServerConfig config;
     config.listen = {bad};
     const absl::Status s = ValidateServerConfig(config);
