@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -84,8 +85,11 @@ class StartTogetherForkJoin final : public ForkJoin {
         return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
       };
       const int64_t begin = cpu_ns();
-      // A spin, not a yield: this thread keeps its CPU, so it starts as soon as the other one has run.
+      // Short sleeps, not a spin: on a loaded machine a thread that spun through its time slice is the one the
+      // scheduler puts off next, and the other thread then takes every unit while it waits; one that slept
+      // gets a CPU back at once when it wakes.
       while (!finished.load() && cpu_ns() - begin < head_start_ns_) {
+        std::this_thread::sleep_for(std::chrono::microseconds(10));
       }
     }
     mine();
@@ -199,7 +203,8 @@ TEST(MetricsSplit, SharedStepHasTheBitsOfTheOneThreadStep) {
 // When both threads scanned rows, each takes the deviations of its own rows (on two threads, or one range after
 // the other here, in either order): the same bits. Which groups each thread takes is a race, so a step is tried
 // until its deviations were shared, with head starts of 20 to 160 us for the other thread: too short and, on a
-// loaded machine, it may hold no unit yet when this side takes them all; too long and it takes them all.
+// loaded machine, it may hold no unit yet when this side takes them all; too long and it takes them all. Under
+// load whole runs of attempts miss, hence the many attempts (a quiet run shares within the first few).
 TEST(MetricsSplit, SharedDeviationsHaveTheBitsOfTheOneThreadStep) {
   const Shape shape{3000, 256, 8200};  // 32 groups of about 10 us each: head starts below fall within the work
   const std::vector<float> z = Normal(shape.vocab, 2.0f, 41);
@@ -210,7 +215,7 @@ TEST(MetricsSplit, SharedDeviationsHaveTheBitsOfTheOneThreadStep) {
   using Later = StartTogetherForkJoin::Later;
   for (const Later later : {Later::kThreads, Later::kMineFirst, Later::kTheirsFirst}) {
     bool shared = false;
-    for (int attempt = 0; attempt < 100 && !shared; ++attempt) {
+    for (int attempt = 0; attempt < 2000 && !shared; ++attempt) {
       MetricsScratch fresh;  // no buffer may hold what an earlier attempt left there
       StartTogetherForkJoin fork_join(later, int64_t{20000} << (attempt % 4));
       ExpectSameBits(Shared(logits, attention, &fork_join, &fresh), want,
