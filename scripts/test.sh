@@ -3,6 +3,12 @@
 # golden, integration against a real samplerd process), then the client suites when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Every suite talks to its own servers on loopback: a proxy in the environment (http_proxy, grpc_proxy, as behind
+# a corporate proxy) must not take those calls. gRPC, curl, Python, Node and Go all honour no_proxy; apt and npm
+# still reach their registries through the proxy.
+no_proxy="${no_proxy:-${NO_PROXY:-}}"
+no_proxy="${no_proxy:+$no_proxy,}localhost,127.0.0.1,::1"
+export no_proxy NO_PROXY="$no_proxy"
 scripts/install-deps.sh
 # Formatting first: seconds, and a red format check should not wait for the suites.
 scripts/check-format.sh

@@ -23,6 +23,7 @@ namespace samplerd::client {
 namespace {
 
 using ::samplerd::testing::ServerProcess;
+using ::samplerd::testing::ShellQuote;
 using ::samplerd::testing::TempDir;
 using ::testing::HasSubstr;
 
@@ -35,7 +36,7 @@ struct CommandResult {
 CommandResult RunSamplerctl(const std::string& args) {
   CommandResult result;
   const std::string err_path = "/tmp/samplerctl-bench-test-" + std::to_string(getpid()) + ".err";
-  const std::string command = std::string(SAMPLERCTL_BINARY) + " " + args + " 2>" + err_path;
+  const std::string command = ShellQuote(SAMPLERCTL_BINARY) + " " + args + " 2>" + ShellQuote(err_path);
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return result;
   char buffer[4096];

@@ -19,12 +19,13 @@ namespace samplerd::client {
 namespace {
 
 using ::samplerd::testing::ServerProcess;
+using ::samplerd::testing::ShellQuote;
 using ::testing::HasSubstr;
 
 // Runs samplerctl with `args`; returns its exit code and puts stdout + stderr in `*output`.
 int Samplerctl(const std::string& args, std::string* output) {
   output->clear();
-  FILE* pipe = popen((std::string(SAMPLERCTL_BINARY) + " " + args + " 2>&1").c_str(), "r");
+  FILE* pipe = popen((ShellQuote(SAMPLERCTL_BINARY) + " " + args + " 2>&1").c_str(), "r");
   if (pipe == nullptr) return -1;
   char buffer[4096];
   size_t n;

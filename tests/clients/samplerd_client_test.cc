@@ -35,6 +35,7 @@ namespace {
 using ::samplerd::testing::MakeCertificates;
 using ::samplerd::testing::ReadTextFile;
 using ::samplerd::testing::ServerProcess;
+using ::samplerd::testing::ShellQuote;
 using ::samplerd::testing::TempDir;
 using ::testing::HasSubstr;
 
@@ -326,7 +327,7 @@ struct CommandResult {
 
 CommandResult RunSamplerctl(const std::string& args) {
   CommandResult result;
-  const std::string command = std::string(SAMPLERCTL_BINARY) + " " + args + " 2>&1";
+  const std::string command = ShellQuote(SAMPLERCTL_BINARY) + " " + args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return result;
   char buffer[4096];

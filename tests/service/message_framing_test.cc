@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -22,6 +24,7 @@ namespace samplerd {
 namespace {
 
 using ::samplerd::testing::ServerProcess;
+using ::samplerd::testing::ShellQuote;
 using ::testing::HasSubstr;
 
 // What curl saw of a gRPC call: the status and message from the headers/trailers, and the body.
@@ -66,15 +69,17 @@ RawCall Call(const ServerProcess& server, const std::string& method, const std::
   // Each test process its own directory: ctest runs these tests in parallel.
   static const std::string dir = [] {
     std::string pattern = ::testing::TempDir() + "/samplerd-framing-XXXXXX";
-    return std::string(mkdtemp(pattern.data()));
+    const char* made = mkdtemp(pattern.data());
+    EXPECT_NE(made, nullptr) << pattern << ": " << std::strerror(errno);
+    return made == nullptr ? std::string("/tmp") : std::string(made);
   }();
   const std::string body_path = dir + "/framing_body.bin", headers_path = dir + "/framing_headers.txt",
                     out_path = dir + "/framing_out.bin";
   std::ofstream(body_path, std::ios::binary) << body;
-  std::string command = "curl -sS --max-time 20 --http2-prior-knowledge -o " + out_path + " -D " + headers_path +
-                        " -H 'content-type: application/grpc' -H 'te: trailers'";
+  std::string command = "curl -sS --max-time 20 --noproxy '*' --http2-prior-knowledge -o " + ShellQuote(out_path) +
+                        " -D " + ShellQuote(headers_path) + " -H 'content-type: application/grpc' -H 'te: trailers'";
   for (const std::string& h : headers) command += " -H '" + h + "'";
-  command += " --data-binary @" + body_path + " http://" + server.tcp_target() + "/" + method;
+  command += " --data-binary @" + ShellQuote(body_path) + " http://" + server.tcp_target() + "/" + method;
   const int rc = std::system(command.c_str());
   EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << "curl failed (is curl with HTTP/2 installed?): " << command;
   RawCall call;

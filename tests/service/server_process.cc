@@ -137,7 +137,7 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
 
 int ServerProcess::RunToExit(const std::string& args, std::string* output) {
   output->clear();
-  const std::string command = std::string(SAMPLERD_BINARY) + " " + args + " 2>&1";
+  const std::string command = ShellQuote(SAMPLERD_BINARY) + " " + args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return -1;
   char buffer[4096];
@@ -176,6 +176,18 @@ ServerProcess::~ServerProcess() {
   }
   if (stdout_fd_ >= 0) close(stdout_fd_);
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
+}
+
+std::string ShellQuote(const std::string& word) {
+  std::string quoted = "'";
+  for (const char c : word) {
+    if (c == '\'') {
+      quoted += "'\\''";
+    } else {
+      quoted += c;
+    }
+  }
+  return quoted + "'";
 }
 
 }  // namespace samplerd::testing

@@ -64,6 +64,10 @@ class ServerProcess {
   std::string metrics_address_;
 };
 
+// `word` quoted for /bin/sh (in single quotes, each ' as '\''): the binaries and files of a command that a test
+// runs through popen() or system() live under the checkout, whose path may hold spaces.
+std::string ShellQuote(const std::string& word);
+
 }  // namespace samplerd::testing
 
 #endif  // SAMPLERD_TESTS_SERVICE_SERVER_PROCESS_H_
