@@ -60,7 +60,7 @@ for round in $(seq 1 "$ROUNDS"); do
             grpc) args=(--target "$target" bench) ;;
           esac
           "$SAMPLERCTL" "${args[@]}" --workload "$workload" --dtype "$dtype" --streams "$streams" --steps "$steps" \
-            --json | python3 -c "import json,sys; d=json.load(sys.stdin); d['round']=$round; print(json.dumps(d))" \
+            --json | /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); d['round']=$round; print(json.dumps(d))" \
             >> "$OUT.jsonl"
         done
       done
@@ -69,7 +69,7 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "# round $round done, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 done
 
-python3 - "$OUT.jsonl" << 'PY'
+/usr/bin/python3 - "$OUT.jsonl" << 'PY'
 import json, statistics, sys
 runs = [json.loads(line) for line in open(sys.argv[1])]
 def key(r): return (r["workload"], r["dtype"], r["streams"], r["mode"])

@@ -24,7 +24,7 @@ trap cleanup EXIT
 
 # check_json FILE KEY...: FILE holds JSON with every KEY (google-benchmark output: every benchmark named).
 check_json() {
-  python3 - "$@" << 'PY'
+  /usr/bin/python3 - "$@" << 'PY'
 import json, sys
 path, keys = sys.argv[1], sys.argv[2:]
 data = json.load(open(path))

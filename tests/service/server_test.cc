@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -77,11 +78,12 @@ TEST(Server, ATakenAddressIsUnavailableAndNamed) {
 // A second server with the same unix socket path must not take the path over from the one serving there (gRPC,
 // and the shm control socket, remove a socket file before they bind); a stale file is replaced.
 TEST(Server, ALiveUnixSocketPathIsNotTakenOverAndAStaleOneIsReplaced) {
-  const std::string dir = ::testing::TempDir();
-  const std::string grpc_path = dir + "samplerd-server-test-grpc.sock";
-  const std::string shm_path = dir + "samplerd-server-test-shm.sock";
-  unlink(grpc_path.c_str());
-  unlink(shm_path.c_str());
+  // A directory of its own (test runs at the same time must not share the paths), short enough for sun_path
+  // whatever TMPDIR is.
+  char dir[] = "/tmp/samplerd-server-test-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr) << std::strerror(errno);
+  const std::string grpc_path = std::string(dir) + "/grpc.sock";
+  const std::string shm_path = std::string(dir) + "/shm.sock";
   ServerConfig config = LoopbackConfig();
   config.listen = {"unix:" + grpc_path};
   config.shm_socket = shm_path;
@@ -109,6 +111,7 @@ TEST(Server, ALiveUnixSocketPathIsNotTakenOverAndAStaleOneIsReplaced) {
   const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
   struct sockaddr_un address = {};
   address.sun_family = AF_UNIX;
+  ASSERT_LT(grpc_path.size(), sizeof(address.sun_path));
   std::memcpy(address.sun_path, grpc_path.data(), grpc_path.size());
   unlink(grpc_path.c_str());
   ASSERT_EQ(bind(fd, reinterpret_cast<const struct sockaddr*>(&address), sizeof(address)), 0);
@@ -116,6 +119,9 @@ TEST(Server, ALiveUnixSocketPathIsNotTakenOverAndAStaleOneIsReplaced) {
   absl::StatusOr<std::unique_ptr<Server>> third = Server::Create(grpc_only, ProfileRegistry::BuiltIn());
   ASSERT_TRUE(third.ok()) << third.status();
   (*third)->Shutdown();
+  unlink(grpc_path.c_str());
+  unlink(shm_path.c_str());
+  rmdir(dir);
 }
 
 TEST(ServerConfig, OnePathForTheGrpcSocketAndTheShmSocketIsAUsageError) {
