@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <set>
@@ -322,19 +323,24 @@ TEST_F(ClientTest, SampleBatchAnswersInOrderAndAdvancesOnlyTheAcceptedSessions) 
 
 struct CommandResult {
   int exit_code = -1;
-  std::string output;  // stdout and stderr
+  std::string out;     // stdout only: what --json consumers parse (gRPC may log to stderr)
+  std::string output;  // stdout, then stderr
 };
 
 CommandResult RunSamplerctl(const std::string& args) {
   CommandResult result;
-  const std::string command = ShellQuote(SAMPLERCTL_BINARY) + " " + args + " 2>&1";
+  const std::string err_path = "/tmp/samplerctl-test-" + std::to_string(getpid()) + ".err";
+  const std::string command = ShellQuote(SAMPLERCTL_BINARY) + " " + args + " 2>" + ShellQuote(err_path);
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return result;
   char buffer[4096];
   size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, n);
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.out.append(buffer, n);
   const int status = pclose(pipe);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream err(err_path);
+  result.output = result.out + std::string(std::istreambuf_iterator<char>(err), std::istreambuf_iterator<char>());
+  std::remove(err_path.c_str());
   return result;
 }
 
@@ -357,7 +363,7 @@ TEST_F(ClientTest, SamplerctlHealth) {
 TEST_F(ClientTest, SamplerctlProfilesAsJson) {
   CommandResult r = RunSamplerctl("profiles --json --target " + server_->unix_target());
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const nlohmann::json json = nlohmann::json::parse(r.output);
+  const nlohmann::json json = nlohmann::json::parse(r.out);
   EXPECT_EQ(json["default_profile"], "entropix");
   EXPECT_EQ(json["profiles"].size(), 3u);
 }
@@ -377,7 +383,7 @@ TEST_F(ClientTest, SamplerctlSampleFromNpy) {
   CommandResult json = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " + logits_path +
                                      " --seed 9 --profile fixed --json");
   ASSERT_EQ(json.exit_code, 0) << json.output;
-  const nlohmann::json result = nlohmann::json::parse(json.output);
+  const nlohmann::json result = nlohmann::json::parse(json.out);
   EXPECT_EQ(result["profile"], "fixed");
   EXPECT_EQ(result["regime"], "REGIME_FIXED");
   EXPECT_EQ(result["seed"], "9");  // uint64 in protobuf JSON is a string
@@ -472,7 +478,7 @@ TEST_F(SecureServerTest, ClientWithCertificateAndTokenSamplesAndOthersAreRefused
 TEST_F(SecureServerTest, SamplerctlTalksToItWithTlsFlagsAndAToken) {
   CommandResult profiles = RunSamplerctl("profiles --json --token s3cret" + SecurityFlags());
   ASSERT_EQ(profiles.exit_code, 0) << profiles.output;
-  EXPECT_EQ(nlohmann::json::parse(profiles.output)["default_profile"], "entropix");
+  EXPECT_EQ(nlohmann::json::parse(profiles.out)["default_profile"], "entropix");
 
   CommandResult demo = RunSamplerctl("demo --steps 5 --token s3cret" + SecurityFlags());
   EXPECT_EQ(demo.exit_code, 0) << demo.output;
