@@ -22,36 +22,13 @@
 namespace samplerd::client {
 namespace {
 
+using ::samplerd::testing::CommandResult;
+using ::samplerd::testing::RunCommand;
 using ::samplerd::testing::ServerProcess;
-using ::samplerd::testing::ShellQuote;
 using ::samplerd::testing::TempDir;
 using ::testing::HasSubstr;
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string out;  // stdout only: what --json consumers parse
-  std::string all;  // stdout and stderr
-};
-
-CommandResult RunSamplerctl(const std::string& args) {
-  CommandResult result;
-  const std::string err_path = "/tmp/samplerctl-bench-test-" + std::to_string(getpid()) + ".err";
-  const std::string command = ShellQuote(SAMPLERCTL_BINARY) + " " + args + " 2>" + ShellQuote(err_path);
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.out.append(buffer, n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  result.all = result.out;
-  if (FILE* err = std::fopen(err_path.c_str(), "r")) {
-    while ((n = fread(buffer, 1, sizeof(buffer), err)) > 0) result.all.append(buffer, n);
-    std::fclose(err);
-  }
-  std::remove(err_path.c_str());
-  return result;
-}
+CommandResult RunSamplerctl(const std::string& args) { return RunCommand(SAMPLERCTL_BINARY, args); }
 
 // The keys issue 3 requires of --json, with their types.
 void ExpectBenchJson(const std::string& out, const std::string& workload, const std::string& dtype, int streams,
@@ -77,32 +54,32 @@ void ExpectBenchJson(const std::string& out, const std::string& workload, const 
 
 TEST(SamplerctlBench, InProcessJsonHasTheKeys) {
   const CommandResult r = RunSamplerctl("bench --in-process --workload S --steps 8 --warmup 1 --json");
-  ASSERT_EQ(r.exit_code, 0) << r.all;
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   ExpectBenchJson(r.out, "S", "f32", 1, "in-process");
   EXPECT_GT(nlohmann::json::parse(r.out).value("core_us_p50", 0.0), 0.0);
 }
 
 TEST(SamplerctlBench, TextOutputNamesTheFigures) {
   const CommandResult r = RunSamplerctl("bench --in-process --workload S --dtype bf16 --steps 4 --warmup 0");
-  ASSERT_EQ(r.exit_code, 0) << r.all;
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.out, HasSubstr("workload S"));
   EXPECT_THAT(r.out, HasSubstr("bf16"));
   EXPECT_THAT(r.out, HasSubstr("steps/s"));
   EXPECT_THAT(r.out, HasSubstr("p50"));
   EXPECT_THAT(r.out, HasSubstr("p99"));
-  EXPECT_THAT(r.all, ::testing::Not(HasSubstr("\r["))) << "no progress bar when stderr is not a terminal";
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("\r["))) << "no progress bar when stderr is not a terminal";
 }
 
 TEST(SamplerctlBench, BadWorkloadOrDtypeIsAUsageError) {
   CommandResult r = RunSamplerctl("bench --in-process --workload M --steps 1");
-  EXPECT_EQ(r.exit_code, 2) << r.all;
-  EXPECT_THAT(r.all, HasSubstr("--workload"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--workload"));
   r = RunSamplerctl("bench --in-process --dtype f16 --steps 1");
-  EXPECT_EQ(r.exit_code, 2) << r.all;
-  EXPECT_THAT(r.all, HasSubstr("--dtype"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--dtype"));
   r = RunSamplerctl("bench --in-process --no-compute --steps 1");
-  EXPECT_EQ(r.exit_code, 2) << r.all;
-  EXPECT_THAT(r.all, HasSubstr("--no-compute"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--no-compute"));
 }
 
 class SamplerctlBenchServer : public ::testing::Test {
@@ -117,7 +94,7 @@ class SamplerctlBenchServer : public ::testing::Test {
 TEST_F(SamplerctlBenchServer, GrpcJsonHasTheKeysAndTheServersCoreTime) {
   const CommandResult r = RunSamplerctl("bench --target " + server_->tcp_target() +
                                         " --workload S --streams 2 --steps 6 --warmup 1 --json");
-  ASSERT_EQ(r.exit_code, 0) << r.all;
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   ExpectBenchJson(r.out, "S", "f32", 2, "grpc");
   const nlohmann::json j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j.value("steps", 0), 6);  // 2 streams x 3 requests x 1 step
@@ -127,7 +104,7 @@ TEST_F(SamplerctlBenchServer, GrpcJsonHasTheKeysAndTheServersCoreTime) {
 TEST_F(SamplerctlBenchServer, BatchedWorkloadCountsStepsNotRequests) {
   const CommandResult r = RunSamplerctl("bench --target " + server_->unix_target() +
                                         " --workload B --dtype bf16 --steps 1 --warmup 0 --json");
-  ASSERT_EQ(r.exit_code, 0) << r.all;
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   ExpectBenchJson(r.out, "B", "bf16", 1, "grpc");
   const nlohmann::json j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j.value("steps", 0), 32);  // rounded up to one whole request
@@ -138,7 +115,7 @@ TEST_F(SamplerctlBenchServer, BatchedWorkloadCountsStepsNotRequests) {
 TEST_F(SamplerctlBenchServer, NoComputeSkipsCore) {
   const CommandResult r = RunSamplerctl("bench --target " + server_->tcp_target() +
                                         " --workload S --steps 5 --warmup 1 --no-compute --json");
-  ASSERT_EQ(r.exit_code, 0) << r.all;
+  ASSERT_EQ(r.exit_code, 0) << r.output;
   ExpectBenchJson(r.out, "S", "f32", 1, "grpc-no-compute");
   EXPECT_EQ(nlohmann::json::parse(r.out).value("core_us_p50", -1.0), 0.0);
 }
@@ -150,7 +127,7 @@ TEST(SamplerctlBenchShm, StepsOnAStreamOrOnTheControlSocketRunCore) {
   for (const char* steps : {"stream", "control"}) {
     const CommandResult r = RunSamplerctl("bench --target " + server->unix_target() + " --shm " + shm_socket +
                                           " --shm-steps " + steps + " --workload B --steps 1 --warmup 1 --json");
-    ASSERT_EQ(r.exit_code, 0) << r.all;
+    ASSERT_EQ(r.exit_code, 0) << r.output;
     ExpectBenchJson(r.out, "B", "f32", 1, std::string(steps) == "control" ? "shm-control" : "grpc-shm");
     const nlohmann::json j = nlohmann::json::parse(r.out);
     EXPECT_EQ(j.value("steps", 0), 32);
@@ -158,8 +135,8 @@ TEST(SamplerctlBenchShm, StepsOnAStreamOrOnTheControlSocketRunCore) {
   }
   const CommandResult no_plane =
       RunSamplerctl("bench --target " + server->unix_target() + " --shm-steps control --steps 1 --json");
-  EXPECT_EQ(no_plane.exit_code, 2) << no_plane.all;
-  EXPECT_THAT(no_plane.all, HasSubstr("--shm"));
+  EXPECT_EQ(no_plane.exit_code, 2) << no_plane.output;
+  EXPECT_THAT(no_plane.output, HasSubstr("--shm"));
 }
 
 TEST(SamplerctlBenchSecurity, TlsAndTheTokenReachAServerThatRequiresThem) {
@@ -176,22 +153,22 @@ TEST(SamplerctlBenchSecurity, TlsAndTheTokenReachAServerThatRequiresThem) {
   const std::string run = " bench --workload S --steps 2 --warmup 1 --json";
 
   const CommandResult both = RunSamplerctl(tls + " --token bench-secret" + run);
-  ASSERT_EQ(both.exit_code, 0) << both.all;
+  ASSERT_EQ(both.exit_code, 0) << both.output;
   ExpectBenchJson(both.out, "S", "f32", 1, "grpc");
   const CommandResult no_token = RunSamplerctl(tls + run);
-  EXPECT_EQ(no_token.exit_code, 1) << no_token.all;
-  EXPECT_THAT(no_token.all, HasSubstr("UNAUTHENTICATED"));
+  EXPECT_EQ(no_token.exit_code, 1) << no_token.output;
+  EXPECT_THAT(no_token.output, HasSubstr("UNAUTHENTICATED"));
   const CommandResult plaintext = RunSamplerctl(" --target " + server->tcp_target() + " --token bench-secret" + run);
-  EXPECT_EQ(plaintext.exit_code, 1) << plaintext.all << " (a plaintext client cannot talk to a TLS listener)";
+  EXPECT_EQ(plaintext.exit_code, 1) << plaintext.output << " (a plaintext client cannot talk to a TLS listener)";
 
   // The control socket takes the same token.
   const std::string shm = " --target " + server->unix_target() + run + " --shm " + shm_socket + " --shm-steps control";
   const CommandResult control = RunSamplerctl(" --token bench-secret" + shm);
-  ASSERT_EQ(control.exit_code, 0) << control.all;
+  ASSERT_EQ(control.exit_code, 0) << control.output;
   ExpectBenchJson(control.out, "S", "f32", 1, "shm-control");
   const CommandResult control_no_token = RunSamplerctl(shm);
-  EXPECT_EQ(control_no_token.exit_code, 1) << control_no_token.all;
-  EXPECT_THAT(control_no_token.all, HasSubstr("UNAUTHENTICATED"));
+  EXPECT_EQ(control_no_token.exit_code, 1) << control_no_token.output;
+  EXPECT_THAT(control_no_token.output, HasSubstr("UNAUTHENTICATED"));
 }
 
 TEST(SamplerctlBenchRefused, NoComputeNeedsTheServersPermission) {
@@ -199,9 +176,9 @@ TEST(SamplerctlBenchRefused, NoComputeNeedsTheServersPermission) {
   ASSERT_NE(server, nullptr);
   const CommandResult r =
       RunSamplerctl("bench --target " + server->tcp_target() + " --workload S --steps 2 --no-compute --json");
-  EXPECT_EQ(r.exit_code, 1) << r.all;
-  EXPECT_THAT(r.all, HasSubstr("FAILED_PRECONDITION"));
-  EXPECT_THAT(r.all, HasSubstr("--allow_no_compute"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("FAILED_PRECONDITION"));
+  EXPECT_THAT(r.output, HasSubstr("--allow_no_compute"));
 }
 
 TEST(LoadGenerator, ParsesWorkloadsAndDtypes) {

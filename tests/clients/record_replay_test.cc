@@ -8,6 +8,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "clients/cpp/record_replay.h"
@@ -18,20 +19,16 @@
 namespace samplerd::client {
 namespace {
 
+using ::samplerd::testing::CommandResult;
+using ::samplerd::testing::RunCommand;
 using ::samplerd::testing::ServerProcess;
-using ::samplerd::testing::ShellQuote;
 using ::testing::HasSubstr;
 
 // Runs samplerctl with `args`; returns its exit code and puts stdout + stderr in `*output`.
 int Samplerctl(const std::string& args, std::string* output) {
-  output->clear();
-  FILE* pipe = popen((ShellQuote(SAMPLERCTL_BINARY) + " " + args + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) output->append(buffer, n);
-  const int status = pclose(pipe);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  CommandResult result = RunCommand(SAMPLERCTL_BINARY, args);
+  *output = std::move(result.output);
+  return result.exit_code;
 }
 
 std::string TempPath(const std::string& name) {

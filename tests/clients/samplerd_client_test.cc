@@ -33,10 +33,11 @@
 namespace samplerd::client {
 namespace {
 
+using ::samplerd::testing::CommandResult;
 using ::samplerd::testing::MakeCertificates;
 using ::samplerd::testing::ReadTextFile;
+using ::samplerd::testing::RunCommand;
 using ::samplerd::testing::ServerProcess;
-using ::samplerd::testing::ShellQuote;
 using ::samplerd::testing::TempDir;
 using ::testing::HasSubstr;
 
@@ -321,28 +322,7 @@ TEST_F(ClientTest, SampleBatchAnswersInOrderAndAdvancesOnlyTheAcceptedSessions) 
 // ---------------------------------------------------------------------------------------------------------------
 // samplerctl
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string out;     // stdout only: what --json consumers parse (gRPC may log to stderr)
-  std::string output;  // stdout, then stderr
-};
-
-CommandResult RunSamplerctl(const std::string& args) {
-  CommandResult result;
-  const std::string err_path = "/tmp/samplerctl-test-" + std::to_string(getpid()) + ".err";
-  const std::string command = ShellQuote(SAMPLERCTL_BINARY) + " " + args + " 2>" + ShellQuote(err_path);
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.out.append(buffer, n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream err(err_path);
-  result.output = result.out + std::string(std::istreambuf_iterator<char>(err), std::istreambuf_iterator<char>());
-  std::remove(err_path.c_str());
-  return result;
-}
+CommandResult RunSamplerctl(const std::string& args) { return RunCommand(SAMPLERCTL_BINARY, args); }
 
 std::string WriteNpy(const std::string& name, const std::vector<float>& values, std::vector<size_t> shape) {
   const std::string path = "/tmp/samplerctl-test-" + std::to_string(getpid()) + "-" + name + ".npy";

@@ -11,8 +11,10 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 #ifndef SAMPLERD_BINARY
 #error "SAMPLERD_BINARY must name the samplerd executable ($<TARGET_FILE:samplerd>)"
@@ -136,15 +138,9 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
 }
 
 int ServerProcess::RunToExit(const std::string& args, std::string* output) {
-  output->clear();
-  const std::string command = ShellQuote(SAMPLERD_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) output->append(buffer, n);
-  const int status = pclose(pipe);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  CommandResult result = RunCommand(SAMPLERD_BINARY, args);
+  *output = std::move(result.output);
+  return result.exit_code;
 }
 
 int ServerProcess::Stop(int signal, std::chrono::milliseconds timeout) {
@@ -188,6 +184,29 @@ std::string ShellQuote(const std::string& word) {
     }
   }
   return quoted + "'";
+}
+
+CommandResult RunCommand(const std::string& binary, const std::string& args) {
+  CommandResult result;
+  char err_path[] = "/tmp/samplerd-test-stderr-XXXXXX";
+  const int err_fd = mkstemp(err_path);
+  if (err_fd < 0) return result;
+  close(err_fd);
+  FILE* pipe = popen((ShellQuote(binary) + " " + args + " 2>" + ShellQuote(err_path)).c_str(), "r");
+  if (pipe != nullptr) {
+    char buffer[4096];
+    size_t n;
+    while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.out.append(buffer, n);
+    const int status = pclose(pipe);
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    result.output = result.out;
+    if (FILE* err = std::fopen(err_path, "r")) {
+      while ((n = fread(buffer, 1, sizeof(buffer), err)) > 0) result.output.append(buffer, n);
+      std::fclose(err);
+    }
+  }
+  unlink(err_path);
+  return result;
 }
 
 }  // namespace samplerd::testing

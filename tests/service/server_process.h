@@ -65,8 +65,20 @@ class ServerProcess {
 };
 
 // `word` quoted for /bin/sh (in single quotes, each ' as '\''): the binaries and files of a command that a test
-// runs through popen() or system() live under the checkout, whose path may hold spaces.
+// runs through the shell live under the checkout, whose path may hold spaces.
 std::string ShellQuote(const std::string& word);
+
+// How a command run by RunCommand ended and what it printed.
+struct CommandResult {
+  int exit_code = -1;  // -1: ended by a signal, or could not run
+  std::string out;     // stdout alone: what --json consumers parse (gRPC may log to stderr)
+  std::string output;  // stdout, then stderr
+};
+
+// Runs `binary` (quoted) followed by `args` (shell words, as typed after it) through /bin/sh, to completion.
+//
+//   CommandResult r = RunCommand(SAMPLERCTL_BINARY, "profiles --json --target " + target);
+CommandResult RunCommand(const std::string& binary, const std::string& args);
 
 }  // namespace samplerd::testing
 
