@@ -10,10 +10,10 @@ with stubs generated at run time from proto/; `link.kind` says which one is in u
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass, field
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
