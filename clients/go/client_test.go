@@ -319,7 +319,7 @@ func TestSampleBatchAndConcurrency(t *testing.T) {
 }
 
 func TestUnixAndDNSTargets(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "s.sock")
+	sock := filepath.Join(socketDir(t), "s.sock")
 	s := startServer(t, []string{"unix:" + sock, "127.0.0.1:0"})
 	_, port, _ := cutLast(s.Addresses[1], ":")
 	var runs [][]int32

@@ -4,7 +4,7 @@
 # the shared-memory plane uses, comes from golang-golang-x-sys-dev). The published go.mod is
 # left alone: this script writes a copy, .gopath/go.test.mod, that replaces every module of the requirement
 # graph with its Debian source folder (or, for a module Debian does not ship and nothing here imports, with an
-# empty module), and runs go with -modfile pointing at it, GOFLAGS=-mod=mod and GOPROXY=off. Examples:
+# empty module), and runs go with -modfile pointing at it, -mod=mod and GOPROXY=off. Examples:
 #   clients/go/go.sh test ./...                   # the client's tests (need a samplerd binary: $SAMPLERD_BIN)
 #   clients/go/go.sh vet ./...
 #   clients/go/go.sh build -o /tmp/conformance ./cmd/samplerd-conformance
@@ -47,13 +47,22 @@ while ((${#queue[@]})); do
       for entry in "$gocode/$path"/*; do ln -sfn "$entry" "$dir/$(basename "$entry")"; done
     fi
   fi
-  echo "replace $path => $dir" >> "$modfile"
+  echo "replace $path => \"$dir\"" >> "$modfile"
   queue+=($(awk '/^require \(/ {r = 1; next} r && /^\)/ {r = 0} r && NF >= 2 && $1 !~ /^\/\// {print $1}
                  /^require [^(]/ {print $2}' "$dir/go.mod"))
 done
 rm -f "$work/go.test.sum"
 
-export GOFLAGS="-mod=mod -modfile=$modfile" GOPROXY=off GOSUMDB=off GONOSUMDB='*' GOTOOLCHAIN=local GO111MODULE=on
+export SAMPLERD_GO_MODFILE="$modfile" GOPROXY=off GOSUMDB=off GONOSUMDB='*' GOTOOLCHAIN=local GO111MODULE=on
 export GOCACHE="${GOCACHE:-$work/cache}" GOPATH="$work/gopath"
 cd "$here"
-exec go "$@"
+# The module flags go on the command line, not in GOFLAGS: go splits GOFLAGS at spaces, and the checkout's path may
+# have one.
+case "${1:-}" in
+  build | test | vet | run | list | install)
+    command="$1"
+    shift
+    exec go "$command" -mod=mod "-modfile=$modfile" "$@"
+    ;;
+  *) exec go "$@" ;;
+esac

@@ -27,6 +27,18 @@ func repo() string {
 	return filepath.Clean(filepath.Join(dir, "..", ".."))
 }
 
+// socketDir is a fresh directory for unix sockets, under /tmp and removed when t ends: a socket's path must fit in
+// sun_path (107 bytes), which a long $TMPDIR (where t.TempDir lives) does not leave room for.
+func socketDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "sd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // goldenDir is $SAMPLERD_GOLDEN_DIR (scripts/test-clients.sh passes the build's setting), else tests/golden.
 func goldenDir() string {
 	if d := os.Getenv("SAMPLERD_GOLDEN_DIR"); d != "" {

@@ -42,7 +42,7 @@ type shmServer struct {
 func startShmServer(t testing.TB, dir string) *shmServer {
 	t.Helper()
 	if dir == "" {
-		dir = t.TempDir()
+		dir = socketDir(t)
 	}
 	sock := filepath.Join(dir, "shm.sock")
 	s := startServer(t, []string{"unix:" + filepath.Join(dir, "grpc.sock")}, "--shm_socket", sock,
@@ -461,7 +461,7 @@ func TestShmFallsBackToBytesAndSaysSo(t *testing.T) {
 // After samplerd restarted (same sockets), the region is gone: the client sends bytes from then on, says so,
 // and its steps are answered as before.
 func TestShmClientSendsBytesAfterTheServerRestarted(t *testing.T) {
-	dir := t.TempDir()
+	dir := socketDir(t)
 	s := startShmServer(t, dir)
 	var logged bytes.Buffer
 	log.SetOutput(&logged)

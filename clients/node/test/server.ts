@@ -2,7 +2,6 @@
 // checkout; a missing binary fails the tests (it never skips them).
 import { ChildProcess, spawn } from "child_process";
 import { accessSync, constants, mkdtempSync, readFileSync, rmSync } from "fs";
-import { tmpdir } from "os";
 import { join, resolve } from "path";
 
 export const REPO = resolve(__dirname, "..", "..", "..", "..");
@@ -57,8 +56,10 @@ export class Samplerd {
   }
 }
 
+// Under /tmp rather than $TMPDIR: the tests put unix sockets here, and a socket's path must fit in sun_path (107
+// bytes), which a long $TMPDIR does not leave room for.
 export function tempDir(): { path: string; remove: () => void } {
-  const path = mkdtempSync(join(tmpdir(), "samplerd-node-"));
+  const path = mkdtempSync("/tmp/sd-");
   return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
 }
 

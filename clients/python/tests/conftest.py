@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,15 @@ def spawn():
             os.unlink(s.log.name)
         except FileNotFoundError:
             pass
+
+
+@pytest.fixture
+def sock_dir() -> Path:
+    """A fresh directory for unix sockets, under /tmp: a socket's path must fit in sun_path (107 bytes), which a long
+    $TMPDIR (pytest's tmp_path lives under it) does not leave room for."""
+    d = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -191,8 +191,8 @@ def test_concurrent_threads_share_one_stream(client):
     assert together == alone
 
 
-def test_unix_socket_and_dns_targets(spawn, tmp_path):
-    sock = tmp_path / "samplerd.sock"
+def test_unix_socket_and_dns_targets(spawn, sock_dir):
+    sock = sock_dir / "samplerd.sock"
     srv = spawn(f"unix:{sock}", "127.0.0.1:0")
     port = srv.addresses[1].rsplit(":", 1)[1]
     tokens = []

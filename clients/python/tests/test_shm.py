@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 
 import grpc
 import numpy as np
@@ -22,10 +21,9 @@ VOCAB = 5000
 
 
 @pytest.fixture
-def shm_server(spawn):
-    d = tempfile.mkdtemp(prefix="samplerd-shm-")
-    sock = os.path.join(d, "shm.sock")
-    s = spawn(f"unix:{d}/grpc.sock", extra=("--shm_socket", sock))
+def shm_server(spawn, sock_dir):
+    sock = str(sock_dir / "shm.sock")
+    s = spawn(f"unix:{sock_dir}/grpc.sock", extra=("--shm_socket", sock))
     yield s, sock
 
 
@@ -163,11 +161,11 @@ def test_steps_on_the_control_socket_answer_byte_for_byte_as_the_rpc(shm_server)
         assert len(plane.sample(refs).results) == 4
 
 
-def test_control_socket_steps_need_the_token_on_a_server_with_one(spawn, tmp_path):
-    token_file = tmp_path / "token"
+def test_control_socket_steps_need_the_token_on_a_server_with_one(spawn, sock_dir):
+    token_file = sock_dir / "token"
     token_file.write_text("pytest-token\n")
-    sock = str(tmp_path / "shm.sock")
-    spawn(f"unix:{tmp_path}/grpc.sock", extra=("--shm_socket", sock, "--auth_token_file", str(token_file)))
+    sock = str(sock_dir / "shm.sock")
+    spawn(f"unix:{sock_dir}/grpc.sock", extra=("--shm_socket", sock, "--auth_token_file", str(token_file)))
     request = pb.SampleRequest(
         steps=[pb.Step(sequence_id="a", seed=1, logits=pb.Tensor(dtype=pb.DTYPE_F32, shape=[4], data=bytes(16)))]
     )
