@@ -15,6 +15,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/text_serializer.h"
+#include "service/bounded_http_server.h"
 #include "service/live_page.h"
 
 namespace samplerd {
@@ -126,26 +127,16 @@ absl::Status ServerMetrics::Serve(const std::string& listen) {
   std::string host = listen.substr(0, colon);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
 
-  http_ = std::make_unique<httplib::Server>();
+  BoundedHttpServer::Limits limits;
+  limits.max_request_bytes = kHttpMaxRequestBytes;
+  limits.request_seconds = kHttpIdleSeconds;
+  limits.write_seconds = kHttpIdleSeconds * 5;
+  http_ = std::make_unique<BoundedHttpServer>(limits);
   httplib::Server& http = *http_;
   // Several threads, so a slow or idle connection holds one of them, not the endpoint; connections beyond the
-  // threads wait in the queue for at most the idle timeout of the ones ahead.
+  // threads wait in the queue for at most kHttpIdleSeconds per connection ahead of them.
   http.new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
   http.set_socket_options(ReuseAddressOnly);
-  // The read timeout bounds each wait for request bytes (a half-sent header), the keep-alive timeout the wait
-  // for a connection's first or next request (an idle connection).
-  http.set_read_timeout(kHttpIdleSeconds, 0);
-  http.set_keep_alive_timeout(kHttpIdleSeconds);
-  http.set_write_timeout(kHttpIdleSeconds * 5, 0);
-  http.set_payload_max_length(4096);  // nothing here takes a body
-  // cpp-httplib answers a Range header with every range listed, overlaps included, built in memory: one request
-  // of a few thousand "0-" ranges made a reply of 150 MB, whatever the status. Nothing here needs ranges, so they
-  // are dropped and the whole answer is served, as HTTP lets a server do. The Request is the library's own
-  // non-const object (handlers see it const); its parsed ranges are the only thing changed.
-  http.set_pre_routing_handler([](const httplib::Request& request, httplib::Response&) {
-    const_cast<httplib::Request&>(request).ranges.clear();
-    return httplib::Server::HandlerResponse::Unhandled;
-  });
 
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
     response.set_content(Exposition(), kExpositionType);

@@ -56,15 +56,17 @@ namespace samplerd {
 // Thread-safe; the observer calls are cheap enough to sit next to every step (a hash lookup under a mutex, an
 // atomic add and a lock-free ring push).
 //
-// The HTTP server answers on kHttpThreads threads, and a connection that sends nothing (or stops in the middle
-// of its request) is closed after kHttpIdleSeconds, so an idle or half-open connection holds one thread for
-// that long at most instead of blocking every scrape. A thread serves one connection at a time: past
-// kHttpThreads stalled connections a scrape waits kHttpIdleSeconds per kHttpThreads more of them, so a flood of
-// connections can still delay scrapes (the port belongs on a trusted network).
+// The HTTP server (BoundedHttpServer) answers on kHttpThreads threads, one request per connection: a connection
+// whose request has not fully arrived kHttpIdleSeconds after a thread took it up, or that sends more than
+// kHttpMaxRequestBytes, is closed. So an idle, trickling or endless request holds one thread for that long and a
+// few KB at most instead of blocking every scrape. Past kHttpThreads stalled connections a scrape waits
+// kHttpIdleSeconds per kHttpThreads more of them, so a flood of connections can still delay scrapes (the port
+// belongs on a trusted network).
 class ServerMetrics final : public RequestObserver {
  public:
   static constexpr int kHttpThreads = 16;
   static constexpr int kHttpIdleSeconds = 2;
+  static constexpr size_t kHttpMaxRequestBytes = 32768;
 
   struct Options {
     // host:port for the HTTP endpoint (port 0 = any free port); required.

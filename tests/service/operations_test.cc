@@ -659,6 +659,88 @@ TEST(Metrics, RangeHeadersAreIgnoredNotBuilt) {
   EXPECT_EQ(MetricValue(HttpGet(address, "/metrics"), "samplerd_build_info", {{"version", "0.1.0"}}), 1);
 }
 
+// A request that never ends, in its request line, its header lines or a chunked body, is cut off after a few KB:
+// the server closes the connection rather than buffer what it is sent.
+TEST(Metrics, EndlessRequestsAreCutOffNotBuffered) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start();
+  ASSERT_NE(server, nullptr);
+  const std::string& address = server->metrics_address();
+  const std::string pad(8192, 'a');
+  struct Endless {
+    std::string name, head, repeat;
+  };
+  const Endless kinds[] = {
+      {"request line", "GET /metrics?", pad},
+      {"header lines", "GET /metrics HTTP/1.1\r\nHost: " + address + "\r\n", "X-Pad: " + pad + "\r\n"},
+      {"chunked body", "POST /metrics HTTP/1.1\r\nHost: " + address + "\r\nTransfer-Encoding: chunked\r\n\r\n",
+       "2000\r\n" + pad + "\r\n"},
+  };
+  constexpr int64_t kEnough = int64_t{64} << 20;
+  for (const Endless& kind : kinds) {
+    const int fd = Connect(address, std::chrono::seconds(10));
+    ASSERT_GE(fd, 0);
+    int64_t sent = 0;
+    bool refused = false;
+    for (const std::string* data = &kind.head; sent < kEnough; data = &kind.repeat) {
+      const ssize_t n = send(fd, data->data(), data->size(), MSG_NOSIGNAL);
+      if (n < 0) {  // reset or closed by the server (or a send that waited 10 s: the server stopped reading)
+        refused = true;
+        break;
+      }
+      sent += n;
+    }
+    close(fd);
+    EXPECT_TRUE(refused) << kind.name << ": the server took " << kEnough << " bytes of one request";
+  }
+  EXPECT_EQ(MetricValue(HttpGet(address, "/metrics"), "samplerd_build_info", {{"version", "0.1.0"}}), 1);
+  std::ifstream status("/proc/" + std::to_string(server->pid()) + "/status");
+  std::string line;
+  int64_t peak_kib = -1;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) peak_kib = std::stoll(line.substr(6));
+  }
+  ASSERT_GT(peak_kib, 0);
+  EXPECT_LT(peak_kib, 64 * 1024) << "peak RSS in KiB: what the server was sent stayed in its memory";
+}
+
+// Clients that trickle their requests a byte at a time, one on each of the server's threads, must not keep
+// Prometheus out: a request has 2 s to arrive whole, then its connection is closed, and a scrape made meanwhile is
+// answered within Prometheus' default scrape timeout.
+TEST(Metrics, TricklingRequestsAreClosedAndDoNotBlockScrapes) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start();
+  ASSERT_NE(server, nullptr);
+  const std::string& address = server->metrics_address();
+  std::vector<int> tricklers;
+  for (int i = 0; i < 16; ++i) {  // ServerMetrics::kHttpThreads
+    const int fd = Connect(address, std::chrono::seconds(10));
+    ASSERT_GE(fd, 0);
+    tricklers.push_back(fd);
+  }
+  std::atomic<bool> stop{false};
+  std::thread trickle([&] {
+    const std::string head = "GET /metrics HTTP/1.1\r\nHost: " + address + "\r\nX-Slow: ";
+    for (const int fd : tricklers) send(fd, head.data(), head.size(), MSG_NOSIGNAL);
+    while (!stop) {  // a byte well within each read's timeout, and never the end of the header
+      for (const int fd : tricklers) send(fd, "a", 1, MSG_NOSIGNAL);
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // the tricklers hold every thread by now
+  const std::string body = HttpGet(address, "/metrics", std::chrono::seconds(10));
+  stop = true;
+  trickle.join();
+  EXPECT_EQ(MetricValue(body, "samplerd_build_info", {{"version", "0.1.0"}}), 1);
+  for (const int fd : tricklers) {
+    char buffer[4096];
+    ssize_t n;
+    do {  // an error answer may come before the close; the close is what counts
+      n = read(fd, buffer, sizeof(buffer));
+    } while (n > 0);
+    EXPECT_TRUE(n == 0 || errno == ECONNRESET) << "a trickling connection was still open (errno " << errno << ")";
+    close(fd);
+  }
+}
+
 // The live page's data: per profile the steps by regime and the recent points, nothing that names a sequence
 // or a token.
 TEST(Metrics, LiveStepsCountStepsByProfileWithoutSequenceIds) {
