@@ -1,7 +1,10 @@
 #include "service/seed_table.h"
 
+#include <algorithm>
 #include <iterator>
 #include <random>
+
+#include "core/step_engine.h"
 
 namespace samplerd {
 namespace {
@@ -26,7 +29,8 @@ uint64_t SeedTable::Resolve(absl::string_view sequence_id, uint64_t requested) {
     return it->second.seed;
   }
   const uint64_t seed = FreshSeed();
-  if (sequence_id.size() > max_key_bytes_) return seed;
+  // An id the contract refuses (its step is answered INVALID_ARGUMENT) must not push the others out.
+  if (sequence_id.size() > std::min(max_key_bytes_, kMaxSequenceIdBytes)) return seed;
   while (!seeds_.empty() && (seeds_.size() >= capacity_ || key_bytes_ + sequence_id.size() > max_key_bytes_)) {
     key_bytes_ -= use_order_.front().size();
     seeds_.erase(use_order_.front());

@@ -25,10 +25,10 @@ namespace samplerd {
 //
 // sequence_id -> server-picked seed, holding at most `capacity` sequences whose ids total at most `max_key_bytes`;
 // past either the sequence used least recently is forgotten, so a sequence that keeps stepping keeps its seed as
-// long as the others used between two of its steps fit beside it. An id longer than `max_key_bytes` on its own gets
-// a fresh seed and is not kept. A forgotten sequence that sends seed 0 again gets a fresh seed, which its results
-// report, so every step stays reproducible from its reported seed. Not thread-safe: a stream reads one request at a
-// time.
+// long as the others used between two of its steps fit beside it. An id longer than `max_key_bytes`, or than the
+// contract's kMaxSequenceIdBytes, gets a fresh seed and is not kept. A forgotten sequence that sends seed 0 again gets
+// a fresh seed, which its results report, so every step stays reproducible from its reported seed. Not thread-safe: a
+// stream reads one request at a time.
 class SeedTable {
  public:
   // Enough for the batch of any continuous-batching host.

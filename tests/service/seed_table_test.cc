@@ -1,7 +1,9 @@
 #include "service/seed_table.h"
 
 #include <string>
+#include <vector>
 
+#include "core/step_engine.h"
 #include "gtest/gtest.h"
 
 namespace samplerd {
@@ -62,9 +64,9 @@ TEST(SeedTable, StaysBoundedUnderManySequences) {
 
 TEST(SeedTable, LongIdsAreBoundedByBytesNotCount) {
   SeedTable seeds(/*capacity=*/4096, /*max_key_bytes=*/1000);
-  for (int i = 0; i < 100; ++i) seeds.Resolve(std::string(300, 'a' + i % 26) + std::to_string(i), 0);
+  for (int i = 0; i < 100; ++i) seeds.Resolve(std::string(240, 'a' + i % 26) + std::to_string(i), 0);
   EXPECT_LE(seeds.key_bytes(), 1000u);
-  EXPECT_EQ(seeds.size(), 3u);  // three ids of 301-302 bytes fit in 1000
+  EXPECT_EQ(seeds.size(), 4u);  // four ids of 241-242 bytes fit in 1000
   const uint64_t kept = seeds.Resolve("short", 0);
   EXPECT_EQ(seeds.Resolve("short", 0), kept);
 }
@@ -78,6 +80,19 @@ TEST(SeedTable, AnIdOverTheByteBoundGetsAFreshSeedEachTimeAndIsNotKept) {
   EXPECT_NE(seeds.Resolve(huge, 0), first);  // 2^-64 chance of a false failure
   EXPECT_EQ(seeds.size(), 1u);
   EXPECT_EQ(seeds.Resolve("a", 0), a);
+}
+
+// A step whose id the contract refuses (over kMaxSequenceIdBytes) is answered INVALID_ARGUMENT; its seed is
+// resolved before that, and must not push the stream's other sequences out of the table.
+TEST(SeedTable, AnIdTheContractRefusesIsNotKeptAndForgetsNoOtherSequence) {
+  SeedTable seeds;
+  std::vector<uint64_t> kept;
+  for (int i = 0; i < 8; ++i) kept.push_back(seeds.Resolve("seq" + std::to_string(i), 0));
+  for (const size_t length : {kMaxSequenceIdBytes + 1, SeedTable::kDefaultMaxKeyBytes}) {
+    EXPECT_NE(seeds.Resolve(std::string(length, 'x'), 0), 0u);
+    EXPECT_EQ(seeds.size(), 8u) << length;
+  }
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(seeds.Resolve("seq" + std::to_string(i), 0), kept[static_cast<size_t>(i)]);
 }
 
 }  // namespace
