@@ -46,7 +46,7 @@ class AnswerOrder {
 
   // One request and its answer, from the end of its read until its answer is written.
   struct Entry {
-    std::unique_ptr<Request> request;  // while it runs; then back to the spares
+    std::unique_ptr<Request> request;  // while it runs; then back to the spares, unless reset before Answered
     Answer answer;
     bool ready = false;    // answered (or refused)
     bool refused = false;  // a stream-level error: nothing to write, the stream ends after the earlier answers
@@ -104,7 +104,7 @@ class AnswerOrder {
   bool Answered(Entry* entry, const absl::Status& status) {
     --in_flight_;
     entry->ready = true;
-    spare_requests_.push_back(std::move(entry->request));
+    if (entry->request != nullptr) spare_requests_.push_back(std::move(entry->request));
     if (status.ok()) return false;
     entry->refused = true;
     if (error_.has_value()) return false;

@@ -33,6 +33,11 @@ constexpr int kMaxRequestsInFlight = 2;
 // (service/allocator_tuning.h), so such a buffer was its own mapping and goes back to the kernel at once.
 constexpr size_t kWorkspaceKeepBytes = kMmapThresholdBytes;
 
+// The largest parsed request a stream keeps to parse the next one into. A message keeps its buffers' capacity
+// when cleared, so a stream that once carried a request of --max_message_bytes would hold that much for as long
+// as it stays open, idle or not; a few L steps fit, and a larger request's buffers go back to the allocator.
+constexpr size_t kRequestKeepBytes = size_t{4} << 20;
+
 // Ends a stream that was not admitted without touching its messages.
 class RejectedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
@@ -162,6 +167,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   void OnAnswered(Order::Entry* entry, absl::Status status) {
     // Serialized here, outside mu_, on the thread that answered.
     if (status.ok()) Serialize(entry->answer.response, &entry->answer.wire);
+    if (entry->request->SpaceUsedLong() > kRequestKeepBytes) entry->request.reset();
     std::optional<absl::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);

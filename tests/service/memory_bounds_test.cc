@@ -180,6 +180,56 @@ TEST(MemoryBounds, LongSequenceIdsAreRefusedAndDoNotFillTheSeedTable) {
   EXPECT_EQ(server->Terminate(), 0);
 }
 
+// A stream that once carried a large request and then goes idle must not keep that request's parsed buffers:
+// four streams, each sent a 15 MiB request, then a small one, then left open, hold no more than one stream does.
+TEST(MemoryBounds, AnIdleStreamDoesNotKeepItsLargestRequest) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags());
+  ASSERT_NE(server, nullptr);
+  auto stub = Stub(*server);
+  v1::SampleRequest large, small;
+  for (int i = 0; i < 60; ++i) {  // 60 steps of 64,000 logits: 15 MiB, under --max_message_bytes
+    v1::Step* step = large.add_steps();
+    step->set_sequence_id("large");
+    step->set_seed(1);
+    step->set_step(static_cast<uint64_t>(i));
+    const int64_t shape[] = {64000};
+    FillF32Tensor(std::vector<float>(64000, 0.5f), shape, step->mutable_logits());
+  }
+  ASSERT_LT(large.ByteSizeLong(), static_cast<size_t>(kMaxMessageBytes));
+  v1::Step* step = small.add_steps();
+  step->set_sequence_id("small");
+  step->set_seed(1);
+  SetLogits(step);
+
+  struct Stream {
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>> rpc;
+  };
+  std::vector<std::unique_ptr<Stream>> open;
+  int64_t rss_one = 0;
+  for (int s = 0; s < 4; ++s) {
+    open.push_back(std::make_unique<Stream>());
+    Stream& stream = *open.back();
+    stream.rpc = stub->Sample(&stream.context);
+    for (const v1::SampleRequest* request : {&large, &small}) {
+      ASSERT_TRUE(stream.rpc->Write(*request));
+      v1::SampleResponse response;
+      ASSERT_TRUE(stream.rpc->Read(&response));
+      ASSERT_EQ(response.results_size(), request->steps_size());
+    }
+    if (s == 0) rss_one = StatusKiB(server->pid(), "VmRSS") / 1024;
+  }
+  const int64_t rss_four = StatusKiB(server->pid(), "VmRSS") / 1024;
+  std::fprintf(stderr, "samplerd RSS with one idle stream %lld MiB, with four %lld MiB\n",
+               static_cast<long long>(rss_one), static_cast<long long>(rss_four));
+  EXPECT_LT(rss_four - rss_one, 24) << "each idle stream kept its 15 MiB request";
+  for (const std::unique_ptr<Stream>& stream : open) {
+    stream->rpc->WritesDone();
+    EXPECT_TRUE(stream->rpc->Finish().ok());
+  }
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
 TEST(MemoryBounds, HealthWatchStreamsPastTheLimitAreRefused) {
   constexpr int kLimit = 16;
   std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags({"--max_health_watches", std::to_string(kLimit)}));
