@@ -1,6 +1,7 @@
 #include "service/sampler_service.h"
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <utility>
@@ -267,11 +268,25 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
                                   std::function<void(absl::Status)> done, absl::string_view shm_session,
                                   std::function<bool()> cancelled) const {
   response->Clear();
-  if (observer_ != nullptr) observer_->OnRequest(request.ByteSizeLong());
+  const uint64_t request_bytes = request.ByteSizeLong();
+  if (observer_ != nullptr) observer_->OnRequest(request_bytes);
   if (request.steps_size() > config_.max_steps_per_request) {
     done(LimitFieldError("steps", absl::StrCat("a request may carry at most ", config_.max_steps_per_request,
                                                " steps (--max_steps_per_request), got ", request.steps_size())));
     return;
+  }
+  // Tensors in shared memory are work the request asks for without carrying it: counted as if inline, so a
+  // request by reference can ask for no more than one over the wire could.
+  uint64_t total_bytes = request_bytes;
+  for (const v1::Step& step : request.steps()) {
+    total_bytes += ReferencedBytes(step, shm_.get(), shm_session);
+    if (total_bytes > static_cast<uint64_t>(config_.max_message_bytes)) {
+      done(LimitFieldError("steps", absl::StrCat("the request and the tensors its steps reference come to more than ",
+                                                 config_.max_message_bytes,
+                                                 " bytes (--max_message_bytes): a request by reference "
+                                                 "may carry no more than one with its tensors inline")));
+      return;
+    }
   }
   // What the steps share while they run; freed by the pool after `done`.
   struct Job {

@@ -107,6 +107,18 @@ StepInput DecodeStep(const v1::Step& step, uint64_t seed) {
   return in;
 }
 
+uint64_t ReferencedBytes(const v1::Step& step, const ShmRegistry* shm, absl::string_view session) {
+  uint64_t bytes = 0;
+  const auto add = [&](const v1::TensorRef& ref, absl::string_view field) {
+    RawTensor raw;
+    std::shared_ptr<const ShmRegion> held;
+    if (ResolveRef(ref, shm, session, field, &raw, &held).ok()) bytes += raw.data.size();
+  };
+  if (step.has_logits_ref()) add(step.logits_ref(), "logits_ref");
+  if (step.has_attention_ref()) add(step.attention_ref(), "attention_ref");
+  return bytes;
+}
+
 absl::Status ResolveTensorRefs(const v1::Step& step, const ShmRegistry* shm, absl::string_view session, StepInput* in,
                                ShmHold* hold) {
   if (step.has_logits_ref()) {

@@ -45,6 +45,13 @@ struct ShmHold {
   std::shared_ptr<const ShmRegion> attention;
 };
 
+// ReferencedBytes()
+//
+// The bytes of `step`'s TensorRefs that ResolveTensorRefs would resolve, so that the limits on what a request
+// carries can count referenced tensors as if they were inline. A ref it would refuse counts 0: its step is
+// answered with that error on its own, and must not make the others' request too large.
+uint64_t ReferencedBytes(const v1::Step& step, const ShmRegistry* shm, absl::string_view session);
+
 // ResolveTensorRefs()
 //
 // Points `in`'s tensors at the region bytes of `step.logits_ref` / `step.attention_ref` (when set), looked up in

@@ -192,6 +192,42 @@ TEST_F(ShmServerTest, ReferencedStepsAnswerByteForByteAsTheirBytes) {
   EXPECT_THAT(gone.results(0).error().message(), HasSubstr("no shared-memory region"));
 }
 
+// A referenced tensor counts against --max_message_bytes as if it were inline: a request of a few hundred bytes
+// must not ask the workers for more than a request over the wire could carry, whether it comes as a Sample call
+// or on the control socket.
+TEST(ShmControlSteps, ReferencedTensorsCountAgainstTheMessageLimit) {
+  const std::string socket_path = ShmSocketPath();
+  // Room for three steps' logits, inline or referenced, and the rest of their requests.
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--shm_socket", socket_path, "--max_message_bytes", std::to_string(3 * kVocab * 4 + 4096)});
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(socket_path, 4 * kVocab * 4, "budget");
+  ASSERT_TRUE(plane.ok()) << plane.status();
+  v1::SampleRequest bytes, four;
+  MakeSteps(4, plane->get(), &bytes, &four);
+  ASSERT_LT(four.ByteSizeLong(), 4096u);
+
+  grpc::Status rpc_status;
+  Once(server->unix_target(), four, plane->get(), &rpc_status);
+  EXPECT_EQ(rpc_status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(rpc_status.error_message(), HasSubstr("--max_message_bytes"));
+  v1::SampleResponse response;
+  absl::Status status = (*plane)->Sample(four, &response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(status.message(), rpc_status.error_message());
+
+  // Three steps fit, as they would inline; the connection stays usable.
+  v1::SampleRequest three = four;
+  three.mutable_steps()->RemoveLast();
+  ASSERT_TRUE((*plane)->Sample(three, &response).ok());
+  ASSERT_EQ(response.results_size(), 3);
+  EXPECT_FALSE(response.results(2).has_error()) << response.results(2).error().message();
+  const v1::SampleResponse by_rpc = Once(server->unix_target(), three, plane->get(), &rpc_status);
+  ASSERT_TRUE(rpc_status.ok()) << rpc_status.error_message();
+  EXPECT_EQ(by_rpc.results_size(), 3);
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
 TEST_F(ShmServerTest, TheControlSocketRefusesUnsealedFdsAndEnforcesTheLimits) {
   absl::StatusOr<int> sock = client::ShmConnect(socket_path_);
   ASSERT_TRUE(sock.ok()) << sock.status();
