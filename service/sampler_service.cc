@@ -65,15 +65,23 @@ absl::Status ParseRequest(grpc::ByteBuffer* buffer, int64_t index, Request* requ
                                                  Request::descriptor()->full_name(), ": it does not parse"));
 }
 
-// The response's wire form, as gRPC would have written it.
+// The response's wire form, as gRPC would have written it. RESOURCE_EXHAUSTED (and no wire form) when it is over
+// `max_bytes`, --max_message_bytes: gRPC would fail the whole call on writing it, and a stream's earlier answers
+// could be lost with it; this way they are written and the stream ends after them with the reason.
 template <class Response>
-void Serialize(const Response& response, grpc::ByteBuffer* wire) {
+absl::Status Serialize(const Response& response, int64_t max_bytes, grpc::ByteBuffer* wire) {
   bool own_buffer = false;
   // Only fails for a message over 2 GiB, which no response of this service is.
   const grpc::Status status = grpc::SerializationTraits<Response>::Serialize(response, wire, &own_buffer);
   if (!status.ok()) {
     spdlog::error("a {} did not serialize: {}", Response::descriptor()->full_name(), status.error_message());
   }
+  if (const size_t bytes = wire->Length(); static_cast<int64_t>(bytes) > max_bytes) {
+    wire->Clear();
+    return absl::ResourceExhaustedError(absl::StrCat("the answer is ", bytes, " bytes, over --max_message_bytes ",
+                                                     max_bytes, "; send fewer steps per request"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -167,7 +175,8 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   // empty, or no compute).
   void OnAnswered(Order::Entry* entry, absl::Status status) {
     // Serialized here, outside mu_, on the thread that answered.
-    if (status.ok()) Serialize(entry->answer.response, &entry->answer.wire);
+    if (status.ok())
+      status = Serialize(entry->answer.response, service_->config_.max_message_bytes, &entry->answer.wire);
     if (entry->request->SpaceUsedLong() > kRequestKeepBytes) entry->request.reset();
     std::optional<absl::Status> finish;
     {
@@ -399,10 +408,11 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
     reactor->Finish(ToGrpcStatus(parsed));
     return reactor;
   }
-  answer(call->request, &call->seeds, &call->response, [call, reactor, response](absl::Status status) {
-    if (status.ok()) Serialize(call->response, response);
-    reactor->Finish(ToGrpcStatus(status));
-  });
+  answer(call->request, &call->seeds, &call->response,
+         [call, reactor, response, max_bytes = config_.max_message_bytes](absl::Status status) {
+           if (status.ok()) status = Serialize(call->response, max_bytes, response);
+           reactor->Finish(ToGrpcStatus(status));
+         });
   return reactor;
 }
 
@@ -423,8 +433,7 @@ grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerConte
   const std::shared_ptr<const ProfileRegistry> registry = profiles();
   for (const Profile& profile : registry->profiles()) *answer.add_profiles() = profile.proto();
   answer.set_default_profile(registry->default_profile());
-  Serialize(answer, response);
-  reactor->Finish(grpc::Status::OK);
+  reactor->Finish(ToGrpcStatus(Serialize(answer, config_.max_message_bytes, response)));
   return reactor;
 }
 

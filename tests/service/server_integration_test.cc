@@ -567,6 +567,41 @@ TEST_F(LimitedServerTest, OversizeVocabIsAStepErrorOversizeMessageAStreamError) 
   EXPECT_EQ(stream.rw->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
+// A request under --max_message_bytes whose answer is over it (many steps, each with a top list) is refused with
+// the reason, after the stream's earlier answers: gRPC itself would fail the call on the write, and answers the
+// client had not read yet would go with it.
+TEST(ServerLimits, AnAnswerOverTheMessageLimitEndsTheStreamAfterTheEarlierAnswers) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--max_message_bytes", "4096"});
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::Sampler::NewStub(Connect(server->tcp_target()));
+  v1::SampleRequest small, wide;
+  for (int i = 0; i < 32; ++i) {
+    v1::Step step = MakeStep("wide" + std::to_string(i), 0, 1, /*vocab=*/16);
+    step.clear_attention();
+    step.set_top_logprobs(16);
+    if (i == 0) *small.add_steps() = step;
+    *wide.add_steps() = step;
+  }
+  ASSERT_LT(wide.ByteSizeLong(), 4096u);
+
+  Stream stream(stub.get());
+  ASSERT_TRUE(stream.rw->Write(small));
+  ASSERT_TRUE(stream.rw->Write(wide));
+  v1::SampleResponse response;
+  ASSERT_TRUE(stream.rw->Read(&response)) << "the answer before the refused one was lost";
+  ASSERT_EQ(response.results_size(), 1);
+  ExpectValidResult(response.results(0), small.steps(0));
+  EXPECT_FALSE(stream.rw->Read(&response));
+  const grpc::Status status = stream.rw->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("--max_message_bytes 4096; send fewer steps per request"));
+
+  grpc::ClientContext context;
+  const grpc::Status once = stub->SampleOnce(&context, wide, &response);
+  EXPECT_EQ(once.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(once.error_message(), status.error_message());
+}
+
 TEST_F(LimitedServerTest, StreamsPastMaxStreamsAreRefusedUntilOneCloses) {
   v1::SampleRequest request;
   *request.add_steps() = MakeStep("s", 0, 1);
