@@ -1,6 +1,7 @@
 #include "core/step_engine.h"
 
 #include <cmath>
+#include <limits>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
@@ -19,6 +20,33 @@ absl::Status CheckMetricsFinite(const MetricValues& m) {
       !(std::isfinite(m.attention->entropy) && std::isfinite(m.attention->varentropy) &&
         std::isfinite(m.attention->agreement) && std::isfinite(m.attention->interaction_strength))) {
     return ChangedDuringStepError("attention.data");
+  }
+  return absl::OkStatus();
+}
+
+// The drawn token's log-probability and the top list read z again after the metrics pass, each entry once: z
+// rewritten in between (shared memory) can give a log-probability above 0 (a logit above the max the metrics
+// found), a list out of order, a token listed with another value than it was drawn with, or a list that leaves
+// out a better token than its last. None holds for one state of z. At most kMaxTopLogprobs entries: no pass
+// over the vocabulary.
+absl::Status CheckLogprobsReadOneState(const StepOutput& out, int32_t top_logprobs) {
+  // A drawn token's logit is finite (an emitted one may be masked: -inf).
+  if (std::isnan(out.logprob) || out.logprob > 0.0f) return ChangedDuringStepError("logits.data");
+  float previous = 0.0f;
+  bool drawn_listed = false;
+  for (const auto& [id, logprob] : out.top) {
+    // Also NaN and +inf: only -inf (masked) entries are left out of the list.
+    if (!(logprob <= previous)) return ChangedDuringStepError("logits.data");
+    previous = logprob;
+    if (id == out.token) {
+      if (logprob != out.logprob) return ChangedDuringStepError("logits.data");
+      drawn_listed = true;
+    }
+  }
+  // A list shorter than asked holds every token with a finite log-probability; a full one, the best of them.
+  if (top_logprobs > 0 && !drawn_listed && out.logprob != -std::numeric_limits<float>::infinity() &&
+      (static_cast<int32_t>(out.top.size()) < top_logprobs || out.logprob > out.top.back().second)) {
+    return ChangedDuringStepError("logits.data");
   }
   return absl::OkStatus();
 }
@@ -152,22 +180,19 @@ absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits
     }
   }
   out->logprob = static_cast<float>(summary.LogProb(z[out->token]));
-  // A drawn token's logit is finite (an emitted one may be masked: -inf), unless z changed since the metrics pass.
-  if (std::isnan(out->logprob) || out->logprob > 0.0f) {
-    return ChangedDuringStepError("logits.data");
-  }
 
   out->top.clear();
   if (in.top_logprobs > 0) {
     TopTokens(z, vocab, in.top_logprobs, &ws->chain, &ws->top_ids, ws->metrics.logit_block_max.data());
     // Only tokens with a finite log-probability (the contract): a masked one (-inf) is not a candidate, so top
-    // has fewer than top_logprobs entries when fewer tokens are finite.
+    // has fewer than top_logprobs entries when fewer tokens are finite. Any other non-finite value is z changing
+    // under the step, which the check below reports.
     for (int32_t id : ws->top_ids) {
       const float logprob = static_cast<float>(summary.LogProb(z[id]));
-      if (std::isfinite(logprob)) out->top.emplace_back(id, logprob);
+      if (logprob != -std::numeric_limits<float>::infinity()) out->top.emplace_back(id, logprob);
     }
   }
-  return absl::OkStatus();
+  return CheckLogprobsReadOneState(*out, in.top_logprobs);
 }
 
 }  // namespace samplerd

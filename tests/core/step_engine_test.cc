@@ -8,9 +8,12 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "core/field_error.h"
+#include "core/fork_join.h"
 #include "core/step_engine.h"
 #include "gtest/gtest.h"
 
@@ -363,6 +366,66 @@ TEST(RunStepTest, GreedyOverrideIsArgmaxWithLowestIdOnTies) {
   EXPECT_EQ(out.token, 123);
   EXPECT_EQ(out.regime, v1::REGIME_FIXED);
   EXPECT_EQ(out.applied.temperature, 0.0f);
+}
+
+// Stands for a host rewriting its shared-memory slot while the step runs: once the metrics pass (the first Run,
+// whose `mine` holds the logits pass) has read the logits, their bytes become `after`, and every later read of
+// RunStep sees those instead.
+class RewriteLogitsAfterMetrics final : public ForkJoin {
+ public:
+  RewriteLogitsAfterMetrics(std::string* bytes, std::vector<float> after) : bytes_(bytes), after_(std::move(after)) {}
+
+  void Run(absl::FunctionRef<void()> mine, absl::FunctionRef<void()> theirs) override {
+    mine();
+    theirs();
+    if (!rewritten_) std::memcpy(bytes_->data(), after_.data(), after_.size() * sizeof(float));
+    rewritten_ = true;
+  }
+
+  bool rewritten() const { return rewritten_; }
+
+ private:
+  std::string* bytes_;
+  std::vector<float> after_;
+  bool rewritten_ = false;
+};
+
+// The greedy draw looks for the max where the metrics pass saw it and finds it unchanged, while the top list
+// reads a logit that has become huge since: an OK answer would list a log-probability above 0, which no one
+// state of the tensor gives.
+TEST(RunStepTest, ATopLogprobFromLogitsRewrittenAfterTheMetricsIsAnErrorOnLogitsData) {
+  OwnedStep s = RandomStep(6, 1000);
+  s.logits[10] = 20.0f;                              // the max, drawn greedily
+  s.attention_shape = {8, kMinSharedAttention / 8};  // large enough for the metrics pass to use the fork-join
+  s.attention.resize(static_cast<size_t>(kMinSharedAttention));
+  std::mt19937 gen(6);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& x : s.attention) x = normal(gen);
+  s.profile = "fixed";
+  s.has_params = true;
+  s.params.set_temperature(0.0f);
+  s.top_logprobs = 5;
+  const std::vector<float> before = s.logits;
+  StepInput in = s.Input();
+  Workspace ws;
+  StepOutput out;
+
+  RewriteLogitsAfterMetrics unchanged(&s.logits_bytes, before);
+  ASSERT_TRUE(RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, in, &ws, &out, &unchanged).ok());
+  ASSERT_TRUE(unchanged.rewritten()) << "the logits pass ran without the fork-join";
+  EXPECT_EQ(out.token, 10);
+  ASSERT_FALSE(out.top.empty());
+  EXPECT_EQ(out.top[0].first, 10);
+
+  std::vector<float> after = before;
+  after[11] = 3.4e38f;  // in the max's block of kernels::kMaxBlock, which the top list's scan reads
+  RewriteLogitsAfterMetrics rewritten(&s.logits_bytes, after);
+  const absl::Status status = RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, in, &ws, &out, &rewritten);
+  ASSERT_TRUE(rewritten.rewritten());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument)
+      << "token " << out.token << " top[0] " << (out.top.empty() ? 0 : out.top[0].first) << " logprob "
+      << (out.top.empty() ? 0.0f : out.top[0].second);
+  EXPECT_EQ(ErrorField(status), "logits.data");
 }
 
 // bf16 is converted inside the metrics' first pass (not before it): the step must be exactly the f32 step of

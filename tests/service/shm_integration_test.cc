@@ -1,7 +1,8 @@
 // The shared-memory plane against a real samplerd (--shm_socket): the control socket's protocol (a sealed memfd
 // accepted, an unsealed one refused with the reason), steps referencing a region answered byte for byte as the
 // same tensors sent as bytes, steps on the control socket answered byte for byte as on the Sample RPC (errors,
-// limits and the bearer token included), and clients killed mid-step with steps in flight, on a Sample stream
+// limits and the bearer token included), a logits tensor rewritten while its steps read it answered with top
+// lists one state of it could give or refused, and clients killed mid-step with steps in flight, on a Sample stream
 // and on the control socket: 200 times each, while another client is answered correctly throughout, and at the
 // end no region is left mapped (/metrics).
 #include <arpa/inet.h>
@@ -268,6 +269,78 @@ TEST_F(ShmServerTest, TheControlSocketRefusesUnsealedFdsAndEnforcesTheLimits) {
   close(*sock);
   EXPECT_TRUE(WaitFor([&] { return Metric(*server_, "samplerd_shm_regions_mapped") == 0; }, std::chrono::seconds(10)));
   EXPECT_GE(Metric(*server_, "samplerd_shm_clients"), 0);
+}
+
+// A host that rewrites a slot while its step reads it gets, per step, an answer that one state of the tensor
+// could give, or INVALID_ARGUMENT on logits.data (docs/shm.md): here the tensor flips between a Gaussian one and
+// one of +-3.4e38, which a step reading both gives top log-probabilities above 0 or out of order.
+TEST_F(ShmServerTest, ALogitsTensorRewrittenMidStepGivesSelfConsistentTopListsOrAnError) {
+  constexpr int kRewrittenVocab = 4096;
+  absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(socket_path_, kRewrittenVocab * 4, "rewritten");
+  ASSERT_TRUE(plane.ok()) << plane.status();
+  const std::vector<float> good = Gaussian(kRewrittenVocab, 7);
+  std::vector<float> huge(kRewrittenVocab);
+  std::mt19937 rng(11);
+  for (float& x : huge) x = (rng() & 1) != 0 ? 3.4e38f : -3.4e38f;
+  v1::TensorRef ref;
+  const int64_t shape[] = {kRewrittenVocab};
+  (*plane)->WriteF32(0, good, shape, &ref);
+  v1::SampleRequest request;
+  for (int i = 0; i < 500; ++i) {
+    v1::Step* step = request.add_steps();
+    step->set_sequence_id("s" + std::to_string(i));
+    step->set_step(static_cast<uint64_t>(i));
+    step->set_seed(static_cast<uint64_t>(i + 1));
+    step->set_top_logprobs(20);
+    step->set_profile("fixed");
+    step->mutable_params()->set_temperature(0.0f);
+    *step->mutable_logits_ref() = ref;
+  }
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    char* slot = (*plane)->data();
+    while (!stop.load(std::memory_order_relaxed)) {
+      std::memcpy(slot, huge.data(), huge.size() * 4);
+      // The server reads the slot from another process: neither copy is a dead store.
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      std::memcpy(slot, good.data(), good.size() * 4);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    }
+  });
+  int answered = 0;
+  int impossible = 0;
+  for (int round = 0; round < 6; ++round) {
+    grpc::Status status;
+    const v1::SampleResponse response = Once(server_->unix_target(), request, plane->get(), &status);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    for (const v1::StepResult& r : response.results()) {
+      if (r.has_error()) {
+        EXPECT_EQ(r.error().code(), 3) << r.error().message();
+        EXPECT_THAT(r.error().field(), ::testing::StartsWith("logits")) << r.error().message();
+        continue;
+      }
+      ++answered;
+      bool consistent =
+          r.token() >= 0 && r.token() < kRewrittenVocab && !std::isnan(r.logprob()) && r.logprob() <= 0.0f;
+      bool listed = false;
+      for (int i = 0; i < r.top_size(); ++i) {
+        const float logprob = r.top(i).logprob();
+        consistent = consistent && std::isfinite(logprob) && logprob <= 0.0f &&
+                     (i == 0 || logprob <= r.top(i - 1).logprob()) &&
+                     (r.top(i).token() != r.token() || logprob == r.logprob());
+        listed = listed || r.top(i).token() == r.token();
+      }
+      // Unlisted, the drawn token has no finite log-probability (+-3.4e38 logits can give -inf), or the list is
+      // full and it is no better than the last listed one.
+      consistent = consistent &&
+                   (listed || r.logprob() == -INFINITY || (r.top_size() == 20 && r.logprob() <= r.top(19).logprob()));
+      if (!consistent) ++impossible;
+    }
+  }
+  stop = true;
+  writer.join();
+  EXPECT_EQ(impossible, 0) << "of " << answered << " OK answers";
+  EXPECT_GT(answered, 0);
 }
 
 TEST(ShmFallback, ConnectWithoutAServerSocketIsUnavailable) {
