@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/field_error.h"
 #include "samplerd/v1/sampler.pb.h"
 #include "service/logging.h"
 #include "service/seed_table.h"
@@ -29,10 +30,19 @@ namespace {
 // closed (the kernel installs them in this process as soon as recvmsg returns).
 constexpr int kMaxFdsPerPacket = 8;
 
+// What an answer's message may quote of a status: an answer without `sample` stays far below kMaxPacketBytes.
+constexpr size_t kMaxMessageBytes = 1024;
+
 // Receives one packet into `buffer` (ShmControlServer::kMaxPacketBytes) and its descriptors into `fds`, blocking;
-// its length (kMaxPacketBytes + 1 when it was longer), 0 at end of stream, -1 on error.
+// its length (kMaxPacketBytes + 1 when it was longer; 0 for an empty packet), -1 at end of stream or on error.
+//
+// On SOCK_SEQPACKET, recvmsg returns 0 both for a zero-length packet (a valid, empty ShmControlRequest) and at
+// end of stream, with the same msg_flags. The connection has SO_PASSCRED set (Accept), and unix(7) gives an
+// SCM_CREDENTIALS control message with each received message: a packet, even empty, comes with one, the end of
+// stream with none. Polling for POLLRDHUP instead would misread an empty packet sent just before a half-close
+// (shutdown(SHUT_WR), the client still reading its answer) as the end.
 ssize_t ReceivePacket(int fd, char* buffer, std::vector<int>* fds) {
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerPacket)];
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * kMaxFdsPerPacket)];
   struct iovec iov = {buffer, ShmControlServer::kMaxPacketBytes};
   struct msghdr msg = {};
   msg.msg_iov = &iov;
@@ -44,8 +54,11 @@ ssize_t ReceivePacket(int fd, char* buffer, std::vector<int>* fds) {
     n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return n;
+  bool credentials = false;
   for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    if (c->cmsg_level != SOL_SOCKET) continue;
+    credentials = credentials || c->cmsg_type == SCM_CREDENTIALS;
+    if (c->cmsg_type != SCM_RIGHTS) continue;
     const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
     for (size_t i = 0; i < count; ++i) {
       int received;
@@ -53,6 +66,7 @@ ssize_t ReceivePacket(int fd, char* buffer, std::vector<int>* fds) {
       fds->push_back(received);
     }
   }
+  if (n == 0 && !credentials) return -1;
   if ((msg.msg_flags & MSG_TRUNC) != 0) n = static_cast<ssize_t>(ShmControlServer::kMaxPacketBytes) + 1;
   if ((msg.msg_flags & MSG_CTRUNC) != 0) fds->push_back(-1);  // reported as too many
   return n;
@@ -60,7 +74,7 @@ ssize_t ReceivePacket(int fd, char* buffer, std::vector<int>* fds) {
 
 void Reply(v1::ShmControlResponse* response, const absl::Status& status) {
   response->set_code(static_cast<int32_t>(status.code()));
-  response->set_message(std::string(status.message()));
+  response->set_message(Excerpt(status.message(), kMaxMessageBytes));
 }
 
 // StartRequest's answer, waited for on the connection's thread (it runs there outright for a lone step when a
@@ -191,6 +205,13 @@ void ShmControlServer::Accept() {
         break;
       }
       out_of_descriptors = false;
+      const int on = 1;
+      if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) {
+        // Without it an empty packet cannot be told from the end of the stream (ReceivePacket).
+        spdlog::error("shm control socket: setsockopt(SO_PASSCRED): {}; client closed", std::strerror(errno));
+        close(fd);
+        continue;
+      }
       absl::StatusOr<std::string> session = options_.registry->OpenSession();
       if (!session.ok()) {
         // Told why, then closed: the client sees the message in the answer to its first packet's read.
@@ -248,8 +269,12 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
   switch (request.kind_case()) {
     case v1::ShmControlRequest::kRegister: {
       if (fds.size() != 1 || fds[0] < 0) {
-        Reply(response, absl::InvalidArgumentError(absl::StrCat(
-                            "a register packet carries exactly one memfd (SCM_RIGHTS), got ", fds.size())));
+        // A -1 stands for descriptors the kernel dropped, uncounted, past the control buffer's room.
+        const bool dropped = std::find(fds.begin(), fds.end(), -1) != fds.end();
+        const size_t received = fds.size() - (dropped ? 1 : 0);
+        Reply(response,
+              absl::InvalidArgumentError(absl::StrCat("a register packet carries exactly one memfd (SCM_RIGHTS), got ",
+                                                      dropped ? "more than " : "", received)));
         return;
       }
       absl::StatusOr<ShmRegistry::Registered> registered =
@@ -318,10 +343,10 @@ void ShmControlServer::Serve(Connection* connection) {
   for (;;) {
     fds.clear();
     const ssize_t n = ReceivePacket(connection->fd, buffer.get(), &fds);
-    if (n > 0) HandlePacket(options_, &state, buffer.get(), static_cast<size_t>(n), fds, &response);
+    if (n >= 0) HandlePacket(options_, &state, buffer.get(), static_cast<size_t>(n), fds, &response);
     for (int f : fds)
       if (f >= 0) close(f);  // a registered region keeps its own reference (the mapping)
-    if (n <= 0) break;       // end of stream, a broken connection, or the server stopping
+    if (n < 0) break;        // end of stream, a broken connection, or the server stopping
     response.SerializeToString(&wire);
     if (response.has_sample() &&
         (wire.size() > kMaxPacketBytes || static_cast<int64_t>(wire.size()) > options_.max_message_bytes)) {

@@ -11,6 +11,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "core/field_error.h"
 #include "spdlog/spdlog.h"
 
 namespace samplerd {
@@ -125,7 +126,22 @@ absl::StatusOr<ShmRegistry::Registered> ShmRegistry::Register(absl::string_view 
   }
   void* data = mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_SHARED, fd, 0);
   if (data == MAP_FAILED) {
-    return refuse(absl::InternalError(absl::StrCat("mmap of ", size, " bytes failed: ", std::strerror(errno))));
+    const int error = errno;
+    const std::string failed =
+        absl::StrCat("mmap(PROT_READ, MAP_SHARED) of ", size, " bytes failed: ", std::strerror(error));
+    // The client's descriptor or its backing (an fd not open for reading, huge pages the kernel has none of) is
+    // the client's to fix, not a server fault.
+    switch (error) {
+      case EACCES:
+        return refuse(absl::InvalidArgumentError(
+            absl::StrCat(failed, "; the fd must be open for reading (O_RDONLY or O_RDWR, as memfd_create's is)")));
+      case ENOMEM:
+      case EAGAIN:
+        return refuse(absl::ResourceExhaustedError(absl::StrCat(
+            failed, "; the kernel cannot back the region now (for a MFD_HUGETLB memfd: not enough free huge pages)")));
+      default:
+        return refuse(absl::InternalError(failed));
+    }
   }
   counters_->regions.fetch_add(1, std::memory_order_relaxed);
   counters_->bytes.fetch_add(static_cast<int64_t>(size), std::memory_order_relaxed);
@@ -167,7 +183,7 @@ absl::Status ShmRegistry::Unregister(absl::string_view session, absl::string_vie
   std::unique_lock<std::shared_mutex> lock(mu_);
   const auto it = regions_.find(region);
   if (it == regions_.end() || it->second.session != session) {
-    return absl::NotFoundError(absl::StrCat("this client has no region \"", region, "\""));
+    return absl::NotFoundError(absl::StrCat("this client has no region \"", Excerpt(region), "\""));
   }
   Session& owner = sessions_[session];
   --owner.regions;
@@ -184,7 +200,7 @@ absl::StatusOr<std::shared_ptr<const ShmRegion>> ShmRegistry::Find(absl::string_
   std::shared_lock<std::shared_mutex> lock(mu_);
   const auto it = regions_.find(region);
   if (it == regions_.end()) {
-    return absl::NotFoundError(absl::StrCat("no shared-memory region \"", region,
+    return absl::NotFoundError(absl::StrCat("no shared-memory region \"", Excerpt(region),
                                             "\" is registered (unregistered, or its control connection closed)"));
   }
   if (it->second.session != session) {

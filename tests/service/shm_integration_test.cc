@@ -271,6 +271,100 @@ TEST_F(ShmServerTest, TheControlSocketRefusesUnsealedFdsAndEnforcesTheLimits) {
   EXPECT_GE(Metric(*server_, "samplerd_shm_clients"), 0);
 }
 
+// One packet of `bytes` (with `fds` as SCM_RIGHTS) out, the answer parsed into `answer`, and the answer's length
+// as sent, even past kShmMaxPacketBytes (MSG_TRUNC; then it is not parsed): -1 when the socket fails, 0 when the
+// server closed the connection.
+ssize_t RawExchange(int sock, const std::string& bytes, const std::vector<int>& fds, v1::ShmControlResponse* answer) {
+  struct iovec iov = {const_cast<char*>(bytes.data()), bytes.size()};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  if (!fds.empty()) {
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  if (sendmsg(sock, &msg, MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size())) return -1;
+  std::string buffer(client::kShmMaxPacketBytes, '\0');
+  const ssize_t n = recv(sock, buffer.data(), buffer.size(), MSG_TRUNC);
+  if (n > 0 && n <= static_cast<ssize_t>(buffer.size()) &&
+      !answer->ParseFromArray(buffer.data(), static_cast<int>(n))) {
+    return -1;
+  }
+  return n;
+}
+
+// A zero-length packet is the empty ShmControlRequest, which names no operation: answered, not taken for the
+// end of the stream (which also reads as 0 bytes on SOCK_SEQPACKET), so the client keeps its regions.
+TEST_F(ShmServerTest, AnEmptyPacketIsAnsweredAndKeepsTheConnectionAndItsRegions) {
+  absl::StatusOr<int> sock = client::ShmConnect(socket_path_);
+  ASSERT_TRUE(sock.ok()) << sock.status();
+  const int memfd = memfd_create("kept", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ASSERT_EQ(ftruncate(memfd, 4096), 0);
+  ASSERT_EQ(fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL), 0);
+  v1::ShmControlRequest request;
+  request.mutable_register_();
+  absl::StatusOr<v1::ShmControlResponse> registered = client::ShmControlExchange(*sock, request, memfd);
+  ASSERT_TRUE(registered.ok()) << registered.status();
+  ASSERT_EQ(registered->code(), 0) << registered->message();
+
+  v1::ShmControlResponse empty;
+  ASSERT_GT(RawExchange(*sock, "", {}, &empty), 0) << "the server closed the connection";
+  EXPECT_EQ(empty.code(), 3);
+  EXPECT_THAT(empty.message(), HasSubstr("names no operation"));
+  EXPECT_EQ(empty.session(), registered->session());
+
+  v1::ShmControlRequest unregister;
+  unregister.mutable_unregister()->set_region(registered->region());
+  absl::StatusOr<v1::ShmControlResponse> unregistered = client::ShmControlExchange(*sock, unregister, -1);
+  ASSERT_TRUE(unregistered.ok()) << unregistered.status();
+  EXPECT_EQ(unregistered->code(), 0) << "the region survived the empty packet: " << unregistered->message();
+  close(memfd);
+  close(*sock);
+}
+
+// docs/shm.md: packets are "at most 131072 bytes each way", whatever the request quotes back.
+TEST_F(ShmServerTest, AnAnswerQuotingALongRegionIdStaysWithinThePacketLimit) {
+  absl::StatusOr<int> sock = client::ShmConnect(socket_path_);
+  ASSERT_TRUE(sock.ok()) << sock.status();
+  v1::ShmControlRequest request;
+  request.mutable_unregister()->set_region(std::string(131060, 'a'));
+  const std::string wire = request.SerializeAsString();
+  ASSERT_LE(wire.size(), client::kShmMaxPacketBytes);
+  v1::ShmControlResponse answer;
+  const ssize_t n = RawExchange(*sock, wire, {}, &answer);
+  ASSERT_GT(n, 0);
+  EXPECT_LE(static_cast<size_t>(n), client::kShmMaxPacketBytes);
+  EXPECT_EQ(answer.code(), 5);
+  EXPECT_THAT(answer.message(), HasSubstr("(131060 bytes)"));
+  close(*sock);
+}
+
+// The control buffer takes 8 descriptors; the kernel drops the rest, so the answer cannot count them exactly.
+TEST_F(ShmServerTest, ARegisterCarryingTooManyDescriptorsIsToldSoWithoutAWrongCount) {
+  absl::StatusOr<int> sock = client::ShmConnect(socket_path_);
+  ASSERT_TRUE(sock.ok()) << sock.status();
+  const int memfd = memfd_create("many", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ASSERT_EQ(ftruncate(memfd, 4096), 0);
+  ASSERT_EQ(fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL), 0);
+  v1::ShmControlRequest request;
+  request.mutable_register_();
+  v1::ShmControlResponse answer;
+  ASSERT_GT(RawExchange(*sock, request.SerializeAsString(), std::vector<int>(20, memfd), &answer), 0);
+  EXPECT_EQ(answer.code(), 3);
+  EXPECT_THAT(answer.message(), HasSubstr("got more than 8"));
+  ASSERT_GT(RawExchange(*sock, request.SerializeAsString(), std::vector<int>(2, memfd), &answer), 0);
+  EXPECT_EQ(answer.code(), 3);
+  EXPECT_THAT(answer.message(), HasSubstr("got 2"));
+  close(memfd);
+  close(*sock);
+}
+
 // A host that rewrites a slot while its step reads it gets, per step, an answer that one state of the tensor
 // could give, or INVALID_ARGUMENT on logits.data (docs/shm.md): here the tensor flips between a Gaussian one and
 // one of +-3.4e38, which a step reading both gives top log-probabilities above 0 or out of order.

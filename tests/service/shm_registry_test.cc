@@ -8,12 +8,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "core/field_error.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/sampler_service.h"
@@ -106,6 +108,55 @@ TEST(ShmRegistry, ARegionIsFoundOnlyWithItsOwnSession) {
   EXPECT_EQ(registry.Unregister(b, r.region).code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(registry.Unregister(a, r.region).ok());
   EXPECT_EQ(registry.Find(a, r.region).status().code(), absl::StatusCode::kNotFound);
+}
+
+// An error quotes at most kMaxQuotedBytes of an id the client sent, so a control answer stays within its packet
+// limit however long the id.
+TEST(ShmRegistry, AnUnknownRegionIdIsQuotedShort) {
+  ShmRegistry registry({});
+  const std::string session = *registry.OpenSession();
+  const std::string long_id(131060, 'a');
+  const absl::Status unregistered = registry.Unregister(session, long_id);
+  EXPECT_EQ(unregistered.code(), absl::StatusCode::kNotFound);
+  EXPECT_LT(unregistered.message().size(), kMaxQuotedBytes + 100) << unregistered.message().size();
+  EXPECT_THAT(unregistered.message(), HasSubstr("(131060 bytes)"));
+  const absl::Status not_found = registry.Find(session, long_id).status();
+  EXPECT_EQ(not_found.code(), absl::StatusCode::kNotFound);
+  EXPECT_LT(not_found.message().size(), kMaxQuotedBytes + 200) << not_found.message().size();
+}
+
+// A descriptor the server cannot map is the client's mistake, told as such, not an INTERNAL server fault.
+TEST(ShmRegistry, AWriteOnlyDescriptorIsInvalidArgumentNamingTheReason) {
+  ShmRegistry registry({});
+  const std::string session = *registry.OpenSession();
+  const int fd = MakeMemfd(4096, kSeals);
+  const int write_only = open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(write_only, 0) << std::strerror(errno);
+  absl::StatusOr<ShmRegistry::Registered> r = registry.Register(session, write_only, "write-only");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("open for reading"));
+  close(write_only);
+  close(fd);
+}
+
+TEST(ShmRegistry, AHugetlbMemfdTheKernelCannotBackIsResourceExhausted) {
+  const int fd = memfd_create("shm_registry_test", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB);
+  if (fd < 0) GTEST_SKIP() << "no MFD_HUGETLB here: " << std::strerror(errno);
+  constexpr off_t kSize = 2 << 20;
+  ASSERT_EQ(ftruncate(fd, kSize), 0) << std::strerror(errno);
+  ASSERT_EQ(fcntl(fd, F_ADD_SEALS, kSeals), 0);
+  void* probe = mmap(nullptr, kSize, PROT_READ, MAP_SHARED, fd, 0);
+  if (probe != MAP_FAILED) {
+    munmap(probe, kSize);
+    close(fd);
+    GTEST_SKIP() << "this machine has huge pages to back the memfd";
+  }
+  ASSERT_EQ(errno, ENOMEM);
+  ShmRegistry registry({});
+  const std::string session = *registry.OpenSession();
+  absl::StatusOr<ShmRegistry::Registered> r = registry.Register(session, fd, "hugetlb");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  close(fd);
 }
 
 TEST(ShmRegistry, AHeldRegionStaysMappedAfterItsSessionClosesUntilReleased) {
