@@ -2,6 +2,10 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 #include "xsimd/xsimd.hpp"
 
@@ -20,15 +24,36 @@ std::vector<const KernelTable*> AvailableKernels() {
   return tables;
 }
 
+namespace {
+
+// The table SAMPLERD_SIMD names among `tables`; null when it is unset or names none of them.
+const KernelTable* PinnedTable(const std::vector<const KernelTable*>& tables) {
+  const char* pinned = std::getenv("SAMPLERD_SIMD");
+  if (pinned == nullptr) return nullptr;
+  for (const KernelTable* t : tables) {
+    if (std::strcmp(t->name, pinned) == 0) return t;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+absl::Status CheckKernelPin() {
+  const char* pinned = std::getenv("SAMPLERD_SIMD");
+  const std::vector<const KernelTable*> tables = AvailableKernels();
+  if (pinned == nullptr || PinnedTable(tables) != nullptr) return absl::OkStatus();
+  std::vector<std::string> names;
+  for (const KernelTable* t : tables) names.emplace_back(t->name);
+  return absl::InvalidArgumentError(
+      absl::StrCat("SAMPLERD_SIMD=\"", pinned, "\" names no instruction set this CPU runs (",
+                   absl::StrJoin(names, ", "), "): pin one of those, the same on every replica, or unset it"));
+}
+
 const KernelTable& ActiveKernels() {
   static const KernelTable* const kActive = [] {
     const std::vector<const KernelTable*> tables = AvailableKernels();
-    if (const char* pinned = std::getenv("SAMPLERD_SIMD"); pinned != nullptr) {
-      for (const KernelTable* t : tables) {
-        if (std::strcmp(t->name, pinned) == 0) return t;
-      }
-    }
-    return tables.back();
+    const KernelTable* pinned = PinnedTable(tables);
+    return pinned != nullptr ? pinned : tables.back();
   }();
   return *kActive;
 }

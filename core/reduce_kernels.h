@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/status.h"
+
 namespace samplerd::kernels {
 
 struct ScanResult {
@@ -85,8 +87,14 @@ struct KernelTable {
 #undef SAMPLERD_KERNEL
 };
 
-// The table in use ("sse2", "avx2" or "avx512" in its name).
+// The table in use ("sse2", "avx2" or "avx512" in its name): SAMPLERD_SIMD's when it names one this CPU runs, else
+// the widest.
 const KernelTable& ActiveKernels();
+
+// OK when SAMPLERD_SIMD is unset or names a table this CPU runs; otherwise INVALID_ARGUMENT naming the value and the
+// tables it could name. A pin is there to make replicas bit-identical, so a server checks it at start and stops
+// rather than run other kernels than the ones pinned.
+absl::Status CheckKernelPin();
 
 // Every table this CPU can run, narrowest first (for tests that compare instruction sets).
 std::vector<const KernelTable*> AvailableKernels();

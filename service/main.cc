@@ -14,6 +14,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -23,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/profile.h"
+#include "core/reduce_kernels.h"
 #include "service/allocator_tuning.h"
 #include "service/config_reloader.h"
 #include "service/logging.h"
@@ -94,6 +96,11 @@ int main(int argc, char** argv) {
     spdlog::error("{}", std::string(s.message()));
     return samplerd::kExitUsage;
   }
+  // Before any step picks its kernels: a pin this CPU cannot honour would leave this replica's bits unlike the others'.
+  if (absl::Status s = samplerd::kernels::CheckKernelPin(); !s.ok()) {
+    spdlog::error("{}", std::string(s.message()));
+    return samplerd::kExitUsage;
+  }
   samplerd::SetUpLogging(config.log_format, config.log_level);
   // Before gRPC starts its threads: large messages otherwise page-fault afresh on every request.
   if (absl::Status s = samplerd::TuneAllocatorForLargeMessages(); !s.ok()) spdlog::warn("{}", std::string(s.message()));
@@ -108,6 +115,8 @@ int main(int argc, char** argv) {
   }
   spdlog::info("samplerd {} {}", SAMPLERD_VERSION, samplerd::DescribeServerConfig(config));
   spdlog::info("profiles: {}", samplerd::DescribeProfiles(**profiles));
+  spdlog::info("core kernels: {}{}", samplerd::kernels::ActiveKernels().name,
+               std::getenv("SAMPLERD_SIMD") != nullptr ? " (pinned by SAMPLERD_SIMD)" : "");
   if (open_files.ok()) spdlog::info("open files: at most {}", *open_files);
 
   // Blocked before gRPC starts its threads, which inherit the mask: the signals then reach only sigwait.

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -11,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/reduce_kernels.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace samplerd::kernels {
@@ -643,6 +646,31 @@ TEST(ActiveKernelsTest, IsTheWidestAvailableUnlessPinned) {
   if (pinned == nullptr) {
     EXPECT_EQ(&ActiveKernels(), tables.back());
   }
+}
+
+// A pin is checked against what this CPU runs: a name it cannot run (or no such name) is an error naming the
+// value and the tables available, never a silent fall back to other kernels.
+TEST(ActiveKernelsTest, APinThisCpuCannotRunIsAnErrorNamingWhatItRuns) {
+  const char* before = std::getenv("SAMPLERD_SIMD");
+  const std::string saved = before != nullptr ? before : "";
+  for (const KernelTable* t : AvailableKernels()) {
+    setenv("SAMPLERD_SIMD", t->name, 1);
+    EXPECT_TRUE(CheckKernelPin().ok()) << t->name;
+  }
+  for (const char* bad : {"avx1024", "SSE2", "sse2 ", ""}) {
+    setenv("SAMPLERD_SIMD", bad, 1);
+    const absl::Status status = CheckKernelPin();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << '"' << bad << '"';
+    EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr(absl::StrCat("SAMPLERD_SIMD=\"", bad, "\"")));
+    EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("sse2"));
+  }
+  if (AvailableKernels().size() < 3) {  // no AVX-512 here: pinning it must not quietly run AVX2
+    setenv("SAMPLERD_SIMD", "avx512", 1);
+    EXPECT_FALSE(CheckKernelPin().ok());
+  }
+  unsetenv("SAMPLERD_SIMD");
+  EXPECT_TRUE(CheckKernelPin().ok());
+  if (before != nullptr) setenv("SAMPLERD_SIMD", saved.c_str(), 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllInstructionSets, ReduceKernelsTest, ::testing::ValuesIn(AvailableKernels()),

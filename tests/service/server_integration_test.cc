@@ -676,6 +676,18 @@ TEST(ServerFlags, BadConfigFileExitsTwoNamingTheFile) {
   unlink(path.c_str());
 }
 
+// SAMPLERD_SIMD pins the kernels so that replicas are bit-identical: a value this CPU cannot run stops the server
+// at start, naming it, instead of running the widest kernels it has.
+TEST(ServerFlags, AKernelPinThisCpuCannotRunExitsTwoNamingIt) {
+  setenv("SAMPLERD_SIMD", "avx1024", 1);
+  std::string output;
+  const int exit_code = ServerProcess::RunToExit("--listen 127.0.0.1:0 --metrics_listen ''", &output);
+  unsetenv("SAMPLERD_SIMD");
+  EXPECT_EQ(exit_code, 2);
+  EXPECT_THAT(output, HasSubstr("SAMPLERD_SIMD=\"avx1024\""));
+  EXPECT_THAT(output, HasSubstr("sse2"));
+}
+
 TEST(ServerFlags, BadFlagsExitTwoAndHelpListsEveryFlag) {
   std::string output;
   EXPECT_EQ(ServerProcess::RunToExit("--max_vocab 0", &output), 2);

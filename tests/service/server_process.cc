@@ -138,7 +138,7 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
 }
 
 int ServerProcess::RunToExit(const std::string& args, std::string* output) {
-  CommandResult result = RunCommand(SAMPLERD_BINARY, args);
+  CommandResult result = RunCommand("timeout", "30 " + ShellQuote(SAMPLERD_BINARY) + " " + args);
   *output = std::move(result.output);
   return result.exit_code;
 }

@@ -33,7 +33,9 @@ class ServerProcess {
                                               const std::string& stderr_path = "");
 
   // Runs samplerd with `args` (no --listen added) to completion, for flags that make it exit at once.
-  // Returns the exit code (-1 when it could not run) and its stdout and stderr in `*output`.
+  // Returns the exit code (-1 when it could not run; 124 when it was still running after 30 s, and was killed, so
+  // that a server that starts where it should not fails the test instead of hanging it) and its stdout and stderr
+  // in `*output`.
   static int RunToExit(const std::string& args, std::string* output);
 
   ServerProcess(const ServerProcess&) = delete;
