@@ -125,7 +125,8 @@ Decision Decide(const Profile& profile, const SamplingConfig& base, const Metric
   if (std::isnan(d.params.min_p)) d.params.min_p = base.min_p;
   // Any top_p in (0, 1] is the chain's to apply; only a formula's result outside it is brought back.
   d.params.top_p = std::clamp(d.params.top_p, std::numeric_limits<float>::denorm_min(), 1.0f);
-  d.params.min_p = std::clamp(d.params.min_p, 0.0f, 1.0f);
+  // A zero base min_p times a negative factor is -0.0, which the clamp keeps; the wire gets +0.
+  d.params.min_p = std::clamp(d.params.min_p, 0.0f, 1.0f) + 0.0f;
   d.params.top_k = std::max(d.params.top_k, 0);
   if (!(d.params.temperature > 0.0f)) MakeGreedy(&d);
   return d;

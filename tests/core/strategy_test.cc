@@ -62,6 +62,20 @@ TEST(Decide, AnAdaptiveMinPFormulaThatOverflowsKeepsTheBaseMinP) {
   EXPECT_FLOAT_EQ(d.params.min_p, 0.05f);
 }
 
+TEST(Decide, AMinPOfZeroIsReportedAsPositiveZero) {
+  // A base min_p of 0 times a negative factor is -0.0, which a clamp to [0, max] keeps.
+  auto registry = Registry(R"({"profiles": [{"name": "x", "params": {"minP": 0},
+      "regimes": [{"regime": "REGIME_ADAPTIVE", "bounds": [{"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_GT",
+                   "value": 0}]}],
+      "coefficients": {"adaptiveMinPMin": 0}}]})");
+  ASSERT_NE(registry, nullptr);
+  const Profile& profile = *registry->Find("x");
+  const Decision d = Decide(profile, profile.base(), Metrics(4.0, 4.0, 5.0, 0.5), {}, 1000);
+  EXPECT_EQ(d.regime, v1::REGIME_ADAPTIVE);
+  EXPECT_EQ(d.params.min_p, 0.0f);
+  EXPECT_FALSE(std::signbit(d.params.min_p));
+}
+
 TEST(Decide, AnAdaptiveTopKPastInt32IsCappedNotCast) {
   auto registry = Registry(R"({"profiles": [{"name": "x", "params": {"topK": 27},
       "regimes": [{"regime": "REGIME_ADAPTIVE", "bounds": [{"metric": "METRIC_LOGITS_ENTROPY", "op": "OP_GT",
