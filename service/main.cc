@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 
 #include "absl/status/status.h"
@@ -51,6 +52,27 @@ int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry>
     spdlog::error("{}", std::string(server.status().message()));
     return absl::IsInvalidArgument(server.status()) ? kExitUsage : kExitStartFailure;
   }
+  std::thread signal_thread;
+  try {
+    signal_thread = std::thread([&] {
+      while (true) {
+        int signal = 0;
+        sigwait(&signals, &signal);
+        if (signal == SIGHUP) {
+          (*server)->Reload().IgnoreError();  // logged and counted by Reload
+          continue;
+        }
+        spdlog::info("{}: health NOT_SERVING, draining in-flight calls for up to {} s", strsignal(signal),
+                     config.drain_seconds);
+        (*server)->Shutdown();
+        return;
+      }
+    });
+  } catch (const std::system_error& e) {
+    spdlog::error("no thread to wait for signals: {}", e.what());
+    (*server)->Shutdown();
+    return kExitStartFailure;
+  }
   for (const std::string& address : (*server)->bound_addresses()) {
     // stdout, flushed: scripts and tests read the bound port from it.
     std::printf("samplerd listening on %s\n", address.c_str());
@@ -60,20 +82,6 @@ int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry>
   }
   std::fflush(stdout);
 
-  std::thread signal_thread([&] {
-    while (true) {
-      int signal = 0;
-      sigwait(&signals, &signal);
-      if (signal == SIGHUP) {
-        (*server)->Reload().IgnoreError();  // logged and counted by Reload
-        continue;
-      }
-      spdlog::info("{}: health NOT_SERVING, draining in-flight calls for up to {} s", strsignal(signal),
-                   config.drain_seconds);
-      (*server)->Shutdown();
-      return;
-    }
-  });
   (*server)->Wait();
   signal_thread.join();
   server->reset();

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -66,6 +67,12 @@ void SetChannelArguments(const ServerConfig& config, grpc::ServerBuilder* builde
   // floats hardly compress anyway.
   builder->SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_DEFLATE, false);
   builder->SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_GZIP, false);
+  // The sampler and health are callback services; server reflection is gRPC's synchronous one, whose every open
+  // stream holds a thread while it waits for its client. Left unbounded, streams anyone may open would take every
+  // thread a pod's pids limit allows; past the pool gRPC refuses them with RESOURCE_EXHAUSTED.
+  grpc::ResourceQuota quota("samplerd");
+  quota.SetMaxThreads(kMaxSyncServiceThreads);
+  builder->SetResourceQuota(quota);
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, kMinClientPingIntervalMs);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
@@ -201,13 +208,20 @@ void Server::Shutdown() {
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(config_.drain_seconds);
   // Shutdown(deadline) waits for every connection to close, idle ones included: once the calls are done (no
   // new call is accepted from now on), the idle connections are closed rather than waited for.
-  std::thread closer([this, deadline] {
-    if (!calls_.WaitUntilNone(deadline)) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(kStatusFlushMs));
-    grpc_server_cancel_all_calls(server_->c_server());
-  });
+  std::thread closer;
+  try {
+    closer = std::thread([this, deadline] {
+      if (!calls_.WaitUntilNone(deadline)) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(kStatusFlushMs));
+      grpc_server_cancel_all_calls(server_->c_server());
+    });
+  } catch (const std::system_error& e) {
+    // Out of threads (a pids limit): the drain still ends, at the deadline instead of when the last call does.
+    spdlog::warn("drain: no thread to close idle connections early ({}); waiting up to {} s", e.what(),
+                 config_.drain_seconds);
+  }
   server_->Shutdown(deadline);
-  closer.join();
+  if (closer.joinable()) closer.join();
   // Its connections end too (a step in flight first); it runs on the service's workers.
   shm_control_.reset();
 }

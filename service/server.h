@@ -43,6 +43,8 @@ inline constexpr int kKeepaliveTimeoutMs = 20 * 1000;
 // After the last call of a drain ends, how long its status may take to reach the socket before the idle
 // connections are closed (a call counts as done once its status is handed to the transport).
 inline constexpr int kStatusFlushMs = 100;
+// Threads of gRPC's synchronous services (server reflection): grpcurl and buf curl hold one stream a call.
+inline constexpr int kMaxSyncServiceThreads = 16;
 
 // Server
 //

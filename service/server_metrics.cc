@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -160,7 +161,12 @@ absl::Status ServerMetrics::Serve(const std::string& listen) {
         absl::StrCat("cannot serve metrics on ", listen, " (--metrics_listen): the address is taken or not local"));
   }
   address_ = absl::StrCat(listen.substr(0, colon), ":", bound);
-  http_thread_ = std::thread([&http] { http.listen_after_bind(); });
+  try {
+    http_thread_ = std::thread([&http] { http.listen_after_bind(); });
+  } catch (const std::system_error& e) {
+    http_.reset();
+    return absl::UnavailableError(absl::StrCat("no thread to serve metrics on ", listen, ": ", e.what()));
+  }
   return absl::OkStatus();
 }
 

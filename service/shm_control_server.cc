@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -77,6 +78,22 @@ void Reply(v1::ShmControlResponse* response, const absl::Status& status) {
   response->set_message(Excerpt(status.message(), kMaxMessageBytes));
 }
 
+void Refuse(int fd, const absl::Status& why) {
+  // Told why, then closed: the client sees the message in the answer to its first packet's read.
+  v1::ShmControlResponse response;
+  Reply(&response, why);
+  const std::string wire = response.SerializeAsString();
+  (void)send(fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  // A socket closed with packets still queued resets its peer, whose read then fails instead of returning this
+  // answer: the client's first packet (usually already sent) is read and dropped first, with any file descriptor
+  // it carries (closed by the kernel, as no control buffer takes it).
+  char sink[64];
+  while (recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0) {
+  }
+  close(fd);
+  spdlog::warn("shared-memory client refused: {}", std::string(why.message()));
+}
+
 // StartRequest's answer, waited for on the connection's thread (it runs there outright for a lone step when a
 // worker is idle).
 absl::Status RunRequest(const SamplerService& service, const v1::SampleRequest& request, SeedTable* seeds,
@@ -141,7 +158,11 @@ absl::StatusOr<std::unique_ptr<ShmControlServer>> ShmControlServer::Start(Option
     return absl::UnavailableError(absl::StrCat("eventfd: ", std::strerror(errno)));
   }
   std::unique_ptr<ShmControlServer> server(new ShmControlServer(std::move(options), fd, wake));
-  server->accept_thread_ = std::thread([s = server.get()] { s->Accept(); });
+  try {
+    server->accept_thread_ = std::thread([s = server.get()] { s->Accept(); });
+  } catch (const std::system_error& e) {
+    return absl::UnavailableError(absl::StrCat("no thread for --shm_socket ", path, ": ", e.what()));
+  }
   return server;
 }
 
@@ -151,7 +172,7 @@ ShmControlServer::ShmControlServer(Options options, int listen_fd, int wake_fd)
 ShmControlServer::~ShmControlServer() {
   const uint64_t one = 1;
   if (write(wake_fd_, &one, sizeof(one)) != sizeof(one)) spdlog::error("cannot wake the shm control thread");
-  accept_thread_.join();
+  if (accept_thread_.joinable()) accept_thread_.join();
   Reap(/*all=*/true);
   close(listen_fd_);
   close(wake_fd_);
@@ -214,28 +235,24 @@ void ShmControlServer::Accept() {
       }
       absl::StatusOr<std::string> session = options_.registry->OpenSession();
       if (!session.ok()) {
-        // Told why, then closed: the client sees the message in the answer to its first packet's read.
-        v1::ShmControlResponse response;
-        Reply(&response, session.status());
-        const std::string wire = response.SerializeAsString();
-        (void)send(fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-        // A socket closed with packets still queued resets its peer, whose read then fails instead of returning
-        // this answer: the client's first packet (usually already sent) is read and dropped first, with any file
-        // descriptor it carries (closed by the kernel, as no control buffer takes it).
-        char sink[64];
-        while (recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0) {
-        }
-        close(fd);
-        spdlog::warn("shared-memory client refused: {}", std::string(session.status().message()));
+        Refuse(fd, session.status());
         continue;
       }
       auto connection = std::make_unique<Connection>();
       connection->fd = fd;
-      connection->session = *std::move(session);
+      connection->session = *session;
       Connection* c = connection.get();
       std::lock_guard<std::mutex> lock(mu_);
+      try {
+        c->thread = std::thread([this, c] { Serve(c); });
+      } catch (const std::system_error& e) {
+        // Out of threads (a pids limit): this client is refused, the server and the other clients go on.
+        options_.registry->CloseSession(*session);
+        Refuse(fd,
+               absl::ResourceExhaustedError(absl::StrCat("no thread for another shared-memory client: ", e.what())));
+        continue;
+      }
       connections_.push_back(std::move(connection));
-      c->thread = std::thread([this, c] { Serve(c); });
     }
   }
 }

@@ -1027,6 +1027,56 @@ TEST(Limits, OneConnectionCannotHoldEveryStreamSlot) {
   close(fd);
 }
 
+int ThreadCount(pid_t pid) {
+  int threads = 0;
+  for ([[maybe_unused]] const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
+    ++threads;
+  }
+  return threads;
+}
+
+// Server reflection is gRPC's synchronous service: each open stream holds a server thread while it waits for the
+// client. Past a small pool they are refused, so open streams cannot take every thread the process may have.
+TEST(Limits, ReflectionStreamsBeyondASmallPoolAreRefusedNotGivenAThreadEach) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start();
+  ASSERT_NE(server, nullptr);
+  const int threads_before = ThreadCount(server->pid());
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(Plaintext(server->tcp_target()));
+  constexpr int kStreams = 80;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReaderWriter<grpc::reflection::v1alpha::ServerReflectionRequest,
+                                                       grpc::reflection::v1alpha::ServerReflectionResponse>>>
+      open;
+  int refused = 0;
+  for (int i = 0; i < kStreams; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    auto stream = reflection->ServerReflectionInfo(contexts.back().get());
+    grpc::reflection::v1alpha::ServerReflectionRequest list;
+    list.set_list_services("");
+    grpc::reflection::v1alpha::ServerReflectionResponse listed;
+    if (stream->Write(list) && stream->Read(&listed)) {
+      open.push_back(std::move(stream));  // answered, and left open: its handler waits for the next request
+    } else {
+      const grpc::Status status = stream->Finish();
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 0);
+  EXPECT_GT(open.size(), 0u);
+  EXPECT_LT(ThreadCount(server->pid()), threads_before + kStreams / 2);
+  // Neither the sampler nor health shares that pool.
+  EXPECT_TRUE(CallSampleOnce(Plaintext(server->tcp_target()).get()).ok());
+  grpc::health::v1::HealthCheckResponse health;
+  EXPECT_TRUE(CallHealth(Plaintext(server->tcp_target()).get(), &health).ok());
+  for (auto& stream : open) {
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
 // Every connection holds a descriptor, and gRPC 1.51 stops accepting for good after an accept fails with EMFILE:
 // samplerd runs with the soft limit on open files raised to the hard one.
 TEST(Limits, TheSoftOpenFileLimitIsRaisedToTheHardOne) {

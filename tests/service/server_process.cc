@@ -54,7 +54,8 @@ bool ReadLine(int fd, std::chrono::steady_clock::time_point deadline, std::strin
 }  // namespace
 
 std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::string>& extra_args,
-                                                    const std::string& stderr_path) {
+                                                    const std::string& stderr_path,
+                                                    const std::vector<std::string>& command_prefix) {
   std::unique_ptr<ServerProcess> server(new ServerProcess());
   server->socket_path_ = UniqueSocketPath();
   const std::string unix_address = "unix:" + server->socket_path_;
@@ -75,6 +76,7 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
     wants_metrics = std::next(metrics_flag) != extra_args.end() && !std::next(metrics_flag)->empty();
   }
   args.insert(args.end(), extra_args.begin(), extra_args.end());
+  args.insert(args.begin(), command_prefix.begin(), command_prefix.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

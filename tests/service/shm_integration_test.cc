@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -687,6 +688,79 @@ TEST(ShmControlSteps, AClientOverTheConnectionLimitIsToldSo) {
         << "attempt " << attempt << ": " << extra.status();
   }
   EXPECT_EQ(server->Terminate(), 0);
+}
+
+// Kills what FillTheThreadsOf holds and reaps it.
+void ReleaseThreads(pid_t filler) {
+  kill(-filler, SIGKILL);
+  while (waitpid(-filler, nullptr, 0) > 0) {
+  }
+  prctl(PR_SET_CHILD_SUBREAPER, 0);
+}
+
+// Forks processes as `uid` under RLIMIT_NPROC `limit` until the user has `limit` processes and threads, then holds
+// them until killed (by process group: the returned pid). Returns -1 when the fork or the wait failed.
+pid_t FillTheThreadsOf(uid_t uid, rlim_t limit) {
+  int ready[2];
+  if (pipe2(ready, O_CLOEXEC) != 0) return -1;
+  // The held processes come back to this one to be reaped (ReleaseThreads): a zombie still counts against the
+  // user's limit, and this machine's init may not reap.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  const pid_t filler = fork();
+  if (filler < 0) return -1;
+  if (filler == 0) {
+    // Only async-signal-safe calls: the test process has gRPC threads.
+    setpgid(0, 0);
+    const struct rlimit cap = {limit, limit};
+    if (setgid(uid) != 0 || setuid(uid) != 0 || setrlimit(RLIMIT_NPROC, &cap) != 0) _exit(1);
+    while (true) {
+      const pid_t held = fork();
+      if (held == 0) {
+        pause();
+        _exit(0);
+      }
+      if (held < 0) break;
+    }
+    (void)write(ready[1], "x", 1);
+    pause();
+    _exit(0);
+  }
+  close(ready[1]);
+  char byte;
+  const bool filled = read(ready[0], &byte, 1) == 1;
+  close(ready[0]);
+  if (!filled) {
+    ReleaseThreads(filler);
+    return -1;
+  }
+  return filler;
+}
+
+// Thread creation can fail (a pod's pids limit). RLIMIT_NPROC binds only an unprivileged user, so the server runs
+// as nobody, which takes root to arrange.
+TEST(ShmControlSteps, AServerOutOfThreadsRefusesANewClientAndStillDrains) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run samplerd as an unprivileged user";
+  constexpr uid_t kNobody = 65534;
+  constexpr int kThreads = 64;
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--shm_socket", socket_path, "--workers", "1", "--drain_seconds", "5",
+                            "--max_connection_age_grace_seconds", "5"},
+                           "",
+                           {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/prlimit",
+                            absl::StrCat("--nproc=", kThreads)});
+  ASSERT_NE(server, nullptr);
+  {
+    absl::StatusOr<std::unique_ptr<ShmPlane>> first = ShmPlane::Connect(socket_path, 4096, "first");
+    ASSERT_TRUE(first.ok()) << first.status();
+  }
+  const pid_t filler = FillTheThreadsOf(kNobody, kThreads);
+  ASSERT_GT(filler, 0);
+  absl::StatusOr<std::unique_ptr<ShmPlane>> late = ShmPlane::Connect(socket_path, 4096, "late");
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kResourceExhausted) << late.status();
+  EXPECT_THAT(std::string(late.status().message()), HasSubstr("no thread"));
+  EXPECT_EQ(server->Terminate(), 0);
+  ReleaseThreads(filler);
 }
 
 // CPU seconds (user + system) the process `pid` has used.
