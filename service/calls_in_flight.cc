@@ -30,9 +30,13 @@ class CallCounterFactory final : public grpc::experimental::ServerInterceptorFac
  public:
   explicit CallCounterFactory(CallsInFlight* calls) : calls_(calls) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
-    // A health Watch has no work to finish: it lasts as long as its client wants, and the drain has already told
-    // it NOT_SERVING. Counted, it would hold every stopping replica for the whole drain.
-    if (std::strcmp(info->method(), "/grpc.health.v1.Health/Watch") == 0) return nullptr;
+    // A health Watch and a reflection stream have no work to finish: they last as long as their client wants (the
+    // drain has already told a Watch NOT_SERVING, and reflection answers each request at once). Counted, either
+    // would hold every stopping replica for the whole drain.
+    if (std::strcmp(info->method(), "/grpc.health.v1.Health/Watch") == 0 ||
+        std::strcmp(info->method(), "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo") == 0) {
+      return nullptr;
+    }
     return new CallCounter(calls_);
   }
 

@@ -1,4 +1,5 @@
-// A count of the calls in flight, every method but the health Watch included, for the drain on SIGTERM.
+// A count of the calls in flight, every method but the health Watch and reflection included, for the drain on
+// SIGTERM.
 //
 // gRPC's Server::Shutdown(deadline) waits until the deadline for every connection to close, idle ones too, so an
 // idle client would hold a stopping server for the whole drain. main() waits for the calls counted here instead,

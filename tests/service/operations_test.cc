@@ -969,6 +969,24 @@ TEST(Lifecycle, AnOpenHealthWatchDoesNotHoldTheDrain) {
   watch->Finish();
 }
 
+TEST(Lifecycle, AnOpenReflectionStreamDoesNotHoldTheDrain) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--drain_seconds", "30"});
+  ASSERT_NE(server, nullptr);
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(Plaintext(server->tcp_target()));
+  grpc::ClientContext context;
+  auto stream = reflection->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest list;
+  list.set_list_services("");
+  grpc::reflection::v1alpha::ServerReflectionResponse listed;
+  ASSERT_TRUE(stream->Write(list));
+  ASSERT_TRUE(stream->Read(&listed));
+  const auto signalled = Clock::now();
+  EXPECT_EQ(server->Stop(SIGTERM, std::chrono::seconds(25)), 0);
+  EXPECT_LT(Clock::now() - signalled, std::chrono::seconds(3));
+  context.TryCancel();
+  stream->Finish();
+}
+
 // One connection that opens Sample streams and sends nothing on them holds at most --max_streams_per_connection
 // of the --max_streams slots (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; the transport refuses the rest), so other
 // clients still get streams.
