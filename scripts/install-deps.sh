@@ -4,6 +4,10 @@
 #
 #   scripts/install-deps.sh           everything the whole suite needs (scripts/test.sh)
 #   scripts/install-deps.sh server    only what builds and runs samplerd and samplerctl (scripts/start.sh)
+#   scripts/install-deps.sh python    what README's Python client block needs (the venv, Debian's grpcio, protobuf,
+#                                     numpy, and protoc + grpc_python_plugin, which generate the stubs at install)
+#   scripts/install-deps.sh node      what README's Node client block needs (Node.js and npm)
+#   scripts/install-deps.sh go        what README's Go client block needs (Go and the Debian sources go.sh builds with)
 #   scripts/install-deps.sh PKG...    just those packages (tools one suite needs, such as clang for the fuzzers)
 set -euo pipefail
 
@@ -15,6 +19,16 @@ packages=(
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   prometheus-cpp-dev libcpp-httplib-dev
   libssl-dev
+)
+# The client groups: what each client's install block in README.md runs. No server group: samplerd comes from
+# scripts/start.sh.
+python_packages=(
+  python3 python3-venv python3-setuptools python3-wheel python3-grpcio python3-protobuf python3-numpy
+  protobuf-compiler protobuf-compiler-grpc
+)
+node_packages=(nodejs)
+go_packages=(
+  golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-golang-x-sys-dev
 )
 # The rest of the suite: tests and benchmarks, the Python, Node and Go clients, the PyTorch model host.
 suite_packages=(
@@ -28,11 +42,16 @@ suite_packages=(
   clang-format black
 )
 
+# Node.js builds from nodesource bundle npm (and conflict with Debian's npm package): ask for it only if absent.
+command -v npm >/dev/null 2>&1 || node_packages+=(npm)
+
 case "${1:-}" in
   server) ;;
+  python) packages=("${python_packages[@]}") ;;
+  node) packages=("${node_packages[@]}") ;;
+  go) packages=("${go_packages[@]}") ;;
   "")
     packages+=("${suite_packages[@]}")
-    # Node.js builds from nodesource bundle npm (and conflict with Debian's npm package): ask for it only if absent.
     command -v npm >/dev/null 2>&1 || packages+=(npm)
     ;;
   *) packages=("$@") ;;
