@@ -136,4 +136,4 @@ if [ -x "$samplerd" ]; then
     echo "render: $overlay: samplerd starts with the rendered args${sock:+ (health SERVING on its unix socket)} and lists the ConfigMap's profiles: $want"
   done
 fi
-echo "render: all overlays rendered and valid ($out)"
+echo "render: ${inputs[*]%%=*} rendered and valid ($out); standalone-monitored is checked by scripts/test-observability.sh"
