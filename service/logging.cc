@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpc/support/log.h"
 #include "grpcpp/server_context.h"
@@ -253,16 +254,25 @@ class CallLogInterceptorFactory final : public grpc::experimental::ServerInterce
 std::atomic<bool> grpc_logs_to_spdlog{false};
 
 // gRPC core's own lines (a failed TLS handshake, a bad frame) through the same logger, so a JSON log stays JSON.
+// gRPC writes some of them about what a client sent, before any token check: one for each call that declares a
+// disabled compression, one for each metadata value its HPACK parser rejects (dozens in one call). So they have
+// a budget, of their own: sharing CallProblemLogBudget() would let one such client crowd out samplerd's lines
+// about refused calls, which name the call and carry its trace context.
 void GrpcLogToSpdlog(gpr_log_func_args* args) {
+  static LogBudget* const budget = new LogBudget(kGrpcCoreLinesPerSecond);
+  // A failed GPR_ASSERT's line always shows: the process aborts after it, and the line says why.
+  const int64_t held = absl::StartsWith(args->message, "assertion failed: ") ? 0 : budget->Admit();
+  if (held < 0) return;
   if (!grpc_logs_to_spdlog.load()) {
-    std::fprintf(stderr, "grpc %s:%d: %s\n", args->file, args->line, args->message);
+    std::fprintf(stderr, "grpc %s:%d: %s%s\n", args->file, args->line, args->message, HeldBackNote(held).c_str());
     return;
   }
   spdlog::level::level_enum level = spdlog::level::debug;
   if (args->severity == GPR_LOG_SEVERITY_INFO) level = spdlog::level::info;
   if (args->severity == GPR_LOG_SEVERITY_ERROR) level = spdlog::level::err;
   const char* file = std::strrchr(args->file, '/');
-  spdlog::log(level, "grpc {}:{}: {}", file != nullptr ? file + 1 : args->file, args->line, args->message);
+  spdlog::log(level, "grpc {}:{}: {}{}", file != nullptr ? file + 1 : args->file, args->line, args->message,
+              HeldBackNote(held));
 }
 
 }  // namespace

@@ -31,7 +31,8 @@ namespace samplerd {
 //
 // Makes the default spdlog logger a stderr logger named "samplerd" with `format` ("text" or "json"; anything
 // else is treated as "text") at `level` (an spdlog level name), and sends gRPC core's log lines (which
-// GRPC_VERBOSITY still filters, errors only by default) to it. May be called again to change both.
+// GRPC_VERBOSITY still filters, errors only by default) to it, at most kGrpcCoreLinesPerSecond of them a
+// second. May be called again to change both.
 void SetUpLogging(absl::string_view format, absl::string_view level);
 
 // RestoreGrpcLogging()
@@ -86,6 +87,10 @@ class LogBudget {
 // call log): kCallProblemLinesPerSecond.
 inline constexpr int kCallProblemLinesPerSecond = 20;
 LogBudget& CallProblemLogBudget();
+
+// gRPC core's own lines (SetUpLogging) have a budget of their own, so that they cannot crowd out the lines
+// above.
+inline constexpr int kGrpcCoreLinesPerSecond = 20;
 
 // "" for 0, else " (N similar lines held back)", to append to an admitted line.
 std::string HeldBackNote(int64_t held_back);

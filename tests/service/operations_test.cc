@@ -1313,6 +1313,53 @@ TEST(Logging, TextLinesEscapeTheControlCharactersOfWhatTheyQuote) {
   }
 }
 
+// gRPC core writes its own line about some calls before samplerd sees them, without a token: here one per call
+// that declares gzip (call.cc; the server has gzip disabled). Those lines are budgeted like refusals, and the
+// ones held back are counted in the next line written.
+TEST(Logging, GrpcCoreLinesAreBudgetedLikeRefusals) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  WriteFile(dir.File("tokens"), "right-token\n");
+  const std::string log = dir.File("samplerd.log");
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--auth_token_file", dir.File("tokens"), "--log_level", "info"}, log);
+  ASSERT_NE(server, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  auto stub = v1::Sampler::NewStub(channel);
+  const auto gzip_call = [&] {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    context.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+    v1::ListProfilesResponse response;
+    return stub->ListProfiles(&context, v1::ListProfilesRequest(), &response).error_code();
+  };
+  constexpr int kCalls = 600;
+  for (int i = 0; i < kCalls; ++i) ASSERT_EQ(gzip_call(), grpc::StatusCode::UNIMPLEMENTED);
+  // The next line after the budget's second reports what was held back.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  ASSERT_EQ(gzip_call(), grpc::StatusCode::UNIMPLEMENTED);
+  stub.reset();
+  channel.reset();  // see Logging.JsonLinesCarryTheCallersTraceparent
+  ASSERT_EQ(server->Terminate(), 0);
+
+  std::istringstream lines(ReadFile(log));
+  std::string line;
+  int gzip_lines = 0;
+  int64_t held_back = 0;
+  while (std::getline(lines, line)) {
+    if (line.find("'gzip' is disabled") == std::string::npos) continue;
+    ++gzip_lines;
+    const size_t note = line.find(" similar lines held back)");
+    if (note != std::string::npos) {
+      const size_t open = line.rfind('(', note);
+      held_back += std::stoll(line.substr(open + 1, note - open - 1));
+    }
+  }
+  EXPECT_GT(gzip_lines, 0) << "gRPC's lines still show";
+  EXPECT_LT(gzip_lines, kCalls / 2);
+  EXPECT_GT(held_back, 0) << "the lines held back are counted in the next line written";
+}
+
 TEST(Flags, HelpDocumentsTheOperationsFlags) {
   std::string output;
   ASSERT_EQ(ServerProcess::RunToExit("--help", &output), 0);
