@@ -12,8 +12,11 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/field_error.h"
 #include "grpc/support/log.h"
+#include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/server_context.h"
+#include "nlohmann/json.hpp"
 #include "service/tsan_annotations.h"
 #include "spdlog/pattern_formatter.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -27,39 +30,9 @@ thread_local const std::string* current_traceparent = nullptr;
 
 void Append(spdlog::memory_buf_t& dest, absl::string_view text) { dest.append(text.data(), text.data() + text.size()); }
 
-// JSON string contents (RFC 8259 section 7): quote, backslash and control characters escaped. Bytes >= 0x80
-// pass through; what samplerd logs is UTF-8 or ASCII.
-void AppendJsonEscaped(spdlog::memory_buf_t& dest, absl::string_view text) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  for (const char c : text) {
-    switch (c) {
-      case '"':
-        Append(dest, "\\\"");
-        break;
-      case '\\':
-        Append(dest, "\\\\");
-        break;
-      case '\n':
-        Append(dest, "\\n");
-        break;
-      case '\r':
-        Append(dest, "\\r");
-        break;
-      case '\t':
-        Append(dest, "\\t");
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          const char escaped[] = {'\\', 'u', '0', '0', kHex[(c >> 4) & 0xf], kHex[c & 0xf]};
-          dest.append(escaped, escaped + sizeof(escaped));
-        } else {
-          dest.push_back(c);
-        }
-    }
-  }
-}
-
-// One JSON object per line. The field set is fixed so that log pipelines can map it once.
+// One JSON object per line. The field set is fixed so that log pipelines can map it once. nlohmann-json escapes
+// the strings and replaces bytes that are not UTF-8 with U+FFFD: a message can quote bytes a client sent (a
+// path, a metadata value gRPC core rejects), and a line that is not valid JSON is lost to the pipeline.
 class JsonFormatter final : public spdlog::formatter {
  public:
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
@@ -71,22 +44,15 @@ class JsonFormatter final : public spdlog::formatter {
     char time[96];  // room for any int the compiler cannot rule out
     std::snprintf(time, sizeof(time), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", utc.tm_year + 1900, utc.tm_mon + 1,
                   utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(micros));
-    Append(dest, "{\"time\":\"");
-    Append(dest, time);
-    Append(dest, "\",\"level\":\"");
     const spdlog::string_view_t level = spdlog::level::to_string_view(msg.level);
-    Append(dest, absl::string_view(level.data(), level.size()));
-    Append(dest, "\",\"logger\":\"");
-    AppendJsonEscaped(dest, absl::string_view(msg.logger_name.data(), msg.logger_name.size()));
-    Append(dest, "\",\"msg\":\"");
-    AppendJsonEscaped(dest, absl::string_view(msg.payload.data(), msg.payload.size()));
-    Append(dest, "\"");
-    if (current_traceparent != nullptr && !current_traceparent->empty()) {
-      Append(dest, ",\"traceparent\":\"");
-      Append(dest, *current_traceparent);  // validated hex and dashes: nothing to escape
-      Append(dest, "\"");
-    }
-    Append(dest, "}\n");
+    nlohmann::ordered_json line = nlohmann::ordered_json::object();  // keeps the fields in this order
+    line["time"] = time;
+    line["level"] = std::string(level.data(), level.size());
+    line["logger"] = std::string(msg.logger_name.data(), msg.logger_name.size());
+    line["msg"] = std::string(msg.payload.data(), msg.payload.size());
+    if (current_traceparent != nullptr && !current_traceparent->empty()) line["traceparent"] = *current_traceparent;
+    Append(dest, line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
+    dest.push_back('\n');
   }
 
   std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<JsonFormatter>(); }
@@ -218,17 +184,17 @@ class CallLogInterceptor final : public grpc::experimental::Interceptor {
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
       ScopedTraceparent scope(traceparent_);
       if (status.ok() && !info_->server_context()->IsCancelled()) {
-        spdlog::debug("{} OK in {:.3f} ms", info_->method(), millis);
+        spdlog::debug("{} OK in {:.3f} ms", info_->method(), millis);  // a registered method: our own name
       } else if (const int64_t held = CallProblemLogBudget().Admit(); held < 0) {
         // Over the budget: counted, reported by the next line written.
       } else if (status.ok()) {
         // gRPC ended the call before this OK: the client cancelled or its deadline passed, the connection broke,
         // or a message was over --max_message_bytes (the client got RESOURCE_EXHAUSTED). It goes nowhere.
-        spdlog::info("{} from {} was ended by gRPC before its status ({:.3f} ms){}", info_->method(),
+        spdlog::info("{} from {} was ended by gRPC before its status ({:.3f} ms){}", QuotedMethod(),
                      info_->server_context()->peer(), millis, HeldBackNote(held));
       } else {
         spdlog::log(ServerSideProblem(status.error_code()) ? spdlog::level::warn : spdlog::level::info,
-                    "{} from {} ended with {}: {} ({:.3f} ms){}", info_->method(), info_->server_context()->peer(),
+                    "{} from {} ended with {}: {} ({:.3f} ms){}", QuotedMethod(), info_->server_context()->peer(),
                     absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
                     status.error_message(), millis, HeldBackNote(held));
       }
@@ -237,6 +203,20 @@ class CallLogInterceptor final : public grpc::experimental::Interceptor {
   }
 
  private:
+  // The path the client sent, at most kMaxQuotedBytes of it. For a method no service has, gRPC keeps the whole
+  // path in a generic server context; ServerRpcInfo::method() is the same path as a C string, which a NUL in it
+  // would cut short.
+  std::string QuotedMethod() const {
+    grpc::ServerContextBase* const context = info_->server_context();
+    if (const auto* generic = dynamic_cast<const grpc::GenericCallbackServerContext*>(context)) {
+      return Excerpt(generic->method());
+    }
+    if (const auto* generic = dynamic_cast<const grpc::GenericServerContext*>(context)) {
+      return Excerpt(generic->method());
+    }
+    return Excerpt(info_->method());
+  }
+
   grpc::experimental::ServerRpcInfo* const info_;
   const std::chrono::steady_clock::time_point start_;
   std::string traceparent_;

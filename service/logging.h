@@ -100,7 +100,8 @@ std::string HeldBackNote(int64_t held_back);
 // A server interceptor that logs each call when its status is sent (method, peer, status code and message,
 // duration), with the call's traceparent: OK at debug level; RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN, UNAVAILABLE,
 // DATA_LOSS and DEADLINE_EXCEEDED at warning level; other codes (the caller's doing) at info level. Lines about
-// calls that did not end OK share CallProblemLogBudget().
+// calls that did not end OK share CallProblemLogBudget(), and quote at most kMaxQuotedBytes (core/field_error.h)
+// of the path the client sent.
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeCallLogInterceptorFactory();
 
 }  // namespace samplerd

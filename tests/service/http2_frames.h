@@ -6,6 +6,7 @@
 #ifndef SAMPLERD_TESTS_SERVICE_HTTP2_FRAMES_H_
 #define SAMPLERD_TESTS_SERVICE_HTTP2_FRAMES_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -36,15 +37,27 @@ inline std::string Http2Frame(uint8_t type, uint8_t flags, uint32_t stream, cons
   return f + payload;
 }
 
-// Names and values of at most 126 bytes each (a one-byte length).
+// A string literal: its length as an HPACK integer with a 7-bit prefix (RFC 7541 section 5.1), then its bytes.
+inline std::string HpackString(const std::string& text) {
+  std::string encoded;
+  size_t length = text.size();
+  if (length < 127) {
+    encoded.push_back(static_cast<char>(length));
+  } else {
+    encoded.push_back(static_cast<char>(127));
+    for (length -= 127; length >= 128; length >>= 7) encoded.push_back(static_cast<char>(0x80 | (length & 0x7f)));
+    encoded.push_back(static_cast<char>(length));
+  }
+  return encoded + text;
+}
+
+// Names and values of any length; the block must still fit the one frame it is sent in (16 KiB by default).
 inline std::string LiteralHeaderBlock(const std::vector<std::pair<std::string, std::string>>& fields) {
   std::string block;
   for (const auto& [name, value] : fields) {
     block.push_back('\0');
-    block.push_back(static_cast<char>(name.size()));
-    block += name;
-    block.push_back(static_cast<char>(value.size()));
-    block += value;
+    block += HpackString(name);
+    block += HpackString(value);
   }
   return block;
 }

@@ -44,7 +44,9 @@ namespace {
 
 using ::samplerd::testing::Http2Frame;
 using ::samplerd::testing::Http2Preface;
+using ::samplerd::testing::kHttp2Data;
 using ::samplerd::testing::kHttp2EndHeaders;
+using ::samplerd::testing::kHttp2EndStream;
 using ::samplerd::testing::kHttp2Headers;
 using ::samplerd::testing::kHttp2Settings;
 using ::samplerd::testing::LiteralHeaderBlock;
@@ -1311,6 +1313,109 @@ TEST(Logging, TextLinesEscapeTheControlCharactersOfWhatTheyQuote) {
     EXPECT_NE(line.rfind("[2026-01-01", 0), 0u) << output;
     EXPECT_EQ(line.find('\a'), std::string::npos) << output;
   }
+}
+
+// Opens one call per path on a raw HTTP/2 connection to `target` (a gRPC client would not send such paths), each
+// with `extra` headers and one empty message, and waits until the server has ended them all.
+void CallRawPaths(const std::string& target, const std::vector<std::string>& paths,
+                  const std::vector<std::pair<std::string, std::string>>& extra = {}) {
+  const int fd = Connect(target, std::chrono::seconds(10));
+  ASSERT_GE(fd, 0);
+  std::string bytes = Http2Preface() + Http2Frame(kHttp2Settings, 0, 0, "");
+  uint32_t stream = 1;
+  for (const std::string& path : paths) {
+    std::vector<std::pair<std::string, std::string>> fields = {{":method", "POST"},
+                                                               {":scheme", "http"},
+                                                               {":path", path},
+                                                               {":authority", "samplerd"},
+                                                               {"content-type", "application/grpc"},
+                                                               {"te", "trailers"}};
+    fields.insert(fields.end(), extra.begin(), extra.end());
+    bytes += Http2Frame(kHttp2Headers, kHttp2EndHeaders, stream, LiteralHeaderBlock(fields));
+    bytes += Http2Frame(kHttp2Data, kHttp2EndStream, stream, std::string(5, '\0'));
+    stream += 2;
+  }
+  ASSERT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  // Each call ends with a HEADERS frame (its trailers) that ends its stream.
+  std::string received;
+  size_t ended = 0;
+  for (size_t pos = 0; ended < paths.size();) {
+    char buffer[4096];
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    ASSERT_GT(n, 0) << "the server ended " << ended << " of " << paths.size() << " calls";
+    received.append(buffer, static_cast<size_t>(n));
+    while (pos + 9 <= received.size()) {
+      const size_t length = (static_cast<uint8_t>(received[pos]) << 16) |
+                            (static_cast<uint8_t>(received[pos + 1]) << 8) | static_cast<uint8_t>(received[pos + 2]);
+      if (pos + 9 + length > received.size()) break;
+      const uint8_t type = static_cast<uint8_t>(received[pos + 3]);
+      const uint8_t flags = static_cast<uint8_t>(received[pos + 4]);
+      if (type == kHttp2Settings && (flags & 1) == 0) {
+        const std::string ack = Http2Frame(kHttp2Settings, 1, 0, "");
+        ASSERT_EQ(write(fd, ack.data(), ack.size()), static_cast<ssize_t>(ack.size()));
+      }
+      if (type == kHttp2Headers && (flags & kHttp2EndStream) != 0) ++ended;
+      pos += 9 + length;
+    }
+  }
+  close(fd);
+}
+
+// Paths no method has, as a client can send them: bytes that are not UTF-8, a NUL, and a path of 2,000 bytes.
+std::string NulPath() { return std::string("/a\0hidden/x", 11); }
+std::vector<std::string> StrangePaths() { return {"/\xff\xfe/x", NulPath(), "/" + std::string(1999, 'A')}; }
+
+// Every line is one JSON object whatever bytes a client put where a line quotes them: in a path (the call log)
+// or in a metadata value gRPC core rejects and quotes (hpack_parser.cc); bytes that are not UTF-8 become U+FFFD.
+// The path is quoted up to a cap, and a NUL in it is escaped rather than ending it.
+TEST(Logging, JsonLinesStayValidJsonWhateverBytesTheClientSent) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string log = dir.File("samplerd.log");
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--log_format", "json", "--log_level", "info"}, log);
+  ASSERT_NE(server, nullptr);
+  CallRawPaths(server->tcp_target(), StrangePaths());
+  CallRawPaths(server->tcp_target(), {"/samplerd.v1.Sampler/ListProfiles"}, {{"grpc-status", "1\xc3\xff"}});
+  ASSERT_EQ(server->Terminate(), 0);
+
+  std::istringstream lines(ReadFile(log));
+  std::string line;
+  int not_utf8 = 0;
+  int nul = 0;
+  int long_path = 0;
+  int bad_metadata = 0;
+  while (std::getline(lines, line)) {
+    nlohmann::json entry;
+    ASSERT_NO_THROW(entry = nlohmann::json::parse(line)) << line;
+    const std::string msg = entry.value("msg", "");
+    if (msg.find("/\xEF\xBF\xBD") != std::string::npos && msg.find("/x from") != std::string::npos) ++not_utf8;
+    if (msg.find(NulPath() + " from") != std::string::npos) ++nul;
+    if (msg.find("AAAA") != std::string::npos) {
+      ++long_path;
+      EXPECT_THAT(msg, HasSubstr("... (2000 bytes)"));
+      EXPECT_EQ(msg.find(std::string(257, 'A')), std::string::npos) << "the path is quoted whole";
+    }
+    if (msg.find("grpc-status") != std::string::npos) ++bad_metadata;
+  }
+  EXPECT_EQ(not_utf8, 1) << ReadFile(log);
+  EXPECT_EQ(nul, 1) << ReadFile(log);
+  EXPECT_EQ(long_path, 1) << ReadFile(log);
+  EXPECT_GE(bad_metadata, 1) << ReadFile(log);
+}
+
+// The text log quotes a path the same way: capped, its NUL escaped.
+TEST(Logging, TextLinesCapThePathAndEscapeItsNul) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string log = dir.File("samplerd.log");
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--log_format", "text", "--log_level", "info"}, log);
+  ASSERT_NE(server, nullptr);
+  CallRawPaths(server->tcp_target(), StrangePaths());
+  ASSERT_EQ(server->Terminate(), 0);
+  const std::string text = ReadFile(log);
+  EXPECT_THAT(text, HasSubstr(R"(/a\x00hidden/x from)"));
+  EXPECT_THAT(text, HasSubstr("... (2000 bytes)"));
+  EXPECT_EQ(text.find(std::string(257, 'A')), std::string::npos) << "the path is quoted whole";
 }
 
 // gRPC core writes its own line about some calls before samplerd sees them, without a token: here one per call
