@@ -240,8 +240,12 @@ std::atomic<bool> grpc_logs_to_spdlog{false};
 // about refused calls, which name the call and carry its trace context.
 void GrpcLogToSpdlog(gpr_log_func_args* args) {
   static LogBudget* const budget = new LogBudget(kGrpcCoreLinesPerSecond);
-  // A failed GPR_ASSERT's line always shows: the process aborts after it, and the line says why.
-  const int64_t held = absl::StartsWith(args->message, "assertion failed: ") ? 0 : budget->Admit();
+  // Clients make gRPC write error lines (a disabled encoding, a malformed header value); info and debug lines
+  // only come when an operator asks with GRPC_VERBOSITY or GRPC_TRACE, and then all of them are wanted. A failed
+  // GPR_ASSERT's line always shows: the process aborts after it, and the line says why.
+  const bool budgeted =
+      args->severity == GPR_LOG_SEVERITY_ERROR && !absl::StartsWith(args->message, "assertion failed: ");
+  const int64_t held = budgeted ? budget->Admit() : 0;
   if (held < 0) return;
   if (!grpc_logs_to_spdlog.load()) {
     std::fprintf(stderr, "grpc %s:%d: %s%s\n", args->file, args->line, args->message, HeldBackNote(held).c_str());
