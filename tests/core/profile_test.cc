@@ -139,6 +139,32 @@ INSTANTIATE_TEST_SUITE_P(
                   "profiles[0].coefficients.adaptive_min_p_min"}),
     [](const ::testing::TestParamInfo<BadConfig>& info) { return std::string(info.param.name); });
 
+// protobuf 3.21's JSON parser flattens an array inside an array into the repeated field around it, so these would
+// load as no profiles, profile zz, or a rule list that is not the one written.
+TEST(ProfileRegistry, ANestedArrayIsRefusedAndNamesWhere) {
+  const struct {
+    const char* json;
+    const char* where;
+  } cases[] = {
+      {R"({"profiles": [[]]})", "profile config: profiles[0]: "},
+      {R"({"profiles": [[{"name": "zz"}]]})", "profile config: profiles[0]: "},
+      {R"({"profiles": [{"name": "a"}, {"name": "b", "regimes": [{"regime": "REGIME_ARGMAX"},
+          [{"regime": "REGIME_ARGMAX"}]]}]})",
+       "profile config: profiles[1].regimes[1]: "},
+      {R"({"profiles": [{"name": "a", "regimes": [{"regime": "REGIME_ARGMAX", "bounds": [[]]}]}]})",
+       "profile config: profiles[0].regimes[0].bounds[0]: "},
+      // Not JSON, but protobuf's parser takes trailing commas and unquoted or single-quoted keys.
+      {R"({profiles: [{'name': 'a', regimes: [{regime: 'REGIME_ARGMAX',}, [],],},],})",
+       "profile config: profiles[0].regimes[1]: "},
+  };
+  for (const auto& c : cases) {
+    const absl::Status status = ProfileRegistry::FromJson(c.json).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.json << ": " << status;
+    EXPECT_EQ(status.message().rfind(c.where, 0), 0u) << status;
+    EXPECT_NE(status.message().find("an array inside an array"), absl::string_view::npos) << status;
+  }
+}
+
 TEST(ProfileTest, MissingConfigFileIsNotFound) {
   EXPECT_EQ(ProfileRegistry::FromJsonFile("/nonexistent/profiles.json").status().code(), absl::StatusCode::kNotFound);
 }
