@@ -6,6 +6,7 @@
 // BM_Kernel_* time each kernel of the step over the workload's tensors (BM_Kernel_ScanMax is the plain pass
 // over the logits, the memory floor); BM_Floor_SoftmaxEntropy is the issue's softmax + entropy reference
 // (max pass, then exp with the two sums, nothing stored), measured in the same run.
+// BM_ProfileConfigLoad is a --config of N minimal profiles, parsed, validated and indexed (a SIGHUP reload).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -19,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "benchmark/benchmark.h"
 #include "core/metrics.h"
+#include "core/profile.h"
 #include "core/reduce_kernels.h"
 #include "core/sampler_chain.h"
 #include "core/step_engine.h"
@@ -532,6 +534,20 @@ void BM_Floor_SoftmaxEntropy(benchmark::State& state) {
   });
 }
 BENCHMARK(BM_Floor_SoftmaxEntropy)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+
+void BM_ProfileConfigLoad(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  std::string json = R"({"profiles": [)";
+  for (int64_t i = 0; i < n; ++i) absl::StrAppend(&json, i == 0 ? "" : ", ", R"({"name": "p)", i, R"("})");
+  json += "]}";
+  for (auto _ : state) {
+    auto registry = ProfileRegistry::FromJson(json);
+    if (!registry.ok()) state.SkipWithError("the config did not load");
+    benchmark::DoNotOptimize(registry);
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+BENCHMARK(BM_ProfileConfigLoad)->Arg(1000)->Arg(40000)->Arg(200000)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace samplerd

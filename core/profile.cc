@@ -388,7 +388,11 @@ absl::StatusOr<std::shared_ptr<const ProfileRegistry>> ProfileRegistry::CreateOv
                                                                                    const v1::ProfileSet& config) {
   auto registry = std::shared_ptr<ProfileRegistry>(new ProfileRegistry());
   registry->profiles_ = std::move(base);
+  registry->profiles_.reserve(registry->profiles_.size() + config.profiles_size());
+  registry->index_.reserve(registry->profiles_.size() + config.profiles_size());
+  for (size_t i = 0; i < registry->profiles_.size(); ++i) registry->index_.emplace(registry->profiles_[i].name(), i);
   absl::flat_hash_set<std::string> seen;
+  seen.reserve(config.profiles_size());
   for (int i = 0; i < config.profiles_size(); ++i) {
     const std::string prefix = absl::StrCat("profiles[", i, "]");
     absl::StatusOr<Profile> profile = Profile::FromProto(config.profiles(i), prefix);
@@ -396,14 +400,12 @@ absl::StatusOr<std::shared_ptr<const ProfileRegistry>> ProfileRegistry::CreateOv
     if (!seen.insert(profile->name()).second) {
       return InvalidFieldError(prefix + ".name", absl::StrCat("duplicate profile name \"", profile->name(), "\""));
     }
-    bool replaced = false;
-    for (Profile& existing : registry->profiles_) {
-      if (existing.name() == profile->name()) {
-        existing = *profile;
-        replaced = true;
-      }
+    const auto [at, added] = registry->index_.try_emplace(profile->name(), registry->profiles_.size());
+    if (added) {
+      registry->profiles_.push_back(*std::move(profile));
+    } else {
+      registry->profiles_[at->second] = *std::move(profile);  // in the base entry's place
     }
-    if (!replaced) registry->profiles_.push_back(*std::move(profile));
   }
   if (!config.default_profile().empty()) registry->default_profile_ = config.default_profile();
   if (registry->Find(registry->default_profile_) == nullptr) {
@@ -430,10 +432,8 @@ absl::StatusOr<std::shared_ptr<const ProfileRegistry>> ProfileRegistry::FromJson
 
 const Profile* ProfileRegistry::Find(absl::string_view name) const {
   if (name.empty()) name = default_profile_;
-  for (const Profile& p : profiles_) {
-    if (p.name() == name) return &p;
-  }
-  return nullptr;
+  const auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &profiles_[it->second];
 }
 
 }  // namespace samplerd

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "core/sampling_config.h"
@@ -90,6 +91,8 @@ class ProfileRegistry {
                                                                            const v1::ProfileSet& config);
 
   std::vector<Profile> profiles_;
+  // Name -> position in profiles_: a config may hold hundreds of thousands of profiles, and every step looks one up.
+  absl::flat_hash_map<std::string, size_t> index_;
   std::string default_profile_ = kDefaultProfile;
 };
 

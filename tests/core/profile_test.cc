@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "core/field_error.h"
 #include "core/profile.h"
 #include "gtest/gtest.h"
@@ -163,6 +164,38 @@ TEST(ProfileRegistry, ANestedArrayIsRefusedAndNamesWhere) {
     EXPECT_EQ(status.message().rfind(c.where, 0), 0u) << status;
     EXPECT_NE(status.message().find("an array inside an array"), absl::string_view::npos) << status;
   }
+}
+
+// The registry indexes profiles by name (a config may hold hundreds of thousands, and every step looks one up);
+// ListProfiles and the reload log still show the built-ins first, then the config's in file order, a built-in
+// name replaced in place.
+TEST(ProfileRegistry, ManyProfilesKeepTheirOrderAndEachIsFoundByName) {
+  constexpr int kProfiles = 20000;
+  std::string json = R"({"defaultProfile": "p00007", "profiles": [)";
+  for (int i = 0; i < kProfiles; ++i) {
+    absl::StrAppend(&json, i == 0 ? "" : ", ", R"({"name": "p)", absl::Dec(i, absl::kZeroPad5), R"(", "params": )",
+                    R"({"topK": )", i, "}}");
+    if (i == kProfiles / 2) json += R"(, {"name": "fixed", "params": {"topK": 7}})";
+  }
+  json += "]}";
+  auto registry = ProfileRegistry::FromJson(json);
+  ASSERT_TRUE(registry.ok()) << registry.status();
+  const std::vector<Profile>& profiles = (*registry)->profiles();
+  ASSERT_EQ(profiles.size(), 3u + kProfiles);
+  EXPECT_EQ(profiles[0].name(), "entropix");
+  EXPECT_EQ(profiles[1].name(), "entropix-frog");
+  EXPECT_EQ(profiles[2].name(), "fixed");
+  EXPECT_EQ(profiles[2].base().top_k, 7) << "replaced in the built-in's place";
+  for (int i = 0; i < kProfiles; ++i) {
+    const std::string name = absl::StrCat("p", absl::Dec(i, absl::kZeroPad5));
+    ASSERT_EQ(profiles[3 + i].name(), name);
+    const Profile* found = (*registry)->Find(name);
+    ASSERT_EQ(found, &profiles[3 + i]) << name;
+  }
+  EXPECT_EQ((*registry)->Find("fixed"), &profiles[2]);
+  EXPECT_EQ((*registry)->Find(""), &profiles[3 + 7]);
+  EXPECT_EQ((*registry)->Find("p20000"), nullptr);
+  EXPECT_EQ((*registry)->Find("P00001"), nullptr) << "names are case-sensitive";
 }
 
 TEST(ProfileTest, MissingConfigFileIsNotFound) {
