@@ -85,14 +85,84 @@ std::string DescribeMetrics(const v1::Metrics& m) {
   return out;
 }
 
-// Loads a float32 .npy (xtensor refuses other dtypes with a message naming the dtype it found).
+// numpy itself refuses to read headers over 10,000 bytes; a header length over this is a broken or hostile file,
+// not something to allocate for.
+constexpr uint32_t kMaxNpyHeaderBytes = 64 << 10;
+
+// `offset` plus the bytes of a float32 array of `shape`; false when that does not fit in 64 bits.
+bool NpySize(const std::vector<size_t>& shape, uint64_t offset, uint64_t* bytes) {
+  uint64_t n = sizeof(float);
+  for (const size_t d : shape) {
+    if (d != 0 && n > UINT64_MAX / d) return false;
+    n *= d;
+  }
+  if (n > UINT64_MAX - offset) return false;
+  *bytes = offset + n;
+  return true;
+}
+
+// Loads a float32 .npy with xtensor's reader, which trusts the header: it allocates the header length and the
+// shape's bytes before reading them and ignores a short read, so a truncated file would come back with
+// uninitialized elements. Hence the header length, dtype and file size are checked against the header (parsed by
+// xtensor) before the load, and the stream after it.
 bool LoadNpy(const std::string& path, xt::xarray<float>* out) {
+  const auto refuse = [&path](absl::string_view why) {
+    absl::FPrintF(stderr, "samplerctl: %s: not a float32 .npy file: %s\n", path, why);
+    return false;
+  };
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return refuse("cannot be opened");
+  in.seekg(0, std::ios::end);
+  const std::streamoff file_bytes = in.tellg();
+  in.seekg(0);
+  if (!in || file_bytes < 0) return refuse("cannot be read");
   try {
-    *out = xt::load_npy<float>(path);
+    // The fixed prefix: magic and version (xtensor reads those two), then the header length, little-endian,
+    // 2 bytes in version 1.0 and 4 in 2.0.
+    unsigned char major = 0, minor = 0;
+    xt::detail::read_magic(in, &major, &minor);
+    if (!((major == 1 || major == 2) && minor == 0)) {
+      return refuse(absl::StrCat("format version ", int{major}, ".", int{minor}, " (1.0 and 2.0 are read)"));
+    }
+    unsigned char length[4] = {};
+    in.read(reinterpret_cast<char*>(length), major == 1 ? 2 : 4);
+    if (!in) return refuse("shorter than a .npy header");
+    const uint32_t header_bytes =
+        length[0] | (uint32_t{length[1]} << 8) | (uint32_t{length[2]} << 16) | (uint32_t{length[3]} << 24);
+    const uint64_t data_offset = (major == 1 ? 10 : 12) + uint64_t{header_bytes};
+    if (header_bytes == 0) return refuse("its header is empty");
+    if (header_bytes > kMaxNpyHeaderBytes) {
+      return refuse(absl::StrCat("its header length is ", header_bytes, " bytes, over the ", kMaxNpyHeaderBytes,
+                                 " a .npy header can have"));
+    }
+    if (!in || data_offset > static_cast<uint64_t>(file_bytes)) {
+      return refuse(absl::StrCat("the file (", file_bytes, " bytes) is shorter than its header says"));
+    }
+    std::string header(header_bytes, '\0');
+    in.read(header.data(), header_bytes);
+    std::string descr;
+    bool fortran_order = false;
+    std::vector<size_t> shape;
+    xt::detail::parse_header(header, descr, &fortran_order, shape);
+    if (descr != xt::detail::build_typestring<float>()) {
+      return refuse(absl::StrCat("its dtype is '", descr, "', not '", xt::detail::build_typestring<float>(), "'"));
+    }
+    if (shape.empty()) return refuse("a 0-d array (shape ()): logits and attention need at least one dimension");
+    uint64_t expected_bytes = 0;
+    if (!NpySize(shape, data_offset, &expected_bytes)) return refuse("its shape's byte count does not fit in 64 bits");
+    if (expected_bytes != static_cast<uint64_t>(file_bytes)) {
+      return refuse(absl::StrCat("the file has ", file_bytes, " bytes, its header and shape say ", expected_bytes));
+    }
+
+    in.seekg(0);
+    auto loaded = xt::load_npy<float>(in);
+    // The file may have changed since its size was taken: the load must have read every byte, and no more exist.
+    if (!in || in.peek() != std::char_traits<char>::eof())
+      return refuse("the file changed or failed while it was read");
+    *out = std::move(loaded);
     return true;
   } catch (const std::exception& e) {
-    absl::FPrintF(stderr, "samplerctl: %s: not a float32 .npy file: %s\n", path, e.what());
-    return false;
+    return refuse(e.what());
   }
 }
 

@@ -380,6 +380,61 @@ TEST_F(ClientTest, SamplerctlSampleFromNpy) {
   for (const std::string& p : {logits_path, attention_path, bad_path}) unlink(p.c_str());
 }
 
+std::string WriteBytes(const std::string& name, const std::string& bytes) {
+  const std::string path = "/tmp/samplerctl-test-" + std::to_string(getpid()) + "-" + name + ".npy";
+  std::ofstream(path, std::ios::binary) << bytes;
+  return path;
+}
+
+// A .npy of `version` (1 or 2) with `header` as its header (padded as numpy pads it) and `data` after it.
+std::string WriteRawNpy(const std::string& name, int version, std::string header, const std::string& data) {
+  const size_t prefix = version == 1 ? 10 : 12;
+  header.append(15 - (prefix + header.size()) % 16, ' ');
+  header.push_back('\n');
+  std::string bytes = std::string("\x93NUMPY", 6) + static_cast<char>(version) + '\0';
+  for (size_t i = 0; i < prefix - 8; ++i) bytes.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xff));
+  return WriteBytes(name, bytes + header + data);
+}
+
+// xtensor's reader trusts the header: a short file would send uninitialized memory as logits, and a header length
+// of 4 GiB would be allocated and copied before anything is checked.
+TEST_F(ClientTest, SamplerctlRefusesAnNpyItsHeaderDoesNotDescribe) {
+  const std::string f4 = std::string(4, '\0');
+  const std::string logits(4 * kVocab, '\0');
+  const std::string vector_header =
+      "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(kVocab) + ",), }";
+  const struct {
+    std::string path;
+    const char* reason;
+  } cases[] = {
+      {WriteRawNpy("truncated", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (50000,), }", f4),
+       "its header and shape say"},
+      {WriteRawNpy("trailing", 1, vector_header, logits + f4), "its header and shape say"},
+      {WriteRawNpy("zero_d", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (), }", f4), "0-d array"},
+  };
+  for (const auto& c : cases) {
+    CommandResult r = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " + c.path);
+    EXPECT_EQ(r.exit_code, 2) << c.path << ": " << r.output;
+    EXPECT_THAT(r.output, HasSubstr(c.path + ": not a float32 .npy file: ")) << r.output;
+    EXPECT_THAT(r.output, HasSubstr(c.reason)) << r.output;
+    unlink(c.path.c_str());
+  }
+
+  // Version 2.0, header length 0xfffffff0, and nothing after it: 21 bytes in all.
+  const std::string huge_header =
+      WriteBytes("huge_header", std::string("\x93NUMPY\x02\x00\xf0\xff\xff\xff", 12) + std::string(9, 'x'));
+  CommandResult r = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " + huge_header);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(huge_header + ": not a float32 .npy file: its header length is ")) << r.output;
+  unlink(huge_header.c_str());
+
+  // The same checks pass a well-formed file, in either format version.
+  const std::string v2 = WriteRawNpy("v2", 2, vector_header, logits);
+  CommandResult ok = RunSamplerctl("sample --target " + server_->tcp_target() + " --logits " + v2);
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  unlink(v2.c_str());
+}
+
 TEST_F(ClientTest, SamplerctlDemoVisitsEveryEntropixRegime) {
   CommandResult r = RunSamplerctl("demo --steps 36 --target " + server_->unix_target());
   ASSERT_EQ(r.exit_code, 0) << r.output;
