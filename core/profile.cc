@@ -14,7 +14,6 @@
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
-#include "nlohmann/json.hpp"
 
 namespace samplerd {
 namespace {
@@ -137,82 +136,9 @@ bool IsDecidingRegime(v1::Regime r) {
 
 // No field of ProfileSet is a list of lists, yet protobuf 3.21's JSON parser flattens an array inside an array into
 // the repeated field around it: {"profiles": [[]]} would load as no profiles at all. So such a file is refused,
-// naming where the inner array is ("profiles[0].regimes[1]", with the file's JSON keys).
-
-// Finds it from nlohmann's SAX events (no tree built, a fraction of protobuf's parse): stops at the first array
-// that is an element of an array, or at a syntax error.
-class NestedArrayFinder : public nlohmann::json_sax<nlohmann::json> {
- public:
-  // Where the nested array is; empty when the parse stopped at a syntax error instead.
-  const std::string& path() const { return path_; }
-
-  bool null() override { return Element(); }
-  bool boolean(bool) override { return Element(); }
-  bool number_integer(number_integer_t) override { return Element(); }
-  bool number_unsigned(number_unsigned_t) override { return Element(); }
-  bool number_float(number_float_t, const string_t&) override { return Element(); }
-  bool string(string_t&) override { return Element(); }
-  bool binary(binary_t&) override { return Element(); }
-  bool start_object(std::size_t) override {
-    Element();
-    frames_.push_back({false, 0, {}});
-    return true;
-  }
-  bool key(string_t& key) override {
-    frames_.back().key = key;
-    return true;
-  }
-  bool end_object() override {
-    frames_.pop_back();
-    return true;
-  }
-  bool start_array(std::size_t) override {
-    const bool nested = !frames_.empty() && frames_.back().array;
-    Element();
-    if (nested) {
-      path_ = Path();
-      return false;
-    }
-    frames_.push_back({true, 0, {}});
-    return true;
-  }
-  bool end_array() override {
-    frames_.pop_back();
-    return true;
-  }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
-
- private:
-  struct Frame {
-    bool array;
-    int64_t elements;  // of an array: how many have started, so the current one is elements - 1
-    std::string key;   // of an object: the current key
-  };
-
-  bool Element() {
-    if (!frames_.empty() && frames_.back().array) ++frames_.back().elements;
-    return true;
-  }
-
-  std::string Path() const {
-    std::string path;
-    for (const Frame& f : frames_) {
-      if (f.array) {
-        absl::StrAppend(&path, "[", f.elements - 1, "]");
-      } else {
-        absl::StrAppend(&path, path.empty() ? "" : ".", Excerpt(f.key));
-      }
-    }
-    return path;
-  }
-
-  std::vector<Frame> frames_;
-  std::string path_;
-};
-
-// The same search over a google.protobuf.Value, for the documents protobuf's parser takes and JSON does not
-// (unquoted or single-quoted keys, trailing commas): slower, but such files are rare. Keys in sorted order, so
-// that the path named does not depend on map order.
+// naming where the inner array is ("profiles[0].regimes[1]", with the file's JSON keys). The search runs over the
+// google.protobuf.Value the same parser makes of the file, so it sees the document as protobuf did (which also takes
+// unquoted keys and trailing commas). Keys in sorted order, so that the path named does not depend on map order.
 void FindNestedArray(const google::protobuf::Value& value, const std::string& path, bool in_array, std::string* found) {
   if (!found->empty()) return;
   if (value.has_list_value()) {
@@ -246,18 +172,12 @@ absl::StatusOr<v1::ProfileSet> ParseProfileSet(absl::string_view json, absl::str
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": not a samplerd.v1.ProfileSet in protobuf JSON: ", status.ToString()));
   }
-  std::string nested;
-  NestedArrayFinder finder;
-  if (!nlohmann::json::sax_parse(json.begin(), json.end(), &finder)) {
-    nested = finder.path();
-    if (nested.empty()) {
-      google::protobuf::Value tree;
-      if (!google::protobuf::util::JsonStringToMessage(std::string(json), &tree).ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(source, ": parses as a ProfileSet but not as a JSON value"));
-      }
-      FindNestedArray(tree, "", false, &nested);
-    }
+  google::protobuf::Value tree;
+  if (!google::protobuf::util::JsonStringToMessage(std::string(json), &tree).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": parses as a ProfileSet but not as a JSON value"));
   }
+  std::string nested;
+  FindNestedArray(tree, "", false, &nested);
   if (!nested.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": ", nested,
