@@ -1,7 +1,10 @@
 #include "service/config_reloader.h"
 
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/field_error.h"
 #include "spdlog/spdlog.h"
 
 namespace samplerd {
@@ -21,8 +24,11 @@ absl::StatusOr<std::shared_ptr<const ProfileRegistry>> LoadProfiles(const std::s
 
 std::string DescribeProfiles(const ProfileRegistry& profiles) {
   std::string names;
-  for (const Profile& p : profiles.profiles()) absl::StrAppend(&names, names.empty() ? "" : ", ", p.name());
-  return absl::StrCat(names, " (default ", profiles.default_profile(), ")");
+  const auto& all = profiles.profiles();
+  const size_t named = std::min(all.size(), kProfilesNamedInTheLog);
+  for (size_t i = 0; i < named; ++i) absl::StrAppend(&names, i == 0 ? "" : ", ", Excerpt(all[i].name()));
+  if (all.size() > named) absl::StrAppend(&names, " and ", all.size() - named, " more");
+  return absl::StrCat(names, " (default ", Excerpt(profiles.default_profile()), ")");
 }
 
 absl::Status ConfigReloader::Reload() {

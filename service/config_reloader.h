@@ -11,6 +11,7 @@
 #ifndef SAMPLERD_SERVICE_CONFIG_RELOADER_H_
 #define SAMPLERD_SERVICE_CONFIG_RELOADER_H_
 
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -31,7 +32,9 @@ absl::StatusOr<std::shared_ptr<const ProfileRegistry>> LoadProfiles(const std::s
 
 // DescribeProfiles()
 //
-// "entropix, entropix-frog, fixed (default entropix)", for the log.
+// "entropix, entropix-frog, fixed (default entropix)", for the log: the first kProfilesNamedInTheLog names, then
+// how many more (a config may hold hundreds of thousands).
+inline constexpr size_t kProfilesNamedInTheLog = 32;
 std::string DescribeProfiles(const ProfileRegistry& profiles);
 
 // ConfigReloader
