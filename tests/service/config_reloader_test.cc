@@ -35,8 +35,8 @@ TEST(DescribeProfiles, NamesTheFirstProfilesOfALargeRegistryAndCountsTheRest) {
   const size_t last_named = kProfilesNamedInTheLog - built_in - 1;
   EXPECT_THAT(described, HasSubstr(absl::StrCat("p", last_named, " and ")));
   EXPECT_THAT(described, Not(HasSubstr(absl::StrCat("p", last_named + 1))));
-  EXPECT_THAT(described, EndsWith(absl::StrCat(" and ", built_in + kAdded - kProfilesNamedInTheLog,
-                                               " more (default entropix)")));
+  EXPECT_THAT(described,
+              EndsWith(absl::StrCat(" and ", built_in + kAdded - kProfilesNamedInTheLog, " more (default entropix)")));
 }
 
 }  // namespace

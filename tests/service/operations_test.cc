@@ -397,6 +397,27 @@ TEST_F(AuthTest, StreamsAndReflectionNeedTheTokenHealthDoesNot) {
   EXPECT_EQ(CallSampleOnce(Plaintext(server_->unix_target()).get()).error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
+// The lines of `log` that `matches`, and the sum of the "(N similar lines held back)" notes they carry.
+struct BudgetedLines {
+  int lines = 0;
+  int64_t held_back = 0;
+};
+BudgetedLines CountBudgetedLines(const std::string& log, const std::function<bool(const std::string&)>& matches) {
+  BudgetedLines counted;
+  std::istringstream lines(log);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (!matches(line)) continue;
+    ++counted.lines;
+    const size_t note = line.find(" similar lines held back)");
+    if (note != std::string::npos) {
+      const size_t open = line.rfind('(', note);
+      counted.held_back += std::stoll(line.substr(open + 1, note - open - 1));
+    }
+  }
+  return counted;
+}
+
 TEST(RefusalLog, AFloodOfRefusedCallsWritesABoundedLogThatCountsTheRest) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
@@ -414,26 +435,14 @@ TEST(RefusalLog, AFloodOfRefusedCallsWritesABoundedLogThatCountsTheRest) {
   std::this_thread::sleep_for(std::chrono::milliseconds(1100));
   ASSERT_EQ(CallSampleOnce(channel.get(), "wrong-token").error_code(), grpc::StatusCode::UNAUTHENTICATED);
   ASSERT_EQ(server->Terminate(), 0);
-  std::istringstream lines(ReadFile(log));
-  std::string line;
-  int refusal_lines = 0;
-  int64_t held_back = 0;
-  for (int n = 0; std::getline(lines, line); ++n) {
-    if (line.find("wrong") == std::string::npos && line.find("refused") == std::string::npos &&
-        line.find("UNAUTHENTICATED") == std::string::npos) {
-      continue;
-    }
-    ++refusal_lines;
-    const size_t note = line.find(" similar lines held back)");
-    if (note != std::string::npos) {
-      const size_t open = line.rfind('(', note);
-      held_back += std::stoll(line.substr(open + 1, note - open - 1));
-    }
-  }
+  const BudgetedLines refusals = CountBudgetedLines(ReadFile(log), [](const std::string& line) {
+    return line.find("wrong") != std::string::npos || line.find("refused") != std::string::npos ||
+           line.find("UNAUTHENTICATED") != std::string::npos;
+  });
   // Two lines per refused call without the budget; with it, at most 20 a second.
-  EXPECT_LT(refusal_lines, kRefused);
-  EXPECT_GT(refusal_lines, 0);
-  EXPECT_GT(held_back, 0) << "the lines held back are counted in the next line written";
+  EXPECT_LT(refusals.lines, kRefused);
+  EXPECT_GT(refusals.lines, 0);
+  EXPECT_GT(refusals.held_back, 0) << "the lines held back are counted in the next line written";
 }
 
 // Streams refused over --max_streams are logged by the call log within its budget, not once more each.
@@ -1447,22 +1456,11 @@ TEST(Logging, GrpcCoreLinesAreBudgetedLikeRefusals) {
   channel.reset();  // see Logging.JsonLinesCarryTheCallersTraceparent
   ASSERT_EQ(server->Terminate(), 0);
 
-  std::istringstream lines(ReadFile(log));
-  std::string line;
-  int gzip_lines = 0;
-  int64_t held_back = 0;
-  while (std::getline(lines, line)) {
-    if (line.find("'gzip' is disabled") == std::string::npos) continue;
-    ++gzip_lines;
-    const size_t note = line.find(" similar lines held back)");
-    if (note != std::string::npos) {
-      const size_t open = line.rfind('(', note);
-      held_back += std::stoll(line.substr(open + 1, note - open - 1));
-    }
-  }
-  EXPECT_GT(gzip_lines, 0) << "gRPC's lines still show";
-  EXPECT_LT(gzip_lines, kCalls / 2);
-  EXPECT_GT(held_back, 0) << "the lines held back are counted in the next line written";
+  const BudgetedLines gzip = CountBudgetedLines(
+      ReadFile(log), [](const std::string& line) { return line.find("'gzip' is disabled") != std::string::npos; });
+  EXPECT_GT(gzip.lines, 0) << "gRPC's lines still show";
+  EXPECT_LT(gzip.lines, kCalls / 2);
+  EXPECT_GT(gzip.held_back, 0) << "the lines held back are counted in the next line written";
 }
 
 TEST(Flags, HelpDocumentsTheOperationsFlags) {
