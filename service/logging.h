@@ -31,7 +31,7 @@ namespace samplerd {
 //
 // Makes the default spdlog logger a stderr logger named "samplerd" with `format` ("text" or "json"; anything
 // else is treated as "text") at `level` (an spdlog level name), and sends gRPC core's log lines (which
-// GRPC_VERBOSITY still filters, errors only by default) to it, at most kGrpcCoreLinesPerSecond of them a
+// GRPC_VERBOSITY still filters, errors only by default) to it, error lines at most kGrpcCoreLinesPerSecond a
 // second. May be called again to change both.
 void SetUpLogging(absl::string_view format, absl::string_view level);
 
