@@ -55,12 +55,14 @@ bool ReadLine(int fd, std::chrono::steady_clock::time_point deadline, std::strin
 
 std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::string>& extra_args,
                                                     const std::string& stderr_path,
-                                                    const std::vector<std::string>& command_prefix) {
+                                                    const std::vector<std::string>& command_prefix,
+                                                    const std::string& binary) {
   std::unique_ptr<ServerProcess> server(new ServerProcess());
   server->socket_path_ = UniqueSocketPath();
   const std::string unix_address = "unix:" + server->socket_path_;
 
-  std::vector<std::string> args = {SAMPLERD_BINARY, "--listen", "127.0.0.1:0", "--listen", unix_address};
+  const std::string program = binary.empty() ? std::string(SAMPLERD_BINARY) : binary;
+  std::vector<std::string> args = {program, "--listen", "127.0.0.1:0", "--listen", unix_address};
   // Quiet unless the caller asks for a level.
   if (std::find(extra_args.begin(), extra_args.end(), "--log_level") == extra_args.end()) {
     args.insert(args.end(), {"--log_level", "warn"});
@@ -121,7 +123,7 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
     if (!ReadLine(server->stdout_fd_, deadline, &line)) {
       std::fprintf(
           stderr, "ServerProcess: %s did not print its addresses (got tcp=\"%s\" unix=\"%s\" metrics=\"%s\")\n",
-          SAMPLERD_BINARY, server->tcp_target_.c_str(), server->unix_target_.c_str(), server->metrics_address_.c_str());
+          program.c_str(), server->tcp_target_.c_str(), server->unix_target_.c_str(), server->metrics_address_.c_str());
       return nullptr;  // the destructor kills the child
     }
     if (line.rfind(kMetrics, 0) == 0) {
@@ -138,6 +140,8 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::vector<std::strin
   }
   return server;
 }
+
+const char* ServerProcess::BuiltBinary() { return SAMPLERD_BINARY; }
 
 int ServerProcess::RunToExit(const std::string& args, std::string* output) {
   CommandResult result = RunCommand("timeout", "30 " + ShellQuote(SAMPLERD_BINARY) + " " + args);

@@ -26,13 +26,17 @@ namespace samplerd::testing {
 // ServerProcess
 class ServerProcess {
  public:
-  // Starts `binary` (default: the samplerd this test was built with) and waits up to 20 s for its addresses
-  // to be printed. Null (with the reason on stderr) when the child did not come up. A non-empty `stderr_path`
-  // receives the child's stderr (its log) instead of the test's. A non-empty `command_prefix` runs samplerd under
-  // that command (an absolute path), as in {"/usr/bin/setpriv", "--reuid=65534", ...}.
+  // Starts `binary` (empty: BuiltBinary()) and waits up to 20 s for its addresses to be printed. Null (with the
+  // reason on stderr) when the child did not come up. A non-empty `stderr_path` receives the child's stderr (its
+  // log) instead of the test's. A non-empty `command_prefix` runs samplerd under that command (an absolute path),
+  // as in {"/usr/bin/setpriv", "--reuid=65534", ...}.
   static std::unique_ptr<ServerProcess> Start(const std::vector<std::string>& extra_args = {},
                                               const std::string& stderr_path = "",
-                                              const std::vector<std::string>& command_prefix = {});
+                                              const std::vector<std::string>& command_prefix = {},
+                                              const std::string& binary = "");
+
+  // The samplerd this test was built with.
+  static const char* BuiltBinary();
 
   // Runs samplerd with `args` (no --listen added) to completion, for flags that make it exit at once.
   // Returns the exit code (-1 when it could not run; 124 when it was still running after 30 s, and was killed, so

@@ -744,6 +744,14 @@ TEST(ShmControlSteps, AServerOutOfThreadsRefusesANewClientAndStillDrains) {
   constexpr uid_t kNobody = 65534;
   constexpr int kThreads = 64;
   const std::string socket_path = ShmSocketPath();
+  // A copy nobody can reach: the checkout may be in a directory only root enters (CI's is made by mktemp -d).
+  char dir[] = "/tmp/samplerd-nobody-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr) << std::strerror(errno);
+  const std::filesystem::path binary = std::filesystem::path(dir) / "samplerd";
+  std::filesystem::permissions(dir, std::filesystem::perms::owner_all | std::filesystem::perms::group_read |
+                                        std::filesystem::perms::group_exec | std::filesystem::perms::others_read |
+                                        std::filesystem::perms::others_exec);
+  std::filesystem::copy_file(ServerProcess::BuiltBinary(), binary);
   // Under AddressSanitizer, the leak check at exit needs a thread of its own, which this test denies.
   const char* asan_options = std::getenv("ASAN_OPTIONS");
   const std::string no_leak_check =
@@ -753,7 +761,8 @@ TEST(ShmControlSteps, AServerOutOfThreadsRefusesANewClientAndStillDrains) {
                             "--max_connection_age_grace_seconds", "5"},
                            "",
                            {"/usr/bin/env", no_leak_check, "/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
-                            "--clear-groups", "/usr/bin/prlimit", absl::StrCat("--nproc=", kThreads)});
+                            "--clear-groups", "/usr/bin/prlimit", absl::StrCat("--nproc=", kThreads)},
+                           binary.string());
   ASSERT_NE(server, nullptr);
   {
     absl::StatusOr<std::unique_ptr<ShmPlane>> first = ShmPlane::Connect(socket_path, 4096, "first");
@@ -766,6 +775,7 @@ TEST(ShmControlSteps, AServerOutOfThreadsRefusesANewClientAndStillDrains) {
   EXPECT_THAT(std::string(late.status().message()), HasSubstr("no thread"));
   EXPECT_EQ(server->Terminate(), 0);
   ReleaseThreads(filler);
+  std::filesystem::remove_all(dir);
 }
 
 // CPU seconds (user + system) the process `pid` has used.
