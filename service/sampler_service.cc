@@ -297,6 +297,20 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
       return;
     }
   }
+  // The requests waiting for a worker hold their bytes; past the budget this one is answered now, without work.
+  const int64_t pending_bytes = static_cast<int64_t>(request_bytes);
+  if (!ChargePending(pending_bytes)) {
+    const absl::Status busy = absl::ResourceExhaustedError(absl::StrCat(
+        "the server already holds ", config_.max_pending_request_bytes,
+        " bytes of requests not yet answered (--max_pending_request_bytes); this step was not run, retry it later"));
+    for (const v1::Step& step : request.steps()) {
+      v1::StepResult* result = response->add_results();
+      EncodeStepError(step, busy, result);
+      if (observer_ != nullptr) observer_->OnStep(*result, std::chrono::nanoseconds(0));
+    }
+    done(absl::OkStatus());
+    return;
+  }
   // What the steps share while they run; freed by the pool after `done`.
   struct Job {
     std::shared_ptr<const ProfileRegistry> registry;
@@ -308,7 +322,10 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
   };
   auto job = std::make_shared<Job>();
   job->registry = profiles();
-  job->done = std::move(done);
+  job->done = [this, pending_bytes, done = std::move(done)](absl::Status status) {
+    pending_request_bytes_.fetch_sub(pending_bytes, std::memory_order_relaxed);
+    done(std::move(status));
+  };
   job->shm_session = std::string(shm_session);
   job->cancelled = std::move(cancelled);
   const int n = request.steps_size();
@@ -334,6 +351,14 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
                    job->Cancelled(), &worker->workspace, &worker->output, results->Mutable(i), worker->fork_join);
       },
       [job] { job->done(absl::OkStatus()); });
+}
+
+bool SamplerService::ChargePending(int64_t bytes) const {
+  int64_t held = pending_request_bytes_.load(std::memory_order_relaxed);
+  do {
+    if (held + bytes > config_.max_pending_request_bytes) return false;
+  } while (!pending_request_bytes_.compare_exchange_weak(held, held + bytes, std::memory_order_relaxed));
+  return true;
 }
 
 void SamplerService::AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed,

@@ -19,6 +19,8 @@ namespace {
 constexpr absl::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 constexpr absl::string_view kLogFormats[] = {"text", "json"};
 
+constexpr int64_t kMaxPendingRequestBytesLimit = int64_t{1} << 50;
+
 absl::Status FlagError(absl::string_view flag, absl::string_view message) {
   return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", message));
 }
@@ -97,6 +99,14 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
           CheckPositive("max_steps_per_request", config.max_steps_per_request, std::numeric_limits<int32_t>::max());
       !s.ok()) {
     return s;
+  }
+  // The upper bound keeps the running count far from overflow.
+  if (config.max_pending_request_bytes < config.max_message_bytes ||
+      config.max_pending_request_bytes > kMaxPendingRequestBytesLimit) {
+    return FlagError(
+        "max_pending_request_bytes",
+        absl::StrCat("must be in [--max_message_bytes (", config.max_message_bytes, "), ", kMaxPendingRequestBytesLimit,
+                     "], so that one request of that size can be answered, got ", config.max_pending_request_bytes));
   }
   if (absl::Status s = CheckPositive("max_streams", config.max_streams, std::numeric_limits<int32_t>::max()); !s.ok()) {
     return s;
@@ -187,6 +197,10 @@ std::optional<int> ParseServerFlags(int argc, char** argv, absl::string_view ver
   app.add_option("--max_steps_per_request", config->max_steps_per_request,
                  "Most steps in one SampleRequest; more ends the call with RESOURCE_EXHAUSTED")
       ->capture_default_str();
+  app.add_option("--max_pending_request_bytes", config->max_pending_request_bytes,
+                 "Most bytes of requests received and not yet answered, over all calls; a request past it has each "
+                 "step answered RESOURCE_EXHAUSTED at once")
+      ->capture_default_str();
   app.add_option("--max_streams", config->max_streams,
                  "Most concurrent Sample streams; further streams end with RESOURCE_EXHAUSTED")
       ->capture_default_str();
@@ -273,8 +287,9 @@ std::string DescribeServerConfig(const ServerConfig& config) {
       "\" max_message_bytes=", config.max_message_bytes, " max_vocab=", config.max_vocab,
       " max_attention_elements=", config.max_attention_elements, " max_attention_rows=", config.max_attention_rows,
       " max_health_watches=", config.max_health_watches, " max_steps_per_request=", config.max_steps_per_request,
-      " max_streams=", config.max_streams, " max_streams_per_connection=", config.max_streams_per_connection,
-      " drain_seconds=", config.drain_seconds, " log_level=", config.log_level, " log_format=", config.log_format,
+      " max_pending_request_bytes=", config.max_pending_request_bytes, " max_streams=", config.max_streams,
+      " max_streams_per_connection=", config.max_streams_per_connection, " drain_seconds=", config.drain_seconds,
+      " log_level=", config.log_level, " log_format=", config.log_format,
       " tls=", config.tls_cert.empty() ? "off" : (config.tls_client_ca.empty() ? "on" : "mutual"),
       " auth_token=", config.auth_token_file.empty() ? "off" : "on", " metrics_listen=\"", config.metrics_listen, "\"",
       " max_connection_age_seconds=", config.max_connection_age_seconds,

@@ -7,15 +7,19 @@
 // The patterns: attention of many one-element rows; a gzip-compressed request that inflates to 128 MiB (with and
 // without a token); seed-0 steps with 32 KiB sequence ids; thousands of health Watch streams. Error messages
 // that would quote a huge input are checked here too: they stay short, so each bad step is answered on its own.
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "clients/cpp/samplerd_client.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "samplerd/v1/sampler.grpc.pb.h"
@@ -227,6 +231,102 @@ TEST(MemoryBounds, AnIdleStreamDoesNotKeepItsLargestRequest) {
     stream->rpc->WritesDone();
     EXPECT_TRUE(stream->rpc->Finish().ok());
   }
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+// Unary calls are not Sample streams, so --max_streams does not count them, and each connection may carry
+// --max_streams_per_connection of them: many connections of concurrent large SampleOnce calls. The requests waiting
+// for the one worker hold their bytes only up to --max_pending_request_bytes; past it a request is answered at
+// once, each step RESOURCE_EXHAUSTED, and dropped.
+TEST(MemoryBounds, ConcurrentSampleOnceCallsPastThePendingBudgetAreRefusedStepByStep) {
+  constexpr int64_t kPendingBytes = int64_t{64} << 20;
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start(Flags({"--max_pending_request_bytes", std::to_string(kPendingBytes)}));
+  ASSERT_NE(server, nullptr);
+  v1::SampleRequest request;
+  for (int i = 0; i < 8; ++i) {  // 8 steps of 128,256 logits and 32 x 8,192 attention: 12 MiB
+    v1::Step* step = request.add_steps();
+    step->set_sequence_id("s" + std::to_string(i));
+    step->set_seed(1);
+    const int64_t vocab[] = {128256};
+    FillF32Tensor(std::vector<float>(128256, 0.5f), vocab, step->mutable_logits());
+    const int64_t heads[] = {32, 8192};
+    FillF32Tensor(std::vector<float>(32 * 8192, 0.25f), heads, step->mutable_attention());
+  }
+  ASSERT_LT(request.ByteSizeLong(), static_cast<size_t>(kMaxMessageBytes));
+  const grpc::Slice slice(request.SerializeAsString());
+  const grpc::ByteBuffer wire(&slice, 1);  // one copy on this side, shared by every call
+
+  constexpr int kConnections = 4;
+  constexpr int kCallsPerConnection = 60;
+  struct Call {
+    grpc::ClientContext context;
+    grpc::ByteBuffer request;
+    grpc::ByteBuffer response;
+    grpc::Status status;
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  int finished = 0;
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+  std::vector<std::unique_ptr<Call>> calls;
+  for (int c = 0; c < kConnections; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection per channel
+    args.SetMaxReceiveMessageSize(-1);
+    stubs.push_back(std::make_unique<grpc::GenericStub>(
+        grpc::CreateCustomChannel(server->tcp_target(), grpc::InsecureChannelCredentials(), args)));
+    for (int i = 0; i < kCallsPerConnection; ++i) {
+      calls.push_back(std::make_unique<Call>());
+      Call* call = calls.back().get();
+      call->request = wire;
+      call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+      stubs.back()->UnaryCall(&call->context, "/samplerd.v1.Sampler/SampleOnce", grpc::StubOptions(), &call->request,
+                              &call->response, [&, call](grpc::Status status) {
+                                std::lock_guard<std::mutex> lock(mu);
+                                call->status = std::move(status);
+                                ++finished;
+                                cv.notify_all();
+                              });
+    }
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return finished == static_cast<int>(calls.size()); });
+  }
+  int answered = 0, refused = 0;
+  for (const std::unique_ptr<Call>& call : calls) {
+    ASSERT_TRUE(call->status.ok()) << call->status.error_message();
+    v1::SampleResponse response;
+    std::vector<grpc::Slice> slices;
+    ASSERT_TRUE(call->response.Dump(&slices).ok());
+    std::string bytes;
+    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    ASSERT_TRUE(response.ParseFromString(bytes));
+    ASSERT_EQ(response.results_size(), request.steps_size());
+    const bool busy = response.results(0).has_error();
+    for (const v1::StepResult& r : response.results()) {
+      ASSERT_EQ(r.has_error(), busy) << "a request is answered or refused whole";
+      if (busy) {
+        EXPECT_EQ(r.error().code(), static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+        EXPECT_NE(r.error().message().find("--max_pending_request_bytes"), std::string::npos) << r.error().message();
+      }
+    }
+    ++(busy ? refused : answered);
+  }
+  std::fprintf(stderr, "%d requests answered, %d refused\n", answered, refused);
+  EXPECT_GT(answered, 0);
+  EXPECT_GT(refused, 0) << "240 requests of 12 MiB for one worker never passed a budget of 64 MiB";
+  // gRPC itself buffers the messages of concurrent calls while they arrive, before samplerd sees them
+  // (docs/reliability.md, known gaps), so the peak is reported here and not bounded by the budget alone.
+  PeakMiB(*server);
+
+  // Every answered or refused request gave its bytes back: the whole budget is free again.
+  grpc::ClientContext context;
+  v1::SampleResponse response;
+  ASSERT_TRUE(Stub(*server)->SampleOnce(&context, request, &response).ok());
+  ASSERT_EQ(response.results_size(), request.steps_size());
+  for (const v1::StepResult& r : response.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
   EXPECT_EQ(server->Terminate(), 0);
 }
 

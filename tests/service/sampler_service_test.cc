@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -262,6 +263,60 @@ TEST(StartRequest, RefusesTooManyStepsAtOnceOnTheCaller) {
   EXPECT_THAT(std::string(status.message()), HasSubstr("--max_steps_per_request"));
   EXPECT_EQ(response.results_size(), 0);
   EXPECT_EQ(seeds.size(), 0u);
+}
+
+// A request that waits for the workers holds its bytes: past --max_pending_request_bytes over all calls, the next
+// request is answered at once, every step RESOURCE_EXHAUSTED, and once the first is answered its bytes are free.
+TEST(StartRequest, PastThePendingBytesBudgetEachStepIsRefusedAtOnceUntilTheBudgetFrees) {
+  const v1::SampleRequest held = MakeRequest("held-", 2);
+  const v1::SampleRequest next = MakeRequest("next-", 3);
+  const int64_t budget = static_cast<int64_t>(held.ByteSizeLong() + next.ByteSizeLong()) - 1;
+  SamplerService::Options options;
+  options.config.workers = 1;
+  options.config.max_message_bytes = budget;
+  options.config.max_pending_request_bytes = budget;
+  options.profiles = ProfileRegistry::BuiltIn();
+  absl::StatusOr<std::unique_ptr<SamplerService>> service = SamplerService::Create(std::move(options));
+  ASSERT_TRUE(service.ok()) << service.status();
+
+  // The held request's first step waits on the worker until the gate opens.
+  std::promise<void> gate;
+  std::shared_future<void> open = gate.get_future().share();
+  v1::SampleResponse held_response;
+  SeedTable seeds;
+  Completion held_completion;
+  (*service)->StartRequest(held, &seeds, &held_response, held_completion.Callback(), {}, [open] {
+    open.wait_for(kPatience);
+    return false;
+  });
+
+  v1::SampleResponse refused;
+  bool called = false;
+  (*service)->StartRequest(next, &seeds, &refused, [&](absl::Status s) {
+    called = true;
+    EXPECT_TRUE(s.ok()) << "the call goes on; its steps carry the refusal";
+  });
+  ASSERT_TRUE(called) << "a request past the budget is answered before StartRequest returns";
+  ASSERT_EQ(refused.results_size(), 3);
+  for (int i = 0; i < 3; ++i) {
+    const v1::StepResult& r = refused.results(i);
+    EXPECT_EQ(r.sequence_id(), next.steps(i).sequence_id());
+    EXPECT_EQ(r.step(), next.steps(i).step());
+    EXPECT_EQ(r.error().code(), static_cast<int>(absl::StatusCode::kResourceExhausted));
+    EXPECT_THAT(r.error().message(), HasSubstr("--max_pending_request_bytes"));
+  }
+
+  gate.set_value();
+  ASSERT_TRUE(held_completion.WaitFor(1));
+  ASSERT_EQ(held_response.results_size(), 2);
+  for (const v1::StepResult& r : held_response.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
+
+  v1::SampleResponse answered;
+  Completion completion;
+  (*service)->StartRequest(next, &seeds, &answered, completion.Callback());
+  ASSERT_TRUE(completion.WaitFor(1));
+  ASSERT_EQ(answered.results_size(), 3);
+  for (const v1::StepResult& r : answered.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
 }
 
 TEST(StartRequest, EmptyRequestIsAnsweredAtOnce) {

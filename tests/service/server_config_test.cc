@@ -1,5 +1,7 @@
 #include "service/server_config.h"
 
+#include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,6 +23,7 @@ TEST(ServerConfig, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(config.max_steps_per_request, 4096);
   EXPECT_EQ(config.max_streams, 1024);
   EXPECT_EQ(config.max_streams_per_connection, 100);
+  EXPECT_EQ(config.max_pending_request_bytes, 512 * 1024 * 1024);
   EXPECT_EQ(config.drain_seconds, 10);
   EXPECT_EQ(config.metrics_listen, "0.0.0.0:9464");
   EXPECT_EQ(config.max_connection_age_seconds, 300);
@@ -84,6 +87,11 @@ TEST(ServerConfig, RejectsOutOfRangeLimitsNamingFlagAndValue) {
       {[](ServerConfig* c) { c->max_streams = -5; }, "--max_streams: must be in [1, 2147483647], got -5"},
       {[](ServerConfig* c) { c->max_streams_per_connection = 0; },
        "--max_streams_per_connection: must be in [1, 2147483647], got 0"},
+      {[](ServerConfig* c) { c->max_pending_request_bytes = (int64_t{64} << 20) - 1; },
+       "--max_pending_request_bytes: must be in [--max_message_bytes (67108864), 1125899906842624], so that one "
+       "request of that size can be answered, got 67108863"},
+      {[](ServerConfig* c) { c->max_pending_request_bytes = std::numeric_limits<int64_t>::max(); },
+       "--max_pending_request_bytes"},
       {[](ServerConfig* c) { c->drain_seconds = -1; }, "--drain_seconds: must be >= 0, got -1"},
       {[](ServerConfig* c) { c->log_level = "loud"; }, "--log_level"},
       {[](ServerConfig* c) { c->log_format = "xml"; }, "--log_format: must be one of text, json, got \"xml\""},
