@@ -24,6 +24,7 @@
 #include "core/reduce_kernels.h"
 #include "core/sampler_chain.h"
 #include "core/step_engine.h"
+#include "tests/core/nucleus_adversary.h"
 
 namespace samplerd {
 namespace {
@@ -386,6 +387,29 @@ void BM_ChainTopK(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_ChainTopK)->ArgsProduct({{0, 1, 2}, {0, 1}})->Unit(benchmark::kMicrosecond);
+
+// The nucleus without top-k (top_p 0.99999994, near-uniform weights) over 128,256 tokens: arg 0 in McIlroy's
+// adversarial order for the partition rounds (tests/core/nucleus_adversary.h), arg 1 the same weights shuffled.
+void BM_NucleusOrder(benchmark::State& state) {
+  constexpr int64_t kVocab = 128256;
+  static const std::vector<int64_t>* const ranks = new std::vector<int64_t>(AdversarialRanks(kVocab));
+  std::vector<int64_t> rank = *ranks;
+  if (state.range(0) == 1) std::shuffle(rank.begin(), rank.end(), std::mt19937(7));
+  std::vector<WeightedToken> input(static_cast<size_t>(kVocab));
+  double total = 0;
+  for (int64_t id = 0; id < kVocab; ++id) {
+    const float w = std::exp(-static_cast<float>(rank[static_cast<size_t>(id)]) / static_cast<float>(kVocab));
+    input[static_cast<size_t>(id)] = {w, static_cast<int32_t>(id)};
+    total += w;
+  }
+  state.SetLabel(state.range(0) == 0 ? "adversarial" : "shuffled");
+  std::vector<WeightedToken> tokens;
+  for (auto _ : state) {
+    tokens = input;
+    benchmark::DoNotOptimize(SelectNucleus(absl::MakeSpan(tokens), 0.99999994 * total).length);
+  }
+}
+BENCHMARK(BM_NucleusOrder)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
 // Per kernel (reduce_kernels.h), over the workload's logits or attention rows.
 template <typename Fn>

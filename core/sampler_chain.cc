@@ -20,12 +20,17 @@ inline bool Before(float za, int32_t a, float zb, int32_t b) { return za > zb ||
 
 inline bool Before(const WeightedToken& a, const WeightedToken& b) { return Before(a.weight, a.id, b.weight, b.id); }
 
-// Reorders tokens[lo, hi) so that the nucleus (the shortest prefix in rank order whose weight reaches
-// `target`) comes first, and returns its length. A quickselect on mass: expected O(n), no full sort.
-int64_t SelectNucleus(std::vector<WeightedToken>& t, double target) {
+}  // namespace
+
+NucleusSelection SelectNucleus(absl::Span<WeightedToken> t, double target) {
+  NucleusSelection result;
   int64_t lo = 0, hi = static_cast<int64_t>(t.size());
   double acc = 0;
-  while (hi - lo > 32) {
+  // Introselect's bound: logits ordered against the median of three (McIlroy's adversary) make every round keep
+  // all but a few entries, which would cost O(n^2); past this many rounds the rest is sorted instead.
+  int rounds_left = 2 * static_cast<int>(std::log2(static_cast<double>(std::max<int64_t>(hi, 2))));
+  while (hi - lo > 32 && rounds_left-- > 0) {
+    result.partitioned += hi - lo;
     // Median of three as pivot, moved to hi - 1.
     const int64_t mid = lo + (hi - lo) / 2;
     if (Before(t[mid], t[lo])) std::swap(t[mid], t[lo]);
@@ -45,18 +50,28 @@ int64_t SelectNucleus(std::vector<WeightedToken>& t, double target) {
       hi = store;  // the nucleus ends among the better ones
     } else {
       acc += better_mass + pivot.weight;
-      if (acc >= target) return store + 1;
+      if (acc >= target) {
+        result.length = store + 1;
+        return result;
+      }
       lo = store + 1;
     }
   }
+  result.sorted = hi - lo;
   std::sort(t.begin() + lo, t.begin() + hi,
             [](const WeightedToken& a, const WeightedToken& b) { return Before(a, b); });
+  result.length = hi;
   for (int64_t i = lo; i < hi; ++i) {
     acc += t[i].weight;
-    if (acc >= target) return i + 1;
+    if (acc >= target) {
+      result.length = i + 1;
+      break;
+    }
   }
-  return hi;
+  return result;
 }
+
+namespace {
 
 // `v`, computed from the finite logit `from` with finite parameters, held at the largest finite float instead of
 // overflowing: in exact arithmetic the logit is finite, and an infinity would read as a banned token (-inf) or
@@ -271,7 +286,7 @@ absl::Status BuildCandidates(const float* z, int64_t vocab, const SamplingConfig
         }
       }
     } else {
-      cut = static_cast<size_t>(SelectNucleus(tokens, target));
+      cut = static_cast<size_t>(SelectNucleus(absl::MakeSpan(tokens), target).length);
     }
     tokens.resize(cut);
   }

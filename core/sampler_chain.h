@@ -6,8 +6,9 @@
 // Cost: top-k is one pass with a bounded heap (or nth_element for large k); given the logits' block maxima
 // (kernels::ScanMax, which the metrics pass runs anyway) it reads only the blocks whose max can still enter
 // the heap, from a floor that kernels::KthLargest finds among the maxima. Top-p then works on the k survivors. With
-// top-k off, top-p finds its nucleus by a quickselect on probability mass, so no step sorts the whole vocabulary; only
-// a final set of at most kSortedCandidates is put in descending order.
+// top-k off, top-p finds its nucleus by a quickselect on probability mass (SelectNucleus), so a step sorts the whole
+// vocabulary only when the logits are ordered against the quickselect; only a final set of at most
+// kSortedCandidates is put in descending order.
 //
 //   ChainScratch scratch;
 //   const float* z = ApplyLogitAdjustments(logits, vocab, config, recent_tokens, &scratch);
@@ -37,6 +38,18 @@ struct WeightedToken {
   float weight;
   int32_t id;
 };
+
+// What SelectNucleus did: the nucleus' length, and the work it took.
+struct NucleusSelection {
+  int64_t length = 0;
+  int64_t partitioned = 0;  // entries its partition rounds went over, all rounds together
+  int64_t sorted = 0;       // entries it sorted once the rounds ended
+};
+
+// Reorders `tokens` so that the nucleus (the shortest prefix in rank order, larger weight then lower id first,
+// whose weight reaches `target`) comes first, and returns its length: a quickselect on mass, expected O(n), no
+// full sort, and at most O(n log n) whatever the order of the weights.
+NucleusSelection SelectNucleus(absl::Span<WeightedToken> tokens, double target);
 
 // Reusable buffers of the chain.
 struct ChainScratch {
