@@ -118,6 +118,16 @@ void BM_ParseRequest(benchmark::State& state) {
 }
 BENCHMARK(BM_ParseRequest)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
 
+// What StartRequest pays to count a request against --max_pending_request_bytes.
+void BM_RequestSpaceUsed(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  v1::SampleRequest parsed;
+  parsed.ParseFromString(Request(index).SerializeAsString());
+  state.SetLabel(std::string(client::WorkloadName(kWorkloads[index])));
+  for (auto _ : state) benchmark::DoNotOptimize(parsed.SpaceUsedLong());
+}
+BENCHMARK(BM_RequestSpaceUsed)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
+
 void BM_SerializeRequest(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));
   const v1::SampleRequest& request = Request(index);

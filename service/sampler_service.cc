@@ -297,12 +297,12 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
       return;
     }
   }
-  // The requests waiting for a worker hold their bytes; past the budget this one is answered now, without work.
-  const int64_t pending_bytes = static_cast<int64_t>(request_bytes);
+  // The requests waiting for a worker hold their memory; past the budget this one is answered now, without work.
+  const int64_t pending_bytes = static_cast<int64_t>(request.SpaceUsedLong());
   if (!ChargePending(pending_bytes)) {
     const absl::Status busy = absl::ResourceExhaustedError(absl::StrCat(
-        "the server already holds ", config_.max_pending_request_bytes,
-        " bytes of requests not yet answered (--max_pending_request_bytes); this step was not run, retry it later"));
+        "the requests the server has not answered yet already fill its ", config_.max_pending_request_bytes,
+        " bytes (--max_pending_request_bytes, counted parsed); this step was not run, retry it later"));
     for (const v1::Step& step : request.steps()) {
       v1::StepResult* result = response->add_results();
       EncodeStepError(step, busy, result);
@@ -356,7 +356,7 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
 bool SamplerService::ChargePending(int64_t bytes) const {
   int64_t held = pending_request_bytes_.load(std::memory_order_relaxed);
   do {
-    if (held + bytes > config_.max_pending_request_bytes) return false;
+    if (held != 0 && held + bytes > config_.max_pending_request_bytes) return false;
   } while (!pending_request_bytes_.compare_exchange_weak(held, held + bytes, std::memory_order_relaxed));
   return true;
 }

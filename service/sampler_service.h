@@ -97,11 +97,11 @@ class SamplerService final
   // runs exactly once: with a non-OK status only for a problem that ends the call (RESOURCE_EXHAUSTED for more
   // than max_steps_per_request steps), at once on the calling thread when the request is refused or has no
   // steps, otherwise on the worker that answered the last step. `request` and `response` must stay untouched
-  // until then. Past --max_pending_request_bytes over all calls, every step is answered RESOURCE_EXHAUSTED at once,
-  // so no number of callers makes the server hold more requests than that. `shm_session` is the call's
-  // samplerd-shm-session metadata (empty when absent). `cancelled`, when set, is asked before each step: once it says
-  // the call is gone (cancelled, past its deadline, disconnected), the steps not yet started are answered CANCELLED
-  // without running, so a dead call does not hold the workers.
+  // until then. Past --max_pending_request_bytes of parsed requests over all calls, every step is answered
+  // RESOURCE_EXHAUSTED at once, so no number of callers makes the server hold more requests than that. `shm_session` is
+  // the call's samplerd-shm-session metadata (empty when absent). `cancelled`, when set, is asked before each step:
+  // once it says the call is gone (cancelled, past its deadline, disconnected), the steps not yet started are answered
+  // CANCELLED without running, so a dead call does not hold the workers.
   void StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
                     std::function<void(absl::Status)> done, absl::string_view shm_session = {},
                     std::function<bool()> cancelled = nullptr) const;
@@ -147,7 +147,9 @@ class SamplerService final
   // What a unary call passes before it runs: AdmitCall, then its message framing (CheckMessageFraming).
   absl::Status AdmitUnaryCall(grpc::CallbackServerContext* context) const;
 
-  // Counts `bytes` as pending unless that would pass --max_pending_request_bytes; then false, and nothing counted.
+  // Counts `bytes` as pending unless that would pass --max_pending_request_bytes while other requests are pending;
+  // then false, and nothing counted. Any one request is taken on when none is pending, so every request the
+  // transport lets through can be answered.
   bool ChargePending(int64_t bytes) const;
 
   // decode → core (timed) → encode of one step into `result`, and the observer's OnStep. `fork_join` (may be

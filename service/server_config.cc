@@ -101,12 +101,10 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     return s;
   }
   // The upper bound keeps the running count far from overflow.
-  if (config.max_pending_request_bytes < config.max_message_bytes ||
-      config.max_pending_request_bytes > kMaxPendingRequestBytesLimit) {
-    return FlagError(
-        "max_pending_request_bytes",
-        absl::StrCat("must be in [--max_message_bytes (", config.max_message_bytes, "), ", kMaxPendingRequestBytesLimit,
-                     "], so that one request of that size can be answered, got ", config.max_pending_request_bytes));
+  if (absl::Status s =
+          CheckPositive("max_pending_request_bytes", config.max_pending_request_bytes, kMaxPendingRequestBytesLimit);
+      !s.ok()) {
+    return s;
   }
   if (absl::Status s = CheckPositive("max_streams", config.max_streams, std::numeric_limits<int32_t>::max()); !s.ok()) {
     return s;

@@ -41,9 +41,9 @@ struct ServerConfig {
   // Each row has scratch of its own, so rows cost more than elements.
   int64_t max_attention_rows = int64_t{64} << 10;
   int32_t max_steps_per_request = 4096;
-  // Requests wait for the workers while they hold their bytes, and neither --max_streams nor the per-connection
-  // limit counts SampleOnce calls: this bounds them all at once. At least max_message_bytes, so that any
-  // request the server accepts can be answered on an idle server.
+  // Requests wait for the workers while they hold their memory, and neither --max_streams nor the per-connection
+  // limit counts SampleOnce calls: this bounds them all at once. A parsed request can be several times its wire
+  // size (a packed varint becomes an int64), so it is counted parsed.
   int64_t max_pending_request_bytes = int64_t{512} << 20;
   // Over all connections.
   int32_t max_streams = 1024;

@@ -270,10 +270,9 @@ TEST(StartRequest, RefusesTooManyStepsAtOnceOnTheCaller) {
 TEST(StartRequest, PastThePendingBytesBudgetEachStepIsRefusedAtOnceUntilTheBudgetFrees) {
   const v1::SampleRequest held = MakeRequest("held-", 2);
   const v1::SampleRequest next = MakeRequest("next-", 3);
-  const int64_t budget = static_cast<int64_t>(held.ByteSizeLong() + next.ByteSizeLong()) - 1;
+  const int64_t budget = static_cast<int64_t>(held.SpaceUsedLong() + next.SpaceUsedLong()) - 1;
   SamplerService::Options options;
   options.config.workers = 1;
-  options.config.max_message_bytes = budget;
   options.config.max_pending_request_bytes = budget;
   options.profiles = ProfileRegistry::BuiltIn();
   absl::StatusOr<std::unique_ptr<SamplerService>> service = SamplerService::Create(std::move(options));
@@ -317,6 +316,25 @@ TEST(StartRequest, PastThePendingBytesBudgetEachStepIsRefusedAtOnceUntilTheBudge
   ASSERT_TRUE(completion.WaitFor(1));
   ASSERT_EQ(answered.results_size(), 3);
   for (const v1::StepResult& r : answered.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
+}
+
+TEST(StartRequest, AnyOneRequestIsTakenOnWhenNoneIsPending) {
+  SamplerService::Options options;
+  options.config.workers = 1;
+  options.config.max_pending_request_bytes = 1;
+  options.profiles = ProfileRegistry::BuiltIn();
+  absl::StatusOr<std::unique_ptr<SamplerService>> service = SamplerService::Create(std::move(options));
+  ASSERT_TRUE(service.ok()) << service.status();
+  for (int round = 0; round < 2; ++round) {
+    const v1::SampleRequest request = MakeRequest("alone-", 3);
+    v1::SampleResponse response;
+    SeedTable seeds;
+    Completion completion;
+    (*service)->StartRequest(request, &seeds, &response, completion.Callback());
+    ASSERT_TRUE(completion.WaitFor(1));
+    ASSERT_EQ(response.results_size(), 3);
+    for (const v1::StepResult& r : response.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
+  }
 }
 
 TEST(StartRequest, EmptyRequestIsAnsweredAtOnce) {
