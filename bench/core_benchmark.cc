@@ -395,13 +395,9 @@ void BM_NucleusOrder(benchmark::State& state) {
   static const std::vector<int64_t>* const ranks = new std::vector<int64_t>(AdversarialRanks(kVocab));
   std::vector<int64_t> rank = *ranks;
   if (state.range(0) == 1) std::shuffle(rank.begin(), rank.end(), std::mt19937(7));
-  std::vector<WeightedToken> input(static_cast<size_t>(kVocab));
+  const std::vector<WeightedToken> input = TokensByRank(rank);
   double total = 0;
-  for (int64_t id = 0; id < kVocab; ++id) {
-    const float w = std::exp(-static_cast<float>(rank[static_cast<size_t>(id)]) / static_cast<float>(kVocab));
-    input[static_cast<size_t>(id)] = {w, static_cast<int32_t>(id)};
-    total += w;
-  }
+  for (const WeightedToken& t : input) total += t.weight;
   state.SetLabel(state.range(0) == 0 ? "adversarial" : "shuffled");
   std::vector<WeightedToken> tokens;
   for (auto _ : state) {

@@ -3,14 +3,17 @@
 // SelectNucleus's bound and the benchmark that measures it.
 //
 //   std::vector<int64_t> rank = AdversarialRanks(20000);   // rank[id], 0 = the best
-//   weight[id] = std::exp(-rank[id] / 20000.0);
+//   std::vector<WeightedToken> tokens = TokensByRank(rank);
 #ifndef SAMPLERD_TESTS_CORE_NUCLEUS_ADVERSARY_H_
 #define SAMPLERD_TESTS_CORE_NUCLEUS_ADVERSARY_H_
 
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <utility>
 #include <vector>
+
+#include "core/sampler_chain.h"
 
 namespace samplerd {
 
@@ -57,6 +60,16 @@ inline std::vector<int64_t> AdversarialRanks(int64_t n) {
     if (r == gas) r = solid++;
   }
   return rank;
+}
+
+// Near-uniform weights in the order of `rank` (token id = index): weight exp(-rank / n), in (1/e, 1].
+inline std::vector<WeightedToken> TokensByRank(const std::vector<int64_t>& rank) {
+  const float n = static_cast<float>(rank.size());
+  std::vector<WeightedToken> tokens(rank.size());
+  for (size_t id = 0; id < rank.size(); ++id) {
+    tokens[id] = {std::exp(-static_cast<float>(rank[id]) / n), static_cast<int32_t>(id)};
+  }
+  return tokens;
 }
 
 }  // namespace samplerd

@@ -90,13 +90,9 @@ TEST(SamplerChainTest, NucleusWithoutTopKEqualsAFullSort) {
 TEST(SamplerChainTest, NucleusSelectionStaysLoglinearOnAnAdversarialOrder) {
   constexpr int64_t kN = 20000;
   const std::vector<int64_t> rank = AdversarialRanks(kN);
-  std::vector<WeightedToken> tokens(static_cast<size_t>(kN));
+  std::vector<WeightedToken> tokens = TokensByRank(rank);
   double total = 0;
-  for (int64_t id = 0; id < kN; ++id) {
-    const float weight = std::exp(-static_cast<float>(rank[static_cast<size_t>(id)]) / static_cast<float>(kN));
-    tokens[static_cast<size_t>(id)] = {weight, static_cast<int32_t>(id)};
-    total += weight;
-  }
+  for (const WeightedToken& t : tokens) total += t.weight;
   const double target = 0.99999994 * total;
   const NucleusSelection selection = SelectNucleus(absl::MakeSpan(tokens), target);
 

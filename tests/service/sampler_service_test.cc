@@ -64,10 +64,12 @@ v1::SampleRequest MakeRequest(const std::string& prefix, int steps) {
   return request;
 }
 
-std::unique_ptr<SamplerService> MakeService(int workers, int max_steps_per_request = 4096) {
+std::unique_ptr<SamplerService> MakeService(int workers, int max_steps_per_request = 4096,
+                                            int64_t max_pending_request_bytes = int64_t{512} << 20) {
   SamplerService::Options options;
   options.config.workers = workers;
   options.config.max_steps_per_request = max_steps_per_request;
+  options.config.max_pending_request_bytes = max_pending_request_bytes;
   options.profiles = ProfileRegistry::BuiltIn();
   absl::StatusOr<std::unique_ptr<SamplerService>> service = SamplerService::Create(std::move(options));
   EXPECT_TRUE(service.ok()) << service.status();
@@ -98,6 +100,17 @@ class Completion {
   std::condition_variable cv_;
   std::vector<absl::Status> statuses_;
 };
+
+// Runs `request` to its end: every step gets a token.
+void ExpectAnsweredWithTokens(const SamplerService& service, const v1::SampleRequest& request) {
+  v1::SampleResponse response;
+  SeedTable seeds;
+  Completion completion;
+  service.StartRequest(request, &seeds, &response, completion.Callback());
+  ASSERT_TRUE(completion.WaitFor(1));
+  ASSERT_EQ(response.results_size(), request.steps_size());
+  for (const v1::StepResult& r : response.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
+}
 
 // The result without its timing, for comparing answers.
 std::string Comparable(v1::StepResult r) {
@@ -271,12 +284,8 @@ TEST(StartRequest, PastThePendingBytesBudgetEachStepIsRefusedAtOnceUntilTheBudge
   const v1::SampleRequest held = MakeRequest("held-", 2);
   const v1::SampleRequest next = MakeRequest("next-", 3);
   const int64_t budget = static_cast<int64_t>(held.SpaceUsedLong() + next.SpaceUsedLong()) - 1;
-  SamplerService::Options options;
-  options.config.workers = 1;
-  options.config.max_pending_request_bytes = budget;
-  options.profiles = ProfileRegistry::BuiltIn();
-  absl::StatusOr<std::unique_ptr<SamplerService>> service = SamplerService::Create(std::move(options));
-  ASSERT_TRUE(service.ok()) << service.status();
+  std::unique_ptr<SamplerService> service = MakeService(1, 4096, budget);
+  ASSERT_NE(service, nullptr);
 
   // The held request's first step waits on the worker until the gate opens.
   std::promise<void> gate;
@@ -284,14 +293,14 @@ TEST(StartRequest, PastThePendingBytesBudgetEachStepIsRefusedAtOnceUntilTheBudge
   v1::SampleResponse held_response;
   SeedTable seeds;
   Completion held_completion;
-  (*service)->StartRequest(held, &seeds, &held_response, held_completion.Callback(), {}, [open] {
+  service->StartRequest(held, &seeds, &held_response, held_completion.Callback(), {}, [open] {
     open.wait_for(kPatience);
     return false;
   });
 
   v1::SampleResponse refused;
   bool called = false;
-  (*service)->StartRequest(next, &seeds, &refused, [&](absl::Status s) {
+  service->StartRequest(next, &seeds, &refused, [&](absl::Status s) {
     called = true;
     EXPECT_TRUE(s.ok()) << "the call goes on; its steps carry the refusal";
   });
@@ -310,31 +319,13 @@ TEST(StartRequest, PastThePendingBytesBudgetEachStepIsRefusedAtOnceUntilTheBudge
   ASSERT_EQ(held_response.results_size(), 2);
   for (const v1::StepResult& r : held_response.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
 
-  v1::SampleResponse answered;
-  Completion completion;
-  (*service)->StartRequest(next, &seeds, &answered, completion.Callback());
-  ASSERT_TRUE(completion.WaitFor(1));
-  ASSERT_EQ(answered.results_size(), 3);
-  for (const v1::StepResult& r : answered.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
+  ExpectAnsweredWithTokens(*service, next);
 }
 
 TEST(StartRequest, AnyOneRequestIsTakenOnWhenNoneIsPending) {
-  SamplerService::Options options;
-  options.config.workers = 1;
-  options.config.max_pending_request_bytes = 1;
-  options.profiles = ProfileRegistry::BuiltIn();
-  absl::StatusOr<std::unique_ptr<SamplerService>> service = SamplerService::Create(std::move(options));
-  ASSERT_TRUE(service.ok()) << service.status();
-  for (int round = 0; round < 2; ++round) {
-    const v1::SampleRequest request = MakeRequest("alone-", 3);
-    v1::SampleResponse response;
-    SeedTable seeds;
-    Completion completion;
-    (*service)->StartRequest(request, &seeds, &response, completion.Callback());
-    ASSERT_TRUE(completion.WaitFor(1));
-    ASSERT_EQ(response.results_size(), 3);
-    for (const v1::StepResult& r : response.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
-  }
+  std::unique_ptr<SamplerService> service = MakeService(1, 4096, /*max_pending_request_bytes=*/1);
+  ASSERT_NE(service, nullptr);
+  for (int round = 0; round < 2; ++round) ExpectAnsweredWithTokens(*service, MakeRequest("alone-", 3));
 }
 
 TEST(StartRequest, EmptyRequestIsAnsweredAtOnce) {
