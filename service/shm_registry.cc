@@ -4,7 +4,11 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -32,9 +36,76 @@ std::string RandomToken() {
 
 ShmRegion::~ShmRegion() {
   munmap(const_cast<char*>(data_), static_cast<size_t>(size_));
+  close(fd_);
   counters_->regions.fetch_sub(1, std::memory_order_relaxed);
   counters_->bytes.fetch_sub(static_cast<int64_t>(size_), std::memory_order_relaxed);
   if (counters_->observer != nullptr) counters_->observer->OnMapped(-1, size_);
+}
+
+namespace {
+
+// cachestat(2), Linux 6.5. Debian 12's kernel headers (6.1) predate it; its number is the same on every
+// architecture (the unified syscall table).
+constexpr long kCachestatSyscall = 451;
+struct CachestatRange {
+  uint64_t off;
+  uint64_t len;
+};
+struct Cachestat {
+  uint64_t nr_cache;
+  uint64_t nr_dirty;
+  uint64_t nr_writeback;
+  uint64_t nr_evicted;
+  uint64_t nr_recently_evicted;
+};
+std::atomic<bool> cachestat_missing{false};  // ENOSYS once: an older kernel, not asked again
+
+uint64_t PageSize() {
+  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+// Whether mincore(2) reports each of `pages` pages from `start` (page-aligned, in a shared mapping of a file)
+// resident, i.e. in the file's page cache. A swapped-out page is not: the caller asks the file then.
+bool AllResident(const char* start, uint64_t pages) {
+  unsigned char resident[1024];  // one byte per page: 4 MiB per call
+  for (uint64_t done = 0; done < pages;) {
+    const uint64_t n = std::min<uint64_t>(pages - done, sizeof(resident));
+    if (mincore(const_cast<char*>(start + done * PageSize()), n * PageSize(), resident) != 0) return false;
+    for (uint64_t i = 0; i < n; ++i) {
+      if ((resident[i] & 1) == 0) return false;
+    }
+    done += n;
+  }
+  return true;
+}
+
+// Whether bytes [offset, offset + length) of the memfd `fd`, `pages` pages, have no hole. cachestat counts the
+// range's pages in the page cache and swapped out (nr_evicted, for shmem), looking at that range only. Before
+// Linux 6.5, lseek(SEEK_HOLE) finds the first hole at or after `offset`: exact too, but the kernel walks every
+// page up to that hole, to the end of the file when there is none, under the file's lock. hugetlbfs has neither
+// (cachestat refuses it, and its lseek reports no hole), so a MFD_HUGETLB region passes: its pages come from the
+// huge page pool the administrator reserved, not from this process's memory.
+bool NoHoles(int fd, uint64_t offset, uint64_t length, uint64_t pages) {
+  if (!cachestat_missing.load(std::memory_order_relaxed)) {
+    CachestatRange range = {offset, length};
+    Cachestat stat = {};
+    if (syscall(kCachestatSyscall, fd, &range, &stat, 0) == 0) return stat.nr_cache + stat.nr_evicted >= pages;
+    if (errno == ENOSYS) cachestat_missing.store(true, std::memory_order_relaxed);
+  }
+  const off_t hole = lseek(fd, static_cast<off_t>(offset), SEEK_HOLE);
+  return hole >= 0 && static_cast<uint64_t>(hole) >= offset + length;
+}
+
+}  // namespace
+
+bool ShmRegion::Written(uint64_t offset, uint64_t length) const {
+  if (length == 0) return true;
+  const uint64_t first = offset / PageSize();
+  const uint64_t pages = (offset + length - 1) / PageSize() - first + 1;
+  // The usual case, a slot this process has read before, costs the page table walk only.
+  if (residency_reliable_ && AllResident(data_ + first * PageSize(), pages)) return true;
+  return NoHoles(fd_, offset, length, pages);
 }
 
 namespace {
@@ -143,10 +214,22 @@ absl::StatusOr<ShmRegistry::Registered> ShmRegistry::Register(absl::string_view 
         return refuse(absl::InternalError(failed));
     }
   }
+  const int private_fd = open(absl::StrCat("/proc/self/fd/", fd).c_str(), O_RDONLY | O_CLOEXEC);
+  if (private_fd < 0) {
+    const int error = errno;
+    munmap(data, static_cast<size_t>(size));
+    const std::string failed =
+        absl::StrCat("reopening the memfd read-only (/proc/self/fd) failed: ", std::strerror(error));
+    // EACCES: the client changed the memfd's mode so that this process may not read it.
+    if (error == EACCES) return refuse(absl::InvalidArgumentError(absl::StrCat(failed, "; leave it readable")));
+    if (error == EMFILE || error == ENFILE) return refuse(absl::ResourceExhaustedError(failed));
+    return refuse(absl::InternalError(failed));
+  }
   counters_->regions.fetch_add(1, std::memory_order_relaxed);
   counters_->bytes.fetch_add(static_cast<int64_t>(size), std::memory_order_relaxed);
   if (observer_ != nullptr) observer_->OnMapped(1, size);
-  std::shared_ptr<const ShmRegion> region(new ShmRegion(static_cast<const char*>(data), size, counters_));
+  std::shared_ptr<const ShmRegion> region(
+      new ShmRegion(static_cast<const char*>(data), size, private_fd, st.st_uid == geteuid(), counters_));
 
   Registered registered;
   registered.size = size;

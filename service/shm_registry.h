@@ -59,7 +59,8 @@ struct ShmMappedCounters {
 
 // ShmRegion
 //
-// One read-only mapping; unmapped on destruction.
+// One read-only mapping, and a read-only descriptor of the memfd this process opened itself; both released on
+// destruction.
 class ShmRegion {
  public:
   ShmRegion(const ShmRegion&) = delete;
@@ -69,13 +70,34 @@ class ShmRegion {
   const char* data() const { return data_; }
   uint64_t size() const { return size_; }
 
+  // Written()
+  //
+  // Whether every page of bytes [offset, offset + length) holds memory, so that reading them allocates none.
+  // A page of the memfd that was never written (a hole: ftruncate makes only holes) is allocated by the read
+  // fault that touches it, charged to this process's memory cgroup, and stays allocated as long as anyone holds
+  // the memfd: a client could make the server hold memory it never paid for. The range must be within size().
+  // Cost: one mincore(2) per 4 MiB over pages this process has mapped; for pages it has not, or when mincore
+  // cannot be trusted (see the .cc), one exact look at the file (cachestat(2), or lseek(SEEK_HOLE) on kernels
+  // before 6.5). False also when the kernel cannot tell, so a ref fails closed.
+  //
+  // Only a snapshot: a client that punches a hole (fallocate(FALLOC_FL_PUNCH_HOLE)) between this check and the
+  // read still gets the page allocated (docs/reliability.md, "Known gaps").
+  bool Written(uint64_t offset, uint64_t length) const;
+
  private:
   friend class ShmRegistry;
-  ShmRegion(const char* data, uint64_t size, std::shared_ptr<ShmMappedCounters> counters)
-      : data_(data), size_(size), counters_(std::move(counters)) {}
+  ShmRegion(const char* data, uint64_t size, int fd, bool residency_reliable,
+            std::shared_ptr<ShmMappedCounters> counters)
+      : data_(data), size_(size), fd_(fd), residency_reliable_(residency_reliable), counters_(std::move(counters)) {}
 
   const char* const data_;
   const uint64_t size_;
+  // Opened by this process (/proc/self/fd), not the descriptor the client sent: lseek moves the offset of an
+  // open file description, and the client's is shared with it.
+  const int fd_;
+  // mincore(2) reports every page of a file mapping resident, without looking, to a process that neither owns
+  // the file nor may write it; the owner of the memfd is who created it. True when this process owns it.
+  const bool residency_reliable_;
   const std::shared_ptr<ShmMappedCounters> counters_;
 };
 
@@ -122,9 +144,10 @@ class ShmRegistry {
   // Unregisters every region of `session` and forgets it (a no-op for an unknown token).
   void CloseSession(absl::string_view session);
 
-  // Maps `fd` (borrowed: the caller still closes it) for `session`. INVALID_ARGUMENT when it is not a sealable
-  // file, lacks F_SEAL_SHRINK or F_SEAL_SEAL, or is empty; RESOURCE_EXHAUSTED over the per-client limits;
-  // FAILED_PRECONDITION for an unknown session; INTERNAL when mmap fails. `name` is for the logs.
+  // Maps `fd` (borrowed: the caller still closes it) for `session`, and opens the memfd again read-only for
+  // ShmRegion::Written. INVALID_ARGUMENT when it is not a sealable file, lacks F_SEAL_SHRINK or F_SEAL_SEAL, is
+  // empty, or cannot be read; RESOURCE_EXHAUSTED over the per-client limits; FAILED_PRECONDITION for an unknown
+  // session; INTERNAL when mmap fails. `name` is for the logs.
   absl::StatusOr<Registered> Register(absl::string_view session, int fd, absl::string_view name);
 
   // Removes `region` of `session` from the registry; NOT_FOUND when that session has no such region.

@@ -121,20 +121,27 @@ uint64_t ReferencedBytes(const v1::Step& step, const ShmRegistry* shm, absl::str
 
 absl::Status ResolveTensorRefs(const v1::Step& step, const ShmRegistry* shm, absl::string_view session, StepInput* in,
                                ShmHold* hold) {
+  // Checked here, just before core reads, and not in ReferencedBytes: the client may write the tensor between
+  // the request's admission and its step.
+  const auto resolve = [&](const v1::TensorRef& ref, absl::string_view field, RawTensor* raw,
+                           std::shared_ptr<const ShmRegion>* held) {
+    if (absl::Status s = ResolveRef(ref, shm, session, field, raw, held); !s.ok()) return s;
+    if (raw->data.empty() || (*held)->Written(ref.offset(), raw->data.size())) return absl::OkStatus();
+    return InvalidFieldError(
+        field, absl::StrCat("bytes ", ref.offset(), " to ", ref.offset() + raw->data.size(),
+                            " of the region include pages never written (holes of the memfd); the tensor must be "
+                            "written before it is referenced (reading a hole would allocate memory in the server)"));
+  };
   if (step.has_logits_ref()) {
     if (step.has_logits()) return InvalidFieldError("logits_ref", "set either logits or logits_ref, not both");
-    if (absl::Status s = ResolveRef(step.logits_ref(), shm, session, "logits_ref", &in->logits, &hold->logits);
-        !s.ok()) {
-      return s;
-    }
+    if (absl::Status s = resolve(step.logits_ref(), "logits_ref", &in->logits, &hold->logits); !s.ok()) return s;
   }
   if (step.has_attention_ref()) {
     if (step.has_attention()) {
       return InvalidFieldError("attention_ref", "set either attention or attention_ref, not both");
     }
     RawTensor attention;
-    if (absl::Status s = ResolveRef(step.attention_ref(), shm, session, "attention_ref", &attention, &hold->attention);
-        !s.ok()) {
+    if (absl::Status s = resolve(step.attention_ref(), "attention_ref", &attention, &hold->attention); !s.ok()) {
       return s;
     }
     in->attention = attention;

@@ -49,7 +49,8 @@ struct ShmHold {
 //
 // The bytes of `step`'s TensorRefs that ResolveTensorRefs would resolve, so that the limits on what a request
 // carries can count referenced tensors as if they were inline. A ref it would refuse counts 0: its step is
-// answered with that error on its own, and must not make the others' request too large.
+// answered with that error on its own, and must not make the others' request too large. A ref over pages not
+// yet written counts in full: whether they are is looked at only when the step runs.
 uint64_t ReferencedBytes(const v1::Step& step, const ShmRegistry* shm, absl::string_view session);
 
 // ResolveTensorRefs()
@@ -59,7 +60,8 @@ uint64_t ReferencedBytes(const v1::Step& step, const ShmRegistry* shm, absl::str
 // --shm_socket), and holds the regions in `hold`. The reference's own checks fail with INVALID_ARGUMENT naming
 // the field: both the tensor and its ref set ("logits_ref"), no plane or no such region of this session
 // ("logits_ref.region"), an element count or byte length that overflows ("logits_ref.shape"), an offset that is
-// not a multiple of the item size or bytes past the region's end ("logits_ref.offset"). Everything else about
+// not a multiple of the item size or bytes past the region's end ("logits_ref.offset"), bytes over pages of the
+// memfd never written ("logits_ref": ShmRegion::Written, looked at now, just before core reads). Everything else about
 // the tensor (dtype, rank, dimensions >= 1, size limits) is core's check, as for inline bytes, under the
 // tensor's own name ("logits.shape"): a ref only says where the bytes are.
 absl::Status ResolveTensorRefs(const v1::Step& step, const ShmRegistry* shm, absl::string_view session, StepInput* in,

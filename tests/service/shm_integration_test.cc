@@ -439,6 +439,138 @@ TEST_F(ShmServerTest, ALogitsTensorRewrittenMidStepGivesSelfConsistentTopListsOr
   EXPECT_GT(answered, 0);
 }
 
+// A control connection driven by hand, for what ShmPlane does not do: several regions, packets sent before the
+// answers are read, a half-close.
+struct RawClient {
+  int sock = -1;
+  std::vector<int> memfds;
+
+  ~RawClient() {
+    if (sock >= 0) close(sock);
+    for (int fd : memfds) close(fd);
+  }
+  // Registers a sealed memfd of `size` bytes; `write` maps it and writes every byte (zeros), otherwise it is left
+  // as ftruncate made it, all holes. The region id, empty on failure.
+  std::string Register(uint64_t size, bool write) {
+    const int fd = memfd_create("raw", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || ftruncate(fd, static_cast<off_t>(size)) != 0) return "";
+    memfds.push_back(fd);
+    if (write) {
+      void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      if (p == MAP_FAILED) return "";
+      std::memset(p, 0, size);
+      munmap(p, size);
+    }
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) return "";
+    v1::ShmControlRequest request;
+    request.mutable_register_()->set_name("raw");
+    absl::StatusOr<v1::ShmControlResponse> r = client::ShmControlExchange(sock, request, fd);
+    return r.ok() && r->code() == 0 ? r->region() : "";
+  }
+  // Writes `values` at `offset` of the memfd `index`.
+  void Write(size_t index, uint64_t offset, const std::vector<float>& values) const {
+    ASSERT_EQ(pwrite(memfds[index], values.data(), values.size() * 4, static_cast<off_t>(offset)),
+              static_cast<ssize_t>(values.size() * 4));
+  }
+  bool Send(const v1::ShmControlRequest& request) const {
+    const std::string wire = request.SerializeAsString();
+    return send(sock, wire.data(), wire.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(wire.size());
+  }
+  // The next answer; false when the connection ended (or the answer does not parse).
+  bool Receive(v1::ShmControlResponse* answer) const {
+    std::string buffer(client::kShmMaxPacketBytes, '\0');
+    const ssize_t n = recv(sock, buffer.data(), buffer.size(), 0);
+    return n > 0 && answer->ParseFromArray(buffer.data(), static_cast<int>(n));
+  }
+};
+
+std::unique_ptr<RawClient> ConnectRaw(const std::string& socket_path) {
+  absl::StatusOr<int> sock = client::ShmConnect(socket_path);
+  if (!sock.ok()) return nullptr;
+  auto raw = std::make_unique<RawClient>();
+  raw->sock = *sock;
+  return raw;
+}
+
+void SetRef(const std::string& region, uint64_t offset, std::vector<int64_t> shape, v1::TensorRef* ref) {
+  ref->Clear();
+  ref->set_region(region);
+  ref->set_offset(offset);
+  ref->set_dtype(v1::DTYPE_F32);
+  for (int64_t d : shape) ref->add_shape(d);
+}
+
+// `steps` steps of the same [kVocab] logits at offset 0 of `region`, each with `top` top tokens.
+v1::ShmControlRequest LogitsSteps(const std::string& region, int steps, int top) {
+  v1::ShmControlRequest request;
+  for (int i = 0; i < steps; ++i) {
+    v1::Step* step = request.mutable_sample()->add_steps();
+    step->set_sequence_id("s" + std::to_string(i));
+    step->set_seed(7);
+    step->set_top_logprobs(top);
+    SetRef(region, 0, {kVocab}, step->mutable_logits_ref());
+  }
+  return request;
+}
+
+// A kilobyte figure of /proc/PID/status ("RssShmem"); -1 when absent.
+int64_t StatusKb(pid_t pid, const std::string& key) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
+  }
+  return -1;
+}
+
+// docs/shm.md: a memfd that was sized and never written is all holes, and a read of a hole allocates the page,
+// charged to the reader and kept while the client holds the memfd. A step whose ref covers a hole is refused
+// before core reads it; the same step over written memory is answered.
+TEST_F(ShmServerTest, ARefOverPagesNeverWrittenIsRefusedAndAllocatesNothingInTheServer) {
+  std::unique_ptr<RawClient> raw = ConnectRaw(socket_path_);
+  ASSERT_NE(raw, nullptr);
+  constexpr uint64_t kMiB = 1 << 20;
+  const std::vector<int64_t> attention_shape = {1, 512, 4096};  // 8 MiB
+  const std::string written = raw->Register(16 * kMiB, /*write=*/true);
+  const std::string sparse = raw->Register(16 * kMiB, /*write=*/false);
+  ASSERT_FALSE(written.empty());
+  ASSERT_FALSE(sparse.empty());
+  raw->Write(0, 0, Gaussian(kVocab, 1));
+
+  v1::ShmControlRequest holes = LogitsSteps(written, 2, 0);
+  SetRef(sparse, 0, attention_shape, holes.mutable_sample()->mutable_steps(0)->mutable_attention_ref());
+  SetRef(sparse, 12 * kMiB, {kVocab}, holes.mutable_sample()->mutable_steps(1)->mutable_logits_ref());
+  const int64_t shmem_before = StatusKb(server_->pid(), "RssShmem");
+  ASSERT_GE(shmem_before, 0);
+  ASSERT_TRUE(raw->Send(holes));
+  v1::ShmControlResponse answer;
+  ASSERT_TRUE(raw->Receive(&answer));
+  ASSERT_EQ(answer.code(), 0) << answer.message();
+  ASSERT_EQ(answer.sample().results_size(), 2);
+  const v1::StepResult& attention = answer.sample().results(0);
+  EXPECT_EQ(attention.error().code(), 3);
+  EXPECT_EQ(attention.error().field(), "attention_ref");
+  EXPECT_THAT(attention.error().message(), HasSubstr("never written"));
+  EXPECT_THAT(attention.error().message(), HasSubstr("must be written before it is referenced"));
+  const v1::StepResult& logits = answer.sample().results(1);
+  EXPECT_EQ(logits.error().code(), 3);
+  EXPECT_EQ(logits.error().field(), "logits_ref");
+  // Nothing was allocated for the holes: not in the memfd, not in the server's resident memory.
+  EXPECT_EQ(lseek(raw->memfds[1], 0, SEEK_DATA), -1) << "the sparse memfd got pages";
+  EXPECT_LT(StatusKb(server_->pid(), "RssShmem") - shmem_before, 1024) << "kB of shared memory the server mapped";
+
+  // The same steps over written memory are answered.
+  v1::ShmControlRequest full = LogitsSteps(written, 2, 0);
+  SetRef(written, 4 * kMiB, attention_shape, full.mutable_sample()->mutable_steps(0)->mutable_attention_ref());
+  ASSERT_TRUE(raw->Send(full));
+  ASSERT_TRUE(raw->Receive(&answer));
+  ASSERT_EQ(answer.sample().results_size(), 2);
+  for (const v1::StepResult& r : answer.sample().results()) {
+    EXPECT_FALSE(r.has_error()) << r.error().field() << ": " << r.error().message();
+  }
+  EXPECT_TRUE(answer.sample().results(0).metrics().has_attn_entropy());
+}
+
 TEST(ShmFallback, ConnectWithoutAServerSocketIsUnavailable) {
   absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(ShmSocketPath(), 4096);
   EXPECT_EQ(plane.status().code(), absl::StatusCode::kUnavailable);

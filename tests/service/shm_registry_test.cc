@@ -306,6 +306,8 @@ TEST_F(ShmStepTest, BadReferencesAreThatStepsInvalidArgumentNamingTheField) {
        "attention_ref.shape", "overflows"},
       {"both the tensor and its ref", [this](v1::Step* s) { *s->mutable_logits() = BytesStep().logits(); },
        "logits_ref", "not both"},
+      {"pages never written (between the logits and the attention)",
+       [](v1::Step* s) { s->mutable_logits_ref()->set_offset(20480); }, "logits_ref", "never written"},
       {"bad dtype is core's check, under the tensor's name",
        [](v1::Step* s) { s->mutable_logits_ref()->set_dtype(static_cast<v1::DType>(9)); }, "logits.dtype", ""},
       {"a dimension < 1 is core's check", [](v1::Step* s) { s->mutable_logits_ref()->set_shape(0, 0); }, "logits.shape",
