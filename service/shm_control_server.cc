@@ -112,10 +112,11 @@ absl::Status RunRequest(const SamplerService& service, const v1::SampleRequest& 
       },
       session,
       // A client that hangs up waits for no answer: the steps not yet started are not run (a negative fd, as in
-      // the fuzz target, is never polled).
+      // the fuzz target, is never polled). Gone means both directions shut (POLLHUP: closed, or shutdown
+      // SHUT_RDWR) or broken; a client that only shut its writing side (POLLRDHUP) still reads the answer.
       [fd] {
-        struct pollfd polled = {fd, POLLRDHUP, 0};
-        return poll(&polled, 1, 0) > 0 && (polled.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+        struct pollfd polled = {fd, 0, 0};
+        return poll(&polled, 1, 0) > 0 && (polled.revents & (POLLHUP | POLLERR)) != 0;
       });
   std::unique_lock<std::mutex> lock(mu);
   answered.wait(lock, [&] { return done; });

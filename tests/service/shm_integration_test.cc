@@ -571,6 +571,45 @@ TEST_F(ShmServerTest, ARefOverPagesNeverWrittenIsRefusedAndAllocatesNothingInThe
   EXPECT_TRUE(answer.sample().results(0).metrics().has_attn_entropy());
 }
 
+// A client may shut its writing side once it has sent its request (shutdown(SHUT_WR)) and read the answer: it is
+// still there, so its steps run. One that closes the connection is gone, and its steps not yet started are not.
+TEST(ShmControlSteps, AClientThatHalfClosesIsAnsweredAndOneThatClosesHasItsStepsCancelled) {
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--shm_socket", socket_path, "--workers", "1"});
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<RawClient> raw = ConnectRaw(socket_path);
+  ASSERT_NE(raw, nullptr);
+  const std::string region = raw->Register(kVocab * 4, /*write=*/true);
+  ASSERT_FALSE(region.empty());
+  raw->Write(0, 0, Gaussian(kVocab, 3));
+  ASSERT_TRUE(raw->Send(LogitsSteps(region, 8, 4)));
+  ASSERT_EQ(shutdown(raw->sock, SHUT_WR), 0);
+  v1::ShmControlResponse answer;
+  ASSERT_TRUE(raw->Receive(&answer));
+  EXPECT_EQ(answer.code(), 0) << answer.message();
+  ASSERT_EQ(answer.sample().results_size(), 8);
+  for (const v1::StepResult& r : answer.sample().results()) {
+    EXPECT_FALSE(r.has_error()) << r.sequence_id() << ": " << r.error().message();
+    EXPECT_EQ(r.top_size(), 4);
+  }
+
+  std::unique_ptr<RawClient> leaving = ConnectRaw(socket_path);
+  ASSERT_NE(leaving, nullptr);
+  const std::string its_region = leaving->Register(kVocab * 4, /*write=*/true);
+  ASSERT_FALSE(its_region.empty());
+  leaving->Write(0, 0, Gaussian(kVocab, 4));
+  ASSERT_TRUE(leaving->Send(LogitsSteps(its_region, 400, 4)));  // 50 MB referenced: under --max_message_bytes
+  leaving.reset();
+  const auto cancelled = [&] {
+    const std::string exposition = HttpGet(server->metrics_address(), "/metrics");
+    const std::string series = "samplerd_step_errors_total{code=\"CANCELLED\"} ";
+    const size_t at = exposition.find(series);
+    return at == std::string::npos ? 0.0 : std::stod(exposition.substr(at + series.size()));
+  };
+  EXPECT_TRUE(WaitFor([&] { return cancelled() > 0; }, std::chrono::seconds(10)));
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
 TEST(ShmFallback, ConnectWithoutAServerSocketIsUnavailable) {
   absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(ShmSocketPath(), 4096);
   EXPECT_EQ(plane.status().code(), absl::StatusCode::kUnavailable);
