@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <system_error>
@@ -121,6 +122,31 @@ absl::Status RunRequest(const SamplerService& service, const v1::SampleRequest& 
   std::unique_lock<std::mutex> lock(mu);
   answered.wait(lock, [&] { return done; });
   return status;
+}
+
+// Sends `wire` as one packet, waiting while the socket's buffer is full of answers the client has not read yet
+// (it may send its next requests before reading: docs/shm.md), for at most kAnswerSendTimeout in all. False when
+// the peer is gone, or has not made room for that long (then logged: it is disconnected).
+bool SendAnswer(int fd, const std::string& wire) {
+  const auto deadline = std::chrono::steady_clock::now() + ShmControlServer::kAnswerSendTimeout;
+  for (;;) {
+    const ssize_t sent = send(fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent == static_cast<ssize_t>(wire.size())) return true;
+    if (sent < 0 && errno == EINTR) continue;
+    if (sent >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return false;
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      spdlog::warn("shared-memory client has not read its answers for {} ms; disconnected",
+                   std::chrono::milliseconds(ShmControlServer::kAnswerSendTimeout).count());
+      return false;
+    }
+    // Polled rather than a blocking send with SO_SNDTIMEO: shutdown() of the socket, as the server stopping does,
+    // wakes a poll (POLLHUP) but not a send waiting for room.
+    struct pollfd polled = {fd, POLLOUT, 0};
+    if (poll(&polled, 1, static_cast<int>(left.count())) > 0 && (polled.revents & (POLLHUP | POLLERR)) != 0) {
+      return false;
+    }
+  }
 }
 
 absl::Status Unauthenticated(absl::string_view reason) {
@@ -376,13 +402,7 @@ void ShmControlServer::Serve(Connection* connection) {
                                                       options_.max_message_bytes, "; send fewer steps per request")));
       response.SerializeToString(&wire);
     }
-    if (send(connection->fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL) !=
-        static_cast<ssize_t>(wire.size())) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        spdlog::warn("shared-memory client does not read its answers; disconnected");
-      }
-      break;
-    }
+    if (!SendAnswer(connection->fd, wire)) break;
   }
   options_.registry->CloseSession(connection->session);
   if (state.admitted) options_.service->ReleaseStream();

@@ -15,8 +15,9 @@
 // One thread accepts; each connection is served by its own thread, one packet at a time (so one request in
 // flight per connection, answers in order, and a slow or silent peer holds only its own thread). A lone step
 // runs on that thread when a worker is idle (WorkerPool::TryRunHere), as on gRPC's, so an answer costs core's
-// time plus two packets. A peer that does not read its answers is disconnected; one that disconnects mid-step
-// costs nothing more than the step (the answer goes nowhere, the regions stay mapped until the step ends).
+// time plus two packets. A peer may send requests before reading the answers to earlier ones; one that does not
+// read its answers for kAnswerSendTimeout while they fill the socket is disconnected; one that disconnects
+// mid-step costs nothing more than the step (the answer goes nowhere, the regions stay mapped until the step ends).
 //
 //   ShmControlServer::Options options;
 //   options.path = "/run/samplerd/shm.sock";
@@ -29,6 +30,7 @@
 #define SAMPLERD_SERVICE_SHM_CONTROL_SERVER_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <list>
@@ -52,6 +54,11 @@ class ShmControlServer {
   // The largest packet either way: a request of a few hundred referenced steps, or their answers. It fits the
   // default unix socket send buffer (net.core.wmem_default), so neither side needs to raise it.
   static constexpr size_t kMaxPacketBytes = 128 << 10;
+
+  // How long an answer waits for the client to read earlier ones when the socket's buffer is full of them (a
+  // client that pipelines requests), before the client is taken for one that does not read and disconnected.
+  // Its connection's thread waits meanwhile; it holds nobody else's.
+  static constexpr std::chrono::milliseconds kAnswerSendTimeout{3000};
 
   struct Options {
     // Where to listen; a stale socket file there is replaced.

@@ -610,6 +610,43 @@ TEST(ShmControlSteps, AClientThatHalfClosesIsAnsweredAndOneThatClosesHasItsSteps
   EXPECT_EQ(server->Terminate(), 0);
 }
 
+// docs/shm.md: a client may send requests before reading the answers to earlier ones. Four answers of ~110 KB
+// are more than the socket holds unread, so the later ones wait for the client to read.
+TEST_F(ShmServerTest, AClientMayPipelineRequestsWhoseAnswersOutgrowTheSocketBuffer) {
+  std::unique_ptr<RawClient> raw = ConnectRaw(socket_path_);
+  ASSERT_NE(raw, nullptr);
+  const std::string region = raw->Register(kVocab * 4, /*write=*/true);
+  ASSERT_FALSE(region.empty());
+  raw->Write(0, 0, Gaussian(kVocab, 5));
+  const v1::ShmControlRequest request = LogitsSteps(region, 400, 20);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(raw->Send(request)) << i;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the server is answering into a full buffer
+  for (int i = 0; i < 4; ++i) {
+    v1::ShmControlResponse answer;
+    ASSERT_TRUE(raw->Receive(&answer)) << "the connection ended after " << i << " answers";
+    EXPECT_EQ(answer.code(), 0) << answer.message();
+    ASSERT_EQ(answer.sample().results_size(), 400);
+    EXPECT_GT(answer.ByteSizeLong(), 100000u);
+    EXPECT_FALSE(answer.sample().results(399).has_error()) << answer.sample().results(399).error().message();
+  }
+}
+
+// A client that never reads its answers holds its connection's thread only for a while: once the socket is full
+// of them, the server waits kAnswerSendTimeout (3 s) for room, then disconnects it and unregisters its regions.
+TEST_F(ShmServerTest, AClientThatDoesNotReadItsAnswersIsDisconnectedAfterAWhile) {
+  std::unique_ptr<RawClient> raw = ConnectRaw(socket_path_);
+  ASSERT_NE(raw, nullptr);
+  const std::string region = raw->Register(kVocab * 4, /*write=*/true);
+  ASSERT_FALSE(region.empty());
+  raw->Write(0, 0, Gaussian(kVocab, 6));
+  const v1::ShmControlRequest request = LogitsSteps(region, 400, 20);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(raw->Send(request)) << i;
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(Metric(*server_, "samplerd_shm_clients"), 1) << "disconnected at once, without waiting for a read";
+  EXPECT_TRUE(WaitFor([&] { return Metric(*server_, "samplerd_shm_clients") == 0; }, std::chrono::seconds(10)));
+  EXPECT_EQ(Metric(*server_, "samplerd_shm_regions"), 0);
+}
+
 TEST(ShmFallback, ConnectWithoutAServerSocketIsUnavailable) {
   absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(ShmSocketPath(), 4096);
   EXPECT_EQ(plane.status().code(), absl::StatusCode::kUnavailable);
