@@ -357,6 +357,10 @@ func TestShmBadReferencesGetPerStepInvalidArgumentNamingTheField(t *testing.T) {
 	}
 	defer other.Close()
 	stub := dialStub(t, s.Address())
+	// The good step's logits are written, as every referenced range must be (docs/shm.md): zeros, uniform logits.
+	for i := range plane.Data()[:400] {
+		plane.Data()[i] = 0
+	}
 	good := &pb.Step{SequenceId: "good", Seed: 1, LogitsRef: plane.Ref(0, pb.DType_DTYPE_F32, 100)}
 	cases := []struct {
 		name  string
