@@ -407,6 +407,25 @@ void BM_NucleusOrder(benchmark::State& state) {
 }
 BENCHMARK(BM_NucleusOrder)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
+// Top-k (k = 1,024, the largest on the heap) over 128,256 logits with their block maxima, as in a step: arg 0 in
+// ascending order, where every entry beats the heap's worst, arg 1 the same values shuffled.
+void BM_TopTokensOrder(benchmark::State& state) {
+  constexpr int64_t kVocab = 128256;
+  std::vector<float> z(static_cast<size_t>(kVocab));
+  for (int64_t i = 0; i < kVocab; ++i) z[static_cast<size_t>(i)] = static_cast<float>(i) * 1e-4f;
+  if (state.range(0) == 1) std::shuffle(z.begin(), z.end(), std::mt19937(7));
+  std::vector<float> block_max(static_cast<size_t>(kernels::MaxBlocks(kVocab)));
+  kernels::ScanMax(z.data(), kVocab, block_max.data());
+  state.SetLabel(state.range(0) == 0 ? "ascending" : "shuffled");
+  ChainScratch scratch;
+  std::vector<int32_t> ids;
+  for (auto _ : state) {
+    TopTokens(z.data(), kVocab, 1024, &scratch, &ids, block_max.data());
+    benchmark::DoNotOptimize(ids.data());
+  }
+}
+BENCHMARK(BM_TopTokensOrder)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
+
 // Per kernel (reduce_kernels.h), over the workload's logits or attention rows.
 template <typename Fn>
 void RunKernel(benchmark::State& state, Fn fn) {

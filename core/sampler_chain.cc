@@ -171,24 +171,34 @@ int32_t GreedyToken(const float* z, int64_t vocab, const float* block_max) {
   return static_cast<int32_t>(from + at);
 }
 
+namespace {
+
+// TopTokens by selection over every entry: O(vocab) expected, O(vocab log vocab) at most (introselect).
+void SelectTopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out) {
+  // On (value, id) pairs read once: std::nth_element's unguarded loops rely on a consistent order, which
+  // comparisons that read z again would not give if z changed under the step (shared memory rewritten in flight).
+  out->clear();
+  auto& all = scratch->heap;
+  all.resize(static_cast<size_t>(vocab));
+  for (int64_t i = 0; i < vocab; ++i) all[static_cast<size_t>(i)] = {z[i], static_cast<int32_t>(i)};
+  auto before = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return Before(a.first, a.second, b.first, b.second);
+  };
+  std::nth_element(all.begin(), all.begin() + (n - 1), all.end(), before);
+  all.resize(static_cast<size_t>(n));
+  std::sort(all.begin(), all.end(), before);
+  for (const auto& [value, id] : all) out->push_back(id);
+}
+
+}  // namespace
+
 void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, std::vector<int32_t>* out,
                const float* block_max) {
   out->clear();
   n = std::min(n, vocab);
   if (n <= 0) return;
   if (n > kHeapTopK) {
-    // On (value, id) pairs read once: std::nth_element's unguarded loops rely on a consistent order, which
-    // comparisons that read z again would not give if z changed under the step (shared memory rewritten in flight).
-    auto& all = scratch->heap;
-    all.resize(static_cast<size_t>(vocab));
-    for (int64_t i = 0; i < vocab; ++i) all[static_cast<size_t>(i)] = {z[i], static_cast<int32_t>(i)};
-    auto before = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
-      return Before(a.first, a.second, b.first, b.second);
-    };
-    std::nth_element(all.begin(), all.begin() + (n - 1), all.end(), before);
-    all.resize(static_cast<size_t>(n));
-    std::sort(all.begin(), all.end(), before);
-    for (const auto& [value, id] : all) out->push_back(id);
+    SelectTopTokens(z, vocab, n, scratch, out);
     return;
   }
   // Bounded heap with the worst kept token on top. Ids arrive in increasing order, so an equal value never
@@ -207,6 +217,9 @@ void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, 
     below = std::nextafter(kernels::KthLargest(block_max, blocks, n, scratch->block_keys.data()),
                            -std::numeric_limits<float>::infinity());
   }
+  // In random order the heap takes about n ln(vocab / n) replacements; logits in ascending order make every entry
+  // one (vocab log n), past what the selection over all entries costs, which then takes over.
+  int64_t replacements_left = 4 * n + vocab / 8;
   int64_t i = 0;
   if (below == -std::numeric_limits<float>::infinity()) {
     // No floor (or it is -inf): the first n entries, whatever they are, fill the heap.
@@ -233,6 +246,10 @@ void TopTokens(const float* z, int64_t vocab, int64_t n, ChainScratch* scratch, 
     if (i >= end) continue;
     const std::pair<float, int32_t> entry{z[i], static_cast<int32_t>(i)};
     if (full) {
+      if (replacements_left-- == 0) {
+        SelectTopTokens(z, vocab, n, scratch, out);
+        return;
+      }
       ReplaceTop(&heap, entry, worse_on_top);
     } else {
       heap.push_back(entry);

@@ -114,6 +114,37 @@ TEST(SamplerChainTest, NucleusSelectionStaysLoglinearOnAnAdversarialOrder) {
   EXPECT_LT(mass - worst, target * (1 + 1e-12));
 }
 
+// Logits in ascending order make every entry beat the bounded heap's worst (vocab log k instead of k log(vocab/k),
+// 35-45x the same values shuffled): past a budget of replacements the selection over all entries takes over, and
+// gives the same tokens. The selection's buffer holds every entry, the heap's only k, which shows the path taken.
+TEST(SamplerChainTest, TopKOnAscendingLogitsLeavesTheHeapForTheSelection) {
+  constexpr int64_t kVocab = 128256;
+  std::vector<float> ascending(static_cast<size_t>(kVocab));
+  for (int64_t i = 0; i < kVocab; ++i) ascending[static_cast<size_t>(i)] = static_cast<float>(i) * 1e-4f;
+  std::vector<float> shuffled = ascending;
+  std::shuffle(shuffled.begin(), shuffled.end(), std::mt19937(11));
+  // With block maxima and a small k the floor already bounds the heap's work to k blocks; 128,256 entries are
+  // fewer than 1,024 blocks, so k = 1,024 has no floor.
+  const std::pair<int64_t, bool> cases[] = {{20, false}, {1024, false}, {1024, true}};
+  for (const auto& [k, with_maxima] : cases) {
+    for (const std::vector<float>* z : {&ascending, &shuffled}) {
+      std::vector<float> block_max(static_cast<size_t>(kernels::MaxBlocks(kVocab)));
+      kernels::ScanMax(z->data(), kVocab, block_max.data());
+      ChainScratch scratch;
+      std::vector<int32_t> got;
+      TopTokens(z->data(), kVocab, k, &scratch, &got, with_maxima ? block_max.data() : nullptr);
+      std::vector<int32_t> want(static_cast<size_t>(kVocab));
+      std::iota(want.begin(), want.end(), 0);
+      std::sort(want.begin(), want.end(),
+                [&](int32_t a, int32_t b) { return (*z)[static_cast<size_t>(a)] > (*z)[static_cast<size_t>(b)]; });
+      want.resize(static_cast<size_t>(k));
+      EXPECT_EQ(got, want) << "k " << k;
+      const bool selected = scratch.heap.capacity() >= static_cast<size_t>(kVocab);
+      EXPECT_EQ(selected, z == &ascending) << "k " << k << (with_maxima ? " with" : " without") << " block maxima";
+    }
+  }
+}
+
 TEST(SamplerChainTest, TopKBoundaryTiesGoToTheLowerId) {
   std::vector<float> z(100, 0.0f);
   for (int id : {90, 10, 50, 30, 70}) z[static_cast<size_t>(id)] = 5.0f;  // five-way tie
