@@ -426,6 +426,20 @@ void BM_TopTokensOrder(benchmark::State& state) {
 }
 BENCHMARK(BM_TopTokensOrder)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
+// Penalties over 128,256 logits with `arg` recent tokens (ids below 100, one byte each on the wire).
+void BM_PenaltyCount(benchmark::State& state) {
+  constexpr int64_t kVocab = 128256;
+  const std::vector<float> z(static_cast<size_t>(kVocab), 0.5f);
+  std::vector<int32_t> recent(static_cast<size_t>(state.range(0)));
+  std::mt19937 gen(5);
+  for (int32_t& t : recent) t = static_cast<int32_t>(gen() % 100);
+  SamplingConfig c;
+  c.frequency_penalty = 0.1f;
+  ChainScratch scratch;
+  for (auto _ : state) benchmark::DoNotOptimize(ApplyLogitAdjustments(z.data(), kVocab, c, recent, &scratch));
+}
+BENCHMARK(BM_PenaltyCount)->Arg(1024)->Arg(4 << 20)->Unit(benchmark::kMicrosecond);
+
 // Per kernel (reduce_kernels.h), over the workload's logits or attention rows.
 template <typename Fn>
 void RunKernel(benchmark::State& state, Fn fn) {

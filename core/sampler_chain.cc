@@ -106,14 +106,16 @@ absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab
     }
   }
   if (penalties) {
-    auto& sorted = scratch->recent_sorted;
-    sorted.assign(recent_tokens.begin(), recent_tokens.end());
-    std::sort(sorted.begin(), sorted.end());
-    for (size_t i = 0; i < sorted.size();) {
-      size_t j = i;
-      while (j < sorted.size() && sorted[j] == sorted[i]) ++j;
-      const int32_t token = sorted[i];
-      const float count = static_cast<float>(j - i);
+    // Counted in a table over the vocabulary, all zeros between steps (each token's count is reset as it is
+    // applied): linear in the recent tokens, however many the request carries.
+    auto& counts = scratch->recent_counts;
+    if (counts.size() < static_cast<size_t>(vocab)) counts.resize(static_cast<size_t>(vocab), 0);
+    for (const int32_t token : recent_tokens) ++counts[static_cast<size_t>(token)];
+    for (const int32_t token : recent_tokens) {
+      const uint32_t occurrences = counts[static_cast<size_t>(token)];
+      if (occurrences == 0) continue;  // applied at its first occurrence
+      counts[static_cast<size_t>(token)] = 0;
+      const float count = static_cast<float>(occurrences);
       const float before = x[token];
       float v = before;
       // HF RepetitionPenaltyLogitsProcessor: shrink toward "less likely" whatever the sign.
@@ -122,7 +124,6 @@ absl::StatusOr<const float*> ApplyLogitAdjustments(const float* z, int64_t vocab
       }
       // OpenAI: frequency per occurrence, presence once.
       x[token] = SaturatingFinite(v - (config.frequency_penalty * count + config.presence_penalty), before);
-      i = j;
     }
   }
   scratch->block_max.resize(static_cast<size_t>(kernels::MaxBlocks(vocab)));

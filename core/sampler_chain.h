@@ -56,7 +56,7 @@ struct ChainScratch {
   std::vector<float> logits;                    // penalised copy of the logits, when any adjustment applies
   std::vector<int32_t> ids;                     // top-k selection output
   std::vector<std::pair<float, int32_t>> heap;  // top-k selection
-  std::vector<int32_t> recent_sorted;           // penalty counting
+  std::vector<uint32_t> recent_counts;          // penalty counting, by token id; all zeros between steps
   std::vector<float> block_max;                 // block maxima of the penalised copy
   AlignedVector<int32_t> block_keys;            // top-k: the block maxima as ordered integers (KthLargest)
 };

@@ -73,7 +73,7 @@ void TrimWorkspace(Workspace* ws, size_t keep_bytes) {
   trim(c.logits);
   trim(c.ids);
   trim(c.heap);
-  trim(c.recent_sorted);
+  trim(c.recent_counts);
   trim(c.block_max);
   trim(c.block_keys);
   trim(ws->candidates.tokens);

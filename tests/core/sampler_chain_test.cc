@@ -284,6 +284,31 @@ TEST(SamplerChainTest, PenaltiesFollowHfAndOpenAiDefinitions) {
 
 // In exact arithmetic these logits are finite: an overflow would read as a banned token (-inf, and an error when it
 // was the only one) or as an invalid logit (+inf, an error). They are held at the largest finite float instead.
+// Occurrences are counted in a table over the vocabulary that each step leaves all zeros, so a scratch reused by
+// the next step (another vocabulary, other tokens) counts from zero; many repeats of few tokens count exactly.
+TEST(SamplerChainTest, PenaltyCountsStartFromZeroInEveryStep) {
+  SamplingConfig c;
+  c.frequency_penalty = 0.125f;
+  c.presence_penalty = 1.0f;
+  ChainScratch reused;
+  std::mt19937 gen(3);
+  for (const int64_t vocab : {int64_t{50}, int64_t{1000}, int64_t{20}}) {
+    std::vector<int32_t> recent(30000);
+    for (int32_t& t : recent) t = static_cast<int32_t>(gen() % static_cast<uint32_t>(std::min<int64_t>(vocab, 7)));
+    std::vector<float> z(static_cast<size_t>(vocab), 0.0f);
+    absl::StatusOr<const float*> x = ApplyLogitAdjustments(z.data(), vocab, c, recent, &reused);
+    ASSERT_TRUE(x.ok()) << x.status();
+    std::map<int32_t, int> occurrences;
+    for (int32_t t : recent) ++occurrences[t];
+    for (int64_t id = 0; id < vocab; ++id) {
+      const auto it = occurrences.find(static_cast<int32_t>(id));
+      const float want = it == occurrences.end() ? 0.0f : -(0.125f * static_cast<float>(it->second) + 1.0f);
+      EXPECT_EQ((*x)[id], want) << "vocab " << vocab << " token " << id;
+    }
+    for (const uint32_t count : reused.recent_counts) ASSERT_EQ(count, 0u) << "a count left for the next step";
+  }
+}
+
 TEST(SamplerChainTest, BiasAndPenaltiesPastFloatsRangeSaturateInsteadOfOverflowing) {
   constexpr float kMax = std::numeric_limits<float>::max();
   ChainScratch scratch;
