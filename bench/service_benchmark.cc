@@ -18,6 +18,7 @@
 #include "benchmark/benchmark.h"
 #include "clients/cpp/load_generator.h"
 #include "service/sampler_service.h"
+#include "service/seed_table.h"
 #include "service/worker_pool.h"
 #include "spdlog/spdlog.h"
 
@@ -127,6 +128,18 @@ void BM_RequestSpaceUsed(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(parsed.SpaceUsedLong());
 }
 BENCHMARK(BM_RequestSpaceUsed)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
+
+// A seed picked for each of 4,096 new sequences with seed 0, as for a request of that many.
+void BM_SeedTableFreshSeeds(benchmark::State& state) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4096; ++i) ids.push_back("sequence-" + std::to_string(i));
+  for (auto _ : state) {
+    SeedTable seeds;
+    for (const std::string& id : ids) benchmark::DoNotOptimize(seeds.Resolve(id, 0));
+  }
+  state.SetItemsProcessed(state.iterations() * 4096);
+}
+BENCHMARK(BM_SeedTableFreshSeeds)->Unit(benchmark::kMicrosecond);
 
 void BM_SerializeRequest(benchmark::State& state) {
   const int index = static_cast<int>(state.range(0));
