@@ -40,18 +40,8 @@ std::vector<std::string> Flags(std::vector<std::string> extra = {}) {
   return flags;
 }
 
-// A /proc/PID/status value in KiB ("VmHWM", "VmRSS"); -1 when absent.
-int64_t StatusKiB(pid_t pid, const std::string& key) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
-  }
-  return -1;
-}
-
 int64_t PeakMiB(const ServerProcess& server) {
-  const int64_t peak = StatusKiB(server.pid(), "VmHWM") / 1024;
+  const int64_t peak = server.StatusKiB("VmHWM") / 1024;
   std::fprintf(stderr, "samplerd peak RSS (VmHWM): %lld MiB\n", static_cast<long long>(peak));
   return peak;
 }
@@ -221,9 +211,9 @@ TEST(MemoryBounds, AnIdleStreamDoesNotKeepItsLargestRequest) {
       ASSERT_TRUE(stream.rpc->Read(&response));
       ASSERT_EQ(response.results_size(), request->steps_size());
     }
-    if (s == 0) rss_one = StatusKiB(server->pid(), "VmRSS") / 1024;
+    if (s == 0) rss_one = server->StatusKiB("VmRSS") / 1024;
   }
-  const int64_t rss_four = StatusKiB(server->pid(), "VmRSS") / 1024;
+  const int64_t rss_four = server->StatusKiB("VmRSS") / 1024;
   std::fprintf(stderr, "samplerd RSS with one idle stream %lld MiB, with four %lld MiB\n",
                static_cast<long long>(rss_one), static_cast<long long>(rss_four));
   EXPECT_LT(rss_four - rss_one, 24) << "each idle stream kept its 15 MiB request";

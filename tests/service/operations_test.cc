@@ -704,12 +704,7 @@ TEST(Metrics, EndlessRequestsAreCutOffNotBuffered) {
     EXPECT_TRUE(refused) << kind.name << ": the server took " << kEnough << " bytes of one request";
   }
   EXPECT_EQ(MetricValue(HttpGet(address, "/metrics"), "samplerd_build_info", {{"version", "0.1.0"}}), 1);
-  std::ifstream status("/proc/" + std::to_string(server->pid()) + "/status");
-  std::string line;
-  int64_t peak_kib = -1;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) peak_kib = std::stoll(line.substr(6));
-  }
+  const int64_t peak_kib = server->StatusKiB("VmHWM");
   ASSERT_GT(peak_kib, 0);
   EXPECT_LT(peak_kib, 64 * 1024) << "peak RSS in KiB: what the server was sent stayed in its memory";
 }

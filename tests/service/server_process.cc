@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <thread>
 #include <utility>
 
@@ -213,6 +214,15 @@ CommandResult RunCommand(const std::string& binary, const std::string& args) {
   }
   unlink(err_path);
   return result;
+}
+
+int64_t ServerProcess::StatusKiB(const std::string& key) const {
+  std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
+  }
+  return -1;
 }
 
 }  // namespace samplerd::testing

@@ -17,6 +17,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,6 +56,8 @@ class ServerProcess {
   // "127.0.0.1:<port>" of /metrics; empty when the server runs without metrics.
   const std::string& metrics_address() const { return metrics_address_; }
   pid_t pid() const { return pid_; }
+  // A value of the child's /proc/PID/status in KiB ("VmHWM" its peak RSS, "VmRSS", "RssShmem"); -1 when absent.
+  int64_t StatusKiB(const std::string& key) const;
 
   // Sends `signal` (0 = none, only wait) and waits up to `timeout` for the exit. Returns the exit code, 128 + signal
   // number when a signal ended it, or -1 when it is still running after `timeout` (it is then killed).

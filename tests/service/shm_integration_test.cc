@@ -513,16 +513,6 @@ v1::ShmControlRequest LogitsSteps(const std::string& region, int steps, int top)
   return request;
 }
 
-// A kilobyte figure of /proc/PID/status ("RssShmem"); -1 when absent.
-int64_t StatusKb(pid_t pid, const std::string& key) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
-  }
-  return -1;
-}
-
 // docs/shm.md: a memfd that was sized and never written is all holes, and a read of a hole allocates the page,
 // charged to the reader and kept while the client holds the memfd. A step whose ref covers a hole is refused
 // before core reads it; the same step over written memory is answered.
@@ -540,7 +530,7 @@ TEST_F(ShmServerTest, ARefOverPagesNeverWrittenIsRefusedAndAllocatesNothingInThe
   v1::ShmControlRequest holes = LogitsSteps(written, 2, 0);
   SetRef(sparse, 0, attention_shape, holes.mutable_sample()->mutable_steps(0)->mutable_attention_ref());
   SetRef(sparse, 12 * kMiB, {kVocab}, holes.mutable_sample()->mutable_steps(1)->mutable_logits_ref());
-  const int64_t shmem_before = StatusKb(server_->pid(), "RssShmem");
+  const int64_t shmem_before = server_->StatusKiB("RssShmem");
   ASSERT_GE(shmem_before, 0);
   ASSERT_TRUE(raw->Send(holes));
   v1::ShmControlResponse answer;
@@ -557,7 +547,7 @@ TEST_F(ShmServerTest, ARefOverPagesNeverWrittenIsRefusedAndAllocatesNothingInThe
   EXPECT_EQ(logits.error().field(), "logits_ref");
   // Nothing was allocated for the holes: not in the memfd, not in the server's resident memory.
   EXPECT_EQ(lseek(raw->memfds[1], 0, SEEK_DATA), -1) << "the sparse memfd got pages";
-  EXPECT_LT(StatusKb(server_->pid(), "RssShmem") - shmem_before, 1024) << "kB of shared memory the server mapped";
+  EXPECT_LT(server_->StatusKiB("RssShmem") - shmem_before, 1024) << "kB of shared memory the server mapped";
 
   // The same steps over written memory are answered.
   v1::ShmControlRequest full = LogitsSteps(written, 2, 0);
