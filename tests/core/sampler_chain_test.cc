@@ -114,9 +114,9 @@ TEST(SamplerChainTest, NucleusSelectionStaysLoglinearOnAnAdversarialOrder) {
   EXPECT_LT(mass - worst, target * (1 + 1e-12));
 }
 
-// Logits in ascending order make every entry beat the bounded heap's worst (vocab log k instead of k log(vocab/k),
-// 35-45x the same values shuffled): past a budget of replacements the selection over all entries takes over, and
-// gives the same tokens. The selection's buffer holds every entry, the heap's only k, which shows the path taken.
+// Logits in ascending order make every entry beat the bounded heap's worst (vocab log k work instead of about
+// k log(vocab / k)): past a budget of replacements the selection over all entries takes over, and gives the same
+// tokens. The selection's buffer holds every entry, the heap's only k, which shows the path taken.
 TEST(SamplerChainTest, TopKOnAscendingLogitsLeavesTheHeapForTheSelection) {
   constexpr int64_t kVocab = 128256;
   std::vector<float> ascending(static_cast<size_t>(kVocab));
