@@ -397,6 +397,20 @@ TEST_F(AuthTest, StreamsAndReflectionNeedTheTokenHealthDoesNot) {
   EXPECT_EQ(CallSampleOnce(Plaintext(server_->unix_target()).get()).error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
+// A samplerd with `flags`, logging at info to LogPath(dir).
+std::string LogPath(const TempDir& dir) { return dir.File("samplerd.log"); }
+std::unique_ptr<ServerProcess> StartWithLog(const TempDir& dir, std::vector<std::string> flags) {
+  flags.insert(flags.end(), {"--log_level", "info"});
+  return ServerProcess::Start(flags, LogPath(dir));
+}
+
+// The same, whose only token is "right-token" (in `dir`).
+std::unique_ptr<ServerProcess> StartWithTokenAndLog(const TempDir& dir, std::vector<std::string> flags = {}) {
+  WriteFile(dir.File("tokens"), "right-token\n");
+  flags.insert(flags.end(), {"--auth_token_file", dir.File("tokens")});
+  return StartWithLog(dir, std::move(flags));
+}
+
 // The lines of `log` that `matches`, and the sum of the "(N similar lines held back)" notes they carry.
 struct BudgetedLines {
   int lines = 0;
@@ -421,10 +435,8 @@ BudgetedLines CountBudgetedLines(const std::string& log, const std::function<boo
 TEST(RefusalLog, AFloodOfRefusedCallsWritesABoundedLogThatCountsTheRest) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
-  WriteFile(dir.File("tokens"), "right-token\n");
-  const std::string log = dir.File("samplerd.log");
-  std::unique_ptr<ServerProcess> server =
-      ServerProcess::Start({"--auth_token_file", dir.File("tokens"), "--log_level", "info"}, log);
+  const std::string log = LogPath(dir);
+  std::unique_ptr<ServerProcess> server = StartWithTokenAndLog(dir);
   ASSERT_NE(server, nullptr);
   std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
   constexpr int kRefused = 600;
@@ -449,8 +461,8 @@ TEST(RefusalLog, AFloodOfRefusedCallsWritesABoundedLogThatCountsTheRest) {
 TEST(RefusalLog, AFloodOfStreamsOverTheLimitWritesABoundedLog) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
-  const std::string log = dir.File("samplerd.log");
-  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--max_streams", "1", "--log_level", "info"}, log);
+  const std::string log = LogPath(dir);
+  std::unique_ptr<ServerProcess> server = StartWithLog(dir, {"--max_streams", "1"});
   ASSERT_NE(server, nullptr);
   auto stub = v1::Sampler::NewStub(Plaintext(server->tcp_target()));
   grpc::ClientContext holder_context;
@@ -1235,12 +1247,9 @@ TEST(Reload, SighupPicksUpAChangedConfigAndABadFileKeepsTheOldProfiles) {
 TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
-  WriteFile(dir.File("tokens"), "right-token\n");
-  const std::string log = dir.File("samplerd.log");
+  const std::string log = LogPath(dir);
   std::unique_ptr<ServerProcess> server =
-      ServerProcess::Start({"--log_format", "json", "--log_level", "info", "--auth_token_file", dir.File("tokens"),
-                            "--max_steps_per_request", "1"},
-                           log);
+      StartWithTokenAndLog(dir, {"--log_format", "json", "--max_steps_per_request", "1"});
   ASSERT_NE(server, nullptr);
   std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
   // Refused by the token check, with a trace context; then with a malformed one.
@@ -1375,8 +1384,8 @@ std::vector<std::string> StrangePaths() { return {"/\xff\xfe/x", NulPath(), "/" 
 TEST(Logging, JsonLinesStayValidJsonWhateverBytesTheClientSent) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
-  const std::string log = dir.File("samplerd.log");
-  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--log_format", "json", "--log_level", "info"}, log);
+  const std::string log = LogPath(dir);
+  std::unique_ptr<ServerProcess> server = StartWithLog(dir, {"--log_format", "json"});
   ASSERT_NE(server, nullptr);
   CallRawPaths(server->tcp_target(), StrangePaths());
   CallRawPaths(server->tcp_target(), {"/samplerd.v1.Sampler/ListProfiles"}, {{"grpc-status", "1\xc3\xff"}});
@@ -1411,8 +1420,8 @@ TEST(Logging, JsonLinesStayValidJsonWhateverBytesTheClientSent) {
 TEST(Logging, TextLinesCapThePathAndEscapeItsNul) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
-  const std::string log = dir.File("samplerd.log");
-  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--log_format", "text", "--log_level", "info"}, log);
+  const std::string log = LogPath(dir);
+  std::unique_ptr<ServerProcess> server = StartWithLog(dir, {"--log_format", "text"});
   ASSERT_NE(server, nullptr);
   CallRawPaths(server->tcp_target(), StrangePaths());
   ASSERT_EQ(server->Terminate(), 0);
@@ -1428,10 +1437,8 @@ TEST(Logging, TextLinesCapThePathAndEscapeItsNul) {
 TEST(Logging, GrpcCoreLinesAreBudgetedLikeRefusals) {
   TempDir dir;
   ASSERT_TRUE(dir.ok());
-  WriteFile(dir.File("tokens"), "right-token\n");
-  const std::string log = dir.File("samplerd.log");
-  std::unique_ptr<ServerProcess> server =
-      ServerProcess::Start({"--auth_token_file", dir.File("tokens"), "--log_level", "info"}, log);
+  const std::string log = LogPath(dir);
+  std::unique_ptr<ServerProcess> server = StartWithTokenAndLog(dir);
   ASSERT_NE(server, nullptr);
   std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
   auto stub = v1::Sampler::NewStub(channel);
