@@ -116,6 +116,8 @@ class SamplerService final
 
   // Sample streams currently open (admitted ones only), the control socket's step connections included.
   int active_streams() const { return active_streams_.load(std::memory_order_relaxed); }
+  // Parsed bytes of the requests taken on and not answered yet (--max_pending_request_bytes bounds them).
+  int64_t pending_request_bytes() const { return pending_request_bytes_.load(std::memory_order_relaxed); }
 
   // Admits a stream unless the service is draining (UNAVAILABLE) or --max_streams are open (RESOURCE_EXHAUSTED),
   // the status a refused Sample call gets; every OK is paired with ReleaseStream. For a stream that is not a gRPC call:

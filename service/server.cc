@@ -40,8 +40,8 @@ std::string BoundAddress(const std::string& requested, int selected_port) {
 // only tried, because a second samplerd on one host (tests, a developer machine) finds it taken.
 absl::StatusOr<std::shared_ptr<ServerMetrics>> StartMetrics(const ServerConfig& config) {
   if (config.metrics_listen.empty()) return std::shared_ptr<ServerMetrics>();
-  absl::StatusOr<std::shared_ptr<ServerMetrics>> started =
-      ServerMetrics::Create({config.metrics_listen, SAMPLERD_VERSION, config.max_streams});
+  absl::StatusOr<std::shared_ptr<ServerMetrics>> started = ServerMetrics::Create(
+      {config.metrics_listen, SAMPLERD_VERSION, config.max_streams, config.max_pending_request_bytes});
   // Stopped with the Server, before main returns: its HTTP threads would otherwise still parse requests while
   // exit() destroys cpp-httplib's statics. The exit then waits for open connections, kHttpIdleSeconds at most.
   if (started.ok()) return started;
@@ -135,6 +135,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   }
   if (server->metrics_ != nullptr) {
     server->metrics_->SetActiveStreams([sampler] { return sampler->active_streams(); });
+    server->metrics_->SetPendingRequestBytes([sampler] { return sampler->pending_request_bytes(); });
     server->metrics_->SetProfiles([sampler] { return sampler->profiles(); });
   }
 
@@ -194,6 +195,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
 Server::~Server() {
   if (metrics_ != nullptr) {
     metrics_->SetActiveStreams(nullptr);
+    metrics_->SetPendingRequestBytes(nullptr);
     metrics_->SetProfiles(nullptr);
   }
 }

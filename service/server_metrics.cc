@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <array>
 #include <cmath>
 #include <sstream>
 #include <system_error>
@@ -21,32 +22,42 @@
 
 namespace samplerd {
 
-// samplerd_active_streams is read from the service at scrape time rather than kept in step with stream
-// opening and closing: the service already counts its streams, and a second count could drift from it.
-class ServerMetrics::ActiveStreamsCollectable final : public prometheus::Collectable {
+// The gauges below are read from the service at scrape time rather than kept in step with it: the service already
+// counts its streams and its pending bytes, and a second count could drift from it.
+class ServerMetrics::ScrapedGauges final : public prometheus::Collectable {
  public:
+  enum Index { kActiveStreams, kPendingRequestBytes, kCount };
+
   std::vector<prometheus::MetricFamily> Collect() const override {
-    prometheus::MetricFamily family;
-    family.name = "samplerd_active_streams";
-    family.help = "Sample streams open now";
-    family.type = prometheus::MetricType::Gauge;
-    prometheus::ClientMetric metric;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      metric.gauge.value = source_ ? source_() : 0;
+    static constexpr std::array<std::pair<const char*, const char*>, kCount> kNames = {{
+        {"samplerd_active_streams", "Sample streams open now"},
+        {"samplerd_pending_request_bytes",
+         "Parsed bytes of the requests taken on and not answered yet (--max_pending_request_bytes bounds them)"},
+    }};
+    std::vector<prometheus::MetricFamily> families;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (int i = 0; i < kCount; ++i) {
+      prometheus::MetricFamily family;
+      family.name = kNames[i].first;
+      family.help = kNames[i].second;
+      family.type = prometheus::MetricType::Gauge;
+      prometheus::ClientMetric metric;
+      metric.gauge.value = sources_[i] ? sources_[i]() : 0;
+      family.metric.push_back(std::move(metric));
+      families.push_back(std::move(family));
     }
-    family.metric.push_back(std::move(metric));
-    return {std::move(family)};
+    return families;
   }
 
-  void Set(std::function<int()> source) {
+  // An empty source (std::function's conversion keeps it empty) reads as 0.
+  void Set(Index i, std::function<double()> source) {
     std::lock_guard<std::mutex> lock(mu_);
-    source_ = std::move(source);
+    sources_[i] = std::move(source);
   }
 
  private:
   mutable std::mutex mu_;
-  std::function<int()> source_;  // guarded by mu_
+  std::array<std::function<double()>, kCount> sources_;  // guarded by mu_
 };
 
 namespace {
@@ -113,7 +124,15 @@ absl::StatusOr<std::shared_ptr<ServerMetrics>> ServerMetrics::Create(Options opt
         .Add({})
         .Set(options.max_streams);
   }
-  metrics->active_streams_ = std::make_shared<ActiveStreamsCollectable>();
+  if (options.max_pending_request_bytes > 0) {
+    prometheus::BuildGauge()
+        .Name("samplerd_max_pending_request_bytes")
+        .Help("Parsed request bytes allowed to wait for an answer at once (--max_pending_request_bytes)")
+        .Register(registry)
+        .Add({})
+        .Set(static_cast<double>(options.max_pending_request_bytes));
+  }
+  metrics->scraped_ = std::make_shared<ScrapedGauges>();
 
   if (absl::Status served = metrics->Serve(options.listen); !served.ok()) return served;
   return metrics;
@@ -172,7 +191,7 @@ absl::Status ServerMetrics::Serve(const std::string& listen) {
 
 std::string ServerMetrics::Exposition() const {
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
-  for (prometheus::MetricFamily& family : active_streams_->Collect()) families.push_back(std::move(family));
+  for (prometheus::MetricFamily& family : scraped_->Collect()) families.push_back(std::move(family));
   std::ostringstream out;
   prometheus::TextSerializer().Serialize(out, families);
   return out.str();
@@ -196,7 +215,13 @@ ServerMetrics::~ServerMetrics() {
   }
 }
 
-void ServerMetrics::SetActiveStreams(std::function<int()> source) { active_streams_->Set(std::move(source)); }
+void ServerMetrics::SetActiveStreams(std::function<int()> source) {
+  scraped_->Set(ScrapedGauges::kActiveStreams, std::move(source));
+}
+
+void ServerMetrics::SetPendingRequestBytes(std::function<int64_t()> source) {
+  scraped_->Set(ScrapedGauges::kPendingRequestBytes, std::move(source));
+}
 
 void ServerMetrics::SetProfiles(std::function<std::shared_ptr<const ProfileRegistry>()> source) {
   std::lock_guard<std::mutex> lock(profiles_mu_);

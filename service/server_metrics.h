@@ -9,6 +9,7 @@
 //   options.observer = *metrics;                          // steps, errors, core time, request bytes
 //   ...
 //   (*metrics)->SetActiveStreams([&service] { return service->active_streams(); });
+//   (*metrics)->SetPendingRequestBytes([&service] { return service->pending_request_bytes(); });
 //   (*metrics)->SetProfiles([&service] { return service->profiles(); });   // the page's regime regions
 //
 // The series (docs/style.md: `samplerd_*`, base units, few labels):
@@ -21,12 +22,16 @@
 //   samplerd_request_bytes_total              counter    serialized size of every SampleRequest processed
 //   samplerd_active_streams                   gauge      Sample streams open now (read at scrape time)
 //   samplerd_max_streams                      gauge      --max_streams, so a rule can compare the two
+//   samplerd_pending_request_bytes            gauge      parsed bytes of the requests taken on and not answered
+//                                                        yet (read at scrape time)
+//   samplerd_max_pending_request_bytes        gauge      --max_pending_request_bytes
 //   samplerd_config_reloads_total{result}     counter    SIGHUP reloads, result "success" or "failure"
 //   samplerd_build_info{version}              gauge      always 1
 #ifndef SAMPLERD_SERVICE_SERVER_METRICS_H_
 #define SAMPLERD_SERVICE_SERVER_METRICS_H_
 
 #include <array>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -75,6 +80,8 @@ class ServerMetrics final : public RequestObserver {
     std::string version;
     // The value of samplerd_max_streams (--max_streams); 0 leaves the series out.
     int max_streams = 0;
+    // The value of samplerd_max_pending_request_bytes (--max_pending_request_bytes); 0 leaves the series out.
+    int64_t max_pending_request_bytes = 0;
   };
 
   // Starts serving /metrics and the live page. UNAVAILABLE naming the address when it cannot be bound (also when
@@ -91,8 +98,10 @@ class ServerMetrics final : public RequestObserver {
   // The registry every series is in, for collectors kept elsewhere (shm_metrics.h).
   prometheus::Registry& registry() { return *registry_; }
 
-  // The source of samplerd_active_streams, called at each scrape; until set the gauge reads 0.
+  // The sources of samplerd_active_streams and samplerd_pending_request_bytes, called at each scrape; until set
+  // (and once set to nullptr) the gauges read 0.
   void SetActiveStreams(std::function<int()> source);
+  void SetPendingRequestBytes(std::function<int64_t()> source);
   // The source of the profiles in force, called for each /live/steps; until set the page draws no regions.
   void SetProfiles(std::function<std::shared_ptr<const ProfileRegistry>()> source);
 
@@ -104,7 +113,7 @@ class ServerMetrics final : public RequestObserver {
   void OnStep(const v1::StepResult& result, std::chrono::nanoseconds core_time) override;
 
  private:
-  class ActiveStreamsCollectable;
+  class ScrapedGauges;
   static constexpr int kRegimeSlots = StepRing::kRegimeSlots;
   // What a step of one profile updates, found with one lookup.
   struct ProfileSeries {
@@ -120,7 +129,7 @@ class ServerMetrics final : public RequestObserver {
   std::pair<prometheus::Counter*, StepRing*> ForStep(v1::Regime regime, const std::string& profile);
 
   std::shared_ptr<prometheus::Registry> registry_;
-  std::shared_ptr<ActiveStreamsCollectable> active_streams_;
+  std::shared_ptr<ScrapedGauges> scraped_;
   LiveSteps live_steps_;
   mutable std::mutex profiles_mu_;
   std::function<std::shared_ptr<const ProfileRegistry>()> profiles_;  // guarded by profiles_mu_

@@ -98,6 +98,8 @@ def test_every_series_used_is_exposed_with_its_labels(exposition, source):
             "samplerd_step_core_seconds_bucket",
             "samplerd_active_streams",
             "samplerd_max_streams",
+            "samplerd_pending_request_bytes",
+            "samplerd_max_pending_request_bytes",
             "samplerd_request_bytes_total",
             "samplerd_config_reloads_total",
         ]:

@@ -553,6 +553,8 @@ TEST(Metrics, CountersMoveAfterSteps) {
   EXPECT_EQ(MetricValue(before, "samplerd_step_core_seconds_count"), 0);
   EXPECT_EQ(MetricValue(before, "samplerd_active_streams"), 0);
   EXPECT_EQ(MetricValue(before, "samplerd_max_streams"), 1024);  // the --max_streams default
+  EXPECT_EQ(MetricValue(before, "samplerd_pending_request_bytes"), 0);
+  EXPECT_EQ(MetricValue(before, "samplerd_max_pending_request_bytes"), 512 << 20);  // the flag's default
   EXPECT_THAT(before, HasSubstr("# TYPE samplerd_step_core_seconds histogram"));
 
   // 3 steps under "fixed", 2 under the default profile, 1 rejected (top_p 1.5).
@@ -594,6 +596,48 @@ TEST(Metrics, CountersMoveAfterSteps) {
   EXPECT_TRUE(WaitFor(
       [&] { return MetricValue(HttpGet(server->metrics_address(), "/metrics"), "samplerd_active_streams") == 0; },
       std::chrono::seconds(5)));
+}
+
+// samplerd_pending_request_bytes shows the requests waiting for (or on) the worker, and the budget comes back whole
+// once they are answered: a request charged and never released would leave the gauge above 0 for good.
+TEST(Metrics, PendingRequestBytesRiseWhileARequestIsWorkedOnAndReturnToZero) {
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--workers", "1", "--max_pending_request_bytes", "100000000"});
+  ASSERT_NE(server, nullptr);
+  auto pending = [&] {
+    return MetricValue(HttpGet(server->metrics_address(), "/metrics"), "samplerd_pending_request_bytes");
+  };
+  EXPECT_EQ(MetricValue(HttpGet(server->metrics_address(), "/metrics"), "samplerd_max_pending_request_bytes"), 1e8);
+
+  // 16 steps of 128,000 logits (8 MB): each request keeps the one worker busy for milliseconds.
+  v1::SampleRequest request;
+  for (int i = 0; i < 16; ++i) *request.add_steps() = MakeStep("p" + std::to_string(i), 0, 128000);
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::thread caller([&] {
+    auto stub = v1::Sampler::NewStub(Plaintext(server->tcp_target()));
+    while (!stop.load()) {
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      v1::SampleResponse response;
+      const grpc::Status status = stub->SampleOnce(&context, request, &response);
+      if (!status.ok() || response.results_size() != 16 || response.results(15).has_error()) ++failures;
+    }
+  });
+  double seen = 0;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        seen = pending();
+        return seen > 0;
+      },
+      std::chrono::seconds(20)));
+  stop = true;
+  caller.join();
+  EXPECT_EQ(failures.load(), 0);
+  // At least the request's parsed logits (SpaceUsedLong counts them), and never more than the budget.
+  EXPECT_GE(seen, 16 * 128000 * 4.0);
+  EXPECT_LE(seen, 1e8);
+  EXPECT_TRUE(WaitFor([&] { return pending() == 0; }, std::chrono::seconds(10)));
 }
 
 // docs/contract.md section 7's flag: --metrics_port serves the same /metrics on every interface; with --metrics_listen
