@@ -247,15 +247,16 @@ void GrpcLogToSpdlog(gpr_log_func_args* args) {
       args->severity == GPR_LOG_SEVERITY_ERROR && !absl::StartsWith(args->message, "assertion failed: ");
   const int64_t held = budgeted ? budget->Admit() : 0;
   if (held < 0) return;
+  const std::string message = budgeted ? Excerpt(args->message, kMaxGrpcLineBytes) : std::string(args->message);
   if (!grpc_logs_to_spdlog.load()) {
-    std::fprintf(stderr, "grpc %s:%d: %s%s\n", args->file, args->line, args->message, HeldBackNote(held).c_str());
+    std::fprintf(stderr, "grpc %s:%d: %s%s\n", args->file, args->line, message.c_str(), HeldBackNote(held).c_str());
     return;
   }
   spdlog::level::level_enum level = spdlog::level::debug;
   if (args->severity == GPR_LOG_SEVERITY_INFO) level = spdlog::level::info;
   if (args->severity == GPR_LOG_SEVERITY_ERROR) level = spdlog::level::err;
   const char* file = std::strrchr(args->file, '/');
-  spdlog::log(level, "grpc {}:{}: {}{}", file != nullptr ? file + 1 : args->file, args->line, args->message,
+  spdlog::log(level, "grpc {}:{}: {}{}", file != nullptr ? file + 1 : args->file, args->line, message,
               HeldBackNote(held));
 }
 

@@ -91,6 +91,9 @@ LogBudget& CallProblemLogBudget();
 // gRPC core's own lines (SetUpLogging) have a budget of their own, so that they cannot crowd out the lines
 // above.
 inline constexpr int kGrpcCoreLinesPerSecond = 20;
+// And each of those lines is cut to an Excerpt (core/field_error.h) of this many bytes: some quote a client's bytes,
+// such as a metadata value gRPC rejected (up to the 16 KiB header list).
+inline constexpr size_t kMaxGrpcLineBytes = 1024;
 
 // "" for 0, else " (N similar lines held back)", to append to an admitted line.
 std::string HeldBackNote(int64_t held_back);

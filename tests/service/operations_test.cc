@@ -35,6 +35,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "samplerd/v1/sampler.grpc.pb.h"
+#include "service/logging.h"
 #include "tests/service/http2_frames.h"
 #include "tests/service/server_process.h"
 #include "tests/service/test_certificates.h"
@@ -1507,6 +1508,22 @@ TEST(Logging, GrpcCoreLinesAreBudgetedLikeRefusals) {
   EXPECT_GT(gzip.lines, 0) << "gRPC's lines still show";
   EXPECT_LT(gzip.lines, kCalls / 2);
   EXPECT_GT(gzip.held_back, 0) << "the lines held back are counted in the next line written";
+}
+
+// What gRPC core's lines quote of a client's bytes is cut short, like samplerd's own quotes: a rejected metadata
+// value is written into its line, and the header list allows 16 KiB of it.
+TEST(Logging, GrpcCoreLinesQuoteAtMostAnExcerptOfAClientsBytes) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string log = LogPath(dir);
+  std::unique_ptr<ServerProcess> server = StartWithTokenAndLog(dir);
+  ASSERT_NE(server, nullptr);
+  const std::string value(6000, 'A');
+  CallRawPaths(server->tcp_target(), {"/samplerd.v1.Sampler/ListProfiles"}, {{"grpc-timeout", value}});
+  ASSERT_EQ(server->Terminate(), 0);
+  const std::string text = ReadFile(log);
+  EXPECT_THAT(text, HasSubstr("grpc-timeout")) << "gRPC's line about the value still shows";
+  EXPECT_EQ(text.find(std::string(kMaxGrpcLineBytes, 'A')), std::string::npos) << "the value is quoted whole";
 }
 
 TEST(Flags, HelpDocumentsTheOperationsFlags) {
