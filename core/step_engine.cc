@@ -1,9 +1,12 @@
 #include "core/step_engine.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <type_traits>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "core/counter_rng.h"
 #include "core/field_error.h"
@@ -51,33 +54,59 @@ absl::Status CheckLogprobsReadOneState(const StepOutput& out, int32_t top_logpro
   return absl::OkStatus();
 }
 
+// Calls visit(buffer) on each scratch buffer of `ws`.
+template <class Visit>
+void ForEachBuffer(Workspace* ws, Visit&& visit) {
+  visit(ws->logits_buffer);
+  visit(ws->attention_buffer);
+  MetricsScratch& m = ws->metrics;
+  visit(m.block_moments);
+  visit(m.logit_block_max);
+  visit(m.attn_exp);
+  visit(m.row_stats);
+  visit(m.group_sums);
+  visit(m.column_means);
+  visit(m.exact_probs);
+  visit(m.exact_column_means);
+  ChainScratch& c = ws->chain;
+  visit(c.logits);
+  visit(c.ids);
+  visit(c.heap);
+  visit(c.recent_counts);
+  visit(c.block_max);
+  visit(c.block_keys);
+  visit(ws->candidates.tokens);
+  visit(ws->top_ids);
+}
+
+template <class Buffer>
+size_t CapacityBytes(const Buffer& buffer) {
+  return buffer.capacity() * sizeof(typename Buffer::value_type);
+}
+
 }  // namespace
 
 void TrimWorkspace(Workspace* ws, size_t keep_bytes) {
-  auto trim = [keep_bytes](auto& buffer) {
+  // The bound is on the sum: steps shaped to fill many buffers each just under it (one long attention row,
+  // many short ones, a large vocabulary with penalties) would otherwise keep ~190 MiB per workspace.
+  absl::InlinedVector<size_t, 24> sizes;
+  size_t total = 0;
+  ForEachBuffer(ws, [&](auto& buffer) {
+    sizes.push_back(CapacityBytes(buffer));
+    total += sizes.back();
+  });
+  if (total <= keep_bytes) return;
+  std::sort(sizes.begin(), sizes.end(), std::greater<size_t>());
+  size_t free_from = 0;  // buffers of at least this many bytes go, largest first
+  for (const size_t bytes : sizes) {
+    if (total <= keep_bytes) break;
+    total -= bytes;
+    free_from = bytes;
+  }
+  ForEachBuffer(ws, [free_from](auto& buffer) {
     using Buffer = std::remove_reference_t<decltype(buffer)>;
-    if (buffer.capacity() * sizeof(typename Buffer::value_type) > keep_bytes) Buffer().swap(buffer);
-  };
-  trim(ws->logits_buffer);
-  trim(ws->attention_buffer);
-  MetricsScratch& m = ws->metrics;
-  trim(m.block_moments);
-  trim(m.logit_block_max);
-  trim(m.attn_exp);
-  trim(m.row_stats);
-  trim(m.group_sums);
-  trim(m.column_means);
-  trim(m.exact_probs);
-  trim(m.exact_column_means);
-  ChainScratch& c = ws->chain;
-  trim(c.logits);
-  trim(c.ids);
-  trim(c.heap);
-  trim(c.recent_counts);
-  trim(c.block_max);
-  trim(c.block_keys);
-  trim(ws->candidates.tokens);
-  trim(ws->top_ids);
+    if (CapacityBytes(buffer) >= free_from) Buffer().swap(buffer);
+  });
 }
 
 absl::Status RunStep(const ProfileRegistry& profiles, const TensorLimits& limits, const StepInput& in, Workspace* ws,

@@ -71,8 +71,9 @@ inline constexpr size_t kMaxSequenceIdBytes = 256;
 
 // TrimWorkspace()
 //
-// Frees each buffer of `ws` whose capacity is over `keep_bytes`, so that one outsized step does not pin its
-// scratch in a worker for good; buffers of ordinary steps stay, and reuse keeps them allocation-free.
+// Frees the largest buffers of `ws` until their capacities add up to at most `keep_bytes`, so that an outsized
+// step does not pin its scratch in a worker for good; the buffers of ordinary steps stay, and reuse keeps them
+// allocation-free.
 void TrimWorkspace(Workspace* ws, size_t keep_bytes);
 
 // Runs one step. Errors are INVALID_ARGUMENT / RESOURCE_EXHAUSTED / NOT_FOUND (unknown profile) carrying

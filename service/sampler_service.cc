@@ -29,9 +29,10 @@ constexpr size_t kMaxQueuedResponses = 4;
 // it take more of the pool from the other streams.
 constexpr int kMaxRequestsInFlight = 2;
 
-// The largest scratch buffer a worker keeps after a step. Ordinary steps stay far below it (an XL step's largest
-// is 2 MiB) and reuse their buffers; an outsized one frees its scratch when it is done. At glibc's mmap threshold
-// (service/allocator_tuning.h), so such a buffer was its own mapping and goes back to the kernel at once.
+// The scratch a worker keeps after a step, over all its buffers. Ordinary steps stay far below it (an XL step's
+// scratch is about 10 MiB) and reuse their buffers; an outsized one frees its largest buffers when it is done, so
+// what the workspaces keep grows with the workers by at most this much each. At glibc's mmap threshold
+// (service/allocator_tuning.h): a buffer over it was its own mapping and goes back to the kernel at once.
 constexpr size_t kWorkspaceKeepBytes = kMmapThresholdBytes;
 
 // The largest parsed request a stream keeps to parse the next one into. A message keeps its buffers' capacity

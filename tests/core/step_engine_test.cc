@@ -301,21 +301,37 @@ TEST(RunStepTest, UnknownProfileNameIsQuotedShort) {
   EXPECT_NE(status.message().find("(100000 bytes)"), absl::string_view::npos) << status.message();
 }
 
-TEST(TrimWorkspace, FreesBuffersOverTheBoundAndKeepsTheOthers) {
+TEST(TrimWorkspace, FreesTheLargestBuffersUntilTheRestFitTheBound) {
   Workspace ws;
-  ws.attention_buffer.resize(1000);
-  ws.metrics.exact_probs.resize(1000);
+  ws.attention_buffer.resize(750);      // 3000 bytes
+  ws.metrics.exact_probs.resize(1000);  // 8000 bytes
   ws.metrics.row_stats.resize(10);
   ws.logits_buffer.resize(10);
   TrimWorkspace(&ws, /*keep_bytes=*/4000);
-  EXPECT_EQ(ws.attention_buffer.capacity(), 1000u) << "4000 bytes: kept";
-  EXPECT_EQ(ws.metrics.exact_probs.capacity(), 0u) << "8000 bytes: freed";
+  EXPECT_EQ(ws.metrics.exact_probs.capacity(), 0u) << "the largest: freed";
+  EXPECT_EQ(ws.attention_buffer.capacity(), 750u) << "the rest fit in 4000 bytes: kept";
   EXPECT_EQ(ws.logits_buffer.capacity(), 10u);
   EXPECT_EQ(ws.metrics.row_stats.capacity(), 10u);
   OwnedStep s = RandomStep(5, 100);
   StepOutput out;
   StepInput in = s.Input();
   EXPECT_TRUE(RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, in, &ws, &out).ok()) << "a trimmed workspace works";
+}
+
+// Each buffer under the bound, all of them together far over it: what stays is bounded as a whole.
+TEST(TrimWorkspace, BoundsTheSumOfBuffersEachUnderTheBound) {
+  Workspace ws;
+  ws.logits_buffer.resize(900);
+  ws.attention_buffer.resize(800);
+  ws.metrics.attn_exp.resize(700);
+  ws.metrics.column_means.resize(600);
+  ws.chain.logits.resize(500);
+  TrimWorkspace(&ws, /*keep_bytes=*/4000);  // each is at most 3600 bytes, 14000 together
+  const size_t kept = ws.logits_buffer.capacity() + ws.attention_buffer.capacity() + ws.metrics.attn_exp.capacity() +
+                      ws.metrics.column_means.capacity() + ws.chain.logits.capacity();
+  EXPECT_LE(kept * sizeof(float), 4000u);
+  EXPECT_EQ(ws.chain.logits.capacity(), 500u) << "the smallest stays";
+  EXPECT_EQ(ws.logits_buffer.capacity(), 0u) << "the largest goes";
 }
 
 TEST(RunStepTest, ClarifyWithATokenOutsideTheVocabularySamplesInstead) {
