@@ -129,6 +129,20 @@ void BM_RequestSpaceUsed(benchmark::State& state) {
 }
 BENCHMARK(BM_RequestSpaceUsed)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
 
+// What a stream pays per answer to decide whether to keep its parsed form (kAnswerKeepBytes).
+void BM_ResponseSpaceUsed(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  std::unique_ptr<SamplerService> service = MakeService(1);
+  SeedTable seeds;
+  v1::SampleResponse response;
+  Waiter waiter;
+  service->StartRequest(Request(index), &seeds, &response, waiter.Callback());
+  waiter.Wait();
+  state.SetLabel(std::string(client::WorkloadName(kWorkloads[index])));
+  for (auto _ : state) benchmark::DoNotOptimize(response.SpaceUsedLong());
+}
+BENCHMARK(BM_ResponseSpaceUsed)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
+
 // A seed picked for each of 4,096 new sequences with seed 0, as for a request of that many.
 void BM_SeedTableFreshSeeds(benchmark::State& state) {
   std::vector<std::string> ids;

@@ -40,11 +40,50 @@ constexpr size_t kWorkspaceKeepBytes = kMmapThresholdBytes;
 // as it stays open, idle or not; a few L steps fit, and a larger request's buffers go back to the allocator.
 constexpr size_t kRequestKeepBytes = size_t{4} << 20;
 
+// The same for a parsed answer, which a stream keeps in each of its kMaxQueuedResponses entries: 64 steps with
+// 20 top log-probabilities each fit; the error answers of 4,096 empty steps (a 1 MB parsed answer to an 8 KB
+// request) do not.
+constexpr size_t kAnswerKeepBytes = size_t{64} << 10;
+
 // Ends a stream that was not admitted without touching its messages.
 class RejectedStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   explicit RejectedStream(grpc::Status status) { Finish(std::move(status)); }
   void OnDone() override { delete this; }
+};
+
+// RESOURCE_EXHAUSTED for a call or step that --max_pending_request_bytes turned away; `consequence` says what.
+absl::Status BudgetFullError(int64_t max_bytes, absl::string_view consequence) {
+  return absl::ResourceExhaustedError(absl::StrCat("the requests and answers the server holds already fill its ",
+                                                   max_bytes, " bytes (--max_pending_request_bytes); ", consequence,
+                                                   ", retry it later"));
+}
+
+// A unary call's reactor, which counts its answer against --max_pending_request_bytes until gRPC is done with the
+// call: a client that does not read its answers (an HTTP/2 window it never opens) would otherwise make the server
+// hold every one, and an answer can be far larger than its request.
+class AnswerHoldingReactor final : public grpc::ServerUnaryReactor {
+ public:
+  // Where StartRequest leaves the request's charge (its keep_charge), for the answer to be held within.
+  PendingBudget::Charge* request_charge() { return &request_held_; }
+
+  // Counts `wire`'s bytes: within the request's charge when they fit in it, else as a charge of their own. When
+  // that does not fit the budget, clears `wire` and says RESOURCE_EXHAUSTED: the call then ends with that status
+  // and no answer, a few bytes to hold, so a refused call (whose request was not charged) leaves nothing behind.
+  absl::Status HoldAnswer(PendingBudget* budget, grpc::ByteBuffer* wire) {
+    const int64_t bytes = static_cast<int64_t>(wire->Length());
+    if (bytes <= request_held_.bytes()) return absl::OkStatus();
+    request_held_.Release();
+    answer_held_ = budget->TryCharge(bytes);
+    if (answer_held_) return absl::OkStatus();
+    wire->Clear();
+    return BudgetFullError(budget->max_bytes(), "this call's answer was dropped");
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  PendingBudget::Charge request_held_;
+  PendingBudget::Charge answer_held_;
 };
 
 // The call's shared-memory session token (empty when it sends none).
@@ -130,8 +169,9 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
       if (finish.has_value()) Finish(ToGrpcStatus(*finish));
       return;
     }
-    answer_(*entry->request, &seeds_, &entry->answer.response,
-            [this, entry](absl::Status status) { OnAnswered(entry, std::move(status)); });
+    answer_(
+        *entry->request, &seeds_, &entry->answer.response,
+        [this, entry](absl::Status status) { OnAnswered(entry, std::move(status)); }, nullptr);
     // The read side is free again; the next request is received while this one runs (the reactor stays alive:
     // this reaction holds it).
     std::lock_guard<std::mutex> lock(mu_);
@@ -167,8 +207,12 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   // A request's answer and its wire form.
   struct Answer {
     v1::SampleResponse response;
-    grpc::ByteBuffer wire;  // `response` serialized, once answered
-    void Clear() { wire.Clear(); }
+    grpc::ByteBuffer wire;       // `response` serialized, once answered
+    PendingBudget::Charge held;  // `wire`'s bytes, until written
+    void Clear() {
+      wire.Clear();
+      held.Release();
+    }
   };
   using Order = AnswerOrder<v1::SampleRequest, Answer>;
 
@@ -176,8 +220,13 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   // empty, or no compute).
   void OnAnswered(Order::Entry* entry, absl::Status status) {
     // Serialized here, outside mu_, on the thread that answered.
-    if (status.ok())
-      status = Serialize(entry->answer.response, service_->config_.max_message_bytes, &entry->answer.wire);
+    Answer& answer = entry->answer;
+    if (status.ok()) status = Serialize(answer.response, service_->config_.max_message_bytes, &answer.wire);
+    // Counted, not refused: the stream reads no more requests while kMaxQueuedResponses wait for its client.
+    if (status.ok()) answer.held = service_->pending_.Hold(static_cast<int64_t>(answer.wire.Length()));
+    // The answer is written from `wire`; a large parsed form would otherwise wait in a spare entry for as long as
+    // the stream stays open.
+    if (answer.response.SpaceUsedLong() > kAnswerKeepBytes) answer.response = v1::SampleResponse();
     if (entry->request->SpaceUsedLong() > kRequestKeepBytes) entry->request.reset();
     std::optional<absl::Status> finish;
     {
@@ -240,7 +289,8 @@ SamplerService::SamplerService(Options options)
       observer_(std::move(options.observer)),
       workers_(std::move(options.workers)),
       shm_(std::move(options.shm)),
-      no_compute_(config_.allow_no_compute ? std::make_unique<NoComputeResponder>() : nullptr) {}
+      no_compute_(config_.allow_no_compute ? std::make_unique<NoComputeResponder>() : nullptr),
+      pending_(config_.max_pending_request_bytes) {}
 
 std::shared_ptr<const ProfileRegistry> SamplerService::profiles() const {
   std::lock_guard<std::mutex> lock(profiles_mu_);
@@ -276,7 +326,7 @@ void SamplerService::ReleaseStream() { active_streams_.fetch_sub(1, std::memory_
 
 void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
                                   std::function<void(absl::Status)> done, absl::string_view shm_session,
-                                  std::function<bool()> cancelled) const {
+                                  std::function<bool()> cancelled, PendingBudget::Charge* keep_charge) const {
   response->Clear();
   const uint64_t request_bytes = request.ByteSizeLong();
   if (observer_ != nullptr) observer_->OnRequest(request_bytes);
@@ -299,11 +349,9 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
     }
   }
   // The requests waiting for a worker hold their memory; past the budget this one is answered now, without work.
-  const int64_t pending_bytes = static_cast<int64_t>(request.SpaceUsedLong());
-  if (!ChargePending(pending_bytes)) {
-    const absl::Status busy = absl::ResourceExhaustedError(absl::StrCat(
-        "the requests the server has not answered yet already fill its ", config_.max_pending_request_bytes,
-        " bytes (--max_pending_request_bytes, counted parsed); this step was not run, retry it later"));
+  PendingBudget::Charge charge = pending_.TryCharge(static_cast<int64_t>(request.SpaceUsedLong()));
+  if (!charge) {
+    const absl::Status busy = BudgetFullError(config_.max_pending_request_bytes, "this step was not run");
     for (const v1::Step& step : request.steps()) {
       v1::StepResult* result = response->add_results();
       EncodeStepError(step, busy, result);
@@ -316,17 +364,26 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
   struct Job {
     std::shared_ptr<const ProfileRegistry> registry;
     std::vector<uint64_t> seeds;
+    PendingBudget::Charge charge;
+    PendingBudget::Charge* keep_charge;
     std::function<void(absl::Status)> done;
     std::string shm_session;
     std::function<bool()> cancelled;
     bool Cancelled() const { return cancelled != nullptr && cancelled(); }
+    void Finish() {
+      if (keep_charge != nullptr) {
+        *keep_charge = std::move(charge);
+      } else {
+        charge.Release();
+      }
+      done(absl::OkStatus());
+    }
   };
   auto job = std::make_shared<Job>();
   job->registry = profiles();
-  job->done = [this, pending_bytes, done = std::move(done)](absl::Status status) {
-    pending_request_bytes_.fetch_sub(pending_bytes, std::memory_order_relaxed);
-    done(std::move(status));
-  };
+  job->charge = std::move(charge);
+  job->keep_charge = keep_charge;
+  job->done = std::move(done);
   job->shm_session = std::string(shm_session);
   job->cancelled = std::move(cancelled);
   const int n = request.steps_size();
@@ -342,7 +399,7 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
         AnswerStep(*job->registry, request.steps(0), job->seeds[0], job->shm_session, job->Cancelled(), &w->workspace,
                    &w->output, results->Mutable(0), w->fork_join);
       })) {
-    job->done(absl::OkStatus());
+    job->Finish();
     return;
   }
   workers_->ParallelFor(
@@ -351,15 +408,7 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
         AnswerStep(*job->registry, request.steps(i), job->seeds[static_cast<size_t>(i)], job->shm_session,
                    job->Cancelled(), &worker->workspace, &worker->output, results->Mutable(i), worker->fork_join);
       },
-      [job] { job->done(absl::OkStatus()); });
-}
-
-bool SamplerService::ChargePending(int64_t bytes) const {
-  int64_t held = pending_request_bytes_.load(std::memory_order_relaxed);
-  do {
-    if (held != 0 && held + bytes > config_.max_pending_request_bytes) return false;
-  } while (!pending_request_bytes_.compare_exchange_weak(held, held + bytes, std::memory_order_relaxed));
-  return true;
+      [job] { job->Finish(); });
 }
 
 void SamplerService::AnswerStep(const ProfileRegistry& registry, const v1::Step& step, uint64_t seed,
@@ -390,13 +439,15 @@ SamplerService::Answerer SamplerService::AnswererFor(const grpc::CallbackServerC
     spdlog::debug("{} asks for no compute", context.peer());
     const NoComputeResponder* responder = no_compute_.get();
     return [responder](const v1::SampleRequest& request, SeedTable*, v1::SampleResponse* response,
-                       std::function<void(absl::Status)> done) { responder->StartRequest(request, response, done); };
+                       std::function<void(absl::Status)> done,
+                       PendingBudget::Charge*) { responder->StartRequest(request, response, done); };
   }
   // The context outlives the call's requests: a call finishes only once none of its requests is running.
-  return [this, session = ShmSession(context), context = &context](const v1::SampleRequest& request, SeedTable* seeds,
-                                                                   v1::SampleResponse* response,
-                                                                   std::function<void(absl::Status)> done) {
-    StartRequest(request, seeds, response, std::move(done), session, [context] { return context->IsCancelled(); });
+  return [this, session = ShmSession(context), context = &context](
+             const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
+             std::function<void(absl::Status)> done, PendingBudget::Charge* keep_charge) {
+    StartRequest(
+        request, seeds, response, std::move(done), session, [context] { return context->IsCancelled(); }, keep_charge);
   };
 }
 
@@ -411,7 +462,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SamplerService::Sam
 
 grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto* reactor = new AnswerHoldingReactor();
   if (absl::Status admitted = AdmitUnaryCall(context); !admitted.ok()) {
     reactor->Finish(ToGrpcStatus(admitted));
     return reactor;
@@ -421,7 +472,7 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
     reactor->Finish(NoComputeResponder::Refused());
     return reactor;
   }
-  // The call's messages, until it finishes. Seeds picked for seed-0 steps are remembered for this call only: a
+  // The call's messages, until it is answered. Seeds picked for seed-0 steps are remembered for this call only: a
   // sequence repeated within the request shares one (StartRequest is done with the table when it returns).
   struct Call {
     v1::SampleRequest request;
@@ -434,17 +485,19 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
     reactor->Finish(ToGrpcStatus(parsed));
     return reactor;
   }
-  answer(call->request, &call->seeds, &call->response,
-         [call, reactor, response, max_bytes = config_.max_message_bytes](absl::Status status) {
-           if (status.ok()) status = Serialize(call->response, max_bytes, response);
-           reactor->Finish(ToGrpcStatus(status));
-         });
+  answer(
+      call->request, &call->seeds, &call->response,
+      [this, call, reactor, response](absl::Status status) {
+        if (status.ok()) status = Serialize(call->response, config_.max_message_bytes, response);
+        if (status.ok()) status = reactor->HoldAnswer(&pending_, response);
+        reactor->Finish(ToGrpcStatus(status));
+      },
+      reactor->request_charge());
   return reactor;
 }
-
 grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto* reactor = new AnswerHoldingReactor();
   if (absl::Status admitted = AdmitUnaryCall(context); !admitted.ok()) {
     reactor->Finish(ToGrpcStatus(admitted));
     return reactor;
@@ -459,7 +512,9 @@ grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerConte
   const std::shared_ptr<const ProfileRegistry> registry = profiles();
   for (const Profile& profile : registry->profiles()) *answer.add_profiles() = profile.proto();
   answer.set_default_profile(registry->default_profile());
-  reactor->Finish(ToGrpcStatus(Serialize(answer, config_.max_message_bytes, response)));
+  absl::Status status = Serialize(answer, config_.max_message_bytes, response);
+  if (status.ok()) status = reactor->HoldAnswer(&pending_, response);
+  reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 

@@ -45,6 +45,7 @@
 #include "grpcpp/grpcpp.h"
 #include "samplerd/v1/sampler.grpc.pb.h"
 #include "service/no_compute.h"
+#include "service/pending_budget.h"
 #include "service/request_observer.h"
 #include "service/seed_table.h"
 #include "service/server_config.h"
@@ -97,14 +98,17 @@ class SamplerService final
   // runs exactly once: with a non-OK status only for a problem that ends the call (RESOURCE_EXHAUSTED for more
   // than max_steps_per_request steps), at once on the calling thread when the request is refused or has no
   // steps, otherwise on the worker that answered the last step. `request` and `response` must stay untouched
-  // until then. Past --max_pending_request_bytes of parsed requests over all calls, every step is answered
-  // RESOURCE_EXHAUSTED at once, so no number of callers makes the server hold more requests than that. `shm_session` is
+  // until then. The request counts, parsed, against --max_pending_request_bytes until `done`; past it (with the
+  // answers not yet written, which the callers count) every step is answered RESOURCE_EXHAUSTED at once, so no
+  // number of callers makes the server hold more requests than that. `shm_session` is
   // the call's samplerd-shm-session metadata (empty when absent). `cancelled`, when set, is asked before each step:
   // once it says the call is gone (cancelled, past its deadline, disconnected), the steps not yet started are answered
   // CANCELLED without running, so a dead call does not hold the workers.
+  // With `keep_charge`, the request's charge is moved there before `done` instead of given back: a caller that
+  // holds the answer until it is written (SampleOnce) keeps the budget its request had.
   void StartRequest(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
                     std::function<void(absl::Status)> done, absl::string_view shm_session = {},
-                    std::function<bool()> cancelled = nullptr) const;
+                    std::function<bool()> cancelled = nullptr, PendingBudget::Charge* keep_charge = nullptr) const;
 
   // Threads in the worker pool.
   int workers() const { return workers_->size(); }
@@ -116,8 +120,9 @@ class SamplerService final
 
   // Sample streams currently open (admitted ones only), the control socket's step connections included.
   int active_streams() const { return active_streams_.load(std::memory_order_relaxed); }
-  // Parsed bytes of the requests taken on and not answered yet (--max_pending_request_bytes bounds them).
-  int64_t pending_request_bytes() const { return pending_request_bytes_.load(std::memory_order_relaxed); }
+  // Bytes held for calls not finished with (--max_pending_request_bytes bounds them): the requests taken on and not
+  // answered yet, parsed, and the answers not yet written to their callers.
+  int64_t pending_request_bytes() const { return pending_.held(); }
 
   // Admits a stream unless the service is draining (UNAVAILABLE) or --max_streams are open (RESOURCE_EXHAUSTED),
   // the status a refused Sample call gets; every OK is paired with ReleaseStream. For a stream that is not a gRPC call:
@@ -136,7 +141,7 @@ class SamplerService final
 
   // How a call's requests are answered: StartRequest's shape, the call's shm session bound.
   using Answerer = std::function<void(const v1::SampleRequest& request, SeedTable* seeds, v1::SampleResponse* response,
-                                      std::function<void(absl::Status)> done)>;
+                                      std::function<void(absl::Status)> done, PendingBudget::Charge* keep_charge)>;
 
   // StartRequest, or the no-compute responder when the call asks for it; empty when it asks for no compute and
   // the server does not allow it.
@@ -148,11 +153,6 @@ class SamplerService final
   absl::Status AdmitCall() const;
   // What a unary call passes before it runs: AdmitCall, then its message framing (CheckMessageFraming).
   absl::Status AdmitUnaryCall(grpc::CallbackServerContext* context) const;
-
-  // Counts `bytes` as pending unless that would pass --max_pending_request_bytes while other requests are pending;
-  // then false, and nothing counted. Any one request is taken on when none is pending, so every request the
-  // transport lets through can be answered.
-  bool ChargePending(int64_t bytes) const;
 
   // decode → core (timed) → encode of one step into `result`, and the observer's OnStep. `fork_join` (may be
   // null) lets core share the step with an idle worker.
@@ -167,8 +167,8 @@ class SamplerService final
   mutable std::mutex profiles_mu_;
   std::shared_ptr<const ProfileRegistry> profiles_;  // guarded by profiles_mu_
   std::atomic<int> active_streams_{0};
-  // Bytes of the requests StartRequest took on and has not answered yet, over all calls (ChargePending).
-  mutable std::atomic<int64_t> pending_request_bytes_{0};
+  // What the calls hold until they are finished with (pending_request_bytes()).
+  mutable PendingBudget pending_;
   std::atomic<bool> draining_{false};
   const std::shared_ptr<RequestObserver> observer_;  // may be null
   const std::shared_ptr<WorkerPool> workers_;

@@ -7,6 +7,8 @@
 // The patterns: attention of many one-element rows; a gzip-compressed request that inflates to 128 MiB (with and
 // without a token); seed-0 steps with 32 KiB sequence ids; thousands of health Watch streams. Error messages
 // that would quote a huge input are checked here too: they stay short, so each bad step is answered on its own.
+#include <unistd.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -23,6 +25,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "samplerd/v1/sampler.grpc.pb.h"
+#include "tests/service/http2_frames.h"
 #include "tests/service/server_process.h"
 
 namespace samplerd {
@@ -227,7 +230,8 @@ TEST(MemoryBounds, AnIdleStreamDoesNotKeepItsLargestRequest) {
 // Unary calls are not Sample streams, so --max_streams does not count them, and each connection may carry
 // --max_streams_per_connection of them: many connections of concurrent large SampleOnce calls. The requests waiting
 // for the one worker hold their bytes only up to --max_pending_request_bytes; past it a request is answered at
-// once, each step RESOURCE_EXHAUSTED, and dropped.
+// once, each step RESOURCE_EXHAUSTED, and dropped (or the call ends RESOURCE_EXHAUSTED when even that answer does
+// not fit).
 TEST(MemoryBounds, ConcurrentSampleOnceCallsPastThePendingBudgetAreRefusedStepByStep) {
   constexpr int64_t kPendingBytes = int64_t{64} << 20;
   std::unique_ptr<ServerProcess> server =
@@ -286,6 +290,12 @@ TEST(MemoryBounds, ConcurrentSampleOnceCallsPastThePendingBudgetAreRefusedStepBy
   }
   int answered = 0, refused = 0;
   for (const std::unique_ptr<Call>& call : calls) {
+    // A refused request's answer too must fit in the budget; when it does not, the call ends without one.
+    if (call->status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      EXPECT_NE(call->status.error_message().find("--max_pending_request_bytes"), std::string::npos);
+      ++refused;
+      continue;
+    }
     ASSERT_TRUE(call->status.ok()) << call->status.error_message();
     v1::SampleResponse response;
     std::vector<grpc::Slice> slices;
@@ -317,6 +327,185 @@ TEST(MemoryBounds, ConcurrentSampleOnceCallsPastThePendingBudgetAreRefusedStepBy
   ASSERT_TRUE(Stub(*server)->SampleOnce(&context, request, &response).ok());
   ASSERT_EQ(response.results_size(), request.steps_size());
   for (const v1::StepResult& r : response.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+// Nor its answers: a stream keeps one parsed answer per queued response to reuse, and the error answers of 4,096
+// empty steps parse to about 1 MB. Forty streams, each sent four such requests at once and then left open, hold
+// far less than forty times four of them.
+TEST(MemoryBounds, AnIdleStreamDoesNotKeepItsLargestAnswers) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags());
+  ASSERT_NE(server, nullptr);
+  auto stub = Stub(*server);
+  v1::SampleRequest empty_steps;
+  for (int i = 0; i < 4096; ++i) empty_steps.add_steps();
+  struct Stream {
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>> rpc;
+  };
+  constexpr int kStreams = 40;
+  std::vector<std::unique_ptr<Stream>> open;
+  int64_t rss_one = 0;
+  for (int s = 0; s < kStreams; ++s) {
+    open.push_back(std::make_unique<Stream>());
+    Stream& stream = *open.back();
+    stream.rpc = stub->Sample(&stream.context);
+    for (int i = 0; i < 4; ++i) ASSERT_TRUE(stream.rpc->Write(empty_steps));
+    for (int i = 0; i < 4; ++i) {
+      v1::SampleResponse response;
+      ASSERT_TRUE(stream.rpc->Read(&response));
+      ASSERT_EQ(response.results_size(), 4096);
+    }
+    if (s == 0) rss_one = server->StatusKiB("VmRSS") / 1024;
+  }
+  const int64_t rss_all = server->StatusKiB("VmRSS") / 1024;
+  std::fprintf(stderr, "samplerd RSS with one idle stream %lld MiB, with %d %lld MiB\n",
+               static_cast<long long>(rss_one), kStreams, static_cast<long long>(rss_all));
+  EXPECT_LT(rss_all - rss_one, 2 * kStreams) << "each idle stream kept its parsed answers";
+  for (const std::unique_ptr<Stream>& stream : open) {
+    stream->rpc->WritesDone();
+    EXPECT_TRUE(stream->rpc->Finish().ok());
+  }
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+// SampleOnce calls on a raw HTTP/2 connection that never lets the server send a message
+// (SETTINGS_INITIAL_WINDOW_SIZE 0, no WINDOW_UPDATE): every answer waits on the server, and only a call that ends
+// without one (its trailers alone) completes.
+class UnreadCalls {
+ public:
+  // Connects to `target` and opens `calls` calls of `request`; ok() says whether that worked.
+  UnreadCalls(const std::string& target, const v1::SampleRequest& request, int calls) {
+    using namespace ::samplerd::testing;  // NOLINT: the frame helpers
+    fd_ = ConnectTcp(target, std::chrono::seconds(1));
+    if (fd_ < 0) return;
+    const std::string no_window("\x00\x04\x00\x00\x00\x00", 6);  // SETTINGS_INITIAL_WINDOW_SIZE = 0
+    std::string bytes = Http2Preface() + Http2Frame(kHttp2Settings, 0, 0, no_window);
+    const std::string message = request.SerializeAsString();
+    std::string framed(5, '\0');  // gRPC's prefix: not compressed, then the length, big-endian
+    for (int i = 0; i < 4; ++i) framed[1 + i] = static_cast<char>((message.size() >> (24 - 8 * i)) & 0xff);
+    framed += message;
+    for (int i = 0; i < calls; ++i) {
+      const uint32_t stream = 1 + 2 * static_cast<uint32_t>(i);
+      bytes += Http2Frame(kHttp2Headers, kHttp2EndHeaders, stream,
+                          LiteralHeaderBlock({{":method", "POST"},
+                                              {":scheme", "http"},
+                                              {":path", "/samplerd.v1.Sampler/SampleOnce"},
+                                              {":authority", "samplerd"},
+                                              {"content-type", "application/grpc"},
+                                              {"te", "trailers"}}));
+      bytes += Http2Frame(kHttp2Data, kHttp2EndStream, stream, framed);
+    }
+    sent_ = write(fd_, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size());
+  }
+  ~UnreadCalls() { Close(); }
+
+  bool ok() const { return fd_ >= 0 && sent_; }
+  void Close() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+  // Reads what the server sent for up to 1 s (acknowledging its SETTINGS); returns the calls ended so far.
+  int Pump() {
+    using namespace ::samplerd::testing;  // NOLINT: the frame helpers
+    char buffer[16384];
+    const ssize_t n = fd_ < 0 ? 0 : read(fd_, buffer, sizeof(buffer));  // the 1 s read timeout
+    if (n > 0) received_.append(buffer, static_cast<size_t>(n));
+    while (pos_ + 9 <= received_.size()) {
+      const size_t length = (static_cast<uint8_t>(received_[pos_]) << 16) |
+                            (static_cast<uint8_t>(received_[pos_ + 1]) << 8) |
+                            static_cast<uint8_t>(received_[pos_ + 2]);
+      if (pos_ + 9 + length > received_.size()) break;
+      const uint8_t type = static_cast<uint8_t>(received_[pos_ + 3]);
+      const uint8_t flags = static_cast<uint8_t>(received_[pos_ + 4]);
+      if (type == kHttp2Settings && (flags & 1) == 0) {
+        const std::string ack = Http2Frame(kHttp2Settings, 1, 0, "");
+        if (write(fd_, ack.data(), ack.size()) != static_cast<ssize_t>(ack.size())) break;
+      }
+      if (type == kHttp2Headers && (flags & kHttp2EndStream) != 0) ++ended_;
+      pos_ += 9 + length;
+    }
+    return ended_;
+  }
+
+ private:
+  int fd_ = -1;
+  bool sent_ = false;
+  std::string received_;
+  size_t pos_ = 0;
+  int ended_ = 0;
+};
+
+// A client that never reads its answers makes the server hold them, and an answer can be 60 times its request (the
+// error answers of 4,096 empty steps: 512 KB for an 8 KB request). The answers count against
+// --max_pending_request_bytes until written: past it, a call ends RESOURCE_EXHAUSTED without an answer, other
+// clients are refused too, and the budget comes back whole when the connection goes.
+TEST(MemoryBounds, AnswersNobodyReadsAreHeldOnlyWithinThePendingBudget) {
+  constexpr int64_t kPendingBytes = int64_t{4} << 20;
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start(Flags({"--max_pending_request_bytes", std::to_string(kPendingBytes)}));
+  ASSERT_NE(server, nullptr);
+  v1::SampleRequest empty_steps;
+  for (int i = 0; i < 4096; ++i) empty_steps.add_steps();
+  // Its answer, read: 4,096 errors.
+  size_t answer_bytes = 0;
+  {
+    grpc::ClientContext context;
+    v1::SampleResponse response;
+    ASSERT_TRUE(Stub(*server)->SampleOnce(&context, empty_steps, &response).ok());
+    answer_bytes = response.ByteSizeLong();
+  }
+  ASSERT_GT(answer_bytes, 10 * empty_steps.ByteSizeLong());
+  // 2 connections of 100 unread calls: 20 MB and more of answers if all were held. The budget holds what fits
+  // (and the first whatever its size); every other call must end without its answer.
+  constexpr int kCalls = 100;
+  const int most_held = static_cast<int>(kPendingBytes / static_cast<int64_t>(answer_bytes)) + 1;
+  ASSERT_LT(most_held, kCalls);
+  std::vector<std::unique_ptr<UnreadCalls>> connections;
+  for (int c = 0; c < 2; ++c) {
+    connections.push_back(std::make_unique<UnreadCalls>(server->tcp_target(), empty_steps, kCalls));
+    ASSERT_TRUE(connections.back()->ok());
+  }
+  int ended_total = 0;
+  for (const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+       ended_total < 2 * kCalls - most_held && std::chrono::steady_clock::now() < deadline;) {
+    ended_total = 0;
+    for (const auto& connection : connections) ended_total += connection->Pump();
+  }
+  std::fprintf(stderr, "%d of %d unread calls of %zu-byte answers ended without an answer\n", ended_total, 2 * kCalls,
+               answer_bytes);
+  EXPECT_GE(ended_total, 2 * kCalls - most_held);
+  EXPECT_LT(PeakMiB(*server), kPeakBoundMiB);
+
+  // With the budget full of answers nobody reads, a 1 MiB request is refused rather than taken on: step by step,
+  // or the whole call when even that answer does not fit.
+  v1::SampleRequest large;
+  {
+    v1::Step* step = large.add_steps();
+    const int64_t vocab[] = {262144};
+    FillF32Tensor(std::vector<float>(262144, 0.5f), vocab, step->mutable_logits());
+  }
+  const auto call = [&](grpc::StatusCode* code) {
+    grpc::ClientContext context;
+    v1::SampleResponse response;
+    const grpc::Status status = Stub(*server)->SampleOnce(&context, large, &response);
+    *code = status.error_code();
+    if (status.ok() && response.results_size() == 1 && response.results(0).has_error()) {
+      *code = static_cast<grpc::StatusCode>(response.results(0).error().code());
+    }
+  };
+  grpc::StatusCode code = grpc::StatusCode::OK;
+  call(&code);
+  EXPECT_EQ(code, grpc::StatusCode::RESOURCE_EXHAUSTED);
+  for (const auto& connection : connections) connection->Close();
+  // The connections' calls end with them, and give their answers' bytes back.
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    call(&code);
+    if (code == grpc::StatusCode::OK) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(code, grpc::StatusCode::OK) << "the budget did not come back when the unread calls ended";
   EXPECT_EQ(server->Terminate(), 0);
 }
 

@@ -43,6 +43,7 @@
 namespace samplerd {
 namespace {
 
+using ::samplerd::testing::ConnectTcp;
 using ::samplerd::testing::Http2Frame;
 using ::samplerd::testing::Http2Preface;
 using ::samplerd::testing::kHttp2Data;
@@ -140,30 +141,11 @@ grpc::Status CallHealth(grpc::Channel* channel, grpc::health::v1::HealthCheckRes
   return stub->Check(&context, grpc::health::v1::HealthCheckRequest(), response);
 }
 
-// A TCP connection to "<ipv4>:<port>" whose reads and writes give up after `timeout`; -1 when it fails.
-int Connect(const std::string& address, std::chrono::seconds timeout) {
-  const size_t colon = address.rfind(':');
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
-  if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr) != 1) return -1;
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  const timeval tv{static_cast<time_t>(timeout.count()), 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 // GET http://<address><path> over a plain socket (HTTP/1.0, so the server closes when done). The body, or empty
 // when the request failed or a read waited longer than `timeout`.
 std::string HttpGet(const std::string& address, const std::string& path,
                     std::chrono::seconds timeout = std::chrono::seconds(30)) {
-  const int fd = Connect(address, timeout);
+  const int fd = ConnectTcp(address, timeout);
   if (fd < 0) return "";
   std::string reply;
   {
@@ -676,10 +658,10 @@ TEST(Metrics, IdleAndHalfSentConnectionsDoNotBlockScrapes) {
   const std::string& address = server->metrics_address();
   std::vector<int> stalled;
   for (int i = 0; i < 2; ++i) {
-    const int idle = Connect(address, std::chrono::seconds(30));
+    const int idle = ConnectTcp(address, std::chrono::seconds(30));
     ASSERT_GE(idle, 0);
     stalled.push_back(idle);
-    const int half = Connect(address, std::chrono::seconds(30));
+    const int half = ConnectTcp(address, std::chrono::seconds(30));
     ASSERT_GE(half, 0);
     const std::string partial = "GET /metrics HTTP/1.1\r\nHost: " + address + "\r\nUser-Ag";
     ASSERT_EQ(write(half, partial.data(), partial.size()), static_cast<ssize_t>(partial.size()));
@@ -711,7 +693,7 @@ TEST(Metrics, RangeHeadersAreIgnoredNotBuilt) {
   std::string ranges = "bytes=0-";
   for (int i = 0; i < 2000; ++i) ranges += ",0-";
   for (const std::string path : {"/metrics", "/live/steps", "/"}) {
-    const int fd = Connect(address, std::chrono::seconds(30));
+    const int fd = ConnectTcp(address, std::chrono::seconds(30));
     ASSERT_GE(fd, 0);
     const std::string request = "GET " + path + " HTTP/1.0\r\nHost: " + address + "\r\nRange: " + ranges + "\r\n\r\n";
     ASSERT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
@@ -745,7 +727,7 @@ TEST(Metrics, EndlessRequestsAreCutOffNotBuffered) {
   };
   constexpr int64_t kEnough = int64_t{64} << 20;
   for (const Endless& kind : kinds) {
-    const int fd = Connect(address, std::chrono::seconds(10));
+    const int fd = ConnectTcp(address, std::chrono::seconds(10));
     ASSERT_GE(fd, 0);
     int64_t sent = 0;
     bool refused = false;
@@ -775,7 +757,7 @@ TEST(Metrics, TricklingRequestsAreClosedAndDoNotBlockScrapes) {
   const std::string& address = server->metrics_address();
   std::vector<int> tricklers;
   for (int i = 0; i < 16; ++i) {  // ServerMetrics::kHttpThreads
-    const int fd = Connect(address, std::chrono::seconds(10));
+    const int fd = ConnectTcp(address, std::chrono::seconds(10));
     ASSERT_GE(fd, 0);
     tricklers.push_back(fd);
   }
@@ -1057,7 +1039,7 @@ TEST(Limits, OneConnectionCannotHoldEveryStreamSlot) {
   std::unique_ptr<ServerProcess> server =
       ServerProcess::Start({"--max_streams", "150", "--max_streams_per_connection", "100"});
   ASSERT_NE(server, nullptr);
-  const int fd = Connect(server->tcp_target(), std::chrono::seconds(5));
+  const int fd = ConnectTcp(server->tcp_target(), std::chrono::seconds(5));
   ASSERT_GE(fd, 0);
   const std::string headers = LiteralHeaderBlock({{":method", "POST"},
                                                   {":scheme", "http"},
@@ -1377,7 +1359,7 @@ TEST(Logging, TextLinesEscapeTheControlCharactersOfWhatTheyQuote) {
 // with `extra` headers and one empty message, and waits until the server has ended them all.
 void CallRawPaths(const std::string& target, const std::vector<std::string>& paths,
                   const std::vector<std::pair<std::string, std::string>>& extra = {}) {
-  const int fd = Connect(target, std::chrono::seconds(10));
+  const int fd = ConnectTcp(target, std::chrono::seconds(10));
   ASSERT_GE(fd, 0);
   std::string bytes = Http2Preface() + Http2Frame(kHttp2Settings, 0, 0, "");
   uint32_t stream = 1;

@@ -24,6 +24,9 @@
 
 namespace samplerd::testing {
 
+// A TCP connection to "<IPv4>:<port>" whose reads and writes wait at most `timeout`; -1 when it failed.
+int ConnectTcp(const std::string& address, std::chrono::seconds timeout);
+
 // ServerProcess
 class ServerProcess {
  public:
