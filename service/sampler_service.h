@@ -136,6 +136,10 @@ class SamplerService final
   // NOT_SERVING never gets a new call admitted (gRPC's own refusal starts only later, in Server::Shutdown).
   void StopAdmitting() { draining_.store(true, std::memory_order_release); }
 
+  // UNAVAILABLE once StopAdmitting ran: a new call of any method is refused. The control socket asks it before
+  // each request it would start, as its connections are streams that outlive the drain's start.
+  absl::Status AdmitCall() const;
+
  private:
   class SampleReactor;
 
@@ -149,8 +153,6 @@ class SamplerService final
 
   explicit SamplerService(Options options);
 
-  // UNAVAILABLE once StopAdmitting ran: a new call of any method is refused.
-  absl::Status AdmitCall() const;
   // What a unary call passes before it runs: AdmitCall, then its message framing (CheckMessageFraming).
   absl::Status AdmitUnaryCall(grpc::CallbackServerContext* context) const;
 

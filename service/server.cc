@@ -224,7 +224,10 @@ void Server::Shutdown() {
   }
   server_->Shutdown(deadline);
   if (closer.joinable()) closer.join();
-  // Its connections end too (a step in flight first); it runs on the service's workers.
+  // A control connection plays a Sample stream (docs/shm.md): its request in flight is a call of the drain, answered
+  // before the connection is shut, and cancelled with the rest at the deadline. Its connections end then (a step
+  // in flight first); it runs on the service's workers.
+  if (shm_control_ != nullptr) shm_control_->WaitUntilIdle(deadline);
   shm_control_.reset();
 }
 

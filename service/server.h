@@ -74,9 +74,9 @@ class Server {
   // Re-reads --config and --auth_token_file; a bad file changes nothing (logged and counted).
   absl::Status Reload();
 
-  // Drains: health turns NOT_SERVING, no new call is accepted, in-flight calls get config.drain_seconds to
-  // finish before they are cancelled, and idle connections are closed once no call is left. Returns when the
-  // server has stopped; call it once.
+  // Drains: health turns NOT_SERVING, no new call is accepted, in-flight calls (a request running on the
+  // shared-memory control socket included) get config.drain_seconds to finish before they are cancelled, and idle
+  // connections are closed once no call is left. Returns when the server has stopped; call it once.
   void Shutdown();
 
   // Blocks until Shutdown has stopped the server.

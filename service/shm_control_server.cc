@@ -226,6 +226,23 @@ void ShmControlServer::Reap(bool all) {
   }
 }
 
+bool ShmControlServer::WaitUntilIdle(std::chrono::system_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(requests_mu_);
+  return no_requests_.wait_until(lock, deadline, [this] { return requests_in_flight_ == 0; });
+}
+
+void ShmControlServer::BeginRequest() {
+  // Counted before HandlePacket asks SamplerService::AdmitCall, under the mutex WaitUntilIdle takes after
+  // StopAdmitting: so a request either sees the drain (and is refused) or is waited for.
+  std::lock_guard<std::mutex> lock(requests_mu_);
+  ++requests_in_flight_;
+}
+
+void ShmControlServer::EndRequest() {
+  std::lock_guard<std::mutex> lock(requests_mu_);
+  if (--requests_in_flight_ == 0) no_requests_.notify_all();
+}
+
 void ShmControlServer::Accept() {
   // Out of file descriptors, the pending connection stays in the backlog and the listening socket stays readable:
   // polling it again at once would spin a core until a descriptor frees, so it waits this long first.
@@ -321,6 +338,10 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
                                                       dropped ? "more than " : "", received)));
         return;
       }
+      if (absl::Status admitted = options.service->AdmitCall(); !admitted.ok()) {
+        Reply(response, admitted);
+        return;
+      }
       absl::StatusOr<ShmRegistry::Registered> registered =
           options.registry->Register(state->session, fds[0], request.register_().name());
       if (!registered.ok()) {
@@ -351,6 +372,11 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
         Reply(response,
               absl::ResourceExhaustedError(absl::StrCat("the request is ", length, " bytes, over --max_message_bytes ",
                                                         options.max_message_bytes)));
+        return;
+      }
+      // Draining: a request not started yet is refused, also on a connection that already holds its stream.
+      if (absl::Status admitted = options.service->AdmitCall(); !admitted.ok()) {
+        Reply(response, admitted);
         return;
       }
       if (!state->admitted) {
@@ -387,7 +413,10 @@ void ShmControlServer::Serve(Connection* connection) {
   for (;;) {
     fds.clear();
     const ssize_t n = ReceivePacket(connection->fd, buffer.get(), &fds);
-    if (n >= 0) HandlePacket(options_, &state, buffer.get(), static_cast<size_t>(n), fds, &response);
+    if (n >= 0) {
+      BeginRequest();
+      HandlePacket(options_, &state, buffer.get(), static_cast<size_t>(n), fds, &response);
+    }
     for (int f : fds)
       if (f >= 0) close(f);  // a registered region keeps its own reference (the mapping)
     if (n < 0) break;        // end of stream, a broken connection, or the server stopping
@@ -402,7 +431,9 @@ void ShmControlServer::Serve(Connection* connection) {
                                                       options_.max_message_bytes, "; send fewer steps per request")));
       response.SerializeToString(&wire);
     }
-    if (!SendAnswer(connection->fd, wire)) break;
+    const bool sent = SendAnswer(connection->fd, wire);
+    EndRequest();  // answered, or the client is gone: the drain need not wait for it
+    if (!sent) break;
   }
   options_.registry->CloseSession(connection->session);
   if (state.admitted) options_.service->ReleaseStream();

@@ -25,12 +25,14 @@
 //   options.service = service.get();  // must outlive the ShmControlServer
 //   absl::StatusOr<std::unique_ptr<ShmControlServer>> server = ShmControlServer::Start(std::move(options));
 //   ...
+//   // on SIGTERM: service->StopAdmitting(); server->WaitUntilIdle(deadline);
 //   server->reset();   // stops accepting, ends every connection (a step in flight first), removes the socket file
 #ifndef SAMPLERD_SERVICE_SHM_CONTROL_SERVER_H_
 #define SAMPLERD_SERVICE_SHM_CONTROL_SERVER_H_
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <list>
@@ -84,6 +86,14 @@ class ShmControlServer {
 
   const std::string& path() const { return options_.path; }
 
+  // WaitUntilIdle()
+  //
+  // For the drain on SIGTERM: true once no connection has a request in flight (received and not yet answered),
+  // false when `deadline` came first. Idle connections are not waited for. Once the service stops admitting
+  // (SamplerService::StopAdmitting), a request read from then on is answered UNAVAILABLE instead of started, so
+  // only the requests already running are waited for.
+  bool WaitUntilIdle(std::chrono::system_clock::time_point deadline);
+
   // What a connection keeps between packets.
   struct ConnectionState {
     std::string session;            // its ShmRegistry session, echoed in every answer
@@ -117,6 +127,9 @@ class ShmControlServer {
   void Serve(Connection* connection);
   // Joins and closes the connections whose thread has ended (all of them when `all`, after shutting them down).
   void Reap(bool all);
+  // Count a request from its receipt until its answer is sent (WaitUntilIdle).
+  void BeginRequest();
+  void EndRequest();
 
   const Options options_;
   const int listen_fd_;
@@ -124,6 +137,9 @@ class ShmControlServer {
   std::thread accept_thread_;
   std::mutex mu_;
   std::list<std::unique_ptr<Connection>> connections_;  // guarded by mu_
+  std::mutex requests_mu_;
+  std::condition_variable no_requests_;
+  int requests_in_flight_ = 0;  // guarded by requests_mu_
 };
 
 }  // namespace samplerd

@@ -600,6 +600,83 @@ TEST(ShmControlSteps, AClientThatHalfClosesIsAnsweredAndOneThatClosesHasItsSteps
   EXPECT_EQ(server->Terminate(), 0);
 }
 
+// docs/shm.md: a control connection plays the stream, also for the drain. A request in flight at SIGTERM is
+// answered in full, as a Sample call's would be; a request that arrives once the drain began, on a connection
+// that already ran steps, is refused with UNAVAILABLE instead of run; and an idle connection does not hold the
+// server once the last answer is out.
+TEST(ShmControlSteps, ARequestInFlightAtSigtermIsAnsweredAndLaterOnesAreRefused) {
+  constexpr int kDrainSeconds = 20;
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
+      {"--shm_socket", socket_path, "--workers", "1", "--drain_seconds", std::to_string(kDrainSeconds)});
+  ASSERT_NE(server, nullptr);
+  // Attention of 65,536 one-element rows costs each step ~12 ms (docs/reliability.md, "Work per byte"), so 300 of
+  // them keep the one worker busy for seconds; with logits of 1,000 they stay under --max_message_bytes.
+  constexpr uint64_t kAttentionOffset = kVocab * 4;
+  constexpr int64_t kRows = 65536;
+  constexpr int kSteps = 300;
+  std::unique_ptr<RawClient> busy = ConnectRaw(socket_path);
+  ASSERT_NE(busy, nullptr);
+  const std::string region = busy->Register(kAttentionOffset + kRows * 2, /*write=*/true);
+  ASSERT_FALSE(region.empty());
+  busy->Write(0, 0, Gaussian(kVocab, 9));
+  v1::ShmControlRequest slow = LogitsSteps(region, kSteps, 0);
+  for (v1::Step& step : *slow.mutable_sample()->mutable_steps()) {
+    SetRef(region, 0, {1000}, step.mutable_logits_ref());
+    SetRef(region, kAttentionOffset, {kRows, 1}, step.mutable_attention_ref());
+    step.mutable_attention_ref()->set_dtype(v1::DTYPE_F16);
+  }
+  // `late` has run steps before the signal (so it holds its stream), `idle` has only registered.
+  std::unique_ptr<RawClient> late = ConnectRaw(socket_path);
+  std::unique_ptr<RawClient> idle = ConnectRaw(socket_path);
+  ASSERT_NE(late, nullptr);
+  ASSERT_NE(idle, nullptr);
+  const std::string late_region = late->Register(kVocab * 4, /*write=*/true);
+  ASSERT_FALSE(late_region.empty());
+  ASSERT_FALSE(idle->Register(4096, /*write=*/true).empty());
+  v1::ShmControlResponse answer;
+  ASSERT_TRUE(late->Send(LogitsSteps(late_region, 1, 0)));
+  ASSERT_TRUE(late->Receive(&answer));
+  ASSERT_EQ(answer.code(), 0) << answer.message();
+
+  std::atomic<bool> answered{false};
+  v1::ShmControlResponse slow_answer;
+  bool slow_received = false;
+  ASSERT_TRUE(busy->Send(slow));
+  std::thread reader([&] {
+    slow_received = busy->Receive(&slow_answer);
+    answered.store(true);
+  });
+  const bool started =
+      WaitFor([&] { return Metric(*server, "samplerd_step_core_seconds_count") >= 3; }, std::chrono::seconds(10));
+  const bool answered_before_signal = answered.load();
+  const auto signalled = std::chrono::steady_clock::now();
+  kill(server->pid(), SIGTERM);
+  EXPECT_TRUE(started);
+  EXPECT_FALSE(answered_before_signal) << "the request was done before SIGTERM: make it slower";
+
+  // Draining: a new request is refused, not started. (No ASSERT until `reader` is joined.)
+  answer.Clear();
+  EXPECT_TRUE(late->Send(LogitsSteps(late_region, 1, 0)));
+  EXPECT_TRUE(late->Receive(&answer)) << "the connection closed without an answer";
+  EXPECT_EQ(answer.code(), 14) << answer.message();
+  EXPECT_THAT(answer.message(), HasSubstr("draining"));
+  EXPECT_FALSE(answer.has_sample());
+
+  reader.join();
+  const auto answered_at = std::chrono::steady_clock::now();
+  ASSERT_TRUE(slow_received) << "the request in flight at SIGTERM got no answer";
+  EXPECT_EQ(slow_answer.code(), 0) << slow_answer.message();
+  ASSERT_EQ(slow_answer.sample().results_size(), kSteps);
+  for (const v1::StepResult& r : slow_answer.sample().results()) {
+    ASSERT_FALSE(r.has_error()) << r.sequence_id() << ": " << r.error().message();
+  }
+  // The idle connection does not hold the drain.
+  EXPECT_EQ(server->Stop(/*signal=*/0, std::chrono::seconds(kDrainSeconds)), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - answered_at, std::chrono::seconds(3));
+  EXPECT_LT(std::chrono::steady_clock::now() - signalled, std::chrono::seconds(kDrainSeconds));
+}
+
 // docs/shm.md: a client may send requests before reading the answers to earlier ones. Four answers of ~110 KB
 // are more than the socket holds unread, so the later ones wait for the client to read.
 TEST_F(ShmServerTest, AClientMayPipelineRequestsWhoseAnswersOutgrowTheSocketBuffer) {
