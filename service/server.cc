@@ -129,6 +129,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
     control.service = sampler;
     control.tokens = server->tokens_;
     control.max_message_bytes = config.max_message_bytes;
+    control.max_unauthenticated = config.shm_max_clients;
     absl::StatusOr<std::unique_ptr<ShmControlServer>> started = ShmControlServer::Start(std::move(control));
     if (!started.ok()) return started.status();
     server->shm_control_ = *std::move(started);

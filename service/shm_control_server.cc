@@ -154,6 +154,51 @@ absl::Status Unauthenticated(absl::string_view reason) {
       reason, ": expected ShmControlRequest.authorization \"Bearer <token>\" with a token of --auth_token_file"));
 }
 
+// Whether `state`'s connection may register or run steps: with tokens, the token it presented must still be one
+// in force. Checked at every such request (BearerTokens::Accepts reads the set a reload swapped in), so a token
+// removed from the file stops working at the connection's next request, as at the next gRPC call.
+absl::Status CheckAuthorized(const ShmControlServer::Options& options, const ShmControlServer::ConnectionState& state) {
+  if (options.tokens == nullptr) return absl::OkStatus();
+  if (!state.authenticated) return Unauthenticated("this connection has presented no bearer token");
+  if (options.tokens->Accepts(state.authorization)) return absl::OkStatus();
+  const absl::Status refused = Unauthenticated("the bearer token this connection presented is no longer accepted");
+  if (const int64_t held = CallProblemLogBudget().Admit(); held >= 0) {
+    spdlog::warn("shared-memory control packet refused: {}{}", std::string(refused.message()), HeldBackNote(held));
+  }
+  return refused;
+}
+
+// Gives `state`'s connection its session, on its first accepted token.
+absl::Status Authenticate(const ShmControlServer::Options& options, ShmControlServer::ConnectionState* state) {
+  using AuthState = ShmControlServer::AuthState;
+  AuthState pending = AuthState::kPending;
+  if (state->auth != nullptr && !state->auth->compare_exchange_strong(pending, AuthState::kAuthenticated)) {
+    // Accept closed it meanwhile to make room for newer connections: the answer goes nowhere.
+    state->close = true;
+    return absl::UnavailableError("the connection was closed to make room for newer unauthenticated ones");
+  }
+  absl::StatusOr<std::string> session = options.registry->OpenSession();
+  if (!session.ok()) {
+    // Over --shm_max_clients: told so and closed, as a connection over it is at accept without tokens.
+    state->close = true;
+    return session.status();
+  }
+  state->session = *std::move(session);
+  state->authenticated = true;
+  return absl::OkStatus();
+}
+
+// Waits until `fd` has a packet (or is shut) or `deadline` passes; false on the deadline.
+bool AwaitPacket(int fd, std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    struct pollfd polled = {fd, POLLIN, 0};
+    const int ready = poll(&polled, 1, static_cast<int>(left.count()));
+    if (ready > 0 || (ready < 0 && errno != EINTR)) return true;  // ReceivePacket then sees what it is
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ShmControlServer>> ShmControlServer::Start(Options options) {
@@ -277,26 +322,51 @@ void ShmControlServer::Accept() {
         close(fd);
         continue;
       }
-      absl::StatusOr<std::string> session = options_.registry->OpenSession();
-      if (!session.ok()) {
-        Refuse(fd, session.status());
-        continue;
-      }
       auto connection = std::make_unique<Connection>();
       connection->fd = fd;
-      connection->session = *session;
+      if (options_.tokens == nullptr) {
+        // Nothing to present: the connection is authenticated, and takes its --shm_max_clients slot, at once.
+        absl::StatusOr<std::string> session = options_.registry->OpenSession();
+        if (!session.ok()) {
+          Refuse(fd, session.status());
+          continue;
+        }
+        connection->session = *std::move(session);
+        connection->auth.store(AuthState::kAuthenticated);
+      }
       Connection* c = connection.get();
       std::lock_guard<std::mutex> lock(mu_);
+      if (options_.tokens != nullptr) MakeRoomForAnUnauthenticatedLocked();
       try {
         c->thread = std::thread([this, c] { Serve(c); });
       } catch (const std::system_error& e) {
         // Out of threads (a pids limit): this client is refused, the server and the other clients go on.
-        options_.registry->CloseSession(*session);
+        if (!c->session.empty()) options_.registry->CloseSession(c->session);
         Refuse(fd,
                absl::ResourceExhaustedError(absl::StrCat("no thread for another shared-memory client: ", e.what())));
         continue;
       }
       connections_.push_back(std::move(connection));
+    }
+  }
+}
+
+void ShmControlServer::MakeRoomForAnUnauthenticatedLocked() {
+  int pending = 0;
+  for (const std::unique_ptr<Connection>& c : connections_) {
+    if (!c->done.load() && c->auth.load() == AuthState::kPending) ++pending;
+  }
+  // connections_ is in accept order: the first pending one is the oldest.
+  for (auto it = connections_.begin(); it != connections_.end() && pending >= options_.max_unauthenticated; ++it) {
+    Connection& c = **it;
+    AuthState expected = AuthState::kPending;
+    if (c.done.load() || c.auth.load() != expected) continue;
+    --pending;  // evicted below, or authenticated since it was counted
+    if (!c.auth.compare_exchange_strong(expected, AuthState::kEvicted)) continue;
+    shutdown(c.fd, SHUT_RDWR);  // its thread sees the end and leaves; Reap joins it
+    if (const int64_t held = CallProblemLogBudget().Admit(); held >= 0) {
+      spdlog::warn("shared-memory client closed before it presented a token: {} connections wait to authenticate{}",
+                   options_.max_unauthenticated, HeldBackNote(held));
     }
   }
 }
@@ -325,7 +395,14 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
       Reply(response, refused);
       return;
     }
-    state->authenticated = true;
+    if (!state->authenticated) {
+      if (absl::Status authenticated = Authenticate(options, state); !authenticated.ok()) {
+        Reply(response, authenticated);
+        return;
+      }
+      response->set_session(state->session);
+    }
+    state->authorization = request.authorization();
   }
   switch (request.kind_case()) {
     case v1::ShmControlRequest::kRegister: {
@@ -336,6 +413,10 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
         Reply(response,
               absl::InvalidArgumentError(absl::StrCat("a register packet carries exactly one memfd (SCM_RIGHTS), got ",
                                                       dropped ? "more than " : "", received)));
+        return;
+      }
+      if (absl::Status authorized = CheckAuthorized(options, *state); !authorized.ok()) {
+        Reply(response, authorized);
         return;
       }
       if (absl::Status admitted = options.service->AdmitCall(); !admitted.ok()) {
@@ -357,6 +438,11 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
         Reply(response, absl::InvalidArgumentError("an unregister packet carries no file descriptor"));
         return;
       }
+      // Only frees: a connection whose token was revoked since may still let its regions go.
+      if (!state->authenticated) {
+        Reply(response, Unauthenticated("this connection has presented no bearer token"));
+        return;
+      }
       Reply(response, options.registry->Unregister(state->session, request.unregister().region()));
       return;
     case v1::ShmControlRequest::kSample: {
@@ -364,8 +450,8 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
         Reply(response, absl::InvalidArgumentError("a sample packet carries no file descriptor"));
         return;
       }
-      if (!state->authenticated) {
-        Reply(response, Unauthenticated("this connection has presented no bearer token"));
+      if (absl::Status authorized = CheckAuthorized(options, *state); !authorized.ok()) {
+        Reply(response, authorized);
         return;
       }
       if (static_cast<int64_t>(length) > options.max_message_bytes) {
@@ -405,12 +491,26 @@ void ShmControlServer::Serve(Connection* connection) {
   state.session = connection->session;
   state.fd = connection->fd;
   state.authenticated = options_.tokens == nullptr;
+  state.auth = &connection->auth;
+  const auto authenticate_by = std::chrono::steady_clock::now() + kAuthenticateWithin;
   const std::unique_ptr<char[]> buffer(new char[kMaxPacketBytes]);
   std::vector<int> fds;
   v1::ShmControlResponse response;
   std::string wire;
 
   for (;;) {
+    if (!state.authenticated && !AwaitPacket(connection->fd, authenticate_by)) {
+      const absl::Status late = Unauthenticated(
+          absl::StrCat("no accepted bearer token within ", kAuthenticateWithin.count(), " ms of connecting"));
+      response.Clear();
+      Reply(&response, late);
+      response.SerializeToString(&wire);
+      (void)send(connection->fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (const int64_t held = CallProblemLogBudget().Admit(); held >= 0) {
+        spdlog::warn("shared-memory client closed: {}{}", std::string(late.message()), HeldBackNote(held));
+      }
+      break;
+    }
     fds.clear();
     const ssize_t n = ReceivePacket(connection->fd, buffer.get(), &fds);
     if (n >= 0) {
@@ -433,9 +533,9 @@ void ShmControlServer::Serve(Connection* connection) {
     }
     const bool sent = SendAnswer(connection->fd, wire);
     EndRequest();  // answered, or the client is gone: the drain need not wait for it
-    if (!sent) break;
+    if (!sent || state.close) break;
   }
-  options_.registry->CloseSession(connection->session);
+  if (!state.session.empty()) options_.registry->CloseSession(state.session);
   if (state.admitted) options_.service->ReleaseStream();
   shutdown(connection->fd, SHUT_RDWR);  // the peer sees the end now; the descriptor is closed by Reap
   spdlog::debug("shared-memory client disconnected; its regions are unregistered");

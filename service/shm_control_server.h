@@ -3,14 +3,23 @@
 // one serialized message per SOCK_SEQPACKET packet; a `register` packet carries its memfd as SCM_RIGHTS
 // ancillary data. docs/shm.md walks through it.
 //
-// Each accepted connection is one ShmRegistry session: its token comes back in every response, the client sends
+// Each authenticated connection is one ShmRegistry session: its token comes back in every response, the client sends
 // it as `samplerd-shm-session` metadata on its Sample calls, and when the connection closes (the client exited,
 // crashed or closed it) the session and its regions leave the registry. A `sample` packet is a SampleRequest run
 // by SamplerService::StartRequest, the function every Sample stream's request goes through, with the connection
 // as the stream (its seeds, its session, one --max_streams slot): so its checks, limits, metrics, errors and
-// draws are the gRPC path's, minus the gRPC round trip. With --auth_token_file a connection runs steps only once
-// it has presented an accepted bearer token (the `authorization` field), so the socket is no way around the
-// token.
+// draws are the gRPC path's, minus the gRPC round trip. With --auth_token_file a connection gets its session,
+// and so registers regions and runs steps, only once it has presented an accepted bearer token (the
+// `authorization` field), so the socket is no way around the token; the token is checked again against the
+// tokens in force at each `register` and `sample`, so one removed by a reload stops working at once.
+//
+// Unauthenticated connections (with --auth_token_file, until their token) hold no session, so they take no
+// --shm_max_clients slot from clients that have the token. They are bounded instead: each gets kAuthenticateWithin
+// to present its token, and past Options::max_unauthenticated of them a new one closes the oldest. Why evict
+// rather than refuse the newcomer: a client sends its token with its first packet, so it is unauthenticated for
+// one round trip; to shut it out, a peer without the token would have to open max_unauthenticated connections
+// within that round trip, whereas refusing newcomers would let it keep every client out by holding the pool full
+// (max_unauthenticated connections per kAuthenticateWithin).
 //
 // One thread accepts; each connection is served by its own thread, one packet at a time (so one request in
 // flight per connection, answers in order, and a slow or silent peer holds only its own thread). A lone step
@@ -62,6 +71,10 @@ class ShmControlServer {
   // Its connection's thread waits meanwhile; it holds nobody else's.
   static constexpr std::chrono::milliseconds kAnswerSendTimeout{3000};
 
+  // With --auth_token_file, how long a new connection has to present an accepted token (clients send it with
+  // their first packet) before it is answered UNAUTHENTICATED and closed.
+  static constexpr std::chrono::milliseconds kAuthenticateWithin{3000};
+
   struct Options {
     // Where to listen; a stale socket file there is replaced.
     std::string path;
@@ -74,6 +87,9 @@ class ShmControlServer {
     // --max_message_bytes: a `sample` packet or its answer larger than this is RESOURCE_EXHAUSTED, as a gRPC
     // message would be.
     int64_t max_message_bytes = int64_t{64} << 20;
+    // With `tokens`: how many connections may wait to authenticate at once (the file comment); server.cc gives
+    // --shm_max_clients, so as many clients as may hold sessions can connect at once without evicting each other.
+    int max_unauthenticated = 64;
   };
 
   // Binds `options.path` and starts serving. INVALID_ARGUMENT for a bad path or a missing registry or service;
@@ -94,14 +110,21 @@ class ShmControlServer {
   // only the requests already running are waited for.
   bool WaitUntilIdle(std::chrono::system_clock::time_point deadline);
 
+  // Where a connection is in authenticating; Accept may evict it while kPending, its thread claims kAuthenticated
+  // (whichever changes it first wins).
+  enum class AuthState { kPending, kAuthenticated, kEvicted };
+
   // What a connection keeps between packets.
   struct ConnectionState {
-    std::string session;            // its ShmRegistry session, echoed in every answer
-    SeedTable seeds;                // the connection is one stream: seed-0 steps of a sequence share one seed
-    bool authenticated = false;     // true from the start without --auth_token_file
-    bool admitted = false;          // holds a --max_streams slot (from its first `sample` on); released by the caller
-    v1::ShmControlRequest request;  // parse scratch, reused so its buffers are
-    int fd = -1;                    // the connection's socket, polled for a hang-up between a request's steps
+    std::string session;         // its ShmRegistry session, echoed in every answer; empty until authenticated
+    SeedTable seeds;             // the connection is one stream: seed-0 steps of a sequence share one seed
+    bool authenticated = false;  // holds a session; true from the start without --auth_token_file
+    std::string authorization;   // the last accepted `authorization`, checked again at each register and sample
+    bool admitted = false;       // holds a --max_streams slot (from its first `sample` on); released by the caller
+    bool close = false;          // the connection is closed once this answer is sent
+    std::atomic<AuthState>* auth = nullptr;  // shared with Accept; null: nothing evicts it (the fuzzer)
+    v1::ShmControlRequest request;           // parse scratch, reused so its buffers are
+    int fd = -1;                             // the connection's socket, polled for a hang-up between a request's steps
   };
 
   // HandlePacket()
@@ -116,10 +139,11 @@ class ShmControlServer {
  private:
   // One accepted connection and the thread serving it.
   struct Connection {
-    int fd = -1;  // closed only when the thread is joined, so shutdown() on it never hits a reused number
-    std::string session;
+    int fd = -1;          // closed only when the thread is joined, so shutdown() on it never hits a reused number
+    std::string session;  // opened at accept without --auth_token_file; otherwise by HandlePacket
     std::thread thread;
     std::atomic<bool> done{false};
+    std::atomic<AuthState> auth{AuthState::kPending};
   };
 
   ShmControlServer(Options options, int listen_fd, int wake_fd);
@@ -127,6 +151,8 @@ class ShmControlServer {
   void Serve(Connection* connection);
   // Joins and closes the connections whose thread has ended (all of them when `all`, after shutting them down).
   void Reap(bool all);
+  // Evicts the oldest unauthenticated connections while Options::max_unauthenticated or more are open.
+  void MakeRoomForAnUnauthenticatedLocked();
   // Count a request from its receipt until its answer is sent (WaitUntilIdle).
   void BeginRequest();
   void EndRequest();

@@ -71,10 +71,10 @@ absl::Status ReferenceTensors(const ShmPlane& plane, v1::SampleRequest* request)
 class ShmPlane {
  public:
   // Connects to `socket_path`, creates and seals a memfd of `size` bytes and registers it. `bearer_token` (a
-  // token of the server's --auth_token_file; empty = none) authenticates the connection for Sample. UNAVAILABLE
-  // when the socket cannot be reached (the server has no --shm_socket there); the server's refusal otherwise (its
-  // code and message, for example RESOURCE_EXHAUSTED over its per-client limits, UNAUTHENTICATED for a token it
-  // does not accept).
+  // token of the server's --auth_token_file; empty = none) authenticates the connection, which such a server
+  // requires for the register and for Sample. UNAVAILABLE when the socket cannot be reached (the server has no
+  // --shm_socket there); the server's refusal otherwise (its code and message, for example RESOURCE_EXHAUSTED
+  // over its per-client limits, UNAUTHENTICATED for a token it does not accept or none).
   static absl::StatusOr<std::unique_ptr<ShmPlane>> Connect(const std::string& socket_path, uint64_t size,
                                                            absl::string_view name = "",
                                                            absl::string_view bearer_token = "");

@@ -127,7 +127,7 @@ func NewClient(targets []string, opts Options) (*Client, error) {
 		md.Set("authorization", "Bearer "+opts.Token)
 	}
 	if opts.Shm != nil {
-		c.shm = newClientShm(targets, *opts.Shm)
+		c.shm = newClientShm(targets, *opts.Shm, opts.Token)
 		if c.shm.plane != nil {
 			md.Set(ShmSessionMetadata, c.shm.plane.Session())
 		}

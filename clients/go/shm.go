@@ -76,8 +76,15 @@ type ShmPlane struct {
 
 // ConnectShm connects to samplerd's --shm_socket at socketPath, creates and seals a memfd of size bytes, maps
 // it read-write here and registers it. An error wrapping ErrShmUnavailable when the socket cannot be reached;
-// a *ShmError when the server refuses the region (for example RESOURCE_EXHAUSTED over its per-client limits).
+// a *ShmError when the server refuses the region (for example RESOURCE_EXHAUSTED over its per-client limits,
+// UNAUTHENTICATED from a server with --auth_token_file: use ConnectShmWithToken).
 func ConnectShm(socketPath string, size int, name string) (*ShmPlane, error) {
+	return ConnectShmWithToken(socketPath, size, name, "")
+}
+
+// ConnectShmWithToken is ConnectShm presenting token (a token of the server's --auth_token_file, without
+// "Bearer "; empty = none) with the register, which such a server requires.
+func ConnectShmWithToken(socketPath string, size int, name, token string) (*ShmPlane, error) {
 	if size <= 0 {
 		return nil, errors.New("samplerd: a shared-memory region needs at least one byte")
 	}
@@ -106,8 +113,11 @@ func ConnectShm(socketPath string, size int, name string) (*ShmPlane, error) {
 	if p.data, err = unix.Mmap(p.memfd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
 		return fail("mmap of the memfd", err)
 	}
-	resp, err := p.Exchange(&pb.ShmControlRequest{Kind: &pb.ShmControlRequest_Register{
-		Register: &pb.ShmRegister{Name: name}}}, p.memfd)
+	register := &pb.ShmControlRequest{Kind: &pb.ShmControlRequest_Register{Register: &pb.ShmRegister{Name: name}}}
+	if token != "" {
+		register.Authorization = "Bearer " + token
+	}
+	resp, err := p.Exchange(register, p.memfd)
 	if err != nil {
 		p.Close()
 		return nil, err
@@ -422,8 +432,9 @@ type clientShm struct {
 	down  error    // why bytes are sent; nil while the plane is used
 }
 
-// newClientShm connects the plane, or records and logs why the client sends bytes.
-func newClientShm(targets []string, o ShmOptions) *clientShm {
+// newClientShm connects the plane (presenting token, the Client's, when set), or records and logs why the
+// client sends bytes.
+func newClientShm(targets []string, o ShmOptions, token string) *clientShm {
 	s := &clientShm{}
 	if o.Size == 0 {
 		o.Size = 64 << 20
@@ -440,7 +451,7 @@ func newClientShm(targets []string, o ShmOptions) *clientShm {
 	case o.Slots < 0 || o.Size/o.Slots < 64:
 		s.fail(fmt.Errorf("%w: a region of %d bytes cannot hold %d parts", ErrShmUnavailable, o.Size, o.Slots))
 	default:
-		plane, err := ConnectShm(o.Socket, o.Size, o.Name)
+		plane, err := ConnectShmWithToken(o.Socket, o.Size, o.Name, token)
 		if err != nil {
 			s.fail(err)
 			break

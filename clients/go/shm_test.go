@@ -39,14 +39,14 @@ type shmServer struct {
 	metrics string // host:port of /metrics
 }
 
-func startShmServer(t testing.TB, dir string) *shmServer {
+func startShmServer(t testing.TB, dir string, extra ...string) *shmServer {
 	t.Helper()
 	if dir == "" {
 		dir = socketDir(t)
 	}
 	sock := filepath.Join(dir, "shm.sock")
-	s := startServer(t, []string{"unix:" + filepath.Join(dir, "grpc.sock")}, "--shm_socket", sock,
-		"--metrics_listen", "127.0.0.1:0")
+	s := startServer(t, []string{"unix:" + filepath.Join(dir, "grpc.sock")},
+		append([]string{"--shm_socket", sock, "--metrics_listen", "127.0.0.1:0"}, extra...)...)
 	re := regexp.MustCompile(`samplerd metrics on (\S+)`)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -233,6 +233,37 @@ func TestShmClientAnswersAsBytesAndLeavesNoRegion(t *testing.T) {
 
 	viaBytes := run(t, newClient(t, []string{target}, samplerd.Options{}), 12)
 	sameResults(t, viaShm, viaBytes)
+}
+
+// A server with --auth_token_file registers a region only for a connection that presents a token: the Client's
+// Token goes with it.
+func TestShmClientWithATokenUsesThePlaneOfAServerThatRequiresOne(t *testing.T) {
+	dir := socketDir(t)
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(tokens, []byte("go-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startShmServer(t, dir, "--auth_token_file", tokens)
+	var counts sentRefs
+	c, err := samplerd.NewClient([]string{s.Address()}, samplerd.Options{Token: "go-secret",
+		DialOptions: []grpc.DialOption{counts.dialOption()},
+		Shm:         &samplerd.ShmOptions{Socket: s.socket, Size: 1 << 20, Name: "go-token"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.ShmStatus(); err != nil {
+		t.Fatalf("ShmStatus = %v, want nil (the plane in use)", err)
+	}
+	run(t, c, 2)
+	if refs, inline := counts.get(); refs == 0 || inline != 0 {
+		t.Fatalf("sent %d tensors by reference and %d inline, want all by reference", refs, inline)
+	}
+	if _, err := samplerd.ConnectShm(s.socket, 4096, "no-token"); err == nil {
+		t.Fatal("ConnectShm without a token registered a region on a server that requires one")
+	} else if e := (*samplerd.ShmError)(nil); !errors.As(err, &e) || e.Code != codes.Unauthenticated {
+		t.Fatalf("ConnectShm without a token: %v, want UNAUTHENTICATED", err)
+	}
 }
 
 // A request whose tensors need more than a part of the region goes as bytes; the others still go by reference.

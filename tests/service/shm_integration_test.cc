@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -450,8 +451,9 @@ struct RawClient {
     for (int fd : memfds) close(fd);
   }
   // Registers a sealed memfd of `size` bytes; `write` maps it and writes every byte (zeros), otherwise it is left
-  // as ftruncate made it, all holes. The region id, empty on failure.
-  std::string Register(uint64_t size, bool write) {
+  // as ftruncate made it, all holes. `authorization` goes with the register when not empty. The region id, empty
+  // on failure.
+  std::string Register(uint64_t size, bool write, const std::string& authorization = "") {
     const int fd = memfd_create("raw", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0 || ftruncate(fd, static_cast<off_t>(size)) != 0) return "";
     memfds.push_back(fd);
@@ -464,6 +466,7 @@ struct RawClient {
     if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) return "";
     v1::ShmControlRequest request;
     request.mutable_register_()->set_name("raw");
+    request.set_authorization(authorization);
     absl::StatusOr<v1::ShmControlResponse> r = client::ShmControlExchange(sock, request, fd);
     return r.ok() && r->code() == 0 ? r->region() : "";
   }
@@ -1126,37 +1129,49 @@ TEST(ShmControlSteps, AServerOutOfDescriptorsWaitsForThemWithoutSpinning) {
   EXPECT_EQ(server->Terminate(), 0);
 }
 
-TEST(ShmControlSteps, NeedTheBearerTokenWhenTheServerHasOne) {
-  char dir_template[] = "/tmp/samplerd-shm-auth-XXXXXX";
-  ASSERT_NE(mkdtemp(dir_template), nullptr);
-  const std::string token_file = std::string(dir_template) + "/token";
-  {
-    FILE* f = std::fopen(token_file.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    std::fputs("s3cret-token\n", f);
-    std::fclose(f);
+// A token file in a directory of its own, removed with it.
+class TokenFile {
+ public:
+  explicit TokenFile(const std::string& token) {
+    char dir[] = "/tmp/samplerd-shm-auth-XXXXXX";
+    if (mkdtemp(dir) != nullptr) dir_ = dir;
+    Write(token);
   }
+  ~TokenFile() {
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  std::string path() const { return dir_ + "/token"; }
+  void Write(const std::string& token) const { std::ofstream(path()) << token << "\n"; }
+
+ private:
+  std::string dir_;
+};
+
+TEST(ShmControlSteps, NeedTheBearerTokenWhenTheServerHasOne) {
+  const TokenFile token_file("s3cret-token");
   const std::string socket_path = ShmSocketPath();
   std::unique_ptr<ServerProcess> server =
-      ServerProcess::Start({"--shm_socket", socket_path, "--auth_token_file", token_file});
+      ServerProcess::Start({"--shm_socket", socket_path, "--auth_token_file", token_file.path()});
   ASSERT_NE(server, nullptr);
 
-  // Registering needs no token (a region alone runs nothing), but steps on that connection are refused.
+  // Without a token a connection gets neither a region nor steps: it holds no session, so no --shm_max_clients
+  // slot (ShmControlAuth below).
   absl::StatusOr<std::unique_ptr<ShmPlane>> anonymous = ShmPlane::Connect(socket_path, 2 * kVocab * 4, "anon");
-  ASSERT_TRUE(anonymous.ok()) << anonymous.status();
-  v1::SampleRequest bytes, refs;
-  MakeSteps(2, anonymous->get(), &bytes, &refs);
-  v1::SampleResponse response;
-  absl::Status status = (*anonymous)->Sample(refs, &response);
-  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_THAT(std::string(status.message()), HasSubstr("--auth_token_file"));
-  // Neither are inline bytes.
-  v1::SampleRequest inline_step;
-  v1::Tensor* logits = inline_step.add_steps()->mutable_logits();
+  EXPECT_EQ(anonymous.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(std::string(anonymous.status().message()), HasSubstr("--auth_token_file"));
+  std::unique_ptr<RawClient> raw = ConnectRaw(socket_path);
+  ASSERT_NE(raw, nullptr);
+  v1::ShmControlRequest inline_step;
+  v1::Tensor* logits = inline_step.mutable_sample()->add_steps()->mutable_logits();
   logits->set_dtype(v1::DTYPE_F32);
   logits->add_shape(4);
   logits->set_data(std::string(16, '\0'));
-  EXPECT_EQ((*anonymous)->Sample(inline_step, &response).code(), absl::StatusCode::kUnauthenticated);
+  ASSERT_TRUE(raw->Send(inline_step));
+  v1::ShmControlResponse answer;
+  ASSERT_TRUE(raw->Receive(&answer));
+  EXPECT_EQ(answer.code(), 16) << answer.message();
+  EXPECT_FALSE(answer.has_sample());
+  v1::SampleResponse response;
 
   // A wrong token is refused at once.
   absl::StatusOr<std::unique_ptr<ShmPlane>> wrong =
@@ -1177,8 +1192,117 @@ TEST(ShmControlSteps, NeedTheBearerTokenWhenTheServerHasOne) {
   ASSERT_TRUE(stub->SampleOnce(&context, held_bytes, &by_rpc).ok());
   EXPECT_EQ(WithoutTimes(response).SerializeAsString(), WithoutTimes(by_rpc).SerializeAsString());
   EXPECT_EQ(server->Terminate(), 0);
-  std::remove(token_file.c_str());
-  rmdir(dir_template);
+}
+
+// How long the server gives a new connection to present a token (ShmControlServer::kAuthenticateWithin).
+constexpr auto kAuthenticateWithin = std::chrono::seconds(3);
+
+// Whether the server closed `sock` before `deadline` (an answer sent first is read and dropped).
+bool ClosedBefore(int sock, std::chrono::steady_clock::time_point deadline) {
+  char buffer[4096];
+  for (;;) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    struct pollfd polled = {sock, POLLIN, 0};
+    if (left.count() <= 0 || poll(&polled, 1, static_cast<int>(left.count())) <= 0) return false;
+    if (recv(sock, buffer, sizeof(buffer), MSG_DONTWAIT) <= 0) return true;
+  }
+}
+
+// With --auth_token_file a connection holds a --shm_max_clients slot only once it has authenticated, so
+// connections that never present a token cannot shut out clients that do: past --shm_max_clients of them waiting,
+// a new connection closes the oldest, and one that has not authenticated within kAuthenticateWithin is told so
+// and closed.
+TEST(ShmControlAuth, ConnectionsWithoutATokenNeitherTakeClientSlotsNorStayOpen) {
+  const TokenFile token_file("s3cret-token");
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
+      {"--shm_socket", socket_path, "--auth_token_file", token_file.path(), "--shm_max_clients", "2"});
+  ASSERT_NE(server, nullptr);
+  std::vector<std::unique_ptr<RawClient>> silent;
+  for (int i = 0; i < 2; ++i) {
+    silent.push_back(ConnectRaw(socket_path));
+    ASSERT_NE(silent.back(), nullptr);
+  }
+  const auto silent_since = std::chrono::steady_clock::now();
+
+  std::vector<std::unique_ptr<ShmPlane>> planes;
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<std::unique_ptr<ShmPlane>> plane =
+        ShmPlane::Connect(socket_path, 2 * kVocab * 4, "holder", "s3cret-token");
+    ASSERT_TRUE(plane.ok()) << "client " << i << " with the token: " << plane.status();
+    planes.push_back(*std::move(plane));
+  }
+  EXPECT_EQ(Metric(*server, "samplerd_shm_clients"), 2);
+  // The oldest silent connection made room for the first client, well before its own deadline.
+  EXPECT_TRUE(ClosedBefore(silent[0]->sock, silent_since + kAuthenticateWithin - std::chrono::milliseconds(500)));
+
+  // The other one, with room to wait, is answered UNAUTHENTICATED after kAuthenticateWithin, and closed.
+  const struct timeval wait = {10, 0};
+  ASSERT_EQ(setsockopt(silent[1]->sock, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait)), 0);
+  v1::ShmControlResponse answer;
+  ASSERT_TRUE(silent[1]->Receive(&answer));
+  const auto waited = std::chrono::steady_clock::now() - silent_since;
+  EXPECT_EQ(answer.code(), 16) << answer.message();
+  EXPECT_THAT(answer.message(), HasSubstr("within 3000 ms"));
+  EXPECT_GE(waited, kAuthenticateWithin - std::chrono::milliseconds(200));
+  EXPECT_LT(waited, kAuthenticateWithin + std::chrono::seconds(2));
+  EXPECT_TRUE(ClosedBefore(silent[1]->sock, std::chrono::steady_clock::now() + std::chrono::seconds(2)));
+
+  // The clients with the token were served throughout.
+  v1::SampleRequest bytes, refs;
+  MakeSteps(2, planes[0].get(), &bytes, &refs);
+  v1::SampleResponse response;
+  EXPECT_TRUE(planes[0]->Sample(refs, &response).ok());
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+// A token removed from --auth_token_file (and reloaded by SIGHUP) stops working on a control connection that
+// authenticated with it at its next request, as it does for the next gRPC call; the connection keeps its
+// regions and works again once it presents a token in force.
+TEST(ShmControlAuth, ATokenRevokedByAReloadIsRefusedAtTheConnectionsNextRequest) {
+  const TokenFile token_file("old-token");
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--shm_socket", socket_path, "--auth_token_file", token_file.path()});
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<RawClient> raw = ConnectRaw(socket_path);
+  ASSERT_NE(raw, nullptr);
+  const std::string region = raw->Register(kVocab * 4, /*write=*/true, "Bearer old-token");
+  ASSERT_FALSE(region.empty());
+  raw->Write(0, 0, Gaussian(kVocab, 6));
+  const v1::ShmControlRequest steps = LogitsSteps(region, 1, 0);
+  v1::ShmControlResponse answer;
+  ASSERT_TRUE(raw->Send(steps));
+  ASSERT_TRUE(raw->Receive(&answer));
+  ASSERT_EQ(answer.code(), 0) << answer.message();
+
+  token_file.Write("new-token");
+  ASSERT_EQ(kill(server->pid(), SIGHUP), 0);
+  auto stub = v1::Sampler::NewStub(grpc::CreateChannel(server->unix_target(), grpc::InsecureChannelCredentials()));
+  const auto refused_on_grpc = [&] {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer old-token");
+    v1::SampleResponse ignored;
+    return stub->SampleOnce(&context, v1::SampleRequest(), &ignored).error_code() == grpc::StatusCode::UNAUTHENTICATED;
+  };
+  ASSERT_TRUE(WaitFor(refused_on_grpc, std::chrono::seconds(10))) << "the reload did not take the old token away";
+
+  ASSERT_TRUE(raw->Send(steps));
+  ASSERT_TRUE(raw->Receive(&answer));
+  EXPECT_EQ(answer.code(), 16) << answer.message();
+  EXPECT_THAT(answer.message(), HasSubstr("no longer accepted"));
+  EXPECT_FALSE(answer.has_sample());
+  EXPECT_TRUE(raw->Register(4096, /*write=*/true).empty()) << "registered with a revoked token";
+
+  v1::ShmControlRequest renewed = steps;
+  renewed.set_authorization("Bearer new-token");
+  ASSERT_TRUE(raw->Send(renewed));
+  ASSERT_TRUE(raw->Receive(&answer));
+  EXPECT_EQ(answer.code(), 0) << answer.message();
+  ASSERT_EQ(answer.sample().results_size(), 1);
+  EXPECT_FALSE(answer.sample().results(0).has_error()) << answer.sample().results(0).error().message();
+  EXPECT_EQ(server->Terminate(), 0);
 }
 
 }  // namespace

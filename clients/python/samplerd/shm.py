@@ -58,7 +58,7 @@ class ShmError(Exception):
 
 class Plane:
     """One control connection and one registered region of `size` bytes. `token`: a bearer token of the server's
-    --auth_token_file, which `sample` needs on such a server."""
+    --auth_token_file, which registering the region and `sample` need on such a server."""
 
     def __init__(self, socket_path: str, size: int, name: str = "", token: Optional[str] = None):
         if size <= 0:
