@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -52,21 +53,35 @@ int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry>
     spdlog::error("{}", std::string(server.status().message()));
     return absl::IsInvalidArgument(server.status()) ? kExitUsage : kExitStartFailure;
   }
+  std::atomic<bool> stopped{false};
   std::thread signal_thread;
   try {
     signal_thread = std::thread([&] {
-      while (true) {
-        int signal = 0;
-        sigwait(&signals, &signal);
-        if (signal == SIGHUP) {
-          (*server)->Reload().IgnoreError();  // logged and counted by Reload
-          continue;
-        }
-        spdlog::info("{}: health NOT_SERVING, draining in-flight calls for up to {} s", strsignal(signal),
-                     config.drain_seconds);
+      int signal = 0;
+      while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) {
+        (*server)->Reload().IgnoreError();  // logged and counted by Reload
+      }
+      spdlog::info("{}: health NOT_SERVING, draining in-flight calls for up to {} s (send it again to exit at once)",
+                   strsignal(signal), config.drain_seconds);
+      std::thread drain;
+      try {
+        drain = std::thread([&] { (*server)->Shutdown(); });
+      } catch (const std::system_error& e) {
+        spdlog::warn("no thread to drain on, so signals wait for the drain: {}", e.what());
         (*server)->Shutdown();
         return;
       }
+      // The drain runs meanwhile; main wakes this thread with SIGHUP once the server has stopped.
+      while (sigwait(&signals, &signal) == 0 && !stopped.load()) {
+        if (signal == SIGHUP) {
+          spdlog::warn("SIGHUP ignored: the server is draining and reloads nothing");
+          continue;
+        }
+        // What an operator (or a second Ctrl-C) asks for when the drain takes too long.
+        spdlog::warn("{} again while draining: exiting now; calls still in flight get no answer", strsignal(signal));
+        std::_Exit(128 + signal);
+      }
+      drain.join();
     });
   } catch (const std::system_error& e) {
     spdlog::error("no thread to wait for signals: {}", e.what());
@@ -83,6 +98,8 @@ int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry>
   std::fflush(stdout);
 
   (*server)->Wait();
+  stopped.store(true);
+  pthread_kill(signal_thread.native_handle(), SIGHUP);  // blocked everywhere: only its sigwait takes it
   signal_thread.join();
   server->reset();
   spdlog::info("samplerd stopped");

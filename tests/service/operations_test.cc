@@ -978,20 +978,41 @@ TEST(Lifecycle, SigtermWithOnlyIdleConnectionsStopsAtOnce) {
   // A gRPC client whose call is done (its connection stays open, idle) and a TCP connection that never spoke.
   std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
   ASSERT_TRUE(CallSampleOnce(channel.get()).ok());
-  const std::string& target = server->tcp_target();
-  const size_t colon = target.rfind(':');
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(std::stoi(target.substr(colon + 1))));
-  ASSERT_EQ(inet_pton(AF_INET, target.substr(0, colon).c_str(), &addr.sin_addr), 1);
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int fd = ConnectTcp(server->tcp_target(), std::chrono::seconds(10));
   ASSERT_GE(fd, 0);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   // The drain waits for calls in flight only: with none, the server leaves well before --drain_seconds.
   const auto signalled = Clock::now();
   EXPECT_EQ(server->Stop(SIGTERM, std::chrono::seconds(25)), 0);
   EXPECT_LT(Clock::now() - signalled, std::chrono::seconds(3));
   close(fd);
+}
+
+// While a drain waits for a call, SIGHUP reloads nothing and says so, and a second SIGTERM ends the process at
+// once (what an operator or a second Ctrl-C asks for), with the signal's exit code.
+TEST(Lifecycle, WhileDrainingSighupIsIgnoredAndASecondSigtermExitsAtOnce) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string log = LogPath(dir);
+  std::unique_ptr<ServerProcess> server = StartWithLog(dir, {"--drain_seconds", "30"});
+  ASSERT_NE(server, nullptr);
+  // An open stream is a call in flight: the drain waits for it.
+  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  auto stub = v1::Sampler::NewStub(channel);
+  grpc::ClientContext context;
+  std::unique_ptr<SampleStream> stream = stub->Sample(&context);
+  ASSERT_TRUE(stream->Write(OneStepRequest()));
+  v1::SampleResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  ASSERT_EQ(kill(server->pid(), SIGTERM), 0);
+  ASSERT_TRUE(WaitFor([&] { return ReadFile(log).find("draining in-flight calls") != std::string::npos; },
+                      std::chrono::seconds(10)));
+  ASSERT_EQ(kill(server->pid(), SIGHUP), 0);
+  EXPECT_TRUE(
+      WaitFor([&] { return ReadFile(log).find("SIGHUP ignored") != std::string::npos; }, std::chrono::seconds(10)));
+  const auto signalled = Clock::now();
+  EXPECT_EQ(server->Stop(SIGTERM, std::chrono::seconds(20)), 128 + SIGTERM);
+  EXPECT_LT(Clock::now() - signalled, std::chrono::seconds(5)) << "the second SIGTERM waited for the drain";
+  EXPECT_THAT(ReadFile(log), HasSubstr("again while draining: exiting now"));
 }
 
 // A health Watch is told NOT_SERVING when the drain begins and has nothing else to finish: it does not hold the
