@@ -79,7 +79,16 @@ class AnswerHoldingReactor final : public grpc::ServerUnaryReactor {
     wire->Clear();
     return BudgetFullError(budget->max_bytes(), "this call's answer was dropped");
   }
-  void OnDone() override { delete this; }
+  // Finish, with what this thread (a worker, or the handler's) did to the reactor ordered before OnDone, which gRPC
+  // runs on its own thread (tsan_annotations.h).
+  void FinishWith(grpc::Status status) {
+    TsanHappensBefore(this);
+    Finish(std::move(status));
+  }
+  void OnDone() override {
+    TsanHappensAfter(this);
+    delete this;
+  }
 
  private:
   PendingBudget::Charge request_held_;
@@ -464,12 +473,12 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
                                                      const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   auto* reactor = new AnswerHoldingReactor();
   if (absl::Status admitted = AdmitUnaryCall(context); !admitted.ok()) {
-    reactor->Finish(ToGrpcStatus(admitted));
+    reactor->FinishWith(ToGrpcStatus(admitted));
     return reactor;
   }
   const Answerer answer = AnswererFor(*context);
   if (!answer) {
-    reactor->Finish(NoComputeResponder::Refused());
+    reactor->FinishWith(NoComputeResponder::Refused());
     return reactor;
   }
   // The call's messages, until it is answered. Seeds picked for seed-0 steps are remembered for this call only: a
@@ -482,7 +491,7 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
   auto call = std::make_shared<Call>();
   grpc::ByteBuffer received(*request);  // shares the slices; Deserialize consumes its argument
   if (absl::Status parsed = ParseRequest(&received, 1, &call->request); !parsed.ok()) {
-    reactor->Finish(ToGrpcStatus(parsed));
+    reactor->FinishWith(ToGrpcStatus(parsed));
     return reactor;
   }
   answer(
@@ -490,7 +499,7 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
       [this, call, reactor, response](absl::Status status) {
         if (status.ok()) status = Serialize(call->response, config_.max_message_bytes, response);
         if (status.ok()) status = reactor->HoldAnswer(&pending_, response);
-        reactor->Finish(ToGrpcStatus(status));
+        reactor->FinishWith(ToGrpcStatus(status));
       },
       reactor->request_charge());
   return reactor;
@@ -499,13 +508,13 @@ grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerConte
                                                        const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   auto* reactor = new AnswerHoldingReactor();
   if (absl::Status admitted = AdmitUnaryCall(context); !admitted.ok()) {
-    reactor->Finish(ToGrpcStatus(admitted));
+    reactor->FinishWith(ToGrpcStatus(admitted));
     return reactor;
   }
   grpc::ByteBuffer received(*request);  // shares the slices; Deserialize consumes its argument
   v1::ListProfilesRequest parsed_request;
   if (absl::Status parsed = ParseRequest(&received, 1, &parsed_request); !parsed.ok()) {
-    reactor->Finish(ToGrpcStatus(parsed));
+    reactor->FinishWith(ToGrpcStatus(parsed));
     return reactor;
   }
   v1::ListProfilesResponse answer;
@@ -514,7 +523,7 @@ grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerConte
   answer.set_default_profile(registry->default_profile());
   absl::Status status = Serialize(answer, config_.max_message_bytes, response);
   if (status.ok()) status = reactor->HoldAnswer(&pending_, response);
-  reactor->Finish(ToGrpcStatus(status));
+  reactor->FinishWith(ToGrpcStatus(status));
   return reactor;
 }
 

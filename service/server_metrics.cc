@@ -32,7 +32,8 @@ class ServerMetrics::ScrapedGauges final : public prometheus::Collectable {
     static constexpr std::array<std::pair<const char*, const char*>, kCount> kNames = {{
         {"samplerd_active_streams", "Sample streams open now"},
         {"samplerd_pending_request_bytes",
-         "Parsed bytes of the requests taken on and not answered yet (--max_pending_request_bytes bounds them)"},
+         "Bytes held for calls not finished with: parsed requests not yet answered, answers not yet written "
+         "(--max_pending_request_bytes bounds them)"},
     }};
     std::vector<prometheus::MetricFamily> families;
     std::lock_guard<std::mutex> lock(mu_);

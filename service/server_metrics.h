@@ -22,8 +22,9 @@
 //   samplerd_request_bytes_total              counter    serialized size of every SampleRequest processed
 //   samplerd_active_streams                   gauge      Sample streams open now (read at scrape time)
 //   samplerd_max_streams                      gauge      --max_streams, so a rule can compare the two
-//   samplerd_pending_request_bytes            gauge      parsed bytes of the requests taken on and not answered
-//                                                        yet (read at scrape time)
+//   samplerd_pending_request_bytes            gauge      bytes held for calls not finished with: parsed requests
+//                                                        not yet answered, answers not yet written (read at
+//                                                        scrape time)
 //   samplerd_max_pending_request_bytes        gauge      --max_pending_request_bytes
 //   samplerd_config_reloads_total{result}     counter    SIGHUP reloads, result "success" or "failure"
 //   samplerd_build_info{version}              gauge      always 1

@@ -376,6 +376,7 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
   v1::ShmControlRequest& request = state->request;
   response->Clear();
   response->set_session(state->session);
+  state->ran_steps = false;
   if (length > kMaxPacketBytes) {
     Reply(response, absl::ResourceExhaustedError(
                         absl::StrCat("a control packet is at most ", kMaxPacketBytes,
@@ -472,6 +473,7 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
         }
         state->admitted = true;
       }
+      state->ran_steps = true;
       const absl::Status status = RunRequest(*options.service, request.sample(), &state->seeds,
                                              response->mutable_sample(), state->session, state->fd);
       if (!status.ok()) {
@@ -513,9 +515,14 @@ void ShmControlServer::Serve(Connection* connection) {
     }
     fds.clear();
     const ssize_t n = ReceivePacket(connection->fd, buffer.get(), &fds);
+    bool in_drain = false;  // the drain waits for this packet's answer
     if (n >= 0) {
       BeginRequest();
       HandlePacket(options_, &state, buffer.get(), static_cast<size_t>(n), fds, &response);
+      // Only a request that ran steps is a call of the drain: a refusal or a registration is not waited for, so
+      // peers that send packets (a token or not) cannot hold the drain open.
+      in_drain = state.ran_steps;
+      if (!in_drain) EndRequest();
     }
     for (int f : fds)
       if (f >= 0) close(f);  // a registered region keeps its own reference (the mapping)
@@ -532,7 +539,7 @@ void ShmControlServer::Serve(Connection* connection) {
       response.SerializeToString(&wire);
     }
     const bool sent = SendAnswer(connection->fd, wire);
-    EndRequest();  // answered, or the client is gone: the drain need not wait for it
+    if (in_drain) EndRequest();  // answered, or the client is gone: the drain need not wait for it
     if (!sent || state.close) break;
   }
   if (!state.session.empty()) options_.registry->CloseSession(state.session);

@@ -104,10 +104,10 @@ class ShmControlServer {
 
   // WaitUntilIdle()
   //
-  // For the drain on SIGTERM: true once no connection has a request in flight (received and not yet answered),
-  // false when `deadline` came first. Idle connections are not waited for. Once the service stops admitting
-  // (SamplerService::StopAdmitting), a request read from then on is answered UNAVAILABLE instead of started, so
-  // only the requests already running are waited for.
+  // For the drain on SIGTERM: true once no connection has a request in flight (a `sample` running or its answer
+  // being sent), false when `deadline` came first. Idle connections are not waited for. Once the service stops
+  // admitting (SamplerService::StopAdmitting), a request read from then on is answered UNAVAILABLE instead of started,
+  // so only the requests already running are waited for.
   bool WaitUntilIdle(std::chrono::system_clock::time_point deadline);
 
   // Where a connection is in authenticating; Accept may evict it while kPending, its thread claims kAuthenticated
@@ -122,6 +122,7 @@ class ShmControlServer {
     std::string authorization;   // the last accepted `authorization`, checked again at each register and sample
     bool admitted = false;       // holds a --max_streams slot (from its first `sample` on); released by the caller
     bool close = false;          // the connection is closed once this answer is sent
+    bool ran_steps = false;      // this packet's request was admitted and run (HandlePacket sets it)
     std::atomic<AuthState>* auth = nullptr;  // shared with Accept; null: nothing evicts it (the fuzzer)
     v1::ShmControlRequest request;           // parse scratch, reused so its buffers are
     int fd = -1;                             // the connection's socket, polled for a hang-up between a request's steps
@@ -153,7 +154,8 @@ class ShmControlServer {
   void Reap(bool all);
   // Evicts the oldest unauthenticated connections while Options::max_unauthenticated or more are open.
   void MakeRoomForAnUnauthenticatedLocked();
-  // Count a request from its receipt until its answer is sent (WaitUntilIdle).
+  // Count a request from its receipt until its answer is sent when it runs steps, or until it is handled when it
+  // does not (WaitUntilIdle).
   void BeginRequest();
   void EndRequest();
 

@@ -657,6 +657,17 @@ TEST(ShmControlSteps, ARequestInFlightAtSigtermIsAnsweredAndLaterOnesAreRefused)
   kill(server->pid(), SIGTERM);
   EXPECT_TRUE(started);
   EXPECT_FALSE(answered_before_signal) << "the request was done before SIGTERM: make it slower";
+  // The drain has begun once a call that needs no worker is refused.
+  auto stub = v1::Sampler::NewStub(grpc::CreateChannel(server->unix_target(), grpc::InsecureChannelCredentials()));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        v1::ListProfilesResponse profiles;
+        return stub->ListProfiles(&context, v1::ListProfilesRequest(), &profiles).error_code() ==
+               grpc::StatusCode::UNAVAILABLE;
+      },
+      std::chrono::seconds(10)));
 
   // Draining: a new request is refused, not started. (No ASSERT until `reader` is joined.)
   answer.Clear();
