@@ -608,16 +608,18 @@ TEST(ShmControlSteps, AClientThatHalfClosesIsAnsweredAndOneThatClosesHasItsSteps
 // that already ran steps, is refused with UNAVAILABLE instead of run; and an idle connection does not hold the
 // server once the last answer is out.
 TEST(ShmControlSteps, ARequestInFlightAtSigtermIsAnsweredAndLaterOnesAreRefused) {
-  constexpr int kDrainSeconds = 20;
+  // Far longer than the request needs, under a sanitizer too (10x slower and more).
+  constexpr int kDrainSeconds = 90;
   const std::string socket_path = ShmSocketPath();
-  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
-      {"--shm_socket", socket_path, "--workers", "1", "--drain_seconds", std::to_string(kDrainSeconds)});
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--shm_socket", socket_path, "--workers", "1", "--drain_seconds",
+                            std::to_string(kDrainSeconds), "--max_connection_age_grace_seconds", "90"});
   ASSERT_NE(server, nullptr);
-  // Attention of 65,536 one-element rows costs each step ~12 ms (docs/reliability.md, "Work per byte"), so 300 of
-  // them keep the one worker busy for seconds; with logits of 1,000 they stay under --max_message_bytes.
+  // Attention of 65,536 one-element rows costs each step ~12 ms (docs/reliability.md, "Work per byte"), so 100 of
+  // them keep the one worker busy for a second or more; with logits of 1,000 they stay under --max_message_bytes.
   constexpr uint64_t kAttentionOffset = kVocab * 4;
   constexpr int64_t kRows = 65536;
-  constexpr int kSteps = 300;
+  constexpr int kSteps = 100;
   std::unique_ptr<RawClient> busy = ConnectRaw(socket_path);
   ASSERT_NE(busy, nullptr);
   const std::string region = busy->Register(kAttentionOffset + kRows * 2, /*write=*/true);
