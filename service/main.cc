@@ -53,7 +53,6 @@ int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry>
     spdlog::error("{}", std::string(server.status().message()));
     return absl::IsInvalidArgument(server.status()) ? kExitUsage : kExitStartFailure;
   }
-  std::atomic<bool> stopped{false};
   std::thread signal_thread;
   try {
     signal_thread = std::thread([&] {
@@ -64,14 +63,21 @@ int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry>
       spdlog::info("{}: health NOT_SERVING, draining in-flight calls for up to {} s (send it again to exit at once)",
                    strsignal(signal), config.drain_seconds);
       std::thread drain;
+      std::atomic<bool> stopped{false};
+      const pthread_t waiter = pthread_self();
       try {
-        drain = std::thread([&] { (*server)->Shutdown(); });
+        drain = std::thread([&] {
+          (*server)->Shutdown();
+          // The whole drain is over (the shared-memory socket's too, after gRPC's): wake the loop below to end.
+          stopped.store(true);
+          pthread_kill(waiter, SIGHUP);  // blocked everywhere: only that sigwait takes it
+        });
       } catch (const std::system_error& e) {
         spdlog::warn("no thread to drain on, so signals wait for the drain: {}", e.what());
         (*server)->Shutdown();
         return;
       }
-      // The drain runs meanwhile; main wakes this thread with SIGHUP once the server has stopped.
+      // The drain runs meanwhile, until it wakes this thread.
       while (sigwait(&signals, &signal) == 0 && !stopped.load()) {
         if (signal == SIGHUP) {
           spdlog::warn("SIGHUP ignored: the server is draining and reloads nothing");
@@ -98,8 +104,6 @@ int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry>
   std::fflush(stdout);
 
   (*server)->Wait();
-  stopped.store(true);
-  pthread_kill(signal_thread.native_handle(), SIGHUP);  // blocked everywhere: only its sigwait takes it
   signal_thread.join();
   server->reset();
   spdlog::info("samplerd stopped");

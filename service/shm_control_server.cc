@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <optional>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -251,8 +252,16 @@ ShmControlServer::~ShmControlServer() {
   unlink(options_.path.c_str());
 }
 
-void ShmControlServer::Reap(bool all) {
+size_t ShmControlServer::MaxConnections() const {
+  // Each client holding a session, as many waiting to present a token (the oldest evicted past them), and as many
+  // again ended or evicted whose threads are still finishing.
+  return static_cast<size_t>(options_.registry->limits().max_clients) +
+         2 * static_cast<size_t>(options_.max_unauthenticated);
+}
+
+size_t ShmControlServer::Reap(bool all) {
   std::list<std::unique_ptr<Connection>> ended;
+  size_t left = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = connections_.begin(); it != connections_.end();) {
@@ -264,11 +273,13 @@ void ShmControlServer::Reap(bool all) {
         ++it;
       }
     }
+    left = connections_.size();
   }
   for (std::unique_ptr<Connection>& c : ended) {
     c->thread.join();
     close(c->fd);
   }
+  return left;
 }
 
 bool ShmControlServer::WaitUntilIdle(std::chrono::system_clock::time_point deadline) {
@@ -302,8 +313,11 @@ void ShmControlServer::Accept() {
       return;
     }
     if (polled[0].revents != 0) return;
-    Reap(/*all=*/false);
     for (;;) {
+      // Before each accept, not once per wake-up: while clients connect and hang up faster than this loop empties
+      // the backlog, ended connections would otherwise keep their descriptors and threads (and fill the process's
+      // descriptors, which stops gRPC's listener for good).
+      const size_t held = Reap(/*all=*/false);
       const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
       if (fd < 0) {
         const bool exhausted = errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM;
@@ -315,6 +329,12 @@ void ShmControlServer::Accept() {
         break;
       }
       out_of_descriptors = false;
+      if (held >= MaxConnections()) {
+        Refuse(fd, absl::ResourceExhaustedError(absl::StrCat(
+                       "the shared-memory socket already has ", held,
+                       " connections (--shm_max_clients, and as many waiting for a token or ending); retry later")));
+        continue;
+      }
       const int on = 1;
       if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) {
         // Without it an empty packet cannot be told from the end of the stream (ReceivePacket).
@@ -488,6 +508,21 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
   }
 }
 
+bool ShmControlServer::AwaitPacketWhileAuthorized(int fd, const std::string& authorization) const {
+  std::optional<std::chrono::steady_clock::time_point> reauthenticate_by;
+  for (;;) {
+    const auto now = std::chrono::steady_clock::now();
+    if (options_.tokens->Accepts(authorization)) {
+      reauthenticate_by.reset();
+    } else if (!reauthenticate_by.has_value()) {
+      reauthenticate_by = now + kAuthenticateWithin;
+    }
+    const auto until = reauthenticate_by.value_or(now + kTokenRecheckInterval);
+    if (AwaitPacket(fd, std::min(until, now + kTokenRecheckInterval))) return true;
+    if (reauthenticate_by.has_value() && std::chrono::steady_clock::now() >= *reauthenticate_by) return false;
+  }
+}
+
 void ShmControlServer::Serve(Connection* connection) {
   ConnectionState state;
   state.session = connection->session;
@@ -501,15 +536,25 @@ void ShmControlServer::Serve(Connection* connection) {
   std::string wire;
 
   for (;;) {
-    if (!state.authenticated && !AwaitPacket(connection->fd, authenticate_by)) {
-      const absl::Status late = Unauthenticated(
-          absl::StrCat("no accepted bearer token within ", kAuthenticateWithin.count(), " ms of connecting"));
+    std::optional<absl::Status> late;
+    if (!state.authenticated) {
+      if (!AwaitPacket(connection->fd, authenticate_by)) {
+        late = Unauthenticated(
+            absl::StrCat("no accepted bearer token within ", kAuthenticateWithin.count(), " ms of connecting"));
+      }
+    } else if (options_.tokens != nullptr && !AwaitPacketWhileAuthorized(connection->fd, state.authorization)) {
+      late =
+          Unauthenticated(absl::StrCat("the bearer token this connection presented is no longer accepted, and no "
+                                       "accepted one came within ",
+                                       kAuthenticateWithin.count(), " ms"));
+    }
+    if (late.has_value()) {
       response.Clear();
-      Reply(&response, late);
+      Reply(&response, *late);
       response.SerializeToString(&wire);
       (void)send(connection->fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (const int64_t held = CallProblemLogBudget().Admit(); held >= 0) {
-        spdlog::warn("shared-memory client closed: {}{}", std::string(late.message()), HeldBackNote(held));
+        spdlog::warn("shared-memory client closed: {}{}", std::string(late->message()), HeldBackNote(held));
       }
       break;
     }

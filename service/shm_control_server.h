@@ -74,6 +74,10 @@ class ShmControlServer {
   // With --auth_token_file, how long a new connection has to present an accepted token (clients send it with
   // their first packet) before it is answered UNAUTHENTICATED and closed.
   static constexpr std::chrono::milliseconds kAuthenticateWithin{3000};
+  // How often an idle authenticated connection's token is checked against the tokens in force: once a reload has
+  // removed it, the connection has kAuthenticateWithin to present an accepted one, or it is closed and its session
+  // (its --shm_max_clients slot and its regions) goes.
+  static constexpr std::chrono::milliseconds kTokenRecheckInterval{1000};
 
   struct Options {
     // Where to listen; a stale socket file there is replaced.
@@ -150,8 +154,15 @@ class ShmControlServer {
   ShmControlServer(Options options, int listen_fd, int wake_fd);
   void Accept();
   void Serve(Connection* connection);
-  // Joins and closes the connections whose thread has ended (all of them when `all`, after shutting them down).
-  void Reap(bool all);
+  // Waits for a packet on an authenticated connection: true when one came (or the peer hung up), false when the
+  // token `authorization` was revoked and no packet came within kAuthenticateWithin of that being seen.
+  bool AwaitPacketWhileAuthorized(int fd, const std::string& authorization) const;
+  // Joins and closes the connections whose thread has ended (all of them when `all`, after shutting them down);
+  // returns how many are left.
+  size_t Reap(bool all);
+  // The connections held at once (served, waiting to authenticate, or ended and not yet reaped); a connection past
+  // them is refused at accept, before it gets a thread.
+  size_t MaxConnections() const;
   // Evicts the oldest unauthenticated connections while Options::max_unauthenticated or more are open.
   void MakeRoomForAnUnauthenticatedLocked();
   // Count a request from its receipt until its answer is sent when it runs steps, or until it is handled when it

@@ -607,6 +607,24 @@ TEST(ShmControlSteps, AClientThatHalfClosesIsAnsweredAndOneThatClosesHasItsSteps
 // answered in full, as a Sample call's would be; a request that arrives once the drain began, on a connection
 // that already ran steps, is refused with UNAVAILABLE instead of run; and an idle connection does not hold the
 // server once the last answer is out.
+// A request of `steps` steps that keeps one worker busy for about 12 ms each: attention of 65,536 one-element rows
+// (docs/reliability.md, "Work per byte"), in a region `client` registers; with logits of 1,000 the steps stay under
+// --max_message_bytes. No steps when the region could not be registered.
+v1::ShmControlRequest SlowRequest(RawClient* client, int steps) {
+  constexpr uint64_t kAttentionOffset = kVocab * 4;
+  constexpr int64_t kRows = 65536;
+  const std::string region = client->Register(kAttentionOffset + kRows * 2, /*write=*/true);
+  if (region.empty()) return v1::ShmControlRequest();
+  client->Write(0, 0, Gaussian(kVocab, 9));
+  v1::ShmControlRequest slow = LogitsSteps(region, steps, 0);
+  for (v1::Step& step : *slow.mutable_sample()->mutable_steps()) {
+    SetRef(region, 0, {1000}, step.mutable_logits_ref());
+    SetRef(region, kAttentionOffset, {kRows, 1}, step.mutable_attention_ref());
+    step.mutable_attention_ref()->set_dtype(v1::DTYPE_F16);
+  }
+  return slow;
+}
+
 TEST(ShmControlSteps, ARequestInFlightAtSigtermIsAnsweredAndLaterOnesAreRefused) {
   // Far longer than the request needs, under a sanitizer too (10x slower and more).
   constexpr int kDrainSeconds = 90;
@@ -615,22 +633,11 @@ TEST(ShmControlSteps, ARequestInFlightAtSigtermIsAnsweredAndLaterOnesAreRefused)
       ServerProcess::Start({"--shm_socket", socket_path, "--workers", "1", "--drain_seconds",
                             std::to_string(kDrainSeconds), "--max_connection_age_grace_seconds", "90"});
   ASSERT_NE(server, nullptr);
-  // Attention of 65,536 one-element rows costs each step ~12 ms (docs/reliability.md, "Work per byte"), so 100 of
-  // them keep the one worker busy for a second or more; with logits of 1,000 they stay under --max_message_bytes.
-  constexpr uint64_t kAttentionOffset = kVocab * 4;
-  constexpr int64_t kRows = 65536;
   constexpr int kSteps = 100;
   std::unique_ptr<RawClient> busy = ConnectRaw(socket_path);
   ASSERT_NE(busy, nullptr);
-  const std::string region = busy->Register(kAttentionOffset + kRows * 2, /*write=*/true);
-  ASSERT_FALSE(region.empty());
-  busy->Write(0, 0, Gaussian(kVocab, 9));
-  v1::ShmControlRequest slow = LogitsSteps(region, kSteps, 0);
-  for (v1::Step& step : *slow.mutable_sample()->mutable_steps()) {
-    SetRef(region, 0, {1000}, step.mutable_logits_ref());
-    SetRef(region, kAttentionOffset, {kRows, 1}, step.mutable_attention_ref());
-    step.mutable_attention_ref()->set_dtype(v1::DTYPE_F16);
-  }
+  const v1::ShmControlRequest slow = SlowRequest(busy.get(), kSteps);
+  ASSERT_EQ(slow.sample().steps_size(), kSteps);
   // `late` has run steps before the signal (so it holds its stream), `idle` has only registered.
   std::unique_ptr<RawClient> late = ConnectRaw(socket_path);
   std::unique_ptr<RawClient> idle = ConnectRaw(socket_path);
@@ -691,6 +698,29 @@ TEST(ShmControlSteps, ARequestInFlightAtSigtermIsAnsweredAndLaterOnesAreRefused)
   EXPECT_EQ(server->Stop(/*signal=*/0, std::chrono::seconds(kDrainSeconds)), 0);
   EXPECT_LT(std::chrono::steady_clock::now() - answered_at, std::chrono::seconds(3));
   EXPECT_LT(std::chrono::steady_clock::now() - signalled, std::chrono::seconds(kDrainSeconds));
+}
+
+// The drain's wait for the control socket's requests comes after gRPC's: a second SIGTERM then still ends the
+// process at once.
+TEST(ShmControlSteps, ASecondSigtermWhileAControlRequestDrainsExitsAtOnce) {
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--shm_socket", socket_path, "--workers", "1", "--drain_seconds", "90",
+                            "--max_connection_age_grace_seconds", "90"});
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<RawClient> busy = ConnectRaw(socket_path);
+  ASSERT_NE(busy, nullptr);
+  const v1::ShmControlRequest slow = SlowRequest(busy.get(), 400);  // ~5 s, far more under a sanitizer
+  ASSERT_EQ(slow.sample().steps_size(), 400);
+  ASSERT_TRUE(busy->Send(slow));
+  ASSERT_TRUE(
+      WaitFor([&] { return Metric(*server, "samplerd_step_core_seconds_count") >= 3; }, std::chrono::seconds(10)));
+  ASSERT_EQ(kill(server->pid(), SIGTERM), 0);
+  // gRPC's part of the drain is over at once (no gRPC call); the control request is still running.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const auto signalled = std::chrono::steady_clock::now();
+  EXPECT_EQ(server->Stop(SIGTERM, std::chrono::seconds(20)), 128 + SIGTERM);
+  EXPECT_LT(std::chrono::steady_clock::now() - signalled, std::chrono::seconds(3));
 }
 
 // docs/shm.md: a client may send requests before reading the answers to earlier ones. Four answers of ~110 KB
@@ -1315,6 +1345,71 @@ TEST(ShmControlAuth, ATokenRevokedByAReloadIsRefusedAtTheConnectionsNextRequest)
   EXPECT_EQ(answer.code(), 0) << answer.message();
   ASSERT_EQ(answer.sample().results_size(), 1);
   EXPECT_FALSE(answer.sample().results(0).has_error()) << answer.sample().results(0).error().message();
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+// A reload that removes a connection's token leaves it kAuthenticateWithin to present an accepted one; one that
+// stays silent is closed, and its session (its --shm_max_clients slot and its regions) goes with it.
+TEST(ShmControlAuth, AConnectionWhoseTokenIsRevokedAndNotRenewedIsClosedAndFreesItsSlot) {
+  const TokenFile token_file("old-token");
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
+      {"--shm_socket", socket_path, "--auth_token_file", token_file.path(), "--shm_max_clients", "1"});
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<ShmPlane>> holder = ShmPlane::Connect(socket_path, kVocab * 4, "holder", "old-token");
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  EXPECT_EQ(Metric(*server, "samplerd_shm_clients"), 1);
+
+  token_file.Write("new-token");
+  ASSERT_EQ(kill(server->pid(), SIGHUP), 0);
+  EXPECT_TRUE(WaitFor([&] { return Metric(*server, "samplerd_shm_clients") == 0; }, std::chrono::seconds(15)))
+      << "the connection with the revoked token kept its slot";
+  EXPECT_EQ(Metric(*server, "samplerd_shm_regions"), 0);
+  absl::StatusOr<std::unique_ptr<ShmPlane>> renewed =
+      ShmPlane::Connect(socket_path, kVocab * 4, "renewed", "new-token");
+  EXPECT_TRUE(renewed.ok()) << renewed.status();
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+// Connections that are opened and closed faster than the control thread serves them must not pile up: each one
+// holds a descriptor and a thread until it is reaped, and a process out of descriptors stops gRPC's listener for
+// good (docs/reliability.md, known gaps). With a token required, none of them ever holds a session.
+TEST(ShmControlAuth, ConnectionsThatComeAndGoHoldABoundedNumberOfDescriptors) {
+  const TokenFile token_file("s3cret-token");
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
+      {"--shm_socket", socket_path, "--auth_token_file", token_file.path(), "--shm_max_clients", "2"});
+  ASSERT_NE(server, nullptr);
+  const std::string fd_dir = "/proc/" + std::to_string(server->pid()) + "/fd";
+  const auto descriptors = [&] {
+    std::error_code error;
+    auto it = std::filesystem::directory_iterator(fd_dir, error);
+    return error ? 0 : static_cast<int>(std::distance(it, std::filesystem::directory_iterator()));
+  };
+  const int baseline = descriptors();
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> flooders;
+  for (int t = 0; t < 4; ++t) {
+    flooders.emplace_back([&] {
+      while (!stop.load()) {
+        absl::StatusOr<int> sock = client::ShmConnect(socket_path);
+        if (sock.ok()) close(*sock);
+      }
+    });
+  }
+  int most = baseline;
+  for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+       std::chrono::steady_clock::now() < until;) {
+    most = std::max(most, descriptors());
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  stop = true;
+  for (std::thread& t : flooders) t.join();
+  std::fprintf(stderr, "samplerd descriptors: %d before, at most %d during the flood\n", baseline, most);
+  // 2 sessions + 2 x 2 waiting or ending connections, and room for gRPC's own.
+  EXPECT_LT(most, baseline + 40);
+  absl::StatusOr<std::unique_ptr<ShmPlane>> plane = ShmPlane::Connect(socket_path, kVocab * 4, "after", "s3cret-token");
+  EXPECT_TRUE(plane.ok()) << plane.status();
   EXPECT_EQ(server->Terminate(), 0);
 }
 
