@@ -811,7 +811,9 @@ TEST_F(BadInputCatalogueTest, GarbageFromARawTcpSocketIsNeverServedAndLeavesOthe
     socket.Send(c.bytes);  // the server may close before it has read everything
     std::string received;
     const bool closed = socket.ReadUntilClosed(std::chrono::seconds(c.must_close ? 15 : 3), &received);
-    if (c.must_close) EXPECT_TRUE(closed) << c.name << ": connection left open";
+    if (c.must_close) {
+      EXPECT_TRUE(closed) << c.name << ": connection left open";
+    }
     // Whatever the server answers (its SETTINGS, a PING, an error trailer for a broken stream), it never sends
     // a message: garbage runs no RPC.
     for (int type : FrameTypes(received)) EXPECT_NE(type, 0) << c.name << ": the server sent a DATA frame";

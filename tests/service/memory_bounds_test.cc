@@ -43,6 +43,11 @@ std::vector<std::string> Flags(std::vector<std::string> extra = {}) {
   return flags;
 }
 
+// A samplerd of Flags() whose --max_pending_request_bytes is `bytes`.
+std::unique_ptr<ServerProcess> StartWithPendingBudget(int64_t bytes) {
+  return ServerProcess::Start(Flags({"--max_pending_request_bytes", std::to_string(bytes)}));
+}
+
 int64_t PeakMiB(const ServerProcess& server) {
   const int64_t peak = server.StatusKiB("VmHWM") / 1024;
   std::fprintf(stderr, "samplerd peak RSS (VmHWM): %lld MiB\n", static_cast<long long>(peak));
@@ -234,8 +239,7 @@ TEST(MemoryBounds, AnIdleStreamDoesNotKeepItsLargestRequest) {
 // not fit).
 TEST(MemoryBounds, ConcurrentSampleOnceCallsPastThePendingBudgetAreRefusedStepByStep) {
   constexpr int64_t kPendingBytes = int64_t{64} << 20;
-  std::unique_ptr<ServerProcess> server =
-      ServerProcess::Start(Flags({"--max_pending_request_bytes", std::to_string(kPendingBytes)}));
+  std::unique_ptr<ServerProcess> server = StartWithPendingBudget(kPendingBytes);
   ASSERT_NE(server, nullptr);
   v1::SampleRequest request;
   for (int i = 0; i < 8; ++i) {  // 8 steps of 128,256 logits and 32 x 8,192 attention: 12 MiB
@@ -379,6 +383,7 @@ class UnreadCalls {
     using namespace ::samplerd::testing;  // NOLINT: the frame helpers
     fd_ = ConnectTcp(target, std::chrono::seconds(1));
     if (fd_ < 0) return;
+    reader_ = std::make_unique<Http2Reader>(fd_);
     const std::string no_window("\x00\x04\x00\x00\x00\x00", 6);  // SETTINGS_INITIAL_WINDOW_SIZE = 0
     std::string bytes = Http2Preface() + Http2Frame(kHttp2Settings, 0, 0, no_window);
     const std::string message = request.SerializeAsString();
@@ -388,12 +393,7 @@ class UnreadCalls {
     for (int i = 0; i < calls; ++i) {
       const uint32_t stream = 1 + 2 * static_cast<uint32_t>(i);
       bytes += Http2Frame(kHttp2Headers, kHttp2EndHeaders, stream,
-                          LiteralHeaderBlock({{":method", "POST"},
-                                              {":scheme", "http"},
-                                              {":path", "/samplerd.v1.Sampler/SampleOnce"},
-                                              {":authority", "samplerd"},
-                                              {"content-type", "application/grpc"},
-                                              {"te", "trailers"}}));
+                          LiteralHeaderBlock(GrpcCallHeaders("/samplerd.v1.Sampler/SampleOnce")));
       bytes += Http2Frame(kHttp2Data, kHttp2EndStream, stream, framed);
     }
     sent_ = write(fd_, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size());
@@ -408,33 +408,14 @@ class UnreadCalls {
 
   // Reads what the server sent for up to 1 s (acknowledging its SETTINGS); returns the calls ended so far.
   int Pump() {
-    using namespace ::samplerd::testing;  // NOLINT: the frame helpers
-    char buffer[16384];
-    const ssize_t n = fd_ < 0 ? 0 : read(fd_, buffer, sizeof(buffer));  // the 1 s read timeout
-    if (n > 0) received_.append(buffer, static_cast<size_t>(n));
-    while (pos_ + 9 <= received_.size()) {
-      const size_t length = (static_cast<uint8_t>(received_[pos_]) << 16) |
-                            (static_cast<uint8_t>(received_[pos_ + 1]) << 8) |
-                            static_cast<uint8_t>(received_[pos_ + 2]);
-      if (pos_ + 9 + length > received_.size()) break;
-      const uint8_t type = static_cast<uint8_t>(received_[pos_ + 3]);
-      const uint8_t flags = static_cast<uint8_t>(received_[pos_ + 4]);
-      if (type == kHttp2Settings && (flags & 1) == 0) {
-        const std::string ack = Http2Frame(kHttp2Settings, 1, 0, "");
-        if (write(fd_, ack.data(), ack.size()) != static_cast<ssize_t>(ack.size())) break;
-      }
-      if (type == kHttp2Headers && (flags & kHttp2EndStream) != 0) ++ended_;
-      pos_ += 9 + length;
-    }
-    return ended_;
+    if (fd_ >= 0) reader_->ReadOnce();  // the 1 s read timeout
+    return reader_ == nullptr ? 0 : reader_->ended_streams();
   }
 
  private:
   int fd_ = -1;
   bool sent_ = false;
-  std::string received_;
-  size_t pos_ = 0;
-  int ended_ = 0;
+  std::unique_ptr<::samplerd::testing::Http2Reader> reader_;
 };
 
 // A client that never reads its answers makes the server hold them, and an answer can be 60 times its request (the
@@ -443,8 +424,7 @@ class UnreadCalls {
 // clients are refused too, and the budget comes back whole when the connection goes.
 TEST(MemoryBounds, AnswersNobodyReadsAreHeldOnlyWithinThePendingBudget) {
   constexpr int64_t kPendingBytes = int64_t{4} << 20;
-  std::unique_ptr<ServerProcess> server =
-      ServerProcess::Start(Flags({"--max_pending_request_bytes", std::to_string(kPendingBytes)}));
+  std::unique_ptr<ServerProcess> server = StartWithPendingBudget(kPendingBytes);
   ASSERT_NE(server, nullptr);
   v1::SampleRequest empty_steps;
   for (int i = 0; i < 4096; ++i) empty_steps.add_steps();

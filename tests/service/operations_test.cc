@@ -44,8 +44,10 @@ namespace samplerd {
 namespace {
 
 using ::samplerd::testing::ConnectTcp;
+using ::samplerd::testing::GrpcCallHeaders;
 using ::samplerd::testing::Http2Frame;
 using ::samplerd::testing::Http2Preface;
+using ::samplerd::testing::Http2Reader;
 using ::samplerd::testing::kHttp2Data;
 using ::samplerd::testing::kHttp2EndHeaders;
 using ::samplerd::testing::kHttp2EndStream;
@@ -380,19 +382,23 @@ TEST_F(AuthTest, StreamsAndReflectionNeedTheTokenHealthDoesNot) {
   EXPECT_EQ(CallSampleOnce(Plaintext(server_->unix_target()).get()).error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
-// A samplerd with `flags`, logging at info to LogPath(dir).
-std::string LogPath(const TempDir& dir) { return dir.File("samplerd.log"); }
-std::unique_ptr<ServerProcess> StartWithLog(const TempDir& dir, std::vector<std::string> flags) {
-  flags.insert(flags.end(), {"--log_level", "info"});
-  return ServerProcess::Start(flags, LogPath(dir));
-}
-
-// The same, whose only token is "right-token" (in `dir`).
-std::unique_ptr<ServerProcess> StartWithTokenAndLog(const TempDir& dir, std::vector<std::string> flags = {}) {
-  WriteFile(dir.File("tokens"), "right-token\n");
-  flags.insert(flags.end(), {"--auth_token_file", dir.File("tokens")});
-  return StartWithLog(dir, std::move(flags));
-}
+// A samplerd with `flags`, logging at info to `log` in a directory of its own; with kToken its only token is
+// "right-token".
+struct LoggedServer {
+  enum Auth { kNoToken, kToken };
+  explicit LoggedServer(std::vector<std::string> flags = {}, Auth auth = kNoToken) : log(dir.File("samplerd.log")) {
+    if (!dir.ok()) return;
+    if (auth == kToken) {
+      WriteFile(dir.File("tokens"), "right-token\n");
+      flags.insert(flags.end(), {"--auth_token_file", dir.File("tokens")});
+    }
+    flags.insert(flags.end(), {"--log_level", "info"});
+    server = ServerProcess::Start(flags, log);
+  }
+  TempDir dir;
+  std::string log;
+  std::unique_ptr<ServerProcess> server;
+};
 
 // The lines of `log` that `matches`, and the sum of the "(N similar lines held back)" notes they carry.
 struct BudgetedLines {
@@ -416,12 +422,9 @@ BudgetedLines CountBudgetedLines(const std::string& log, const std::function<boo
 }
 
 TEST(RefusalLog, AFloodOfRefusedCallsWritesABoundedLogThatCountsTheRest) {
-  TempDir dir;
-  ASSERT_TRUE(dir.ok());
-  const std::string log = LogPath(dir);
-  std::unique_ptr<ServerProcess> server = StartWithTokenAndLog(dir);
-  ASSERT_NE(server, nullptr);
-  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  LoggedServer logged({}, LoggedServer::kToken);
+  ASSERT_NE(logged.server, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Plaintext(logged.server->tcp_target());
   constexpr int kRefused = 600;
   for (int i = 0; i < kRefused; ++i) {
     ASSERT_EQ(CallSampleOnce(channel.get(), "wrong-token").error_code(), grpc::StatusCode::UNAUTHENTICATED);
@@ -429,8 +432,8 @@ TEST(RefusalLog, AFloodOfRefusedCallsWritesABoundedLogThatCountsTheRest) {
   // The next refusal after the budget's second reports what was held back.
   std::this_thread::sleep_for(std::chrono::milliseconds(1100));
   ASSERT_EQ(CallSampleOnce(channel.get(), "wrong-token").error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  ASSERT_EQ(server->Terminate(), 0);
-  const BudgetedLines refusals = CountBudgetedLines(ReadFile(log), [](const std::string& line) {
+  ASSERT_EQ(logged.server->Terminate(), 0);
+  const BudgetedLines refusals = CountBudgetedLines(ReadFile(logged.log), [](const std::string& line) {
     return line.find("wrong") != std::string::npos || line.find("refused") != std::string::npos ||
            line.find("UNAUTHENTICATED") != std::string::npos;
   });
@@ -442,12 +445,9 @@ TEST(RefusalLog, AFloodOfRefusedCallsWritesABoundedLogThatCountsTheRest) {
 
 // Streams refused over --max_streams are logged by the call log within its budget, not once more each.
 TEST(RefusalLog, AFloodOfStreamsOverTheLimitWritesABoundedLog) {
-  TempDir dir;
-  ASSERT_TRUE(dir.ok());
-  const std::string log = LogPath(dir);
-  std::unique_ptr<ServerProcess> server = StartWithLog(dir, {"--max_streams", "1"});
-  ASSERT_NE(server, nullptr);
-  auto stub = v1::Sampler::NewStub(Plaintext(server->tcp_target()));
+  LoggedServer logged({"--max_streams", "1"});
+  ASSERT_NE(logged.server, nullptr);
+  auto stub = v1::Sampler::NewStub(Plaintext(logged.server->tcp_target()));
   grpc::ClientContext holder_context;
   std::unique_ptr<SampleStream> holder = stub->Sample(&holder_context);
   v1::SampleResponse response;
@@ -463,8 +463,8 @@ TEST(RefusalLog, AFloodOfStreamsOverTheLimitWritesABoundedLog) {
   EXPECT_TRUE(holder->Finish().ok());
   holder.reset();
   stub.reset();
-  ASSERT_EQ(server->Terminate(), 0);
-  std::istringstream lines(ReadFile(log));
+  ASSERT_EQ(logged.server->Terminate(), 0);
+  std::istringstream lines(ReadFile(logged.log));
   std::string line;
   int refusal_lines = 0;
   while (std::getline(lines, line)) {
@@ -473,7 +473,7 @@ TEST(RefusalLog, AFloodOfStreamsOverTheLimitWritesABoundedLog) {
     }
   }
   EXPECT_GT(refusal_lines, 0);
-  EXPECT_LT(refusal_lines, kRefused / 2) << ReadFile(log).substr(0, 4000);
+  EXPECT_LT(refusal_lines, kRefused / 2) << ReadFile(logged.log).substr(0, 4000);
 }
 
 TEST_F(AuthTest, SighupRotatesTheTokensAndAnEmptyFileKeepsThem) {
@@ -990,29 +990,26 @@ TEST(Lifecycle, SigtermWithOnlyIdleConnectionsStopsAtOnce) {
 // While a drain waits for a call, SIGHUP reloads nothing and says so, and a second SIGTERM ends the process at
 // once (what an operator or a second Ctrl-C asks for), with the signal's exit code.
 TEST(Lifecycle, WhileDrainingSighupIsIgnoredAndASecondSigtermExitsAtOnce) {
-  TempDir dir;
-  ASSERT_TRUE(dir.ok());
-  const std::string log = LogPath(dir);
-  std::unique_ptr<ServerProcess> server = StartWithLog(dir, {"--drain_seconds", "30"});
-  ASSERT_NE(server, nullptr);
+  LoggedServer logged({"--drain_seconds", "30"});
+  ASSERT_NE(logged.server, nullptr);
   // An open stream is a call in flight: the drain waits for it.
-  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  std::shared_ptr<grpc::Channel> channel = Plaintext(logged.server->tcp_target());
   auto stub = v1::Sampler::NewStub(channel);
   grpc::ClientContext context;
   std::unique_ptr<SampleStream> stream = stub->Sample(&context);
   ASSERT_TRUE(stream->Write(OneStepRequest()));
   v1::SampleResponse response;
   ASSERT_TRUE(stream->Read(&response));
-  ASSERT_EQ(kill(server->pid(), SIGTERM), 0);
-  ASSERT_TRUE(WaitFor([&] { return ReadFile(log).find("draining in-flight calls") != std::string::npos; },
+  ASSERT_EQ(kill(logged.server->pid(), SIGTERM), 0);
+  ASSERT_TRUE(WaitFor([&] { return ReadFile(logged.log).find("draining in-flight calls") != std::string::npos; },
                       std::chrono::seconds(10)));
-  ASSERT_EQ(kill(server->pid(), SIGHUP), 0);
-  EXPECT_TRUE(
-      WaitFor([&] { return ReadFile(log).find("SIGHUP ignored") != std::string::npos; }, std::chrono::seconds(10)));
+  ASSERT_EQ(kill(logged.server->pid(), SIGHUP), 0);
+  EXPECT_TRUE(WaitFor([&] { return ReadFile(logged.log).find("SIGHUP ignored") != std::string::npos; },
+                      std::chrono::seconds(10)));
   const auto signalled = Clock::now();
-  EXPECT_EQ(server->Stop(SIGTERM, std::chrono::seconds(20)), 128 + SIGTERM);
+  EXPECT_EQ(logged.server->Stop(SIGTERM, std::chrono::seconds(20)), 128 + SIGTERM);
   EXPECT_LT(Clock::now() - signalled, std::chrono::seconds(5)) << "the second SIGTERM waited for the drain";
-  EXPECT_THAT(ReadFile(log), HasSubstr("again while draining: exiting now"));
+  EXPECT_THAT(ReadFile(logged.log), HasSubstr("again while draining: exiting now"));
 }
 
 // A health Watch is told NOT_SERVING when the drain begins and has nothing else to finish: it does not hold the
@@ -1293,13 +1290,9 @@ TEST(Reload, SighupPicksUpAChangedConfigAndABadFileKeepsTheOldProfiles) {
 }
 
 TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
-  TempDir dir;
-  ASSERT_TRUE(dir.ok());
-  const std::string log = LogPath(dir);
-  std::unique_ptr<ServerProcess> server =
-      StartWithTokenAndLog(dir, {"--log_format", "json", "--max_steps_per_request", "1"});
-  ASSERT_NE(server, nullptr);
-  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  LoggedServer logged({"--log_format", "json", "--max_steps_per_request", "1"}, LoggedServer::kToken);
+  ASSERT_NE(logged.server, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Plaintext(logged.server->tcp_target());
   // Refused by the token check, with a trace context; then with a malformed one.
   EXPECT_EQ(CallSampleOnce(channel.get(), "wrong", kTraceparent).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(CallSampleOnce(channel.get(), "wrong", "00-not-a-trace-context").error_code(),
@@ -1319,9 +1312,9 @@ TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
   // see the server's GOAWAY late and hold the shutdown: close the connection first (a ClientContext holds its
   // channel too, hence the block above).
   channel.reset();
-  ASSERT_EQ(server->Terminate(), 0);
+  ASSERT_EQ(logged.server->Terminate(), 0);
 
-  std::istringstream lines(ReadFile(log));
+  std::istringstream lines(ReadFile(logged.log));
   std::string line;
   int parsed = 0;
   std::vector<nlohmann::json> refused;
@@ -1342,16 +1335,16 @@ TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
       EXPECT_EQ(entry.value("level", ""), "info") << line;
     }
   }
-  EXPECT_EQ(unauthenticated, 2) << ReadFile(log);
+  EXPECT_EQ(unauthenticated, 2) << ReadFile(logged.log);
   EXPECT_GE(parsed, 3);
-  ASSERT_EQ(refused.size(), 2u) << ReadFile(log);
+  ASSERT_EQ(refused.size(), 2u) << ReadFile(logged.log);
   EXPECT_EQ(refused[0].value("traceparent", ""), kTraceparent);
   EXPECT_EQ(refused[0].value("level", ""), "warning");
   EXPECT_THAT(refused[0].value("msg", ""), HasSubstr("/samplerd.v1.Sampler/SampleOnce"));
   EXPECT_FALSE(refused[1].contains("traceparent")) << "a malformed traceparent is dropped";
-  ASSERT_EQ(exhausted.size(), 1u) << ReadFile(log);
+  ASSERT_EQ(exhausted.size(), 1u) << ReadFile(logged.log);
   EXPECT_EQ(exhausted[0].value("traceparent", ""), kTraceparent);
-  EXPECT_THAT(ReadFile(log), ::testing::Not(HasSubstr("right-token")));
+  EXPECT_THAT(ReadFile(logged.log), ::testing::Not(HasSubstr("right-token")));
 }
 
 // A message can quote text the server did not write (a name from a config or a request, a parser's multi-line
@@ -1385,39 +1378,17 @@ void CallRawPaths(const std::string& target, const std::vector<std::string>& pat
   std::string bytes = Http2Preface() + Http2Frame(kHttp2Settings, 0, 0, "");
   uint32_t stream = 1;
   for (const std::string& path : paths) {
-    std::vector<std::pair<std::string, std::string>> fields = {{":method", "POST"},
-                                                               {":scheme", "http"},
-                                                               {":path", path},
-                                                               {":authority", "samplerd"},
-                                                               {"content-type", "application/grpc"},
-                                                               {"te", "trailers"}};
+    std::vector<std::pair<std::string, std::string>> fields = GrpcCallHeaders(path);
     fields.insert(fields.end(), extra.begin(), extra.end());
     bytes += Http2Frame(kHttp2Headers, kHttp2EndHeaders, stream, LiteralHeaderBlock(fields));
     bytes += Http2Frame(kHttp2Data, kHttp2EndStream, stream, std::string(5, '\0'));
     stream += 2;
   }
   ASSERT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
-  // Each call ends with a HEADERS frame (its trailers) that ends its stream.
-  std::string received;
-  size_t ended = 0;
-  for (size_t pos = 0; ended < paths.size();) {
-    char buffer[4096];
-    const ssize_t n = read(fd, buffer, sizeof(buffer));
-    ASSERT_GT(n, 0) << "the server ended " << ended << " of " << paths.size() << " calls";
-    received.append(buffer, static_cast<size_t>(n));
-    while (pos + 9 <= received.size()) {
-      const size_t length = (static_cast<uint8_t>(received[pos]) << 16) |
-                            (static_cast<uint8_t>(received[pos + 1]) << 8) | static_cast<uint8_t>(received[pos + 2]);
-      if (pos + 9 + length > received.size()) break;
-      const uint8_t type = static_cast<uint8_t>(received[pos + 3]);
-      const uint8_t flags = static_cast<uint8_t>(received[pos + 4]);
-      if (type == kHttp2Settings && (flags & 1) == 0) {
-        const std::string ack = Http2Frame(kHttp2Settings, 1, 0, "");
-        ASSERT_EQ(write(fd, ack.data(), ack.size()), static_cast<ssize_t>(ack.size()));
-      }
-      if (type == kHttp2Headers && (flags & kHttp2EndStream) != 0) ++ended;
-      pos += 9 + length;
-    }
+  Http2Reader reader(fd);
+  while (reader.ended_streams() < static_cast<int>(paths.size())) {
+    ASSERT_GT(reader.ReadOnce(), 0) << "the server ended " << reader.ended_streams() << " of " << paths.size()
+                                    << " calls";
   }
   close(fd);
 }
@@ -1430,16 +1401,13 @@ std::vector<std::string> StrangePaths() { return {"/\xff\xfe/x", NulPath(), "/" 
 // or in a metadata value gRPC core rejects and quotes (hpack_parser.cc); bytes that are not UTF-8 become U+FFFD.
 // The path is quoted up to a cap, and a NUL in it is escaped rather than ending it.
 TEST(Logging, JsonLinesStayValidJsonWhateverBytesTheClientSent) {
-  TempDir dir;
-  ASSERT_TRUE(dir.ok());
-  const std::string log = LogPath(dir);
-  std::unique_ptr<ServerProcess> server = StartWithLog(dir, {"--log_format", "json"});
-  ASSERT_NE(server, nullptr);
-  CallRawPaths(server->tcp_target(), StrangePaths());
-  CallRawPaths(server->tcp_target(), {"/samplerd.v1.Sampler/ListProfiles"}, {{"grpc-status", "1\xc3\xff"}});
-  ASSERT_EQ(server->Terminate(), 0);
+  LoggedServer logged({"--log_format", "json"});
+  ASSERT_NE(logged.server, nullptr);
+  CallRawPaths(logged.server->tcp_target(), StrangePaths());
+  CallRawPaths(logged.server->tcp_target(), {"/samplerd.v1.Sampler/ListProfiles"}, {{"grpc-status", "1\xc3\xff"}});
+  ASSERT_EQ(logged.server->Terminate(), 0);
 
-  std::istringstream lines(ReadFile(log));
+  std::istringstream lines(ReadFile(logged.log));
   std::string line;
   int not_utf8 = 0;
   int nul = 0;
@@ -1458,22 +1426,19 @@ TEST(Logging, JsonLinesStayValidJsonWhateverBytesTheClientSent) {
     }
     if (msg.find("grpc-status") != std::string::npos) ++bad_metadata;
   }
-  EXPECT_EQ(not_utf8, 1) << ReadFile(log);
-  EXPECT_EQ(nul, 1) << ReadFile(log);
-  EXPECT_EQ(long_path, 1) << ReadFile(log);
-  EXPECT_GE(bad_metadata, 1) << ReadFile(log);
+  EXPECT_EQ(not_utf8, 1) << ReadFile(logged.log);
+  EXPECT_EQ(nul, 1) << ReadFile(logged.log);
+  EXPECT_EQ(long_path, 1) << ReadFile(logged.log);
+  EXPECT_GE(bad_metadata, 1) << ReadFile(logged.log);
 }
 
 // The text log quotes a path the same way: capped, its NUL escaped.
 TEST(Logging, TextLinesCapThePathAndEscapeItsNul) {
-  TempDir dir;
-  ASSERT_TRUE(dir.ok());
-  const std::string log = LogPath(dir);
-  std::unique_ptr<ServerProcess> server = StartWithLog(dir, {"--log_format", "text"});
-  ASSERT_NE(server, nullptr);
-  CallRawPaths(server->tcp_target(), StrangePaths());
-  ASSERT_EQ(server->Terminate(), 0);
-  const std::string text = ReadFile(log);
+  LoggedServer logged({"--log_format", "text"});
+  ASSERT_NE(logged.server, nullptr);
+  CallRawPaths(logged.server->tcp_target(), StrangePaths());
+  ASSERT_EQ(logged.server->Terminate(), 0);
+  const std::string text = ReadFile(logged.log);
   EXPECT_THAT(text, HasSubstr(R"(/a\x00hidden/x from)"));
   EXPECT_THAT(text, HasSubstr("... (2000 bytes)"));
   EXPECT_EQ(text.find(std::string(257, 'A')), std::string::npos) << "the path is quoted whole";
@@ -1483,12 +1448,9 @@ TEST(Logging, TextLinesCapThePathAndEscapeItsNul) {
 // that declares gzip (call.cc; the server has gzip disabled). Those lines are budgeted like refusals, and the
 // ones held back are counted in the next line written.
 TEST(Logging, GrpcCoreLinesAreBudgetedLikeRefusals) {
-  TempDir dir;
-  ASSERT_TRUE(dir.ok());
-  const std::string log = LogPath(dir);
-  std::unique_ptr<ServerProcess> server = StartWithTokenAndLog(dir);
-  ASSERT_NE(server, nullptr);
-  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  LoggedServer logged({}, LoggedServer::kToken);
+  ASSERT_NE(logged.server, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Plaintext(logged.server->tcp_target());
   auto stub = v1::Sampler::NewStub(channel);
   const auto gzip_call = [&] {
     grpc::ClientContext context;
@@ -1504,10 +1466,11 @@ TEST(Logging, GrpcCoreLinesAreBudgetedLikeRefusals) {
   ASSERT_EQ(gzip_call(), grpc::StatusCode::UNIMPLEMENTED);
   stub.reset();
   channel.reset();  // see Logging.JsonLinesCarryTheCallersTraceparent
-  ASSERT_EQ(server->Terminate(), 0);
+  ASSERT_EQ(logged.server->Terminate(), 0);
 
-  const BudgetedLines gzip = CountBudgetedLines(
-      ReadFile(log), [](const std::string& line) { return line.find("'gzip' is disabled") != std::string::npos; });
+  const BudgetedLines gzip = CountBudgetedLines(ReadFile(logged.log), [](const std::string& line) {
+    return line.find("'gzip' is disabled") != std::string::npos;
+  });
   EXPECT_GT(gzip.lines, 0) << "gRPC's lines still show";
   EXPECT_LT(gzip.lines, kCalls / 2);
   EXPECT_GT(gzip.held_back, 0) << "the lines held back are counted in the next line written";
@@ -1516,15 +1479,12 @@ TEST(Logging, GrpcCoreLinesAreBudgetedLikeRefusals) {
 // What gRPC core's lines quote of a client's bytes is cut short, like samplerd's own quotes: a rejected metadata
 // value is written into its line, and the header list allows 16 KiB of it.
 TEST(Logging, GrpcCoreLinesQuoteAtMostAnExcerptOfAClientsBytes) {
-  TempDir dir;
-  ASSERT_TRUE(dir.ok());
-  const std::string log = LogPath(dir);
-  std::unique_ptr<ServerProcess> server = StartWithTokenAndLog(dir);
-  ASSERT_NE(server, nullptr);
+  LoggedServer logged({}, LoggedServer::kToken);
+  ASSERT_NE(logged.server, nullptr);
   const std::string value(6000, 'A');
-  CallRawPaths(server->tcp_target(), {"/samplerd.v1.Sampler/ListProfiles"}, {{"grpc-timeout", value}});
-  ASSERT_EQ(server->Terminate(), 0);
-  const std::string text = ReadFile(log);
+  CallRawPaths(logged.server->tcp_target(), {"/samplerd.v1.Sampler/ListProfiles"}, {{"grpc-timeout", value}});
+  ASSERT_EQ(logged.server->Terminate(), 0);
+  const std::string text = ReadFile(logged.log);
   EXPECT_THAT(text, HasSubstr("grpc-timeout")) << "gRPC's line about the value still shows";
   EXPECT_EQ(text.find(std::string(kMaxGrpcLineBytes, 'A')), std::string::npos) << "the value is quoted whole";
 }

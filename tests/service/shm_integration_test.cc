@@ -1190,19 +1190,28 @@ class TokenFile {
   std::string dir_;
 };
 
+// A server whose control socket requires `token` (--auth_token_file), started with `flags` besides.
+struct TokenShmServer {
+  explicit TokenShmServer(const std::string& token, std::vector<std::string> flags = {})
+      : token_file(token), socket_path(ShmSocketPath()) {
+    flags.insert(flags.end(), {"--shm_socket", socket_path, "--auth_token_file", token_file.path()});
+    server = ServerProcess::Start(flags);
+  }
+  TokenFile token_file;
+  std::string socket_path;
+  std::unique_ptr<ServerProcess> server;
+};
+
 TEST(ShmControlSteps, NeedTheBearerTokenWhenTheServerHasOne) {
-  const TokenFile token_file("s3cret-token");
-  const std::string socket_path = ShmSocketPath();
-  std::unique_ptr<ServerProcess> server =
-      ServerProcess::Start({"--shm_socket", socket_path, "--auth_token_file", token_file.path()});
-  ASSERT_NE(server, nullptr);
+  TokenShmServer shm("s3cret-token");
+  ASSERT_NE(shm.server, nullptr);
 
   // Without a token a connection gets neither a region nor steps: it holds no session, so no --shm_max_clients
   // slot (ShmControlAuth below).
-  absl::StatusOr<std::unique_ptr<ShmPlane>> anonymous = ShmPlane::Connect(socket_path, 2 * kVocab * 4, "anon");
+  absl::StatusOr<std::unique_ptr<ShmPlane>> anonymous = ShmPlane::Connect(shm.socket_path, 2 * kVocab * 4, "anon");
   EXPECT_EQ(anonymous.status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_THAT(std::string(anonymous.status().message()), HasSubstr("--auth_token_file"));
-  std::unique_ptr<RawClient> raw = ConnectRaw(socket_path);
+  std::unique_ptr<RawClient> raw = ConnectRaw(shm.socket_path);
   ASSERT_NE(raw, nullptr);
   v1::ShmControlRequest inline_step;
   v1::Tensor* logits = inline_step.mutable_sample()->add_steps()->mutable_logits();
@@ -1218,23 +1227,23 @@ TEST(ShmControlSteps, NeedTheBearerTokenWhenTheServerHasOne) {
 
   // A wrong token is refused at once.
   absl::StatusOr<std::unique_ptr<ShmPlane>> wrong =
-      ShmPlane::Connect(socket_path, 2 * kVocab * 4, "wrong", "not-the-token");
+      ShmPlane::Connect(shm.socket_path, 2 * kVocab * 4, "wrong", "not-the-token");
   EXPECT_EQ(wrong.status().code(), absl::StatusCode::kUnauthenticated);
 
   // With the token: the steps run, and answer as the Sample RPC does with the token.
   absl::StatusOr<std::unique_ptr<ShmPlane>> holder =
-      ShmPlane::Connect(socket_path, 2 * kVocab * 4, "holder", "s3cret-token");
+      ShmPlane::Connect(shm.socket_path, 2 * kVocab * 4, "holder", "s3cret-token");
   ASSERT_TRUE(holder.ok()) << holder.status();
   v1::SampleRequest held_bytes, held_refs;
   MakeSteps(2, holder->get(), &held_bytes, &held_refs);
   ASSERT_TRUE((*holder)->Sample(held_refs, &response).ok());
-  auto stub = v1::Sampler::NewStub(grpc::CreateChannel(server->unix_target(), grpc::InsecureChannelCredentials()));
+  auto stub = v1::Sampler::NewStub(grpc::CreateChannel(shm.server->unix_target(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.AddMetadata("authorization", "Bearer s3cret-token");
   v1::SampleResponse by_rpc;
   ASSERT_TRUE(stub->SampleOnce(&context, held_bytes, &by_rpc).ok());
   EXPECT_EQ(WithoutTimes(response).SerializeAsString(), WithoutTimes(by_rpc).SerializeAsString());
-  EXPECT_EQ(server->Terminate(), 0);
+  EXPECT_EQ(shm.server->Terminate(), 0);
 }
 
 // How long the server gives a new connection to present a token (ShmControlServer::kAuthenticateWithin).
@@ -1257,14 +1266,11 @@ bool ClosedBefore(int sock, std::chrono::steady_clock::time_point deadline) {
 // a new connection closes the oldest, and one that has not authenticated within kAuthenticateWithin is told so
 // and closed.
 TEST(ShmControlAuth, ConnectionsWithoutATokenNeitherTakeClientSlotsNorStayOpen) {
-  const TokenFile token_file("s3cret-token");
-  const std::string socket_path = ShmSocketPath();
-  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
-      {"--shm_socket", socket_path, "--auth_token_file", token_file.path(), "--shm_max_clients", "2"});
-  ASSERT_NE(server, nullptr);
+  TokenShmServer shm("s3cret-token", {"--shm_max_clients", "2"});
+  ASSERT_NE(shm.server, nullptr);
   std::vector<std::unique_ptr<RawClient>> silent;
   for (int i = 0; i < 2; ++i) {
-    silent.push_back(ConnectRaw(socket_path));
+    silent.push_back(ConnectRaw(shm.socket_path));
     ASSERT_NE(silent.back(), nullptr);
   }
   const auto silent_since = std::chrono::steady_clock::now();
@@ -1272,11 +1278,11 @@ TEST(ShmControlAuth, ConnectionsWithoutATokenNeitherTakeClientSlotsNorStayOpen) 
   std::vector<std::unique_ptr<ShmPlane>> planes;
   for (int i = 0; i < 2; ++i) {
     absl::StatusOr<std::unique_ptr<ShmPlane>> plane =
-        ShmPlane::Connect(socket_path, 2 * kVocab * 4, "holder", "s3cret-token");
+        ShmPlane::Connect(shm.socket_path, 2 * kVocab * 4, "holder", "s3cret-token");
     ASSERT_TRUE(plane.ok()) << "client " << i << " with the token: " << plane.status();
     planes.push_back(*std::move(plane));
   }
-  EXPECT_EQ(Metric(*server, "samplerd_shm_clients"), 2);
+  EXPECT_EQ(Metric(*shm.server, "samplerd_shm_clients"), 2);
   // The oldest silent connection made room for the first client, well before its own deadline.
   EXPECT_TRUE(ClosedBefore(silent[0]->sock, silent_since + kAuthenticateWithin - std::chrono::milliseconds(500)));
 
@@ -1297,19 +1303,16 @@ TEST(ShmControlAuth, ConnectionsWithoutATokenNeitherTakeClientSlotsNorStayOpen) 
   MakeSteps(2, planes[0].get(), &bytes, &refs);
   v1::SampleResponse response;
   EXPECT_TRUE(planes[0]->Sample(refs, &response).ok());
-  EXPECT_EQ(server->Terminate(), 0);
+  EXPECT_EQ(shm.server->Terminate(), 0);
 }
 
 // A token removed from --auth_token_file (and reloaded by SIGHUP) stops working on a control connection that
 // authenticated with it at its next request, as it does for the next gRPC call; the connection keeps its
 // regions and works again once it presents a token in force.
 TEST(ShmControlAuth, ATokenRevokedByAReloadIsRefusedAtTheConnectionsNextRequest) {
-  const TokenFile token_file("old-token");
-  const std::string socket_path = ShmSocketPath();
-  std::unique_ptr<ServerProcess> server =
-      ServerProcess::Start({"--shm_socket", socket_path, "--auth_token_file", token_file.path()});
-  ASSERT_NE(server, nullptr);
-  std::unique_ptr<RawClient> raw = ConnectRaw(socket_path);
+  TokenShmServer shm("old-token");
+  ASSERT_NE(shm.server, nullptr);
+  std::unique_ptr<RawClient> raw = ConnectRaw(shm.socket_path);
   ASSERT_NE(raw, nullptr);
   const std::string region = raw->Register(kVocab * 4, /*write=*/true, "Bearer old-token");
   ASSERT_FALSE(region.empty());
@@ -1320,9 +1323,9 @@ TEST(ShmControlAuth, ATokenRevokedByAReloadIsRefusedAtTheConnectionsNextRequest)
   ASSERT_TRUE(raw->Receive(&answer));
   ASSERT_EQ(answer.code(), 0) << answer.message();
 
-  token_file.Write("new-token");
-  ASSERT_EQ(kill(server->pid(), SIGHUP), 0);
-  auto stub = v1::Sampler::NewStub(grpc::CreateChannel(server->unix_target(), grpc::InsecureChannelCredentials()));
+  shm.token_file.Write("new-token");
+  ASSERT_EQ(kill(shm.server->pid(), SIGHUP), 0);
+  auto stub = v1::Sampler::NewStub(grpc::CreateChannel(shm.server->unix_target(), grpc::InsecureChannelCredentials()));
   const auto refused_on_grpc = [&] {
     grpc::ClientContext context;
     context.AddMetadata("authorization", "Bearer old-token");
@@ -1345,42 +1348,37 @@ TEST(ShmControlAuth, ATokenRevokedByAReloadIsRefusedAtTheConnectionsNextRequest)
   EXPECT_EQ(answer.code(), 0) << answer.message();
   ASSERT_EQ(answer.sample().results_size(), 1);
   EXPECT_FALSE(answer.sample().results(0).has_error()) << answer.sample().results(0).error().message();
-  EXPECT_EQ(server->Terminate(), 0);
+  EXPECT_EQ(shm.server->Terminate(), 0);
 }
 
 // A reload that removes a connection's token leaves it kAuthenticateWithin to present an accepted one; one that
 // stays silent is closed, and its session (its --shm_max_clients slot and its regions) goes with it.
 TEST(ShmControlAuth, AConnectionWhoseTokenIsRevokedAndNotRenewedIsClosedAndFreesItsSlot) {
-  const TokenFile token_file("old-token");
-  const std::string socket_path = ShmSocketPath();
-  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
-      {"--shm_socket", socket_path, "--auth_token_file", token_file.path(), "--shm_max_clients", "1"});
-  ASSERT_NE(server, nullptr);
-  absl::StatusOr<std::unique_ptr<ShmPlane>> holder = ShmPlane::Connect(socket_path, kVocab * 4, "holder", "old-token");
+  TokenShmServer shm("old-token", {"--shm_max_clients", "1"});
+  ASSERT_NE(shm.server, nullptr);
+  absl::StatusOr<std::unique_ptr<ShmPlane>> holder =
+      ShmPlane::Connect(shm.socket_path, kVocab * 4, "holder", "old-token");
   ASSERT_TRUE(holder.ok()) << holder.status();
-  EXPECT_EQ(Metric(*server, "samplerd_shm_clients"), 1);
+  EXPECT_EQ(Metric(*shm.server, "samplerd_shm_clients"), 1);
 
-  token_file.Write("new-token");
-  ASSERT_EQ(kill(server->pid(), SIGHUP), 0);
-  EXPECT_TRUE(WaitFor([&] { return Metric(*server, "samplerd_shm_clients") == 0; }, std::chrono::seconds(15)))
+  shm.token_file.Write("new-token");
+  ASSERT_EQ(kill(shm.server->pid(), SIGHUP), 0);
+  EXPECT_TRUE(WaitFor([&] { return Metric(*shm.server, "samplerd_shm_clients") == 0; }, std::chrono::seconds(15)))
       << "the connection with the revoked token kept its slot";
-  EXPECT_EQ(Metric(*server, "samplerd_shm_regions"), 0);
+  EXPECT_EQ(Metric(*shm.server, "samplerd_shm_regions"), 0);
   absl::StatusOr<std::unique_ptr<ShmPlane>> renewed =
-      ShmPlane::Connect(socket_path, kVocab * 4, "renewed", "new-token");
+      ShmPlane::Connect(shm.socket_path, kVocab * 4, "renewed", "new-token");
   EXPECT_TRUE(renewed.ok()) << renewed.status();
-  EXPECT_EQ(server->Terminate(), 0);
+  EXPECT_EQ(shm.server->Terminate(), 0);
 }
 
 // Connections that are opened and closed faster than the control thread serves them must not pile up: each one
 // holds a descriptor and a thread until it is reaped, and a process out of descriptors stops gRPC's listener for
 // good (docs/reliability.md, known gaps). With a token required, none of them ever holds a session.
 TEST(ShmControlAuth, ConnectionsThatComeAndGoHoldABoundedNumberOfDescriptors) {
-  const TokenFile token_file("s3cret-token");
-  const std::string socket_path = ShmSocketPath();
-  std::unique_ptr<ServerProcess> server = ServerProcess::Start(
-      {"--shm_socket", socket_path, "--auth_token_file", token_file.path(), "--shm_max_clients", "2"});
-  ASSERT_NE(server, nullptr);
-  const std::string fd_dir = "/proc/" + std::to_string(server->pid()) + "/fd";
+  TokenShmServer shm("s3cret-token", {"--shm_max_clients", "2"});
+  ASSERT_NE(shm.server, nullptr);
+  const std::string fd_dir = "/proc/" + std::to_string(shm.server->pid()) + "/fd";
   const auto descriptors = [&] {
     std::error_code error;
     auto it = std::filesystem::directory_iterator(fd_dir, error);
@@ -1392,7 +1390,7 @@ TEST(ShmControlAuth, ConnectionsThatComeAndGoHoldABoundedNumberOfDescriptors) {
   for (int t = 0; t < 4; ++t) {
     flooders.emplace_back([&] {
       while (!stop.load()) {
-        absl::StatusOr<int> sock = client::ShmConnect(socket_path);
+        absl::StatusOr<int> sock = client::ShmConnect(shm.socket_path);
         if (sock.ok()) close(*sock);
       }
     });
@@ -1414,13 +1412,13 @@ TEST(ShmControlAuth, ConnectionsThatComeAndGoHoldABoundedNumberOfDescriptors) {
   EXPECT_TRUE(WaitFor(
       [&] {
         absl::StatusOr<std::unique_ptr<ShmPlane>> plane =
-            ShmPlane::Connect(socket_path, kVocab * 4, "after", "s3cret-token");
+            ShmPlane::Connect(shm.socket_path, kVocab * 4, "after", "s3cret-token");
         last = plane.status();
         return plane.ok();
       },
       std::chrono::seconds(10)))
       << last;
-  EXPECT_EQ(server->Terminate(), 0);
+  EXPECT_EQ(shm.server->Terminate(), 0);
 }
 
 }  // namespace
