@@ -1,10 +1,12 @@
 #include "service/shm_registry.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -85,7 +87,8 @@ bool AllResident(const char* start, uint64_t pages) {
 // Linux 6.5, lseek(SEEK_HOLE) finds the first hole at or after `offset`: exact too, but the kernel walks every
 // page up to that hole, to the end of the file when there is none, under the file's lock. hugetlbfs has neither
 // (cachestat refuses it, and its lseek reports no hole), so a MFD_HUGETLB region passes: its pages come from the
-// huge page pool the administrator reserved, not from this process's memory.
+// huge page pool the administrator reserved, not from this process's memory, and Register takes one only with a
+// write seal, under which no hole can be punched.
 bool NoHoles(int fd, uint64_t offset, uint64_t length, uint64_t pages) {
   if (!cachestat_missing.load(std::memory_order_relaxed)) {
     CachestatRange range = {offset, length};
@@ -173,6 +176,17 @@ absl::StatusOr<ShmRegistry::Registered> ShmRegistry::Register(absl::string_view 
   struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     return refuse(absl::InvalidArgumentError("the fd is not a regular memfd"));
+  }
+  // A hole punched in a hugetlbfs file (fallocate, MADV_REMOVE) gives its huge pages back to the pool along with
+  // their reservation, so a read of that range faults with SIGBUS when the pool has no free page, which kills the
+  // server. The write seals are what forbid punching there; F_SEAL_FUTURE_WRITE still lets the client write
+  // through a mapping it made before sealing.
+  struct statfs fs;
+  if (fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) == 0) {
+    return refuse(absl::InvalidArgumentError(
+        absl::StrCat("a MFD_HUGETLB memfd must also be sealed with F_SEAL_FUTURE_WRITE (after the client maps it "
+                     "writable) or F_SEAL_WRITE, so that no hole can be punched in it, got seals 0x",
+                     absl::Hex(seals))));
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size == 0) return refuse(absl::InvalidArgumentError("the memfd is empty (size it before sealing)"));

@@ -36,7 +36,9 @@ int MakeMemfd(uint64_t size, int seals, char** data = nullptr) {
     EXPECT_NE(p, MAP_FAILED);
     *data = static_cast<char*>(p);
   }
-  if (seals != 0) EXPECT_EQ(fcntl(fd, F_ADD_SEALS, seals), 0);
+  if (seals != 0) {
+    EXPECT_EQ(fcntl(fd, F_ADD_SEALS, seals), 0);
+  }
   return fd;
 }
 
@@ -139,12 +141,28 @@ TEST(ShmRegistry, AWriteOnlyDescriptorIsInvalidArgumentNamingTheReason) {
   close(fd);
 }
 
+// A hole punched in a hugetlbfs file gives its pages and their reservation back to the pool, and a read of the
+// hole then dies of SIGBUS when the pool is empty: only a write seal forbids the punch there.
+TEST(ShmRegistry, AHugetlbMemfdWithoutAWriteSealIsRefused) {
+  const int fd = memfd_create("shm_registry_test", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB);
+  if (fd < 0) GTEST_SKIP() << "no MFD_HUGETLB here: " << std::strerror(errno);
+  ASSERT_EQ(ftruncate(fd, 2 << 20), 0) << std::strerror(errno);
+  ASSERT_EQ(fcntl(fd, F_ADD_SEALS, kSeals), 0);
+  ShmRegistry registry({});
+  const std::string session = *registry.OpenSession();
+  absl::StatusOr<ShmRegistry::Registered> r = registry.Register(session, fd, "hugetlb");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("F_SEAL_FUTURE_WRITE"));
+  EXPECT_EQ(registry.stats().regions_mapped, 0);
+  close(fd);
+}
+
 TEST(ShmRegistry, AHugetlbMemfdTheKernelCannotBackIsResourceExhausted) {
   const int fd = memfd_create("shm_registry_test", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB);
   if (fd < 0) GTEST_SKIP() << "no MFD_HUGETLB here: " << std::strerror(errno);
   constexpr off_t kSize = 2 << 20;
   ASSERT_EQ(ftruncate(fd, kSize), 0) << std::strerror(errno);
-  ASSERT_EQ(fcntl(fd, F_ADD_SEALS, kSeals), 0);
+  ASSERT_EQ(fcntl(fd, F_ADD_SEALS, kSeals | F_SEAL_FUTURE_WRITE), 0);
   void* probe = mmap(nullptr, kSize, PROT_READ, MAP_SHARED, fd, 0);
   if (probe != MAP_FAILED) {
     munmap(probe, kSize);
@@ -284,7 +302,7 @@ TEST_F(ShmStepTest, BadReferencesAreThatStepsInvalidArgumentNamingTheField) {
     std::function<void(v1::Step*)> mutate;
     std::string field;
     std::string message;
-    std::string session;  // empty = the test's session
+    std::string session = "";  // empty = the test's session
   };
   const std::string other_session = *shm_->OpenSession();
   const std::vector<Case> cases = {
