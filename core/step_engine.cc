@@ -34,7 +34,12 @@ absl::Status CheckMetricsFinite(const MetricValues& m) {
 // over the vocabulary.
 absl::Status CheckLogprobsReadOneState(const StepOutput& out, int32_t top_logprobs) {
   // A drawn token's logit is finite (an emitted one may be masked: -inf).
-  if (std::isnan(out.logprob) || out.logprob > 0.0f) return ChangedDuringStepError("logits.data");
+  constexpr float kMasked = -std::numeric_limits<float>::infinity();
+  if (std::isnan(out.logprob) || out.logprob > 0.0f || (out.drew && out.logprob == kMasked)) {
+    return ChangedDuringStepError("logits.data");
+  }
+  // A step has a finite logit (all masked is refused before), so a list asked for is never empty.
+  if (top_logprobs > 0 && out.top.empty()) return ChangedDuringStepError("logits.data");
   float previous = 0.0f;
   bool drawn_listed = false;
   for (const auto& [id, logprob] : out.top) {
@@ -47,7 +52,7 @@ absl::Status CheckLogprobsReadOneState(const StepOutput& out, int32_t top_logpro
     }
   }
   // A list shorter than asked holds every token with a finite log-probability; a full one, the best of them.
-  if (top_logprobs > 0 && !drawn_listed && out.logprob != -std::numeric_limits<float>::infinity() &&
+  if (top_logprobs > 0 && !drawn_listed && out.logprob != kMasked &&
       (static_cast<int32_t>(out.top.size()) < top_logprobs || out.logprob > out.top.back().second)) {
     return ChangedDuringStepError("logits.data");
   }

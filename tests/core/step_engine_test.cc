@@ -444,6 +444,33 @@ TEST(RunStepTest, ATopLogprobFromLogitsRewrittenAfterTheMetricsIsAnErrorOnLogits
   EXPECT_EQ(ErrorField(status), "logits.data");
 }
 
+// Every logit masked after the metrics pass found a finite max: the drawn token's logit is then -inf, and its
+// top list is empty, neither of which one state of the tensor gives (a drawn token is finite, and a step has a
+// finite logit).
+TEST(RunStepTest, ADrawnTokenMaskedByARewriteAfterTheMetricsIsAnErrorOnLogitsData) {
+  OwnedStep s = RandomStep(7, 1000);
+  s.attention_shape = {8, kMinSharedAttention / 8};  // large enough for the metrics pass to use the fork-join
+  s.attention.assign(static_cast<size_t>(kMinSharedAttention), 0.5f);
+  s.top_logprobs = 8;
+  for (const float temperature : {0.0f, 1.0f}) {  // greedy, and a draw from the chain's candidates
+    s.profile = "fixed";
+    s.has_params = true;
+    s.params.set_temperature(temperature);
+    StepInput in = s.Input();
+    Workspace ws;
+    StepOutput out;
+    RewriteLogitsAfterMetrics masked(&s.logits_bytes,
+                                     std::vector<float>(s.logits.size(), -std::numeric_limits<float>::infinity()));
+    const absl::Status status = RunStep(*ProfileRegistry::BuiltIn(), TensorLimits{}, in, &ws, &out, &masked);
+    ASSERT_TRUE(masked.rewritten());
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument)
+        << "temperature " << temperature << ": token " << out.token << " logprob " << out.logprob << ", "
+        << out.top.size() << " listed";
+    EXPECT_EQ(ErrorField(status), "logits.data");
+    std::memcpy(s.logits_bytes.data(), s.logits.data(), s.logits.size() * sizeof(float));
+  }
+}
+
 // bf16 is converted inside the metrics' first pass (not before it): the step must be exactly the f32 step of
 // the same values, with masked positions, a fully masked head, array tails of every instruction set, a
 // workspace that served other dtypes before, and the same error for a NaN or +inf in bf16.
