@@ -36,6 +36,10 @@ constexpr int kMaxFdsPerPacket = 8;
 // What an answer's message may quote of a status: an answer without `sample` stays far below kMaxPacketBytes.
 constexpr size_t kMaxMessageBytes = 1024;
 
+// The parsed request and answer a connection keeps between packets for reuse, at most. A packet parses to up to
+// ~70 times its bytes (65,000 empty steps in 128 KiB: 8.8 MB), and a connection may be idle for good.
+constexpr size_t kScratchKeepBytes = 256 << 10;
+
 // Receives one packet into `buffer` (ShmControlServer::kMaxPacketBytes) and its descriptors into `fds`, blocking;
 // its length (kMaxPacketBytes + 1 when it was longer; 0 for an empty packet), -1 at end of stream or on error.
 //
@@ -585,6 +589,8 @@ void ShmControlServer::Serve(Connection* connection) {
     }
     const bool sent = SendAnswer(connection->fd, wire);
     if (in_drain) EndRequest();  // answered, or the client is gone: the drain need not wait for it
+    if (state.request.SpaceUsedLong() > kScratchKeepBytes) state.request = v1::ShmControlRequest();
+    if (response.SpaceUsedLong() > kScratchKeepBytes) response = v1::ShmControlResponse();
     if (!sent || state.close) break;
   }
   if (!state.session.empty()) options_.registry->CloseSession(state.session);

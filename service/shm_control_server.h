@@ -128,7 +128,7 @@ class ShmControlServer {
     bool close = false;          // the connection is closed once this answer is sent
     bool ran_steps = false;      // this packet's request was admitted and run (HandlePacket sets it)
     std::atomic<AuthState>* auth = nullptr;  // shared with Accept; null: nothing evicts it (the fuzzer)
-    v1::ShmControlRequest request;           // parse scratch, reused so its buffers are
+    v1::ShmControlRequest request;           // parse scratch, kept between packets while small
     int fd = -1;                             // the connection's socket, polled for a hang-up between a request's steps
   };
 

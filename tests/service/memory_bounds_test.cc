@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "clients/cpp/samplerd_client.h"
+#include "clients/cpp/shm_plane.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
@@ -585,6 +586,35 @@ TEST(MemoryBounds, AnErrorAboutAHugeShapeIsShortAndEachBadStepIsAnsweredAlone) {
   }
   EXPECT_FALSE(response.results(2).has_error());
   EXPECT_LT(response.ByteSizeLong(), 4096u);
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+// A control packet parses to up to ~70 times its bytes (65,000 empty steps in 128 KiB: 8.8 MB), and a connection
+// reuses what it parsed into for its next packet: connections that each sent one such packet and then stay idle
+// must not keep what it became (it is refused, over --max_steps_per_request, only once parsed).
+TEST(MemoryBounds, IdleShmControlConnectionsDoNotKeepTheLargestRequestTheyParsed) {
+  const std::string socket_path = "/tmp/samplerd-memory-bounds-" + std::to_string(getpid()) + ".sock";
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags({"--shm_socket", socket_path}));
+  ASSERT_NE(server, nullptr);
+  v1::ShmControlRequest empty_steps;
+  for (int i = 0; i < 65000; ++i) empty_steps.mutable_sample()->add_steps();
+  ASSERT_LE(empty_steps.ByteSizeLong(), client::kShmMaxPacketBytes);
+  const int64_t rss_before_kib = server->StatusKiB("VmRSS");
+  constexpr int kConnections = 24;
+  std::vector<int> idle;
+  for (int i = 0; i < kConnections; ++i) {
+    absl::StatusOr<int> sock = client::ShmConnect(socket_path);
+    ASSERT_TRUE(sock.ok()) << sock.status();
+    idle.push_back(*sock);
+    absl::StatusOr<v1::ShmControlResponse> answer = client::ShmControlExchange(*sock, empty_steps, -1);
+    ASSERT_TRUE(answer.ok()) << answer.status();
+    EXPECT_EQ(answer->code(), 8) << answer->message();
+  }
+  const int64_t grown_mib = (server->StatusKiB("VmRSS") - rss_before_kib) / 1024;
+  std::fprintf(stderr, "samplerd RSS grew by %lld MiB for %d idle connections\n", static_cast<long long>(grown_mib),
+               kConnections);
+  EXPECT_LT(grown_mib, 64) << "each idle connection keeps about 9 MiB when it keeps the request";
+  for (int sock : idle) close(sock);
   EXPECT_EQ(server->Terminate(), 0);
 }
 
