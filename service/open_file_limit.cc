@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <limits>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -23,6 +24,14 @@ absl::StatusOr<uint64_t> RaiseOpenFileLimit() {
                                             "): ", std::strerror(errno)));
   }
   return static_cast<uint64_t>(limit.rlim_max);
+}
+
+uint64_t OpenFileLimit() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return std::numeric_limits<uint64_t>::max();
+  }
+  return static_cast<uint64_t>(limit.rlim_cur);
 }
 
 }  // namespace samplerd

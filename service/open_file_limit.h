@@ -21,6 +21,9 @@ namespace samplerd {
 // an error when the limits cannot be read or set.
 absl::StatusOr<uint64_t> RaiseOpenFileLimit();
 
+// The soft RLIMIT_NOFILE now (UINT64_MAX when unlimited or unreadable).
+uint64_t OpenFileLimit();
+
 }  // namespace samplerd
 
 #endif  // SAMPLERD_SERVICE_OPEN_FILE_LIMIT_H_

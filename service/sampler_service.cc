@@ -295,11 +295,11 @@ SamplerService::SamplerService(Options options)
     : config_(std::move(options.config)),
       limits_(config_.tensor_limits()),
       profiles_(std::move(options.profiles)),
+      pending_(config_.max_pending_request_bytes),
       observer_(std::move(options.observer)),
       workers_(std::move(options.workers)),
       shm_(std::move(options.shm)),
-      no_compute_(config_.allow_no_compute ? std::make_unique<NoComputeResponder>() : nullptr),
-      pending_(config_.max_pending_request_bytes) {}
+      no_compute_(config_.allow_no_compute ? std::make_unique<NoComputeResponder>() : nullptr) {}
 
 std::shared_ptr<const ProfileRegistry> SamplerService::profiles() const {
   std::lock_guard<std::mutex> lock(profiles_mu_);

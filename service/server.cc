@@ -1,6 +1,9 @@
 #include "service/server.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -15,6 +18,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "service/health_watch_limit.h"
 #include "service/logging.h"
+#include "service/open_file_limit.h"
 #include "service/shm_metrics.h"
 #include "service/tls.h"
 #include "service/unix_socket_path.h"
@@ -26,6 +30,27 @@
 
 namespace samplerd {
 namespace {
+
+// The shared-memory plane's limits. Each region keeps a descriptor, and so does each control connection: together
+// they may take half of the open-file limit, so that the gRPC listeners keep the other half (once an accept fails
+// for lack of a descriptor, gRPC 1.51's listener stops for good).
+ShmRegistry::Limits ShmLimits(const ServerConfig& config) {
+  ShmRegistry::Limits limits{config.shm_max_clients, config.shm_max_regions_per_client,
+                             static_cast<uint64_t>(config.shm_max_bytes_per_client)};
+  const uint64_t connections = ShmControlServer::MaxConnections(config.shm_max_clients, config.shm_max_clients);
+  const uint64_t share = OpenFileLimit() / 2;
+  limits.max_regions = static_cast<int64_t>(
+      std::min<uint64_t>(share > connections ? share - connections : 0, std::numeric_limits<int64_t>::max()));
+  const int64_t asked = int64_t{config.shm_max_clients} * config.shm_max_regions_per_client;
+  if (limits.max_regions < asked) {
+    spdlog::warn(
+        "the open-file limit ({}) leaves the shared-memory plane room for {} regions over all clients, fewer than "
+        "--shm_max_clients x --shm_max_regions_per_client ({}): a registration past them is refused. Raise the "
+        "limit (ulimit -n, a container's nofile) or lower those flags",
+        OpenFileLimit(), limits.max_regions, asked);
+  }
+  return limits;
+}
 
 bool IsUnixAddress(const std::string& address) { return address.rfind("unix", 0) == 0; }
 
@@ -111,8 +136,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   options.observer = *metrics;
   std::shared_ptr<ShmRegistry> shm;
   if (!config.shm_socket.empty()) {
-    shm = std::make_shared<ShmRegistry>(ShmRegistry::Limits{config.shm_max_clients, config.shm_max_regions_per_client,
-                                                            static_cast<uint64_t>(config.shm_max_bytes_per_client)},
+    shm = std::make_shared<ShmRegistry>(ShmLimits(config),
                                         *metrics != nullptr ? MakeShmMetrics((*metrics)->registry()) : nullptr);
     options.shm = shm;
   }

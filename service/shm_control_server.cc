@@ -256,11 +256,14 @@ ShmControlServer::~ShmControlServer() {
   unlink(options_.path.c_str());
 }
 
-size_t ShmControlServer::MaxConnections() const {
+size_t ShmControlServer::MaxConnections(int max_clients, int max_unauthenticated) {
   // Each client holding a session, as many waiting to present a token (the oldest evicted past them), and as many
   // again ended or evicted whose threads are still finishing.
-  return static_cast<size_t>(options_.registry->limits().max_clients) +
-         2 * static_cast<size_t>(options_.max_unauthenticated);
+  return static_cast<size_t>(max_clients) + 2 * static_cast<size_t>(max_unauthenticated);
+}
+
+size_t ShmControlServer::MaxConnections() const {
+  return MaxConnections(options_.registry->limits().max_clients, options_.max_unauthenticated);
 }
 
 size_t ShmControlServer::Reap(bool all) {

@@ -96,6 +96,10 @@ class ShmControlServer {
     int max_unauthenticated = 64;
   };
 
+  // The connections held at once (served, waiting to authenticate, or ended and not yet reaped) with these
+  // Options: a connection past them is refused at accept, before it gets a thread. Each holds a descriptor.
+  static size_t MaxConnections(int max_clients, int max_unauthenticated);
+
   // Binds `options.path` and starts serving. INVALID_ARGUMENT for a bad path or a missing registry or service;
   // UNAVAILABLE naming the path when it cannot be bound.
   static absl::StatusOr<std::unique_ptr<ShmControlServer>> Start(Options options);
@@ -160,8 +164,7 @@ class ShmControlServer {
   // Joins and closes the connections whose thread has ended (all of them when `all`, after shutting them down);
   // returns how many are left.
   size_t Reap(bool all);
-  // The connections held at once (served, waiting to authenticate, or ended and not yet reaped); a connection past
-  // them is refused at accept, before it gets a thread.
+  // MaxConnections() of the server's options.
   size_t MaxConnections() const;
   // Evicts the oldest unauthenticated connections while Options::max_unauthenticated or more are open.
   void MakeRoomForAnUnauthenticatedLocked();

@@ -209,6 +209,19 @@ absl::StatusOr<ShmRegistry::Registered> ShmRegistry::Register(absl::string_view 
                        " more would be over ", limits_.max_bytes_per_client, " (--shm_max_bytes_per_client)")));
     }
   }
+  // A place among the regions mapped, taken before the mapping and its descriptor exist: the region's destructor
+  // gives it back, and every refusal below before the region is made.
+  if (counters_->regions.fetch_add(1, std::memory_order_relaxed) >= limits_.max_regions) {
+    counters_->regions.fetch_sub(1, std::memory_order_relaxed);
+    return refuse(absl::ResourceExhaustedError(absl::StrCat(
+        "the server holds ", limits_.max_regions,
+        " shared-memory regions over all clients, as many as its open-file limit (RLIMIT_NOFILE) leaves room for "
+        "besides its connections; unregister one, or raise the limit")));
+  }
+  const auto unreserve = [&](absl::Status status) {
+    counters_->regions.fetch_sub(1, std::memory_order_relaxed);
+    return refuse(std::move(status));
+  };
   void* data = mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_SHARED, fd, 0);
   if (data == MAP_FAILED) {
     const int error = errno;
@@ -218,14 +231,14 @@ absl::StatusOr<ShmRegistry::Registered> ShmRegistry::Register(absl::string_view 
     // the client's to fix, not a server fault.
     switch (error) {
       case EACCES:
-        return refuse(absl::InvalidArgumentError(
+        return unreserve(absl::InvalidArgumentError(
             absl::StrCat(failed, "; the fd must be open for reading (O_RDONLY or O_RDWR, as memfd_create's is)")));
       case ENOMEM:
       case EAGAIN:
-        return refuse(absl::ResourceExhaustedError(absl::StrCat(
+        return unreserve(absl::ResourceExhaustedError(absl::StrCat(
             failed, "; the kernel cannot back the region now (for a MFD_HUGETLB memfd: not enough free huge pages)")));
       default:
-        return refuse(absl::InternalError(failed));
+        return unreserve(absl::InternalError(failed));
     }
   }
   const int private_fd = open(absl::StrCat("/proc/self/fd/", fd).c_str(), O_RDONLY | O_CLOEXEC);
@@ -235,11 +248,10 @@ absl::StatusOr<ShmRegistry::Registered> ShmRegistry::Register(absl::string_view 
     const std::string failed =
         absl::StrCat("reopening the memfd read-only (/proc/self/fd) failed: ", std::strerror(error));
     // EACCES: the client changed the memfd's mode so that this process may not read it.
-    if (error == EACCES) return refuse(absl::InvalidArgumentError(absl::StrCat(failed, "; leave it readable")));
-    if (error == EMFILE || error == ENFILE) return refuse(absl::ResourceExhaustedError(failed));
-    return refuse(absl::InternalError(failed));
+    if (error == EACCES) return unreserve(absl::InvalidArgumentError(absl::StrCat(failed, "; leave it readable")));
+    if (error == EMFILE || error == ENFILE) return unreserve(absl::ResourceExhaustedError(failed));
+    return unreserve(absl::InternalError(failed));
   }
-  counters_->regions.fetch_add(1, std::memory_order_relaxed);
   counters_->bytes.fetch_add(static_cast<int64_t>(size), std::memory_order_relaxed);
   if (observer_ != nullptr) observer_->OnMapped(1, size);
   std::shared_ptr<const ShmRegion> region(

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -114,6 +115,9 @@ class ShmRegistry {
     int max_regions_per_client = 16;
     // Bytes one connection may have registered at once (sum of its regions' sizes).
     uint64_t max_bytes_per_client = uint64_t{1} << 30;
+    // Regions mapped at once over all clients (unregistered ones that a step still reads included): each keeps a
+    // descriptor, so server.cc derives it from the open-file limit.
+    int64_t max_regions = std::numeric_limits<int64_t>::max();
   };
 
   struct Registered {

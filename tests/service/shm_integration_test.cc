@@ -1058,6 +1058,61 @@ pid_t FillTheThreadsOf(uid_t uid, rlim_t limit) {
   return filler;
 }
 
+// Each region keeps a descriptor, and gRPC 1.51's listener stops for good once an accept fails for lack of one:
+// the plane takes at most half of the open-file limit, so clients that register all their limits allow leave the
+// gRPC listeners room to accept.
+TEST(ShmControlSteps, RegionsLeaveTheGrpcListenersHalfTheOpenFileLimit) {
+  const std::string socket_path = ShmSocketPath();
+  constexpr int kClients = 4;
+  constexpr int kRegionsPerClient = 64;  // 256 regions allowed by the flags, with 256 descriptors in all
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--shm_socket", socket_path, "--shm_max_clients", std::to_string(kClients),
+                            "--shm_max_regions_per_client", std::to_string(kRegionsPerClient)},
+                           "", {"/usr/bin/prlimit", "--nofile=256:256", "--"});
+  ASSERT_NE(server, nullptr);
+  std::vector<std::unique_ptr<RawClient>> clients;
+  int registered = 0;
+  int refused = 0;
+  for (int c = 0; c < kClients; ++c) {
+    clients.push_back(ConnectRaw(socket_path));
+    ASSERT_NE(clients.back(), nullptr);
+    for (int r = 0; r < kRegionsPerClient; ++r) {
+      const int fd = memfd_create("limit", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+      ASSERT_GE(fd, 0);
+      ASSERT_EQ(ftruncate(fd, 4096), 0);
+      ASSERT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL), 0);
+      v1::ShmControlRequest request;
+      request.mutable_register_()->set_name("limit");
+      absl::StatusOr<v1::ShmControlResponse> answer = client::ShmControlExchange(clients.back()->sock, request, fd);
+      close(fd);
+      ASSERT_TRUE(answer.ok()) << answer.status();
+      if (answer->code() == 0) {
+        ++registered;
+      } else {
+        ++refused;
+        EXPECT_EQ(answer->code(), 8) << answer->message();
+        EXPECT_THAT(answer->message(), HasSubstr("RLIMIT_NOFILE"));
+      }
+    }
+  }
+  EXPECT_GT(refused, 0);
+  EXPECT_LE(registered, 128 - kClients);
+  EXPECT_GT(registered, 64) << "the plane keeps half the limit, less its connections";
+  // New connections are still accepted, each on a channel of its own.
+  for (int i = 0; i < 20; ++i) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto stub =
+        v1::Sampler::NewStub(grpc::CreateCustomChannel(server->tcp_target(), grpc::InsecureChannelCredentials(), args));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::ListProfilesResponse profiles;
+    const grpc::Status status = stub->ListProfiles(&context, v1::ListProfilesRequest(), &profiles);
+    ASSERT_TRUE(status.ok()) << "connection " << i << ": " << status.error_code() << " " << status.error_message();
+  }
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
 // Thread creation can fail (a pod's pids limit). RLIMIT_NPROC binds only an unprivileged user, so the server runs
 // as nobody, which takes root to arrange.
 TEST(ShmControlSteps, AServerOutOfThreadsRefusesANewClientAndStillDrains) {
