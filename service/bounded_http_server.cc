@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -102,9 +104,44 @@ class BoundedSocketStream final : public httplib::Stream {
   size_t begin_ = 0, end_ = 0;
 };
 
+// Set on the accepting thread while it runs the task of a connection past Limits::max_connections, which
+// process_and_close_socket then closes at once.
+thread_local bool t_shedding = false;
+
+// cpp-httplib's thread pool, counting the connections handed to it until their task ends. The library calls
+// enqueue from its one accepting thread only.
+class SheddingQueue final : public httplib::TaskQueue {
+ public:
+  SheddingQueue(int threads, int max_connections) : pool_(static_cast<size_t>(threads)), max_(max_connections) {}
+
+  void enqueue(std::function<void()> fn) override {
+    if (open_.load(std::memory_order_relaxed) >= max_) {
+      t_shedding = true;
+      fn();
+      t_shedding = false;
+      return;
+    }
+    open_.fetch_add(1, std::memory_order_relaxed);
+    pool_.enqueue([this, fn = std::move(fn)] {
+      fn();
+      open_.fetch_sub(1, std::memory_order_relaxed);
+    });
+  }
+
+  void shutdown() override { pool_.shutdown(); }
+
+ private:
+  httplib::ThreadPool pool_;
+  const int max_;
+  std::atomic<int> open_{0};
+};
+
 }  // namespace
 
 BoundedHttpServer::BoundedHttpServer(Limits limits) : limits_(limits) {
+  new_task_queue = [threads = limits_.threads, max = limits_.max_connections] {
+    return new SheddingQueue(threads, max);
+  };
   set_payload_max_length(limits_.max_request_bytes);
   set_pre_routing_handler([](const httplib::Request& request, httplib::Response& response) {
     if (request.method != "GET" && request.method != "HEAD") {
@@ -121,6 +158,13 @@ BoundedHttpServer::BoundedHttpServer(Limits limits) : limits_(limits) {
 }
 
 bool BoundedHttpServer::process_and_close_socket(socket_t sock) {
+  if (t_shedding) {
+    static constexpr char kBusy[] =
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+    (void)send(sock, kBusy, sizeof(kBusy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    close(sock);
+    return false;
+  }
   BoundedSocketStream stream(sock, Clock::now() + std::chrono::seconds(limits_.request_seconds),
                              limits_.max_request_bytes, limits_.write_seconds);
   bool connection_closed = false;

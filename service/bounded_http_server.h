@@ -2,7 +2,6 @@
 // neither make it hold unbounded memory nor hold one of its threads for longer than a fixed time.
 //
 //   BoundedHttpServer http(BoundedHttpServer::Limits{});  // 32 KB and 2 s per request, 10 s per answer
-//   http.new_task_queue = [] { return new httplib::ThreadPool(16); };
 //   http.Get("/metrics", handler);
 //   http.bind_to_port("0.0.0.0", 9464);
 //   http.listen_after_bind();
@@ -14,6 +13,12 @@
 // request has sent max_request_bytes or request_seconds have passed since the connection was taken up; the
 // library then drops the connection. Only GET and HEAD are served: any other method is answered 405 before its body
 // is read, by the server's own pre-routing handler (which also drops Range headers; do not replace it).
+//
+// The library queues every accepted connection for its threads without a bound, and a queued connection's time
+// starts only when a thread takes it up, so a flood of connections could hold every descriptor of the process
+// (and gRPC 1.51's listener stops for good once an accept fails for lack of one). Here at most max_connections
+// are open at once, served or waiting for a thread; one past them is answered 503 and closed as it is accepted.
+// The server sets its own task queue: do not replace new_task_queue.
 #ifndef SAMPLERD_SERVICE_BOUNDED_HTTP_SERVER_H_
 #define SAMPLERD_SERVICE_BOUNDED_HTTP_SERVER_H_
 
@@ -32,6 +37,9 @@ class BoundedHttpServer : public httplib::Server {
     int request_seconds = 2;
     // Seconds each write of the answer may wait for the client.
     int write_seconds = 10;
+    // Threads serving connections, and connections open at once (served or waiting for a thread).
+    int threads = 16;
+    int max_connections = 64;
   };
 
   explicit BoundedHttpServer(Limits limits);

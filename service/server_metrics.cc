@@ -152,11 +152,12 @@ absl::Status ServerMetrics::Serve(const std::string& listen) {
   limits.max_request_bytes = kHttpMaxRequestBytes;
   limits.request_seconds = kHttpIdleSeconds;
   limits.write_seconds = kHttpIdleSeconds * 5;
+  // Several threads, so a slow or idle connection holds one of them, not the endpoint; connections beyond the
+  // threads wait in the queue for at most kHttpIdleSeconds per kHttpThreads connections ahead of them.
+  limits.threads = kHttpThreads;
+  limits.max_connections = kHttpMaxConnections;
   http_ = std::make_unique<BoundedHttpServer>(limits);
   httplib::Server& http = *http_;
-  // Several threads, so a slow or idle connection holds one of them, not the endpoint; connections beyond the
-  // threads wait in the queue for at most kHttpIdleSeconds per connection ahead of them.
-  http.new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
   http.set_socket_options(ReuseAddressOnly);
 
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {

@@ -66,11 +66,13 @@ namespace samplerd {
 // whose request has not fully arrived kHttpIdleSeconds after a thread took it up, or that sends more than
 // kHttpMaxRequestBytes, is closed. So an idle, trickling or endless request holds one thread for that long and a
 // few KB at most instead of blocking every scrape. Past kHttpThreads stalled connections a scrape waits
-// kHttpIdleSeconds per kHttpThreads more of them, so a flood of connections can still delay scrapes (the port
-// belongs on a trusted network).
+// kHttpIdleSeconds per kHttpThreads more of them, and past kHttpMaxConnections open at once a new connection is
+// answered 503 and closed, so a flood of connections can still delay or refuse scrapes (the port belongs on a
+// trusted network) but not take the descriptors the gRPC listeners need.
 class ServerMetrics final : public RequestObserver {
  public:
   static constexpr int kHttpThreads = 16;
+  static constexpr int kHttpMaxConnections = 64;
   static constexpr int kHttpIdleSeconds = 2;
   static constexpr size_t kHttpMaxRequestBytes = 32768;
 

@@ -684,6 +684,43 @@ TEST(Metrics, IdleAndHalfSentConnectionsDoNotBlockScrapes) {
   }
 }
 
+// Connections to the metrics port beyond those it serves or queues are closed as they are accepted: a flood of
+// idle ones would otherwise hold a descriptor each, and once an accept fails for lack of one, gRPC 1.51's listener
+// stops for good. So with the descriptors scarce, gRPC still accepts during and after the flood, and scrapes work
+// again once it ends.
+TEST(Metrics, AFloodOfConnectionsLeavesTheGrpcListenersTheirDescriptors) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({}, "", {"/usr/bin/prlimit", "--nofile=192:192", "--"});
+  ASSERT_NE(server, nullptr);
+  const std::string& address = server->metrics_address();
+  std::vector<int> flood;
+  for (int i = 0; i < 150; ++i) {
+    const int fd = ConnectTcp(address, std::chrono::seconds(30));
+    ASSERT_GE(fd, 0) << "connection " << i;
+    flood.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // every connection accepted
+  const std::string fd_dir = "/proc/" + std::to_string(server->pid()) + "/fd";
+  const auto held = std::distance(std::filesystem::directory_iterator(fd_dir), std::filesystem::directory_iterator());
+  EXPECT_LT(held, 100) << "descriptors the server holds with 150 idle connections to its metrics port";
+  const auto new_channel_answers = [&] {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto stub = v1::Sampler::NewStub(
+        grpc::CreateCustomChannel(server->tcp_target(), grpc::InsecureChannelCredentials(), args));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::ListProfilesResponse profiles;
+    const grpc::Status status = stub->ListProfiles(&context, v1::ListProfilesRequest(), &profiles);
+    return status.ok() ? std::string() : std::to_string(status.error_code()) + " " + status.error_message();
+  };
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(new_channel_answers(), "") << "during the flood, connection " << i;
+  for (const int fd : flood) close(fd);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(new_channel_answers(), "") << "after the flood, connection " << i;
+  const std::string body = HttpGet(address, "/metrics", std::chrono::seconds(20));
+  EXPECT_EQ(MetricValue(body, "samplerd_build_info", {{"version", "0.1.0"}}), 1);
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
 // A Range header would make the HTTP library build every listed range, overlaps included, in memory: it is
 // ignored, and the whole answer served once.
 TEST(Metrics, RangeHeadersAreIgnoredNotBuilt) {
