@@ -705,8 +705,8 @@ TEST(Metrics, AFloodOfConnectionsLeavesTheGrpcListenersTheirDescriptors) {
   const auto new_channel_answers = [&] {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    auto stub = v1::Sampler::NewStub(
-        grpc::CreateCustomChannel(server->tcp_target(), grpc::InsecureChannelCredentials(), args));
+    auto stub =
+        v1::Sampler::NewStub(grpc::CreateCustomChannel(server->tcp_target(), grpc::InsecureChannelCredentials(), args));
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     v1::ListProfilesResponse profiles;
