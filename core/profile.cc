@@ -14,6 +14,7 @@
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
+#include "nlohmann/json.hpp"
 
 namespace samplerd {
 namespace {
@@ -137,8 +138,8 @@ bool IsDecidingRegime(v1::Regime r) {
 // No field of ProfileSet is a list of lists, yet protobuf 3.21's JSON parser flattens an array inside an array into
 // the repeated field around it: {"profiles": [[]]} would load as no profiles at all. So such a file is refused,
 // naming where the inner array is ("profiles[0].regimes[1]", with the file's JSON keys). The search runs over the
-// google.protobuf.Value the same parser makes of the file, so it sees the document as protobuf did (which also takes
-// unquoted keys and trailing commas). Keys in sorted order, so that the path named does not depend on map order.
+// google.protobuf.Value the same parser makes of the file, so it sees the document as protobuf does. Keys in sorted
+// order, so that the path named does not depend on map order.
 void FindNestedArray(const google::protobuf::Value& value, const std::string& path, bool in_array, std::string* found) {
   if (!found->empty()) return;
   if (value.has_list_value()) {
@@ -163,18 +164,50 @@ void FindNestedArray(const google::protobuf::Value& value, const std::string& pa
   }
 }
 
-absl::StatusOr<v1::ProfileSet> ParseProfileSet(absl::string_view json, absl::string_view source) {
-  v1::ProfileSet config;
-  google::protobuf::util::JsonParseOptions options;
-  options.ignore_unknown_fields = false;
-  const auto status = google::protobuf::util::JsonStringToMessage(std::string(json), &config, options);
-  if (!status.ok()) {
+// Arrays and objects a config may nest: a ProfileSet nests 5 deep (profiles, a profile, its regimes, a regime, its
+// bounds), so this leaves room and nothing more.
+constexpr int kMaxConfigDepth = 32;
+
+// Strict JSON (RFC 8259), nested at most kMaxConfigDepth deep, read in one linear pass (nlohmann's SAX parser keeps
+// no tree). protobuf 3.21's JSON parser takes time quadratic in the depth of nested arrays: a 120 KB file of them
+// held a reload, and the SIGTERM that came during it, for minutes.
+absl::Status CheckJson(absl::string_view json, absl::string_view source) {
+  struct DepthBound final : nlohmann::json_sax<nlohmann::json> {
+    int depth = 0;
+    bool too_deep = false;
+    std::string error;
+    bool Enter() { return !(too_deep = ++depth > kMaxConfigDepth); }
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override { return Enter(); }
+    bool key(string_t&) override { return true; }
+    bool end_object() override { return --depth, true; }
+    bool start_array(std::size_t) override { return Enter(); }
+    bool end_array() override { return --depth, true; }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+      error = e.what();
+      return false;
+    }
+  } bound;
+  nlohmann::json::sax_parse(json.begin(), json.end(), &bound);
+  if (bound.too_deep) {
     return absl::InvalidArgumentError(
-        absl::StrCat(source, ": not a samplerd.v1.ProfileSet in protobuf JSON: ", status.ToString()));
+        absl::StrCat(source, ": nested more than ", kMaxConfigDepth, " deep; a samplerd.v1.ProfileSet nests 5"));
   }
+  if (!bound.error.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": not JSON: ", bound.error));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::ProfileSet> ParseProfileSet(absl::string_view json, absl::string_view source) {
+  if (absl::Status s = CheckJson(json, source); !s.ok()) return s;
   google::protobuf::Value tree;
   if (!google::protobuf::util::JsonStringToMessage(std::string(json), &tree).ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": parses as a ProfileSet but not as a JSON value"));
+    return absl::InvalidArgumentError(absl::StrCat(source, ": parses as JSON but not as a google.protobuf.Value"));
   }
   std::string nested;
   FindNestedArray(tree, "", false, &nested);
@@ -183,6 +216,14 @@ absl::StatusOr<v1::ProfileSet> ParseProfileSet(absl::string_view json, absl::str
         absl::StrCat(source, ": ", nested,
                      ": an array inside an array; no field of samplerd.v1.ProfileSet is a list of lists (protobuf's "
                      "JSON parser would flatten it)"));
+  }
+  v1::ProfileSet config;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  const auto status = google::protobuf::util::JsonStringToMessage(std::string(json), &config, options);
+  if (!status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": not a samplerd.v1.ProfileSet in protobuf JSON: ", status.ToString()));
   }
   return config;
 }
