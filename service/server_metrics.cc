@@ -200,12 +200,21 @@ std::string ServerMetrics::Exposition() const {
 }
 
 std::string ServerMetrics::LiveJson() const {
+  // The page asks once a second. Rendered at most once per interval (and one render at a time), a loop of GETs
+  // costs the server a render per interval rather than one each: 64 full rings are 1.2 MB and 46 ms, a config of
+  // 30,000 profiles 13.6 MB. Half the page's period, so each of its polls sees steps newer than the last one's.
+  constexpr auto kLiveRenderInterval = std::chrono::milliseconds(500);
+  std::lock_guard<std::mutex> live_lock(live_mu_);
+  const auto now = std::chrono::steady_clock::now();
+  if (!live_json_.empty() && now - live_rendered_ < kLiveRenderInterval) return live_json_;
   std::shared_ptr<const ProfileRegistry> profiles;
   {
     std::lock_guard<std::mutex> lock(profiles_mu_);
     if (profiles_) profiles = profiles_();
   }
-  return live_steps_.Json(profiles.get());
+  live_json_ = live_steps_.Json(profiles.get());
+  live_rendered_ = now;
+  return live_json_;
 }
 
 ServerMetrics::~ServerMetrics() {

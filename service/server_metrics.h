@@ -32,6 +32,7 @@
 #define SAMPLERD_SERVICE_SERVER_METRICS_H_
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -134,6 +135,10 @@ class ServerMetrics final : public RequestObserver {
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<ScrapedGauges> scraped_;
   LiveSteps live_steps_;
+  // /live/steps as last rendered, and when: one render serves every request for kLiveRenderInterval.
+  mutable std::mutex live_mu_;
+  mutable std::string live_json_;                                // guarded by live_mu_
+  mutable std::chrono::steady_clock::time_point live_rendered_;  // guarded by live_mu_
   mutable std::mutex profiles_mu_;
   std::function<std::shared_ptr<const ProfileRegistry>()> profiles_;  // guarded by profiles_mu_
   std::unique_ptr<httplib::Server> http_;

@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -821,6 +822,43 @@ TEST(Metrics, TricklingRequestsAreClosedAndDoNotBlockScrapes) {
     EXPECT_TRUE(n == 0 || errno == ECONNRESET) << "a trickling connection was still open (errno " << errno << ")";
     close(fd);
   }
+}
+
+// /live/steps is rendered at most once per 500 ms however many ask, so a loop of requests costs the server one
+// render per interval (64 full rings: 1.2 MB and 46 ms each) rather than one each: while steps keep changing the
+// data, requests in a row get at most one new answer per interval, and a later one sees the new steps.
+TEST(Metrics, LiveStepsAreRenderedAtMostOncePerIntervalWhateverTheRequests) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start();
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::Sampler::NewStub(Plaintext(server->tcp_target()));
+  std::atomic<bool> stop{false};
+  std::atomic<int> steps{0};
+  std::thread stepper([&] {
+    for (int i = 0; !stop.load(); ++i) {
+      v1::SampleRequest request;
+      *request.add_steps() = MakeStep("live-" + std::to_string(i), 0, 1000);
+      grpc::ClientContext context;
+      v1::SampleResponse response;
+      if (stub->SampleOnce(&context, request, &response).ok()) steps.fetch_add(1);
+    }
+  });
+  ASSERT_TRUE(WaitFor([&] { return steps.load() > 0; }, std::chrono::seconds(20)));
+  std::set<std::string> answers;
+  const auto start = Clock::now();
+  for (int i = 0; i < 20; ++i) answers.insert(HttpGet(server->metrics_address(), "/live/steps"));
+  const auto elapsed = Clock::now() - start;
+  const int before = steps.load();
+  ASSERT_TRUE(WaitFor([&] { return steps.load() > before; }, std::chrono::seconds(20)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  const std::string later = HttpGet(server->metrics_address(), "/live/steps");
+  stop.store(true);
+  stepper.join();
+  const auto intervals = std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count() / 500;
+  EXPECT_LE(static_cast<int64_t>(answers.size()), intervals + 2)
+      << answers.size() << " different answers in "
+      << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count() << " ms while steps ran";
+  EXPECT_EQ(answers.count(later), 0u) << "an answer 600 ms later still showed the older steps";
+  EXPECT_EQ(server->Terminate(), 0);
 }
 
 // The live page's data: per profile the steps by regime and the recent points, nothing that names a sequence
