@@ -88,19 +88,24 @@ std::array<uint64_t, StepRing::kRegimeSlots> StepRing::Counts() const {
   return counts;
 }
 
-StepRing* LiveSteps::ForProfile(const std::string& profile) {
+std::shared_ptr<StepRing> LiveSteps::ForProfile(const std::string& profile) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = rings_.find(profile);
-  if (it != rings_.end()) return it->second.get();
+  if (it != rings_.end()) return it->second;
   if (rings_.size() >= kMaxProfiles) return nullptr;
-  return rings_.emplace(profile, std::make_unique<StepRing>()).first->second.get();
+  return rings_.emplace(profile, std::make_shared<StepRing>()).first->second;
+}
+
+void LiveSteps::KeepOnly(const absl::flat_hash_set<std::string>& names) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::erase_if(rings_, [&names](const auto& entry) { return !names.contains(entry.first); });
 }
 
 std::string LiveSteps::Json(const ProfileRegistry* profiles) const {
-  std::vector<std::pair<std::string, const StepRing*>> rings;
+  std::vector<std::pair<std::string, std::shared_ptr<const StepRing>>> rings;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [name, ring] : rings_) rings.emplace_back(name, ring.get());
+    for (const auto& [name, ring] : rings_) rings.emplace_back(name, ring);
   }
   nlohmann::json out;
   out["regimes"] = nlohmann::json::array();

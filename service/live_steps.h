@@ -1,7 +1,7 @@
 // LiveSteps: the recent steps of each profile, kept for the live page samplerd serves next to /metrics.
 //
 //   LiveSteps live;
-//   StepRing* ring = live.ForProfile("entropix");          // once per profile; null past kMaxProfiles
+//   std::shared_ptr<StepRing> ring = live.ForProfile("entropix");  // once per profile; null past kMaxProfiles
 //   ring->Push(v1::REGIME_ARGMAX, /*logits_entropy=*/0.02f, /*logits_varentropy=*/0.01f);
 //   std::string json = live.Json(registry.get());          // GET /live/steps
 //
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "core/profile.h"
 #include "samplerd/v1/sampler.pb.h"
 
@@ -68,12 +69,15 @@ class StepRing {
 // One StepRing per profile name, made on its first step. Thread-safe.
 class LiveSteps {
  public:
-  // Profiles beyond this many (reloads that keep renaming them) are not shown, so memory stays bounded
-  // (~16 KiB per profile).
+  // Profiles beyond this many are not shown, so memory stays bounded (~16 KiB per profile).
   static constexpr size_t kMaxProfiles = 64;
 
-  // The ring of `profile`, stable for the life of this object; null when kMaxProfiles are already kept.
-  StepRing* ForProfile(const std::string& profile);
+  // The ring of `profile`; null when kMaxProfiles are already kept.
+  std::shared_ptr<StepRing> ForProfile(const std::string& profile);
+
+  // Drops the rings of profiles not in `names` (those a reload removed), making room for new ones. A holder of a
+  // dropped ring may still push to it.
+  void KeepOnly(const absl::flat_hash_set<std::string>& names);
 
   // The data of the live page (JSON): every profile of `profiles` (its regime bounds, so the page can draw
   // the regions) and every profile that has steps, each with its points and its step counts by regime.
@@ -82,7 +86,7 @@ class LiveSteps {
 
  private:
   mutable std::mutex mu_;
-  absl::flat_hash_map<std::string, std::unique_ptr<StepRing>> rings_;  // guarded by mu_
+  absl::flat_hash_map<std::string, std::shared_ptr<StepRing>> rings_;  // guarded by mu_
 };
 
 }  // namespace samplerd

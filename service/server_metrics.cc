@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -239,29 +240,59 @@ void ServerMetrics::SetProfiles(std::function<std::shared_ptr<const ProfileRegis
   profiles_ = std::move(source);
 }
 
-void ServerMetrics::OnConfigReload(bool success) { (success ? reloads_succeeded_ : reloads_failed_)->Increment(); }
+void ServerMetrics::OnConfigReload(bool success) {
+  (success ? reloads_succeeded_ : reloads_failed_)->Increment();
+  ForgetRemovedProfiles();  // against the profiles in force, whichever file failed
+}
 
 void ServerMetrics::OnRequest(size_t bytes) { request_bytes_->Increment(static_cast<double>(bytes)); }
 
-std::pair<prometheus::Counter*, StepRing*> ServerMetrics::ForStep(v1::Regime regime, const std::string& profile) {
+std::shared_ptr<StepRing> ServerMetrics::CountStep(v1::Regime regime, const std::string& profile) {
   const int slot = static_cast<int>(regime);
+  // Counted under the lock: ForgetRemovedProfiles may remove the counter as soon as it is released.
   std::lock_guard<std::mutex> lock(mu_);
   auto [it, inserted] = profile_series_.try_emplace(profile);
   ProfileSeries& series = it->second;
   if (inserted) series.live = live_steps_.ForProfile(profile);
   if (slot < 0 || slot >= kRegimeSlots) {
-    return {&steps_->Add({{"regime", RegimeLabel(regime)}, {"profile", profile}}), series.live};
+    steps_->Add({{"regime", RegimeLabel(regime)}, {"profile", profile}}).Increment();
+    return series.live;
   }
   prometheus::Counter*& counter = series.steps[slot];
   if (counter == nullptr) counter = &steps_->Add({{"regime", RegimeLabel(regime)}, {"profile", profile}});
-  return {counter, series.live};
+  counter->Increment();
+  return series.live;
+}
+
+void ServerMetrics::ForgetRemovedProfiles() {
+  std::shared_ptr<const ProfileRegistry> profiles;
+  {
+    std::lock_guard<std::mutex> lock(profiles_mu_);
+    if (profiles_) profiles = profiles_();
+  }
+  if (profiles == nullptr) return;
+  absl::flat_hash_set<std::string> names;
+  for (const Profile& profile : profiles->profiles()) names.insert(profile.name());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = profile_series_.begin(); it != profile_series_.end();) {
+      if (names.contains(it->first)) {
+        ++it;
+        continue;
+      }
+      for (prometheus::Counter* counter : it->second.steps) {
+        if (counter != nullptr) steps_->Remove(counter);
+      }
+      profile_series_.erase(it++);
+    }
+  }
+  live_steps_.KeepOnly(names);
 }
 
 void ServerMetrics::OnStep(const v1::StepResult& result, std::chrono::nanoseconds core_time) {
   step_core_seconds_->Observe(std::chrono::duration<double>(core_time).count());
   if (!result.has_error()) {
-    auto [counter, live] = ForStep(result.regime(), result.profile());
-    counter->Increment();
+    const std::shared_ptr<StepRing> live = CountStep(result.regime(), result.profile());
     if (live != nullptr) {
       const v1::Metrics& m = result.metrics();
       live->Push(result.regime(), m.has_logits_entropy() ? m.logits_entropy() : NAN,

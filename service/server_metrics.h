@@ -122,15 +122,18 @@ class ServerMetrics final : public RequestObserver {
   // What a step of one profile updates, found with one lookup.
   struct ProfileSeries {
     std::array<prometheus::Counter*, kRegimeSlots> steps{};  // by regime enum value
-    StepRing* live = nullptr;                                // null past LiveSteps::kMaxProfiles
+    std::shared_ptr<StepRing> live;                          // null past LiveSteps::kMaxProfiles
   };
 
   ServerMetrics() = default;
   absl::Status Serve(const std::string& listen);
   std::string Exposition() const;
   std::string LiveJson() const;
-  // The step counter of (regime, profile) and the profile's ring.
-  std::pair<prometheus::Counter*, StepRing*> ForStep(v1::Regime regime, const std::string& profile);
+  // Counts a step of (regime, profile); returns the profile's ring.
+  std::shared_ptr<StepRing> CountStep(v1::Regime regime, const std::string& profile);
+  // Drops the step counters and the ring of every profile the reload removed: a config that renames its
+  // profiles on every reload would otherwise add series to /metrics and keep the live page's rings for good.
+  void ForgetRemovedProfiles();
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<ScrapedGauges> scraped_;

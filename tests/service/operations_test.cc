@@ -1364,6 +1364,47 @@ TEST(Reload, SighupPicksUpAChangedConfigAndABadFileKeepsTheOldProfiles) {
   EXPECT_EQ(server->Terminate(), 0);
 }
 
+// A reload that renames the config's profile drops the old name's step counters and its live ring, so a config
+// renamed on every reload neither grows /metrics for good nor fills the live page's LiveSteps::kMaxProfiles rings
+// with profiles no longer in force (after which a new profile's steps were not shown at all).
+TEST(Reload, RenamedProfilesLeaveNoSeriesOrLiveRingBehind) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string config = dir.File("profiles.json");
+  WriteFile(config, ProfileSet("name-0"));
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--config", config});
+  ASSERT_NE(server, nullptr);
+  std::shared_ptr<grpc::Channel> channel = Plaintext(server->tcp_target());
+  const auto reloads = [&] {
+    return MetricValue(HttpGet(server->metrics_address(), "/metrics"), "samplerd_config_reloads_total",
+                       {{"result", "success"}});
+  };
+  constexpr int kRenames = 70;  // more than LiveSteps::kMaxProfiles
+  for (int i = 0; i <= kRenames; ++i) {
+    if (i > 0) {
+      WriteFile(config, ProfileSet("name-" + std::to_string(i)));
+      kill(server->pid(), SIGHUP);
+      ASSERT_TRUE(WaitFor([&] { return reloads() == i; }, std::chrono::seconds(10))) << "reload " << i;
+    }
+    v1::SampleResponse response;
+    ASSERT_TRUE(CallSampleOnce(channel.get(), "", "", &response).ok());
+    ASSERT_EQ(response.results(0).profile(), "name-" + std::to_string(i));
+  }
+  const std::string metrics = HttpGet(server->metrics_address(), "/metrics");
+  EXPECT_THAT(metrics, ::testing::Not(HasSubstr("profile=\"name-0\"")));
+  EXPECT_THAT(metrics, HasSubstr("profile=\"name-" + std::to_string(kRenames) + "\""));
+  const nlohmann::json live = nlohmann::json::parse(HttpGet(server->metrics_address(), "/live/steps"));
+  int with_steps = 0;
+  for (const nlohmann::json& profile : live["profiles"]) {
+    if (profile["steps"].get<int>() == 0) continue;
+    ++with_steps;
+    EXPECT_EQ(profile["name"], "name-" + std::to_string(kRenames));
+  }
+  EXPECT_EQ(with_steps, 1) << live.dump().substr(0, 2000);
+  channel.reset();
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
 TEST(Logging, JsonLinesCarryTheCallersTraceparent) {
   LoggedServer logged({"--log_format", "json", "--max_steps_per_request", "1"}, LoggedServer::kToken);
   ASSERT_NE(logged.server, nullptr);
