@@ -29,9 +29,22 @@
 namespace samplerd {
 namespace {
 
-// File descriptors accepted in one packet's ancillary data: one is expected, a few more are received only to be
-// closed (the kernel installs them in this process as soon as recvmsg returns).
-constexpr int kMaxFdsPerPacket = 8;
+// File descriptors taken from one packet's ancillary data: one is expected, but room is made for as many as
+// SCM_RIGHTS carries in one message (SCM_MAX_FD, unix(7)), since the kernel closes those past the buffer itself,
+// on the receiving thread, where CloseReceived could not make their close safe.
+constexpr int kMaxFdsPerPacket = 253;
+
+// Closes a descriptor a client sent. The last close of a TCP socket that its sender set to linger with data
+// unsent waits out the linger time, which the sender chose, in close(): made abortive (linger 0), it returns at
+// once.
+void CloseReceived(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    const struct linger abortive = {1, 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &abortive, sizeof(abortive));
+  }
+  close(fd);
+}
 
 // What an answer's message may quote of a status: an answer without `sample` stays far below kMaxPacketBytes.
 constexpr size_t kMaxMessageBytes = 1024;
@@ -48,7 +61,7 @@ constexpr size_t kScratchKeepBytes = 256 << 10;
 // SCM_CREDENTIALS control message with each received message: a packet, even empty, comes with one, the end of
 // stream with none. Polling for POLLRDHUP instead would misread an empty packet sent just before a half-close
 // (shutdown(SHUT_WR), the client still reading its answer) as the end.
-ssize_t ReceivePacket(int fd, char* buffer, std::vector<int>* fds) {
+ssize_t ReceivePacket(int fd, char* buffer, std::vector<int>* fds, int flags = 0) {
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * kMaxFdsPerPacket)];
   struct iovec iov = {buffer, ShmControlServer::kMaxPacketBytes};
   struct msghdr msg = {};
@@ -58,7 +71,7 @@ ssize_t ReceivePacket(int fd, char* buffer, std::vector<int>* fds) {
   msg.msg_controllen = sizeof(control);
   ssize_t n;
   do {
-    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | flags);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return n;
   bool credentials = false;
@@ -84,6 +97,19 @@ void Reply(v1::ShmControlResponse* response, const absl::Status& status) {
   response->set_message(Excerpt(status.message(), kMaxMessageBytes));
 }
 
+// Takes the packets queued on `fd` without waiting, once no more can come (after shutdown SHUT_RD), and closes the
+// descriptors they carry with CloseReceived: closing a socket with packets queued would have the kernel close
+// those on this thread, unguarded.
+void DropQueuedPackets(int fd) {
+  static thread_local std::unique_ptr<char[]> sink(new char[ShmControlServer::kMaxPacketBytes]);
+  std::vector<int> fds;
+  while (ReceivePacket(fd, sink.get(), &fds, MSG_DONTWAIT) >= 0) {
+    for (int f : fds)
+      if (f >= 0) CloseReceived(f);
+    fds.clear();
+  }
+}
+
 void Refuse(int fd, const absl::Status& why) {
   // Told why, then closed: the client sees the message in the answer to its first packet's read.
   v1::ShmControlResponse response;
@@ -91,11 +117,9 @@ void Refuse(int fd, const absl::Status& why) {
   const std::string wire = response.SerializeAsString();
   (void)send(fd, wire.data(), wire.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
   // A socket closed with packets still queued resets its peer, whose read then fails instead of returning this
-  // answer: the client's first packet (usually already sent) is read and dropped first, with any file descriptor
-  // it carries (closed by the kernel, as no control buffer takes it).
-  char sink[64];
-  while (recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0) {
-  }
+  // answer: the client's first packet (usually already sent) is taken first.
+  shutdown(fd, SHUT_RD);
+  DropQueuedPackets(fd);
   close(fd);
   spdlog::warn("shared-memory client refused: {}", std::string(why.message()));
 }
@@ -577,8 +601,8 @@ void ShmControlServer::Serve(Connection* connection) {
       if (!in_drain) EndRequest();
     }
     for (int f : fds)
-      if (f >= 0) close(f);  // a registered region keeps its own reference (the mapping)
-    if (n < 0) break;        // end of stream, a broken connection, or the server stopping
+      if (f >= 0) CloseReceived(f);  // a registered region keeps its own reference (the mapping)
+    if (n < 0) break;                // end of stream, a broken connection, or the server stopping
     response.SerializeToString(&wire);
     if (response.has_sample() &&
         (wire.size() > kMaxPacketBytes || static_cast<int64_t>(wire.size()) > options_.max_message_bytes)) {
@@ -599,6 +623,7 @@ void ShmControlServer::Serve(Connection* connection) {
   if (!state.session.empty()) options_.registry->CloseSession(state.session);
   if (state.admitted) options_.service->ReleaseStream();
   shutdown(connection->fd, SHUT_RDWR);  // the peer sees the end now; the descriptor is closed by Reap
+  DropQueuedPackets(connection->fd);
   spdlog::debug("shared-memory client disconnected; its regions are unregistered");
   connection->done.store(true);
 }
