@@ -54,6 +54,7 @@ using ::samplerd::testing::kHttp2EndHeaders;
 using ::samplerd::testing::kHttp2EndStream;
 using ::samplerd::testing::kHttp2Headers;
 using ::samplerd::testing::kHttp2Settings;
+using ::samplerd::testing::ListProfilesOnANewConnection;
 using ::samplerd::testing::LiteralHeaderBlock;
 using ::samplerd::testing::MakeCertificates;
 using ::samplerd::testing::ServerProcess;
@@ -703,20 +704,13 @@ TEST(Metrics, AFloodOfConnectionsLeavesTheGrpcListenersTheirDescriptors) {
   const std::string fd_dir = "/proc/" + std::to_string(server->pid()) + "/fd";
   const auto held = std::distance(std::filesystem::directory_iterator(fd_dir), std::filesystem::directory_iterator());
   EXPECT_LT(held, 100) << "descriptors the server holds with 150 idle connections to its metrics port";
-  const auto new_channel_answers = [&] {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    auto stub =
-        v1::Sampler::NewStub(grpc::CreateCustomChannel(server->tcp_target(), grpc::InsecureChannelCredentials(), args));
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    v1::ListProfilesResponse profiles;
-    const grpc::Status status = stub->ListProfiles(&context, v1::ListProfilesRequest(), &profiles);
-    return status.ok() ? std::string() : std::to_string(status.error_code()) + " " + status.error_message();
-  };
-  for (int i = 0; i < 5; ++i) EXPECT_EQ(new_channel_answers(), "") << "during the flood, connection " << i;
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(ListProfilesOnANewConnection(server->tcp_target()), "") << "during the flood, connection " << i;
+  }
   for (const int fd : flood) close(fd);
-  for (int i = 0; i < 5; ++i) EXPECT_EQ(new_channel_answers(), "") << "after the flood, connection " << i;
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(ListProfilesOnANewConnection(server->tcp_target()), "") << "after the flood, connection " << i;
+  }
   const std::string body = HttpGet(address, "/metrics", std::chrono::seconds(20));
   EXPECT_EQ(MetricValue(body, "samplerd_build_info", {{"version", "0.1.0"}}), 1);
   EXPECT_EQ(server->Terminate(), 0);

@@ -74,7 +74,9 @@ TEST(PipelinedStream, SeedZeroRequestsSentBackToBackAreAllAnsweredWithOneSeedPer
         ASSERT_EQ(result.sequence_id(), requests[round][r].steps(i).sequence_id());
         ASSERT_NE(result.seed(), 0u);
         auto [it, inserted] = seeds.emplace(result.sequence_id(), result.seed());
-        if (!inserted) EXPECT_EQ(it->second, result.seed()) << result.sequence_id();
+        if (!inserted) {
+          EXPECT_EQ(it->second, result.seed()) << result.sequence_id();
+        }
       }
     }
     const grpc::Status status = stream->Finish();

@@ -21,6 +21,9 @@
 #include <thread>
 #include <utility>
 
+#include "grpcpp/grpcpp.h"
+#include "samplerd/v1/sampler.grpc.pb.h"
+
 #ifndef SAMPLERD_BINARY
 #error "SAMPLERD_BINARY must name the samplerd executable ($<TARGET_FILE:samplerd>)"
 #endif
@@ -44,6 +47,17 @@ int ConnectTcp(const std::string& address, std::chrono::seconds timeout) {
   }
   return fd;
 }
+std::string ListProfilesOnANewConnection(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto stub = v1::Sampler::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::ListProfilesResponse profiles;
+  const grpc::Status status = stub->ListProfiles(&context, v1::ListProfilesRequest(), &profiles);
+  return status.ok() ? std::string() : std::to_string(status.error_code()) + " " + status.error_message();
+}
+
 namespace {
 
 constexpr char kListening[] = "samplerd listening on ";

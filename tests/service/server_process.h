@@ -27,6 +27,10 @@ namespace samplerd::testing {
 // A TCP connection to "<IPv4>:<port>" whose reads and writes wait at most `timeout`; -1 when it failed.
 int ConnectTcp(const std::string& address, std::chrono::seconds timeout);
 
+// Calls ListProfiles at `target` on a connection of its own (not one a channel shares), with 10 s to answer: ""
+// when it did, else the status. Whether the server still accepts connections.
+std::string ListProfilesOnANewConnection(const std::string& target);
+
 // ServerProcess
 class ServerProcess {
  public:

@@ -47,6 +47,7 @@ namespace samplerd {
 namespace {
 
 using ::samplerd::client::ShmPlane;
+using ::samplerd::testing::ListProfilesOnANewConnection;
 using ::samplerd::testing::ServerProcess;
 using ::testing::HasSubstr;
 
@@ -274,10 +275,8 @@ TEST_F(ShmServerTest, TheControlSocketRefusesUnsealedFdsAndEnforcesTheLimits) {
   EXPECT_GE(Metric(*server_, "samplerd_shm_clients"), 0);
 }
 
-// One packet of `bytes` (with `fds` as SCM_RIGHTS) out, the answer parsed into `answer`, and the answer's length
-// as sent, even past kShmMaxPacketBytes (MSG_TRUNC; then it is not parsed): -1 when the socket fails, 0 when the
-// server closed the connection.
-ssize_t RawExchange(int sock, const std::string& bytes, const std::vector<int>& fds, v1::ShmControlResponse* answer) {
+// One packet of `bytes` (with `fds` as SCM_RIGHTS) out; whether it was sent whole.
+bool RawSend(int sock, const std::string& bytes, const std::vector<int>& fds) {
   struct iovec iov = {const_cast<char*>(bytes.data()), bytes.size()};
   struct msghdr msg = {};
   msg.msg_iov = &iov;
@@ -292,7 +291,12 @@ ssize_t RawExchange(int sock, const std::string& bytes, const std::vector<int>& 
     c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
     std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
   }
-  if (sendmsg(sock, &msg, MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size())) return -1;
+  return sendmsg(sock, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+}
+
+// The next answer parsed into `answer`, and its length as sent, even past kShmMaxPacketBytes (MSG_TRUNC; then it
+// is not parsed): -1 when the socket fails, 0 when the server closed the connection.
+ssize_t RawReceive(int sock, v1::ShmControlResponse* answer) {
   std::string buffer(client::kShmMaxPacketBytes, '\0');
   const ssize_t n = recv(sock, buffer.data(), buffer.size(), MSG_TRUNC);
   if (n > 0 && n <= static_cast<ssize_t>(buffer.size()) &&
@@ -300,6 +304,11 @@ ssize_t RawExchange(int sock, const std::string& bytes, const std::vector<int>& 
     return -1;
   }
   return n;
+}
+
+// RawSend, then RawReceive.
+ssize_t RawExchange(int sock, const std::string& bytes, const std::vector<int>& fds, v1::ShmControlResponse* answer) {
+  return RawSend(sock, bytes, fds) ? RawReceive(sock, answer) : -1;
 }
 
 // A zero-length packet is the empty ShmControlRequest, which names no operation: answered, not taken for the
@@ -379,26 +388,11 @@ TEST_F(ShmServerTest, ASocketSentToLingerOnCloseDoesNotHoldTheServer) {
   ASSERT_EQ(setsockopt(*sock, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait)), 0);
   v1::ShmControlRequest request;
   request.mutable_register_();
-  const std::string wire = request.SerializeAsString();
-  struct iovec iov = {const_cast<char*>(wire.data()), wire.size()};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &lingering, sizeof(int));
-  ASSERT_EQ(sendmsg(*sock, &msg, MSG_NOSIGNAL), static_cast<ssize_t>(wire.size()));
+  ASSERT_TRUE(RawSend(*sock, request.SerializeAsString(), {lingering}));
   close(lingering);  // while the packet is in flight, so that the server's copy is the last
   v1::ShmControlResponse answer;
-  std::string buffer(client::kShmMaxPacketBytes, '\0');
-  const ssize_t n = recv(*sock, buffer.data(), buffer.size(), 0);
-  ASSERT_GT(n, 0) << "no answer within 15 s: the server waited for the close of the socket the client sent";
-  ASSERT_TRUE(answer.ParseFromArray(buffer.data(), static_cast<int>(n)));
+  ASSERT_GT(RawReceive(*sock, &answer), 0)
+      << "no answer within 15 s: the server waited for the close of the socket the client sent";
   EXPECT_EQ(answer.code(), 3) << answer.message();  // not a memfd
   close(*sock);
   close(silent_peer);
@@ -1155,17 +1149,9 @@ TEST(ShmControlSteps, RegionsLeaveTheGrpcListenersHalfTheOpenFileLimit) {
   EXPECT_GT(refused, 0);
   EXPECT_LE(registered, 128 - kClients);
   EXPECT_GT(registered, 64) << "the plane keeps half the limit, less its connections";
-  // New connections are still accepted, each on a channel of its own.
+  // New connections are still accepted.
   for (int i = 0; i < 20; ++i) {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    auto stub =
-        v1::Sampler::NewStub(grpc::CreateCustomChannel(server->tcp_target(), grpc::InsecureChannelCredentials(), args));
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    v1::ListProfilesResponse profiles;
-    const grpc::Status status = stub->ListProfiles(&context, v1::ListProfilesRequest(), &profiles);
-    ASSERT_TRUE(status.ok()) << "connection " << i << ": " << status.error_code() << " " << status.error_message();
+    ASSERT_EQ(ListProfilesOnANewConnection(server->tcp_target()), "") << "connection " << i;
   }
   EXPECT_EQ(server->Terminate(), 0);
 }
