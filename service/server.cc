@@ -31,16 +31,18 @@
 namespace samplerd {
 namespace {
 
-// The shared-memory plane's limits. Each region keeps a descriptor, and so does each control connection: together
+// The shared-memory plane's limits. Each region keeps a descriptor, so does each control connection, and the
+// connections hold up to kMaxDescriptorsReceived of their clients' descriptors while they close them: together
 // they may take half of the open-file limit, so that the gRPC listeners keep the other half (once an accept fails
 // for lack of a descriptor, gRPC 1.51's listener stops for good).
 ShmRegistry::Limits ShmLimits(const ServerConfig& config) {
   ShmRegistry::Limits limits{config.shm_max_clients, config.shm_max_regions_per_client,
                              static_cast<uint64_t>(config.shm_max_bytes_per_client)};
-  const uint64_t connections = ShmControlServer::MaxConnections(config.shm_max_clients, config.shm_max_clients);
+  const uint64_t held = ShmControlServer::MaxConnections(config.shm_max_clients, config.shm_max_clients) +
+                        ShmControlServer::kMaxDescriptorsReceived;
   const uint64_t share = OpenFileLimit() / 2;
-  limits.max_regions = static_cast<int64_t>(
-      std::min<uint64_t>(share > connections ? share - connections : 0, std::numeric_limits<int64_t>::max()));
+  limits.max_regions =
+      static_cast<int64_t>(std::min<uint64_t>(share > held ? share - held : 0, std::numeric_limits<int64_t>::max()));
   const int64_t asked = int64_t{config.shm_max_clients} * config.shm_max_regions_per_client;
   if (limits.max_regions < asked) {
     spdlog::warn(

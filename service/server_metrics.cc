@@ -251,14 +251,10 @@ std::shared_ptr<StepRing> ServerMetrics::CountStep(v1::Regime regime, const std:
   const int slot = static_cast<int>(regime);
   // Counted under the lock: ForgetRemovedProfiles may remove the counter as soon as it is released.
   std::lock_guard<std::mutex> lock(mu_);
-  auto [it, inserted] = profile_series_.try_emplace(profile);
-  ProfileSeries& series = it->second;
-  if (inserted) series.live = live_steps_.ForProfile(profile);
-  if (slot < 0 || slot >= kRegimeSlots) {
-    steps_->Add({{"regime", RegimeLabel(regime)}, {"profile", profile}}).Increment();
-    return series.live;
-  }
-  prometheus::Counter*& counter = series.steps[slot];
+  ProfileSeries& series = profile_series_[profile];
+  // Asked again while it has none: a reload may have freed rings since.
+  if (series.live == nullptr) series.live = live_steps_.ForProfile(profile);
+  prometheus::Counter*& counter = series.steps[slot >= 0 && slot < kRegimeSlots ? slot : kRegimeSlots];
   if (counter == nullptr) counter = &steps_->Add({{"regime", RegimeLabel(regime)}, {"profile", profile}});
   counter->Increment();
   return series.live;
@@ -285,8 +281,9 @@ void ServerMetrics::ForgetRemovedProfiles() {
       }
       profile_series_.erase(it++);
     }
+    // Under mu_: a step of a removed profile counted between the two would keep the ring KeepOnly drops.
+    live_steps_.KeepOnly(names);
   }
-  live_steps_.KeepOnly(names);
 }
 
 void ServerMetrics::OnStep(const v1::StepResult& result, std::chrono::nanoseconds core_time) {

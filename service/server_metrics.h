@@ -121,8 +121,8 @@ class ServerMetrics final : public RequestObserver {
   static constexpr int kRegimeSlots = StepRing::kRegimeSlots;
   // What a step of one profile updates, found with one lookup.
   struct ProfileSeries {
-    std::array<prometheus::Counter*, kRegimeSlots> steps{};  // by regime enum value
-    std::shared_ptr<StepRing> live;                          // null past LiveSteps::kMaxProfiles
+    std::array<prometheus::Counter*, kRegimeSlots + 1> steps{};  // by regime enum value; the last for any other
+    std::shared_ptr<StepRing> live;                              // null past LiveSteps::kMaxProfiles
   };
 
   ServerMetrics() = default;

@@ -29,10 +29,18 @@
 namespace samplerd {
 namespace {
 
-// File descriptors taken from one packet's ancillary data: one is expected, but room is made for as many as
-// SCM_RIGHTS carries in one message (SCM_MAX_FD, unix(7)), since the kernel closes those past the buffer itself,
-// on the receiving thread, where CloseReceived could not make their close safe.
-constexpr int kMaxFdsPerPacket = 253;
+constexpr int kMaxFdsPerPacket = ShmControlServer::kMaxDescriptorsReceived;
+
+// Held from a packet's recvmsg until every descriptor it carried is closed (or, for a register, handed to the
+// registry), so that all connections together hold at most kMaxDescriptorsReceived of their clients' descriptors
+// at once: 253 per packet on every connection thread would take the descriptors gRPC's listener needs.
+std::mutex& ReceiveWindow() {
+  static std::mutex* const window = new std::mutex;
+  return *window;
+}
+
+// A descriptor ReceivePacket took and its caller already closed.
+constexpr int kClosed = -2;
 
 // Closes a descriptor a client sent. The last close of a TCP socket that its sender set to linger with data
 // unsent waits out the linger time, which the sender chose, in close(): made abortive (linger 0), it returns at
@@ -103,7 +111,9 @@ void Reply(v1::ShmControlResponse* response, const absl::Status& status) {
 void DropQueuedPackets(int fd) {
   static thread_local std::unique_ptr<char[]> sink(new char[ShmControlServer::kMaxPacketBytes]);
   std::vector<int> fds;
-  while (ReceivePacket(fd, sink.get(), &fds, MSG_DONTWAIT) >= 0) {
+  for (;;) {
+    std::lock_guard<std::mutex> window(ReceiveWindow());
+    if (ReceivePacket(fd, sink.get(), &fds, MSG_DONTWAIT) < 0) return;
     for (int f : fds)
       if (f >= 0) CloseReceived(f);
     fds.clear();
@@ -360,17 +370,19 @@ void ShmControlServer::Accept() {
         break;
       }
       out_of_descriptors = false;
-      if (held >= MaxConnections()) {
-        Refuse(fd, absl::ResourceExhaustedError(absl::StrCat(
-                       "the shared-memory socket already has ", held,
-                       " connections (--shm_max_clients, and as many waiting for a token or ending); retry later")));
-        continue;
-      }
       const int on = 1;
       if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) {
         // Without it an empty packet cannot be told from the end of the stream (ReceivePacket).
         spdlog::error("shm control socket: setsockopt(SO_PASSCRED): {}; client closed", std::strerror(errno));
+        shutdown(fd, SHUT_RD);
+        DropQueuedPackets(fd);
         close(fd);
+        continue;
+      }
+      if (held >= MaxConnections()) {
+        Refuse(fd, absl::ResourceExhaustedError(absl::StrCat(
+                       "the shared-memory socket already has ", held,
+                       " connections (--shm_max_clients, and as many waiting for a token or ending); retry later")));
         continue;
       }
       auto connection = std::make_unique<Connection>();
@@ -589,8 +601,20 @@ void ShmControlServer::Serve(Connection* connection) {
       }
       break;
     }
+    if (state.authenticated && options_.tokens == nullptr) {
+      struct pollfd polled = {connection->fd, POLLIN, 0};
+      if (poll(&polled, 1, -1) < 0 && errno == EINTR) continue;
+    }
     fds.clear();
-    const ssize_t n = ReceivePacket(connection->fd, buffer.get(), &fds);
+    std::unique_lock<std::mutex> window(ReceiveWindow());
+    const ssize_t n = ReceivePacket(connection->fd, buffer.get(), &fds, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;  // woken for nothing
+    // Past the first, a packet's descriptors serve nothing; without one the window is not needed further (a
+    // request's steps run outside it).
+    for (size_t i = 1; i < fds.size(); ++i) {
+      if (fds[i] >= 0) CloseReceived(std::exchange(fds[i], kClosed));
+    }
+    if (fds.empty()) window.unlock();
     bool in_drain = false;  // the drain waits for this packet's answer
     if (n >= 0) {
       BeginRequest();
@@ -602,7 +626,8 @@ void ShmControlServer::Serve(Connection* connection) {
     }
     for (int f : fds)
       if (f >= 0) CloseReceived(f);  // a registered region keeps its own reference (the mapping)
-    if (n < 0) break;                // end of stream, a broken connection, or the server stopping
+    if (window.owns_lock()) window.unlock();
+    if (n < 0) break;  // end of stream, a broken connection, or the server stopping
     response.SerializeToString(&wire);
     if (response.has_sample() &&
         (wire.size() > kMaxPacketBytes || static_cast<int64_t>(wire.size()) > options_.max_message_bytes)) {

@@ -65,6 +65,11 @@ class ShmControlServer {
   // The largest packet either way: a request of a few hundred referenced steps, or their answers. It fits the
   // default unix socket send buffer (net.core.wmem_default), so neither side needs to raise it.
   static constexpr size_t kMaxPacketBytes = 128 << 10;
+  // Descriptors of their clients that the connections hold at once, over all of them: one packet's worth, as many
+  // as SCM_RIGHTS carries in one message (SCM_MAX_FD, unix(7)). Every descriptor a packet carries is taken, since
+  // the kernel closes those past the receive buffer itself, on the receiving thread, where samplerd could not make
+  // their close safe; past the first, each is closed at once.
+  static constexpr int kMaxDescriptorsReceived = 253;
 
   // How long an answer waits for the client to read earlier ones when the socket's buffer is full of them (a
   // client that pipelines requests), before the client is taken for one that does not read and disconnected.

@@ -1109,17 +1109,21 @@ pid_t FillTheThreadsOf(uid_t uid, rlim_t limit) {
   return filler;
 }
 
+// The most descriptors one SCM_RIGHTS message carries (SCM_MAX_FD, unix(7)): the server takes them all, and holds
+// one packet's worth over all connections at once (ShmControlServer::kMaxDescriptorsReceived).
+constexpr int kScmMaxFd = 253;
+
 // Each region keeps a descriptor, and gRPC 1.51's listener stops for good once an accept fails for lack of one:
 // the plane takes at most half of the open-file limit, so clients that register all their limits allow leave the
 // gRPC listeners room to accept.
 TEST(ShmControlSteps, RegionsLeaveTheGrpcListenersHalfTheOpenFileLimit) {
   const std::string socket_path = ShmSocketPath();
   constexpr int kClients = 4;
-  constexpr int kRegionsPerClient = 64;  // 256 regions allowed by the flags, with 256 descriptors in all
+  constexpr int kRegionsPerClient = 256;  // 1,024 regions allowed by the flags, with 1,024 descriptors in all
   std::unique_ptr<ServerProcess> server =
       ServerProcess::Start({"--shm_socket", socket_path, "--shm_max_clients", std::to_string(kClients),
                             "--shm_max_regions_per_client", std::to_string(kRegionsPerClient)},
-                           "", {"/usr/bin/prlimit", "--nofile=256:256", "--"});
+                           "", {"/usr/bin/prlimit", "--nofile=1024:1024", "--"});
   ASSERT_NE(server, nullptr);
   std::vector<std::unique_ptr<RawClient>> clients;
   int registered = 0;
@@ -1147,12 +1151,52 @@ TEST(ShmControlSteps, RegionsLeaveTheGrpcListenersHalfTheOpenFileLimit) {
     }
   }
   EXPECT_GT(refused, 0);
-  EXPECT_LE(registered, 128 - kClients);
-  EXPECT_GT(registered, 64) << "the plane keeps half the limit, less its connections";
+  // Half the limit, less the connections (3 x --shm_max_clients) and the descriptors they may be closing.
+  EXPECT_EQ(registered, 512 - 3 * kClients - kScmMaxFd);
   // New connections are still accepted.
   for (int i = 0; i < 20; ++i) {
     ASSERT_EQ(ListProfilesOnANewConnection(server->tcp_target()), "") << "connection " << i;
   }
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
+// A packet may carry SCM_MAX_FD (253) descriptors, all of which the server takes (so that it can close them
+// safely): clients sending such packets on several connections at once must still leave the gRPC listeners the
+// descriptors they need, since gRPC 1.51's listener stops for good once an accept fails for lack of one.
+TEST(ShmControlSteps, PacketsFullOfDescriptorsLeaveTheGrpcListenersTheirDescriptors) {
+  const std::string socket_path = ShmSocketPath();
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start({"--shm_socket", socket_path}, "", {"/usr/bin/prlimit", "--nofile=512:512", "--"});
+  ASSERT_NE(server, nullptr);
+  int pipe_ends[2];
+  ASSERT_EQ(pipe2(pipe_ends, O_CLOEXEC), 0);
+  const std::vector<int> many(kScmMaxFd, pipe_ends[0]);
+  v1::ShmControlRequest request;
+  request.mutable_register_();
+  const std::string wire = request.SerializeAsString();
+  std::atomic<bool> stop{false};
+  std::atomic<int> answered{0};
+  std::vector<std::thread> senders;
+  for (int t = 0; t < 4; ++t) {
+    senders.emplace_back([&] {
+      std::unique_ptr<RawClient> raw = ConnectRaw(socket_path);
+      if (raw == nullptr) return;
+      v1::ShmControlResponse answer;
+      while (!stop.load() && RawExchange(raw->sock, wire, many, &answer) > 0) answered.fetch_add(1);
+    });
+  }
+  ASSERT_TRUE(WaitFor([&] { return answered.load() > 50; }, std::chrono::seconds(20)));
+  // While the packets keep coming, new connections: each is an accept that would fail with the table full.
+  for (int i = 0; i < 300; ++i) {
+    ASSERT_EQ(ListProfilesOnANewConnection(server->tcp_target()), "") << "during the packets, connection " << i;
+  }
+  stop.store(true);
+  for (std::thread& t : senders) t.join();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_EQ(ListProfilesOnANewConnection(server->tcp_target()), "") << "after the packets, connection " << i;
+  }
+  close(pipe_ends[0]);
+  close(pipe_ends[1]);
   EXPECT_EQ(server->Terminate(), 0);
 }
 
