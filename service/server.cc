@@ -31,6 +31,10 @@
 namespace samplerd {
 namespace {
 
+// Control connections that may wait to present a token at once: as many as may hold sessions, so that all the
+// clients --shm_max_clients allows can connect at once without evicting each other.
+int ShmMaxUnauthenticated(const ServerConfig& config) { return config.shm_max_clients; }
+
 // The shared-memory plane's limits. Each region keeps a descriptor, so does each control connection, and the
 // connections hold up to kMaxDescriptorsReceived of their clients' descriptors while they close them: together
 // they may take half of the open-file limit, so that the gRPC listeners keep the other half (once an accept fails
@@ -38,7 +42,7 @@ namespace {
 ShmRegistry::Limits ShmLimits(const ServerConfig& config) {
   ShmRegistry::Limits limits{config.shm_max_clients, config.shm_max_regions_per_client,
                              static_cast<uint64_t>(config.shm_max_bytes_per_client)};
-  const uint64_t held = ShmControlServer::MaxConnections(config.shm_max_clients, config.shm_max_clients) +
+  const uint64_t held = ShmControlServer::MaxConnections(config.shm_max_clients, ShmMaxUnauthenticated(config)) +
                         ShmControlServer::kMaxDescriptorsReceived;
   const uint64_t share = OpenFileLimit() / 2;
   limits.max_regions =
@@ -155,7 +159,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
     control.service = sampler;
     control.tokens = server->tokens_;
     control.max_message_bytes = config.max_message_bytes;
-    control.max_unauthenticated = config.shm_max_clients;
+    control.max_unauthenticated = ShmMaxUnauthenticated(config);
     absl::StatusOr<std::unique_ptr<ShmControlServer>> started = ShmControlServer::Start(std::move(control));
     if (!started.ok()) return started.status();
     server->shm_control_ = *std::move(started);

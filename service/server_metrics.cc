@@ -208,11 +208,7 @@ std::string ServerMetrics::LiveJson() const {
   std::lock_guard<std::mutex> live_lock(live_mu_);
   const auto now = std::chrono::steady_clock::now();
   if (!live_json_.empty() && now - live_rendered_ < kLiveRenderInterval) return live_json_;
-  std::shared_ptr<const ProfileRegistry> profiles;
-  {
-    std::lock_guard<std::mutex> lock(profiles_mu_);
-    if (profiles_) profiles = profiles_();
-  }
+  const std::shared_ptr<const ProfileRegistry> profiles = CurrentProfiles();
   live_json_ = live_steps_.Json(profiles.get());
   live_rendered_ = now;
   return live_json_;
@@ -240,6 +236,11 @@ void ServerMetrics::SetProfiles(std::function<std::shared_ptr<const ProfileRegis
   profiles_ = std::move(source);
 }
 
+std::shared_ptr<const ProfileRegistry> ServerMetrics::CurrentProfiles() const {
+  std::lock_guard<std::mutex> lock(profiles_mu_);
+  return profiles_ ? profiles_() : nullptr;
+}
+
 void ServerMetrics::OnConfigReload(bool success) {
   (success ? reloads_succeeded_ : reloads_failed_)->Increment();
   ForgetRemovedProfiles();  // against the profiles in force, whichever file failed
@@ -261,11 +262,7 @@ std::shared_ptr<StepRing> ServerMetrics::CountStep(v1::Regime regime, const std:
 }
 
 void ServerMetrics::ForgetRemovedProfiles() {
-  std::shared_ptr<const ProfileRegistry> profiles;
-  {
-    std::lock_guard<std::mutex> lock(profiles_mu_);
-    if (profiles_) profiles = profiles_();
-  }
+  const std::shared_ptr<const ProfileRegistry> profiles = CurrentProfiles();
   if (profiles == nullptr) return;
   absl::flat_hash_set<std::string> names;
   for (const Profile& profile : profiles->profiles()) names.insert(profile.name());

@@ -129,6 +129,8 @@ class ServerMetrics final : public RequestObserver {
   absl::Status Serve(const std::string& listen);
   std::string Exposition() const;
   std::string LiveJson() const;
+  // What SetProfiles' source gives now; null without one.
+  std::shared_ptr<const ProfileRegistry> CurrentProfiles() const;
   // Counts a step of (regime, profile); returns the profile's ring.
   std::shared_ptr<StepRing> CountStep(v1::Regime regime, const std::string& profile);
   // Drops the step counters and the ring of every profile the reload removed: a config that renames its
