@@ -1,6 +1,8 @@
 #include "service/config_reloader.h"
 
 #include <algorithm>
+#include <system_error>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -55,6 +57,49 @@ absl::Status ConfigReloader::Reload() {
   }
   if (options_.metrics != nullptr) options_.metrics->OnConfigReload(first_error.ok());
   return first_error;
+}
+
+ConfigReloader::~ConfigReloader() {
+  std::thread thread;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    thread = std::move(thread_);
+  }
+  requested_.notify_all();
+  if (thread.joinable()) thread.join();
+}
+
+void ConfigReloader::RequestReload() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    pending_ = true;
+    if (thread_.joinable()) {
+      requested_.notify_all();
+      return;
+    }
+    try {
+      thread_ = std::thread([this] { RunRequests(); });
+      return;
+    } catch (const std::system_error& e) {
+      pending_ = false;
+      spdlog::warn("SIGHUP: no thread to reload on ({}); reloading on the signal thread", e.what());
+    }
+  }
+  Reload().IgnoreError();  // logged and counted by Reload
+}
+
+void ConfigReloader::RunRequests() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    requested_.wait(lock, [this] { return pending_ || stopping_; });
+    if (stopping_) return;
+    pending_ = false;
+    lock.unlock();
+    Reload().IgnoreError();  // logged and counted by Reload
+    lock.lock();
+  }
 }
 
 }  // namespace samplerd

@@ -3,7 +3,7 @@
 //   absl::StatusOr<std::shared_ptr<const ProfileRegistry>> profiles = LoadProfiles(config.config_path);
 //   ...
 //   ConfigReloader reloader({config.config_path, service.get(), tokens, metrics});
-//   reloader.Reload();   // from the signal thread, on SIGHUP
+//   reloader.RequestReload();   // from the signal thread, on SIGHUP: the reload runs on the reloader's thread
 //
 // A reload is all or nothing per file: the new profiles replace the old ones in one pointer swap
 // (SamplerService::SetProfiles), so a request in flight finishes on the set it started with and the next one
@@ -11,9 +11,12 @@
 #ifndef SAMPLERD_SERVICE_CONFIG_RELOADER_H_
 #define SAMPLERD_SERVICE_CONFIG_RELOADER_H_
 
+#include <condition_variable>
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -38,6 +41,8 @@ inline constexpr size_t kProfilesNamedInTheLog = 32;
 std::string DescribeProfiles(const ProfileRegistry& profiles);
 
 // ConfigReloader
+//
+// Thread-safe.
 class ConfigReloader {
  public:
   struct Options {
@@ -53,12 +58,30 @@ class ConfigReloader {
 
   explicit ConfigReloader(Options options) : options_(std::move(options)) {}
 
+  // Waits for the reload that runs, if any.
+  ~ConfigReloader();
+
+  ConfigReloader(const ConfigReloader&) = delete;
+  ConfigReloader& operator=(const ConfigReloader&) = delete;
+
   // Re-reads both files, applies each one that loads, logs one line per file (info on success, error on
   // failure: "... keeping the previous profiles") and returns the first error.
   absl::Status Reload();
 
+  // Runs Reload() on the reloader's own thread and returns at once: a large config parses for seconds, and the
+  // signal thread must be free meanwhile for the SIGTERM that may follow. Requests made while a reload runs are
+  // folded into one more reload after it. Without a thread to run on (a pids limit), reloads on the caller's.
+  void RequestReload();
+
  private:
+  void RunRequests();
+
   const Options options_;
+  std::mutex mu_;
+  std::condition_variable requested_;
+  bool pending_ = false;   // guarded by mu_
+  bool stopping_ = false;  // guarded by mu_
+  std::thread thread_;     // started by the first RequestReload; guarded by mu_
 };
 
 }  // namespace samplerd

@@ -58,7 +58,7 @@ int RunServer(const ServerConfig& config, std::shared_ptr<const ProfileRegistry>
     signal_thread = std::thread([&] {
       int signal = 0;
       while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) {
-        (*server)->Reload().IgnoreError();  // logged and counted by Reload
+        (*server)->RequestReload();
       }
       spdlog::info("{}: health NOT_SERVING, draining in-flight calls for up to {} s (send it again to exit at once)",
                    strsignal(signal), config.drain_seconds);

@@ -233,7 +233,7 @@ Server::~Server() {
 
 std::string Server::metrics_address() const { return metrics_ == nullptr ? std::string() : metrics_->address(); }
 
-absl::Status Server::Reload() { return reloader_->Reload(); }
+void Server::RequestReload() { reloader_->RequestReload(); }
 
 void Server::Shutdown() {
   service_->StopAdmitting();

@@ -6,7 +6,7 @@
 //   absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(config, profiles);
 //   if (!server.ok()) return absl::IsInvalidArgument(server.status()) ? 2 : 1;
 //   for (const std::string& address : (*server)->bound_addresses()) std::printf("... %s\n", address.c_str());
-//   // on SIGHUP: (*server)->Reload();  on SIGTERM: (*server)->Shutdown();
+//   // on SIGHUP: (*server)->RequestReload();  on SIGTERM: (*server)->Shutdown();
 //   (*server)->Wait();
 //
 // Signals stay with the caller (main.cc), which decides which thread receives them.
@@ -48,7 +48,7 @@ inline constexpr int kMaxSyncServiceThreads = 16;
 
 // Server
 //
-// Thread-safe: Reload and Shutdown may be called from any thread (a signal thread) while another thread waits.
+// Thread-safe: RequestReload and Shutdown may be called from any thread (a signal thread) while another thread waits.
 class Server {
  public:
   // Starts everything `config` (validated by ValidateServerConfig) names. Errors: INVALID_ARGUMENT for a file
@@ -71,8 +71,9 @@ class Server {
   // host:port of /metrics; empty when none is served.
   std::string metrics_address() const;
 
-  // Re-reads --config and --auth_token_file; a bad file changes nothing (logged and counted).
-  absl::Status Reload();
+  // Re-reads --config and --auth_token_file on a thread of its own and returns at once; a bad file changes nothing
+  // (logged and counted). See ConfigReloader::RequestReload.
+  void RequestReload();
 
   // Drains: health turns NOT_SERVING, no new call is accepted, in-flight calls (a request running on the
   // shared-memory control socket included) get config.drain_seconds to finish before they are cancelled, and idle

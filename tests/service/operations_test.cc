@@ -1358,6 +1358,44 @@ TEST(Reload, SighupPicksUpAChangedConfigAndABadFileKeepsTheOldProfiles) {
   EXPECT_EQ(server->Terminate(), 0);
 }
 
+// `count` profiles named NAME-0, NAME-1, ...: a config that takes a second or more to load.
+std::string ManyProfiles(const std::string& name, int count) {
+  const std::string one = ProfileSet("@");
+  const size_t begin = one.find('{', one.find('['));
+  const size_t end = one.rfind(']');
+  const std::string profile = one.substr(begin, end - begin);
+  std::string json = "{\"profiles\": [";
+  for (int i = 0; i < count; ++i) {
+    std::string named = profile;
+    named.replace(named.find('@'), 1, name + "-" + std::to_string(i));
+    json += (i == 0 ? "" : ",\n") + named;
+  }
+  json += "], \"defaultProfile\": \"" + name + "-0\"}";
+  return json;
+}
+
+// A SIGTERM sent while a large config reloads starts the drain at once: the reload runs on a thread of its own,
+// not on the thread that waits for signals, and the process still exits 0 once both are done.
+TEST(Reload, ASigtermDuringALongReloadStartsTheDrainAtOnce) {
+  TempDir dir;
+  ASSERT_TRUE(dir.ok());
+  const std::string config = dir.File("profiles.json");
+  WriteFile(config, ProfileSet("small"));
+  const std::string log = dir.File("samplerd.log");
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start({"--config", config, "--log_level", "info"}, log);
+  ASSERT_NE(server, nullptr);
+  WriteFile(config, ManyProfiles("large", 40000));
+  ASSERT_EQ(kill(server->pid(), SIGHUP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(server->Stop(SIGTERM, std::chrono::seconds(60)), 0);
+  const std::string lines = ReadFile(log);
+  const size_t drain = lines.find("draining in-flight calls");
+  const size_t reloaded = lines.find("profiles reloaded from");
+  ASSERT_NE(drain, std::string::npos) << lines;
+  ASSERT_NE(reloaded, std::string::npos) << lines;
+  EXPECT_LT(drain, reloaded) << "the SIGTERM waited for the reload:\n" << lines;
+}
+
 // A reload that renames the config's profile drops the old name's step counters and its live ring, so a config
 // renamed on every reload neither grows /metrics for good nor fills the live page's LiveSteps::kMaxProfiles rings
 // with profiles no longer in force (after which a new profile's steps were not shown at all).
