@@ -9,9 +9,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/field_error.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 #include "service/allocator_tuning.h"
 #include "service/answer_order.h"
 #include "service/message_framing.h"
+#include "service/request_wire.h"
 #include "service/step_codec.h"
 #include "service/tsan_annotations.h"
 #include "spdlog/spdlog.h"
@@ -103,11 +105,21 @@ std::string ShmSession(const grpc::CallbackServerContext& context) {
 }
 
 // Parses one received message into `request` (reused: its buffers keep their capacity) and releases the
-// buffer's slices. `index` counts the call's messages from 1, for the error.
+// buffer's slices. `index` counts the call's messages from 1, for the error. A message that would parse to many
+// times its size is refused first (CheckRequestWire, with `max_steps`).
 template <class Request>
-absl::Status ParseRequest(grpc::ByteBuffer* buffer, int64_t index, Request* request) {
+absl::Status ParseRequest(grpc::ByteBuffer* buffer, int64_t index, int64_t max_steps, Request* request) {
   // A unary call's handler runs with no buffer at all when the client sent no message.
   if (!buffer->Valid()) return absl::InvalidArgumentError("the call carried no request message");
+  absl::Status refused;
+  {
+    grpc::ProtoBufferReader reader(buffer);
+    refused = CheckRequestWire(*Request::descriptor(), &reader, max_steps);
+  }
+  if (!refused.ok()) {
+    buffer->Clear();
+    return refused;
+  }
   const grpc::Status parsed = grpc::SerializationTraits<Request>::Deserialize(buffer, request);
   if (parsed.ok()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat("message ", index, " of the call is not a ",
@@ -163,7 +175,9 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
     absl::Status parsed;
     if (ok) {
       parsed = CheckMessageFraming(*context_);
-      if (parsed.ok()) parsed = ParseRequest(&read_buffer_, ++messages_read_, read_request_.get());
+      if (parsed.ok())
+        parsed =
+            ParseRequest(&read_buffer_, ++messages_read_, service_->config_.max_steps_per_request, read_request_.get());
     }
     Order::Entry* entry = nullptr;
     std::optional<absl::Status> finish;
@@ -340,8 +354,7 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
   const uint64_t request_bytes = request.ByteSizeLong();
   if (observer_ != nullptr) observer_->OnRequest(request_bytes);
   if (request.steps_size() > config_.max_steps_per_request) {
-    done(LimitFieldError("steps", absl::StrCat("a request may carry at most ", config_.max_steps_per_request,
-                                               " steps (--max_steps_per_request), got ", request.steps_size())));
+    done(TooManyStepsError(config_.max_steps_per_request, request.steps_size()));
     return;
   }
   // Tensors in shared memory are work the request asks for without carrying it: counted as if inline, so a
@@ -490,7 +503,7 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
   };
   auto call = std::make_shared<Call>();
   grpc::ByteBuffer received(*request);  // shares the slices; Deserialize consumes its argument
-  if (absl::Status parsed = ParseRequest(&received, 1, &call->request); !parsed.ok()) {
+  if (absl::Status parsed = ParseRequest(&received, 1, config_.max_steps_per_request, &call->request); !parsed.ok()) {
     reactor->FinishWith(ToGrpcStatus(parsed));
     return reactor;
   }
@@ -513,7 +526,7 @@ grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerConte
   }
   grpc::ByteBuffer received(*request);  // shares the slices; Deserialize consumes its argument
   v1::ListProfilesRequest parsed_request;
-  if (absl::Status parsed = ParseRequest(&received, 1, &parsed_request); !parsed.ok()) {
+  if (absl::Status parsed = ParseRequest(&received, 1, config_.max_steps_per_request, &parsed_request); !parsed.ok()) {
     reactor->FinishWith(ToGrpcStatus(parsed));
     return reactor;
   }

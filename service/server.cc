@@ -159,6 +159,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
     control.service = sampler;
     control.tokens = server->tokens_;
     control.max_message_bytes = config.max_message_bytes;
+    control.max_steps_per_request = config.max_steps_per_request;
     control.max_unauthenticated = ShmMaxUnauthenticated(config);
     absl::StatusOr<std::unique_ptr<ShmControlServer>> started = ShmControlServer::Start(std::move(control));
     if (!started.ok()) return started.status();

@@ -19,8 +19,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/field_error.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "samplerd/v1/sampler.pb.h"
 #include "service/logging.h"
+#include "service/request_wire.h"
 #include "service/seed_table.h"
 #include "service/step_codec.h"
 #include "service/unix_socket_path.h"
@@ -57,8 +59,10 @@ void CloseReceived(int fd) {
 // What an answer's message may quote of a status: an answer without `sample` stays far below kMaxPacketBytes.
 constexpr size_t kMaxMessageBytes = 1024;
 
-// The parsed request and answer a connection keeps between packets for reuse, at most. A packet parses to up to
-// ~70 times its bytes (65,000 empty steps in 128 KiB: 8.8 MB), and a connection may be idle for good.
+// The parsed request and answer, and the answer's wire form, that a connection keeps between packets for reuse, at
+// most. With --max_steps_per_request raised, a packet parses to up to ~70 times its bytes (65,000 empty steps in
+// 128 KiB: 8.8 MB), its answer is serialized before it can be refused as too large, and a connection may be idle for
+// good.
 constexpr size_t kScratchKeepBytes = 256 << 10;
 
 // Receives one packet into `buffer` (ShmControlServer::kMaxPacketBytes) and its descriptors into `fds`, blocking;
@@ -446,6 +450,13 @@ void ShmControlServer::HandlePacket(const Options& options, ConnectionState* sta
                                      " bytes; send fewer steps per request (or send them on the Sample RPC)")));
     return;
   }
+  google::protobuf::io::ArrayInputStream wire(packet, static_cast<int>(length));
+  if (absl::Status refused =
+          CheckRequestWire(*v1::ShmControlRequest::descriptor(), &wire, options.max_steps_per_request);
+      !refused.ok()) {
+    Reply(response, refused);
+    return;
+  }
   if (!request.ParseFromArray(packet, static_cast<int>(length))) {
     Reply(response, absl::InvalidArgumentError("the packet is not a samplerd.v1.ShmControlRequest"));
     return;
@@ -643,6 +654,7 @@ void ShmControlServer::Serve(Connection* connection) {
     if (in_drain) EndRequest();  // answered, or the client is gone: the drain need not wait for it
     if (state.request.SpaceUsedLong() > kScratchKeepBytes) state.request = v1::ShmControlRequest();
     if (response.SpaceUsedLong() > kScratchKeepBytes) response = v1::ShmControlResponse();
+    if (wire.capacity() > kScratchKeepBytes) std::string().swap(wire);  // an answer refused as too large was serialized
     if (!sent || state.close) break;
   }
   if (!state.session.empty()) options_.registry->CloseSession(state.session);

@@ -96,6 +96,8 @@ class ShmControlServer {
     // --max_message_bytes: a `sample` packet or its answer larger than this is RESOURCE_EXHAUSTED, as a gRPC
     // message would be.
     int64_t max_message_bytes = int64_t{64} << 20;
+    // --max_steps_per_request: a packet with more steps is refused before it is parsed (CheckRequestWire).
+    int64_t max_steps_per_request = 4096;
     // With `tokens`: how many connections may wait to authenticate at once (the file comment); server.cc gives
     // --shm_max_clients, so as many clients as may hold sessions can connect at once without evicting each other.
     int max_unauthenticated = 64;

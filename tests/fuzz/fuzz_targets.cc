@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -24,7 +25,9 @@
 #include "core/reduce_kernels.h"
 #include "core/step_engine.h"
 #include "core/tensor_view.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "service/request_wire.h"
 #include "service/sampler_service.h"
 #include "service/seed_table.h"
 #include "service/server_config.h"
@@ -665,9 +668,49 @@ std::string CheckKernelBytes(const uint8_t* data, size_t size) {
   return CheckLogits(recipe.values);
 }
 
+// The unknown fields of `message` and of every message in it, as the parse kept them.
+int64_t CountUnknownFields(const google::protobuf::Message& message) {
+  const google::protobuf::Reflection& reflection = *message.GetReflection();
+  int64_t count = reflection.GetUnknownFields(message).field_count();
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  reflection.ListFields(message, &fields);
+  for (const google::protobuf::FieldDescriptor* field : fields) {
+    if (field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (!field->is_repeated()) {
+      count += CountUnknownFields(reflection.GetMessage(message, field));
+      continue;
+    }
+    for (int i = 0; i < reflection.FieldSize(message, field); ++i) {
+      count += CountUnknownFields(reflection.GetRepeatedMessage(message, field, i));
+    }
+  }
+  return count;
+}
+
+// CheckRequestWire, which the service runs before the parse, against what the parse made of the same bytes.
+std::string CheckWireAgreesWithTheParse(const uint8_t* data, size_t size, const v1::SampleRequest& request) {
+  const int64_t max_steps = ServerConfig().max_steps_per_request;
+  google::protobuf::io::ArrayInputStream wire(data, static_cast<int>(size));
+  const absl::Status checked = CheckRequestWire(*v1::SampleRequest::descriptor(), &wire, max_steps);
+  if (checked.ok()) {
+    if (request.steps_size() > max_steps) {
+      return absl::StrCat("the wire check let ", request.steps_size(), " steps through");
+    }
+    if (const int64_t unknown = CountUnknownFields(request); unknown > kMaxUnknownFields) {
+      return absl::StrCat("the wire check let ", unknown, " unknown fields through");
+    }
+  } else if (request.steps_size() > max_steps && checked != TooManyStepsError(max_steps, request.steps_size())) {
+    return absl::StrCat("over the step limit, the wire check said ", checked.ToString());
+  } else if (request.steps_size() <= max_steps && absl::StrContains(checked.message(), "--max_steps_per_request")) {
+    return absl::StrCat(request.steps_size(), " steps refused by the wire check: ", checked.ToString());
+  }
+  return "";
+}
+
 std::string CheckRequestBytes(const uint8_t* data, size_t size) {
   v1::SampleRequest request;
   if (!request.ParseFromArray(data, static_cast<int>(size))) return "";
+  if (std::string f = CheckWireAgreesWithTheParse(data, size, request); !f.empty()) return f;
   const SamplerService& service = Service();
   const bool has_refs = std::any_of(request.steps().begin(), request.steps().end(),
                                     [](const v1::Step& s) { return s.has_logits_ref() || s.has_attention_ref(); });

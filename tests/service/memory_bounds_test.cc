@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -589,12 +590,57 @@ TEST(MemoryBounds, AnErrorAboutAHugeShapeIsShortAndEachBadStepIsAnsweredAlone) {
   EXPECT_EQ(server->Terminate(), 0);
 }
 
-// A control packet parses to up to ~70 times its bytes (65,000 empty steps in 128 KiB: 8.8 MB), and a connection
-// reuses what it parsed into for its next packet: connections that each sent one such packet and then stay idle
-// must not keep what it became (it is refused, over --max_steps_per_request, only once parsed).
+// A parse turns a 2-byte empty step into a ~130-byte Step and a 2-byte unknown field into an entry of an
+// unknown-field set: requests of nothing else are refused from their wire form, before they are parsed (a 64 MiB
+// request of empty steps peaked at 4 GB).
+TEST(MemoryBounds, RequestsThatParseToManyTimesTheirSizeAreRefusedBeforeTheParse) {
+  const std::string empty_steps = [] {
+    std::string wire;
+    for (int64_t i = 0; i < (kMaxMessageBytes - 64) / 2; ++i) wire += std::string("\x0a\x00", 2);
+    return wire;
+  }();
+  const std::string unknown_fields = [] {
+    std::string wire;
+    for (int64_t i = 0; i < (kMaxMessageBytes - 64) / 2; ++i) wire += std::string("\x10\x00", 2);  // field 2
+    return wire;
+  }();
+  struct Case {
+    const char* method;
+    const std::string* wire;
+    const char* refusal;
+  };
+  for (const Case& c :
+       {Case{"/samplerd.v1.Sampler/SampleOnce", &empty_steps, "steps: a request may carry at most"},
+        Case{"/samplerd.v1.Sampler/SampleOnce", &unknown_fields, "fields that samplerd.v1.SampleRequest"},
+        Case{"/samplerd.v1.Sampler/ListProfiles", &unknown_fields, "fields that samplerd.v1.ListProfilesRequest"}}) {
+    SCOPED_TRACE(std::string(c.method) + " refused with \"" + c.refusal + "\"");
+    std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags());
+    ASSERT_NE(server, nullptr);
+    grpc::GenericStub stub(grpc::CreateChannel(server->tcp_target(), grpc::InsecureChannelCredentials()));
+    const grpc::Slice slice(*c.wire);
+    const grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&context, c.method, grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status status) { done.set_value(std::move(status)); });
+    const grpc::Status status = done.get_future().get();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+    EXPECT_NE(status.error_message().find(c.refusal), std::string::npos) << status.error_message();
+    EXPECT_LT(PeakMiB(*server), kPeakBoundMiB);
+    EXPECT_EQ(server->Terminate(), 0);
+  }
+}
+
+// A connection reuses what it parsed a control packet into, and its answer, for its next packet: connections that
+// each sent one large request and then stay idle must not keep what it became. With --max_steps_per_request
+// raised to allow them, 65,000 empty steps in 128 KiB parse to 8.8 MB, and their answers (each step's error) to as
+// much again, which is then refused as larger than a packet.
 TEST(MemoryBounds, IdleShmControlConnectionsDoNotKeepTheLargestRequestTheyParsed) {
   const std::string socket_path = "/tmp/samplerd-memory-bounds-" + std::to_string(getpid()) + ".sock";
-  std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags({"--shm_socket", socket_path}));
+  std::unique_ptr<ServerProcess> server =
+      ServerProcess::Start(Flags({"--shm_socket", socket_path, "--max_steps_per_request", "65000"}));
   ASSERT_NE(server, nullptr);
   v1::ShmControlRequest empty_steps;
   for (int i = 0; i < 65000; ++i) empty_steps.mutable_sample()->add_steps();
@@ -609,6 +655,7 @@ TEST(MemoryBounds, IdleShmControlConnectionsDoNotKeepTheLargestRequestTheyParsed
     absl::StatusOr<v1::ShmControlResponse> answer = client::ShmControlExchange(*sock, empty_steps, -1);
     ASSERT_TRUE(answer.ok()) << answer.status();
     EXPECT_EQ(answer->code(), 8) << answer->message();
+    EXPECT_NE(answer->message().find("the answer is"), std::string::npos) << answer->message();
   }
   const int64_t grown_mib = (server->StatusKiB("VmRSS") - rss_before_kib) / 1024;
   std::fprintf(stderr, "samplerd RSS grew by %lld MiB for %d idle connections\n", static_cast<long long>(grown_mib),
