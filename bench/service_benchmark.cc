@@ -17,6 +17,8 @@
 
 #include "benchmark/benchmark.h"
 #include "clients/cpp/load_generator.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "service/request_wire.h"
 #include "service/sampler_service.h"
 #include "service/seed_table.h"
 #include "service/worker_pool.h"
@@ -118,6 +120,19 @@ void BM_ParseRequest(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes.size()));
 }
 BENCHMARK(BM_ParseRequest)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
+
+// What the service pays before each parse to refuse requests that would parse to many times their size.
+void BM_CheckRequestWire(benchmark::State& state) {
+  const int index = static_cast<int>(state.range(0));
+  const std::string bytes = Request(index).SerializeAsString();
+  state.SetLabel(std::string(client::WorkloadName(kWorkloads[index])));
+  for (auto _ : state) {
+    google::protobuf::io::ArrayInputStream wire(bytes.data(), static_cast<int>(bytes.size()));
+    benchmark::DoNotOptimize(CheckRequestWire(*v1::SampleRequest::descriptor(), &wire, 4096));
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes.size()));
+}
+BENCHMARK(BM_CheckRequestWire)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
 
 // What StartRequest pays to count a request against --max_pending_request_bytes.
 void BM_RequestSpaceUsed(benchmark::State& state) {

@@ -12,8 +12,8 @@ namespace {
 
 using google::protobuf::Descriptor;
 using google::protobuf::FieldDescriptor;
-using google::protobuf::io::CodedInputStream;
 using google::protobuf::internal::WireFormatLite;
+using google::protobuf::io::CodedInputStream;
 
 // samplerd.v1's requests nest four deep; this only keeps a schema change from recursing without end.
 constexpr int kMaxDepth = 32;

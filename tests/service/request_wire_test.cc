@@ -98,8 +98,8 @@ TEST(CheckRequestWire, RefusesMoreUnknownFieldsThanTheLimitWhereverTheyAre) {
   // Inside a step, inside its logits, inside a map entry of its params: all count together.
   const int quarter = static_cast<int>(kMaxUnknownFields / 4);
   const std::string map_entry = LengthDelimited(8, Varint(1 << 3) + Varint(5) + UnknownFields(quarter));
-  const std::string step = UnknownFields(quarter) + LengthDelimited(3, UnknownFields(quarter)) +
-                           LengthDelimited(6, map_entry);
+  const std::string step =
+      UnknownFields(quarter) + LengthDelimited(3, UnknownFields(quarter)) + LengthDelimited(6, map_entry);
   EXPECT_TRUE(Check(type, UnknownFields(quarter) + LengthDelimited(1, step)).ok());
   EXPECT_EQ(Check(type, UnknownFields(quarter + 1) + LengthDelimited(1, step)).code(),
             absl::StatusCode::kResourceExhausted);
@@ -158,8 +158,8 @@ void CollectRepeatedMessages(const Descriptor& type, std::vector<const Descripto
 }
 
 TEST(CheckRequestWire, StepsAreTheOnlyRepeatedMessageFieldOfTheRequests) {
-  for (const Descriptor* request : {v1::SampleRequest::descriptor(), v1::ShmControlRequest::descriptor(),
-                                    v1::ListProfilesRequest::descriptor()}) {
+  for (const Descriptor* request :
+       {v1::SampleRequest::descriptor(), v1::ShmControlRequest::descriptor(), v1::ListProfilesRequest::descriptor()}) {
     std::vector<const Descriptor*> seen;
     std::vector<std::string> fields;
     CollectRepeatedMessages(*request, &seen, &fields);
