@@ -4,8 +4,9 @@
 // whichever finishes first. AnswerOrder decides when a read may start (at most `max_in_flight` requests running
 // and `max_queued` answers waiting, the one being written included), which answer is written next (the oldest,
 // once it is ready, one write at a time), and when the stream ends and with which status: once nothing runs and
-// nothing is being written, after every answer when the client half-closed or a request was refused (the
-// answers before the refused one are still written), at once with CANCELLED when a write failed; and only once.
+// nothing is being written, after every answer when the client half-closed, after the answers to the requests
+// before the first refused one (in arrival order, whichever was refused first) with its status, at once with
+// CANCELLED when a write failed; and only once.
 // Requests and entries are kept for reuse, so a long stream of same-sized requests allocates nothing new.
 //
 // It is not thread-safe: the caller (SamplerService's reactor) holds its own mutex around every call, and does
@@ -15,7 +16,7 @@
 //   if (std::unique_ptr<Request> r = order.StartRead()) ...read into *r...
 //   Entry* e = order.Received(std::move(r), /*half_closed=*/false, absl::OkStatus());  // then run e->request
 //   order.ReleaseRead();                            // after the request's run has started
-//   order.Answered(e, status);                      // when it has run; e->answer is filled
+//   order.Answered(e, status);                      // when it has run; e->answer is filled, or status refuses it
 //   if (Answer* a = order.NextWrite()) ...write *a..., then order.WriteDone(ok);
 //   if (std::optional<absl::Status> s = order.TakeFinish()) ...finish with *s...
 #ifndef SAMPLERD_SERVICE_ANSWER_ORDER_H_
@@ -49,7 +50,7 @@ class AnswerOrder {
     std::unique_ptr<Request> request;  // while it runs; then back to the spares, unless reset before Answered
     Answer answer;
     bool ready = false;    // answered (or refused)
-    bool refused = false;  // a stream-level error: nothing to write, the stream ends after the earlier answers
+    absl::Status refusal;  // a stream-level error: nothing to write, the stream ends after the earlier answers
   };
 
   explicit AnswerOrder(Limits limits) : limits_(limits) {}
@@ -58,7 +59,7 @@ class AnswerOrder {
   // started, the input or the stream is over, or the limits are reached. The read side stays taken until
   // Received() (when it ends the input) or ReleaseRead().
   std::unique_ptr<Request> StartRead() {
-    if (reading_ || input_done_ || error_.has_value() || finished_ || broken_) return nullptr;
+    if (reading_ || input_done_ || refused_ || unparsed_.has_value() || finished_ || broken_) return nullptr;
     if (queue_.size() >= limits_.max_queued || in_flight_ >= limits_.max_in_flight) return nullptr;
     reading_ = true;
     if (spare_requests_.empty()) return std::make_unique<Request>();
@@ -68,7 +69,8 @@ class AnswerOrder {
   }
 
   // The end of the read StartRead allowed. `half_closed`: the client sent no more (`request` holds nothing);
-  // `parsed`: a non-OK status ends the stream with it after the earlier answers. Returns the queued entry whose
+  // `parsed`: a non-OK status ends the stream after the earlier answers (with the status of the first of them
+  // refused, if one is, else with `parsed`). Returns the queued entry whose
   // request is to run (the read side stays taken until ReleaseRead), or null when the read ended the input, the
   // stream is already over, or the request did not parse (the read side is then free, and TakeFinish may say to
   // end).
@@ -76,7 +78,7 @@ class AnswerOrder {
     if (half_closed || finished_ || broken_ || !parsed.ok()) {
       reading_ = false;
       input_done_ = input_done_ || half_closed;
-      if (!parsed.ok() && !error_.has_value()) error_ = parsed;
+      if (!parsed.ok() && !unparsed_.has_value()) unparsed_ = parsed;
       spare_requests_.push_back(std::move(request));
       return nullptr;
     }
@@ -89,7 +91,7 @@ class AnswerOrder {
     }
     entry->request = std::move(request);
     entry->ready = false;
-    entry->refused = false;
+    entry->refusal = absl::OkStatus();
     Entry* queued = entry.get();
     queue_.push_back(std::move(entry));
     ++in_flight_;
@@ -99,25 +101,21 @@ class AnswerOrder {
   // Frees the read side after Received returned an entry, once its request no longer needs the reader's state.
   void ReleaseRead() { reading_ = false; }
 
-  // `entry`'s request has run: its answer is ready, or `status` (non-OK) refuses it and ends the stream after the
-  // earlier answers. Returns true when this refusal is the one the stream will end with (the first error).
-  bool Answered(Entry* entry, const absl::Status& status) {
+  // `entry`'s request has run: its answer is ready, or `status` (non-OK) refuses it. A refusal ends the stream
+  // after the answers to the requests before it; the answers after it, ready or not, are never written.
+  void Answered(Entry* entry, const absl::Status& status) {
     --in_flight_;
     entry->ready = true;
     if (entry->request != nullptr) spare_requests_.push_back(std::move(entry->request));
-    if (status.ok()) return false;
-    entry->refused = true;
-    if (error_.has_value()) return false;
-    error_ = status;
-    return true;
+    entry->refusal = status;
+    refused_ = refused_ || !status.ok();
   }
 
-  // The answer to write now, or null: one is being written, the oldest is not ready, or nothing more can be
-  // written. Refused entries at the front are dropped. The answer stays untouched until WriteDone.
+  // The answer to write now, or null: one is being written, the oldest is not ready or refused, or nothing more
+  // can be written. The answer stays untouched until WriteDone.
   Answer* NextWrite() {
-    if (finished_ || broken_) return nullptr;
-    while (!queue_.empty() && queue_.front()->ready && queue_.front()->refused) RecycleFront();
-    if (writing_ || queue_.empty() || !queue_.front()->ready) return nullptr;
+    if (finished_ || broken_ || writing_ || queue_.empty()) return nullptr;
+    if (!queue_.front()->ready || !queue_.front()->refusal.ok()) return nullptr;
     writing_ = true;
     return &queue_.front()->answer;
   }
@@ -133,17 +131,24 @@ class AnswerOrder {
   }
 
   // The status to end the stream with, exactly once: when nothing runs and nothing is being written, and either
-  // a write failed (CANCELLED), or every answer is written and the client half-closed (OK) or an error ended the
-  // stream (that error).
+  // a write failed (CANCELLED), or every answer before the first refused request is written (its refusal), or
+  // every answer is written and the client half-closed (OK) or a message did not parse (that error).
   std::optional<absl::Status> TakeFinish() {
     if (finished_ || in_flight_ > 0 || writing_) return std::nullopt;
     if (broken_) {
       finished_ = true;
       return absl::CancelledError("the response could not be written");
     }
-    if (!queue_.empty() || (!input_done_ && !error_.has_value())) return std::nullopt;
+    if (!queue_.empty()) {
+      if (queue_.front()->refusal.ok()) return std::nullopt;
+      absl::Status refusal = queue_.front()->refusal;
+      while (!queue_.empty()) RecycleFront();
+      finished_ = true;
+      return refusal;
+    }
+    if (!input_done_ && !unparsed_.has_value()) return std::nullopt;
     finished_ = true;
-    return error_.value_or(absl::OkStatus());
+    return unparsed_.value_or(absl::OkStatus());
   }
 
  private:
@@ -161,8 +166,9 @@ class AnswerOrder {
   bool reading_ = false;  // a read is started and not yet released
   bool writing_ = false;
   bool input_done_ = false;            // the client half-closed
-  bool broken_ = false;                // a write failed
-  std::optional<absl::Status> error_;  // the first stream-level error
+  bool broken_ = false;                   // a write failed
+  bool refused_ = false;                  // a request was refused: no more are read
+  std::optional<absl::Status> unparsed_;  // a message did not parse: the status it ends the stream with
   bool finished_ = false;              // TakeFinish has returned a status
 };
 

@@ -254,7 +254,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
     std::optional<absl::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (order_.Answered(entry, status)) spdlog::warn("Sample stream from {} ended: {}", peer_, status.ToString());
+      order_.Answered(entry, status);  // a refusal ends the stream, logged with its status (logging.h)
       MaybeStartWriteLocked();
       MaybeStartReadLocked();
       finish = order_.TakeFinish();

@@ -181,7 +181,9 @@ void EncodeStepResult(const v1::Step& step, const StepOutput& out, uint64_t seed
 }
 
 void EncodeStepError(const v1::Step& step, const absl::Status& status, v1::StepResult* result) {
-  result->set_sequence_id(step.sequence_id());
+  // A longer id is itself the error: echoing all of it would let one step fill the answer (and the memory that
+  // holds it) with as many bytes as the request carried.
+  result->set_sequence_id(std::string(absl::string_view(step.sequence_id()).substr(0, kMaxSequenceIdBytes)));
   result->set_step(step.step());
   v1::Error* error = result->mutable_error();
   error->set_code(static_cast<int32_t>(status.code()));

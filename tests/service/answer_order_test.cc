@@ -138,7 +138,7 @@ TEST(AnswerOrder, SparesAreReusedAndWrittenAnswersCleared) {
   Order::Entry* second = order.Received(std::move(reused), false, absl::OkStatus());
   EXPECT_EQ(second, first) << "the written entry was not reused";
   EXPECT_FALSE(second->ready);
-  EXPECT_FALSE(second->refused);
+  EXPECT_TRUE(second->refusal.ok());
 }
 
 TEST(AnswerOrder, HalfCloseFinishesOkAfterEveryAnswer) {
@@ -169,7 +169,7 @@ TEST(AnswerOrder, RefusedRequestEndsTheStreamAfterTheEarlierAnswers) {
   Order order(kLimits);
   Order::Entry* first = ReadOne(&order, 1);
   Order::Entry* second = ReadOne(&order, 2);
-  EXPECT_TRUE(order.Answered(second, absl::ResourceExhaustedError("too many steps")));
+  order.Answered(second, absl::ResourceExhaustedError("too many steps"));
   EXPECT_EQ(order.StartRead(), nullptr) << "read on after a refusal";
   EXPECT_EQ(order.TakeFinish(), std::nullopt) << "finished before the earlier answer";
   AnswerOk(&order, first);
@@ -181,16 +181,51 @@ TEST(AnswerOrder, RefusedRequestEndsTheStreamAfterTheEarlierAnswers) {
   EXPECT_EQ(finish->message(), "too many steps");
 }
 
-TEST(AnswerOrder, TheFirstErrorIsTheOneTheStreamEndsWith) {
+TEST(AnswerOrder, TheStreamEndsWithTheRefusalOfTheEarliestRequestWhicheverCameFirst) {
   Order order(kLimits);
   Order::Entry* first = ReadOne(&order, 1);
   Order::Entry* second = ReadOne(&order, 2);
-  EXPECT_TRUE(order.Answered(first, absl::ResourceExhaustedError("first")));
-  EXPECT_FALSE(order.Answered(second, absl::InvalidArgumentError("second")));
+  order.Answered(second, absl::InvalidArgumentError("second"));
+  order.Answered(first, absl::ResourceExhaustedError("first"));
   EXPECT_EQ(order.NextWrite(), nullptr);
   std::optional<absl::Status> finish = order.TakeFinish();
   ASSERT_TRUE(finish.has_value());
   EXPECT_EQ(finish->message(), "first");
+}
+
+// A request refused while a later one runs: the later answer is not written in the refused one's place (the
+// client pairs answers with requests by position), and the stream ends with the refusal once the later one is
+// done.
+TEST(AnswerOrder, AnswersAfterARefusedRequestAreNeverWritten) {
+  Order order(kLimits);
+  Order::Entry* first = ReadOne(&order, 1);
+  AnswerOk(&order, first);
+  ASSERT_THAT(WriteAll(&order), ::testing::ElementsAre(1));
+  Order::Entry* second = ReadOne(&order, 2);
+  Order::Entry* third = ReadOne(&order, 3);
+  ASSERT_NE(third, nullptr);
+  order.Answered(second, absl::ResourceExhaustedError("the answer is too large"));
+  EXPECT_EQ(order.TakeFinish(), std::nullopt) << "finished while the third request was running";
+  AnswerOk(&order, third);
+  EXPECT_THAT(WriteAll(&order), ::testing::IsEmpty()) << "a later answer took the refused one's place";
+  std::optional<absl::Status> finish = order.TakeFinish();
+  ASSERT_TRUE(finish.has_value());
+  EXPECT_EQ(finish->message(), "the answer is too large");
+  EXPECT_EQ(order.TakeFinish(), std::nullopt);
+}
+
+// A message that does not parse comes after every request queued before it: one of those refused later still
+// decides the status.
+TEST(AnswerOrder, ARefusalBeforeAnUnparsableMessageIsTheStatus) {
+  Order order(kLimits);
+  Order::Entry* first = ReadOne(&order, 1);
+  std::unique_ptr<TestRequest> garbage = order.StartRead();
+  ASSERT_NE(garbage, nullptr);
+  EXPECT_EQ(order.Received(std::move(garbage), false, absl::InvalidArgumentError("message 2 does not parse")), nullptr);
+  order.Answered(first, absl::ResourceExhaustedError("message 1 refused"));
+  std::optional<absl::Status> finish = order.TakeFinish();
+  ASSERT_TRUE(finish.has_value());
+  EXPECT_EQ(finish->message(), "message 1 refused");
 }
 
 TEST(AnswerOrder, UnparsableMessageEndsTheStreamAfterTheEarlierAnswers) {

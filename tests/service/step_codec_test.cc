@@ -180,6 +180,17 @@ TEST(EncodeStepError, CarriesCodeFieldAndMessage) {
   EXPECT_FALSE(r.has_metrics());
 }
 
+TEST(EncodeStepError, EchoesNoMoreOfTheSequenceIdThanAValidOneCanHold) {
+  v1::Step step = MakeStep();
+  step.set_sequence_id(std::string(kMaxSequenceIdBytes, 'a') + std::string(1 << 20, 'b'));
+  v1::StepResult r;
+  EncodeStepError(step, InvalidFieldError("sequence_id", "too long"), &r);
+  EXPECT_EQ(r.sequence_id(), std::string(kMaxSequenceIdBytes, 'a'));
+  step.set_sequence_id("short");
+  EncodeStepError(step, InvalidFieldError("logits", "missing"), &r);
+  EXPECT_EQ(r.sequence_id(), "short");
+}
+
 TEST(EncodeStepError, MapsEveryCoreCodeToItsGoogleRpcNumber) {
   struct Case {
     absl::Status status;
