@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -139,8 +140,12 @@ absl::Status Serialize(const Response& response, int64_t max_bytes, grpc::ByteBu
   }
   if (const size_t bytes = wire->Length(); static_cast<int64_t>(bytes) > max_bytes) {
     wire->Clear();
-    return absl::ResourceExhaustedError(absl::StrCat("the answer is ", bytes, " bytes, over --max_message_bytes ",
-                                                     max_bytes, "; send fewer steps per request"));
+    // Only a sample's answer grows with what the request asks for.
+    const absl::string_view advice = std::is_same_v<Response, v1::SampleResponse>
+                                         ? "; send fewer steps per request"
+                                         : "; the server's --max_message_bytes is too small for it";
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the answer is ", bytes, " bytes, over --max_message_bytes ", max_bytes, advice));
   }
   return absl::OkStatus();
 }

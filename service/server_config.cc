@@ -71,10 +71,11 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
                                                   "sockets need two paths"));
     }
   }
-  // gRPC takes the message limit as an int.
-  if (absl::Status s = CheckPositive("max_message_bytes", config.max_message_bytes, std::numeric_limits<int>::max());
-      !s.ok()) {
-    return s;
+  // gRPC takes the message limit as an int; below kMinMessageBytes a health check's answer fits but not much else.
+  if (config.max_message_bytes < kMinMessageBytes || config.max_message_bytes > std::numeric_limits<int>::max()) {
+    return FlagError("max_message_bytes", absl::StrCat("must be in [", kMinMessageBytes, ", ",
+                                                       std::numeric_limits<int>::max(), "], got ",
+                                                       config.max_message_bytes));
   }
   // Token ids are int32 on the wire.
   if (absl::Status s = CheckPositive("max_vocab", config.max_vocab, std::numeric_limits<int32_t>::max()); !s.ok()) {
@@ -158,14 +159,17 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     return FlagError("metrics_listen", absl::StrCat("must be host:port (port 0..65535) or empty (no metrics), got \"",
                                                     config.metrics_listen, "\""));
   }
-  if (config.max_connection_age_seconds < 0) {
-    return FlagError("max_connection_age_seconds",
-                     absl::StrCat("must be >= 0 (0 = no limit), got ", config.max_connection_age_seconds));
+  // gRPC takes both in milliseconds, as an int.
+  if (config.max_connection_age_seconds < 0 || config.max_connection_age_seconds > kMaxChannelSeconds) {
+    return FlagError("max_connection_age_seconds", absl::StrCat("must be in [0, ", kMaxChannelSeconds,
+                                                                "] (0 = no limit), got ",
+                                                                config.max_connection_age_seconds));
   }
-  if (config.max_connection_age_grace_seconds < config.drain_seconds) {
+  if (config.max_connection_age_grace_seconds < config.drain_seconds ||
+      config.max_connection_age_grace_seconds > kMaxChannelSeconds) {
     return FlagError("max_connection_age_grace_seconds",
-                     absl::StrCat("must be >= --drain_seconds (", config.drain_seconds, "), got ",
-                                  config.max_connection_age_grace_seconds));
+                     absl::StrCat("must be in [--drain_seconds (", config.drain_seconds, "), ", kMaxChannelSeconds,
+                                  "], got ", config.max_connection_age_grace_seconds));
   }
   return absl::OkStatus();
 }

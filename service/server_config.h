@@ -13,6 +13,7 @@
 #define SAMPLERD_SERVICE_SERVER_CONFIG_H_
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -27,6 +28,11 @@ namespace samplerd {
 //
 // Each field is the flag of the same name (--listen, --max_vocab, ...); ParseServerFlags (server_config.cc) holds
 // the one description of each, shown by `samplerd --help`. Comments here only say why a field is as it is.
+// The smallest --max_message_bytes: health checks, ListProfiles of the built-in profiles and errors fit.
+inline constexpr int64_t kMinMessageBytes = 4096;
+// The longest connection age and grace: gRPC takes them in milliseconds, as an int (about 24.8 days).
+inline constexpr int32_t kMaxChannelSeconds = std::numeric_limits<int>::max() / 1000;
+
 // Sizes are counts of elements or bytes; times are seconds.
 struct ServerConfig {
   std::vector<std::string> listen = {"0.0.0.0:50051"};

@@ -79,7 +79,8 @@ TEST(ServerConfig, RejectsOutOfRangeLimitsNamingFlagAndValue) {
     std::string expected;
   };
   const Case cases[] = {
-      {[](ServerConfig* c) { c->max_message_bytes = 0; }, "--max_message_bytes: must be in [1, 2147483647], got 0"},
+      {[](ServerConfig* c) { c->max_message_bytes = 0; }, "--max_message_bytes: must be in [4096, 2147483647], got 0"},
+      {[](ServerConfig* c) { c->max_message_bytes = kMinMessageBytes - 1; }, "got 4095"},
       {[](ServerConfig* c) { c->max_message_bytes = int64_t{1} << 31; }, "--max_message_bytes"},
       {[](ServerConfig* c) { c->max_vocab = int64_t{1} << 31; }, "got 2147483648"},
       {[](ServerConfig* c) { c->max_attention_elements = -1; }, "--max_attention_elements"},
@@ -103,7 +104,12 @@ TEST(ServerConfig, RejectsOutOfRangeLimitsNamingFlagAndValue) {
          c->drain_seconds = 60;
          c->max_connection_age_grace_seconds = 30;
        },
-       "--max_connection_age_grace_seconds: must be >= --drain_seconds (60), got 30"},
+       "--max_connection_age_grace_seconds: must be in [--drain_seconds (60), 2147483], got 30"},
+      // gRPC takes milliseconds as an int: one second more overflowed, and every connection got GOAWAY at once.
+      {[](ServerConfig* c) { c->max_connection_age_seconds = kMaxChannelSeconds + 1; },
+       "--max_connection_age_seconds: must be in [0, 2147483] (0 = no limit), got 2147484"},
+      {[](ServerConfig* c) { c->max_connection_age_grace_seconds = kMaxChannelSeconds + 1; },
+       "--max_connection_age_grace_seconds: must be in [--drain_seconds (10), 2147483], got 2147484"},
   };
   for (const Case& c : cases) {
     ServerConfig config;
@@ -112,6 +118,14 @@ TEST(ServerConfig, RejectsOutOfRangeLimitsNamingFlagAndValue) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.expected;
     EXPECT_THAT(std::string(s.message()), HasSubstr(c.expected));
   }
+}
+
+TEST(ServerConfig, AcceptsTheLongestConnectionAgeGrpcCanTake) {
+  ServerConfig config;
+  config.max_connection_age_seconds = kMaxChannelSeconds;
+  config.max_connection_age_grace_seconds = kMaxChannelSeconds;
+  config.max_message_bytes = kMinMessageBytes;
+  EXPECT_TRUE(ValidateServerConfig(config).ok()) << ValidateServerConfig(config);
 }
 
 TEST(ServerConfig, DescriptionNamesEveryValue) {
