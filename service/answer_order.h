@@ -165,11 +165,11 @@ class AnswerOrder {
   int in_flight_ = 0;     // received, not yet answered
   bool reading_ = false;  // a read is started and not yet released
   bool writing_ = false;
-  bool input_done_ = false;            // the client half-closed
+  bool input_done_ = false;               // the client half-closed
   bool broken_ = false;                   // a write failed
   bool refused_ = false;                  // a request was refused: no more are read
   std::optional<absl::Status> unparsed_;  // a message did not parse: the status it ends the stream with
-  bool finished_ = false;              // TakeFinish has returned a status
+  bool finished_ = false;                 // TakeFinish has returned a status
 };
 
 }  // namespace samplerd

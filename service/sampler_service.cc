@@ -127,6 +127,16 @@ absl::Status ParseRequest(grpc::ByteBuffer* buffer, int64_t index, int64_t max_s
                                                  Request::descriptor()->full_name(), ": it does not parse"));
 }
 
+// A unary call's received message, taken from gRPC: the call keeps its own until it ends, which is when its answer
+// is sent, and a client that opens no flow-control window never lets it be sent. What the call holds meanwhile is
+// its answer, within --max_pending_request_bytes, not a request that may weigh many times its parsed form.
+grpc::ByteBuffer TakeRequest(const grpc::ByteBuffer* request) {
+  grpc::ByteBuffer taken;
+  // gRPC hands the handler the message it received and reads it no more (the auth interceptor empties it too).
+  taken.Swap(const_cast<grpc::ByteBuffer*>(request));
+  return taken;
+}
+
 // The response's wire form, as gRPC would have written it. RESOURCE_EXHAUSTED (and no wire form) when it is over
 // `max_bytes`, --max_message_bytes: gRPC would fail the whole call on writing it, and a stream's earlier answers
 // could be lost with it; this way they are written and the stream ends after them with the reason.
@@ -507,7 +517,7 @@ grpc::ServerUnaryReactor* SamplerService::SampleOnce(grpc::CallbackServerContext
     SeedTable seeds;
   };
   auto call = std::make_shared<Call>();
-  grpc::ByteBuffer received(*request);  // shares the slices; Deserialize consumes its argument
+  grpc::ByteBuffer received = TakeRequest(request);
   if (absl::Status parsed = ParseRequest(&received, 1, config_.max_steps_per_request, &call->request); !parsed.ok()) {
     reactor->FinishWith(ToGrpcStatus(parsed));
     return reactor;
@@ -529,7 +539,7 @@ grpc::ServerUnaryReactor* SamplerService::ListProfiles(grpc::CallbackServerConte
     reactor->FinishWith(ToGrpcStatus(admitted));
     return reactor;
   }
-  grpc::ByteBuffer received(*request);  // shares the slices; Deserialize consumes its argument
+  grpc::ByteBuffer received = TakeRequest(request);
   v1::ListProfilesRequest parsed_request;
   if (absl::Status parsed = ParseRequest(&received, 1, config_.max_steps_per_request, &parsed_request); !parsed.ok()) {
     reactor->FinishWith(ToGrpcStatus(parsed));

@@ -73,9 +73,9 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   }
   // gRPC takes the message limit as an int; below kMinMessageBytes a health check's answer fits but not much else.
   if (config.max_message_bytes < kMinMessageBytes || config.max_message_bytes > std::numeric_limits<int>::max()) {
-    return FlagError("max_message_bytes", absl::StrCat("must be in [", kMinMessageBytes, ", ",
-                                                       std::numeric_limits<int>::max(), "], got ",
-                                                       config.max_message_bytes));
+    return FlagError("max_message_bytes",
+                     absl::StrCat("must be in [", kMinMessageBytes, ", ", std::numeric_limits<int>::max(), "], got ",
+                                  config.max_message_bytes));
   }
   // Token ids are int32 on the wire.
   if (absl::Status s = CheckPositive("max_vocab", config.max_vocab, std::numeric_limits<int32_t>::max()); !s.ok()) {
@@ -161,9 +161,9 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   }
   // gRPC takes both in milliseconds, as an int.
   if (config.max_connection_age_seconds < 0 || config.max_connection_age_seconds > kMaxChannelSeconds) {
-    return FlagError("max_connection_age_seconds", absl::StrCat("must be in [0, ", kMaxChannelSeconds,
-                                                                "] (0 = no limit), got ",
-                                                                config.max_connection_age_seconds));
+    return FlagError("max_connection_age_seconds",
+                     absl::StrCat("must be in [0, ", kMaxChannelSeconds, "] (0 = no limit), got ",
+                                  config.max_connection_age_seconds));
   }
   if (config.max_connection_age_grace_seconds < config.drain_seconds ||
       config.max_connection_age_grace_seconds > kMaxChannelSeconds) {

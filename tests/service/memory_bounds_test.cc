@@ -7,6 +7,8 @@
 // The patterns: attention of many one-element rows; a gzip-compressed request that inflates to 128 MiB (with and
 // without a token); seed-0 steps with 32 KiB sequence ids; thousands of health Watch streams. Error messages
 // that would quote a huge input are checked here too: they stay short, so each bad step is answered on its own.
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -380,23 +382,28 @@ TEST(MemoryBounds, AnIdleStreamDoesNotKeepItsLargestAnswers) {
 // without one (its trailers alone) completes.
 class UnreadCalls {
  public:
-  // Connects to `target` and opens `calls` calls of `request`; ok() says whether that worked.
-  UnreadCalls(const std::string& target, const v1::SampleRequest& request, int calls) {
+  // Connects to `target` and opens `calls` calls of `method` with `message` (serialized); ok() says whether that
+  // worked. The message must fit in a stream's initial flow-control window.
+  UnreadCalls(const std::string& target, const std::string& method, const std::string& message, int calls) {
     using namespace ::samplerd::testing;  // NOLINT: the frame helpers
     fd_ = ConnectTcp(target, std::chrono::seconds(1));
     if (fd_ < 0) return;
+    const timeval read_timeout{0, 200 * 1000};  // what Pump waits for
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &read_timeout, sizeof(read_timeout));
     reader_ = std::make_unique<Http2Reader>(fd_);
     const std::string no_window("\x00\x04\x00\x00\x00\x00", 6);  // SETTINGS_INITIAL_WINDOW_SIZE = 0
     std::string bytes = Http2Preface() + Http2Frame(kHttp2Settings, 0, 0, no_window);
-    const std::string message = request.SerializeAsString();
     std::string framed(5, '\0');  // gRPC's prefix: not compressed, then the length, big-endian
     for (int i = 0; i < 4; ++i) framed[1 + i] = static_cast<char>((message.size() >> (24 - 8 * i)) & 0xff);
     framed += message;
+    constexpr size_t kMaxFrameBytes = 16384;  // HTTP/2's default SETTINGS_MAX_FRAME_SIZE
     for (int i = 0; i < calls; ++i) {
       const uint32_t stream = 1 + 2 * static_cast<uint32_t>(i);
-      bytes += Http2Frame(kHttp2Headers, kHttp2EndHeaders, stream,
-                          LiteralHeaderBlock(GrpcCallHeaders("/samplerd.v1.Sampler/SampleOnce")));
-      bytes += Http2Frame(kHttp2Data, kHttp2EndStream, stream, framed);
+      bytes += Http2Frame(kHttp2Headers, kHttp2EndHeaders, stream, LiteralHeaderBlock(GrpcCallHeaders(method)));
+      for (size_t at = 0; at < framed.size(); at += kMaxFrameBytes) {
+        const bool last = at + kMaxFrameBytes >= framed.size();
+        bytes += Http2Frame(kHttp2Data, last ? kHttp2EndStream : 0, stream, framed.substr(at, kMaxFrameBytes));
+      }
     }
     sent_ = write(fd_, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size());
   }
@@ -408,9 +415,9 @@ class UnreadCalls {
     fd_ = -1;
   }
 
-  // Reads what the server sent for up to 1 s (acknowledging its SETTINGS); returns the calls ended so far.
+  // Reads what the server sent for up to 200 ms (acknowledging its SETTINGS); returns the calls ended so far.
   int Pump() {
-    if (fd_ >= 0) reader_->ReadOnce();  // the 1 s read timeout
+    if (fd_ >= 0) reader_->ReadOnce();  // the read timeout
     return reader_ == nullptr ? 0 : reader_->ended_streams();
   }
 
@@ -446,7 +453,8 @@ TEST(MemoryBounds, AnswersNobodyReadsAreHeldOnlyWithinThePendingBudget) {
   ASSERT_LT(most_held, kCalls);
   std::vector<std::unique_ptr<UnreadCalls>> connections;
   for (int c = 0; c < 2; ++c) {
-    connections.push_back(std::make_unique<UnreadCalls>(server->tcp_target(), empty_steps, kCalls));
+    connections.push_back(std::make_unique<UnreadCalls>(server->tcp_target(), "/samplerd.v1.Sampler/SampleOnce",
+                                                        empty_steps.SerializeAsString(), kCalls));
     ASSERT_TRUE(connections.back()->ok());
   }
   int ended_total = 0;
@@ -588,6 +596,40 @@ TEST(MemoryBounds, AnErrorAboutAHugeShapeIsShortAndEachBadStepIsAnsweredAlone) {
   EXPECT_FALSE(response.results(2).has_error());
   EXPECT_LT(response.ByteSizeLong(), 4096u);
   EXPECT_EQ(server->Terminate(), 0);
+}
+
+// A unary call whose answer cannot be sent (its client opened no flow-control window) lasts until its connection
+// goes. What it holds meanwhile is its answer, counted against --max_pending_request_bytes, and not the bytes of
+// its request, which can be many times what they parse to (a field of 48 KB the schema does not define).
+TEST(MemoryBounds, UnaryCallsWhoseAnswersCannotBeSentDoNotKeepTheirRequestsBytes) {
+  const std::string unknown_bytes = std::string("\x7a", 1) + "\x80\x80\x03" + std::string(48 << 10, 'x');  // field 15
+  for (const char* method : {"/samplerd.v1.Sampler/ListProfiles", "/samplerd.v1.Sampler/SampleOnce"}) {
+    SCOPED_TRACE(method);
+    std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags());
+    ASSERT_NE(server, nullptr);
+    const int64_t rss_before_kib = server->StatusKiB("VmRSS");
+    constexpr int kConnections = 8;
+    constexpr int kCalls = 100;  // --max_streams_per_connection
+    std::vector<std::unique_ptr<UnreadCalls>> connections;
+    for (int c = 0; c < kConnections; ++c) {
+      connections.push_back(std::make_unique<UnreadCalls>(server->tcp_target(), method, unknown_bytes, kCalls));
+      ASSERT_TRUE(connections.back()->ok());
+    }
+    // Every call is received once every byte is: wait until the server's RSS stops growing.
+    int64_t rss_kib = 0;
+    for (int round = 0; round < 50; ++round) {
+      for (const auto& connection : connections) connection->Pump();
+      const int64_t now = server->StatusKiB("VmRSS");
+      if (round > 1 && now == rss_kib) break;
+      rss_kib = now;
+    }
+    const int64_t grown_mib = (rss_kib - rss_before_kib) / 1024;
+    std::fprintf(stderr, "%s: samplerd RSS grew by %lld MiB for %d calls of %zu-byte requests\n", method,
+                 static_cast<long long>(grown_mib), kConnections * kCalls, unknown_bytes.size());
+    EXPECT_LT(grown_mib, 24) << "the calls kept their requests' " << kConnections * kCalls * 48 / 1024 << " MiB";
+    for (const auto& connection : connections) connection->Close();
+    EXPECT_EQ(server->Terminate(), 0);
+  }
 }
 
 // A parse turns a 2-byte empty step into a ~130-byte Step and a 2-byte unknown field into an entry of an
