@@ -43,6 +43,11 @@ constexpr size_t kWorkspaceKeepBytes = kMmapThresholdBytes;
 // as it stays open, idle or not; a few L steps fit, and a larger request's buffers go back to the allocator.
 constexpr size_t kRequestKeepBytes = size_t{4} << 20;
 
+// What all streams keep of those at once: a stream holds up to kMaxRequestsInFlight of them whether it is busy or
+// idle, and --max_streams of idle streams would otherwise keep gigabytes. Past it a stream's request is freed once
+// answered, and the next one parses into a new message.
+constexpr int64_t kKeptRequestsBytes = int64_t{256} << 20;
+
 // The same for a parsed answer, which a stream keeps in each of its kMaxQueuedResponses entries: 64 steps with
 // 20 top log-probabilities each fit; the error answers of 4,096 empty steps (a 1 MB parsed answer to an 8 KB
 // request) do not.
@@ -191,8 +196,8 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
     if (ok) {
       parsed = CheckMessageFraming(*context_);
       if (parsed.ok())
-        parsed =
-            ParseRequest(&read_buffer_, ++messages_read_, service_->config_.max_steps_per_request, read_request_.get());
+        parsed = ParseRequest(&read_buffer_, ++messages_read_, service_->config_.max_steps_per_request,
+                              &read_request_->message);
     }
     Order::Entry* entry = nullptr;
     std::optional<absl::Status> finish;
@@ -208,7 +213,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
       return;
     }
     answer_(
-        *entry->request, &seeds_, &entry->answer.response,
+        entry->request->message, &seeds_, &entry->answer.response,
         [this, entry](absl::Status status) { OnAnswered(entry, std::move(status)); }, nullptr);
     // The read side is free again; the next request is received while this one runs (the reactor stays alive:
     // this reaction holds it).
@@ -252,7 +257,12 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
       held.Release();
     }
   };
-  using Order = AnswerOrder<v1::SampleRequest, Answer>;
+  // A parsed request, kept for the next one to parse into while kept_requests_ has room for it.
+  struct Request {
+    v1::SampleRequest message;
+    PendingBudget::Charge kept;
+  };
+  using Order = AnswerOrder<Request, Answer>;
 
   // The completion of one request, on a worker (or on the reading thread for a request answered at once: refused,
   // empty, or no compute).
@@ -265,7 +275,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
     // The answer is written from `wire`; a large parsed form would otherwise wait in a spare entry for as long as
     // the stream stays open.
     if (answer.response.SpaceUsedLong() > kAnswerKeepBytes) answer.response = v1::SampleResponse();
-    if (entry->request->SpaceUsedLong() > kRequestKeepBytes) entry->request.reset();
+    KeepOrFree(&entry->request);
     std::optional<absl::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -278,8 +288,16 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
     if (finish.has_value()) Finish(ToGrpcStatus(*finish));
   }
 
+  // Keeps `request` for the next read when it is small enough and every stream's kept requests leave room.
+  void KeepOrFree(std::unique_ptr<Request>* request) {
+    const size_t bytes = (*request)->message.SpaceUsedLong();
+    (*request)->kept.Release();
+    if (bytes <= kRequestKeepBytes) (*request)->kept = service_->kept_requests_.TryCharge(static_cast<int64_t>(bytes));
+    if (!(*request)->kept) request->reset();
+  }
+
   void MaybeStartReadLocked() {
-    std::unique_ptr<v1::SampleRequest> request = order_.StartRead();
+    std::unique_ptr<Request> request = order_.StartRead();
     if (request == nullptr) return;  // resumed from OnWriteDone / OnAnswered when the limits free up
     // A reused message keeps its buffers' capacity: a stream of same-sized requests parses without allocating.
     read_request_ = std::move(request);
@@ -302,7 +320,7 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
   // The read side: taken by MaybeStartReadLocked (under mu_) until OnReadDone releases it.
   SeedTable seeds_;
   grpc::ByteBuffer read_buffer_;
-  std::unique_ptr<v1::SampleRequest> read_request_;
+  std::unique_ptr<Request> read_request_;
   int64_t messages_read_ = 0;
 };
 
@@ -325,6 +343,7 @@ SamplerService::SamplerService(Options options)
       limits_(config_.tensor_limits()),
       profiles_(std::move(options.profiles)),
       pending_(config_.max_pending_request_bytes),
+      kept_requests_(kKeptRequestsBytes),
       observer_(std::move(options.observer)),
       workers_(std::move(options.workers)),
       shm_(std::move(options.shm)),

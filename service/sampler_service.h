@@ -171,6 +171,8 @@ class SamplerService final
   std::atomic<int> active_streams_{0};
   // What the calls hold until they are finished with (pending_request_bytes()).
   mutable PendingBudget pending_;
+  // What the Sample streams keep of their parsed requests, for the next to parse into (sampler_service.cc).
+  PendingBudget kept_requests_;
   std::atomic<bool> draining_{false};
   const std::shared_ptr<RequestObserver> observer_;  // may be null
   const std::shared_ptr<WorkerPool> workers_;

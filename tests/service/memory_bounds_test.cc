@@ -236,6 +236,57 @@ TEST(MemoryBounds, AnIdleStreamDoesNotKeepItsLargestRequest) {
   EXPECT_EQ(server->Terminate(), 0);
 }
 
+// Each stream keeps the parsed requests it ran (up to two, pipelined) to parse the next ones into, whether it is
+// busy or idle; over all streams they are kept only up to 256 MiB, so --max_streams idle streams cannot hold
+// gigabytes (each kept two of 4 MiB: 7 MB a stream, 2.2 GB for 300).
+TEST(MemoryBounds, IdleStreamsKeepTheirParsedRequestsOnlyWithinABoundOverAllStreams) {
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(Flags());
+  ASSERT_NE(server, nullptr);
+  std::vector<std::unique_ptr<v1::Sampler::Stub>> connections;  // --max_streams_per_connection is 100
+  for (int c = 0; c < 2; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection per channel
+    connections.push_back(v1::Sampler::NewStub(
+        grpc::CreateCustomChannel(server->tcp_target(), grpc::InsecureChannelCredentials(), args)));
+  }
+  v1::SampleRequest request;  // one step of 750,000 logits: 3 MB, under the 4 MiB a stream keeps
+  {
+    v1::Step* step = request.add_steps();
+    step->set_sequence_id("kept");
+    step->set_seed(1);
+    const int64_t shape[] = {750000};
+    FillF32Tensor(std::vector<float>(750000, 0.5f), shape, step->mutable_logits());
+  }
+  struct Stream {
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>> rpc;
+  };
+  constexpr int kStreams = 180;  // 540 MB if every stream kept one of its requests, and up to twice that
+  const int64_t rss_before = server->StatusKiB("VmRSS") / 1024;
+  std::vector<std::unique_ptr<Stream>> open;
+  for (int s = 0; s < kStreams; ++s) {
+    open.push_back(std::make_unique<Stream>());
+    Stream& stream = *open.back();
+    stream.rpc = connections[static_cast<size_t>(s % 2)]->Sample(&stream.context);
+    ASSERT_TRUE(stream.rpc->Write(request));  // two in flight: the stream parses the second into a second message
+    ASSERT_TRUE(stream.rpc->Write(request));
+    for (int i = 0; i < 2; ++i) {
+      v1::SampleResponse response;
+      ASSERT_TRUE(stream.rpc->Read(&response));
+      ASSERT_EQ(response.results_size(), 1);
+      ASSERT_FALSE(response.results(0).has_error()) << response.results(0).error().message();
+    }
+  }
+  const int64_t grown = server->StatusKiB("VmRSS") / 1024 - rss_before;
+  std::fprintf(stderr, "samplerd RSS grew by %lld MiB for %d idle streams\n", static_cast<long long>(grown), kStreams);
+  EXPECT_LT(grown, 400) << "the idle streams kept every request they parsed";
+  for (const std::unique_ptr<Stream>& stream : open) {
+    stream->rpc->WritesDone();
+    EXPECT_TRUE(stream->rpc->Finish().ok());
+  }
+  EXPECT_EQ(server->Terminate(), 0);
+}
+
 // Unary calls are not Sample streams, so --max_streams does not count them, and each connection may carry
 // --max_streams_per_connection of them: many connections of concurrent large SampleOnce calls. The requests waiting
 // for the one worker hold their bytes only up to --max_pending_request_bytes; past it a request is answered at
