@@ -21,12 +21,17 @@ absl::Status LimitFieldError(absl::string_view field, absl::string_view message)
   return FieldError(absl::StatusCode::kResourceExhausted, field, message);
 }
 
-std::string Excerpt(absl::string_view text, size_t max_bytes) {
-  if (text.size() <= max_bytes) return std::string(text);
+absl::string_view Utf8Prefix(absl::string_view text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return text;
   size_t cut = max_bytes;
   // Back over continuation bytes (10xxxxxx) to the start of the character that does not fit.
   while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
-  return absl::StrCat(text.substr(0, cut), "... (", text.size(), " bytes)");
+  return text.substr(0, cut);
+}
+
+std::string Excerpt(absl::string_view text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return std::string(text);
+  return absl::StrCat(Utf8Prefix(text, max_bytes), "... (", text.size(), " bytes)");
 }
 
 absl::Status ChangedDuringStepError(absl::string_view field) {

@@ -41,9 +41,13 @@ std::string ErrorField(const absl::Status& status);
 // grows with the input it describes.
 inline constexpr size_t kMaxQuotedBytes = 256;
 
-// `text` when it is at most `max_bytes` long; otherwise its first bytes (cut at a UTF-8 character boundary, so
-// the message stays valid UTF-8) followed by "... (<size> bytes)".
+// `text` when it is at most `max_bytes` long; otherwise its first bytes (Utf8Prefix) followed by
+// "... (<size> bytes)".
 std::string Excerpt(absl::string_view text, size_t max_bytes = kMaxQuotedBytes);
+
+// The longest prefix of `text` of at most `max_bytes` that ends at a UTF-8 character boundary, so that a cut of
+// valid UTF-8 stays valid (a proto3 string that is not fails the whole message's parse).
+absl::string_view Utf8Prefix(absl::string_view text, size_t max_bytes);
 
 }  // namespace samplerd
 

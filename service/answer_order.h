@@ -5,7 +5,7 @@
 // and `max_queued` answers waiting, the one being written included), which answer is written next (the oldest,
 // once it is ready, one write at a time), and when the stream ends and with which status: once nothing runs and
 // nothing is being written, after every answer when the client half-closed, after the answers to the requests
-// before the first refused one (in arrival order, whichever was refused first) with its status, at once with
+// that arrived before the earliest-arriving refused one (whenever it was refused) with its status, at once with
 // CANCELLED when a write failed; and only once.
 // Requests and entries are kept for reuse, so a long stream of same-sized requests allocates nothing new.
 //
@@ -70,12 +70,12 @@ class AnswerOrder {
 
   // The end of the read StartRead allowed. `half_closed`: the client sent no more (`request` holds nothing);
   // `parsed`: a non-OK status ends the stream after the earlier answers (with the status of the first of them
-  // refused, if one is, else with `parsed`). Returns the queued entry whose
-  // request is to run (the read side stays taken until ReleaseRead), or null when the read ended the input, the
-  // stream is already over, or the request did not parse (the read side is then free, and TakeFinish may say to
-  // end).
+  // refused, if one is, else with `parsed`). Returns the queued entry whose request is to run (the read side stays
+  // taken until ReleaseRead), or null when the read ended the input, the stream is already over, an earlier
+  // request was refused, or the request did not parse (the read side is then free, and TakeFinish may say to end).
   Entry* Received(std::unique_ptr<Request> request, bool half_closed, const absl::Status& parsed) {
-    if (half_closed || finished_ || broken_ || !parsed.ok()) {
+    // After a refusal no later answer is written: its request is not run either.
+    if (half_closed || finished_ || broken_ || refused_ || !parsed.ok()) {
       reading_ = false;
       input_done_ = input_done_ || half_closed;
       if (!parsed.ok() && !unparsed_.has_value()) unparsed_ = parsed;

@@ -59,7 +59,9 @@ absl::Status ConfigReloader::Reload() {
   return first_error;
 }
 
-ConfigReloader::~ConfigReloader() {
+ConfigReloader::~ConfigReloader() { Stop(); }
+
+void ConfigReloader::Stop() {
   std::thread thread;
   {
     std::lock_guard<std::mutex> lock(mu_);

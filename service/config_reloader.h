@@ -4,6 +4,7 @@
 //   ...
 //   ConfigReloader reloader({config.config_path, service.get(), tokens, metrics});
 //   reloader.RequestReload();   // from the signal thread, on SIGHUP: the reload runs on the reloader's thread
+//   reloader.Stop();            // at the end of the drain
 //
 // A reload is all or nothing per file: the new profiles replace the old ones in one pointer swap
 // (SamplerService::SetProfiles), so a request in flight finishes on the set it started with and the next one
@@ -58,22 +59,26 @@ class ConfigReloader {
 
   explicit ConfigReloader(Options options) : options_(std::move(options)) {}
 
-  // Waits for the reload that runs, if any.
+  // Stop()s.
   ~ConfigReloader();
 
   ConfigReloader(const ConfigReloader&) = delete;
   ConfigReloader& operator=(const ConfigReloader&) = delete;
 
-  // Re-reads both files, applies each one that loads, logs one line per file (info on success, error on
-  // failure: "... keeping the previous profiles") and returns the first error.
-  absl::Status Reload();
-
-  // Runs Reload() on the reloader's own thread and returns at once: a large config parses for seconds, and the
-  // signal thread must be free meanwhile for the SIGTERM that may follow. Requests made while a reload runs are
-  // folded into one more reload after it. Without a thread to run on (a pids limit), reloads on the caller's.
+  // Re-reads both files on the reloader's own thread and returns at once: a large config parses for seconds, and
+  // the signal thread must be free meanwhile for the SIGTERM that may follow. Each file that loads is applied, and
+  // each gets one log line (info on success, error on failure: "... keeping the previous profiles"). Requests
+  // made while a reload runs are folded into one more reload after it. Without a thread to run on (a pids limit),
+  // reloads on the caller's.
   void RequestReload();
 
+  // Drops the requests not yet begun and waits for the reload that runs, if any; later requests do nothing. For
+  // the end of a drain, on a thread other than the one that waits for signals, so a second SIGTERM still ends
+  // the process at once should a reload hang (a config on a hung mount).
+  void Stop();
+
  private:
+  absl::Status Reload();
   void RunRequests();
 
   const Options options_;

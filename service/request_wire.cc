@@ -19,10 +19,14 @@ using google::protobuf::io::CodedInputStream;
 constexpr int kMaxDepth = 32;
 
 struct Walk {
+  int64_t max_steps = 0;
   int64_t steps = 0;
   int64_t unknown_fields = 0;
   bool group = false;
 };
+
+// The unknown fields a request of `steps` steps may carry.
+int64_t MaxUnknownFields(int64_t steps) { return kMaxUnknownFields + kUnknownFieldsPerStep * steps; }
 
 bool KnownWireType(const FieldDescriptor& field, WireFormatLite::WireType wire_type) {
   const auto expected = WireFormatLite::WireTypeForFieldType(static_cast<WireFormatLite::FieldType>(field.type()));
@@ -62,7 +66,7 @@ bool WalkMessage(const Descriptor& type, int depth, CodedInputStream* in, Walk* 
     }
     const FieldDescriptor* field = type.FindFieldByNumber(WireFormatLite::GetTagFieldNumber(tag));
     if (field == nullptr || !KnownWireType(*field, wire_type)) {
-      if (++walk->unknown_fields > kMaxUnknownFields) return false;
+      if (++walk->unknown_fields > MaxUnknownFields(walk->max_steps)) return false;
       if (!SkipValue(in, wire_type)) return false;
       continue;
     }
@@ -70,7 +74,7 @@ bool WalkMessage(const Descriptor& type, int depth, CodedInputStream* in, Walk* 
       if (!SkipValue(in, wire_type)) return false;
       continue;
     }
-    if (field->is_repeated() && !field->is_map()) ++walk->steps;
+    if (field->is_repeated() && !field->is_map() && ++walk->steps > walk->max_steps) return false;
     uint32_t length = 0;
     if (!in->ReadVarint32(&length) || length > static_cast<uint32_t>(INT32_MAX)) return false;
     const CodedInputStream::Limit limit = in->PushLimit(static_cast<int>(length));
@@ -83,23 +87,25 @@ bool WalkMessage(const Descriptor& type, int depth, CodedInputStream* in, Walk* 
 
 }  // namespace
 
-absl::Status TooManyStepsError(int64_t max_steps, int64_t steps) {
-  return LimitFieldError("steps", absl::StrCat("a request may carry at most ", max_steps,
-                                               " steps (--max_steps_per_request), got ", steps));
+absl::Status TooManyStepsError(int64_t max_steps, absl::string_view got) {
+  return LimitFieldError(
+      "steps", absl::StrCat("a request may carry at most ", max_steps, " steps (--max_steps_per_request), got ", got));
 }
 
 absl::Status CheckRequestWire(const Descriptor& type, google::protobuf::io::ZeroCopyInputStream* wire,
                               int64_t max_steps) {
   Walk walk;
+  walk.max_steps = max_steps;
   {
     CodedInputStream in(wire);
     WalkMessage(type, 0, &in, &walk);
   }
-  if (walk.steps > max_steps) return TooManyStepsError(max_steps, walk.steps);
-  if (walk.unknown_fields > kMaxUnknownFields) {
+  if (walk.steps > max_steps) return TooManyStepsError(max_steps, absl::StrCat("more than ", max_steps));
+  if (const int64_t allowed = MaxUnknownFields(walk.steps); walk.unknown_fields > allowed) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("the message carries more than ", kMaxUnknownFields, " fields that ", type.full_name(),
-                     " and the messages in it do not define (or define with another wire type)"));
+        absl::StrCat("the message carries more than ", allowed, " fields that ", type.full_name(),
+                     " and the messages in it do not define (or define with another wire type): ", kMaxUnknownFields,
+                     " and ", kUnknownFieldsPerStep, " per step"));
   }
   if (walk.group) {
     return absl::InvalidArgumentError(

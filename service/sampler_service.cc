@@ -137,7 +137,9 @@ absl::Status ParseRequest(grpc::ByteBuffer* buffer, int64_t index, int64_t max_s
 // its answer, within --max_pending_request_bytes, not a request that may weigh many times its parsed form.
 grpc::ByteBuffer TakeRequest(const grpc::ByteBuffer* request) {
   grpc::ByteBuffer taken;
-  // gRPC hands the handler the message it received and reads it no more (the auth interceptor empties it too).
+  // gRPC 1.51 keeps a callback unary call's raw request in a non-const holder in the call's arena (no
+  // MessageAllocator is set), reads it no more once the handler runs, and destroys it when the call is done; the
+  // auth interceptor empties it the same way.
   taken.Swap(const_cast<grpc::ByteBuffer*>(request));
   return taken;
 }
@@ -195,16 +197,17 @@ class SamplerService::SampleReactor final : public grpc::ServerBidiReactor<grpc:
     absl::Status parsed;
     if (ok) {
       parsed = CheckMessageFraming(*context_);
-      if (parsed.ok())
+      if (parsed.ok()) {
         parsed = ParseRequest(&read_buffer_, ++messages_read_, service_->config_.max_steps_per_request,
                               &read_request_->message);
+      }
     }
     Order::Entry* entry = nullptr;
     std::optional<absl::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      // Null when the client half-closed, the call is gone, or the message is garbage (logged with the status
-      // when it is sent, logging.h).
+      // Null when the client half-closed, the call is gone, an earlier request was refused, or the message is
+      // garbage or refused by the wire check (logged with the status when it is sent, logging.h).
       entry = order_.Received(std::move(read_request_), /*half_closed=*/!ok, parsed);
       if (entry == nullptr) finish = order_.TakeFinish();
     }
@@ -388,7 +391,7 @@ void SamplerService::StartRequest(const v1::SampleRequest& request, SeedTable* s
   const uint64_t request_bytes = request.ByteSizeLong();
   if (observer_ != nullptr) observer_->OnRequest(request_bytes);
   if (request.steps_size() > config_.max_steps_per_request) {
-    done(TooManyStepsError(config_.max_steps_per_request, request.steps_size()));
+    done(TooManyStepsError(config_.max_steps_per_request, absl::StrCat(request.steps_size())));
     return;
   }
   // Tensors in shared memory are work the request asks for without carrying it: counted as if inline, so a

@@ -261,6 +261,7 @@ void Server::Shutdown() {
   // in flight first); it runs on the service's workers.
   if (shm_control_ != nullptr) shm_control_->WaitUntilIdle(deadline);
   shm_control_.reset();
+  reloader_->Stop();
 }
 
 void Server::Wait() { server_->Wait(); }

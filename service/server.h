@@ -77,7 +77,8 @@ class Server {
 
   // Drains: health turns NOT_SERVING, no new call is accepted, in-flight calls (a request running on the
   // shared-memory control socket included) get config.drain_seconds to finish before they are cancelled, and idle
-  // connections are closed once no call is left. Returns when the server has stopped; call it once.
+  // connections are closed once no call is left; then waits for a reload that runs. Returns when the server has
+  // stopped; call it once.
   void Shutdown();
 
   // Blocks until Shutdown has stopped the server.

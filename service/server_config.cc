@@ -133,8 +133,9 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   if (config.workers < 0 || config.workers > 1024) {
     return FlagError("workers", absl::StrCat("must be in [0, 1024] (0 = one per CPU), got ", config.workers));
   }
-  if (config.drain_seconds < 0) {
-    return FlagError("drain_seconds", absl::StrCat("must be >= 0, got ", config.drain_seconds));
+  if (config.drain_seconds < 0 || config.drain_seconds > kMaxChannelSeconds) {
+    return FlagError("drain_seconds",
+                     absl::StrCat("must be in [0, ", kMaxChannelSeconds, "], got ", config.drain_seconds));
   }
   bool known_level = false;
   for (absl::string_view level : kLogLevels) known_level = known_level || config.log_level == level;

@@ -24,15 +24,16 @@
 
 namespace samplerd {
 
+// The smallest --max_message_bytes: health checks, ListProfiles of the built-in profiles and errors fit.
+inline constexpr int64_t kMinMessageBytes = 4096;
+// The longest connection age, grace and drain: gRPC takes the first two in milliseconds, as an int (about 24.8
+// days), and the grace is at least the drain.
+inline constexpr int32_t kMaxChannelSeconds = std::numeric_limits<int>::max() / 1000;
+
 // ServerConfig
 //
 // Each field is the flag of the same name (--listen, --max_vocab, ...); ParseServerFlags (server_config.cc) holds
 // the one description of each, shown by `samplerd --help`. Comments here only say why a field is as it is.
-// The smallest --max_message_bytes: health checks, ListProfiles of the built-in profiles and errors fit.
-inline constexpr int64_t kMinMessageBytes = 4096;
-// The longest connection age and grace: gRPC takes them in milliseconds, as an int (about 24.8 days).
-inline constexpr int32_t kMaxChannelSeconds = std::numeric_limits<int>::max() / 1000;
-
 // Sizes are counts of elements or bytes; times are seconds.
 struct ServerConfig {
   std::vector<std::string> listen = {"0.0.0.0:50051"};

@@ -183,7 +183,8 @@ void EncodeStepResult(const v1::Step& step, const StepOutput& out, uint64_t seed
 void EncodeStepError(const v1::Step& step, const absl::Status& status, v1::StepResult* result) {
   // A longer id is itself the error: echoing all of it would let one step fill the answer (and the memory that
   // holds it) with as many bytes as the request carried.
-  result->set_sequence_id(std::string(absl::string_view(step.sequence_id()).substr(0, kMaxSequenceIdBytes)));
+  const absl::string_view id = Utf8Prefix(step.sequence_id(), kMaxSequenceIdBytes);
+  result->set_sequence_id(id.data(), id.size());
   result->set_step(step.step());
   v1::Error* error = result->mutable_error();
   error->set_code(static_cast<int32_t>(status.code()));

@@ -696,10 +696,12 @@ std::string CheckWireAgreesWithTheParse(const uint8_t* data, size_t size, const 
     if (request.steps_size() > max_steps) {
       return absl::StrCat("the wire check let ", request.steps_size(), " steps through");
     }
-    if (const int64_t unknown = CountUnknownFields(request); unknown > kMaxUnknownFields) {
+    const int64_t unknown = CountUnknownFields(request);
+    if (unknown > kMaxUnknownFields + kUnknownFieldsPerStep * request.steps_size()) {
       return absl::StrCat("the wire check let ", unknown, " unknown fields through");
     }
-  } else if (request.steps_size() > max_steps && checked != TooManyStepsError(max_steps, request.steps_size())) {
+  } else if (request.steps_size() > max_steps &&
+             checked != TooManyStepsError(max_steps, absl::StrCat("more than ", max_steps))) {
     return absl::StrCat("over the step limit, the wire check said ", checked.ToString());
   } else if (request.steps_size() <= max_steps && absl::StrContains(checked.message(), "--max_steps_per_request")) {
     return absl::StrCat(request.steps_size(), " steps refused by the wire check: ", checked.ToString());

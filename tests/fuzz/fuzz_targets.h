@@ -15,7 +15,8 @@
 //                      documented error code naming a field or a result whose token, logprob, metrics, applied
 //                      parameters and top tokens are in range and finite; the replay with the reported seeds
 //                      gives the same answer. CheckRequestWire on the same bytes lets through no request the
-//                      parse finds over the step limit or over kMaxUnknownFields, and refuses no other for steps.
+//                      parse finds over the step limit or over its unknown fields' allowance, and refuses no other for
+//                      steps.
 //   CheckKernelBytes   a recipe (KernelRecipe) for a float array of 0..1e6 elements with ±FLT_MAX, denormals,
 //                      NaN, ±inf -> SummarizeLogits / ComputeAttentionMetrics: a clear INVALID_ARGUMENT exactly
 //                      when the contract says so, otherwise finite metrics in their ranges that agree with a

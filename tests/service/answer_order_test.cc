@@ -214,6 +214,20 @@ TEST(AnswerOrder, AnswersAfterARefusedRequestAreNeverWritten) {
   EXPECT_EQ(order.TakeFinish(), std::nullopt);
 }
 
+// A read already under way when an earlier request is refused: its request is not run, since its answer could
+// never be written.
+TEST(AnswerOrder, ARequestReadAfterARefusalIsNotRun) {
+  Order order(kLimits);
+  Order::Entry* first = ReadOne(&order, 1);
+  std::unique_ptr<TestRequest> second = order.StartRead();
+  ASSERT_NE(second, nullptr);
+  order.Answered(first, absl::ResourceExhaustedError("refused"));
+  EXPECT_EQ(order.Received(std::move(second), false, absl::OkStatus()), nullptr);
+  std::optional<absl::Status> finish = order.TakeFinish();
+  ASSERT_TRUE(finish.has_value());
+  EXPECT_EQ(finish->message(), "refused");
+}
+
 // A message that does not parse comes after every request queued before it: one of those refused later still
 // decides the status.
 TEST(AnswerOrder, ARefusalBeforeAnUnparsableMessageIsTheStatus) {

