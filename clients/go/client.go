@@ -505,8 +505,22 @@ func (s *Session) makeStep(logits Tensor, attention *Tensor, o StepOptions) (*pb
 	return st, nil
 }
 
+// maxSequenceIDBytes is how much of its sequence_id a refused step echoes at most (cut at a UTF-8 character
+// boundary).
+const maxSequenceIDBytes = 256
+
+// echoes reports whether r answers the step of id: the id itself, or for a refused step, its cut echo.
+func echoes(r *pb.StepResult, id string) bool {
+	if r.SequenceId == id {
+		return true
+	}
+	n := len(r.SequenceId)
+	return r.Error != nil && len(id) > maxSequenceIDBytes && n >= maxSequenceIDBytes-3 && n <= maxSequenceIDBytes &&
+		strings.HasPrefix(id, r.SequenceId)
+}
+
 func (s *Session) commit(r *pb.StepResult) (*StepResult, error) {
-	if r.SequenceId != s.id || r.Step != s.step {
+	if !echoes(r, s.id) || r.Step != s.step {
 		return nil, fmt.Errorf("%w: expected %q step %d, got %q step %d", ErrProtocol, s.id, s.step, r.SequenceId, r.Step)
 	}
 	if r.Error != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 
@@ -212,6 +213,18 @@ func TestGoldenRegimesAndBF16(t *testing.T) {
 	}
 	if checked < 20 {
 		t.Fatalf("only %d golden cases checked", checked)
+	}
+}
+
+func TestASequenceIDOver256BytesIsAStepErrorNotAProtocolError(t *testing.T) {
+	s := startServer(t, nil)
+	c := newClient(t, []string{s.Address()}, samplerd.Options{})
+	// The server echoes only its first 256 bytes (cut at a character boundary: "é" is 2 bytes).
+	sess := c.Session(samplerd.SessionOptions{SequenceID: strings.Repeat("a", 255) + strings.Repeat("é", 10), Seed: 5})
+	_, err := sess.Step(context.Background(), samplerd.F32(make([]float32, 100)), nil)
+	var se *samplerd.StepError
+	if !errors.As(err, &se) || se.Code != codes.InvalidArgument || se.Field != "sequence_id" {
+		t.Fatalf("want an INVALID_ARGUMENT StepError on sequence_id, got %v", err)
 	}
 }
 

@@ -191,6 +191,23 @@ function describe(e: unknown): string {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+// A refused step echoes at most this many bytes of its sequence_id (cut at a UTF-8 character boundary).
+const MAX_SEQUENCE_ID_BYTES = 256;
+
+// Whether `r` answers the step of `sequenceId`: the id itself, or for a refused step, its cut echo.
+function echoes(r: StepResult__Output, sequenceId: string): boolean {
+  if (r.sequenceId === sequenceId) return true;
+  const full = Buffer.from(sequenceId, "utf8");
+  const echo = Buffer.from(r.sequenceId, "utf8");
+  return (
+    r.error != null &&
+    full.length > MAX_SEQUENCE_ID_BYTES &&
+    echo.length >= MAX_SEQUENCE_ID_BYTES - 3 &&
+    echo.length <= MAX_SEQUENCE_ID_BYTES &&
+    full.subarray(0, echo.length).equals(echo)
+  );
+}
+
 // One generation (sequence): the step index, seed and recent tokens. One step at a time per session.
 export class Session {
   readonly sequenceId: string;
@@ -276,7 +293,7 @@ export class Session {
 
   /** @internal */
   commit(r: StepResult__Output): StepResult {
-    if (r.sequenceId !== this.sequenceId || Number(r.step) !== this.stepIndex_) {
+    if (!echoes(r, this.sequenceId) || Number(r.step) !== this.stepIndex_) {
       throw new ProtocolError(
         `samplerd: expected the result of "${this.sequenceId}" step ${this.stepIndex_}, ` +
           `got "${r.sequenceId}" step ${r.step}`,

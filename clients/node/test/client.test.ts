@@ -146,6 +146,18 @@ test("golden regimes and greedy tokens", async () => {
   assert.ok(checked >= 20);
 });
 
+test("a sequence_id over 256 bytes is a StepError, not a ProtocolError", async () => {
+  // The server echoes only its first 256 bytes (cut at a character boundary: "é" is 2 bytes).
+  const s = client.session({ sequenceId: "a".repeat(255) + "é".repeat(10), seed: 5 });
+  await assert.rejects(s.step(new Float32Array(100)), (e: unknown) => {
+    assert.ok(e instanceof StepError, String(e));
+    assert.equal(e.codeName, "INVALID_ARGUMENT");
+    assert.equal(e.field, "sequence_id");
+    return true;
+  });
+  assert.equal(s.stepIndex, 0);
+});
+
 test("a rejected step throws StepError and the session does not advance", async () => {
   const s = client.session({ sequenceId: "reject", seed: 5, recentTokens: [1] });
   await assert.rejects(s.step(new Float32Array(100).fill(-Infinity)), (e: unknown) => {

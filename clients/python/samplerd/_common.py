@@ -273,7 +273,7 @@ class SessionState:
 
     def commit(self, r: pb.StepResult) -> StepResult:
         """Checks the echo, raises StepError for a rejected step, else advances and returns the result."""
-        if r.sequence_id != self.sequence_id or r.step != self.step_index:
+        if not echoes(r, self.sequence_id) or r.step != self.step_index:
             raise ProtocolError(
                 f"samplerd: expected the result of {self.sequence_id!r} step {self.step_index}, "
                 f"got {r.sequence_id!r} step {r.step}"
@@ -288,6 +288,23 @@ class SessionState:
             if len(self.recent_tokens) > self.max_recent:
                 del self.recent_tokens[0]
         return StepResult.from_proto(r)
+
+
+# A refused step echoes at most this many bytes of its sequence_id (cut at a UTF-8 character boundary).
+MAX_SEQUENCE_ID_BYTES = 256
+
+
+def echoes(r: pb.StepResult, sequence_id: str) -> bool:
+    """Whether `r` answers the step of `sequence_id`: the id itself, or for a refused step, its cut echo."""
+    if r.sequence_id == sequence_id:
+        return True
+    full, echo = sequence_id.encode(), r.sequence_id.encode()
+    return (
+        r.HasField("error")
+        and len(full) > MAX_SEQUENCE_ID_BYTES
+        and MAX_SEQUENCE_ID_BYTES - 3 <= len(echo) <= MAX_SEQUENCE_ID_BYTES
+        and full.startswith(echo)
+    )
 
 
 def check_response(request: pb.SampleRequest, response: pb.SampleResponse) -> None:

@@ -123,6 +123,15 @@ def test_golden_regimes_and_top_logprobs(client):
     assert checked >= 20
 
 
+def test_a_sequence_id_over_256_bytes_is_a_step_error_not_a_protocol_error(client):
+    # The server echoes only its first 256 bytes (cut at a character boundary: "é" is 2 bytes).
+    s = client.session("a" * 255 + "é" * 10, seed=5)
+    with pytest.raises(samplerd.StepError) as e:
+        s.step(np.zeros(100, np.float32))
+    assert e.value.code.name == "INVALID_ARGUMENT" and e.value.field == "sequence_id"
+    assert s.step_index == 0
+
+
 def test_rejected_step_raises_and_does_not_advance(client):
     s = client.session("reject", seed=5, recent_tokens=[1])
     with pytest.raises(samplerd.StepError) as e:
