@@ -687,16 +687,14 @@ TEST(MemoryBounds, UnaryCallsWhoseAnswersCannotBeSentDoNotKeepTheirRequestsBytes
 // unknown-field set: requests of nothing else are refused from their wire form, before they are parsed (a 64 MiB
 // request of empty steps peaked at 4 GB).
 TEST(MemoryBounds, RequestsThatParseToManyTimesTheirSizeAreRefusedBeforeTheParse) {
-  const std::string empty_steps = [] {
+  // A message just under --max_message_bytes of one empty field, `tag`, over and over.
+  const auto message_of = [](char tag) {
     std::string wire;
-    for (int64_t i = 0; i < (kMaxMessageBytes - 64) / 2; ++i) wire += std::string("\x0a\x00", 2);
+    for (int64_t i = 0; i < (kMaxMessageBytes - 64) / 2; ++i) wire += std::string{tag, '\0'};
     return wire;
-  }();
-  const std::string unknown_fields = [] {
-    std::string wire;
-    for (int64_t i = 0; i < (kMaxMessageBytes - 64) / 2; ++i) wire += std::string("\x10\x00", 2);  // field 2
-    return wire;
-  }();
+  };
+  const std::string empty_steps = message_of('\x0a');     // field 1, length-delimited, empty
+  const std::string unknown_fields = message_of('\x10');  // field 2, varint 0
   struct Case {
     const char* method;
     const std::string* wire;
