@@ -201,7 +201,8 @@ std::optional<int> ParseServerFlags(int argc, char** argv, absl::string_view ver
                  "Most steps in one SampleRequest; more ends the call with RESOURCE_EXHAUSTED")
       ->capture_default_str();
   app.add_option("--max_pending_request_bytes", config->max_pending_request_bytes,
-                 "Most bytes of parsed requests received and not yet answered, over all calls; a request past it "
+                 "Most bytes of parsed requests received and not yet answered, and of answers not yet written, over "
+                 "all calls; a request past it "
                  "has each step answered RESOURCE_EXHAUSTED at once (one is always taken on when none is pending)")
       ->capture_default_str();
   app.add_option("--max_streams", config->max_streams,

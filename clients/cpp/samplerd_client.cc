@@ -239,6 +239,9 @@ Client::Client(const std::vector<std::string>& targets, const ClientOptions& opt
   if (endpoints_.empty()) endpoints_.push_back(MakeEndpoint(MakeChannel("localhost:50051", options)));
 }
 
+Client::Client(std::initializer_list<std::string> targets, const ClientOptions& options)
+    : Client(std::vector<std::string>(targets), options) {}
+
 Client::Client(std::shared_ptr<grpc::Channel> channel, std::string token) : token_(std::move(token)) {
   endpoints_.push_back(MakeEndpoint(std::move(channel)));
 }

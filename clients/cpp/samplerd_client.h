@@ -39,6 +39,7 @@
 #define SAMPLERD_CLIENTS_CPP_SAMPLERD_CLIENT_H_
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -272,6 +273,9 @@ class Client {
   explicit Client(const std::string& target, const ClientOptions& options = {});
   // Several endpoints, tried in order on failure.
   explicit Client(const std::vector<std::string>& targets, const ClientOptions& options = {});
+  // Client({"a:50051", "b:50051"}, options): without it, a braced list of two string literals would also match
+  // std::string's (first, last) constructor, and the call would be ambiguous.
+  explicit Client(std::initializer_list<std::string> targets, const ClientOptions& options = {});
   // A channel made by the caller (its own credentials and arguments, interceptors); `token` as in ClientOptions.
   explicit Client(std::shared_ptr<grpc::Channel> channel, std::string token = "");
 

@@ -132,6 +132,13 @@ TEST_F(ClientTest, UnreachableServerIsAnError) {
               ::testing::AnyOf(absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded));
 }
 
+TEST_F(ClientTest, ABracedListOfEndpointLiteralsIsSeveralEndpoints) {
+  Client client({"unix:/nonexistent/a.sock", "unix:/nonexistent/b.sock"}, ClientOptions{});
+  absl::StatusOr<ServingStatus> status = client.Health("", absl::Seconds(2));
+  EXPECT_THAT(status.status().code(),
+              ::testing::AnyOf(absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded));
+}
+
 TEST_F(ClientTest, ListProfilesAndSampleOnce) {
   Client client(server_->unix_target());
   absl::StatusOr<v1::ListProfilesResponse> profiles = client.ListProfiles();
