@@ -1,11 +1,17 @@
 #include "clients/cpp/samplerd_client.h"
 
 #include <cstring>
+#include <memory>
 #include <random>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/alarm.h"
 
 namespace samplerd::client {
 namespace {
@@ -20,11 +26,70 @@ std::string RandomSequenceId() {
 
 constexpr char kFieldPayload[] = "type.samplerd.dev/rejected-field";
 
-// Statuses of a stream that broke in transport (not a verdict on the request): worth another endpoint.
+// Statuses of a stream that broke in transport or timed out (not a verdict on the request): worth another
+// endpoint.
 bool IsTransportFailure(const absl::Status& s) {
   return s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kCancelled ||
          s.code() == absl::StatusCode::kUnknown || s.code() == absl::StatusCode::kInternal ||
-         s.code() == absl::StatusCode::kAborted;
+         s.code() == absl::StatusCode::kAborted || s.code() == absl::StatusCode::kDeadlineExceeded;
+}
+
+// A refused step echoes at most this many bytes of its sequence_id, cut at a UTF-8 character boundary
+// (docs/contract.md).
+constexpr size_t kMaxEchoedSequenceIdBytes = 256;
+
+// Whether `r` answers a step of `sequence_id`: the id itself, or for a refused step, its cut echo.
+bool Echoes(const v1::StepResult& r, const std::string& sequence_id) {
+  if (r.sequence_id() == sequence_id) return true;
+  const std::string& echo = r.sequence_id();
+  return r.has_error() && sequence_id.size() > kMaxEchoedSequenceIdBytes &&
+         echo.size() + 3 >= kMaxEchoedSequenceIdBytes && echo.size() <= kMaxEchoedSequenceIdBytes &&
+         absl::StartsWith(sequence_id, echo);
+}
+
+// Cancels a call from gRPC's timer once `timeout` has passed, so that a Write blocked by a peer that does not
+// read, or a Read of an answer that never comes, returns. The alarm's callback may run after the watchdog is
+// gone, so it reaches the context only through state the watchdog clears on destruction.
+class CallWatchdog {
+ public:
+  CallWatchdog(grpc::ClientContext* context, absl::Duration timeout) : state_(std::make_shared<State>()) {
+    state_->context = context;
+    alarm_.Set(absl::ToChronoTime(absl::Now() + timeout), [state = state_](bool expired) {
+      absl::MutexLock lock(&state->mu);
+      if (!expired || state->context == nullptr) return;
+      state->context->TryCancel();
+      state->fired = true;
+    });
+  }
+  CallWatchdog(const CallWatchdog&) = delete;
+  CallWatchdog& operator=(const CallWatchdog&) = delete;
+  ~CallWatchdog() {
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->context = nullptr;
+    }
+    alarm_.Cancel();
+  }
+
+  // Whether the call was cancelled for taking too long.
+  bool fired() const {
+    absl::MutexLock lock(&state_->mu);
+    return state_->fired;
+  }
+
+ private:
+  struct State {
+    absl::Mutex mu;
+    grpc::ClientContext* context ABSL_GUARDED_BY(mu) = nullptr;
+    bool fired ABSL_GUARDED_BY(mu) = false;
+  };
+  std::shared_ptr<State> state_;
+  grpc::Alarm alarm_;
+};
+
+absl::Status TimedOut(absl::string_view what, absl::Duration timeout) {
+  return absl::DeadlineExceededError(
+      absl::StrCat(what, " took longer than ", absl::FormatDuration(timeout), " (ClientOptions::step_timeout)"));
 }
 
 // The client's one failover loop: `attempt` (a call on the current endpoint) until it succeeds, fails for a
@@ -126,11 +191,7 @@ Session::~Session() {
   }
 }
 
-void Session::OpenStream() {
-  context_ = std::make_unique<grpc::ClientContext>();
-  client_->Authorize(context_.get());
-  stream_ = client_->endpoints_[client_->current_].stub->Sample(context_.get());
-}
+void Session::OpenStream() { stream_ = client_->endpoints_[client_->current_].stub->Sample(context_.get()); }
 
 absl::Status Session::FailStream() {
   const grpc::Status status = stream_->Finish();
@@ -139,11 +200,27 @@ absl::Status Session::FailStream() {
   return FromGrpcStatus(status);
 }
 
+absl::Status Session::DropStream(absl::Status why) {
+  if (stream_ != nullptr) {
+    context_->TryCancel();
+    stream_->Finish();
+    stream_.reset();
+  }
+  return why;
+}
+
 absl::Status Session::Exchange() {
-  if (stream_ == nullptr) OpenStream();
-  if (!stream_->Write(request_)) return FailStream();
-  if (!stream_->Read(&response_)) return FailStream();
-  return absl::OkStatus();
+  const bool open = stream_ != nullptr;
+  if (!open) {
+    context_ = std::make_unique<grpc::ClientContext>();
+    client_->Authorize(context_.get());
+  }
+  // Armed before the stream opens: opening can wait for a connection, too.
+  CallWatchdog watchdog(context_.get(), client_->step_timeout_);
+  if (!open) OpenStream();
+  if (stream_->Write(request_) && stream_->Read(&response_)) return absl::OkStatus();
+  const absl::Status failed = FailStream();
+  return watchdog.fired() ? TimedOut("the step", client_->step_timeout_) : failed;
 }
 
 void Session::FillStep(const TensorRef& logits, const std::optional<TensorRef>& attention, const StepOptions& options,
@@ -157,6 +234,19 @@ void Session::FillStep(const TensorRef& logits, const std::optional<TensorRef>& 
   step->set_profile(profile_);
   step->set_seed(seed_);
   step->set_top_logprobs(options.top_logprobs);
+}
+
+absl::Status Session::CheckAnswer(const v1::StepResult& r) const {
+  if (!Echoes(r, sequence_id_) || r.step() != step_) {
+    return absl::InternalError(absl::StrCat("expected the result of ", sequence_id_, " step ", step_, ", got ",
+                                            r.sequence_id(), " step ", r.step()));
+  }
+  if (r.has_error() &&
+      (r.error().code() <= 0 || r.error().code() > static_cast<int>(absl::StatusCode::kUnauthenticated))) {
+    return absl::InternalError(absl::StrCat("the server refused ", sequence_id_, " step ", step_, " with code ",
+                                            r.error().code(), ", which is not an error code"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<StepResult> Session::Commit(const v1::StepResult& r) {
@@ -206,9 +296,10 @@ absl::StatusOr<StepResult> Session::Step(const TensorRef& logits, const std::opt
       });
   if (!sent.ok()) return sent;
   if (response_.results_size() != 1) {
-    return absl::InternalError(
-        absl::StrCat("the server answered a 1-step request with ", response_.results_size(), " results"));
+    return DropStream(absl::InternalError(
+        absl::StrCat("the server answered a 1-step request with ", response_.results_size(), " results")));
   }
+  if (absl::Status answer = CheckAnswer(response_.results(0)); !answer.ok()) return DropStream(std::move(answer));
   return Commit(response_.results(0));
 }
 
@@ -216,9 +307,15 @@ absl::Status Session::Close() {
   if (closed_) return absl::OkStatus();
   closed_ = true;
   if (stream_ == nullptr) return absl::OkStatus();
+  CallWatchdog watchdog(context_.get(), client_->step_timeout_);
   stream_->WritesDone();
+  // Finish waits for unread answers, so one no step asked for is read here rather than left to hold it.
+  if (stream_->Read(&response_)) {
+    return DropStream(absl::InternalError("the server sent an answer no step asked for"));
+  }
   const grpc::Status status = stream_->Finish();
   stream_.reset();
+  if (watchdog.fired()) return TimedOut("closing the stream", client_->step_timeout_);
   return FromGrpcStatus(status);
 }
 
@@ -234,7 +331,8 @@ Client::Endpoint Client::MakeEndpoint(std::shared_ptr<grpc::Channel> channel) {
 Client::Client(const std::string& target, const ClientOptions& options)
     : Client(std::vector<std::string>{target}, options) {}
 
-Client::Client(const std::vector<std::string>& targets, const ClientOptions& options) : token_(options.token) {
+Client::Client(const std::vector<std::string>& targets, const ClientOptions& options)
+    : token_(options.token), step_timeout_(options.step_timeout) {
   for (const std::string& t : targets) endpoints_.push_back(MakeEndpoint(MakeChannel(t, options)));
   if (endpoints_.empty()) endpoints_.push_back(MakeEndpoint(MakeChannel("localhost:50051", options)));
 }
@@ -314,6 +412,12 @@ absl::StatusOr<std::vector<absl::StatusOr<StepResult>>> Client::SampleBatch(absl
   if (response->results_size() != static_cast<int>(items.size())) {
     return absl::InternalError(absl::StrCat("the server answered a ", items.size(), "-step request with ",
                                             response->results_size(), " results"));
+  }
+  // Every answer is checked before any session advances, so a bad answer leaves every session as it was.
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (absl::Status answer = items[i].session->CheckAnswer(response->results(static_cast<int>(i))); !answer.ok()) {
+      return answer;
+    }
   }
   std::vector<absl::StatusOr<StepResult>> results;
   results.reserve(items.size());

@@ -180,6 +180,10 @@ struct ClientOptions {
   // Sent as "authorization: Bearer <token>" on every call (a server started with --auth_token_file); empty =
   // none.
   std::string token;
+  // How long one attempt of a Session's Step (opening the stream, the write, the answer) or Close may take: past
+  // it the stream is cancelled and the step goes to the next endpoint (DEADLINE_EXCEEDED once every attempt
+  // has timed out), so a server that stops reading or answering cannot hold the host.
+  absl::Duration step_timeout = absl::Seconds(10);
 };
 
 // The channel credentials `options` ask for: TLS with their CA and client certificate, else plaintext. For
@@ -214,12 +218,14 @@ class Session {
   // [layers, heads, kv_len], each float32, float16 or bfloat16. On success the token is appended to the recent tokens
   // and the step index advances. A rejected step returns the server's error (code, "field: message", RejectedField) and
   // changes nothing, so it can be corrected and resent. A broken stream (UNAVAILABLE, CANCELLED, UNKNOWN, INTERNAL, or
-  // ended without an answer) is reopened on the next endpoint and the step resent, up to twice per endpoint; when every
-  // attempt fails the status is returned and the next Step tries again.
+  // ended without an answer, or no answer within ClientOptions::step_timeout) is reopened on the next endpoint and the
+  // step resent, up to twice per endpoint; when every attempt fails the status is returned and the next Step tries
+  // again. An answer that is not this step's (another sequence id or step index, or an error without a code) is
+  // INTERNAL: the stream is dropped and nothing changes.
   absl::StatusOr<StepResult> Step(const TensorRef& logits, const std::optional<TensorRef>& attention = std::nullopt,
                                   const StepOptions& options = {});
 
-  // Half-closes the stream and returns its final status.
+  // Half-closes the stream and returns its final status; INTERNAL if the server sent an answer no step asked for.
   absl::Status Close();
 
   const std::string& sequence_id() const { return sequence_id_; }
@@ -238,13 +244,19 @@ class Session {
   // Writes this session's next step into `step`.
   void FillStep(const TensorRef& logits, const std::optional<TensorRef>& attention, const StepOptions& options,
                 v1::Step* step) const;
-  // The result of this session's step `r`: on success advances the session (seed, step index, recent tokens);
-  // a rejection comes back as its status with the rejected field as payload and changes nothing.
+  // INTERNAL unless `r` answers this session's next step: its sequence id (or, for a rejection, the id's cut
+  // echo) and step index, and a rejection's code is an error code.
+  absl::Status CheckAnswer(const v1::StepResult& r) const;
+  // The result of this session's step `r`, which CheckAnswer accepted: on success advances the session (seed,
+  // step index, recent tokens); a rejection comes back as its status with the rejected field as payload and
+  // changes nothing.
   absl::StatusOr<StepResult> Commit(const v1::StepResult& r);
-  // Opens the stream on the client's current endpoint.
+  // Opens the stream on the client's current endpoint, in context_.
   void OpenStream();
   // Ends the stream after a failed Read or Write and returns why.
   absl::Status FailStream();
+  // Cancels and ends a stream whose answers can no longer be matched to its steps; returns `why`.
+  absl::Status DropStream(absl::Status why);
   // One Write + Read of request_ on the current stream.
   absl::Status Exchange();
 
@@ -315,6 +327,7 @@ class Client {
   std::vector<Endpoint> endpoints_;
   size_t current_ = 0;
   std::string token_;
+  absl::Duration step_timeout_ = ClientOptions().step_timeout;
 };
 
 }  // namespace samplerd::client

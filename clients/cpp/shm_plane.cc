@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -32,6 +33,10 @@ bool WellFormed(const v1::Tensor& t) {
 }
 
 uint64_t Align64(uint64_t n) { return (n + 63) / 64 * 64; }
+
+absl::Status TimedOut(absl::string_view what) {
+  return absl::DeadlineExceededError(absl::StrCat(what, " took longer than the socket's timeout (ShmConnect)"));
+}
 
 absl::Status Errno(absl::string_view what) {
   return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(errno)));
@@ -74,7 +79,7 @@ absl::Status ReferenceTensors(const ShmPlane& plane, v1::SampleRequest* request)
   return absl::OkStatus();
 }
 
-absl::StatusOr<int> ShmConnect(const std::string& path) {
+absl::StatusOr<int> ShmConnect(const std::string& path, absl::Duration timeout) {
   struct sockaddr_un address = {};
   address.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(address.sun_path)) {
@@ -83,6 +88,14 @@ absl::StatusOr<int> ShmConnect(const std::string& path) {
   std::memcpy(address.sun_path, path.data(), path.size());
   const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (fd < 0) return Errno("socket(AF_UNIX, SOCK_SEQPACKET)");
+  // The send timeout bounds connect too, when the server's backlog is full.
+  const struct timeval limit = absl::ToTimeval(timeout);
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit)) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit)) != 0) {
+    const absl::Status status = Errno("setsockopt(SO_RCVTIMEO, SO_SNDTIMEO)");
+    close(fd);
+    return status;
+  }
   if (connect(fd, reinterpret_cast<const struct sockaddr*>(&address), sizeof(address)) != 0) {
     const absl::Status status = Errno(absl::StrCat("connect to the shared-memory socket ", path));
     close(fd);
@@ -143,9 +156,11 @@ absl::Status ShmControlExchange(int socket_fd, const v1::ShmControlRequest& requ
     }
   }
   if (!sent && n <= 0) {
+    if (send_errno == EAGAIN || send_errno == EWOULDBLOCK) return TimedOut("a send on the shared-memory socket");
     errno = send_errno;
     return Errno("send on the shared-memory socket");
   }
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return TimedOut("the shared-memory socket's answer");
   if (n < 0) return Errno("receive on the shared-memory socket");
   if (n == 0) return absl::UnavailableError("the shared-memory socket closed without an answer");
   if (!response->ParseFromArray(buffer.data(), static_cast<int>(n))) {

@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "grpcpp/grpcpp.h"
 #include "samplerd/v1/sampler.pb.h"
@@ -48,10 +49,15 @@ absl::Status ShmControlExchange(int socket_fd, const v1::ShmControlRequest& requ
                                 v1::ShmControlResponse* response, std::string* scratch = nullptr);
 absl::StatusOr<v1::ShmControlResponse> ShmControlExchange(int socket_fd, const v1::ShmControlRequest& request, int fd);
 
+// How long a send to or an answer from the control socket may take by default (a server that stopped, or a
+// queue that stays full): past it an exchange is DEADLINE_EXCEEDED rather than a host held for good.
+inline constexpr absl::Duration kShmSocketTimeout = absl::Seconds(30);
+
 // ShmConnect()
 //
-// A SOCK_SEQPACKET connection to the control socket at `path`; UNAVAILABLE naming the path.
-absl::StatusOr<int> ShmConnect(const std::string& path);
+// A SOCK_SEQPACKET connection to the control socket at `path`, its sends and receives (and ShmControlExchange's)
+// bounded by `timeout`; UNAVAILABLE naming the path.
+absl::StatusOr<int> ShmConnect(const std::string& path, absl::Duration timeout = kShmSocketTimeout);
 
 class ShmPlane;
 
