@@ -68,7 +68,9 @@ export interface ClientOptions {
   token?: string; // sent as `authorization: Bearer <token>` on every call
   timeoutMs?: number; // how long a step may take before its endpoint is given up on (10 s)
   failoverTimeoutMs?: number; // how long a failing step is resent, endpoint after endpoint (10 s)
-  maxMessageBytes?: number; // 64 MiB, as the server
+  // The largest request sent and answer accepted: 64 MiB, the default of the server's --max_message_bytes; set it
+  // to the server's flag so a step too large for the server fails alone, here, instead of ending the shared stream.
+  maxMessageBytes?: number;
 }
 
 export interface SessionOptions {
@@ -101,20 +103,52 @@ class DeadlineExceeded extends Error {
   readonly code = grpc.status.DEADLINE_EXCEEDED;
 }
 
+// The server ended the stream with a status that is not a transport failure (docs/contract.md, stream-level
+// problems): it answered every request before the one it refused and ran none after it, so the refused request
+// is the oldest unanswered one (StreamMux.refuse). Step and sampleBatch turn it into StepError / BatchError.
+class Refused extends Error {
+  constructor(
+    readonly code: number,
+    readonly details: string,
+  ) {
+    super(`${grpc.status[code] ?? code}: ${details}`);
+  }
+}
+
+// A request on the stream of a refused one, unanswered: it is sent again on a fresh stream of the same endpoint
+// (its answer depends only on the request). Not a failure of the endpoint.
+class Resend extends Error {
+  constructor() {
+    super("the Sample stream ended at an earlier request the server refused");
+  }
+}
+
 interface Waiter {
   resolve: (r: SampleResponse__Output) => void;
   reject: (e: unknown) => void;
+  bytes: number; // the encoded request's size
 }
 
-// One Sample stream shared by many callers; answers are matched to waiters in order. Once broken, every waiter
-// fails with the stream's error and the mux is replaced.
+// gRPC's own size limit ends the call as soon as the oversized message arrives, possibly before the server wrote
+// the answers to the requests ahead of it; its status names the refused message's size.
+const TOO_LARGE = /larger than max \((\d+) vs\. \d+\)/;
+
+// One Sample stream shared by many callers; answers are matched to waiters in order. Once broken, the waiters
+// fail (a transport failure: all with its error; a refusal: the oldest with it, the others to be resent) and the
+// mux is replaced. Requests are written already encoded: _send encodes each once to check its size.
 class StreamMux {
   broken: Error | null = null;
   private readonly pending: Waiter[] = [];
-  private readonly call: grpc.ClientDuplexStream<SampleRequest, SampleResponse__Output>;
+  private readonly call: grpc.ClientDuplexStream<Buffer, SampleResponse__Output>;
 
   constructor(stub: SamplerClient, metadata: grpc.Metadata) {
-    this.call = stub.Sample(metadata);
+    const method = proto().samplerd.v1.Sampler.service.Sample;
+    this.call = stub.makeBidiStreamRequest(
+      method.path,
+      (b: Buffer) => b,
+      method.responseDeserialize as (b: Buffer) => SampleResponse__Output,
+      metadata,
+    );
     this.call.on("data", (resp: SampleResponse__Output) => {
       const w = this.pending.shift();
       if (!w) {
@@ -123,14 +157,14 @@ class StreamMux {
       }
       w.resolve(resp);
     });
-    this.call.on("error", (e: Error) => this.fail(e));
+    this.call.on("error", (e: grpc.ServiceError) => (isRetryable(e) ? this.fail(e) : this.refuse(e)));
     this.call.on("end", () => this.fail(new StreamEnded()));
   }
 
-  submit(request: SampleRequest): Promise<SampleResponse__Output> {
+  submit(request: Buffer): Promise<SampleResponse__Output> {
     if (this.broken) return Promise.reject(this.broken);
     return new Promise((resolve, reject) => {
-      this.pending.push({ resolve, reject });
+      this.pending.push({ resolve, reject, bytes: request.length });
       this.call.write(request);
     });
   }
@@ -138,6 +172,17 @@ class StreamMux {
   fail(e: Error): void {
     if (!this.broken) this.broken = e;
     for (const w of this.pending.splice(0)) w.reject(e);
+  }
+
+  // The refused request is the oldest unanswered one, except for a size refusal, which names its size; every
+  // other waiter is resent (one ahead of an oversized request may have been run, but its answer is lost).
+  private refuse(e: grpc.ServiceError): void {
+    if (!this.broken) this.broken = new Resend();
+    const details = e.details ?? e.message;
+    const waiters = this.pending.splice(0);
+    const tooLarge = e.code === grpc.status.RESOURCE_EXHAUSTED ? TOO_LARGE.exec(details) : null;
+    const refused = Math.max(0, tooLarge ? waiters.findIndex((w) => w.bytes === Number(tooLarge[1])) : 0);
+    waiters.forEach((w, i) => w.reject(i === refused ? new Refused(e.code, details) : new Resend()));
   }
 
   abort(e: Error): void {
@@ -191,6 +236,35 @@ function describe(e: unknown): string {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+const MAX_UINT64 = (1n << 64n) - 1n;
+
+// A seed as the wire's uint64 decimal string. Out-of-range values are refused rather than wrapped: the wire keeps
+// the low 64 bits, so the draw would use another seed than the session reports.
+function seedToWire(seed: bigint | number | string | undefined): string {
+  let v: bigint;
+  try {
+    v = BigInt(seed ?? 0);
+  } catch {
+    throw new RangeError(`samplerd: seed must be an integer in [0, 2^64), got ${String(seed)}`);
+  }
+  if (v < 0n || v > MAX_UINT64) throw new RangeError(`samplerd: seed must be in [0, 2^64), got ${v}`);
+  return v.toString();
+}
+
+// A lone UTF-16 surrogate has no UTF-8 form: protobuf would send bytes the server cannot parse, and it refuses
+// the whole message at stream level.
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function checkUtf8(value: string, what: string): void {
+  const m = LONE_SURROGATE.exec(value);
+  if (m) {
+    throw new RangeError(
+      `samplerd: ${what} holds a lone UTF-16 surrogate (\\u${m[0].charCodeAt(0).toString(16)} at index ` +
+        `${m.index}), which is not valid UTF-8`,
+    );
+  }
+}
+
 // A refused step echoes at most this many bytes of its sequence_id (cut at a UTF-8 character boundary).
 const MAX_SEQUENCE_ID_BYTES = 256;
 
@@ -227,8 +301,11 @@ export class Session {
     this.profile = o.profile ?? "";
     this.maxRecent = o.maxRecent ?? DEFAULT_MAX_RECENT;
     if (this.maxRecent < 0) throw new RangeError(`samplerd: maxRecent must be >= 0, got ${this.maxRecent}`);
-    this.seed_ = BigInt(o.seed ?? 0).toString();
+    this.seed_ = seedToWire(o.seed);
     this.stepIndex_ = o.startStep ?? 0;
+    if (!Number.isSafeInteger(this.stepIndex_) || this.stepIndex_ < 0) {
+      throw new RangeError(`samplerd: startStep must be an integer >= 0, got ${o.startStep}`);
+    }
     this.recent = this.maxRecent ? (o.recentTokens ?? []).slice(-this.maxRecent) : [];
     this.params = o.params ? paramsToWire(o.params) : undefined;
     this.topLogprobs = o.topLogprobs ?? 0;
@@ -258,12 +335,24 @@ export class Session {
   // does not advance), Unavailable if no endpoint answers.
   async step(logits: TensorInput, attention?: TensorInput, options: StepOptions = {}): Promise<StepResult> {
     const st = this.makeStep(logits, attention, options);
-    const resp = await this.client._send({ steps: [st] }, options.timeoutMs);
+    let resp: SampleResponse__Output;
+    try {
+      resp = await this.client._send({ steps: [st] }, options.timeoutMs);
+    } catch (e) {
+      throw e instanceof Refused ? this.refusal(e) : e;
+    }
     return this.commit(resp.results[0]);
+  }
+
+  /** @internal The StepError of this session's pending step when the server refused its whole request. */
+  refusal(e: Refused): StepError {
+    return new StepError(e.code, "", e.details, this.sequenceId, this.stepIndex_);
   }
 
   /** @internal */
   makeStep(logits: TensorInput, attention: TensorInput | undefined, options: StepOptions = {}): Step {
+    checkUtf8(this.sequenceId, "sequenceId");
+    checkUtf8(this.profile, "profile");
     const st: Step = {
       sequenceId: this.sequenceId,
       step: String(this.stepIndex_),
@@ -291,14 +380,19 @@ export class Session {
     return st;
   }
 
-  /** @internal */
-  commit(r: StepResult__Output): StepResult {
+  /** @internal Throws ProtocolError unless `r` answers this session's next step. */
+  checkEcho(r: StepResult__Output): void {
     if (!echoes(r, this.sequenceId) || Number(r.step) !== this.stepIndex_) {
       throw new ProtocolError(
         `samplerd: expected the result of "${this.sequenceId}" step ${this.stepIndex_}, ` +
           `got "${r.sequenceId}" step ${r.step}`,
       );
     }
+  }
+
+  /** @internal */
+  commit(r: StepResult__Output): StepResult {
+    this.checkEcho(r);
     if (r.error) {
       throw new StepError(r.error.code, r.error.field, r.error.message, this.sequenceId, this.stepIndex_);
     }
@@ -326,6 +420,9 @@ export class Client {
   private readonly timeoutMs: number;
   private readonly failoverTimeoutMs: number;
   private readonly token?: string;
+  private readonly maxMessageBytes: number;
+  private readonly encodeRequest: (r: SampleRequest) => Buffer;
+  private closed = false;
 
   constructor(target: string | string[], options: ClientOptions = {}) {
     this.endpoints = typeof target === "string" ? [target] : [...target];
@@ -336,6 +433,8 @@ export class Client {
     this.failoverTimeoutMs = options.failoverTimeoutMs ?? 10_000;
     this.token = options.token;
     const maxBytes = options.maxMessageBytes ?? 64 << 20;
+    this.maxMessageBytes = maxBytes;
+    this.encodeRequest = proto().samplerd.v1.Sampler.service.Sample.requestSerialize;
     const channelOptions: grpc.ChannelOptions = {
       ...CHANNEL_OPTIONS,
       "grpc.max_receive_message_length": maxBytes,
@@ -369,13 +468,22 @@ export class Client {
   }
 
   // One request carrying a step of each session; results in order, each accepted session advances. If some
-  // steps are rejected, throws BatchError after advancing the others.
+  // steps are rejected, throws BatchError after advancing the others. An answer that does not match its request
+  // throws ProtocolError and no session advances.
   async sampleBatch(items: BatchItem[], options: { timeoutMs?: number } = {}): Promise<StepResult[]> {
     const sessions = items.map((it) => it[0]);
     if (new Set(sessions).size !== sessions.length)
       throw new RangeError("samplerd: a session appears twice in one batch");
     const steps = items.map(([s, logits, attention]) => s.makeStep(logits, attention));
-    const resp = await this._send({ steps }, options.timeoutMs);
+    let resp: SampleResponse__Output;
+    try {
+      resp = await this._send({ steps }, options.timeoutMs);
+    } catch (e) {
+      if (e instanceof Refused) throw new BatchError(sessions.map((s) => s.refusal(e)));
+      throw e;
+    }
+    // Every echo first: committing as we went would advance sessions whose results the ProtocolError then loses.
+    sessions.forEach((s, i) => s.checkEcho(resp.results[i]));
     const results = sessions.map((s, i) => {
       try {
         return s.commit(resp.results[i]);
@@ -391,6 +499,17 @@ export class Client {
   /** @internal */
   _send(request: SampleRequest, timeoutMs?: number): Promise<SampleResponse__Output> {
     const timeout = timeoutMs ?? this.timeoutMs;
+    if (this.closed) return Promise.reject(closedError());
+    // Over the limit the server would end the stream, failing every step pipelined on it; refused here instead.
+    const message = this.encodeRequest(request);
+    if (message.length > this.maxMessageBytes) {
+      return Promise.reject(
+        new RangeError(
+          `samplerd: the request is ${message.length} bytes, over maxMessageBytes (${this.maxMessageBytes}); ` +
+            `it must also fit the server's --max_message_bytes`,
+        ),
+      );
+    }
     return this.retry(async (ep) => {
       const mux = ep.mux();
       let timer: NodeJS.Timeout | undefined;
@@ -401,7 +520,7 @@ export class Client {
             mux.abort(e);
             reject(e);
           }, timeout);
-          mux.submit(request).then(resolve, reject);
+          mux.submit(message).then(resolve, reject);
         });
         if (resp.results.length !== (request.steps ?? []).length) {
           throw new ProtocolError(
@@ -418,13 +537,20 @@ export class Client {
   // The failover loop of every call: `call` on the active endpoint; after a retryable failure the client moves
   // to the next endpoint and tries again, with a short backoff, until the call has been failing for
   // failoverTimeoutMs and every endpoint was tried.
+  // A request behind a refused one is resent at once to the same endpoint, which has not failed.
   private async retry<T>(call: (ep: Endpoint) => Promise<T>): Promise<T> {
     let firstFailure = 0;
     for (let attempt = 0; ; attempt++) {
       const index = this.active;
       try {
+        if (this.closed) throw closedError();
         return await call(this.eps[index]);
       } catch (e) {
+        if (this.closed) throw closedError();
+        if (e instanceof Resend) {
+          attempt--;
+          continue;
+        }
         if (!isRetryable(e)) throw e;
         this.failed(index);
         const now = Date.now();
@@ -482,7 +608,13 @@ export class Client {
     );
   }
 
+  // Steps in flight and later calls fail with Unavailable.
   close(): void {
+    this.closed = true;
     for (const ep of this.eps) ep.close();
   }
+}
+
+function closedError(): Unavailable {
+  return new Unavailable("samplerd: the client is closed");
 }

@@ -127,7 +127,9 @@ export class SamplerdError extends Error {
   }
 }
 
-// The server rejected one step (StepResult.error). The session did not advance.
+// The server rejected one step (StepResult.error), or ended the stream refusing the request that carried it (a
+// stream-level status: RESOURCE_EXHAUSTED, INVALID_ARGUMENT, UNAUTHENTICATED ...; `field` is then ""). The
+// session did not advance.
 export class StepError extends SamplerdError {
   readonly codeName: string;
   constructor(
@@ -137,7 +139,10 @@ export class StepError extends SamplerdError {
     readonly sequenceId: string,
     readonly step: number,
   ) {
-    super(`samplerd rejected step ${step} of "${sequenceId}": ${Status[code] ?? code} ${field}: ${detail}`);
+    // field is empty when the server refused the step's whole request (a stream-level status).
+    super(
+      `samplerd rejected step ${step} of "${sequenceId}": ${Status[code] ?? code} ${field ? field + ": " : ""}${detail}`,
+    );
     this.codeName = Status[code] ?? String(code);
   }
 }

@@ -96,6 +96,24 @@ test("uint64 seeds above 2^63 round-trip", async () => {
   assert.equal(s.seed, seed);
 });
 
+test("seeds outside uint64 are refused locally, not wrapped", async () => {
+  for (const seed of [2n ** 64n, 2n ** 64n + 5n, -1n, -1, "-5", "18446744073709551616", 1.5, "seven"]) {
+    assert.throws(() => client.session({ sequenceId: "bad-seed", seed }), RangeError, String(seed));
+  }
+  for (const [seed, want] of [
+    [2n ** 64n - 1n, 2n ** 64n - 1n],
+    ["42", 42n],
+    [0, 0n],
+  ] as const) {
+    assert.equal(client.session({ sequenceId: "seed", seed }).seed, want);
+  }
+  assert.throws(() => client.session({ sequenceId: "bad-start", startStep: -1 }), RangeError);
+  // The batch path carries the session's seed: the largest one reaches the server unchanged.
+  const s = client.session({ sequenceId: "max-seed", seed: 2n ** 64n - 1n });
+  const [r] = await client.sampleBatch([[s, stepInputs(SHAPE, 1, 0, 1).logits]]);
+  assert.equal(r.seed, 2n ** 64n - 1n);
+});
+
 test("bf16 and f32 of bfloat16-exact golden inputs agree with the golden metrics and regime", async () => {
   const c = goldenCases().find((x) => x.name === "bf16_exact_32k");
   const logits = readNpy(join(GOLDEN, c.logits));
