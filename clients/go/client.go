@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -33,6 +34,7 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "samplerd.dev/samplerd/gen/samplerd/v1"
 )
@@ -57,15 +59,20 @@ const serviceConfig = `{"loadBalancingConfig": [{"round_robin": {}}]}`
 
 // Options configure a Client; the zero value is plaintext with the defaults below.
 type Options struct {
-	TLS             *tls.Config   // nil = plaintext
-	Token           string        // sent as "authorization: Bearer <token>" on every call
-	Timeout         time.Duration // how long a step may take before its endpoint is given up on; 10 s
+	TLS   *tls.Config // nil = plaintext
+	Token string      // sent as "authorization: Bearer <token>" on every call
+	// Timeout is how long one attempt of a step may take before its endpoint is given up on (10 s): opening the
+	// stream, waiting behind other steps, the write (flow control included) and the answer. On timeout the stream
+	// is cancelled and the step goes to the next endpoint.
+	Timeout         time.Duration
 	FailoverTimeout time.Duration // how long a failing step is resent, endpoint after endpoint; 10 s
-	MaxMessageBytes int           // 64 MiB, as the server
+	// MaxMessageBytes is the largest request the client sends (64 MiB, the server's --max_message_bytes default;
+	// set it to the server's flag). A larger request fails locally with ErrInvalidArgument, nothing sent.
+	MaxMessageBytes int
 	DialOptions     []grpc.DialOption
 	// Shm sends the tensors through samplerd's shared-memory plane (docs/shm.md, shm.go) when the client has one
-	// unix: target and the server's --shm_socket can be reached; otherwise the client sends bytes, logs why, and
-	// ShmStatus returns the reason.
+	// unix: target and the server's --shm_socket can be reached and answers the register within Timeout;
+	// otherwise the client sends bytes, logs why, and ShmStatus returns the reason.
 	Shm *ShmOptions
 }
 
@@ -78,6 +85,7 @@ type Client struct {
 	mu        sync.Mutex
 	active    int
 	failovers int
+	closed    bool
 
 	shm *clientShm
 }
@@ -88,19 +96,20 @@ type endpoint struct {
 	stub   pb.SamplerClient
 	md     metadata.MD
 
-	mu  sync.Mutex
-	mux *streamMux
+	mu     sync.Mutex // never held across a blocking call
+	mux    *streamMux
+	closed bool
 }
 
+// getMux returns the endpoint's stream, a fresh one (opening in the background) when there is none or it broke.
 func (e *endpoint) getMux() (*streamMux, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closed {
+		return nil, ErrClosed
+	}
 	if e.mux == nil || e.mux.isBroken() {
-		m, err := newStreamMux(e.stub, e.md)
-		if err != nil {
-			return nil, err
-		}
-		e.mux = m
+		e.mux = openStreamMux(e.stub, e.md)
 	}
 	return e.mux, nil
 }
@@ -127,7 +136,7 @@ func NewClient(targets []string, opts Options) (*Client, error) {
 		md.Set("authorization", "Bearer "+opts.Token)
 	}
 	if opts.Shm != nil {
-		c.shm = newClientShm(targets, *opts.Shm, opts.Token)
+		c.shm = newClientShm(targets, *opts.Shm, opts.Token, opts.Timeout)
 		if c.shm.plane != nil {
 			md.Set(ShmSessionMetadata, c.shm.plane.Session())
 		}
@@ -198,10 +207,14 @@ func (c *Client) Failovers() int {
 // sends bytes (wrapping ErrShmUnavailable, or a *ShmError when the server refused the region).
 func (c *Client) ShmStatus() error { return c.shm.status() }
 
-// Close closes every connection.
+// Close closes every connection; steps in flight and later return ErrClosed at once.
 func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	for _, e := range c.eps {
 		e.mu.Lock()
+		e.closed = true
 		if e.mux != nil {
 			e.mux.close()
 		}
@@ -225,10 +238,14 @@ func retryable(err error) bool {
 	return false
 }
 
-func (c *Client) activeIndex() int {
+// activeIndex is the endpoint to use; ErrClosed once Close was called.
+func (c *Client) activeIndex() (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.active
+	if c.closed {
+		return 0, ErrClosed
+	}
+	return c.active, nil
 }
 
 func (c *Client) failed(index int) {
@@ -240,34 +257,49 @@ func (c *Client) failed(index int) {
 	}
 }
 
-// retry runs call on the active endpoint until it succeeds, fails with a non-retryable error, ctx ends, or
-// every endpoint was tried and the failures lasted FailoverTimeout.
+// retry runs call on the active endpoint until it succeeds, fails with a non-retryable error, ctx ends, the
+// client is closed, or every endpoint was tried and the failures lasted FailoverTimeout. A step whose stream
+// ended for another step's message (errResend) goes again at once on a fresh stream of the same endpoint.
 func (c *Client) retry(ctx context.Context, call func(e *endpoint) error) error {
 	var first time.Time
-	for attempt := 0; ; attempt++ {
-		index := c.activeIndex()
-		err := call(c.eps[index])
+	for failures := 0; ; {
+		index, err := c.activeIndex()
+		if err != nil {
+			return err
+		}
+		err = call(c.eps[index])
 		if err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if !retryable(err) {
+		if _, closed := c.activeIndex(); closed != nil {
+			return closed
+		}
+		resend := errors.Is(err, errResend)
+		if !resend && !retryable(err) {
 			return err
 		}
-		c.failed(index)
 		now := time.Now()
 		if first.IsZero() {
 			first = now
 		}
-		if attempt+1 >= len(c.eps) && now.Sub(first) >= c.opts.FailoverTimeout {
+		if resend {
+			if now.Sub(first) >= c.opts.FailoverTimeout {
+				return fmt.Errorf("%w (%v) for %.1f s: %v", ErrUnavailable, c.endpoints, now.Sub(first).Seconds(), err)
+			}
+			continue
+		}
+		c.failed(index)
+		if failures+1 >= len(c.eps) && now.Sub(first) >= c.opts.FailoverTimeout {
 			return fmt.Errorf("%w (%v) for %.1f s: %v", ErrUnavailable, c.endpoints, now.Sub(first).Seconds(), err)
 		}
-		delay := 20 * time.Millisecond << attempt
-		if attempt > 5 || delay > 500*time.Millisecond {
+		delay := 20 * time.Millisecond << failures
+		if failures > 5 || delay > 500*time.Millisecond {
 			delay = 500 * time.Millisecond
 		}
+		failures++
 		select {
 		case <-time.After(delay):
 		case <-ctx.Done():
@@ -276,27 +308,52 @@ func (c *Client) retry(ctx context.Context, call func(e *endpoint) error) error 
 	}
 }
 
+// checkRequest refuses locally a request the server would refuse for the whole stream, taking the other steps
+// on it along: one over MaxMessageBytes (bytes sent through the shared-memory plane count as inline, as the
+// server counts them).
+func (c *Client) checkRequest(req *pb.SampleRequest) error {
+	if n := proto.Size(req); n > c.opts.MaxMessageBytes {
+		return fmt.Errorf("%w: the request is %d bytes encoded, over the client's MaxMessageBytes of %d (which should "+
+			"match the server's --max_message_bytes)", ErrInvalidArgument, n, c.opts.MaxMessageBytes)
+	}
+	return nil
+}
+
 func (c *Client) send(ctx context.Context, req *pb.SampleRequest) (*pb.SampleResponse, error) {
+	if err := c.checkRequest(req); err != nil {
+		return nil, err
+	}
 	var resp *pb.SampleResponse
 	err := c.retry(ctx, func(e *endpoint) error {
+		// Timeout bounds the whole attempt: the stream's opening, queueing behind other steps, the write and the
+		// answer all happen while this function waits on attempt.
+		attempt, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+		defer cancel()
+		timeout := status.Errorf(codes.DeadlineExceeded, "no answer from %s within %v", e.target, c.opts.Timeout)
 		mux, err := e.getMux()
 		if err != nil {
 			return err
 		}
-		wire, release, err := c.shm.reference(ctx, req)
+		wire, release, err := c.shm.reference(attempt, req)
 		if err != nil {
-			return err
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// Every part of the region is held by unanswered steps; they time out on their own.
+			return timeout
 		}
 		defer release()
-		ch, err := mux.submit(wire)
+		call, err := mux.submit(wire)
 		if err != nil {
 			return err
 		}
-		timer := time.NewTimer(c.opts.Timeout)
-		defer timer.Stop()
 		select {
-		case r := <-ch:
+		case r := <-call.done:
 			if r.err != nil {
+				var refused *refusal
+				if errors.As(r.err, &refused) {
+					return refused.stepError(req)
+				}
 				return r.err
 			}
 			if len(r.resp.Results) != len(req.Steps) {
@@ -308,12 +365,15 @@ func (c *Client) send(ctx context.Context, req *pb.SampleRequest) (*pb.SampleRes
 			}
 			resp = r.resp
 			return nil
-		case <-timer.C:
-			err := status.Errorf(codes.DeadlineExceeded, "no answer from %s within %v", e.target, c.opts.Timeout)
-			mux.abort(err)
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
+		case <-attempt.Done():
+			if ctx.Err() != nil {
+				mux.withdraw(call)
+				return ctx.Err()
+			}
+			// The stream is given up on (its write may be blocked by a peer that does not read): every step on
+			// it fails over.
+			mux.abort(timeout)
+			return timeout
 		}
 	})
 	return resp, err
@@ -355,12 +415,13 @@ type BatchItem struct {
 
 // SampleBatch sends one request carrying a step of each session and returns the results in order; each
 // accepted session advances. If some steps are rejected it returns a *BatchError after advancing the others.
+// When a result does not answer its step (ErrProtocol), no session advances.
 func (c *Client) SampleBatch(ctx context.Context, items []BatchItem) ([]*StepResult, error) {
 	req := &pb.SampleRequest{}
 	seen := map[*Session]bool{}
 	for _, it := range items {
 		if seen[it.Session] {
-			return nil, errors.New("samplerd: a session appears twice in one batch")
+			return nil, fmt.Errorf("%w: a session appears twice in one batch", ErrInvalidArgument)
 		}
 		seen[it.Session] = true
 		st, err := it.Session.makeStep(it.Logits, it.Attention, StepOptions{})
@@ -372,6 +433,11 @@ func (c *Client) SampleBatch(ctx context.Context, items []BatchItem) ([]*StepRes
 	resp, err := c.send(ctx, req)
 	if err != nil {
 		return nil, err
+	}
+	for i, it := range items {
+		if err := it.Session.answers(resp.Results[i]); err != nil {
+			return nil, err
+		}
 	}
 	results := make([]*StepResult, len(items))
 	batchErr := &BatchError{Results: results, Errors: make([]*StepError, len(items))}
@@ -485,6 +551,13 @@ func (s *Session) StepWithOptions(ctx context.Context, logits Tensor, attention 
 }
 
 func (s *Session) makeStep(logits Tensor, attention *Tensor, o StepOptions) (*pb.Step, error) {
+	// protobuf cannot encode a string that is not UTF-8 (and samplerd would refuse the whole message).
+	if !utf8.ValidString(s.id) {
+		return nil, fmt.Errorf("%w: the sequence id %q is not valid UTF-8", ErrInvalidArgument, s.id)
+	}
+	if !utf8.ValidString(s.profile) {
+		return nil, fmt.Errorf("%w: the profile %q is not valid UTF-8", ErrInvalidArgument, s.profile)
+	}
 	if err := logits.check("logits", 1); err != nil {
 		return nil, err
 	}
@@ -519,9 +592,17 @@ func echoes(r *pb.StepResult, id string) bool {
 		strings.HasPrefix(id, r.SequenceId)
 }
 
-func (s *Session) commit(r *pb.StepResult) (*StepResult, error) {
+// answers is nil when r answers the session's next step, else an ErrProtocol.
+func (s *Session) answers(r *pb.StepResult) error {
 	if !echoes(r, s.id) || r.Step != s.step {
-		return nil, fmt.Errorf("%w: expected %q step %d, got %q step %d", ErrProtocol, s.id, s.step, r.SequenceId, r.Step)
+		return fmt.Errorf("%w: expected %q step %d, got %q step %d", ErrProtocol, s.id, s.step, r.SequenceId, r.Step)
+	}
+	return nil
+}
+
+func (s *Session) commit(r *pb.StepResult) (*StepResult, error) {
+	if err := s.answers(r); err != nil {
+		return nil, err
 	}
 	if r.Error != nil {
 		return nil, &StepError{Code: codes.Code(r.Error.Code), Field: r.Error.Field, Message: r.Error.Message,
@@ -537,15 +618,27 @@ func (s *Session) commit(r *pb.StepResult) (*StepResult, error) {
 	return resultFromProto(r), nil
 }
 
-// streamMux is one Sample stream shared by many callers: requests are sent in order under a lock and answers
-// are matched to waiters FIFO. Once broken, every waiter gets the stream's error and the mux is replaced.
+// streamMux is one Sample stream shared by many callers. Requests are queued in order and written by the mux's
+// own goroutine, so a write blocked by flow control holds no lock a caller, the timeout path or failover needs;
+// answers are matched to the written requests FIFO. How a stream ends decides what its waiters get:
+//   - a transport failure, a timeout (abort) or Close: every waiter gets that error;
+//   - a status that refuses one message (samplerd answers every request before the refused one and runs nothing
+//     after it): the oldest waiter gets the status as a refusal, every other waiter errResend.
 type streamMux struct {
-	stream pb.Sampler_SampleClient
+	ctx    context.Context // the stream's; cancelling it ends the stream and unblocks a write
 	cancel context.CancelFunc
+	wake   chan struct{} // the writer has requests to write
 
 	mu      sync.Mutex
-	pending []chan muxResult
+	pending []*muxCall // unanswered requests in stream order: the written ones, then the queued ones
+	queue   []*muxCall // the requests not yet handed to the stream (a tail of pending)
 	broken  error
+}
+
+type muxCall struct {
+	req     *pb.SampleRequest
+	done    chan muxResult // buffered: the one result is never waited for by the mux
+	written bool           // handed to the stream, so an answer to it may come
 }
 
 type muxResult struct {
@@ -553,16 +646,35 @@ type muxResult struct {
 	err  error
 }
 
-func newStreamMux(stub pb.SamplerClient, md metadata.MD) (*streamMux, error) {
-	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(context.Background(), md))
-	stream, err := stub.Sample(ctx)
-	if err != nil {
-		cancel()
-		return nil, err
+// errResend: the step's stream ended for another step's message before this step was answered; the step was not
+// run, so it goes again on a fresh stream.
+var errResend = errors.New("samplerd: the stream ended for another step's message")
+
+// refusal is a stream-level status that refuses the request it is given to.
+type refusal struct{ status *status.Status }
+
+func (r *refusal) Error() string { return r.status.Err().Error() }
+
+// stepError is the refusal as the documented errors: a *StepError for one step, a *BatchError whose every step
+// carries it for a batch.
+func (r *refusal) stepError(req *pb.SampleRequest) error {
+	errs := make([]*StepError, len(req.Steps))
+	for i, st := range req.Steps {
+		errs[i] = &StepError{Code: r.status.Code(), Message: r.status.Message(), SequenceID: st.SequenceId, Step: st.Step}
 	}
-	m := &streamMux{stream: stream, cancel: cancel}
-	go m.read()
-	return m, nil
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return &BatchError{Results: make([]*StepResult, len(errs)), Errors: errs}
+}
+
+// openStreamMux returns at once; the stream opens in the mux's writer goroutine, bounded by the callers' timeouts
+// (a timed-out caller aborts the mux, which cancels the opening).
+func openStreamMux(stub pb.SamplerClient, md metadata.MD) *streamMux {
+	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(context.Background(), md))
+	m := &streamMux{ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
+	go m.write(stub)
+	return m
 }
 
 func (m *streamMux) isBroken() bool {
@@ -571,61 +683,149 @@ func (m *streamMux) isBroken() bool {
 	return m.broken != nil
 }
 
-func (m *streamMux) submit(req *pb.SampleRequest) (<-chan muxResult, error) {
+// submit queues req; its result arrives on the call's done channel.
+func (m *streamMux) submit(req *pb.SampleRequest) (*muxCall, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.broken != nil {
 		return nil, m.broken
 	}
-	ch := make(chan muxResult, 1)
-	m.pending = append(m.pending, ch)
-	// A failed Send is reported by Recv with the call's real status; the reader then fails this waiter too.
-	_ = m.stream.Send(req)
-	return ch, nil
+	call := &muxCall{req: req, done: make(chan muxResult, 1)}
+	m.pending = append(m.pending, call)
+	m.queue = append(m.queue, call)
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+	return call, nil
 }
 
-func (m *streamMux) read() {
-	for {
-		resp, err := m.stream.Recv()
-		if err == io.EOF {
-			err = status.Error(codes.Unavailable, "the server ended the Sample stream with steps unanswered")
+// withdraw takes back the call of a caller that stopped waiting. One never written is removed; one that may be
+// on the stream stays as a placeholder, so the answers after it still reach their own callers, and its answer is
+// dropped.
+func (m *streamMux) withdraw(call *muxCall) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if call.written {
+		return
+	}
+	m.pending = without(m.pending, call)
+	m.queue = without(m.queue, call)
+}
+
+func without(calls []*muxCall, call *muxCall) []*muxCall {
+	for i, c := range calls {
+		if c == call {
+			return append(calls[:i:i], calls[i+1:]...)
 		}
+	}
+	return calls
+}
+
+func (m *streamMux) write(stub pb.SamplerClient) {
+	stream, err := stub.Sample(m.ctx)
+	if err != nil {
+		m.ended(err)
+		return
+	}
+	go m.read(stream)
+	for {
+		select {
+		case <-m.wake:
+		case <-m.ctx.Done():
+			return
+		}
+		for {
+			m.mu.Lock()
+			if m.broken != nil || len(m.queue) == 0 {
+				m.mu.Unlock()
+				break
+			}
+			call := m.queue[0]
+			m.queue = m.queue[1:]
+			call.written = true
+			m.mu.Unlock()
+			if err := stream.Send(call.req); err != nil {
+				if err != io.EOF {
+					// grpc-go could not send this message (it ends the call with this error): the message's own
+					// failure, not the server's, and the others go again.
+					m.refuse(call, fmt.Errorf("%w: %v", ErrInvalidArgument, err))
+				}
+				// io.EOF: the call ended; Recv returns its status and the reader ends the mux.
+				return
+			}
+		}
+	}
+}
+
+func (m *streamMux) read(stream pb.Sampler_SampleClient) {
+	for {
+		resp, err := stream.Recv()
 		if err != nil {
-			m.fail(err)
+			m.ended(err)
 			return
 		}
 		m.mu.Lock()
-		if len(m.pending) == 0 {
+		if len(m.pending) == 0 || !m.pending[0].written {
 			m.mu.Unlock()
 			m.abort(fmt.Errorf("%w: a response arrived with no request pending", ErrProtocol))
 			return
 		}
-		ch := m.pending[0]
+		call := m.pending[0]
 		m.pending = m.pending[1:]
 		m.mu.Unlock()
-		ch <- muxResult{resp: resp}
+		call.done <- muxResult{resp: resp}
 	}
 }
 
-func (m *streamMux) fail(err error) {
+// ended is the stream's end with err (from opening it or from Recv).
+func (m *streamMux) ended(err error) {
+	switch {
+	case err == io.EOF:
+		m.abort(status.Error(codes.Unavailable, "the server ended the Sample stream with steps unanswered"))
+	case retryable(err):
+		m.abort(err)
+	default:
+		m.mu.Lock()
+		var oldest *muxCall
+		if len(m.pending) > 0 {
+			oldest = m.pending[0]
+		}
+		m.mu.Unlock()
+		m.refuse(oldest, &refusal{status: status.Convert(err)})
+	}
+}
+
+// refuse ends the mux: culprit (when not nil and still pending) gets err, every other waiter errResend.
+func (m *streamMux) refuse(culprit *muxCall, err error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	if m.broken == nil {
+		m.broken = errResend
+	}
+	for _, call := range m.pending {
+		if call == culprit {
+			call.done <- muxResult{err: err}
+		} else {
+			call.done <- muxResult{err: errResend}
+		}
+	}
+	m.pending, m.queue = nil, nil
+	m.mu.Unlock()
+	m.cancel()
+}
+
+// abort ends the mux: every waiter gets err, and the stream is cancelled.
+func (m *streamMux) abort(err error) {
+	m.mu.Lock()
 	if m.broken == nil {
 		m.broken = err
 	}
-	for _, ch := range m.pending {
-		ch <- muxResult{err: err}
+	for _, call := range m.pending {
+		call.done <- muxResult{err: err}
 	}
-	m.pending = nil
-}
-
-func (m *streamMux) abort(err error) {
-	m.fail(err)
+	m.pending, m.queue = nil, nil
+	m.mu.Unlock()
 	m.cancel()
 }
 
-func (m *streamMux) close() {
-	m.fail(status.Error(codes.Canceled, "the client closed the Sample stream"))
-	m.stream.CloseSend()
-	m.cancel()
-}
+func (m *streamMux) close() { m.abort(ErrClosed) }

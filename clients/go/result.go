@@ -54,7 +54,9 @@ func resultFromProto(r *pb.StepResult) *StepResult {
 	return out
 }
 
-// StepError is a step the server rejected (StepResult.error); the session did not advance.
+// StepError is a step the server rejected (StepResult.error), or whose message it refused for the whole stream
+// (a status such as RESOURCE_EXHAUSTED for a message over its --max_message_bytes; Field is then empty); the
+// session did not advance.
 type StepError struct {
 	Code       codes.Code
 	Field      string
@@ -92,3 +94,11 @@ var ErrUnavailable = errors.New("samplerd: no endpoint answered")
 
 // ErrProtocol is an answer that does not match its request (count or order of results).
 var ErrProtocol = errors.New("samplerd: answer does not match the request")
+
+// ErrInvalidArgument is a step the client refuses before sending anything (never retried): a malformed tensor, a
+// sequence id or profile that is not valid UTF-8, a request over Options.MaxMessageBytes, a session twice in one
+// batch.
+var ErrInvalidArgument = errors.New("samplerd: invalid argument")
+
+// ErrClosed is what steps return once Client.Close was called, in flight or after; it wraps ErrUnavailable.
+var ErrClosed = fmt.Errorf("%w: the client is closed", ErrUnavailable)

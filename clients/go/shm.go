@@ -32,6 +32,7 @@ import (
 	"log"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -63,6 +64,10 @@ func (e *ShmError) Error() string {
 // Larger than any ShmControlResponse (a code, a message, two tokens and a size).
 const maxShmResponseBytes = 4096
 
+// DefaultShmTimeout bounds each control round trip of ConnectShm and ConnectShmWithToken (the Client's default
+// Timeout; a Client uses its own Timeout).
+const DefaultShmTimeout = 10 * time.Second
+
 // ShmPlane is one control connection and one registered region. Safe for concurrent use; the caller decides
 // which bytes of Data each step uses.
 type ShmPlane struct {
@@ -72,6 +77,7 @@ type ShmPlane struct {
 	data    []byte
 	session string
 	region  string
+	timeout time.Duration // for each control round trip
 }
 
 // ConnectShm connects to samplerd's --shm_socket at socketPath, creates and seals a memfd of size bytes, maps
@@ -85,6 +91,16 @@ func ConnectShm(socketPath string, size int, name string) (*ShmPlane, error) {
 // ConnectShmWithToken is ConnectShm presenting token (a token of the server's --auth_token_file, without
 // "Bearer "; empty = none) with the register, which such a server requires.
 func ConnectShmWithToken(socketPath string, size int, name, token string) (*ShmPlane, error) {
+	return ConnectShmWithTimeout(socketPath, size, name, token, DefaultShmTimeout)
+}
+
+// ConnectShmWithTimeout is ConnectShmWithToken with timeout bounding each control round trip of the plane (the
+// register here, Exchange and Unregister later; DefaultShmTimeout when <= 0). A server that does not answer in
+// time (hung, stopped) closes the plane with an error wrapping ErrShmUnavailable.
+func ConnectShmWithTimeout(socketPath string, size int, name, token string, timeout time.Duration) (*ShmPlane, error) {
+	if timeout <= 0 {
+		timeout = DefaultShmTimeout
+	}
 	if size <= 0 {
 		return nil, errors.New("samplerd: a shared-memory region needs at least one byte")
 	}
@@ -92,7 +108,7 @@ func ConnectShmWithToken(socketPath string, size int, name, token string) (*ShmP
 	if err != nil {
 		return nil, fmt.Errorf("%w: socket(AF_UNIX, SOCK_SEQPACKET): %v", ErrShmUnavailable, err)
 	}
-	p := &ShmPlane{sock: sock, memfd: -1}
+	p := &ShmPlane{sock: sock, memfd: -1, timeout: timeout}
 	if err := unix.Connect(sock, &unix.SockaddrUnix{Name: socketPath}); err != nil {
 		p.Close()
 		return nil, fmt.Errorf("%w: cannot connect to the shared-memory socket %s: %v", ErrShmUnavailable, socketPath, err)
@@ -131,8 +147,9 @@ func ConnectShmWithToken(socketPath string, size int, name, token string) (*ShmP
 }
 
 // Exchange is one control round trip: request out (with fd passed as SCM_RIGHTS when fd >= 0), the response
-// in. An error wrapping ErrShmUnavailable when the socket fails or closes; the response's own code is left to
-// the caller.
+// in. An error wrapping ErrShmUnavailable when the socket fails or closes, or when the round trip takes longer
+// than the plane's timeout (the connection is then closed: a late answer would be taken for the next one's); the
+// response's own code is left to the caller.
 func (p *ShmPlane) Exchange(request *pb.ShmControlRequest, fd int) (*pb.ShmControlResponse, error) {
 	wire, err := proto.Marshal(request)
 	if err != nil {
@@ -147,12 +164,20 @@ func (p *ShmPlane) Exchange(request *pb.ShmControlRequest, fd int) (*pb.ShmContr
 	if fd >= 0 {
 		oob = unix.UnixRights(fd)
 	}
-	if err := retryEINTR(func() error { return unix.Sendmsg(p.sock, wire, oob, nil, unix.MSG_NOSIGNAL) }); err != nil {
+	deadline := time.Now().Add(p.timeout)
+	if err := p.await(unix.POLLOUT, deadline, func() error {
+		return unix.Sendmsg(p.sock, wire, oob, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+	}); err != nil {
+		p.closeSocket()
 		return nil, fmt.Errorf("%w: send on the shared-memory socket: %v", ErrShmUnavailable, err)
 	}
 	answer := make([]byte, maxShmResponseBytes)
 	var n int
-	if err := retryEINTR(func() (err error) { n, _, err = unix.Recvfrom(p.sock, answer, 0); return }); err != nil {
+	if err := p.await(unix.POLLIN, deadline, func() (err error) {
+		n, _, err = unix.Recvfrom(p.sock, answer, unix.MSG_DONTWAIT)
+		return
+	}); err != nil {
+		p.closeSocket()
 		return nil, fmt.Errorf("%w: receive on the shared-memory socket: %v", ErrShmUnavailable, err)
 	}
 	if n == 0 {
@@ -166,11 +191,30 @@ func (p *ShmPlane) Exchange(request *pb.ShmControlRequest, fd int) (*pb.ShmContr
 	return resp, nil
 }
 
-func retryEINTR(f func() error) error {
+// await runs the non-blocking op until it does not return EAGAIN or EINTR, polling the socket for events in
+// between, and gives up at deadline.
+func (p *ShmPlane) await(events int16, deadline time.Time, op func() error) error {
 	for {
-		if err := f(); err != unix.EINTR {
+		err := op()
+		if err != unix.EAGAIN && err != unix.EINTR {
 			return err
 		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("no answer within %v", p.timeout)
+		}
+		fds := []unix.PollFd{{Fd: int32(p.sock), Events: events}}
+		if _, err := unix.Poll(fds, int((left+time.Millisecond-1)/time.Millisecond)); err != nil && err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// closeSocket ends the control connection (p.mu held); the region stays mapped for views still in use.
+func (p *ShmPlane) closeSocket() {
+	if p.sock >= 0 {
+		unix.Close(p.sock)
+		p.sock = -1
 	}
 }
 
@@ -244,10 +288,7 @@ func (p *ShmPlane) Alive() bool {
 func (p *ShmPlane) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.sock >= 0 {
-		unix.Close(p.sock)
-		p.sock = -1
-	}
+	p.closeSocket()
 	if p.data != nil {
 		unix.Munmap(p.data)
 		p.data = nil
@@ -434,7 +475,7 @@ type clientShm struct {
 
 // newClientShm connects the plane (presenting token, the Client's, when set), or records and logs why the
 // client sends bytes.
-func newClientShm(targets []string, o ShmOptions, token string) *clientShm {
+func newClientShm(targets []string, o ShmOptions, token string, timeout time.Duration) *clientShm {
 	s := &clientShm{}
 	if o.Size == 0 {
 		o.Size = 64 << 20
@@ -451,7 +492,7 @@ func newClientShm(targets []string, o ShmOptions, token string) *clientShm {
 	case o.Slots < 0 || o.Size/o.Slots < 64:
 		s.fail(fmt.Errorf("%w: a region of %d bytes cannot hold %d parts", ErrShmUnavailable, o.Size, o.Slots))
 	default:
-		plane, err := ConnectShmWithToken(o.Socket, o.Size, o.Name, token)
+		plane, err := ConnectShmWithTimeout(o.Socket, o.Size, o.Name, token, timeout)
 		if err != nil {
 			s.fail(err)
 			break

@@ -56,21 +56,21 @@ func F16(bits []uint16, shape ...int64) Tensor {
 func (t Tensor) check(what string, ranks ...int) error {
 	itemsize := map[pb.DType]int64{pb.DType_DTYPE_F32: 4, pb.DType_DTYPE_F16: 2, pb.DType_DTYPE_BF16: 2}[t.DType]
 	if itemsize == 0 {
-		return fmt.Errorf("samplerd: %s: dtype must be F32, F16 or BF16, got %v", what, t.DType)
+		return fmt.Errorf("%w: %s: dtype must be F32, F16 or BF16, got %v", ErrInvalidArgument, what, t.DType)
 	}
 	rankOK := false
 	for _, r := range ranks {
 		rankOK = rankOK || len(t.Shape) == r
 	}
 	if !rankOK {
-		return fmt.Errorf("samplerd: %s: rank must be one of %v, got shape %v", what, ranks, t.Shape)
+		return fmt.Errorf("%w: %s: rank must be one of %v, got shape %v", ErrInvalidArgument, what, ranks, t.Shape)
 	}
 	n := int64(1)
 	for _, d := range t.Shape {
 		n *= d
 	}
 	if n*itemsize != int64(len(t.Data)) {
-		return fmt.Errorf("samplerd: %s: shape %v needs %d bytes of %v, got %d", what, t.Shape, n*itemsize, t.DType, len(t.Data))
+		return fmt.Errorf("%w: %s: shape %v needs %d bytes of %v, got %d", ErrInvalidArgument, what, t.Shape, n*itemsize, t.DType, len(t.Data))
 	}
 	return nil
 }
