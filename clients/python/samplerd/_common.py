@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import grpc
 
 from samplerd import tensors
-from samplerd.types import ProtocolError, StepResult, Unavailable, params_proto, step_error
+from samplerd.types import ProtocolError, StepError, StepResult, Unavailable, params_proto, step_error
 from samplerd.v1 import health_pb2, sampler_pb2 as pb
 
 # How many recent tokens a session sends by default (penalties and the CLARIFY rule read them). Every client
@@ -51,6 +51,55 @@ class StreamEnded(grpc.RpcError):
 def is_retryable(e: BaseException) -> bool:
     code = getattr(e, "code", None)
     return callable(code) and code() in RETRYABLE
+
+
+class Resend(grpc.RpcError):
+    """A step that was queued behind a request the server refused at stream level, or on a stream already ended
+    by one. The server runs nothing after the refused request (docs/contract.md section 6), so the step is sent
+    again on a fresh stream of the same endpoint; the endpoint did not fail, so this is not a failover."""
+
+    def __init__(self, detail: str = "a request before this step was refused at stream level"):
+        super().__init__(detail)
+        self._detail = detail
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._detail
+
+
+def stream_errors(err: BaseException, n: int) -> list:
+    """The errors of the `n` steps pending on a stream that ended with `err`, oldest first. A status that is not
+    a transport failure (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ... for one message) belongs to the oldest: the
+    server answered every request before the refused one and ran none after it, so the others are resent."""
+    if n and isinstance(err, grpc.RpcError) and not is_retryable(err):
+        return [err] + [Resend() for _ in range(n - 1)]
+    return [err] * n
+
+
+def refused(request: pb.SampleRequest, e: grpc.RpcError) -> pb.SampleResponse:
+    """The answer to a request the server refused at stream level with `e`'s status: every step carries that status
+    as its error (empty field), so the caller gets StepError / BatchError as for a step the server rejected."""
+    code = e.code() if callable(getattr(e, "code", None)) else grpc.StatusCode.UNKNOWN
+    message = f"the server refused the request and ended the Sample stream: {describe(e)}"
+    return pb.SampleResponse(
+        results=[
+            pb.StepResult(sequence_id=st.sequence_id, step=st.step, error=pb.Error(code=code.value[0], message=message))
+            for st in request.steps
+        ]
+    )
+
+
+def check_size(request: pb.SampleRequest, max_message_bytes: int) -> None:
+    """ValueError, before anything is sent, for a request the server would refuse at stream level for its size
+    (taking every step pending on the shared stream with it)."""
+    size = request.ByteSize()
+    if size > max_message_bytes:
+        raise ValueError(
+            f"samplerd: the request is {size} bytes, over the client's max_message_bytes {max_message_bytes} "
+            f"(set it to the server's --max_message_bytes)"
+        )
 
 
 @dataclass(frozen=True)
@@ -271,13 +320,17 @@ class SessionState:
             st.params.CopyFrom(p)
         return st
 
-    def commit(self, r: pb.StepResult) -> StepResult:
-        """Checks the echo, raises StepError for a rejected step, else advances and returns the result."""
+    def check(self, r: pb.StepResult) -> None:
+        """ProtocolError unless `r` answers this session's next step."""
         if not echoes(r, self.sequence_id) or r.step != self.step_index:
             raise ProtocolError(
                 f"samplerd: expected the result of {self.sequence_id!r} step {self.step_index}, "
                 f"got {r.sequence_id!r} step {r.step}"
             )
+
+    def commit(self, r: pb.StepResult) -> StepResult:
+        """Checks the echo, raises StepError for a rejected step, else advances and returns the result."""
+        self.check(r)
         if r.HasField("error"):
             raise step_error(r, self.sequence_id, self.step_index)
         if self.seed == 0:
@@ -288,6 +341,21 @@ class SessionState:
             if len(self.recent_tokens) > self.max_recent:
                 del self.recent_tokens[0]
         return StepResult.from_proto(r)
+
+
+def commit_batch(states: Sequence[SessionState], response: pb.SampleResponse) -> list:
+    """Each session's StepResult, or StepError for a rejected step (that session does not advance). Every echo is
+    checked before any session advances: on a mismatch none does (ProtocolError), so no session moves past a
+    token its caller never saw."""
+    for state, r in zip(states, response.results):
+        state.check(r)
+    results: list = []
+    for state, r in zip(states, response.results):
+        try:
+            results.append(state.commit(r))
+        except StepError as e:
+            results.append(e)
+    return results
 
 
 # A refused step echoes at most this many bytes of its sequence_id (cut at a UTF-8 character boundary).

@@ -23,28 +23,66 @@ from samplerd.v1 import sampler_pb2 as pb
 from samplerd.v1 import sampler_pb2_grpc
 
 
+class _Entry:
+    """A request on the stream and the future of its answer. `sent`: its write has begun, so the server may answer
+    it; an entry whose caller gave up then stays queued, and its answer is dropped when it arrives."""
+
+    __slots__ = ("request", "future", "sent")
+
+    def __init__(self, request: pb.SampleRequest, future: asyncio.Future):
+        self.request, self.future, self.sent = request, future, False
+
+
 class _AioStreamMux:
+    """One Sample stream shared by the tasks of a client. submit() queues a request and returns the future of its
+    answer without awaiting, so the queue is in the order of the calls; a writer task writes the requests in that
+    order and a reader task resolves the futures FIFO. A caller only awaits its own future: a write held by flow
+    control counts against the caller's timeout, and the write's end when the call is cancelled (grpc.aio raises
+    CancelledError there) happens in the writer task, never in a caller's. A caller cancelled before its request
+    is written takes it off the queue (the writer skips it); after, the entry stays as a placeholder."""
+
     def __init__(self, stub: sampler_pb2_grpc.SamplerStub, metadata: tuple):
         self._call = stub.Sample(metadata=metadata)
-        self._pending: collections.deque = collections.deque()
-        self._write_lock = asyncio.Lock()
+        self._pending: collections.deque = collections.deque()  # entries in write order, answered FIFO
+        self._unsent: collections.deque = collections.deque()  # the tail of _pending not yet written
+        self._wake = asyncio.Event()
+        self._closing = False
         self.broken: Optional[BaseException] = None
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._write())
+        self._reader = loop.create_task(self._read())
 
-    async def submit(self, request: pb.SampleRequest) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
-        # Appending and writing under one lock keeps the pending queue in the order the server sees.
-        async with self._write_lock:
-            if self.broken is not None:
-                raise self.broken
-            self._pending.append(fut)
-            try:
-                await self._call.write(request)
-            except grpc.RpcError as e:
-                self._fail(e)
-            except Exception as e:  # write after the call ended: the reader reports the call's status
-                self._fail(StreamEnded(f"the Sample stream is closed: {e!r}"))
-        return fut
+    def submit(self, request: pb.SampleRequest) -> asyncio.Future:
+        if self.broken is not None:
+            # Not sent: a stream refused for another request's sake is no reason to fail this step.
+            raise self.broken if _common.is_retryable(self.broken) else _common.Resend()
+        entry = _Entry(request, asyncio.get_running_loop().create_future())
+        self._pending.append(entry)
+        self._unsent.append(entry)
+        self._wake.set()
+        return entry.future
+
+    async def _write(self) -> None:
+        try:
+            while self.broken is None:
+                if not self._unsent:
+                    if self._closing:
+                        await self._call.done_writing()
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                entry = self._unsent.popleft()
+                if entry.future.done():
+                    # Cancelled before its write: removed before any later request is written, so no answer
+                    # can be matched to it.
+                    self._pending.remove(entry)
+                    continue
+                entry.sent = True
+                await self._call.write(entry.request)
+        except BaseException:  # noqa: B902 - CancelledError when the call is cancelled; any failure ends the call
+            # The reader then reports the call's status (or the cancellation) to the pending steps.
+            self._call.cancel()
 
     async def _read(self) -> None:
         err: BaseException
@@ -54,39 +92,48 @@ class _AioStreamMux:
                 if resp is grpc.aio.EOF:
                     err = StreamEnded()
                     break
-                if not self._pending:
+                if not self._pending or not self._pending[0].sent:
                     err = ProtocolError("samplerd: a response arrived with no request pending")
                     self._call.cancel()
                     break
-                fut = self._pending.popleft()
-                if not fut.done():
-                    fut.set_result(resp)
+                entry = self._pending.popleft()
+                if not entry.future.done():
+                    entry.future.set_result(resp)
         except grpc.RpcError as e:
             err = e
         except asyncio.CancelledError:
             err = StreamEnded("the Sample stream was cancelled by the client")
+        except Exception as e:  # a response that does not parse, for one
+            self._call.cancel()
+            err = StreamEnded(f"the Sample stream failed: {e!r}")
         self._fail(err)
 
     def _fail(self, err: BaseException) -> None:
         if self.broken is None:
             self.broken = err
-        while self._pending:
-            fut = self._pending.popleft()
-            if not fut.done():
-                fut.set_exception(err)
+        entries = list(self._pending)
+        self._pending.clear()
+        self._unsent.clear()
+        self._writer.cancel()  # a write still waiting (on flow control, on the connection) has no stream to go to
+        for entry, e in zip(entries, _common.stream_errors(err, len(entries))):
+            if not entry.future.done():
+                entry.future.set_exception(e)
 
     def abort(self, err: BaseException) -> None:
         self._fail(err)
         self._call.cancel()
 
     async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
         try:
-            await asyncio.wait_for(self._call.done_writing(), 1.0)
             await asyncio.wait_for(asyncio.shield(self._reader), 1.0)
         except Exception:
             pass
         self._call.cancel()
+        self._writer.cancel()
         self._reader.cancel()
+        await asyncio.gather(self._writer, self._reader, return_exceptions=True)
 
 
 class _AioEndpoint:
@@ -146,7 +193,8 @@ class AsyncSession:
         top_logprobs: Optional[int] = None,
         timeout: Optional[float] = None,
     ) -> StepResult:
-        """As Session.step."""
+        """As Session.step. Cancelling the task that awaits it raises CancelledError there and leaves the client
+        and the other sessions as they were; this session does not advance."""
         st = self._state.make_step(logits, attention, params, top_logprobs)
         r = await self._client._send(pb.SampleRequest(steps=[st]), timeout)
         return self._state.commit(r.results[0])
@@ -174,6 +222,7 @@ class AsyncClient:
         self._eps = [_AioEndpoint(t, creds, channel_options, self._metadata, interceptors) for t in self.endpoints]
         self._failover = Failover(len(self._eps), failover_timeout)
         self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
 
     @property
     def active_endpoint(self) -> str:
@@ -208,27 +257,30 @@ class AsyncClient:
             raise ValueError("samplerd: a session appears twice in one batch")
         steps = [s._state.make_step(it[1], it[2] if len(it) > 2 else None) for s, it in zip(sessions, items)]
         resp = await self._send(pb.SampleRequest(steps=steps), timeout)
-        results: list = []
-        for s, r in zip(sessions, resp.results):
-            try:
-                results.append(s._state.commit(r))
-            except StepError as e:
-                results.append(e)
+        results = _common.commit_batch([s._state for s in sessions], resp)
         if any(isinstance(r, StepError) for r in results):
             raise BatchError(results)
         return results
 
     async def _send(self, request: pb.SampleRequest, timeout: Optional[float]) -> pb.SampleResponse:
         timeout = self.timeout if timeout is None else timeout
+        _common.check_size(request, self.max_message_bytes)
 
         async def send(ep: _AioEndpoint) -> pb.SampleResponse:
             mux = ep.mux()
             try:
-                resp = await asyncio.wait_for(await mux.submit(request), timeout)
+                # The timeout covers the wait behind earlier requests and the write as well as the answer. When
+                # this task is cancelled, wait_for cancels the future: the mux then drops the request if it is
+                # not written yet, or the answer when it arrives, and CancelledError goes on to the caller.
+                resp = await asyncio.wait_for(mux.submit(request), timeout)
             except asyncio.TimeoutError:
                 e = _common.DeadlineExceeded(f"no answer from {ep.target} within {timeout} s")
                 mux.abort(e)
                 raise e from None
+            except grpc.RpcError as e:
+                if _common.is_retryable(e):
+                    raise
+                return _common.refused(request, e)
             _common.check_response(request, resp)
             return resp
 
@@ -257,6 +309,8 @@ class AsyncClient:
             index = retry.index()
             try:
                 return await call(self._eps[index])
+            except _common.Resend:
+                continue
             except grpc.RpcError as e:
                 if not _common.is_retryable(e):
                     raise

@@ -33,7 +33,8 @@ from samplerd.v1 import sampler_pb2_grpc
 class _StreamMux:
     """One Sample stream shared by many callers. Requests are queued in order and the pending futures resolved
     FIFO as responses arrive (docs/contract.md section 2: one response per request, in request order). When the stream
-    breaks, every pending future fails with the stream's error and the mux is unusable."""
+    breaks, the pending futures fail (_common.stream_errors: a transport failure fails them all; a refusal of one
+    request fails the oldest and sends the others again) and the mux is unusable."""
 
     def __init__(self, stub: sampler_pb2_grpc.SamplerStub, metadata: tuple):
         self._lock = threading.Lock()
@@ -55,7 +56,8 @@ class _StreamMux:
         f: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self.broken is not None:
-                raise self.broken
+                # Not sent: a stream refused for another request's sake is no reason to fail this step.
+                raise self.broken if _common.is_retryable(self.broken) else _common.Resend()
             self._pending.append(f)
             self._requests.put(request)
         return f
@@ -84,9 +86,9 @@ class _StreamMux:
             pending = list(self._pending)
             self._pending.clear()
         self._requests.put(None)  # releases gRPC's request-consuming thread
-        for f in pending:
+        for f, e in zip(pending, _common.stream_errors(err, len(pending))):
             if not f.done():
-                f.set_exception(err)
+                f.set_exception(e)
 
     def abort(self, err: BaseException) -> None:
         self._fail(err)
@@ -159,8 +161,10 @@ class Session:
     ) -> StepResult:
         """Samples the next token from `logits` ([vocab]) and optional pre-softmax `attention` ([heads, kv_len]
         or [layers, heads, kv_len]). `params` overrides the session's overrides for this step. Raises
-        StepError if the server rejects the step (the session does not advance), Unavailable if no endpoint
-        answers."""
+        StepError if the server rejects the step, or refuses its request at stream level (then `field` is empty
+        and `code` the stream's status; steps of other sessions on the stream are sent again); the session does
+        not advance. ValueError, with nothing sent, for a request over the client's max_message_bytes.
+        Unavailable if no endpoint answers."""
         st = self._state.make_step(logits, attention, params, top_logprobs)
         r = self._client._send(pb.SampleRequest(steps=[st]), timeout)
         return self._state.commit(r.results[0])
@@ -174,6 +178,9 @@ class Client:
     mutual TLS, server name) or grpc.ChannelCredentials. `token`: sent as `authorization: Bearer <token>` on
     every call. `timeout`: seconds a step may take before its endpoint is given up on. `failover_timeout`:
     how long a step keeps being resent, endpoint after endpoint, before Unavailable is raised.
+    `max_message_bytes`: the largest message either way; set it to the server's --max_message_bytes (the default,
+    64 MiB, is the server's default), so that a request the server would refuse, ending the stream that other
+    sessions share, fails locally with ValueError instead.
     `options`: gRPC channel arguments, `(key, value)` pairs that replace the client's defaults of the same key.
     `interceptors`: grpc client interceptors (grpc.UnaryUnaryClientInterceptor, ...StreamStreamClientInterceptor)
     wrapped around every endpoint's channel. Thread-safe; use as a context manager or call close()."""
@@ -197,6 +204,7 @@ class Client:
         self._failover = Failover(len(self._eps), failover_timeout)
         self._lock = threading.Lock()
         self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
 
     @property
     def active_endpoint(self) -> str:
@@ -231,25 +239,22 @@ class Client:
     def sample_batch(self, items: Iterable[tuple], *, timeout: Optional[float] = None) -> list[StepResult]:
         """One request carrying a step of each session: `items` are `(session, logits)` or
         `(session, logits, attention)`. Returns the results in order; each accepted session advances. If some
-        steps are rejected, raises BatchError after advancing the others (`.results` has both kinds)."""
+        steps are rejected, raises BatchError after advancing the others (`.results` has both kinds). If an answer
+        does not match its step, raises ProtocolError and no session advances."""
         items = [tuple(it) for it in items]
         sessions = [it[0] for it in items]
         if len({id(s) for s in sessions}) != len(sessions):
             raise ValueError("samplerd: a session appears twice in one batch")
         steps = [s._state.make_step(it[1], it[2] if len(it) > 2 else None) for s, it in zip(sessions, items)]
         resp = self._send(pb.SampleRequest(steps=steps), timeout)
-        results: list = []
-        for s, r in zip(sessions, resp.results):
-            try:
-                results.append(s._state.commit(r))
-            except StepError as e:
-                results.append(e)
+        results = _common.commit_batch([s._state for s in sessions], resp)
         if any(isinstance(r, StepError) for r in results):
             raise BatchError(results)
         return results
 
     def _send(self, request: pb.SampleRequest, timeout: Optional[float]) -> pb.SampleResponse:
         timeout = self.timeout if timeout is None else timeout
+        _common.check_size(request, self.max_message_bytes)
 
         def send(ep: _Endpoint) -> pb.SampleResponse:
             mux = ep.mux()
@@ -259,6 +264,10 @@ class Client:
                 e = _common.DeadlineExceeded(f"no answer from {ep.target} within {timeout} s")
                 mux.abort(e)
                 raise e from None
+            except grpc.RpcError as e:
+                if _common.is_retryable(e):
+                    raise
+                return _common.refused(request, e)
             _common.check_response(request, resp)
             return resp
 
@@ -290,6 +299,8 @@ class Client:
             index = retry.index()
             try:
                 return call(self._eps[index])
+            except _common.Resend:
+                continue
             except grpc.RpcError as e:
                 if not _common.is_retryable(e):
                     raise

@@ -58,27 +58,38 @@ class ShmError(Exception):
 
 class Plane:
     """One control connection and one registered region of `size` bytes. `token`: a bearer token of the server's
-    --auth_token_file, which registering the region and `sample` need on such a server."""
+    --auth_token_file, which registering the region and `sample` need on such a server. `timeout`: seconds each
+    send to and answer from the control socket may take (the default is the clients' step timeout); past it the
+    plane is closed and ShmError raised (code 4, DEADLINE_EXCEEDED), as a hung server must not hang the caller."""
 
-    def __init__(self, socket_path: str, size: int, name: str = "", token: Optional[str] = None):
+    def __init__(self, socket_path: str, size: int, name: str = "", token: Optional[str] = None, timeout: float = 10.0):
         if size <= 0:
             raise ValueError("a shared-memory region needs at least one byte")
+        if not timeout or timeout <= 0:
+            raise ValueError(f"the control socket's timeout must be > 0 seconds, got {timeout!r}")
+        self.timeout = timeout
+        self._fd = -1
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock.settimeout(timeout)
         try:
             self._sock.connect(socket_path)
         except OSError as e:
             self._sock.close()
             raise ShmError(f"cannot connect to the shared-memory socket {socket_path}: {e}") from e
-        self._fd = os.memfd_create("samplerd-shm", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        os.ftruncate(self._fd, size)
-        fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
-        self.buffer = mmap.mmap(self._fd, size)
-        self.size = size
-        request = pb.ShmControlRequest()
-        request.register.name = name
-        if token:
-            request.authorization = f"Bearer {token}"
-        response = self.exchange(request, self._fd)
+        try:
+            self._fd = os.memfd_create("samplerd-shm", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            os.ftruncate(self._fd, size)
+            fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+            self.buffer = mmap.mmap(self._fd, size)
+            self.size = size
+            request = pb.ShmControlRequest()
+            request.register.name = name
+            if token:
+                request.authorization = f"Bearer {token}"
+            response = self.exchange(request, self._fd)
+        except BaseException:
+            self.close()
+            raise
         if response.code != 0:
             self.close()
             raise ShmError(f"samplerd refused the shared-memory region: {response.message}", response.code)
@@ -87,7 +98,9 @@ class Plane:
         self.metadata = ((SESSION_METADATA, self.session),)
 
     def exchange(self, request: pb.ShmControlRequest, fd: Optional[int] = None) -> pb.ShmControlResponse:
-        """One control round trip (with `fd` passed as SCM_RIGHTS when given)."""
+        """One control round trip (with `fd` passed as SCM_RIGHTS when given), each way within `timeout`."""
+        if self._sock is None:
+            raise ShmError("the shared-memory plane is closed")
         data = request.SerializeToString()
         if len(data) > MAX_PACKET_BYTES:
             raise ShmError(
@@ -109,6 +122,10 @@ class Plane:
                     answer = self._sock.recv(MAX_PACKET_BYTES)
                 except ConnectionResetError:
                     answer = self._sock.recv(MAX_PACKET_BYTES, socket.MSG_DONTWAIT)
+        except socket.timeout as e:
+            # An answer that comes later would be taken for the next request's: the connection is unusable.
+            self.close()
+            raise ShmError(f"no answer on the shared-memory socket within {self.timeout} s", 4) from e
         except OSError as e:  # the server went away (or closed this connection)
             raise ShmError(f"the shared-memory socket failed: {e}") from e
         if not answer:
@@ -121,7 +138,8 @@ class Plane:
         """Runs `request` on the control socket (no gRPC call): the SampleResponse a Sample stream would answer,
         a rejected step carrying its own `error`. ShmError with the code when the request as a whole is refused
         (8 RESOURCE_EXHAUSTED over the server's limits or the packet size, 16 UNAUTHENTICATED without an
-        accepted token) and 14 when the connection fails. One call at a time per plane."""
+        accepted token), 14 when the connection fails and 4 when no answer came within `timeout` (the plane is
+        then closed). One call at a time per plane."""
         control = pb.ShmControlRequest()
         control.sample.CopyFrom(request)
         response = self.exchange(control)
@@ -230,11 +248,16 @@ class SlotRing:
 
 
 def connect(
-    socket_path: Optional[str], size: int, target: Optional[str] = None, name: str = "", token: Optional[str] = None
+    socket_path: Optional[str],
+    size: int,
+    target: Optional[str] = None,
+    name: str = "",
+    token: Optional[str] = None,
+    timeout: float = 10.0,
 ) -> Optional[Plane]:
     """A Plane, or None (logged at WARNING with the reason) when the bytes path must be used instead: no socket
     path, a `target` that is not a unix: address (the server is on another machine), or a control socket that
-    cannot be reached or refuses the region."""
+    cannot be reached, refuses the region or does not answer within `timeout` seconds (Plane)."""
     if target is not None and not target.startswith("unix:"):
         _log.warning("shared memory needs samplerd on this machine (a unix: target), got %s: sending bytes", target)
         return None
@@ -242,7 +265,7 @@ def connect(
         _log.warning("no shared-memory socket given: sending bytes")
         return None
     try:
-        return Plane(socket_path, size, name, token)
+        return Plane(socket_path, size, name, token, timeout)
     except ShmError as e:
         _log.warning("%s: sending bytes", e)
         return None

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 
 import grpc
 import numpy as np
@@ -190,3 +192,32 @@ def test_control_socket_steps_raise_unavailable_once_the_server_is_gone(shm_serv
         with pytest.raises(shm.ShmError) as gone:
             plane.sample(request)
         assert gone.value.code == 14
+
+
+def test_connect_to_a_hung_server_times_out_and_falls_back_to_bytes(shm_server, caplog):
+    server, sock = shm_server
+    caplog.set_level(logging.WARNING, logger="samplerd.shm")
+    plane = shm.connect(sock, 4096, target=server.address, timeout=1)
+    assert plane is not None
+    got = {}
+
+    def attempt():
+        got["connect"] = shm.connect(sock, 4096, target=server.address, timeout=1)
+        try:
+            plane.sample(pb.SampleRequest())
+        except shm.ShmError as e:
+            got["sample"] = e
+
+    os.kill(server.proc.pid, signal.SIGSTOP)  # a hung replica: its socket accepts, nothing answers
+    try:
+        t = threading.Thread(target=attempt, daemon=True)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "connect or sample still waiting for a hung server"
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert got["connect"] is None
+    assert "no answer on the shared-memory socket within 1 s: sending bytes" in caplog.text
+    assert got["sample"].code == 4
+    with pytest.raises(shm.ShmError, match="closed"):
+        plane.sample(pb.SampleRequest())  # a late answer cannot be taken for another request's
