@@ -14,8 +14,8 @@
 
 #include "clients/cpp/samplerd_client.h"
 #include "clients/cpp/shm_plane.h"
-#include "gtest/gtest.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "samplerd/v1/sampler.grpc.pb.h"
 #include "tests/service/server_process.h"
 
