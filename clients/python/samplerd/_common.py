@@ -53,20 +53,13 @@ def is_retryable(e: BaseException) -> bool:
     return callable(code) and code() in RETRYABLE
 
 
-class Resend(grpc.RpcError):
+class Resend(StreamEnded):
     """A step that was queued behind a request the server refused at stream level, or on a stream already ended
     by one. The server runs nothing after the refused request (docs/contract.md section 6), so the step is sent
     again on a fresh stream of the same endpoint; the endpoint did not fail, so this is not a failover."""
 
     def __init__(self, detail: str = "a request before this step was refused at stream level"):
         super().__init__(detail)
-        self._detail = detail
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return self._detail
 
 
 def stream_errors(err: BaseException, n: int) -> list:
