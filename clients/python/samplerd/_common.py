@@ -62,6 +62,10 @@ class Resend(StreamEnded):
         super().__init__(detail)
 
 
+def client_closed() -> Unavailable:
+    return Unavailable("samplerd: the client is closed")
+
+
 def stream_errors(err: BaseException, n: int) -> list:
     """The errors of the `n` steps pending on a stream that ended with `err`, oldest first. A status that is not
     a transport failure (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ... for one message) belongs to the oldest: the

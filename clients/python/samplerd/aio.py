@@ -221,6 +221,7 @@ class AsyncClient:
         self._metadata = _common.metadata_of(token)
         self._eps = [_AioEndpoint(t, creds, channel_options, self._metadata, interceptors) for t in self.endpoints]
         self._failover = Failover(len(self._eps), failover_timeout)
+        self._closed = False
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
 
@@ -306,17 +307,23 @@ class AsyncClient:
         """As Client._retry, awaiting `call(endpoint)`."""
         retry = _common.Retry(self._failover, self.endpoints)
         while True:
+            if self._closed:
+                raise _common.client_closed()
             index = retry.index()
             try:
                 return await call(self._eps[index])
             except _common.Resend:
                 continue
-            except grpc.RpcError as e:
-                if not _common.is_retryable(e):
+            except Exception as e:  # a call on a channel close() shut raises grpc.aio.UsageError
+                if self._closed:
+                    raise _common.client_closed() from e
+                if not isinstance(e, grpc.RpcError) or not _common.is_retryable(e):
                     raise
                 await asyncio.sleep(retry.failed(index, e))
 
     async def close(self) -> None:
+        """As Client.close."""
+        self._closed = True
         for ep in self._eps:
             await ep.close()
 

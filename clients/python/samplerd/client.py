@@ -202,6 +202,7 @@ class Client:
         self._metadata = _common.metadata_of(token)
         self._eps = [_Endpoint(t, creds, channel_options, self._metadata, interceptors) for t in self.endpoints]
         self._failover = Failover(len(self._eps), failover_timeout)
+        self._closed = False
         self._lock = threading.Lock()
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
@@ -296,17 +297,23 @@ class Client:
         """`call(endpoint)`, on the next endpoint after each retryable failure (_common.Retry)."""
         retry = _common.Retry(self._failover, self.endpoints, self._lock)
         while True:
+            if self._closed:
+                raise _common.client_closed()
             index = retry.index()
             try:
                 return call(self._eps[index])
             except _common.Resend:
                 continue
-            except grpc.RpcError as e:
-                if not _common.is_retryable(e):
+            except Exception as e:  # a call on a channel close() shut raises ValueError, not an RpcError
+                if self._closed:
+                    raise _common.client_closed() from e
+                if not isinstance(e, grpc.RpcError) or not _common.is_retryable(e):
                     raise
                 time.sleep(retry.failed(index, e))
 
     def close(self) -> None:
+        """Closes every endpoint; steps in flight and later ones raise Unavailable."""
+        self._closed = True
         for ep in self._eps:
             ep.close()
 

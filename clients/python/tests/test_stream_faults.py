@@ -330,3 +330,59 @@ def test_a_batch_with_a_mismatched_answer_advances_no_session(swap_tail, kind):
                 check(sessions, e.value)
 
         asyncio.run(main())
+
+
+# --- E: close() with steps in flight
+
+
+def test_close_with_steps_in_flight_fails_them_and_later_ones_with_unavailable(server):
+    c = samplerd.Client(server.address, timeout=5)
+    errors: list = []
+    answered = [0] * 8
+
+    def run(k: int) -> None:
+        session = c.session(f"close{k}", seed=1)
+        x = _logits(k, 100_000)
+        while True:
+            try:
+                session.step(x)
+                answered[k] += 1
+            except Exception as e:  # the assertion below names whatever escaped
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    while sum(answered) < 16:
+        time.sleep(0.01)
+    c.close()
+    for t in threads:
+        t.join(30)
+    assert len(errors) == 8
+    assert all(isinstance(e, samplerd.Unavailable) for e in errors), [repr(e) for e in errors]
+
+
+def test_async_close_with_steps_in_flight_fails_them_and_later_ones_with_unavailable(server):
+    async def main():
+        c = samplerd.AsyncClient(server.address, timeout=5)
+        answered = [0] * 8
+
+        async def run(k: int):
+            session = c.session(f"aclose{k}", seed=1)
+            x = _logits(k, 100_000)
+            while True:
+                try:
+                    await session.step(x)
+                    answered[k] += 1
+                except Exception as e:  # the assertion below names whatever escaped
+                    return e
+
+        tasks = [asyncio.create_task(run(k)) for k in range(8)]
+        while sum(answered) < 16:
+            await asyncio.sleep(0.01)
+        await c.close()
+        return await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    errors = asyncio.run(main())
+    assert all(isinstance(e, samplerd.Unavailable) for e in errors), [repr(e) for e in errors]
