@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -149,35 +150,32 @@ TEST(HostileServer, ARefusalWithoutAnErrorCodeIsAnError) {
   EXPECT_EQ(session->step(), 0u);
 }
 
-TEST(HostileServer, AServerThatNeverAnswersTimesOutAndTheStepMovesToTheNextEndpoint) {
-  FakeServer fake(Misbehaviour::kNeverAnswer);
+// One step of a session whose endpoints are a fake that behaves as `how`, then a real samplerd, with a 1 s step
+// timeout: the real server must answer it, after at least one failover.
+void ExpectTheStepToFailOverFrom(Misbehaviour how, const TensorRef& logits,
+                                 const std::optional<TensorRef>& attention = std::nullopt) {
+  FakeServer fake(how);
   std::unique_ptr<ServerProcess> real = ServerProcess::Start();
   ASSERT_NE(real, nullptr);
   ClientOptions options;
   options.step_timeout = absl::Seconds(1);
   Client client(std::vector<std::string>{fake.target(), real->tcp_target()}, options);
   std::unique_ptr<Session> session = client.OpenSession({});
-  absl::StatusOr<StepResult> r = session->Step(Logits(100));
+  absl::StatusOr<StepResult> r = session->Step(logits, attention);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->token, 3);
   EXPECT_GE(session->failovers(), 1);
 }
 
+TEST(HostileServer, AServerThatNeverAnswersTimesOutAndTheStepMovesToTheNextEndpoint) {
+  ExpectTheStepToFailOverFrom(Misbehaviour::kNeverAnswer, Logits(100));
+}
+
 TEST(HostileServer, AServerThatStopsReadingTimesOutTheBlockedWrite) {
-  FakeServer fake(Misbehaviour::kNeverRead);
-  std::unique_ptr<ServerProcess> real = ServerProcess::Start();
-  ASSERT_NE(real, nullptr);
-  ClientOptions options;
-  options.step_timeout = absl::Seconds(1);
-  Client client(std::vector<std::string>{fake.target(), real->tcp_target()}, options);
-  std::unique_ptr<Session> session = client.OpenSession({});
   // 20 MB: more than any flow-control window lets through unread.
   const std::vector<float> attention(32 * 131072, 0.0f);
   const std::vector<int64_t> shape = {32, 131072};
-  absl::StatusOr<StepResult> r = session->Step(Logits(1 << 20), TensorRef(attention, shape));
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->token, 3);
-  EXPECT_GE(session->failovers(), 1);
+  ExpectTheStepToFailOverFrom(Misbehaviour::kNeverRead, Logits(1 << 20), TensorRef(attention, shape));
 }
 
 TEST(HostileServer, EveryAttemptTimingOutIsDeadlineExceeded) {
