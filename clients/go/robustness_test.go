@@ -340,8 +340,11 @@ func TestABatchWithAMismatchedAnswerAdvancesNoSession(t *testing.T) {
 }
 
 func TestAMessageTheServerRefusesFailsOnlyItsOwnStep(t *testing.T) {
-	s := startServer(t, nil, "--max_message_bytes", "1048576")
-	// The client's limit above the server's: the large step is sent and the server ends the stream for it.
+	// A batch of 3 steps is over the server's --max_steps_per_request: samplerd answers the requests before it,
+	// ends the shared stream with RESOURCE_EXHAUSTED and runs nothing after it, so the steps of other sessions
+	// queued behind it are sent again on a fresh stream. (A message over --max_message_bytes is refused by gRPC
+	// as it arrives, which can lose the answers ahead of it: the local size check below keeps it off the stream.)
+	s := startServer(t, nil, "--max_steps_per_request", "2")
 	c := newClient(t, []string{s.Address()}, samplerd.Options{})
 	var answered int64
 	stop := make(chan struct{})
@@ -353,9 +356,14 @@ func TestAMessageTheServerRefusesFailsOnlyItsOwnStep(t *testing.T) {
 			for atomic.LoadInt64(&answered) < 10 {
 				time.Sleep(5 * time.Millisecond)
 			}
-			session := c.Session(samplerd.SessionOptions{SequenceID: "big", Seed: 1})
+			logits := samplerd.F32(make([]float32, 1000))
 			for k := 0; k < 3; k++ {
-				_, err := session.Step(context.Background(), samplerd.F32(make([]float32, 400000)), nil)
+				var items []samplerd.BatchItem
+				for j := 0; j < 3; j++ {
+					session := c.Session(samplerd.SessionOptions{SequenceID: fmt.Sprint("batch-", k, "-", j), Seed: 1})
+					items = append(items, samplerd.BatchItem{Session: session, Logits: logits})
+				}
+				_, err := c.SampleBatch(context.Background(), items)
 				big = append(big, err)
 				time.Sleep(50 * time.Millisecond)
 			}
@@ -387,9 +395,15 @@ func TestAMessageTheServerRefusesFailsOnlyItsOwnStep(t *testing.T) {
 		}
 	}
 	for k, err := range big {
-		var se *samplerd.StepError
-		if !errors.As(err, &se) || se.Code != codes.ResourceExhausted || se.SequenceID != "big" || se.Step != 0 {
-			t.Errorf("large step %d: %v, want a StepError RESOURCE_EXHAUSTED", k, err)
+		var be *samplerd.BatchError
+		if !errors.As(err, &be) || len(be.Errors) != 3 {
+			t.Errorf("batch %d: %v, want a BatchError of 3 steps", k, err)
+			continue
+		}
+		for _, se := range be.Errors {
+			if se == nil || se.Code != codes.ResourceExhausted {
+				t.Errorf("batch %d: step error %v, want RESOURCE_EXHAUSTED", k, se)
+			}
 		}
 	}
 
