@@ -1,8 +1,8 @@
-// Core step and kernel benchmarks per workload (issue 3's names):
-//   S: vocab 32000, attention 8 x 1024;  L: vocab 128256, attention 32 x 4096;  XL: vocab 256000, 64 x 8192.
+// Core step and kernel benchmarks per workload (S, L, XL: bench/workloads.h).
 // Run: build/bench/core_benchmark --benchmark_filter=Step --benchmark_repetitions=5
 // BM_StepRotating is the step over 16 rotating inputs (tensors from memory, as a host sends them), on one
-// thread or two; docs/benchmarks.md compares it with llama.cpp's sampler chain (issue 21).
+// thread or two; core_benchmark_llama runs it beside llama.cpp's sampler chain (bench/llama_chain_benchmark.cc,
+// scripts/bench-llama-chain.sh: issue 21's reference).
 // BM_Kernel_* time each kernel of the step over the workload's tensors (BM_Kernel_ScanMax is the plain pass
 // over the logits, the memory floor); BM_Floor_SoftmaxEntropy is the issue's softmax + entropy reference
 // (max pass, then exp with the two sums, nothing stored), measured in the same run.
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "bench/workloads.h"
 #include "benchmark/benchmark.h"
 #include "core/metrics.h"
 #include "core/profile.h"
@@ -29,16 +30,12 @@
 namespace samplerd {
 namespace {
 
-struct Workload {
-  int64_t vocab, heads, kv_len;
-};
-
-Workload Get(int index) {
-  static const Workload kWorkloads[] = {{32000, 8, 1024}, {128256, 32, 4096}, {256000, 64, 8192}};
-  return kWorkloads[index];
-}
-
-const char* Name(int index) { return index == 0 ? "S" : index == 1 ? "L" : "XL"; }
+using bench::Get;
+using bench::kRotatingInputs;
+using bench::MakeRotating;
+using bench::Name;
+using bench::RotatingData;
+using bench::Workload;
 
 struct Data {
   std::vector<float> logits, attention;
@@ -171,38 +168,6 @@ void BM_StepShared(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_StepShared)->DenseRange(0, 2)->UseRealTime()->Unit(benchmark::kMicrosecond);
-
-// Rotating inputs (issue 21): kRotatingInputs distinct N(0, 2) inputs per workload, used in turn, so the tensors
-// come from memory as a host's do (BM_Step reuses one input, which stays in cache where it fits). The same
-// inputs for every configuration.
-constexpr int kRotatingInputs = 16;
-
-struct RotatingData {
-  std::vector<std::string> logits, attention;
-  std::vector<int64_t> logit_shape, attention_shape;
-};
-
-const RotatingData& MakeRotating(int index) {
-  static RotatingData* cache[3] = {nullptr, nullptr, nullptr};
-  if (cache[index] != nullptr) return *cache[index];
-  const Workload w = Get(index);
-  auto* d = new RotatingData();
-  std::mt19937 gen(1000 + index);
-  std::normal_distribution<float> normal(0.0f, 2.0f);
-  const auto bytes = [&](int64_t n) {
-    std::vector<float> v(static_cast<size_t>(n));
-    for (float& x : v) x = normal(gen);
-    return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
-  };
-  for (int i = 0; i < kRotatingInputs; ++i) {
-    d->logits.push_back(bytes(w.vocab));
-    d->attention.push_back(bytes(w.heads * w.kv_len));
-  }
-  d->logit_shape = {w.vocab};
-  d->attention_shape = {w.heads, w.kv_len};
-  cache[index] = d;
-  return *d;
-}
 
 // The step over rotating inputs: arg 1 is 1 (this thread only) or 2 (shared with a spinning second thread;
 // real time), arg 2 is 1 with the attention or 0 for the logits alone.
