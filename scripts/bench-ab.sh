@@ -30,7 +30,7 @@ for line in sys.stdin:
 for name in sorted({n for n, _ in v}):
     b, x = v[(name, 'base')], v[(name, 'new')]
     if not b or not x:  # a benchmark only one side has
-        print(f'{name:36s} only in {"new" if x else "base"}')
+        print(f'{name:36s} only in', 'new' if x else 'base')
         continue
     ratio = statistics.median(bb / xx for bb, xx in zip(b, x))
     print(f'{name:36s} base {statistics.median(b):8.1f} us  new {statistics.median(x):8.1f} us  base/new {ratio:.3f}')
