@@ -9,13 +9,14 @@
 # ships llama.cpp's git tree as a bundle, release NODE_LLAMA_CPP's llama/llama.cpp.info.json names), built once
 # with -march=native (GGML_NATIVE) as the issue's reference was, and installed under LLAMA_DIR.
 #
-#   scripts/bench-llama-chain.sh [ROUNDS]     # default 8; MIN_TIME seconds per benchmark and round (0.3)
+#   scripts/bench-llama-chain.sh [ROUNDS]     # default 8; MIN_TIME seconds per benchmark and round (0.3);
+#                                             # samplerd builds in ${LLAMA_BUILD_DIR:-build-llama}
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-8}
 NODE_LLAMA_CPP=${NODE_LLAMA_CPP:-3.22.1}
 LLAMA_DIR=${LLAMA_DIR:-/var/tmp/samplerd-llama.cpp-$NODE_LLAMA_CPP}
-BUILD_DIR=${BUILD_DIR:-build-llama}
+LLAMA_BUILD_DIR=${LLAMA_BUILD_DIR:-build-llama}
 
 if [ ! -f "$LLAMA_DIR/install/include/llama.h" ]; then
   command -v npm > /dev/null || { echo "bench-llama-chain: npm is missing (scripts/install-deps.sh node)" >&2; exit 1; }
@@ -26,15 +27,16 @@ if [ ! -f "$LLAMA_DIR/install/include/llama.h" ]; then
   cmake -S "$LLAMA_DIR/src" -B "$LLAMA_DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
-    -DCMAKE_INSTALL_PREFIX="$LLAMA_DIR/install" > "$LLAMA_DIR/cmake.log"
-  ninja -C "$LLAMA_DIR/build" install > "$LLAMA_DIR/build.log"
+    -DCMAKE_INSTALL_PREFIX="$LLAMA_DIR/install" > "$LLAMA_DIR/cmake.log" 2>&1 ||
+    { tail -20 "$LLAMA_DIR/cmake.log" >&2; exit 1; }
+  ninja -C "$LLAMA_DIR/build" install > "$LLAMA_DIR/build.log" 2>&1 || { tail -20 "$LLAMA_DIR/build.log" >&2; exit 1; }
 fi
 echo "llama.cpp $(cat "$LLAMA_DIR/npm/package/llama/llama.cpp.info.json" | tr -d ' \n') from node-llama-cpp@$NODE_LLAMA_CPP"
 
-cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAMPLERD_BUILD_TESTS=OFF -DSAMPLERD_BUILD_BENCH=ON \
+cmake -S . -B "$LLAMA_BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAMPLERD_BUILD_TESTS=OFF -DSAMPLERD_BUILD_BENCH=ON \
   -DSAMPLERD_BENCH_LLAMA_CPP=ON -DCMAKE_PREFIX_PATH="$LLAMA_DIR/install" > /dev/null
-ninja -C "$BUILD_DIR" bench/core_benchmark_llama > /dev/null
-binary=$BUILD_DIR/bench/core_benchmark_llama
+ninja -C "$LLAMA_BUILD_DIR" bench/core_benchmark_llama > /dev/null
+binary=$LLAMA_BUILD_DIR/bench/core_benchmark_llama
 
 for round in $(seq "$rounds"); do
   for threads in 1 2; do
@@ -63,6 +65,8 @@ rows = [("S, one thread", "1", "BM_StepRotating/0/1/1", "BM_LlamaChainRotating/0
 print("{:16s} {:>9s} {:>9s} {:>10s} {:>13s}  target".format("workload", "step us", "chain us", "step/chain", "(min-max)"))
 for label, run, step, chain, target in rows:
     got = [v for (r, rn), v in t.items() if rn == run and step in v and chain in v]
+    if not got:
+        sys.exit("bench-llama-chain: no figures for " + label)
     ratios = [v[step] / v[chain] for v in got]
     print(f"{label:16s} {statistics.median(v[step] for v in got):9.1f} {statistics.median(v[chain] for v in got):9.1f}"
           f" {statistics.median(ratios):10.3f} {min(ratios):6.3f}-{max(ratios):.3f}  "

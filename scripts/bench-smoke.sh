@@ -4,7 +4,7 @@
 # docs/benchmarks.md reads. Nothing here asserts a speed: CI machines are shared and noisy; the figures come from
 # the commands in docs/benchmarks.md.
 #
-#   scripts/bench-smoke.sh            # uses ${BUILD_DIR:-build}; builds nothing
+#   scripts/bench-smoke.sh            # uses ${BUILD_DIR:-build}; builds only llama.cpp's side (build-llama)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
@@ -66,4 +66,9 @@ check_json "$work/nocompute.json" "${keys[@]}"
 "$SAMPLERCTL" bench --in-process --workload S --dtype bf16 --steps 20 --json > "$work/inprocess.json"
 check_json "$work/inprocess.json" "${keys[@]}"
 cat "$work/grpc.json" "$work/nocompute.json" "$work/inprocess.json"
+
+# Issue 21's reference: llama.cpp's chain beside the step (fetched from the npm registry and built in
+# build-llama, a few minutes); the script fails unless both sides of every workload ran.
+echo "== scripts/bench-llama-chain.sh (one round, tiny min time)"
+MIN_TIME=0.01 scripts/bench-llama-chain.sh 1
 echo "bench-smoke: ok"
