@@ -4,6 +4,7 @@
 # process, ROUNDS times; prints per workload each side's median and the median of the per-round ratios step / chain.
 # Issue 21's targets as ratios to the chain: S <= 0.25, L <= 0.5 on one thread; XL <= 1.0 on both cores.
 # One thread is pinned to CPU ${CPU:-1}; the two-thread XL step runs unpinned, with the chain in the same process.
+# floor/chain is BM_RotatingFloor's (each tensor read once, one exponential per entry, nothing else) over the chain.
 #
 # llama.cpp is not a dependency of samplerd. Its source comes from the npm registry (the node-llama-cpp package
 # ships llama.cpp's git tree as a bundle, release NODE_LLAMA_CPP's llama/llama.cpp.info.json names), built once
@@ -41,7 +42,7 @@ binary=$LLAMA_BUILD_DIR/bench/core_benchmark_llama
 for round in $(seq "$rounds"); do
   for threads in 1 2; do
     if [ "$threads" = 1 ]; then
-      pin=(taskset -c "${CPU:-1}") filter='BM_StepRotating/[012]/1/1/|BM_LlamaChainRotating'
+      pin=(taskset -c "${CPU:-1}") filter='BM_StepRotating/[012]/1/1/|BM_LlamaChainRotating|BM_RotatingFloor'
     else
       pin=() filter='BM_StepRotating/2/2/1/|BM_LlamaChainRotating/2/'
     fi
@@ -58,17 +59,20 @@ t = collections.defaultdict(dict)  # (round, run) -> name -> us
 for line in sys.stdin:
     r, run, name, us = line.split()
     t[(r, run)][name.split("/real_time")[0]] = float(us)
-rows = [("S, one thread", "1", "BM_StepRotating/0/1/1", "BM_LlamaChainRotating/0", 0.25),
-        ("L, one thread", "1", "BM_StepRotating/1/1/1", "BM_LlamaChainRotating/1", 0.5),
-        ("XL, one thread", "1", "BM_StepRotating/2/1/1", "BM_LlamaChainRotating/2", None),
-        ("XL, two threads", "2", "BM_StepRotating/2/2/1", "BM_LlamaChainRotating/2", 1.0)]
-print("{:16s} {:>9s} {:>9s} {:>10s} {:>13s}  target".format("workload", "step us", "chain us", "step/chain", "(min-max)"))
-for label, run, step, chain, target in rows:
+rows = [("S, one thread", "1", "BM_StepRotating/0/1/1", "BM_LlamaChainRotating/0", "BM_RotatingFloor/0", 0.25),
+        ("L, one thread", "1", "BM_StepRotating/1/1/1", "BM_LlamaChainRotating/1", "BM_RotatingFloor/1", 0.5),
+        ("XL, one thread", "1", "BM_StepRotating/2/1/1", "BM_LlamaChainRotating/2", "BM_RotatingFloor/2", None),
+        ("XL, two threads", "2", "BM_StepRotating/2/2/1", "BM_LlamaChainRotating/2", None, 1.0)]
+print("{:16s} {:>9s} {:>9s} {:>10s} {:>13s} {:>11s}  target".format(
+    "workload", "step us", "chain us", "step/chain", "(min-max)", "floor/chain"))
+for label, run, step, chain, floor, target in rows:
     got = [v for (r, rn), v in t.items() if rn == run and step in v and chain in v]
     if not got:
         sys.exit("bench-llama-chain: no figures for " + label)
     ratios = [v[step] / v[chain] for v in got]
+    with_floor = [v[floor] / v[chain] for v in got if floor in v]
+    floors = "{:11.3f}".format(statistics.median(with_floor)) if with_floor else "{:>11s}".format("-")
     print(f"{label:16s} {statistics.median(v[step] for v in got):9.1f} {statistics.median(v[chain] for v in got):9.1f}"
-          f" {statistics.median(ratios):10.3f} {min(ratios):6.3f}-{max(ratios):.3f}  "
+          f" {statistics.median(ratios):10.3f} {min(ratios):6.3f}-{max(ratios):.3f} {floors}  "
           + (f"<= {target}" if target else ""))
 '
