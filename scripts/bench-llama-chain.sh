@@ -8,7 +8,8 @@
 #
 # llama.cpp is not a dependency of samplerd. Its source comes from the npm registry (the node-llama-cpp package
 # ships llama.cpp's git tree as a bundle, release NODE_LLAMA_CPP's llama/llama.cpp.info.json names), built once
-# with -march=native (GGML_NATIVE) as the issue's reference was, and installed under LLAMA_DIR.
+# with -march=native as the issue's reference was (the sampler chain is libllama's code, outside ggml's
+# GGML_NATIVE, so the flag is given to the whole build), and installed under LLAMA_DIR.
 #
 #   scripts/bench-llama-chain.sh [ROUNDS]     # default 8; MIN_TIME seconds per benchmark and round (0.3);
 #                                             # samplerd builds in ${LLAMA_BUILD_DIR:-build-llama}
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-8}
 NODE_LLAMA_CPP=${NODE_LLAMA_CPP:-3.22.1}
-LLAMA_DIR=${LLAMA_DIR:-/var/tmp/samplerd-llama.cpp-$NODE_LLAMA_CPP}
+LLAMA_DIR=${LLAMA_DIR:-/var/tmp/samplerd-llama.cpp-$NODE_LLAMA_CPP-native}
 LLAMA_BUILD_DIR=${LLAMA_BUILD_DIR:-build-llama}
 
 if [ ! -f "$LLAMA_DIR/install/include/llama.h" ]; then
@@ -26,6 +27,7 @@ if [ ! -f "$LLAMA_DIR/install/include/llama.h" ]; then
     tar xzf "node-llama-cpp-$NODE_LLAMA_CPP.tgz" package/llama/gitRelease.bundle package/llama/llama.cpp.info.json)
   git clone -q "$LLAMA_DIR/npm/package/llama/gitRelease.bundle" "$LLAMA_DIR/src" 2> /dev/null
   cmake -S "$LLAMA_DIR/src" -B "$LLAMA_DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DCMAKE_C_FLAGS=-march=native -DCMAKE_CXX_FLAGS=-march=native \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
     -DCMAKE_INSTALL_PREFIX="$LLAMA_DIR/install" > "$LLAMA_DIR/cmake.log" 2>&1 ||
@@ -34,8 +36,9 @@ if [ ! -f "$LLAMA_DIR/install/include/llama.h" ]; then
 fi
 echo "llama.cpp $(cat "$LLAMA_DIR/npm/package/llama/llama.cpp.info.json" | tr -d ' \n') from node-llama-cpp@$NODE_LLAMA_CPP"
 
+rm -f "$LLAMA_BUILD_DIR/CMakeCache.txt"  # it remembers the llama.cpp found before, perhaps another LLAMA_DIR
 cmake -S . -B "$LLAMA_BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAMPLERD_BUILD_TESTS=OFF -DSAMPLERD_BUILD_BENCH=ON \
-  -DSAMPLERD_BENCH_LLAMA_CPP=ON -DCMAKE_PREFIX_PATH="$LLAMA_DIR/install" > /dev/null
+  -DSAMPLERD_BENCH_LLAMA_CPP=ON -Dllama_DIR="$LLAMA_DIR/install/lib/cmake/llama" > /dev/null
 ninja -C "$LLAMA_BUILD_DIR" bench/core_benchmark_llama > /dev/null
 binary=$LLAMA_BUILD_DIR/bench/core_benchmark_llama
 
