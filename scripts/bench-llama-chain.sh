@@ -22,7 +22,7 @@ NODE_LLAMA_CPP=${NODE_LLAMA_CPP:-3.22.1}
 LLAMA_DIR=${LLAMA_DIR:-/var/tmp/samplerd-llama.cpp-$NODE_LLAMA_CPP}
 LLAMA_BUILD_DIR=${LLAMA_BUILD_DIR:-build-llama}
 
-if [ ! -f "$LLAMA_DIR/install/include/llama.h" ]; then
+if [ ! -f "$LLAMA_DIR/install/lib/cmake/llama/llama-config.cmake" ]; then  # a finished install
   command -v npm > /dev/null || { echo "bench-llama-chain: npm is missing (scripts/install-deps.sh node)" >&2; exit 1; }
   rm -rf "$LLAMA_DIR" && mkdir -p "$LLAMA_DIR/npm"
   (cd "$LLAMA_DIR/npm" && npm pack --silent "node-llama-cpp@$NODE_LLAMA_CPP" > /dev/null &&
