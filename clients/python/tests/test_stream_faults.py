@@ -128,6 +128,19 @@ def test_a_step_cancelled_before_its_write_does_not_shift_the_answers(server):
     assert asyncio.run(main()) == (("cB", 0), ("cC", 0), ("cA", 0))
 
 
+def _record_unhandled(unhandled: list, context: dict) -> None:
+    """An event loop's exception handler that keeps what this loop's code left unhandled. grpcio 1.51 shares one
+    completion queue among all event loops, and its poller hands an event of an earlier, closed loop to the running
+    one, which raises RuntimeError('Event loop is closed') there: an operation of an earlier test's call whose peer
+    was frozen completes when that peer resumes. That is grpcio's and not this loop's (later grpcio releases drop
+    such events), so it is left out."""
+    exc = context.get("exception")
+    message = context.get("message", "")
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed" and "PollerCompletionQueue" in message:
+        return
+    unhandled.append(f"{message}: {exc!r}")
+
+
 def test_steps_cancelled_at_random_points_leave_every_session_answering_as_a_fresh_client(server):
     vocab = 200_000
 
@@ -137,7 +150,7 @@ def test_steps_cancelled_at_random_points_leave_every_session_answering_as_a_fre
     async def main():
         loop = asyncio.get_running_loop()
         unhandled = []
-        loop.set_exception_handler(lambda _loop, context: unhandled.append(context.get("message")))
+        loop.set_exception_handler(lambda _loop, context: _record_unhandled(unhandled, context))
         rng = random.Random(7)
         outcomes = {}
         async with samplerd.AsyncClient(server.address, timeout=10, failover_timeout=10) as c:
