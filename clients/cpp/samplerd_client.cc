@@ -92,17 +92,19 @@ absl::Status TimedOut(absl::string_view what, absl::Duration timeout) {
       absl::StrCat(what, " took longer than ", absl::FormatDuration(timeout), " (ClientOptions::step_timeout)"));
 }
 
-// The client's one failover loop: `attempt` (a call on the current endpoint) until it succeeds, fails for a
-// reason other than transport, or `max_attempts` have failed; `advance` moves to the next endpoint in between.
-// Retrying is safe because a request carries every input of its steps (the server keeps no per-call state).
-template <typename Attempt, typename Advance>
-absl::Status WithFailover(size_t max_attempts, Attempt attempt, Advance advance) {
-  absl::Status status = attempt();
-  for (size_t n = 1; !status.ok() && IsTransportFailure(status) && n < max_attempts; ++n) {
-    advance();
-    status = attempt();
+// The wait before attempt `failures` + 1 of a call whose attempts failed in transport: 20 ms, doubling, at most
+// 500 ms, as the other clients wait.
+absl::Duration Backoff(size_t failures) {
+  return failures >= 5 ? absl::Milliseconds(500) : absl::Milliseconds(20 << failures);
+}
+
+// Waits `duration` watching `channel`, so that its connection attempts progress meanwhile: a handshake is driven by
+// threads polling gRPC, and between calls none does but gRPC's backup poller, every 5 s. A plain sleep would
+// leave a replica that came back unused for seconds.
+void WaitPolling(grpc::Channel& channel, absl::Duration duration) {
+  const auto deadline = absl::ToChronoTime(absl::Now() + duration);
+  while (channel.WaitForStateChange(channel.GetState(/*try_to_connect=*/true), deadline)) {
   }
-  return status;
 }
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const ClientOptions& options) {
@@ -114,10 +116,31 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const Clie
   args.SetMaxReceiveMessageSize(64 << 20);
   // ms; keeps a long idle Sample stream alive through NATs. The server accepts a ping every 10 s.
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30 * 1000);
+  // ms; a restarted replica is connected to again within the failover timeout (gRPC's default backoff grows to
+  // 120 s).
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   return grpc::CreateCustomChannel(target, MakeCredentials(options), args);
 }
 
 }  // namespace
+
+template <typename Attempt>
+absl::Status Client::WithFailover(Attempt attempt, int* retries) {
+  absl::Time first_failure;
+  for (size_t failures = 0;; ++failures) {
+    size_t endpoint = current_.load();
+    const absl::Status status = attempt(&endpoint);
+    if (status.ok() || !IsTransportFailure(status)) return status;
+    const absl::Time now = absl::Now();
+    if (failures == 0) first_failure = now;
+    size_t failed = endpoint;
+    current_.compare_exchange_strong(failed, (endpoint + 1) % endpoints_.size());
+    if (failures + 1 >= endpoints_.size() && now - first_failure >= failover_timeout_) return status;
+    ++*retries;
+    WaitPolling(*endpoints_[current_.load()].channel, Backoff(failures));
+  }
+}
 
 std::shared_ptr<grpc::ChannelCredentials> MakeCredentials(const ClientOptions& options) {
   if (!options.tls) return grpc::InsecureChannelCredentials();
@@ -191,8 +214,6 @@ Session::~Session() {
   }
 }
 
-void Session::OpenStream() { stream_ = client_->endpoints_[client_->current_].stub->Sample(context_.get()); }
-
 absl::Status Session::FailStream() {
   const grpc::Status status = stream_->Finish();
   stream_.reset();
@@ -209,15 +230,20 @@ absl::Status Session::DropStream(absl::Status why) {
   return why;
 }
 
-absl::Status Session::Exchange() {
+absl::Status Session::Exchange(size_t* endpoint) {
   const bool open = stream_ != nullptr;
-  if (!open) {
+  if (open) {
+    *endpoint = stream_endpoint_;
+  } else {
     context_ = std::make_unique<grpc::ClientContext>();
     client_->Authorize(context_.get());
   }
   // Armed before the stream opens: opening can wait for a connection, too.
   CallWatchdog watchdog(context_.get(), client_->step_timeout_);
-  if (!open) OpenStream();
+  if (!open) {
+    stream_ = client_->endpoints_[*endpoint].stub->Sample(context_.get());
+    stream_endpoint_ = *endpoint;
+  }
   if (stream_->Write(request_) && stream_->Read(&response_)) return absl::OkStatus();
   const absl::Status failed = FailStream();
   return watchdog.fired() ? TimedOut("the step", client_->step_timeout_) : failed;
@@ -287,13 +313,18 @@ absl::StatusOr<StepResult> Session::Step(const TensorRef& logits, const std::opt
   step->Clear();
   FillStep(logits, attention, options, step);
 
-  // A broken stream can fail its first exchange on each endpoint before a fresh one answers: twice per endpoint.
-  const absl::Status sent = WithFailover(
-      2 * client_->endpoint_count() + 1, [this] { return Exchange(); },
-      [this] {
-        client_->Advance();
-        ++failovers_;
-      });
+  const absl::Status sent = client_->WithFailover(
+      [this](size_t* endpoint) {
+        const bool reused = stream_ != nullptr;
+        absl::Status status = Exchange(endpoint);
+        // An earlier step's stream can have broken since (a replica restarted between steps): that says nothing of
+        // the endpoint until a fresh stream fails too.
+        if (reused && IsTransportFailure(status) && status.code() != absl::StatusCode::kDeadlineExceeded) {
+          status = Exchange(endpoint);
+        }
+        return status;
+      },
+      &failovers_);
   if (!sent.ok()) return sent;
   if (response_.results_size() != 1) {
     return DropStream(absl::InternalError(
@@ -332,7 +363,7 @@ Client::Client(const std::string& target, const ClientOptions& options)
     : Client(std::vector<std::string>{target}, options) {}
 
 Client::Client(const std::vector<std::string>& targets, const ClientOptions& options)
-    : token_(options.token), step_timeout_(options.step_timeout) {
+    : token_(options.token), step_timeout_(options.step_timeout), failover_timeout_(options.failover_timeout) {
   for (const std::string& t : targets) endpoints_.push_back(MakeEndpoint(MakeChannel(t, options)));
   if (endpoints_.empty()) endpoints_.push_back(MakeEndpoint(MakeChannel("localhost:50051", options)));
 }
@@ -372,7 +403,7 @@ absl::StatusOr<v1::ListProfilesResponse> Client::ListProfiles(absl::Duration tim
   grpc::ClientContext context;
   Prepare(&context, timeout);
   v1::ListProfilesResponse response;
-  if (grpc::Status s = endpoints_[current_].stub->ListProfiles(&context, v1::ListProfilesRequest(), &response);
+  if (grpc::Status s = endpoints_[current_.load()].stub->ListProfiles(&context, v1::ListProfilesRequest(), &response);
       !s.ok()) {
     return FromGrpcStatus(s);
   }
@@ -380,17 +411,16 @@ absl::StatusOr<v1::ListProfilesResponse> Client::ListProfiles(absl::Duration tim
 }
 
 absl::StatusOr<v1::SampleResponse> Client::SampleOnce(const v1::SampleRequest& request, absl::Duration timeout) {
-  // A unary call has no stream to reopen: one attempt per endpoint.
   v1::SampleResponse response;
+  int retries = 0;
   const absl::Status status = WithFailover(
-      endpoints_.size(),
-      [&] {
+      [&](size_t* endpoint) {
         grpc::ClientContext context;
         Prepare(&context, timeout);
         response.Clear();
-        return FromGrpcStatus(endpoints_[current_].stub->SampleOnce(&context, request, &response));
+        return FromGrpcStatus(endpoints_[*endpoint].stub->SampleOnce(&context, request, &response));
       },
-      [this] { Advance(); });
+      &retries);
   if (!status.ok()) return status;
   return response;
 }

@@ -38,6 +38,7 @@
 #ifndef SAMPLERD_CLIENTS_CPP_SAMPLERD_CLIENT_H_
 #define SAMPLERD_CLIENTS_CPP_SAMPLERD_CLIENT_H_
 
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -181,9 +182,14 @@ struct ClientOptions {
   // none.
   std::string token;
   // How long one attempt of a Session's Step (opening the stream, the write, the answer) or Close may take: past
-  // it the stream is cancelled and the step goes to the next endpoint (DEADLINE_EXCEEDED once every attempt
-  // has timed out), so a server that stops reading or answering cannot hold the host.
+  // it the stream is cancelled and the step goes to the next endpoint, so a server that stops reading or
+  // answering cannot hold the host.
   absl::Duration step_timeout = absl::Seconds(10);
+  // How long a step (or SampleOnce, SampleBatch) that fails in transport is sent again, endpoint after endpoint,
+  // with a backoff of 20 ms doubling to 500 ms: long enough for a replica to restart, bounded so that a host
+  // whose servers are all gone hears about it. Every endpoint is tried at least once; then the last failure is
+  // returned (DEADLINE_EXCEEDED when the last attempt timed out). As the other clients' failover timeout.
+  absl::Duration failover_timeout = absl::Seconds(10);
 };
 
 // The channel credentials `options` ask for: TLS with their CA and client certificate, else plaintext. For
@@ -219,9 +225,10 @@ class Session {
   // and the step index advances. A rejected step returns the server's error (code, "field: message", RejectedField) and
   // changes nothing, so it can be corrected and resent. A broken stream (UNAVAILABLE, CANCELLED, UNKNOWN, INTERNAL, or
   // ended without an answer, or no answer within ClientOptions::step_timeout) is reopened on the next endpoint and the
-  // step resent, up to twice per endpoint; when every attempt fails the status is returned and the next Step tries
-  // again. An answer that is not this step's (another sequence id or step index, or an error without a code) is
-  // INTERNAL: the stream is dropped and nothing changes.
+  // step resent for up to ClientOptions::failover_timeout; then the status is returned and the next Step tries
+  // again. A stream an earlier step left open that turns out broken is reopened at once. An answer that is not
+  // this step's (another sequence id or step index, or an error without a code) is INTERNAL: the stream is
+  // dropped and nothing changes.
   absl::StatusOr<StepResult> Step(const TensorRef& logits, const std::optional<TensorRef>& attention = std::nullopt,
                                   const StepOptions& options = {});
 
@@ -251,18 +258,18 @@ class Session {
   // step index, recent tokens); a rejection comes back as its status with the rejected field as payload and
   // changes nothing.
   absl::StatusOr<StepResult> Commit(const v1::StepResult& r);
-  // Opens the stream on the client's current endpoint, in context_.
-  void OpenStream();
   // Ends the stream after a failed Read or Write and returns why.
   absl::Status FailStream();
   // Cancels and ends a stream whose answers can no longer be matched to its steps; returns `why`.
   absl::Status DropStream(absl::Status why);
-  // One Write + Read of request_ on the current stream.
-  absl::Status Exchange();
+  // One Write + Read of request_ on the open stream, else on a new stream to `*endpoint`; `*endpoint` becomes the
+  // endpoint the stream is on.
+  absl::Status Exchange(size_t* endpoint);
 
   Client* client_;
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::SampleRequest, v1::SampleResponse>> stream_;
+  size_t stream_endpoint_ = 0;  // the endpoint stream_ is on
   bool closed_ = false;
   int failovers_ = 0;
   const std::string sequence_id_;
@@ -309,7 +316,7 @@ class Client {
   void Authorize(grpc::ClientContext* context) const;
 
   // The current endpoint's channel.
-  const std::shared_ptr<grpc::Channel>& channel() const { return endpoints_[current_].channel; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return endpoints_[current_.load()].channel; }
   size_t endpoint_count() const { return endpoints_.size(); }
 
  private:
@@ -321,13 +328,21 @@ class Client {
   static Endpoint MakeEndpoint(std::shared_ptr<grpc::Channel> channel);
   // Sets the deadline and the token of a call.
   void Prepare(grpc::ClientContext* context, absl::Duration timeout) const;
-  // Moves to the next endpoint (after a transport failure on the current one).
-  void Advance() { current_ = (current_ + 1) % endpoints_.size(); }
+  // The client's one failover loop: `attempt(&endpoint)` (a call on the current endpoint, which it may replace by
+  // the one it used) until it succeeds or fails for a reason other than transport. After a transport failure the
+  // client moves past that endpoint and, after a backoff, tries again, until every endpoint was tried and the
+  // failures lasted failover_timeout_. `*retries` counts the attempts made again. Retrying is safe because a
+  // request carries every input of its steps (the server keeps no per-call state).
+  template <typename Attempt>
+  absl::Status WithFailover(Attempt attempt, int* retries);
 
   std::vector<Endpoint> endpoints_;
-  size_t current_ = 0;
+  // Shared by every session, so one failure moves them all; a failure moves it only off the endpoint that failed,
+  // so concurrent failures of one endpoint move it once.
+  std::atomic<size_t> current_{0};
   std::string token_;
   absl::Duration step_timeout_ = ClientOptions().step_timeout;
+  absl::Duration failover_timeout_ = ClientOptions().failover_timeout;
 };
 
 }  // namespace samplerd::client

@@ -1,11 +1,18 @@
 // Pins the C++ client's failover: a session given several endpoints whose server dies (SIGKILL) or drains
 // (SIGTERM) mid-generation resumes on another, and because the session owns the seed, the step index and the
-// recent tokens, the tokens equal those of an uninterrupted run.
+// recent tokens, the tokens equal those of an uninterrupted run. A step or batch whose only replica is down waits for
+// it to come back within ClientOptions::failover_timeout, and gives up with UNAVAILABLE after it.
+#include <unistd.h>
+
 #include <csignal>
 #include <functional>
 #include <memory>
 #include <random>
+#include <string>
+#include <thread>
 #include <vector>
+
+#include "absl/time/clock.h"
 
 #include "clients/cpp/samplerd_client.h"
 #include "gtest/gtest.h"
@@ -90,6 +97,66 @@ TEST(ClientFailoverTest, RejectedStepsAreNotRetriedAndKeepTheirField) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(RejectedField(r.status()), "params.top_p");
   EXPECT_EQ(session->failovers(), 0);
+}
+
+// A unix socket path nothing listens on yet, for a replica that starts while a call waits for it.
+std::string RestartingReplicaSocket(const std::string& name) {
+  return "/tmp/samplerd-failover-" + name + "-" + std::to_string(getpid()) + ".sock";
+}
+
+// `call` runs in its own thread against a replica that is down when it starts and comes up (listening on
+// `socket_path`) a moment later: the replica restarting within the failover timeout. The server starts in this
+// thread because the child dies with the thread that forked it (PR_SET_PDEATHSIG).
+void CallWhileTheReplicaRestarts(const std::string& socket_path, const std::function<void()>& call) {
+  unlink(socket_path.c_str());
+  std::thread caller(call);
+  absl::SleepFor(absl::Milliseconds(700));
+  std::unique_ptr<ServerProcess> replica = ServerProcess::Start({"--listen", "unix:" + socket_path});
+  caller.join();
+  ASSERT_NE(replica, nullptr);
+  unlink(socket_path.c_str());
+}
+
+TEST(ClientFailoverTest, AStepWaitsForAReplicaThatRestartsWithinTheFailoverTimeout) {
+  const std::string socket_path = RestartingReplicaSocket("step");
+  Client client("unix:" + socket_path);
+  std::unique_ptr<Session> session = client.OpenSession({});
+  absl::StatusOr<StepResult> r;
+  CallWhileTheReplicaRestarts(socket_path, [&] { r = session->Step(Logits(0)); });
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(session->step(), 1u);
+  EXPECT_GE(session->failovers(), 1) << "the first attempts found no server";
+}
+
+TEST(ClientFailoverTest, ABatchWaitsForAReplicaThatRestartsWithinTheFailoverTimeout) {
+  const std::string socket_path = RestartingReplicaSocket("batch");
+  Client client("unix:" + socket_path);
+  std::unique_ptr<Session> a = client.OpenSession({});
+  std::unique_ptr<Session> b = client.OpenSession({});
+  const std::vector<float> logits = Logits(1);
+  const BatchItem items[] = {{a.get(), logits}, {b.get(), logits}};
+  absl::StatusOr<std::vector<absl::StatusOr<StepResult>>> batch;
+  CallWhileTheReplicaRestarts(socket_path, [&] { batch = client.SampleBatch(items); });
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  ASSERT_EQ(batch->size(), 2u);
+  EXPECT_TRUE((*batch)[0].ok() && (*batch)[1].ok());
+  EXPECT_EQ(a->step(), 1u);
+  EXPECT_EQ(b->step(), 1u);
+}
+
+TEST(ClientFailoverTest, EveryEndpointDownIsUnavailableOnceTheFailoverTimeoutHasPassed) {
+  ClientOptions options;
+  options.failover_timeout = absl::Milliseconds(300);
+  Client client(std::vector<std::string>{"unix:" + RestartingReplicaSocket("none-a"),
+                                         "unix:" + RestartingReplicaSocket("none-b")},
+                options);
+  std::unique_ptr<Session> session = client.OpenSession({});
+  const absl::Time start = absl::Now();
+  absl::StatusOr<StepResult> r = session->Step(Logits(0));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_GE(absl::Now() - start, options.failover_timeout) << "given up before the failover timeout";
+  EXPECT_GE(session->failovers(), 2) << "each endpoint fails at once, so both were tried again";
+  EXPECT_EQ(session->step(), 0u);
 }
 
 }  // namespace

@@ -182,10 +182,12 @@ TEST(HostileServer, EveryAttemptTimingOutIsDeadlineExceeded) {
   FakeServer fake(Misbehaviour::kNeverAnswer);
   ClientOptions options;
   options.step_timeout = absl::Milliseconds(200);
+  options.failover_timeout = absl::Milliseconds(500);
   Client client(fake.target(), options);
   std::unique_ptr<Session> session = client.OpenSession({});
   absl::StatusOr<StepResult> r = session->Step(Logits(100));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+  EXPECT_GE(session->failovers(), 1);
   EXPECT_EQ(session->step(), 0u);
 }
 
