@@ -104,6 +104,14 @@ std::string RestartingReplicaSocket(const std::string& name) {
   return "/tmp/samplerd-failover-" + name + "-" + std::to_string(getpid()) + ".sock";
 }
 
+// 3 s of failover for a replica back after 0.7 s: the client must take up the new connection during its backoff,
+// not when gRPC's backup poller (every 5 s) would.
+ClientOptions RestartOptions() {
+  ClientOptions options;
+  options.failover_timeout = absl::Seconds(3);
+  return options;
+}
+
 // `call` runs in its own thread against a replica that is down when it starts and comes up (listening on
 // `socket_path`) a moment later: the replica restarting within the failover timeout. The server starts in this
 // thread because the child dies with the thread that forked it (PR_SET_PDEATHSIG).
@@ -119,7 +127,7 @@ void CallWhileTheReplicaRestarts(const std::string& socket_path, const std::func
 
 TEST(ClientFailoverTest, AStepWaitsForAReplicaThatRestartsWithinTheFailoverTimeout) {
   const std::string socket_path = RestartingReplicaSocket("step");
-  Client client("unix:" + socket_path);
+  Client client("unix:" + socket_path, RestartOptions());
   std::unique_ptr<Session> session = client.OpenSession({});
   absl::StatusOr<StepResult> r;
   CallWhileTheReplicaRestarts(socket_path, [&] { r = session->Step(Logits(0)); });
@@ -130,7 +138,7 @@ TEST(ClientFailoverTest, AStepWaitsForAReplicaThatRestartsWithinTheFailoverTimeo
 
 TEST(ClientFailoverTest, ABatchWaitsForAReplicaThatRestartsWithinTheFailoverTimeout) {
   const std::string socket_path = RestartingReplicaSocket("batch");
-  Client client("unix:" + socket_path);
+  Client client("unix:" + socket_path, RestartOptions());
   std::unique_ptr<Session> a = client.OpenSession({});
   std::unique_ptr<Session> b = client.OpenSession({});
   const std::vector<float> logits = Logits(1);

@@ -118,6 +118,20 @@ class _Endpoint:
         self._mux: Optional[_StreamMux] = None
         self._lock = threading.Lock()
 
+    def wait_watching(self, seconds: float) -> None:
+        """Waits `seconds` watching the channel, so that a connection attempt progresses meanwhile: grpcio drives a
+        handshake only from threads that poll it, and between calls none does but its backup poller, every 5 s; after
+        a plain sleep a replica that came back would go unused for seconds."""
+        deadline = time.monotonic() + seconds
+        ready = grpc.channel_ready_future(self.channel)
+        try:
+            ready.result(timeout=seconds)
+        except grpc.FutureTimeoutError:
+            pass
+        finally:
+            ready.cancel()
+        time.sleep(max(0.0, deadline - time.monotonic()))
+
     def mux(self) -> _StreamMux:
         with self._lock:
             if self._mux is None or self._mux.broken is not None:
@@ -309,7 +323,8 @@ class Client:
                     raise _common.client_closed() from e
                 if not isinstance(e, grpc.RpcError) or not _common.is_retryable(e):
                     raise
-                time.sleep(retry.failed(index, e))
+                delay = retry.failed(index, e)
+                self._eps[retry.index()].wait_watching(delay)
 
     def close(self) -> None:
         """Closes every endpoint; steps in flight and later ones raise Unavailable."""

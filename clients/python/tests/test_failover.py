@@ -1,7 +1,9 @@
 """A session whose server dies mid-generation resumes on another one and draws the same tokens."""
 import signal
+import threading
 import time
 
+import numpy as np
 import pytest
 
 import samplerd
@@ -69,3 +71,26 @@ def test_all_endpoints_dead_raises_unavailable(spawn):
         with pytest.raises(samplerd.Unavailable):
             generate(c.session("nobody", seed=1), 1)
         assert time.monotonic() - t0 < 10
+
+
+def test_a_replica_back_within_the_failover_timeout_gets_the_step(spawn, sock_dir):
+    # Nothing listens when the step starts; the replica comes up 0.5 s later, well within the 3 s of failover. The
+    # client must take up the new connection during its backoff, not when grpcio's backup poller (every 5 s) would.
+    path = sock_dir / "replica.sock"
+    outcome = []
+    with samplerd.Client(f"unix:{path}", timeout=2, failover_timeout=3) as c:
+        session = c.session("back", seed=1)
+
+        def step():
+            try:
+                outcome.append(session.step(np.zeros(1000, np.float32)))
+            except Exception as e:  # the outcome under test
+                outcome.append(e)
+
+        caller = threading.Thread(target=step)
+        caller.start()
+        time.sleep(0.5)
+        spawn(f"unix:{path}")
+        caller.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], samplerd.StepResult), outcome
+        assert session.step_index == 1
